@@ -1,0 +1,171 @@
+"""The Python entry point: `edgepack.build(config)` -> BuildResult. The CLI is a thin layer over it."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import config as config_mod
+from . import data, pipeline, sources, targets
+from .config import BuildConfig
+from .context import BuildContext
+from .errors import InputError, OutputError
+from .util import ProgressFn, no_progress
+
+log = logging.getLogger(__name__)
+MIN_CALIB_SAMPLES = 8
+
+
+@dataclass
+class BuildResult:
+    """What a build produced: where, whether every budget passed, and the full manifest."""
+
+    bundle: Path
+    zip: Path
+    passed: bool
+    manifest: dict[str, Any]
+    seconds: float
+
+
+def build(config: BuildConfig | None = None, progress: ProgressFn = no_progress, **options: Any) -> BuildResult:
+    """Build a bundle. Pass a BuildConfig, or the same settings as keywords (model=..., target=...)."""
+    if config is None:
+        config = config_mod.from_mapping(options, where="build()")
+    elif options:
+        config = dataclasses.replace(config, **options)
+    t0 = time.perf_counter()
+    target = targets.load(config.target)
+    out = Path(config.out)
+    _check_output(out, config.force)
+    workdir = Path(tempfile.mkdtemp(prefix="edgepack-"))
+    try:
+        ctx = _prepare(config, target, workdir, progress)
+        manifest = pipeline.run(ctx)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return BuildResult(bundle=out, zip=out.with_name(out.name + ".zip"), passed=manifest["passed"],
+                       manifest=manifest, seconds=round(time.perf_counter() - t0, 1))
+
+
+def _check_output(out: Path, force: bool) -> None:
+    """Refuse early (before minutes of work) when the output exists or cannot be written."""
+    for path in (out, out.with_name(out.name + ".zip")):
+        if path.exists() and not force:
+            raise OutputError(f"output {path} already exists", hint="pass --force to replace it, or another --out")
+    parent = out.parent if str(out.parent) else Path(".")
+    probe_dir = next((p for p in (parent, *parent.parents) if p.exists()), Path("."))
+    if not probe_dir.is_dir() or not _writable(probe_dir):
+        raise OutputError(f"cannot write to {probe_dir}", hint="choose an --out in a writable folder")
+
+
+def _writable(folder: Path) -> bool:
+    import os
+
+    return os.access(folder, os.W_OK | os.X_OK)
+
+
+def _prepare(config: BuildConfig, target: targets.TargetProfile, workdir: Path, progress: ProgressFn) -> BuildContext:
+    """Load the model and data and check they fit each other, before any slow stage runs."""
+    model = sources.load(config.model, weights=config.weights, num_classes=config.num_classes,
+                         trust_model=config.trust_model)
+    shape = _input_shape(config, target, model)
+    num_outputs = _num_outputs(model, shape)
+    calib = data.load(config.calib or _default_calib(), input_shape=shape, preprocess=config.preprocess,
+                      count=config.calib_samples or target.calibration_samples, seed=config.seed,
+                      role="calibration", progress=progress)
+    if len(calib) < min(MIN_CALIB_SAMPLES, config.calib_samples or MIN_CALIB_SAMPLES):
+        raise InputError(f"only {len(calib)} calibration samples; at least {MIN_CALIB_SAMPLES} are needed",
+                         hint="add images to the calibration folder or samples to the .npz")
+    val = calib
+    if config.val:
+        val = data.load(config.val, input_shape=shape, preprocess=config.preprocess, count=config.val_samples,
+                        seed=config.seed + 1, role="validation", progress=progress)
+    labels = _labels(config, val, num_outputs)
+    ctx = BuildContext(config=config, target=target, workdir=workdir, input_shape=shape, model=model, calib=calib,
+                       val=val, val_is_calibration=not config.val, labels=labels, num_outputs=num_outputs,
+                       progress=progress)
+    if not config.val:
+        ctx.warn("no --val data: agreement is measured on the calibration samples, which flatters INT8")
+    return ctx
+
+
+def _default_calib() -> str:
+    path = Path(__file__).resolve().parent.parent / "calibration_data" / "images"
+    if not path.is_dir():
+        raise InputError("no --calib given", hint="pass --calib FOLDER_OR_NPZ")
+    return str(path)
+
+
+def _input_shape(config: BuildConfig, target: targets.TargetProfile, model: sources.LoadedModel) -> tuple[int, ...]:
+    if config.input_shape:
+        return tuple(config.input_shape)
+    if model.kind == "onnx":
+        from .backends import onnx as onnx_backend
+
+        fixed = onnx_backend.input_shape(model.onnx_path)
+        if fixed:
+            return fixed
+    return tuple(target.input_shape)
+
+
+def _num_outputs(model: sources.LoadedModel, shape: tuple[int, ...]) -> int | None:
+    """Classes the model predicts (last output dim), found by one run before the slow stages."""
+    if model.kind == "onnx":
+        from .backends import onnx as onnx_backend
+
+        out = onnx_backend.io_details(model.onnx_path)["outputs"][0]["shape"]
+        return out[-1] if out and isinstance(out[-1], int) else None
+    import torch
+
+    from .backends.onnx import check_accepts_input
+
+    y = check_accepts_input(model.module, torch.zeros(*shape))
+    y = y[0] if isinstance(y, list | tuple) else y
+    return int(y.shape[-1]) if hasattr(y, "shape") and y.ndim == 2 else None
+
+
+def _labels(config: BuildConfig, val: data.Dataset, num_outputs: int | None) -> list[str] | None:
+    """Class names from --labels or the validation folder; they must fit the model's output size.
+
+    Folder labels are the sorted sub-folder indices (ImageFolder). With --labels, sub-folders are
+    matched to the model's classes by name instead, so a folder may hold a subset of the classes.
+    """
+    names = _read_labels(config.labels) if config.labels else None
+    if names is not None and num_outputs is not None and len(names) != num_outputs:
+        raise InputError(f"{config.labels} has {len(names)} class names but the model has {num_outputs} outputs",
+                         hint="one class name per line, in output order")
+    if names is not None and val.class_names is not None:
+        _remap_by_name(val, names)
+    elif val.class_names is not None and num_outputs is not None and len(val.class_names) != num_outputs:
+        raise InputError(f"the validation folder has {len(val.class_names)} class folders but the model has "
+                         f"{num_outputs} outputs", hint="pass --labels FILE to match folders to classes by name")
+    if num_outputs is not None and val.y is not None and int(val.y.max()) >= num_outputs:
+        raise InputError(f"validation labels go up to {int(val.y.max())} but the model has {num_outputs} outputs",
+                         hint="check --num-classes, the class folders, or the y array")
+    return names if names is not None else val.class_names
+
+
+def _read_labels(path: str) -> list[str]:
+    try:
+        return [ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read labels file {path}: {exc}") from None
+
+
+def _remap_by_name(val: data.Dataset, names: list[str]) -> None:
+    index = {n: i for i, n in enumerate(names)}
+    unknown = [c for c in val.class_names or [] if c not in index]
+    if unknown:
+        raise InputError(f"validation class folders not in the labels file: {', '.join(unknown[:5])}",
+                         hint="folder names must match lines of the --labels file")
+    import numpy as np
+
+    mapping = np.asarray([index[c] for c in val.class_names or []], dtype=np.int64)
+    if val.y is not None:
+        val.y = mapping[val.y]

@@ -1,0 +1,154 @@
+"""ONNX backend: export from torch, simplify with onnxslim, check parity, run with ONNX Runtime."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError, StageError
+
+log = logging.getLogger(__name__)
+
+
+def export(module: Any, input_shape: tuple[int, ...], path: Path, *, opset: int) -> None:
+    """torch.nn.Module -> one self-contained ONNX file with a fixed input shape.
+
+    The TorchScript-based exporter is used first: it is fast, deterministic and names nodes after
+    the PyTorch modules (``/features/features.0/Conv``), which per-layer reports rely on. If it
+    cannot trace the model, the torch.export-based exporter is tried.
+    """
+    import torch
+
+    example = torch.zeros(*input_shape)
+    check_accepts_input(module, example)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=opset,
+                              input_names=["input"], output_names=["logits"], do_constant_folding=True)
+    except Exception as exc:  # the legacy exporter fails on data-dependent control flow
+        log.info("legacy exporter failed (%s); trying the torch.export-based exporter", exc)
+        _export_dynamo(module, example, path, opset)
+
+
+def _export_dynamo(module: Any, example: Any, path: Path, opset: int) -> None:
+    import torch
+
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(module, (example,), dynamo=True, opset_version=opset,
+                                        input_names=["input"], output_names=["logits"])
+            program.save(str(path), external_data=False)
+    except Exception as exc:
+        raise StageError(f"ONNX export failed: {type(exc).__name__}: {str(exc)[:300]}",
+                         hint="check the model runs under torch.export; run with --debug for the trace") from None
+
+
+def check_accepts_input(module: Any, example: Any) -> Any:
+    """Run the module once on a zero input; a shape error becomes an InputError naming the shape."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            return module(example)
+    except Exception as exc:
+        raise InputError(f"the model does not accept input shape {list(example.shape)}: "
+                         f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
+                         hint="pass the model's input shape with --input-shape N,C,H,W") from None
+
+
+def simplify(src: Path, dst: Path) -> dict:
+    """Fold constants and padding with onnxslim (Pad ops from "same" padding cost INT8 speed)."""
+    import onnx
+    import onnxslim
+
+    model = onnx.load(str(src))
+    before = len(model.graph.node)
+    with contextlib.redirect_stdout(io.StringIO()):
+        slim = onnxslim.slim(model)
+    onnx.save(slim, str(dst))
+    return {"nodes_before": before, "nodes_after": len(slim.graph.node)}
+
+
+def session(path: Path, threads: int) -> Any:
+    """An ORT CPU session configured as on the device: ``threads`` intra-op threads, sequential."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise StageError(f"ONNX Runtime cannot load {path.name}: {str(exc)[:300]}") from None
+
+
+class Runner:
+    """Runs an ONNX model one sample at a time on NCHW float32 input; returns float32 outputs."""
+
+    def __init__(self, path: Path, threads: int = 1):
+        self.session = session(path, threads)
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise InputError(f"{path.name} has {len(inputs)} inputs; image models take one",
+                             hint="text models with several inputs are built from a text source")
+        self.input_name = inputs[0].name
+        self.input_shape = [d if isinstance(d, int) else 1 for d in inputs[0].shape]
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        out = self.session.run(None, {self.input_name: x.astype(np.float32, copy=False)})[0]
+        return np.asarray(out, dtype=np.float32)
+
+    def run_all(self, x: np.ndarray, progress=None) -> np.ndarray:
+        """Outputs for every sample of x (N, ...), batch 1 as on the device."""
+        outs = []
+        for i in range(len(x)):
+            if progress and i % 16 == 0:
+                progress(i, len(x))
+            outs.append(self.run(x[i:i + 1])[0])
+        return np.stack(outs)
+
+
+def io_details(path: Path) -> dict:
+    """Inputs and outputs of an ONNX model for the manifest (float I/O: quantization is internal)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    init = {i.name for i in model.graph.initializer}
+
+    def describe(values: Any) -> list[dict]:
+        rows = []
+        for v in values:
+            if v.name in init:
+                continue
+            t = v.type.tensor_type
+            shape = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in t.shape.dim]
+            rows.append({"name": v.name, "shape": shape,
+                         "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name,
+                         "layout": "NCHW" if len(shape) == 4 else None, "quantization": None})
+        return rows
+
+    return {"inputs": describe(model.graph.input), "outputs": describe(model.graph.output)}
+
+
+def input_shape(path: Path) -> tuple[int, ...] | None:
+    """The fixed input shape of an ONNX model, or None when a dimension is symbolic."""
+    shape = io_details(path)["inputs"][0]["shape"]
+    return tuple(shape) if all(isinstance(d, int) and d > 0 for d in shape) else None
+
+
+def parity(reference: np.ndarray, candidate: np.ndarray) -> dict:
+    """How closely two float outputs agree: max abs diff, relative to the reference's range."""
+    diff = float(np.max(np.abs(reference - candidate)))
+    scale = float(np.max(np.abs(reference))) or 1.0
+    return {"max_abs_diff": diff, "relative": diff / scale}

@@ -1,0 +1,141 @@
+"""Reading and verifying bundles (folders or .zip files) without trusting them.
+
+Nothing from a bundle is executed: the manifest is JSON, models are run by their runtimes, and
+zip extraction refuses entries that would escape the folder (zip-slip) and links.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import stat
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from .errors import InputError, VerifyError
+from .report import SCHEMA
+from .util import sha256_file
+
+REQUIRED = {"schema": str, "name": str, "target": dict, "model": dict, "models": list, "inputs": list,
+            "outputs": list, "preprocess": dict, "validation": dict, "passed": bool, "files": dict,
+            "tools": dict, "created_from": dict, "golden": dict}
+
+
+def check_manifest(man: object, where: str) -> dict:
+    """Validate the manifest's shape; raise VerifyError listing every problem."""
+    if not isinstance(man, dict):
+        raise VerifyError(f"{where}: manifest is not a JSON object")
+    problems = [f"missing '{k}'" for k in REQUIRED if k not in man]
+    problems += [f"'{k}' should be {t.__name__}" for k, t in REQUIRED.items() if k in man and not isinstance(man[k], t)]
+    if man.get("schema") not in (None, SCHEMA) and isinstance(man.get("schema"), str):
+        problems.append(f"schema is '{man['schema']}', expected '{SCHEMA}'")
+    for name, entry in (man.get("files") or {}).items() if isinstance(man.get("files"), dict) else []:
+        if not _safe_name(name) or not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+            problems.append(f"bad files entry '{name}'")
+    if problems:
+        raise VerifyError(f"{where}: invalid manifest: " + "; ".join(problems[:10]),
+                          hint="the bundle was edited or is not an edgepack bundle")
+    return man
+
+
+def _safe_name(name: str) -> bool:
+    p = PurePosixPath(name)
+    return bool(name) and not p.is_absolute() and ".." not in p.parts and "\\" not in name and len(p.parts) == 1
+
+
+@contextmanager
+def opened(path: Path) -> Iterator[Path]:
+    """Yield a folder holding the bundle: the folder itself, or a safe extraction of a .zip."""
+    if path.is_dir():
+        yield path
+        return
+    if not path.is_file():
+        raise InputError(f"bundle not found: {path}", hint="pass a bundle folder or its .zip")
+    if not zipfile.is_zipfile(path):
+        raise InputError(f"{path} is neither a bundle folder nor a .zip")
+    tmp = Path(tempfile.mkdtemp(prefix="edgepack-bundle-"))
+    try:
+        yield safe_extract(path, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def safe_extract(zip_path: Path, dest: Path) -> Path:
+    """Extract a bundle zip (one top folder) into dest; refuse path escapes and links."""
+    with zipfile.ZipFile(zip_path) as zf:
+        infos = zf.infolist()
+        roots = {PurePosixPath(i.filename).parts[0] for i in infos if i.filename}
+        for info in infos:
+            parts = PurePosixPath(info.filename).parts
+            mode = info.external_attr >> 16
+            if info.filename.startswith("/") or ".." in parts or "\\" in info.filename or ":" in parts[0]:
+                raise VerifyError(f"{zip_path}: entry '{info.filename}' would escape the folder: refused")
+            if stat.S_ISLNK(mode):
+                raise VerifyError(f"{zip_path}: entry '{info.filename}' is a link: refused")
+        if len(roots) != 1:
+            raise VerifyError(f"{zip_path}: expected one top folder, found {len(roots)}")
+        zf.extractall(dest)
+    return dest / roots.pop()
+
+
+def read_manifest(path: Path) -> dict:
+    with opened(path) as folder:
+        return _load_manifest(folder)
+
+
+def _load_manifest(folder: Path) -> dict:
+    mpath = folder / "manifest.json"
+    if not mpath.is_file():
+        raise VerifyError(f"{folder} has no manifest.json", hint="is this an edgepack bundle?")
+    try:
+        man = json.loads(mpath.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise VerifyError(f"{mpath}: not valid JSON ({exc})") from None
+    return check_manifest(man, str(mpath))
+
+
+def verify(path: Path) -> list[str]:
+    """Check digests of every file, no extra files, then the golden output. Returns report lines."""
+    with opened(path) as folder:
+        man = _load_manifest(folder)
+        lines = _check_files(folder, man)
+        lines += _check_golden(folder, man)
+    return lines
+
+
+def _check_files(folder: Path, man: dict) -> list[str]:
+    problems, lines = [], []
+    for name, entry in sorted(man["files"].items()):
+        f = folder / name
+        if not f.is_file():
+            problems.append(f"{name}: missing")
+        elif sha256_file(f) != entry["sha256"]:
+            problems.append(f"{name}: sha256 differs from the manifest")
+        else:
+            lines.append(f"ok  {name}  sha256 {entry['sha256'][:16]}...")
+    extra = sorted(p.name for p in folder.iterdir() if p.name not in man["files"] and p.name != "manifest.json")
+    problems += [f"{name}: not listed in the manifest" for name in extra]
+    if problems:
+        raise VerifyError("bundle does not match its manifest: " + "; ".join(problems),
+                          hint="the bundle was modified or damaged; rebuild it or fetch it again")
+    return lines
+
+
+def _check_golden(folder: Path, man: dict) -> list[str]:
+    from . import backends
+
+    golden = np.load(folder / man["golden"]["file"], allow_pickle=False)
+    lines = []
+    for m in man["models"]:
+        runner = backends.get(m["format"]).Runner(folder / m["file"], threads=1)
+        diff = float(np.max(np.abs(runner.run(golden["input"]) - golden[m["format"]])))
+        if diff > man["golden"]["tolerance"]:
+            raise VerifyError(f"{m['file']}: output on the golden input differs by {diff:.4g} "
+                              f"(tolerance {man['golden']['tolerance']})")
+        lines.append(f"ok  {m['file']} golden output, max abs diff {diff:.3g}")
+    return lines

@@ -1,0 +1,341 @@
+"""The `edgepack` command: parse options, build a config, call the library, print. Nothing else.
+
+Heavy libraries (torch, onnxruntime, tensorflow) are imported inside commands so that
+`edgepack --help` is instant.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+from .errors import (EXIT_BUDGET, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EdgepackError, InputError,
+                     Interrupted)
+
+EPILOG = """\b
+Examples:
+  edgepack build torchvision:mobilenet_v2 --weights mnv2.pt --target raspberry-pi-4 \\
+      --calib calibration_data/images --val photos/ --out build/mnv2
+  edgepack build model.onnx --target android-arm64 --calib calib.npz --val val.npz --json
+  edgepack build --config ci/edgepack.toml          # same settings as a TOML file
+  edgepack targets list
+  edgepack inspect build/mnv2
+
+\b
+Exit codes:
+  0 built, every budget met        1 built, a budget was missed (bundle marked failed)
+  2 usage or input error           3 output error (exists, unwritable, full)
+  4 a stage failed (export/quantize/convert)     5 bundle verification failed
+  70 internal error (a bug)        130 interrupted
+"""
+
+
+class Ui:
+    """Terminal output for one command: progress on stderr, results on stdout.
+
+    On a terminal a step's line is redrawn in place with its count; in a log (CI) each step gets
+    one line when it starts, so logs stay readable.
+    """
+
+    def __init__(self, quiet: bool = False):
+        self.quiet, self._last = quiet, ""
+        self.tty = sys.stderr.isatty()
+
+    def progress(self, step: str, done: int, total: int) -> None:
+        if self.quiet:
+            return
+        new = step != self._last
+        if new and self._last and self.tty:
+            click.echo("", err=True)
+        self._last = step
+        if self.tty:
+            count = f" {done}/{total}" if total > 1 else ""
+            click.echo(f"\r  {step} ...{count}", nl=False, err=True)
+        elif new:
+            click.echo(f"  {step} ...", err=True)
+
+    def finish(self) -> None:
+        if self._last and not self.quiet and self.tty:
+            click.echo("", err=True)
+        self._last = ""
+
+
+def _handle_signals() -> None:
+    """SIGTERM behaves like Ctrl-C so every cleanup (temp folders, partial bundles) runs."""
+    def raise_interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, raise_interrupt)
+
+
+def run_command(ctx: click.Context, fn: Any) -> Any:
+    """Run a command body, turning errors into a message, a hint and an exit code."""
+    debug = ctx.find_root().params.get("debug", False)
+    try:
+        return fn()
+    except EdgepackError as exc:
+        _fail(exc, debug)
+    except KeyboardInterrupt:
+        _fail(Interrupted("interrupted; nothing was left under the output name"), debug)
+    except click.exceptions.Exit:
+        raise
+    except Exception as exc:  # a bug: say so, show the trace only with --debug
+        if debug:
+            raise
+        click.echo(f"Error: internal error: {type(exc).__name__}: {exc}", err=True)
+        click.echo("Hint: run again with --debug and report the traceback", err=True)
+        sys.exit(EXIT_INTERNAL)
+
+
+def _fail(exc: EdgepackError, debug: bool) -> None:
+    if debug:
+        import traceback
+
+        traceback.print_exc()
+    click.echo(f"Error: {exc.message}", err=True)
+    if exc.hint:
+        click.echo(f"Hint: {exc.hint}", err=True)
+    sys.exit(exc.exit_code if not isinstance(exc, Interrupted) else EXIT_INTERRUPTED)
+
+
+@click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgepack")
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+def main(debug: bool) -> None:
+    """edgepack: a trained model -> a validated, budgeted INT8 bundle for a named device."""
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s: %(message)s")
+
+
+def _csv_ints(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        return [int(v) for v in value.replace("x", ",").split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"'{value}' is not a comma-separated list of integers, e.g. 1,3,224,224") from None
+
+
+def _csv_floats(ctx: click.Context, param: click.Parameter, value: str | None) -> list[float] | None:
+    if value is None:
+        return None
+    try:
+        return [float(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"'{value}' is not a comma-separated list of numbers") from None
+
+
+BUILD_OPTIONS = [
+    click.option("--target", "-t", help="Target profile name (edgepack targets list) or a .toml path."),
+    click.option("--calib", help="Calibration data: image folder or .npz (default: calibration_data/images)."),
+    click.option("--val", help="Validation data: ImageFolder-style folder, flat folder or .npz with x[,y]."),
+    click.option("--out", "-o", help="Bundle folder (a .zip is written beside it)."),
+    click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML file with these settings."),
+    click.option("--weights", help="State dict (.pt/.pth/.safetensors), loaded weights-only."),
+    click.option("--num-classes", type=int, help="Classifier size for torchvision architectures."),
+    click.option("--input-shape", callback=_csv_ints, help="Model input shape, e.g. 1,3,224,224."),
+    click.option("--labels", help="Text file, one class name per line, in output order."),
+    click.option("--name", help="Bundle name (default: from the model)."),
+    click.option("--calib-samples", type=int, help="Calibration samples (default: the profile's)."),
+    click.option("--val-samples", type=int, help="Validation samples, a seeded subset (default: all)."),
+    click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"])),
+    click.option("--seed", type=int, help="Seed for every sampled subset (default 0)."),
+    click.option("--latency-runs", type=int, help="Timed runs per model (default 50)."),
+    click.option("--resize", type=int, help="Image preprocessing: resize the short side to N px."),
+    click.option("--crop", type=int, help="Image preprocessing: centre crop side, px."),
+    click.option("--mean", callback=_csv_floats, help="Image preprocessing: per-channel mean, e.g. 127,127,127."),
+    click.option("--std", callback=_csv_floats, help="Image preprocessing: per-channel std."),
+    click.option("--scale", type=float, help="Image preprocessing: pixel multiplier before mean/std (1/255 default)."),
+    click.option("--channel-order", type=click.Choice(["RGB", "BGR", "L"])),
+    click.option("--max-accuracy-drop", type=float, help="Budget override: accuracy drop, points."),
+    click.option("--min-agreement", type=float, help="Budget override: top-1 agreement, 0-1."),
+    click.option("--max-latency-ms", type=float, help="Budget override: INT8 p50 latency, ms."),
+    click.option("--max-size-mb", type=float, help="Budget override: INT8 file size, MB."),
+    click.option("--trust-model", is_flag=True, default=None, help="Allow TorchScript / pickles (can run code)."),
+    click.option("--force", is_flag=True, default=None, help="Replace an existing output."),
+]
+
+
+def build_options(fn: Any) -> Any:
+    for option in reversed(BUILD_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+def make_config(model: str | None, options: dict[str, Any]) -> Any:
+    """Merge the --config file and the command line (command line wins) into a BuildConfig."""
+    from . import config as config_mod
+
+    file_path = options.pop("config_file", None)
+    merged: dict[str, Any] = config_mod.read_toml(file_path) if file_path else {}
+    merged.update({k: v for k, v in options.items() if v is not None})
+    if model:
+        merged["model"] = model
+    if "model" not in merged:
+        raise InputError("no MODEL given", hint="edgepack build MODEL ... (or model = '...' in --config)")
+    return config_mod.from_mapping(merged, where=file_path or "command line")
+
+
+@main.command(epilog=EPILOG)
+@click.argument("model", required=False)
+@build_options
+@click.option("--dry-run", is_flag=True, help="Print the resolved config and the stages, build nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+@click.pass_context
+def build(ctx: click.Context, model: str | None, dry_run: bool, as_json: bool, quiet: bool, **options: Any) -> None:
+    """Build MODEL for a target: export, quantize to INT8, validate, bundle.
+
+    MODEL is torchvision:<arch>, package.module:factory, a .pt2 program, a TorchScript
+    file (with --trust-model) or an .onnx file.
+    """
+    ui = Ui(quiet=quiet or as_json)
+    _handle_signals()
+
+    def body() -> None:
+        config = make_config(model, options)
+        if dry_run:
+            from . import pipeline
+
+            click.echo(json.dumps({"config": config.to_dict(), "stages": pipeline.plan({})}, indent=2))
+            return
+        from .api import build as api_build
+
+        try:
+            result = api_build(config, progress=ui.progress)
+        finally:
+            ui.finish()
+        _print_result(result, as_json, quiet)
+        sys.exit(EXIT_OK if result.passed else EXIT_BUDGET)
+
+    run_command(ctx, body)
+
+
+def _print_result(result: Any, as_json: bool, quiet: bool) -> None:
+    from . import report
+
+    man = result.manifest
+    if as_json:
+        click.echo(json.dumps({"bundle": str(result.bundle), "zip": str(result.zip), "passed": result.passed,
+                               "seconds": result.seconds, "models": man["models"], "warnings": man["warnings"],
+                               "timings_s": man.get("timings_s")}, indent=2))
+        return
+    if quiet:
+        click.echo(str(result.bundle))
+        return
+    click.echo(_table(("metric", "FP32", "INT8", "note"), report.summary_rows(man)))
+    rows = report.budget_rows(man)
+    if rows:
+        click.echo("")
+        click.echo(_table(("budget", "value", "limit", "verdict"), rows))
+    for w in man["warnings"]:
+        click.echo(f"Warning: {w}", err=True)
+    verdict = click.style("PASSED", fg="green") if result.passed else click.style("FAILED (budgets missed)", fg="red")
+    click.echo(f"\n{verdict} in {result.seconds:.0f} s. Bundle: {result.bundle}  (zip: {result.zip})")
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    lines = [fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*r) for r in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+@main.group()
+def targets() -> None:
+    """List and show target profiles (targets/*.toml)."""
+
+
+@targets.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def targets_list(ctx: click.Context, as_json: bool) -> None:
+    """List the shipped target profiles."""
+    from . import targets as targets_mod
+
+    def body() -> None:
+        rows = [(n, ",".join((p := targets_mod.load(n)).formats), str(p.threads), p.description)
+                for n in targets_mod.available()]
+        if as_json:
+            click.echo(json.dumps([dict(zip(("name", "formats", "threads", "description"), r, strict=True))
+                                   for r in rows], indent=2))
+        else:
+            click.echo(_table(("name", "formats", "threads", "description"), rows))
+
+    run_command(ctx, body)
+
+
+@targets.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def targets_show(ctx: click.Context, name: str, as_json: bool) -> None:
+    """Show one profile: every key, its value and what it means."""
+    from . import schema
+    from . import targets as targets_mod
+
+    def body() -> None:
+        profile = targets_mod.load(name)
+        if as_json:
+            click.echo(json.dumps(profile.to_dict(), indent=2))
+            return
+        values = profile.to_dict()
+        rows = [(k, json.dumps(values[k]), doc) for k, _, doc in schema.describe(targets_mod.TargetProfile)]
+        click.echo(_table(("key", "value", "meaning"), rows))
+
+    run_command(ctx, body)
+
+
+@main.command()
+@click.argument("bundle", type=click.Path())
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def inspect(ctx: click.Context, bundle: str, as_json: bool) -> None:
+    """Show what a bundle holds: target, models, I/O, validation and budgets."""
+    from . import report
+    from .bundles import read_manifest
+
+    def body() -> None:
+        man = read_manifest(Path(bundle))
+        if as_json:
+            click.echo(json.dumps(man, indent=2))
+            return
+        click.echo(f"{man['name']} for {man['target']['name']}: {'PASSED' if man['passed'] else 'FAILED'}")
+        for m in man["models"]:
+            click.echo(f"  {m['file']}  {m['format']} {m['precision']}  {m['size_bytes'] / 1e6:.2f} MB  "
+                       f"sha256 {m['sha256'][:16]}...")
+            for io_kind in ("inputs", "outputs"):
+                for t in m[io_kind]:
+                    q = t["quantization"]
+                    qs = f" scale={q['scale']:.6g} zero_point={q['zero_point']}" if q else ""
+                    click.echo(f"    {io_kind[:-1]} {t['name']} {t['shape']} {t['dtype']} {t['layout'] or ''}{qs}")
+        click.echo("")
+        click.echo(_table(("metric", "FP32", "INT8", "note"), report.summary_rows(man)))
+        click.echo("")
+        click.echo(_table(("budget", "value", "limit", "verdict"), report.budget_rows(man)))
+
+    run_command(ctx, body)
+
+
+@main.command()
+@click.argument("bundle", type=click.Path())
+@click.pass_context
+def verify(ctx: click.Context, bundle: str) -> None:
+    """Check every file against the manifest's sha256, and the golden input/output."""
+    from .bundles import verify as verify_bundle
+
+    def body() -> None:
+        for line in verify_bundle(Path(bundle)):
+            click.echo(line)
+        click.echo("OK: bundle verified")
+
+    run_command(ctx, body)
+
+
+if __name__ == "__main__":
+    main()

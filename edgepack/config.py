@@ -1,0 +1,109 @@
+"""BuildConfig: every setting of one build, from CLI options and/or a TOML file, validated once.
+
+The CLI builds a BuildConfig and hands it to `api.build`; a `--config` TOML uses the same keys as
+the long CLI options (with underscores). Options given on the command line override the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import schema
+from .errors import ConfigError, InputError
+from .schema import spec
+from .targets import CALIB_METHODS
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an image file becomes a model input: resize short side, centre crop, scale, normalise.
+
+    pixel' = (pixel * scale - mean) / std, per channel, in `channel_order`; layout NCHW float32.
+    """
+
+    resize: int | None = spec("resize the short side to this many pixels (default: crop / 0.875)", None,
+                              ge=1, le=8192)
+    crop: int | None = spec("centre crop side in pixels (default: the model input's height)", None, ge=1, le=8192)
+    mean: tuple[float, ...] = spec("per-channel mean subtracted after scaling", list(IMAGENET_MEAN))
+    std: tuple[float, ...] = spec("per-channel std divided by after subtracting the mean", list(IMAGENET_STD),
+                                  ge=1e-6)
+    scale: float = spec("multiplier applied to 0-255 pixels first (1/255 for 0-1 inputs)", 1 / 255, ge=1e-6, le=1e6)
+    channel_order: str = spec("channel order of the model input", "RGB", choices=("RGB", "BGR", "L"))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """One build. Budgets left as None come from the target profile."""
+
+    model: str = spec("model source: torchvision:<arch>, package.module:factory, .pt2, TorchScript .pt, .onnx")
+    target: str = spec("target profile name (edgepack targets list) or path to a .toml profile", "raspberry-pi-4")
+    out: str = spec("output folder for the bundle (a .zip is written beside it)", "build/bundle")
+    calib: str | None = spec("calibration data: image folder or .npz with x", None)
+    val: str | None = spec("validation data: ImageFolder-style folder or .npz with x and optional y", None)
+    weights: str | None = spec("state dict for torchvision/factory models (loaded with weights_only=True)", None)
+    num_classes: int | None = spec("classifier size for torchvision models", None, ge=1, le=100000)
+    input_shape: tuple[int, ...] | None = spec("model input shape, e.g. [1, 3, 224, 224] (default: profile)", None,
+                                               ge=1, le=8192)
+    labels: str | None = spec("text file with one class name per line", None)
+    name: str | None = spec("bundle name (default: derived from the model)", None)
+    calib_samples: int | None = spec("calibration samples (default: profile)", None, ge=1, le=100000)
+    val_samples: int | None = spec("validation samples, seeded subset (default: all)", None, ge=1, le=1000000)
+    calibration_method: str | None = spec("override the profile's calibration method", None, choices=CALIB_METHODS)
+    per_channel: bool = spec("per-channel weight quantization", True)
+    seed: int = spec("seed for every sampled subset", 0, ge=0, le=2**31 - 1)
+    latency_runs: int = spec("timed runs per model for p50/p90 (after warm-up)", 50, ge=3, le=100000)
+    max_accuracy_drop: float | None = spec("override budget: accuracy drop, points", None, ge=0, le=100)
+    min_agreement: float | None = spec("override budget: top-1 agreement (0-1)", None, ge=0, le=1)
+    max_latency_ms: float | None = spec("override budget: INT8 p50 latency, ms", None, ge=0, le=1e6)
+    max_size_mb: float | None = spec("override budget: INT8 file size, MB", None, ge=0, le=1e6)
+    trust_model: bool = spec("allow model files that can run code on load (TorchScript, full pickles)", False)
+    force: bool = spec("replace an existing output folder", False)
+    preprocess: Preprocess = spec("image preprocessing", Preprocess())
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+PREPROCESS_KEYS = tuple(f.name for f in dataclasses.fields(Preprocess))
+
+
+def from_mapping(data: dict[str, Any], *, where: str) -> BuildConfig:
+    """Validate a flat mapping (TOML file or CLI options); preprocessing keys sit at the top level."""
+    data = dict(data)
+    pre = {k: data.pop(k) for k in list(data) if k in PREPROCESS_KEYS}
+    if isinstance(data.get("preprocess"), dict):
+        pre.update(data.pop("preprocess"))
+    config = schema.parse(BuildConfig, data, where=where)
+    preprocess = schema.parse(Preprocess, pre, where=where)
+    _check_preprocess(preprocess, where)
+    return dataclasses.replace(config, preprocess=preprocess)
+
+
+def _check_preprocess(pre: Preprocess, where: str) -> None:
+    channels = 1 if pre.channel_order == "L" else 3
+    if len(pre.mean) != channels or len(pre.std) != channels:
+        raise ConfigError(f"{where}: mean and std need {channels} values for channel_order {pre.channel_order}",
+                          hint="e.g. --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225")
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """Read a --config file into a dict (no code is ever executed from it)."""
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read config file {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None

@@ -1,0 +1,181 @@
+"""Calibration and validation sets: image folders (decoded by Pillow) or .npz arrays.
+
+Every set becomes a `Dataset`: NCHW float32 inputs, optional int64 labels, class names when a
+folder gives them, and a digest recorded in the manifest. Sampling is seeded and listings sorted,
+so the same files and seed always give the same set.
+"""
+
+from __future__ import annotations
+
+import logging
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .config import Preprocess
+from .errors import InputError
+from .util import ProgressFn, no_progress, sha256_arrays
+
+log = logging.getLogger(__name__)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm")
+MAX_SKIPPED_FRACTION = 0.5
+
+
+@dataclass
+class Dataset:
+    """Model-ready samples. x: (N, C, H, W) float32; y: (N,) int64 or None."""
+
+    x: np.ndarray
+    y: np.ndarray | None
+    source: str
+    class_names: list[str] | None = None
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def digest(self) -> str:
+        return sha256_arrays(self.x, self.y)
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+
+def load(path: str, *, input_shape: tuple[int, ...], preprocess: Preprocess, count: int | None, seed: int,
+         role: str, progress: ProgressFn = no_progress) -> Dataset:
+    """Load ``path`` (folder or .npz) for ``role`` ("calibration" or "validation")."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{role} data not found: {path}", hint="pass a folder of images or an .npz file")
+    if p.is_dir():
+        return _load_folder(p, input_shape, preprocess, count, seed, role, progress)
+    if p.suffix.lower() == ".npz":
+        return _load_npz(p, input_shape, count, seed, role)
+    raise InputError(f"{role} data {path} is neither a folder of images nor an .npz file",
+                     hint="an .npz needs an array 'x' (N,C,H,W float32) and optional integer labels 'y'")
+
+
+def sample_indices(n: int, count: int | None, seed: int) -> np.ndarray:
+    """Sorted, seeded subset of range(n) of size count (all of them when count is None or >= n)."""
+    if count is None or count >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=count, replace=False))
+
+
+def _load_npz(path: Path, input_shape: tuple[int, ...], count: int | None, seed: int, role: str) -> Dataset:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise InputError(f"cannot read {role} file {path}: {str(exc)[:200]}",
+                         hint="write it with numpy.savez(path, x=..., y=...) (no object arrays)") from None
+    if "x" not in arrays:
+        raise InputError(f"{role} file {path} has no array 'x' (found: {', '.join(sorted(arrays)) or 'nothing'})",
+                         hint="save inputs as x: numpy.savez(path, x=inputs, y=labels)")
+    x, y = arrays["x"], arrays.get("y")
+    x = _check_x(x, input_shape, f"{role} file {path}")
+    y = _check_y(y, len(x), f"{role} file {path}")
+    idx = sample_indices(len(x), count, seed)
+    return Dataset(x=np.ascontiguousarray(x[idx]), y=None if y is None else y[idx], source=str(path))
+
+
+def _check_x(x: np.ndarray, input_shape: tuple[int, ...], where: str) -> np.ndarray:
+    if not np.issubdtype(x.dtype, np.floating):
+        raise InputError(f"{where}: x has dtype {x.dtype}, expected float32 (already preprocessed)",
+                         hint="apply the model's preprocessing and save x as float32")
+    if x.ndim != len(input_shape):
+        raise InputError(f"{where}: x has rank {x.ndim} (shape {list(x.shape)}), the model input has rank "
+                         f"{len(input_shape)} ({list(input_shape)})", hint="x must be (N, C, H, W)")
+    if tuple(x.shape[1:]) != tuple(input_shape[1:]):
+        raise InputError(f"{where}: samples have shape {list(x.shape[1:])}, the model input is "
+                         f"{list(input_shape[1:])}", hint="resize the data or pass --input-shape")
+    if len(x) == 0:
+        raise InputError(f"{where}: x holds no samples")
+    if not np.isfinite(x).all():
+        raise InputError(f"{where}: x contains NaN or infinite values", hint="check the preprocessing")
+    return x.astype(np.float32, copy=False)
+
+
+def _check_y(y: np.ndarray | None, n: int, where: str) -> np.ndarray | None:
+    if y is None:
+        return None
+    if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1 or len(y) != n:
+        raise InputError(f"{where}: y must be {n} integer labels (got dtype {y.dtype}, shape {list(y.shape)})",
+                         hint="labels are class indices 0..C-1, one per sample")
+    if (y < 0).any():
+        raise InputError(f"{where}: y has negative labels")
+    return y.astype(np.int64)
+
+
+def _list_images(root: Path) -> tuple[list[Path], list[str] | None, list[int] | None]:
+    """Image files under root, sorted; class names and labels when root is ImageFolder-style."""
+    subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    classes = [d.name for d in subdirs if any(f.is_file() for f in d.rglob("*"))]
+    if classes:
+        files, labels = [], []
+        for label, name in enumerate(classes):
+            found = sorted(f for f in (root / name).rglob("*") if f.is_file() and not f.name.startswith("."))
+            files += found
+            labels += [label] * len(found)
+        return files, classes, labels
+    files = sorted(f for f in root.iterdir() if f.is_file() and not f.name.startswith("."))
+    return files, None, None
+
+
+def _load_folder(root: Path, input_shape: tuple[int, ...], pre: Preprocess, count: int | None, seed: int,
+                 role: str, progress: ProgressFn) -> Dataset:
+    files, classes, labels = _list_images(root)
+    if not files:
+        raise InputError(f"{role} folder {root} holds no files",
+                         hint=f"put images ({', '.join(IMAGE_SUFFIXES[:4])}, ...) in it, or class sub-folders of them")
+    idx = sample_indices(len(files), count, seed)
+    samples, kept_labels, skipped = [], [], []
+    for i, k in enumerate(idx):
+        progress(f"reading {role} images", i, len(idx))
+        try:
+            samples.append(preprocess_image(files[k], input_shape, pre))
+            if labels is not None:
+                kept_labels.append(labels[k])
+        except InputError as exc:
+            skipped.append(f"{files[k].name}: {exc.message}")
+    progress(f"reading {role} images", len(idx), len(idx))
+    _check_skipped(root, role, skipped, len(idx))
+    y = np.asarray(kept_labels, dtype=np.int64) if labels is not None else None
+    return Dataset(x=np.stack(samples), y=y, source=str(root), class_names=classes, skipped=skipped)
+
+
+def _check_skipped(root: Path, role: str, skipped: list[str], total: int) -> None:
+    if not skipped:
+        return
+    if len(skipped) > MAX_SKIPPED_FRACTION * total:
+        raise InputError(f"{role} folder {root}: {len(skipped)} of {total} files are not readable images "
+                         f"(e.g. {skipped[0]})", hint="remove non-image files or point at the right folder")
+    log.warning("%s folder %s: skipped %d unreadable file(s), e.g. %s", role, root, len(skipped), skipped[0])
+
+
+def preprocess_image(path: Path, input_shape: tuple[int, ...], pre: Preprocess) -> np.ndarray:
+    """Decode with Pillow, resize the short side, centre crop, scale and normalise -> (C, H, W) float32."""
+    from PIL import Image, UnidentifiedImageError
+
+    height, width = int(input_shape[-2]), int(input_shape[-1])
+    crop = pre.crop or height
+    resize = pre.resize or int(round(crop / 0.875))
+    try:
+        with Image.open(path) as img:
+            img = img.convert("L" if pre.channel_order == "L" else "RGB")
+            scale = resize / min(img.size)
+            img = img.resize((max(crop, round(img.size[0] * scale)), max(crop, round(img.size[1] * scale))),
+                             Image.Resampling.BILINEAR)
+            left, top = (img.size[0] - crop) // 2, (img.size[1] - crop) // 2
+            img = img.crop((left, top, left + crop, top + crop))
+            if (crop, crop) != (width, height):
+                img = img.resize((width, height), Image.Resampling.BILINEAR)
+            arr = np.asarray(img, dtype=np.float32)
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise InputError(f"not a readable image ({type(exc).__name__})") from None
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if pre.channel_order == "BGR":
+        arr = arr[..., ::-1]
+    arr = (arr * pre.scale - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
+    return np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32)

@@ -1,0 +1,115 @@
+"""Host latency and peak memory, measured in a clean child process.
+
+Latency: one child loads every model being compared, warms each up, then times them interleaved
+(A, B, A, B, ...) so that noise on this shared machine hits all of them alike; p50/p90 in ms.
+Peak memory: one child per model loads it and runs one inference; the child's peak RSS (MB)
+minus its RSS before loading the model is the model's cost.
+
+    python -m edgepack.measure latency --input x.npy --threads 1 --runs 50 onnx:a.onnx onnx:b.onnx
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .errors import StageError
+
+WARMUP_RUNS = 5
+
+
+def _runner(spec: str, threads: int):
+    fmt, _, path = spec.partition(":")
+    from . import backends
+
+    return backends.get(fmt).Runner(Path(path), threads=threads)
+
+
+def _rss_mb() -> float:
+    """Peak RSS of this process, MB. VmHWM, because ru_maxrss survives exec and would report the
+    parent's (torch-sized) peak in a freshly started child."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _latency(specs: list[str], x: np.ndarray, threads: int, runs: int) -> dict:
+    runners = [_runner(s, threads) for s in specs]
+    for r in runners:
+        for _ in range(WARMUP_RUNS):
+            r.run(x)
+    times: list[list[float]] = [[] for _ in runners]
+    for _ in range(runs):
+        for i, r in enumerate(runners):
+            t0 = time.perf_counter()
+            r.run(x)
+            times[i].append((time.perf_counter() - t0) * 1000.0)
+    return {s: summarize(t) for s, t in zip(specs, times, strict=True)}
+
+
+def summarize(times_ms: list[float]) -> dict:
+    arr = np.asarray(times_ms)
+    return {"p50": round(float(np.percentile(arr, 50)), 4), "p90": round(float(np.percentile(arr, 90)), 4),
+            "mean": round(float(arr.mean()), 4), "runs": len(times_ms)}
+
+
+def _memory(spec: str, x: np.ndarray, threads: int) -> dict:
+    before = _rss_mb()
+    _runner(spec, threads).run(x)
+    peak = _rss_mb()
+    return {"peak_rss_mb": round(peak, 1), "model_rss_mb": round(peak - before, 1)}
+
+
+def _child(args: list[str]) -> dict:
+    cmd = [sys.executable, "-m", "edgepack.measure", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise StageError("latency measurement failed: " + (proc.stderr.strip().splitlines() or ["?"])[-1][:300])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def latency(models: dict[str, tuple[str, Path]], x: np.ndarray, *, threads: int, runs: int, workdir: Path) -> dict:
+    """{key: {p50, p90, mean, runs}} in ms for models {key: (format, path)}, interleaved in one child."""
+    inp = workdir / "latency_input.npy"
+    np.save(inp, x)
+    specs = {key: f"{fmt}:{path}" for key, (fmt, path) in models.items()}
+    result = _child(["latency", "--input", str(inp), "--threads", str(threads), "--runs", str(runs),
+                     *specs.values()])
+    return {key: result[spec] for key, spec in specs.items()}
+
+
+def memory(fmt: str, path: Path, x: np.ndarray, *, threads: int, workdir: Path) -> dict:
+    inp = workdir / "latency_input.npy"
+    np.save(inp, x)
+    return _child(["memory", "--input", str(inp), "--threads", str(threads), f"{fmt}:{path}"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("mode", choices=["latency", "memory"])
+    parser.add_argument("--input", required=True)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("models", nargs="+")
+    args = parser.parse_args()
+    x = np.load(args.input)
+    if args.mode == "latency":
+        out = _latency(args.models, x, args.threads, args.runs)
+    else:
+        out = _memory(args.models[0], x, args.threads)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

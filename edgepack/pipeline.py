@@ -1,0 +1,40 @@
+"""The one place that orders the stages: (prune) -> export -> quantize -> validate -> bundle."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from .context import BuildContext
+from .stages import bundle, export, quantize, validate
+
+log = logging.getLogger(__name__)
+
+Stage = tuple[str, Callable[[BuildContext], object]]
+STAGES: list[Stage] = [
+    ("export", export.run),
+    ("quantize", quantize.run),
+    ("validate", validate.run),
+    ("bundle", bundle.run),
+]
+
+
+def run(ctx: BuildContext) -> dict:
+    """Run every stage in order; return the manifest the bundle stage wrote. Records stage timings (s)."""
+    timings: dict[str, float] = {}
+    manifest: dict = {}
+    for name, stage in STAGES:
+        t0 = time.perf_counter()
+        log.info("stage %s", name)
+        result = stage(ctx)
+        timings[name] = round(time.perf_counter() - t0, 2)
+        if name == "bundle":
+            manifest = result  # type: ignore[assignment]
+    manifest["timings_s"] = timings
+    return manifest
+
+
+def plan(ctx_like: dict) -> list[str]:
+    """The stage names a build would run, for --dry-run."""
+    return [name for name, _ in STAGES]

@@ -1,0 +1,112 @@
+"""Validate plain dicts (from TOML or JSON) into frozen dataclasses, collecting every problem.
+
+Each dataclass field carries its schema in ``metadata``: ``doc`` (what it means, with units),
+optional ``ge``/``le`` bounds and ``choices``. Unknown keys are rejected with a did-you-mean.
+All problems are gathered and raised once, so a person fixes a file in one pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, TypeVar
+
+from .errors import ConfigError, did_you_mean
+
+T = TypeVar("T")
+_MISSING = dataclasses.MISSING
+
+
+def spec(doc: str, default: Any = _MISSING, *, ge: float | None = None, le: float | None = None,
+         choices: tuple[str, ...] | None = None) -> Any:
+    """A dataclass field with its documentation and bounds."""
+    meta = {"doc": doc, "ge": ge, "le": le, "choices": choices}
+    if isinstance(default, list | dict):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _check_type(value: Any, tp: Any) -> Any:
+    """Return the value coerced to ``tp`` (int->float, list->tuple) or raise TypeError."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _check_type(value, arg)
+            except TypeError:
+                continue
+        raise TypeError(" or ".join(_type_name(a) for a in args))
+    if origin in (tuple, list):
+        if not isinstance(value, list | tuple):
+            raise TypeError(f"a list of {_type_name(typing.get_args(tp)[0])}")
+        inner = typing.get_args(tp)[0]
+        return tuple(_check_type(v, inner) for v in value)
+    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if tp is Any or (isinstance(tp, type) and isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
+        return value
+    raise TypeError(_type_name(tp))
+
+
+def _check_bounds(name: str, value: Any, meta: dict) -> str | None:
+    values = value if isinstance(value, tuple) else (value,)
+    for v in values:
+        if meta.get("choices") and v not in meta["choices"]:
+            hint = did_you_mean(str(v), meta["choices"]) or f"one of {', '.join(meta['choices'])}"
+            return f"{name} = {v!r} is not allowed ({hint})"
+        if isinstance(v, int | float) and meta.get("ge") is not None and v < meta["ge"]:
+            return f"{name} = {v} is below the minimum {meta['ge']}"
+        if isinstance(v, int | float) and meta.get("le") is not None and v > meta["le"]:
+            return f"{name} = {v} is above the maximum {meta['le']}"
+    return None
+
+
+def parse(cls: type[T], data: Any, *, where: str) -> T:
+    """Build ``cls`` from ``data`` or raise one ConfigError listing every problem found in ``where``."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a table of settings, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    hints = typing.get_type_hints(cls)
+    problems: list[str] = []
+    values: dict[str, Any] = {}
+    for key in sorted(data, key=str):
+        if key not in fields:
+            suggestion = did_you_mean(str(key), fields)
+            problems.append(f"unknown key '{key}'" + (f" ({suggestion})" if suggestion else ""))
+            continue
+        try:
+            values[key] = _check_type(data[key], hints[key])
+        except TypeError as exc:
+            problems.append(f"{key} must be {exc}, got {type(data[key]).__name__} {data[key]!r}"[:200])
+            continue
+        problem = _check_bounds(key, values[key], fields[key].metadata)
+        if problem:
+            problems.append(problem)
+    for name, f in fields.items():
+        if name not in values and f.default is _MISSING and f.default_factory is _MISSING:
+            problems.append(f"missing required key '{name}' ({f.metadata.get('doc', '')})")
+    if problems:
+        raise ConfigError(f"{where}: " + "; ".join(problems),
+                          hint="see `edgepack targets show` or the README for every key, its meaning and bounds")
+    return cls(**values)
+
+
+def describe(cls: type) -> list[tuple[str, str, str]]:
+    """(key, type, doc with bounds) for every field, for help output and docs."""
+    rows = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        bounds = [f"{k} {f.metadata[k]}" for k in ("ge", "le") if f.metadata.get(k) is not None]
+        if f.metadata.get("choices"):
+            bounds.append("one of " + ", ".join(f.metadata["choices"]))
+        doc = f.metadata.get("doc", "") + (f" [{'; '.join(bounds)}]" if bounds else "")
+        rows.append((f.name, _type_name(hints[f.name]), doc))
+    return rows

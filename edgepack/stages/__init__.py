@@ -1,0 +1,1 @@
+"""Pipeline stages, each `run(ctx)`: export -> quantize -> validate -> bundle (prune slots in before export)."""

@@ -1,0 +1,102 @@
+"""Bundle stage: model(s), manifest.json, report.md, run.py, labels and a golden sample, as a
+folder plus a deterministic .zip, both written beside their final names and renamed into place."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from .. import backends, report
+from ..context import BuildContext
+from ..errors import OutputError
+from ..util import sha256_file
+
+ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+GOLDEN_TOLERANCE = 1e-3  # max abs diff of logits, same runtime and model on another run/machine
+
+
+def run(ctx: BuildContext) -> dict:
+    out = Path(ctx.config.out)
+    staging = ctx.workdir / "bundle"
+    staging.mkdir()
+    io = _copy_models(ctx, staging)
+    golden = _write_golden(ctx, staging)
+    if ctx.labels:
+        (staging / "labels.txt").write_text("\n".join(ctx.labels) + "\n", encoding="utf-8")
+    shutil.copyfile(Path(__file__).resolve().parent.parent / "templates" / "run.py", staging / "run.py")
+    files = {p.name: {"sha256": sha256_file(p), "size_bytes": p.stat().st_size} for p in sorted(staging.iterdir())}
+    man = report.manifest(ctx, files, io, golden)
+    (staging / "report.md").write_text(report.render_markdown(man), encoding="utf-8")
+    # report.md is written after the manifest's file table is made, so it is listed separately
+    man["files"]["report.md"] = {"sha256": sha256_file(staging / "report.md"),
+                                 "size_bytes": (staging / "report.md").stat().st_size}
+    man["files"] = dict(sorted(man["files"].items()))
+    (staging / "manifest.json").write_text(json.dumps(man, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    publish(staging, out, force=ctx.config.force)
+    return man
+
+
+def _copy_models(ctx: BuildContext, staging: Path) -> dict:
+    io = {}
+    for fmt in ctx.target.formats:
+        src = ctx.get(fmt, "int8").path
+        dst = staging / report.MODEL_FILES[fmt]
+        shutil.copyfile(src, dst)
+        io[fmt] = backends.get(fmt).io_details(dst)
+    return io
+
+
+def _write_golden(ctx: BuildContext, staging: Path) -> dict:
+    """One real input and every shipped model's output on it, for `edgepack verify` and run.py --golden."""
+    x = ctx.val.x[:1]
+    outs = {fmt: backends.get(fmt).Runner(ctx.get(fmt, "int8").path, threads=1).run(x) for fmt in ctx.target.formats}
+    with open(staging / "golden.npz", "wb") as fh:
+        np.savez(fh, input=x, **outs)
+    return {"file": "golden.npz", "tolerance": GOLDEN_TOLERANCE}
+
+
+def publish(staging: Path, out: Path, *, force: bool) -> None:
+    """Move the finished folder to ``out`` and write ``out.zip``; never leave either half-written."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    zip_final = out.with_name(out.name + ".zip")
+    for existing in (out, zip_final):
+        if existing.exists() and not force:
+            raise OutputError(f"output {existing} already exists", hint="pass --force to replace it, or another --out")
+    tmp_dir = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    tmp_zip = out.with_name(f".{out.name}.zip.partial-{os.getpid()}")
+    try:
+        shutil.copytree(staging, tmp_dir)
+        write_zip(tmp_dir, tmp_zip, out.name)
+        _replace(tmp_dir, out)
+        os.replace(tmp_zip, zip_final)
+    except OSError as exc:
+        raise OutputError(f"cannot write the bundle to {out.parent}: {exc.strerror or exc}",
+                          hint="check the folder is writable and the disk has space") from None
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        tmp_zip.unlink(missing_ok=True)
+
+
+def _replace(src: Path, dst: Path) -> None:
+    if dst.exists():
+        trash = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        os.replace(dst, trash)
+        os.replace(src, dst)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+
+
+def write_zip(folder: Path, path: Path, root: str) -> None:
+    """Deterministic zip: sorted entries, fixed timestamps and permissions, under ``root/``."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for f in sorted(folder.iterdir()):
+            info = zipfile.ZipInfo(f"{root}/{f.name}", date_time=ZIP_TIME)
+            info.external_attr = 0o644 << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, f.read_bytes())

@@ -1,0 +1,47 @@
+"""Export stage: torch -> ONNX (one file), simplified with onnxslim, checked against torch outputs."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+
+from ..backends import onnx as onnx_backend
+from ..context import Artifact, BuildContext
+from ..errors import StageError
+
+PARITY_SAMPLES = 4
+PARITY_RTOL = 1e-3   # max |torch - onnx| relative to max |torch|; FP32 export should be ~1e-6
+
+
+def run(ctx: BuildContext) -> None:
+    raw = ctx.workdir / "model_fp32_raw.onnx"
+    final = ctx.workdir / "model_fp32.onnx"
+    if ctx.model.kind == "onnx":
+        shutil.copyfile(ctx.model.onnx_path, raw)
+    else:
+        ctx.progress("exporting to ONNX", 0, 1)
+        onnx_backend.export(ctx.model.module, ctx.input_shape, raw, opset=ctx.target.opset)
+    ctx.progress("simplifying (onnxslim)", 0, 1)
+    ctx.records["simplify"] = onnx_backend.simplify(raw, final)
+    ctx.add(Artifact("onnx", "fp32", final))
+    if ctx.model.kind == "torch":
+        ctx.records["export_parity"] = check_parity(ctx, final)
+
+
+def check_parity(ctx: BuildContext, path) -> dict:
+    """FP32 ONNX must reproduce the torch outputs on real samples, or the build stops."""
+    import torch
+
+    x = ctx.calib.x[:PARITY_SAMPLES]
+    with torch.no_grad():
+        ref = np.stack([ctx.model.module(torch.from_numpy(x[i:i + 1])).numpy()[0] for i in range(len(x))])
+    got = onnx_backend.Runner(path, threads=1).run_all(x)
+    result = onnx_backend.parity(ref, got)
+    result["tolerance_relative"] = PARITY_RTOL
+    result["samples"] = len(x)
+    if result["relative"] > PARITY_RTOL:
+        raise StageError(f"the exported ONNX model differs from PyTorch: max abs diff {result['max_abs_diff']:.3g} "
+                         f"({result['relative']:.2%} of the output range, tolerance {PARITY_RTOL:.1%})",
+                         hint="the model may behave differently in eval/trace mode; run with --debug")
+    return result

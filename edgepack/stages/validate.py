@@ -1,0 +1,118 @@
+"""Validate stage: FP32 and INT8 side by side on the host, in one run, against the target's budgets.
+
+For each format: top-1 accuracy (with labels) or agreement (always), output SQNR, latency p50/p90
+with the target's thread count (capped at the host's cores) and at one thread, file size and peak
+memory. Budgets are collected and all reported, never the first failure only.
+"""
+
+from __future__ import annotations
+
+import platform
+
+import numpy as np
+
+from .. import backends, measure
+from ..context import BuildContext
+from ..util import host_cores
+
+MB = 1_000_000
+
+
+def run(ctx: BuildContext) -> None:
+    ctx.records["validation"] = {fmt: validate_format(ctx, fmt) for fmt in ctx.target.formats}
+
+
+def validate_format(ctx: BuildContext, fmt: str) -> dict:
+    fp32, int8 = ctx.get(fmt, "fp32"), ctx.get(fmt, "int8")
+    threads = min(ctx.target.threads, host_cores())
+    backend = backends.get(fmt)
+    outs = {}
+    for art in (fp32, int8):
+        runner = backend.Runner(art.path, threads=threads)
+        step = f"validating {fmt} {art.precision} on {len(ctx.val)} samples"
+        outs[art.precision] = runner.run_all(ctx.val.x, progress=lambda i, n, s=step: ctx.progress(s, i, n))
+    result = quality(outs["fp32"], outs["int8"], ctx.val.y)
+    result["samples"] = len(ctx.val)
+    result["on_calibration_data"] = ctx.val_is_calibration
+    result["latency_ms"] = _latency(ctx, fmt, threads)
+    result["size_bytes"] = {"fp32": fp32.size_bytes, "int8": int8.size_bytes}
+    result["peak_memory_mb"] = {a.precision: measure.memory(fmt, a.path, ctx.val.x[:1], threads=threads,
+                                                            workdir=ctx.workdir)["model_rss_mb"]
+                                for a in (fp32, int8)}
+    result["budgets"] = check_budgets(ctx, result)
+    result["passed"] = all(b["passed"] for b in result["budgets"])
+    _speed_notes(ctx, fmt, result["latency_ms"])
+    return result
+
+
+def quality(ref: np.ndarray, q: np.ndarray, y: np.ndarray | None) -> dict:
+    """Accuracy (points, 0-100) with labels, top-1 agreement (0-1) and SQNR (dB) of INT8 vs FP32."""
+    noise = float(np.sum((ref - q) ** 2))
+    sqnr = float("inf") if noise == 0 else 10 * np.log10(float(np.sum(ref ** 2)) / noise)
+    out = {"sqnr_db": round(sqnr, 2), "agreement": None, "accuracy_fp32": None, "accuracy_int8": None,
+           "accuracy_drop": None}
+    if ref.ndim == 2:
+        top_ref, top_q = ref.argmax(1), q.argmax(1)
+        out["agreement"] = round(float((top_ref == top_q).mean()), 4)
+        if y is not None:
+            out["accuracy_fp32"] = round(100 * float((top_ref == y).mean()), 2)
+            out["accuracy_int8"] = round(100 * float((top_q == y).mean()), 2)
+            out["accuracy_drop"] = round(out["accuracy_fp32"] - out["accuracy_int8"], 2)
+    return out
+
+
+def _latency(ctx: BuildContext, fmt: str, threads: int) -> dict:
+    models = {p: (fmt, ctx.get(fmt, p).path) for p in ("fp32", "int8")}
+    x = ctx.val.x[:1]
+    ctx.progress(f"timing {fmt} FP32 vs INT8 ({threads} thread(s))", 0, 1)
+    main = measure.latency(models, x, threads=threads, runs=ctx.config.latency_runs, workdir=ctx.workdir)
+    one = main if threads == 1 else measure.latency(models, x, threads=1, runs=ctx.config.latency_runs,
+                                                     workdir=ctx.workdir)
+    return {"fp32": main["fp32"], "int8": main["int8"], "threads": threads,
+            "kind": "measured-host", "host": f"{platform.machine()} {platform.processor() or ''}".strip(),
+            "note": _thread_note(ctx, threads),
+            "one_thread": {"fp32": one["fp32"], "int8": one["int8"]}}
+
+
+def _thread_note(ctx: BuildContext, threads: int) -> str | None:
+    if threads < ctx.target.threads:
+        return f"the target runs {ctx.target.threads} threads; this host has {host_cores()} cores, so {threads} were used"
+    return None
+
+
+def _speed_notes(ctx: BuildContext, fmt: str, lat: dict) -> None:
+    ratio = lat["one_thread"]["int8"]["p50"] / lat["one_thread"]["fp32"]["p50"]
+    if ratio >= 0.95:
+        ctx.warn(f"{fmt}: INT8 does not pay off on this host: INT8 p50 is {ratio:.2f}x FP32 at one thread")
+    arm = ctx.target.isa.startswith("armv")
+    if arm and "dotprod" not in ctx.target.simd_features:
+        ctx.warn(f"{fmt}: the host's INT8 speed-up ({ratio:.2f}x FP32) will be smaller on {ctx.target.cpu}: "
+                 "it has no ARM dot-product instructions; these latencies are host measurements")
+
+
+def check_budgets(ctx: BuildContext, res: dict) -> list[dict]:
+    """Every budget that applies, with value, limit and verdict; CLI overrides beat the profile."""
+    cfg, tgt = ctx.config, ctx.target
+
+    def pick(name: str):
+        value = getattr(cfg, name)
+        return value if value is not None else getattr(tgt, name)
+
+    rows = []
+    drop, agree = pick("max_accuracy_drop"), pick("min_agreement")
+    if drop is not None and res["accuracy_drop"] is not None:
+        rows.append(_row("accuracy_drop_points", res["accuracy_drop"], drop, "<="))
+    elif agree is not None and res["agreement"] is not None:
+        rows.append(_row("agreement", res["agreement"], agree, ">="))
+    if (lim := pick("max_latency_ms")) is not None:
+        row = _row("latency_p50_ms", res["latency_ms"]["int8"]["p50"], lim, "<=")
+        row["kind"] = "measured-host"
+        rows.append(row)
+    if (lim := pick("max_size_mb")) is not None:
+        rows.append(_row("size_mb", round(res["size_bytes"]["int8"] / MB, 3), lim, "<="))
+    return rows
+
+
+def _row(name: str, value: float, limit: float, op: str) -> dict:
+    passed = value <= limit if op == "<=" else value >= limit
+    return {"name": name, "value": value, "limit": limit, "op": op, "passed": bool(passed)}

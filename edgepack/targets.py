@@ -1,0 +1,105 @@
+"""Target profiles: one TOML file per device in targets/, validated against TargetProfile.
+
+A profile says which formats to produce, how to run them (runtime, threads), the facts about the
+device that matter for INT8 speed, and the budgets a build must meet. The name is the file stem.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import schema
+from .errors import ConfigError, InputError, did_you_mean
+from .schema import spec
+
+FORMATS = ("onnx", "tflite")
+CALIB_METHODS = ("minmax", "entropy", "percentile")
+LATENCY_KINDS = ("host", "device-estimate", "device")
+
+
+@dataclass(frozen=True)
+class TargetProfile:
+    """A device and how edgepack builds for it. Units: ms, MB (10^6 bytes), GHz, GB/s, points."""
+
+    description: str = spec("one line saying what the device and runtime are")
+    formats: tuple[str, ...] = spec("model formats to produce", choices=FORMATS)
+    runtime: str = spec("runtime on the device", choices=("onnxruntime", "litert"))
+    threads: int = spec("inference threads on the device", ge=1, le=64)
+    cpu: str = spec("CPU cores of the device, e.g. Cortex-A72")
+    cores: int = spec("CPU cores on the device", ge=1, le=256)
+    clock_ghz: float = spec("peak CPU clock, GHz", ge=0.1, le=6.0)
+    isa: str = spec("instruction set, e.g. armv8.2-a")
+    simd_features: tuple[str, ...] = spec("SIMD features that matter for INT8/FP16 (neon, dotprod, fp16, avx512_vnni...)")
+    opset: int = spec("ONNX opset for export", 17, ge=13, le=21)
+    input_shape: tuple[int, ...] = spec("default model input shape (NCHW)", [1, 3, 224, 224], ge=1, le=8192)
+    calibration_samples: int = spec("default number of calibration samples", 200, ge=1, le=100000)
+    calibration_method: str = spec("activation range calibration", "minmax", choices=CALIB_METHODS)
+    tflite_io_dtype: str = spec("TFLite input/output tensor dtype", "int8", choices=("int8", "uint8", "float32"))
+    memory_gb: float = spec("device RAM, GB", 1.0, ge=0.01, le=4096)
+    memory_bandwidth_gbs: float = spec("sustained memory bandwidth, GB/s", 1.0, ge=0.01, le=2000)
+    max_accuracy_drop: float | None = spec("budget: top-1 accuracy drop FP32->INT8, points", None, ge=0, le=100)
+    min_agreement: float | None = spec("budget: top-1 agreement INT8 vs FP32 (0-1), used without labels", None,
+                                       ge=0, le=1)
+    max_latency_ms: float | None = spec("budget: INT8 p50 latency, ms", None, ge=0, le=1e6)
+    latency_budget_kind: str = spec("which latency the budget applies to", "host", choices=LATENCY_KINDS)
+    max_size_mb: float | None = spec("budget: INT8 model file size, MB", None, ge=0, le=1e6)
+    name: str = spec("profile name (the file stem; set by the loader)", "")
+    path: str = spec("file the profile was loaded from (set by the loader)", "")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def targets_dir() -> Path:
+    """targets/ beside the package (source checkout) or inside it (installed)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "targets", here / "targets"):
+        if candidate.is_dir():
+            return candidate
+    return here.parent / "targets"
+
+
+def available() -> list[str]:
+    """Sorted names of the shipped profiles."""
+    return sorted(p.stem for p in targets_dir().glob("*.toml"))
+
+
+def parse_profile(text: str, *, name: str, where: str) -> TargetProfile:
+    """Parse TOML text into a validated profile; every problem is reported at once."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{where}: not valid TOML ({exc})", hint="check quoting and brackets") from None
+    for key in ("name", "path"):
+        if key in data:
+            raise ConfigError(f"{where}: '{key}' is set by edgepack, not in the file",
+                              hint=f"remove the '{key}' line; the name is the file stem")
+    profile = schema.parse(TargetProfile, data, where=where)
+    return dataclasses.replace(profile, name=name, path=where)
+
+
+def load(name_or_path: str) -> TargetProfile:
+    """Load a shipped profile by name, or any profile file by path."""
+    path = Path(name_or_path)
+    if name_or_path.endswith(".toml") or path.is_file():
+        if not path.is_file():
+            raise InputError(f"target profile file not found: {name_or_path}",
+                             hint="pass a shipped name (edgepack targets list) or an existing .toml path")
+        return parse_profile(_read(path), name=path.stem, where=str(path))
+    names = available()
+    if name_or_path not in names:
+        suggestion = did_you_mean(name_or_path, names)
+        raise InputError(f"unknown target '{name_or_path}'" + (f" ({suggestion})" if suggestion else ""),
+                         hint="available targets: " + ", ".join(names))
+    path = targets_dir() / f"{name_or_path}.toml"
+    return parse_profile(_read(path), name=name_or_path, where=str(path))
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read target profile {path}: {exc}") from None

@@ -1,0 +1,136 @@
+#!/usr/bin/env python3
+"""Run this edgepack bundle on the device: classify an image, print top-k, optionally time N runs.
+
+Needs only numpy and pillow plus the model's runtime: onnxruntime for .onnx models, and
+ai_edge_litert or tflite_runtime for .tflite models. Preprocessing follows manifest.json.
+
+    python3 run.py photo.jpg              # top-5 classes
+    python3 run.py photo.jpg --time 100   # also p50/p90 latency over 100 runs, ms
+    python3 run.py --golden               # run the stored golden input, compare with the stored output
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+
+
+def preprocess(path, pre, shape):
+    """Same steps as edgepack's data.preprocess_image: resize short side, centre crop, scale, normalise."""
+    from PIL import Image
+
+    height, width = int(shape[-2]), int(shape[-1])
+    crop = pre["crop"] or height
+    resize = pre["resize"] or int(round(crop / 0.875))
+    with Image.open(path) as img:
+        img = img.convert("L" if pre["channel_order"] == "L" else "RGB")
+        scale = resize / min(img.size)
+        img = img.resize((max(crop, round(img.size[0] * scale)), max(crop, round(img.size[1] * scale))),
+                         Image.Resampling.BILINEAR)
+        left, top = (img.size[0] - crop) // 2, (img.size[1] - crop) // 2
+        img = img.crop((left, top, left + crop, top + crop))
+        if (crop, crop) != (width, height):
+            img = img.resize((width, height), Image.Resampling.BILINEAR)
+        arr = np.asarray(img, dtype=np.float32)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if pre["channel_order"] == "BGR":
+        arr = arr[..., ::-1]
+    arr = (arr * pre["scale"] - np.asarray(pre["mean"], np.float32)) / np.asarray(pre["std"], np.float32)
+    return np.ascontiguousarray(arr.transpose(2, 0, 1)[None], dtype=np.float32)
+
+
+class OnnxModel:
+    def __init__(self, path, threads):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        self.sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        self.name = self.sess.get_inputs()[0].name
+
+    def __call__(self, x):
+        return self.sess.run(None, {self.name: x})[0].astype(np.float32)
+
+
+class TFLiteModel:
+    """Feeds NHWC, quantizes the input and dequantizes the output with the model's own scale/zero point."""
+
+    def __init__(self, path, threads):
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError:
+            from tflite_runtime.interpreter import Interpreter
+        self.it = Interpreter(model_path=str(path), num_threads=threads)
+        self.it.allocate_tensors()
+        self.inp, self.out = self.it.get_input_details()[0], self.it.get_output_details()[0]
+
+    def __call__(self, x):
+        x = x.transpose(0, 2, 3, 1) if x.ndim == 4 else x
+        scale, zero = self.inp["quantization"]
+        if self.inp["dtype"] != np.float32 and scale:
+            info = np.iinfo(self.inp["dtype"])
+            x = np.clip(np.round(x / scale + zero), info.min, info.max)
+        self.it.set_tensor(self.inp["index"], x.astype(self.inp["dtype"]))
+        self.it.invoke()
+        y = self.it.get_tensor(self.out["index"])
+        scale, zero = self.out["quantization"]
+        return ((y.astype(np.float32) - zero) * scale) if self.out["dtype"] != np.float32 and scale else y
+
+
+def load_model(manifest, threads, fmt=None):
+    entries = manifest["models"]
+    for entry in entries:
+        if fmt and entry["format"] != fmt:
+            continue
+        cls = OnnxModel if entry["format"] == "onnx" else TFLiteModel
+        try:
+            return entry, cls(HERE / entry["file"], threads)
+        except ImportError:
+            continue
+    sys.exit("no runtime for this bundle: pip install onnxruntime (for .onnx) or ai-edge-litert (for .tflite)")
+
+
+def main():
+    manifest = json.loads((HERE / "manifest.json").read_text())
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("image", nargs="?", help="image file to classify")
+    parser.add_argument("--top", type=int, default=5)
+    parser.add_argument("--time", type=int, default=0, metavar="N", help="time N runs after 5 warm-up runs")
+    parser.add_argument("--threads", type=int, default=manifest["runtime"]["threads"])
+    parser.add_argument("--format", choices=sorted({m["format"] for m in manifest["models"]}))
+    parser.add_argument("--golden", action="store_true", help="check the stored golden input/output")
+    args = parser.parse_args()
+    entry, model = load_model(manifest, args.threads, args.format)
+    if args.golden:
+        golden = np.load(HERE / manifest["golden"]["file"])
+        diff = float(np.max(np.abs(model(golden["input"]) - golden[entry["format"]])))
+        print(f"golden max abs diff {diff:.6g} (tolerance {manifest['golden']['tolerance']})")
+        sys.exit(0 if diff <= manifest["golden"]["tolerance"] else 1)
+    if not args.image:
+        parser.error("give an image (or --golden)")
+    x = preprocess(args.image, manifest["preprocess"], manifest["inputs"][0]["shape"])
+    scores = model(x)[0].reshape(-1)
+    labels = manifest.get("labels")
+    for i in np.argsort(-scores)[: args.top]:
+        print(f"{scores[i]:10.4f}  {labels[i] if labels else i}")
+    if args.time:
+        for _ in range(5):
+            model(x)
+        times = []
+        for _ in range(args.time):
+            t0 = time.perf_counter()
+            model(x)
+            times.append((time.perf_counter() - t0) * 1000)
+        print(f"latency over {args.time} runs: p50 {np.percentile(times, 50):.2f} ms, "
+              f"p90 {np.percentile(times, 90):.2f} ms ({args.threads} threads, {entry['format']})")
+
+
+if __name__ == "__main__":
+    main()

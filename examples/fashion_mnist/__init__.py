@@ -1,0 +1,1 @@
+"""Fashion-MNIST classifier: frozen pretrained EfficientNet-Lite0 backbone + trained 10-way linear head."""
