@@ -60,14 +60,11 @@ def _check_output(out: Path, force: bool) -> None:
             raise OutputError(f"output {path} already exists", hint="pass --force to replace it, or another --out")
     parent = out.parent if str(out.parent) else Path(".")
     probe_dir = next((p for p in (parent, *parent.parents) if p.exists()), Path("."))
-    if not probe_dir.is_dir() or not _writable(probe_dir):
-        raise OutputError(f"cannot write to {probe_dir}", hint="choose an --out in a writable folder")
-
-
-def _writable(folder: Path) -> bool:
-    import os
-
-    return os.access(folder, os.W_OK | os.X_OK)
+    try:  # a real write probe: os.access says yes to root even where writes fail (read-only fs, /proc)
+        Path(tempfile.mkdtemp(prefix=".edgepack-probe-", dir=probe_dir)).rmdir()
+    except OSError as exc:
+        raise OutputError(f"cannot write to {probe_dir}: {exc.strerror}",
+                          hint="choose an --out in a writable folder") from None
 
 
 def _prepare(config: BuildConfig, target: targets.TargetProfile, workdir: Path, progress: ProgressFn) -> BuildContext:
@@ -75,6 +72,7 @@ def _prepare(config: BuildConfig, target: targets.TargetProfile, workdir: Path, 
     model = sources.load(config.model, weights=config.weights, num_classes=config.num_classes,
                          trust_model=config.trust_model)
     shape = _input_shape(config, target, model)
+    _check_single_input(model)
     num_outputs = _num_outputs(model, shape)
     calib = data.load(config.calib or _default_calib(), input_shape=shape, preprocess=config.preprocess,
                       count=config.calib_samples or target.calibration_samples, seed=config.seed,
@@ -93,6 +91,17 @@ def _prepare(config: BuildConfig, target: targets.TargetProfile, workdir: Path, 
     if not config.val:
         ctx.warn("no --val data: agreement is measured on the calibration samples, which flatters INT8")
     return ctx
+
+
+def _check_single_input(model: sources.LoadedModel) -> None:
+    if model.kind != "onnx":
+        return
+    from .backends import onnx as onnx_backend
+
+    inputs = onnx_backend.io_details(model.onnx_path)["inputs"]
+    if len(inputs) != 1:
+        raise InputError(f"{model.onnx_path.name} has {len(inputs)} inputs ({', '.join(i['name'] for i in inputs)}); "
+                         "image models take one", hint="export the model with a single image input")
 
 
 def _default_calib() -> str:

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Set up everything edgepack and its tests need on a fresh Debian machine with Python 3.11:
+# Debian packages (as root), then .venv with the pinned stack. Safe to run again: it only adds
+# what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(dataset-fashion-mnist)
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "warning: missing Debian packages (${missing[*]}); run as root or: sudo apt-get install ${missing[*]}" >&2
+  fi
+fi
+
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+if [ ! -x .venv/bin/python ]; then
+  echo "creating .venv with $("$PYTHON" --version)"
+  "$PYTHON" -m venv .venv
+fi
+# Plain pip: it takes torch/torchvision from this machine's local wheels (uv/poetry would download 3 GB).
+.venv/bin/pip install -q --disable-pip-version-check -e '.[tflite,examples,dev]' 2>&1 \
+  | grep -v "is ignored: it is neither a file nor a directory" || true
+.venv/bin/python -c "import edgepack, torch, onnxruntime; print('environment ready: edgepack', edgepack.__version__)"

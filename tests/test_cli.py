@@ -1,0 +1,137 @@
+"""The CLI through click's CliRunner: exit codes, messages, and one real (tiny) build end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgepack import __version__
+from edgepack.cli import main
+
+FAST = ["--latency-runs", "5", "--input-shape", "1,3,32,32"]
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="session")
+def built(tiny_data, tmp_path_factory):
+    """One tiny build, shared by the tests that read a bundle."""
+    out = tmp_path_factory.mktemp("built") / "tiny"
+    result = invoke("build", "toy_models:tiny_cnn", "--target", "x86-64", "--calib", tiny_data["calib"],
+                    "--val", tiny_data["val"], "--out", out, "--json", *FAST)
+    return out, result
+
+
+def test_version_and_help():
+    assert __version__ in invoke("--version").output
+    text = invoke("--help").output
+    assert "Examples:" in text and "Exit codes:" in text
+    assert "--calib" in invoke("build", "--help").output
+
+
+def test_targets_list_and_show():
+    assert "raspberry-pi-4" in invoke("targets", "list").output
+    shown = invoke("targets", "show", "raspberry-pi-4", "--json")
+    assert json.loads(shown.output)["cpu"] == "Cortex-A72"
+
+
+def test_build_writes_a_bundle_with_the_promised_manifest(built):
+    out, result = built
+    assert result.exit_code in (0, 1), result.output
+    summary = json.loads(result.output)
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["schema"] == "edgepack.bundle/1"
+    assert man["model"]["file"] == "model.onnx" and man["model"]["format"] == "onnx"
+    assert man["model"]["size_bytes"] == (out / "model.onnx").stat().st_size
+    v = man["validation"]
+    for key in ("accuracy_fp32", "accuracy_int8", "agreement", "latency_ms", "size_bytes", "budgets", "passed"):
+        assert key in v
+    assert set(v["latency_ms"]) >= {"fp32", "int8"} and v["latency_ms"]["int8"]["p50"] > 0
+    assert v["latency_ms"]["kind"] == "measured-host"
+    assert man["inputs"][0]["shape"] == [1, 3, 32, 32]
+    assert man["created_from"]["calibration"]["samples"] == 32
+    assert {"torch", "onnxruntime", "onnx"} <= set(man["tools"])
+    assert summary["passed"] == man["passed"] == (result.exit_code == 0)
+    assert (out.parent / "tiny.zip").is_file() and (out / "report.md").is_file() and (out / "run.py").is_file()
+
+
+def test_budget_miss_exits_1_and_marks_bundle_failed(tiny_data, tmp_path):
+    out = tmp_path / "b"
+    result = invoke("build", "toy_models:tiny_cnn", "--target", "x86-64", "--calib", tiny_data["calib"],
+                    "--val", tiny_data["val"], "--out", out, "--max-size-mb", "0.0001", *FAST)
+    assert result.exit_code == 1, result.output
+    assert "FAIL" in result.output and "size_mb" in result.output
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["passed"] is False
+    assert [b for b in man["validation"]["budgets"] if b["name"] == "size_mb"][0]["passed"] is False
+
+
+def test_config_file_gives_the_same_settings(tiny_data, tmp_path):
+    cfg = tmp_path / "ci.toml"
+    cfg.write_text(f'model = "toy_models:tiny_cnn"\ntarget = "x86-64"\ncalib = "{tiny_data["calib"]}"\n'
+                   f'input_shape = [1, 3, 32, 32]\nmax_size_mb = 99.0\nseed = 3\n')
+    result = invoke("build", "--config", cfg, "--dry-run")
+    config = json.loads(result.output)["config"]
+    assert config["max_size_mb"] == 99.0 and config["seed"] == 3 and config["input_shape"] == [1, 3, 32, 32]
+    bad = tmp_path / "bad.toml"
+    bad.write_text('model = "x"\ncalib_sample = 3\n')
+    result = invoke("build", "--config", bad, "--dry-run")
+    assert result.exit_code == 2 and "did you mean 'calib_samples'" in result.output
+
+
+def test_inspect_and_verify(built):
+    out, _ = built
+    shown = invoke("inspect", out)
+    assert shown.exit_code == 0 and "model.onnx" in shown.output and "budget" in shown.output
+    assert invoke("verify", out).exit_code == 0
+    assert invoke("verify", out.parent / "tiny.zip").exit_code == 0
+
+
+def test_verify_detects_a_flipped_byte(built, tmp_path):
+    import shutil
+
+    out, _ = built
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    data = bytearray((copy / "model.onnx").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (copy / "model.onnx").write_bytes(bytes(data))
+    result = invoke("verify", copy)
+    assert result.exit_code == 5 and "model.onnx: sha256 differs" in result.output
+
+
+BAD_INPUTS = [
+    (["build", "missing.onnx"], 2, "model file not found"),
+    (["build", "toy_models:tiny_cnn", "--target", "raspbery-pi-4"], 2, "did you mean 'raspberry-pi-4'"),
+    (["build", "toy_models:tiny_cnn", "--input-shape", "1,3,2,2"], 2, "does not accept input shape"),
+    (["build", "toy_models:tiny_cnn", "--calib", "{empty}"], 2, "holds no files"),
+    (["build", "toy_models:tiny_cnn", "--calib", "{calib}", "--val", "{badlabels}"], 2, "model has 10 outputs"),
+    (["build", "toy_models:tiny_cnn", "--input-shape", "1,3,x"], 2, "comma-separated list of integers"),
+    (["build", "nonsense"], 2, "cannot tell what kind of model"),
+]
+
+
+@pytest.mark.parametrize("args, code, message", BAD_INPUTS, ids=[b[2] for b in BAD_INPUTS])
+def test_bad_input_gets_a_message_and_exit_code(tiny_data, tmp_path, args, code, message):
+    (tmp_path / "empty").mkdir()
+    np.savez(tmp_path / "badlabels.npz", x=np.zeros((4, 3, 32, 32), np.float32), y=np.array([0, 1, 2, 12]))
+    fill = {"{empty}": tmp_path / "empty", "{calib}": tiny_data["calib"], "{badlabels}": tmp_path / "badlabels.npz"}
+    args = [str(fill.get(a, a)) for a in args]
+    out = tmp_path / "out"
+    result = invoke(*args, "--out", out)
+    assert result.exit_code == code, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert not out.exists() and not Path(str(out) + ".zip").exists()
+
+
+def test_existing_output_is_refused_without_force(built, tiny_data):
+    out, _ = built
+    result = invoke("build", "toy_models:tiny_cnn", "--calib", tiny_data["calib"], "--out", out, *FAST)
+    assert result.exit_code == 3 and "already exists" in result.output and "--force" in result.output

@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+
+from edgepack import data
+from edgepack.config import Preprocess
+from edgepack.errors import InputError
+
+SHAPE = (1, 3, 32, 32)
+PRE = Preprocess()
+
+
+def load(path, count=None, seed=0):
+    return data.load(str(path), input_shape=SHAPE, preprocess=PRE, count=count, seed=seed, role="calibration")
+
+
+def test_npz_loads_and_seeded_sampling_is_deterministic(tiny_data):
+    a, b, c = load(tiny_data["calib"], 10, 0), load(tiny_data["calib"], 10, 0), load(tiny_data["calib"], 10, 1)
+    assert a.x.shape == (10, 3, 32, 32) and a.x.dtype == np.float32
+    assert a.digest == b.digest and a.digest != c.digest
+
+
+@pytest.mark.parametrize("arrays, message", [
+    ({"y": np.zeros(3)}, "has no array 'x'"),
+    ({"x": np.zeros((2, 3, 32, 32), np.int64)}, "expected float32"),
+    ({"x": np.zeros((3, 32, 32), np.float32)}, "has rank 3"),
+    ({"x": np.full((2, 3, 32, 32), np.nan, np.float32)}, "NaN or infinite"),
+    ({"x": np.zeros((2, 3, 16, 16), np.float32)}, "samples have shape"),
+    ({"x": np.zeros((2, 3, 32, 32), np.float32), "y": np.array([0.5, 1.0])}, "integer labels"),
+])
+def test_bad_npz_files_are_named(tmp_path, arrays, message):
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(InputError, match=message):
+        load(path)
+
+
+def test_image_folder_is_preprocessed(image_folder):
+    ds = load(image_folder)
+    assert ds.x.shape == (8, 3, 32, 32) and ds.y is None
+    assert -2.5 < ds.x.mean() < 2.5  # ImageNet-normalised, not raw 0-255
+
+
+def test_unreadable_minority_is_skipped_and_majority_fails(image_folder):
+    (image_folder / "notes.txt").write_text("not an image")
+    ds = load(image_folder)
+    assert len(ds) == 8 and len(ds.skipped) == 1
+    for i in range(9):
+        (image_folder / f"junk{i}.jpg").write_bytes(b"\x00" * 10)
+    with pytest.raises(InputError, match="are not readable images"):
+        load(image_folder)
+
+
+def test_empty_folder(tmp_path):
+    with pytest.raises(InputError, match="holds no files"):
+        load(tmp_path)
+
+
+def test_image_folder_classes_become_labels(tmp_path, image_folder):
+    files = sorted(image_folder.iterdir())
+    for i, name in enumerate(["cat", "dog"]):
+        (tmp_path / "v" / name).mkdir(parents=True)
+        for f in files[i * 4:(i + 1) * 4]:
+            (tmp_path / "v" / name / f.name).write_bytes(f.read_bytes())
+    ds = load(tmp_path / "v")
+    assert ds.class_names == ["cat", "dog"]
+    assert ds.y.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+
+
+def test_bundle_runner_preprocesses_exactly_like_edgepack(image_folder):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("bundle_run", Path(data.__file__).parent / "templates" / "run.py")
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    pre = Preprocess(resize=40, crop=36, mean=(127.0,) * 3, std=(128.0,) * 3, scale=1.0, channel_order="BGR")
+    f = sorted(image_folder.iterdir())[0]
+    ours = data.preprocess_image(f, SHAPE, pre)
+    theirs = run.preprocess(f, pre.to_dict(), list(SHAPE))
+    np.testing.assert_array_equal(ours[None], theirs)

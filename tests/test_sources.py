@@ -1,0 +1,88 @@
+import pickle
+
+import pytest
+import torch
+
+from edgepack import sources
+from edgepack.errors import InputError
+
+
+def test_torchvision_with_weights_loads_weights_only(tmp_path):
+    import torchvision
+
+    model = torchvision.models.get_model("mobilenet_v3_small", weights=None, num_classes=5)
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    loaded = sources.load("torchvision:mobilenet_v3_small", weights=str(tmp_path / "w.pt"), num_classes=5)
+    assert loaded.kind == "torch" and len(loaded.weights_sha256) == 64
+    assert torch.equal(loaded.module.classifier[-1].weight, model.classifier[-1].weight)
+
+
+def test_unknown_torchvision_arch_suggests(tmp_path):
+    with pytest.raises(InputError, match="did you mean 'resnet18'"):
+        sources.load("torchvision:resnet81")
+
+
+def test_weights_for_the_wrong_head_say_num_classes(tmp_path):
+    import torchvision
+
+    torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), tmp_path / "w.pt")
+    with pytest.raises(InputError) as err:
+        sources.load("torchvision:resnet18", weights=str(tmp_path / "w.pt"))
+    assert "do not fit the architecture" in err.value.message and "--num-classes" in err.value.hint
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_pickled_objects_are_refused_as_weights(tmp_path):
+    with open(tmp_path / "evil.pt", "wb") as fh:
+        pickle.dump({"w": Evil()}, fh)
+    with pytest.raises(InputError, match="not just weights|cannot read weights"):
+        sources.load("toy_models:tiny_cnn", weights=str(tmp_path / "evil.pt"))
+
+
+def test_torchscript_needs_trust(tmp_path):
+    import toy_models
+
+    torch.jit.trace(toy_models.tiny_cnn(), torch.zeros(1, 3, 32, 32)).save(str(tmp_path / "m.pt"))
+    with pytest.raises(InputError, match="can run code"):
+        sources.load(str(tmp_path / "m.pt"))
+    assert sources.load(str(tmp_path / "m.pt"), trust_model=True).kind == "torch"
+
+
+def test_state_dict_given_as_model_is_explained(tmp_path):
+    import toy_models
+
+    torch.save(toy_models.tiny_cnn().state_dict(), tmp_path / "sd.pt")
+    with pytest.raises(InputError) as err:
+        sources.load(str(tmp_path / "sd.pt"))
+    assert "--weights" in err.value.hint
+
+
+def test_pt2_program_loads(tmp_path):
+    import toy_models
+
+    program = torch.export.export(toy_models.tiny_cnn(), (torch.zeros(1, 3, 32, 32),))
+    torch.export.save(program, str(tmp_path / "m.pt2"))
+    loaded = sources.load(str(tmp_path / "m.pt2"))
+    assert loaded.module(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
+
+
+@pytest.mark.parametrize("suffix, content, message", [
+    (".onnx", b"\x08\x07garbage" * 10, "not a valid ONNX model"),
+    (".pt2", b"PK\x03\x04truncated", "not a torch.export program"),
+    (".pt", b"hello", "not a TorchScript archive"),
+    (".onnx", b"", "is empty"),
+])
+def test_corrupt_model_files(tmp_path, suffix, content, message):
+    path = tmp_path / f"m{suffix}"
+    path.write_bytes(content)
+    with pytest.raises(InputError, match=message):
+        sources.load(str(path))
+
+
+def test_factory_that_is_not_a_module():
+    with pytest.raises(InputError, match="cannot import factory"):
+        sources.load("no_such_module_xyz:make")

@@ -1,0 +1,46 @@
+"""Tiny seeded models for tests: built in milliseconds, shaped like real edge CNNs.
+
+`tiny_cnn` has what breaks converters and quantizers in real models: BatchNorm, ReLU6,
+a depthwise convolution, a residual add, global pooling and a linear classifier.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class TinyCNN(nn.Module):
+    def __init__(self, in_ch: int = 3, num_classes: int = 10, width: int = 16):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_ch, width, 3, 2, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU6())
+        self.dw = nn.Sequential(nn.Conv2d(width, width, 3, 1, 1, groups=width, bias=False), nn.BatchNorm2d(width),
+                                nn.ReLU6())
+        self.pw = nn.Sequential(nn.Conv2d(width, width, 1, bias=False), nn.BatchNorm2d(width))
+        self.head = nn.Sequential(nn.Conv2d(width, 2 * width, 1), nn.ReLU6())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(2 * width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = x + self.pw(self.dw(x))
+        x = self.pool(self.head(x)).flatten(1)
+        return self.classifier(x)
+
+
+def tiny_cnn() -> nn.Module:
+    """Seeded random-weight TinyCNN for 1x3x32x32 inputs (a factory for `package.module:factory`)."""
+    torch.manual_seed(0)
+    model = TinyCNN()
+    with torch.no_grad():  # non-trivial BatchNorm statistics, as in a trained model
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def digits_cnn() -> nn.Module:
+    """Untrained TinyCNN for 1x1x16x16 digits; tests load trained weights with --weights."""
+    torch.manual_seed(0)
+    return TinyCNN(in_ch=1, num_classes=10).eval()
