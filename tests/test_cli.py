@@ -106,31 +106,6 @@ def test_verify_detects_a_flipped_byte(built, tmp_path):
     assert result.exit_code == 5 and "model.onnx: sha256 differs" in result.output
 
 
-BAD_INPUTS = [
-    (["build", "missing.onnx"], 2, "model file not found"),
-    (["build", "toy_models:tiny_cnn", "--target", "raspbery-pi-4"], 2, "did you mean 'raspberry-pi-4'"),
-    (["build", "toy_models:tiny_cnn", "--input-shape", "1,3,2,2"], 2, "does not accept input shape"),
-    (["build", "toy_models:tiny_cnn", "--calib", "{empty}"], 2, "holds no files"),
-    (["build", "toy_models:tiny_cnn", "--calib", "{calib}", "--val", "{badlabels}"], 2, "model has 10 outputs"),
-    (["build", "toy_models:tiny_cnn", "--input-shape", "1,3,x"], 2, "comma-separated list of integers"),
-    (["build", "nonsense"], 2, "cannot tell what kind of model"),
-]
-
-
-@pytest.mark.parametrize("args, code, message", BAD_INPUTS, ids=[b[2] for b in BAD_INPUTS])
-def test_bad_input_gets_a_message_and_exit_code(tiny_data, tmp_path, args, code, message):
-    (tmp_path / "empty").mkdir()
-    np.savez(tmp_path / "badlabels.npz", x=np.zeros((4, 3, 32, 32), np.float32), y=np.array([0, 1, 2, 12]))
-    fill = {"{empty}": tmp_path / "empty", "{calib}": tiny_data["calib"], "{badlabels}": tmp_path / "badlabels.npz"}
-    args = [str(fill.get(a, a)) for a in args]
-    out = tmp_path / "out"
-    result = invoke(*args, "--out", out)
-    assert result.exit_code == code, result.output
-    assert message in result.output
-    assert "Traceback" not in result.output
-    assert not out.exists() and not Path(str(out) + ".zip").exists()
-
-
 def test_existing_output_is_refused_without_force(built, tiny_data):
     out, _ = built
     result = invoke("build", "toy_models:tiny_cnn", "--calib", tiny_data["calib"], "--out", out, *FAST)

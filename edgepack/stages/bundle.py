@@ -31,14 +31,22 @@ def run(ctx: BuildContext) -> dict:
     shutil.copyfile(Path(__file__).resolve().parent.parent / "templates" / "run.py", staging / "run.py")
     files = {p.name: {"sha256": sha256_file(p), "size_bytes": p.stat().st_size} for p in sorted(staging.iterdir())}
     man = report.manifest(ctx, files, io, golden)
-    (staging / "report.md").write_text(report.render_markdown(man), encoding="utf-8")
-    # report.md is written after the manifest's file table is made, so it is listed separately
-    man["files"]["report.md"] = {"sha256": sha256_file(staging / "report.md"),
-                                 "size_bytes": (staging / "report.md").stat().st_size}
-    man["files"] = dict(sorted(man["files"].items()))
-    (staging / "manifest.json").write_text(json.dumps(man, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    _write_reports(ctx, staging, man)
+    (staging / "manifest.json").write_text(json.dumps(man, indent=2) + "\n", encoding="utf-8")
     publish(staging, out, force=ctx.config.force)
     return man
+
+
+def _write_reports(ctx: BuildContext, staging: Path, man: dict) -> None:
+    """report.md and report.html show the manifest, so they are written from it and then listed in it."""
+    from .. import html_report
+
+    (staging / "report.md").write_text(report.render_markdown(man), encoding="utf-8")
+    layers = ctx.records.get("diagnosis", {}).get("layers")
+    (staging / "report.html").write_text(html_report.render(man, layers), encoding="utf-8")
+    for name in ("report.md", "report.html"):
+        man["files"][name] = {"sha256": sha256_file(staging / name), "size_bytes": (staging / name).stat().st_size}
+    man["files"] = dict(sorted(man["files"].items()))
 
 
 def _copy_models(ctx: BuildContext, staging: Path) -> dict:

@@ -1,0 +1,115 @@
+"""report.html: a self-contained page (inline PNG plots, no scripts, no network) for every bundle.
+
+Plots: accuracy or agreement, latency and size for each model variant the build measured
+(FP32, INT8, and pruned / searched variants when present), and the per-layer INT8 error when a
+diagnosis was run. Viewable offline in any browser.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from typing import Any
+
+from .report import budget_rows, summary_rows
+
+
+def _png(fig: Any) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight", metadata={"Software": None})
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _bar(title: str, labels: list[str], values: list[float], unit: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.2, 2.8))
+    bars = ax.bar(labels, values, color=["#8899aa", "#2b7bb9", "#55a868", "#c44e52", "#8172b2"][:len(values)])
+    ax.bar_label(bars, fmt="%.2f", fontsize=8)
+    ax.set_title(title, fontsize=10)
+    ax.set_ylabel(unit)
+    ax.tick_params(axis="x", labelsize=8)
+    return _png(fig)
+
+
+def variant_plots(variants: dict[str, dict]) -> list[tuple[str, str]]:
+    """(title, base64 PNG) for quality, latency and size across variants {name: {quality, p50, size_mb}}."""
+    names = list(variants)
+    plots = []
+    quality = [v.get("quality") for v in variants.values()]
+    if all(q is not None for q in quality):
+        label = variants[names[0]].get("quality_label", "top-1")
+        plots.append((label, _bar(label, names, quality, variants[names[0]].get("quality_unit", ""))))
+    plots.append(("latency p50 (measured on host)", _bar("latency p50, host", names,
+                                                         [v["p50"] for v in variants.values()], "ms")))
+    plots.append(("file size", _bar("file size", names, [v["size_mb"] for v in variants.values()], "MB")))
+    return plots
+
+
+def layer_plot(layers: list[dict], top: int = 25) -> str:
+    """Horizontal bars of per-layer SQNR (dB), worst first."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = layers[:top]
+    fig, ax = plt.subplots(figsize=(7, 0.28 * len(rows) + 1))
+    ax.barh([r["name"][-48:] for r in rows][::-1], [r["sqnr_db"] for r in rows][::-1], color="#c44e52")
+    ax.set_xlabel("SQNR of INT8 vs FP32 output, dB (lower = more error)")
+    ax.set_title(f"per-layer INT8 error, worst {len(rows)}", fontsize=10)
+    ax.tick_params(axis="y", labelsize=7)
+    return _png(fig)
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def variants_from_manifest(man: dict) -> dict[str, dict]:
+    """FP32 / INT8 (and any extra variants recorded by stages) of the primary model, for the plots."""
+    v = man["validation"]
+    labelled = v["accuracy_fp32"] is not None
+    out = {}
+    for prec in ("fp32", "int8"):
+        quality = (v[f"accuracy_{prec}"] if labelled else (1.0 if prec == "fp32" else v["agreement"]))
+        out[prec.upper()] = {"quality": quality, "quality_label": "top-1 accuracy" if labelled else "agreement",
+                             "quality_unit": "%" if labelled else "fraction",
+                             "p50": v["latency_ms"][prec]["p50"], "size_mb": v["size_bytes"][prec] / 1e6}
+    for name, extra in (man.get("variants") or {}).items():
+        out[name] = extra
+    return out
+
+
+def render(man: dict, layers: list[dict] | None = None) -> str:
+    """The whole page as a string."""
+    verdict = "PASSED" if man["passed"] else "FAILED"
+    figs = "".join(f'<figure><img alt="{html.escape(t)}" src="data:image/png;base64,{b}"><figcaption>'
+                   f"{html.escape(t)}</figcaption></figure>" for t, b in variant_plots(variants_from_manifest(man)))
+    parts = [f"<h1>edgepack report: {html.escape(man['name'])} for {html.escape(man['target']['name'])}</h1>",
+             f'<p class="{verdict.lower()}"><b>{verdict}</b> - {html.escape(man["target"]["description"])}</p>',
+             "<h2>Summary (host measurements, one run)</h2>",
+             _table(("metric", "FP32", "INT8", "note"), summary_rows(man)),
+             "<h2>Budgets</h2>", _table(("budget", "value", "limit", "verdict"), budget_rows(man)),
+             f'<h2>Plots</h2><div class="plots">{figs}</div>']
+    if layers:
+        parts += ["<h2>Per-layer INT8 error</h2>",
+                  f'<figure><img alt="per-layer error" src="data:image/png;base64,{layer_plot(layers)}"></figure>',
+                  _table(("layer", "op", "SQNR dB"), [(r["name"], r.get("op", ""), f"{r['sqnr_db']:.1f}")
+                                                        for r in layers[:40]])]
+    if man.get("warnings"):
+        parts += ["<h2>Warnings</h2><ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in man["warnings"]) + "</ul>"]
+    style = ("body{font-family:sans-serif;max-width:980px;margin:2em auto;color:#222}table{border-collapse:collapse;"
+             "margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:left}"
+             ".plots{display:flex;flex-wrap:wrap;gap:12px}.passed{color:#2a7a2a}.failed{color:#b22}")
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>edgepack report</title>'
+            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>\n")

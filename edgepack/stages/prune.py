@@ -1,0 +1,58 @@
+"""Prune stage: remove whole channels (and optionally fine-tune) before export, so the graph shrinks.
+
+Reads ``ctx.config.prune`` (a PruneOptions, or None to skip the stage). Replaces ``ctx.model.module``
+with the pruned model, keeps the unpruned LoadedModel in ``ctx.unpruned`` when the context has that
+field (for the report's unpruned-FP32 column), writes ``model_pruned.pt2`` (or its state-dict
+fallback) into the work folder and records everything in ``ctx.records["prune"]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from ..context import BuildContext
+from ..errors import InputError
+from ..pruning import PruneOptions, prune_model, save_pruned
+
+log = logging.getLogger(__name__)
+
+
+def run(ctx: BuildContext) -> dict | None:
+    """Prune ``ctx.model`` in place of the context; returns the pruning report (None when skipped)."""
+    import torch
+
+    options: PruneOptions | None = getattr(ctx.config, "prune", None)
+    if options is None:
+        return None
+    if ctx.model.kind != "torch":
+        raise InputError("pruning needs a PyTorch model, got an ONNX file",
+                         hint="pass the PyTorch source (torchvision:<arch>, factory, .pt2) or drop --prune")
+    unpruned = ctx.model
+    example = torch.from_numpy(ctx.calib.x[:1])
+    pruned, report = prune_model(unpruned.module, example, options, calib=ctx.calib, progress=ctx.progress)
+    if not report["mac_counts_agree"]:
+        ctx.warn(f"MAC counts disagree by {report['mac_count_gap']:.1%} (Torch-Pruning "
+                 f"{report['macs_after']:,} vs FlopCounterMode {report['macs_independent_after']:,}): "
+                 "some layer escapes one of the counters")
+    if options.keep_macs is not None and report["macs_kept"] > options.keep_macs * 1.02:
+        ctx.warn(f"pruning kept {report['macs_kept']:.1%} of the MACs, above the goal of "
+                 f"{options.keep_macs:.1%}: the layers left alone hold the rest")
+    if options.finetune is not None and options.finetune.data:
+        report["finetune"] = _finetune(ctx, pruned, unpruned.module, options)
+    report["saved"] = save_pruned(pruned, ctx.workdir / "model_pruned.pt2", example_input=example)
+    ctx.model = dataclasses.replace(unpruned, module=pruned.eval())
+    if hasattr(ctx, "unpruned"):
+        ctx.unpruned = unpruned
+    ctx.records["prune"] = report
+    log.info("pruned: params %d -> %d, MACs %d -> %d", report["params_before"], report["params_after"],
+             report["macs_before"], report["macs_after"])
+    return report
+
+
+def _finetune(ctx: BuildContext, pruned, teacher, options: PruneOptions) -> dict:
+    from ..finetune import finetune, load_data
+
+    ft = options.finetune
+    data = load_data(ft, input_shape=ctx.input_shape, preprocess=ctx.config.preprocess, progress=ctx.progress)
+    return finetune(pruned, data, ft, teacher=teacher if ft.distill else None, progress=ctx.progress)
