@@ -67,7 +67,7 @@ def main() -> None:
         t0 = time.perf_counter()
         fn(work / "fp32.onnx", paths[name], calib)
         rows[name] = {"wall_s": time.perf_counter() - t0}
-    outs = {n: onnx_backend.Runner(p, threads=host_cores()).run_all(val) for n, p in paths.items()}
+    outs = {n: onnx_backend.Runner(p, threads=host_cores()).run_samples(val) for n, p in paths.items()}
     threads = min(4, host_cores())
     lat1 = measure.latency({n: ("onnx", p) for n, p in paths.items()}, val[:1], threads=1, runs=100, workdir=work)
     latn = measure.latency({n: ("onnx", p) for n, p in paths.items()}, val[:1], threads=threads, runs=100,

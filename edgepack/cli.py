@@ -156,6 +156,8 @@ BUILD_OPTIONS = [
     click.option("--min-agreement", type=float, help="Budget override: top-1 agreement, 0-1."),
     click.option("--max-latency-ms", type=float, help="Budget override: INT8 p50 latency, ms."),
     click.option("--max-size-mb", type=float, help="Budget override: INT8 file size, MB."),
+    click.option("--allow-float-ops", is_flag=True, default=None,
+                 help="TFLite: keep ops with no INT8 kernel in float (named in the report) instead of failing."),
     click.option("--trust-model", is_flag=True, default=None, help="Allow TorchScript / pickles (can run code)."),
     click.option("--force", is_flag=True, default=None, help="Replace an existing output."),
 ]

@@ -110,3 +110,24 @@ def test_existing_output_is_refused_without_force(built, tiny_data):
     out, _ = built
     result = invoke("build", "toy_models:tiny_cnn", "--calib", tiny_data["calib"], "--out", out, *FAST)
     assert result.exit_code == 3 and "already exists" in result.output and "--force" in result.output
+
+
+def test_profile_with_both_formats_builds_and_validates_both(tiny_data, tmp_path):
+    """One build, two models (ONNX and full-integer TFLite), each with its own budget table."""
+    text = (Path(__file__).resolve().parents[1] / "targets" / "android-arm64.toml").read_text()
+    profile = tmp_path / "both.toml"
+    profile.write_text(text.replace('formats = ["tflite"]', 'formats = ["onnx", "tflite"]'))
+    out = tmp_path / "both"
+    result = invoke("build", "toy_models:tiny_cnn", "--target", profile, "--calib", tiny_data["calib"],
+                    "--val", tiny_data["val"], "--out", out, "--json", *FAST)
+    assert result.exit_code in (0, 1), result.output
+    man = json.loads((out / "manifest.json").read_text())
+    assert [m["format"] for m in man["models"]] == ["onnx", "tflite"]
+    lite = man["models"][1]
+    assert lite["file"] == "model.tflite" and (out / "model.tflite").is_file()
+    q = lite["inputs"][0]["quantization"]
+    assert lite["inputs"][0]["dtype"] == "int8" and lite["inputs"][0]["layout"] == "NHWC"
+    assert q["scale"] > 0 and -128 <= q["zero_point"] <= 127
+    assert lite["validation"]["budgets"] and lite["validation"]["agreement"] is not None
+    assert man["stages"]["quantization_tflite"]["float_ops"] == []
+    assert invoke("verify", out).exit_code == 0

@@ -109,7 +109,7 @@ class Runner:
         out = self.session.run(None, {self.input_name: x.astype(np.float32, copy=False)})[0]
         return np.asarray(out, dtype=np.float32)
 
-    def run_all(self, x: np.ndarray, progress=None) -> np.ndarray:
+    def run_samples(self, x: np.ndarray, progress=None) -> np.ndarray:
         """Outputs for every sample of x (N, ...), batch 1 as on the device."""
         outs = []
         for i in range(len(x)):

@@ -36,7 +36,7 @@ def check_parity(ctx: BuildContext, path) -> dict:
     x = ctx.calib.x[:PARITY_SAMPLES]
     with torch.no_grad():
         ref = np.stack([ctx.model.module(torch.from_numpy(x[i:i + 1])).numpy()[0] for i in range(len(x))])
-    got = onnx_backend.Runner(path, threads=1).run_all(x)
+    got = onnx_backend.Runner(path, threads=1).run_samples(x)
     result = onnx_backend.parity(ref, got)
     result["tolerance_relative"] = PARITY_RTOL
     result["samples"] = len(x)

@@ -30,7 +30,7 @@ def validate_format(ctx: BuildContext, fmt: str) -> dict:
     for art in (fp32, int8):
         runner = backend.Runner(art.path, threads=threads)
         step = f"validating {fmt} {art.precision} on {len(ctx.val)} samples"
-        outs[art.precision] = runner.run_all(ctx.val.x, progress=lambda i, n, s=step: ctx.progress(s, i, n))
+        outs[art.precision] = runner.run_samples(ctx.val.x, progress=lambda i, n, s=step: ctx.progress(s, i, n))
     result = quality(outs["fp32"], outs["int8"], ctx.val.y)
     result["samples"] = len(ctx.val)
     result["on_calibration_data"] = ctx.val_is_calibration

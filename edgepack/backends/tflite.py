@@ -1,0 +1,330 @@
+"""TFLite backend: FP32 ONNX -> TensorFlow SavedModel (onnx2tf) -> FP32 or full-integer INT8 .tflite.
+
+Why this path: onnx2tf is the only maintained ONNX -> TensorFlow converter in the pinned stack, but its own
+`convert()` downloads sample images from the internet and writes several unused .tflite variants (minutes).
+We therefore ask onnx2tf only for the in-memory Keras model (``disable_model_save``), with its sample-image
+download replaced by the caller's calibration data, save a lean inference-only SavedModel ourselves, and run
+``tf.lite.TFLiteConverter`` with a ``representative_dataset`` from the same calibration set as the ONNX path.
+
+Layouts: the ONNX model takes NCHW; onnx2tf turns 4-D image inputs into NHWC. `TFLiteRunner` accepts NCHW
+like the ONNX runner and transposes, so validation code can feed both backends the same arrays.
+
+Heavy imports (tensorflow, onnx2tf, ai_edge_litert) happen inside functions: importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from edgepack.errors import InputError, StageError
+
+log = logging.getLogger(__name__)
+
+IO_DTYPES = ("int8", "uint8", "float32")
+#: Ops that only convert between float and integer at the model boundary; they are not float compute.
+BOUNDARY_OPS = frozenset({"QUANTIZE", "DEQUANTIZE"})
+_SAVED_MODEL_DIR = "saved_model"
+_STAMP = "edgepack_onnx_sha256.txt"
+_SAMPLE_COUNT = 20  # images onnx2tf uses for its shape-estimation dry run (what it would have downloaded)
+
+
+def convert(onnx_path: Path, workdir: Path, calib: np.ndarray | None, *, io_dtype: str = "int8",
+            progress: Callable[[str], None] | None = None, allow_float: bool = False) -> Path:
+    """Convert an FP32 ONNX model (static shapes, NCHW image input) to a .tflite file in `workdir`.
+
+    `calib` None gives an FP32 model (float32 io). `calib` (N,C,H,W float32, preprocessed exactly as at
+    inference) gives a full-integer INT8 model whose input/output dtype is `io_dtype` ("int8", "uint8" or
+    "float32"; ignored for FP32). Ops left in float (no INT8 kernel, found with `float_ops`: the converter
+    keeps them silently) make the build fail with a StageError naming them, unless `allow_float` is True:
+    then they are kept in float and logged by name as a warning.
+    The SavedModel is cached in `workdir` by ONNX hash, so an FP32 + INT8 pair runs onnx2tf once.
+    Never touches the network. Returns the path of the written .tflite.
+    """
+    say = progress or (lambda msg: None)
+    onnx_path, workdir = Path(onnx_path), Path(workdir)
+    _check_args(onnx_path, calib, io_dtype)
+    workdir.mkdir(parents=True, exist_ok=True)
+    saved_model = _saved_model(onnx_path, workdir, calib, say)
+    if calib is None:
+        say("TFLite: converting FP32")
+        data = _run_converter(saved_model, None, io_dtype, strict=True)
+        return _write(workdir / f"{onnx_path.stem}_fp32.tflite", data)
+    say(f"TFLite: full-integer INT8 with {len(calib)} calibration samples, io {io_dtype}")
+    out = _write(workdir / f"{onnx_path.stem}_int8.tflite", _int8_bytes(saved_model, calib, io_dtype))
+    names = float_ops(out)  # the converter keeps ops without an INT8 kernel in float without failing
+    if names and not allow_float:
+        out.unlink()
+        raise StageError(f"{len(names)} op(s) have no INT8 kernel and would run in float: {', '.join(names)}",
+                         hint="pass allow_float=True to keep them in float, or replace them in the model")
+    if names:
+        log.warning("kept in float (no INT8 kernel): %s", ", ".join(names))
+    return out
+
+
+def _int8_bytes(saved_model: Path, calib: np.ndarray, io_dtype: str) -> bytes:
+    """Full-integer conversion; if the INT8-only op set makes the converter fail, retry allowing float ops."""
+    try:
+        return _run_converter(saved_model, calib, io_dtype, strict=True)
+    except StageError as strict_error:
+        log.warning("INT8-only conversion failed (%s); retrying with float fallback to name the ops",
+                    strict_error)
+        return _run_converter(saved_model, calib, io_dtype, strict=False)
+
+
+def _check_args(onnx_path: Path, calib: np.ndarray | None, io_dtype: str) -> None:
+    """Reject bad input early with messages a person can act on."""
+    if not onnx_path.is_file():
+        raise InputError(f"ONNX model not found: {onnx_path}")
+    if io_dtype not in IO_DTYPES:
+        raise InputError(f"io_dtype must be one of {', '.join(IO_DTYPES)}, not {io_dtype!r}")
+    if calib is not None and (calib.ndim != 4 or len(calib) == 0):
+        raise InputError(f"calibration data must be a non-empty N,C,H,W array, got shape {calib.shape}")
+
+
+def _saved_model(onnx_path: Path, workdir: Path, calib: np.ndarray | None, say) -> Path:
+    """Return `workdir`/saved_model for this ONNX file, converting with onnx2tf unless cached (hash stamp)."""
+    out = workdir / _SAVED_MODEL_DIR
+    digest = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
+    stamp = out / _STAMP
+    if stamp.is_file() and stamp.read_text().strip() == digest:
+        say("onnx2tf: reusing the SavedModel converted earlier")
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    say("onnx2tf: ONNX -> TensorFlow (NHWC)")
+    model = _onnx2tf_keras(onnx_path, out, calib)
+    _save_inference_only(model, out)
+    stamp.write_text(digest + "\n")
+    return out
+
+
+def _onnx2tf_keras(onnx_path: Path, scratch: Path, calib: np.ndarray | None):
+    """Run onnx2tf in memory only (no files, no .tflite variants, no download) and return its Keras model."""
+    _quiet_tensorflow()
+    import onnx2tf
+
+    try:
+        with _offline_samples(calib):
+            model = onnx2tf.convert(
+                input_onnx_file_path=str(onnx_path), output_folder_path=str(scratch),
+                disable_model_save=True, not_use_onnxsim=True,  # the ONNX is already onnxslim-simplified
+                non_verbose=True, verbosity="error",
+            )
+    except SystemExit as exc:  # onnx2tf calls sys.exit(1) on some errors
+        raise StageError(f"onnx2tf could not convert {onnx_path.name} (exit {exc.code})",
+                         hint="run with --debug for onnx2tf's log") from None
+    except Exception as exc:
+        raise StageError(f"onnx2tf could not convert {onnx_path.name}: {exc}") from exc
+    if model is None:
+        raise StageError(f"onnx2tf returned no model for {onnx_path.name}")
+    return model
+
+
+@contextlib.contextmanager
+def _offline_samples(calib: np.ndarray | None) -> Iterator[None]:
+    """Replace onnx2tf's `download_test_image_data` (an internet fetch) with local NHWC float32 samples.
+
+    onnx2tf uses these images only for a dry run that estimates shapes; it resizes them to the input size.
+    The caller's calibration images are the most faithful choice; else seeded uniform noise in [-1, 1].
+    """
+    import onnx2tf.onnx2tf as o2t
+    import onnx2tf.utils.common_functions as common
+
+    if calib is not None and calib.shape[1] == 3:
+        samples = np.ascontiguousarray(np.asarray(calib[:_SAMPLE_COUNT], np.float32).transpose(0, 2, 3, 1))
+    else:
+        samples = np.random.default_rng(0).uniform(-1, 1, (_SAMPLE_COUNT, 128, 128, 3)).astype(np.float32)
+    saved = (o2t.download_test_image_data, common.download_test_image_data)
+    o2t.download_test_image_data = common.download_test_image_data = lambda: samples
+    try:
+        yield
+    finally:
+        o2t.download_test_image_data, common.download_test_image_data = saved
+
+
+def _save_inference_only(model, out: Path) -> None:
+    """Write `model` as a SavedModel with one serving signature and its variables only.
+
+    Saving the Keras model itself traces every layer for re-loading (about 20 s for EfficientNet-Lite0);
+    a bare tf.Module with one tf.function takes about 1 s and is all the TFLite converter needs.
+    """
+    import tensorflow as tf
+
+    specs = [tf.TensorSpec(t.shape, t.dtype, t.name) for t in model.inputs]
+    module = tf.Module()
+    module.variables_ = list(model.variables)
+    module.serve = tf.function(lambda *xs: model(list(xs) if len(xs) > 1 else xs[0]), input_signature=specs)
+    signature = module.serve.get_concrete_function()
+    tf.saved_model.save(module, str(out), signatures={"serving_default": signature})
+
+
+def _run_converter(saved_model: Path, calib: np.ndarray | None, io_dtype: str, *, strict: bool) -> bytes:
+    """Run tf.lite.TFLiteConverter on the SavedModel: FP32 when `calib` is None, else full-integer INT8.
+
+    `strict` allows only INT8 builtin kernels (the converter fails on any op without one); otherwise float
+    builtins are allowed as a fallback. Weights are quantized per channel (TFLite's default), activations
+    per tensor from the representative dataset, biases int32.
+    """
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+    if calib is not None:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = _representative(calib)
+        converter.target_spec.supported_ops = [
+            tf.lite.OpsSet.TFLITE_BUILTINS_INT8 if strict else tf.lite.OpsSet.TFLITE_BUILTINS]
+        converter.inference_input_type = getattr(tf, io_dtype)
+        converter.inference_output_type = getattr(tf, io_dtype)
+    try:
+        return converter.convert()
+    except Exception as exc:  # the converter raises ConverterError and assorted others
+        raise StageError(f"TFLite converter failed: {_first_line(exc)}") from exc
+
+
+def _representative(calib: np.ndarray) -> Callable[[], Iterator[list[np.ndarray]]]:
+    """Representative dataset for the converter: each calibration sample as a batch of 1, NCHW -> NHWC."""
+
+    def samples() -> Iterator[list[np.ndarray]]:
+        for x in calib:
+            sample = np.asarray(x, np.float32)[None]
+            yield [sample.transpose(0, 2, 3, 1) if sample.ndim == 4 else sample]
+
+    return samples
+
+
+def io_details(tflite_path: Path) -> dict:
+    """Describe a .tflite file's inputs and outputs for the manifest and the app developer.
+
+    Each entry: name, shape (list of ints), dtype ("int8"/"uint8"/"float32"...), layout ("NHWC" for 4-D
+    tensors from onnx2tf, "NC" for 2-D, None otherwise) and quantization {scale, zero_point} (real value =
+    scale * (q - zero_point)) or None for float tensors.
+    """
+    interp = _interpreter(tflite_path, threads=1)
+    return {"inputs": [_describe(d) for d in interp.get_input_details()],
+            "outputs": [_describe(d) for d in interp.get_output_details()]}
+
+
+def _describe(detail: dict) -> dict:
+    """One tensor's io description from the interpreter's details dict."""
+    scale, zero_point = detail["quantization"]
+    shape = [int(s) for s in detail["shape"]]
+    return {
+        "name": detail["name"], "shape": shape, "dtype": np.dtype(detail["dtype"]).name,
+        "layout": {4: "NHWC", 3: "NWC", 2: "NC"}.get(len(shape)),
+        "quantization": {"scale": float(scale), "zero_point": int(zero_point)} if scale else None,
+    }
+
+
+def float_ops(tflite_path: Path) -> list[str]:
+    """Ops that compute in float in a (nominally INT8) .tflite file, as "OP_TYPE:output_tensor_name".
+
+    An op counts when any of its input or output tensors is floating point; QUANTIZE/DEQUANTIZE are the
+    boundary conversions of a float32-io model and are not counted. An FP32 model lists every op.
+    """
+    interp = _interpreter(tflite_path, threads=1, delegates=False)  # a delegate hides the ops it takes
+    tensors = {t["index"]: t for t in interp.get_tensor_details()}
+    found = []
+    for op in interp._get_ops_details():  # noqa: SLF001 - the only per-op view LiteRT's Python API gives
+        if op["op_name"] in BOUNDARY_OPS:
+            continue
+        indexes = [i for i in list(op["inputs"]) + list(op["outputs"]) if i >= 0]
+        if any(np.issubdtype(tensors[i]["dtype"], np.floating) for i in indexes if i in tensors):
+            out_name = tensors[op["outputs"][0]]["name"] if len(op["outputs"]) else "?"
+            found.append(f"{op['op_name']}:{out_name}")
+    return found
+
+
+class TFLiteRunner:
+    """Run a .tflite model in LiteRT like the ONNX runner: NCHW float32 in, float32 out.
+
+    Handles the layout (NCHW -> NHWC for 4-D inputs, NHWC -> NCHW for 4-D outputs) and the io quantization
+    (input q = round(x / scale) + zero_point, clipped to the dtype; output x = scale * (q - zero_point)).
+    `threads` is the LiteRT thread count; XNNPACK is LiteRT's default delegate.
+    """
+
+    def __init__(self, path: Path, threads: int = 1):
+        self.path = Path(path)
+        self.threads = threads
+        self._interp = _interpreter(self.path, threads)
+        self._in = self._interp.get_input_details()[0]
+        self._outs = self._interp.get_output_details()
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """Run one batch-1 NCHW float32 array (preprocessed); return the first output as float32."""
+        return self.run_outputs(x)[0]
+
+    def run_samples(self, x: np.ndarray, progress=None) -> np.ndarray:
+        """First output for every sample of x (N, ...), batch 1 as on the device."""
+        outs = []
+        for i in range(len(x)):
+            if progress and i % 16 == 0:
+                progress(i, len(x))
+            outs.append(self.run(x[i:i + 1])[0])
+        return np.stack(outs)
+
+    def run_outputs(self, x: np.ndarray) -> list[np.ndarray]:
+        """Run one input; return every output, dequantized to float32, 4-D ones back in NCHW."""
+        x = np.asarray(x, np.float32)
+        if x.ndim == 4:
+            x = x.transpose(0, 2, 3, 1)
+        self._interp.set_tensor(self._in["index"], _quantize(x, self._in))
+        self._interp.invoke()
+        outs = [_dequantize(self._interp.get_tensor(d["index"]), d) for d in self._outs]
+        return [o.transpose(0, 3, 1, 2) if o.ndim == 4 else o for o in outs]
+
+
+def _quantize(x: np.ndarray, detail: dict) -> np.ndarray:
+    """Float32 -> the input tensor's dtype with its scale and zero point (no-op for float inputs)."""
+    dtype = np.dtype(detail["dtype"])
+    scale, zero_point = detail["quantization"]
+    if not np.issubdtype(dtype, np.integer):
+        return np.ascontiguousarray(x, dtype)
+    info = np.iinfo(dtype)
+    return np.clip(np.round(x / scale) + zero_point, info.min, info.max).astype(dtype)
+
+
+def _dequantize(q: np.ndarray, detail: dict) -> np.ndarray:
+    """An output tensor's values as float32 (scale * (q - zero_point) for integer tensors)."""
+    scale, zero_point = detail["quantization"]
+    if np.issubdtype(q.dtype, np.integer) and scale:
+        return (scale * (q.astype(np.float32) - zero_point)).astype(np.float32)
+    return q.astype(np.float32, copy=True)
+
+
+def _interpreter(path: Path, threads: int, delegates: bool = True):
+    """A LiteRT interpreter for `path`, tensors allocated (XNNPACK applied unless `delegates` is False)."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    resolver = OpResolverType.AUTO if delegates else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    interp = Interpreter(model_path=str(path), num_threads=threads, experimental_op_resolver_type=resolver)
+    interp.allocate_tensors()
+    return interp
+
+
+def _write(path: Path, data: bytes) -> Path:
+    """Write bytes atomically-enough (temp file then rename) and return the path."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+    return path
+
+
+def _quiet_tensorflow() -> None:
+    """Keep TensorFlow's C++ INFO/WARNING logs off the user's terminal unless they chose a level."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception message (the converter's are pages long)."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+Runner = TFLiteRunner  # the name every backend exposes (see edgepack.backends)

@@ -1,0 +1,164 @@
+"""Tests for edgepack.backends.tflite on a tiny seeded CNN (1x3x32x32): FP32 parity, INT8 io, offline."""
+
+from __future__ import annotations
+
+import socket
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnx2tf")
+pytest.importorskip("ai_edge_litert")
+
+from edgepack.backends import tflite as bk  # noqa: E402
+from edgepack.errors import InputError, StageError  # noqa: E402
+
+
+class TinyNet(torch.nn.Module):
+    """conv/bn/relu6 -> depthwise/bn/relu6 -> 1x1 conv + residual add -> avgpool -> linear (10 classes)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, 2, 1, bias=False), torch.nn.BatchNorm2d(8),
+                                        torch.nn.ReLU6())
+        self.dw = torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, 1, 1, groups=8, bias=False),
+                                      torch.nn.BatchNorm2d(8), torch.nn.ReLU6())
+        self.pw = torch.nn.Sequential(torch.nn.Conv2d(8, 8, 1, bias=False), torch.nn.BatchNorm2d(8))
+        self.head = torch.nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + self.pw(self.dw(x))
+        return self.head(torch.nn.functional.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(onnx path, workdir, calib NCHW, eval inputs, torch logits) for the seeded tiny CNN."""
+    import onnx
+    import onnxslim
+
+    torch.manual_seed(0)
+    net = TinyNet()
+    for m in net.modules():  # non-trivial BN statistics, so folding them is actually exercised
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    net.eval()
+    root = tmp_path_factory.mktemp("tflite")
+    onnx_path = root / "tiny.onnx"
+    torch.onnx.export(net, torch.zeros(1, 3, 32, 32), str(onnx_path), dynamo=False, opset_version=17,
+                      input_names=["input"], output_names=["logits"])
+    onnx.save(onnxslim.slim(onnx.load(str(onnx_path))), str(onnx_path))
+    rng = np.random.default_rng(0)
+    calib = rng.uniform(-1, 1, (32, 3, 32, 32)).astype(np.float32)
+    xs = rng.uniform(-1, 1, (8, 3, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        ref = net(torch.from_numpy(xs)).numpy()
+    return onnx_path, root / "work", calib, xs, ref
+
+
+@pytest.fixture(scope="module")
+def fp32_model(tiny):
+    onnx_path, work, *_ = tiny
+    return bk.convert(onnx_path, work, None)
+
+
+@pytest.fixture(scope="module")
+def int8_model(tiny):
+    onnx_path, work, calib, *_ = tiny
+    return bk.convert(onnx_path, work, calib, io_dtype="int8")
+
+
+def test_fp32_reproduces_pytorch(tiny, fp32_model):
+    *_, xs, ref = tiny
+    runner = bk.TFLiteRunner(fp32_model, threads=1)
+    out = np.concatenate([runner.run(x[None]) for x in xs])
+    assert out.shape == ref.shape
+    assert np.abs(out - ref).max() < 1e-4
+
+
+def test_fp32_io_details_are_float_nhwc(fp32_model):
+    info = bk.io_details(fp32_model)
+    (inp,), (out,) = info["inputs"], info["outputs"]
+    assert inp["shape"] == [1, 32, 32, 3] and inp["layout"] == "NHWC" and inp["dtype"] == "float32"
+    assert inp["quantization"] is None and out["quantization"] is None
+    assert out["shape"] == [1, 10] and out["layout"] == "NC"
+
+
+def test_int8_io_quantization_and_no_float_ops(int8_model, fp32_model):
+    info = bk.io_details(int8_model)
+    (inp,), (out,) = info["inputs"], info["outputs"]
+    assert inp["dtype"] == "int8" and out["dtype"] == "int8"
+    # calibration data spans [-1, 1]: the input scale must cover that range in 256 steps
+    assert inp["quantization"]["scale"] == pytest.approx(2 / 255, rel=0.05)
+    assert -128 <= inp["quantization"]["zero_point"] <= 127
+    assert out["quantization"]["scale"] > 0
+    assert bk.float_ops(int8_model) == []
+    assert len(bk.float_ops(fp32_model)) > 0  # an FP32 model lists every op
+
+
+def test_int8_tracks_fp32(tiny, int8_model):
+    *_, xs, ref = tiny
+    runner = bk.TFLiteRunner(int8_model, threads=1)
+    out = np.concatenate([runner.run(x[None]) for x in xs])
+    sqnr_db = 10 * np.log10((ref**2).sum() / ((ref - out) ** 2).sum())
+    assert sqnr_db > 15
+
+
+@pytest.mark.parametrize("io_dtype", ["uint8", "float32"])
+def test_io_dtype_variants(tiny, io_dtype):
+    onnx_path, work, calib, xs, ref = tiny
+    path = bk.convert(onnx_path, work / io_dtype, calib[:8], io_dtype=io_dtype)
+    (inp,) = bk.io_details(path)["inputs"]
+    assert inp["dtype"] == io_dtype
+    assert (inp["quantization"] is None) == (io_dtype == "float32")
+    assert bk.float_ops(path) == []  # QUANTIZE/DEQUANTIZE at a float32 boundary are not float compute
+    out = bk.TFLiteRunner(path).run(xs[:1])
+    assert out.dtype == np.float32 and out.shape == ref[:1].shape
+
+
+def test_convert_never_opens_a_socket(tiny, tmp_path, monkeypatch):
+    """onnx2tf's sample-image download must be replaced: any connection attempt fails the test."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args[1:]}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    onnx_path, _, calib, *_ = tiny
+    assert bk.convert(onnx_path, tmp_path, calib[:4]).is_file()
+
+
+def test_bad_io_dtype_is_an_input_error(tiny, tmp_path):
+    onnx_path, _, calib, *_ = tiny
+    with pytest.raises(InputError, match="io_dtype"):
+        bk.convert(onnx_path, tmp_path, calib, io_dtype="int16")
+
+
+def test_op_without_int8_kernel_is_named(tmp_path):
+    """SIN has no INT8 kernel: the converter keeps it in float silently; convert() must say so by name."""
+    import onnx
+    import onnxslim
+
+    class SinNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+            self.fc = torch.nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.fc(torch.sin(self.conv(x)).mean((2, 3)))
+
+    torch.manual_seed(0)
+    onnx_path = tmp_path / "sin.onnx"
+    torch.onnx.export(SinNet().eval(), torch.zeros(1, 3, 16, 16), str(onnx_path), dynamo=False,
+                      opset_version=17, input_names=["input"])
+    onnx.save(onnxslim.slim(onnx.load(str(onnx_path))), str(onnx_path))
+    calib = np.random.default_rng(0).uniform(-1, 1, (8, 3, 16, 16)).astype(np.float32)
+    with pytest.raises(StageError, match="SIN"):
+        bk.convert(onnx_path, tmp_path / "work", calib)
+    assert not (tmp_path / "work" / "sin_int8.tflite").exists()
+    kept = bk.convert(onnx_path, tmp_path / "work", calib, allow_float=True)
+    assert [name.split(":")[0] for name in bk.float_ops(kept)] == ["SIN"]
