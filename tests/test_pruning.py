@@ -27,6 +27,15 @@ ZOO = ["resnet18", "mobilenet_v2", "mobilenet_v3_small", "shufflenet_v2_x1_0", "
        "efficientnet_lite0"]
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run fastest on one thread; the default oversubscribes a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _zoo_model(name: str):
     """Random-weight torchvision models (10 classes); EfficientNet-Lite0 with its shipped ImageNet weights."""
     torch.manual_seed(0)
@@ -73,8 +82,8 @@ def test_zoo_prunes_exports_and_runs_in_onnxruntime(name, tmp_path):
     assert report["macs_after"] < 0.8 * report["macs_before"]
     assert report["mac_counts_agree"], report["mac_count_gap"]
     for when in ("before", "after"):
-        gap = abs(report[f"macs_{when}"] - report[f"macs_independent_{when}"]) / report[f"macs_independent_{when}"]
-        assert gap <= 0.02, (when, gap)
+        independent = report[f"macs_independent_{when}"]
+        assert abs(report[f"macs_{when}"] - independent) <= 0.02 * independent, when
     with torch.no_grad():
         out = pruned(x)
     assert out.shape == ref_shape
@@ -127,7 +136,8 @@ def test_taylor_importance_uses_calibration_data(labelled):
 
 def test_taylor_without_calibration_data_is_an_input_error():
     with pytest.raises(InputError) as err:
-        prune_model(toy_models.tiny_cnn(), torch.randn(1, 3, 32, 32), PruneOptions(ratio=0.5, importance="taylor"))
+        prune_model(toy_models.tiny_cnn(), torch.randn(1, 3, 32, 32),
+                    PruneOptions(ratio=0.5, importance="taylor"))
     assert "calib" in err.value.hint
 
 
@@ -136,7 +146,7 @@ def test_ignored_modules_keep_their_channels_and_unknown_names_get_a_hint():
     pruned, report = prune_model(toy_models.tiny_cnn(), x, PruneOptions(ratio=0.5, ignore=("head.0",)))
     assert pruned.head[0].out_channels == 32 and "head.0" in report["ignored"]
     with pytest.raises(InputError) as err:
-        prune_model(toy_models.tiny_cnn(), x, PruneOptions(ratio=0.5, ignore=("head.O",)))
+        prune_model(toy_models.tiny_cnn(), x, PruneOptions(ratio=0.5, ignore=("hed.0",)))
     assert "head.0" in err.value.hint
 
 
@@ -196,16 +206,17 @@ def _npz(path) -> Dataset:
 
 def test_finetune_recovers_and_is_reproducible(digits):
     model, val = _digits_model(digits), _npz(digits["val"])
-    pruned, _ = prune_model(model, torch.from_numpy(val.x[:1]), PruneOptions(ratio=0.6))
-    options = FinetuneOptions(epochs=3, lr=3e-3, batch_size=32, seed=1)
-    runs = []
+    pruned, _ = prune_model(model, torch.from_numpy(val.x[:1]), PruneOptions(ratio=0.5))
+    options = FinetuneOptions(epochs=8, lr=1e-2, batch_size=32, patience=3, seed=1)
+    runs, steps = [], []
     for _ in range(2):
-        student, steps = pruning.copy.deepcopy(pruned), []
+        student = pruning.copy.deepcopy(pruned)
         report = finetune(student, val, options, progress=lambda s, d, t: steps.append(s))
         runs.append((report, student.state_dict()))
     report = runs[0][0]
     assert report["metric"] == "accuracy" and report["heldout_after"] >= report["heldout_before"]
-    assert report["heldout_after"] > 0.5 and steps and report["train_samples"] + report["heldout_samples"] == len(val)
+    assert report["heldout_after"] >= report["heldout_before"] + 0.25 and steps
+    assert report["train_samples"] + report["heldout_samples"] == len(val)
     assert all(torch.equal(v, runs[1][1][k]) for k, v in runs[0][1].items())
 
 
@@ -230,7 +241,8 @@ def _ctx(tmp_path, digits, prune_options) -> BuildContext:
     model = _digits_model(digits)
     config = SimpleNamespace(prune=prune_options, preprocess=Preprocess())
     return BuildContext(config=config, target=None, workdir=tmp_path, input_shape=(1, 1, 16, 16),
-                        model=LoadedModel(spec="toy_models:digits_cnn", kind="torch", name="digits", module=model),
+                        model=LoadedModel(spec="toy_models:digits_cnn", kind="torch", name="digits",
+                                          module=model),
                         calib=_npz(digits["calib"]), val=_npz(digits["val"]))
 
 

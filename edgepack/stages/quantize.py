@@ -2,7 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
+
 from ..context import Artifact, BuildContext
+
+
+@contextlib.contextmanager
+def quiet_root_logger() -> Iterator[None]:
+    """onnxruntime.quantization logs advice ("consider pre-processing") on the root logger; edgepack
+    has already done that pre-processing, so the advice is noise on the user's terminal."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def run(ctx: BuildContext) -> None:
@@ -21,9 +38,10 @@ def _onnx(ctx: BuildContext) -> None:
 
     ctx.progress("quantizing ONNX to INT8 (calibrating)", 0, 1)
     out = ctx.workdir / "model_int8.onnx"
-    ctx.records["quantization_onnx"] = quantize_onnx(
-        ctx.get("onnx", "fp32").path, out, ctx.calib.x,
-        method=calibration_method(ctx), per_channel=ctx.config.per_channel)
+    with quiet_root_logger():
+        ctx.records["quantization_onnx"] = quantize_onnx(
+            ctx.get("onnx", "fp32").path, out, ctx.calib.x,
+            method=calibration_method(ctx), per_channel=ctx.config.per_channel)
     ctx.add(Artifact("onnx", "int8", out))
 
 

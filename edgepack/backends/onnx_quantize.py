@@ -1,0 +1,332 @@
+"""Static INT8 quantization of an ONNX model with ONNX Runtime, tuned for ORT's CPU kernels.
+
+Recipe (measured on pretrained EfficientNet-Lite0, see scratch/int8/FINDINGS.md):
+
+1. ``quantize_static`` in QDQ format, int8 symmetric per-channel weights, **uint8** asymmetric
+   activations. With int8 activations ORT's x86 QDQ fusion leaves every Conv/Add whose input or output
+   tensor has two consumers (all residual blocks) in FP32 (14 Conv + 9 Add on EfficientNet-Lite0) and the
+   INT8 model runs at ~0.9x FP32; with uint8 activations every Conv/Add/Gemm fuses into
+   QLinearConv/QLinearAdd/QGemm (~0.5x FP32 at one thread).
+2. The Q/DQ pair on each graph output is removed so the last op (QGemm) writes float: quantizing logits
+   to 8 bits only adds ties between near-equal classes.
+3. Empirical bias correction: the rounding error of int8 weights and inputs shifts the per-channel mean of
+   every Conv/Gemm output. We measure that shift per node on calibration data (int8 node vs a float twin
+   reading the same activation) and fold it into the int32 bias. On EfficientNet-Lite0 this took top-1
+   agreement with FP32 on natural photos from 83 % to 91 %, for no latency or size.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+logger = logging.getLogger(__name__)
+
+_CALIB_METHODS = {
+    "minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile", "distribution": "Distribution",
+}
+_COMPUTE_OPS = {"Conv", "Gemm", "MatMul", "Add", "Mul", "ConvTranspose"}
+_BIAS_CORRECTION_SAMPLES = 64
+_BIAS_CORRECTION_ROUNDS = 1
+
+
+def quantize_onnx(fp32_path: Path, out_path: Path, calib: np.ndarray, *, method: str = "minmax",
+                  per_channel: bool = True, exclude_nodes: Sequence[str] = (),
+                  activation_type: str = "auto") -> dict:
+    """Quantize ``fp32_path`` to a QDQ INT8 model at ``out_path``; return the settings and node counts used.
+
+    ``calib`` is an (N, C, H, W) float32 array, already preprocessed like the model's input.
+    ``activation_type``: "auto" (= "uint8", see module docstring), "uint8" or "int8".
+    """
+    fp32_path, out_path = Path(fp32_path), Path(out_path)
+    calib = np.ascontiguousarray(calib, dtype=np.float32)
+    act = _resolve_activation_type(activation_type)
+    extra = {"ActivationSymmetric": False, "WeightSymmetric": True}
+    if method == "percentile":
+        extra["CalibPercentile"] = 99.999
+    input_name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
+    _run_quantize_static(fp32_path, out_path, _ArrayReader(calib, input_name), method, per_channel,
+                         exclude_nodes, act, extra)
+    model = onnx.load(str(out_path))
+    dropped = _drop_output_qdq(model)
+    corrected = _bias_correct(model, onnx.load(str(fp32_path)), calib, input_name)
+    onnx.save(model, str(out_path))
+    return {
+        "format": "QDQ", "method": method, "per_channel": per_channel,
+        "activation_type": act, "weight_type": "int8", "reduce_range": False,
+        "extra_options": extra, "nodes_excluded": list(exclude_nodes),
+        "float_outputs": dropped, "bias_corrected_nodes": corrected,
+        "calibration_samples": int(len(calib)), **_census(out_path),
+    }
+
+
+def _resolve_activation_type(activation_type: str) -> str:
+    """uint8 by default: ORT's CPU QDQ fusion is complete with uint8 activations (see module docstring)."""
+    if activation_type == "auto":
+        return "uint8"
+    if activation_type not in ("uint8", "int8"):
+        raise ValueError(f"activation_type must be auto, uint8 or int8, not {activation_type!r}")
+    return activation_type
+
+
+class _ArrayReader:
+    """CalibrationDataReader over an (N, C, H, W) array, one sample at a time, in order (deterministic)."""
+
+    def __init__(self, data: np.ndarray, input_name: str):
+        self._data, self._name, self._i = data, input_name, 0
+
+    def get_next(self):
+        if self._i >= len(self._data):
+            return None
+        self._i += 1
+        return {self._name: self._data[self._i - 1:self._i]}
+
+    def rewind(self):
+        self._i = 0
+
+
+def _run_quantize_static(fp32_path, out_path, reader, method, per_channel, exclude_nodes, act, extra):
+    """ORT's quantize_static with the recipe's fixed settings (QDQ, int8 weights, no reduce_range)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    if method not in _CALIB_METHODS:
+        raise ValueError(f"method must be one of {sorted(_CALIB_METHODS)}, not {method!r}")
+    qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+    quantize_static(
+        str(fp32_path), str(out_path), reader,
+        quant_format=QuantFormat.QDQ, per_channel=per_channel, reduce_range=False,
+        activation_type=qtype[act], weight_type=QuantType.QInt8,
+        calibrate_method=getattr(CalibrationMethod, _CALIB_METHODS[method]),
+        nodes_to_exclude=list(exclude_nodes), extra_options=dict(extra),
+        calibration_providers=["CPUExecutionProvider"],
+    )
+    logger.info("quantize_static done: %s (%s, per_channel=%s, act=%s)",
+                out_path.name, method, per_channel, act)
+
+
+def _producers(graph: onnx.GraphProto) -> dict:
+    return {out: node for node in graph.node for out in node.output}
+
+
+def _drop_output_qdq(model: onnx.ModelProto) -> list[str]:
+    """Remove Q->DQ pairs that end on a graph output so the producing op writes float directly.
+
+    ORT then fuses the last op as e.g. QGemm with float output: no accuracy is lost to 8-bit logits.
+    """
+    graph, dropped = model.graph, []
+    prod = _producers(graph)
+    for out in graph.output:
+        dq = prod.get(out.name)
+        q = prod.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        src = prod.get(q.input[0]) if q is not None and q.op_type == "QuantizeLinear" else None
+        if src is None or sum(q.input[0] in n.input for n in graph.node) != 1:
+            continue  # the float tensor feeds something else too: keep it
+        src.output[list(src.output).index(q.input[0])] = out.name
+        graph.node.remove(q)
+        graph.node.remove(dq)
+        dropped.append(out.name)
+    return dropped
+
+
+def _bias_targets(model: onnx.ModelProto) -> dict:
+    """Conv/Gemm nodes with an int32 bias behind a DequantizeLinear: name -> (node, bias init, scale)."""
+    inits = {t.name: t for t in model.graph.initializer}
+    prod, out = _producers(model.graph), {}
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "Gemm") or len(node.input) < 3:
+            continue
+        dq = prod.get(node.input[2])
+        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits:
+            continue
+        if inits[dq.input[0]].data_type == onnx.TensorProto.INT32 and dq.input[1] in inits:
+            out[node.name] = (node, inits[dq.input[0]], numpy_helper.to_array(inits[dq.input[1]]))
+    return out
+
+
+def _with_outputs(model: onnx.ModelProto, tensors: list[str]) -> bytes:
+    """Serialized copy of ``model`` that also returns ``tensors`` (value info left to ORT's inference)."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    copy.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in tensors)
+    return copy.SerializeToString()
+
+
+def _channel_means(model_bytes: bytes, samples: np.ndarray, input_name: str) -> list[np.ndarray]:
+    """Per-channel (axis 1) mean of every extra graph output over ``samples``, run one sample at a time.
+
+    Graph optimizations are disabled so the QDQ graph is evaluated as written (fake-quant semantics,
+    same numbers as ORT's fused kernels up to rounding) and no extra output blocks a fusion.
+    """
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+    sums = None
+    for i in range(len(samples)):
+        outs = sess.run(None, {input_name: samples[i:i + 1]})
+        means = [o.reshape(o.shape[0], o.shape[1], -1).mean(axis=(0, 2)) for o in outs]
+        sums = means if sums is None else [a + b for a, b in zip(sums, means, strict=True)]
+    return [s / len(samples) for s in sums]
+
+
+def _bias_correct(qmodel: onnx.ModelProto, fmodel: onnx.ModelProto, calib: np.ndarray,
+                  input_name: str) -> int:
+    """Empirical bias correction, in place on ``qmodel``; returns the number of corrected nodes.
+
+    Quantization error is not zero-mean per channel (weight rounding correlates with the input's mean),
+    and a per-channel offset early on shifts everything after it. For each Conv/Gemm we measure its
+    *local* error on calibration images: the int8 node (quantized input, int8 weights) against a float
+    twin that reads the same activation before its QuantizeLinear, with the original float weights.
+    Subtracting that per-channel mean from the int32 bias cannot double-count upstream errors (correcting
+    the end-to-end error of every layer at once diverged to 0 % agreement). One round: a second one
+    (inputs now slightly corrected) measured no better.
+    """
+    targets = _bias_targets(qmodel)
+    fnodes = {n.name: n for n in fmodel.graph.node}
+    fast = _float_weight_copy(qmodel)
+    pairs = _add_float_twins(fast, targets, fnodes, fmodel)
+    if not pairs:
+        return 0
+    count = min(len(calib), _BIAS_CORRECTION_SAMPLES)
+    idx = np.unique(np.linspace(0, len(calib) - 1, count).round().astype(int))  # evenly spread, fixed
+    outputs = [t for _, q_out, f_out in pairs for t in (q_out, f_out)]
+    for _ in range(_BIAS_CORRECTION_ROUNDS):
+        means = _channel_means(_with_outputs(fast, outputs), calib[idx], input_name)[len(fast.graph.output):]
+        for k, (name, _, _) in enumerate(pairs):
+            _shift_bias(targets[name][1], targets[name][2], means[2 * k] - means[2 * k + 1])
+        _sync_biases(fast, targets)
+    logger.info("bias correction: %d nodes, %d samples, %d rounds",
+                len(pairs), len(idx), _BIAS_CORRECTION_ROUNDS)
+    return len(pairs)
+
+
+def _add_float_twins(fast: onnx.ModelProto, targets: dict, fnodes: dict, fmodel: onnx.ModelProto) -> list:
+    """For each target node add a float copy fed by the pre-Q activation; return (name, q_out, twin_out)."""
+    prod, finits = _producers(fast.graph), {t.name: t for t in fmodel.graph.initializer}
+    pairs = []
+    for name, (node, _, _) in targets.items():
+        dq = prod.get(node.input[0])
+        q = prod.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        fnode = fnodes.get(name)
+        if q is None or q.op_type != "QuantizeLinear" or fnode is None or fnode.op_type != node.op_type:
+            continue
+        if not all(i in finits for i in fnode.input[1:3]) or not _per_tensor(fast, q):
+            continue
+        twin = onnx.NodeProto()
+        twin.CopyFrom(fnode)
+        twin.name, twin.output[0] = name + "__ref", name + "__ref_out"
+        twin.input[0] = _saturated(fast, q, name)
+        for k in (1, 2):
+            array = numpy_helper.to_array(finits[fnode.input[k]])
+            fast.graph.initializer.append(numpy_helper.from_array(array, f"{name}__{fnode.input[k]}"))
+            twin.input[k] = f"{name}__{fnode.input[k]}"
+        fast.graph.node.append(twin)
+        pairs.append((name, node.output[0], twin.output[0]))
+    return pairs
+
+
+def _per_tensor(model: onnx.ModelProto, q: onnx.NodeProto) -> bool:
+    """True if the QuantizeLinear has a constant scalar scale and zero point (the twin's Clip needs one)."""
+    inits = {t.name: t for t in model.graph.initializer}
+    return all(name in inits and int(np.prod(inits[name].dims)) == 1 for name in q.input[1:3])
+
+
+def _saturated(fast: onnx.ModelProto, q: onnx.NodeProto, name: str) -> str:
+    """Clip the pre-Q activation to the range its QuantizeLinear can represent; return the clipped tensor.
+
+    The quantizer drops Relu/Clip nodes whose range the Q saturation reproduces (QDQ "removable activations"),
+    so the tensor before Q can be the raw pre-activation. The float twin must see what the int8 node sees
+    minus rounding: the saturated value.
+    """
+    inits = {t.name: t for t in fast.graph.initializer}
+    scale = float(numpy_helper.to_array(inits[q.input[1]]))
+    zp_init = inits[q.input[2]]
+    info = np.iinfo(onnx.helper.tensor_dtype_to_np_dtype(zp_init.data_type))
+    zp = float(numpy_helper.to_array(zp_init))
+    lo, hi = name + "__lo", name + "__hi"
+    fast.graph.initializer.extend([
+        numpy_helper.from_array(np.array((info.min - zp) * scale, np.float32), lo),
+        numpy_helper.from_array(np.array((info.max - zp) * scale, np.float32), hi),
+    ])
+    fast.graph.node.append(onnx.helper.make_node("Clip", [q.input[0], lo, hi], [name + "__sat"]))
+    return name + "__sat"
+
+
+def _shift_bias(bias_init: onnx.TensorProto, scale: np.ndarray, delta: np.ndarray) -> None:
+    """bias_q -= round(delta / bias_scale), saturating to int32, written back into the initializer."""
+    q = numpy_helper.to_array(bias_init).astype(np.int64)
+    q = q - np.round(delta.astype(np.float64) / np.maximum(scale.astype(np.float64), 1e-30)).astype(np.int64)
+    info = np.iinfo(np.int32)
+    clipped = np.clip(q, info.min, info.max).astype(np.int32)
+    bias_init.CopyFrom(numpy_helper.from_array(clipped, bias_init.name))
+
+
+def _float_weight_copy(qmodel: onnx.ModelProto) -> onnx.ModelProto:
+    """Copy of the QDQ model with weight DequantizeLinear nodes folded to float initializers (same values).
+
+    Only for measuring: the unoptimized session would otherwise dequantize every weight on every run.
+    int32 bias DQs stay so corrected biases can be synced in by name.
+    """
+    fast = onnx.ModelProto()
+    fast.CopyFrom(qmodel)
+    inits = {t.name: t for t in fast.graph.initializer}
+    for node in list(fast.graph.node):
+        if node.op_type != "DequantizeLinear" or not all(i in inits for i in node.input if i):
+            continue
+        if inits[node.input[0]].data_type == onnx.TensorProto.INT32:
+            continue
+        fast.graph.initializer.append(numpy_helper.from_array(_dequantize(node, inits), node.output[0]))
+        fast.graph.node.remove(node)
+    return fast
+
+
+def _dequantize(node: onnx.NodeProto, inits: dict) -> np.ndarray:
+    q = numpy_helper.to_array(inits[node.input[0]]).astype(np.float32)
+    scale = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+    zero = numpy_helper.to_array(inits[node.input[2]]).astype(np.float32) if len(node.input) > 2 else 0.0
+    axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+    if np.ndim(scale) == 1 and q.ndim > 1:
+        shape = [1] * q.ndim
+        shape[axis] = -1
+        scale, zero = scale.reshape(shape), np.reshape(zero, shape) if np.ndim(zero) else zero
+    return ((q - zero) * scale).astype(np.float32)
+
+
+def _sync_biases(fast: onnx.ModelProto, targets: dict) -> None:
+    by_name = {t.name: t for t in fast.graph.initializer}
+    for _, bias_init, _ in targets.values():
+        by_name[bias_init.name].CopyFrom(bias_init)
+
+
+def _census(path: Path) -> dict:
+    """Node counts of the QDQ file and of ORT's fused graph (what actually runs on the CPU EP)."""
+    import onnxruntime as ort
+
+    model = onnx.load(str(path))
+    prod = _producers(model.graph)
+    quantized, float_nodes = Counter(), Counter()
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        fed = any(prod.get(i) is not None and prod[i].op_type == "DequantizeLinear" for i in node.input)
+        (quantized if fed else float_nodes)[node.op_type] += 1
+    with tempfile.TemporaryDirectory(prefix="edgepack-census-") as tmp:
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        opts.optimized_model_filepath = str(Path(tmp) / "opt.onnx")
+        opts.log_severity_level = 3
+        ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        fused = Counter(n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node)
+    float_after = {k: v for k, v in fused.items() if k in _COMPUTE_OPS or k == "FusedConv"}
+    return {"quantized_nodes": sum(quantized.values()), "quantized_by_op": dict(sorted(quantized.items())),
+            "float_nodes_by_op": dict(sorted(float_nodes.items())),
+            "ort_fused_ops": dict(sorted(fused.items())), "ort_float_compute_ops": float_after}
