@@ -53,6 +53,32 @@ def build(config: BuildConfig | None = None, progress: ProgressFn = no_progress,
                        manifest=manifest, seconds=round(time.perf_counter() - t0, 1))
 
 
+def prune(config: BuildConfig, out: str | Path, progress: ProgressFn = no_progress) -> dict:
+    """Prune (and fine-tune) only, writing the pruned PyTorch model to ``out`` (.pt2 program, or a
+    state dict + architecture fallback) for users who fine-tune it themselves. Returns the report."""
+    from .errors import ConfigError
+    from .pruning import save_pruned
+    from .stages import prune as prune_stage
+
+    if config.prune is None:
+        raise ConfigError("no pruning asked for", hint="pass --prune RATIO or --prune-keep-macs FRACTION")
+    out = Path(out)
+    if out.exists() and not config.force:
+        raise OutputError(f"output {out} already exists", hint="pass --force to replace it")
+    _check_output(out, True)
+    workdir = Path(tempfile.mkdtemp(prefix="edgepack-"))
+    try:
+        ctx = _prepare(config, targets.load(config.target), workdir, progress)
+        report = prune_stage.run(ctx)
+        import torch
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        report["saved"] = save_pruned(ctx.model.module, out, example_input=torch.from_numpy(ctx.calib.x[:1]))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return report
+
+
 def _check_output(out: Path, force: bool) -> None:
     """Refuse early (before minutes of work) when the output exists or cannot be written."""
     for path in (out, out.with_name(out.name + ".zip")):

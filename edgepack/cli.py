@@ -156,6 +156,20 @@ BUILD_OPTIONS = [
     click.option("--min-agreement", type=float, help="Budget override: top-1 agreement, 0-1."),
     click.option("--max-latency-ms", type=float, help="Budget override: INT8 p50 latency, ms."),
     click.option("--max-size-mb", type=float, help="Budget override: INT8 file size, MB."),
+    click.option("--prune", "prune_ratio", type=float, help="Structured pruning: fraction of channels to remove."),
+    click.option("--prune-keep-macs", type=float, help="Structured pruning goal: fraction of MACs to keep."),
+    click.option("--prune-importance", type=click.Choice(["magnitude", "taylor"]), help="Channel importance."),
+    click.option("--prune-ignore", multiple=True, help="Module name to leave unpruned (repeatable)."),
+    click.option("--prune-round-to", type=int, help="Round channel counts to a multiple of N (default 8)."),
+    click.option("--prune-steps", type=int, help="Iterative pruning steps (default 1)."),
+    click.option("--finetune", "finetune_data", help="Recovery fine-tuning data after pruning (folder or .npz)."),
+    click.option("--finetune-epochs", type=int),
+    click.option("--finetune-lr", type=float),
+    click.option("--finetune-batch-size", type=int),
+    click.option("--finetune-patience", type=int, help="Early stopping patience, epochs."),
+    click.option("--finetune-samples", type=int, help="Use a seeded subset of N fine-tuning samples."),
+    click.option("--finetune-minutes", type=float, help="Stop fine-tuning after this many minutes."),
+    click.option("--distill", is_flag=True, default=None, help="Distil from the unpruned model (unlabelled data OK)."),
     click.option("--allow-float-ops", is_flag=True, default=None,
                  help="TFLite: keep ops with no INT8 kernel in float (named in the report) instead of failing."),
     click.option("--trust-model", is_flag=True, default=None, help="Allow TorchScript / pickles (can run code)."),
@@ -175,12 +189,37 @@ def make_config(model: str | None, options: dict[str, Any]) -> Any:
 
     file_path = options.pop("config_file", None)
     merged: dict[str, Any] = config_mod.read_toml(file_path) if file_path else {}
-    merged.update({k: v for k, v in options.items() if v is not None})
+    prune = _prune_table(options, merged.get("prune"))
+    merged.update({k: v for k, v in options.items() if v is not None and v != ()})
+    if prune:
+        merged["prune"] = prune
     if model:
         merged["model"] = model
     if "model" not in merged:
         raise InputError("no MODEL given", hint="edgepack build MODEL ... (or model = '...' in --config)")
     return config_mod.from_mapping(merged, where=file_path or "command line")
+
+
+PRUNE_FLAGS = {"prune_ratio": "ratio", "prune_keep_macs": "keep_macs", "prune_importance": "importance",
+               "prune_ignore": "ignore", "prune_round_to": "round_to", "prune_steps": "iterative_steps"}
+FINETUNE_FLAGS = {"finetune_data": "data", "finetune_epochs": "epochs", "finetune_lr": "lr",
+                  "finetune_batch_size": "batch_size", "finetune_patience": "patience",
+                  "finetune_samples": "samples", "finetune_minutes": "max_minutes", "distill": "distill"}
+
+
+def _prune_table(options: dict[str, Any], from_file: Any) -> dict[str, Any] | None:
+    """Fold the --prune*/--finetune* flags into a [prune] table over the config file's one."""
+    table = dict(from_file) if isinstance(from_file, dict) else {}
+    ft = table.get("finetune")
+    ft = {"data": ft} if isinstance(ft, str) else dict(ft or {})
+    for flags, target in ((PRUNE_FLAGS, table), (FINETUNE_FLAGS, ft)):
+        for flag, key in flags.items():
+            value = options.pop(flag, None)
+            if value is not None and value != ():
+                target[key] = list(value) if isinstance(value, tuple) else value
+    if ft:
+        table["finetune"] = ft
+    return table or None
 
 
 @main.command(epilog=EPILOG)
@@ -204,7 +243,7 @@ def build(ctx: click.Context, model: str | None, dry_run: bool, as_json: bool, q
         if dry_run:
             from . import pipeline
 
-            click.echo(json.dumps({"config": config.to_dict(), "stages": pipeline.plan({})}, indent=2))
+            click.echo(json.dumps({"config": config.to_dict(), "stages": pipeline.plan(config)}, indent=2))
             return
         from .api import build as api_build
 
@@ -214,6 +253,48 @@ def build(ctx: click.Context, model: str | None, dry_run: bool, as_json: bool, q
             ui.finish()
         _print_result(result, as_json, quiet)
         sys.exit(EXIT_OK if result.passed else EXIT_BUDGET)
+
+    run_command(ctx, body)
+
+
+@main.command("prune", epilog=EPILOG)
+@click.argument("model", required=False)
+@build_options
+@click.option("--save", "save_path", required=True, type=click.Path(dir_okay=False),
+              help="Where to write the pruned model (.pt2).")
+@click.option("--json", "as_json", is_flag=True, help="Print the pruning report as JSON.")
+@click.option("--quiet", "-q", is_flag=True)
+@click.pass_context
+def prune_cmd(ctx: click.Context, model: str | None, save_path: str, as_json: bool, quiet: bool,
+              **options: Any) -> None:
+    """Prune MODEL (and fine-tune it) and save the pruned PyTorch model, without building a bundle.
+
+    Example: edgepack prune torchvision:resnet18 --weights r18.pt --prune 0.4 --calib photos/ --save r18_pruned.pt2
+    """
+    ui = Ui(quiet=quiet or as_json)
+    _handle_signals()
+
+    def body() -> None:
+        from .api import prune as api_prune
+
+        config = make_config(model, options)
+        try:
+            report = api_prune(config, save_path, progress=ui.progress)
+        finally:
+            ui.finish()
+        if as_json:
+            click.echo(json.dumps(report, indent=2, default=str))
+            return
+        rows = [("parameters", f"{report['params_before']:,}", f"{report['params_after']:,}"),
+                ("MACs (Torch-Pruning)", f"{report['macs_before']:,}", f"{report['macs_after']:,}"),
+                ("MACs (FlopCounterMode)", f"{report['macs_independent_before']:,}",
+                 f"{report['macs_independent_after']:,}")]
+        click.echo(_table(("", "before", "after"), rows))
+        if "finetune" in report:
+            ft = report["finetune"]
+            click.echo(f"fine-tuning: held-out {ft['metric']} {ft['heldout_before']:.4g} -> {ft['heldout_after']:.4g} "
+                       f"({ft['epochs_run']} epochs, stopped: {ft['stopped']})")
+        click.echo(f"saved: {', '.join(report['saved']['files'])}")
 
     run_command(ctx, body)
 

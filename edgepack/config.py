@@ -71,6 +71,7 @@ class BuildConfig:
     trust_model: bool = spec("allow model files that can run code on load (TorchScript, full pickles)", False)
     force: bool = spec("replace an existing output folder", False)
     preprocess: Preprocess = spec("image preprocessing", Preprocess())
+    prune: Any = spec("structured pruning options (a [prune] table; None = no pruning)", None)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -85,7 +86,14 @@ def from_mapping(data: dict[str, Any], *, where: str) -> BuildConfig:
     pre = {k: data.pop(k) for k in list(data) if k in PREPROCESS_KEYS}
     if isinstance(data.get("preprocess"), dict):
         pre.update(data.pop("preprocess"))
+    prune = data.pop("prune", None)
     config = schema.parse(BuildConfig, data, where=where)
+    if prune is not None:
+        from .pruning import options_from_mapping
+
+        if not isinstance(prune, dict):
+            raise ConfigError(f"{where}: prune must be a table, e.g. [prune] ratio = 0.4")
+        config = dataclasses.replace(config, prune=options_from_mapping(prune, where=f"{where} [prune]"))
     preprocess = schema.parse(Preprocess, pre, where=where)
     _check_preprocess(preprocess, where)
     return dataclasses.replace(config, preprocess=preprocess)

@@ -42,6 +42,7 @@ class BuildContext:
     artifacts: dict[str, Artifact] = field(default_factory=dict)
     records: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    unpruned: LoadedModel | None = None
 
     def add(self, artifact: Artifact) -> None:
         self.artifacts[f"{artifact.format}:{artifact.precision}"] = artifact

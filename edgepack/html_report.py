@@ -85,6 +85,11 @@ def variants_from_manifest(man: dict) -> dict[str, dict]:
         out[prec.upper()] = {"quality": quality, "quality_label": "top-1 accuracy" if labelled else "agreement",
                              "quality_unit": "%" if labelled else "fraction",
                              "p50": v["latency_ms"][prec]["p50"], "size_mb": v["size_bytes"][prec] / 1e6}
+    u = v.get("unpruned_fp32")
+    if u:
+        first = {"UNPRUNED FP32": {"quality": u["accuracy"] if labelled else 1.0,
+                                   "p50": u["latency_ms"]["p50"], "size_mb": u["size_bytes"] / 1e6}}
+        out = {**first, **{f"PRUNED {k}": val for k, val in out.items()}}
     for name, extra in (man.get("variants") or {}).items():
         out[name] = extra
     return out

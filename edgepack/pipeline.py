@@ -7,12 +7,13 @@ import time
 from collections.abc import Callable
 
 from .context import BuildContext
-from .stages import bundle, export, quantize, validate
+from .stages import bundle, export, prune, quantize, validate
 
 log = logging.getLogger(__name__)
 
 Stage = tuple[str, Callable[[BuildContext], object]]
 STAGES: list[Stage] = [
+    ("prune", prune.run),      # skips itself unless the config asks for pruning
     ("export", export.run),
     ("quantize", quantize.run),
     ("validate", validate.run),
@@ -35,6 +36,6 @@ def run(ctx: BuildContext) -> dict:
     return manifest
 
 
-def plan(ctx_like: dict) -> list[str]:
-    """The stage names a build would run, for --dry-run."""
-    return [name for name, _ in STAGES]
+def plan(config) -> list[str]:
+    """The stage names a build with ``config`` would run, for --dry-run."""
+    return [name for name, _ in STAGES if name != "prune" or config.prune is not None]

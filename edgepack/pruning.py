@@ -424,7 +424,7 @@ def save_pruned(module, path, *, example_input) -> dict:
     import torch
 
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix or '.pt2'}")  # torch wants .pt2
     try:
         program = torch.export.export(module.eval(), (example_input,))
         torch.export.save(program, str(tmp))

@@ -97,7 +97,26 @@ def summary_rows(man: dict) -> list[tuple[str, str, str, str]]:
             (f"[{f}] peak memory MB", _fmt(v["peak_memory_mb"]["fp32"], 1), _fmt(v["peak_memory_mb"]["int8"], 1),
              "runner process RSS growth"),
         ]
+        rows += _unpruned_rows(f, v)
     return rows
+
+
+def _unpruned_rows(f: str, v: dict) -> list[tuple[str, str, str, str]]:
+    """Unpruned FP32 vs pruned FP32 (the FP32 column here is the unpruned model)."""
+    u = v.get("unpruned_fp32")
+    if not u:
+        return []
+    lat = u["latency_ms_one_thread"]["p50"]
+    return [
+        (f"[{f}] unpruned FP32: params / MACs", f"{u['params']:,} / {u['macs']:,}",
+         f"{u['pruned_params']:,} / {u['pruned_macs']:,}", "INT8 column = pruned model"),
+        (f"[{f}] unpruned FP32: accuracy (%)", _fmt(u["accuracy"]), _fmt(v["accuracy_int8"]),
+         f"pruned FP32 agrees {u['pruned_fp32_agreement']:.3f} with unpruned"),
+        (f"[{f}] unpruned FP32: p50 ms, 1 thr", f"{lat:.2f}", f"{v['latency_ms']['one_thread']['int8']['p50']:.2f}",
+         f"pruned INT8 = {v['latency_ms']['one_thread']['int8']['p50'] / lat:.2f}x unpruned FP32"),
+        (f"[{f}] unpruned FP32: size MB", f"{u['size_bytes'] / 1e6:.2f}", f"{v['size_bytes']['int8'] / 1e6:.2f}",
+         f"pruned INT8 = {v['size_bytes']['int8'] / u['size_bytes']:.2f}x unpruned FP32"),
+    ]
 
 
 def budget_rows(man: dict) -> list[tuple[str, str, str, str]]:

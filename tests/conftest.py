@@ -35,6 +35,7 @@ def digits(tmp_path_factory) -> dict[str, Path]:
     from sklearn.datasets import load_digits
 
     d = tmp_path_factory.mktemp("digits")
+    torch.set_num_threads(1)  # torch's default pool swamps a busy 2-core machine: 2 s becomes 100 s
     ds = load_digits()
     x = torch.nn.functional.interpolate(torch.tensor(ds.images[:, None] / 16.0, dtype=torch.float32), size=16,
                                         mode="bilinear", align_corners=False)

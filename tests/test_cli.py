@@ -131,3 +131,25 @@ def test_profile_with_both_formats_builds_and_validates_both(tiny_data, tmp_path
     assert lite["validation"]["budgets"] and lite["validation"]["agreement"] is not None
     assert man["stages"]["quantization_tflite"]["float_ops"] == []
     assert invoke("verify", out).exit_code == 0
+
+
+def test_build_with_pruning_reports_unpruned_and_pruned(tiny_data, tmp_path):
+    out = tmp_path / "pruned"
+    result = invoke("build", "toy_models:tiny_cnn", "--target", "x86-64", "--calib", tiny_data["calib"],
+                    "--val", tiny_data["val"], "--out", out, "--prune", "0.5", "--prune-round-to", "4", *FAST)
+    assert result.exit_code in (0, 1), result.output
+    assert "unpruned FP32: params / MACs" in result.output
+    man = json.loads((out / "manifest.json").read_text())
+    u = man["validation"]["unpruned_fp32"]
+    assert u["pruned_params"] < u["params"] and u["pruned_macs"] < u["macs"]
+    assert man["stages"]["prune"]["mac_counts_agree"] is True
+
+
+def test_prune_command_saves_a_pt2_program(tiny_data, tmp_path):
+    import torch
+
+    result = invoke("prune", "toy_models:tiny_cnn", "--calib", tiny_data["calib"], "--input-shape", "1,3,32,32",
+                    "--prune", "0.5", "--prune-round-to", "4", "--save", tmp_path / "p.pt2")
+    assert result.exit_code == 0, result.output
+    module = torch.export.load(str(tmp_path / "p.pt2")).module()
+    assert module(torch.zeros(1, 3, 32, 32)).shape == (1, 10)

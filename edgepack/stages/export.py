@@ -27,6 +27,12 @@ def run(ctx: BuildContext) -> None:
     ctx.add(Artifact("onnx", "fp32", final))
     if ctx.model.kind == "torch":
         ctx.records["export_parity"] = check_parity(ctx, final)
+    if ctx.unpruned is not None:  # the report compares against the model before pruning
+        raw_u, final_u = ctx.workdir / "model_unpruned_raw.onnx", ctx.workdir / "model_unpruned_fp32.onnx"
+        ctx.progress("exporting the unpruned model for comparison", 0, 1)
+        onnx_backend.export(ctx.unpruned.module, ctx.input_shape, raw_u, opset=ctx.target.opset)
+        onnx_backend.simplify(raw_u, final_u)
+        ctx.add(Artifact("onnx", "unpruned-fp32", final_u))
 
 
 def check_parity(ctx: BuildContext, path) -> dict:

@@ -1,9 +1,9 @@
 """Prune stage: remove whole channels (and optionally fine-tune) before export, so the graph shrinks.
 
 Reads ``ctx.config.prune`` (a PruneOptions, or None to skip the stage). Replaces ``ctx.model.module``
-with the pruned model, keeps the unpruned LoadedModel in ``ctx.unpruned`` when the context has that
-field (for the report's unpruned-FP32 column), writes ``model_pruned.pt2`` (or its state-dict
-fallback) into the work folder and records everything in ``ctx.records["prune"]``.
+with the pruned model, keeps the unpruned LoadedModel in ``ctx.unpruned`` (for the report's
+unpruned-FP32 column) and records everything in ``ctx.records["prune"]``. `edgepack prune` saves
+the pruned model itself (api.prune).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import logging
 
 from ..context import BuildContext
 from ..errors import InputError
-from ..pruning import PruneOptions, prune_model, save_pruned
+from ..pruning import PruneOptions, prune_model
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +40,8 @@ def run(ctx: BuildContext) -> dict | None:
                  f"{options.keep_macs:.1%}: the layers left alone hold the rest")
     if options.finetune is not None and options.finetune.data:
         report["finetune"] = _finetune(ctx, pruned, unpruned.module, options)
-    report["saved"] = save_pruned(pruned, ctx.workdir / "model_pruned.pt2", example_input=example)
     ctx.model = dataclasses.replace(unpruned, module=pruned.eval())
-    if hasattr(ctx, "unpruned"):
-        ctx.unpruned = unpruned
+    ctx.unpruned = unpruned
     ctx.records["prune"] = report
     log.info("pruned: params %d -> %d, MACs %d -> %d", report["params_before"], report["params_after"],
              report["macs_before"], report["macs_after"])

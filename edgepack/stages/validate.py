@@ -26,8 +26,9 @@ def validate_format(ctx: BuildContext, fmt: str) -> dict:
     fp32, int8 = ctx.get(fmt, "fp32"), ctx.get(fmt, "int8")
     threads = min(ctx.target.threads, host_cores())
     backend = backends.get(fmt)
+    unpruned = ctx.artifacts.get(f"{fmt}:unpruned-fp32")
     outs = {}
-    for art in (fp32, int8):
+    for art in (fp32, int8, *([unpruned] if unpruned else [])):
         runner = backend.Runner(art.path, threads=threads)
         step = f"validating {fmt} {art.precision} on {len(ctx.val)} samples"
         outs[art.precision] = runner.run_samples(ctx.val.x, progress=lambda i, n, s=step: ctx.progress(s, i, n))
@@ -39,6 +40,8 @@ def validate_format(ctx: BuildContext, fmt: str) -> dict:
     result["peak_memory_mb"] = {a.precision: measure.memory(fmt, a.path, ctx.val.x[:1], threads=threads,
                                                             workdir=ctx.workdir)["model_rss_mb"]
                                 for a in (fp32, int8)}
+    if unpruned:
+        result["unpruned_fp32"] = _unpruned(ctx, outs, unpruned, result["latency_ms"])
     result["budgets"] = check_budgets(ctx, result)
     result["passed"] = all(b["passed"] for b in result["budgets"])
     _speed_notes(ctx, fmt, result["latency_ms"])
@@ -61,17 +64,28 @@ def quality(ref: np.ndarray, q: np.ndarray, y: np.ndarray | None) -> dict:
     return out
 
 
+def _unpruned(ctx: BuildContext, outs: dict, art, latency: dict) -> dict:
+    """The model before pruning, on the same samples: accuracy, agreement of pruned FP32 with it, size."""
+    q = quality(outs["unpruned-fp32"], outs["fp32"], ctx.val.y)
+    prune = ctx.records.get("prune", {})
+    return {"accuracy": q["accuracy_fp32"], "pruned_fp32_agreement": q["agreement"],
+            "size_bytes": art.size_bytes, "latency_ms": latency.get("unpruned-fp32"),
+            "latency_ms_one_thread": latency["one_thread"].get("unpruned-fp32"),
+            "params": prune.get("params_before"), "macs": prune.get("macs_before"),
+            "pruned_params": prune.get("params_after"), "pruned_macs": prune.get("macs_after")}
+
+
 def _latency(ctx: BuildContext, fmt: str, threads: int) -> dict:
-    models = {p: (fmt, ctx.get(fmt, p).path) for p in ("fp32", "int8")}
+    keys = ("fp32", "int8", "unpruned-fp32") if f"{fmt}:unpruned-fp32" in ctx.artifacts else ("fp32", "int8")
+    models = {p: (fmt, ctx.get(fmt, p).path) for p in keys}
     x = ctx.val.x[:1]
     ctx.progress(f"timing {fmt} FP32 vs INT8 ({threads} thread(s))", 0, 1)
     main = measure.latency(models, x, threads=threads, runs=ctx.config.latency_runs, workdir=ctx.workdir)
     one = main if threads == 1 else measure.latency(models, x, threads=1, runs=ctx.config.latency_runs,
                                                      workdir=ctx.workdir)
-    return {"fp32": main["fp32"], "int8": main["int8"], "threads": threads,
+    return {**main, "threads": threads,
             "kind": "measured-host", "host": f"{platform.machine()} {platform.processor() or ''}".strip(),
-            "note": _thread_note(ctx, threads),
-            "one_thread": {"fp32": one["fp32"], "int8": one["int8"]}}
+            "note": _thread_note(ctx, threads), "one_thread": one}
 
 
 def _thread_note(ctx: BuildContext, threads: int) -> str | None:
