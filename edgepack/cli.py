@@ -146,6 +146,8 @@ BUILD_OPTIONS = [
     click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"])),
     click.option("--seed", type=int, help="Seed for every sampled subset (default 0)."),
     click.option("--latency-runs", type=int, help="Timed runs per model (default 50)."),
+    click.option("--max-search-time", type=float,
+                 help="Seconds the accuracy-aware search may spend when INT8 misses the budget (0 = off; 300)."),
     click.option("--resize", type=int, help="Image preprocessing: resize the short side to N px."),
     click.option("--crop", type=int, help="Image preprocessing: centre crop side, px."),
     click.option("--mean", callback=_csv_floats, help="Image preprocessing: per-channel mean, e.g. 127,127,127."),

@@ -61,6 +61,8 @@ class BuildConfig:
     calibration_method: str | None = spec("override the profile's calibration method", None, choices=CALIB_METHODS)
     per_channel: bool = spec("per-channel weight quantization", True)
     seed: int = spec("seed for every sampled subset", 0, ge=0, le=2**31 - 1)
+    max_search_time: float = spec("accuracy-aware search time limit when INT8 misses the budget, s (0 = off)",
+                                  300.0, ge=0, le=86400)
     latency_runs: int = spec("timed runs per model for p50/p90 (after warm-up)", 50, ge=3, le=100000)
     max_accuracy_drop: float | None = spec("override budget: accuracy drop, points", None, ge=0, le=100)
     min_agreement: float | None = spec("override budget: top-1 agreement (0-1)", None, ge=0, le=1)

@@ -43,6 +43,7 @@ class BuildContext:
     records: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     unpruned: LoadedModel | None = None
+    outputs: dict[str, Any] = field(default_factory=dict)  # cached model outputs on ctx.val, by artifact
 
     def add(self, artifact: Artifact) -> None:
         self.artifacts[f"{artifact.format}:{artifact.precision}"] = artifact

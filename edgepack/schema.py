@@ -49,6 +49,10 @@ def _check_type(value: Any, tp: Any) -> Any:
             raise TypeError(f"a list of {_type_name(typing.get_args(tp)[0])}")
         inner = typing.get_args(tp)[0]
         return tuple(_check_type(v, inner) for v in value)
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if not isinstance(value, dict):
+            raise TypeError(f"a table of {tp.__name__} settings")
+        return parse(tp, value, where=tp.__name__)  # a nested table, e.g. one [[reference]] entry
     if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     if tp is Any or (isinstance(tp, type) and isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
@@ -86,6 +90,9 @@ def parse(cls: type[T], data: Any, *, where: str) -> T:
             values[key] = _check_type(data[key], hints[key])
         except TypeError as exc:
             problems.append(f"{key} must be {exc}, got {type(data[key]).__name__} {data[key]!r}"[:200])
+            continue
+        except ConfigError as exc:  # a nested table (array of tables) with its own problems
+            problems.append(f"{key}: {exc.message}")
             continue
         problem = _check_bounds(key, values[key], fields[key].metadata)
         if problem:

@@ -18,6 +18,24 @@ from .schema import spec
 FORMATS = ("onnx", "tflite")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 LATENCY_KINDS = ("host", "device-estimate", "device")
+PRECISIONS = ("fp32", "int8")
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One published latency for this device (or a stated proxy of it): a [[reference]] table. Units: ms, px."""
+
+    model: str = spec("torchvision architecture name, built offline with random weights (e.g. resnet18)")
+    runtime: str = spec("runtime that produced the figure, e.g. ncnn, onnxruntime, litert")
+    threads: int = spec("threads used for the figure", ge=1, le=64)
+    precision: str = spec("numeric precision of the measured model", choices=PRECISIONS)
+    latency_ms: float = spec("published latency for one batch-1 inference, ms", ge=0.001, le=1e7)
+    device: str = spec("the device that was measured (may be a proxy for the profile's device; then say so)")
+    source: str = spec("where the figure is published: document, section and line/row")
+    statistic: str = spec("which statistic was published", "mean", choices=("mean", "p50", "min"))
+    input_size: int = spec("square input side the figure was measured at, pixels", 224, ge=8, le=4096)
+    runtime_version: str = spec("runtime version, release or commit", "")
+    note: str = spec("caveats, e.g. proxy device, uncertain mapping of the model name", "")
 
 
 @dataclass(frozen=True)
@@ -40,6 +58,9 @@ class TargetProfile:
     tflite_io_dtype: str = spec("TFLite input/output tensor dtype", "int8", choices=("int8", "uint8", "float32"))
     memory_gb: float = spec("device RAM, GB", 1.0, ge=0.01, le=4096)
     memory_bandwidth_gbs: float = spec("sustained memory bandwidth, GB/s", 1.0, ge=0.01, le=2000)
+    clusters: str = spec("core clusters and clocks, e.g. '4x Cortex-A72 @ 1.5 GHz'", "")
+    reference: tuple[Reference, ...] = spec("published reference latencies ([[reference]] tables), used by the "
+                                            "device latency estimator", ())
     max_accuracy_drop: float | None = spec("budget: top-1 accuracy drop FP32->INT8, points", None, ge=0, le=100)
     min_agreement: float | None = spec("budget: top-1 agreement INT8 vs FP32 (0-1), used without labels", None,
                                        ge=0, le=1)

@@ -34,15 +34,100 @@ def calibration_method(ctx: BuildContext) -> str:
 
 
 def _onnx(ctx: BuildContext) -> None:
-    from ..backends.onnx_quantize import quantize_onnx
+    """Default recipe first; if it misses the accuracy budget, the accuracy-aware search (search.py)."""
+    from .. import search
 
     ctx.progress("quantizing ONNX to INT8 (calibrating)", 0, 1)
-    out = ctx.workdir / "model_int8.onnx"
+    final = ctx.workdir / "model_int8.onnx"
+    default = search._trial("default recipe", {}, lambda st, p: _quantize_onnx(ctx, st, p),
+                            lambda p: _evaluate(ctx, p), lambda q: _meets(ctx, q), lambda p: None, final)
+    ctx.records["quantization_onnx"] = default.record
+    chosen, trials, seconds = default, [default], 0.0
+    if not default.met and ctx.config.max_search_time > 0:
+        ctx.progress("INT8 misses the accuracy budget: searching (calibration, float layers)", 0, 1)
+        default.p50_ms = _latency_1thread(ctx, final)
+        chosen, trials, seconds = search.run(
+            lambda st, p: _quantize_onnx(ctx, st, p), lambda p: _evaluate(ctx, p), lambda q: _meets(ctx, q),
+            _space(ctx), ctx.workdir, lambda p: _latency_1thread(ctx, p), ctx.config.max_search_time, default)
+        search.adopt(chosen, final)
+        ctx.outputs[str(final)] = ctx.outputs.get(chosen.record["path"])
+        ctx.records["quantization_onnx"] = chosen.record
+        _report_search(ctx, chosen, trials, seconds)
+    ctx.add(Artifact("onnx", "int8", final))
+
+
+def _quantize_onnx(ctx: BuildContext, settings: dict, out) -> dict:
+    from ..backends.onnx_quantize import quantize_onnx
+
+    calib = ctx.calib.x
+    if settings.get("more_calib"):
+        calib = _more_calibration(ctx) if _more_calibration(ctx) is not None else calib
     with quiet_root_logger():
-        ctx.records["quantization_onnx"] = quantize_onnx(
-            ctx.get("onnx", "fp32").path, out, ctx.calib.x,
-            method=calibration_method(ctx), per_channel=ctx.config.per_channel)
-    ctx.add(Artifact("onnx", "int8", out))
+        return quantize_onnx(ctx.get("onnx", "fp32").path, out, calib,
+                             method=settings.get("method", calibration_method(ctx)),
+                             per_channel=settings.get("per_channel", ctx.config.per_channel),
+                             exclude_nodes=settings.get("exclude_nodes", ()))
+
+
+def _evaluate(ctx: BuildContext, path) -> dict:
+    from ..backends import onnx as onnx_backend
+    from ..util import host_cores
+    from .validate import quality
+
+    ref = ctx.outputs.get("onnx:fp32")
+    if ref is None:
+        ref = ctx.outputs["onnx:fp32"] = onnx_backend.Runner(ctx.get("onnx", "fp32").path,
+                                                             threads=host_cores()).run_samples(ctx.val.x)
+    got = onnx_backend.Runner(path, threads=host_cores()).run_samples(ctx.val.x)
+    ctx.outputs[str(path)] = got
+    return quality(ref, got, ctx.val.y)
+
+
+def _meets(ctx: BuildContext, q: dict) -> bool:
+    from .validate import quality_budget
+
+    budget = quality_budget(ctx, q)
+    return budget is None or budget["passed"]
+
+
+def _latency_1thread(ctx: BuildContext, path) -> float:
+    from .. import measure
+
+    res = measure.latency({"m": ("onnx", path)}, ctx.val.x[:1], threads=1, runs=20, workdir=ctx.workdir)
+    return res["m"]["p50"]
+
+
+def _space(ctx: BuildContext):
+    from .. import search
+    from ..diagnose import layer_errors
+
+    return search.SearchSpace(method=calibration_method(ctx), per_channel=ctx.config.per_channel,
+                              more_calib=lambda: _more_calibration(ctx),
+                              diagnose=lambda p: layer_errors(ctx.get("onnx", "fp32").path, p, ctx.calib.x))
+
+
+def _more_calibration(ctx: BuildContext):
+    """Twice the calibration samples from the same source, when it has them (cached)."""
+    if "more_calib" not in ctx.outputs:
+        from .. import api, data
+
+        source = ctx.config.calib or api._default_calib()
+        more = data.load(source, input_shape=ctx.input_shape, preprocess=ctx.config.preprocess,
+                         count=2 * len(ctx.calib), seed=ctx.config.seed, role="calibration")
+        ctx.outputs["more_calib"] = more.x if len(more) > len(ctx.calib) else None
+    return ctx.outputs["more_calib"]
+
+
+def _report_search(ctx: BuildContext, chosen, trials, seconds: float) -> None:
+    ctx.records["quantization_search"] = {"seconds": round(seconds, 1), "chosen": chosen.name,
+                                          "trials": [t.row() for t in trials],
+                                          "max_seconds": ctx.config.max_search_time}
+    if not chosen.met:
+        ctx.warn(f"accuracy-aware search tried {len(trials)} configurations in {seconds:.0f} s and none met the "
+                 f"accuracy budget; shipping the best: {chosen.name}")
+    else:
+        ctx.warn(f"default INT8 missed the accuracy budget; the search chose '{chosen.name}' after "
+                 f"{len(trials)} trials ({seconds:.0f} s)")
 
 
 def _tflite(ctx: BuildContext) -> None:

@@ -29,9 +29,10 @@ def validate_format(ctx: BuildContext, fmt: str) -> dict:
     unpruned = ctx.artifacts.get(f"{fmt}:unpruned-fp32")
     outs = {}
     for art in (fp32, int8, *([unpruned] if unpruned else [])):
-        runner = backend.Runner(art.path, threads=threads)
         step = f"validating {fmt} {art.precision} on {len(ctx.val)} samples"
-        outs[art.precision] = runner.run_samples(ctx.val.x, progress=lambda i, n, s=step: ctx.progress(s, i, n))
+        cached = ctx.outputs.get(f"{fmt}:fp32" if art.precision == "fp32" else str(art.path))
+        outs[art.precision] = cached if cached is not None else backend.Runner(art.path, threads=threads).run_samples(
+            ctx.val.x, progress=lambda i, n, s=step: ctx.progress(s, i, n))
     result = quality(outs["fp32"], outs["int8"], ctx.val.y)
     result["samples"] = len(ctx.val)
     result["on_calibration_data"] = ctx.val_is_calibration
@@ -104,20 +105,26 @@ def _speed_notes(ctx: BuildContext, fmt: str, lat: dict) -> None:
                  f"instructions); {ctx.target.cpu} has none, so expect a smaller gain there")
 
 
+def _pick(ctx: BuildContext, name: str):
+    """A budget: the command line / config file beats the profile."""
+    value = getattr(ctx.config, name)
+    return value if value is not None else getattr(ctx.target, name)
+
+
+def quality_budget(ctx: BuildContext, res: dict) -> dict | None:
+    """The accuracy budget (with labels) or the agreement budget (without), checked; None if unset."""
+    drop, agree = _pick(ctx, "max_accuracy_drop"), _pick(ctx, "min_agreement")
+    if drop is not None and res["accuracy_drop"] is not None:
+        return _row("accuracy_drop_points", res["accuracy_drop"], drop, "<=")
+    if agree is not None and res["agreement"] is not None:
+        return _row("agreement", res["agreement"], agree, ">=")
+    return None
+
+
 def check_budgets(ctx: BuildContext, res: dict) -> list[dict]:
     """Every budget that applies, with value, limit and verdict; CLI overrides beat the profile."""
-    cfg, tgt = ctx.config, ctx.target
-
-    def pick(name: str):
-        value = getattr(cfg, name)
-        return value if value is not None else getattr(tgt, name)
-
-    rows = []
-    drop, agree = pick("max_accuracy_drop"), pick("min_agreement")
-    if drop is not None and res["accuracy_drop"] is not None:
-        rows.append(_row("accuracy_drop_points", res["accuracy_drop"], drop, "<="))
-    elif agree is not None and res["agreement"] is not None:
-        rows.append(_row("agreement", res["agreement"], agree, ">="))
+    pick = lambda name: _pick(ctx, name)  # noqa: E731
+    rows = [b for b in [quality_budget(ctx, res)] if b is not None]
     if (lim := pick("max_latency_ms")) is not None:
         row = _row("latency_p50_ms", res["latency_ms"]["int8"]["p50"], lim, "<=")
         row["kind"] = "measured-host"

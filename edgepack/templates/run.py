@@ -7,6 +7,7 @@ ai_edge_litert or tflite_runtime for .tflite models. Preprocessing follows manif
     python3 run.py photo.jpg              # top-5 classes
     python3 run.py photo.jpg --time 100   # also p50/p90 latency over 100 runs, ms
     python3 run.py --golden               # run the stored golden input, compare with the stored output
+    python3 run.py --time-golden 100      # time 100 runs on the golden input; one JSON line, ms
 """
 
 import argparse
@@ -84,6 +85,36 @@ class TFLiteModel:
         return ((y.astype(np.float32) - zero) * scale) if self.out["dtype"] != np.float32 and scale else y
 
 
+def time_runs(model, x, runs):
+    """Latencies (ms) of `runs` calls after 5 warm-up calls."""
+    for _ in range(5):
+        model(x)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        model(x)
+        times.append((time.perf_counter() - t0) * 1000)
+    return times
+
+
+def timing_json(times, threads, entry):
+    """One machine-readable line: p50/p90/mean in ms, what ran and where."""
+    import platform
+
+    runtime = "onnxruntime" if entry["format"] == "onnx" else "litert"
+    try:
+        from importlib.metadata import version
+        runtime_version = version(runtime if runtime == "onnxruntime" else "ai-edge-litert")
+    except Exception:
+        runtime_version = None
+    return json.dumps({"p50_ms": round(float(np.percentile(times, 50)), 4),
+                       "p90_ms": round(float(np.percentile(times, 90)), 4),
+                       "mean_ms": round(float(np.mean(times)), 4), "runs": len(times), "threads": threads,
+                       "format": entry["format"], "file": entry["file"], "runtime": runtime,
+                       "runtime_version": runtime_version, "machine": platform.machine(),
+                       "python": platform.python_version()})
+
+
 def load_model(manifest, threads, fmt=None):
     entries = manifest["models"]
     for entry in entries:
@@ -106,8 +137,14 @@ def main():
     parser.add_argument("--threads", type=int, default=manifest["runtime"]["threads"])
     parser.add_argument("--format", choices=sorted({m["format"] for m in manifest["models"]}))
     parser.add_argument("--golden", action="store_true", help="check the stored golden input/output")
+    parser.add_argument("--time-golden", type=int, default=0, metavar="N",
+                        help="time N runs on the golden input (no image needed); print one JSON line")
     args = parser.parse_args()
     entry, model = load_model(manifest, args.threads, args.format)
+    if args.time_golden:
+        golden = np.load(HERE / manifest["golden"]["file"])
+        print(timing_json(time_runs(model, golden["input"], args.time_golden), args.threads, entry))
+        return
     if args.golden:
         golden = np.load(HERE / manifest["golden"]["file"])
         diff = float(np.max(np.abs(model(golden["input"]) - golden[entry["format"]])))
@@ -121,13 +158,7 @@ def main():
     for i in np.argsort(-scores)[: args.top]:
         print(f"{scores[i]:10.4f}  {labels[i] if labels else i}")
     if args.time:
-        for _ in range(5):
-            model(x)
-        times = []
-        for _ in range(args.time):
-            t0 = time.perf_counter()
-            model(x)
-            times.append((time.perf_counter() - t0) * 1000)
+        times = time_runs(model, x, args.time)
         print(f"latency over {args.time} runs: p50 {np.percentile(times, 50):.2f} ms, "
               f"p90 {np.percentile(times, 90):.2f} ms ({args.threads} threads, {entry['format']})")
 

@@ -1,0 +1,123 @@
+"""Where INT8 error comes from: per-layer FP32-vs-INT8 SQNR, mapped back to PyTorch module names.
+
+Every activation the quantizer rounded (a QuantizeLinear in the QDQ model) is compared with the
+same tensor in the FP32 model, on real samples. Both models run with graph optimizations off, so
+the INT8 values are exactly what the next layer reads. For each layer we report:
+
+- ``sqnr_db``: SQNR of the INT8 tensor vs FP32 at that point (error accumulated so far), dB;
+- ``drop_db``: how much SQNR the layer itself loses (worst input SQNR minus its output SQNR), the
+  error it injects. Layers are ranked by it, worst first: these are the ones to keep in float.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+DIAG_SAMPLES = 16
+
+
+def module_name(node_name: str) -> str:
+    """'/layer1/layer1.0/conv1/Conv' -> 'layer1.0.conv1' (the exporter's scope path of a torch module)."""
+    parts = [p for p in node_name.split("/") if p][:-1]
+    path = ""
+    for part in parts:
+        path = part if not path or part.startswith(path + ".") else f"{path}.{part}"
+    return path or node_name
+
+
+def _session(model, names: list[str]):
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    known = {o.name for o in model.graph.output}
+    for name in names:
+        if name not in known:
+            model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def _quantized_tensors(qmodel) -> dict[str, str]:
+    """{float tensor name: name of its dequantized twin} for every activation the INT8 model rounds."""
+    dq_of = {n.input[0]: n.output[0] for n in qmodel.graph.node if n.op_type == "DequantizeLinear"}
+    inits = {i.name for i in qmodel.graph.initializer}
+    return {n.input[0]: dq_of[n.output[0]] for n in qmodel.graph.node
+            if n.op_type == "QuantizeLinear" and n.input[0] not in inits and n.output[0] in dq_of}
+
+
+def _collect(session, names: list[str], x: np.ndarray, input_name: str) -> dict[str, list[np.ndarray]]:
+    out: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for i in range(len(x)):
+        values = session.run(names, {input_name: x[i:i + 1]})
+        for n, v in zip(names, values, strict=True):
+            out[n].append(np.asarray(v, np.float64).ravel())
+    return out
+
+
+def _sqnr(ref: list[np.ndarray], got: list[np.ndarray]) -> float:
+    r, g = np.concatenate(ref), np.concatenate(got)
+    noise = float(np.sum((r - g) ** 2))
+    return 99.0 if noise == 0 else float(10 * np.log10(max(float(np.sum(r ** 2)), 1e-30) / noise))
+
+
+def layer_errors(fp32_path: Path, int8_path: Path, x: np.ndarray, samples: int = DIAG_SAMPLES) -> list[dict]:
+    """Per-layer error table, worst injected error first. x: (N, C, H, W) preprocessed samples."""
+    import onnx
+
+    fmodel, qmodel = onnx.load(str(fp32_path)), onnx.load(str(int8_path))
+    pairs = _quantized_tensors(qmodel)
+    producer = {o: n for n in fmodel.graph.node for o in n.output}
+    pairs = {t: dq for t, dq in pairs.items() if t in producer or t in {i.name for i in fmodel.graph.input}}
+    input_name = fmodel.graph.input[0].name
+    x = x[:samples]
+    ref = _collect(_session(fmodel, sorted(pairs)), sorted(pairs), x, input_name)
+    got = _collect(_session(qmodel, [pairs[t] for t in sorted(pairs)]), [pairs[t] for t in sorted(pairs)], x,
+                   input_name)
+    sqnr = {t: _sqnr(ref[t], got[pairs[t]]) for t in pairs}
+    rows = []
+    for t, value in sqnr.items():
+        node = _compute_node(producer.get(t), producer)
+        if node is None:
+            continue
+        inputs = [sqnr[i] for i in _upstream(node, producer, sqnr)]
+        rows.append({"tensor": t, "node": node.name, "op": node.op_type, "name": module_name(node.name),
+                     "sqnr_db": round(value, 2), "drop_db": round((min(inputs) if inputs else 99.0) - value, 2)})
+    return sorted(rows, key=lambda r: (-r["drop_db"], r["sqnr_db"], r["name"]))
+
+
+def _compute_node(node, producer: dict):
+    """A Conv/Gemm whose fused activation (Clip/Relu) produced the tensor stands for that tensor."""
+    if node is not None and node.op_type in ("Clip", "Relu") and node.input[0] in producer:
+        inner = producer[node.input[0]]
+        if inner.op_type in ("Conv", "Gemm", "MatMul", "ConvTranspose"):
+            return inner
+    return node
+
+
+def _upstream(node, producer: dict, sqnr: dict, depth: int = 6) -> list[str]:
+    """Nearest quantized tensors feeding ``node`` (walking back through unquantized ops)."""
+    found, frontier = [], list(node.input)
+    for _ in range(depth):
+        nxt = []
+        for t in frontier:
+            if t in sqnr:
+                found.append(t)
+            elif t in producer:
+                nxt += list(producer[t].input)
+        frontier = nxt
+        if not frontier:
+            break
+    return found
+
+
+def sensitive_nodes(rows: list[dict], k: int) -> list[str]:
+    """The k compute nodes that inject the most error (candidates to keep in float)."""
+    compute = [r for r in rows if r["op"] in ("Conv", "Gemm", "MatMul", "ConvTranspose", "Add")]
+    return [r["node"] for r in compute[:k]]

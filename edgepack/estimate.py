@@ -1,0 +1,432 @@
+"""Device latency estimates from host measurements, calibrated on the profile's published references.
+
+The host is not the device, so a host latency is never reported as a device one. Instead:
+
+1. Every reference model of the profile ([[reference]]: torchvision architecture, input size, precision,
+   published device latency) is built here with random weights in the same format and precision the bundle
+   ships (ONNX QDQ or TFLite full-integer) and timed on this host at one thread (pinned, warmed up, median
+   of interleaved runs in a clean child process). Those timings are cached per host and toolchain in
+   ``~/.cache/edgepack`` (``EDGEPACK_CACHE`` overrides), so builds stay fast.
+2. Per precision, the device/host ratio is the geometric mean of the references' ratios. A model's device
+   estimate is its host p50 (one thread) times that ratio. FP32 and INT8 are fitted separately because the
+   host's INT8 speed-up (AVX-512 VNNI) does not carry over to every device (a Cortex-A72 has no dot product).
+3. The error band comes from leave-one-out: each reference is predicted from the others; the band spans the
+   smallest and largest of those prediction errors. With n references the band is only as good as n.
+4. When this module times the model itself, it also re-times one cached reference (the "anchor") in the same
+   child process and scales by the anchor's drift, so a busy host at estimate time does not skew the result.
+
+Every estimate is labelled kind "estimated-device". Units: ms.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import measure
+from .errors import EdgepackError, InputError
+from .targets import Reference, TargetProfile
+from .util import write_bytes_atomic
+
+log = logging.getLogger(__name__)
+
+KIND = "estimated-device"
+HOST_THREADS = 1        # references and models are timed at one thread: the stable, comparable number here
+REF_RUNS = 15           # timed runs per reference (after measure.WARMUP_RUNS warm-up runs)
+CALIB_SAMPLES = 8       # seeded random calibration samples for the reference models' INT8 versions
+CACHE_VERSION = 1
+MODEL_KWARGS = {"googlenet": {"aux_logits": False, "init_weights": False},
+                "inception_v3": {"aux_logits": False, "init_weights": False}}
+
+
+@dataclass(frozen=True)
+class Fit:
+    """Device/host ratio for one precision, with its leave-one-out rows and error band (factors)."""
+
+    precision: str
+    ratio: float
+    rows: list[dict]
+    band: tuple[float, float]   # (low, high) multipliers of the point estimate
+
+
+# ---------------------------------------------------------------- host timings of the references (cached)
+
+def cache_dir() -> Path:
+    """Where reference timings and anchor models are kept: $EDGEPACK_CACHE or ~/.cache/edgepack."""
+    return Path(os.environ.get("EDGEPACK_CACHE") or Path.home() / ".cache" / "edgepack")
+
+
+def host_key(fmt: str) -> str:
+    """Identifies timings that stay valid: CPU model, runtime version, format, quantizer, threads."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}|{fmt}|{_runtime_version(fmt)}|{_quantizer_name()}|threads={HOST_THREADS}|v{CACHE_VERSION}"
+
+
+def _runtime_version(fmt: str) -> str:
+    import importlib.metadata as md
+
+    name = "onnxruntime" if fmt == "onnx" else "ai-edge-litert"
+    try:
+        return f"{name} {md.version(name)}"
+    except md.PackageNotFoundError:
+        return f"{name} ?"
+
+
+def _quantizer_name() -> str:
+    try:
+        from .backends.onnx_quantize import quantize_onnx  # noqa: F401
+        return "edgepack"
+    except ImportError:
+        return "ort-quantize_static-qdq-per-channel"
+
+
+def _ref_id(model: str, size: int, precision: str) -> str:
+    return f"{model}@{size}:{precision}"
+
+
+def _cache_file() -> Path:
+    return cache_dir() / "reference_timings.json"
+
+
+def _read_cache() -> dict:
+    try:
+        return json.loads(_cache_file().read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _write_cache(data: dict) -> None:
+    path = _cache_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
+    except OSError as exc:  # a read-only home must not break a build; it only makes the next one slower
+        log.warning("cannot write the reference timing cache %s: %s", path, exc)
+
+
+def build_reference(model: str, size: int, fmt: str, precision: str, workdir: Path) -> Path:
+    """Build one reference model (random weights, seed 0) as ``fmt``/``precision`` in workdir; return its path."""
+    from .backends import onnx as onnx_backend
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    fp32 = workdir / f"{model}_{size}_fp32.onnx"
+    if not fp32.exists():
+        raw = workdir / f"{model}_{size}_raw.onnx"
+        onnx_backend.export(_torchvision(model), (1, 3, size, size), raw, opset=17)
+        onnx_backend.simplify(raw, fp32)
+        raw.unlink()
+    calib = np.random.default_rng(0).normal(0, 1, (CALIB_SAMPLES, 3, size, size)).astype(np.float32)
+    if fmt == "onnx":
+        return fp32 if precision == "fp32" else _quantize_onnx(fp32, workdir / f"{model}_{size}_int8.onnx", calib)
+    from .backends import tflite
+
+    return tflite.convert(fp32, workdir / f"tflite_{precision}", None if precision == "fp32" else calib,
+                          io_dtype="int8", allow_float=True)
+
+
+def _torchvision(name: str):
+    import torch
+    import torchvision
+
+    if name not in torchvision.models.list_models(module=torchvision.models):
+        raise InputError(f"reference model '{name}' is not a torchvision classification architecture",
+                         hint="use names from torchvision.models.list_models(), e.g. resnet18")
+    torch.manual_seed(0)
+    return torchvision.models.get_model(name, weights=None, **MODEL_KWARGS.get(name, {})).eval()
+
+
+def _quantize_onnx(fp32: Path, out: Path, calib: np.ndarray) -> Path:
+    """INT8 QDQ with edgepack's quantizer when present, else ONNX Runtime's static QDQ per-channel."""
+    try:
+        from .backends.onnx_quantize import quantize_onnx
+    except ImportError:
+        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+        class Reader(CalibrationDataReader):
+            def __init__(self):
+                self.items = iter([{"input": calib[i:i + 1]} for i in range(len(calib))])
+
+            def get_next(self):
+                return next(self.items, None)
+
+        quantize_static(str(fp32), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True)
+        return out
+    quantize_onnx(fp32, out, calib, method="minmax", per_channel=True)
+    return out
+
+
+def host_timings(refs: tuple[Reference, ...], fmt: str, *, progress=None) -> dict[str, float | None]:
+    """Host p50 (ms, one thread) of every reference model, from the cache or measured now (then cached).
+
+    None marks a reference that could not be built in ``fmt`` on this host; it is left out of fits.
+    """
+    cache = _read_cache()
+    key = host_key(fmt)
+    known = cache.setdefault(key, {})
+    wanted = sorted({(r.model, r.input_size, r.precision) for r in refs})
+    missing = [w for w in wanted if _ref_id(*w) not in known]
+    groups: dict[tuple[int, str], list[str]] = {}
+    for model, size, precision in missing:
+        groups.setdefault((size, precision), []).append(model)
+    for (size, precision), models in sorted(groups.items()):
+        if progress:
+            progress(f"timing {len(models)} reference model(s) on the host ({fmt} {precision}, {size}px)", 0, 1)
+        known.update(_time_group(models, size, fmt, precision))
+        _write_cache(cache)
+    return {_ref_id(*w): known[_ref_id(*w)] for w in wanted}
+
+
+def _time_group(models: list[str], size: int, fmt: str, precision: str) -> dict[str, float | None]:
+    """Build and time models of one input size and precision, interleaved in one child process.
+
+    A reference that cannot be built in this format (a converter failure) is recorded as None and left
+    out of the fit, with the reason logged, rather than failing every estimate for the target.
+    """
+    work = Path(tempfile.mkdtemp(prefix="edgepack-refs-"))
+    try:
+        paths, failed = {}, {}
+        for m in models:
+            try:
+                paths[m] = build_reference(m, size, fmt, precision, work / m)
+            except Exception as exc:  # noqa: BLE001 - any converter failure only drops this reference
+                log.warning("reference %s (%s %s) cannot be built: %s", m, fmt, precision, str(exc)[:200])
+                failed[_ref_id(m, size, precision)] = None
+        if not paths:
+            return failed
+        x = np.random.default_rng(1).normal(0, 1, (1, 3, size, size)).astype(np.float32)
+        res = _latency(paths, x, fmt, work)
+        for m in sorted(set(paths) - set(res)):
+            failed[_ref_id(m, size, precision)] = None
+        if res:
+            _keep_anchor({m: paths[m] for m in res}, res, fmt, size, precision)
+        return {**failed, **{_ref_id(m, size, precision): res[m]["p50"] for m in res}}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _latency(paths: dict[str, Path], x: np.ndarray, fmt: str, work: Path) -> dict:
+    """Interleaved timings of all models; if the runtime rejects one, time each alone and drop the failures."""
+    try:
+        return measure.latency({m: (fmt, p) for m, p in paths.items()}, x, threads=HOST_THREADS, runs=REF_RUNS,
+                               workdir=work)
+    except EdgepackError as exc:
+        log.warning("timing the references together failed (%s); timing them one by one", exc)
+    out = {}
+    for m, p in paths.items():
+        try:
+            out.update(measure.latency({m: (fmt, p)}, x, threads=HOST_THREADS, runs=REF_RUNS, workdir=work))
+        except EdgepackError as exc:
+            log.warning("reference %s cannot run on this host's %s runtime: %s", m, fmt, exc)
+    return out
+
+
+def _anchor_path(fmt: str, size: int, precision: str) -> Path:
+    return cache_dir() / "anchors" / f"{fmt}_{size}_{precision}.{'onnx' if fmt == 'onnx' else 'tflite'}"
+
+
+def _keep_anchor(paths: dict[str, Path], res: dict, fmt: str, size: int, precision: str) -> None:
+    """Keep the fastest reference of the group as the anchor for same-run drift correction."""
+    fastest = min(paths, key=lambda m: res[m]["p50"])
+    dst = _anchor_path(fmt, size, precision)
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(paths[fastest], dst)
+        (dst.parent / (dst.name + ".json")).write_text(json.dumps({"model": fastest, "p50": res[fastest]["p50"]}))
+    except OSError as exc:
+        log.warning("cannot keep the anchor model: %s", exc)
+
+
+# ---------------------------------------------------------------- fitting and leave-one-out
+
+def fit(refs: list[Reference], host: dict[str, float], precision: str) -> Fit:
+    """Device/host ratio for ``precision`` (geometric mean) and its leave-one-out error band."""
+    pairs = [(r, host.get(_ref_id(r.model, r.input_size, r.precision))) for r in refs if r.precision == precision]
+    pairs = [(r, h) for r, h in pairs if h]  # references that could not be built here carry no information
+    if not pairs:
+        raise InputError(f"the profile has no {precision.upper()} reference latencies",
+                         hint="add [[reference]] entries with precision = \"" + precision + "\" to the profile")
+    logs = [math.log(r.latency_ms / h) for r, h in pairs]
+    ratio = math.exp(sum(logs) / len(logs))
+    rows = []
+    for i, (ref, h) in enumerate(pairs):
+        others = logs[:i] + logs[i + 1:]
+        loo_ratio = math.exp(sum(others) / len(others)) if others else float("nan")
+        predicted = h * loo_ratio
+        rows.append({"model": ref.model, "input_size": ref.input_size, "precision": precision,
+                     "host_ms": round(h, 3), "published_ms": ref.latency_ms, "predicted_ms": round(predicted, 3),
+                     "error": round(predicted / ref.latency_ms - 1, 4) if others else None})
+    errors = [r["error"] for r in rows if r["error"] is not None]
+    band = (1 / (1 + max(errors)), 1 / (1 + min(errors))) if errors else (float("nan"), float("nan"))
+    return Fit(precision, ratio, rows, (round(band[0], 4), round(band[1], 4)))
+
+
+def leave_one_out(profile: TargetProfile, fmt: str | None = None, *, progress=None) -> list[dict]:
+    """Leave-one-out rows (host, published, predicted ms, relative error) for every reference of the profile."""
+    fmt = fmt or profile.formats[0]
+    host = host_timings(profile.reference, fmt, progress=progress)
+    rows = []
+    for precision in sorted({r.precision for r in profile.reference}):
+        rows += fit(list(profile.reference), host, precision).rows
+    rows += [{"model": r.model, "input_size": r.input_size, "precision": r.precision, "host_ms": None,
+              "published_ms": r.latency_ms, "predicted_ms": None, "error": None,
+              "skipped": f"could not be built as {fmt} on this host"}
+             for r in profile.reference if not host.get(_ref_id(r.model, r.input_size, r.precision))]
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """Plain-text leave-one-out table."""
+    head = f"{'model':<24}{'prec':<6}{'host ms':>9}{'published':>11}{'predicted':>11}{'error':>9}"
+    lines = [head]
+    for r in rows:
+        if r.get("skipped"):
+            lines.append(f"{r['model'] + '@' + str(r['input_size']):<24}{r['precision']:<6}  ({r['skipped']})")
+            continue
+        err = "n/a" if r["error"] is None else f"{r['error']:+.1%}"
+        lines.append(f"{r['model'] + '@' + str(r['input_size']):<24}{r['precision']:<6}{r['host_ms']:>9.2f}"
+                     f"{r['published_ms']:>11.2f}{r['predicted_ms']:>11.2f}{err:>9}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- the estimate
+
+def estimate(model_path: Path, fmt: str, precision: str, profile: TargetProfile,
+             host_p50_ms: float | None = None, *, progress=None) -> dict:
+    """Device latency estimate (ms) for one model file, labelled "estimated-device", with its error band.
+
+    ``host_p50_ms``: the model's host p50 at one thread, if already measured (e.g. the validate stage's
+    ``one_thread`` numbers); then no anchor correction is made. Otherwise the model is timed here together with
+    the cached anchor reference in one child process.
+    """
+    refs = [r for r in profile.reference if r.precision == precision]
+    host = host_timings(tuple(refs), fmt, progress=progress) if len(refs) >= 2 else {}
+    refs = [r for r in refs if host.get(_ref_id(r.model, r.input_size, r.precision))]
+    if len(refs) < 2:
+        raise InputError(f"{profile.name}: {len(refs)} {precision.upper()} reference(s); at least 2 are needed "
+                         "for an estimate with an error band",
+                         hint="add [[reference]] entries to the profile, or measure on the device (edgepack bench)")
+    f = fit(refs, host, precision)
+    drift, method = 1.0, "given host p50"
+    if host_p50_ms is None:
+        host_p50_ms, drift = _measure_with_anchor(Path(model_path), fmt, precision, refs)
+        method = "timed with an anchor reference in the same process"
+    p50 = host_p50_ms / drift * f.ratio
+    return {"kind": KIND, "target": profile.name, "format": fmt, "precision": precision,
+            "p50": round(p50, 3), "band": [round(p50 * f.band[0], 3), round(p50 * f.band[1], 3)],
+            "band_source": f"leave-one-out over {len(refs)} published {precision.upper()} references",
+            "ratio_device_over_host": round(f.ratio, 4), "host_p50_one_thread": round(host_p50_ms, 3),
+            "host_drift": round(drift, 4), "host_method": method, "device_threads": sorted({r.threads for r in refs}),
+            "references": f.rows}
+
+
+def _measure_with_anchor(model_path: Path, fmt: str, precision: str, refs: list[Reference]) -> tuple[float, float]:
+    """(model host p50 ms, drift = anchor p50 now / anchor p50 cached), timed back to back.
+
+    The anchor has its own input size, so it runs in its own child right before the model's.
+    """
+    size = min(r.input_size for r in refs)
+    anchor = _anchor_path(fmt, size, precision)
+    meta = anchor.parent / (anchor.name + ".json")
+    work = Path(tempfile.mkdtemp(prefix="edgepack-est-"))
+    try:
+        drift = 1.0
+        if anchor.exists() and meta.exists():
+            xa = np.random.default_rng(1).normal(0, 1, (1, 3, size, size)).astype(np.float32)
+            now = measure.latency({"a": (fmt, anchor)}, xa, threads=HOST_THREADS, runs=REF_RUNS, workdir=work)
+            drift = now["a"]["p50"] / json.loads(meta.read_text())["p50"]
+        res = measure.latency({"m": (fmt, model_path)}, _model_input(model_path, fmt), threads=HOST_THREADS,
+                              runs=REF_RUNS, workdir=work)
+        return res["m"]["p50"], drift
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _model_input(model_path: Path, fmt: str) -> np.ndarray:
+    """A seeded NCHW float32 input of the model's own shape."""
+    from . import backends
+
+    shape = list(backends.get(fmt).io_details(model_path)["inputs"][0]["shape"])
+    if fmt == "tflite" and len(shape) == 4:
+        shape = [shape[0], shape[3], shape[1], shape[2]]  # TFLite is NHWC; the runners take NCHW
+    shape = [d if isinstance(d, int) and d > 0 else 1 for d in shape]
+    return np.random.default_rng(1).normal(0, 1, shape).astype(np.float32)
+
+
+# ---------------------------------------------------------------- when INT8 will not pay off on the target
+
+COMPUTE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+
+
+def int8_warnings(profile: TargetProfile, fmt: str, *, int8_path: Path | None = None,
+                  estimates: dict[str, dict] | None = None) -> list[str]:
+    """Messages when INT8 is likely slower than FP32 on the target, or parts of it fall back to float.
+
+    Uses the device's ISA features, the profile's own FP32/INT8 reference pairs, the estimates
+    (``{"fp32": estimate(...), "int8": estimate(...)}``) when given, and the INT8 model's float compute ops.
+    """
+    out = _isa_warnings(profile, fmt) + _reference_pair_warnings(profile)
+    if estimates and {"fp32", "int8"} <= set(estimates):
+        ratio = estimates["int8"]["p50"] / estimates["fp32"]["p50"]
+        if ratio > 0.95:
+            out.append(f"{profile.name}: estimated INT8 p50 is {ratio:.2f}x the FP32 estimate on the device "
+                       f"(estimates, not measurements: {estimates['int8']['band_source']})")
+    if int8_path is not None and fmt == "onnx":
+        floats = onnx_float_compute_ops(Path(int8_path))
+        if floats:
+            out.append(f"{len(floats)} compute op(s) stay in FP32 in the INT8 ONNX model (each costs a "
+                       f"dequantize/quantize round trip): {', '.join(floats[:8])}")
+    return out
+
+
+def _isa_warnings(profile: TargetProfile, fmt: str) -> list[str]:
+    feats = set(profile.simd_features)
+    if not profile.isa.startswith("armv") or "dotprod" in feats:
+        return []
+    if profile.runtime == "onnxruntime":
+        return [f"{profile.name}: {profile.cpu} ({profile.isa}) has no ARM dot-product instructions (SDOT/UDOT); "
+                "ONNX Runtime's INT8 GEMM falls back to widening multiplies there, so INT8 gains are small and "
+                "INT8 can be slower than FP32 for models with many small or depthwise convolutions"]
+    return [f"{profile.name}: {profile.cpu} ({profile.isa}) has no ARM dot-product instructions; "
+            f"{profile.runtime}'s INT8 kernels gain less over FP32 than on ARMv8.2+ cores"]
+
+
+def _reference_pair_warnings(profile: TargetProfile) -> list[str]:
+    """Published FP32/INT8 pairs of the same model on this device where INT8 was the slower one."""
+    by = {(r.model, r.input_size, r.runtime, r.threads, r.precision): r.latency_ms for r in profile.reference}
+    slower = []
+    for (model, size, runtime, threads, precision), ms in sorted(by.items()):
+        fp32 = by.get((model, size, runtime, threads, "fp32"))
+        if precision == "int8" and fp32 and ms > fp32:
+            slower.append(f"{model} {ms / fp32:.2f}x ({runtime})")
+    if not slower:
+        return []
+    runtimes = sorted({r.runtime for r in profile.reference})
+    caveat = "" if runtimes == [profile.runtime] else f" (runtime {', '.join(runtimes)}, not {profile.runtime})"
+    return [f"{profile.name}: published references{caveat} show INT8 slower than FP32 on this device for "
+            + ", ".join(slower)]
+
+
+def onnx_float_compute_ops(path: Path) -> list[str]:
+    """Names of Conv/MatMul/Gemm nodes in a QDQ model whose data input is not dequantized INT8 (they run FP32)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    producer = {o: n.op_type for n in model.graph.node for o in n.output}
+    return [n.name or n.op_type for n in model.graph.node
+            if n.op_type in COMPUTE_OPS and producer.get(n.input[0]) != "DequantizeLinear"]

@@ -1,0 +1,113 @@
+"""Accuracy-aware INT8: when the INT8 model misses its accuracy budget, try cheaper-to-costlier fixes.
+
+Order (run-time cost first, then search cost): other activation calibration methods (free at run
+time), per-channel weights when they were off, more calibration samples, then keeping the layers
+that inject the most error (measured by `diagnose.layer_errors` on real samples) in float: 1, 2, 4,
+8, 16 of them. The first configuration that meets the budget wins; the search stops at
+``max_seconds`` and otherwise hands over the best one it found, saying so. Every trial is recorded
+with its quality, size, one-thread host latency and search time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+FLOAT_LAYER_STEPS = (1, 2, 4, 8, 16)
+
+
+@dataclasses.dataclass
+class Trial:
+    name: str
+    settings: dict
+    quality: dict
+    size_bytes: int
+    p50_ms: float | None
+    seconds: float
+    met: bool
+    record: dict = dataclasses.field(default_factory=dict)
+
+    def row(self) -> dict:
+        return {"name": self.name, "settings": self.settings, **{k: self.quality.get(k) for k in
+                ("accuracy_int8", "accuracy_drop", "agreement", "sqnr_db")}, "size_bytes": self.size_bytes,
+                "latency_p50_ms_1thread": self.p50_ms, "seconds": round(self.seconds, 1), "met": self.met}
+
+
+@dataclasses.dataclass
+class SearchSpace:
+    """What the search may vary, from the build's settings."""
+
+    method: str
+    per_channel: bool
+    more_calib: Callable[[], np.ndarray | None]  # a larger calibration set, or None if there is none
+    diagnose: Callable[[Path], list[dict]]       # per-layer error rows for an INT8 model
+
+
+def candidates(space: SearchSpace, get_best: Callable[[], Trial]) -> Iterator[tuple[str, dict]]:
+    """(name, settings) in cost order. Settings are overrides of the default recipe; the float-layer
+    candidates build on the best trial so far, ranked by a diagnosis of that trial's model."""
+    for method in ("percentile", "entropy"):
+        if method != space.method:
+            yield f"{method} calibration", {"method": method}
+    if not space.per_channel:
+        yield "per-channel weights", {"per_channel": True}
+    yield "2x calibration samples", {"more_calib": True}
+    from .diagnose import sensitive_nodes
+
+    best = get_best()
+    rows = space.diagnose(Path(best.record["path"]))
+    base = dict(best.record.get("raw_settings", {}))
+    for k in FLOAT_LAYER_STEPS:
+        nodes = sensitive_nodes(rows, k)
+        if len(nodes) < k:
+            break
+        yield f"{k} most sensitive layer(s) in float", {**base, "exclude_nodes": nodes}
+
+
+def run(quantize: Callable[[dict, Path], dict], evaluate: Callable[[Path], dict], meets: Callable[[dict], bool],
+        space: SearchSpace, workdir: Path, latency: Callable[[Path], float | None], max_seconds: float,
+        default: Trial) -> tuple[Trial, list[Trial], float]:
+    """Search from the failed ``default`` trial; return (chosen, all trials, seconds spent)."""
+    t0 = time.perf_counter()
+    trials, best = [default], default
+    for i, (name, settings) in enumerate(candidates(space, lambda: best)):
+        if time.perf_counter() - t0 > max_seconds:
+            log.info("accuracy search stopped at its time limit (%.0f s)", max_seconds)
+            break
+        trial = _trial(name, settings, quantize, evaluate, meets, latency, workdir / f"trial_{i}.onnx")
+        trials.append(trial)
+        if _score(trial) > _score(best) or trial.met:
+            best = trial
+        if trial.met:
+            break
+    return best, trials, time.perf_counter() - t0
+
+
+def _trial(name, settings, quantize, evaluate, meets, latency, path: Path) -> Trial:
+    t0 = time.perf_counter()
+    record = quantize(settings, path)
+    quality = evaluate(path)
+    record["path"] = str(path)
+    record["raw_settings"] = dict(settings)
+    return Trial(name=name, settings={k: v for k, v in settings.items() if k != "more_calib"} |
+                 ({"calibration_samples": record.get("calibration_samples")} if settings.get("more_calib") else {}),
+                 quality=quality, size_bytes=path.stat().st_size, p50_ms=latency(path),
+                 seconds=time.perf_counter() - t0, met=meets(quality), record=record)
+
+
+def _score(trial: Trial) -> float:
+    q = trial.quality
+    return -q["accuracy_drop"] if q.get("accuracy_drop") is not None else (q.get("agreement") or 0.0)
+
+
+def adopt(trial: Trial, final: Path) -> None:
+    """Make the chosen trial's model the INT8 artifact."""
+    if Path(trial.record["path"]) != final:
+        shutil.copyfile(trial.record["path"], final)
