@@ -79,6 +79,30 @@ def prune(config: BuildConfig, out: str | Path, progress: ProgressFn = no_progre
     return report
 
 
+def diagnose(config: BuildConfig, bundle: Path | None = None, progress: ProgressFn = no_progress) -> list[dict]:
+    """Per-layer FP32-vs-INT8 error, worst first. With ``bundle``, its shipped INT8 ONNX is diagnosed
+    against a fresh FP32 export of the model it was built from; otherwise the model is quantized with
+    the default recipe first."""
+    from .diagnose import layer_errors
+    from .stages import export, quantize
+
+    workdir = Path(tempfile.mkdtemp(prefix="edgepack-"))
+    try:
+        ctx = _prepare(config, targets.load(config.target), workdir, progress)
+        export.run(ctx)
+        if bundle is None:
+            with quantize.quiet_root_logger():
+                quantize.run(dataclasses.replace(ctx, target=dataclasses.replace(ctx.target, formats=("onnx",)),
+                                                 config=dataclasses.replace(config, max_search_time=0)))
+            int8 = workdir / "model_int8.onnx"
+        else:
+            int8 = bundle / "model.onnx"
+        progress("measuring per-layer error", 0, 1)
+        return layer_errors(ctx.get("onnx", "fp32").path, int8, ctx.val.x)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def _check_output(out: Path, force: bool) -> None:
     """Refuse early (before minutes of work) when the output exists or cannot be written."""
     for path in (out, out.with_name(out.name + ".zip")):

@@ -301,6 +301,64 @@ def prune_cmd(ctx: click.Context, model: str | None, save_path: str, as_json: bo
     run_command(ctx, body)
 
 
+@main.command(epilog=EPILOG)
+@click.argument("model_or_bundle")
+@click.option("--data", required=True, help="Samples to measure on: image folder or .npz (16 are used).")
+@build_options
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write the per-layer plot (PNG) here.")
+@click.option("--top", type=int, default=25, show_default=True, help="Rows to show.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def diagnose(ctx: click.Context, model_or_bundle: str, data: str, plot_path: str | None, top: int, as_json: bool,
+             **options: Any) -> None:
+    """Per-layer FP32-vs-INT8 error (SQNR), mapped to PyTorch module names, worst first.
+
+    MODEL_OR_BUNDLE is a model source (it is quantized with the default recipe first) or a bundle
+    folder (its shipped INT8 model is compared with a fresh FP32 export of its source).
+    """
+    ui = Ui(quiet=as_json)
+
+    def body() -> None:
+        from .api import diagnose as api_diagnose
+
+        bundle = Path(model_or_bundle) if (Path(model_or_bundle) / "manifest.json").is_file() else None
+        config = _diagnose_config(model_or_bundle, bundle, data, options)
+        try:
+            rows = api_diagnose(config, bundle, progress=ui.progress)
+        finally:
+            ui.finish()
+        if plot_path:
+            import base64
+
+            from .html_report import layer_plot
+
+            Path(plot_path).write_bytes(base64.b64decode(layer_plot(rows, top)))
+        if as_json:
+            click.echo(json.dumps(rows[:top], indent=2))
+            return
+        table = [(r["name"], r["op"], f"{r['drop_db']:.1f}", f"{r['sqnr_db']:.1f}") for r in rows[:top]]
+        click.echo(_table(("layer (PyTorch module)", "op", "SQNR lost here dB", "SQNR so far dB"), table))
+        if plot_path:
+            click.echo(f"plot: {plot_path}")
+
+    run_command(ctx, body)
+
+
+def _diagnose_config(model: str, bundle: Path | None, data: str, options: dict[str, Any]) -> Any:
+    """The build config to diagnose with: the bundle's own recorded config, or the options given."""
+    from . import config as config_mod
+    from .bundles import read_manifest
+
+    options.pop("config_file", None)
+    if bundle is None:
+        return make_config(model, {**options, "val": data, "calib": options.get("calib") or data})
+    recorded = dict(read_manifest(bundle)["config"])
+    flat = {**{k: v for k, v in recorded.items() if k not in ("preprocess", "prune")},
+            **(recorded.get("preprocess") or {})}
+    flat.update({"val": data, "calib": data, "val_samples": 16, "force": True})
+    return config_mod.from_mapping(flat, where=f"{bundle}/manifest.json")
+
+
 def _print_result(result: Any, as_json: bool, quiet: bool) -> None:
     from . import report
 

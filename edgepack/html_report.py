@@ -54,7 +54,7 @@ def variant_plots(variants: dict[str, dict]) -> list[tuple[str, str]]:
 
 
 def layer_plot(layers: list[dict], top: int = 25) -> str:
-    """Horizontal bars of per-layer SQNR (dB), worst first."""
+    """Horizontal bars of the SQNR each layer loses (dB), worst first."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -62,11 +62,45 @@ def layer_plot(layers: list[dict], top: int = 25) -> str:
 
     rows = layers[:top]
     fig, ax = plt.subplots(figsize=(7, 0.28 * len(rows) + 1))
-    ax.barh([r["name"][-48:] for r in rows][::-1], [r["sqnr_db"] for r in rows][::-1], color="#c44e52")
-    ax.set_xlabel("SQNR of INT8 vs FP32 output, dB (lower = more error)")
+    ax.barh([r["name"][-48:] for r in rows][::-1], [r["drop_db"] for r in rows][::-1], color="#c44e52")
+    ax.set_xlabel("SQNR lost in this layer, dB (INT8 vs FP32; higher = more error injected here)")
     ax.set_title(f"per-layer INT8 error, worst {len(rows)}", fontsize=10)
     ax.tick_params(axis="y", labelsize=7)
     return _png(fig)
+
+
+def trials_plot(trials: list[dict]) -> str:
+    """Accuracy drop (or 1 - agreement) against one-thread latency for each configuration tried."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    for t in trials:
+        err = t["accuracy_drop"] if t["accuracy_drop"] is not None else 100 * (1 - (t["agreement"] or 0))
+        if t["latency_p50_ms_1thread"] is None:
+            continue
+        ax.scatter(t["latency_p50_ms_1thread"], err, color="#2b7bb9" if t["met"] else "#c44e52")
+        ax.annotate(t["name"], (t["latency_p50_ms_1thread"], err), fontsize=7, xytext=(3, 3),
+                    textcoords="offset points")
+    ax.set_xlabel("INT8 p50 latency, 1 thread, host (ms)")
+    ax.set_ylabel("accuracy drop (points) or disagreement (%)")
+    ax.set_title("accuracy-aware search: every configuration tried (blue = meets budget)", fontsize=9)
+    return _png(fig)
+
+
+def trial_rows(search: dict) -> list[tuple[str, ...]]:
+    def f(v, d=2):
+        return "-" if v is None else f"{v:.{d}f}"
+
+    return [(t["name"] + (" (chosen)" if t["name"] == search["chosen"] else ""), f(t["accuracy_drop"]),
+             f(t["agreement"], 4), f(t["sqnr_db"], 1), f(t["latency_p50_ms_1thread"]),
+             f"{t['size_bytes'] / 1e6:.2f}", f(t["seconds"], 1), "yes" if t["met"] else "no")
+            for t in search["trials"]]
+
+
+TRIAL_HEADER = ("configuration", "acc. drop", "agreement", "SQNR dB", "p50 ms 1 thr", "MB", "search s", "meets")
 
 
 def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
@@ -106,11 +140,17 @@ def render(man: dict, layers: list[dict] | None = None) -> str:
              _table(("metric", "FP32", "INT8", "note"), summary_rows(man)),
              "<h2>Budgets</h2>", _table(("budget", "value", "limit", "verdict"), budget_rows(man)),
              f'<h2>Plots</h2><div class="plots">{figs}</div>']
+    search = man.get("stages", {}).get("quantization_search")
+    if search:
+        parts += [f"<h2>Accuracy-aware search ({search['seconds']} s of {search['max_seconds']} s allowed)</h2>",
+                  f'<figure><img alt="search" src="data:image/png;base64,{trials_plot(search["trials"])}">'
+                  "</figure>", _table(TRIAL_HEADER, trial_rows(search))]
     if layers:
         parts += ["<h2>Per-layer INT8 error</h2>",
                   f'<figure><img alt="per-layer error" src="data:image/png;base64,{layer_plot(layers)}"></figure>',
-                  _table(("layer", "op", "SQNR dB"), [(r["name"], r.get("op", ""), f"{r['sqnr_db']:.1f}")
-                                                        for r in layers[:40]])]
+                  _table(("layer (PyTorch module)", "op", "SQNR lost here dB", "SQNR so far dB"),
+                         [(r["name"], r.get("op", ""), f"{r['drop_db']:.1f}", f"{r['sqnr_db']:.1f}")
+                          for r in layers[:40]])]
     if man.get("warnings"):
         parts += ["<h2>Warnings</h2><ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in man["warnings"]) + "</ul>"]
     style = ("body{font-family:sans-serif;max-width:980px;margin:2em auto;color:#222}table{border-collapse:collapse;"

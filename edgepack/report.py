@@ -148,6 +148,15 @@ def render_markdown(man: dict) -> str:
         markdown_table(("budget", "value", "limit", "verdict"), budget_rows(man)) if budget_rows(man)
         else "No budgets set.", "",
     ]
+    search = man["stages"].get("quantization_search")
+    if search:
+        from .html_report import TRIAL_HEADER, trial_rows
+
+        parts += [f"## Accuracy-aware search ({search['seconds']} s, limit {search['max_seconds']} s)", "",
+                  markdown_table(TRIAL_HEADER, trial_rows(search)), ""]
+    floats = (man["stages"].get("quantization_onnx") or {}).get("nodes_excluded")
+    if floats:
+        parts += ["Layers kept in float: " + ", ".join(f"`{n}`" for n in floats), ""]
     if man["warnings"]:
         parts += ["## Warnings", ""] + [f"- {w}" for w in man["warnings"]] + [""]
     parts += ["## How it was built", "",

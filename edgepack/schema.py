@@ -94,7 +94,7 @@ def parse(cls: type[T], data: Any, *, where: str) -> T:
         except ConfigError as exc:  # a nested table (array of tables) with its own problems
             problems.append(f"{key}: {exc.message}")
             continue
-        problem = _check_bounds(key, values[key], fields[key].metadata)
+        problem = None if values[key] is None else _check_bounds(key, values[key], fields[key].metadata)
         if problem:
             problems.append(problem)
     for name, f in fields.items():

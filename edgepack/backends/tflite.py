@@ -37,7 +37,8 @@ _SAMPLE_COUNT = 20  # images onnx2tf uses for its shape-estimation dry run (what
 
 
 def convert(onnx_path: Path, workdir: Path, calib: np.ndarray | None, *, io_dtype: str = "int8",
-            progress: Callable[[str], None] | None = None, allow_float: bool = False) -> Path:
+            progress: Callable[[str], None] | None = None, allow_float: bool = False,
+            bias_correction: bool = True) -> Path:
     """Convert an FP32 ONNX model (static shapes, NCHW image input) to a .tflite file in `workdir`.
 
     `calib` None gives an FP32 model (float32 io). `calib` (N,C,H,W float32, preprocessed exactly as at
@@ -45,14 +46,20 @@ def convert(onnx_path: Path, workdir: Path, calib: np.ndarray | None, *, io_dtyp
     "float32"; ignored for FP32). Ops left in float (no INT8 kernel, found with `float_ops`: the converter
     keeps them silently) make the build fail with a StageError naming them, unless `allow_float` is True:
     then they are kept in float and logged by name as a warning.
-    The SavedModel is cached in `workdir` by ONNX hash, so an FP32 + INT8 pair runs onnx2tf once.
+    `bias_correction` (INT8 only): convert a bias-corrected copy of the model (`tflite_prep.bias_correct`:
+    each Conv/Gemm bias absorbs the mean output shift of the converter's weight rounding; the summary is
+    written to `workdir`/int8_prep.json). The FP32 model is never changed.
+    The SavedModel is cached in `workdir` by ONNX hash, so an FP32 + INT8 pair without bias correction
+    runs onnx2tf once (with it, twice: the INT8 one is built from the corrected copy).
     Never touches the network. Returns the path of the written .tflite.
     """
     say = progress or (lambda msg: None)
     onnx_path, workdir = Path(onnx_path), Path(workdir)
     _check_args(onnx_path, calib, io_dtype)
     workdir.mkdir(parents=True, exist_ok=True)
-    saved_model = _saved_model(onnx_path, workdir, calib, say)
+    source = _prepared(onnx_path, workdir, calib, say) if calib is not None and bias_correction else onnx_path
+    saved_model = _saved_model(source, workdir, calib, say,
+                               _SAVED_MODEL_DIR + ("_int8_prep" if source != onnx_path else ""))
     if calib is None:
         say("TFLite: converting FP32")
         data = _run_converter(saved_model, None, io_dtype, strict=True)
@@ -66,6 +73,19 @@ def convert(onnx_path: Path, workdir: Path, calib: np.ndarray | None, *, io_dtyp
                          hint="pass allow_float=True to keep them in float, or replace them in the model")
     if names:
         log.warning("kept in float (no INT8 kernel): %s", ", ".join(names))
+    return out
+
+
+def _prepared(onnx_path: Path, workdir: Path, calib: np.ndarray, say) -> Path:
+    """Write the bias-corrected copy used only for INT8 conversion (see tflite_prep); return its path."""
+    import json
+
+    from edgepack.backends import tflite_prep
+
+    say("TFLite: bias correction for the converter's weight rounding")
+    out = workdir / f"{onnx_path.stem}_int8_prep.onnx"
+    summary = tflite_prep.bias_correct(onnx_path, out, calib)
+    (workdir / "int8_prep.json").write_text(json.dumps(summary, indent=1) + "\n")
     return out
 
 
@@ -89,9 +109,10 @@ def _check_args(onnx_path: Path, calib: np.ndarray | None, io_dtype: str) -> Non
         raise InputError(f"calibration data must be a non-empty N,C,H,W array, got shape {calib.shape}")
 
 
-def _saved_model(onnx_path: Path, workdir: Path, calib: np.ndarray | None, say) -> Path:
-    """Return `workdir`/saved_model for this ONNX file, converting with onnx2tf unless cached (hash stamp)."""
-    out = workdir / _SAVED_MODEL_DIR
+def _saved_model(onnx_path: Path, workdir: Path, calib: np.ndarray | None, say,
+                 name: str = _SAVED_MODEL_DIR) -> Path:
+    """Return `workdir`/`name` for this ONNX file, converting with onnx2tf unless cached (hash stamp)."""
+    out = workdir / name
     digest = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
     stamp = out / _STAMP
     if stamp.is_file() and stamp.read_text().strip() == digest:

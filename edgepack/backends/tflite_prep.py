@@ -90,7 +90,8 @@ def bias_correct(onnx_path: Path, out_path: Path, calib: np.ndarray, *, samples:
         outs = _run_probe(probe, model.graph.input[0].name, xs)
         deltas = [o.mean(0) for o in outs[:n]]
         if r == 0:
-            ranges = [(float(lo.min()), float(hi.max())) for lo, hi in zip(outs[n:2 * n], outs[2 * n:], strict=True)]
+            ranges = [(float(lo.min()), float(hi.max()))
+                      for lo, hi in zip(outs[n:2 * n], outs[2 * n:], strict=True)]
     _write_biases(model, targets, deltas)
     onnx.save(model, str(out_path))
     rel = [float(np.max(np.abs(d) / (np.abs(t.bias) + 1e-3))) for t, d in zip(targets, deltas, strict=True)]

@@ -11,13 +11,17 @@ from ..context import Artifact, BuildContext
 
 @contextlib.contextmanager
 def quiet_root_logger() -> Iterator[None]:
-    """onnxruntime.quantization logs advice ("consider pre-processing") on the root logger; edgepack
-    has already done that pre-processing, so the advice is noise on the user's terminal."""
+    """onnxruntime.quantization logs advice ("consider pre-processing") on the root logger, and its
+    histogram calibrators print() progress to stdout, which would corrupt `--json` output. edgepack
+    has already done the pre-processing and shows its own progress, so both are silenced."""
+    import io
+
     root = logging.getLogger()
     level = root.level
     root.setLevel(max(level, logging.ERROR))
     try:
-        yield
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
     finally:
         root.setLevel(level)
 
@@ -101,9 +105,13 @@ def _space(ctx: BuildContext):
     from .. import search
     from ..diagnose import layer_errors
 
+    def diagnose(path):
+        rows = layer_errors(ctx.get("onnx", "fp32").path, path, ctx.val.x)
+        ctx.records["diagnosis"] = {"model": "before float fallback", "layers": rows[:40]}
+        return rows
+
     return search.SearchSpace(method=calibration_method(ctx), per_channel=ctx.config.per_channel,
-                              more_calib=lambda: _more_calibration(ctx),
-                              diagnose=lambda p: layer_errors(ctx.get("onnx", "fp32").path, p, ctx.calib.x))
+                              more_calib=lambda: _more_calibration(ctx), diagnose=diagnose)
 
 
 def _more_calibration(ctx: BuildContext):

@@ -20,6 +20,12 @@ MB = 1_000_000
 
 def run(ctx: BuildContext) -> None:
     ctx.records["validation"] = {fmt: validate_format(ctx, fmt) for fmt in ctx.target.formats}
+    if "onnx" in ctx.target.formats and "diagnosis" not in ctx.records:
+        from ..diagnose import layer_errors
+
+        ctx.progress("per-layer INT8 error (diagnosis)", 0, 1)
+        rows = layer_errors(ctx.get("onnx", "fp32").path, ctx.get("onnx", "int8").path, ctx.val.x)
+        ctx.records["diagnosis"] = {"model": "shipped INT8 ONNX", "layers": rows[:40]}
 
 
 def validate_format(ctx: BuildContext, fmt: str) -> dict:
