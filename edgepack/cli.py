@@ -172,6 +172,8 @@ BUILD_OPTIONS = [
     click.option("--finetune-samples", type=int, help="Use a seeded subset of N fine-tuning samples."),
     click.option("--finetune-minutes", type=float, help="Stop fine-tuning after this many minutes."),
     click.option("--distill", is_flag=True, default=None, help="Distil from the unpruned model (unlabelled data OK)."),
+    click.option("--estimate-device", is_flag=True, default=None,
+                 help="Also estimate device latency from the profile's published references (labelled estimated)."),
     click.option("--allow-float-ops", is_flag=True, default=None,
                  help="TFLite: keep ops with no INT8 kernel in float (named in the report) instead of failing."),
     click.option("--trust-model", is_flag=True, default=None, help="Allow TorchScript / pickles (can run code)."),
@@ -357,6 +359,44 @@ def _diagnose_config(model: str, bundle: Path | None, data: str, options: dict[s
             **(recorded.get("preprocess") or {})}
     flat.update({"val": data, "calib": data, "val_samples": 16, "force": True})
     return config_mod.from_mapping(flat, where=f"{bundle}/manifest.json")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("--device", required=True, help="ssh://user@host[:port] of the real device.")
+@click.option("--runs", type=int, default=100, show_default=True, help="Timed runs on the device.")
+@click.option("--python", "python_cmd", default="python3", show_default=True, help="Python on the device.")
+@click.option("--identity", type=click.Path(dir_okay=False), help="SSH private key file.")
+@click.option("--known-hosts", type=click.Path(dir_okay=False), help="known_hosts file to use and fill.")
+@click.option("--max-latency-ms", type=float, help="Latency budget to judge the device p50 against.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def bench(ctx: click.Context, bundle: str, device: str, runs: int, python_cmd: str, identity: str | None,
+          known_hosts: str | None, max_latency_ms: float | None, as_json: bool) -> None:
+    """Measure a bundle on a real device over SSH; the latency budget then judges the device p50.
+
+    Copies the bundle with scp, checks its golden output there, times RUNS runs with run.py, and
+    writes the measurement (kind measured-device) into the bundle's manifest, report and zip.
+    Example: edgepack bench build/mnv2 --device ssh://pi@raspberrypi.local
+    """
+    from . import remote
+
+    def body() -> None:
+        record = remote.bench(Path(bundle), device, runs=runs, python=python_cmd,
+                              identity=Path(identity) if identity else None,
+                              known_hosts=Path(known_hosts) if known_hosts else None)
+        man = remote.record_device_measurement(Path(bundle), record, max_latency_ms=max_latency_ms)
+        if as_json:
+            click.echo(json.dumps({"measurement": record, "passed": man["passed"]}, indent=2))
+        else:
+            click.echo(f"measured on device {record.get('device', device)}: p50 {record['p50']:.2f} ms, "
+                       f"p90 {record['p90']:.2f} ms over {record['runs']} runs (kind: measured-device)")
+            click.echo(_table(("budget", "value", "limit", "verdict"), report.budget_rows(man)))
+        sys.exit(EXIT_OK if man["passed"] else EXIT_BUDGET)
+
+    from . import report
+
+    run_command(ctx, body)
 
 
 def _print_result(result: Any, as_json: bool, quiet: bool) -> None:

@@ -97,8 +97,20 @@ def summary_rows(man: dict) -> list[tuple[str, str, str, str]]:
             (f"[{f}] peak memory MB", _fmt(v["peak_memory_mb"]["fp32"], 1), _fmt(v["peak_memory_mb"]["int8"], 1),
              "runner process RSS growth"),
         ]
+        est = lat.get("device_estimate") or {}
+        if est.get("fp32") and est.get("int8"):
+            rows.append((f"[{f}] ESTIMATED device p50 ms", _band(est["fp32"]), _band(est["int8"]),
+                         f"estimated for {man['target']['name']}, not measured: {est['int8']['band_source']}"))
+        if lat.get("device"):
+            d = lat["device"]
+            rows.append((f"[{f}] MEASURED device p50/p90 ms", "", f"{d['p50']:.2f}/{d['p90']:.2f}",
+                         f"measured on the device over SSH ({d.get('runs', '?')} runs)"))
         rows += _unpruned_rows(f, v)
     return rows
+
+
+def _band(e: dict) -> str:
+    return f"{e['p50']:.1f} [{e['band'][0]:.1f}-{e['band'][1]:.1f}]"
 
 
 def _unpruned_rows(f: str, v: dict) -> list[tuple[str, str, str, str]]:

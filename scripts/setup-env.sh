@@ -5,7 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(dataset-fashion-mnist)
+# dataset-fashion-mnist: the labelled example; openssh-*: `edgepack bench` tests run a real sshd on
+# loopback; chromium: report.html is rendered headless in the tests.
+APT_PACKAGES=(dataset-fashion-mnist openssh-server openssh-client chromium)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -54,6 +54,7 @@ def digits(tmp_path_factory) -> dict[str, Path]:
             opt.step()
     model.eval()
     torch.save(model.state_dict(), d / "digits.pt")
+    np.savez(d / "train.npz", x=x[train].numpy(), y=y[train].numpy())
     np.savez(d / "calib.npz", x=x[train[:200]].numpy())
     np.savez(d / "val.npz", x=x[test].numpy(), y=y[test].numpy())
     return {"weights": d / "digits.pt", "calib": d / "calib.npz", "val": d / "val.npz", "dir": d}

@@ -44,3 +44,36 @@ def digits_cnn() -> nn.Module:
     """Untrained TinyCNN for 1x1x16x16 digits; tests load trained weights with --weights."""
     torch.manual_seed(0)
     return TinyCNN(in_ch=1, num_classes=10).eval()
+
+
+class OutlierNet(nn.Module):
+    """conv-ReLU-conv-ReLU-pool-linear for 1x1x16x16 digits. `inject_outlier` makes it hard for INT8."""
+
+    def __init__(self, width: int = 16):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, width, 3, 1, 1)
+        self.conv2 = nn.Conv2d(width, width, 3, 2, 1)
+        self.fc = nn.Linear(width, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+def inject_outlier(model: OutlierNet, scale: float = 256.0) -> OutlierNet:
+    """A function-preserving change that real networks show by accident: one channel of conv1's
+    output is `scale` times larger than the others (conv1's channel 0 scaled up, conv2's matching
+    input weights scaled down; ReLU is positively homogeneous, so FP32 outputs are unchanged).
+    With one uint8 range per tensor, that channel takes the whole range and the other channels are
+    left with a handful of levels: plain post-training INT8 loses many points of accuracy."""
+    with torch.no_grad():
+        model.conv1.weight[0] *= scale
+        model.conv1.bias[0] *= scale
+        model.conv2.weight[:, 0] /= scale
+    return model
+
+
+def outlier_net() -> nn.Module:
+    """Factory: untrained OutlierNet; tests load trained (outlier-injected) weights with --weights."""
+    torch.manual_seed(0)
+    return OutlierNet().eval()

@@ -1,0 +1,91 @@
+"""Accuracy-aware INT8 on a model that plain post-training INT8 breaks (see toy_models.inject_outlier)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+import toy_models
+from edgepack.cli import main
+
+
+@pytest.fixture(scope="module")
+def outlier_model(digits, tmp_path_factory) -> dict[str, Path]:
+    """OutlierNet trained on digits (seconds), then given a x256 outlier channel; FP32 outputs unchanged."""
+    d = tmp_path_factory.mktemp("outlier")
+    torch.manual_seed(0)
+    model = toy_models.OutlierNet().train()
+    x = torch.from_numpy(np.load(digits["calib"])["x"])
+    data = np.load(digits["dir"] / "val.npz")
+    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
+    train_x = torch.from_numpy(np.load(digits["dir"] / "train.npz")["x"])
+    train_y = torch.from_numpy(np.load(digits["dir"] / "train.npz")["y"])
+    for _ in range(40):
+        for i in range(0, len(train_x), 64):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(train_x[i:i + 64]), train_y[i:i + 64]).backward()
+            opt.step()
+    model.eval()
+    before = model(x).detach()
+    toy_models.inject_outlier(model)
+    assert torch.allclose(model(x).detach(), before, atol=1e-3)  # the change is invisible in FP32
+    torch.save(model.state_dict(), d / "outlier.pt")
+    assert data["y"].shape[0] > 400
+    return {"weights": d / "outlier.pt"}
+
+
+def _build(out: Path, weights: Path, digits, *extra: str):
+    return CliRunner().invoke(main, ["build", "toy_models:outlier_net", "--weights", str(weights), "--target",
+                                     "x86-64", "--input-shape", "1,1,16,16", "--calib", str(digits["calib"]),
+                                     "--val", str(digits["val"]), "--out", str(out), "--latency-runs", "5",
+                                     "--max-accuracy-drop", "1.0", "--json", *extra])
+
+
+def test_plain_int8_loses_more_than_two_points(outlier_model, digits, tmp_path):
+    result = _build(tmp_path / "plain", outlier_model["weights"], digits, "--max-search-time", "0")
+    assert result.exit_code == 1, result.output  # the budget is missed and the bundle says so
+    v = json.loads(result.output)["models"][0]["validation"]
+    assert v["accuracy_fp32"] > 80 and v["accuracy_drop"] > 2.0, v
+
+
+def test_accuracy_aware_build_meets_one_point_and_reports_the_cost(outlier_model, digits, tmp_path):
+    out = tmp_path / "searched"
+    result = _build(out, outlier_model["weights"], digits)
+    assert result.exit_code == 0, result.output
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["validation"]["accuracy_drop"] <= 1.0
+    search = man["stages"]["quantization_search"]
+    assert search["trials"][0]["name"] == "default recipe" and not search["trials"][0]["met"]
+    chosen = [t for t in search["trials"] if t["name"] == search["chosen"]][0]
+    assert chosen["met"] and chosen["latency_p50_ms_1thread"] > 0 and chosen["size_bytes"] > 0
+    report = (out / "report.md").read_text()
+    assert "Accuracy-aware search" in report and search["chosen"] in report
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 4  # quality, latency, size, search, per-layer
+
+
+def test_report_html_renders_its_plots_in_headless_chromium(outlier_model, digits, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Debian chromium is not installed (scripts/setup-env.sh installs it)")
+    out = tmp_path / "b"
+    assert _build(out, outlier_model["weights"], digits, "--max-search-time", "0").exit_code in (0, 1)
+    shot = tmp_path / "shot.png"
+    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={tmp_path / 'profile'}", "--hide-scrollbars", "--window-size=1000,2600",
+                    f"--screenshot={shot}", (out / "report.html").as_uri()],
+                   check=True, capture_output=True, timeout=120)
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(shot).convert("RGB")).reshape(-1, 3).astype(int)
+    blue = np.abs(pixels - [0x2B, 0x7B, 0xB9]).sum(1) < 30     # the INT8 bars
+    red = np.abs(pixels - [0xC4, 0x4E, 0x52]).sum(1) < 30      # the per-layer error bars
+    assert blue.sum() > 500 and red.sum() > 200, (blue.sum(), red.sum())
