@@ -33,6 +33,8 @@ class Trial:
     seconds: float
     met: bool
     record: dict = dataclasses.field(default_factory=dict)
+    path: Path | None = None
+    raw_settings: dict = dataclasses.field(default_factory=dict)
 
     def row(self) -> dict:
         return {"name": self.name, "settings": self.settings, **{k: self.quality.get(k) for k in
@@ -62,8 +64,8 @@ def candidates(space: SearchSpace, get_best: Callable[[], Trial]) -> Iterator[tu
     from .diagnose import sensitive_nodes
 
     best = get_best()
-    rows = space.diagnose(Path(best.record["path"]))
-    base = dict(best.record.get("raw_settings", {}))
+    rows = space.diagnose(best.path)
+    base = dict(best.raw_settings)
     for k in FLOAT_LAYER_STEPS:
         nodes = sensitive_nodes(rows, k)
         if len(nodes) < k:
@@ -94,12 +96,11 @@ def _trial(name, settings, quantize, evaluate, meets, latency, path: Path) -> Tr
     t0 = time.perf_counter()
     record = quantize(settings, path)
     quality = evaluate(path)
-    record["path"] = str(path)
-    record["raw_settings"] = dict(settings)
     return Trial(name=name, settings={k: v for k, v in settings.items() if k != "more_calib"} |
                  ({"calibration_samples": record.get("calibration_samples")} if settings.get("more_calib") else {}),
                  quality=quality, size_bytes=path.stat().st_size, p50_ms=latency(path),
-                 seconds=time.perf_counter() - t0, met=meets(quality), record=record)
+                 seconds=time.perf_counter() - t0, met=meets(quality), record=record, path=path,
+                 raw_settings=dict(settings))
 
 
 def _score(trial: Trial) -> float:
@@ -109,5 +110,5 @@ def _score(trial: Trial) -> float:
 
 def adopt(trial: Trial, final: Path) -> None:
     """Make the chosen trial's model the INT8 artifact."""
-    if Path(trial.record["path"]) != final:
-        shutil.copyfile(trial.record["path"], final)
+    if trial.path is not None and trial.path != final:
+        shutil.copyfile(trial.path, final)

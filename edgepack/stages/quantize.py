@@ -54,7 +54,7 @@ def _onnx(ctx: BuildContext) -> None:
             lambda st, p: _quantize_onnx(ctx, st, p), lambda p: _evaluate(ctx, p), lambda q: _meets(ctx, q),
             _space(ctx), ctx.workdir, lambda p: _latency_1thread(ctx, p), ctx.config.max_search_time, default)
         search.adopt(chosen, final)
-        ctx.outputs[str(final)] = ctx.outputs.get(chosen.record["path"])
+        ctx.outputs[str(final)] = ctx.outputs.get(str(chosen.path))
         ctx.records["quantization_onnx"] = chosen.record
         _report_search(ctx, chosen, trials, seconds)
     ctx.add(Artifact("onnx", "int8", final))
