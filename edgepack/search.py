@@ -60,7 +60,8 @@ def candidates(space: SearchSpace, get_best: Callable[[], Trial]) -> Iterator[tu
             yield f"{method} calibration", {"method": method}
     if not space.per_channel:
         yield "per-channel weights", {"per_channel": True}
-    yield "2x calibration samples", {"more_calib": True}
+    if space.more_calib() is not None:  # only when the calibration source holds more samples
+        yield "2x calibration samples", {"more_calib": True}
     from .diagnose import sensitive_nodes
 
     best = get_best()
