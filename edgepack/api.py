@@ -89,6 +89,9 @@ def diagnose(config: BuildConfig, bundle: Path | None = None, progress: Progress
     workdir = Path(tempfile.mkdtemp(prefix="edgepack-"))
     try:
         ctx = _prepare(config, targets.load(config.target), workdir, progress)
+        if ctx.model.text is not None:
+            raise InputError("per-layer diagnosis of text models is not supported yet",
+                             hint="the build's report.md lists the INT8 recipe and its accuracy")
         export.run(ctx)
         if bundle is None:
             with quantize.quiet_root_logger():
@@ -120,27 +123,63 @@ def _check_output(out: Path, force: bool) -> None:
 def _prepare(config: BuildConfig, target: targets.TargetProfile, workdir: Path, progress: ProgressFn) -> BuildContext:
     """Load the model and data and check they fit each other, before any slow stage runs."""
     model = sources.load(config.model, weights=config.weights, num_classes=config.num_classes,
-                         trust_model=config.trust_model)
-    shape = _input_shape(config, target, model)
+                         trust_model=config.trust_model, tokenizer=config.tokenizer, max_length=config.max_length)
+    if model.text is not None:
+        _check_text_build(config, target)
+        shape: tuple[int, ...] = (1, model.text.max_length)
+    else:
+        shape = _input_shape(config, target, model)
     _check_single_input(model)
     num_outputs = _num_outputs(model, shape)
-    calib = data.load(config.calib or _default_calib(), input_shape=shape, preprocess=config.preprocess,
-                      count=config.calib_samples or target.calibration_samples, seed=config.seed,
-                      role="calibration", progress=progress)
-    if len(calib) < min(MIN_CALIB_SAMPLES, config.calib_samples or MIN_CALIB_SAMPLES):
-        raise InputError(f"only {len(calib)} calibration samples; at least {MIN_CALIB_SAMPLES} are needed",
-                         hint="add images to the calibration folder or samples to the .npz")
-    val = calib
-    if config.val:
-        val = data.load(config.val, input_shape=shape, preprocess=config.preprocess, count=config.val_samples,
-                        seed=config.seed + 1, role="validation", progress=progress)
-    labels = _labels(config, val, num_outputs)
+    calib, val = _load_data(config, target, model, shape, progress)
+    labels = _labels(config, val, num_outputs, model)
     ctx = BuildContext(config=config, target=target, workdir=workdir, input_shape=shape, model=model, calib=calib,
                        val=val, val_is_calibration=not config.val, labels=labels, num_outputs=num_outputs,
                        progress=progress)
     if not config.val:
         ctx.warn("no --val data: agreement is measured on the calibration samples, which flatters INT8")
     return ctx
+
+
+def _load_data(config: BuildConfig, target: targets.TargetProfile, model: sources.LoadedModel,
+               shape: tuple[int, ...], progress: ProgressFn) -> tuple[data.Dataset, data.Dataset]:
+    """(calibration, validation) sets; validation is the calibration set when no --val is given."""
+    count = config.calib_samples or target.calibration_samples
+    if model.text is not None:
+        calib = data.load_text(config.calib, text=model.text, count=count, seed=config.seed, role="calibration")
+    else:
+        calib = data.load(config.calib or _default_calib(), input_shape=shape, preprocess=config.preprocess,
+                          count=count, seed=config.seed, role="calibration", progress=progress)
+    if len(calib) < min(MIN_CALIB_SAMPLES, config.calib_samples or MIN_CALIB_SAMPLES):
+        raise InputError(f"only {len(calib)} calibration samples; at least {MIN_CALIB_SAMPLES} are needed",
+                         hint="add images (or texts) to the calibration data or samples to the .npz")
+    if not config.val:
+        return calib, calib
+    if model.text is not None:
+        return calib, data.load_text(config.val, text=model.text, count=config.val_samples, seed=config.seed + 1,
+                                     role="validation")
+    return calib, data.load(config.val, input_shape=shape, preprocess=config.preprocess, count=config.val_samples,
+                            seed=config.seed + 1, role="validation", progress=progress)
+
+
+def _check_text_build(config: BuildConfig, target: targets.TargetProfile) -> None:
+    """What text builds do not support yet, all reported at once, before any slow stage."""
+    problems, hints = [], []
+    if "tflite" in target.formats:
+        problems.append(f"target {target.name} ships TFLite: TFLite text models aren't supported yet")
+        hints.append("build for an ONNX target such as raspberry-pi-4 (full-integer INT8 BERT aborts in "
+                     "LiteRT 2.1; dynamic-range INT8 works and is planned)")
+    if config.prune is not None:
+        problems.append("pruning text models is not supported yet")
+        hints.append("drop the --prune options")
+    if config.input_shape:
+        problems.append("--input-shape does not apply to text models")
+        hints.append("set the sequence length with --max-length")
+    if not config.calib:
+        problems.append("text models need calibration texts")
+        hints.append("pass --calib texts.txt (one text per line) or a .jsonl / .csv with a text column")
+    if problems:
+        raise InputError("; ".join(problems), hint="; ".join(hints))
 
 
 def _check_single_input(model: sources.LoadedModel) -> None:
@@ -184,18 +223,27 @@ def _num_outputs(model: sources.LoadedModel, shape: tuple[int, ...]) -> int | No
 
     from .backends.onnx import check_accepts_input
 
-    y = check_accepts_input(model.module, torch.zeros(*shape))
+    if model.text is not None:
+        from .text import example_inputs
+
+        y = check_accepts_input(model.module, example_inputs(model.text.input_names, shape[-1]))
+    else:
+        y = check_accepts_input(model.module, torch.zeros(*shape))
     y = y[0] if isinstance(y, list | tuple) else y
     return int(y.shape[-1]) if hasattr(y, "shape") and y.ndim == 2 else None
 
 
-def _labels(config: BuildConfig, val: data.Dataset, num_outputs: int | None) -> list[str] | None:
-    """Class names from --labels or the validation folder; they must fit the model's output size.
+def _labels(config: BuildConfig, val: data.Dataset, num_outputs: int | None,
+            model: sources.LoadedModel) -> list[str] | None:
+    """Class names from --labels, the validation folder or a text model's config; they must fit the model's
+    output size.
 
     Folder labels are the sorted sub-folder indices (ImageFolder). With --labels, sub-folders are
     matched to the model's classes by name instead, so a folder may hold a subset of the classes.
     """
     names = _read_labels(config.labels) if config.labels else None
+    if names is None and model.text is not None:
+        names = model.text.labels
     if names is not None and num_outputs is not None and len(names) != num_outputs:
         raise InputError(f"{config.labels} has {len(names)} class names but the model has {num_outputs} outputs",
                          hint="one class name per line, in output order")

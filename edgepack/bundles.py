@@ -130,12 +130,25 @@ def _check_golden(folder: Path, man: dict) -> list[str]:
     from . import backends
 
     golden = np.load(folder / man["golden"]["file"], allow_pickle=False)
+    feed = _golden_input(golden, man)
     lines = []
     for m in man["models"]:
         runner = backends.get(m["format"]).Runner(folder / m["file"], threads=1)
-        diff = float(np.max(np.abs(runner.run(golden["input"]) - golden[m["format"]])))
+        diff = float(np.max(np.abs(runner.run(feed) - golden[m["format"]])))
         if diff > man["golden"]["tolerance"]:
             raise VerifyError(f"{m['file']}: output on the golden input differs by {diff:.4g} "
                               f"(tolerance {man['golden']['tolerance']})")
         lines.append(f"ok  {m['file']} golden output, max abs diff {diff:.3g}")
     return lines
+
+
+def _golden_input(golden, man: dict):
+    """The golden input: the array 'input' (images), or every model input by name (text models)."""
+    if man["preprocess"].get("kind") != "text":
+        return golden["input"]
+    names = [i["name"] for i in man["inputs"] if isinstance(i, dict) and "name" in i]
+    missing = [n for n in names if n not in golden.files]
+    if missing or not names:
+        raise VerifyError(f"golden file lacks model input(s) {', '.join(missing) or '(none listed)'}",
+                          hint="the bundle was modified or damaged; rebuild it")
+    return {n: golden[n] for n in names}

@@ -132,11 +132,15 @@ def _csv_floats(ctx: click.Context, param: click.Parameter, value: str | None) -
 
 BUILD_OPTIONS = [
     click.option("--target", "-t", help="Target profile name (edgepack targets list) or a .toml path."),
-    click.option("--calib", help="Calibration data: image folder or .npz (default: calibration_data/images)."),
-    click.option("--val", help="Validation data: ImageFolder-style folder, flat folder or .npz with x[,y]."),
+    click.option("--calib", help="Calibration data: image folder or .npz (default: calibration_data/images); "
+                                 "text: .txt, .jsonl or .csv."),
+    click.option("--val", help="Validation data: ImageFolder-style folder, flat folder or .npz with x[,y]; "
+                               "text: .jsonl or .csv with text[,label]."),
     click.option("--out", "-o", help="Bundle folder (a .zip is written beside it)."),
     click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML file with these settings."),
     click.option("--weights", help="State dict (.pt/.pth/.safetensors), loaded weights-only."),
+    click.option("--tokenizer", help="Text models from a factory: tokenizer.json, or a folder holding one."),
+    click.option("--max-length", type=int, help="Text models: fixed sequence length in tokens (default 128)."),
     click.option("--num-classes", type=int, help="Classifier size for torchvision architectures."),
     click.option("--input-shape", callback=_csv_ints, help="Model input shape, e.g. 1,3,224,224."),
     click.option("--labels", help="Text file, one class name per line, in output order."),

@@ -45,11 +45,18 @@ class Preprocess:
 class BuildConfig:
     """One build. Budgets left as None come from the target profile."""
 
-    model: str = spec("model source: torchvision:<arch>, package.module:factory, .pt2, TorchScript .pt, .onnx")
+    model: str = spec("model source: torchvision:<arch>, package.module:factory, .pt2, TorchScript .pt, .onnx, "
+                      "or a transformers text classifier folder")
     target: str = spec("target profile name (edgepack targets list) or path to a .toml profile", "raspberry-pi-4")
     out: str = spec("output folder for the bundle (a .zip is written beside it)", "build/bundle")
-    calib: str | None = spec("calibration data: image folder or .npz with x", None)
-    val: str | None = spec("validation data: ImageFolder-style folder or .npz with x and optional y", None)
+    calib: str | None = spec("calibration data: image folder or .npz with x; text models: .txt, .jsonl or .csv",
+                             None)
+    val: str | None = spec("validation data: ImageFolder-style folder or .npz with x and optional y; text "
+                           "models: .jsonl or .csv with text and optional label", None)
+    tokenizer: str | None = spec("text models from a factory: tokenizer.json, or a folder holding one (a "
+                                 "transformers folder brings its own)", None)
+    max_length: int | None = spec("text models: fixed sequence length, tokens (default: the tokenizer's, else 128)",
+                                  None, ge=1, le=8192)
     weights: str | None = spec("state dict for torchvision/factory models (loaded with weights_only=True)", None)
     num_classes: int | None = spec("classifier size for torchvision models", None, ge=1, le=100000)
     input_shape: tuple[int, ...] | None = spec("model input shape, e.g. [1, 3, 224, 224] (default: profile)", None,

@@ -1,6 +1,7 @@
-"""Calibration and validation sets: image folders (decoded by Pillow) or .npz arrays.
+"""Calibration and validation sets: image folders (decoded by Pillow), .npz arrays, or text files.
 
-Every set becomes a `Dataset`: NCHW float32 inputs, optional int64 labels, class names when a
+Every set becomes a `Dataset`: NCHW float32 inputs (or, for text models, {input name: (N, L) int64} token
+arrays), optional int64 labels, class names when a
 folder gives them, and a digest recorded in the manifest. Sampling is seeded and listings sorted,
 so the same files and seed always give the same set.
 """
@@ -11,12 +12,19 @@ import logging
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .config import Preprocess
 from .errors import InputError
 from .util import ProgressFn, no_progress, sha256_arrays
+
+if TYPE_CHECKING:
+    from .sources import TextInfo
+
+#: Model inputs: one array (images) or token arrays by input name (text models).
+Inputs = np.ndarray | dict[str, np.ndarray]
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm")
@@ -25,9 +33,10 @@ MAX_SKIPPED_FRACTION = 0.5
 
 @dataclass
 class Dataset:
-    """Model-ready samples. x: (N, C, H, W) float32; y: (N,) int64 or None."""
+    """Model-ready samples. x: (N, C, H, W) float32, or {input name: (N, L) int64} for text; y: (N,) int64
+    or None."""
 
-    x: np.ndarray
+    x: Inputs
     y: np.ndarray | None
     source: str
     class_names: list[str] | None = None
@@ -35,10 +44,35 @@ class Dataset:
 
     @property
     def digest(self) -> str:
-        return sha256_arrays(self.x, self.y)
+        arrays = [self.x[k] for k in sorted(self.x)] if isinstance(self.x, dict) else [self.x]
+        return sha256_arrays(*arrays, self.y)
 
     def __len__(self) -> int:
-        return int(self.x.shape[0])
+        return num_samples(self.x)
+
+
+def num_samples(x: Inputs) -> int:
+    """Number of samples in model inputs."""
+    return int(next(iter(x.values())).shape[0]) if isinstance(x, dict) else int(x.shape[0])
+
+
+def rows(x: Inputs, start: int, stop: int) -> Inputs:
+    """Samples start..stop-1 of model inputs (every input of a text model alike)."""
+    return {k: v[start:stop] for k, v in x.items()} if isinstance(x, dict) else x[start:stop]
+
+
+def load_text(path: str, *, text: TextInfo, count: int | None, seed: int, role: str) -> Dataset:
+    """Texts (.txt / .jsonl / .csv, see edgepack.text.read_texts) tokenized as the device will: a seeded
+    subset of ``count`` texts, {input name: (N, max_length) int64} with optional labels."""
+    from . import text as text_mod
+
+    if not Path(path).is_file():
+        raise InputError(f"{role} data not found: {path}",
+                         hint="text models take a .txt (one text per line), .jsonl or .csv file")
+    texts, y = text_mod.read_texts(path)
+    idx = sample_indices(len(texts), count, seed)
+    x = text_mod.tokenize([texts[i] for i in idx], text.tokenizer, text.max_length, text.input_names)
+    return Dataset(x=x, y=None if y is None else y[idx], source=str(path))
 
 
 def load(path: str, *, input_shape: tuple[int, ...], preprocess: Preprocess, count: int | None, seed: int,

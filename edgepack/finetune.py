@@ -32,7 +32,8 @@ class FinetuneOptions:
     data: str | None = spec("fine-tuning data: class folders of images or .npz with x (and y); "
                             "unlabelled data needs distill", None)
     epochs: int = spec("maximum passes over the training split", 3, ge=1, le=1000)
-    lr: float = spec("Adam learning rate, cosine-decayed to 0 over the epochs", 5e-4, ge=1e-8, le=1.0)
+    lr: float = spec("Adam learning rate: a short linear warm-up, then cosine decay to 0 over the epochs, or "
+                     "over the time budget when max_minutes ends training first", 3e-4, ge=1e-8, le=1.0)
     batch_size: int = spec("samples per optimizer step", 32, ge=1, le=4096)
     patience: int = spec("stop after this many epochs without a held-out improvement", 2, ge=1, le=1000)
     distill: bool = spec("learn from the unpruned model's soft outputs (works without labels)", False)
@@ -43,6 +44,8 @@ class FinetuneOptions:
     max_minutes: float | None = spec("wall-clock budget for fine-tuning, minutes (checked every batch)", None,
                                      ge=0.01, le=10_000)
     seed: int = spec("seed for the split and the shuffling", 0, ge=0, le=2**31 - 1)
+    freeze_bn: bool = spec("keep BatchNorm running statistics fixed while training (small CPU batches give "
+                           "noisy statistics; pruning's reconstruction already matched them)", True)
 
 
 def load_data(options: FinetuneOptions, *, input_shape: tuple[int, ...], preprocess: Any,
@@ -71,13 +74,14 @@ def finetune(model, data, options: FinetuneOptions, *, teacher=None,
     if y is None and not options.distill:
         raise InputError(f"fine-tuning data {options.data or ''} has no labels",
                          hint="use labelled data (class folders or npz with y), or enable distill")
+    t0 = time.perf_counter()  # the time budget covers the teacher's outputs too
     torch.manual_seed(options.seed)
     for p in model.parameters():  # the source may have frozen its backbone; recovery trains everything
         p.requires_grad_(True)
     x = torch.from_numpy(np.ascontiguousarray(data.x, dtype=np.float32))
-    targets = _targets(teacher, x, y, options, progress)
     train_idx, held_idx = split_indices(len(x), options.val_fraction, options.seed)
-    return _train(model, x, targets, (train_idx, held_idx), options, progress)
+    targets = _targets(teacher, x, y, options, held_idx, progress)
+    return _train(model, x, targets, (train_idx, held_idx), options, progress, t0)
 
 
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -89,34 +93,54 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, n
     return np.sort(perm[n_held:]), np.sort(perm[:n_held])
 
 
-def _targets(teacher, x, y, options: FinetuneOptions, progress: ProgressFn) -> dict:
-    """Labels and/or the teacher's logits for every sample (computed once, not every epoch)."""
+def _targets(teacher, x, y, options: FinetuneOptions, held_idx: np.ndarray, progress: ProgressFn) -> dict:
+    """Labels and/or the teacher's logits. The teacher's are computed lazily, once per sample, the
+    first time a batch needs them (a time-boxed run may never reach every sample); the held-out
+    split's up front, since every evaluation needs them."""
     import torch
 
-    out: dict = {"y": None if y is None else torch.from_numpy(np.asarray(y, dtype=np.int64)), "t": None}
+    out: dict = {"y": None if y is None else torch.from_numpy(np.asarray(y, dtype=np.int64)), "t": None,
+                 "teacher": None, "done": None}
     if options.distill:
         teacher.eval()
-        chunks = []
-        with torch.no_grad():
-            for i in range(0, len(x), EVAL_BATCH):
-                progress("teacher outputs", i, len(x))
-                chunks.append(teacher(x[i:i + EVAL_BATCH]))
-        out["t"] = torch.cat(chunks)
-        if out["t"].ndim != 2:
-            raise InputError("distillation needs (N, classes) outputs, the model gives "
-                             f"{list(out['t'].shape)}")
+        probe = _forward(teacher, x[:1])
+        if probe.ndim != 2:
+            raise InputError(f"distillation needs (N, classes) outputs, the model gives {list(probe.shape)}")
+        out.update(t=torch.zeros(len(x), probe.shape[1]), teacher=teacher,
+                   done=torch.zeros(len(x), dtype=torch.bool))
+        for i in range(0, len(held_idx), EVAL_BATCH):
+            progress("teacher outputs (held-out split)", i, len(held_idx))
+            teacher_logits(out, x, torch.from_numpy(held_idx[i:i + EVAL_BATCH]))
     return out
+
+
+def _forward(model, x):
+    import torch
+
+    with torch.no_grad():
+        return model(x)
+
+
+def teacher_logits(targets: dict, x, idx):
+    """targets["t"][idx], computing (and caching) those the teacher has not seen yet."""
+    if targets["teacher"] is None:
+        return None
+    todo = idx[~targets["done"][idx]]
+    if len(todo):
+        targets["t"][todo] = _forward(targets["teacher"], x[todo])
+        targets["done"][todo] = True
+    return targets["t"][idx]
 
 
 def _loss(logits, idx, targets: dict, options: FinetuneOptions):
     """Cross-entropy on labels, KL distillation on teacher logits (T^2-scaled), or their blend."""
     import torch.nn.functional as F
 
-    y, t = targets["y"], targets["t"]
+    y, t = targets["y"], targets.get("batch_t")
     terms = []
     if t is not None:
         temp = options.temperature
-        kd = F.kl_div(F.log_softmax(logits / temp, 1), F.softmax(t[idx] / temp, 1), reduction="batchmean")
+        kd = F.kl_div(F.log_softmax(logits / temp, 1), F.softmax(t / temp, 1), reduction="batchmean")
         terms.append(kd * temp * temp)
     if y is not None:
         terms.append(F.cross_entropy(logits, y[idx]))
@@ -139,22 +163,39 @@ def heldout_score(model, x, targets: dict, idx: np.ndarray) -> float:
     return hits / max(1, len(idx))
 
 
-def _train(model, x, targets: dict, split, options: FinetuneOptions, progress: ProgressFn) -> dict:
+WARMUP = 0.03   # fraction of the steps (or of the time budget) with a linear learning-rate warm-up
+
+
+def lr_factor(step: int, total_steps: int, elapsed: float, budget: float | None) -> float:
+    """Warm-up then cosine decay on the further along of the step count and the time budget."""
+    import math
+
+    done = step / max(1, total_steps)
+    if budget:
+        done = max(done, elapsed / budget)
+    done = min(1.0, done)
+    if done < WARMUP:
+        return max(0.05, done / WARMUP)
+    return 0.5 * (1 + math.cos(math.pi * (done - WARMUP) / (1 - WARMUP)))
+
+
+def _train(model, x, targets: dict, split, options: FinetuneOptions, progress: ProgressFn,
+           t0: float | None = None) -> dict:
     import torch
 
     train_idx, held_idx = split
     steps_per_epoch = -(-len(train_idx) // options.batch_size)
-    opt = torch.optim.Adam(model.parameters(), lr=options.lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=options.epochs * steps_per_epoch)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=options.lr)
     state = {"best": heldout_score(model, x, targets, held_idx), "best_epoch": 0, "stopped": "epochs",
-             "best_state": copy.deepcopy(model.state_dict()), "t0": time.perf_counter(), "epoch": 0}
+             "best_state": copy.deepcopy(model.state_dict()), "t0": t0 or time.perf_counter(), "epoch": 0,
+             "step": 0, "total_steps": options.epochs * steps_per_epoch, "cpu0": time.process_time()}
     report = {"metric": "accuracy" if targets["y"] is not None else "agreement",
               "heldout_before": state["best"], "train_samples": len(train_idx),
               "heldout_samples": len(held_idx)}
     gen = np.random.default_rng(options.seed)
     for epoch in range(1, options.epochs + 1):
         state["epoch"] = epoch
-        loss = _epoch(model, x, targets, gen.permutation(train_idx), (opt, sched), options, state, progress)
+        loss = _epoch(model, x, targets, gen.permutation(train_idx), opt, options, state, progress)
         score = heldout_score(model, x, targets, held_idx)
         log.info("fine-tune epoch %d: loss %.4f, held-out %s %.4f", epoch, loss, report["metric"], score)
         if score > state["best"]:
@@ -167,17 +208,29 @@ def _train(model, x, targets: dict, split, options: FinetuneOptions, progress: P
     model.load_state_dict(state["best_state"])
     model.eval()
     report.update(heldout_after=state["best"], best_epoch=state["best_epoch"], epochs_run=state["epoch"],
-                  stopped=state["stopped"], seconds=round(time.perf_counter() - state["t0"], 1))
+                  steps=state["step"], stopped=state["stopped"],
+                  seconds=round(time.perf_counter() - state["t0"], 1),
+                  cpu_seconds=round(time.process_time() - state["cpu0"], 1))
     return report
 
 
-def _epoch(model, x, targets: dict, order: np.ndarray, optim, options: FinetuneOptions, state: dict,
+def _train_mode(model, freeze_bn: bool) -> None:
+    from torch import nn
+
+    model.train()
+    if freeze_bn:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
+def _epoch(model, x, targets: dict, order: np.ndarray, opt, options: FinetuneOptions, state: dict,
            progress: ProgressFn) -> float:
     """One pass over ``order``; returns the mean loss. Sets state["stopped"] = "time" past the budget."""
     import torch
 
-    opt, sched = optim
-    model.train()
+    budget = 60 * options.max_minutes if options.max_minutes else None
+    _train_mode(model, options.freeze_bn)
     total, batches = 0.0, 0
     step = f"fine-tuning epoch {state['epoch']}/{options.epochs}"
     for i in range(0, len(order), options.batch_size):
@@ -185,6 +238,13 @@ def _epoch(model, x, targets: dict, order: np.ndarray, optim, options: FinetuneO
         idx = torch.from_numpy(order[i:i + options.batch_size])
         if len(idx) < 2 and batches:  # a 1-sample batch breaks BatchNorm statistics
             continue
+        if budget and time.perf_counter() - state["t0"] > budget:
+            state["stopped"] = "time"
+            break
+        factor = lr_factor(state["step"], state["total_steps"], time.perf_counter() - state["t0"], budget)
+        for group in opt.param_groups:
+            group["lr"] = options.lr * factor
+        targets["batch_t"] = teacher_logits(targets, x, idx)
         opt.zero_grad(set_to_none=True)
         loss = _loss(model(x[idx]), idx, targets, options)
         if not torch.isfinite(loss):
@@ -192,10 +252,7 @@ def _epoch(model, x, targets: dict, order: np.ndarray, optim, options: FinetuneO
                              hint="lower the fine-tuning learning rate (lr)")
         loss.backward()
         opt.step()
-        sched.step()
+        state["step"] += 1
         total, batches = total + float(loss.detach()), batches + 1
-        if options.max_minutes and time.perf_counter() - state["t0"] > 60 * options.max_minutes:
-            state["stopped"] = "time"
-            break
     progress(step, len(order), len(order))
     return total / max(1, batches)

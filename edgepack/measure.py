@@ -6,6 +6,8 @@ Peak memory: one child per model loads it and runs one inference; the child's pe
 minus its RSS before loading the model is the model's cost.
 
     python -m edgepack.measure latency --input x.npy --threads 1 --runs 50 onnx:a.onnx onnx:b.onnx
+
+The input is one array (.npy) or, for models with several inputs (text), an .npz holding each by name.
 """
 
 from __future__ import annotations
@@ -44,7 +46,25 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _latency(specs: list[str], x: np.ndarray, threads: int, runs: int) -> dict:
+def _save_input(x: np.ndarray | dict[str, np.ndarray], workdir: Path) -> Path:
+    """One array -> .npy; several named inputs -> .npz (read back by _load_input)."""
+    if isinstance(x, dict):
+        path = workdir / "latency_input.npz"
+        np.savez(path, **x)
+    else:
+        path = workdir / "latency_input.npy"
+        np.save(path, x)
+    return path
+
+
+def _load_input(path: str) -> np.ndarray | dict[str, np.ndarray]:
+    if path.endswith(".npz"):
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    return np.load(path, allow_pickle=False)
+
+
+def _latency(specs: list[str], x, threads: int, runs: int) -> dict:
     runners = [_runner(s, threads) for s in specs]
     for r in runners:
         for _ in range(WARMUP_RUNS):
@@ -64,7 +84,7 @@ def summarize(times_ms: list[float]) -> dict:
             "mean": round(float(arr.mean()), 4), "runs": len(times_ms)}
 
 
-def _memory(spec: str, x: np.ndarray, threads: int) -> dict:
+def _memory(spec: str, x, threads: int) -> dict:
     before = _rss_mb()
     _runner(spec, threads).run(x)
     peak = _rss_mb()
@@ -79,19 +99,18 @@ def _child(args: list[str]) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def latency(models: dict[str, tuple[str, Path]], x: np.ndarray, *, threads: int, runs: int, workdir: Path) -> dict:
-    """{key: {p50, p90, mean, runs}} in ms for models {key: (format, path)}, interleaved in one child."""
-    inp = workdir / "latency_input.npy"
-    np.save(inp, x)
+def latency(models: dict[str, tuple[str, Path]], x, *, threads: int, runs: int, workdir: Path) -> dict:
+    """{key: {p50, p90, mean, runs}} in ms for models {key: (format, path)}, interleaved in one child.
+    ``x``: one sample, an array or {input name: array}."""
+    inp = _save_input(x, workdir)
     specs = {key: f"{fmt}:{path}" for key, (fmt, path) in models.items()}
     result = _child(["latency", "--input", str(inp), "--threads", str(threads), "--runs", str(runs),
                      *specs.values()])
     return {key: result[spec] for key, spec in specs.items()}
 
 
-def memory(fmt: str, path: Path, x: np.ndarray, *, threads: int, workdir: Path) -> dict:
-    inp = workdir / "latency_input.npy"
-    np.save(inp, x)
+def memory(fmt: str, path: Path, x, *, threads: int, workdir: Path) -> dict:
+    inp = _save_input(x, workdir)
     return _child(["memory", "--input", str(inp), "--threads", str(threads), f"{fmt}:{path}"])
 
 
@@ -103,7 +122,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("models", nargs="+")
     args = parser.parse_args()
-    x = np.load(args.input)
+    x = _load_input(args.input)
     if args.mode == "latency":
         out = _latency(args.models, x, args.threads, args.runs)
     else:

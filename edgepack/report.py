@@ -12,6 +12,7 @@ SCHEMA = "edgepack.bundle/1"
 TOOLS = ("torch", "torchvision", "onnx", "onnxruntime", "onnxslim", "numpy", "pillow", "tensorflow",
          "onnx2tf", "ai-edge-litert", "torch-pruning")
 MODEL_FILES = {"onnx": "model.onnx", "tflite": "model.tflite"}
+TOKENIZER_FILE = "tokenizer.json"
 
 
 def tool_versions() -> dict[str, str]:
@@ -39,7 +40,7 @@ def manifest(ctx: BuildContext, files: dict[str, dict], io: dict[str, dict], gol
         "models": models,
         "inputs": primary["inputs"],
         "outputs": primary["outputs"],
-        "preprocess": ctx.config.preprocess.to_dict(),
+        "preprocess": _preprocess(ctx),
         "labels": ctx.labels,
         "validation": primary["validation"],
         "passed": all(m["validation"]["passed"] for m in models),
@@ -51,6 +52,13 @@ def manifest(ctx: BuildContext, files: dict[str, dict], io: dict[str, dict], gol
         "config": ctx.config.to_dict(),
         "stages": {k: v for k, v in sorted(ctx.records.items()) if k != "validation"},
     }
+
+
+def _preprocess(ctx: BuildContext) -> dict:
+    """Images: the resize/crop/normalise settings. Text: {kind: text, tokenizer file, its settings}."""
+    if ctx.model.text is None:
+        return ctx.config.preprocess.to_dict()
+    return {"kind": "text", "tokenizer": TOKENIZER_FILE, **ctx.model.text.settings}
 
 
 def _model_entry(ctx: BuildContext, fmt: str, files: dict, io: dict) -> dict:
@@ -166,6 +174,10 @@ def render_markdown(man: dict) -> str:
 
         parts += [f"## Accuracy-aware search ({search['seconds']} s, limit {search['max_seconds']} s)", "",
                   markdown_table(TRIAL_HEADER, trial_rows(search)), ""]
+    if q.get("why"):
+        parts += [f"INT8 recipe: **{q['chosen']}** ({q['why']}).", "",
+                  markdown_table(("INT8 candidate", "accuracy drop", "agreement", "latency vs FP32 (1 thr)", "size MB"),
+                                 _candidate_rows(q["candidates"])), ""]
     floats = (man["stages"].get("quantization_onnx") or {}).get("nodes_excluded")
     if floats:
         parts += ["Layers kept in float: " + ", ".join(f"`{n}`" for n in floats), ""]
@@ -182,6 +194,11 @@ def render_markdown(man: dict) -> str:
               "interleaved in one process); they are not device measurements.",
               "- tools: " + ", ".join(f"{k} {v}" for k, v in man["tools"].items()), ""]
     return "\n".join(parts)
+
+
+def _candidate_rows(candidates: dict) -> list[tuple[str, ...]]:
+    return [(name, _fmt(c["accuracy_drop"]), _fmt(c["agreement"], 4), f"{c['latency_ratio_1thread']:.2f}x",
+             f"{c['size_bytes'] / 1e6:.2f}") for name, c in candidates.items()]
 
 
 def _short(d: dict) -> str:

@@ -6,6 +6,11 @@ Sources:
     model.pt2                 a torch.export program
     model.pt / .ts            TorchScript (can run code: needs --trust-model)
     model.onnx                ONNX; the torch stages are skipped
+    path/to/hf_folder/        a transformers text classifier folder (config.json, model.safetensors,
+                              tokenizer.json), offline, no remote code
+
+A text model (an HF folder, or a factory given with --tokenizer) carries a `TextInfo`: its tokenizer.json and
+the settings the device must reproduce. Its inputs are token arrays named by `TextInfo.input_names`.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import logging
 import re
 import sys
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +29,25 @@ from .util import sha256_file
 
 log = logging.getLogger(__name__)
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+@dataclass
+class TextInfo:
+    """What a text model needs besides its weights: the tokenizer.json and its settings (text.tokenizer_settings,
+    with ``model_input_names`` narrowed to what the model's forward takes), and class names when the model has
+    them (an HF config's id2label)."""
+
+    tokenizer: Path
+    settings: dict = field(default_factory=dict)
+    labels: list[str] | None = None
+
+    @property
+    def input_names(self) -> list[str]:
+        return list(self.settings["model_input_names"])
+
+    @property
+    def max_length(self) -> int:
+        return int(self.settings["max_length"])
 
 
 @dataclass
@@ -37,11 +61,27 @@ class LoadedModel:
     onnx_path: Path | None = None
     sha256: str | None = None     # of the model file, or of the weights file
     weights_sha256: str | None = None
+    text: TextInfo | None = None  # set for text models: their inputs are token arrays, not an image
 
 
 def load(spec: str, *, weights: str | None = None, num_classes: int | None = None,
-         trust_model: bool = False) -> LoadedModel:
-    """Load the model named by ``spec``; raise InputError with a hint for anything a person can fix."""
+         trust_model: bool = False, tokenizer: str | None = None, max_length: int | None = None) -> LoadedModel:
+    """Load the model named by ``spec``; raise InputError with a hint for anything a person can fix.
+
+    ``tokenizer`` (a tokenizer.json or a folder holding one) makes a factory model a text model;
+    ``max_length`` (tokens) fixes a text model's sequence length.
+    """
+    loaded = _load(spec, weights, num_classes, trust_model, max_length)
+    if tokenizer is not None:
+        _attach_tokenizer(loaded, tokenizer, max_length)
+    elif max_length is not None and loaded.text is None:
+        raise InputError("--max-length applies to text models only",
+                         hint="pass --tokenizer tokenizer.json with a factory text model, or a transformers folder")
+    return loaded
+
+
+def _load(spec: str, weights: str | None, num_classes: int | None, trust_model: bool,
+          max_length: int | None) -> LoadedModel:
     if spec.startswith("torchvision:"):
         return _torchvision(spec, weights, num_classes)
     path = Path(spec)
@@ -53,10 +93,54 @@ def load(spec: str, *, weights: str | None = None, num_classes: int | None = Non
         if suffix == ".pt2":
             return _exported_program(path)
         return _torchscript(path, trust_model)
+    if path.is_dir():
+        return _hf_folder(path, max_length)
     if _FACTORY.match(spec):
         return _factory(spec, weights)
     raise InputError(f"cannot tell what kind of model '{spec}' is",
-                     hint="use torchvision:<arch>, package.module:factory, or a .pt2/.pt/.onnx file path")
+                     hint="use torchvision:<arch>, package.module:factory, a .pt2/.pt/.onnx file path, "
+                          "or a transformers model folder")
+
+
+def _hf_folder(folder: Path, max_length: int | None) -> LoadedModel:
+    """A transformers text classifier folder (see edgepack.text.load_hf_folder: safetensors, no remote code)."""
+    from . import text
+
+    if not (folder / "config.json").is_file():
+        raise InputError(f"{folder} is a folder without config.json: not a transformers model",
+                         hint="pass a folder written by model.save_pretrained(), or a model file")
+    module, tokenizer, settings = text.load_hf_folder(folder, max_length)
+    weights = folder / "model.safetensors"
+    return LoadedModel(spec=str(folder), kind="torch", name=folder.resolve().name, module=module,
+                       sha256=sha256_file(weights), text=TextInfo(tokenizer, settings, _id2label(module)))
+
+
+def _id2label(module: Any) -> list[str] | None:
+    """Class names from the HF config, unless they are the LABEL_0, LABEL_1 ... placeholders."""
+    id2label = getattr(getattr(module.model, "config", None), "id2label", None) or {}
+    names = [str(id2label[i]) for i in sorted(id2label)]
+    return None if all(n == f"LABEL_{i}" for i, n in enumerate(names)) else names
+
+
+def _attach_tokenizer(loaded: LoadedModel, tokenizer: str, max_length: int | None) -> None:
+    """Make a factory's module a text model: its forward takes the tokenizer's inputs by name."""
+    from . import text
+
+    if loaded.text is not None:
+        raise InputError(f"{loaded.spec} carries its own tokenizer.json; --tokenizer is for factory models",
+                         hint="drop --tokenizer")
+    if loaded.kind != "torch" or not _FACTORY.match(loaded.spec):
+        raise InputError("--tokenizer applies to package.module:factory text models only",
+                         hint="image models take no tokenizer; transformers folders bring their own")
+    path = Path(tokenizer)
+    path = path / "tokenizer.json" if path.is_dir() else path
+    settings = text.tokenizer_settings(path, max_length)
+    settings["model_input_names"] = text.forward_input_names(loaded.module, settings["model_input_names"])
+    if not settings["model_input_names"]:
+        raise InputError(f"the forward of {loaded.spec} takes none of the tokenizer's inputs "
+                         f"({', '.join(text.INPUT_ORDER)})",
+                         hint="define forward(input_ids, attention_mask, token_type_ids=None)")
+    loaded.text = TextInfo(path, settings)
 
 
 def _require_file(path: Path) -> None:

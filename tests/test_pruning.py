@@ -265,3 +265,54 @@ def test_stage_skips_without_options_and_refuses_onnx(tmp_path, digits):
     ctx.model = LoadedModel(spec="m.onnx", kind="onnx", name="m")
     with pytest.raises(InputError):
         prune_stage.run(ctx)
+
+
+def test_reconstruction_brings_the_pruned_model_closer_to_the_unpruned_one():
+    """Least-squares refit of the 1x1 convs and the classifier on calibration data: the pruned
+    outputs move towards the unpruned model's, on held-out inputs too; without data it is skipped."""
+    model = toy_models.TinyCNN(width=32).eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 1, (48, 3, 32, 32)).astype(np.float32)
+    calib, test = Dataset(x=x[:32], y=None, source="test"), torch.from_numpy(x[32:])
+    x1 = torch.from_numpy(x[:1])
+    plain, plain_report = prune_model(model, x1, PruneOptions(ratio=0.5, reconstruct=False), calib=calib)
+    refit, report = prune_model(model, x1, PruneOptions(ratio=0.5), calib=calib)
+    assert "reconstruction" not in plain_report
+    rec = report["reconstruction"]
+    assert rec["samples"] == 32 and rec["layers_refit"] >= 2 and rec["error_after"] < rec["error_before"]
+    assert refit.classifier.in_features == plain.classifier.in_features  # same architecture
+    with torch.no_grad():
+        ref = model(test)
+        err_plain = float(((plain(test) - ref) ** 2).mean())
+        err_refit = float(((refit(test) - ref) ** 2).mean())
+    assert err_refit < 0.7 * err_plain
+    assert "reconstruction" not in prune_model(model, x1, PruneOptions(ratio=0.5))[1]  # no calib data
+
+
+def test_lr_schedule_warms_up_then_decays_on_steps_or_time():
+    from edgepack.finetune import lr_factor
+
+    assert lr_factor(0, 100, 0.0, None) < 0.1
+    assert lr_factor(3, 100, 0.0, None) == pytest.approx(1.0)
+    assert 0.4 < lr_factor(52, 100, 0.0, None) < 0.6 and lr_factor(100, 100, 0.0, None) < 1e-6
+    # a time budget that ends first drives the decay: half the budget gone -> about half the rate
+    assert 0.4 < lr_factor(5, 1000, 30.0, 60.0) < 0.6 and lr_factor(5, 1000, 60.0, 60.0) < 1e-6
+
+
+def test_distillation_asks_the_teacher_once_per_sample(digits):
+    teacher, val = _digits_model(digits), _npz(digits["val"])
+    pruned, _ = prune_model(teacher, torch.from_numpy(val.x[:1]), PruneOptions(ratio=0.5))
+    seen = []
+    hook = teacher.register_forward_hook(lambda m, i, o: seen.append(len(i[0])))
+    try:
+        report = finetune(pruned, val, FinetuneOptions(epochs=3, distill=True, batch_size=16), teacher=teacher)
+    finally:
+        hook.remove()
+    assert report["epochs_run"] >= 2 and report["cpu_seconds"] >= 0 and report["steps"] > 0
+    assert sum(seen) <= len(val) + 1  # +1: the shape probe

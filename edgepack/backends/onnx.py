@@ -52,16 +52,20 @@ def _export_dynamo(module: Any, example: Any, path: Path, opset: int) -> None:
 
 
 def check_accepts_input(module: Any, example: Any) -> Any:
-    """Run the module once on a zero input; a shape error becomes an InputError naming the shape."""
+    """Run the module once on a zero input (or a tuple of inputs, for text models); a shape error becomes an
+    InputError naming the shape."""
     import torch
 
+    args = example if isinstance(example, tuple) else (example,)
     try:
         with torch.no_grad():
-            return module(example)
+            return module(*args)
     except Exception as exc:
-        raise InputError(f"the model does not accept input shape {list(example.shape)}: "
+        shapes = ", ".join(str(list(a.shape)) for a in args)
+        flag = "--max-length L" if isinstance(example, tuple) else "--input-shape N,C,H,W"
+        raise InputError(f"the model does not accept input shape {shapes}: "
                          f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
-                         hint="pass the model's input shape with --input-shape N,C,H,W") from None
+                         hint=f"pass the model's input shape with {flag}") from None
 
 
 def simplify(src: Path, dst: Path) -> dict:
@@ -94,29 +98,50 @@ def session(path: Path, threads: int) -> Any:
 
 
 class Runner:
-    """Runs an ONNX model one sample at a time on NCHW float32 input; returns float32 outputs."""
+    """Runs an ONNX model one sample at a time; returns float32 outputs.
+
+    Input: an NCHW float32 array for a one-input model, or {input name: array} for a model with several
+    (text models: int64 token arrays), each cast to the dtype the model declares.
+    """
 
     def __init__(self, path: Path, threads: int = 1):
         self.session = session(path, threads)
         inputs = self.session.get_inputs()
-        if len(inputs) != 1:
-            raise InputError(f"{path.name} has {len(inputs)} inputs; image models take one",
-                             hint="text models with several inputs are built from a text source")
+        self.dtypes = {i.name: _ORT_DTYPES.get(i.type, np.float32) for i in inputs}
         self.input_name = inputs[0].name
         self.input_shape = [d if isinstance(d, int) else 1 for d in inputs[0].shape]
 
-    def run(self, x: np.ndarray) -> np.ndarray:
-        out = self.session.run(None, {self.input_name: x.astype(np.float32, copy=False)})[0]
+    def run(self, x: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
+        out = self.session.run(None, self._feed(x))[0]
         return np.asarray(out, dtype=np.float32)
 
-    def run_samples(self, x: np.ndarray, progress=None) -> np.ndarray:
+    def _feed(self, x: np.ndarray | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not isinstance(x, dict):
+            if len(self.dtypes) != 1:
+                raise InputError(f"the model has {len(self.dtypes)} inputs ({', '.join(self.dtypes)}) but was "
+                                 "given one array", hint="text models are built from a text source")
+            x = {self.input_name: x}
+        missing = [n for n in self.dtypes if n not in x]
+        if missing:
+            raise InputError(f"no data for model input(s) {', '.join(missing)}",
+                             hint="the tokenizer's input names must match the model's")
+        return {n: x[n].astype(t, copy=False) for n, t in self.dtypes.items()}
+
+    def run_samples(self, x: np.ndarray | dict[str, np.ndarray], progress=None) -> np.ndarray:
         """Outputs for every sample of x (N, ...), batch 1 as on the device."""
+        from ..data import num_samples, rows
+
+        n = num_samples(x)
         outs = []
-        for i in range(len(x)):
+        for i in range(n):
             if progress and i % 16 == 0:
-                progress(i, len(x))
-            outs.append(self.run(x[i:i + 1])[0])
+                progress(i, n)
+            outs.append(self.run(rows(x, i, i + 1))[0])
         return np.stack(outs)
+
+
+_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(int32)": np.int32,
+               "tensor(float16)": np.float16, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8}
 
 
 def io_details(path: Path) -> dict:

@@ -1,5 +1,8 @@
 """Bundle stage: model(s), manifest.json, report.md, run.py, labels and a golden sample, as a
-folder plus a deterministic .zip, both written beside their final names and renamed into place."""
+folder plus a deterministic .zip, both written beside their final names and renamed into place.
+
+Text bundles also carry tokenizer.json, and their run.py is templates/run_text.py (tokenizes with the
+`tokenizers` library alone); their golden.npz holds every token input under its own name."""
 
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ def run(ctx: BuildContext) -> dict:
     golden = _write_golden(ctx, staging)
     if ctx.labels:
         (staging / "labels.txt").write_text("\n".join(ctx.labels) + "\n", encoding="utf-8")
-    shutil.copyfile(Path(__file__).resolve().parent.parent / "templates" / "run.py", staging / "run.py")
+    _copy_runner(ctx, staging)
     files = {p.name: {"sha256": sha256_file(p), "size_bytes": p.stat().st_size} for p in sorted(staging.iterdir())}
     man = report.manifest(ctx, files, io, golden)
     _write_reports(ctx, staging, man)
@@ -59,12 +62,26 @@ def _copy_models(ctx: BuildContext, staging: Path) -> dict:
     return io
 
 
+def _copy_runner(ctx: BuildContext, staging: Path) -> None:
+    """run.py for the device; text bundles add the tokenizer it reads."""
+    templates = Path(__file__).resolve().parent.parent / "templates"
+    if ctx.model.text is None:
+        shutil.copyfile(templates / "run.py", staging / "run.py")
+        return
+    shutil.copyfile(templates / "run_text.py", staging / "run.py")
+    shutil.copyfile(ctx.model.text.tokenizer, staging / report.TOKENIZER_FILE)
+
+
 def _write_golden(ctx: BuildContext, staging: Path) -> dict:
-    """One real input and every shipped model's output on it, for `edgepack verify` and run.py --golden."""
-    x = ctx.val.x[:1]
+    """One real input and every shipped model's output on it, for `edgepack verify` and run.py --golden.
+    Images: the input as 'input'; text: each token array under its input name."""
+    from ..data import rows
+
+    x = rows(ctx.val.x, 0, 1)
     outs = {fmt: backends.get(fmt).Runner(ctx.get(fmt, "int8").path, threads=1).run(x) for fmt in ctx.target.formats}
+    inputs = x if isinstance(x, dict) else {"input": x}
     with open(staging / "golden.npz", "wb") as fh:
-        np.savez(fh, input=x, **outs)
+        np.savez(fh, **inputs, **outs)
     return {"file": "golden.npz", "tolerance": GOLDEN_TOLERANCE}
 
 

@@ -1,4 +1,6 @@
-"""Export stage: torch -> ONNX (one file), simplified with onnxslim, checked against torch outputs."""
+"""Export stage: torch -> ONNX (one file), simplified with onnxslim, checked against torch outputs.
+
+Text models export with fixed (1, max_length) int64 token inputs (edgepack.text.export_text_onnx)."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ def run(ctx: BuildContext) -> None:
         shutil.copyfile(ctx.model.onnx_path, raw)
     else:
         ctx.progress("exporting to ONNX", 0, 1)
-        onnx_backend.export(ctx.model.module, ctx.input_shape, raw, opset=ctx.target.opset)
+        _export(ctx, raw)
     ctx.progress("simplifying (onnxslim)", 0, 1)
     ctx.records["simplify"] = onnx_backend.simplify(raw, final)
     ctx.add(Artifact("onnx", "fp32", final))
@@ -35,17 +37,43 @@ def run(ctx: BuildContext) -> None:
         ctx.add(Artifact("onnx", "unpruned-fp32", final_u))
 
 
-def check_parity(ctx: BuildContext, path) -> dict:
-    """FP32 ONNX must reproduce the torch outputs on real samples, or the build stops."""
+def _export(ctx: BuildContext, raw) -> None:
+    text = ctx.model.text
+    if text is None:
+        onnx_backend.export(ctx.model.module, ctx.input_shape, raw, opset=ctx.target.opset)
+        return
+    from .. import text as text_mod
+
+    ctx.records["text_export"] = text_mod.export_text_onnx(ctx.model.module, text.max_length, raw,
+                                                           opset=ctx.target.opset, input_names=text.input_names)
+
+
+def _torch_outputs(ctx: BuildContext, x) -> np.ndarray:
+    """The torch model's outputs, one sample at a time: x is an array, or token arrays by input name."""
     import torch
 
-    x = ctx.calib.x[:PARITY_SAMPLES]
+    from ..data import num_samples, rows
+
+    names = ctx.model.text.input_names if ctx.model.text is not None else None
+    outs = []
     with torch.no_grad():
-        ref = np.stack([ctx.model.module(torch.from_numpy(x[i:i + 1])).numpy()[0] for i in range(len(x))])
+        for i in range(num_samples(x)):
+            sample = rows(x, i, i + 1)
+            args = [torch.from_numpy(sample[n]) for n in names] if names else [torch.from_numpy(sample)]
+            outs.append(ctx.model.module(*args).numpy()[0])
+    return np.stack(outs)
+
+
+def check_parity(ctx: BuildContext, path) -> dict:
+    """FP32 ONNX must reproduce the torch outputs on real samples, or the build stops."""
+    from ..data import rows
+
+    x = rows(ctx.calib.x, 0, PARITY_SAMPLES)
+    ref = _torch_outputs(ctx, x)
     got = onnx_backend.Runner(path, threads=1).run_samples(x)
     result = onnx_backend.parity(ref, got)
     result["tolerance_relative"] = PARITY_RTOL
-    result["samples"] = len(x)
+    result["samples"] = len(ref)
     if result["relative"] > PARITY_RTOL:
         raise StageError(f"the exported ONNX model differs from PyTorch: max abs diff {result['max_abs_diff']:.3g} "
                          f"({result['relative']:.2%} of the output range, tolerance {PARITY_RTOL:.1%})",

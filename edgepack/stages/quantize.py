@@ -27,7 +27,11 @@ def quiet_root_logger() -> Iterator[None]:
 
 
 def run(ctx: BuildContext) -> None:
-    if "onnx" in ctx.target.formats:
+    if "onnx" in ctx.target.formats and ctx.model.text is not None:
+        from .quantize_text import onnx_text
+
+        onnx_text(ctx)
+    elif "onnx" in ctx.target.formats:
         _onnx(ctx)
     if "tflite" in ctx.target.formats:
         _tflite(ctx)
@@ -97,7 +101,9 @@ def _meets(ctx: BuildContext, q: dict) -> bool:
 def _latency_1thread(ctx: BuildContext, path) -> float:
     from .. import measure
 
-    res = measure.latency({"m": ("onnx", path)}, ctx.val.x[:1], threads=1, runs=20, workdir=ctx.workdir)
+    from ..data import rows
+
+    res = measure.latency({"m": ("onnx", path)}, rows(ctx.val.x, 0, 1), threads=1, runs=20, workdir=ctx.workdir)
     return res["m"]["p50"]
 
 

