@@ -106,6 +106,12 @@ def table(paths, seconds, acc, lat) -> str:
     return "\n".join(rows)
 
 
+def _update(*a):
+    from benchmarks.common import update_section as _u
+
+    _u(*a)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -128,13 +134,16 @@ def main() -> None:
         acc = {k: 100.0 * float((v == labels).mean()) for k, v in preds.items()}
         agree = {k: 100.0 * float((v == preds["FP32"]).mean()) for k, v in preds.items()}
         lat = latency_p50(paths, {k: v[:1] for k, v in x.items()}, args.runs)
-        print(table(paths, seconds, acc, lat))
-        print(
-            f"\nSMS Spam Collection TEST split, {len(labels)} texts, max length {args.max_length}; "
-            f"top-1 agreement with FP32: "
-            + ", ".join(f"{k} {v:.2f} %" for k, v in agree.items() if k != "FP32")
-            + f"; calibration: {args.calib_count} TRAIN texts; latency: {args.runs} interleaved runs."
-        )
+        body = "\n".join([
+            f"MiniLM-L6 + linear head on the SMS Spam Collection TEST split, {len(labels)} texts, max length "
+            f"{args.max_length}; calibration: {args.calib_count} TRAIN texts; latency: 1 thread, p50 of "
+            f"{args.runs} interleaved runs. Top-1 agreement with FP32: "
+            + ", ".join(f"{k} {v:.2f} %" for k, v in agree.items() if k != "FP32") + ".", "",
+            table(paths, seconds, acc, lat), "",
+            "Reproduce: `.venv/bin/python benchmarks/bench_text_int8.py`."])
+        print(body)
+        if args.limit is None:
+            _update("text-int8", "Text: edgepack static INT8 vs onnxruntime dynamic INT8 (MiniLM)", body)
 
 
 if __name__ == "__main__":

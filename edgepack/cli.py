@@ -6,6 +6,7 @@ Heavy libraries (torch, onnxruntime, tensorflow) are imported inside commands so
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
@@ -255,8 +256,9 @@ def build(ctx: click.Context, model: str | None, dry_run: bool, as_json: bool, q
             return
         from .api import build as api_build
 
-        try:
-            result = api_build(config, progress=ui.progress)
+        try:  # third-party code that print()s (model packages, converters) must not corrupt --json stdout
+            with contextlib.redirect_stdout(sys.stderr):
+                result = api_build(config, progress=ui.progress)
         finally:
             ui.finish()
         _print_result(result, as_json, quiet)

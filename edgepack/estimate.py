@@ -192,6 +192,22 @@ def host_timings(refs: tuple[Reference, ...], fmt: str, *, progress=None) -> dic
     return {_ref_id(*w): known[_ref_id(*w)] for w in wanted}
 
 
+def _build_in_child(model: str, size: int, fmt: str, precision: str, workdir: Path) -> Path:
+    """build_reference in a child process: LiteRT can abort() the whole process on some converted
+    INT8 models (seen in allocate_tensors), which must cost only that reference, not the build."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from pathlib import Path; from edgepack.estimate import build_reference; "
+            "print(build_reference(sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], Path(sys.argv[5])))")
+    proc = subprocess.run([sys.executable, "-c", code, model, str(size), fmt, precision, str(workdir)],
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"converter failed or crashed (exit {proc.returncode}): "
+                           + (proc.stderr.strip().splitlines() or ["?"])[-1][:200])
+    return Path(proc.stdout.strip().splitlines()[-1])
+
+
 def _time_group(models: list[str], size: int, fmt: str, precision: str) -> dict[str, float | None]:
     """Build and time models of one input size and precision, interleaved in one child process.
 
@@ -203,7 +219,8 @@ def _time_group(models: list[str], size: int, fmt: str, precision: str) -> dict[
         paths, failed = {}, {}
         for m in models:
             try:
-                paths[m] = build_reference(m, size, fmt, precision, work / m)
+                paths[m] = (build_reference(m, size, fmt, precision, work / m) if fmt == "onnx"
+                            else _build_in_child(m, size, fmt, precision, work / m))
             except Exception as exc:  # noqa: BLE001 - any converter failure only drops this reference
                 log.warning("reference %s (%s %s) cannot be built: %s", m, fmt, precision, str(exc)[:200])
                 failed[_ref_id(m, size, precision)] = None

@@ -51,7 +51,7 @@ def _build(out: Path, weights: Path, digits, *extra: str):
 def test_plain_int8_loses_more_than_two_points(outlier_model, digits, tmp_path):
     result = _build(tmp_path / "plain", outlier_model["weights"], digits, "--max-search-time", "0")
     assert result.exit_code == 1, result.output  # the budget is missed and the bundle says so
-    v = json.loads(result.output)["models"][0]["validation"]
+    v = json.loads(result.stdout)["models"][0]["validation"]
     assert v["accuracy_fp32"] > 80 and v["accuracy_drop"] > 2.0, v
 
 

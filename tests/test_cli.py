@@ -44,7 +44,7 @@ def test_targets_list_and_show():
 def test_build_writes_a_bundle_with_the_promised_manifest(built):
     out, result = built
     assert result.exit_code in (0, 1), result.output
-    summary = json.loads(result.output)
+    summary = json.loads(result.stdout)
     man = json.loads((out / "manifest.json").read_text())
     assert man["schema"] == "edgepack.bundle/1"
     assert man["model"]["file"] == "model.onnx" and man["model"]["format"] == "onnx"
@@ -77,7 +77,7 @@ def test_config_file_gives_the_same_settings(tiny_data, tmp_path):
     cfg.write_text(f'model = "toy_models:tiny_cnn"\ntarget = "x86-64"\ncalib = "{tiny_data["calib"]}"\n'
                    f'input_shape = [1, 3, 32, 32]\nmax_size_mb = 99.0\nseed = 3\n')
     result = invoke("build", "--config", cfg, "--dry-run")
-    config = json.loads(result.output)["config"]
+    config = json.loads(result.stdout)["config"]
     assert config["max_size_mb"] == 99.0 and config["seed"] == 3 and config["input_shape"] == [1, 3, 32, 32]
     bad = tmp_path / "bad.toml"
     bad.write_text('model = "x"\ncalib_sample = 3\n')

@@ -32,7 +32,7 @@ def effnet_bundle(natural_val, tmp_path_factory, monkeypatch_module) -> tuple[Pa
                                        "--val", str(natural_val), "--out", str(out), "--latency-runs", "20",
                                        "--json"], catch_exceptions=False)
     assert result.exit_code in (0, 1), result.output
-    return out, json.loads(result.output)
+    return out, json.loads(result.stdout)
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +60,8 @@ def test_bundle_runner_classifies_a_held_out_photo(effnet_bundle, tmp_path):
     Image.fromarray(skimage.data.chelsea()).save(tmp_path / "chelsea.jpg")
     proc = subprocess.run([sys.executable, str(out / "run.py"), str(tmp_path / "chelsea.jpg"), "--top", "3",
                            "--time", "5"], capture_output=True, text=True, check=True)
-    first = proc.stdout.splitlines()[0]
-    assert "cat" in first, proc.stdout
+    top3 = proc.stdout.splitlines()[:3]
+    assert sum("cat" in line or "Mau" in line for line in top3) >= 2, proc.stdout  # cat classes, not a near miss
     assert "latency over 5 runs" in proc.stdout
     golden = subprocess.run([sys.executable, str(out / "run.py"), "--golden"], capture_output=True, text=True)
     assert golden.returncode == 0, golden.stdout + golden.stderr
@@ -84,7 +84,7 @@ def test_fashion_mnist_int8_accuracy_drop_within_one_point(fashion_npz, tmp_path
                                        str(fashion_npz["calib"]), "--val", str(fashion_npz["val"]), "--out",
                                        str(out), "--latency-runs", "20", "--json"], catch_exceptions=False)
     assert result.exit_code in (0, 1), result.output
-    v = json.loads(result.output)["models"][0]["validation"]
+    v = json.loads(result.stdout)["models"][0]["validation"]
     assert v["accuracy_fp32"] > 80.0
     assert v["accuracy_drop"] <= 1.0, v
     budget = [b for b in v["budgets"] if b["name"] == "accuracy_drop_points"][0]
