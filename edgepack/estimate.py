@@ -299,7 +299,9 @@ def leave_one_out(profile: TargetProfile, fmt: str | None = None, *, progress=No
     host = host_timings(profile.reference, fmt, progress=progress)
     rows = []
     for precision in sorted({r.precision for r in profile.reference}):
-        rows += fit(list(profile.reference), host, precision).rows
+        if any(host.get(_ref_id(r.model, r.input_size, r.precision)) for r in profile.reference
+               if r.precision == precision):  # a precision none of whose references builds here is skipped below
+            rows += fit(list(profile.reference), host, precision).rows
     rows += [{"model": r.model, "input_size": r.input_size, "precision": r.precision, "host_ms": None,
               "published_ms": r.latency_ms, "predicted_ms": None, "error": None,
               "skipped": f"could not be built as {fmt} on this host"}
