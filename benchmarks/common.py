@@ -22,7 +22,8 @@ def natural_photos(count: int = 500) -> Path:
 
 def update_section(key: str, title: str, body: str) -> None:
     """Replace (or append) the section between <!-- key --> markers, leaving the others alone."""
-    text = BENCH_MD.read_text() if BENCH_MD.exists() else "# Benchmarks\n\nEvery table is written by a program in this folder, in one run on this machine.\n"
+    header = "# Benchmarks\n\nEvery table is written by a program in this folder, in one run on this machine.\n"
+    text = BENCH_MD.read_text() if BENCH_MD.exists() else header
     section = f"<!-- {key} -->\n## {title}\n\n{body}\n<!-- /{key} -->"
     pattern = re.compile(rf"<!-- {re.escape(key)} -->.*?<!-- /{re.escape(key)} -->", re.S)
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"

@@ -17,8 +17,7 @@ from typing import Any
 import click
 
 from . import __version__
-from .errors import (EXIT_BUDGET, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EdgepackError, InputError,
-                     Interrupted)
+from .errors import EXIT_BUDGET, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EdgepackError, InputError, Interrupted
 
 EPILOG = """\b
 Examples:

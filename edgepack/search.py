@@ -80,7 +80,8 @@ def run(quantize: Callable[[dict, Path], dict], evaluate: Callable[[Path], dict]
     """Search from the failed ``default`` trial; return (chosen, all trials, seconds spent)."""
     t0 = time.perf_counter()
     trials, best = [default], default
-    for i, (name, settings) in enumerate(candidates(space, lambda: best)):
+    # late binding on purpose: the float-layer candidates build on the best trial *so far*
+    for i, (name, settings) in enumerate(candidates(space, lambda: best)):  # noqa: B023
         if time.perf_counter() - t0 > max_seconds:
             log.info("accuracy search stopped at its time limit (%.0f s)", max_seconds)
             break

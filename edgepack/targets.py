@@ -50,7 +50,8 @@ class TargetProfile:
     cores: int = spec("CPU cores on the device", ge=1, le=256)
     clock_ghz: float = spec("peak CPU clock, GHz", ge=0.1, le=6.0)
     isa: str = spec("instruction set, e.g. armv8.2-a")
-    simd_features: tuple[str, ...] = spec("SIMD features that matter for INT8/FP16 (neon, dotprod, fp16, avx512_vnni...)")
+    simd_features: tuple[str, ...] = spec("SIMD features that matter for INT8/FP16 "
+                                          "(neon, dotprod, fp16, avx512_vnni...)")
     opset: int = spec("ONNX opset for export", 17, ge=13, le=21)
     input_shape: tuple[int, ...] = spec("default model input shape (NCHW)", [1, 3, 224, 224], ge=1, le=8192)
     calibration_samples: int = spec("default number of calibration samples", 200, ge=1, le=100000)

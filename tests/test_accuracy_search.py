@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import toy_models
 from click.testing import CliRunner
 
-import toy_models
 from edgepack.cli import main
 
 

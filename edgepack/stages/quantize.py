@@ -100,7 +100,6 @@ def _meets(ctx: BuildContext, q: dict) -> bool:
 
 def _latency_1thread(ctx: BuildContext, path) -> float:
     from .. import measure
-
     from ..data import rows
 
     res = measure.latency({"m": ("onnx", path)}, rows(ctx.val.x, 0, 1), threads=1, runs=20, workdir=ctx.workdir)

@@ -118,7 +118,8 @@ def _device_estimates(ctx: BuildContext, fmt: str, lat: dict) -> dict:
 
 def _thread_note(ctx: BuildContext, threads: int) -> str | None:
     if threads < ctx.target.threads:
-        return f"the target runs {ctx.target.threads} threads; this host has {host_cores()} cores, so {threads} were used"
+        return (f"the target runs {ctx.target.threads} threads; this host has {host_cores()} cores, "
+                f"so {threads} were used")
     return None
 
 
