@@ -152,6 +152,8 @@ def test_profile_with_both_formats_builds_and_validates_both(tiny_data, tmp_path
     assert lite["validation"]["budgets"] and lite["validation"]["agreement"] is not None
     assert man["stages"]["quantization_tflite"]["float_ops"] == []
     assert invoke("verify", out).exit_code == 0
+    readme = (out / "README.md").read_text()
+    assert "```kotlin" in readme and f"{q['scale']:.8g}" in readme and "NHWC" in readme
 
 
 def test_build_with_pruning_reports_unpruned_and_pruned(tiny_data, tmp_path):

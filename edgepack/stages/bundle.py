@@ -41,13 +41,14 @@ def run(ctx: BuildContext) -> dict:
 
 
 def _write_reports(ctx: BuildContext, staging: Path, man: dict) -> None:
-    """report.md and report.html show the manifest, so they are written from it and then listed in it."""
-    from .. import html_report
+    """README.md, report.md and report.html show the manifest, so they are written from it, then listed in it."""
+    from .. import bundle_readme, html_report
 
+    (staging / "README.md").write_text(bundle_readme.render(man), encoding="utf-8")
     (staging / "report.md").write_text(report.render_markdown(man), encoding="utf-8")
     layers = ctx.records.get("diagnosis", {}).get("layers")
     (staging / "report.html").write_text(html_report.render(man, layers), encoding="utf-8")
-    for name in ("report.md", "report.html"):
+    for name in ("README.md", "report.md", "report.html"):
         man["files"][name] = {"sha256": sha256_file(staging / name), "size_bytes": (staging / name).stat().st_size}
     man["files"] = dict(sorted(man["files"].items()))
 
