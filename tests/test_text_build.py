@@ -109,3 +109,12 @@ def test_max_length_needs_a_text_model(tmp_path):
     result = CliRunner().invoke(main, ["build", "torchvision:resnet18", "--max-length", "16",
                                        "--out", str(tmp_path / "b")])
     assert result.exit_code != 0 and "text models only" in result.output
+
+
+def test_text_bundle_times_its_golden_input_for_edgepack_bench(bundle):
+    from edgepack.remote import parse_timing
+
+    proc = subprocess.run([sys.executable, "run.py", "--time-golden", "3"], cwd=bundle, capture_output=True,
+                          text=True, check=True)
+    timing = parse_timing(proc.stdout)
+    assert timing["runs"] == 3 and 0 < timing["p50_ms"] <= timing["p90_ms"] and timing["runtime"] == "onnxruntime"

@@ -151,10 +151,24 @@ def main():
     parser.add_argument("--threads", type=int, default=manifest.get("runtime", {}).get("threads", 1))
     parser.add_argument("--format", choices=sorted({m["format"] for m in manifest["models"]}))
     parser.add_argument("--golden", action="store_true", help="check the stored golden input/output")
+    parser.add_argument("--time-golden", type=int, default=0, metavar="N",
+                        help="time N runs on the golden input; print one JSON line (used by edgepack bench)")
     args = parser.parse_args()
     entry, model = load_model(manifest, args.threads, args.format)
     if args.golden:
         check_golden(manifest, model, entry)
+    if args.time_golden:
+        golden = np.load(HERE / manifest["golden"]["file"])
+        times = time_runs(model, {n: golden[n] for n in manifest["preprocess"]["model_input_names"]},
+                          args.time_golden)
+        print(json.dumps({"p50_ms": round(float(np.percentile(times, 50)), 4),
+                          "p90_ms": round(float(np.percentile(times, 90)), 4),
+                          "mean_ms": round(float(np.mean(times)), 4), "runs": len(times),
+                          "threads": args.threads, "format": entry["format"], "file": entry["file"],
+                          "runtime": "onnxruntime" if entry["format"] == "onnx" else "litert",
+                          "machine": __import__("platform").machine(),
+                          "python": __import__("platform").python_version()}))
+        return
     tokenizer = TextTokenizer(manifest["preprocess"])
     if args.file:
         lines = [t.strip() for t in Path(args.file).read_text(encoding="utf-8").splitlines() if t.strip()]
