@@ -148,7 +148,7 @@ def _load_data(config: BuildConfig, target: targets.TargetProfile, model: source
     if model.text is not None:
         calib = data.load_text(config.calib, text=model.text, count=count, seed=config.seed, role="calibration")
     else:
-        calib = data.load(config.calib or _default_calib(), input_shape=shape, preprocess=config.preprocess,
+        calib = data.load(config.calib or data.default_calibration(), input_shape=shape, preprocess=config.preprocess,
                           count=count, seed=config.seed, role="calibration", progress=progress)
     if len(calib) < min(MIN_CALIB_SAMPLES, config.calib_samples or MIN_CALIB_SAMPLES):
         raise InputError(f"only {len(calib)} calibration samples; at least {MIN_CALIB_SAMPLES} are needed",
@@ -191,13 +191,6 @@ def _check_single_input(model: sources.LoadedModel) -> None:
     if len(inputs) != 1:
         raise InputError(f"{model.onnx_path.name} has {len(inputs)} inputs ({', '.join(i['name'] for i in inputs)}); "
                          "image models take one", hint="export the model with a single image input")
-
-
-def _default_calib() -> str:
-    path = Path(__file__).resolve().parent.parent / "calibration_data" / "images"
-    if not path.is_dir():
-        raise InputError("no --calib given", hint="pass --calib FOLDER_OR_NPZ")
-    return str(path)
 
 
 def _input_shape(config: BuildConfig, target: targets.TargetProfile, model: sources.LoadedModel) -> tuple[int, ...]:

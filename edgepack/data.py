@@ -89,6 +89,14 @@ def load(path: str, *, input_shape: tuple[int, ...], preprocess: Preprocess, cou
                      hint="an .npz needs an array 'x' (N,C,H,W float32) and optional integer labels 'y'")
 
 
+def default_calibration() -> str:
+    """The shipped natural-photo calibration set (calibration_data/images), used when --calib is not given."""
+    path = Path(__file__).resolve().parent.parent / "calibration_data" / "images"
+    if not path.is_dir():
+        raise InputError("no --calib given", hint="pass --calib FOLDER_OR_NPZ")
+    return str(path)
+
+
 def sample_indices(n: int, count: int | None, seed: int) -> np.ndarray:
     """Sorted, seeded subset of range(n) of size count (all of them when count is None or >= n)."""
     if count is None or count >= n:

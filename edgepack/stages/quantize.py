@@ -122,9 +122,9 @@ def _space(ctx: BuildContext):
 def _more_calibration(ctx: BuildContext):
     """Twice the calibration samples from the same source, when it has them (cached)."""
     if "more_calib" not in ctx.outputs:
-        from .. import api, data
+        from .. import data
 
-        source = ctx.config.calib or api._default_calib()
+        source = ctx.config.calib or data.default_calibration()
         more = data.load(source, input_shape=ctx.input_shape, preprocess=ctx.config.preprocess,
                          count=2 * len(ctx.calib), seed=ctx.config.seed, role="calibration")
         ctx.outputs["more_calib"] = more.x if len(more) > len(ctx.calib) else None
