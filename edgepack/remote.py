@@ -157,7 +157,8 @@ def record_device_measurement(bundle_dir: Path, record: dict, max_latency_ms: fl
 
     The model entry with the record's format gets ``validation.latency_ms.device``; its latency budget row
     takes the device p50 as its value (``kind`` "measured-device"; limit: ``max_latency_ms`` or the row's own),
-    ``passed`` is recomputed, report.md is re-rendered, the digests in ``files`` and the .zip are refreshed.
+    ``passed`` is recomputed, report.md and report.html are re-rendered, the digests in ``files`` and the .zip are
+    refreshed.
     """
     from . import report
 
@@ -173,10 +174,15 @@ def record_device_measurement(bundle_dir: Path, record: dict, max_latency_ms: fl
     if entry["format"] == man["models"][0]["format"]:
         man["validation"] = entry["validation"]  # the top-level copy of the primary model's validation
     man["device_measurements"] = [*man.get("device_measurements", []), record]
+    from . import html_report
+
     text = report.render_markdown(man) + device_section(man)
     (bundle_dir / "report.md").write_text(text, encoding="utf-8")
-    man["files"]["report.md"] = {"sha256": sha256_file(bundle_dir / "report.md"),
-                                 "size_bytes": (bundle_dir / "report.md").stat().st_size}
+    layers = man.get("stages", {}).get("diagnosis", {}).get("layers")
+    (bundle_dir / "report.html").write_text(html_report.render(man, layers), encoding="utf-8")
+    for name in ("report.md", "report.html"):  # both show the verdict, which the device measurement may change
+        path = bundle_dir / name
+        man["files"][name] = {"sha256": sha256_file(path), "size_bytes": path.stat().st_size}
     write_bytes_atomic(bundle_dir / "manifest.json", (json.dumps(man, indent=2) + "\n").encode())
     _refresh_zip(bundle_dir)
     return man
