@@ -164,3 +164,23 @@ def test_bad_input(case, args, code, message, tmp_path, tiny_data, monkeypatch):
     assert not out.exists() and not (out.parent / "bundle.zip").exists()
     assert not (out.parent.exists() and any(out.parent.iterdir())), list(out.parent.iterdir())
     assert not any((tmp_path / "tmp").iterdir()), "temporary files left behind"
+
+
+def test_full_output_location_is_an_output_error(tiny_data, tmp_path):
+    """A disk that fills up while the bundle is written: exit 3, and nothing half-written is left."""
+    import subprocess
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        out = mnt / "bundle"
+        result = CliRunner().invoke(main, ["build", M, "--calib", str(tiny_data["calib"]), "--input-shape",
+                                           "1,3,32,32", "--latency-runs", "3", "--out", str(out)])
+        assert result.exit_code == 3, result.output
+        assert "cannot write the bundle" in result.output and "space" in result.output
+        assert list(mnt.iterdir()) == [], list(mnt.iterdir())
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
