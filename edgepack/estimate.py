@@ -152,21 +152,9 @@ def _torchvision(name: str):
 
 
 def _quantize_onnx(fp32: Path, out: Path, calib: np.ndarray) -> Path:
-    """INT8 QDQ with edgepack's quantizer when present, else ONNX Runtime's static QDQ per-channel."""
-    try:
-        from .backends.onnx_quantize import quantize_onnx
-    except ImportError:
-        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+    """INT8 QDQ with edgepack's own recipe, so references are quantized like the models they estimate."""
+    from .backends.onnx_quantize import quantize_onnx
 
-        class Reader(CalibrationDataReader):
-            def __init__(self):
-                self.items = iter([{"input": calib[i:i + 1]} for i in range(len(calib))])
-
-            def get_next(self):
-                return next(self.items, None)
-
-        quantize_static(str(fp32), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True)
-        return out
     quantize_onnx(fp32, out, calib, method="minmax", per_channel=True)
     return out
 

@@ -85,16 +85,16 @@ def run(quantize: Callable[[dict, Path], dict], evaluate: Callable[[Path], dict]
         if time.perf_counter() - t0 > max_seconds:
             log.info("accuracy search stopped at its time limit (%.0f s)", max_seconds)
             break
-        trial = _trial(name, settings, quantize, evaluate, meets, latency, workdir / f"trial_{i}.onnx")
-        trials.append(trial)
-        if _score(trial) > _score(best) or trial.met:
-            best = trial
-        if trial.met:
+        result = trial(name, settings, quantize, evaluate, meets, latency, workdir / f"trial_{i}.onnx")
+        trials.append(result)
+        if _score(result) > _score(best) or result.met:
+            best = result
+        if result.met:
             break
     return best, trials, time.perf_counter() - t0
 
 
-def _trial(name, settings, quantize, evaluate, meets, latency, path: Path) -> Trial:
+def trial(name, settings, quantize, evaluate, meets, latency, path: Path) -> Trial:
     t0 = time.perf_counter()
     record = quantize(settings, path)
     quality = evaluate(path)

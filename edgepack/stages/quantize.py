@@ -47,16 +47,17 @@ def _onnx(ctx: BuildContext) -> None:
 
     ctx.progress("quantizing ONNX to INT8 (calibrating)", 0, 1)
     final = ctx.workdir / "model_int8.onnx"
-    default = search._trial("default recipe", {}, lambda st, p: _quantize_onnx(ctx, st, p),
-                            lambda p: _evaluate(ctx, p), lambda q: _meets(ctx, q), lambda p: None, final)
+    quantize, evaluate = (lambda st, p: _quantize_onnx(ctx, st, p)), (lambda p: _evaluate(ctx, p))
+    meets = lambda q: _meets(ctx, q)  # noqa: E731
+    default = search.trial("default recipe", {}, quantize, evaluate, meets, lambda p: None, final)
     ctx.records["quantization_onnx"] = default.record
     chosen, trials, seconds = default, [default], 0.0
     if not default.met and ctx.config.max_search_time > 0:
         ctx.progress("INT8 misses the accuracy budget: searching (calibration, float layers)", 0, 1)
         default.p50_ms = _latency_1thread(ctx, final)
-        chosen, trials, seconds = search.run(
-            lambda st, p: _quantize_onnx(ctx, st, p), lambda p: _evaluate(ctx, p), lambda q: _meets(ctx, q),
-            _space(ctx), ctx.workdir, lambda p: _latency_1thread(ctx, p), ctx.config.max_search_time, default)
+        chosen, trials, seconds = search.run(quantize, evaluate, meets, _space(ctx), ctx.workdir,
+                                             lambda p: _latency_1thread(ctx, p), ctx.config.max_search_time,
+                                             default)
         search.adopt(chosen, final)
         ctx.outputs[str(final)] = ctx.outputs.get(str(chosen.path))
         ctx.records["quantization_onnx"] = chosen.record
@@ -69,7 +70,8 @@ def _quantize_onnx(ctx: BuildContext, settings: dict, out) -> dict:
 
     calib = ctx.calib.x
     if settings.get("more_calib"):
-        calib = _more_calibration(ctx) if _more_calibration(ctx) is not None else calib
+        more = _more_calibration(ctx)
+        calib = more if more is not None else calib
     with quiet_root_logger():
         return quantize_onnx(ctx.get("onnx", "fp32").path, out, calib,
                              method=settings.get("method", calibration_method(ctx)),

@@ -151,9 +151,8 @@ def quality_budget(ctx: BuildContext, res: dict) -> dict | None:
 
 def check_budgets(ctx: BuildContext, res: dict) -> list[dict]:
     """Every budget that applies, with value, limit and verdict; CLI overrides beat the profile."""
-    pick = lambda name: _pick(ctx, name)  # noqa: E731
     rows = [b for b in [quality_budget(ctx, res)] if b is not None]
-    if (lim := pick("max_latency_ms")) is not None:
+    if (lim := _pick(ctx, "max_latency_ms")) is not None:
         est = res["latency_ms"].get("device_estimate", {}).get("int8")
         if ctx.target.latency_budget_kind == "device-estimate" and est:
             row = _row("latency_p50_ms", est["p50"], lim, "<=")
@@ -162,7 +161,7 @@ def check_budgets(ctx: BuildContext, res: dict) -> list[dict]:
             row = _row("latency_p50_ms", res["latency_ms"]["int8"]["p50"], lim, "<=")
             row["kind"] = "measured-host"
         rows.append(row)
-    if (lim := pick("max_size_mb")) is not None:
+    if (lim := _pick(ctx, "max_size_mb")) is not None:
         rows.append(_row("size_mb", round(res["size_bytes"]["int8"] / MB, 3), lim, "<="))
     return rows
 
