@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import platform
 import shutil
@@ -46,16 +45,6 @@ CALIB_SAMPLES = 8       # seeded random calibration samples for the reference mo
 CACHE_VERSION = 1
 MODEL_KWARGS = {"googlenet": {"aux_logits": False, "init_weights": False},
                 "inception_v3": {"aux_logits": False, "init_weights": False}}
-
-
-@dataclass(frozen=True)
-class Fit:
-    """Device/host ratio for one precision, with its leave-one-out rows and error band (factors)."""
-
-    precision: str
-    ratio: float
-    rows: list[dict]
-    band: tuple[float, float]   # (low, high) multipliers of the point estimate
 
 
 # ---------------------------------------------------------------- host timings of the references (cached)
@@ -257,87 +246,237 @@ def _keep_anchor(paths: dict[str, Path], res: dict, fmt: str, size: int, precisi
         log.warning("cannot keep the anchor model: %s", exc)
 
 
-# ---------------------------------------------------------------- fitting and leave-one-out
+# ---------------------------------------------------------------- operator counts of the references (cached)
 
-def fit(refs: list[Reference], host: dict[str, float], precision: str) -> Fit:
-    """Device/host ratio for ``precision`` (geometric mean) and its leave-one-out error band."""
-    pairs = [(r, host.get(_ref_id(r.model, r.input_size, r.precision))) for r in refs if r.precision == precision]
-    pairs = [(r, h) for r, h in pairs if h]  # references that could not be built here carry no information
-    if not pairs:
-        raise InputError(f"the profile has no {precision.upper()} reference latencies",
+def reference_features(refs, *, progress=None) -> dict[str, dict[str, float]]:
+    """Operator-class counts (edgepack.opcount) of every reference architecture, keyed ``model@size``.
+
+    Counted from an ONNX export with random weights; host-independent, so cached once per architecture.
+    """
+    from . import opcount
+
+    path = cache_dir() / "reference_features.json"
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        known = {}
+    if known.get("version") != opcount.VERSION:
+        known = {"version": opcount.VERSION}
+    missing = sorted({(r.model, r.input_size) for r in refs if f"{r.model}@{r.input_size}" not in known})
+    if missing and progress:
+        progress(f"counting operators of {len(missing)} reference model(s)", 0, 1)
+    for model, size in missing:
+        work = Path(tempfile.mkdtemp(prefix="edgepack-refs-"))
+        try:
+            known[f"{model}@{size}"] = opcount.count(build_reference(model, size, "onnx", "fp32", work))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    if missing:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_bytes_atomic(path, (json.dumps(known, indent=1, sort_keys=True) + "\n").encode())
+        except OSError as exc:
+            log.warning("cannot write the reference feature cache %s: %s", path, exc)
+    return {f"{r.model}@{r.input_size}": known[f"{r.model}@{r.input_size}"] for r in refs}
+
+
+# ---------------------------------------------------------------- the cost model, its fit and leave-one-out
+
+def nnls(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Non-negative least squares by enumerating active sets (exact; fine for the <= 8 columns used here)."""
+    best, best_res = np.zeros(a.shape[1]), float(np.sum(b ** 2))
+    for mask in range(1, 2 ** a.shape[1]):
+        cols = [j for j in range(a.shape[1]) if mask >> j & 1]
+        x, *_ = np.linalg.lstsq(a[:, cols], b, rcond=None)
+        if np.all(x >= 0):
+            res = float(np.sum((a[:, cols] @ x - b) ** 2))
+            if res < best_res - 1e-12:
+                best, best_res = np.zeros(a.shape[1]), res
+                best[cols] = x
+    return best
+
+
+def _fit_relative(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Non-negative coefficients minimising the squared relative error of x @ c against y.
+
+    Columns are scaled by their maximum over these (training) rows only, so a held-out row never leaks in.
+    """
+    scale = np.abs(x).max(axis=0)
+    scale[scale == 0] = 1.0
+    return nnls(x / scale / y[:, None], np.ones(len(y))) / scale
+
+
+INT8_TERMS = ("fp32_winograd_part", "fp32_other_part", "host_int8_ms")
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """FP32: ms = sum(fp32_coef[f] * count[f]). INT8: ms = a * (FP32 model's Winograd-class part)
+    + b * (its other part) + c * (host INT8 p50, when every INT8 reference has one)."""
+
+    fp32_coef: dict[str, float]
+    int8_coef: dict[str, float] | None = None
+
+    def fp32_parts(self, feats: dict[str, float]) -> tuple[float, float]:
+        wino = self.fp32_coef.get("macs_winograd", 0.0) * feats["macs_winograd"]
+        return wino, sum(c * feats[f] for f, c in self.fp32_coef.items()) - wino
+
+    def int8_terms(self, feats: dict[str, float], host_ms: float | None) -> list[float]:
+        wino, other = self.fp32_parts(feats)
+        return [wino, other, host_ms or 0.0]
+
+    def predict(self, precision: str, feats: dict[str, float], host_ms: float | None = None) -> float:
+        if precision == "fp32":
+            return float(sum(self.fp32_parts(feats)))
+        return float(np.dot([self.int8_coef[t] for t in INT8_TERMS], self.int8_terms(feats, host_ms)))
+
+
+def _key(r: Reference) -> str:
+    return f"{r.model}@{r.input_size}"
+
+
+def fit_model(refs: list[Reference], feats: dict, host: dict, precision: str) -> CostModel:
+    """Fit the cost model for ``precision`` on ``refs`` (both precisions are used for INT8)."""
+    from .opcount import FEATURES
+
+    fp = [r for r in refs if r.precision == "fp32"]
+    if len(fp) < 2:
+        raise InputError("the profile needs at least 2 FP32 reference latencies for the cost model",
+                         hint="add [[reference]] entries with precision = \"fp32\" to the profile")
+    coef = _fit_relative(np.array([[feats[_key(r)][f] for f in FEATURES] for r in fp]),
+                         np.array([r.latency_ms for r in fp]))
+    model = CostModel(dict(zip(FEATURES, coef.tolist(), strict=True)))
+    if precision == "fp32":
+        return model
+    q = [r for r in refs if r.precision == "int8"]
+    x = np.array([model.int8_terms(feats[_key(r)], host.get(_ref_id(r.model, r.input_size, "int8"))) for r in q])
+    return CostModel(model.fp32_coef, dict(zip(INT8_TERMS, _fit_relative(x, np.array([r.latency_ms for r in q]))
+                                                .tolist(), strict=True)))
+
+
+@dataclass(frozen=True)
+class Fit:
+    """The cost model for one precision, with its leave-one-out rows and error band (factors)."""
+
+    precision: str
+    model: CostModel
+    rows: list[dict]
+    band: tuple[float, float]   # (low, high) multipliers of the point estimate
+
+
+def fit(refs: list[Reference], feats: dict, host: dict, precision: str) -> Fit:
+    """Cost model for ``precision`` on all references, and its leave-one-out error band.
+
+    Leave-one-out: each ``precision`` reference is predicted by a model fitted without any reference of the
+    same architecture (so an INT8 reference's FP32 sibling is excluded too, and so is everything it adds to
+    the feature scaling). The band spans the smallest and largest of those prediction errors.
+    """
+    mine = [r for r in refs if r.precision == precision]
+    if len(mine) < 2:
+        raise InputError(f"the profile has fewer than 2 {precision.upper()} reference latencies",
                          hint="add [[reference]] entries with precision = \"" + precision + "\" to the profile")
-    logs = [math.log(r.latency_ms / h) for r, h in pairs]
-    ratio = math.exp(sum(logs) / len(logs))
     rows = []
-    for i, (ref, h) in enumerate(pairs):
-        others = logs[:i] + logs[i + 1:]
-        loo_ratio = math.exp(sum(others) / len(others)) if others else float("nan")
-        predicted = h * loo_ratio
+    for ref in mine:
+        train = [r for r in refs if _key(r) != _key(ref)]
+        h = host.get(_ref_id(ref.model, ref.input_size, precision))
+        try:
+            predicted = fit_model(train, feats, host, precision).predict(precision, feats[_key(ref)], h)
+        except InputError:
+            predicted = float("nan")
+        ok = predicted > 0
         rows.append({"model": ref.model, "input_size": ref.input_size, "precision": precision,
-                     "host_ms": round(h, 3), "published_ms": ref.latency_ms, "predicted_ms": round(predicted, 3),
-                     "error": round(predicted / ref.latency_ms - 1, 4) if others else None})
+                     "host_ms": round(h, 3) if h else None, "published_ms": ref.latency_ms,
+                     "predicted_ms": round(predicted, 3) if ok else None,
+                     "error": round(predicted / ref.latency_ms - 1, 4) if ok else None})
     errors = [r["error"] for r in rows if r["error"] is not None]
     band = (1 / (1 + max(errors)), 1 / (1 + min(errors))) if errors else (float("nan"), float("nan"))
-    return Fit(precision, ratio, rows, (round(band[0], 4), round(band[1], 4)))
+    return Fit(precision, fit_model(refs, feats, host, precision), rows, (round(band[0], 4), round(band[1], 4)))
+
+
+def _inputs(profile: TargetProfile, fmt: str, *, progress=None) -> tuple[dict, dict]:
+    """(operator counts of every reference, host INT8 p50 of the INT8 references where buildable)."""
+    feats = reference_features(profile.reference, progress=progress)
+    int8 = tuple(r for r in profile.reference if r.precision == "int8")
+    host = host_timings(int8, fmt, progress=progress) if int8 else {}
+    if not all(host.values()):  # the host term is used for all INT8 references or for none
+        log.info("%d INT8 reference(s) cannot be built as %s here; the INT8 cost model runs without the host term",
+                 sum(1 for v in host.values() if not v), fmt)
+        host = {}
+    return feats, host
 
 
 def leave_one_out(profile: TargetProfile, fmt: str | None = None, *, progress=None) -> list[dict]:
     """Leave-one-out rows (host, published, predicted ms, relative error) for every reference of the profile."""
     fmt = fmt or profile.formats[0]
-    host = host_timings(profile.reference, fmt, progress=progress)
+    feats, host = _inputs(profile, fmt, progress=progress)
     rows = []
     for precision in sorted({r.precision for r in profile.reference}):
-        if any(host.get(_ref_id(r.model, r.input_size, r.precision)) for r in profile.reference
-               if r.precision == precision):  # a precision none of whose references builds here is skipped below
-            rows += fit(list(profile.reference), host, precision).rows
-    rows += [{"model": r.model, "input_size": r.input_size, "precision": r.precision, "host_ms": None,
-              "published_ms": r.latency_ms, "predicted_ms": None, "error": None,
-              "skipped": f"could not be built as {fmt} on this host"}
-             for r in profile.reference if not host.get(_ref_id(r.model, r.input_size, r.precision))]
+        rows += fit(list(profile.reference), feats, host, precision).rows
     return rows
 
 
 def format_table(rows: list[dict]) -> str:
-    """Plain-text leave-one-out table."""
+    """Plain-text leave-one-out table (host ms: the INT8 host timing used as a term, when there is one)."""
     head = f"{'model':<24}{'prec':<6}{'host ms':>9}{'published':>11}{'predicted':>11}{'error':>9}"
     lines = [head]
     for r in rows:
-        if r.get("skipped"):
-            lines.append(f"{r['model'] + '@' + str(r['input_size']):<24}{r['precision']:<6}  ({r['skipped']})")
-            continue
+        host = "-" if r["host_ms"] is None else f"{r['host_ms']:.2f}"
+        pred = "n/a" if r["predicted_ms"] is None else f"{r['predicted_ms']:.2f}"
         err = "n/a" if r["error"] is None else f"{r['error']:+.1%}"
-        lines.append(f"{r['model'] + '@' + str(r['input_size']):<24}{r['precision']:<6}{r['host_ms']:>9.2f}"
-                     f"{r['published_ms']:>11.2f}{r['predicted_ms']:>11.2f}{err:>9}")
+        lines.append(f"{r['model'] + '@' + str(r['input_size']):<24}{r['precision']:<6}{host:>9}"
+                     f"{r['published_ms']:>11.2f}{pred:>11}{err:>9}")
+    errors = [abs(r["error"]) for r in rows if r["error"] is not None]
+    if errors:
+        lines.append(f"max |error| {max(errors):.1%} over {len(errors)} references")
     return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- the estimate
 
 def estimate(model_path: Path, fmt: str, precision: str, profile: TargetProfile,
-             host_p50_ms: float | None = None, *, progress=None) -> dict:
+             host_p50_ms: float | None = None, *, graph_path: Path | None = None, progress=None) -> dict:
     """Device latency estimate (ms) for one model file, labelled "estimated-device", with its error band.
 
-    ``host_p50_ms``: the model's host p50 at one thread, if already measured (e.g. the validate stage's
-    ``one_thread`` numbers); then no anchor correction is made. Otherwise the model is timed here together with
-    the cached anchor reference in one child process.
+    ``graph_path``: an ONNX file of the same network whose operators are counted (default: ``model_path``,
+    which must then be ONNX). ``host_p50_ms``: the model's host p50 at one thread, if already measured (e.g.
+    the validate stage's ``one_thread`` numbers); only INT8 uses it, and only when the profile's INT8
+    references have host timings. If it is needed and not given, the model is timed here together with the
+    cached anchor reference.
     """
+    from . import opcount
+
     refs = [r for r in profile.reference if r.precision == precision]
-    host = host_timings(tuple(refs), fmt, progress=progress) if len(refs) >= 2 else {}
-    refs = [r for r in refs if host.get(_ref_id(r.model, r.input_size, r.precision))]
     if len(refs) < 2:
         raise InputError(f"{profile.name}: {len(refs)} {precision.upper()} reference(s); at least 2 are needed "
                          "for an estimate with an error band",
                          hint="add [[reference]] entries to the profile, or measure on the device (edgepack bench)")
-    f = fit(refs, host, precision)
-    drift, method = 1.0, "given host p50"
-    if host_p50_ms is None:
-        host_p50_ms, drift = _measure_with_anchor(Path(model_path), fmt, precision, refs)
+    graph = Path(graph_path or model_path)
+    if graph.suffix != ".onnx":
+        raise InputError(f"cannot count the operators of {graph.name}: the cost model reads ONNX graphs",
+                         hint="pass graph_path= the ONNX export of the same network")
+    feats, host = _inputs(profile, fmt, progress=progress)
+    f = fit(list(profile.reference), feats, host, precision)
+    counts = opcount.count(graph)
+    drift, method = 1.0, "not used"
+    uses_host = precision == "int8" and f.model.int8_coef["host_int8_ms"] > 0
+    if uses_host and host_p50_ms is None:
+        host_p50_ms, drift = _measure_with_anchor(Path(model_path), fmt, precision,
+                                                  [r for r in refs if host.get(_ref_id(r.model, r.input_size,
+                                                                                       precision))])
         method = "timed with an anchor reference in the same process"
-    p50 = host_p50_ms / drift * f.ratio
+    elif uses_host:
+        method = "given host p50"
+    p50 = f.model.predict(precision, counts, host_p50_ms / drift if uses_host else None)
+    n = sum(1 for r in f.rows if r["error"] is not None)
     return {"kind": KIND, "target": profile.name, "format": fmt, "precision": precision,
             "p50": round(p50, 3), "band": [round(p50 * f.band[0], 3), round(p50 * f.band[1], 3)],
-            "band_source": f"leave-one-out over {len(refs)} published {precision.upper()} references",
-            "ratio_device_over_host": round(f.ratio, 4), "host_p50_one_thread": round(host_p50_ms, 3),
+            "band_source": f"leave-one-out over {n} published {precision.upper()} references",
+            "method": "per-operator-class cost model fitted to the profile's published references"
+                      + (" plus the host INT8 timing" if uses_host else ""),
+            "operator_counts": {k: round(v) for k, v in counts.items()},
+            "coefficients": {k: float(f"{v:.4g}") for k, v in
+                             (f.model.fp32_coef if precision == "fp32" else f.model.int8_coef).items()},
+            "host_p50_one_thread": round(host_p50_ms, 3) if uses_host else None,
             "host_drift": round(drift, 4), "host_method": method, "device_threads": sorted({r.threads for r in refs}),
             "references": f.rows}
 

@@ -108,7 +108,8 @@ def _device_estimates(ctx: BuildContext, fmt: str, lat: dict) -> dict:
         ctx.progress(f"estimating {prec.upper()} latency on {ctx.target.name} (reference models)", 0, 1)
         try:
             out[prec] = estimate.estimate(ctx.get(fmt, prec).path, fmt, prec, ctx.target,
-                                          host_p50_ms=lat["one_thread"][prec]["p50"])
+                                          host_p50_ms=lat["one_thread"][prec]["p50"],
+                                          graph_path=ctx.get("onnx", "fp32").path)
         except EdgepackError as exc:
             ctx.warn(f"{fmt}: no device estimate for {prec.upper()}: {exc.message}")
     for message in estimate.int8_warnings(ctx.target, fmt, estimates=out):
