@@ -1,19 +1,28 @@
-"""Device latency estimates from host measurements, calibrated on the profile's published references.
+"""Device latency estimates from a per-operator-class cost model, fitted to the profile's published references.
 
 The host is not the device, so a host latency is never reported as a device one. Instead:
 
 1. Every reference model of the profile ([[reference]]: torchvision architecture, input size, precision,
-   published device latency) is built here with random weights in the same format and precision the bundle
-   ships (ONNX QDQ or TFLite full-integer) and timed on this host at one thread (pinned, warmed up, median
-   of interleaved runs in a clean child process). Those timings are cached per host and toolchain in
-   ``~/.cache/edgepack`` (``EDGEPACK_CACHE`` overrides), so builds stay fast.
-2. Per precision, the device/host ratio is the geometric mean of the references' ratios. A model's device
-   estimate is its host p50 (one thread) times that ratio. FP32 and INT8 are fitted separately because the
-   host's INT8 speed-up (AVX-512 VNNI) does not carry over to every device (a Cortex-A72 has no dot product).
-3. The error band comes from leave-one-out: each reference is predicted from the others; the band spans the
-   smallest and largest of those prediction errors. With n references the band is only as good as n.
-4. When this module times the model itself, it also re-times one cached reference (the "anchor") in the same
-   child process and scales by the anchor's drift, so a busy host at estimate time does not skew the result.
+   published device latency) is exported to ONNX here with random weights and its operators are counted
+   (edgepack.opcount, from ONNX shape inference): MACs of dense 3x3 stride-1 convolutions (Winograd-able on
+   ARM runtimes), of other dense kxk convolutions, of 1x1 convolutions/Gemm/MatMul, of depthwise/grouped
+   convolutions, activation+weight elements moved, and layer count. Counts are cached in ``~/.cache/edgepack``
+   (``EDGEPACK_CACHE`` overrides). No build in the target's format is needed, so references that LiteRT
+   cannot convert or run on this host still count.
+2. FP32: device ms = sum of non-negative coefficients x those six counts, fitted by non-negative least
+   squares on relative error over the FP32 references (6 parameters).
+3. INT8: device ms = a x (the FP32 model's Winograd-class part) + b x (its other part) + c x (the model's host
+   INT8 p50 at one thread), non-negative, fitted on the INT8 references (3 parameters; the host term only when
+   every INT8 reference can be built and timed in the target's format here: INT8 speed-ups differ between
+   devices, and the host INT8 build carries the quantizer's op placement). Host INT8 timings of the references
+   are cached per host and toolchain (pinned, warmed up, median of interleaved runs in a clean child).
+4. The error band comes from leave-one-out: each reference is predicted by a model fitted without any
+   reference of the same architecture (its other-precision sibling included; feature scaling is computed on
+   the training rows only); the band spans the smallest and largest of those prediction errors. With n
+   references the band is only as good as n, and a device whose references disagree with the model's
+   assumptions (see README: ncnn's FP16 arithmetic on ARMv8.2 cores) gets a wide band.
+5. When this module times the model itself (INT8 with a host term and no given host p50), it also re-times one
+   cached reference (the "anchor") in the same child process and scales by the anchor's drift.
 
 Every estimate is labelled kind "estimated-device". Units: ms.
 """

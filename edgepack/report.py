@@ -108,7 +108,8 @@ def summary_rows(man: dict) -> list[tuple[str, str, str, str]]:
         est = lat.get("device_estimate") or {}
         if est.get("fp32") and est.get("int8"):
             rows.append((f"[{f}] ESTIMATED device p50 ms", _band(est["fp32"]), _band(est["int8"]),
-                         f"estimated for {man['target']['name']}, not measured: {est['int8']['band_source']}"))
+                         f"estimated for {man['target']['name']} (operator cost model), not measured: "
+                         f"{est['int8']['band_source']}"))
         if lat.get("device"):
             d = lat["device"]
             rows.append((f"[{f}] MEASURED device p50/p90 ms", "", f"{d['p50']:.2f}/{d['p90']:.2f}",
