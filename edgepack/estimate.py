@@ -2,25 +2,22 @@
 
 The host is not the device, so a host latency is never reported as a device one. Instead:
 
-1. Every reference model of the profile ([[reference]]: torchvision architecture, input size, precision,
-   published device latency) is exported to ONNX here with random weights and its operators are counted
-   (edgepack.opcount, from ONNX shape inference): MACs of dense 3x3 stride-1 convolutions (Winograd-able on
-   ARM runtimes), of other dense kxk convolutions, of 1x1 convolutions/Gemm/MatMul, of depthwise/grouped
-   convolutions, activation+weight elements moved, and layer count. Counts are cached in ``~/.cache/edgepack``
-   (``EDGEPACK_CACHE`` overrides). No build in the target's format is needed, so references that LiteRT
-   cannot convert or run on this host still count.
-2. FP32: device ms = sum of non-negative coefficients x those six counts, fitted by non-negative least
-   squares on relative error over the FP32 references (6 parameters).
-3. INT8: device ms = a x (the FP32 model's Winograd-class part) + b x (its other part) + c x (the model's host
-   INT8 p50 at one thread), non-negative, fitted on the INT8 references (3 parameters; the host term only when
-   every INT8 reference can be built and timed in the target's format here: INT8 speed-ups differ between
-   devices, and the host INT8 build carries the quantizer's op placement). Host INT8 timings of the references
-   are cached per host and toolchain (pinned, warmed up, median of interleaved runs in a clean child).
+1. Every reference model of the profile ([[reference]]: torchvision architecture, or MobileNet V1 which is
+   built here, input size, precision, published device latency) is exported to ONNX here with random weights and
+   its operators are counted (edgepack.opcount, from ONNX shape inference). Counts are cached in
+   ``~/.cache/edgepack`` (``EDGEPACK_CACHE`` overrides). No build in the target's format is needed.
+2. FP32: device ms = a x GEMM-like MACs (dense convolutions of any kernel, 1x1 convolutions, Gemm/MatMul)
+   + b x depthwise/grouped MACs + c x layers, non-negative, fitted by least squares on relative error over the
+   FP32 references (FP32_TERMS: 3 parameters, so 5-10 references do not leave the fit underdetermined).
+3. INT8: device ms = a x (the FP32 estimate of the same network) [+ c x its host INT8 p50], non-negative,
+   fitted on the INT8 references. The host term is used only when every INT8 reference was measured with the
+   profile's own runtime and can be built and timed here (pinned, warmed up, median of interleaved runs in a
+   clean child; cached per host and toolchain): another runtime's INT8 speed-up is not the host build's.
 4. The error band comes from leave-one-out: each reference is predicted by a model fitted without any
-   reference of the same architecture (its other-precision sibling included; feature scaling is computed on
-   the training rows only); the band spans the smallest and largest of those prediction errors. With n
-   references the band is only as good as n, and a device whose references disagree with the model's
-   assumptions (see README: ncnn's FP16 arithmetic on ARMv8.2 cores) gets a wide band.
+   reference of the same architecture family (its other-precision sibling, other input sizes and width
+   multipliers included, see ``family``; feature scaling is computed on the training rows only); the band
+   spans the smallest and largest of those prediction errors. With n references the band is only as good as
+   n, and references from a proxy device or another runtime (see the profiles' comments) widen it.
 5. When this module times the model itself (INT8 with a host term and no given host p50), it also re-times one
    cached reference (the "anchor") in the same child process and scales by the anchor's drift.
 
@@ -33,6 +30,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -142,11 +140,34 @@ def _torchvision(name: str):
     import torch
     import torchvision
 
+    torch.manual_seed(0)
+    if name in EXTRA_MODELS:
+        return EXTRA_MODELS[name]().eval()
     if name not in torchvision.models.list_models(module=torchvision.models):
         raise InputError(f"reference model '{name}' is not a torchvision classification architecture",
-                         hint="use names from torchvision.models.list_models(), e.g. resnet18")
-    torch.manual_seed(0)
+                         hint="use names from torchvision.models.list_models(), e.g. resnet18, or "
+                              + ", ".join(sorted(EXTRA_MODELS)))
     return torchvision.models.get_model(name, weights=None, **MODEL_KWARGS.get(name, {})).eval()
+
+
+def _mobilenet_v1():
+    """MobileNet V1 1.0 (Howard et al. 2017, Table 1): not in torchvision, but many published tables use it."""
+    from torch import nn
+
+    def block(cin: int, cout: int, stride: int, groups: int = 1, k: int = 3) -> list:
+        return [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True)]
+
+    layers = block(3, 32, 2)
+    cin = 32
+    for cout, stride in ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (512, 1), (512, 1),
+                         (512, 1), (512, 1), (1024, 2), (1024, 1)):
+        layers += block(cin, cin, stride, groups=cin) + block(cin, cout, 1, k=1)
+        cin = cout
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(1024, 1000))
+
+
+EXTRA_MODELS = {"mobilenet_v1": _mobilenet_v1}
 
 
 def _quantize_onnx(fp32: Path, out: Path, calib: np.ndarray) -> Path:
@@ -315,28 +336,38 @@ def _fit_relative(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return nnls(x / scale / y[:, None], np.ones(len(y))) / scale
 
 
-INT8_TERMS = ("fp32_winograd_part", "fp32_other_part", "host_int8_ms")
+# FP32 terms: operator-count classes summed into the few that behave differently on every CPU runtime seen:
+# GEMM-like MACs (dense convolutions of any kernel, 1x1 convolutions, Gemm/MatMul), depthwise/grouped MACs
+# (few MACs per byte moved), and a per-layer overhead. Three coefficients, so a leave-one-out fit on 5-10
+# references is not underdetermined (a 6-class fit was, and missed by up to 2.4x).
+FP32_TERMS = {"macs_gemm": ("macs_winograd", "macs_dense", "macs_pointwise"),
+              "macs_depthwise": ("macs_depthwise",),
+              "layers": ("layers",)}
+INT8_TERMS = ("fp32_estimate", "host_int8_ms")
+
+
+def fp32_terms(feats: dict[str, float]) -> list[float]:
+    """The FP32 cost model's inputs (FP32_TERMS) from edgepack.opcount counts."""
+    return [sum(feats[f] for f in parts) for parts in FP32_TERMS.values()]
 
 
 @dataclass(frozen=True)
 class CostModel:
-    """FP32: ms = sum(fp32_coef[f] * count[f]). INT8: ms = a * (FP32 model's Winograd-class part)
-    + b * (its other part) + c * (host INT8 p50, when every INT8 reference has one)."""
+    """FP32: ms = sum(fp32_coef[t] * term[t]) over FP32_TERMS. INT8: ms = a * (the FP32 estimate of the same
+    network) + c * (its host INT8 p50, when every INT8 reference has one)."""
 
     fp32_coef: dict[str, float]
     int8_coef: dict[str, float] | None = None
 
-    def fp32_parts(self, feats: dict[str, float]) -> tuple[float, float]:
-        wino = self.fp32_coef.get("macs_winograd", 0.0) * feats["macs_winograd"]
-        return wino, sum(c * feats[f] for f, c in self.fp32_coef.items()) - wino
+    def fp32_ms(self, feats: dict[str, float]) -> float:
+        return float(np.dot([self.fp32_coef[t] for t in FP32_TERMS], fp32_terms(feats)))
 
     def int8_terms(self, feats: dict[str, float], host_ms: float | None) -> list[float]:
-        wino, other = self.fp32_parts(feats)
-        return [wino, other, host_ms or 0.0]
+        return [self.fp32_ms(feats), host_ms or 0.0]
 
     def predict(self, precision: str, feats: dict[str, float], host_ms: float | None = None) -> float:
         if precision == "fp32":
-            return float(sum(self.fp32_parts(feats)))
+            return self.fp32_ms(feats)
         return float(np.dot([self.int8_coef[t] for t in INT8_TERMS], self.int8_terms(feats, host_ms)))
 
 
@@ -344,17 +375,21 @@ def _key(r: Reference) -> str:
     return f"{r.model}@{r.input_size}"
 
 
+def family(model: str) -> str:
+    """The architecture a reference belongs to for leave-one-out: its name without a trailing width multiplier
+    (mnasnet0_5, mnasnet1_3 -> mnasnet; squeezenet1_0, squeezenet1_1 -> squeezenet). Input sizes never split a
+    family. Depth variants with their own block design (resnet18 vs resnet50) stay separate architectures."""
+    return re.sub(r"\d+_\d+$", "", model)
+
+
 def fit_model(refs: list[Reference], feats: dict, host: dict, precision: str) -> CostModel:
     """Fit the cost model for ``precision`` on ``refs`` (both precisions are used for INT8)."""
-    from .opcount import FEATURES
-
     fp = [r for r in refs if r.precision == "fp32"]
     if len(fp) < 2:
         raise InputError("the profile needs at least 2 FP32 reference latencies for the cost model",
                          hint="add [[reference]] entries with precision = \"fp32\" to the profile")
-    coef = _fit_relative(np.array([[feats[_key(r)][f] for f in FEATURES] for r in fp]),
-                         np.array([r.latency_ms for r in fp]))
-    model = CostModel(dict(zip(FEATURES, coef.tolist(), strict=True)))
+    coef = _fit_relative(np.array([fp32_terms(feats[_key(r)]) for r in fp]), np.array([r.latency_ms for r in fp]))
+    model = CostModel(dict(zip(FP32_TERMS, coef.tolist(), strict=True)))
     if precision == "fp32":
         return model
     q = [r for r in refs if r.precision == "int8"]
@@ -386,7 +421,7 @@ def fit(refs: list[Reference], feats: dict, host: dict, precision: str) -> Fit:
                          hint="add [[reference]] entries with precision = \"" + precision + "\" to the profile")
     rows = []
     for ref in mine:
-        train = [r for r in refs if _key(r) != _key(ref)]
+        train = [r for r in refs if family(r.model) != family(ref.model)]
         h = host.get(_ref_id(ref.model, ref.input_size, precision))
         try:
             predicted = fit_model(train, feats, host, precision).predict(precision, feats[_key(ref)], h)
@@ -403,9 +438,16 @@ def fit(refs: list[Reference], feats: dict, host: dict, precision: str) -> Fit:
 
 
 def _inputs(profile: TargetProfile, fmt: str, *, progress=None) -> tuple[dict, dict]:
-    """(operator counts of every reference, host INT8 p50 of the INT8 references where buildable)."""
+    """(operator counts of every reference, host INT8 p50 of the INT8 references where buildable).
+
+    The host INT8 timing is a term of the INT8 model only when every INT8 reference was measured with the
+    profile's own runtime: edgepack's host INT8 build (its quantizer's op placement, that runtime's kernels)
+    says nothing about another runtime's INT8 speed-up on the device.
+    """
     feats = reference_features(profile.reference, progress=progress)
     int8 = tuple(r for r in profile.reference if r.precision == "int8")
+    if any(r.runtime != profile.runtime for r in int8):
+        return feats, {}
     host = host_timings(int8, fmt, progress=progress) if int8 else {}
     if not all(host.values()):  # the host term is used for all INT8 references or for none
         log.info("%d INT8 reference(s) cannot be built as %s here; the INT8 cost model runs without the host term",

@@ -46,7 +46,7 @@ def _synthetic_features(n: int = 8) -> dict:
 
 
 FEATS = _synthetic_features()
-TRUE = {"macs_winograd": 4e-9, "macs_pointwise": 1e-8, "macs_depthwise": 5e-8, "layers": 0.05}
+TRUE = {"macs_winograd": 1e-8, "macs_dense": 1e-8, "macs_pointwise": 1e-8, "macs_depthwise": 5e-8, "layers": 0.05}
 
 
 def test_nnls_is_non_negative_and_exact_on_consistent_data():
@@ -126,3 +126,21 @@ def test_estimate_of_a_model_carries_kind_and_band(tmp_path):
     assert est["operator_counts"]["macs_winograd"] > 1e8 and est["host_method"] == "not used"
     with pytest.raises(InputError, match="reads ONNX graphs"):
         estimate.estimate(tmp_path / "m.tflite", "tflite", "fp32", targets.load("android-arm64"))
+
+
+def test_leave_one_out_holds_out_the_whole_architecture_family():
+    assert estimate.family("mnasnet0_5") == estimate.family("mnasnet1_3") == "mnasnet"
+    assert estimate.family("squeezenet1_0") == estimate.family("squeezenet1_1")
+    assert estimate.family("resnet18") != estimate.family("resnet50")
+    feats = {**FEATS, "m9_5@224": FEATS["m0@224"]}            # a width variant of m9 with m0's counts
+    true_ms = {k: sum(TRUE.get(f, 0) * v for f, v in fe.items()) for k, fe in feats.items()}
+    refs = [_ref(k.split("@")[0], ms * (5 if k == "m9_5@224" else 1)) for k, ms in true_ms.items()]
+    refs.append(_ref("m9_0", 3 * true_ms["m1@224"]))        # its sibling, also off the linear device
+    feats["m9_0@224"] = FEATS["m1@224"]
+    rows = {r["model"]: r for r in estimate.fit(refs, feats, {}, "fp32").rows}
+    assert rows["m9_5"]["predicted_ms"] == pytest.approx(true_ms["m0@224"], rel=1e-4)   # m9_0 left out too
+
+
+def test_mobilenet_v1_is_built_although_torchvision_lacks_it():
+    net = estimate._torchvision("mobilenet_v1")
+    assert sum(p.numel() for p in net.parameters()) == pytest.approx(4.23e6, rel=0.01)
