@@ -344,6 +344,7 @@ FP32_TERMS = {"macs_gemm": ("macs_winograd", "macs_dense", "macs_pointwise"),
               "macs_depthwise": ("macs_depthwise",),
               "layers": ("layers",)}
 INT8_TERMS = ("fp32_estimate", "host_int8_ms")
+RUNTIME_OF_FORMAT = {"onnx": "onnxruntime", "tflite": "litert"}
 
 
 def fp32_terms(feats: dict[str, float]) -> list[float]:
@@ -441,12 +442,12 @@ def _inputs(profile: TargetProfile, fmt: str, *, progress=None) -> tuple[dict, d
     """(operator counts of every reference, host INT8 p50 of the INT8 references where buildable).
 
     The host INT8 timing is a term of the INT8 model only when every INT8 reference was measured with the
-    profile's own runtime: edgepack's host INT8 build (its quantizer's op placement, that runtime's kernels)
-    says nothing about another runtime's INT8 speed-up on the device.
+    runtime of ``fmt`` (the one timed here): edgepack's host INT8 build (its quantizer's op placement, that
+    runtime's kernels) says nothing about another runtime's INT8 speed-up on the device.
     """
     feats = reference_features(profile.reference, progress=progress)
     int8 = tuple(r for r in profile.reference if r.precision == "int8")
-    if any(r.runtime != profile.runtime for r in int8):
+    if any(r.runtime != RUNTIME_OF_FORMAT.get(fmt) for r in int8):
         return feats, {}
     host = host_timings(int8, fmt, progress=progress) if int8 else {}
     if not all(host.values()):  # the host term is used for all INT8 references or for none
