@@ -223,10 +223,9 @@ def _run_converter(saved_model: Path, calib, io_dtype: str, *, strict: bool, wei
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
-    if weights_only:
+    if weights_only or calib is not None:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    elif calib is not None:
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if calib is not None and not weights_only:
         converter.representative_dataset = _representative(calib)
         converter.target_spec.supported_ops = [
             tf.lite.OpsSet.TFLITE_BUILTINS_INT8 if strict else tf.lite.OpsSet.TFLITE_BUILTINS]
