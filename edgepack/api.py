@@ -165,10 +165,6 @@ def _load_data(config: BuildConfig, target: targets.TargetProfile, model: source
 def _check_text_build(config: BuildConfig, target: targets.TargetProfile) -> None:
     """What text builds do not support yet, all reported at once, before any slow stage."""
     problems, hints = [], []
-    if "tflite" in target.formats:
-        problems.append(f"target {target.name} ships TFLite: TFLite text models aren't supported yet")
-        hints.append("build for an ONNX target such as raspberry-pi-4 (full-integer INT8 BERT aborts in "
-                     "LiteRT 2.1; dynamic-range INT8 works and is planned)")
     if config.prune is not None:
         problems.append("pruning text models is not supported yet")
         hints.append("drop the --prune options")

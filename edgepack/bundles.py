@@ -143,10 +143,12 @@ def _check_golden(folder: Path, man: dict) -> list[str]:
 
 
 def _golden_input(golden, man: dict):
-    """The golden input: the array 'input' (images), or every model input by name (text models)."""
+    """The golden input: the array 'input' (images), or every token array by the tokenizer's input name
+    (text models; a .tflite model names its tensors differently, e.g. "serving_default_input_ids:0")."""
     if man["preprocess"].get("kind") != "text":
         return golden["input"]
-    names = [i["name"] for i in man["inputs"] if isinstance(i, dict) and "name" in i]
+    names = man["preprocess"].get("model_input_names") or [
+        i["name"] for i in man["inputs"] if isinstance(i, dict) and "name" in i]
     missing = [n for n in names if n not in golden.files]
     if missing or not names:
         raise VerifyError(f"golden file lacks model input(s) {', '.join(missing) or '(none listed)'}",

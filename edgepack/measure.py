@@ -4,6 +4,8 @@ Latency: one child loads every model being compared, warms each up, then times t
 (A, B, A, B, ...) so that noise on this shared machine hits all of them alike; p50/p90 in ms.
 Peak memory: one child per model loads it and runs one inference; the child's peak RSS (MB)
 minus its RSS before loading the model is the model's cost.
+Outputs: one child runs a model on every sample and saves its outputs, for models that may crash the process
+(LiteRT aborts on some full-integer BERTs): the build survives and can say why.
 
     python -m edgepack.measure latency --input x.npy --threads 1 --runs 50 onnx:a.onnx onnx:b.onnx
 
@@ -91,11 +93,15 @@ def _memory(spec: str, x, threads: int) -> dict:
     return {"peak_rss_mb": round(peak, 1), "model_rss_mb": round(peak - before, 1)}
 
 
-def _child(args: list[str]) -> dict:
+def _child(args: list[str], what: str = "latency measurement") -> dict:
+    import signal
+
     cmd = [sys.executable, "-m", "edgepack.measure", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode < 0:
+        raise StageError(f"{what} failed: the process was killed by {signal.Signals(-proc.returncode).name}")
     if proc.returncode != 0:
-        raise StageError("latency measurement failed: " + (proc.stderr.strip().splitlines() or ["?"])[-1][:300])
+        raise StageError(f"{what} failed: " + (proc.stderr.strip().splitlines() or ["?"])[-1][:300])
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -114,9 +120,19 @@ def memory(fmt: str, path: Path, x, *, threads: int, workdir: Path) -> dict:
     return _child(["memory", "--input", str(inp), "--threads", str(threads), f"{fmt}:{path}"])
 
 
+def outputs(fmt: str, path: Path, x, *, threads: int, workdir: Path, what: str | None = None) -> np.ndarray:
+    """First output of the model on every sample of ``x`` (batch 1), computed in a child process.
+    A crash in the runtime becomes a StageError "<what> failed: ..." naming the signal."""
+    inp, out = _save_input(x, workdir), workdir / "child_outputs.npy"
+    _child(["outputs", "--input", str(inp), "--threads", str(threads), "--out", str(out), f"{fmt}:{path}"],
+           what=what or f"running {Path(path).name}")
+    return np.load(out, allow_pickle=False)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("mode", choices=["latency", "memory"])
+    parser.add_argument("mode", choices=["latency", "memory", "outputs"])
+    parser.add_argument("--out", help="outputs mode: the .npy to write")
     parser.add_argument("--input", required=True)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--runs", type=int, default=50)
@@ -125,6 +141,9 @@ def main() -> None:
     x = _load_input(args.input)
     if args.mode == "latency":
         out = _latency(args.models, x, args.threads, args.runs)
+    elif args.mode == "outputs":
+        np.save(args.out, _runner(args.models[0], args.threads).run_samples(x))
+        out = {"saved": args.out}
     else:
         out = _memory(args.models[0], x, args.threads)
     print(json.dumps(out))

@@ -105,6 +105,9 @@ def summary_rows(man: dict) -> list[tuple[str, str, str, str]]:
             (f"[{f}] peak memory MB", _fmt(v["peak_memory_mb"]["fp32"], 1), _fmt(v["peak_memory_mb"]["int8"], 1),
              "runner process RSS growth"),
         ]
+        recipe = man.get("stages", {}).get(f"quantization_{f}", {}).get("recipe")
+        if recipe:
+            rows.append((f"[{f}] INT8 recipe", "", man["stages"][f"quantization_{f}"]["chosen"], recipe))
         est = lat.get("device_estimate") or {}
         if est.get("fp32") and est.get("int8"):
             rows.append((f"[{f}] ESTIMATED device p50 ms", _band(est["fp32"]), _band(est["int8"]),
@@ -176,10 +179,12 @@ def render_markdown(man: dict) -> str:
         parts += [f"## Accuracy-aware search ({search['seconds']} s, limit {search['max_seconds']} s)", "",
                   markdown_table(TRIAL_HEADER, trial_rows(search)), ""]
     if q.get("why"):
-        parts += [f"INT8 recipe: **{q['chosen']}** ({q['why']}).", "",
-                  markdown_table(("INT8 candidate", "accuracy drop", "agreement", "latency vs FP32 (1 thr)", "size MB"),
-                                 _candidate_rows(q["candidates"])), ""]
-    floats = (man["stages"].get("quantization_onnx") or {}).get("nodes_excluded")
+        parts += [f"INT8 recipe: **{q.get('recipe') or q['chosen']}** ({q['why']}).", ""]
+    if q.get("candidates"):
+        parts += [markdown_table(("INT8 candidate", "accuracy drop", "agreement", "latency vs FP32 (1 thr)",
+                                  "size MB"), _candidate_rows(q["candidates"])), ""]
+    floats = ((man["stages"].get("quantization_onnx") or {}).get("nodes_excluded")
+              or (man["stages"].get("quantization_tflite") or {}).get("float_ops"))
     if floats:
         parts += ["Layers kept in float: " + ", ".join(f"`{n}`" for n in floats), ""]
     if man["warnings"]:

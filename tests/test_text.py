@@ -10,8 +10,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -263,29 +261,11 @@ def _text_bundle(folder: Path, onnx_path: Path, tokenizer_dir: Path) -> Path:
 
 
 def test_runner_in_clean_venv(tmp_path, tiny_onnx, minilm_dir):
-    """run_text.py classifies a sentence with only onnxruntime, numpy and tokenizers installed.
-
-    Installs the three (at the versions of this environment) from the package index into a clean venv:
-    about 25 s with a warm pip cache, 35 s for the whole test. Skipped when the index cannot be reached.
-    """
-    from importlib.metadata import version
+    """run_text.py classifies a sentence with only onnxruntime, numpy and tokenizers installed (about 35 s)."""
+    from clean_env import clean_venv
 
     bundle = _text_bundle(tmp_path / "bundle", tiny_onnx, minilm_dir)
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    py = venv / "bin" / "python"
-    pins = [f"{name}=={version(name)}" for name in ("onnxruntime", "numpy", "tokenizers")]
-    t0 = time.perf_counter()
-    install = subprocess.run(
-        [str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", *pins],
-        capture_output=True,
-        text=True,
-    )
-    if install.returncode != 0:
-        pytest.skip(f"cannot install {pins} into a clean venv: {install.stderr.strip()[-300:]}")
-    print(f"clean venv install took {time.perf_counter() - t0:.0f} s")
-    missing = subprocess.run([str(py), "-c", "import torch"], capture_output=True)
-    assert missing.returncode != 0, "the clean venv must not see torch"
+    py = clean_venv(tmp_path / "venv", ("onnxruntime", "numpy", "tokenizers"))
     run = subprocess.run(
         [str(py), "run_text.py", "WINNER! claim your prize"],
         cwd=bundle,
@@ -297,3 +277,70 @@ def test_runner_in_clean_venv(tmp_path, tiny_onnx, minilm_dir):
     assert result["label"] in ("ham", "spam") and abs(sum(result["scores"].values()) - 1) < 1e-4
     golden = subprocess.run([str(py), "run_text.py", "--golden"], cwd=bundle, capture_output=True, text=True)
     assert golden.returncode == 0, golden.stdout + golden.stderr
+
+
+# --- TFLite: several named token inputs ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_tflite(tmp_path_factory, hf_folder) -> dict[str, Path]:
+    """The tiny BERT as ONNX (opset 20: one Gelu op, which TFLite has), FP32 .tflite and dynamic-range INT8."""
+    pytest.importorskip("onnx2tf")
+    from edgepack.backends import onnx as onnx_backend
+    from edgepack.backends import tflite
+
+    module, _, settings = text.load_hf_folder(hf_folder, max_length=L)
+    work = tmp_path_factory.mktemp("tflite_text")
+    text.export_text_onnx(module, L, work / "raw.onnx", opset=20, input_names=settings["model_input_names"])
+    onnx_backend.simplify(work / "raw.onnx", work / "fp32.onnx")
+    fp32 = tflite.convert(work / "fp32.onnx", work, None)
+    dynamic = tflite.convert_text_int8(work / "fp32.onnx", work, "dynamic-range")
+    return {"onnx": work / "fp32.onnx", "fp32": fp32, "dynamic": dynamic}
+
+
+def test_tflite_runner_feeds_text_inputs_by_name(tiny_tflite, hf_folder):
+    """TFLite orders the inputs alphabetically (attention_mask first), ONNX as exported: feeding by position
+    would swap ids and mask. By name, FP32 TFLite reproduces FP32 ONNX, whatever the dict order."""
+    from edgepack.backends import onnx as onnx_backend
+    from edgepack.backends import tflite
+
+    feed = text.tokenize(TEXTS, hf_folder / "tokenizer.json", L)
+    runner = tflite.TFLiteRunner(tiny_tflite["fp32"])
+    assert [d["name"] for d in runner._ins] != [f"serving_default_{n}:0" for n in feed]  # order differs
+    ref = onnx_backend.Runner(tiny_tflite["onnx"]).run_samples(feed)
+    reversed_feed = dict(reversed(list(feed.items())))
+    got = runner.run_samples(reversed_feed)
+    assert np.abs(got - ref).max() < 1e-4
+    info = tflite.io_details(tiny_tflite["fp32"])
+    assert sorted(i["name"] for i in info["inputs"]) == sorted(f"serving_default_{n}:0" for n in feed)
+    with pytest.raises(InputError, match="matches none"):
+        runner.run({"input_ids": feed["input_ids"][:1]})
+
+
+def test_tflite_dynamic_range_text_int8(tiny_tflite, hf_folder):
+    """Dynamic-range INT8: int8 weights (a quarter of the file), float activations, outputs close to FP32."""
+    from edgepack.backends import tflite
+
+    feed = text.tokenize(TEXTS, hf_folder / "tokenizer.json", L)
+    ref = tflite.TFLiteRunner(tiny_tflite["fp32"]).run_samples(feed)
+    got = tflite.TFLiteRunner(tiny_tflite["dynamic"]).run_samples(feed)
+    assert tiny_tflite["dynamic"].stat().st_size < 0.35 * tiny_tflite["fp32"].stat().st_size
+    assert np.abs(got - ref).max() < 0.05 * np.abs(ref).max() + 1e-3
+    ops = tflite.float_ops(tiny_tflite["dynamic"])
+    assert any(o.startswith("FULLY_CONNECTED") for o in ops)  # float activations: listed, not hidden
+    with pytest.raises(InputError, match="mode"):
+        tflite.convert_text_int8(tiny_tflite["onnx"], tiny_tflite["fp32"].parent, "int4")
+    with pytest.raises(InputError, match="calibration"):
+        tflite.convert_text_int8(tiny_tflite["onnx"], tiny_tflite["fp32"].parent, "full-integer")
+
+
+def test_child_crash_is_named(monkeypatch, tmp_path):
+    """A runtime that aborts the child process becomes a StageError naming the signal, not a dead build."""
+    from edgepack import measure
+    from edgepack.errors import StageError
+
+    monkeypatch.setattr(measure.subprocess, "run",
+                        lambda *a, **k: subprocess.CompletedProcess(a, -6, stdout="", stderr=""))
+    with pytest.raises(StageError, match="LiteRT running it failed: the process was killed by SIGABRT"):
+        measure.outputs("tflite", tmp_path / "m.tflite", np.zeros((1, 4), np.int64), threads=1, workdir=tmp_path,
+                        what="LiteRT running it")

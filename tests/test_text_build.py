@@ -97,12 +97,50 @@ def test_text_bundle_run_py_classifies(bundle):
     assert golden.returncode == 0, golden.stdout + golden.stderr
 
 
-def test_text_build_refuses_tflite_target(hf_folder, text_data, tmp_path):
+@pytest.fixture(scope="module")
+def tflite_bundle(hf_folder, text_data, tmp_path_factory) -> Path:
     calib, val = text_data
-    result = CliRunner().invoke(main, ["build", str(hf_folder), "--calib", str(calib), "--val", str(val),
-                                       "--target", "android-arm64", "--out", str(tmp_path / "b")])
-    assert result.exit_code != 0
-    assert "TFLite text models aren't supported yet" in result.output
+    out = tmp_path_factory.mktemp("build") / "tiny_text_tflite"
+    result = CliRunner().invoke(main, ["build", str(hf_folder), "--target", "android-arm64", "--calib", str(calib),
+                                       "--val", str(val), "--max-length", str(L), "--out", str(out),
+                                       "--latency-runs", "5", "--max-accuracy-drop", "100", "--min-agreement", "0",
+                                       "--quiet"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return out
+
+
+def test_text_tflite_bundle_reports_its_int8_recipe(tflite_bundle):
+    """Full-integer INT8 is tried in a child process; what ships, and why, is explicit: never a silent fallback."""
+    man = json.loads((tflite_bundle / "manifest.json").read_text())
+    assert man["model"]["file"] == "model.tflite" and (tflite_bundle / "tokenizer.json").is_file()
+    assert man["stages"]["text_export"]["opset"] == 20  # Gelu as one op; TFLite has no Erf builtin
+    q = man["stages"]["quantization_tflite"]
+    assert q["chosen"] in ("dynamic-range", "full-integer") and q["why"] and q["recipe"]
+    if q["chosen"] == "dynamic-range":
+        assert q["recipe"] == "dynamic-range INT8: int8 weights, float activations"
+        assert q["activations"].startswith("float32")
+        if not q["full_integer"]["runs"]:
+            assert q["full_integer"]["why_not"] in q["why"]
+            assert any("dynamic-range INT8: int8 weights, float activations" in w for w in man["warnings"])
+    else:
+        assert set(q["candidates"]) == {"dynamic-range", "full-integer"}
+    report = (tflite_bundle / "report.md").read_text()
+    assert f"INT8 recipe: **{q['recipe']}**" in report and "INT8 recipe" in report
+    v = man["models"][0]["validation"]
+    assert v["size_bytes"]["int8"] < 0.35 * v["size_bytes"]["fp32"]
+    assert v["latency_ms"]["one_thread"]["int8"]["p50"] > 0 and v["agreement"] is not None
+
+
+def test_text_tflite_bundle_verifies_and_classifies(tflite_bundle):
+    assert CliRunner().invoke(main, ["verify", str(tflite_bundle)]).exit_code == 0
+    proc = subprocess.run([sys.executable, "run.py", "WINNER! Claim your free prize now"], cwd=tflite_bundle,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[0])
+    assert out["label"] in ("ham", "spam") and abs(sum(out["scores"].values()) - 1) < 1e-4
+    golden = subprocess.run([sys.executable, "run.py", "--golden"], cwd=tflite_bundle, capture_output=True,
+                            text=True, timeout=120, check=False)
+    assert golden.returncode == 0, golden.stdout + golden.stderr
 
 
 def test_max_length_needs_a_text_model(tmp_path):

@@ -9,6 +9,11 @@ download replaced by the caller's calibration data, save a lean inference-only S
 Layouts: the ONNX model takes NCHW; onnx2tf turns 4-D image inputs into NHWC. `TFLiteRunner` accepts NCHW
 like the ONNX runner and transposes, so validation code can feed both backends the same arrays.
 
+Text models (several integer token inputs, float logits) convert with `convert_text_int8`: "dynamic-range"
+(int8 weights, float activations) or "full-integer" (calibrated int8 activations; LiteRT 2.1 can abort the
+whole process on such a BERT, so callers run it in a child process first: `edgepack.measure.outputs`).
+`TFLiteRunner` takes {input name: array} for them and maps names, not positions, to the model's inputs.
+
 Heavy imports (tensorflow, onnx2tf, ai_edge_litert) happen inside functions: importing this module is cheap.
 """
 
@@ -99,6 +104,27 @@ def _int8_bytes(saved_model: Path, calib: np.ndarray, io_dtype: str) -> bytes:
         return _run_converter(saved_model, calib, io_dtype, strict=False)
 
 
+TEXT_INT8_MODES = ("dynamic-range", "full-integer")
+
+
+def convert_text_int8(onnx_path: Path, workdir: Path, mode: str, calib: dict[str, np.ndarray] | None = None) -> Path:
+    """INT8 .tflite of an FP32 ONNX text model (integer token inputs, float logits) in `workdir`.
+
+    mode "dynamic-range": int8 weights (per channel), activations float; LiteRT quantizes each
+    FULLY_CONNECTED input on the fly. "full-integer": int8 activations calibrated on `calib`
+    ({input name: (N, L) ints}), INT8 builtin kernels only; the io stays tokens in, float32 logits out.
+    Reuses the SavedModel `convert(onnx_path, workdir, None)` wrote. Returns the path written.
+    """
+    if mode not in TEXT_INT8_MODES:
+        raise InputError(f"text INT8 mode must be one of {', '.join(TEXT_INT8_MODES)}, not {mode!r}")
+    if mode == "full-integer" and not calib:
+        raise InputError("full-integer INT8 needs calibration token arrays")
+    saved_model = _saved_model(Path(onnx_path), Path(workdir), None, lambda msg: None)
+    data = _run_converter(saved_model, calib if mode == "full-integer" else None, "float32", strict=True,
+                          weights_only=mode == "dynamic-range")
+    return _write(Path(workdir) / f"{Path(onnx_path).stem}_int8_{mode}.tflite", data)
+
+
 def _check_args(onnx_path: Path, calib: np.ndarray | None, io_dtype: str) -> None:
     """Reject bad input early with messages a person can act on."""
     if not onnx_path.is_file():
@@ -186,8 +212,9 @@ def _save_inference_only(model, out: Path) -> None:
     tf.saved_model.save(module, str(out), signatures={"serving_default": signature})
 
 
-def _run_converter(saved_model: Path, calib: np.ndarray | None, io_dtype: str, *, strict: bool) -> bytes:
+def _run_converter(saved_model: Path, calib, io_dtype: str, *, strict: bool, weights_only: bool = False) -> bytes:
     """Run tf.lite.TFLiteConverter on the SavedModel: FP32 when `calib` is None, else full-integer INT8.
+    `weights_only` (calib None): dynamic-range INT8, int8 weights and float activations.
 
     `strict` allows only INT8 builtin kernels (the converter fails on any op without one); otherwise float
     builtins are allowed as a fallback. Weights are quantized per channel (TFLite's default), activations
@@ -196,8 +223,9 @@ def _run_converter(saved_model: Path, calib: np.ndarray | None, io_dtype: str, *
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
-    if calib is not None:
+    if weights_only or calib is not None:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if calib is not None and not weights_only:
         converter.representative_dataset = _representative(calib)
         converter.target_spec.supported_ops = [
             tf.lite.OpsSet.TFLITE_BUILTINS_INT8 if strict else tf.lite.OpsSet.TFLITE_BUILTINS]
@@ -209,10 +237,15 @@ def _run_converter(saved_model: Path, calib: np.ndarray | None, io_dtype: str, *
         raise StageError(f"TFLite converter failed: {_first_line(exc)}") from exc
 
 
-def _representative(calib: np.ndarray) -> Callable[[], Iterator[list[np.ndarray]]]:
-    """Representative dataset for the converter: each calibration sample as a batch of 1, NCHW -> NHWC."""
+def _representative(calib) -> Callable[[], Iterator[list[np.ndarray] | dict[str, np.ndarray]]]:
+    """Representative dataset for the converter: each calibration sample as a batch of 1, NCHW -> NHWC;
+    text models' {input name: (N, L)} token arrays as {name: (1, L)} (the SavedModel keeps the ONNX names)."""
 
-    def samples() -> Iterator[list[np.ndarray]]:
+    def samples() -> Iterator[list[np.ndarray] | dict[str, np.ndarray]]:
+        if isinstance(calib, dict):
+            for i in range(len(next(iter(calib.values())))):
+                yield {k: v[i:i + 1] for k, v in calib.items()}
+            return
         for x in calib:
             sample = np.asarray(x, np.float32)[None]
             yield [sample.transpose(0, 2, 3, 1) if sample.ndim == 4 else sample]
@@ -267,6 +300,8 @@ class TFLiteRunner:
 
     Handles the layout (NCHW -> NHWC for 4-D inputs, NHWC -> NCHW for 4-D outputs) and the io quantization
     (input q = round(x / scale) + zero_point, clipped to the dtype; output x = scale * (q - zero_point)).
+    A model with several inputs (text) takes {input name: array}; each is matched to the model input whose
+    name contains it ("serving_default_input_ids:0" for "input_ids") and cast to that input's dtype.
     `threads` is the LiteRT thread count; XNNPACK is LiteRT's default delegate.
     """
 
@@ -274,31 +309,50 @@ class TFLiteRunner:
         self.path = Path(path)
         self.threads = threads
         self._interp = _interpreter(self.path, threads)
-        self._in = self._interp.get_input_details()[0]
+        self._ins = self._interp.get_input_details()
+        self._in = self._ins[0]
         self._outs = self._interp.get_output_details()
 
-    def run(self, x: np.ndarray) -> np.ndarray:
-        """Run one batch-1 NCHW float32 array (preprocessed); return the first output as float32."""
+    def run(self, x: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
+        """Run one batch-1 input (NCHW float32 array, or token arrays by name); return the first output."""
         return self.run_outputs(x)[0]
 
-    def run_samples(self, x: np.ndarray, progress=None) -> np.ndarray:
+    def run_samples(self, x: np.ndarray | dict[str, np.ndarray], progress=None) -> np.ndarray:
         """First output for every sample of x (N, ...), batch 1 as on the device."""
+        from edgepack.data import num_samples, rows
+
         outs = []
-        for i in range(len(x)):
+        n = num_samples(x)
+        for i in range(n):
             if progress and i % 16 == 0:
-                progress(i, len(x))
-            outs.append(self.run(x[i:i + 1])[0])
+                progress(i, n)
+            outs.append(self.run(rows(x, i, i + 1))[0])
         return np.stack(outs)
 
-    def run_outputs(self, x: np.ndarray) -> list[np.ndarray]:
+    def run_outputs(self, x: np.ndarray | dict[str, np.ndarray]) -> list[np.ndarray]:
         """Run one input; return every output, dequantized to float32, 4-D ones back in NCHW."""
-        x = np.asarray(x, np.float32)
-        if x.ndim == 4:
-            x = x.transpose(0, 2, 3, 1)
-        self._interp.set_tensor(self._in["index"], _quantize(x, self._in))
+        if isinstance(x, dict):
+            for detail in self._ins:
+                value = x[match_input(detail["name"], x)]
+                self._interp.set_tensor(detail["index"], np.ascontiguousarray(value, detail["dtype"]))
+        else:
+            x = np.asarray(x, np.float32)
+            if x.ndim == 4:
+                x = x.transpose(0, 2, 3, 1)
+            self._interp.set_tensor(self._in["index"], _quantize(x, self._in))
         self._interp.invoke()
         outs = [_dequantize(self._interp.get_tensor(d["index"]), d) for d in self._outs]
         return [o.transpose(0, 3, 1, 2) if o.ndim == 4 else o for o in outs]
+
+
+def match_input(tensor_name: str, feed: dict) -> str:
+    """The key of `feed` a TFLite input tensor name means: the longest key the name contains (TFLite names
+    signature inputs like "serving_default_input_ids:0"); an InputError when none does."""
+    for name in sorted(feed, key=len, reverse=True):
+        if name in tensor_name:
+            return name
+    raise InputError(f"model input {tensor_name!r} matches none of the given inputs ({', '.join(sorted(feed))})",
+                     hint="text inputs are fed by name: input_ids, attention_mask, token_type_ids")
 
 
 def _quantize(x: np.ndarray, detail: dict) -> np.ndarray:

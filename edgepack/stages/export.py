@@ -1,6 +1,8 @@
 """Export stage: torch -> ONNX (one file), simplified with onnxslim, checked against torch outputs.
 
-Text models export with fixed (1, max_length) int64 token inputs (edgepack.text.export_text_onnx)."""
+Text models export with fixed (1, max_length) int64 token inputs (edgepack.text.export_text_onnx), at opset
+TFLITE_TEXT_OPSET or later when the target ships TFLite: below opset 20 GELU exports as Erf, which the TFLite
+converter has no builtin for ("'tf.Erf' op is neither a custom op nor a flex op"); opset 20 has one Gelu op."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from ..errors import StageError
 
 PARITY_SAMPLES = 4
 PARITY_RTOL = 1e-3   # max |torch - onnx| relative to max |torch|; FP32 export should be ~1e-6
+TFLITE_TEXT_OPSET = 20
 
 
 def run(ctx: BuildContext) -> None:
@@ -44,8 +47,11 @@ def _export(ctx: BuildContext, raw) -> None:
         return
     from .. import text as text_mod
 
+    opset = ctx.target.opset
+    if "tflite" in ctx.target.formats:
+        opset = max(opset, TFLITE_TEXT_OPSET)
     ctx.records["text_export"] = text_mod.export_text_onnx(ctx.model.module, text.max_length, raw,
-                                                           opset=ctx.target.opset, input_names=text.input_names)
+                                                           opset=opset, input_names=text.input_names)
 
 
 def _torch_outputs(ctx: BuildContext, x) -> np.ndarray:

@@ -33,7 +33,11 @@ def run(ctx: BuildContext) -> None:
         onnx_text(ctx)
     elif "onnx" in ctx.target.formats:
         _onnx(ctx)
-    if "tflite" in ctx.target.formats:
+    if "tflite" in ctx.target.formats and ctx.model.text is not None:
+        from .quantize_text import tflite_text
+
+        tflite_text(ctx)
+    elif "tflite" in ctx.target.formats:
         _tflite(ctx)
 
 
@@ -79,17 +83,21 @@ def _quantize_onnx(ctx: BuildContext, settings: dict, out) -> dict:
                              exclude_nodes=settings.get("exclude_nodes", ()))
 
 
-def _evaluate(ctx: BuildContext, path) -> dict:
-    from ..backends import onnx as onnx_backend
+def _evaluate(ctx: BuildContext, path, fmt: str = "onnx") -> dict:
+    """Quality of the INT8 model at ``path`` against the FP32 one of format ``fmt`` on the validation set;
+    both outputs are cached in ctx.outputs for the validate stage."""
+    from .. import backends
     from ..util import host_cores
     from .validate import quality
 
-    ref = ctx.outputs.get("onnx:fp32")
+    runner = backends.get(fmt).Runner
+    ref = ctx.outputs.get(f"{fmt}:fp32")
     if ref is None:
-        ref = ctx.outputs["onnx:fp32"] = onnx_backend.Runner(ctx.get("onnx", "fp32").path,
-                                                             threads=host_cores()).run_samples(ctx.val.x)
-    got = onnx_backend.Runner(path, threads=host_cores()).run_samples(ctx.val.x)
-    ctx.outputs[str(path)] = got
+        ref = ctx.outputs[f"{fmt}:fp32"] = runner(ctx.get(fmt, "fp32").path,
+                                                  threads=host_cores()).run_samples(ctx.val.x)
+    got = ctx.outputs.get(str(path))
+    if got is None:
+        got = ctx.outputs[str(path)] = runner(path, threads=host_cores()).run_samples(ctx.val.x)
     return quality(ref, got, ctx.val.y)
 
 

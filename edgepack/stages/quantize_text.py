@@ -1,21 +1,37 @@
-"""Quantize stage for text models (ONNX): calibrated static INT8 and dynamic INT8, the better one ships.
+"""Quantize stage for text models: INT8 candidates built, measured on the validation set, the better one ships.
+
+ONNX: calibrated static INT8 and dynamic INT8.
 
 Static INT8 (backends.onnx_text_quantize.quantize_text_onnx: weight MatMuls and the word embeddings in int8,
 percentile calibration, head in float) is usually as accurate as onnxruntime's dynamic INT8 and a little
 slower; which one wins depends on the model and the host, so both are measured on the validation set and
 ``pick_int8`` chooses on accuracy drop and one-thread latency. The choice and the reason are recorded for
 the report. The accuracy-aware search (search.py) is not run for text models.
+
+TFLite: full-integer INT8 (int8 activations calibrated on the texts) is tried first: converted in this process,
+then run on the validation texts in a child process, because LiteRT 2.1 aborts the whole process on some
+full-integer BERTs (all-MiniLM-L6-v2 always; a tiny 2-layer BERT depending on its calibration ranges). When
+it cannot run, dynamic-range INT8 (int8 weights, float activations) ships instead, and the manifest, report
+and warnings say so and why; never silently. When both run, they are compared like the ONNX candidates.
 """
 
 from __future__ import annotations
 
 import shutil
+from collections import Counter
 
 from ..context import Artifact, BuildContext
 from .quantize import _evaluate, _meets, quiet_root_logger
 
 DEFAULT_METHOD = "percentile"   # what kept BERT classifiers within 0.1 point (examples/sms_spam/README.md)
 LATENCY_RUNS = 20
+DYNAMIC_RANGE = "dynamic-range INT8: int8 weights, float activations"
+TFLITE_RECIPES = {
+    "dynamic-range": {"recipe": DYNAMIC_RANGE, "weights": "int8 per-channel",
+                      "activations": "float32 (LiteRT quantizes FULLY_CONNECTED inputs on each call)"},
+    "full-integer": {"recipe": "full-integer INT8: int8 weights and activations", "weights": "int8 per-channel",
+                     "activations": "int8 per-tensor, calibrated on the --calib texts"},
+}
 
 
 def onnx_text(ctx: BuildContext) -> None:
@@ -23,18 +39,82 @@ def onnx_text(ctx: BuildContext) -> None:
     candidates = {k: ctx.workdir / f"model_int8_{k}.onnx" for k in ("static", "dynamic")}
     settings = {"static": _static(ctx, candidates["static"]), "dynamic": _dynamic(ctx, candidates["dynamic"])}
     ctx.progress("INT8: comparing static and dynamic on the validation texts", 0, 1)
-    quality = {name: _evaluate(ctx, path) for name, path in candidates.items()}
-    ratios = _latency_ratios(ctx, candidates)
-    chosen, why = _pick(quality, ratios)
-    final = ctx.workdir / "model_int8.onnx"
-    shutil.copyfile(candidates[chosen], final)
-    ctx.outputs[str(final)] = ctx.outputs.get(str(candidates[chosen]))
-    ctx.records["quantization_onnx"] = {**settings[chosen], "chosen": chosen, "why": why,
-                                        "candidates": _candidate_rows(quality, ratios, candidates)}
-    if not _meets(ctx, quality[chosen]):
+    chosen, why, rows = _compare(ctx, "onnx", candidates)
+    _ship(ctx, "onnx", candidates[chosen])
+    ctx.records["quantization_onnx"] = {**settings[chosen], "chosen": chosen, "why": why, "candidates": rows}
+    if not _meets(ctx, {"accuracy_drop": rows[chosen]["accuracy_drop"], "agreement": rows[chosen]["agreement"]}):
         ctx.warn(f"INT8 ({chosen}) misses the accuracy budget; the accuracy-aware search is not run for text "
                  "models yet: try more or more typical --calib texts, or --calibration-method minmax/entropy")
-    ctx.add(Artifact("onnx", "int8", final))
+
+
+def tflite_text(ctx: BuildContext) -> None:
+    """FP32 .tflite (the reference), then full-integer INT8 if LiteRT can run it, else dynamic-range INT8."""
+    from ..backends import tflite
+
+    fp32_onnx, workdir = ctx.get("onnx", "fp32").path, ctx.workdir / "tflite"
+    ctx.progress("converting to TFLite FP32 (onnx2tf)", 0, 1)
+    ctx.add(Artifact("tflite", "fp32", tflite.convert(fp32_onnx, workdir, None)))
+    full, why_not = _full_integer(ctx, fp32_onnx, workdir)
+    ctx.progress("converting to TFLite dynamic-range INT8", 0, 1)
+    candidates = {"dynamic-range": tflite.convert_text_int8(fp32_onnx, workdir, "dynamic-range")}
+    if full is not None:
+        candidates["full-integer"] = full
+        chosen, why, rows = _compare(ctx, "tflite", candidates)
+    else:
+        chosen, why, rows = "dynamic-range", f"full-integer INT8 cannot run: {why_not}", None
+    _ship(ctx, "tflite", candidates[chosen])
+    floats = tflite.float_ops(candidates[chosen])
+    ctx.records["quantization_tflite"] = {
+        "chosen": chosen, "why": why, **TFLITE_RECIPES[chosen], "io": "token ids in, float32 logits out",
+        "full_integer": {"runs": full is not None, "why_not": why_not},
+        "float_ops": floats if chosen == "full-integer" else [],
+        "float_activation_ops": dict(sorted(Counter(f.split(":")[0] for f in floats).items())),
+        **({"candidates": rows} if rows else {})}
+    if chosen == "dynamic-range":
+        ctx.warn(f"TFLite: shipping {DYNAMIC_RANGE} ({why})")
+    elif floats:
+        ctx.warn(f"TFLite: {len(floats)} op(s) have no INT8 kernel and run in float: {', '.join(floats[:8])}")
+
+
+def _full_integer(ctx: BuildContext, fp32_onnx, workdir) -> tuple:
+    """(full-integer .tflite, None) when it converts and LiteRT runs it on every validation text in a child
+    process (its outputs are cached for the comparison); else (None, why not)."""
+    import importlib.metadata as md
+
+    from .. import measure
+    from ..backends import tflite
+    from ..errors import StageError
+
+    ctx.progress("converting to TFLite full-integer INT8 (calibrating on texts)", 0, 1)
+    try:
+        path = tflite.convert_text_int8(fp32_onnx, workdir, "full-integer", ctx.calib.x)
+    except StageError as exc:
+        return None, f"the TFLite converter refused it ({exc.message})"
+    ctx.progress("trying the full-integer model in a child process", 0, 1)
+    what = f"LiteRT {md.version('ai-edge-litert')} running it on the validation texts"
+    try:
+        ctx.outputs[str(path)] = measure.outputs("tflite", path, ctx.val.x, threads=1, workdir=ctx.workdir,
+                                                 what=what)
+    except StageError as exc:
+        return None, exc.message
+    return path, None
+
+
+def _compare(ctx: BuildContext, fmt: str, candidates: dict) -> tuple[str, str, dict]:
+    """Measure every INT8 candidate on the validation set (quality) and at one thread (latency);
+    return (chosen name, why, per-candidate rows for the report)."""
+    quality = {name: _evaluate(ctx, path, fmt) for name, path in candidates.items()}
+    ratios = _latency_ratios(ctx, fmt, candidates)
+    chosen, why = _pick(quality, ratios)
+    return chosen, why, _candidate_rows(quality, ratios, candidates)
+
+
+def _ship(ctx: BuildContext, fmt: str, path) -> None:
+    """Copy the chosen candidate to model_int8.<ext>, keep its cached outputs, register the artifact."""
+    final = ctx.workdir / f"model_int8{path.suffix}"
+    shutil.copyfile(path, final)
+    ctx.outputs[str(final)] = ctx.outputs.get(str(path))
+    ctx.add(Artifact(fmt, "int8", final))
 
 
 def _static(ctx: BuildContext, out) -> dict:
@@ -54,12 +134,12 @@ def _dynamic(ctx: BuildContext, out) -> dict:
         return quantize_text_dynamic(ctx.get("onnx", "fp32").path, out)
 
 
-def _latency_ratios(ctx: BuildContext, candidates: dict) -> dict[str, float]:
+def _latency_ratios(ctx: BuildContext, fmt: str, candidates: dict) -> dict[str, float]:
     """One-thread p50 of each candidate / FP32's, all interleaved in one child process."""
     from .. import measure
     from ..data import rows
 
-    models = {k: ("onnx", p) for k, p in {"fp32": ctx.get("onnx", "fp32").path, **candidates}.items()}
+    models = {k: (fmt, p) for k, p in {"fp32": ctx.get(fmt, "fp32").path, **candidates}.items()}
     res = measure.latency(models, rows(ctx.val.x, 0, 1), threads=1, runs=LATENCY_RUNS, workdir=ctx.workdir)
     return {k: res[k]["p50"] / res["fp32"]["p50"] for k in candidates}
 
