@@ -20,6 +20,27 @@ interpreter.run(input, output)
 ```"""
 
 
+KOTLIN_TEXT = """\
+```kotlin
+// build.gradle: implementation("com.google.ai.edge.litert:litert:1.0.1")
+//   and a tokenizer that reads tokenizer.json, e.g. DJL's ai.djl.huggingface:tokenizers (HuggingFaceTokenizer)
+val options = Interpreter.Options().apply {{ setNumThreads({threads}) }}
+val interpreter = Interpreter(FileUtil.loadMappedFile(context, "model.tflite"), options)
+val tokenizer = HuggingFaceTokenizer.builder()   // tokenizer.json carries the vocabulary and lower-casing ({lowercase})
+    .optTokenizerPath(File(filesDir, "tokenizer.json").toPath())
+    .optMaxLength({max_length}).optPadToMaxLength().optTruncation(true).build()
+
+val enc = tokenizer.encode(text)
+{kinds}
+// Inputs go by name, never by position (the .tflite orders them alphabetically):
+val inputs = arrayOfNulls<Any>(interpreter.inputTensorCount)
+{feeds}
+val output = {out_alloc}
+interpreter.runForMultipleInputsOutputs(inputs, mapOf(0 to output))
+// Output: {out_shape} {out_dtype}{out_note}
+```"""
+
+
 def _q(t: dict) -> tuple[str, str]:
     q = t.get("quantization")
     return (f"{q['scale']:.8g}", str(q["zero_point"])) if q else ("1 (float)", "0")
@@ -41,8 +62,8 @@ def render(man: dict) -> str:
                 scale, zero = _q(t)
                 lines.append(f"- {kind[:-1]} `{t['name']}`: shape {t['shape']}, {t['dtype']}, layout "
                              f"{t.get('layout') or '-'}, scale {scale}, zero point {zero}")
-        if m["format"] == "tflite" and pre.get("kind") != "text":
-            lines += ["", _kotlin(man, m), ""]
+        if m["format"] == "tflite":
+            lines += ["", _kotlin_text(man, m) if pre.get("kind") == "text" else _kotlin(man, m), ""]
         lines.append("")
     return "\n".join(lines)
 
@@ -63,3 +84,29 @@ def _kotlin(man: dict, m: dict) -> str:
                          scale=pre.get("scale"), in_scale=in_scale, in_zero=in_zero, in_bytes=n_in,
                          out_bytes=n_out, out_shape=out["shape"], out_dtype=out["dtype"], out_scale=out_scale,
                          out_zero=out_zero)
+
+
+_ENCODING = {"input_ids": "enc.ids", "attention_mask": "enc.attentionMask", "token_type_ids": "enc.typeIds"}
+
+
+def _kotlin_text(man: dict, m: dict) -> str:
+    """Tokenize with tokenizer.json, feed each token input by its .tflite name, read the logits."""
+    pre, out = man["preprocess"], m["outputs"][0]
+    feeds, kinds = [], []
+    for t in m["inputs"]:
+        field = next((v for k, v in _ENCODING.items() if k in t["name"]), "enc.ids")
+        value = f"arrayOf({field})" if t["dtype"] == "int64" else f"arrayOf({field}.map {{ it.toInt() }}.toIntArray())"
+        feeds.append(f'inputs[interpreter.getInputIndex("{t["name"]}")] = {value}  // {t["shape"]} {t["dtype"]}')
+    kinds.append("// enc.ids / enc.attentionMask / enc.typeIds are LongArray of length "
+                 f"{pre.get('max_length')} (padded and truncated as above)")
+    shape = [int(d) if isinstance(d, int) else 1 for d in out["shape"]]
+    width = shape[-1] if shape else 1
+    if out["dtype"] == "float32":
+        alloc, note = f"Array({shape[0] if len(shape) > 1 else 1}) {{ FloatArray({width}) }}", " (logits)"
+    else:
+        scale, zero = _q(out)
+        alloc = f"Array({shape[0] if len(shape) > 1 else 1}) {{ ByteArray({width}) }}"
+        note = f"; dequantize: score = {scale} * (q - ({zero}))"
+    return KOTLIN_TEXT.format(threads=man["runtime"]["threads"], max_length=pre.get("max_length"),
+                              lowercase="lower-cases" if pre.get("lowercase") else "keeps case", kinds="\n".join(kinds), feeds="\n".join(feeds),
+                              out_alloc=alloc, out_shape=out["shape"], out_dtype=out["dtype"], out_note=note)

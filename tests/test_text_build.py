@@ -156,3 +156,15 @@ def test_text_bundle_times_its_golden_input_for_edgepack_bench(bundle):
                           text=True, check=True)
     timing = parse_timing(proc.stdout)
     assert timing["runs"] == 3 and 0 < timing["p50_ms"] <= timing["p90_ms"] and timing["runtime"] == "onnxruntime"
+
+
+def test_text_tflite_bundle_readme_feeds_every_token_input_by_name(tflite_bundle):
+    """The Android snippet must name each .tflite input (their order is alphabetical, not the tokenizer's)."""
+    man = json.loads((tflite_bundle / "manifest.json").read_text())
+    readme = (tflite_bundle / "README.md").read_text()
+    assert "```kotlin" in readme and "tokenizer.json" in readme
+    names = [t["name"] for t in man["models"][0]["inputs"]]
+    assert len(names) >= 2
+    for name in names:
+        assert f'getInputIndex("{name}")' in readme
+    assert f'.optMaxLength({man["preprocess"]["max_length"]}).optPadToMaxLength()' in readme
