@@ -108,5 +108,6 @@ def _kotlin_text(man: dict, m: dict) -> str:
         alloc = f"Array({shape[0] if len(shape) > 1 else 1}) {{ ByteArray({width}) }}"
         note = f"; dequantize: score = {scale} * (q - ({zero}))"
     return KOTLIN_TEXT.format(threads=man["runtime"]["threads"], max_length=pre.get("max_length"),
-                              lowercase="lower-cases" if pre.get("lowercase") else "keeps case", kinds="\n".join(kinds), feeds="\n".join(feeds),
+                              lowercase="lower-cases" if pre.get("lowercase") else "keeps case",
+                              kinds="\n".join(kinds), feeds="\n".join(feeds),
                               out_alloc=alloc, out_shape=out["shape"], out_dtype=out["dtype"], out_note=note)
