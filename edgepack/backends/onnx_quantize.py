@@ -12,7 +12,8 @@ Recipe (measured on pretrained EfficientNet-Lite0, see scratch/int8/FINDINGS.md)
 3. Empirical bias correction: the rounding error of int8 weights and inputs shifts the per-channel mean of
    every Conv/Gemm output. We measure that shift per node on calibration data (int8 node vs a float twin
    reading the same activation) and fold it into the int32 bias. On EfficientNet-Lite0 this took top-1
-   agreement with FP32 on natural photos from 83 % to 91 %, for no latency or size.
+   agreement with FP32 on the old held-out set (which mixed natural photos with out-of-domain images) from
+   83 % to 91 %, for no latency or size; on today's 14 natural photos it is 96.4 % (out-of-domain: 87 %).
 """
 
 from __future__ import annotations
