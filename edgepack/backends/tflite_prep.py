@@ -14,7 +14,8 @@ One onnxruntime session measures every layer at once: each Conv/Gemm gets a twin
 ``ReduceMean`` exposed as an extra output, run on 64 calibration images (about 3-6 s for EfficientNet-Lite0).
 
 Measured on EfficientNet-Lite0 (agreement of the INT8 .tflite with the FP32 .tflite on 500 crops of the old held-out
-set, natural photos mixed with out-of-domain images): 0.84 without, 0.91 with this correction (SQNR 14.2 -> 20.7 dB); Fashion-MNIST accuracy drop 0.8 -> 0.2 points.
+set, natural photos mixed with out-of-domain images): 0.84 without, 0.91 with this correction (SQNR 14.2 -> 20.7
+dB); Fashion-MNIST accuracy drop 0.8 -> 0.2 points.
 Options that measured no better and stay off by default: ``rounds=2`` re-measures each layer with inputs
 from a weight-rounded, already corrected upstream (the shifts agree to 1e-3; 0.906-0.91), and
 ``activations=True`` also fake-quantizes each layer's input (0.91); 32 or 200 samples instead of 64 gave
