@@ -117,6 +117,8 @@ def _load_npz(path: Path, input_shape: tuple[int, ...], count: int | None, seed:
     x, y = arrays["x"], arrays.get("y")
     x = _check_x(x, input_shape, f"{role} file {path}", keep_half=role == "fine-tuning")
     y = _check_y(y, len(x), f"{role} file {path}")
+    if count is None or count >= len(x):  # all of it: no copy (a large fine-tuning set is gigabytes)
+        return Dataset(x=np.ascontiguousarray(x), y=y, source=str(path))
     idx = sample_indices(len(x), count, seed)
     return Dataset(x=np.ascontiguousarray(x[idx]), y=None if y is None else y[idx], source=str(path))
 
