@@ -144,3 +144,14 @@ def test_text_pruning_refuses_what_it_cannot_do(hf_folder, text_data, tmp_path):
     assert result.exit_code != 0
     for words in ("not a MAC goal", "weight magnitude only", "fine-tuning of text models"):
         assert words in result.output
+
+
+def test_prune_command_saves_a_pruned_text_model(hf_folder, text_data, tmp_path):
+    calib, _ = text_data
+    out = tmp_path / "pruned.pt2"
+    result = CliRunner().invoke(main, ["prune", str(hf_folder), "--calib", str(calib), "--max-length", str(L),
+                                       "--prune", "0.5", "--save", str(out), "--json"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    report = json.loads(result.output)
+    assert report["saved"]["files"] and all(Path(f).is_file() for f in report["saved"]["files"])
+    assert [c["ffn_after"] for c in report["layers"]] == [32, 32]
