@@ -5,14 +5,15 @@ Model: the Fashion-MNIST example (examples/fashion_mnist/model.py:create_model, 
 images for calibration (the seed-0 draw that examples/fashion_mnist/data.py writes as calib.npz), the next
 TRAIN images of the same draw for fine-tuning (disjoint from calibration), 2000 TEST images (seed 0) for
 accuracy. For every ratio: Taylor pruning (round_to 8) with least-squares reconstruction on the
-calibration images, recovery fine-tuning (labels plus distillation from the unpruned model, frozen
-BatchNorm statistics, warm-up + cosine learning rate over a time budget), ONNX export + onnxslim,
+calibration images, recovery fine-tuning (labels; with --distill also the unpruned model's logits and
+penultimate features; frozen BatchNorm statistics, one pass over the fine-tuning images with warm-up + cosine
+learning rate, a time budget as a safety stop), ONNX export + onnxslim,
 edgepack's INT8 recipe (QDQ, calibrated on the same 200 images), FP32 and INT8 accuracy in ONNX Runtime, file
 sizes, and host latency p50 (ONNX Runtime, every model of every ratio interleaved in one child process,
 1 and 2 threads). Writes the table into benchmarks/BENCHMARKS.md and a plot to benchmarks/pruning.png.
 
     .venv/bin/python benchmarks/bench_pruning.py [--model fashion|digits] [--ratios 0,0.2,0.4,0.6]
-        [--minutes 4] [--finetune-count 4000]
+        [--minutes 9.5] [--finetune-count 36000] [--distill [--feature-weight 4]]
 """
 
 from __future__ import annotations
@@ -90,10 +91,11 @@ def fashion_task(train_count: int, test_count: int) -> tuple:
     from examples.fashion_mnist.model import create_model
 
     model = create_model().eval()
-    xtr, ytr = fm.load_samples("train", CALIB + train_count, seed=0)  # [:200] is calib.npz's draw
+    xc, yc = fm.load_samples("train", CALIB, seed=0)  # calib.npz's draw
+    xtr, ytr = fm.load_samples("train", train_count, seed=0, offset=CALIB, dtype="float16")  # the next images
     xte, yte = fm.load_samples("test", test_count, seed=0)
-    return (model, Dataset(x=xtr[:CALIB], y=ytr[:CALIB], source="fashion train (calibration)"),
-            Dataset(x=xtr[CALIB:], y=ytr[CALIB:], source="fashion train (fine-tuning)"),
+    return (model, Dataset(x=xc, y=yc, source="fashion train (calibration)"),
+            Dataset(x=xtr, y=ytr, source="fashion train (fine-tuning)"),
             Dataset(x=xte, y=yte, source="fashion test"),
             "Fashion-MNIST example (EfficientNet-Lite0, 1x3x96x96)", (1, 3, 96, 96), ("_conv_head",))
 
@@ -142,8 +144,9 @@ def run_ratio(model, task: tuple, ratio: float, args, workdir: Path) -> dict:
            "macs_independent": rep["macs_independent_after"], "prune_s": time.perf_counter() - t0}
     if ratio > 0:
         row["acc_pruned"] = accuracy(pruned, test)
-        ft = FinetuneOptions(epochs=args.epochs, lr=args.lr, distill=True, max_minutes=args.minutes, seed=0)
-        row["finetune"] = finetune(pruned, train, ft, teacher=model)
+        ft = FinetuneOptions(epochs=args.epochs, lr=args.lr, distill=args.distill, feature_weight=args.feature_weight,
+                             val_fraction=0.05, max_minutes=args.minutes, seed=0)
+        row["finetune"] = finetune(pruned, train, ft, teacher=model if args.distill else None)
         log.info("ratio %.2f: fine-tune %s", ratio, row["finetune"])
     tag = f"r{int(round(ratio * 100))}"
     raw, fp32, int8 = workdir / f"{tag}_raw.onnx", workdir / f"{tag}_fp32.onnx", workdir / f"{tag}_int8.onnx"
@@ -157,7 +160,7 @@ def run_ratio(model, task: tuple, ratio: float, args, workdir: Path) -> dict:
 
 
 def _ft_cell(f: dict | None) -> str:
-    return f"{f['seconds']:.0f} / {f['cpu_seconds']:.0f}, {f['steps']}" if f else "-"
+    return f"{f['seconds']:.0f} / {f['cpu_seconds']:.0f}, {f['steps']}, {f['stopped']}" if f else "-"
 
 
 def _pct(value: float | None) -> str:
@@ -168,22 +171,27 @@ def _ignored(task: tuple) -> str:
     return f"{', '.join(f'`{n}`' for n in task[6])} left unpruned, " if task[6] else ""
 
 
+def _ft_loss(args) -> str:
+    if not args.distill:
+        return "labels (cross-entropy)"
+    return (f"labels + distillation from the unpruned model (logits, and penultimate features with weight "
+            f"{args.feature_weight:g})")
+
+
 def table(rows: list[dict], name: str, task: tuple, args, seconds: float) -> str:
     base = rows[0]
     lines = [f"Model: {name}. Test accuracy on {len(task[3])} TEST images (ONNX Runtime); calibration "
-             f"{CALIB} TRAIN images; fine-tuning {len(task[2])} other TRAIN images (10 % held out for "
-             f"model selection). Pruning: Taylor importance, round_to 8, {_ignored(task)}least-squares "
-             f"reconstruction on the "
-             f"calibration images. Recovery fine-tuning: labels + distillation from the unpruned model, "
-             f"Adam lr {args.lr} with warm-up and cosine decay, batch 32, BatchNorm statistics frozen, "
-             f"at most "
-             f"{args.minutes:g} min per ratio (the `edgepack build` default is no limit; the 40 % Must-show build "
-             f"used a 9.3-min budget). INT8: edgepack's ONNX recipe. Latency: host p50 of every model interleaved in "
-             f"one "
-             f"child process. Whole run: {seconds / 60:.1f} min on the shared 2-core machine.", "",
+             f"{CALIB} TRAIN images; fine-tuning {len(task[2])} other TRAIN images (5 % held out for model "
+             f"selection). Pruning: Taylor importance, round_to 8, {_ignored(task)}least-squares reconstruction "
+             f"on the calibration images. Recovery fine-tuning: {args.epochs} pass(es) over the fine-tuning "
+             f"images with {_ft_loss(args)}, Adam lr {args.lr} with warm-up and cosine decay, batch 32, "
+             f"BatchNorm statistics frozen, a {args.minutes:g}-min wall-clock safety stop per ratio (the "
+             f"'stopped' column says whether it fired). INT8: edgepack's ONNX recipe. Latency: host p50 of "
+             f"every model interleaved in one child process. Whole run: {seconds / 60:.1f} min on the shared "
+             f"2-core machine (other jobs running).", "",
              "| ratio | params | MACs (TP / FlopCounter) | acc. pruned only | acc. FP32 | acc. INT8 "
              "| FP32 p50 ms 1/2 thr | INT8 p50 ms 1/2 thr | INT8 vs unpruned INT8: latency 1/2 thr | "
-             "INT8 KB (vs unpruned) | fine-tune wall / CPU s, steps |",
+             "INT8 KB (vs unpruned) | fine-tune wall / CPU s, steps, stopped |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         f = r.get("finetune")
@@ -231,10 +239,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=("fashion", "digits"), default="fashion")
     p.add_argument("--ratios", default="0,0.2,0.4,0.6")
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--minutes", type=float, default=4.0, help="fine-tuning budget per ratio")
-    p.add_argument("--finetune-count", type=int, default=4000)
+    p.add_argument("--minutes", type=float, default=9.5, help="fine-tuning safety stop per ratio (wall clock)")
+    p.add_argument("--finetune-count", type=int, default=36000)
+    p.add_argument("--distill", action="store_true", help="add distillation from the unpruned model to the labels")
+    p.add_argument("--feature-weight", type=float, default=4.0, help="with --distill: penultimate-feature weight")
     p.add_argument("--test-count", type=int, default=2000)
     p.add_argument("--runs", type=int, default=200)
     args = p.parse_args()

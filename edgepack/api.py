@@ -73,7 +73,10 @@ def prune(config: BuildConfig, out: str | Path, progress: ProgressFn = no_progre
         import torch
 
         out.parent.mkdir(parents=True, exist_ok=True)
-        report["saved"] = save_pruned(ctx.model.module, out, example_input=torch.from_numpy(ctx.calib.x[:1]))
+        text = ctx.model.text
+        example = (tuple(torch.from_numpy(ctx.calib.x[n][:1]) for n in text.input_names) if text is not None
+                   else torch.from_numpy(ctx.calib.x[:1]))
+        report["saved"] = save_pruned(ctx.model.module, out, example_input=example)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return report
@@ -166,8 +169,7 @@ def _check_text_build(config: BuildConfig, target: targets.TargetProfile) -> Non
     """What text builds do not support yet, all reported at once, before any slow stage."""
     problems, hints = [], []
     if config.prune is not None:
-        problems.append("pruning text models is not supported yet")
-        hints.append("drop the --prune options")
+        _check_text_prune(config.prune, problems, hints)
     if config.input_shape:
         problems.append("--input-shape does not apply to text models")
         hints.append("set the sequence length with --max-length")
@@ -176,6 +178,22 @@ def _check_text_build(config: BuildConfig, target: targets.TargetProfile) -> Non
         hints.append("pass --calib texts.txt (one text per line) or a .jsonl / .csv with a text column")
     if problems:
         raise InputError("; ".join(problems), hint="; ".join(hints))
+
+
+def _check_text_prune(options, problems: list[str], hints: list[str]) -> None:
+    """Text models prune attention heads and FFN neurons by a ratio, by weight magnitude, without fine-tuning."""
+    if options.ratio is None:
+        problems.append("text models prune by a ratio of heads and FFN neurons, not a MAC goal")
+        hints.append("use --prune RATIO instead of --prune-keep-macs")
+    if options.importance != "magnitude":
+        problems.append("text pruning ranks heads and FFN neurons by weight magnitude only")
+        hints.append("drop --prune-importance")
+    if options.ignore:
+        problems.append("--prune-ignore does not apply to text models (every encoder layer is pruned alike)")
+        hints.append("drop --prune-ignore")
+    if options.finetune is not None and options.finetune.data:
+        problems.append("recovery fine-tuning of text models is not supported yet")
+        hints.append("drop --finetune (or fine-tune the saved model yourself)")
 
 
 def _check_single_input(model: sources.LoadedModel) -> None:

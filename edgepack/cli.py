@@ -175,7 +175,10 @@ BUILD_OPTIONS = [
     click.option("--finetune-patience", type=int, help="Early stopping patience, epochs."),
     click.option("--finetune-samples", type=int, help="Use a seeded subset of N fine-tuning samples."),
     click.option("--finetune-minutes", type=float, help="Stop fine-tuning after this many minutes."),
+    click.option("--finetune-val-fraction", type=float, help="Held-out fraction for model selection (default 0.1)."),
     click.option("--distill", is_flag=True, default=None, help="Distil from the unpruned model (unlabelled data OK)."),
+    click.option("--distill-features", type=float,
+                 help="With --distill: weight of matching the unpruned model's penultimate features (1; 0: off)."),
     click.option("--estimate-device", is_flag=True, default=None,
                  help="Also estimate device latency from the profile's published references (labelled estimated)."),
     click.option("--allow-float-ops", is_flag=True, default=None,
@@ -212,7 +215,9 @@ PRUNE_FLAGS = {"prune_ratio": "ratio", "prune_keep_macs": "keep_macs", "prune_im
                "prune_ignore": "ignore", "prune_round_to": "round_to", "prune_steps": "iterative_steps"}
 FINETUNE_FLAGS = {"finetune_data": "data", "finetune_epochs": "epochs", "finetune_lr": "lr",
                   "finetune_batch_size": "batch_size", "finetune_patience": "patience",
-                  "finetune_samples": "samples", "finetune_minutes": "max_minutes", "distill": "distill"}
+                  "finetune_samples": "samples", "finetune_minutes": "max_minutes", "distill": "distill",
+                  "finetune_val_fraction": "val_fraction",
+                  "distill_features": "feature_weight"}
 
 
 def _prune_table(options: dict[str, Any], from_file: Any) -> dict[str, Any] | None:

@@ -115,13 +115,17 @@ def _load_npz(path: Path, input_shape: tuple[int, ...], count: int | None, seed:
         raise InputError(f"{role} file {path} has no array 'x' (found: {', '.join(sorted(arrays)) or 'nothing'})",
                          hint="save inputs as x: numpy.savez(path, x=inputs, y=labels)")
     x, y = arrays["x"], arrays.get("y")
-    x = _check_x(x, input_shape, f"{role} file {path}")
+    x = _check_x(x, input_shape, f"{role} file {path}", keep_half=role == "fine-tuning")
     y = _check_y(y, len(x), f"{role} file {path}")
+    if count is None or count >= len(x):  # all of it: no copy (a large fine-tuning set is gigabytes)
+        return Dataset(x=np.ascontiguousarray(x), y=y, source=str(path))
     idx = sample_indices(len(x), count, seed)
     return Dataset(x=np.ascontiguousarray(x[idx]), y=None if y is None else y[idx], source=str(path))
 
 
-def _check_x(x: np.ndarray, input_shape: tuple[int, ...], where: str) -> np.ndarray:
+def _check_x(x: np.ndarray, input_shape: tuple[int, ...], where: str, keep_half: bool = False) -> np.ndarray:
+    """Validated float32 inputs; float16 stays float16 when ``keep_half`` (large fine-tuning sets, cast per
+    batch by edgepack.finetune)."""
     if not np.issubdtype(x.dtype, np.floating):
         raise InputError(f"{where}: x has dtype {x.dtype}, expected float32 (already preprocessed)",
                          hint="apply the model's preprocessing and save x as float32")
@@ -135,7 +139,7 @@ def _check_x(x: np.ndarray, input_shape: tuple[int, ...], where: str) -> np.ndar
         raise InputError(f"{where}: x holds no samples")
     if not np.isfinite(x).all():
         raise InputError(f"{where}: x contains NaN or infinite values", hint="check the preprocessing")
-    return x.astype(np.float32, copy=False)
+    return x if keep_half and x.dtype == np.float16 else x.astype(np.float32, copy=False)
 
 
 def _check_y(y: np.ndarray | None, n: int, where: str) -> np.ndarray | None:

@@ -44,6 +44,10 @@ class FinetuneOptions:
     max_minutes: float | None = spec("wall-clock budget for fine-tuning, minutes (checked every batch)", None,
                                      ge=0.01, le=10_000)
     seed: int = spec("seed for the split and the shuffling", 0, ge=0, le=2**31 - 1)
+    feature_weight: float = spec("with distill: weight of a feature term, the relative squared error between "
+                                 "the student's and the teacher's inputs to the output layer (the penultimate "
+                                 "features: hundreds of numbers per sample instead of a few logits; skipped when "
+                                 "pruning changed their width)", 1.0, ge=0.0, le=100.0)
     freeze_bn: bool = spec("keep BatchNorm running statistics fixed while training (small CPU batches give "
                            "noisy statistics; pruning's reconstruction already matched them)", True)
 
@@ -78,10 +82,54 @@ def finetune(model, data, options: FinetuneOptions, *, teacher=None,
     torch.manual_seed(options.seed)
     for p in model.parameters():  # the source may have frozen its backbone; recovery trains everything
         p.requires_grad_(True)
-    x = torch.from_numpy(np.ascontiguousarray(data.x, dtype=np.float32))
+    x = _as_tensor(data.x)
     train_idx, held_idx = split_indices(len(x), options.val_fraction, options.seed)
-    targets = _targets(teacher, x, y, options, held_idx, progress)
-    return _train(model, x, targets, (train_idx, held_idx), options, progress, t0)
+    hooks = _feature_hooks(model, teacher, x[:1].float()) if options.distill and options.feature_weight else []
+    try:
+        targets = _targets(teacher, x, y, options, held_idx, progress)
+        if hooks:
+            targets["features"] = hooks[0]
+        return _train(model, x, targets, (train_idx, held_idx), options, progress, t0)
+    finally:
+        for h in hooks[1:]:
+            h.remove()
+
+
+def _feature_hooks(model, teacher, x1) -> list:
+    """[captured, hook handles]: forward pre-hooks keeping the input of the output layer of the student
+    (captured["s"]) and of the teacher (captured["t"]); [] when there is no single output layer or
+    pruning changed its input width (the feature term is then skipped)."""
+    from .pruning import _in_size, output_layers
+
+    names = output_layers(model, x1)  # pruning keeps module names; the student's forward is the cheaper one
+    if len(names) != 1:
+        log.warning("feature distillation skipped: %d output layers", len(names))
+        return []
+    t_layer, s_layer = dict(teacher.named_modules())[names[0]], dict(model.named_modules()).get(names[0])
+    if s_layer is None or _in_size(s_layer) != _in_size(t_layer):
+        log.warning("feature distillation skipped: pruning changed the input width of %s", names[0])
+        return []
+    captured: dict = {}
+
+    def keep(key):
+        return lambda mod, inp: captured.__setitem__(key, inp[0].flatten(1))
+    return [captured, s_layer.register_forward_pre_hook(keep("s")), t_layer.register_forward_pre_hook(keep("t"))]
+
+
+def _as_tensor(x):
+    """Inputs as a tensor in their stored dtype: float16 data (half the memory of float32, which
+    matters for tens of thousands of images) stays float16 and is cast batch by batch (``_rows``)."""
+    import torch
+
+    x = np.asarray(x)
+    if x.dtype != np.float16:
+        x = x.astype(np.float32, copy=False)
+    return torch.from_numpy(np.ascontiguousarray(x))
+
+
+def _rows(x, idx):
+    """x[idx] as float32 (the model's dtype)."""
+    return x[idx].float()
 
 
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -103,7 +151,7 @@ def _targets(teacher, x, y, options: FinetuneOptions, held_idx: np.ndarray, prog
                  "teacher": None, "done": None}
     if options.distill:
         teacher.eval()
-        probe = _forward(teacher, x[:1])
+        probe = _forward(teacher, x[:1].float())
         if probe.ndim != 2:
             raise InputError(f"distillation needs (N, classes) outputs, the model gives {list(probe.shape)}")
         out.update(t=torch.zeros(len(x), probe.shape[1]), teacher=teacher,
@@ -126,9 +174,16 @@ def teacher_logits(targets: dict, x, idx):
     if targets["teacher"] is None:
         return None
     todo = idx[~targets["done"][idx]]
+    feats = targets.get("features")
     if len(todo):
-        targets["t"][todo] = _forward(targets["teacher"], x[todo])
+        targets["t"][todo] = _forward(targets["teacher"], _rows(x, todo))
         targets["done"][todo] = True
+        if feats is not None:
+            if targets.get("tf") is None:
+                targets["tf"] = feats["t"].new_zeros(len(x), feats["t"].shape[1])
+            targets["tf"][todo] = feats["t"]
+    if feats is not None:
+        targets["batch_tf"] = targets["tf"][idx]
     return targets["t"][idx]
 
 
@@ -144,9 +199,14 @@ def _loss(logits, idx, targets: dict, options: FinetuneOptions):
         terms.append(kd * temp * temp)
     if y is not None:
         terms.append(F.cross_entropy(logits, y[idx]))
+    loss = terms[0]
     if len(terms) == 2:
-        return KD_WEIGHT_WITH_LABELS * terms[0] + (1 - KD_WEIGHT_WITH_LABELS) * terms[1]
-    return terms[0]
+        loss = KD_WEIGHT_WITH_LABELS * terms[0] + (1 - KD_WEIGHT_WITH_LABELS) * terms[1]
+    feats = targets.get("features")
+    if feats is not None and t is not None:
+        tf = targets["batch_tf"]
+        loss = loss + options.feature_weight * ((feats["s"] - tf) ** 2).mean() / (tf ** 2).mean().clamp_min(1e-12)
+    return loss
 
 
 def heldout_score(model, x, targets: dict, idx: np.ndarray) -> float:
@@ -159,7 +219,7 @@ def heldout_score(model, x, targets: dict, idx: np.ndarray) -> float:
     with torch.no_grad():
         for i in range(0, len(idx), EVAL_BATCH):
             part = torch.from_numpy(idx[i:i + EVAL_BATCH])
-            hits += int((model(x[part]).argmax(1) == ref[part]).sum())
+            hits += int((model(_rows(x, part)).argmax(1) == ref[part]).sum())
     return hits / max(1, len(idx))
 
 
@@ -246,7 +306,7 @@ def _epoch(model, x, targets: dict, order: np.ndarray, opt, options: FinetuneOpt
             group["lr"] = options.lr * factor
         targets["batch_t"] = teacher_logits(targets, x, idx)
         opt.zero_grad(set_to_none=True)
-        loss = _loss(model(x[idx]), idx, targets, options)
+        loss = _loss(model(_rows(x, idx)), idx, targets, options)
         if not torch.isfinite(loss):
             raise StageError("fine-tuning diverged (loss is not finite)",
                              hint="lower the fine-tuning learning rate (lr)")

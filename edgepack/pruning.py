@@ -619,7 +619,8 @@ def save_pruned(module, path, *, example_input) -> dict:
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix or '.pt2'}")  # torch wants .pt2
     try:
-        program = torch.export.export(module.eval(), (example_input,))
+        args = example_input if isinstance(example_input, tuple) else (example_input,)  # text: token tensors
+        program = torch.export.export(module.eval(), args)
         torch.export.save(program, str(tmp))
         os.replace(tmp, path)
         return {"format": "pt2", "files": [str(path)]}

@@ -316,3 +316,38 @@ def test_distillation_asks_the_teacher_once_per_sample(digits):
         hook.remove()
     assert report["epochs_run"] >= 2 and report["cpu_seconds"] >= 0 and report["steps"] > 0
     assert sum(seen) <= len(val) + 1  # +1: the shape probe
+
+
+def _features(model, x):
+    with torch.no_grad():
+        return model[:4](x)
+
+
+def test_feature_distillation_pulls_the_penultimate_features_to_the_teacher():
+    torch.manual_seed(0)
+    teacher = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                  torch.nn.Flatten(), torch.nn.Linear(16, 4)).eval()
+    x = np.random.default_rng(0).standard_normal((96, 3, 8, 8)).astype(np.float16)  # float16 data is accepted
+    data, xt = Dataset(x=x, y=None, source="random"), torch.from_numpy(x).float()
+    errors = {}
+    for weight in (0.0, 10.0):
+        student = pruning.copy.deepcopy(teacher)
+        with torch.no_grad():
+            student[0].weight.add_(0.1 * torch.randn_like(student[0].weight))
+        torch.manual_seed(1)
+        finetune(student, data, FinetuneOptions(epochs=30, lr=3e-3, distill=True, feature_weight=weight, batch_size=16,
+                                                patience=30, val_fraction=0.1), teacher=teacher)
+        err = ((_features(student, xt) - _features(teacher, xt)) ** 2).mean() / (_features(teacher, xt) ** 2).mean()
+        errors[weight] = float(err)
+        assert not student[4]._forward_pre_hooks and not teacher[4]._forward_pre_hooks  # hooks are removed
+    assert errors[10.0] < 0.5 * errors[0.0]
+
+
+def test_float16_npz_stays_half_for_fine_tuning_only(tmp_path):
+    from edgepack.data import load
+
+    path = tmp_path / "half.npz"
+    np.savez(path, x=np.zeros((4, 3, 8, 8), np.float16), y=np.arange(4))
+    common = {"input_shape": (1, 3, 8, 8), "preprocess": Preprocess(), "count": None, "seed": 0}
+    assert load(str(path), role="fine-tuning", **common).x.dtype == np.float16
+    assert load(str(path), role="calibration", **common).x.dtype == np.float32

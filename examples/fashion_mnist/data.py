@@ -34,6 +34,7 @@ FILES = {
 }
 DEFAULT_DIRS = ("/usr/share/datasets/fashion-mnist",)
 ENV_VAR = "FASHION_MNIST_DIR"
+PREPROCESS_CHUNK = 2000
 
 
 def _has_files(d: Path) -> bool:
@@ -116,16 +117,27 @@ def sample_indices(n_total: int, count: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).permutation(n_total)[:count]
 
 
-def load_samples(split: str, count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """A seeded sample of ``count`` preprocessed images (N,3,96,96 float32) and labels (N, int64)."""
+def load_samples(split: str, count: int, seed: int = 0, offset: int = 0,
+                 dtype: str = "float32") -> tuple[np.ndarray, np.ndarray]:
+    """A seeded sample of ``count`` preprocessed images (N,3,96,96 ``dtype``) and labels (N, int64).
+
+    The sample is ``count`` images of the seeded permutation starting at ``offset``: offset 200 skips the
+    200 images of ``--count 200 --seed 0`` (the calibration set), so fine-tuning data stays disjoint from it.
+    """
     images, labels = load_split(split)
-    idx = sample_indices(len(images), count, seed)
-    return preprocess(images[idx]), labels[idx]
+    if offset < 0 or offset + count > len(images):
+        raise ValueError(f"offset + count must be at most {len(images)}, got {offset} + {count}")
+    idx = sample_indices(len(images), offset + count, seed)[offset:]
+    x = np.empty((len(idx), 3, IMAGE_SIZE, IMAGE_SIZE), dtype=dtype)
+    for i in range(0, len(idx), PREPROCESS_CHUNK):  # chunks: 60,000 float32 images at once would be 6.6 GB
+        x[i:i + PREPROCESS_CHUNK] = preprocess(images[idx[i:i + PREPROCESS_CHUNK]])
+    return x, labels[idx]
 
 
-def write_npz(split: str, count: int, path: str | Path, seed: int = 0) -> Path:
+def write_npz(split: str, count: int, path: str | Path, seed: int = 0, offset: int = 0,
+              dtype: str = "float32") -> Path:
     """Write ``count`` seeded samples of ``split`` to ``path`` as an .npz with ``x`` and ``y``."""
-    x, y = load_samples(split, count, seed)
+    x, y = load_samples(split, count, seed, offset, dtype)
     path = Path(path)
     if path.parent and not path.parent.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -142,9 +154,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--count", type=int, required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--offset", type=int, default=0,
+                   help="skip this many images of the seeded draw (200: disjoint from --count 200 calibration)")
+    p.add_argument("--dtype", choices=("float32", "float16"), default="float32",
+                   help="float16 halves the file (edgepack accepts it for fine-tuning data)")
     a = p.parse_args(argv)
-    path = write_npz(a.split, a.count, a.out, a.seed)
-    print(f"wrote {path}: {a.count} {a.split} images, x (N,3,{IMAGE_SIZE},{IMAGE_SIZE}) float32, y int64")
+    path = write_npz(a.split, a.count, a.out, a.seed, a.offset, a.dtype)
+    print(f"wrote {path}: {a.count} {a.split} images, x (N,3,{IMAGE_SIZE},{IMAGE_SIZE}) {a.dtype}, y int64")
 
 
 if __name__ == "__main__":

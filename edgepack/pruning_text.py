@@ -1,0 +1,102 @@
+"""Structured pruning of transformer text encoders: whole attention heads and FFN neurons.
+
+Works on Hugging Face BERT-style encoders (BERT, MiniLM, RoBERTa, ...): every layer with an
+``attention`` block that has ``prune_heads`` (transformers' own head pruning, which shrinks the
+query/key/value projections and the attention output projection together and updates the head
+counts the forward pass reads) and an FFN of ``intermediate.dense`` (hidden -> I) followed by
+``output.dense`` (I -> hidden). Importance is weight magnitude: a head's squared query, key, value
+rows and output-projection columns; an FFN neuron's squared input row and output column. Every
+layer loses the same fraction; at least one head is kept, and the FFN width stays a multiple of
+``round_to``. The hidden size (the residual stream) is left alone, so embeddings, LayerNorms and
+the classifier head are unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any
+
+from .errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+def transformer_layers(model) -> list[tuple[str, Any]]:
+    """(name, layer) of every encoder layer with prunable heads and FFN, in model order."""
+    layers = []
+    for name, m in model.named_modules():
+        att, inter, out = getattr(m, "attention", None), getattr(m, "intermediate", None), getattr(m, "output", None)
+        if (hasattr(att, "prune_heads") and hasattr(getattr(att, "self", None), "num_attention_heads")
+                and hasattr(inter, "dense") and hasattr(out, "dense")):
+            layers.append((name, m))
+    return layers
+
+
+def head_importance(layer):
+    """(heads,) magnitude of each attention head: its query/key/value rows and output columns."""
+    sa, proj = layer.attention.self, layer.attention.output.dense
+    heads, size = sa.num_attention_heads, sa.attention_head_size
+    rows = sum(lin.weight.detach().reshape(heads, size, -1).pow(2).sum((1, 2)) for lin in (sa.query, sa.key, sa.value))
+    cols = proj.weight.detach().reshape(proj.weight.shape[0], heads, size).pow(2).sum((0, 2))
+    return rows + cols
+
+
+def neuron_importance(layer):
+    """(intermediate,) magnitude of each FFN neuron: its input row and output column."""
+    return (layer.intermediate.dense.weight.detach().pow(2).sum(1)
+            + layer.output.dense.weight.detach().pow(2).sum(0))
+
+
+def heads_to_keep(heads: int, ratio: float) -> int:
+    """Heads a layer keeps at ``ratio``: the nearest whole number, at least one."""
+    return max(1, heads - int(round(heads * ratio)))
+
+
+def neurons_to_keep(width: int, ratio: float, round_to: int) -> int:
+    """FFN neurons kept: the multiple of round_to nearest to (1 - ratio) * width, at least round_to."""
+    if width <= round_to:
+        return width
+    return min(width, max(round_to, int(round(width * (1 - ratio) / round_to)) * round_to))
+
+
+def prune_transformer(module, ratio: float, *, round_to: int = 8) -> tuple[Any, list[dict]]:
+    """Prune a copy of ``module`` (left untouched): ``ratio`` of the heads and of the FFN neurons of
+    every encoder layer -> (pruned module in eval mode, per-layer changes)."""
+    import torch
+    from transformers.pytorch_utils import prune_linear_layer
+
+    model = copy.deepcopy(module).eval()
+    layers = transformer_layers(model)
+    if not layers:
+        raise InputError("no transformer encoder layers found to prune",
+                         hint="text pruning supports Hugging Face BERT-style encoders (attention.prune_heads, "
+                              "intermediate.dense, output.dense)")
+    changes = []
+    for name, layer in layers:
+        heads = layer.attention.self.num_attention_heads
+        keep_h = heads_to_keep(heads, ratio)
+        drop = torch.argsort(head_importance(layer))[:heads - keep_h].tolist()
+        if drop:
+            layer.attention.prune_heads(sorted(drop))
+        width = layer.intermediate.dense.out_features
+        keep_n = neurons_to_keep(width, ratio, round_to)
+        if keep_n < width:
+            idx = torch.sort(torch.argsort(neuron_importance(layer), descending=True)[:keep_n]).values
+            layer.intermediate.dense = prune_linear_layer(layer.intermediate.dense, idx, dim=0)
+            layer.output.dense = prune_linear_layer(layer.output.dense, idx, dim=1)
+        changes.append({"layer": name, "heads_before": heads, "heads_after": keep_h,
+                        "ffn_before": width, "ffn_after": layer.intermediate.dense.out_features})
+    log.info("pruned %d transformer layers: heads %s", len(changes), [c["heads_after"] for c in changes])
+    return model.eval(), changes
+
+
+def count(model, inputs: tuple) -> dict:
+    """params and MACs (FlopCounterMode, FLOPs / 2) of a text model called with positional ``inputs``."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(*inputs)
+    return {"params": sum(p.numel() for p in model.parameters()), "macs": int(counter.get_total_flops() // 2)}
