@@ -183,6 +183,9 @@ BUILD_OPTIONS = [
                  help="Also estimate device latency from the profile's published references (labelled estimated)."),
     click.option("--allow-float-ops", is_flag=True, default=None,
                  help="TFLite: keep ops with no INT8 kernel in float (named in the report) instead of failing."),
+    click.option("--text-tflite-int8", type=click.Choice(["auto", "dynamic-range", "full-integer"]),
+                 help="TFLite text models: auto (try full-integer, else dynamic-range, reported), dynamic-range "
+                      "(skip the ~1 min full-integer attempt), full-integer (fail if it cannot run)."),
     click.option("--trust-model", is_flag=True, default=None, help="Allow TorchScript / pickles (can run code)."),
     click.option("--force", is_flag=True, default=None, help="Replace an existing output."),
 ]

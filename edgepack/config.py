@@ -79,6 +79,10 @@ class BuildConfig:
                                  "once; cached)", False)
     allow_float_ops: bool = spec("TFLite: keep ops without an INT8 kernel in float (reported) instead of failing",
                                  False)
+    text_tflite_int8: str = spec("TFLite text models: 'auto' tries full-integer INT8 in a child process and falls "
+                                 "back to dynamic-range (reported); 'dynamic-range' skips the attempt; "
+                                 "'full-integer' fails the build when it cannot run", "auto",
+                                 choices=("auto", "dynamic-range", "full-integer"))
     trust_model: bool = spec("allow model files that can run code on load (TorchScript, full pickles)", False)
     force: bool = spec("replace an existing output folder", False)
     preprocess: Preprocess = spec("image preprocessing", Preprocess())

@@ -205,3 +205,25 @@ def test_prune_command_saves_a_pruned_text_model(hf_folder, text_data, tmp_path)
     report = json.loads(result.output)
     assert report["saved"]["files"] and all(Path(f).is_file() for f in report["saved"]["files"])
     assert [c["ffn_after"] for c in report["layers"]] == [32, 32]
+
+
+def test_text_tflite_dynamic_range_on_request_skips_the_full_integer_attempt(hf_folder, text_data, tmp_path):
+    calib, val = text_data
+    out = tmp_path / "dr"
+    result = CliRunner().invoke(main, ["build", str(hf_folder), "--target", "android-arm64", "--calib", str(calib),
+                                       "--val", str(val), "--max-length", str(L), "--out", str(out),
+                                       "--text-tflite-int8", "dynamic-range", "--latency-runs", "3",
+                                       "--max-accuracy-drop", "100", "--min-agreement", "0", "--quiet"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    man = json.loads((out / "manifest.json").read_text())
+    q = man["stages"]["quantization_tflite"]
+    assert q["chosen"] == "dynamic-range" and not q["full_integer"]["runs"]
+    assert "not tried" in q["why"] and "candidates" not in q
+    assert not any(p.name.startswith("model_int8_full") for p in out.rglob("*"))
+
+
+def test_text_tflite_int8_mode_is_validated(hf_folder, text_data, tmp_path):
+    calib, _ = text_data
+    result = CliRunner().invoke(main, ["build", str(hf_folder), "--target", "android-arm64", "--calib", str(calib),
+                                       "--text-tflite-int8", "int4", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "int4" in result.output

@@ -21,6 +21,7 @@ import shutil
 from collections import Counter
 
 from ..context import Artifact, BuildContext
+from ..errors import StageError
 from .quantize import _evaluate, _meets, quiet_root_logger
 
 DEFAULT_METHOD = "percentile"   # what kept BERT classifiers within 0.1 point (examples/sms_spam/README.md)
@@ -54,14 +55,23 @@ def tflite_text(ctx: BuildContext) -> None:
     fp32_onnx, workdir = ctx.get("onnx", "fp32").path, ctx.workdir / "tflite"
     ctx.progress("converting to TFLite FP32 (onnx2tf)", 0, 1)
     ctx.add(Artifact("tflite", "fp32", tflite.convert(fp32_onnx, workdir, None)))
-    full, why_not = _full_integer(ctx, fp32_onnx, workdir)
+    mode = ctx.config.text_tflite_int8
+    if mode == "dynamic-range":
+        full, why_not = None, "not tried (text_tflite_int8 = dynamic-range)"
+    else:
+        full, why_not = _full_integer(ctx, fp32_onnx, workdir)
+    if full is None and mode == "full-integer":
+        raise StageError(f"full-integer INT8 cannot run: {why_not}",
+                         hint="use --text-tflite-int8 auto (falls back to dynamic-range INT8, reported) "
+                              "or dynamic-range")
     ctx.progress("converting to TFLite dynamic-range INT8", 0, 1)
     candidates = {"dynamic-range": tflite.convert_text_int8(fp32_onnx, workdir, "dynamic-range")}
     if full is not None:
         candidates["full-integer"] = full
         chosen, why, rows = _compare(ctx, "tflite", candidates)
     else:
-        chosen, why, rows = "dynamic-range", f"full-integer INT8 cannot run: {why_not}", None
+        chosen, why, rows = "dynamic-range", (why_not if mode == "dynamic-range"
+                                              else f"full-integer INT8 cannot run: {why_not}"), None
     _ship(ctx, "tflite", candidates[chosen])
     floats = tflite.float_ops(candidates[chosen])
     ctx.records["quantization_tflite"] = {
@@ -83,7 +93,6 @@ def _full_integer(ctx: BuildContext, fp32_onnx, workdir) -> tuple:
 
     from .. import measure
     from ..backends import tflite
-    from ..errors import StageError
 
     ctx.progress("converting to TFLite full-integer INT8 (calibrating on texts)", 0, 1)
     try:
