@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import InputError, VerifyError
 from .report import SCHEMA
-from .util import sha256_file
+from .util import MANIFEST_DIGEST, manifest_digest, sha256_file
 
 REQUIRED = {"schema": str, "name": str, "target": dict, "model": dict, "models": list, "inputs": list,
             "outputs": list, "preprocess": dict, "validation": dict, "passed": bool, "files": dict,
@@ -109,7 +109,7 @@ def verify(path: Path) -> list[str]:
 
 
 def _check_files(folder: Path, man: dict) -> list[str]:
-    problems, lines = [], []
+    problems, lines = _check_self_digest(man), []
     for name, entry in sorted(man["files"].items()):
         f = folder / name
         if not f.is_file():
@@ -124,6 +124,15 @@ def _check_files(folder: Path, man: dict) -> list[str]:
         raise VerifyError("bundle does not match its manifest: " + "; ".join(problems),
                           hint="the bundle was modified or damaged; rebuild it or fetch it again")
     return lines
+
+
+def _check_self_digest(man: dict) -> list[str]:
+    recorded = man.get(MANIFEST_DIGEST)
+    if recorded is None:
+        return ["manifest.json: no self-digest (edited, or written before bundles carried one: rebuild it)"]
+    if recorded != manifest_digest(man):
+        return ["manifest.json: its content differs from its self-digest (edited after it was written)"]
+    return []
 
 
 def _check_golden(folder: Path, man: dict) -> list[str]:

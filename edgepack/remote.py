@@ -21,7 +21,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from .errors import EdgepackError, InputError, StageError
-from .util import sha256_file, write_bytes_atomic
+from .util import manifest_json, sha256_file, write_bytes_atomic
 
 KIND = "measured-device"
 SSH_TIMEOUT_S = 20          # connection set-up, seconds
@@ -183,7 +183,7 @@ def record_device_measurement(bundle_dir: Path, record: dict, max_latency_ms: fl
     for name in ("report.md", "report.html"):  # both show the verdict, which the device measurement may change
         path = bundle_dir / name
         man["files"][name] = {"sha256": sha256_file(path), "size_bytes": path.stat().st_size}
-    write_bytes_atomic(bundle_dir / "manifest.json", (json.dumps(man, indent=2) + "\n").encode())
+    write_bytes_atomic(bundle_dir / "manifest.json", manifest_json(man).encode())
     _refresh_zip(bundle_dir)
     return man
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +37,26 @@ def sha256_arrays(*arrays: np.ndarray | None) -> str:
         digest.update(f"{arr.dtype.str}{arr.shape}".encode())
         digest.update(arr.tobytes())
     return digest.hexdigest()
+
+
+MANIFEST_DIGEST = "manifest_sha256"
+
+
+def manifest_digest(man: dict) -> str:
+    """sha256 of the manifest's canonical JSON (sorted keys, no whitespace) without its own digest field.
+
+    The manifest lists every other file's digest; this one makes an edited manifest.json detectable too.
+    """
+    body = {k: v for k, v in man.items() if k != MANIFEST_DIGEST}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def manifest_json(man: dict) -> str:
+    """The manifest.json text, with its self-digest set (in place) last."""
+    man.pop(MANIFEST_DIGEST, None)
+    man[MANIFEST_DIGEST] = manifest_digest(man)
+    return json.dumps(man, indent=2) + "\n"
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:

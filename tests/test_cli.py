@@ -110,6 +110,25 @@ def test_verify_detects_a_flipped_byte_in_any_file(built, tmp_path, name):
     assert "Traceback" not in result.output and result.output.startswith("Error: ")
 
 
+def test_verify_detects_an_edited_manifest_that_is_still_valid_json(built, tmp_path):
+    """Changing a measured number or the verdict in manifest.json (still valid JSON, still the schema) must fail
+    verification: the manifest carries a digest of its own canonical content."""
+    import json
+    import shutil
+
+    out, _ = built
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    man = json.loads((copy / "manifest.json").read_text())
+    man["passed"] = not man["passed"]
+    (copy / "manifest.json").write_text(json.dumps(man, indent=2))
+    result = invoke("verify", copy)
+    assert result.exit_code == 5 and "self-digest" in result.output
+    del man["manifest_sha256"]
+    (copy / "manifest.json").write_text(json.dumps(man, indent=2))
+    assert invoke("verify", copy).exit_code == 5
+
+
 def test_verify_refuses_zip_slip_and_links(built, tmp_path):
     import zipfile
 

@@ -6,7 +6,6 @@ Text bundles also carry tokenizer.json, and their run.py is templates/run_text.p
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import zipfile
@@ -17,7 +16,7 @@ import numpy as np
 from .. import backends, report
 from ..context import BuildContext
 from ..errors import OutputError
-from ..util import sha256_file
+from ..util import manifest_json, sha256_file
 
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 GOLDEN_TOLERANCE = 1e-3  # max abs diff of logits, same runtime and model on another run/machine
@@ -35,7 +34,7 @@ def run(ctx: BuildContext) -> dict:
     files = {p.name: {"sha256": sha256_file(p), "size_bytes": p.stat().st_size} for p in sorted(staging.iterdir())}
     man = report.manifest(ctx, files, io, golden)
     _write_reports(ctx, staging, man)
-    (staging / "manifest.json").write_text(json.dumps(man, indent=2) + "\n", encoding="utf-8")
+    (staging / "manifest.json").write_text(manifest_json(man), encoding="utf-8")
     publish(staging, out, force=ctx.config.force)
     return man
 
