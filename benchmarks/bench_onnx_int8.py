@@ -21,15 +21,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import natural_photos, update_section  # noqa: E402
-from edgepack import data, measure  # noqa: E402
+from benchmarks.common import efficientnet_lite0, update_section  # noqa: E402
+from edgepack import measure  # noqa: E402
 from edgepack.backends import onnx as onnx_backend  # noqa: E402
-from edgepack.config import Preprocess  # noqa: E402
 from edgepack.stages.validate import quality  # noqa: E402
 from edgepack.util import host_cores  # noqa: E402
-
-PRE = Preprocess(resize=256, crop=224, mean=(127.0,) * 3, std=(128.0,) * 3, scale=1.0)
-SHAPE = (1, 3, 224, 224)
 
 
 def ort_default(fp32: Path, out: Path, calib: np.ndarray) -> None:
@@ -48,17 +44,9 @@ def ort_default(fp32: Path, out: Path, calib: np.ndarray) -> None:
 
 def main() -> None:
     from edgepack.backends.onnx_quantize import quantize_onnx
-    from examples.efficientnet_lite0.model import create_model
 
     work = Path(tempfile.mkdtemp(prefix="bench-int8-"))
-    calib = data.load(str(ROOT / "calibration_data/images"), input_shape=SHAPE, preprocess=PRE, count=200, seed=0,
-                      role="calibration").x
-    val = data.load(str(natural_photos(500)), input_shape=SHAPE, preprocess=PRE, count=None, seed=1,
-                    role="validation").x
-    ood = data.load(str(natural_photos(500, "ood")), input_shape=SHAPE, preprocess=PRE, count=None, seed=1,
-                    role="validation").x
-    onnx_backend.export(create_model(), SHAPE, work / "raw.onnx", opset=17)
-    onnx_backend.simplify(work / "raw.onnx", work / "fp32.onnx")
+    calib, val, ood = efficientnet_lite0(work)  # and work/fp32.onnx
     variants = {"FP32": None, "ORT quantize_static defaults": ort_default,
                 "edgepack": lambda f, o, c: quantize_onnx(f, o, c, method="minmax", per_channel=True)}
     rows, paths = {}, {"FP32": work / "fp32.onnx"}

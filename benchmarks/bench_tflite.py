@@ -35,13 +35,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import natural_photos, update_section  # noqa: E402
-from edgepack import data, measure  # noqa: E402
-from edgepack.config import Preprocess  # noqa: E402
+from benchmarks.common import efficientnet_lite0, update_section  # noqa: E402
+from edgepack import measure  # noqa: E402
 from edgepack.util import host_cores  # noqa: E402
 
-PRE = Preprocess(resize=256, crop=224, mean=(127.0,) * 3, std=(128.0,) * 3, scale=1.0)
-SHAPE = (1, 3, 224, 224)
 WRAPPER = '''import sys, numpy as np
 import onnx2tf.onnx2tf as o2t, onnx2tf.utils.common_functions as cf
 samples = np.load(sys.argv[1])[:20]  # NHWC float32 0..1, what onnx2tf would have downloaded
@@ -89,20 +86,11 @@ def edgepack_convert(onnx_path: str, calib_path: str, out: str, bias_correction:
 
 
 def main() -> None:
-    from edgepack.backends import onnx as onnx_backend
     from edgepack.backends import tflite
     from edgepack.stages.validate import quality
-    from examples.efficientnet_lite0.model import create_model
 
     work = Path(tempfile.mkdtemp(prefix="bench-tflite-"))
-    calib = data.load(str(ROOT / "calibration_data/images"), input_shape=SHAPE, preprocess=PRE, count=200,
-                      seed=0, role="calibration").x
-    val = data.load(str(natural_photos(500)), input_shape=SHAPE, preprocess=PRE, count=None, seed=1,
-                    role="validation").x
-    ood = data.load(str(natural_photos(500, "ood")), input_shape=SHAPE, preprocess=PRE, count=None, seed=1,
-                    role="validation").x
-    onnx_backend.export(create_model(), SHAPE, work / "raw.onnx", opset=17)
-    onnx_backend.simplify(work / "raw.onnx", work / "fp32.onnx")
+    calib, val, ood = efficientnet_lite0(work)  # and work/fp32.onnx
     np.save(work / "calib_nchw.npy", calib)
     # onnx2tf wants NHWC 0..1 and applies (x - mean) / std: 127/255 and 128/255 give back (pixel - 127) / 128
     nhwc01 = ((calib.transpose(0, 2, 3, 1) * 128.0 + 127.0) / 255.0).astype(np.float32)

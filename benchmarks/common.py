@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmark programs: held-out photos and the BENCHMARKS.md table writer."""
+"""Helpers shared by the benchmark programs: held-out photos, the EfficientNet-Lite0 setup and the
+BENCHMARKS.md table writer."""
 
 from __future__ import annotations
 
@@ -23,6 +24,29 @@ def natural_photos(count: int = 500, split: str = "val") -> Path:
     subprocess.run([sys.executable, str(ROOT / "calibration_data/make_calibration.py"), "--split", split,
                     "--count", str(count), "--out", str(out)], check=True, stdout=subprocess.DEVNULL)
     return out
+
+
+def efficientnet_lite0(work: Path) -> tuple:
+    """The INT8 benchmarks' common setup: 200 calibration crops, 500 natural-photo and 500 out-of-domain
+    held-out crops, as preprocessed NCHW arrays (calib, val, ood); writes the onnxslim-simplified FP32 export
+    to work/fp32.onnx."""
+    from edgepack import data
+    from edgepack.backends import onnx as onnx_backend
+    from edgepack.config import Preprocess
+    from examples.efficientnet_lite0.model import create_model
+
+    pre = Preprocess(resize=256, crop=224, mean=(127.0,) * 3, std=(128.0,) * 3, scale=1.0)
+    shape = (1, 3, 224, 224)
+
+    def load(path: Path, count: int | None, seed: int, role: str):
+        return data.load(str(path), input_shape=shape, preprocess=pre, count=count, seed=seed, role=role).x
+
+    sets = (load(ROOT / "calibration_data/images", 200, 0, "calibration"),
+            load(natural_photos(500), None, 1, "validation"),
+            load(natural_photos(500, "ood"), None, 1, "validation"))
+    onnx_backend.export(create_model(), shape, work / "raw.onnx", opset=17)
+    onnx_backend.simplify(work / "raw.onnx", work / "fp32.onnx")
+    return sets
 
 
 def update_section(key: str, title: str, body: str) -> None:
