@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import base64
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import update_section  # noqa: E402
+from benchmarks.common import scratch_dir, update_section  # noqa: E402
 
 
-def main() -> None:
+def _run(work: Path) -> None:
     import os
 
     import edgepack
@@ -30,7 +29,6 @@ def main() -> None:
     from examples.fashion_mnist.data import write_npz
 
     os.chdir(ROOT)
-    work = Path(tempfile.mkdtemp(prefix="bench-search-"))
     calib = write_npz("train", 200, work / "calib.npz", seed=0)
     val = write_npz("test", 2000, work / "val.npz", seed=0)
     result = edgepack.build(model="examples.fashion_mnist.model:create_model", target="raspberry-pi-4",
@@ -50,6 +48,11 @@ def main() -> None:
         "Reproduce: `.venv/bin/python benchmarks/bench_accuracy_search.py`."])
     update_section("accuracy-search", "Accuracy-aware INT8: every configuration tried", text)
     print(text)
+
+
+def main() -> None:
+    with scratch_dir("bench-search-") as work:
+        _run(work)
 
 
 if __name__ == "__main__":

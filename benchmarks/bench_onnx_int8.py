@@ -12,7 +12,6 @@ benchmarks/BENCHMARKS.md between the markers for this benchmark.
 from __future__ import annotations
 
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import efficientnet_lite0, update_section  # noqa: E402
+from benchmarks.common import efficientnet_lite0, scratch_dir, update_section  # noqa: E402
 from edgepack import measure  # noqa: E402
 from edgepack.backends import onnx as onnx_backend  # noqa: E402
 from edgepack.stages.validate import quality  # noqa: E402
@@ -42,10 +41,9 @@ def ort_default(fp32: Path, out: Path, calib: np.ndarray) -> None:
     quantize_static(str(fp32), str(out), Reader())
 
 
-def main() -> None:
+def _run(work: Path) -> None:
     from edgepack.backends.onnx_quantize import quantize_onnx
 
-    work = Path(tempfile.mkdtemp(prefix="bench-int8-"))
     calib, val, ood = efficientnet_lite0(work)  # and work/fp32.onnx
     variants = {"FP32": None, "ORT quantize_static defaults": ort_default,
                 "edgepack": lambda f, o, c: quantize_onnx(f, o, c, method="minmax", per_channel=True)}
@@ -85,6 +83,11 @@ def main() -> None:
         *table, "", f"Host: {host_cores()} cores. Reproduce: `.venv/bin/python benchmarks/bench_onnx_int8.py`."])
     update_section("onnx-int8", "edgepack INT8 ONNX vs onnxruntime quantize_static defaults", text)
     print(text)
+
+
+def main() -> None:
+    with scratch_dir("bench-int8-") as work:
+        _run(work)
 
 
 if __name__ == "__main__":

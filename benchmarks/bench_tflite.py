@@ -26,7 +26,6 @@ import resource
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -35,7 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import efficientnet_lite0, update_section  # noqa: E402
+from benchmarks.common import efficientnet_lite0, scratch_dir, update_section  # noqa: E402
 from edgepack import measure  # noqa: E402
 from edgepack.util import host_cores  # noqa: E402
 
@@ -85,11 +84,10 @@ def edgepack_convert(onnx_path: str, calib_path: str, out: str, bias_correction:
     print(json.dumps({"fp32": str(fp32), "int8": str(int8), "fp32_s": t1 - t0, "int8_s": t2 - t1}))
 
 
-def main() -> None:
+def _run(work: Path) -> None:
     from edgepack.backends import tflite
     from edgepack.stages.validate import quality
 
-    work = Path(tempfile.mkdtemp(prefix="bench-tflite-"))
     calib, val, ood = efficientnet_lite0(work)  # and work/fp32.onnx
     np.save(work / "calib_nchw.npy", calib)
     # onnx2tf wants NHWC 0..1 and applies (x - mean) / std: 127/255 and 128/255 give back (pixel - 127) / 128
@@ -165,7 +163,11 @@ def main() -> None:
         "ratios within the table). Reproduce: `.venv/bin/python benchmarks/bench_tflite.py`."])
     update_section("tflite-int8", "edgepack INT8 .tflite vs the onnx2tf command line (-oiqt)", text)
     print(text)
-    print(f"work dir: {work}")
+
+
+def main() -> None:
+    with scratch_dir("bench-tflite-") as work:
+        _run(work)
 
 
 if __name__ == "__main__":

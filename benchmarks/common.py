@@ -3,14 +3,32 @@ BENCHMARKS.md table writer."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_MD = Path(__file__).resolve().parent / "BENCHMARKS.md"
+
+
+@contextlib.contextmanager
+def scratch_dir(prefix: str) -> Iterator[Path]:
+    """A temporary work folder that is removed afterwards, even on failure (the TFLite benchmark's is about
+    450 MB); set EDGEPACK_BENCH_KEEP=1 to keep it for inspection."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield work
+    finally:
+        if os.environ.get("EDGEPACK_BENCH_KEEP") == "1":
+            print(f"work dir kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def natural_photos(count: int = 500, split: str = "val") -> Path:
