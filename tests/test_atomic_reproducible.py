@@ -76,7 +76,10 @@ def test_interrupted_build_leaves_nothing(tiny_data, tmp_path, sig):
     env = {**os.environ, "PYTHONPATH": str(TESTS), "TMPDIR": str(tmp)}
     cmd = [sys.executable, "-m", "edgepack.cli", "build", "toy_models:tiny_cnn", "--target", "x86-64",
            "--calib", str(tiny_data["calib"]), "--out", str(out), "--input-shape", "1,3,32,32"]
-    proc = subprocess.Popen(cmd, cwd=TESTS, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    # A shell starts background jobs with SIGINT ignored, and the child would inherit that (CI runs in the
+    # background): give it the default disposition, as a foreground build that a user Ctrl-Cs has.
+    proc = subprocess.Popen(cmd, cwd=TESTS, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = ""
     deadline = time.time() + 120
     while "quantizing" not in seen and time.time() < deadline:
