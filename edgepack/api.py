@@ -57,7 +57,7 @@ def prune(config: BuildConfig, out: str | Path, progress: ProgressFn = no_progre
     """Prune (and fine-tune) only, writing the pruned PyTorch model to ``out`` (.pt2 program, or a
     state dict + architecture fallback) for users who fine-tune it themselves. Returns the report."""
     from .errors import ConfigError
-    from .pruning import save_pruned
+    from .pruned_io import save_pruned
     from .stages import prune as prune_stage
 
     if config.prune is None:

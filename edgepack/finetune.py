@@ -99,14 +99,15 @@ def _feature_hooks(model, teacher, x1) -> list:
     """[captured, hook handles]: forward pre-hooks keeping the input of the output layer of the student
     (captured["s"]) and of the teacher (captured["t"]); [] when there is no single output layer or
     pruning changed its input width (the feature term is then skipped)."""
-    from .pruning import _in_size, output_layers
+    from .pruning import output_layers
+    from .reconstruct import in_size
 
     names = output_layers(model, x1)  # pruning keeps module names; the student's forward is the cheaper one
     if len(names) != 1:
         log.warning("feature distillation skipped: %d output layers", len(names))
         return []
     t_layer, s_layer = dict(teacher.named_modules())[names[0]], dict(model.named_modules()).get(names[0])
-    if s_layer is None or _in_size(s_layer) != _in_size(t_layer):
+    if s_layer is None or in_size(s_layer) != in_size(t_layer):
         log.warning("feature distillation skipped: pruning changed the input width of %s", names[0])
         return []
     captured: dict = {}

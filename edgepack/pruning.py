@@ -21,6 +21,7 @@ from typing import Any
 
 from .errors import ConfigError, InputError, StageError, did_you_mean
 from .finetune import FinetuneOptions
+from .reconstruct import out_size, reconstruct
 from .schema import parse, spec
 from .util import ProgressFn, no_progress
 
@@ -310,14 +311,6 @@ def apply_pruning(model, example_input, ratio: float, options: PruneOptions, pla
     return {names[m]: idx for m, idx in kept.items() if m in names}
 
 
-def _out_size(m) -> int:
-    return m.out_channels if hasattr(m, "out_channels") else m.out_features
-
-
-def _in_size(m) -> int:
-    return m.in_channels if hasattr(m, "in_channels") else m.in_features
-
-
 def _record_kept(group, graph, kept: dict) -> None:
     """Before ``group`` is pruned: update kept[module] (original indices of the surviving output
     channels) for every conv/linear layer whose output channels the group removes."""
@@ -328,161 +321,8 @@ def _record_kept(group, graph, kept: dict) -> None:
         if not isinstance(m, _weight_layer_types()) or not graph.is_out_channel_pruning_fn(dep.handler):
             continue
         drop = set(int(i) for i in _helpers.to_plain_idxs(idxs))
-        current = kept.get(m, list(range(_out_size(m))))
+        current = kept.get(m, list(range(out_size(m))))
         kept[m] = [c for i, c in enumerate(current) if i not in drop]
-
-
-RECON_RIDGE = 1e-3          # ridge term, relative to the mean diagonal of X^T X
-RECON_OVERDETERMINED = 16   # sampled positions per input channel (at least RECON_MIN_POSITIONS)
-RECON_MIN_POSITIONS = 4096
-RECON_HELD_OUT = 0.2        # fraction of the positions that judges whether a refit is kept
-RECON_MEMORY = 2e9          # bytes of activations one forward pass may hold (caps the sample count)
-
-
-def _reconstructable(m) -> bool:
-    """Linear layers and 1x1, stride-1, ungrouped convolutions: a per-position matrix product."""
-    from torch import nn
-
-    if isinstance(m, nn.Linear):
-        return True
-    return (isinstance(m, nn.modules.conv._ConvNd) and m.groups == 1 and not getattr(m, "transposed", False)
-            and all(k == 1 for k in m.kernel_size) and all(s == 1 for s in m.stride))
-
-
-def _positions_view(t, is_linear: bool):
-    """(P, C) view of a layer's input or output: channels last, every position a row."""
-    if is_linear:
-        return t.reshape(-1, t.shape[-1])
-    return t.movedim(1, -1).reshape(-1, t.shape[1])
-
-
-def reconstruct(model, teacher, x, kept: dict, progress: ProgressFn = no_progress) -> dict:
-    """Refit the pruned ``model``'s 1x1 convolutions and linear layers, front to back, by ridge least
-    squares so each reproduces the unpruned ``teacher`` layer's output (on its kept output channels)
-    from the inputs the pruned model really feeds it.
-
-    This is the layer-wise reconstruction of ThiNet / He et al. 2017, and it corrects the error built
-    up by the layers before too. It needs forward passes only: a teacher pass collects the targets at
-    seeded sample positions, then one pruned-model pass refits each layer just before it runs. A refit
-    is kept only when it lowers the error on held-out positions. ``x``: (N, ...) float32 inputs.
-    Returns {"samples", "layers_refit", "layers_kept", "error_before", "error_after"} (relative
-    squared errors summed over the layers).
-    """
-    import numpy as np
-    import torch
-    from torch import nn
-
-    teacher = teacher.eval()
-    model.eval()
-    t_mods = dict(teacher.named_modules())
-    layers = {n: m for n, m in model.named_modules()
-              if _reconstructable(m) and n in t_mods and type(t_mods[n]) is type(m)}
-    if not layers:
-        return {"samples": 0, "layers_refit": 0, "layers_kept": 0, "error_before": 0.0, "error_after": 0.0}
-    xs = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-    xs = xs[:_recon_samples(teacher, xs)]
-    gen = np.random.default_rng(0)
-    targets: dict = {}
-
-    def grab(name, m):
-        def hook(mod, inp, out):
-            y = _positions_view(out.detach(), isinstance(mod, nn.Linear))
-            total = len(y)
-            n_in = _in_size(layers[name])
-            count = min(len(y), max(RECON_MIN_POSITIONS, RECON_OVERDETERMINED * n_in))
-            pos = torch.from_numpy(np.sort(gen.choice(len(y), size=count, replace=False)))
-            cols = kept.get(name)
-            y = y[pos] if cols is None else y[pos][:, torch.tensor(cols)]
-            targets[name] = (pos, y.double(), total)
-        return m.register_forward_hook(hook)
-
-    hooks = [grab(n, t_mods[n]) for n in layers]
-    try:
-        with torch.no_grad():
-            teacher(xs)
-    finally:
-        for h in hooks:
-            h.remove()
-    stats = {"samples": len(xs), "layers_refit": 0, "layers_kept": 0, "error_before": 0.0, "error_after": 0.0}
-
-    def refit(name):
-        def pre_hook(mod, inp):
-            done = stats["layers_refit"] + stats["layers_kept"]
-            progress("reconstructing pruned layers", done, len(layers))
-            if name not in targets:
-                return
-            pos, y, total = targets.pop(name)
-            xin = _positions_view(inp[0].detach(), isinstance(mod, nn.Linear))
-            if len(xin) != total or y.shape[1] != _out_size(mod):
-                return
-            _refit_layer(mod, xin[pos].double(), y, stats)
-        return layers[name].register_forward_pre_hook(pre_hook)
-
-    hooks = [refit(n) for n in layers]
-    try:
-        with torch.no_grad():
-            model(xs)
-    finally:
-        for h in hooks:
-            h.remove()
-    stats["error_before"] = round(stats["error_before"], 4)
-    stats["error_after"] = round(stats["error_after"], 4)
-    log.info("reconstruction: %d layers refit, %d kept, error %.4f -> %.4f", stats["layers_refit"],
-             stats["layers_kept"], stats["error_before"], stats["error_after"])
-    return stats
-
-
-def _recon_samples(teacher, xs) -> int:
-    """How many samples one forward pass can take within RECON_MEMORY (largest activation x 8)."""
-    import torch
-
-    biggest = [0]
-    hooks = [m.register_forward_hook(lambda mod, i, o: biggest.__setitem__(0, max(
-        biggest[0], o.numel() if isinstance(o, torch.Tensor) else 0))) for m in teacher.modules()]
-    try:
-        with torch.no_grad():
-            teacher(xs[:1])
-    finally:
-        for h in hooks:
-            h.remove()
-    return max(1, min(len(xs), int(RECON_MEMORY // max(1, biggest[0] * 4 * 8))))
-
-
-def _refit_layer(mod, x, y, stats: dict) -> None:
-    """Ridge fit of ``mod``'s weight (and bias) to map x (P, in) to y (P, out); applied only when it
-    beats the current weights on the held-out positions."""
-    import torch
-
-    bias = getattr(mod, "bias", None)
-    if bias is not None:
-        x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
-    current = mod.weight.detach().reshape(mod.weight.shape[0], -1).double().T
-    if bias is not None:
-        current = torch.cat([current, bias.detach().double()[None]], 0)
-    n_held = max(1, int(len(x) * RECON_HELD_OUT)) if len(x) > 10 else 0
-    fit_x, fit_y = x[n_held:], y[n_held:]
-    gram = fit_x.T @ fit_x
-    ridge = RECON_RIDGE * float(gram.diagonal().mean()) + 1e-12
-    try:
-        w = torch.linalg.solve(gram + ridge * torch.eye(len(gram), dtype=gram.dtype), fit_x.T @ fit_y)
-    except RuntimeError:  # singular: leave the layer alone
-        stats["layers_kept"] += 1
-        return
-    held_x, held_y = (x[:n_held], y[:n_held]) if n_held else (x, y)
-    scale = float((held_y ** 2).sum()) + 1e-12
-    err_old = float(((held_x @ current - held_y) ** 2).sum()) / scale
-    err_new = float(((held_x @ w - held_y) ** 2).sum()) / scale
-    stats["error_before"] += err_old
-    if not err_new < err_old:
-        stats["layers_kept"] += 1
-        stats["error_after"] += err_old
-        return
-    stats["layers_refit"] += 1
-    stats["error_after"] += err_new
-    weight = w[:mod.weight[0].numel()].T.reshape(mod.weight.shape)
-    mod.weight.data.copy_(weight.to(mod.weight.dtype))
-    if bias is not None:
-        bias.data.copy_(w[-1].to(bias.dtype))
 
 
 def taylor_batch(module, calib, options: PruneOptions):
@@ -601,93 +441,3 @@ def channel_changes(before: dict, after: dict) -> list[dict]:
     return [{"layer": n, "in_before": before[n][0], "in_after": after[n][0],
              "out_before": before[n][1], "out_after": after[n][1]}
             for n in before if n in after and before[n] != after[n]]
-
-
-def save_pruned(module, path, *, example_input) -> dict:
-    """Write the pruned model for users who fine-tune it themselves; returns {"format", "files"}.
-
-    First choice: a torch.export program at ``path`` (.pt2; load with torch.export.load(path).module()).
-    If export fails: ``<path>.state.pt`` (tensors only, loads with weights_only=True) plus
-    ``<path>.arch.json`` (each resized layer's type and channel attributes); rebuild with
-    ``load_pruned(path, unpruned_module)``. Files are written beside the final name and renamed.
-    """
-    import os
-    from pathlib import Path
-
-    import torch
-
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix or '.pt2'}")  # torch wants .pt2
-    try:
-        args = example_input if isinstance(example_input, tuple) else (example_input,)  # text: token tensors
-        program = torch.export.export(module.eval(), args)
-        torch.export.save(program, str(tmp))
-        os.replace(tmp, path)
-        return {"format": "pt2", "files": [str(path)]}
-    except Exception as exc:  # noqa: BLE001 - any export failure falls back to the state dict
-        tmp.unlink(missing_ok=True)
-        log.warning("torch.export failed (%s: %s); writing a state dict and architecture instead",
-                    type(exc).__name__, str(exc)[:200])
-    return _save_state(module, path)
-
-
-def _save_state(module, path) -> dict:
-    import json
-    import os
-
-    import torch
-
-    from .util import write_bytes_atomic
-
-    state, arch = path.with_suffix(".state.pt"), path.with_suffix(".arch.json")
-    tmp = state.with_name(f".{state.name}.tmp-{os.getpid()}")
-    torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, tmp)
-    os.replace(tmp, state)
-    write_bytes_atomic(arch, json.dumps(architecture(module), indent=1, sort_keys=True).encode())
-    return {"format": "state_dict", "files": [str(state), str(arch)]}
-
-
-SHAPE_ATTRS = ("in_channels", "out_channels", "groups", "in_features", "out_features", "num_features",
-               "normalized_shape", "num_channels", "num_groups")
-
-
-def architecture(module) -> dict:
-    """Pickle-free description of a (pruned) model: per module, its class and channel attributes."""
-    layers = {}
-    for name, m in module.named_modules():
-        attrs = {a: getattr(m, a) for a in SHAPE_ATTRS if isinstance(getattr(m, a, None), (int, tuple))}
-        if attrs:
-            layers[name] = {"type": f"{type(m).__module__}.{type(m).__qualname__}", **attrs}
-    return {"format": "edgepack-pruned-architecture/1", "root": type(module).__qualname__, "layers": layers}
-
-
-def load_pruned(path, unpruned=None):
-    """Load what save_pruned wrote: a .pt2 program's module, or ``unpruned`` resized and loaded."""
-    import json
-    from pathlib import Path
-
-    import torch
-
-    path = Path(path)
-    if path.exists():
-        return torch.export.load(str(path)).module()
-    if unpruned is None:
-        raise InputError(f"{path} is not there; rebuilding from {path.with_suffix('.state.pt')} needs the "
-                         "unpruned model", hint="pass the original (unpruned) model to load_pruned")
-    arch = json.loads(path.with_suffix(".arch.json").read_text())
-    state = torch.load(path.with_suffix(".state.pt"), map_location="cpu", weights_only=True)
-    model = copy.deepcopy(unpruned)
-    modules = dict(model.named_modules())
-    for name, attrs in arch["layers"].items():
-        for key, value in attrs.items():
-            if key != "type":
-                setattr(modules[name], key, tuple(value) if isinstance(value, list) else value)
-    for key, tensor in state.items():  # resize parameters and buffers to the saved shapes
-        owner, _, leaf = key.rpartition(".")
-        holder = modules[owner]
-        if leaf in holder._parameters and holder._parameters[leaf] is not None:
-            holder._parameters[leaf] = torch.nn.Parameter(torch.empty_like(tensor))
-        elif leaf in holder._buffers and holder._buffers[leaf] is not None:
-            holder._buffers[leaf] = torch.empty_like(tensor)
-    model.load_state_dict(state)
-    return model.eval()

@@ -13,7 +13,7 @@ import toy_models
 torch = pytest.importorskip("torch")
 pytest.importorskip("torch_pruning")
 
-from edgepack import pruning  # noqa: E402
+from edgepack import pruned_io, pruning  # noqa: E402
 from edgepack.config import Preprocess  # noqa: E402
 from edgepack.context import BuildContext  # noqa: E402
 from edgepack.data import Dataset  # noqa: E402
@@ -168,9 +168,9 @@ def test_options_need_exactly_one_goal_and_reject_unknown_keys():
 def test_save_pruned_writes_a_pt2_program(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     pruned, _ = prune_model(toy_models.tiny_cnn(), x[:1], PruneOptions(ratio=0.5))
-    saved = pruning.save_pruned(pruned, tmp_path / "m.pt2", example_input=x[:1])
+    saved = pruned_io.save_pruned(pruned, tmp_path / "m.pt2", example_input=x[:1])
     assert saved["format"] == "pt2" and not list(tmp_path.glob(".*"))
-    loaded = pruning.load_pruned(tmp_path / "m.pt2")
+    loaded = pruned_io.load_pruned(tmp_path / "m.pt2")
     torch.testing.assert_close(loaded(x[:1]), pruned(x[:1]))
 
 
@@ -183,12 +183,12 @@ def test_save_pruned_falls_back_to_state_dict_and_architecture(tmp_path, monkeyp
         raise RuntimeError("not exportable")
 
     monkeypatch.setattr(torch.export, "export", fail)
-    saved = pruning.save_pruned(pruned, tmp_path / "m.pt2", example_input=x)
+    saved = pruned_io.save_pruned(pruned, tmp_path / "m.pt2", example_input=x)
     assert saved["format"] == "state_dict" and not (tmp_path / "m.pt2").exists()
     torch.load(tmp_path / "m.state.pt", weights_only=True)  # tensors only: no pickled code
     with pytest.raises(InputError):
-        pruning.load_pruned(tmp_path / "m.pt2")
-    rebuilt = pruning.load_pruned(tmp_path / "m.pt2", original)
+        pruned_io.load_pruned(tmp_path / "m.pt2")
+    rebuilt = pruned_io.load_pruned(tmp_path / "m.pt2", original)
     torch.testing.assert_close(rebuilt(x), pruned(x))
     assert original.stem[0].out_channels == 16
 
