@@ -181,7 +181,7 @@ def _check_text_build(config: BuildConfig, target: targets.TargetProfile) -> Non
 
 
 def _check_text_prune(options, problems: list[str], hints: list[str]) -> None:
-    """Text models prune attention heads and FFN neurons by a ratio, by weight magnitude, without fine-tuning."""
+    """Text models prune attention heads and FFN neurons by a ratio, by weight magnitude."""
     if options.ratio is None:
         problems.append("text models prune by a ratio of heads and FFN neurons, not a MAC goal")
         hints.append("use --prune RATIO instead of --prune-keep-macs")
@@ -191,9 +191,6 @@ def _check_text_prune(options, problems: list[str], hints: list[str]) -> None:
     if options.ignore:
         problems.append("--prune-ignore does not apply to text models (every encoder layer is pruned alike)")
         hints.append("drop --prune-ignore")
-    if options.finetune is not None and options.finetune.data:
-        problems.append("recovery fine-tuning of text models is not supported yet")
-        hints.append("drop --finetune (or fine-tune the saved model yourself)")
 
 
 def _check_single_input(model: sources.LoadedModel) -> None:

@@ -29,8 +29,9 @@ KD_WEIGHT_WITH_LABELS = 0.5   # loss = 0.5 * distillation + 0.5 * cross-entropy 
 class FinetuneOptions:
     """Recovery fine-tuning settings (all optional but ``data``)."""
 
-    data: str | None = spec("fine-tuning data: class folders of images or .npz with x (and y); "
-                            "unlabelled data needs distill", None)
+    data: str | None = spec("fine-tuning data: class folders of images or .npz with x (and y); for text models "
+                            ".jsonl / .csv with text and label (or .txt with distill); unlabelled data needs "
+                            "distill", None)
     epochs: int = spec("maximum passes over the training split", 3, ge=1, le=1000)
     lr: float = spec("Adam learning rate: a short linear warm-up, then cosine decay to 0 over the epochs, or "
                      "over the time budget when max_minutes ends training first", 3e-4, ge=1e-8, le=1.0)
@@ -53,19 +54,24 @@ class FinetuneOptions:
 
 
 def load_data(options: FinetuneOptions, *, input_shape: tuple[int, ...], preprocess: Any,
-              progress: ProgressFn = no_progress):
-    """Read ``options.data`` with edgepack.data.load (same preprocessing as calibration) -> Dataset."""
-    from .data import load
+              progress: ProgressFn = no_progress, text: Any = None):
+    """Read ``options.data`` -> Dataset: images with edgepack.data.load (same preprocessing as calibration),
+    or, with ``text`` (the model's TextInfo), texts tokenized as the device will (edgepack.data.load_text)."""
+    from .data import load, load_text
 
     if not options.data:
-        raise InputError("fine-tuning needs data", hint="pass --finetune DATA (image folder or .npz)")
+        raise InputError("fine-tuning needs data", hint="pass --finetune DATA (image folder, .npz, or for text "
+                                                        "models .jsonl / .csv with labels)")
+    if text is not None:
+        return load_text(options.data, text=text, count=options.samples, seed=options.seed, role="fine-tuning")
     return load(options.data, input_shape=input_shape, preprocess=preprocess, count=options.samples,
                 seed=options.seed, role="fine-tuning", progress=progress)
 
 
-def finetune(model, data, options: FinetuneOptions, *, teacher=None,
+def finetune(model, data, options: FinetuneOptions, *, teacher=None, input_names=None,
              progress: ProgressFn = no_progress) -> dict:
-    """Fine-tune ``model`` in place on ``data`` (x: N,C,H,W float32; y: N int64 or None).
+    """Fine-tune ``model`` in place on ``data`` (x: N,C,H,W float32, or for a text model a dict of (N, L) int64
+    token arrays passed positionally in ``input_names`` order; y: N int64 or None).
 
     ``teacher`` (the unpruned model) is needed when ``options.distill`` is set. Returns a report:
     held-out metric before/after (accuracy or agreement, 0-1), epochs run, why it stopped, seconds.
@@ -82,9 +88,14 @@ def finetune(model, data, options: FinetuneOptions, *, teacher=None,
     torch.manual_seed(options.seed)
     for p in model.parameters():  # the source may have frozen its backbone; recovery trains everything
         p.requires_grad_(True)
-    x = _as_tensor(data.x)
+    x = Inputs(data.x, input_names)
     train_idx, held_idx = split_indices(len(x), options.val_fraction, options.seed)
-    hooks = _feature_hooks(model, teacher, x[:1].float()) if options.distill and options.feature_weight else []
+    hooks = []
+    if options.distill and options.feature_weight:
+        if x.is_text:
+            log.info("feature distillation skipped: text model (logit distillation only)")
+        else:
+            hooks = _feature_hooks(model, teacher, *x.rows(np.arange(1)))
     try:
         targets = _targets(teacher, x, y, options, held_idx, progress)
         if hooks:
@@ -117,20 +128,38 @@ def _feature_hooks(model, teacher, x1) -> list:
     return [captured, s_layer.register_forward_pre_hook(keep("s")), t_layer.register_forward_pre_hook(keep("t"))]
 
 
-def _as_tensor(x):
-    """Inputs as a tensor in their stored dtype: float16 data (half the memory of float32, which
-    matters for tens of thousands of images) stays float16 and is cast batch by batch (``_rows``)."""
-    import torch
+class Inputs:
+    """The fine-tuning samples as the model's positional arguments.
 
-    x = np.asarray(x)
-    if x.dtype != np.float16:
-        x = x.astype(np.float32, copy=False)
-    return torch.from_numpy(np.ascontiguousarray(x))
+    Images: one tensor in its stored dtype (float16 data, half the memory of float32 for tens of thousands of
+    images, stays float16 and is cast batch by batch). Text: one int64 tensor per model input, in
+    ``input_names`` order (the forward signature's order).
+    """
 
+    def __init__(self, x, input_names=None):
+        import torch
 
-def _rows(x, idx):
-    """x[idx] as float32 (the model's dtype)."""
-    return x[idx].float()
+        self.is_text = isinstance(x, dict)
+        if self.is_text:
+            names = list(input_names or x)
+            missing = [n for n in names if n not in x]
+            if missing:
+                raise InputError(f"fine-tuning data lacks the model inputs {missing}")
+            self._parts = tuple(torch.from_numpy(np.ascontiguousarray(x[n], dtype=np.int64)) for n in names)
+        else:
+            x = np.asarray(x)
+            if x.dtype != np.float16:
+                x = x.astype(np.float32, copy=False)
+            self._parts = (torch.from_numpy(np.ascontiguousarray(x)),)
+
+    def __len__(self) -> int:
+        return len(self._parts[0])
+
+    def rows(self, idx) -> tuple:
+        """The arguments for ``model(*args)`` of the samples ``idx`` (images cast to float32)."""
+        if self.is_text:
+            return tuple(p[idx] for p in self._parts)
+        return (self._parts[0][idx].float(),)
 
 
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -152,7 +181,7 @@ def _targets(teacher, x, y, options: FinetuneOptions, held_idx: np.ndarray, prog
                  "teacher": None, "done": None}
     if options.distill:
         teacher.eval()
-        probe = _forward(teacher, x[:1].float())
+        probe = _forward(teacher, *x.rows(np.arange(1)))
         if probe.ndim != 2:
             raise InputError(f"distillation needs (N, classes) outputs, the model gives {list(probe.shape)}")
         out.update(t=torch.zeros(len(x), probe.shape[1]), teacher=teacher,
@@ -163,11 +192,11 @@ def _targets(teacher, x, y, options: FinetuneOptions, held_idx: np.ndarray, prog
     return out
 
 
-def _forward(model, x):
+def _forward(model, *args):
     import torch
 
     with torch.no_grad():
-        return model(x)
+        return model(*args)
 
 
 def teacher_logits(targets: dict, x, idx):
@@ -177,7 +206,7 @@ def teacher_logits(targets: dict, x, idx):
     todo = idx[~targets["done"][idx]]
     feats = targets.get("features")
     if len(todo):
-        targets["t"][todo] = _forward(targets["teacher"], _rows(x, todo))
+        targets["t"][todo] = _forward(targets["teacher"], *x.rows(todo))
         targets["done"][todo] = True
         if feats is not None:
             if targets.get("tf") is None:
@@ -220,7 +249,7 @@ def heldout_score(model, x, targets: dict, idx: np.ndarray) -> float:
     with torch.no_grad():
         for i in range(0, len(idx), EVAL_BATCH):
             part = torch.from_numpy(idx[i:i + EVAL_BATCH])
-            hits += int((model(_rows(x, part)).argmax(1) == ref[part]).sum())
+            hits += int((model(*x.rows(part)).argmax(1) == ref[part]).sum())
     return hits / max(1, len(idx))
 
 
@@ -307,7 +336,7 @@ def _epoch(model, x, targets: dict, order: np.ndarray, opt, options: FinetuneOpt
             group["lr"] = options.lr * factor
         targets["batch_t"] = teacher_logits(targets, x, idx)
         opt.zero_grad(set_to_none=True)
-        loss = _loss(model(_rows(x, idx)), idx, targets, options)
+        loss = _loss(model(*x.rows(idx)), idx, targets, options)
         if not torch.isfinite(loss):
             raise StageError("fine-tuning diverged (loss is not finite)",
                              hint="lower the fine-tuning learning rate (lr)")

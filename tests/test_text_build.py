@@ -190,10 +190,45 @@ def test_text_pruning_refuses_what_it_cannot_do(hf_folder, text_data, tmp_path):
     calib, val = text_data
     result = CliRunner().invoke(main, ["build", str(hf_folder), "--calib", str(calib), "--max-length", str(L),
                                        "--prune-keep-macs", "0.5", "--prune-importance", "taylor",
-                                       "--finetune", str(val), "--out", str(tmp_path / "b")])
+                                       "--out", str(tmp_path / "b")])
     assert result.exit_code != 0
-    for words in ("not a MAC goal", "weight magnitude only", "fine-tuning of text models"):
+    for words in ("not a MAC goal", "weight magnitude only"):
         assert words in result.output
+
+
+def _learnable_texts(path: Path, n: int, seed: int) -> Path:
+    """Labelled texts a tiny BERT can learn in seconds: spam sentences share prize words, ham ones do not."""
+    import random
+
+    rng = random.Random(seed)
+    spam = ["WIN a FREE prize, call {} now", "Claim your cash prize, text WIN to {}", "FREE entry to win {} tickets"]
+    ham = ["see you at lunch at {}", "I'll be home late, around {}", "did you catch the bus at {}"]
+    rows = []
+    for i in range(n):
+        label = i % 2
+        rows.append({"text": rng.choice(spam if label else ham).format(rng.randint(1, 99)), "label": label})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.mark.slow
+def test_text_pruning_fine_tunes_on_labelled_texts(hf_folder, text_data, tmp_path):
+    """--finetune with a labelled .jsonl trains the pruned text model: its held-out accuracy must rise from
+    the random-weight pruned model's chance level (the best held-out state is kept, so no rise = a failure)."""
+    calib, _ = text_data
+    train = _learnable_texts(tmp_path / "train.jsonl", 240, seed=0)
+    val = _learnable_texts(tmp_path / "val.jsonl", 40, seed=1)
+    out = tmp_path / "ft"
+    result = CliRunner().invoke(main, ["build", str(hf_folder), "--calib", str(calib), "--val", str(val),
+                                       "--max-length", str(L), "--out", str(out), "--latency-runs", "3",
+                                       "--prune", "0.5", "--finetune", str(train), "--finetune-epochs", "6",
+                                       "--finetune-lr", "0.002", "--finetune-batch-size", "16",
+                                       "--finetune-patience", "6", "--max-accuracy-drop", "100",
+                                       "--min-agreement", "0", "--quiet"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    ft = json.loads((out / "manifest.json").read_text())["stages"]["prune"]["finetune"]
+    assert ft["metric"] == "accuracy" and ft["train_samples"] + ft["heldout_samples"] == 240
+    assert ft["heldout_after"] >= 0.9 > ft["heldout_before"], ft
 
 
 def test_prune_command_saves_a_pruned_text_model(hf_folder, text_data, tmp_path):

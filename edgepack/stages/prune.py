@@ -30,7 +30,10 @@ def run(ctx: BuildContext) -> dict | None:
                          hint="pass the PyTorch source (torchvision:<arch>, factory, .pt2) or drop --prune")
     unpruned = ctx.model
     if unpruned.text is not None:
-        return _finish(ctx, unpruned, *_prune_text(ctx, options))
+        pruned, report = _prune_text(ctx, options)
+        if options.finetune is not None and options.finetune.data:
+            report["finetune"] = _finetune(ctx, pruned, unpruned.module, options)
+        return _finish(ctx, unpruned, pruned, report)
     example = torch.from_numpy(ctx.calib.x[:1])
     pruned, report = prune_model(unpruned.module, example, options, calib=ctx.calib, progress=ctx.progress)
     if not report["mac_counts_agree"]:
@@ -82,5 +85,8 @@ def _finetune(ctx: BuildContext, pruned, teacher, options: PruneOptions) -> dict
     from ..finetune import finetune, load_data
 
     ft = options.finetune
-    data = load_data(ft, input_shape=ctx.input_shape, preprocess=ctx.config.preprocess, progress=ctx.progress)
-    return finetune(pruned, data, ft, teacher=teacher if ft.distill else None, progress=ctx.progress)
+    text = ctx.model.text
+    data = load_data(ft, input_shape=ctx.input_shape, preprocess=ctx.config.preprocess, progress=ctx.progress,
+                     text=text)
+    return finetune(pruned, data, ft, teacher=teacher if ft.distill else None,
+                    input_names=text.input_names if text is not None else None, progress=ctx.progress)
