@@ -168,7 +168,8 @@ BUILD_OPTIONS = [
     click.option("--prune-ignore", multiple=True, help="Module name to leave unpruned (repeatable)."),
     click.option("--prune-round-to", type=int, help="Round channel counts to a multiple of N (default 8)."),
     click.option("--prune-steps", type=int, help="Iterative pruning steps (default 1)."),
-    click.option("--finetune", "finetune_data", help="Recovery fine-tuning data after pruning (image folder or .npz; for text models .jsonl or .csv with labels)."),
+    click.option("--finetune", "finetune_data", help="Recovery fine-tuning data after pruning (image folder or "
+                 ".npz; for text models .jsonl or .csv with labels)."),
     click.option("--finetune-epochs", type=int),
     click.option("--finetune-lr", type=float),
     click.option("--finetune-batch-size", type=int),

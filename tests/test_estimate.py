@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgepack import estimate, opcount, targets
+from edgepack import estimate, opcount, references, targets
 from edgepack.errors import ConfigError, InputError
 from edgepack.targets import Reference
 
@@ -119,7 +119,7 @@ def test_leave_one_out_table(name, capsys):
 def test_estimate_of_a_model_carries_kind_and_band(tmp_path):
     from edgepack.backends import onnx as onnx_backend
 
-    onnx_backend.export(estimate._torchvision("squeezenet1_1"), (1, 3, 224, 224), tmp_path / "m.onnx", opset=17)
+    onnx_backend.export(references._torchvision("squeezenet1_1"), (1, 3, 224, 224), tmp_path / "m.onnx", opset=17)
     est = estimate.estimate(tmp_path / "m.onnx", "onnx", "fp32", targets.load("raspberry-pi-4"))
     assert est["kind"] == "estimated-device" and est["precision"] == "fp32"
     assert est["band"][0] <= est["p50"] <= est["band"][1]
@@ -142,5 +142,5 @@ def test_leave_one_out_holds_out_the_whole_architecture_family():
 
 
 def test_mobilenet_v1_is_built_although_torchvision_lacks_it():
-    net = estimate._torchvision("mobilenet_v1")
+    net = references._torchvision("mobilenet_v1")
     assert sum(p.numel() for p in net.parameters()) == pytest.approx(4.23e6, rel=0.01)
