@@ -92,19 +92,21 @@ def diagnose(config: BuildConfig, bundle: Path | None = None, progress: Progress
     workdir = Path(tempfile.mkdtemp(prefix="edgepack-"))
     try:
         ctx = _prepare(config, targets.load(config.target), workdir, progress)
-        if ctx.model.text is not None:
-            raise InputError("per-layer diagnosis of text models is not supported yet",
-                             hint="the build's report.md lists the INT8 recipe and its accuracy")
         export.run(ctx)
         if bundle is None:
             with quantize.quiet_root_logger():
                 quantize.run(dataclasses.replace(ctx, target=dataclasses.replace(ctx.target, formats=("onnx",)),
                                                  config=dataclasses.replace(config, max_search_time=0)))
-            int8 = workdir / "model_int8.onnx"
+            # text builds make a static and a dynamic candidate: the static one has the rounded activations
+            int8 = next(p for p in (workdir / "model_int8_static.onnx", workdir / "model_int8.onnx") if p.exists())
         else:
             int8 = bundle / "model.onnx"
         progress("measuring per-layer error", 0, 1)
-        return layer_errors(ctx.get("onnx", "fp32").path, int8, ctx.val.x)
+        rows = layer_errors(ctx.get("onnx", "fp32").path, int8, ctx.val.x)
+        if not rows:
+            raise InputError(f"{int8.name} rounds no activations (dynamic INT8?): there is no per-layer error "
+                             "to measure", hint="diagnose the model source instead of the bundle")
+        return rows
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -319,7 +319,8 @@ def prune_cmd(ctx: click.Context, model: str | None, save_path: str, as_json: bo
 
 @main.command(epilog=EPILOG)
 @click.argument("model_or_bundle")
-@click.option("--data", required=True, help="Samples to measure on: image folder or .npz (16 are used).")
+@click.option("--data", required=True,
+              help="Samples to measure on: image folder or .npz, or texts for a text model (16 are used).")
 @build_options
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write the per-layer plot (PNG) here.")
 @click.option("--top", type=int, default=25, show_default=True, help="Rows to show.")
@@ -352,7 +353,9 @@ def diagnose(ctx: click.Context, model_or_bundle: str, data: str, plot_path: str
         if as_json:
             click.echo(json.dumps(rows[:top], indent=2))
             return
-        table = [(r["name"], r["op"], f"{r['drop_db']:.1f}", f"{r['sqnr_db']:.1f}") for r in rows[:top]]
+        from .diagnose import drop_text
+
+        table = [(r["name"], r["op"], drop_text(r), f"{r['sqnr_db']:.1f}") for r in rows[:top]]
         click.echo(_table(("layer (PyTorch module)", "op", "SQNR lost here dB", "SQNR so far dB"), table))
         if plot_path:
             click.echo(f"plot: {plot_path}")

@@ -6,7 +6,8 @@ the INT8 values are exactly what the next layer reads. For each layer we report:
 
 - ``sqnr_db``: SQNR of the INT8 tensor vs FP32 at that point (error accumulated so far), dB;
 - ``drop_db``: how much SQNR the layer itself loses (worst input SQNR minus its output SQNR), the
-  error it injects. Layers are ranked by it, worst first: these are the ones to keep in float.
+  error it injects. Layers are ranked by it, worst first: these are the ones to keep in float. None when no
+  input of the layer is rounded (a text model's embedding lookup): those rows come last.
 """
 
 from __future__ import annotations
@@ -52,10 +53,18 @@ def _quantized_tensors(qmodel) -> dict[str, str]:
             if n.op_type == "QuantizeLinear" and n.input[0] not in inits and n.output[0] in dq_of}
 
 
-def _collect(session, names: list[str], x: np.ndarray, input_name: str) -> dict[str, list[np.ndarray]]:
+def _feeds(x, input_names: list[str]) -> list[dict[str, np.ndarray]]:
+    """One feed per sample: x is (N, C, H, W) for the model's single input, or {input name: (N, L)} (text)."""
+    if isinstance(x, dict):
+        n = len(next(iter(x.values())))
+        return [{name: x[name][i:i + 1] for name in input_names} for i in range(n)]
+    return [{input_names[0]: x[i:i + 1]} for i in range(len(x))]
+
+
+def _collect(session, names: list[str], feeds: list[dict[str, np.ndarray]]) -> dict[str, list[np.ndarray]]:
     out: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    for i in range(len(x)):
-        values = session.run(names, {input_name: x[i:i + 1]})
+    for feed in feeds:
+        values = session.run(names, feed)
         for n, v in zip(names, values, strict=True):
             out[n].append(np.asarray(v, np.float64).ravel())
     return out
@@ -67,19 +76,19 @@ def _sqnr(ref: list[np.ndarray], got: list[np.ndarray]) -> float:
     return 99.0 if noise == 0 else float(10 * np.log10(max(float(np.sum(r ** 2)), 1e-30) / noise))
 
 
-def layer_errors(fp32_path: Path, int8_path: Path, x: np.ndarray, samples: int = DIAG_SAMPLES) -> list[dict]:
-    """Per-layer error table, worst injected error first. x: (N, C, H, W) preprocessed samples."""
+def layer_errors(fp32_path: Path, int8_path: Path, x, samples: int = DIAG_SAMPLES) -> list[dict]:
+    """Per-layer error table, worst injected error first. x: (N, C, H, W) preprocessed samples, or for a text
+    model {input name: (N, L) int64 token arrays}. An INT8 model without rounded activations (dynamic
+    quantization) gives an empty table."""
     import onnx
 
     fmodel, qmodel = onnx.load(str(fp32_path)), onnx.load(str(int8_path))
     pairs = _quantized_tensors(qmodel)
     producer = {o: n for n in fmodel.graph.node for o in n.output}
     pairs = {t: dq for t, dq in pairs.items() if t in producer or t in {i.name for i in fmodel.graph.input}}
-    input_name = fmodel.graph.input[0].name
-    x = x[:samples]
-    ref = _collect(_session(fmodel, sorted(pairs)), sorted(pairs), x, input_name)
-    got = _collect(_session(qmodel, [pairs[t] for t in sorted(pairs)]), [pairs[t] for t in sorted(pairs)], x,
-                   input_name)
+    feeds = _feeds(x, [i.name for i in fmodel.graph.input])[:samples]
+    ref = _collect(_session(fmodel, sorted(pairs)), sorted(pairs), feeds)
+    got = _collect(_session(qmodel, [pairs[t] for t in sorted(pairs)]), [pairs[t] for t in sorted(pairs)], feeds)
     sqnr = {t: _sqnr(ref[t], got[pairs[t]]) for t in pairs}
     rows = []
     for t, value in sqnr.items():
@@ -87,9 +96,16 @@ def layer_errors(fp32_path: Path, int8_path: Path, x: np.ndarray, samples: int =
         if node is None:
             continue
         inputs = [sqnr[i] for i in _upstream(node, producer, sqnr)]
+        # no rounded input upstream (e.g. a text model's embedding lookup of exact token ids): the layer's own
+        # rounding is all its error, but "SQNR lost" from an exact input has no finite value; None, listed last
         rows.append({"tensor": t, "node": node.name, "op": node.op_type, "name": module_name(node.name),
-                     "sqnr_db": round(value, 2), "drop_db": round((min(inputs) if inputs else 99.0) - value, 2)})
-    return sorted(rows, key=lambda r: (-r["drop_db"], r["sqnr_db"], r["name"]))
+                     "sqnr_db": round(value, 2), "drop_db": round(min(inputs) - value, 2) if inputs else None})
+    return sorted(rows, key=lambda r: (r["drop_db"] is None, -(r["drop_db"] or 0.0), r["sqnr_db"], r["name"]))
+
+
+def drop_text(row: dict) -> str:
+    """The "SQNR lost here" cell: dB, or "-" for a layer whose inputs are exact."""
+    return "-" if row["drop_db"] is None else f"{row['drop_db']:.1f}"
 
 
 def _compute_node(node, producer: dict):

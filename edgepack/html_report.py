@@ -12,6 +12,7 @@ import html
 import io
 from typing import Any
 
+from .diagnose import drop_text
 from .report import budget_rows, summary_rows
 
 
@@ -60,7 +61,7 @@ def layer_plot(layers: list[dict], top: int = 25) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = layers[:top]
+    rows = [r for r in layers if r["drop_db"] is not None][:top]
     fig, ax = plt.subplots(figsize=(7, 0.28 * len(rows) + 1))
     ax.barh([r["name"][-48:] for r in rows][::-1], [r["drop_db"] for r in rows][::-1], color="#c44e52")
     ax.set_xlabel("SQNR lost in this layer, dB (INT8 vs FP32; higher = more error injected here)")
@@ -149,7 +150,7 @@ def render(man: dict, layers: list[dict] | None = None) -> str:
         parts += ["<h2>Per-layer INT8 error</h2>",
                   f'<figure><img alt="per-layer error" src="data:image/png;base64,{layer_plot(layers)}"></figure>',
                   _table(("layer (PyTorch module)", "op", "SQNR lost here dB", "SQNR so far dB"),
-                         [(r["name"], r.get("op", ""), f"{r['drop_db']:.1f}", f"{r['sqnr_db']:.1f}")
+                         [(r["name"], r.get("op", ""), drop_text(r), f"{r['sqnr_db']:.1f}")
                           for r in layers[:40]])]
     if man.get("warnings"):
         parts += ["<h2>Warnings</h2><ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in man["warnings"]) + "</ul>"]

@@ -262,3 +262,16 @@ def test_text_tflite_int8_mode_is_validated(hf_folder, text_data, tmp_path):
     result = CliRunner().invoke(main, ["build", str(hf_folder), "--target", "android-arm64", "--calib", str(calib),
                                        "--text-tflite-int8", "int4", "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "int4" in result.output
+
+
+def test_diagnose_maps_text_int8_error_to_encoder_modules(hf_folder, text_data):
+    """Per-layer INT8 error of a text model: fed token arrays, its rows name the BERT modules."""
+    _, val = text_data
+    result = CliRunner().invoke(main, ["diagnose", str(hf_folder), "--data", str(val), "--max-length", str(L),
+                                       "--json", "--top", "500"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    rows = json.loads(result.output)
+    assert rows and rows[0]["drop_db"] is not None and all(r["sqnr_db"] < 99.0 for r in rows[:3])
+    lookups = [r for r in rows if r["drop_db"] is None]  # no rounded input: listed last, not as a 99 dB loss
+    assert lookups and rows[-len(lookups):] == lookups
+    assert any(r["name"].startswith("model.bert.encoder.layer.") and r["op"] in ("MatMul", "Gemm") for r in rows)

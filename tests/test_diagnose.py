@@ -1,0 +1,38 @@
+"""`edgepack diagnose` on an image model: per-layer INT8 error mapped to PyTorch module names, worst first,
+from a model source and from a built bundle, as a table, JSON and a plot."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from edgepack.cli import main
+
+
+def _rows(args: list[str]) -> list[dict]:
+    result = CliRunner().invoke(main, ["diagnose", *args, "--json", "--top", "500"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return json.loads(result.output)
+
+
+def test_diagnose_ranks_layers_by_the_error_they_inject(tiny_data, tmp_path):
+    rows = _rows(["toy_models:tiny_cnn", "--data", str(tiny_data["val"]), "--calib", str(tiny_data["calib"]),
+                  "--input-shape", "1,3,32,32", "--target", "x86-64"])
+    drops = [r["drop_db"] for r in rows]
+    assert rows and None not in drops and drops == sorted(drops, reverse=True)
+    convs = {r["name"] for r in rows if r["op"] == "Conv"}
+    assert {"stem.0", "dw.0", "pw.0", "head.0"} <= convs  # torch module paths, not ONNX scope names
+
+
+def test_diagnose_a_bundle_and_plot(tiny_data, tmp_path):
+    out = tmp_path / "b"
+    build = CliRunner().invoke(main, ["build", "toy_models:tiny_cnn", "--target", "x86-64", "--calib",
+                                      str(tiny_data["calib"]), "--val", str(tiny_data["val"]), "--input-shape",
+                                      "1,3,32,32", "--out", str(out), "--latency-runs", "3", "--quiet",
+                                      "--max-accuracy-drop", "100", "--min-agreement", "0"])
+    assert build.exit_code == 0, build.output + repr(build.exception)
+    png = tmp_path / "layers.png"
+    result = CliRunner().invoke(main, ["diagnose", str(out), "--data", str(tiny_data["val"]), "--plot", str(png)])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "SQNR lost here dB" in result.output and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
