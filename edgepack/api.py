@@ -183,13 +183,10 @@ def _check_text_build(config: BuildConfig, target: targets.TargetProfile) -> Non
 
 
 def _check_text_prune(options, problems: list[str], hints: list[str]) -> None:
-    """Text models prune attention heads and FFN neurons by a ratio, by weight magnitude."""
+    """Text models prune attention heads and FFN neurons by a ratio (magnitude or Taylor importance)."""
     if options.ratio is None:
         problems.append("text models prune by a ratio of heads and FFN neurons, not a MAC goal")
         hints.append("use --prune RATIO instead of --prune-keep-macs")
-    if options.importance != "magnitude":
-        problems.append("text pruning ranks heads and FFN neurons by weight magnitude only")
-        hints.append("drop --prune-importance")
     if options.ignore:
         problems.append("--prune-ignore does not apply to text models (every encoder layer is pruned alike)")
         hints.append("drop --prune-ignore")

@@ -4,8 +4,11 @@ Works on Hugging Face BERT-style encoders (BERT, MiniLM, RoBERTa, ...): every la
 ``attention`` block that has ``prune_heads`` (transformers' own head pruning, which shrinks the
 query/key/value projections and the attention output projection together and updates the head
 counts the forward pass reads) and an FFN of ``intermediate.dense`` (hidden -> I) followed by
-``output.dense`` (I -> hidden). Importance is weight magnitude: a head's squared query, key, value
-rows and output-projection columns; an FFN neuron's squared input row and output column. Every
+``output.dense`` (I -> hidden). Importance is weight magnitude (a head's squared query, key, value
+rows and output-projection columns; an FFN neuron's squared input row and output column) or, with
+calibration texts, first-order Taylor: the squared sum of weight x gradient over a head's or a neuron's
+parameters (Molchanov et al. 2019), the loss being cross-entropy against the model's own top-1 (the
+calibration texts have no labels), accumulated over batches. Every
 layer loses the same fraction; at least one head is kept, and the FFN width stays a multiple of
 ``round_to``. The hidden size (the residual stream) is left alone, so embeddings, LayerNorms and
 the classifier head are unchanged.
@@ -48,6 +51,52 @@ def neuron_importance(layer):
             + layer.output.dense.weight.detach().pow(2).sum(0))
 
 
+TAYLOR_BATCH = 8
+
+
+def taylor_scores(model, inputs: tuple, layers: list) -> dict:
+    """{layer name: (head scores, neuron scores)}: per batch, (sum of weight x gradient over the group)^2,
+    summed over batches. ``inputs``: positional (N, L) int64 token tensors."""
+    import torch
+    import torch.nn.functional as F
+
+    scores: dict = {}
+    for p in model.parameters():  # a copy: a source that froze its encoder still gets gradients here
+        p.requires_grad_(True)
+    model.zero_grad(set_to_none=True)
+    for start in range(0, len(inputs[0]), TAYLOR_BATCH):
+        batch = tuple(t[start:start + TAYLOR_BATCH] for t in inputs)
+        logits = model(*batch)
+        F.cross_entropy(logits, logits.detach().argmax(1)).backward()
+        with torch.no_grad():
+            for name, layer in layers:
+                h, n = _head_taylor(layer), _neuron_taylor(layer)
+                old = scores.get(name)
+                scores[name] = (h, n) if old is None else (old[0] + h, old[1] + n)
+        model.zero_grad(set_to_none=True)
+    return scores
+
+
+def _wg(lin, dim_out: bool):
+    """Per output row (dim_out) or input column: sum of weight x gradient (bias included for rows)."""
+    wg = lin.weight * lin.weight.grad
+    if dim_out:
+        total = wg.sum(1)
+        return total + lin.bias * lin.bias.grad if lin.bias is not None and lin.bias.grad is not None else total
+    return wg.sum(0)
+
+
+def _head_taylor(layer):
+    sa, proj = layer.attention.self, layer.attention.output.dense
+    heads, size = sa.num_attention_heads, sa.attention_head_size
+    rows = sum(_wg(lin, True).reshape(heads, size).sum(1) for lin in (sa.query, sa.key, sa.value))
+    return (rows + _wg(proj, False).reshape(heads, size).sum(1)).pow(2)
+
+
+def _neuron_taylor(layer):
+    return (_wg(layer.intermediate.dense, True) + _wg(layer.output.dense, False)).pow(2)
+
+
 def heads_to_keep(heads: int, ratio: float) -> int:
     """Heads a layer keeps at ``ratio``: the nearest whole number, at least one."""
     return max(1, heads - int(round(heads * ratio)))
@@ -60,9 +109,11 @@ def neurons_to_keep(width: int, ratio: float, round_to: int) -> int:
     return min(width, max(round_to, int(round(width * (1 - ratio) / round_to)) * round_to))
 
 
-def prune_transformer(module, ratio: float, *, round_to: int = 8) -> tuple[Any, list[dict]]:
+def prune_transformer(module, ratio: float, *, round_to: int = 8,
+                      taylor_inputs: tuple | None = None) -> tuple[Any, list[dict]]:
     """Prune a copy of ``module`` (left untouched): ``ratio`` of the heads and of the FFN neurons of
-    every encoder layer -> (pruned module in eval mode, per-layer changes)."""
+    every encoder layer -> (pruned module in eval mode, per-layer changes). With ``taylor_inputs``
+    (positional token tensors of calibration texts) the ranking is Taylor, else weight magnitude."""
     import torch
     from transformers.pytorch_utils import prune_linear_layer
 
@@ -72,17 +123,19 @@ def prune_transformer(module, ratio: float, *, round_to: int = 8) -> tuple[Any, 
         raise InputError("no transformer encoder layers found to prune",
                          hint="text pruning supports Hugging Face BERT-style encoders (attention.prune_heads, "
                               "intermediate.dense, output.dense)")
+    taylor = taylor_scores(model, taylor_inputs, layers) if taylor_inputs is not None else {}
     changes = []
     for name, layer in layers:
         heads = layer.attention.self.num_attention_heads
         keep_h = heads_to_keep(heads, ratio)
-        drop = torch.argsort(head_importance(layer))[:heads - keep_h].tolist()
+        h_score, n_score = taylor.get(name, (head_importance(layer), neuron_importance(layer)))
+        drop = torch.argsort(h_score)[:heads - keep_h].tolist()
         if drop:
             layer.attention.prune_heads(sorted(drop))
         width = layer.intermediate.dense.out_features
         keep_n = neurons_to_keep(width, ratio, round_to)
         if keep_n < width:
-            idx = torch.sort(torch.argsort(neuron_importance(layer), descending=True)[:keep_n]).values
+            idx = torch.sort(torch.argsort(n_score, descending=True)[:keep_n]).values
             layer.intermediate.dense = prune_linear_layer(layer.intermediate.dense, idx, dim=0)
             layer.output.dense = prune_linear_layer(layer.output.dense, idx, dim=1)
         changes.append({"layer": name, "heads_before": heads, "heads_after": keep_h,

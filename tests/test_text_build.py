@@ -189,10 +189,10 @@ def test_text_build_prunes_heads_and_ffn(hf_folder, text_data, tmp_path):
 def test_text_pruning_refuses_what_it_cannot_do(hf_folder, text_data, tmp_path):
     calib, val = text_data
     result = CliRunner().invoke(main, ["build", str(hf_folder), "--calib", str(calib), "--max-length", str(L),
-                                       "--prune-keep-macs", "0.5", "--prune-importance", "taylor",
+                                       "--prune-keep-macs", "0.5", "--prune-ignore", "classifier",
                                        "--out", str(tmp_path / "b")])
     assert result.exit_code != 0
-    for words in ("not a MAC goal", "weight magnitude only"):
+    for words in ("not a MAC goal", "--prune-ignore does not apply"):
         assert words in result.output
 
 
@@ -275,3 +275,31 @@ def test_diagnose_maps_text_int8_error_to_encoder_modules(hf_folder, text_data):
     lookups = [r for r in rows if r["drop_db"] is None]  # no rounded input: listed last, not as a 99 dB loss
     assert lookups and rows[-len(lookups):] == lookups
     assert any(r["name"].startswith("model.bert.encoder.layer.") and r["op"] in ("MatMul", "Gemm") for r in rows)
+
+
+def test_taylor_importance_ranks_text_heads_by_their_effect_on_the_output(hf_folder, text_data):
+    """Taylor scores come from gradients on calibration texts: a head whose output projection is zeroed
+    changes nothing, so its score is ~0 and it is the one pruned; magnitude would keep it (its q/k/v rows
+    stay large)."""
+    torch = pytest.importorskip("torch")
+    from edgepack import sources
+    from edgepack.data import load_text
+    from edgepack.pruning_text import prune_transformer, transformer_layers
+
+    calib, _ = text_data
+    model = sources.load(str(hf_folder), max_length=L)
+    module = model.module
+    size = module.model.config.hidden_size // module.model.config.num_attention_heads
+    with torch.no_grad():
+        for _, layer in transformer_layers(module):
+            layer.attention.output.dense.weight[:, :size] = 0.0        # head 0 contributes nothing
+            layer.attention.self.query.weight[:size] *= 10.0          # but has the largest weights
+    data = load_text(str(calib), text=model.text, count=None, seed=0, role="calibration")
+    inputs = tuple(torch.from_numpy(data.x[n]) for n in model.text.input_names)
+    kept = {}
+    for importance, taylor in (("magnitude", None), ("taylor", inputs)):
+        pruned, _ = prune_transformer(module, 0.5, round_to=8, taylor_inputs=taylor)
+        kept[importance] = [layer.attention.output.dense.weight[:, :size].abs().sum().item() > 0
+                            for _, layer in transformer_layers(pruned)]
+    assert kept["magnitude"] == [False, False]   # kept the dead head (its zero columns are still there)
+    assert kept["taylor"] == [True, True]        # pruned it, kept the live one

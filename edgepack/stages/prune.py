@@ -67,10 +67,13 @@ def _prune_text(ctx: BuildContext, options: PruneOptions) -> tuple:
     inputs = tuple(torch.from_numpy(ctx.calib.x[n][:1]) for n in text.input_names)
     before = count(ctx.model.module, inputs)
     ctx.progress("pruning attention heads and FFN neurons", 0, 1)
-    pruned, layers = prune_transformer(ctx.model.module, options.ratio, round_to=options.round_to)
+    taylor = (tuple(torch.from_numpy(ctx.calib.x[n][:options.taylor_samples]) for n in text.input_names)
+              if options.importance == "taylor" else None)
+    pruned, layers = prune_transformer(ctx.model.module, options.ratio, round_to=options.round_to,
+                                       taylor_inputs=taylor)
     after = count(pruned, inputs)
     ctx.progress("pruning attention heads and FFN neurons", 1, 1)
-    report = {"kind": "transformer heads + FFN", "ratio": options.ratio, "importance": "magnitude",
+    report = {"kind": "transformer heads + FFN", "ratio": options.ratio, "importance": options.importance,
               "round_to": options.round_to, "ignored": [],
               "params_before": before["params"], "params_after": after["params"],
               "macs_before": before["macs"], "macs_after": after["macs"],
