@@ -183,10 +183,7 @@ def _check_text_build(config: BuildConfig, target: targets.TargetProfile) -> Non
 
 
 def _check_text_prune(options, problems: list[str], hints: list[str]) -> None:
-    """Text models prune attention heads and FFN neurons by a ratio (magnitude or Taylor importance)."""
-    if options.ratio is None:
-        problems.append("text models prune by a ratio of heads and FFN neurons, not a MAC goal")
-        hints.append("use --prune RATIO instead of --prune-keep-macs")
+    """Text models prune attention heads and FFN neurons of every layer alike (ratio or MAC goal)."""
     if options.ignore:
         problems.append("--prune-ignore does not apply to text models (every encoder layer is pruned alike)")
         hints.append("drop --prune-ignore")

@@ -109,21 +109,18 @@ def neurons_to_keep(width: int, ratio: float, round_to: int) -> int:
     return min(width, max(round_to, int(round(width * (1 - ratio) / round_to)) * round_to))
 
 
-def prune_transformer(module, ratio: float, *, round_to: int = 8,
-                      taylor_inputs: tuple | None = None) -> tuple[Any, list[dict]]:
+def prune_transformer(module, ratio: float, *, round_to: int = 8, taylor_inputs: tuple | None = None,
+                      scores: dict | None = None) -> tuple[Any, list[dict]]:
     """Prune a copy of ``module`` (left untouched): ``ratio`` of the heads and of the FFN neurons of
     every encoder layer -> (pruned module in eval mode, per-layer changes). With ``taylor_inputs``
-    (positional token tensors of calibration texts) the ranking is Taylor, else weight magnitude."""
+    (positional token tensors of calibration texts) the ranking is Taylor, else weight magnitude;
+    ``scores`` (from ``taylor_scores`` on the unpruned module) reuses a Taylor ranking."""
     import torch
     from transformers.pytorch_utils import prune_linear_layer
 
     model = copy.deepcopy(module).eval()
-    layers = transformer_layers(model)
-    if not layers:
-        raise InputError("no transformer encoder layers found to prune",
-                         hint="text pruning supports Hugging Face BERT-style encoders (attention.prune_heads, "
-                              "intermediate.dense, output.dense)")
-    taylor = taylor_scores(model, taylor_inputs, layers) if taylor_inputs is not None else {}
+    layers = _layers_or_raise(model)
+    taylor = scores or (taylor_scores(model, taylor_inputs, layers) if taylor_inputs is not None else {})
     changes = []
     for name, layer in layers:
         heads = layer.attention.self.num_attention_heads
@@ -142,6 +139,32 @@ def prune_transformer(module, ratio: float, *, round_to: int = 8,
                         "ffn_before": width, "ffn_after": layer.intermediate.dense.out_features})
     log.info("pruned %d transformer layers: heads %s", len(changes), [c["heads_after"] for c in changes])
     return model.eval(), changes
+
+
+def _layers_or_raise(model) -> list:
+    layers = transformer_layers(model)
+    if not layers:
+        raise InputError("no transformer encoder layers found to prune",
+                         hint="text pruning supports Hugging Face BERT-style encoders (attention.prune_heads, "
+                              "intermediate.dense, output.dense)")
+    return layers
+
+
+def search_ratio(module, keep_macs: float, inputs: tuple, *, round_to: int, scores: dict | None,
+                 steps: int, max_ratio: float) -> float:
+    """Smallest ratio whose pruned copy keeps at most ``keep_macs`` of the MACs (bisection, ``steps``
+    halvings); ``max_ratio`` when even that keeps more (the embeddings and the hidden size stay)."""
+    goal = keep_macs * count(module, inputs)["macs"]
+    lo, hi = 0.0, max_ratio
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        pruned, _ = prune_transformer(module, mid, round_to=round_to, scores=scores)
+        if count(pruned, inputs)["macs"] <= goal:
+            hi = mid
+        else:
+            lo = mid
+    log.info("keep_macs %.3f -> head/FFN ratio %.4f", keep_macs, hi)
+    return hi
 
 
 def count(model, inputs: tuple) -> dict:

@@ -189,11 +189,20 @@ def test_text_build_prunes_heads_and_ffn(hf_folder, text_data, tmp_path):
 def test_text_pruning_refuses_what_it_cannot_do(hf_folder, text_data, tmp_path):
     calib, val = text_data
     result = CliRunner().invoke(main, ["build", str(hf_folder), "--calib", str(calib), "--max-length", str(L),
-                                       "--prune-keep-macs", "0.5", "--prune-ignore", "classifier",
+                                       "--prune", "0.5", "--prune-ignore", "classifier",
                                        "--out", str(tmp_path / "b")])
-    assert result.exit_code != 0
-    for words in ("not a MAC goal", "--prune-ignore does not apply"):
-        assert words in result.output
+    assert result.exit_code == 2
+    assert "--prune-ignore does not apply" in result.output
+
+
+def test_text_pruning_meets_a_mac_goal(hf_folder, text_data, tmp_path):
+    calib, _ = text_data
+    result = CliRunner().invoke(main, ["prune", str(hf_folder), "--calib", str(calib), "--max-length", str(L),
+                                       "--prune-keep-macs", "0.7", "--save", str(tmp_path / "p.pt2"), "--json"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    report = json.loads(result.output)
+    assert 0.6 <= report["macs_kept"] <= 0.7 * 1.02 and 0 < report["ratio"] < 0.9
+    assert report["macs_after"] < report["macs_before"]
 
 
 def _learnable_texts(path: Path, n: int, seed: int) -> Path:

@@ -40,15 +40,16 @@ def run(ctx: BuildContext) -> dict | None:
         ctx.warn(f"MAC counts disagree by {report['mac_count_gap']:.1%} (Torch-Pruning "
                  f"{report['macs_after']:,} vs FlopCounterMode {report['macs_independent_after']:,}): "
                  "some layer escapes one of the counters")
-    if options.keep_macs is not None and report["macs_kept"] > options.keep_macs * 1.02:
-        ctx.warn(f"pruning kept {report['macs_kept']:.1%} of the MACs, above the goal of "
-                 f"{options.keep_macs:.1%}: the layers left alone hold the rest")
     if options.finetune is not None and options.finetune.data:
         report["finetune"] = _finetune(ctx, pruned, unpruned.module, options)
     return _finish(ctx, unpruned, pruned, report)
 
 
 def _finish(ctx: BuildContext, unpruned, pruned, report: dict) -> dict:
+    keep = ctx.config.prune.keep_macs
+    if keep is not None and report["macs_kept"] > keep * 1.02:
+        ctx.warn(f"pruning kept {report['macs_kept']:.1%} of the MACs, above the goal of {keep:.1%}: the layers "
+                 "left alone (and a text model's embeddings) hold the rest")
     ctx.model = dataclasses.replace(unpruned, module=pruned.eval())
     ctx.unpruned = unpruned
     ctx.records["prune"] = report
@@ -61,19 +62,30 @@ def _prune_text(ctx: BuildContext, options: PruneOptions) -> tuple:
     """Attention heads and FFN neurons of a transformer text model (edgepack.pruning_text)."""
     import torch
 
-    from ..pruning_text import count, prune_transformer
+    from ..pruning import MAX_RATIO, SEARCH_STEPS
+    from ..pruning_text import count, prune_transformer, search_ratio, taylor_scores, transformer_layers
 
     text = ctx.model.text
     inputs = tuple(torch.from_numpy(ctx.calib.x[n][:1]) for n in text.input_names)
     before = count(ctx.model.module, inputs)
     ctx.progress("pruning attention heads and FFN neurons", 0, 1)
-    taylor = (tuple(torch.from_numpy(ctx.calib.x[n][:options.taylor_samples]) for n in text.input_names)
-              if options.importance == "taylor" else None)
-    pruned, layers = prune_transformer(ctx.model.module, options.ratio, round_to=options.round_to,
-                                       taylor_inputs=taylor)
+    scores = None
+    if options.importance == "taylor":
+        import copy
+
+        scratch = copy.deepcopy(ctx.model.module).eval()
+        calib = tuple(torch.from_numpy(ctx.calib.x[n][:options.taylor_samples]) for n in text.input_names)
+        scores = taylor_scores(scratch, calib, transformer_layers(scratch))
+        del scratch
+    ratio = options.ratio
+    if ratio is None:  # a MAC goal
+        ratio = search_ratio(ctx.model.module, options.keep_macs, inputs, round_to=options.round_to, scores=scores,
+                             steps=SEARCH_STEPS, max_ratio=MAX_RATIO)
+    pruned, layers = prune_transformer(ctx.model.module, ratio, round_to=options.round_to, scores=scores)
     after = count(pruned, inputs)
     ctx.progress("pruning attention heads and FFN neurons", 1, 1)
-    report = {"kind": "transformer heads + FFN", "ratio": options.ratio, "importance": options.importance,
+    report = {"kind": "transformer heads + FFN", "ratio": ratio, "keep_macs": options.keep_macs,
+              "importance": options.importance,
               "round_to": options.round_to, "ignored": [],
               "params_before": before["params"], "params_after": after["params"],
               "macs_before": before["macs"], "macs_after": after["macs"],
