@@ -54,14 +54,17 @@ def neuron_importance(layer):
 TAYLOR_BATCH = 8
 
 
-def taylor_scores(model, inputs: tuple, layers: list) -> dict:
-    """{layer name: (head scores, neuron scores)}: per batch, (sum of weight x gradient over the group)^2,
-    summed over batches. ``inputs``: positional (N, L) int64 token tensors."""
+def taylor_scores(module, inputs: tuple) -> dict:
+    """{layer name: (head scores, neuron scores)} of ``module`` (left untouched: a copy gets the gradients):
+    per batch, (sum of weight x gradient over the group)^2, summed over batches. ``inputs``: positional
+    (N, L) int64 token tensors of calibration texts."""
     import torch
     import torch.nn.functional as F
 
+    model = copy.deepcopy(module).eval()
+    layers = _layers_or_raise(model)
     scores: dict = {}
-    for p in model.parameters():  # a copy: a source that froze its encoder still gets gradients here
+    for p in model.parameters():  # a source that froze its encoder still gets gradients on the copy
         p.requires_grad_(True)
     model.zero_grad(set_to_none=True)
     for start in range(0, len(inputs[0]), TAYLOR_BATCH):
@@ -109,18 +112,17 @@ def neurons_to_keep(width: int, ratio: float, round_to: int) -> int:
     return min(width, max(round_to, int(round(width * (1 - ratio) / round_to)) * round_to))
 
 
-def prune_transformer(module, ratio: float, *, round_to: int = 8, taylor_inputs: tuple | None = None,
+def prune_transformer(module, ratio: float, *, round_to: int = 8,
                       scores: dict | None = None) -> tuple[Any, list[dict]]:
     """Prune a copy of ``module`` (left untouched): ``ratio`` of the heads and of the FFN neurons of
-    every encoder layer -> (pruned module in eval mode, per-layer changes). With ``taylor_inputs``
-    (positional token tensors of calibration texts) the ranking is Taylor, else weight magnitude;
-    ``scores`` (from ``taylor_scores`` on the unpruned module) reuses a Taylor ranking."""
+    every encoder layer -> (pruned module in eval mode, per-layer changes). Ranked by ``scores``
+    (``taylor_scores`` of ``module``) when given, else by weight magnitude."""
     import torch
     from transformers.pytorch_utils import prune_linear_layer
 
     model = copy.deepcopy(module).eval()
     layers = _layers_or_raise(model)
-    taylor = scores or (taylor_scores(model, taylor_inputs, layers) if taylor_inputs is not None else {})
+    taylor = scores or {}
     changes = []
     for name, layer in layers:
         heads = layer.attention.self.num_attention_heads

@@ -293,7 +293,7 @@ def test_taylor_importance_ranks_text_heads_by_their_effect_on_the_output(hf_fol
     torch = pytest.importorskip("torch")
     from edgepack import sources
     from edgepack.data import load_text
-    from edgepack.pruning_text import prune_transformer, transformer_layers
+    from edgepack.pruning_text import prune_transformer, taylor_scores, transformer_layers
 
     calib, _ = text_data
     model = sources.load(str(hf_folder), max_length=L)
@@ -306,8 +306,8 @@ def test_taylor_importance_ranks_text_heads_by_their_effect_on_the_output(hf_fol
     data = load_text(str(calib), text=model.text, count=None, seed=0, role="calibration")
     inputs = tuple(torch.from_numpy(data.x[n]) for n in model.text.input_names)
     kept = {}
-    for importance, taylor in (("magnitude", None), ("taylor", inputs)):
-        pruned, _ = prune_transformer(module, 0.5, round_to=8, taylor_inputs=taylor)
+    for importance, scores in (("magnitude", None), ("taylor", taylor_scores(module, inputs))):
+        pruned, _ = prune_transformer(module, 0.5, round_to=8, scores=scores)
         kept[importance] = [layer.attention.output.dense.weight[:, :size].abs().sum().item() > 0
                             for _, layer in transformer_layers(pruned)]
     assert kept["magnitude"] == [False, False]   # kept the dead head (its zero columns are still there)

@@ -31,15 +31,13 @@ def run(ctx: BuildContext) -> dict | None:
     unpruned = ctx.model
     if unpruned.text is not None:
         pruned, report = _prune_text(ctx, options)
-        if options.finetune is not None and options.finetune.data:
-            report["finetune"] = _finetune(ctx, pruned, unpruned.module, options)
-        return _finish(ctx, unpruned, pruned, report)
-    example = torch.from_numpy(ctx.calib.x[:1])
-    pruned, report = prune_model(unpruned.module, example, options, calib=ctx.calib, progress=ctx.progress)
-    if not report["mac_counts_agree"]:
-        ctx.warn(f"MAC counts disagree by {report['mac_count_gap']:.1%} (Torch-Pruning "
-                 f"{report['macs_after']:,} vs FlopCounterMode {report['macs_independent_after']:,}): "
-                 "some layer escapes one of the counters")
+    else:
+        example = torch.from_numpy(ctx.calib.x[:1])
+        pruned, report = prune_model(unpruned.module, example, options, calib=ctx.calib, progress=ctx.progress)
+        if not report["mac_counts_agree"]:
+            ctx.warn(f"MAC counts disagree by {report['mac_count_gap']:.1%} (Torch-Pruning "
+                     f"{report['macs_after']:,} vs FlopCounterMode {report['macs_independent_after']:,}): "
+                     "some layer escapes one of the counters")
     if options.finetune is not None and options.finetune.data:
         report["finetune"] = _finetune(ctx, pruned, unpruned.module, options)
     return _finish(ctx, unpruned, pruned, report)
@@ -63,7 +61,7 @@ def _prune_text(ctx: BuildContext, options: PruneOptions) -> tuple:
     import torch
 
     from ..pruning import MAX_RATIO, SEARCH_STEPS
-    from ..pruning_text import count, prune_transformer, search_ratio, taylor_scores, transformer_layers
+    from ..pruning_text import count, prune_transformer, search_ratio, taylor_scores
 
     text = ctx.model.text
     inputs = tuple(torch.from_numpy(ctx.calib.x[n][:1]) for n in text.input_names)
@@ -71,12 +69,8 @@ def _prune_text(ctx: BuildContext, options: PruneOptions) -> tuple:
     ctx.progress("pruning attention heads and FFN neurons", 0, 1)
     scores = None
     if options.importance == "taylor":
-        import copy
-
-        scratch = copy.deepcopy(ctx.model.module).eval()
         calib = tuple(torch.from_numpy(ctx.calib.x[n][:options.taylor_samples]) for n in text.input_names)
-        scores = taylor_scores(scratch, calib, transformer_layers(scratch))
-        del scratch
+        scores = taylor_scores(ctx.model.module, calib)
     ratio = options.ratio
     if ratio is None:  # a MAC goal
         ratio = search_ratio(ctx.model.module, options.keep_macs, inputs, round_to=options.round_to, scores=scores,
