@@ -87,13 +87,7 @@ def reconstruct(model, teacher, x, kept: dict, progress: ProgressFn = no_progres
             targets[name] = (pos, y.double(), total)
         return m.register_forward_hook(hook)
 
-    hooks = [grab(n, t_mods[n]) for n in layers]
-    try:
-        with torch.no_grad():
-            teacher(xs)
-    finally:
-        for h in hooks:
-            h.remove()
+    _forward_with_hooks(teacher, xs, [grab(n, t_mods[n]) for n in layers])
     stats = {"samples": len(xs), "layers_refit": 0, "layers_kept": 0, "error_before": 0.0, "error_after": 0.0}
 
     def refit(name):
@@ -109,18 +103,24 @@ def reconstruct(model, teacher, x, kept: dict, progress: ProgressFn = no_progres
             _refit_layer(mod, xin[pos].double(), y, stats)
         return layers[name].register_forward_pre_hook(pre_hook)
 
-    hooks = [refit(n) for n in layers]
-    try:
-        with torch.no_grad():
-            model(xs)
-    finally:
-        for h in hooks:
-            h.remove()
+    _forward_with_hooks(model, xs, [refit(n) for n in layers])
     stats["error_before"] = round(stats["error_before"], 4)
     stats["error_after"] = round(stats["error_after"], 4)
     log.info("reconstruction: %d layers refit, %d kept, error %.4f -> %.4f", stats["layers_refit"],
              stats["layers_kept"], stats["error_before"], stats["error_after"])
     return stats
+
+
+def _forward_with_hooks(model, x, hooks: list) -> None:
+    """One no-grad forward pass of ``model`` on ``x`` with ``hooks`` registered, removed afterwards."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
 
 
 def _recon_samples(teacher, xs) -> int:
