@@ -24,8 +24,8 @@ def _run(work: Path) -> None:
     import os
 
     import edgepack
-    from edgepack.html_report import TRIAL_HEADER, trial_rows, trials_plot
-    from edgepack.report import markdown_table
+    from edgepack.bundle.html import TRIAL_HEADER, trial_rows, trials_plot
+    from edgepack.bundle.report import markdown_table
     from examples.fashion_mnist.data import write_npz
 
     os.chdir(ROOT)

@@ -23,7 +23,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edgepack import text  # noqa: E402
+from edgepack.inputs import text  # noqa: E402
 
 
 def session(path: Path, threads: int):

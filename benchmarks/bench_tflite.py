@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import efficientnet_lite0, scratch_dir, update_section  # noqa: E402
-from edgepack import measure  # noqa: E402
+from edgepack.device import measure  # noqa: E402
 from edgepack.util import host_cores  # noqa: E402
 
 WRAPPER = '''import sys, numpy as np

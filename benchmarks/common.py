@@ -48,9 +48,9 @@ def efficientnet_lite0(work: Path) -> tuple:
     """The INT8 benchmarks' common setup: 200 calibration crops, 500 natural-photo and 500 out-of-domain
     held-out crops, as preprocessed NCHW arrays (calib, val, ood); writes the onnxslim-simplified FP32 export
     to work/fp32.onnx."""
-    from edgepack import data
     from edgepack.backends import onnx as onnx_backend
     from edgepack.config import Preprocess
+    from edgepack.inputs import data
     from examples.efficientnet_lite0.model import create_model
 
     pre = Preprocess(resize=256, crop=224, mean=(127.0,) * 3, std=(128.0,) * 3, scale=1.0)

@@ -7,12 +7,12 @@
 
 __version__ = "0.1.0"
 
-from .errors import EdgepackError  # noqa: E402
+from edgepack.errors import EdgepackError  # noqa: E402
 
 
 def build(*args, **kwargs):
     """See edgepack.api.build (imported lazily so `import edgepack` stays light)."""
-    from .api import build as _build
+    from edgepack.api import build as _build
 
     return _build(*args, **kwargs)
 

@@ -11,12 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import config as config_mod
-from . import data, pipeline, sources, targets
-from .config import BuildConfig
-from .context import BuildContext
-from .errors import InputError, OutputError
-from .util import ProgressFn, no_progress
+from edgepack import config as config_mod
+from edgepack import pipeline, targets
+from edgepack.config import BuildConfig
+from edgepack.context import BuildContext
+from edgepack.errors import InputError, OutputError
+from edgepack.inputs import data, sources
+from edgepack.util import ProgressFn, no_progress
 
 log = logging.getLogger(__name__)
 MIN_CALIB_SAMPLES = 8
@@ -56,9 +57,9 @@ def build(config: BuildConfig | None = None, progress: ProgressFn = no_progress,
 def prune(config: BuildConfig, out: str | Path, progress: ProgressFn = no_progress) -> dict:
     """Prune (and fine-tune) only, writing the pruned PyTorch model to ``out`` (.pt2 program, or a
     state dict + architecture fallback) for users who fine-tune it themselves. Returns the report."""
-    from .errors import ConfigError
-    from .pruned_io import save_pruned
-    from .stages import prune as prune_stage
+    from edgepack.errors import ConfigError
+    from edgepack.pruning.io import save_pruned
+    from edgepack.stages import prune as prune_stage
 
     if config.prune is None:
         raise ConfigError("no pruning asked for", hint="pass --prune RATIO or --prune-keep-macs FRACTION")
@@ -86,8 +87,8 @@ def diagnose(config: BuildConfig, bundle: Path | None = None, progress: Progress
     """Per-layer FP32-vs-INT8 error, worst first. With ``bundle``, its shipped INT8 ONNX is diagnosed
     against a fresh FP32 export of the model it was built from; otherwise the model is quantized with
     the default recipe first."""
-    from .diagnose import layer_errors
-    from .stages import export, quantize
+    from edgepack.quantize.diagnose import layer_errors
+    from edgepack.stages import export, quantize
 
     workdir = Path(tempfile.mkdtemp(prefix="edgepack-"))
     try:
@@ -192,7 +193,7 @@ def _check_text_prune(options, problems: list[str], hints: list[str]) -> None:
 def _check_single_input(model: sources.LoadedModel) -> None:
     if model.kind != "onnx":
         return
-    from .backends import onnx as onnx_backend
+    from edgepack.backends import onnx as onnx_backend
 
     inputs = onnx_backend.io_details(model.onnx_path)["inputs"]
     if len(inputs) != 1:
@@ -204,7 +205,7 @@ def _input_shape(config: BuildConfig, target: targets.TargetProfile, model: sour
     if config.input_shape:
         return tuple(config.input_shape)
     if model.kind == "onnx":
-        from .backends import onnx as onnx_backend
+        from edgepack.backends import onnx as onnx_backend
 
         fixed = onnx_backend.input_shape(model.onnx_path)
         if fixed:
@@ -215,16 +216,16 @@ def _input_shape(config: BuildConfig, target: targets.TargetProfile, model: sour
 def _num_outputs(model: sources.LoadedModel, shape: tuple[int, ...]) -> int | None:
     """Classes the model predicts (last output dim), found by one run before the slow stages."""
     if model.kind == "onnx":
-        from .backends import onnx as onnx_backend
+        from edgepack.backends import onnx as onnx_backend
 
         out = onnx_backend.io_details(model.onnx_path)["outputs"][0]["shape"]
         return out[-1] if out and isinstance(out[-1], int) else None
     import torch
 
-    from .backends.onnx import check_accepts_input
+    from edgepack.backends.onnx import check_accepts_input
 
     if model.text is not None:
-        from .text import example_inputs
+        from edgepack.inputs.text import example_inputs
 
         y = check_accepts_input(model.module, example_inputs(model.text.input_names, shape[-1]))
     else:

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import schema
-from .errors import ConfigError, InputError
-from .schema import spec
-from .targets import CALIB_METHODS
+from edgepack import schema
+from edgepack.errors import ConfigError, InputError
+from edgepack.schema import spec
+from edgepack.targets import CALIB_METHODS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -104,7 +104,7 @@ def from_mapping(data: dict[str, Any], *, where: str) -> BuildConfig:
     prune = data.pop("prune", None)
     config = schema.parse(BuildConfig, data, where=where)
     if prune is not None:
-        from .pruning import options_from_mapping
+        from edgepack.pruning.channels import options_from_mapping
 
         if not isinstance(prune, dict):
             raise ConfigError(f"{where}: prune must be a table, e.g. [prune] ratio = 0.4")

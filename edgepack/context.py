@@ -6,11 +6,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import BuildConfig
-from .data import Dataset
-from .sources import LoadedModel
-from .targets import TargetProfile
-from .util import ProgressFn, no_progress
+from edgepack.config import BuildConfig
+from edgepack.inputs.data import Dataset
+from edgepack.inputs.sources import LoadedModel
+from edgepack.targets import TargetProfile
+from edgepack.util import ProgressFn, no_progress
 
 
 @dataclass

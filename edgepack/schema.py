@@ -12,7 +12,7 @@ import types
 import typing
 from typing import Any, TypeVar
 
-from .errors import ConfigError, did_you_mean
+from edgepack.errors import ConfigError, did_you_mean
 
 T = TypeVar("T")
 _MISSING = dataclasses.MISSING

@@ -11,9 +11,9 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import schema
-from .errors import ConfigError, InputError, did_you_mean
-from .schema import spec
+from edgepack import schema
+from edgepack.errors import ConfigError, InputError, did_you_mean
+from edgepack.schema import spec
 
 FORMATS = ("onnx", "tflite")
 CALIB_METHODS = ("minmax", "entropy", "percentile")

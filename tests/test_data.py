@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from edgepack import data
 from edgepack.config import Preprocess
 from edgepack.errors import InputError
+from edgepack.inputs import data
 
 SHAPE = (1, 3, 32, 32)
 PRE = Preprocess()
@@ -70,7 +70,8 @@ def test_bundle_runner_preprocesses_exactly_like_edgepack(image_folder):
     import importlib.util
     from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location("bundle_run", Path(data.__file__).parent / "templates" / "run.py")
+    runner = Path(data.__file__).parents[1] / "bundle" / "templates" / "run.py"
+    spec = importlib.util.spec_from_file_location("bundle_run", runner)
     run = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(run)
     pre = Preprocess(resize=40, crop=36, mean=(127.0,) * 3, std=(128.0,) * 3, scale=1.0, channel_order="BGR")

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgepack import estimate, opcount, references, targets
+from edgepack import targets
+from edgepack.device import estimate, opcount, references
 from edgepack.errors import ConfigError, InputError
 from edgepack.targets import Reference
 

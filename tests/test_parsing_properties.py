@@ -8,7 +8,8 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgepack import bundles, config, targets
+from edgepack import config, targets
+from edgepack.bundle import read as bundles
 from edgepack.errors import EdgepackError
 
 KEYS = ["threads", "formats", "opset", "input_shape", "cpu", "clock_ghz", "min_agreement", "max_size_mb",

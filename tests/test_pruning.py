@@ -13,14 +13,15 @@ import toy_models
 torch = pytest.importorskip("torch")
 pytest.importorskip("torch_pruning")
 
-from edgepack import pruned_io, pruning  # noqa: E402
 from edgepack.config import Preprocess  # noqa: E402
 from edgepack.context import BuildContext  # noqa: E402
-from edgepack.data import Dataset  # noqa: E402
 from edgepack.errors import ConfigError, InputError  # noqa: E402
-from edgepack.finetune import FinetuneOptions, finetune, split_indices  # noqa: E402
-from edgepack.pruning import PruneOptions, prune_model  # noqa: E402
-from edgepack.sources import LoadedModel  # noqa: E402
+from edgepack.inputs.data import Dataset  # noqa: E402
+from edgepack.inputs.sources import LoadedModel  # noqa: E402
+from edgepack.pruning import channels as pruning  # noqa: E402
+from edgepack.pruning import io as pruned_io  # noqa: E402
+from edgepack.pruning.channels import PruneOptions, prune_model  # noqa: E402
+from edgepack.pruning.finetune import FinetuneOptions, finetune, split_indices  # noqa: E402
 from edgepack.stages import prune as prune_stage  # noqa: E402
 
 ZOO = ["resnet18", "mobilenet_v2", "mobilenet_v3_small", "shufflenet_v2_x1_0", "efficientnet_b0",
@@ -296,7 +297,7 @@ def test_reconstruction_brings_the_pruned_model_closer_to_the_unpruned_one():
 
 
 def test_lr_schedule_warms_up_then_decays_on_steps_or_time():
-    from edgepack.finetune import lr_factor
+    from edgepack.pruning.finetune import lr_factor
 
     assert lr_factor(0, 100, 0.0, None) < 0.1
     assert lr_factor(3, 100, 0.0, None) == pytest.approx(1.0)
@@ -344,7 +345,7 @@ def test_feature_distillation_pulls_the_penultimate_features_to_the_teacher():
 
 
 def test_float16_npz_stays_half_for_fine_tuning_only(tmp_path):
-    from edgepack.data import load
+    from edgepack.inputs.data import load
 
     path = tmp_path / "half.npz"
     np.savez(path, x=np.zeros((4, 3, 8, 8), np.float16), y=np.arange(4))

@@ -9,8 +9,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from edgepack.errors import InputError  # noqa: E402
-from edgepack.pruning_text import count, heads_to_keep, neurons_to_keep, prune_transformer  # noqa: E402
-from edgepack.text import export_text_onnx  # noqa: E402
+from edgepack.inputs.text import export_text_onnx  # noqa: E402
+from edgepack.pruning.transformer import count, heads_to_keep, neurons_to_keep, prune_transformer  # noqa: E402
 
 L = 12
 

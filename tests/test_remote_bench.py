@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from edgepack import bundles, remote
+from edgepack.bundle import read as bundles
+from edgepack.device import remote
 from edgepack.errors import InputError
 
 SSHD = shutil.which("sshd") or next((p for p in ("/usr/sbin/sshd",) if Path(p).exists()), None)

@@ -3,8 +3,8 @@ import pickle
 import pytest
 import torch
 
-from edgepack import sources
 from edgepack.errors import InputError
+from edgepack.inputs import sources
 
 
 def test_torchvision_with_weights_loads_weights_only(tmp_path):

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgepack import text
 from edgepack.errors import InputError
+from edgepack.inputs import text
 
 for _key, _value in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("USE_TF", "0")):
     os.environ.setdefault(_key, _value)
@@ -240,7 +240,7 @@ def _text_bundle(folder: Path, onnx_path: Path, tokenizer_dir: Path) -> Path:
     folder.mkdir()
     shutil.copy2(onnx_path, folder / "model.onnx")
     shutil.copy2(tokenizer_dir / "tokenizer.json", folder / "tokenizer.json")
-    shutil.copy2(Path(text.__file__).with_name("templates") / "run_text.py", folder / "run_text.py")
+    shutil.copy2(Path(text.__file__).parents[1] / "bundle" / "templates" / "run_text.py", folder / "run_text.py")
     pre = {
         "kind": "text",
         "tokenizer": "tokenizer.json",
@@ -336,7 +336,7 @@ def test_tflite_dynamic_range_text_int8(tiny_tflite, hf_folder):
 
 def test_child_crash_is_named(monkeypatch, tmp_path):
     """A runtime that aborts the child process becomes a StageError naming the signal, not a dead build."""
-    from edgepack import measure
+    from edgepack.device import measure
     from edgepack.errors import StageError
 
     monkeypatch.setattr(measure.subprocess, "run",

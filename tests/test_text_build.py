@@ -150,7 +150,7 @@ def test_max_length_needs_a_text_model(tmp_path):
 
 
 def test_text_bundle_times_its_golden_input_for_edgepack_bench(bundle):
-    from edgepack.remote import parse_timing
+    from edgepack.device.remote import parse_timing
 
     proc = subprocess.run([sys.executable, "run.py", "--time-golden", "3"], cwd=bundle, capture_output=True,
                           text=True, check=True)
@@ -291,9 +291,9 @@ def test_taylor_importance_ranks_text_heads_by_their_effect_on_the_output(hf_fol
     changes nothing, so its score is ~0 and it is the one pruned; magnitude would keep it (its q/k/v rows
     stay large)."""
     torch = pytest.importorskip("torch")
-    from edgepack import sources
-    from edgepack.data import load_text
-    from edgepack.pruning_text import prune_transformer, taylor_scores, transformer_layers
+    from edgepack.inputs import sources
+    from edgepack.inputs.data import load_text
+    from edgepack.pruning.transformer import prune_transformer, taylor_scores, transformer_layers
 
     calib, _ = text_data
     model = sources.load(str(hf_folder), max_length=L)

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, StageError
+from edgepack.errors import InputError, StageError
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ class Runner:
 
     def run_samples(self, x: np.ndarray | dict[str, np.ndarray], progress=None) -> np.ndarray:
         """Outputs for every sample of x (N, ...), batch 1 as on the device."""
-        from ..data import num_samples, rows
+        from edgepack.inputs.data import num_samples, rows
 
         n = num_samples(x)
         outs = []

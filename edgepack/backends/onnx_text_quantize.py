@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, StageError
+from edgepack.errors import InputError, StageError
 
 log = logging.getLogger(__name__)
 

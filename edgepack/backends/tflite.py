@@ -319,7 +319,7 @@ class TFLiteRunner:
 
     def run_samples(self, x: np.ndarray | dict[str, np.ndarray], progress=None) -> np.ndarray:
         """First output for every sample of x (N, ...), batch 1 as on the device."""
-        from edgepack.data import num_samples, rows
+        from edgepack.inputs.data import num_samples, rows
 
         outs = []
         n = num_samples(x)

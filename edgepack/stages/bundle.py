@@ -13,10 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import backends, report
-from ..context import BuildContext
-from ..errors import OutputError
-from ..util import manifest_json, sha256_file
+from edgepack import backends
+from edgepack.bundle import report
+from edgepack.context import BuildContext
+from edgepack.errors import OutputError
+from edgepack.util import manifest_json, sha256_file
 
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 GOLDEN_TOLERANCE = 1e-3  # max abs diff of logits, same runtime and model on another run/machine
@@ -41,7 +42,8 @@ def run(ctx: BuildContext) -> dict:
 
 def _write_reports(ctx: BuildContext, staging: Path, man: dict) -> None:
     """README.md, report.md and report.html show the manifest, so they are written from it, then listed in it."""
-    from .. import bundle_readme, html_report
+    from edgepack.bundle import html as html_report
+    from edgepack.bundle import readme as bundle_readme
 
     (staging / "README.md").write_text(bundle_readme.render(man), encoding="utf-8")
     (staging / "report.md").write_text(report.render_markdown(man), encoding="utf-8")
@@ -64,7 +66,7 @@ def _copy_models(ctx: BuildContext, staging: Path) -> dict:
 
 def _copy_runner(ctx: BuildContext, staging: Path) -> None:
     """run.py for the device; text bundles add the tokenizer it reads."""
-    templates = Path(__file__).resolve().parent.parent / "templates"
+    templates = Path(__file__).resolve().parents[1] / "bundle" / "templates"
     if ctx.model.text is None:
         shutil.copyfile(templates / "run.py", staging / "run.py")
         return
@@ -75,7 +77,7 @@ def _copy_runner(ctx: BuildContext, staging: Path) -> None:
 def _write_golden(ctx: BuildContext, staging: Path) -> dict:
     """One real input and every shipped model's output on it, for `edgepack verify` and run.py --golden.
     Images: the input as 'input'; text: each token array under its input name."""
-    from ..data import rows
+    from edgepack.inputs.data import rows
 
     x = rows(ctx.val.x, 0, 1)
     outs = {fmt: backends.get(fmt).Runner(ctx.get(fmt, "int8").path, threads=1).run(x) for fmt in ctx.target.formats}

@@ -10,9 +10,9 @@ import shutil
 
 import numpy as np
 
-from ..backends import onnx as onnx_backend
-from ..context import Artifact, BuildContext
-from ..errors import StageError
+from edgepack.backends import onnx as onnx_backend
+from edgepack.context import Artifact, BuildContext
+from edgepack.errors import StageError
 
 PARITY_SAMPLES = 4
 PARITY_RTOL = 1e-3   # max |torch - onnx| relative to max |torch|; FP32 export should be ~1e-6
@@ -45,7 +45,7 @@ def _export(ctx: BuildContext, module, raw) -> None:
     if text is None:
         onnx_backend.export(module, ctx.input_shape, raw, opset=ctx.target.opset)
         return
-    from .. import text as text_mod
+    from edgepack.inputs import text as text_mod
 
     opset = ctx.target.opset
     if "tflite" in ctx.target.formats:
@@ -58,7 +58,7 @@ def _torch_outputs(ctx: BuildContext, x) -> np.ndarray:
     """The torch model's outputs, one sample at a time: x is an array, or token arrays by input name."""
     import torch
 
-    from ..data import num_samples, rows
+    from edgepack.inputs.data import num_samples, rows
 
     names = ctx.model.text.input_names if ctx.model.text is not None else None
     outs = []
@@ -72,7 +72,7 @@ def _torch_outputs(ctx: BuildContext, x) -> np.ndarray:
 
 def check_parity(ctx: BuildContext, path) -> dict:
     """FP32 ONNX must reproduce the torch outputs on real samples, or the build stops."""
-    from ..data import rows
+    from edgepack.inputs.data import rows
 
     x = rows(ctx.calib.x, 0, PARITY_SAMPLES)
     ref = _torch_outputs(ctx, x)

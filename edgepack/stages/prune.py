@@ -11,9 +11,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from ..context import BuildContext
-from ..errors import InputError
-from ..pruning import PruneOptions, prune_model
+from edgepack.context import BuildContext
+from edgepack.errors import InputError
+from edgepack.pruning.channels import PruneOptions, prune_model
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +60,8 @@ def _prune_text(ctx: BuildContext, options: PruneOptions) -> tuple:
     """Attention heads and FFN neurons of a transformer text model (edgepack.pruning_text)."""
     import torch
 
-    from ..pruning import MAX_RATIO, SEARCH_STEPS
-    from ..pruning_text import count, prune_transformer, search_ratio, taylor_scores
+    from edgepack.pruning.channels import MAX_RATIO, SEARCH_STEPS
+    from edgepack.pruning.transformer import count, prune_transformer, search_ratio, taylor_scores
 
     text = ctx.model.text
     inputs = tuple(torch.from_numpy(ctx.calib.x[n][:1]) for n in text.input_names)
@@ -91,7 +91,7 @@ def _prune_text(ctx: BuildContext, options: PruneOptions) -> tuple:
 
 
 def _finetune(ctx: BuildContext, pruned, teacher, options: PruneOptions) -> dict:
-    from ..finetune import finetune, load_data
+    from edgepack.pruning.finetune import finetune, load_data
 
     ft = options.finetune
     text = ctx.model.text

@@ -6,7 +6,7 @@ import contextlib
 import logging
 from collections.abc import Iterator
 
-from ..context import Artifact, BuildContext
+from edgepack.context import Artifact, BuildContext
 
 
 @contextlib.contextmanager
@@ -28,13 +28,13 @@ def quiet_root_logger() -> Iterator[None]:
 
 def run(ctx: BuildContext) -> None:
     if "onnx" in ctx.target.formats and ctx.model.text is not None:
-        from .quantize_text import onnx_text
+        from edgepack.stages.quantize_text import onnx_text
 
         onnx_text(ctx)
     elif "onnx" in ctx.target.formats:
         _onnx(ctx)
     if "tflite" in ctx.target.formats and ctx.model.text is not None:
-        from .quantize_text import tflite_text
+        from edgepack.stages.quantize_text import tflite_text
 
         tflite_text(ctx)
     elif "tflite" in ctx.target.formats:
@@ -47,7 +47,7 @@ def calibration_method(ctx: BuildContext) -> str:
 
 def _onnx(ctx: BuildContext) -> None:
     """Default recipe first; if it misses the accuracy budget, the accuracy-aware search (search.py)."""
-    from .. import search
+    from edgepack.quantize import search
 
     ctx.progress("quantizing ONNX to INT8 (calibrating)", 0, 1)
     final = ctx.workdir / "model_int8.onnx"
@@ -70,7 +70,7 @@ def _onnx(ctx: BuildContext) -> None:
 
 
 def _quantize_onnx(ctx: BuildContext, settings: dict, out) -> dict:
-    from ..backends.onnx_quantize import quantize_onnx
+    from edgepack.backends.onnx_quantize import quantize_onnx
 
     calib = ctx.calib.x
     if settings.get("more_calib"):
@@ -86,9 +86,9 @@ def _quantize_onnx(ctx: BuildContext, settings: dict, out) -> dict:
 def _evaluate(ctx: BuildContext, path, fmt: str = "onnx") -> dict:
     """Quality of the INT8 model at ``path`` against the FP32 one of format ``fmt`` on the validation set;
     both outputs are cached in ctx.outputs for the validate stage."""
-    from .. import backends
-    from ..util import host_cores
-    from .validate import quality
+    from edgepack import backends
+    from edgepack.stages.validate import quality
+    from edgepack.util import host_cores
 
     runner = backends.get(fmt).Runner
     ref = ctx.outputs.get(f"{fmt}:fp32")
@@ -102,23 +102,23 @@ def _evaluate(ctx: BuildContext, path, fmt: str = "onnx") -> dict:
 
 
 def _meets(ctx: BuildContext, q: dict) -> bool:
-    from .validate import quality_budget
+    from edgepack.stages.validate import quality_budget
 
     budget = quality_budget(ctx, q)
     return budget is None or budget["passed"]
 
 
 def _latency_1thread(ctx: BuildContext, path) -> float:
-    from .. import measure
-    from ..data import rows
+    from edgepack.device import measure
+    from edgepack.inputs.data import rows
 
     res = measure.latency({"m": ("onnx", path)}, rows(ctx.val.x, 0, 1), threads=1, runs=20, workdir=ctx.workdir)
     return res["m"]["p50"]
 
 
 def _space(ctx: BuildContext):
-    from .. import search
-    from ..diagnose import layer_errors
+    from edgepack.quantize import search
+    from edgepack.quantize.diagnose import layer_errors
 
     def diagnose(path):
         rows = layer_errors(ctx.get("onnx", "fp32").path, path, ctx.val.x)
@@ -132,7 +132,7 @@ def _space(ctx: BuildContext):
 def _more_calibration(ctx: BuildContext):
     """Twice the calibration samples from the same source, when it has them (cached)."""
     if "more_calib" not in ctx.outputs:
-        from .. import data
+        from edgepack.inputs import data
 
         source = ctx.config.calib or data.default_calibration()
         more = data.load(source, input_shape=ctx.input_shape, preprocess=ctx.config.preprocess,
@@ -155,7 +155,7 @@ def _report_search(ctx: BuildContext, chosen, trials, seconds: float) -> None:
 
 def _tflite(ctx: BuildContext) -> None:
     """ONNX FP32 -> TFLite FP32 (the reference) and full-integer INT8 (what ships), same calibration set."""
-    from ..backends import tflite
+    from edgepack.backends import tflite
 
     fp32_onnx = ctx.get("onnx", "fp32").path
     workdir = ctx.workdir / "tflite"  # one workdir: the SavedModel is converted once for both

@@ -20,9 +20,9 @@ from __future__ import annotations
 import shutil
 from collections import Counter
 
-from ..context import Artifact, BuildContext
-from ..errors import StageError
-from .quantize import _evaluate, _meets, quiet_root_logger
+from edgepack.context import Artifact, BuildContext
+from edgepack.errors import StageError
+from edgepack.stages.quantize import _evaluate, _meets, quiet_root_logger
 
 DEFAULT_METHOD = "percentile"   # what kept BERT classifiers within 0.1 point (examples/sms_spam/README.md)
 LATENCY_RUNS = 20
@@ -50,7 +50,7 @@ def onnx_text(ctx: BuildContext) -> None:
 
 def tflite_text(ctx: BuildContext) -> None:
     """FP32 .tflite (the reference), then full-integer INT8 if LiteRT can run it, else dynamic-range INT8."""
-    from ..backends import tflite
+    from edgepack.backends import tflite
 
     fp32_onnx, workdir = ctx.get("onnx", "fp32").path, ctx.workdir / "tflite"
     ctx.progress("converting to TFLite FP32 (onnx2tf)", 0, 1)
@@ -91,8 +91,8 @@ def _full_integer(ctx: BuildContext, fp32_onnx, workdir) -> tuple:
     process (its outputs are cached for the comparison); else (None, why not)."""
     import importlib.metadata as md
 
-    from .. import measure
-    from ..backends import tflite
+    from edgepack.backends import tflite
+    from edgepack.device import measure
 
     ctx.progress("converting to TFLite full-integer INT8 (calibrating on texts)", 0, 1)
     try:
@@ -127,7 +127,7 @@ def _ship(ctx: BuildContext, fmt: str, path) -> None:
 
 
 def _static(ctx: BuildContext, out) -> dict:
-    from ..backends.onnx_text_quantize import quantize_text_onnx
+    from edgepack.backends.onnx_text_quantize import quantize_text_onnx
 
     ctx.progress("quantizing ONNX to static INT8 (calibrating on texts)", 0, 1)
     with quiet_root_logger():
@@ -136,7 +136,7 @@ def _static(ctx: BuildContext, out) -> dict:
 
 
 def _dynamic(ctx: BuildContext, out) -> dict:
-    from ..backends.onnx_text_quantize import quantize_text_dynamic
+    from edgepack.backends.onnx_text_quantize import quantize_text_dynamic
 
     ctx.progress("quantizing ONNX to dynamic INT8", 0, 1)
     with quiet_root_logger():
@@ -145,8 +145,8 @@ def _dynamic(ctx: BuildContext, out) -> dict:
 
 def _latency_ratios(ctx: BuildContext, fmt: str, candidates: dict) -> dict[str, float]:
     """One-thread p50 of each candidate / FP32's, all interleaved in one child process."""
-    from .. import measure
-    from ..data import rows
+    from edgepack.device import measure
+    from edgepack.inputs.data import rows
 
     models = {k: (fmt, p) for k, p in {"fp32": ctx.get(fmt, "fp32").path, **candidates}.items()}
     res = measure.latency(models, rows(ctx.val.x, 0, 1), threads=1, runs=LATENCY_RUNS, workdir=ctx.workdir)
@@ -155,7 +155,7 @@ def _latency_ratios(ctx: BuildContext, fmt: str, candidates: dict) -> dict[str, 
 
 def _pick(quality: dict[str, dict], ratios: dict[str, float]) -> tuple[str, str]:
     """pick_int8 on accuracy drop (points) with labels, else on disagreement with FP32 (percent of texts)."""
-    from ..backends.onnx_text_quantize import pick_int8
+    from edgepack.backends.onnx_text_quantize import pick_int8
 
     labelled = all(q["accuracy_drop"] is not None for q in quality.values())
     drop = {k: q["accuracy_drop"] if labelled else round(100 * (1 - (q["agreement"] or 0)), 2)

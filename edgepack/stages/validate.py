@@ -11,10 +11,11 @@ import platform
 
 import numpy as np
 
-from .. import backends, measure
-from ..context import BuildContext
-from ..data import rows
-from ..util import host_cores
+from edgepack import backends
+from edgepack.context import BuildContext
+from edgepack.device import measure
+from edgepack.inputs.data import rows
+from edgepack.util import host_cores
 
 MB = 1_000_000
 
@@ -22,7 +23,7 @@ MB = 1_000_000
 def run(ctx: BuildContext) -> None:
     ctx.records["validation"] = {fmt: validate_format(ctx, fmt) for fmt in ctx.target.formats}
     if "onnx" in ctx.target.formats and "diagnosis" not in ctx.records and ctx.model.text is None:
-        from ..diagnose import layer_errors
+        from edgepack.quantize.diagnose import layer_errors
 
         ctx.progress("per-layer INT8 error (diagnosis)", 0, 1)
         rows = layer_errors(ctx.get("onnx", "fp32").path, ctx.get("onnx", "int8").path, ctx.val.x)
@@ -100,8 +101,8 @@ def _latency(ctx: BuildContext, fmt: str, threads: int) -> dict:
 
 def _device_estimates(ctx: BuildContext, fmt: str, lat: dict) -> dict:
     """{fp32, int8}: device p50 estimates with error bands (kind estimated-device), or a warning why not."""
-    from .. import estimate
-    from ..errors import EdgepackError
+    from edgepack.device import estimate
+    from edgepack.errors import EdgepackError
 
     out = {}
     for prec in ("fp32", "int8"):

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .errors import EdgepackError, InputError, StageError
-from .util import manifest_json, sha256_file, write_bytes_atomic
+from edgepack.errors import EdgepackError, InputError, StageError
+from edgepack.util import manifest_json, sha256_file, write_bytes_atomic
 
 KIND = "measured-device"
 SSH_TIMEOUT_S = 20          # connection set-up, seconds
@@ -160,7 +160,7 @@ def record_device_measurement(bundle_dir: Path, record: dict, max_latency_ms: fl
     ``passed`` is recomputed, report.md and report.html are re-rendered, the digests in ``files`` and the .zip are
     refreshed.
     """
-    from . import report
+    from edgepack.bundle import report
 
     bundle_dir = Path(bundle_dir)
     man = json.loads((bundle_dir / "manifest.json").read_text(encoding="utf-8"))
@@ -174,7 +174,7 @@ def record_device_measurement(bundle_dir: Path, record: dict, max_latency_ms: fl
     if entry["format"] == man["models"][0]["format"]:
         man["validation"] = entry["validation"]  # the top-level copy of the primary model's validation
     man["device_measurements"] = [*man.get("device_measurements", []), record]
-    from . import html_report
+    from edgepack.bundle import html as html_report
 
     text = report.render_markdown(man) + device_section(man)
     (bundle_dir / "report.md").write_text(text, encoding="utf-8")
@@ -218,7 +218,7 @@ def device_section(man: dict) -> str:
 
 def _refresh_zip(bundle_dir: Path) -> None:
     """Rewrite ``<bundle>.zip`` beside the folder, if there is one, so both stay the same bundle."""
-    from .stages.bundle import write_zip
+    from edgepack.stages.bundle import write_zip
 
     zpath = bundle_dir.with_name(bundle_dir.name + ".zip")
     if zpath.exists():

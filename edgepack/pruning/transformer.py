@@ -20,7 +20,7 @@ import copy
 import logging
 from typing import Any
 
-from .errors import InputError
+from edgepack.errors import InputError
 
 log = logging.getLogger(__name__)
 

@@ -34,9 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
-from .references import host_timings, measure_with_anchor, ref_id, reference_features
-from .targets import Reference, TargetProfile
+from edgepack.device.references import host_timings, measure_with_anchor, ref_id, reference_features
+from edgepack.errors import InputError
+from edgepack.targets import Reference, TargetProfile
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +228,7 @@ def estimate(model_path: Path, fmt: str, precision: str, profile: TargetProfile,
     references have host timings. If it is needed and not given, the model is timed here together with the
     cached anchor reference.
     """
-    from . import opcount
+    from edgepack.device import opcount
 
     refs = [r for r in profile.reference if r.precision == precision]
     if len(refs) < 2:

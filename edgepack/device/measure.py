@@ -7,7 +7,7 @@ minus its RSS before loading the model is the model's cost.
 Outputs: one child runs a model on every sample and saves its outputs, for models that may crash the process
 (LiteRT aborts on some full-integer BERTs): the build survives and can say why.
 
-    python -m edgepack.measure latency --input x.npy --threads 1 --runs 50 onnx:a.onnx onnx:b.onnx
+    python -m edgepack.device.measure latency --input x.npy --threads 1 --runs 50 onnx:a.onnx onnx:b.onnx
 
 The input is one array (.npy) or, for models with several inputs (text), an .npz holding each by name.
 """
@@ -24,14 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import StageError
+from edgepack.errors import StageError
 
 WARMUP_RUNS = 5
 
 
 def _runner(spec: str, threads: int):
     fmt, _, path = spec.partition(":")
-    from . import backends
+    from edgepack import backends
 
     return backends.get(fmt).Runner(Path(path), threads=threads)
 
@@ -96,7 +96,7 @@ def _memory(spec: str, x, threads: int) -> dict:
 def _child(args: list[str], what: str = "latency measurement") -> dict:
     import signal
 
-    cmd = [sys.executable, "-m", "edgepack.measure", *args]
+    cmd = [sys.executable, "-m", "edgepack.device.measure", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode < 0:
         raise StageError(f"{what} failed: the process was killed by {signal.Signals(-proc.returncode).name}")

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError, StageError
+from edgepack.errors import InputError, StageError
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def offline_env() -> None:
 
 
 def _wrapper_class() -> type:
-    """The HF wrapper module class, defined lazily so that ``import edgepack.text`` does not import torch."""
+    """The HF wrapper module class, defined lazily so that ``import edgepack.inputs.text`` does not import torch."""
     import torch
 
     class _HFTextClassifier(torch.nn.Module):
@@ -364,7 +364,7 @@ def export_text_onnx(
 
 
 # INT8 lives in backends/onnx_text_quantize.py; re-exported here for callers of the text API.
-from .backends.onnx_text_quantize import (  # noqa: E402,F401
+from edgepack.backends.onnx_text_quantize import (  # noqa: E402,F401
     CALIBRATION_METHODS,
     head_nodes,
     pick_int8,

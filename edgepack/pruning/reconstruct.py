@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from .util import ProgressFn, no_progress
+from edgepack.util import ProgressFn, no_progress
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,16 @@ from typing import Any
 
 import click
 
-from . import __version__
-from .errors import EXIT_BUDGET, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EdgepackError, InputError, Interrupted
+from edgepack import __version__
+from edgepack.errors import (
+    EXIT_BUDGET,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EdgepackError,
+    InputError,
+    Interrupted,
+)
 
 EPILOG = """\b
 Examples:
@@ -200,7 +208,7 @@ def build_options(fn: Any) -> Any:
 
 def make_config(model: str | None, options: dict[str, Any]) -> Any:
     """Merge the --config file and the command line (command line wins) into a BuildConfig."""
-    from . import config as config_mod
+    from edgepack import config as config_mod
 
     file_path = options.pop("config_file", None)
     merged: dict[str, Any] = config_mod.read_toml(file_path) if file_path else {}
@@ -258,11 +266,11 @@ def build(ctx: click.Context, model: str | None, dry_run: bool, as_json: bool, q
     def body() -> None:
         config = make_config(model, options)
         if dry_run:
-            from . import pipeline
+            from edgepack import pipeline
 
             click.echo(json.dumps({"config": config.to_dict(), "stages": pipeline.plan(config)}, indent=2))
             return
-        from .api import build as api_build
+        from edgepack.api import build as api_build
 
         try:  # third-party code that print()s (model packages, converters) must not corrupt --json stdout
             with contextlib.redirect_stdout(sys.stderr):
@@ -293,7 +301,7 @@ def prune_cmd(ctx: click.Context, model: str | None, save_path: str, as_json: bo
     _handle_signals()
 
     def body() -> None:
-        from .api import prune as api_prune
+        from edgepack.api import prune as api_prune
 
         config = make_config(model, options)
         try:
@@ -336,7 +344,7 @@ def diagnose(ctx: click.Context, model_or_bundle: str, data: str, plot_path: str
     ui = Ui(quiet=as_json)
 
     def body() -> None:
-        from .api import diagnose as api_diagnose
+        from edgepack.api import diagnose as api_diagnose
 
         bundle = Path(model_or_bundle) if (Path(model_or_bundle) / "manifest.json").is_file() else None
         config = _diagnose_config(model_or_bundle, bundle, data, options)
@@ -347,13 +355,13 @@ def diagnose(ctx: click.Context, model_or_bundle: str, data: str, plot_path: str
         if plot_path:
             import base64
 
-            from .html_report import layer_plot
+            from edgepack.bundle.html import layer_plot
 
             Path(plot_path).write_bytes(base64.b64decode(layer_plot(rows, top)))
         if as_json:
             click.echo(json.dumps(rows[:top], indent=2))
             return
-        from .diagnose import drop_text
+        from edgepack.quantize.diagnose import drop_text
 
         table = [(r["name"], r["op"], drop_text(r), f"{r['sqnr_db']:.1f}") for r in rows[:top]]
         click.echo(_table(("layer (PyTorch module)", "op", "SQNR lost here dB", "SQNR so far dB"), table))
@@ -365,8 +373,8 @@ def diagnose(ctx: click.Context, model_or_bundle: str, data: str, plot_path: str
 
 def _diagnose_config(model: str, bundle: Path | None, data: str, options: dict[str, Any]) -> Any:
     """The build config to diagnose with: the bundle's own recorded config, or the options given."""
-    from . import config as config_mod
-    from .bundles import read_manifest
+    from edgepack import config as config_mod
+    from edgepack.bundle.read import read_manifest
 
     options.pop("config_file", None)
     if bundle is None:
@@ -396,7 +404,7 @@ def bench(ctx: click.Context, bundle: str, device: str, runs: int, python_cmd: s
     writes the measurement (kind measured-device) into the bundle's manifest, report and zip.
     Example: edgepack bench build/mnv2 --device ssh://pi@raspberrypi.local
     """
-    from . import remote
+    from edgepack.device import remote
 
     def body() -> None:
         record = remote.bench(Path(bundle), device, runs=runs, python=python_cmd,
@@ -411,13 +419,13 @@ def bench(ctx: click.Context, bundle: str, device: str, runs: int, python_cmd: s
             click.echo(_table(("budget", "value", "limit", "verdict"), report.budget_rows(man)))
         sys.exit(EXIT_OK if man["passed"] else EXIT_BUDGET)
 
-    from . import report
+    from edgepack.bundle import report
 
     run_command(ctx, body)
 
 
 def _print_result(result: Any, as_json: bool, quiet: bool) -> None:
-    from . import report
+    from edgepack.bundle import report
 
     man = result.manifest
     if as_json:
@@ -456,7 +464,7 @@ def targets() -> None:
 @click.pass_context
 def targets_list(ctx: click.Context, as_json: bool) -> None:
     """List the shipped target profiles."""
-    from . import targets as targets_mod
+    from edgepack import targets as targets_mod
 
     def body() -> None:
         rows = [(n, ",".join((p := targets_mod.load(n)).formats), str(p.threads), p.description)
@@ -476,8 +484,8 @@ def targets_list(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def targets_show(ctx: click.Context, name: str, as_json: bool) -> None:
     """Show one profile: every key, its value and what it means."""
-    from . import schema
-    from . import targets as targets_mod
+    from edgepack import schema
+    from edgepack import targets as targets_mod
 
     def body() -> None:
         profile = targets_mod.load(name)
@@ -497,8 +505,8 @@ def targets_show(ctx: click.Context, name: str, as_json: bool) -> None:
 @click.pass_context
 def inspect(ctx: click.Context, bundle: str, as_json: bool) -> None:
     """Show what a bundle holds: target, models, I/O, validation and budgets."""
-    from . import report
-    from .bundles import read_manifest
+    from edgepack.bundle import report
+    from edgepack.bundle.read import read_manifest
 
     def body() -> None:
         man = read_manifest(Path(bundle))
@@ -527,7 +535,7 @@ def inspect(ctx: click.Context, bundle: str, as_json: bool) -> None:
 @click.pass_context
 def verify(ctx: click.Context, bundle: str) -> None:
     """Check every file against the manifest's sha256, and the golden input/output."""
-    from .bundles import verify as verify_bundle
+    from edgepack.bundle.read import verify as verify_bundle
 
     def body() -> None:
         for line in verify_bundle(Path(bundle)):

@@ -19,11 +19,11 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ConfigError, InputError, StageError, did_you_mean
-from .finetune import FinetuneOptions
-from .reconstruct import out_size, reconstruct
-from .schema import parse, spec
-from .util import ProgressFn, no_progress
+from edgepack.errors import ConfigError, InputError, StageError, did_you_mean
+from edgepack.pruning.finetune import FinetuneOptions
+from edgepack.pruning.reconstruct import out_size, reconstruct
+from edgepack.schema import parse, spec
+from edgepack.util import ProgressFn, no_progress
 
 log = logging.getLogger(__name__)
 IMPORTANCES = ("magnitude", "taylor")

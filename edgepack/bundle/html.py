@@ -12,8 +12,8 @@ import html
 import io
 from typing import Any
 
-from .diagnose import drop_text
-from .report import budget_rows, summary_rows
+from edgepack.bundle.report import budget_rows, summary_rows
+from edgepack.quantize.diagnose import drop_text
 
 
 def _png(fig: Any) -> str:

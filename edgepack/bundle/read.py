@@ -17,9 +17,9 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from .errors import InputError, VerifyError
-from .report import SCHEMA
-from .util import MANIFEST_DIGEST, manifest_digest, sha256_file
+from edgepack.bundle.report import SCHEMA
+from edgepack.errors import InputError, VerifyError
+from edgepack.util import MANIFEST_DIGEST, manifest_digest, sha256_file
 
 REQUIRED = {"schema": str, "name": str, "target": dict, "model": dict, "models": list, "inputs": list,
             "outputs": list, "preprocess": dict, "validation": dict, "passed": bool, "files": dict,
@@ -136,7 +136,7 @@ def _check_self_digest(man: dict) -> list[str]:
 
 
 def _check_golden(folder: Path, man: dict) -> list[str]:
-    from . import backends
+    from edgepack import backends
 
     golden = np.load(folder / man["golden"]["file"], allow_pickle=False)
     feed = _golden_input(golden, man)

@@ -62,7 +62,7 @@ def candidates(space: SearchSpace, get_best: Callable[[], Trial]) -> Iterator[tu
         yield "per-channel weights", {"per_channel": True}
     if space.more_calib() is not None:  # only when the calibration source holds more samples
         yield "2x calibration samples", {"more_calib": True}
-    from .diagnose import sensitive_nodes
+    from edgepack.quantize.diagnose import sensitive_nodes
 
     best = get_best()
     rows = space.diagnose(best.path)

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError, StageError
-from .schema import spec
-from .util import ProgressFn, no_progress
+from edgepack.errors import InputError, StageError
+from edgepack.schema import spec
+from edgepack.util import ProgressFn, no_progress
 
 log = logging.getLogger(__name__)
 EVAL_BATCH = 64
@@ -57,7 +57,7 @@ def load_data(options: FinetuneOptions, *, input_shape: tuple[int, ...], preproc
               progress: ProgressFn = no_progress, text: Any = None):
     """Read ``options.data`` -> Dataset: images with edgepack.data.load (same preprocessing as calibration),
     or, with ``text`` (the model's TextInfo), texts tokenized as the device will (edgepack.data.load_text)."""
-    from .data import load, load_text
+    from edgepack.inputs.data import load, load_text
 
     if not options.data:
         raise InputError("fine-tuning needs data", hint="pass --finetune DATA (image folder, .npz, or for text "
@@ -110,8 +110,8 @@ def _feature_hooks(model, teacher, x1) -> list:
     """[captured, hook handles]: forward pre-hooks keeping the input of the output layer of the student
     (captured["s"]) and of the teacher (captured["t"]); [] when there is no single output layer or
     pruning changed its input width (the feature term is then skipped)."""
-    from .pruning import output_layers
-    from .reconstruct import in_size
+    from edgepack.pruning.channels import output_layers
+    from edgepack.pruning.reconstruct import in_size
 
     names = output_layers(model, x1)  # pruning keeps module names; the student's forward is the cheaper one
     if len(names) != 1:

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import measure
-from .errors import EdgepackError, InputError
-from .targets import Reference
-from .util import write_bytes_atomic
+from edgepack.device import measure
+from edgepack.errors import EdgepackError, InputError
+from edgepack.targets import Reference
+from edgepack.util import write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def _runtime_version(fmt: str) -> str:
 
 def _quantizer_name() -> str:
     try:
-        from .backends.onnx_quantize import quantize_onnx  # noqa: F401
+        from edgepack.backends.onnx_quantize import quantize_onnx  # noqa: F401
         return "edgepack"
     except ImportError:
         return "ort-quantize_static-qdq-per-channel"
@@ -98,7 +98,7 @@ def _write_cache(data: dict) -> None:
 
 def build_reference(model: str, size: int, fmt: str, precision: str, workdir: Path) -> Path:
     """Build one reference model (random weights, seed 0) as ``fmt``/``precision`` in workdir; return its path."""
-    from .backends import onnx as onnx_backend
+    from edgepack.backends import onnx as onnx_backend
 
     workdir.mkdir(parents=True, exist_ok=True)
     fp32 = workdir / f"{model}_{size}_fp32.onnx"
@@ -110,7 +110,7 @@ def build_reference(model: str, size: int, fmt: str, precision: str, workdir: Pa
     calib = np.random.default_rng(0).normal(0, 1, (CALIB_SAMPLES, 3, size, size)).astype(np.float32)
     if fmt == "onnx":
         return fp32 if precision == "fp32" else _quantize_onnx(fp32, workdir / f"{model}_{size}_int8.onnx", calib)
-    from .backends import tflite
+    from edgepack.backends import tflite
 
     return tflite.convert(fp32, workdir / f"tflite_{precision}", None if precision == "fp32" else calib,
                           io_dtype="int8", allow_float=True)
@@ -152,7 +152,7 @@ EXTRA_MODELS = {"mobilenet_v1": _mobilenet_v1}
 
 def _quantize_onnx(fp32: Path, out: Path, calib: np.ndarray) -> Path:
     """INT8 QDQ with edgepack's own recipe, so references are quantized like the models they estimate."""
-    from .backends.onnx_quantize import quantize_onnx
+    from edgepack.backends.onnx_quantize import quantize_onnx
 
     quantize_onnx(fp32, out, calib, method="minmax", per_channel=True)
     return out
@@ -185,7 +185,7 @@ def _build_in_child(model: str, size: int, fmt: str, precision: str, workdir: Pa
     import subprocess
     import sys
 
-    code = ("import sys; from pathlib import Path; from edgepack.estimate import build_reference; "
+    code = ("import sys; from pathlib import Path; from edgepack.device.estimate import build_reference; "
             "print(build_reference(sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], Path(sys.argv[5])))")
     proc = subprocess.run([sys.executable, "-c", code, model, str(size), fmt, precision, str(workdir)],
                           capture_output=True, text=True, check=False)
@@ -263,7 +263,7 @@ def reference_features(refs, *, progress=None) -> dict[str, dict[str, float]]:
 
     Counted from an ONNX export with random weights; host-independent, so cached once per architecture.
     """
-    from . import opcount
+    from edgepack.device import opcount
 
     path = cache_dir() / "reference_features.json"
     try:
@@ -316,7 +316,7 @@ def measure_with_anchor(model_path: Path, fmt: str, precision: str, refs: list[R
 
 def _model_input(model_path: Path, fmt: str) -> np.ndarray:
     """A seeded NCHW float32 input of the model's own shape."""
-    from . import backends
+    from edgepack import backends
 
     shape = list(backends.get(fmt).io_details(model_path)["inputs"][0]["shape"])
     if fmt == "tflite" and len(shape) == 4:

@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .config import Preprocess
-from .errors import InputError
-from .util import ProgressFn, no_progress, sha256_arrays
+from edgepack.config import Preprocess
+from edgepack.errors import InputError
+from edgepack.util import ProgressFn, no_progress, sha256_arrays
 
 if TYPE_CHECKING:
-    from .sources import TextInfo
+    from edgepack.inputs.sources import TextInfo
 
 #: Model inputs: one array (images) or token arrays by input name (text models).
 Inputs = np.ndarray | dict[str, np.ndarray]
@@ -64,7 +64,7 @@ def rows(x: Inputs, start: int, stop: int) -> Inputs:
 def load_text(path: str, *, text: TextInfo, count: int | None, seed: int, role: str) -> Dataset:
     """Texts (.txt / .jsonl / .csv, see edgepack.text.read_texts) tokenized as the device will: a seeded
     subset of ``count`` texts, {input name: (N, max_length) int64} with optional labels."""
-    from . import text as text_mod
+    from edgepack.inputs import text as text_mod
 
     if not Path(path).is_file():
         raise InputError(f"{role} data not found: {path}",
@@ -91,7 +91,7 @@ def load(path: str, *, input_shape: tuple[int, ...], preprocess: Preprocess, cou
 
 def default_calibration() -> str:
     """The shipped natural-photo calibration set (calibration_data/images), used when --calib is not given."""
-    path = Path(__file__).resolve().parent.parent / "calibration_data" / "images"
+    path = Path(__file__).resolve().parents[2] / "calibration_data" / "images"
     if not path.is_dir():
         raise InputError("no --calib given", hint="pass --calib FOLDER_OR_NPZ")
     return str(path)

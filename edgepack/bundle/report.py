@@ -5,8 +5,8 @@ from __future__ import annotations
 import importlib.metadata as md
 import platform
 
-from . import __version__
-from .context import BuildContext
+from edgepack import __version__
+from edgepack.context import BuildContext
 
 SCHEMA = "edgepack.bundle/1"
 TOOLS = ("torch", "torchvision", "onnx", "onnxruntime", "onnxslim", "numpy", "pillow", "tensorflow",
@@ -174,7 +174,7 @@ def render_markdown(man: dict) -> str:
     ]
     search = man["stages"].get("quantization_search")
     if search:
-        from .html_report import TRIAL_HEADER, trial_rows
+        from edgepack.bundle.html import TRIAL_HEADER, trial_rows
 
         parts += [f"## Accuracy-aware search ({search['seconds']} s, limit {search['max_seconds']} s)", "",
                   markdown_table(TRIAL_HEADER, trial_rows(search)), ""]

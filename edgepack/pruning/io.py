@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import logging
 
-from .errors import InputError
+from edgepack.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def _save_state(module, path) -> dict:
 
     import torch
 
-    from .util import write_bytes_atomic
+    from edgepack.util import write_bytes_atomic
 
     state, arch = path.with_suffix(".state.pt"), path.with_suffix(".arch.json")
     tmp = state.with_name(f".{state.name}.tmp-{os.getpid()}")

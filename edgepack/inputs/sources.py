@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
-from .util import sha256_file
+from edgepack.errors import InputError
+from edgepack.util import sha256_file
 
 log = logging.getLogger(__name__)
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -104,7 +104,7 @@ def _load(spec: str, weights: str | None, num_classes: int | None, trust_model: 
 
 def _hf_folder(folder: Path, max_length: int | None) -> LoadedModel:
     """A transformers text classifier folder (see edgepack.text.load_hf_folder: safetensors, no remote code)."""
-    from . import text
+    from edgepack.inputs import text
 
     if not (folder / "config.json").is_file():
         raise InputError(f"{folder} is a folder without config.json: not a transformers model",
@@ -124,7 +124,7 @@ def _id2label(module: Any) -> list[str] | None:
 
 def _attach_tokenizer(loaded: LoadedModel, tokenizer: str, max_length: int | None) -> None:
     """Make a factory's module a text model: its forward takes the tokenizer's inputs by name."""
-    from . import text
+    from edgepack.inputs import text
 
     if loaded.text is not None:
         raise InputError(f"{loaded.spec} carries its own tokenizer.json; --tokenizer is for factory models",
@@ -214,7 +214,7 @@ def _torchvision(spec: str, weights: str | None, num_classes: int | None) -> Loa
     arch = spec.split(":", 1)[1]
     names = torchvision.models.list_models(module=torchvision.models)
     if arch not in names:
-        from .errors import did_you_mean
+        from edgepack.errors import did_you_mean
 
         suggestion = did_you_mean(arch, names)
         raise InputError(f"unknown torchvision architecture '{arch}'" + (f" ({suggestion})" if suggestion else ""),
