@@ -23,7 +23,9 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.common import efficientnet_lite0, scratch_dir, update_section  # noqa: E402
 from edgepack.backends import onnx as onnx_backend  # noqa: E402
 from edgepack.device import measure  # noqa: E402
-from edgepack.stages.validate import quality  # noqa: E402
+from edgepack.tasks.classify import Classify  # noqa: E402
+
+quality = Classify().quality
 from edgepack.util import host_cores  # noqa: E402
 
 

@@ -33,10 +33,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import update_section  # noqa: E402
+from edgepack.config import FinetuneOptions, PruneOptions  # noqa: E402
 from edgepack.device import measure  # noqa: E402
 from edgepack.inputs.data import Dataset  # noqa: E402
-from edgepack.pruning.channels import PruneOptions, prune_model  # noqa: E402
-from edgepack.pruning.finetune import FinetuneOptions, finetune  # noqa: E402
+from edgepack.pruning.channels import prune_model  # noqa: E402
+from edgepack.pruning.finetune import finetune  # noqa: E402
 
 PLOT = Path(__file__).resolve().parent / "pruning.png"
 CALIB = 200

@@ -23,6 +23,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from edgepack.backends import onnx_text_quantize  # noqa: E402
 from edgepack.inputs import text  # noqa: E402
 
 
@@ -82,10 +83,10 @@ def build(work: Path, max_length: int, calib_count: int) -> tuple[dict[str, Path
     calib = text.tokenize([train[i] for i in sorted(pick)], tokenizer_json(), max_length)
     seconds = {"FP32": 0.0}
     t0 = time.perf_counter()
-    text.quantize_text_onnx(paths["FP32"], paths["edgepack static INT8"], calib)
+    onnx_text_quantize.quantize_text_onnx(paths["FP32"], paths["edgepack static INT8"], calib)
     seconds["edgepack static INT8"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    text.quantize_text_dynamic(paths["FP32"], paths["ORT dynamic INT8"])
+    onnx_text_quantize.quantize_text_dynamic(paths["FP32"], paths["ORT dynamic INT8"])
     seconds["ORT dynamic INT8"] = time.perf_counter() - t0
     return paths, seconds
 

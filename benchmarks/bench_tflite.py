@@ -86,7 +86,9 @@ def edgepack_convert(onnx_path: str, calib_path: str, out: str, bias_correction:
 
 def _run(work: Path) -> None:
     from edgepack.backends import tflite
-    from edgepack.stages.validate import quality
+    from edgepack.tasks.classify import Classify
+
+    quality = Classify().quality
 
     calib, val, ood = efficientnet_lite0(work)  # and work/fp32.onnx
     np.save(work / "calib_nchw.npy", calib)

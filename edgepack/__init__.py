@@ -5,9 +5,8 @@
     print(result.passed, result.bundle)
 """
 
-__version__ = "0.1.0"
-
 from edgepack.errors import EdgepackError  # noqa: E402
+from edgepack.version import __version__  # noqa: E402
 
 
 def build(*args, **kwargs):

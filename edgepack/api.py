@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgepack import backends, pipeline, targets, tasks
 from edgepack import config as config_mod
-from edgepack import pipeline, targets
 from edgepack.config import BuildConfig
-from edgepack.context import BuildContext
 from edgepack.errors import InputError, OutputError
-from edgepack.inputs import data, sources
+from edgepack.inputs import data, kinds, sources
+from edgepack.stages.context import BuildContext
 from edgepack.util import ProgressFn, no_progress
 
 log = logging.getLogger(__name__)
@@ -71,13 +71,12 @@ def prune(config: BuildConfig, out: str | Path, progress: ProgressFn = no_progre
     try:
         ctx = _prepare(config, targets.load(config.target), workdir, progress)
         report = prune_stage.run(ctx)
-        import torch
 
         out.parent.mkdir(parents=True, exist_ok=True)
-        text = ctx.model.text
-        example = (tuple(torch.from_numpy(ctx.calib.x[n][:1]) for n in text.input_names) if text is not None
-                   else torch.from_numpy(ctx.calib.x[:1]))
-        report["saved"] = save_pruned(ctx.model.module, out, example_input=example)
+        from edgepack.inputs.data import rows
+
+        args = ctx.inputs.torch_args(rows(ctx.calib.x, 0, 1))
+        report["saved"] = save_pruned(ctx.model.module, out, example_input=args if len(args) > 1 else args[0])
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return report
@@ -98,8 +97,8 @@ def diagnose(config: BuildConfig, bundle: Path | None = None, progress: Progress
             with quantize.quiet_root_logger():
                 quantize.run(dataclasses.replace(ctx, target=dataclasses.replace(ctx.target, formats=("onnx",)),
                                                  config=dataclasses.replace(config, max_search_time=0)))
-            # text builds make a static and a dynamic candidate: the static one has the rounded activations
-            int8 = next(p for p in (workdir / "model_int8_static.onnx", workdir / "model_int8.onnx") if p.exists())
+            # a recipe with candidates marks the one with rounded activations; otherwise the shipped one
+            int8 = (ctx.artifacts.get("onnx:int8-calibrated") or ctx.get("onnx", "int8")).path
         else:
             int8 = bundle / "model.onnx"
         progress("measuring per-layer error", 0, 1)
@@ -130,108 +129,56 @@ def _prepare(config: BuildConfig, target: targets.TargetProfile, workdir: Path, 
     """Load the model and data and check they fit each other, before any slow stage runs."""
     model = sources.load(config.model, weights=config.weights, num_classes=config.num_classes,
                          trust_model=config.trust_model, tokenizer=config.tokenizer, max_length=config.max_length)
-    if model.text is not None:
-        _check_text_build(config, target)
-        shape: tuple[int, ...] = (1, model.text.max_length)
-    else:
-        shape = _input_shape(config, target, model)
-    _check_single_input(model)
-    num_outputs = _num_outputs(model, shape)
-    calib, val = _load_data(config, target, model, shape, progress)
+    for fmt in target.formats:  # a missing optional install is a usage error now, not after minutes of work
+        backends.get(fmt)
+    kind = kinds.for_model(model, config, target)
+    fixed, onnx_inputs = None, None
+    if model.kind == "onnx":
+        from edgepack.backends import onnx as onnx_backend
+
+        fixed = onnx_backend.input_shape(model.onnx_path)
+        onnx_inputs = onnx_backend.io_details(model.onnx_path)["inputs"]
+    kind.check(onnx_inputs)
+    shape = kind.input_shape(fixed)
+    output_shapes = _output_shapes(model, kind, shape)
+    task = tasks.get(config.task) if config.task else tasks.for_outputs(output_shapes)
+    num_outputs = output_shapes[0][-1] if task.name == "classify" and output_shapes else None
+    calib, val = _load_data(config, target, kind, shape, progress)
     labels = _labels(config, val, num_outputs, model)
     ctx = BuildContext(config=config, target=target, workdir=workdir, input_shape=shape, model=model, calib=calib,
-                       val=val, val_is_calibration=not config.val, labels=labels, num_outputs=num_outputs,
-                       progress=progress)
+                       val=val, inputs=kind, task=task, val_is_calibration=not config.val, labels=labels,
+                       num_outputs=num_outputs, progress=progress)
     if not config.val:
         ctx.warn("no --val data: agreement is measured on the calibration samples, which flatters INT8")
     return ctx
 
 
-def _load_data(config: BuildConfig, target: targets.TargetProfile, model: sources.LoadedModel,
+def _load_data(config: BuildConfig, target: targets.TargetProfile, kind: kinds.ImageInput,
                shape: tuple[int, ...], progress: ProgressFn) -> tuple[data.Dataset, data.Dataset]:
     """(calibration, validation) sets; validation is the calibration set when no --val is given."""
     count = config.calib_samples or target.calibration_samples
-    if model.text is not None:
-        calib = data.load_text(config.calib, text=model.text, count=count, seed=config.seed, role="calibration")
-    else:
-        calib = data.load(config.calib or data.default_calibration(), input_shape=shape, preprocess=config.preprocess,
-                          count=count, seed=config.seed, role="calibration", progress=progress)
+    calib = kind.load(config.calib, role="calibration", count=count, seed=config.seed, shape=shape,
+                      progress=progress)
     if len(calib) < min(MIN_CALIB_SAMPLES, config.calib_samples or MIN_CALIB_SAMPLES):
         raise InputError(f"only {len(calib)} calibration samples; at least {MIN_CALIB_SAMPLES} are needed",
                          hint="add images (or texts) to the calibration data or samples to the .npz")
     if not config.val:
         return calib, calib
-    if model.text is not None:
-        return calib, data.load_text(config.val, text=model.text, count=config.val_samples, seed=config.seed + 1,
-                                     role="validation")
-    return calib, data.load(config.val, input_shape=shape, preprocess=config.preprocess, count=config.val_samples,
-                            seed=config.seed + 1, role="validation", progress=progress)
+    return calib, kind.load(config.val, role="validation", count=config.val_samples, seed=config.seed + 1,
+                            shape=shape, progress=progress)
 
 
-def _check_text_build(config: BuildConfig, target: targets.TargetProfile) -> None:
-    """What text builds do not support yet, all reported at once, before any slow stage."""
-    problems, hints = [], []
-    if config.prune is not None:
-        _check_text_prune(config.prune, problems, hints)
-    if config.input_shape:
-        problems.append("--input-shape does not apply to text models")
-        hints.append("set the sequence length with --max-length")
-    if not config.calib:
-        problems.append("text models need calibration texts")
-        hints.append("pass --calib texts.txt (one text per line) or a .jsonl / .csv with a text column")
-    if problems:
-        raise InputError("; ".join(problems), hint="; ".join(hints))
-
-
-def _check_text_prune(options, problems: list[str], hints: list[str]) -> None:
-    """Text models prune attention heads and FFN neurons of every layer alike (ratio or MAC goal)."""
-    if options.ignore:
-        problems.append("--prune-ignore does not apply to text models (every encoder layer is pruned alike)")
-        hints.append("drop --prune-ignore")
-
-
-def _check_single_input(model: sources.LoadedModel) -> None:
-    if model.kind != "onnx":
-        return
-    from edgepack.backends import onnx as onnx_backend
-
-    inputs = onnx_backend.io_details(model.onnx_path)["inputs"]
-    if len(inputs) != 1:
-        raise InputError(f"{model.onnx_path.name} has {len(inputs)} inputs ({', '.join(i['name'] for i in inputs)}); "
-                         "image models take one", hint="export the model with a single image input")
-
-
-def _input_shape(config: BuildConfig, target: targets.TargetProfile, model: sources.LoadedModel) -> tuple[int, ...]:
-    if config.input_shape:
-        return tuple(config.input_shape)
+def _output_shapes(model: sources.LoadedModel, kind: kinds.ImageInput, shape: tuple[int, ...]) -> list[tuple]:
+    """The model's output shapes (ONNX: as declared; torch: from one run), before the slow stages."""
     if model.kind == "onnx":
         from edgepack.backends import onnx as onnx_backend
 
-        fixed = onnx_backend.input_shape(model.onnx_path)
-        if fixed:
-            return fixed
-    return tuple(target.input_shape)
-
-
-def _num_outputs(model: sources.LoadedModel, shape: tuple[int, ...]) -> int | None:
-    """Classes the model predicts (last output dim), found by one run before the slow stages."""
-    if model.kind == "onnx":
-        from edgepack.backends import onnx as onnx_backend
-
-        out = onnx_backend.io_details(model.onnx_path)["outputs"][0]["shape"]
-        return out[-1] if out and isinstance(out[-1], int) else None
-    import torch
-
+        return [tuple(o["shape"] or ()) for o in onnx_backend.io_details(model.onnx_path)["outputs"]]
     from edgepack.backends.onnx import check_accepts_input
 
-    if model.text is not None:
-        from edgepack.inputs.text import example_inputs
-
-        y = check_accepts_input(model.module, example_inputs(model.text.input_names, shape[-1]))
-    else:
-        y = check_accepts_input(model.module, torch.zeros(*shape))
-    y = y[0] if isinstance(y, list | tuple) else y
-    return int(y.shape[-1]) if hasattr(y, "shape") and y.ndim == 2 else None
+    y = check_accepts_input(model.module, kind.example_args(shape), kind.shape_flag)
+    outs = list(y) if isinstance(y, list | tuple) else [y]
+    return [tuple(o.shape) for o in outs if hasattr(o, "shape")]
 
 
 def _labels(config: BuildConfig, val: data.Dataset, num_outputs: int | None,

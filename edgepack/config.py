@@ -14,7 +14,7 @@ from typing import Any
 
 from edgepack import schema
 from edgepack.errors import ConfigError, InputError
-from edgepack.schema import spec
+from edgepack.schema import parse, spec
 from edgepack.targets import CALIB_METHODS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -41,12 +41,91 @@ class Preprocess:
         return dataclasses.asdict(self)
 
 
+IMPORTANCES = ("magnitude", "taylor")
+MAX_RATIO = 0.9   # highest channel ratio pruning may remove
+
+
+@dataclass(frozen=True)
+class FinetuneOptions:
+    """Recovery fine-tuning settings (all optional but ``data``)."""
+
+    data: str | None = spec("fine-tuning data: class folders of images or .npz with x (and y); for text models "
+                            ".jsonl / .csv with text and label (or .txt with distill); unlabelled data needs "
+                            "distill", None)
+    epochs: int = spec("maximum passes over the training split", 3, ge=1, le=1000)
+    lr: float = spec("Adam learning rate: a short linear warm-up, then cosine decay to 0 over the epochs, or "
+                     "over the time budget when max_minutes ends training first", 3e-4, ge=1e-8, le=1.0)
+    batch_size: int = spec("samples per optimizer step", 32, ge=1, le=4096)
+    patience: int = spec("stop after this many epochs without a held-out improvement", 2, ge=1, le=1000)
+    distill: bool = spec("learn from the unpruned model's soft outputs (works without labels)", False)
+    temperature: float = spec("distillation softmax temperature", 4.0, ge=0.1, le=100.0)
+    val_fraction: float = spec("held-out fraction of the data for early stopping", 0.1, ge=0.01, le=0.5)
+    samples: int | None = spec("use at most this many samples (seeded subset; default all)", None, ge=2,
+                               le=10_000_000)
+    max_minutes: float | None = spec("wall-clock budget for fine-tuning, minutes (checked every batch)", None,
+                                     ge=0.01, le=10_000)
+    seed: int = spec("seed for the split and the shuffling", 0, ge=0, le=2**31 - 1)
+    feature_weight: float = spec("with distill: weight of a feature term, the relative squared error between "
+                                 "the student's and the teacher's inputs to the output layer (the penultimate "
+                                 "features: hundreds of numbers per sample instead of a few logits; skipped when "
+                                 "pruning changed their width)", 1.0, ge=0.0, le=100.0)
+    freeze_bn: bool = spec("keep BatchNorm running statistics fixed while training (small CPU batches give "
+                           "noisy statistics; pruning's reconstruction already matched them)", True)
+
+
+@dataclass(frozen=True)
+class PruneOptions:
+    """How to prune: a channel ratio or a MAC goal, the importance criterion and what to leave alone."""
+
+    ratio: float | None = spec("fraction of output channels removed from every prunable layer", None,
+                               ge=0.0, le=MAX_RATIO)
+    keep_macs: float | None = spec("goal instead of ratio: fraction of the model's MACs to keep (the ratio "
+                                   "is searched)", None, ge=0.05, le=1.0)
+    importance: str = spec("channel importance: weight magnitude, or Taylor (|w * dL/dw|) on calibration "
+                           "data", "magnitude", choices=IMPORTANCES)
+    ignore: tuple[str, ...] = spec("module names (as in model.named_modules()) left unpruned; the layer "
+                                   "producing the outputs is always left alone", ())
+    round_to: int = spec("remaining channel counts are multiples of this (SIMD-friendly)", 8, ge=1, le=256)
+    iterative_steps: int = spec("prune in this many steps, re-estimating importance in between", 1,
+                                ge=1, le=100)
+    taylor_samples: int = spec("calibration samples used for Taylor importance", 64, ge=1, le=100_000)
+    reconstruct: bool = spec("after pruning, refit every 1x1 convolution and linear layer by least squares "
+                             "so it reproduces the unpruned layer's outputs on calibration data (cheap, "
+                             "forward passes only; a layer keeps its weights when the refit is worse on "
+                             "held-out positions)", True)
+    reconstruct_samples: int = spec("calibration samples used for the reconstruction", 256, ge=1, le=100_000)
+    finetune: FinetuneOptions | None = spec("recovery fine-tuning after pruning (None: none)", None)
+
+
+def options_from_mapping(data: dict[str, Any], *, where: str) -> PruneOptions:
+    """Validate a [prune] table (with an optional nested [prune.finetune] table) into PruneOptions."""
+    data = dict(data)
+    ft = data.pop("finetune", None)
+    options = parse(PruneOptions, data, where=where)
+    if isinstance(ft, str):
+        ft = {"data": ft}
+    if ft is not None:
+        options = dataclasses.replace(options, finetune=parse(FinetuneOptions, ft, where=f"{where} finetune"))
+    check_options(options)
+    return options
+
+
+def check_options(options: PruneOptions) -> None:
+    """Exactly one of ratio / keep_macs must be given."""
+    if (options.ratio is None) == (options.keep_macs is None):
+        raise ConfigError("pruning needs exactly one of ratio and keep_macs",
+                          hint="e.g. --prune 0.4 (remove 40 % of channels) or --prune-keep-macs 0.5")
+
+
 @dataclass(frozen=True)
 class BuildConfig:
     """One build. Budgets left as None come from the target profile."""
 
     model: str = spec("model source: torchvision:<arch>, package.module:factory, .pt2, TorchScript .pt, .onnx, "
                       "or a transformers text classifier folder")
+    task: str | None = spec("what the model's outputs are: classify (one logits output) or generic (every "
+                            "output judged by SQNR against FP32); default: inferred from the outputs", None,
+                            choices=("classify", "generic"))
     target: str = spec("target profile name (edgepack targets list) or path to a .toml profile", "raspberry-pi-4")
     out: str = spec("output folder for the bundle (a .zip is written beside it)", "build/bundle")
     calib: str | None = spec("calibration data: image folder or .npz with x; text models: .txt, .jsonl or .csv",
@@ -73,6 +152,8 @@ class BuildConfig:
     latency_runs: int = spec("timed runs per model for p50/p90 (after warm-up)", 50, ge=3, le=100000)
     max_accuracy_drop: float | None = spec("override budget: accuracy drop, points", None, ge=0, le=100)
     min_agreement: float | None = spec("override budget: top-1 agreement (0-1)", None, ge=0, le=1)
+    min_output_sqnr_db: float | None = spec("override budget: SQNR of every INT8 output vs FP32, dB (models "
+                                            "judged output by output)", None, ge=-100, le=200)
     max_latency_ms: float | None = spec("override budget: INT8 p50 latency, ms", None, ge=0, le=1e6)
     max_size_mb: float | None = spec("override budget: INT8 file size, MB", None, ge=0, le=1e6)
     estimate_device: bool = spec("estimate device latency from the profile's references (times them on the host "
@@ -86,7 +167,7 @@ class BuildConfig:
     trust_model: bool = spec("allow model files that can run code on load (TorchScript, full pickles)", False)
     force: bool = spec("replace an existing output folder", False)
     preprocess: Preprocess = spec("image preprocessing", Preprocess())
-    prune: Any = spec("structured pruning options (a [prune] table; None = no pruning)", None)
+    prune: PruneOptions | None = spec("structured pruning options (a [prune] table; None = no pruning)", None)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -104,8 +185,6 @@ def from_mapping(data: dict[str, Any], *, where: str) -> BuildConfig:
     prune = data.pop("prune", None)
     config = schema.parse(BuildConfig, data, where=where)
     if prune is not None:
-        from edgepack.pruning.channels import options_from_mapping
-
         if not isinstance(prune, dict):
             raise ConfigError(f"{where}: prune must be a table, e.g. [prune] ratio = 0.4")
         config = dataclasses.replace(config, prune=options_from_mapping(prune, where=f"{where} [prune]"))

@@ -6,8 +6,8 @@ import logging
 import time
 from collections.abc import Callable
 
-from edgepack.context import BuildContext
 from edgepack.stages import bundle, export, prune, quantize, validate
+from edgepack.stages.context import BuildContext
 
 log = logging.getLogger(__name__)
 

@@ -72,3 +72,21 @@ def host_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         return os.cpu_count() or 1
+
+
+def require(packages: tuple[str, ...], *, extra: str | None, what: str) -> None:
+    """Raise a usage error (exit 2) naming the pip command when an optional dependency is not installed."""
+    import importlib.util
+
+    from edgepack.errors import InputError
+
+    def absent(name: str) -> bool:
+        try:
+            return importlib.util.find_spec(name) is None
+        except (ImportError, ValueError):
+            return True
+
+    missing = [p for p in packages if absent(p)]
+    if missing:
+        hint = f"pip install 'edgepack[{extra}]'" if extra else f"pip install {' '.join(missing)}"
+        raise InputError(f"{what} needs {', '.join(missing)}, which is not installed", hint=hint)

@@ -13,16 +13,17 @@ import toy_models
 torch = pytest.importorskip("torch")
 pytest.importorskip("torch_pruning")
 
-from edgepack.config import Preprocess  # noqa: E402
-from edgepack.context import BuildContext  # noqa: E402
+from edgepack import config  # noqa: E402
+from edgepack.config import FinetuneOptions, Preprocess, PruneOptions  # noqa: E402
 from edgepack.errors import ConfigError, InputError  # noqa: E402
 from edgepack.inputs.data import Dataset  # noqa: E402
 from edgepack.inputs.sources import LoadedModel  # noqa: E402
 from edgepack.pruning import channels as pruning  # noqa: E402
 from edgepack.pruning import io as pruned_io  # noqa: E402
-from edgepack.pruning.channels import PruneOptions, prune_model  # noqa: E402
-from edgepack.pruning.finetune import FinetuneOptions, finetune, split_indices  # noqa: E402
+from edgepack.pruning.channels import prune_model  # noqa: E402
+from edgepack.pruning.finetune import finetune, split_indices  # noqa: E402
 from edgepack.stages import prune as prune_stage  # noqa: E402
+from edgepack.stages.context import BuildContext  # noqa: E402
 
 ZOO = ["resnet18", "mobilenet_v2", "mobilenet_v3_small", "shufflenet_v2_x1_0", "efficientnet_b0",
        "efficientnet_lite0"]
@@ -153,17 +154,17 @@ def test_ignored_modules_keep_their_channels_and_unknown_names_get_a_hint():
 
 def test_options_need_exactly_one_goal_and_reject_unknown_keys():
     with pytest.raises(ConfigError):
-        pruning.check_options(PruneOptions())
+        config.check_options(PruneOptions())
     with pytest.raises(ConfigError):
-        pruning.check_options(PruneOptions(ratio=0.3, keep_macs=0.5))
+        config.check_options(PruneOptions(ratio=0.3, keep_macs=0.5))
     with pytest.raises(ConfigError) as err:
-        pruning.options_from_mapping({"ratio": 0.3, "round": 8}, where="[prune]")
+        config.options_from_mapping({"ratio": 0.3, "round": 8}, where="[prune]")
     assert "round_to" in str(err.value)
-    options = pruning.options_from_mapping({"ratio": 0.3, "ignore": ["fc"], "finetune": {"data": "d.npz",
+    options = config.options_from_mapping({"ratio": 0.3, "ignore": ["fc"], "finetune": {"data": "d.npz",
                                             "epochs": 2}}, where="[prune]")
     assert options.ignore == ("fc",) and options.finetune.epochs == 2 and options.finetune.lr > 0
     with pytest.raises(ConfigError):
-        pruning.options_from_mapping({"ratio": 0.95}, where="[prune]")
+        config.options_from_mapping({"ratio": 0.95}, where="[prune]")
 
 
 def test_save_pruned_writes_a_pt2_program(tmp_path):

@@ -8,8 +8,9 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from toy_models import export_text  # noqa: E402
+
 from edgepack.errors import InputError  # noqa: E402
-from edgepack.inputs.text import export_text_onnx  # noqa: E402
 from edgepack.pruning.transformer import count, heads_to_keep, neurons_to_keep, prune_transformer  # noqa: E402
 
 L = 12
@@ -66,7 +67,7 @@ def test_least_important_head_goes_first():
 def test_pruned_model_exports_to_onnx_and_matches_in_onnxruntime(tmp_path):
     ort = pytest.importorskip("onnxruntime")
     pruned, _ = prune_transformer(Classifier(), 0.5)
-    export_text_onnx(pruned, L, tmp_path / "m.onnx")
+    export_text(pruned, L, tmp_path / "m.onnx")
     ids, mask, types = _inputs()
     out = ort.InferenceSession(str(tmp_path / "m.onnx")).run(
         None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "token_type_ids": types.numpy()})[0]

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from edgepack.bundle import read as bundles
+from edgepack.bundle import update
 from edgepack.device import remote
 from edgepack.errors import InputError
 
@@ -107,12 +108,12 @@ def test_bench_over_ssh_measures_on_the_device_and_the_verdict_follows(sshd, bun
     assert sshd["known_hosts"].read_text().strip(), "the host key was stored in the given known_hosts file"
 
     over = _copy(bundle, tmp_path / "a")
-    man = remote.record_device_measurement(over, record, max_latency_ms=record["p50"] * 1.5)
+    man = update.record_device_measurement(over, record, max_latency_ms=record["p50"] * 1.5)
     row = next(b for b in man["validation"]["budgets"] if b["name"] == "latency_p50_ms")
     assert (row["kind"], row["value"], row["passed"], man["passed"]) == ("measured-device", record["p50"], True, True)
 
     under = _copy(bundle, tmp_path / "b")
-    man = remote.record_device_measurement(under, record, max_latency_ms=record["p50"] * 0.5)
+    man = update.record_device_measurement(under, record, max_latency_ms=record["p50"] * 0.5)
     row = next(b for b in man["validation"]["budgets"] if b["name"] == "latency_p50_ms")
     assert (row["kind"], row["passed"], man["passed"]) == ("measured-device", False, False)
     assert man["models"][0]["validation"]["latency_ms"]["device"]["kind"] == "measured-device"

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from toy_models import export_text
 
+from edgepack.backends import onnx_text_quantize
 from edgepack.errors import InputError
 from edgepack.inputs import text
 
@@ -68,7 +70,7 @@ def hf_folder(tmp_path_factory, minilm_dir) -> Path:
 def tiny_onnx(tmp_path_factory, hf_folder) -> Path:
     module, _, settings = text.load_hf_folder(hf_folder, max_length=L)
     path = tmp_path_factory.mktemp("onnx") / "fp32.onnx"
-    text.export_text_onnx(module, L, path, input_names=settings["model_input_names"])
+    export_text(module, L, path, input_names=settings["model_input_names"])
     return path
 
 
@@ -192,7 +194,7 @@ def test_factory_style_mean_pooling_exports(tmp_path, minilm_dir):
     model = SpamClassifier(
         transformers.BertModel(cfg, add_pooling_layer=False).eval(), torch.nn.Linear(32, 2)
     ).eval()
-    text.export_text_onnx(model, L, tmp_path / "m.onnx")
+    export_text(model, L, tmp_path / "m.onnx")
     x = text.tokenize(TEXTS[:2], minilm_dir / "tokenizer.json", L)
     sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     with torch.no_grad():
@@ -208,7 +210,7 @@ def test_quantize_text_onnx_runs(tmp_path, tiny_onnx, minilm_dir):
     ort = pytest.importorskip("onnxruntime")
     calib = text.tokenize(TEXTS * 2, minilm_dir / "tokenizer.json", L)
     out = tmp_path / "int8.onnx"
-    settings = text.quantize_text_onnx(tiny_onnx, out, calib)
+    settings = onnx_text_quantize.quantize_text_onnx(tiny_onnx, out, calib)
     assert settings["format"] == "QDQ" and settings["calibration_samples"] == len(TEXTS) * 2
     assert settings["float_weight_nodes"], "the classifier head stays float by default"
     assert out.stat().st_size < 0.5 * tiny_onnx.stat().st_size  # the int8 word-embedding table dominates
@@ -223,11 +225,11 @@ def test_quantize_text_onnx_runs(tmp_path, tiny_onnx, minilm_dir):
 def test_quantize_text_onnx_rejects_bad_options(tmp_path, tiny_onnx, minilm_dir):
     calib = text.tokenize(TEXTS, minilm_dir / "tokenizer.json", L)
     with pytest.raises(InputError, match="calibration method"):
-        text.quantize_text_onnx(tiny_onnx, tmp_path / "q.onnx", calib, method="magic")
+        onnx_text_quantize.quantize_text_onnx(tiny_onnx, tmp_path / "q.onnx", calib, method="magic")
     with pytest.raises(InputError, match="not in the model: nope"):
-        text.quantize_text_onnx(tiny_onnx, tmp_path / "q.onnx", calib, keep_float=["nope"])
+        onnx_text_quantize.quantize_text_onnx(tiny_onnx, tmp_path / "q.onnx", calib, keep_float=["nope"])
     with pytest.raises(InputError, match="lacks model input"):
-        text.quantize_text_onnx(tiny_onnx, tmp_path / "q.onnx", {"input_ids": calib["input_ids"]})
+        onnx_text_quantize.quantize_text_onnx(tiny_onnx, tmp_path / "q.onnx", {"input_ids": calib["input_ids"]})
 
 
 # --- the device runner in a clean environment ---------------------------------------------------------------
@@ -291,7 +293,7 @@ def tiny_tflite(tmp_path_factory, hf_folder) -> dict[str, Path]:
 
     module, _, settings = text.load_hf_folder(hf_folder, max_length=L)
     work = tmp_path_factory.mktemp("tflite_text")
-    text.export_text_onnx(module, L, work / "raw.onnx", opset=20, input_names=settings["model_input_names"])
+    export_text(module, L, work / "raw.onnx", opset=20, input_names=settings["model_input_names"])
     onnx_backend.simplify(work / "raw.onnx", work / "fp32.onnx")
     fp32 = tflite.convert(work / "fp32.onnx", work, None)
     dynamic = tflite.convert_text_int8(work / "fp32.onnx", work, "dynamic-range")

@@ -77,3 +77,13 @@ def outlier_net() -> nn.Module:
     """Factory: untrained OutlierNet; tests load trained (outlier-injected) weights with --weights."""
     torch.manual_seed(0)
     return OutlierNet().eval()
+
+
+def export_text(module, max_length, path, opset=17, input_names=None):
+    """Export a text model the way the build does (edgepack.backends.onnx.export_args with token inputs)."""
+    from edgepack.backends.onnx import export_args
+    from edgepack.inputs.text import INPUT_ORDER, example_inputs
+
+    names = [n for n in INPUT_ORDER if n in (input_names or INPUT_ORDER)]
+    export_args(module.eval(), example_inputs(names, max_length), path, input_names=names, opset=opset)
+    return {"inputs": names, "max_length": max_length, "opset": opset}

@@ -17,7 +17,15 @@ log = logging.getLogger(__name__)
 
 
 def export(module: Any, input_shape: tuple[int, ...], path: Path, *, opset: int) -> None:
-    """torch.nn.Module -> one self-contained ONNX file with a fixed input shape.
+    """One float32 input named ``input`` of shape ``input_shape`` (images, reference networks): see export_args."""
+    import torch
+
+    export_args(module, (torch.zeros(*input_shape),), path, input_names=["input"], opset=opset)
+
+
+def export_args(module: Any, args: tuple, path: Path, *, input_names: list[str], opset: int,
+                hint: str | None = None, shape_flag: str = "--input-shape N,C,H,W") -> None:
+    """torch.nn.Module -> one self-contained ONNX file with fixed input shapes (``args``: example tensors).
 
     The TorchScript-based exporter is used first: it is fast, deterministic and names nodes after
     the PyTorch modules (``/features/features.0/Conv``), which per-layer reports rely on. If it
@@ -25,33 +33,34 @@ def export(module: Any, input_shape: tuple[int, ...], path: Path, *, opset: int)
     """
     import torch
 
-    example = torch.zeros(*input_shape)
-    check_accepts_input(module, example)
+    check_accepts_input(module, args, shape_flag)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
-            torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=opset,
-                              input_names=["input"], output_names=["logits"], do_constant_folding=True)
+            torch.onnx.export(module, args, str(path), dynamo=False, opset_version=opset,
+                              input_names=input_names, output_names=["logits"], do_constant_folding=True)
     except Exception as exc:  # the legacy exporter fails on data-dependent control flow
         log.info("legacy exporter failed (%s); trying the torch.export-based exporter", exc)
-        _export_dynamo(module, example, path, opset)
+        _export_dynamo(module, args, path, opset, input_names, hint)
 
 
-def _export_dynamo(module: Any, example: Any, path: Path, opset: int) -> None:
+def _export_dynamo(module: Any, args: tuple, path: Path, opset: int, input_names: list[str],
+                   hint: str | None) -> None:
     import torch
 
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
-            program = torch.onnx.export(module, (example,), dynamo=True, opset_version=opset,
-                                        input_names=["input"], output_names=["logits"])
+            program = torch.onnx.export(module, args, dynamo=True, opset_version=opset,
+                                        input_names=input_names, output_names=["logits"])
             program.save(str(path), external_data=False)
     except Exception as exc:
         raise StageError(f"ONNX export failed: {type(exc).__name__}: {str(exc)[:300]}",
-                         hint="check the model runs under torch.export; run with --debug for the trace") from None
+                         hint=hint or "check the model runs under torch.export; run with --debug for the "
+                                      "trace") from None
 
 
-def check_accepts_input(module: Any, example: Any) -> Any:
+def check_accepts_input(module: Any, example: Any, shape_flag: str = "--input-shape N,C,H,W") -> Any:
     """Run the module once on a zero input (or a tuple of inputs, for text models); a shape error becomes an
     InputError naming the shape."""
     import torch
@@ -62,10 +71,9 @@ def check_accepts_input(module: Any, example: Any) -> Any:
             return module(*args)
     except Exception as exc:
         shapes = ", ".join(str(list(a.shape)) for a in args)
-        flag = "--max-length L" if isinstance(example, tuple) else "--input-shape N,C,H,W"
         raise InputError(f"the model does not accept input shape {shapes}: "
                          f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
-                         hint=f"pass the model's input shape with {flag}") from None
+                         hint=f"pass the model's input shape with {shape_flag}") from None
 
 
 def simplify(src: Path, dst: Path) -> dict:
@@ -177,3 +185,13 @@ def parity(reference: np.ndarray, candidate: np.ndarray) -> dict:
     diff = float(np.max(np.abs(reference - candidate)))
     scale = float(np.max(np.abs(reference))) or 1.0
     return {"max_abs_diff": diff, "relative": diff / scale}
+
+
+def float_ops(path: Path) -> list[str]:
+    """Compute ops (Conv, MatMul, Gemm) of a QDQ model whose input is not dequantized INT8: they run in float."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    return [f"{n.op_type}:{n.name}" for n in graph.node if n.op_type in ("Conv", "ConvTranspose", "MatMul", "Gemm")
+            and getattr(producer.get(n.input[0]), "op_type", None) != "DequantizeLinear"]

@@ -12,8 +12,7 @@ import html
 import io
 from typing import Any
 
-from edgepack.bundle.report import budget_rows, summary_rows
-from edgepack.quantize.diagnose import drop_text
+from edgepack.bundle.tables import TRIAL_HEADER, budget_rows, drop_text, summary_rows, trial_rows
 
 
 def _png(fig: Any) -> str:
@@ -89,19 +88,6 @@ def trials_plot(trials: list[dict]) -> str:
     ax.set_ylabel("accuracy drop (points) or disagreement (%)")
     ax.set_title("accuracy-aware search: every configuration tried (blue = meets budget)", fontsize=9)
     return _png(fig)
-
-
-def trial_rows(search: dict) -> list[tuple[str, ...]]:
-    def f(v, d=2):
-        return "-" if v is None else f"{v:.{d}f}"
-
-    return [(t["name"] + (" (chosen)" if t["name"] == search["chosen"] else ""), f(t["accuracy_drop"]),
-             f(t["agreement"], 4), f(t["sqnr_db"], 1), f(t["latency_p50_ms_1thread"]),
-             f"{t['size_bytes'] / 1e6:.2f}", f(t["seconds"], 1), "yes" if t["met"] else "no")
-            for t in search["trials"]]
-
-
-TRIAL_HEADER = ("configuration", "acc. drop", "agreement", "SQNR dB", "p50 ms 1 thr", "MB", "search s", "meets")
 
 
 def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:

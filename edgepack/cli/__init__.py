@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from edgepack import __version__
+from edgepack.bundle.tables import text_table
 from edgepack.errors import (
     EXIT_BUDGET,
     EXIT_INTERNAL,
@@ -26,6 +26,7 @@ from edgepack.errors import (
     InputError,
     Interrupted,
 )
+from edgepack.version import __version__
 
 EPILOG = """\b
 Examples:
@@ -212,7 +213,7 @@ def make_config(model: str | None, options: dict[str, Any]) -> Any:
 
     file_path = options.pop("config_file", None)
     merged: dict[str, Any] = config_mod.read_toml(file_path) if file_path else {}
-    prune = _prune_table(options, merged.get("prune"))
+    prune = _prunetext_table(options, merged.get("prune"))
     merged.update({k: v for k, v in options.items() if v is not None and v != ()})
     if prune:
         merged["prune"] = prune
@@ -232,7 +233,7 @@ FINETUNE_FLAGS = {"finetune_data": "data", "finetune_epochs": "epochs", "finetun
                   "distill_features": "feature_weight"}
 
 
-def _prune_table(options: dict[str, Any], from_file: Any) -> dict[str, Any] | None:
+def _prunetext_table(options: dict[str, Any], from_file: Any) -> dict[str, Any] | None:
     """Fold the --prune*/--finetune* flags into a [prune] table over the config file's one."""
     table = dict(from_file) if isinstance(from_file, dict) else {}
     ft = table.get("finetune")
@@ -315,7 +316,7 @@ def prune_cmd(ctx: click.Context, model: str | None, save_path: str, as_json: bo
                 ("MACs (Torch-Pruning)", f"{report['macs_before']:,}", f"{report['macs_after']:,}"),
                 ("MACs (FlopCounterMode)", f"{report['macs_independent_before']:,}",
                  f"{report['macs_independent_after']:,}")]
-        click.echo(_table(("", "before", "after"), rows))
+        click.echo(text_table(("", "before", "after"), rows))
         if "finetune" in report:
             ft = report["finetune"]
             click.echo(f"fine-tuning: held-out {ft['metric']} {ft['heldout_before']:.4g} -> {ft['heldout_after']:.4g} "
@@ -361,10 +362,10 @@ def diagnose(ctx: click.Context, model_or_bundle: str, data: str, plot_path: str
         if as_json:
             click.echo(json.dumps(rows[:top], indent=2))
             return
-        from edgepack.quantize.diagnose import drop_text
+        from edgepack.bundle.tables import drop_text
 
         table = [(r["name"], r["op"], drop_text(r), f"{r['sqnr_db']:.1f}") for r in rows[:top]]
-        click.echo(_table(("layer (PyTorch module)", "op", "SQNR lost here dB", "SQNR so far dB"), table))
+        click.echo(text_table(("layer (PyTorch module)", "op", "SQNR lost here dB", "SQNR so far dB"), table))
         if plot_path:
             click.echo(f"plot: {plot_path}")
 
@@ -404,28 +405,29 @@ def bench(ctx: click.Context, bundle: str, device: str, runs: int, python_cmd: s
     writes the measurement (kind measured-device) into the bundle's manifest, report and zip.
     Example: edgepack bench build/mnv2 --device ssh://pi@raspberrypi.local
     """
+    from edgepack.bundle import update
     from edgepack.device import remote
 
     def body() -> None:
         record = remote.bench(Path(bundle), device, runs=runs, python=python_cmd,
                               identity=Path(identity) if identity else None,
                               known_hosts=Path(known_hosts) if known_hosts else None)
-        man = remote.record_device_measurement(Path(bundle), record, max_latency_ms=max_latency_ms)
+        man = update.record_device_measurement(Path(bundle), record, max_latency_ms=max_latency_ms)
         if as_json:
             click.echo(json.dumps({"measurement": record, "passed": man["passed"]}, indent=2))
         else:
             click.echo(f"measured on device {record.get('device', device)}: p50 {record['p50']:.2f} ms, "
                        f"p90 {record['p90']:.2f} ms over {record['runs']} runs (kind: measured-device)")
-            click.echo(_table(("budget", "value", "limit", "verdict"), report.budget_rows(man)))
+            click.echo(text_table(("budget", "value", "limit", "verdict"), tables.budget_rows(man)))
         sys.exit(EXIT_OK if man["passed"] else EXIT_BUDGET)
 
-    from edgepack.bundle import report
+    from edgepack.bundle import tables
 
     run_command(ctx, body)
 
 
 def _print_result(result: Any, as_json: bool, quiet: bool) -> None:
-    from edgepack.bundle import report
+    from edgepack.bundle import tables
 
     man = result.manifest
     if as_json:
@@ -436,22 +438,15 @@ def _print_result(result: Any, as_json: bool, quiet: bool) -> None:
     if quiet:
         click.echo(str(result.bundle))
         return
-    click.echo(_table(("metric", "FP32", "INT8", "note"), report.summary_rows(man)))
-    rows = report.budget_rows(man)
+    click.echo(text_table(("metric", "FP32", "INT8", "note"), tables.summary_rows(man)))
+    rows = tables.budget_rows(man)
     if rows:
         click.echo("")
-        click.echo(_table(("budget", "value", "limit", "verdict"), rows))
+        click.echo(text_table(("budget", "value", "limit", "verdict"), rows))
     for w in man["warnings"]:
         click.echo(f"Warning: {w}", err=True)
     verdict = click.style("PASSED", fg="green") if result.passed else click.style("FAILED (budgets missed)", fg="red")
     click.echo(f"\n{verdict} in {result.seconds:.0f} s. Bundle: {result.bundle}  (zip: {result.zip})")
-
-
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    lines = [fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*r) for r in rows]
-    return "\n".join(line.rstrip() for line in lines)
 
 
 @main.group()
@@ -473,7 +468,7 @@ def targets_list(ctx: click.Context, as_json: bool) -> None:
             click.echo(json.dumps([dict(zip(("name", "formats", "threads", "description"), r, strict=True))
                                    for r in rows], indent=2))
         else:
-            click.echo(_table(("name", "formats", "threads", "description"), rows))
+            click.echo(text_table(("name", "formats", "threads", "description"), rows))
 
     run_command(ctx, body)
 
@@ -494,7 +489,7 @@ def targets_show(ctx: click.Context, name: str, as_json: bool) -> None:
             return
         values = profile.to_dict()
         rows = [(k, json.dumps(values[k]), doc) for k, _, doc in schema.describe(targets_mod.TargetProfile)]
-        click.echo(_table(("key", "value", "meaning"), rows))
+        click.echo(text_table(("key", "value", "meaning"), rows))
 
     run_command(ctx, body)
 
@@ -505,7 +500,7 @@ def targets_show(ctx: click.Context, name: str, as_json: bool) -> None:
 @click.pass_context
 def inspect(ctx: click.Context, bundle: str, as_json: bool) -> None:
     """Show what a bundle holds: target, models, I/O, validation and budgets."""
-    from edgepack.bundle import report
+    from edgepack.bundle import tables
     from edgepack.bundle.read import read_manifest
 
     def body() -> None:
@@ -523,9 +518,9 @@ def inspect(ctx: click.Context, bundle: str, as_json: bool) -> None:
                     qs = f" scale={q['scale']:.6g} zero_point={q['zero_point']}" if q else ""
                     click.echo(f"    {io_kind[:-1]} {t['name']} {t['shape']} {t['dtype']} {t['layout'] or ''}{qs}")
         click.echo("")
-        click.echo(_table(("metric", "FP32", "INT8", "note"), report.summary_rows(man)))
+        click.echo(text_table(("metric", "FP32", "INT8", "note"), tables.summary_rows(man)))
         click.echo("")
-        click.echo(_table(("budget", "value", "limit", "verdict"), report.budget_rows(man)))
+        click.echo(text_table(("budget", "value", "limit", "verdict"), tables.budget_rows(man)))
 
     run_command(ctx, body)
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from edgepack.errors import InputError
-from edgepack.util import sha256_file
+from edgepack.util import require, sha256_file
 
 log = logging.getLogger(__name__)
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -126,6 +126,7 @@ def _attach_tokenizer(loaded: LoadedModel, tokenizer: str, max_length: int | Non
     """Make a factory's module a text model: its forward takes the tokenizer's inputs by name."""
     from edgepack.inputs import text
 
+    require(("tokenizers",), extra="text", what="--tokenizer (text models)")
     if loaded.text is not None:
         raise InputError(f"{loaded.spec} carries its own tokenizer.json; --tokenizer is for factory models",
                          hint="drop --tokenizer")

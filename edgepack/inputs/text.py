@@ -6,14 +6,13 @@ and ``token_type_ids`` when the model uses them), with one fixed sequence length
 device, so calibration, validation and the device see the same ids.
 
 INT8 (``quantize_text_onnx``, ``quantize_text_dynamic``, ``pick_int8``) lives in
-``edgepack.backends.onnx_text_quantize`` and is re-exported here.
+``edgepack.backends.onnx_text_quantize``.
 
 Heavy imports (torch, transformers, onnxruntime) happen inside functions.
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
@@ -26,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from edgepack.errors import InputError, StageError
+from edgepack.errors import InputError
+from edgepack.util import require
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,7 @@ def load_hf_folder(path: str | Path, max_length: int | None = None) -> tuple[Any
     """
     folder = Path(path)
     _check_hf_folder(folder)
+    require(("transformers", "tokenizers", "safetensors"), extra="text", what="a transformers text model")
     offline_env()
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
@@ -326,49 +327,3 @@ def example_inputs(input_names: Sequence[str], max_length: int) -> tuple:
         for n in INPUT_ORDER
         if n in input_names
     )
-
-
-def export_text_onnx(
-    module: Any, max_length: int, path: str | Path, opset: int = 17, input_names: Sequence[str] = INPUT_ORDER
-) -> dict:
-    """torch module -> ONNX with fixed (1, max_length) int64 inputs named ``input_names``, output ``logits``.
-
-    int64 is what PyTorch embeddings take and what ONNX Runtime runs without casts; the TFLite path casts
-    to int32 itself. Returns {"inputs": [...], "max_length": L, "opset": opset}.
-    """
-    import torch
-
-    names = [n for n in INPUT_ORDER if n in input_names]
-    example = example_inputs(names, max_length)
-    try:
-        with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                module.eval(),
-                example,
-                str(path),
-                dynamo=False,
-                opset_version=opset,
-                input_names=names,
-                output_names=["logits"],
-                do_constant_folding=True,
-            )
-    except Exception as exc:
-        raise StageError(
-            f"ONNX export of the text model failed: {type(exc).__name__}: {str(exc)[:300]}",
-            hint="check forward(input_ids, attention_mask[, token_type_ids]) runs on int64 "
-            f"(1, {max_length}) tensors",
-        ) from None
-    return {"inputs": names, "max_length": max_length, "opset": opset}
-
-
-
-# INT8 lives in backends/onnx_text_quantize.py; re-exported here for callers of the text API.
-from edgepack.backends.onnx_text_quantize import (  # noqa: E402,F401
-    CALIBRATION_METHODS,
-    head_nodes,
-    pick_int8,
-    quantize_text_dynamic,
-    quantize_text_onnx,
-    weight_nodes,
-)

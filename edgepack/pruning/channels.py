@@ -14,67 +14,18 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import logging
-from dataclasses import dataclass
 from typing import Any
 
-from edgepack.errors import ConfigError, InputError, StageError, did_you_mean
-from edgepack.pruning.finetune import FinetuneOptions
+from edgepack.config import MAX_RATIO, PruneOptions, check_options
+from edgepack.errors import InputError, StageError, did_you_mean
 from edgepack.pruning.reconstruct import out_size, reconstruct
-from edgepack.schema import parse, spec
 from edgepack.util import ProgressFn, no_progress
 
 log = logging.getLogger(__name__)
-IMPORTANCES = ("magnitude", "taylor")
 MAC_TOLERANCE = 0.02        # relative gap allowed between the two MAC counts
 SEARCH_STEPS = 7            # bisection steps on the ratio for a keep_macs goal (ratio resolution ~0.007)
-MAX_RATIO = 0.9
 TAYLOR_BATCH = 16
-
-
-@dataclass(frozen=True)
-class PruneOptions:
-    """How to prune: a channel ratio or a MAC goal, the importance criterion and what to leave alone."""
-
-    ratio: float | None = spec("fraction of output channels removed from every prunable layer", None,
-                               ge=0.0, le=MAX_RATIO)
-    keep_macs: float | None = spec("goal instead of ratio: fraction of the model's MACs to keep (the ratio "
-                                   "is searched)", None, ge=0.05, le=1.0)
-    importance: str = spec("channel importance: weight magnitude, or Taylor (|w * dL/dw|) on calibration "
-                           "data", "magnitude", choices=IMPORTANCES)
-    ignore: tuple[str, ...] = spec("module names (as in model.named_modules()) left unpruned; the layer "
-                                   "producing the outputs is always left alone", ())
-    round_to: int = spec("remaining channel counts are multiples of this (SIMD-friendly)", 8, ge=1, le=256)
-    iterative_steps: int = spec("prune in this many steps, re-estimating importance in between", 1,
-                                ge=1, le=100)
-    taylor_samples: int = spec("calibration samples used for Taylor importance", 64, ge=1, le=100_000)
-    reconstruct: bool = spec("after pruning, refit every 1x1 convolution and linear layer by least squares "
-                             "so it reproduces the unpruned layer's outputs on calibration data (cheap, "
-                             "forward passes only; a layer keeps its weights when the refit is worse on "
-                             "held-out positions)", True)
-    reconstruct_samples: int = spec("calibration samples used for the reconstruction", 256, ge=1, le=100_000)
-    finetune: FinetuneOptions | None = spec("recovery fine-tuning after pruning (None: none)", None)
-
-
-def options_from_mapping(data: dict[str, Any], *, where: str) -> PruneOptions:
-    """Validate a [prune] table (with an optional nested [prune.finetune] table) into PruneOptions."""
-    data = dict(data)
-    ft = data.pop("finetune", None)
-    options = parse(PruneOptions, data, where=where)
-    if isinstance(ft, str):
-        ft = {"data": ft}
-    if ft is not None:
-        options = dataclasses.replace(options, finetune=parse(FinetuneOptions, ft, where=f"{where} finetune"))
-    check_options(options)
-    return options
-
-
-def check_options(options: PruneOptions) -> None:
-    """Exactly one of ratio / keep_macs must be given."""
-    if (options.ratio is None) == (options.keep_macs is None):
-        raise ConfigError("pruning needs exactly one of ratio and keep_macs",
-                          hint="e.g. --prune 0.4 (remove 40 % of channels) or --prune-keep-macs 0.5")
 
 
 def prune_model(module, example_input, options: PruneOptions, calib=None,

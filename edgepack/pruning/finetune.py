@@ -11,61 +11,16 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
+from edgepack.config import FinetuneOptions
 from edgepack.errors import InputError, StageError
-from edgepack.schema import spec
 from edgepack.util import ProgressFn, no_progress
 
 log = logging.getLogger(__name__)
 EVAL_BATCH = 64
 KD_WEIGHT_WITH_LABELS = 0.5   # loss = 0.5 * distillation + 0.5 * cross-entropy when both are available
-
-
-@dataclass(frozen=True)
-class FinetuneOptions:
-    """Recovery fine-tuning settings (all optional but ``data``)."""
-
-    data: str | None = spec("fine-tuning data: class folders of images or .npz with x (and y); for text models "
-                            ".jsonl / .csv with text and label (or .txt with distill); unlabelled data needs "
-                            "distill", None)
-    epochs: int = spec("maximum passes over the training split", 3, ge=1, le=1000)
-    lr: float = spec("Adam learning rate: a short linear warm-up, then cosine decay to 0 over the epochs, or "
-                     "over the time budget when max_minutes ends training first", 3e-4, ge=1e-8, le=1.0)
-    batch_size: int = spec("samples per optimizer step", 32, ge=1, le=4096)
-    patience: int = spec("stop after this many epochs without a held-out improvement", 2, ge=1, le=1000)
-    distill: bool = spec("learn from the unpruned model's soft outputs (works without labels)", False)
-    temperature: float = spec("distillation softmax temperature", 4.0, ge=0.1, le=100.0)
-    val_fraction: float = spec("held-out fraction of the data for early stopping", 0.1, ge=0.01, le=0.5)
-    samples: int | None = spec("use at most this many samples (seeded subset; default all)", None, ge=2,
-                               le=10_000_000)
-    max_minutes: float | None = spec("wall-clock budget for fine-tuning, minutes (checked every batch)", None,
-                                     ge=0.01, le=10_000)
-    seed: int = spec("seed for the split and the shuffling", 0, ge=0, le=2**31 - 1)
-    feature_weight: float = spec("with distill: weight of a feature term, the relative squared error between "
-                                 "the student's and the teacher's inputs to the output layer (the penultimate "
-                                 "features: hundreds of numbers per sample instead of a few logits; skipped when "
-                                 "pruning changed their width)", 1.0, ge=0.0, le=100.0)
-    freeze_bn: bool = spec("keep BatchNorm running statistics fixed while training (small CPU batches give "
-                           "noisy statistics; pruning's reconstruction already matched them)", True)
-
-
-def load_data(options: FinetuneOptions, *, input_shape: tuple[int, ...], preprocess: Any,
-              progress: ProgressFn = no_progress, text: Any = None):
-    """Read ``options.data`` -> Dataset: images with edgepack.data.load (same preprocessing as calibration),
-    or, with ``text`` (the model's TextInfo), texts tokenized as the device will (edgepack.data.load_text)."""
-    from edgepack.inputs.data import load, load_text
-
-    if not options.data:
-        raise InputError("fine-tuning needs data", hint="pass --finetune DATA (image folder, .npz, or for text "
-                                                        "models .jsonl / .csv with labels)")
-    if text is not None:
-        return load_text(options.data, text=text, count=options.samples, seed=options.seed, role="fine-tuning")
-    return load(options.data, input_shape=input_shape, preprocess=preprocess, count=options.samples,
-                seed=options.seed, role="fine-tuning", progress=progress)
 
 
 def finetune(model, data, options: FinetuneOptions, *, teacher=None, input_names=None,

@@ -103,11 +103,6 @@ def layer_errors(fp32_path: Path, int8_path: Path, x, samples: int = DIAG_SAMPLE
     return sorted(rows, key=lambda r: (r["drop_db"] is None, -(r["drop_db"] or 0.0), r["sqnr_db"], r["name"]))
 
 
-def drop_text(row: dict) -> str:
-    """The "SQNR lost here" cell: dB, or "-" for a layer whose inputs are exact."""
-    return "-" if row["drop_db"] is None else f"{row['drop_db']:.1f}"
-
-
 def _compute_node(node, producer: dict):
     """A Conv/Gemm whose fused activation (Clip/Relu) produced the tensor stands for that tensor."""
     if node is not None and node.op_type in ("Clip", "Relu") and node.input[0] in producer:

@@ -1,25 +1,20 @@
 """Bundle stage: model(s), manifest.json, report.md, run.py, labels and a golden sample, as a
-folder plus a deterministic .zip, both written beside their final names and renamed into place.
-
-Text bundles also carry tokenizer.json, and their run.py is templates/run_text.py (tokenizes with the
-`tokenizers` library alone); their golden.npz holds every token input under its own name."""
+folder plus a deterministic .zip, both written beside their final names and renamed into place
+(edgepack.bundle.write). The input kind adds what its runner reads (e.g. a text model's tokenizer.json)."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from edgepack import backends
 from edgepack.bundle import report
-from edgepack.context import BuildContext
-from edgepack.errors import OutputError
+from edgepack.bundle.write import publish
+from edgepack.stages.context import BuildContext
 from edgepack.util import manifest_json, sha256_file
 
-ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 GOLDEN_TOLERANCE = 1e-3  # max abs diff of logits, same runtime and model on another run/machine
 
 
@@ -33,7 +28,7 @@ def run(ctx: BuildContext) -> dict:
         (staging / "labels.txt").write_text("\n".join(ctx.labels) + "\n", encoding="utf-8")
     _copy_runner(ctx, staging)
     files = {p.name: {"sha256": sha256_file(p), "size_bytes": p.stat().st_size} for p in sorted(staging.iterdir())}
-    man = report.manifest(ctx, files, io, golden)
+    man = manifest(ctx, files, io, golden)
     _write_reports(ctx, staging, man)
     (staging / "manifest.json").write_text(manifest_json(man), encoding="utf-8")
     publish(staging, out, force=ctx.config.force)
@@ -65,65 +60,69 @@ def _copy_models(ctx: BuildContext, staging: Path) -> dict:
 
 
 def _copy_runner(ctx: BuildContext, staging: Path) -> None:
-    """run.py for the device; text bundles add the tokenizer it reads."""
-    templates = Path(__file__).resolve().parents[1] / "bundle" / "templates"
-    if ctx.model.text is None:
-        shutil.copyfile(templates / "run.py", staging / "run.py")
-        return
-    shutil.copyfile(templates / "run_text.py", staging / "run.py")
-    shutil.copyfile(ctx.model.text.tokenizer, staging / report.TOKENIZER_FILE)
+    """run.py for the device, plus whatever the input kind's runner code reads (e.g. tokenizer.json)."""
+    shutil.copyfile(report.runner_template(ctx.inputs.name), staging / "run.py")
+    ctx.inputs.bundle_files(staging)
 
 
 def _write_golden(ctx: BuildContext, staging: Path) -> dict:
-    """One real input and every shipped model's output on it, for `edgepack verify` and run.py --golden.
-    Images: the input as 'input'; text: each token array under its input name."""
+    """One real input (named as the input kind says) and every shipped model's output on it, for
+    `edgepack verify` and run.py --golden."""
     from edgepack.inputs.data import rows
 
     x = rows(ctx.val.x, 0, 1)
     outs = {fmt: backends.get(fmt).Runner(ctx.get(fmt, "int8").path, threads=1).run(x) for fmt in ctx.target.formats}
-    inputs = x if isinstance(x, dict) else {"input": x}
+    inputs = ctx.inputs.golden_inputs(x)
     with open(staging / "golden.npz", "wb") as fh:
         np.savez(fh, **inputs, **outs)
     return {"file": "golden.npz", "tolerance": GOLDEN_TOLERANCE}
 
 
-def publish(staging: Path, out: Path, *, force: bool) -> None:
-    """Move the finished folder to ``out`` and write ``out.zip``; never leave either half-written."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    zip_final = out.with_name(out.name + ".zip")
-    for existing in (out, zip_final):
-        if existing.exists() and not force:
-            raise OutputError(f"output {existing} already exists", hint="pass --force to replace it, or another --out")
-    tmp_dir = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    tmp_zip = out.with_name(f".{out.name}.zip.partial-{os.getpid()}")
-    try:
-        shutil.copytree(staging, tmp_dir)
-        write_zip(tmp_dir, tmp_zip, out.name)
-        _replace(tmp_dir, out)
-        os.replace(tmp_zip, zip_final)
-    except OSError as exc:
-        raise OutputError(f"cannot write the bundle to {out.parent}: {exc.strerror or exc}",
-                          hint="check the folder is writable and the disk has space") from None
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        tmp_zip.unlink(missing_ok=True)
+def manifest(ctx: BuildContext, files: dict[str, dict], io: dict[str, dict], golden: dict) -> dict:
+    """The bundle's manifest (schema edgepack.bundle/1). ``files`` maps name -> {sha256, size_bytes}."""
+    models = [_model_entry(ctx, fmt, files, io) for fmt in ctx.target.formats]
+    primary = models[0]
+    return {
+        "schema": report.SCHEMA,
+        "name": ctx.config.name or ctx.model.name,
+        "target": {"name": ctx.target.name, "description": ctx.target.description, "cpu": ctx.target.cpu,
+                   "formats": list(ctx.target.formats)},
+        "runtime": {"name": ctx.target.runtime, "threads": ctx.target.threads},
+        "model": {k: primary[k] for k in ("file", "format", "sha256", "size_bytes")},
+        "models": models,
+        "inputs": primary["inputs"],
+        "outputs": primary["outputs"],
+        "preprocess": _preprocess(ctx),
+        "labels": ctx.labels,
+        "validation": primary["validation"],
+        "passed": all(m["validation"]["passed"] for m in models),
+        "warnings": ctx.warnings,
+        "golden": golden,
+        "files": dict(sorted(files.items())),
+        "tools": report.tool_versions(),
+        "created_from": _created_from(ctx),
+        "config": ctx.config.to_dict(),
+        "stages": {k: v for k, v in sorted(ctx.records.items()) if k != "validation"},
+    }
 
 
-def _replace(src: Path, dst: Path) -> None:
-    if dst.exists():
-        trash = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.replace(dst, trash)
-        os.replace(src, dst)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(src, dst)
+def _preprocess(ctx: BuildContext) -> dict:
+    """What the device runner must do to an input: the input kind's record (see edgepack.inputs.kinds)."""
+    return ctx.inputs.preprocess_record()
 
 
-def write_zip(folder: Path, path: Path, root: str) -> None:
-    """Deterministic zip: sorted entries, fixed timestamps and permissions, under ``root/``."""
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for f in sorted(folder.iterdir()):
-            info = zipfile.ZipInfo(f"{root}/{f.name}", date_time=ZIP_TIME)
-            info.external_attr = 0o644 << 16
-            info.compress_type = zipfile.ZIP_DEFLATED
-            zf.writestr(info, f.read_bytes())
+def _model_entry(ctx: BuildContext, fmt: str, files: dict, io: dict) -> dict:
+    name = report.MODEL_FILES[fmt]
+    return {"file": name, "format": fmt, "precision": "int8", "sha256": files[name]["sha256"],
+            "size_bytes": files[name]["size_bytes"], **io[fmt], "validation": ctx.records["validation"][fmt]}
+
+
+def _created_from(ctx: BuildContext) -> dict:
+    src = ctx.model
+    return {"model": src.spec, "model_sha256": src.sha256, "weights": ctx.config.weights,
+            "weights_sha256": src.weights_sha256,
+            "calibration": {"source": ctx.calib.source, "samples": len(ctx.calib), "sha256": ctx.calib.digest,
+                            "skipped": len(ctx.calib.skipped)},
+            "validation": {"source": ctx.val.source, "samples": len(ctx.val), "sha256": ctx.val.digest,
+                           "is_calibration_data": ctx.val_is_calibration},
+            "input_shape": list(ctx.input_shape), "seed": ctx.config.seed}

@@ -1,8 +1,7 @@
 """Export stage: torch -> ONNX (one file), simplified with onnxslim, checked against torch outputs.
 
-Text models export with fixed (1, max_length) int64 token inputs (edgepack.text.export_text_onnx), at opset
-TFLITE_TEXT_OPSET or later when the target ships TFLite: below opset 20 GELU exports as Erf, which the TFLite
-converter has no builtin for ("'tf.Erf' op is neither a custom op nor a flex op"); opset 20 has one Gelu op."""
+The input kind (ctx.inputs) gives the example inputs, their names and the opset (text models need opset 20
+for TFLite targets: see edgepack.inputs.kinds)."""
 
 from __future__ import annotations
 
@@ -11,12 +10,11 @@ import shutil
 import numpy as np
 
 from edgepack.backends import onnx as onnx_backend
-from edgepack.context import Artifact, BuildContext
 from edgepack.errors import StageError
+from edgepack.stages.context import Artifact, BuildContext
 
 PARITY_SAMPLES = 4
 PARITY_RTOL = 1e-3   # max |torch - onnx| relative to max |torch|; FP32 export should be ~1e-6
-TFLITE_TEXT_OPSET = 20
 
 
 def run(ctx: BuildContext) -> None:
@@ -41,32 +39,22 @@ def run(ctx: BuildContext) -> None:
 
 
 def _export(ctx: BuildContext, module, raw) -> None:
-    text = ctx.model.text
-    if text is None:
-        onnx_backend.export(module, ctx.input_shape, raw, opset=ctx.target.opset)
-        return
-    from edgepack.inputs import text as text_mod
-
-    opset = ctx.target.opset
-    if "tflite" in ctx.target.formats:
-        opset = max(opset, TFLITE_TEXT_OPSET)
-    ctx.records["text_export"] = text_mod.export_text_onnx(module, text.max_length, raw,
-                                                           opset=opset, input_names=text.input_names)
+    settings = ctx.inputs.export_settings()
+    onnx_backend.export_args(module, ctx.inputs.example_args(ctx.input_shape), raw, **settings)
+    ctx.records["export"] = {"inputs": settings["input_names"], "opset": settings["opset"],
+                             "input_shape": list(ctx.input_shape)}
 
 
 def _torch_outputs(ctx: BuildContext, x) -> np.ndarray:
-    """The torch model's outputs, one sample at a time: x is an array, or token arrays by input name."""
+    """The torch model's outputs, one sample at a time."""
     import torch
 
     from edgepack.inputs.data import num_samples, rows
 
-    names = ctx.model.text.input_names if ctx.model.text is not None else None
     outs = []
     with torch.no_grad():
         for i in range(num_samples(x)):
-            sample = rows(x, i, i + 1)
-            args = [torch.from_numpy(sample[n]) for n in names] if names else [torch.from_numpy(sample)]
-            outs.append(ctx.model.module(*args).numpy()[0])
+            outs.append(ctx.model.module(*ctx.inputs.torch_args(rows(x, i, i + 1))).numpy()[0])
     return np.stack(outs)
 
 

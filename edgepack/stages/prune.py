@@ -11,16 +11,16 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from edgepack.context import BuildContext
+from edgepack.config import PruneOptions
 from edgepack.errors import InputError
-from edgepack.pruning.channels import PruneOptions, prune_model
+from edgepack.pruning.channels import prune_model
+from edgepack.stages.context import BuildContext
 
 log = logging.getLogger(__name__)
 
 
 def run(ctx: BuildContext) -> dict | None:
     """Prune ``ctx.model`` in place of the context; returns the pruning report (None when skipped)."""
-    import torch
 
     options: PruneOptions | None = getattr(ctx.config, "prune", None)
     if options is None:
@@ -29,18 +29,23 @@ def run(ctx: BuildContext) -> dict | None:
         raise InputError("pruning needs a PyTorch model, got an ONNX file",
                          hint="pass the PyTorch source (torchvision:<arch>, factory, .pt2) or drop --prune")
     unpruned = ctx.model
-    if unpruned.text is not None:
-        pruned, report = _prune_text(ctx, options)
-    else:
-        example = torch.from_numpy(ctx.calib.x[:1])
-        pruned, report = prune_model(unpruned.module, example, options, calib=ctx.calib, progress=ctx.progress)
-        if not report["mac_counts_agree"]:
-            ctx.warn(f"MAC counts disagree by {report['mac_count_gap']:.1%} (Torch-Pruning "
-                     f"{report['macs_after']:,} vs FlopCounterMode {report['macs_independent_after']:,}): "
-                     "some layer escapes one of the counters")
+    pruned, report = METHODS[ctx.inputs.prune_method](ctx, options)
     if options.finetune is not None and options.finetune.data:
         report["finetune"] = _finetune(ctx, pruned, unpruned.module, options)
     return _finish(ctx, unpruned, pruned, report)
+
+
+def _prune_channels(ctx: BuildContext, options: PruneOptions) -> tuple:
+    """Whole channels of convolutions and linear layers (edgepack.pruning.channels, Torch-Pruning)."""
+    import torch
+
+    example = torch.from_numpy(ctx.calib.x[:1])
+    pruned, report = prune_model(ctx.model.module, example, options, calib=ctx.calib, progress=ctx.progress)
+    if not report["mac_counts_agree"]:
+        ctx.warn(f"MAC counts disagree by {report['mac_count_gap']:.1%} (Torch-Pruning "
+                 f"{report['macs_after']:,} vs FlopCounterMode {report['macs_independent_after']:,}): "
+                 "some layer escapes one of the counters")
+    return pruned, report
 
 
 def _finish(ctx: BuildContext, unpruned, pruned, report: dict) -> dict:
@@ -56,20 +61,21 @@ def _finish(ctx: BuildContext, unpruned, pruned, report: dict) -> dict:
     return report
 
 
-def _prune_text(ctx: BuildContext, options: PruneOptions) -> tuple:
+def _prune_transformer(ctx: BuildContext, options: PruneOptions) -> tuple:
     """Attention heads and FFN neurons of a transformer text model (edgepack.pruning_text)."""
     import torch
 
-    from edgepack.pruning.channels import MAX_RATIO, SEARCH_STEPS
+    from edgepack.config import MAX_RATIO
+    from edgepack.pruning.channels import SEARCH_STEPS
     from edgepack.pruning.transformer import count, prune_transformer, search_ratio, taylor_scores
 
-    text = ctx.model.text
-    inputs = tuple(torch.from_numpy(ctx.calib.x[n][:1]) for n in text.input_names)
+    names = ctx.inputs.input_names
+    inputs = tuple(torch.from_numpy(ctx.calib.x[n][:1]) for n in names)
     before = count(ctx.model.module, inputs)
     ctx.progress("pruning attention heads and FFN neurons", 0, 1)
     scores = None
     if options.importance == "taylor":
-        calib = tuple(torch.from_numpy(ctx.calib.x[n][:options.taylor_samples]) for n in text.input_names)
+        calib = tuple(torch.from_numpy(ctx.calib.x[n][:options.taylor_samples]) for n in names)
         scores = taylor_scores(ctx.model.module, calib)
     ratio = options.ratio
     if ratio is None:  # a MAC goal
@@ -91,11 +97,13 @@ def _prune_text(ctx: BuildContext, options: PruneOptions) -> tuple:
 
 
 def _finetune(ctx: BuildContext, pruned, teacher, options: PruneOptions) -> dict:
-    from edgepack.pruning.finetune import finetune, load_data
+    from edgepack.pruning.finetune import finetune
 
     ft = options.finetune
-    text = ctx.model.text
-    data = load_data(ft, input_shape=ctx.input_shape, preprocess=ctx.config.preprocess, progress=ctx.progress,
-                     text=text)
-    return finetune(pruned, data, ft, teacher=teacher if ft.distill else None,
-                    input_names=text.input_names if text is not None else None, progress=ctx.progress)
+    data = ctx.inputs.load(ft.data, role="fine-tuning", count=ft.samples, seed=ft.seed, shape=ctx.input_shape,
+                           progress=ctx.progress)
+    return finetune(pruned, data, ft, teacher=teacher if ft.distill else None, input_names=ctx.inputs.input_names,
+                    progress=ctx.progress)
+
+
+METHODS = {"channels": _prune_channels, "transformer": _prune_transformer}

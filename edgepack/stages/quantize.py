@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 from collections.abc import Iterator
 
-from edgepack.context import Artifact, BuildContext
+from edgepack.stages.context import Artifact, BuildContext
+
+#: INT8 recipes by name (edgepack.inputs.kinds says which one each input kind and format uses)
+RECIPES = {
+    "calibrated-search": "edgepack.stages.quantize:quantize_onnx_searched",
+    "full-integer": "edgepack.stages.quantize:convert_tflite_full_integer",
+    "static-vs-dynamic": "edgepack.stages.quantize_candidates:onnx_candidates",
+    "full-integer-or-dynamic-range": "edgepack.stages.quantize_candidates:tflite_candidates",
+}
 
 
 @contextlib.contextmanager
@@ -27,32 +36,25 @@ def quiet_root_logger() -> Iterator[None]:
 
 
 def run(ctx: BuildContext) -> None:
-    if "onnx" in ctx.target.formats and ctx.model.text is not None:
-        from edgepack.stages.quantize_text import onnx_text
-
-        onnx_text(ctx)
-    elif "onnx" in ctx.target.formats:
-        _onnx(ctx)
-    if "tflite" in ctx.target.formats and ctx.model.text is not None:
-        from edgepack.stages.quantize_text import tflite_text
-
-        tflite_text(ctx)
-    elif "tflite" in ctx.target.formats:
-        _tflite(ctx)
+    """Every format the target ships, with the INT8 recipe the input kind asks for (RECIPES)."""
+    for fmt in ("onnx", "tflite"):
+        if fmt in ctx.target.formats:
+            module, name = RECIPES[ctx.inputs.int8_recipes[fmt]].split(":")
+            getattr(importlib.import_module(module), name)(ctx)
 
 
 def calibration_method(ctx: BuildContext) -> str:
     return ctx.config.calibration_method or ctx.target.calibration_method
 
 
-def _onnx(ctx: BuildContext) -> None:
+def quantize_onnx_searched(ctx: BuildContext) -> None:
     """Default recipe first; if it misses the accuracy budget, the accuracy-aware search (search.py)."""
     from edgepack.quantize import search
 
     ctx.progress("quantizing ONNX to INT8 (calibrating)", 0, 1)
     final = ctx.workdir / "model_int8.onnx"
-    quantize, evaluate = (lambda st, p: _quantize_onnx(ctx, st, p)), (lambda p: _evaluate(ctx, p))
-    meets = lambda q: _meets(ctx, q)  # noqa: E731
+    quantize, evaluate = (lambda st, p: _quantize_onnx(ctx, st, p)), (lambda p: evaluate_int8(ctx, p))
+    meets = lambda q: meets_budget(ctx, q)  # noqa: E731
     default = search.trial("default recipe", {}, quantize, evaluate, meets, lambda p: None, final)
     ctx.records["quantization_onnx"] = default.record
     chosen, trials, seconds = default, [default], 0.0
@@ -83,11 +85,10 @@ def _quantize_onnx(ctx: BuildContext, settings: dict, out) -> dict:
                              exclude_nodes=settings.get("exclude_nodes", ()))
 
 
-def _evaluate(ctx: BuildContext, path, fmt: str = "onnx") -> dict:
+def evaluate_int8(ctx: BuildContext, path, fmt: str = "onnx") -> dict:
     """Quality of the INT8 model at ``path`` against the FP32 one of format ``fmt`` on the validation set;
     both outputs are cached in ctx.outputs for the validate stage."""
     from edgepack import backends
-    from edgepack.stages.validate import quality
     from edgepack.util import host_cores
 
     runner = backends.get(fmt).Runner
@@ -98,10 +99,10 @@ def _evaluate(ctx: BuildContext, path, fmt: str = "onnx") -> dict:
     got = ctx.outputs.get(str(path))
     if got is None:
         got = ctx.outputs[str(path)] = runner(path, threads=host_cores()).run_samples(ctx.val.x)
-    return quality(ref, got, ctx.val.y)
+    return ctx.task.quality(ref, got, ctx.val.y)
 
 
-def _meets(ctx: BuildContext, q: dict) -> bool:
+def meets_budget(ctx: BuildContext, q: dict) -> bool:
     from edgepack.stages.validate import quality_budget
 
     budget = quality_budget(ctx, q)
@@ -153,9 +154,11 @@ def _report_search(ctx: BuildContext, chosen, trials, seconds: float) -> None:
                  f"{len(trials)} trials ({seconds:.0f} s)")
 
 
-def _tflite(ctx: BuildContext) -> None:
+def convert_tflite_full_integer(ctx: BuildContext) -> None:
     """ONNX FP32 -> TFLite FP32 (the reference) and full-integer INT8 (what ships), same calibration set."""
-    from edgepack.backends import tflite
+    from edgepack import backends
+
+    tflite = backends.get("tflite")
 
     fp32_onnx = ctx.get("onnx", "fp32").path
     workdir = ctx.workdir / "tflite"  # one workdir: the SavedModel is converted once for both

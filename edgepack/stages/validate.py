@@ -1,6 +1,6 @@
 """Validate stage: FP32 and INT8 side by side on the host, in one run, against the target's budgets.
 
-For each format: top-1 accuracy (with labels) or agreement (always), output SQNR, latency p50/p90
+For each format: the task's quality metrics (ctx.task: e.g. top-1 accuracy and agreement), latency p50/p90
 with the target's thread count (capped at the host's cores) and at one thread, file size and peak
 memory. Budgets are collected and all reported, never the first failure only.
 """
@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import platform
 
-import numpy as np
-
 from edgepack import backends
-from edgepack.context import BuildContext
 from edgepack.device import measure
 from edgepack.inputs.data import rows
+from edgepack.stages.context import BuildContext
+from edgepack.tasks import budgets
 from edgepack.util import host_cores
 
 MB = 1_000_000
@@ -22,7 +21,7 @@ MB = 1_000_000
 
 def run(ctx: BuildContext) -> None:
     ctx.records["validation"] = {fmt: validate_format(ctx, fmt) for fmt in ctx.target.formats}
-    if "onnx" in ctx.target.formats and "diagnosis" not in ctx.records and ctx.model.text is None:
+    if "onnx" in ctx.target.formats and "diagnosis" not in ctx.records and ctx.inputs.layer_diagnosis:
         from edgepack.quantize.diagnose import layer_errors
 
         ctx.progress("per-layer INT8 error (diagnosis)", 0, 1)
@@ -41,7 +40,7 @@ def validate_format(ctx: BuildContext, fmt: str) -> dict:
         cached = ctx.outputs.get(f"{fmt}:fp32" if art.precision == "fp32" else str(art.path))
         outs[art.precision] = cached if cached is not None else backend.Runner(art.path, threads=threads).run_samples(
             ctx.val.x, progress=lambda i, n, s=step: ctx.progress(s, i, n))
-    result = quality(outs["fp32"], outs["int8"], ctx.val.y)
+    result = ctx.task.quality(outs["fp32"], outs["int8"], ctx.val.y)
     result["samples"] = len(ctx.val)
     result["on_calibration_data"] = ctx.val_is_calibration
     result["latency_ms"] = _latency(ctx, fmt, threads)
@@ -54,30 +53,14 @@ def validate_format(ctx: BuildContext, fmt: str) -> dict:
     if unpruned:
         result["unpruned_fp32"] = _unpruned(ctx, outs, unpruned, result["latency_ms"])
     result["budgets"] = check_budgets(ctx, result)
-    result["passed"] = all(b["passed"] for b in result["budgets"])
+    result["passed"] = budgets.all_passed(result["budgets"])
     _speed_notes(ctx, fmt, result["latency_ms"])
     return result
 
 
-def quality(ref: np.ndarray, q: np.ndarray, y: np.ndarray | None) -> dict:
-    """Accuracy (points, 0-100) with labels, top-1 agreement (0-1) and SQNR (dB) of INT8 vs FP32."""
-    noise = float(np.sum((ref - q) ** 2))
-    sqnr = float("inf") if noise == 0 else 10 * np.log10(float(np.sum(ref ** 2)) / noise)
-    out = {"sqnr_db": round(sqnr, 2), "agreement": None, "accuracy_fp32": None, "accuracy_int8": None,
-           "accuracy_drop": None}
-    if ref.ndim == 2:
-        top_ref, top_q = ref.argmax(1), q.argmax(1)
-        out["agreement"] = round(float((top_ref == top_q).mean()), 4)
-        if y is not None:
-            out["accuracy_fp32"] = round(100 * float((top_ref == y).mean()), 2)
-            out["accuracy_int8"] = round(100 * float((top_q == y).mean()), 2)
-            out["accuracy_drop"] = round(out["accuracy_fp32"] - out["accuracy_int8"], 2)
-    return out
-
-
 def _unpruned(ctx: BuildContext, outs: dict, art, latency: dict) -> dict:
     """The model before pruning, on the same samples: accuracy, agreement of pruned FP32 with it, size."""
-    q = quality(outs["unpruned-fp32"], outs["fp32"], ctx.val.y)
+    q = ctx.task.quality(outs["unpruned-fp32"], outs["fp32"], ctx.val.y)
     prune = ctx.records.get("prune", {})
     return {"accuracy": q["accuracy_fp32"], "pruned_fp32_agreement": q["agreement"],
             "size_bytes": art.size_bytes, "latency_ms": latency.get("unpruned-fp32"),
@@ -142,13 +125,8 @@ def _pick(ctx: BuildContext, name: str):
 
 
 def quality_budget(ctx: BuildContext, res: dict) -> dict | None:
-    """The accuracy budget (with labels) or the agreement budget (without), checked; None if unset."""
-    drop, agree = _pick(ctx, "max_accuracy_drop"), _pick(ctx, "min_agreement")
-    if drop is not None and res["accuracy_drop"] is not None:
-        return _row("accuracy_drop_points", res["accuracy_drop"], drop, "<=")
-    if agree is not None and res["agreement"] is not None:
-        return _row("agreement", res["agreement"], agree, ">=")
-    return None
+    """The task's quality budget (e.g. accuracy drop with labels, agreement without), checked; None if unset."""
+    return ctx.task.quality_budget(res, {name: _pick(ctx, name) for name in ctx.task.budget_names})
 
 
 def check_budgets(ctx: BuildContext, res: dict) -> list[dict]:
@@ -157,17 +135,12 @@ def check_budgets(ctx: BuildContext, res: dict) -> list[dict]:
     if (lim := _pick(ctx, "max_latency_ms")) is not None:
         est = res["latency_ms"].get("device_estimate", {}).get("int8")
         if ctx.target.latency_budget_kind == "device-estimate" and est:
-            row = _row("latency_p50_ms", est["p50"], lim, "<=")
+            row = budgets.row("latency_p50_ms", est["p50"], lim, "<=")
             row.update(kind="estimated-device", band=est["band"])
         else:
-            row = _row("latency_p50_ms", res["latency_ms"]["int8"]["p50"], lim, "<=")
+            row = budgets.row("latency_p50_ms", res["latency_ms"]["int8"]["p50"], lim, "<=")
             row["kind"] = "measured-host"
         rows.append(row)
     if (lim := _pick(ctx, "max_size_mb")) is not None:
-        rows.append(_row("size_mb", round(res["size_bytes"]["int8"] / MB, 3), lim, "<="))
+        rows.append(budgets.row("size_mb", round(res["size_bytes"]["int8"] / MB, 3), lim, "<="))
     return rows
-
-
-def _row(name: str, value: float, limit: float, op: str) -> dict:
-    passed = value <= limit if op == "<=" else value >= limit
-    return {"name": name, "value": value, "limit": limit, "op": op, "passed": bool(passed)}

@@ -8,8 +8,10 @@ from typing import Any
 
 from edgepack.config import BuildConfig
 from edgepack.inputs.data import Dataset
+from edgepack.inputs.kinds import ImageInput
 from edgepack.inputs.sources import LoadedModel
 from edgepack.targets import TargetProfile
+from edgepack.tasks import Task
 from edgepack.util import ProgressFn, no_progress
 
 
@@ -35,6 +37,8 @@ class BuildContext:
     model: LoadedModel
     calib: Dataset
     val: Dataset
+    inputs: ImageInput          # the input kind (edgepack.inputs.kinds): what differs by what the model takes
+    task: Task                  # the task (edgepack.tasks): what differs by what it outputs
     val_is_calibration: bool = False
     labels: list[str] | None = None
     num_outputs: int | None = None

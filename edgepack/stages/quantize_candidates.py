@@ -1,4 +1,5 @@
-"""Quantize stage for text models: INT8 candidates built, measured on the validation set, the better one ships.
+"""INT8 by candidates (the recipe edgepack.inputs.kinds gives text models): several INT8 models are built,
+measured on the validation set, and the better one ships.
 
 ONNX: calibrated static INT8 and dynamic INT8.
 
@@ -20,9 +21,9 @@ from __future__ import annotations
 import shutil
 from collections import Counter
 
-from edgepack.context import Artifact, BuildContext
 from edgepack.errors import StageError
-from edgepack.stages.quantize import _evaluate, _meets, quiet_root_logger
+from edgepack.stages.context import Artifact, BuildContext
+from edgepack.stages.quantize import evaluate_int8, meets_budget, quiet_root_logger
 
 DEFAULT_METHOD = "percentile"   # what kept BERT classifiers within 0.1 point (examples/sms_spam/README.md)
 LATENCY_RUNS = 20
@@ -35,22 +36,25 @@ TFLITE_RECIPES = {
 }
 
 
-def onnx_text(ctx: BuildContext) -> None:
+def onnx_candidates(ctx: BuildContext) -> None:
     """Build both INT8 candidates, measure them, ship the chosen one as model_int8.onnx."""
     candidates = {k: ctx.workdir / f"model_int8_{k}.onnx" for k in ("static", "dynamic")}
     settings = {"static": _static(ctx, candidates["static"]), "dynamic": _dynamic(ctx, candidates["dynamic"])}
     ctx.progress("INT8: comparing static and dynamic on the validation texts", 0, 1)
     chosen, why, rows = _compare(ctx, "onnx", candidates)
     _ship(ctx, "onnx", candidates[chosen])
+    ctx.add(Artifact("onnx", "int8-calibrated", candidates["static"]))  # what `edgepack diagnose` measures
     ctx.records["quantization_onnx"] = {**settings[chosen], "chosen": chosen, "why": why, "candidates": rows}
-    if not _meets(ctx, {"accuracy_drop": rows[chosen]["accuracy_drop"], "agreement": rows[chosen]["agreement"]}):
+    if not meets_budget(ctx, {"accuracy_drop": rows[chosen]["accuracy_drop"], "agreement": rows[chosen]["agreement"]}):
         ctx.warn(f"INT8 ({chosen}) misses the accuracy budget; the accuracy-aware search is not run for text "
                  "models yet: try more or more typical --calib texts, or --calibration-method minmax/entropy")
 
 
-def tflite_text(ctx: BuildContext) -> None:
+def tflite_candidates(ctx: BuildContext) -> None:
     """FP32 .tflite (the reference), then full-integer INT8 if LiteRT can run it, else dynamic-range INT8."""
-    from edgepack.backends import tflite
+    from edgepack import backends
+
+    tflite = backends.get("tflite")
 
     fp32_onnx, workdir = ctx.get("onnx", "fp32").path, ctx.workdir / "tflite"
     ctx.progress("converting to TFLite FP32 (onnx2tf)", 0, 1)
@@ -91,7 +95,9 @@ def _full_integer(ctx: BuildContext, fp32_onnx, workdir) -> tuple:
     process (its outputs are cached for the comparison); else (None, why not)."""
     import importlib.metadata as md
 
-    from edgepack.backends import tflite
+    from edgepack import backends
+
+    tflite = backends.get("tflite")
     from edgepack.device import measure
 
     ctx.progress("converting to TFLite full-integer INT8 (calibrating on texts)", 0, 1)
@@ -112,7 +118,7 @@ def _full_integer(ctx: BuildContext, fp32_onnx, workdir) -> tuple:
 def _compare(ctx: BuildContext, fmt: str, candidates: dict) -> tuple[str, str, dict]:
     """Measure every INT8 candidate on the validation set (quality) and at one thread (latency);
     return (chosen name, why, per-candidate rows for the report)."""
-    quality = {name: _evaluate(ctx, path, fmt) for name, path in candidates.items()}
+    quality = {name: evaluate_int8(ctx, path, fmt) for name, path in candidates.items()}
     ratios = _latency_ratios(ctx, fmt, candidates)
     chosen, why = _pick(quality, ratios)
     return chosen, why, _candidate_rows(quality, ratios, candidates)

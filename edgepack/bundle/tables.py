@@ -1,0 +1,118 @@
+"""Every table people read, in one place: the summary and budget rows of a manifest, the search trials, the INT8
+candidates and per-layer error rows, as tuples of strings; rendered as text (terminal), Markdown or HTML by the
+caller. report.md, report.html, the CLI and `edgepack bench` all read their rows from here."""
+
+from __future__ import annotations
+
+
+def _fmt(v, digits: int = 2) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def summary_rows(man: dict) -> list[tuple[str, str, str, str]]:
+    """(metric, FP32, INT8, note) rows for every model in the bundle."""
+    rows = []
+    for m in man["models"]:
+        v, f = m["validation"], m["format"]
+        lat, one = v["latency_ms"], v["latency_ms"]["one_thread"]
+        rows += [
+            (f"[{f}] top-1 accuracy (%)", _fmt(v["accuracy_fp32"]), _fmt(v["accuracy_int8"]),
+             f"drop {_fmt(v['accuracy_drop'])} points" if v["accuracy_drop"] is not None else "no labels"),
+            (f"[{f}] top-1 agreement", "", _fmt(v["agreement"], 4), f"SQNR {_fmt(v['sqnr_db'], 1)} dB, "
+             f"{v['samples']} samples" + (" (calibration data!)" if v["on_calibration_data"] else "")),
+            (f"[{f}] latency p50/p90 ms, {lat['threads']} thr", f"{lat['fp32']['p50']:.2f}/{lat['fp32']['p90']:.2f}",
+             f"{lat['int8']['p50']:.2f}/{lat['int8']['p90']:.2f}",
+             f"measured on host; INT8 = {lat['int8']['p50'] / lat['fp32']['p50']:.2f}x FP32"),
+            (f"[{f}] latency p50 ms, 1 thr", f"{one['fp32']['p50']:.2f}", f"{one['int8']['p50']:.2f}",
+             f"measured on host; INT8 = {one['int8']['p50'] / one['fp32']['p50']:.2f}x FP32"),
+            (f"[{f}] file size MB", f"{v['size_bytes']['fp32'] / 1e6:.2f}", f"{v['size_bytes']['int8'] / 1e6:.2f}",
+             f"INT8 = {v['size_bytes']['int8'] / v['size_bytes']['fp32']:.2f}x FP32"),
+            (f"[{f}] peak memory MB", _fmt(v["peak_memory_mb"]["fp32"], 1), _fmt(v["peak_memory_mb"]["int8"], 1),
+             "runner process RSS growth"),
+        ]
+        recipe = man.get("stages", {}).get(f"quantization_{f}", {}).get("recipe")
+        if recipe:
+            rows.append((f"[{f}] INT8 recipe", "", man["stages"][f"quantization_{f}"]["chosen"], recipe))
+        est = lat.get("device_estimate") or {}
+        if est.get("fp32") and est.get("int8"):
+            rows.append((f"[{f}] ESTIMATED device p50 ms", _band(est["fp32"]), _band(est["int8"]),
+                         f"estimated for {man['target']['name']} (operator cost model), not measured: "
+                         f"{est['int8']['band_source']}"))
+        if lat.get("device"):
+            d = lat["device"]
+            rows.append((f"[{f}] MEASURED device p50/p90 ms", "", f"{d['p50']:.2f}/{d['p90']:.2f}",
+                         f"measured on the device over SSH ({d.get('runs', '?')} runs)"))
+        rows += _unpruned_rows(f, v)
+    return rows
+
+
+def _band(e: dict) -> str:
+    return f"{e['p50']:.1f} [{e['band'][0]:.1f}-{e['band'][1]:.1f}]"
+
+
+def _unpruned_rows(f: str, v: dict) -> list[tuple[str, str, str, str]]:
+    """Unpruned FP32 vs pruned FP32 (the FP32 column here is the unpruned model)."""
+    u = v.get("unpruned_fp32")
+    if not u:
+        return []
+    lat = u["latency_ms_one_thread"]["p50"]
+    return [
+        (f"[{f}] unpruned FP32: params / MACs", f"{u['params']:,} / {u['macs']:,}",
+         f"{u['pruned_params']:,} / {u['pruned_macs']:,}", "INT8 column = pruned model"),
+        (f"[{f}] unpruned FP32: accuracy (%)", _fmt(u["accuracy"]), _fmt(v["accuracy_int8"]),
+         f"pruned FP32 agrees {u['pruned_fp32_agreement']:.3f} with unpruned"),
+        (f"[{f}] unpruned FP32: p50 ms, 1 thr", f"{lat:.2f}", f"{v['latency_ms']['one_thread']['int8']['p50']:.2f}",
+         f"pruned INT8 = {v['latency_ms']['one_thread']['int8']['p50'] / lat:.2f}x unpruned FP32"),
+        (f"[{f}] unpruned FP32: size MB", f"{u['size_bytes'] / 1e6:.2f}", f"{v['size_bytes']['int8'] / 1e6:.2f}",
+         f"pruned INT8 = {v['size_bytes']['int8'] / u['size_bytes']:.2f}x unpruned FP32"),
+    ]
+
+
+def budget_rows(man: dict) -> list[tuple[str, str, str, str]]:
+    rows = []
+    for m in man["models"]:
+        for b in m["validation"]["budgets"]:
+            kind = f" ({b['kind']})" if b.get("kind") else ""
+            rows.append((f"[{m['format']}] {b['name']}{kind}", _fmt(b["value"], 4 if b["name"] == "agreement" else 2),
+                         f"{b['op']} {_fmt(b['limit'])}", "PASS" if b["passed"] else "FAIL"))
+    return rows
+
+
+def markdown_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def candidate_rows(candidates: dict) -> list[tuple[str, ...]]:
+    return [(name, _fmt(c["accuracy_drop"]), _fmt(c["agreement"], 4), f"{c['latency_ratio_1thread']:.2f}x",
+             f"{c['size_bytes'] / 1e6:.2f}") for name, c in candidates.items()]
+
+
+def trial_rows(search: dict) -> list[tuple[str, ...]]:
+    def f(v, d=2):
+        return "-" if v is None else f"{v:.{d}f}"
+
+    return [(t["name"] + (" (chosen)" if t["name"] == search["chosen"] else ""), f(t["accuracy_drop"]),
+             f(t["agreement"], 4), f(t["sqnr_db"], 1), f(t["latency_p50_ms_1thread"]),
+             f"{t['size_bytes'] / 1e6:.2f}", f(t["seconds"], 1), "yes" if t["met"] else "no")
+            for t in search["trials"]]
+
+
+TRIAL_HEADER = ("configuration", "acc. drop", "agreement", "SQNR dB", "p50 ms 1 thr", "MB", "search s", "meets")
+
+
+def drop_text(row: dict) -> str:
+    """The "SQNR lost here" cell: dB, or "-" for a layer whose inputs are exact."""
+    return "-" if row["drop_db"] is None else f"{row['drop_db']:.1f}"
+
+
+def text_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    lines = [fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*r) for r in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+

@@ -1,0 +1,166 @@
+"""Input kinds: what differs by what a model *takes* (images, token ids; audio or others later).
+
+An input kind owns reading calibration / validation / fine-tuning data for the model, the example inputs for
+export and checks, the torch call on a batch of samples, the ONNX export settings, the golden inputs, the files
+and preprocessing record the device runner needs, and which INT8 recipe and pruning method suit it. Stages and
+backends ask the kind; they never test what kind of model it is. `for_model` picks the kind.
+
+A new input kind is one class here with the same methods (see `ImageInput`), plus its runner input code in
+bundle/templates/run.py.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from edgepack.errors import InputError
+from edgepack.inputs import data
+from edgepack.inputs.data import Dataset, Inputs
+from edgepack.util import ProgressFn, no_progress
+
+#: Below opset 20 GELU exports as Erf, which the TFLite converter cannot convert; opset 20 has one Gelu op.
+TFLITE_TEXT_OPSET = 20
+TOKENIZER_FILE = "tokenizer.json"
+
+
+class ImageInput:
+    """One NCHW float32 image tensor, preprocessed as `Preprocess` says (recorded for the device runner)."""
+
+    name = "image"
+    #: which INT8 recipe each format uses (stages/quantize.RECIPES) and how pruning works (stages/prune)
+    int8_recipes = {"onnx": "calibrated-search", "tflite": "full-integer"}
+    prune_method = "channels"
+    layer_diagnosis = True          # the shipped INT8 ONNX rounds activations: per-layer error is meaningful
+    shape_flag = "--input-shape N,C,H,W"
+    input_names: list[str] | None = None
+
+    def __init__(self, model: Any, config: Any, target: Any):
+        self.model, self.config, self.target = model, config, target
+
+    def check(self, onnx_inputs: list[dict] | None = None) -> None:
+        """What this kind cannot build, raised before any slow stage (``onnx_inputs``: an ONNX source's inputs)."""
+        if onnx_inputs is not None:
+            inputs = onnx_inputs
+            if len(inputs) != 1:
+                raise InputError(f"{self.model.onnx_path.name} has {len(inputs)} inputs "
+                                 f"({', '.join(i['name'] for i in inputs)}); image models take one",
+                                 hint="export the model with a single image input")
+
+    def input_shape(self, fixed: tuple[int, ...] | None = None) -> tuple[int, ...]:
+        """--input-shape, else ``fixed`` (an ONNX source's own fixed input shape), else the profile's."""
+        if self.config.input_shape:
+            return tuple(self.config.input_shape)
+        return tuple(fixed) if fixed else tuple(self.target.input_shape)
+
+    def load(self, path: str | None, *, role: str, count: int | None, seed: int, shape: tuple[int, ...],
+             progress: ProgressFn = no_progress) -> Dataset:
+        """An image folder or .npz (the shipped natural photos when calibrating without --calib)."""
+        source = path or (data.default_calibration() if role == "calibration" else None)
+        if source is None:
+            raise InputError(f"no {role} data given")
+        return data.load(source, input_shape=shape, preprocess=self.config.preprocess, count=count, seed=seed,
+                         role=role, progress=progress)
+
+    def example_args(self, shape: tuple[int, ...]) -> tuple:
+        """Torch inputs of the right shape for export and checks (zeros)."""
+        import torch
+
+        return (torch.zeros(*shape),)
+
+    def torch_args(self, x: Inputs) -> tuple:
+        """The torch call's positional arguments for samples ``x``."""
+        import torch
+
+        return (torch.from_numpy(x),)
+
+    def export_settings(self) -> dict:
+        """Keyword arguments for edgepack.backends.onnx.export."""
+        return {"input_names": ["input"], "opset": self.target.opset, "hint": None, "shape_flag": self.shape_flag}
+
+    def golden_inputs(self, x: Inputs) -> dict:
+        return {"input": x}
+
+    def bundle_files(self, staging: Path) -> None:
+        """Files the device runner reads besides the model (none for images)."""
+
+    def preprocess_record(self) -> dict:
+        return self.config.preprocess.to_dict()
+
+
+class TextInput(ImageInput):
+    """Token ids: {input name: (N, L) int64} arrays, tokenized with the model's tokenizer.json exactly as the
+    device runner does (the `tokenizers` library alone)."""
+
+    name = "text"
+    int8_recipes = {"onnx": "static-vs-dynamic", "tflite": "full-integer-or-dynamic-range"}
+    prune_method = "transformer"
+    layer_diagnosis = False         # dynamic INT8 may ship: no rounded activations to diagnose
+    shape_flag = "--max-length L"
+
+    def __init__(self, model: Any, config: Any, target: Any):
+        super().__init__(model, config, target)
+        self.text = model.text
+        self.input_names = model.text.input_names
+
+    def check(self, onnx_inputs: list[dict] | None = None) -> None:
+        """What text builds do not support, all reported at once."""
+        problems, hints = [], []
+        if self.config.prune is not None and self.config.prune.ignore:
+            problems.append("--prune-ignore does not apply to text models (every encoder layer is pruned alike)")
+            hints.append("drop --prune-ignore")
+        if self.config.input_shape:
+            problems.append("--input-shape does not apply to text models")
+            hints.append("set the sequence length with --max-length")
+        if not self.config.calib:
+            problems.append("text models need calibration texts")
+            hints.append("pass --calib texts.txt (one text per line) or a .jsonl / .csv with a text column")
+        if problems:
+            raise InputError("; ".join(problems), hint="; ".join(hints))
+
+    def input_shape(self, fixed: tuple[int, ...] | None = None) -> tuple[int, ...]:
+        return (1, self.text.max_length)
+
+    def load(self, path: str | None, *, role: str, count: int | None, seed: int, shape: tuple[int, ...],
+             progress: ProgressFn = no_progress) -> Dataset:
+        if path is None:
+            raise InputError(f"no {role} texts given")
+        return data.load_text(path, text=self.text, count=count, seed=seed, role=role)
+
+    def example_args(self, shape: tuple[int, ...]) -> tuple:
+        from edgepack.inputs.text import example_inputs
+
+        return example_inputs(self.input_names, shape[-1])
+
+    def torch_args(self, x: Inputs) -> tuple:
+        import torch
+
+        return tuple(torch.from_numpy(x[n]) for n in self.input_names)
+
+    def export_settings(self) -> dict:
+        from edgepack.inputs.text import INPUT_ORDER
+
+        opset = self.target.opset
+        if "tflite" in self.target.formats:
+            opset = max(opset, TFLITE_TEXT_OPSET)
+        names = [n for n in INPUT_ORDER if n in self.input_names]
+        return {"input_names": names, "opset": opset, "shape_flag": self.shape_flag,
+                "hint": f"check forward({', '.join(names)}) runs on int64 (1, {self.text.max_length}) tensors"}
+
+    def golden_inputs(self, x: Inputs) -> dict:
+        return dict(x)
+
+    def bundle_files(self, staging: Path) -> None:
+        shutil.copyfile(self.text.tokenizer, staging / TOKENIZER_FILE)
+
+    def preprocess_record(self) -> dict:
+        return {"kind": "text", "tokenizer": TOKENIZER_FILE, **self.text.settings}
+
+
+KINDS = {"image": ImageInput, "text": TextInput}
+
+
+def for_model(model: Any, config: Any, target: Any) -> ImageInput:
+    """The input kind of a loaded model: text when it carries a tokenizer, else image."""
+    return KINDS["text" if model.text is not None else "image"](model, config, target)

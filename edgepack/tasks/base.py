@@ -1,0 +1,34 @@
+"""The task contract: quality metrics of INT8 against FP32, the budget that judges them, and what the bundle
+records for the runner."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+
+class Task(Protocol):
+    """What a stage needs to know about a model's outputs.
+
+    ``quality`` compares FP32 and INT8 outputs on the validation set (with labels when there are any);
+    ``quality_budget`` judges that dict against the resolved budgets (command line over profile) and returns a
+    budget row (edgepack.tasks.budgets.row) or None when no budget of this task is set.
+    """
+
+    name: str
+    budget_names: tuple[str, ...]
+
+    def quality(self, ref: np.ndarray, got: np.ndarray, y: np.ndarray | None) -> dict: ...
+
+    def quality_budget(self, quality: dict, limits: dict) -> dict | None: ...
+
+
+def sqnr_db(ref: np.ndarray, got: np.ndarray) -> float:
+    """Signal-to-quantization-noise ratio of ``got`` against ``ref``, dB (inf when identical)."""
+    ref64, got64 = np.asarray(ref, np.float64), np.asarray(got, np.float64)
+    noise = float(np.sum((ref64 - got64) ** 2))
+    if noise == 0:
+        return float("inf")
+    signal = float(np.sum(ref64 ** 2))
+    return float("-inf") if signal == 0 else 10 * float(np.log10(signal / noise))

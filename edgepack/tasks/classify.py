@@ -1,0 +1,38 @@
+"""Classification: top-1 accuracy with labels, top-1 agreement with FP32 without, and logits SQNR."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgepack.tasks import budgets
+
+
+class Classify:
+    """One (N, C) logits output; class names come from --labels, the validation folders or the model."""
+
+    name = "classify"
+    budget_names = ("max_accuracy_drop", "min_agreement")
+
+    def quality(self, ref: np.ndarray, got: np.ndarray, y: np.ndarray | None) -> dict:
+        """Accuracy (points, 0-100) with labels, top-1 agreement (0-1) and SQNR (dB) of INT8 vs FP32."""
+        noise = float(np.sum((ref - got) ** 2))
+        sqnr = float("inf") if noise == 0 else 10 * np.log10(float(np.sum(ref ** 2)) / noise)
+        out = {"sqnr_db": round(sqnr, 2), "agreement": None, "accuracy_fp32": None, "accuracy_int8": None,
+               "accuracy_drop": None}
+        if ref.ndim == 2:
+            top_ref, top_q = ref.argmax(1), got.argmax(1)
+            out["agreement"] = round(float((top_ref == top_q).mean()), 4)
+            if y is not None:
+                out["accuracy_fp32"] = round(100 * float((top_ref == y).mean()), 2)
+                out["accuracy_int8"] = round(100 * float((top_q == y).mean()), 2)
+                out["accuracy_drop"] = round(out["accuracy_fp32"] - out["accuracy_int8"], 2)
+        return out
+
+    def quality_budget(self, quality: dict, limits: dict) -> dict | None:
+        """The accuracy budget (with labels) or the agreement budget (without); None if neither is set."""
+        drop, agree = limits.get("max_accuracy_drop"), limits.get("min_agreement")
+        if drop is not None and quality["accuracy_drop"] is not None:
+            return budgets.row("accuracy_drop_points", quality["accuracy_drop"], drop, "<=")
+        if agree is not None and quality["agreement"] is not None:
+            return budgets.row("agreement", quality["agreement"], agree, ">=")
+        return None
