@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from edgepack.bundle.tables import text_table
+from edgepack.cli.options import FINETUNE_FLAGS, PRUNE_FLAGS, build_options
 from edgepack.errors import (
     EXIT_BUDGET,
     EXIT_INTERNAL,
@@ -121,99 +122,13 @@ def main(debug: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s: %(message)s")
 
 
-def _csv_ints(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
-    if value is None:
-        return None
-    try:
-        return [int(v) for v in value.replace("x", ",").split(",") if v.strip()]
-    except ValueError:
-        raise click.BadParameter(f"'{value}' is not a comma-separated list of integers, e.g. 1,3,224,224") from None
-
-
-def _csv_floats(ctx: click.Context, param: click.Parameter, value: str | None) -> list[float] | None:
-    if value is None:
-        return None
-    try:
-        return [float(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise click.BadParameter(f"'{value}' is not a comma-separated list of numbers") from None
-
-
-BUILD_OPTIONS = [
-    click.option("--target", "-t", help="Target profile name (edgepack targets list) or a .toml path."),
-    click.option("--calib", help="Calibration data: image folder or .npz (default: calibration_data/images); "
-                                 "text: .txt, .jsonl or .csv."),
-    click.option("--val", help="Validation data: ImageFolder-style folder, flat folder or .npz with x[,y]; "
-                               "text: .jsonl or .csv with text[,label]."),
-    click.option("--out", "-o", help="Bundle folder (a .zip is written beside it)."),
-    click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML file with these settings."),
-    click.option("--weights", help="State dict (.pt/.pth/.safetensors), loaded weights-only."),
-    click.option("--tokenizer", help="Text models from a factory: tokenizer.json, or a folder holding one."),
-    click.option("--max-length", type=int, help="Text models: fixed sequence length in tokens (default 128)."),
-    click.option("--num-classes", type=int, help="Classifier size for torchvision architectures."),
-    click.option("--input-shape", callback=_csv_ints, help="Model input shape, e.g. 1,3,224,224."),
-    click.option("--labels", help="Text file, one class name per line, in output order."),
-    click.option("--name", help="Bundle name (default: from the model)."),
-    click.option("--calib-samples", type=int, help="Calibration samples (default: the profile's)."),
-    click.option("--val-samples", type=int, help="Validation samples, a seeded subset (default: all)."),
-    click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"])),
-    click.option("--seed", type=int, help="Seed for every sampled subset (default 0)."),
-    click.option("--latency-runs", type=int, help="Timed runs per model (default 50)."),
-    click.option("--max-search-time", type=float,
-                 help="Seconds the accuracy-aware search may spend when INT8 misses the budget (0 = off; 300)."),
-    click.option("--resize", type=int, help="Image preprocessing: resize the short side to N px."),
-    click.option("--crop", type=int, help="Image preprocessing: centre crop side, px."),
-    click.option("--mean", callback=_csv_floats, help="Image preprocessing: per-channel mean, e.g. 127,127,127."),
-    click.option("--std", callback=_csv_floats, help="Image preprocessing: per-channel std."),
-    click.option("--scale", type=float, help="Image preprocessing: pixel multiplier before mean/std (1/255 default)."),
-    click.option("--channel-order", type=click.Choice(["RGB", "BGR", "L"])),
-    click.option("--max-accuracy-drop", type=float, help="Budget override: accuracy drop, points."),
-    click.option("--min-agreement", type=float, help="Budget override: top-1 agreement, 0-1."),
-    click.option("--max-latency-ms", type=float, help="Budget override: INT8 p50 latency, ms."),
-    click.option("--max-size-mb", type=float, help="Budget override: INT8 file size, MB."),
-    click.option("--prune", "prune_ratio", type=float, help="Structured pruning: fraction of channels to remove."),
-    click.option("--prune-keep-macs", type=float, help="Structured pruning goal: fraction of MACs to keep."),
-    click.option("--prune-importance", type=click.Choice(["magnitude", "taylor"]), help="Channel importance."),
-    click.option("--prune-ignore", multiple=True, help="Module name to leave unpruned (repeatable)."),
-    click.option("--prune-round-to", type=int, help="Round channel counts to a multiple of N (default 8)."),
-    click.option("--prune-steps", type=int, help="Iterative pruning steps (default 1)."),
-    click.option("--finetune", "finetune_data", help="Recovery fine-tuning data after pruning (image folder or "
-                 ".npz; for text models .jsonl or .csv with labels)."),
-    click.option("--finetune-epochs", type=int),
-    click.option("--finetune-lr", type=float),
-    click.option("--finetune-batch-size", type=int),
-    click.option("--finetune-patience", type=int, help="Early stopping patience, epochs."),
-    click.option("--finetune-samples", type=int, help="Use a seeded subset of N fine-tuning samples."),
-    click.option("--finetune-minutes", type=float, help="Stop fine-tuning after this many minutes."),
-    click.option("--finetune-val-fraction", type=float, help="Held-out fraction for model selection (default 0.1)."),
-    click.option("--distill", is_flag=True, default=None, help="Distil from the unpruned model (unlabelled data OK)."),
-    click.option("--distill-features", type=float,
-                 help="With --distill: weight of matching the unpruned model's penultimate features (1; 0: off)."),
-    click.option("--estimate-device", is_flag=True, default=None,
-                 help="Also estimate device latency from the profile's published references (labelled estimated)."),
-    click.option("--allow-float-ops", is_flag=True, default=None,
-                 help="TFLite: keep ops with no INT8 kernel in float (named in the report) instead of failing."),
-    click.option("--text-tflite-int8", type=click.Choice(["auto", "dynamic-range", "full-integer"]),
-                 help="TFLite text models: auto (try full-integer, else dynamic-range, reported), dynamic-range "
-                      "(skip the ~1 min full-integer attempt), full-integer (fail if it cannot run)."),
-    click.option("--trust-model", is_flag=True, default=None, help="Allow TorchScript / pickles (can run code)."),
-    click.option("--force", is_flag=True, default=None, help="Replace an existing output."),
-]
-
-
-def build_options(fn: Any) -> Any:
-    for option in reversed(BUILD_OPTIONS):
-        fn = option(fn)
-    return fn
-
-
 def make_config(model: str | None, options: dict[str, Any]) -> Any:
     """Merge the --config file and the command line (command line wins) into a BuildConfig."""
     from edgepack import config as config_mod
 
     file_path = options.pop("config_file", None)
     merged: dict[str, Any] = config_mod.read_toml(file_path) if file_path else {}
-    prune = _prunetext_table(options, merged.get("prune"))
+    prune = _prune_table(options, merged.get("prune"))
     merged.update({k: v for k, v in options.items() if v is not None and v != ()})
     if prune:
         merged["prune"] = prune
@@ -224,16 +139,7 @@ def make_config(model: str | None, options: dict[str, Any]) -> Any:
     return config_mod.from_mapping(merged, where=file_path or "command line")
 
 
-PRUNE_FLAGS = {"prune_ratio": "ratio", "prune_keep_macs": "keep_macs", "prune_importance": "importance",
-               "prune_ignore": "ignore", "prune_round_to": "round_to", "prune_steps": "iterative_steps"}
-FINETUNE_FLAGS = {"finetune_data": "data", "finetune_epochs": "epochs", "finetune_lr": "lr",
-                  "finetune_batch_size": "batch_size", "finetune_patience": "patience",
-                  "finetune_samples": "samples", "finetune_minutes": "max_minutes", "distill": "distill",
-                  "finetune_val_fraction": "val_fraction",
-                  "distill_features": "feature_weight"}
-
-
-def _prunetext_table(options: dict[str, Any], from_file: Any) -> dict[str, Any] | None:
+def _prune_table(options: dict[str, Any], from_file: Any) -> dict[str, Any] | None:
     """Fold the --prune*/--finetune* flags into a [prune] table over the config file's one."""
     table = dict(from_file) if isinstance(from_file, dict) else {}
     ft = table.get("finetune")
