@@ -11,7 +11,7 @@ like the ONNX runner and transposes, so validation code can feed both backends t
 
 Text models (several integer token inputs, float logits) convert with `convert_text_int8`: "dynamic-range"
 (int8 weights, float activations) or "full-integer" (calibrated int8 activations; LiteRT 2.1 can abort the
-whole process on such a BERT, so callers run it in a child process first: `edgepack.measure.outputs`).
+whole process on such a BERT, so callers run it in a child process first: `edgepack.device.measure.outputs`).
 `TFLiteRunner` takes {input name: array} for them and maps names, not positions, to the model's inputs.
 
 Heavy imports (tensorflow, onnx2tf, ai_edge_litert) happen inside functions: importing this module is cheap.
@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from edgepack.errors import InputError, StageError
+from edgepack.isolate import mark
 
 log = logging.getLogger(__name__)
 
@@ -62,15 +63,19 @@ def convert(onnx_path: Path, workdir: Path, calib: np.ndarray | None, *, io_dtyp
     onnx_path, workdir = Path(onnx_path), Path(workdir)
     _check_args(onnx_path, calib, io_dtype)
     workdir.mkdir(parents=True, exist_ok=True)
-    source = _prepared(onnx_path, workdir, calib, say) if calib is not None and bias_correction else onnx_path
+    source = _prepared(onnx_path, workdir, calib, say, bias_correction) if calib is not None else onnx_path
     saved_model = _saved_model(source, workdir, calib, say,
                                _SAVED_MODEL_DIR + ("_int8_prep" if source != onnx_path else ""))
     if calib is None:
         say("TFLite: converting FP32")
+        mark("TFLite converter: FP32")
         data = _run_converter(saved_model, None, io_dtype, strict=True)
         return _write(workdir / f"{onnx_path.stem}_fp32.tflite", data)
     say(f"TFLite: full-integer INT8 with {len(calib)} calibration samples, io {io_dtype}")
+    mark("TFLite converter: calibrate and quantize to INT8")
     out = _write(workdir / f"{onnx_path.stem}_int8.tflite", _int8_bytes(saved_model, calib, io_dtype))
+    _check_scales(out)
+    mark("LiteRT: prepare the INT8 model (list float ops)")
     names = float_ops(out)  # the converter keeps ops without an INT8 kernel in float without failing
     if names and not allow_float:
         out.unlink()
@@ -81,17 +86,38 @@ def convert(onnx_path: Path, workdir: Path, calib: np.ndarray | None, *, io_dtyp
     return out
 
 
-def _prepared(onnx_path: Path, workdir: Path, calib: np.ndarray, say) -> Path:
-    """Write the bias-corrected copy used only for INT8 conversion (see tflite_prep); return its path."""
+def _prepared(onnx_path: Path, workdir: Path, calib: np.ndarray, say, bias_correction: bool = True) -> Path:
+    """Write the copy used only for INT8 conversion (see tflite_prep: padded MaxPools pad with their calibrated
+    minimum, then bias correction); return its path, or `onnx_path` itself when nothing had to change."""
     import json
 
     from edgepack.backends import tflite_prep
 
-    say("TFLite: bias correction for the converter's weight rounding")
+    mark("onnxruntime: calibration statistics for the INT8 copy (MaxPool padding, bias correction)")
     out = workdir / f"{onnx_path.stem}_int8_prep.onnx"
-    summary = tflite_prep.bias_correct(onnx_path, out, calib)
+    summary = {"maxpool_padding": tflite_prep.pad_maxpools(onnx_path, out, calib)}
+    if not summary["maxpool_padding"]["moved"] and not bias_correction:
+        out.unlink()
+        return onnx_path
+    if bias_correction:
+        say("TFLite: bias correction for the converter's weight rounding")
+        summary.update(tflite_prep.bias_correct(out, out, calib))
     (workdir / "int8_prep.json").write_text(json.dumps(summary, indent=1) + "\n")
     return out
+
+
+def _check_scales(path: Path) -> None:
+    """A StageError naming the ops whose INT8 scale LiteRT would abort on (see tflite_check), before anything
+    prepares the model."""
+    from edgepack.backends import tflite_check
+
+    faults = tflite_check.scale_faults(path)
+    if faults:
+        path.unlink()
+        raise StageError(f"the TFLite converter wrote an INT8 model LiteRT cannot run: {tflite_check.describe(faults)}",
+                         hint="a calibration range includes an extreme value (a padding constant or an inf/NaN in "
+                              "the model); check the calibration data; targets that ship ONNX are listed by "
+                              "`edgepack targets`")
 
 
 def _int8_bytes(saved_model: Path, calib: np.ndarray, io_dtype: str) -> bytes:
@@ -146,6 +172,7 @@ def _saved_model(onnx_path: Path, workdir: Path, calib: np.ndarray | None, say,
         return out
     shutil.rmtree(out, ignore_errors=True)
     say("onnx2tf: ONNX -> TensorFlow (NHWC)")
+    mark(f"onnx2tf: {onnx_path.name} to TensorFlow")
     model = _onnx2tf_keras(onnx_path, out, calib)
     _save_inference_only(model, out)
     stamp.write_text(digest + "\n")

@@ -246,3 +246,72 @@ def _write_biases(model: onnx.ModelProto, targets: list[_Target], deltas: list[n
             while len(t.node.input) < 2:
                 t.node.input.append("")
             t.node.input.append(name)
+
+
+def pad_maxpools(onnx_path: Path, out_path: Path, calib: np.ndarray, *, samples: int = SAMPLES) -> dict:
+    """Write a copy of ``onnx_path`` whose padded MaxPools pad explicitly with their input's calibrated minimum.
+
+    Why: onnx2tf lowers a MaxPool whose padding TensorFlow cannot express (ResNet's 3x3/2 pad 1) to
+    ``tf.pad(x, constant_values=float32 min)`` + a VALID max pool. The converter's calibration then sees
+    -3.4e38 in the pad's output; PAD/PADV2 and MAX_POOL_2D must share their input's scale, so the quantizer
+    gives the stem's activations the range [-3.4e38, max], scale 1.33e36 (tensorflow/tensorflow#62196), and
+    LiteRT aborts the process when it prepares the next convolution (its requantization multiplier
+    underflows). Padding with ``min(calibrated minimum, 0)`` instead is exact for the INT8 model: every
+    activation is clipped to its tensor's range, whose lower end is that value, so a padded cell never wins a
+    window a real cell is in. After a ReLU the value is 0 and the pad is a plain PAD.
+    Only pads of MaxPools with ``auto_pad`` NOTSET and ``ceil_mode`` 0 are moved; others are left alone
+    (counted in the summary). The summary lists each moved node with the value it pads with.
+    """
+    model = onnx.load(str(onnx_path))
+    graph = model.graph
+    pools = [n for n in graph.node if n.op_type == "MaxPool" and any(_ints(n, "pads"))]
+    movable = [n for n in pools if _attr(n, "auto_pad", b"NOTSET") in (b"NOTSET", b"")
+               and not _attr(n, "ceil_mode", 0) and len(_ints(n, "pads")) == 4]
+    lows = _input_minimums(model, [n.input[0] for n in movable], calib, samples) if movable else []
+    moved = []
+    for k, (node, low) in enumerate(zip(movable, lows, strict=True)):
+        value = float(min(low, 0.0))
+        _pad_explicitly(graph, node, value, f"{node.name or node.output[0]}_edgepack_pad{k}")
+        moved.append({"node": node.name or node.output[0], "pad_value": value})
+    onnx.save(model, str(out_path))
+    log.info("TFLite prep: %d MaxPool(s) padded explicitly with their calibrated minimum", len(moved))
+    return {"method": "explicit MaxPool padding with the input's calibrated minimum", "moved": moved,
+            "left": len(pools) - len(moved)}
+
+
+def _attr(node: onnx.NodeProto, name: str, default):
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+
+
+def _ints(node: onnx.NodeProto, name: str) -> list[int]:
+    return list(_attr(node, name, []))
+
+
+def _input_minimums(model: onnx.ModelProto, names: list[str], calib: np.ndarray, samples: int) -> list[float]:
+    """Minimum of each named tensor over (up to ``samples``, evenly spread) calibration samples."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.output[:]
+    opset = next((o.version for o in probe.opset_import if o.domain in ("", "ai.onnx")), 13)
+    outs = [_reduce(probe.graph, opset, "ReduceMin", name, None, f"__ep_pmin{k}") for k, name in enumerate(names)]
+    probe.graph.output.extend(helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, None) for o in outs)
+    idx = np.unique(np.linspace(0, len(calib) - 1, min(len(calib), samples)).round().astype(int))
+    xs = np.ascontiguousarray(np.asarray(calib, np.float32)[idx])
+    return [float(o.min()) for o in _run_probe(probe, model.graph.input[0].name, xs)]
+
+
+def _pad_explicitly(graph: onnx.GraphProto, node: onnx.NodeProto, value: float, name: str) -> None:
+    """Insert ``Pad(constant value)`` (NCHW, spatial pads of ``node``) before ``node`` and zero its pads."""
+    pads = _ints(node, "pads")
+    half = len(pads) // 2
+    full = [0, 0, *pads[:half], 0, 0, *pads[half:]]
+    graph.initializer.extend([numpy_helper.from_array(np.array(full, np.int64), name + "_pads"),
+                              numpy_helper.from_array(np.array(value, np.float32), name + "_value")])
+    pad = helper.make_node("Pad", [node.input[0], name + "_pads", name + "_value"], [name + "_out"], name=name,
+                           mode="constant")
+    index = list(graph.node).index(node)
+    graph.node.insert(index, pad)
+    node.input[0] = name + "_out"
+    for a in node.attribute:
+        if a.name == "pads":
+            a.ints[:] = [0] * len(pads)

@@ -17,14 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-
-from edgepack.errors import StageError
 
 WARMUP_RUNS = 5
 
@@ -94,15 +91,11 @@ def _memory(spec: str, x, threads: int) -> dict:
 
 
 def _child(args: list[str], what: str = "latency measurement") -> dict:
-    import signal
+    """Run this module's CLI in a child (edgepack.isolate: a crash becomes a StageError naming ``what``)."""
+    from edgepack import isolate
 
-    cmd = [sys.executable, "-m", "edgepack.device.measure", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if proc.returncode < 0:
-        raise StageError(f"{what} failed: the process was killed by {signal.Signals(-proc.returncode).name}")
-    if proc.returncode != 0:
-        raise StageError(f"{what} failed: " + (proc.stderr.strip().splitlines() or ["?"])[-1][:300])
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    stdout = isolate.run_child([sys.executable, "-m", "edgepack.device.measure", *args], step=what)
+    return json.loads(stdout.strip().splitlines()[-1])
 
 
 def latency(models: dict[str, tuple[str, Path]], x, *, threads: int, runs: int, workdir: Path) -> dict:
@@ -138,6 +131,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("models", nargs="+")
     args = parser.parse_args()
+    from edgepack import isolate
+
+    isolate.die_with_parent()
+    isolate.test_abort(args.mode)
     x = _load_input(args.input)
     if args.mode == "latency":
         out = _latency(args.models, x, args.threads, args.runs)

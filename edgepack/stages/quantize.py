@@ -88,17 +88,18 @@ def _quantize_onnx(ctx: BuildContext, settings: dict, out) -> dict:
 def evaluate_int8(ctx: BuildContext, path, fmt: str = "onnx") -> dict:
     """Quality of the INT8 model at ``path`` against the FP32 one of format ``fmt`` on the validation set;
     both outputs are cached in ctx.outputs for the validate stage."""
-    from edgepack import backends
+    from edgepack.device import measure
     from edgepack.util import host_cores
 
-    runner = backends.get(fmt).Runner
+    def run(p, what):  # in a child: the runtime can abort on a candidate, which must not take the build down
+        return measure.outputs(fmt, p, ctx.val.x, threads=host_cores(), workdir=ctx.workdir, what=what)
+
     ref = ctx.outputs.get(f"{fmt}:fp32")
     if ref is None:
-        ref = ctx.outputs[f"{fmt}:fp32"] = runner(ctx.get(fmt, "fp32").path,
-                                                  threads=host_cores()).run_samples(ctx.val.x)
+        ref = ctx.outputs[f"{fmt}:fp32"] = run(ctx.get(fmt, "fp32").path, f"running the FP32 {fmt} model")
     got = ctx.outputs.get(str(path))
     if got is None:
-        got = ctx.outputs[str(path)] = runner(path, threads=host_cores()).run_samples(ctx.val.x)
+        got = ctx.outputs[str(path)] = run(path, f"running the INT8 {fmt} candidate {path.name}")
     return ctx.task.quality(ref, got, ctx.val.y)
 
 
@@ -156,18 +157,27 @@ def _report_search(ctx: BuildContext, chosen, trials, seconds: float) -> None:
 
 def convert_tflite_full_integer(ctx: BuildContext) -> None:
     """ONNX FP32 -> TFLite FP32 (the reference) and full-integer INT8 (what ships), same calibration set."""
-    from edgepack import backends
+    from edgepack import backends, isolate
+    from edgepack.backends import tflite_check
+    from edgepack.device import measure
+    from edgepack.util import host_cores
 
     tflite = backends.get("tflite")
 
     fp32_onnx = ctx.get("onnx", "fp32").path
     workdir = ctx.workdir / "tflite"  # one workdir: the SavedModel is converted once for both
-    ctx.progress("converting to TFLite FP32 (onnx2tf)", 0, 1)
-    ctx.add(Artifact("tflite", "fp32", tflite.convert(fp32_onnx, workdir, None)))
-    ctx.progress("converting to TFLite full-integer INT8 (calibrating)", 0, 1)
-    int8 = tflite.convert(fp32_onnx, workdir, ctx.calib.x, io_dtype=ctx.target.tflite_io_dtype,
-                          allow_float=ctx.config.allow_float_ops)
+    ctx.progress("converting to TFLite FP32 and full-integer INT8 (onnx2tf, calibrating)", 0, 1)
+    written = workdir / f"{fp32_onnx.stem}_int8.tflite"
+    fp32, int8 = isolate.call(convert_tflite_pair, fp32_onnx, workdir, ctx.calib.x, ctx.target.tflite_io_dtype,
+                              ctx.config.allow_float_ops, key="tflite-convert", step="TFLite conversion",
+                              diagnose=lambda: tflite_check.diagnose(written),
+                              hint="the TFLite converter or LiteRT aborted on this model; --debug shows its output; "
+                                   "targets that ship ONNX INT8 instead are listed by `edgepack targets`")
+    ctx.add(Artifact("tflite", "fp32", fp32))
     ctx.add(Artifact("tflite", "int8", int8))
+    ctx.progress(f"running TFLite INT8 on {len(ctx.val)} validation samples", 0, 1)
+    ctx.outputs[str(int8)] = measure.outputs("tflite", int8, ctx.val.x, threads=host_cores(), workdir=ctx.workdir,
+                                             what="LiteRT running the INT8 .tflite on the validation set")
     floats = tflite.float_ops(int8)
     ctx.records["quantization_tflite"] = {"io_dtype": ctx.target.tflite_io_dtype, "float_ops": floats,
                                           "weights": "int8 per-channel", "activations": "int8 per-tensor",
@@ -175,3 +185,11 @@ def convert_tflite_full_integer(ctx: BuildContext) -> None:
     if floats:
         ctx.warn(f"TFLite: {len(floats)} op(s) have no INT8 kernel and were kept in float "
                  f"(--allow-float-ops): {', '.join(floats[:8])}")
+
+
+def convert_tflite_pair(fp32_onnx, workdir, calib, io_dtype: str, allow_float: bool) -> tuple:
+    """(FP32 .tflite, full-integer INT8 .tflite): one TensorFlow import for both, run by convert_tflite_full_integer in a child."""
+    from edgepack.backends import tflite
+
+    fp32 = tflite.convert(fp32_onnx, workdir, None)
+    return fp32, tflite.convert(fp32_onnx, workdir, calib, io_dtype=io_dtype, allow_float=allow_float)

@@ -9,8 +9,8 @@ slower; which one wins depends on the model and the host, so both are measured o
 ``pick_int8`` chooses on accuracy drop and one-thread latency. The choice and the reason are recorded for
 the report. The accuracy-aware search (search.py) is not run for text models.
 
-TFLite: full-integer INT8 (int8 activations calibrated on the texts) is tried first: converted in this process,
-then run on the validation texts in a child process, because LiteRT 2.1 aborts the whole process on some
+TFLite: full-integer INT8 (int8 activations calibrated on the texts) is tried first: converted in a child process,
+then run on the validation texts in another, because LiteRT 2.1 aborts the whole process on some
 full-integer BERTs (all-MiniLM-L6-v2 always; a tiny 2-layer BERT depending on its calibration ranges). When
 it cannot run, dynamic-range INT8 (int8 weights, float activations) ships instead, and the manifest, report
 and warnings say so and why; never silently. When both run, they are compared like the ONNX candidates.
@@ -52,13 +52,15 @@ def onnx_candidates(ctx: BuildContext) -> None:
 
 def tflite_candidates(ctx: BuildContext) -> None:
     """FP32 .tflite (the reference), then full-integer INT8 if LiteRT can run it, else dynamic-range INT8."""
-    from edgepack import backends
+    from edgepack import backends, isolate
 
     tflite = backends.get("tflite")
 
     fp32_onnx, workdir = ctx.get("onnx", "fp32").path, ctx.workdir / "tflite"
-    ctx.progress("converting to TFLite FP32 (onnx2tf)", 0, 1)
-    ctx.add(Artifact("tflite", "fp32", tflite.convert(fp32_onnx, workdir, None)))
+    ctx.progress("converting to TFLite FP32 and dynamic-range INT8 (onnx2tf)", 0, 1)
+    fp32, dynamic = isolate.call(convert_fp32_and_dynamic, fp32_onnx, workdir, key="tflite-convert",
+                                 step="TFLite conversion (FP32, dynamic-range INT8)")
+    ctx.add(Artifact("tflite", "fp32", fp32))
     mode = ctx.config.text_tflite_int8
     if mode == "dynamic-range":
         full, why_not = None, "not tried (text_tflite_int8 = dynamic-range)"
@@ -68,8 +70,7 @@ def tflite_candidates(ctx: BuildContext) -> None:
         raise StageError(f"full-integer INT8 cannot run: {why_not}",
                          hint="use --text-tflite-int8 auto (falls back to dynamic-range INT8, reported) "
                               "or dynamic-range")
-    ctx.progress("converting to TFLite dynamic-range INT8", 0, 1)
-    candidates = {"dynamic-range": tflite.convert_text_int8(fp32_onnx, workdir, "dynamic-range")}
+    candidates = {"dynamic-range": dynamic}
     if full is not None:
         candidates["full-integer"] = full
         chosen, why, rows = _compare(ctx, "tflite", candidates)
@@ -95,14 +96,15 @@ def _full_integer(ctx: BuildContext, fp32_onnx, workdir) -> tuple:
     process (its outputs are cached for the comparison); else (None, why not)."""
     import importlib.metadata as md
 
-    from edgepack import backends
+    from edgepack import backends, isolate
+    from edgepack.device import measure
 
     tflite = backends.get("tflite")
-    from edgepack.device import measure
 
     ctx.progress("converting to TFLite full-integer INT8 (calibrating on texts)", 0, 1)
     try:
-        path = tflite.convert_text_int8(fp32_onnx, workdir, "full-integer", ctx.calib.x)
+        path = isolate.call(tflite.convert_text_int8, fp32_onnx, workdir, "full-integer", ctx.calib.x,
+                            key="tflite-text-int8", step="TFLite full-integer conversion")
     except StageError as exc:
         return None, f"the TFLite converter refused it ({exc.message})"
     ctx.progress("trying the full-integer model in a child process", 0, 1)
@@ -113,6 +115,13 @@ def _full_integer(ctx: BuildContext, fp32_onnx, workdir) -> tuple:
     except StageError as exc:
         return None, exc.message
     return path, None
+
+
+def convert_fp32_and_dynamic(fp32_onnx, workdir) -> tuple:
+    """(FP32 .tflite, dynamic-range INT8 .tflite): one TensorFlow import for both, run in a child (isolate)."""
+    from edgepack.backends import tflite
+
+    return tflite.convert(fp32_onnx, workdir, None), tflite.convert_text_int8(fp32_onnx, workdir, "dynamic-range")
 
 
 def _compare(ctx: BuildContext, fmt: str, candidates: dict) -> tuple[str, str, dict]:
