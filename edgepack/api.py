@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -12,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from . import config as config_mod
-from . import data, pipeline, sources, targets
+from . import data, pipeline, safety, sources, targets, tempdirs, usercode
 from .config import BuildConfig
 from .context import BuildContext
 from .errors import InputError, OutputError
@@ -42,13 +41,11 @@ def build(config: BuildConfig | None = None, progress: ProgressFn = no_progress,
     t0 = time.perf_counter()
     target = targets.load(config.target)
     out = Path(config.out)
-    _check_output(out, config.force)
-    workdir = Path(tempfile.mkdtemp(prefix="edgepack-"))
-    try:
+    _check_output(out, config.force, safety.build_inputs(config))
+    tempdirs.sweep_stale()
+    with tempdirs.scratch() as workdir, usercode.no_exit("the build"):
         ctx = _prepare(config, target, workdir, progress)
         manifest = pipeline.run(ctx)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
     return BuildResult(bundle=out, zip=out.with_name(out.name + ".zip"), passed=manifest["passed"],
                        manifest=manifest, seconds=round(time.perf_counter() - t0, 1))
 
@@ -65,9 +62,9 @@ def prune(config: BuildConfig, out: str | Path, progress: ProgressFn = no_progre
     out = Path(out)
     if out.exists() and not config.force:
         raise OutputError(f"output {out} already exists", hint="pass --force to replace it")
-    _check_output(out, True)
-    workdir = Path(tempfile.mkdtemp(prefix="edgepack-"))
-    try:
+    _check_output(out, True, safety.build_inputs(config))
+    tempdirs.sweep_stale()
+    with tempdirs.scratch() as workdir, usercode.no_exit("pruning"):
         ctx = _prepare(config, targets.load(config.target), workdir, progress)
         report = prune_stage.run(ctx)
         import torch
@@ -77,45 +74,44 @@ def prune(config: BuildConfig, out: str | Path, progress: ProgressFn = no_progre
         example = (tuple(torch.from_numpy(ctx.calib.x[n][:1]) for n in text.input_names) if text is not None
                    else torch.from_numpy(ctx.calib.x[:1]))
         report["saved"] = save_pruned(ctx.model.module, out, example_input=example)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
     return report
 
 
 def diagnose(config: BuildConfig, bundle: Path | None = None, progress: ProgressFn = no_progress) -> list[dict]:
     """Per-layer FP32-vs-INT8 error, worst first. With ``bundle``, its shipped INT8 ONNX is diagnosed
-    against a fresh FP32 export of the model it was built from; otherwise the model is quantized with
-    the default recipe first."""
+    against itself without activation rounding (edgepack.diagnose_bundle: the model source its manifest
+    records is never loaded); otherwise the model is quantized with the default recipe first."""
     from .diagnose import layer_errors
     from .stages import export, quantize
 
-    workdir = Path(tempfile.mkdtemp(prefix="edgepack-"))
-    try:
+    if bundle is not None:
+        from . import diagnose_bundle
+
+        return diagnose_bundle.run(Path(bundle), str(config.val), progress)
+    tempdirs.sweep_stale()
+    with tempdirs.scratch() as workdir, usercode.no_exit("the diagnosis"):
         ctx = _prepare(config, targets.load(config.target), workdir, progress)
         export.run(ctx)
-        if bundle is None:
-            with quantize.quiet_root_logger():
-                quantize.run(dataclasses.replace(ctx, target=dataclasses.replace(ctx.target, formats=("onnx",)),
-                                                 config=dataclasses.replace(config, max_search_time=0)))
-            # text builds make a static and a dynamic candidate: the static one has the rounded activations
-            int8 = next(p for p in (workdir / "model_int8_static.onnx", workdir / "model_int8.onnx") if p.exists())
-        else:
-            int8 = bundle / "model.onnx"
+        with quantize.quiet_root_logger():
+            quantize.run(dataclasses.replace(ctx, target=dataclasses.replace(ctx.target, formats=("onnx",)),
+                                             config=dataclasses.replace(config, max_search_time=0)))
+        # text builds make a static and a dynamic candidate: the static one has the rounded activations
+        int8 = next(p for p in (workdir / "model_int8_static.onnx", workdir / "model_int8.onnx") if p.exists())
         progress("measuring per-layer error", 0, 1)
         rows = layer_errors(ctx.get("onnx", "fp32").path, int8, ctx.val.x)
         if not rows:
             raise InputError(f"{int8.name} rounds no activations (dynamic INT8?): there is no per-layer error "
                              "to measure", hint="diagnose the model source instead of the bundle")
         return rows
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _check_output(out: Path, force: bool) -> None:
-    """Refuse early (before minutes of work) when the output exists or cannot be written."""
+def _check_output(out: Path, force: bool, inputs=()) -> None:
+    """Refuse early (before minutes of work) when the output exists, overlaps an input or cannot be written."""
+    safety.check_output(out, inputs)
     for path in (out, out.with_name(out.name + ".zip")):
         if path.exists() and not force:
             raise OutputError(f"output {path} already exists", hint="pass --force to replace it, or another --out")
+        safety.check_replaceable(path)
     parent = out.parent if str(out.parent) else Path(".")
     probe_dir = next((p for p in (parent, *parent.parents) if p.exists()), Path("."))
     try:  # a real write probe: os.access says yes to root even where writes fail (read-only fs, /proc)

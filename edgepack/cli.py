@@ -256,7 +256,12 @@ def build(ctx: click.Context, model: str | None, dry_run: bool, as_json: bool, q
     _handle_signals()
 
     def body() -> None:
+        config_file = options.get("config_file")
         config = make_config(model, options)
+        if config_file and not dry_run:  # the one input BuildConfig does not name
+            from .safety import check_output
+
+            check_output(Path(config.out), [("config file", config_file)])
         if dry_run:
             from . import pipeline
 
@@ -331,17 +336,23 @@ def diagnose(ctx: click.Context, model_or_bundle: str, data: str, plot_path: str
     """Per-layer FP32-vs-INT8 error (SQNR), mapped to PyTorch module names, worst first.
 
     MODEL_OR_BUNDLE is a model source (it is quantized with the default recipe first) or a bundle
-    folder (its shipped INT8 model is compared with a fresh FP32 export of its source).
+    folder (its shipped INT8 model is compared with itself without activation rounding; nothing the
+    bundle names is imported).
     """
     ui = Ui(quiet=as_json)
 
     def body() -> None:
         from .api import diagnose as api_diagnose
 
-        bundle = Path(model_or_bundle) if (Path(model_or_bundle) / "manifest.json").is_file() else None
-        config = _diagnose_config(model_or_bundle, bundle, data, options)
+        bundle = Path(model_or_bundle) if (Path(model_or_bundle) / "manifest.json").exists() else None
         try:
-            rows = api_diagnose(config, bundle, progress=ui.progress)
+            if bundle is not None:  # untrusted: the bundle alone, never the model source its manifest names
+                from . import diagnose_bundle
+
+                rows = diagnose_bundle.run(bundle, data, progress=ui.progress)
+            else:
+                rows = api_diagnose(_diagnose_config(model_or_bundle, None, data, options), None,
+                                    progress=ui.progress)
         finally:
             ui.finish()
         if plot_path:
@@ -491,6 +502,22 @@ def targets_show(ctx: click.Context, name: str, as_json: bool) -> None:
     run_command(ctx, body)
 
 
+def _manifest_text(man: dict, report: Any) -> str:
+    """What `edgepack inspect` shows of a manifest."""
+    lines = [f"{man['name']} for {man['target']['name']}: {'PASSED' if man['passed'] else 'FAILED'}"]
+    for m in man["models"]:
+        lines.append(f"  {m['file']}  {m['format']} {m['precision']}  {m['size_bytes'] / 1e6:.2f} MB  "
+                     f"sha256 {m['sha256'][:16]}...")
+        for io_kind in ("inputs", "outputs"):
+            for t in m[io_kind]:
+                q = t["quantization"]
+                qs = f" scale={q['scale']:.6g} zero_point={q['zero_point']}" if q else ""
+                lines.append(f"    {io_kind[:-1]} {t['name']} {t['shape']} {t['dtype']} {t['layout'] or ''}{qs}")
+    lines += ["", _table(("metric", "FP32", "INT8", "note"), report.summary_rows(man)), "",
+              _table(("budget", "value", "limit", "verdict"), report.budget_rows(man))]
+    return "\n".join(lines)
+
+
 @main.command()
 @click.argument("bundle", type=click.Path())
 @click.option("--json", "as_json", is_flag=True)
@@ -505,19 +532,11 @@ def inspect(ctx: click.Context, bundle: str, as_json: bool) -> None:
         if as_json:
             click.echo(json.dumps(man, indent=2))
             return
-        click.echo(f"{man['name']} for {man['target']['name']}: {'PASSED' if man['passed'] else 'FAILED'}")
-        for m in man["models"]:
-            click.echo(f"  {m['file']}  {m['format']} {m['precision']}  {m['size_bytes'] / 1e6:.2f} MB  "
-                       f"sha256 {m['sha256'][:16]}...")
-            for io_kind in ("inputs", "outputs"):
-                for t in m[io_kind]:
-                    q = t["quantization"]
-                    qs = f" scale={q['scale']:.6g} zero_point={q['zero_point']}" if q else ""
-                    click.echo(f"    {io_kind[:-1]} {t['name']} {t['shape']} {t['dtype']} {t['layout'] or ''}{qs}")
-        click.echo("")
-        click.echo(_table(("metric", "FP32", "INT8", "note"), report.summary_rows(man)))
-        click.echo("")
-        click.echo(_table(("budget", "value", "limit", "verdict"), report.budget_rows(man)))
+        from .manifest_check import rendering
+
+        with rendering(f"{bundle}/manifest.json"):  # an edited manifest: exit 5 with what is wrong, no half table
+            text = _manifest_text(man, report)
+        click.echo(text)
 
     run_command(ctx, body)
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import usercode
 from .errors import InputError
 from .util import sha256_file
 
@@ -237,11 +238,15 @@ def _factory(spec: str, weights: str | None) -> LoadedModel:
     if "" not in sys.path and str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))  # like `python -m`: factories in the current project import
     try:
-        factory = getattr(importlib.import_module(module_name), func_name)
+        module = usercode.call_factory(spec, lambda: importlib.import_module(module_name),
+                                       " (importing its module)", passthrough=(ImportError,))
+        factory = getattr(module, func_name)
     except (ImportError, AttributeError) as exc:
         raise InputError(f"cannot import factory '{spec}': {exc}",
                          hint="run from the folder that contains the package, or install it") from None
-    model = factory()
+    if not callable(factory):
+        raise InputError(f"factory '{spec}' is a {type(factory).__name__}, not a function returning a model")
+    model = usercode.call_factory(spec, factory)
     if not isinstance(model, torch.nn.Module):
         raise InputError(f"factory '{spec}' returned {type(model).__name__}, not a torch.nn.Module")
     loaded = LoadedModel(spec=spec, kind="torch", name=func_name if func_name != "create_model" else

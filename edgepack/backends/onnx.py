@@ -115,6 +115,10 @@ class Runner:
         out = self.session.run(None, self._feed(x))[0]
         return np.asarray(out, dtype=np.float32)
 
+    def run_outputs(self, x: np.ndarray | dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Every output of one run, as float32 (a model may have several; ``run`` returns the first)."""
+        return [np.asarray(o, dtype=np.float32) for o in self.session.run(None, self._feed(x))]
+
     def _feed(self, x: np.ndarray | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if not isinstance(x, dict):
             if len(self.dtypes) != 1:

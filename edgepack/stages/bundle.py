@@ -76,9 +76,12 @@ def _write_golden(ctx: BuildContext, staging: Path) -> dict:
     """One real input and every shipped model's output on it, for `edgepack verify` and run.py --golden.
     Images: the input as 'input'; text: each token array under its input name."""
     from ..data import rows
+    from ..golden_check import outputs_for
 
     x = rows(ctx.val.x, 0, 1)
-    outs = {fmt: backends.get(fmt).Runner(ctx.get(fmt, "int8").path, threads=1).run(x) for fmt in ctx.target.formats}
+    outs = {}
+    for fmt in ctx.target.formats:  # every output of every model (golden_check.output_key names them)
+        outs.update(outputs_for(fmt, backends.get(fmt).Runner(ctx.get(fmt, "int8").path, threads=1).run_outputs(x)))
     inputs = x if isinstance(x, dict) else {"input": x}
     with open(staging / "golden.npz", "wb") as fh:
         np.savez(fh, **inputs, **outs)
@@ -108,11 +111,14 @@ def publish(staging: Path, out: Path, *, force: bool) -> None:
 
 
 def _replace(src: Path, dst: Path) -> None:
-    if dst.exists():
+    if dst.exists() or dst.is_symlink():
         trash = dst.with_name(f".{dst.name}.old-{os.getpid()}")
         os.replace(dst, trash)
         os.replace(src, dst)
-        shutil.rmtree(trash, ignore_errors=True)
+        if trash.is_dir() and not trash.is_symlink():
+            shutil.rmtree(trash, ignore_errors=True)
+        else:  # a file or a link that --force replaced: no hidden .NAME.old-PID left beside the bundle
+            trash.unlink(missing_ok=True)
     else:
         os.replace(src, dst)
 
