@@ -194,6 +194,9 @@ def _check_single_input(model: sources.LoadedModel) -> None:
     if len(inputs) != 1:
         raise InputError(f"{model.onnx_path.name} has {len(inputs)} inputs ({', '.join(i['name'] for i in inputs)}); "
                          "image models take one", hint="export the model with a single image input")
+    from .model_checks import check_image_input
+
+    check_image_input(model.onnx_path)
 
 
 def _input_shape(config: BuildConfig, target: targets.TargetProfile, model: sources.LoadedModel) -> tuple[int, ...]:
@@ -210,10 +213,13 @@ def _input_shape(config: BuildConfig, target: targets.TargetProfile, model: sour
 
 def _num_outputs(model: sources.LoadedModel, shape: tuple[int, ...]) -> int | None:
     """Classes the model predicts (last output dim), found by one run before the slow stages."""
+    from .model_checks import check_output_rank, first_tensor
+
     if model.kind == "onnx":
         from .backends import onnx as onnx_backend
 
         out = onnx_backend.io_details(model.onnx_path)["outputs"][0]["shape"]
+        check_output_rank(out, model.onnx_path.name)
         return out[-1] if out and isinstance(out[-1], int) else None
     import torch
 
@@ -225,8 +231,9 @@ def _num_outputs(model: sources.LoadedModel, shape: tuple[int, ...]) -> int | No
         y = check_accepts_input(model.module, example_inputs(model.text.input_names, shape[-1]))
     else:
         y = check_accepts_input(model.module, torch.zeros(*shape))
-    y = y[0] if isinstance(y, list | tuple) else y
-    return int(y.shape[-1]) if hasattr(y, "shape") and y.ndim == 2 else None
+    y = first_tensor(y, f"the forward of {model.spec}")
+    check_output_rank(tuple(y.shape), model.spec)
+    return int(y.shape[-1]) if y.ndim == 2 else None
 
 
 def _labels(config: BuildConfig, val: data.Dataset, num_outputs: int | None,

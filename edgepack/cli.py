@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import click
 
 from . import __version__
-from .errors import EXIT_BUDGET, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EdgepackError, InputError, Interrupted
+from .errors import EXIT_BUDGET, EXIT_INTERNAL, EXIT_OK, EdgepackError, InputError
 
 EPILOG = """\b
 Examples:
@@ -33,7 +32,7 @@ Exit codes:
   0 built, every budget met        1 built, a budget was missed (bundle marked failed)
   2 usage or input error           3 output error (exists, unwritable, full)
   4 a stage failed (export/quantize/convert)     5 bundle verification failed
-  70 internal error (a bug)        130 interrupted
+  70 internal error (a bug)        129 hung up (SIGHUP)     130 interrupted
 """
 
 
@@ -68,29 +67,58 @@ class Ui:
 
 
 def _handle_signals() -> None:
-    """SIGTERM behaves like Ctrl-C so every cleanup (temp folders, partial bundles) runs."""
-    def raise_interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, raise_interrupt)
+    """SIGTERM and SIGHUP behave like Ctrl-C so every cleanup (temp folders, partial bundles) runs."""
+    from .interrupts import install
+
+    install()
 
 
 def run_command(ctx: click.Context, fn: Any) -> Any:
     """Run a command body, turning errors into a message, a hint and an exit code."""
+    from . import interrupts, resources
+
     debug = ctx.find_root().params.get("debug", False)
+    _handle_signals()
     try:
         return fn()
     except EdgepackError as exc:
         _fail(exc, debug)
-    except KeyboardInterrupt:
-        _fail(Interrupted("interrupted; nothing was left under the output name"), debug)
+    except KeyboardInterrupt as exc:
+        _fail(interrupts.error_for(exc), debug)
     except click.exceptions.Exit:
         raise
     except Exception as exc:  # a bug: say so, show the trace only with --debug
+        translated = resources.translate(exc)  # out of memory / disk / file size: the machine, not a bug
+        if translated is not None:
+            _fail(translated, debug)
         if debug:
             raise
-        click.echo(f"Error: internal error: {type(exc).__name__}: {exc}", err=True)
-        click.echo("Hint: run again with --debug and report the traceback", err=True)
+        _say(f"Error: internal error: {type(exc).__name__}: {exc}", "Hint: run again with --debug and report the "
+             "traceback")
         sys.exit(EXIT_INTERNAL)
+
+
+def _say(*lines: str) -> None:
+    """Lines on stderr; a dead stderr (a closed SSH session) does not turn an error into a traceback."""
+    try:
+        for line in lines:
+            click.echo(line, err=True)
+    except OSError:
+        pass
+
+
+def _drop_unwritable_stdout() -> None:
+    """When stdout cannot take what is buffered (/dev/full, a closed pipe), point it at /dev/null so Python's
+    exit does not print 'Exception ignored ... OSError' after our one error line."""
+    import os
+
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
 
 
 def _fail(exc: EdgepackError, debug: bool) -> None:
@@ -98,10 +126,9 @@ def _fail(exc: EdgepackError, debug: bool) -> None:
         import traceback
 
         traceback.print_exc()
-    click.echo(f"Error: {exc.message}", err=True)
-    if exc.hint:
-        click.echo(f"Hint: {exc.hint}", err=True)
-    sys.exit(exc.exit_code if not isinstance(exc, Interrupted) else EXIT_INTERRUPTED)
+    _say(f"Error: {exc.message}", *([f"Hint: {exc.hint}"] if exc.hint else []))
+    _drop_unwritable_stdout()
+    sys.exit(exc.exit_code)
 
 
 @click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
@@ -162,6 +189,9 @@ BUILD_OPTIONS = [
     click.option("--min-agreement", type=float, help="Budget override: top-1 agreement, 0-1."),
     click.option("--max-latency-ms", type=float, help="Budget override: INT8 p50 latency, ms."),
     click.option("--max-size-mb", type=float, help="Budget override: INT8 file size, MB."),
+    click.option("--min-output-sqnr-db", type=float,
+                 help="Budget override: SQNR of every INT8 output vs FP32, dB (default 10 for outputs no "
+                      "accuracy/agreement budget judges)."),
     click.option("--prune", "prune_ratio", type=float, help="Structured pruning: fraction of channels to remove."),
     click.option("--prune-keep-macs", type=float, help="Structured pruning goal: fraction of MACs to keep."),
     click.option("--prune-importance", type=click.Choice(["magnitude", "taylor"]), help="Channel importance."),

@@ -161,12 +161,20 @@ def _require_file(path: Path) -> None:
 def _onnx(path: Path) -> LoadedModel:
     import onnx
 
+    from . import model_checks
+
     try:
         model = onnx.load(str(path), load_external_data=False)
-        onnx.checker.check_model(model)
-    except Exception as exc:  # onnx raises DecodeError, ValidationError, ... for corrupt files
+    except Exception as exc:  # onnx raises DecodeError, ... for corrupt files
         raise InputError(f"{path} is not a valid ONNX model ({type(exc).__name__}: {str(exc)[:200]})",
                          hint="re-export the model; a truncated download is the usual cause") from None
+    model_checks.check_onnx(model, path)  # too new for this onnxruntime, custom ops, no outputs: said plainly
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:  # ValidationError, ...
+        raise InputError(f"{path} is not a valid ONNX model ({type(exc).__name__}: {str(exc)[:200]})",
+                         hint="re-export the model; a truncated download is the usual cause") from None
+    model_checks.check_session(path)
     return LoadedModel(spec=str(path), kind="onnx", name=path.stem, onnx_path=path, sha256=sha256_file(path))
 
 

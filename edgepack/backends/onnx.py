@@ -33,6 +33,9 @@ def export(module: Any, input_shape: tuple[int, ...], path: Path, *, opset: int)
             torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=opset,
                               input_names=["input"], output_names=["logits"], do_constant_folding=True)
     except Exception as exc:  # the legacy exporter fails on data-dependent control flow
+        from ..resources import reraise
+
+        reraise(exc)  # a full disk or no memory is not a reason to try the other exporter
         log.info("legacy exporter failed (%s); trying the torch.export-based exporter", exc)
         _export_dynamo(module, example, path, opset)
 
@@ -47,6 +50,9 @@ def _export_dynamo(module: Any, example: Any, path: Path, opset: int) -> None:
                                         input_names=["input"], output_names=["logits"])
             program.save(str(path), external_data=False)
     except Exception as exc:
+        from ..resources import reraise
+
+        reraise(exc)
         raise StageError(f"ONNX export failed: {type(exc).__name__}: {str(exc)[:300]}",
                          hint="check the model runs under torch.export; run with --debug for the trace") from None
 

@@ -13,6 +13,7 @@ import numpy as np
 from ..backends import onnx as onnx_backend
 from ..context import Artifact, BuildContext
 from ..errors import StageError
+from ..model_checks import check_finite_outputs, first_tensor
 
 PARITY_SAMPLES = 4
 PARITY_RTOL = 1e-3   # max |torch - onnx| relative to max |torch|; FP32 export should be ~1e-6
@@ -29,6 +30,7 @@ def run(ctx: BuildContext) -> None:
         _export(ctx, ctx.model.module, raw)
     ctx.progress("simplifying (onnxslim)", 0, 1)
     ctx.records["simplify"] = onnx_backend.simplify(raw, final)
+    check_finite_outputs(final, ctx.calib.x)  # a model that always gives NaN stops here, not after the build
     ctx.add(Artifact("onnx", "fp32", final))
     if ctx.model.kind == "torch":
         ctx.records["export_parity"] = check_parity(ctx, final)
@@ -66,7 +68,7 @@ def _torch_outputs(ctx: BuildContext, x) -> np.ndarray:
         for i in range(num_samples(x)):
             sample = rows(x, i, i + 1)
             args = [torch.from_numpy(sample[n]) for n in names] if names else [torch.from_numpy(sample)]
-            outs.append(ctx.model.module(*args).numpy()[0])
+            outs.append(first_tensor(ctx.model.module(*args)).numpy()[0])
     return np.stack(outs)
 
 

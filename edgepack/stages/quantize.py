@@ -76,11 +76,18 @@ def _quantize_onnx(ctx: BuildContext, settings: dict, out) -> dict:
     if settings.get("more_calib"):
         more = _more_calibration(ctx)
         calib = more if more is not None else calib
-    with quiet_root_logger():
-        return quantize_onnx(ctx.get("onnx", "fp32").path, out, calib,
-                             method=settings.get("method", calibration_method(ctx)),
-                             per_channel=settings.get("per_channel", ctx.config.per_channel),
-                             exclude_nodes=settings.get("exclude_nodes", ()))
+    from ..errors import StageError
+
+    try:
+        with quiet_root_logger():
+            return quantize_onnx(ctx.get("onnx", "fp32").path, out, calib,
+                                 method=settings.get("method", calibration_method(ctx)),
+                                 per_channel=settings.get("per_channel", ctx.config.per_channel),
+                                 exclude_nodes=settings.get("exclude_nodes", ()))
+    except (AssertionError, FloatingPointError, OverflowError) as exc:  # ORT's "scale issue": inf/NaN ranges
+        raise StageError(f"INT8 calibration failed: {type(exc).__name__}: {str(exc)[:200] or 'no message'}",
+                         hint="an activation reached an infinite or NaN range on the calibration data: check the "
+                              "data's range and the model") from exc
 
 
 def _evaluate(ctx: BuildContext, path, fmt: str = "onnx") -> dict:

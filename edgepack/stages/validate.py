@@ -53,16 +53,25 @@ def validate_format(ctx: BuildContext, fmt: str) -> dict:
     if unpruned:
         result["unpruned_fp32"] = _unpruned(ctx, outs, unpruned, result["latency_ms"])
     result["budgets"] = check_budgets(ctx, result)
+    _judge_every_output(ctx, fmt, result)
     result["passed"] = all(b["passed"] for b in result["budgets"])
     _speed_notes(ctx, fmt, result["latency_ms"])
     return result
 
 
+def _judge_every_output(ctx: BuildContext, fmt: str, result: dict) -> None:
+    """Per-output SQNR; outputs the classification budgets do not judge get the min_output_sqnr_db floor."""
+    from .. import judge
+
+    result["outputs_sqnr_db"] = judge.per_output_sqnr(ctx, fmt, result["sqnr_db"])
+    result["budgets"] += judge.budget_rows(ctx, result["outputs_sqnr_db"], quality_budget(ctx, result) is not None)
+
+
 def quality(ref: np.ndarray, q: np.ndarray, y: np.ndarray | None) -> dict:
     """Accuracy (points, 0-100) with labels, top-1 agreement (0-1) and SQNR (dB) of INT8 vs FP32."""
-    noise = float(np.sum((ref - q) ** 2))
-    sqnr = float("inf") if noise == 0 else 10 * np.log10(float(np.sum(ref ** 2)) / noise)
-    out = {"sqnr_db": round(sqnr, 2), "agreement": None, "accuracy_fp32": None, "accuracy_int8": None,
+    from ..judge import sqnr_db
+
+    out = {"sqnr_db": sqnr_db(ref, q), "agreement": None, "accuracy_fp32": None, "accuracy_int8": None,
            "accuracy_drop": None}
     if ref.ndim == 2:
         top_ref, top_q = ref.argmax(1), q.argmax(1)
