@@ -105,6 +105,11 @@ def verify(path: Path) -> list[str]:
         man = _load_manifest(folder)
         lines = _check_files(folder, man)
         lines += _check_golden(folder, man)
+    from . import report
+
+    with manifest_check.rendering(f"{path}/manifest.json"):  # what inspect shows must be there too
+        report.summary_rows(man)
+        report.budget_rows(man)
     return lines
 
 

@@ -88,7 +88,7 @@ def run_command(ctx: click.Context, fn: Any) -> Any:
     except click.exceptions.Exit:
         raise
     except Exception as exc:  # a bug: say so, show the trace only with --debug
-        translated = resources.translate(exc)  # out of memory / disk / file size: the machine, not a bug
+        translated = _stdout_error(exc) or resources.translate(exc)  # no memory, disk, file size: not a bug
         if translated is not None:
             _fail(translated, debug)
         if debug:
@@ -105,6 +105,22 @@ def _say(*lines: str) -> None:
             click.echo(line, err=True)
     except OSError:
         pass
+
+
+def _stdout_error(exc: Exception) -> EdgepackError | None:
+    """An OSError raised while click.echo wrote our results (stdout: /dev/full, a full disk, a closed pipe)."""
+    if not isinstance(exc, OSError) or getattr(exc, "filename", None):
+        return None
+    tb = exc.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if code.co_name == "echo" and "click" in code.co_filename:
+            from .errors import OutputError
+
+            return OutputError(f"cannot write to standard output: {exc.strerror or exc}",
+                               hint="stdout goes to a full disk, /dev/full or a closed pipe: redirect it elsewhere")
+        tb = tb.tb_next
+    return None
 
 
 def _drop_unwritable_stdout() -> None:
@@ -286,6 +302,9 @@ def build(ctx: click.Context, model: str | None, dry_run: bool, as_json: bool, q
     _handle_signals()
 
     def body() -> None:
+        from .tempdirs import sweep_stale
+
+        sweep_stale()  # work folders of builds killed with SIGKILL
         config_file = options.get("config_file")
         config = make_config(model, options)
         if config_file and not dry_run:  # the one input BuildConfig does not name

@@ -83,6 +83,10 @@ def _model_problems(i: int, m: Any, files: dict, formats: set[str]) -> list[str]
             problems.append(f"models[{i}].{key} should be {kind.__name__}")
     if not _number(m.get("size_bytes")):
         problems.append(f"models[{i}].size_bytes should be a number")
+    for kind in ("inputs", "outputs"):
+        for j, t in enumerate(m.get(kind) or [] if isinstance(m.get(kind), list) else []):
+            if not isinstance(t, dict) or not isinstance(t.get("name"), str) or not isinstance(t.get("shape"), list):
+                problems.append(f"models[{i}].{kind}[{j}] should be an object with a name and a shape")
     return problems
 
 
