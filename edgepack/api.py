@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from edgepack import backends, pipeline, targets, tasks
 from edgepack import config as config_mod
 from edgepack.config import BuildConfig
 from edgepack.errors import InputError, OutputError
+from edgepack.guards import safety, tempdirs, usercode
 from edgepack.inputs import data, kinds, sources
 from edgepack.stages.context import BuildContext
 from edgepack.util import ProgressFn, no_progress
@@ -43,13 +43,11 @@ def build(config: BuildConfig | None = None, progress: ProgressFn = no_progress,
     t0 = time.perf_counter()
     target = targets.load(config.target)
     out = Path(config.out)
-    _check_output(out, config.force)
-    workdir = Path(tempfile.mkdtemp(prefix="edgepack-"))
-    try:
+    _check_output(out, config.force, safety.build_inputs(config))
+    tempdirs.sweep_stale()
+    with tempdirs.scratch() as workdir, usercode.no_exit("the build"):
         ctx = _prepare(config, target, workdir, progress)
         manifest = pipeline.run(ctx)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
     return BuildResult(bundle=out, zip=out.with_name(out.name + ".zip"), passed=manifest["passed"],
                        manifest=manifest, seconds=round(time.perf_counter() - t0, 1))
 
@@ -66,9 +64,9 @@ def prune(config: BuildConfig, out: str | Path, progress: ProgressFn = no_progre
     out = Path(out)
     if out.exists() and not config.force:
         raise OutputError(f"output {out} already exists", hint="pass --force to replace it")
-    _check_output(out, True)
-    workdir = Path(tempfile.mkdtemp(prefix="edgepack-"))
-    try:
+    _check_output(out, True, safety.build_inputs(config))
+    tempdirs.sweep_stale()
+    with tempdirs.scratch() as workdir, usercode.no_exit("pruning"):
         ctx = _prepare(config, targets.load(config.target), workdir, progress)
         report = prune_stage.run(ctx)
 
@@ -77,45 +75,44 @@ def prune(config: BuildConfig, out: str | Path, progress: ProgressFn = no_progre
 
         args = ctx.inputs.torch_args(rows(ctx.calib.x, 0, 1))
         report["saved"] = save_pruned(ctx.model.module, out, example_input=args if len(args) > 1 else args[0])
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
     return report
 
 
 def diagnose(config: BuildConfig, bundle: Path | None = None, progress: ProgressFn = no_progress) -> list[dict]:
     """Per-layer FP32-vs-INT8 error, worst first. With ``bundle``, its shipped INT8 ONNX is diagnosed
-    against a fresh FP32 export of the model it was built from; otherwise the model is quantized with
-    the default recipe first."""
+    against itself without activation rounding (edgepack.bundle.diagnose: the model source its manifest
+    records is never loaded); otherwise the model is quantized with the default recipe first."""
     from edgepack.quantize.diagnose import layer_errors
     from edgepack.stages import export, quantize
 
-    workdir = Path(tempfile.mkdtemp(prefix="edgepack-"))
-    try:
+    if bundle is not None:
+        from edgepack.bundle import diagnose as diagnose_bundle
+
+        return diagnose_bundle.run(Path(bundle), str(config.val), progress)
+    tempdirs.sweep_stale()
+    with tempdirs.scratch() as workdir, usercode.no_exit("the diagnosis"):
         ctx = _prepare(config, targets.load(config.target), workdir, progress)
         export.run(ctx)
-        if bundle is None:
-            with quantize.quiet_root_logger():
-                quantize.run(dataclasses.replace(ctx, target=dataclasses.replace(ctx.target, formats=("onnx",)),
-                                                 config=dataclasses.replace(config, max_search_time=0)))
-            # a recipe with candidates marks the one with rounded activations; otherwise the shipped one
-            int8 = (ctx.artifacts.get("onnx:int8-calibrated") or ctx.get("onnx", "int8")).path
-        else:
-            int8 = bundle / "model.onnx"
+        with quantize.quiet_root_logger():
+            quantize.run(dataclasses.replace(ctx, target=dataclasses.replace(ctx.target, formats=("onnx",)),
+                                             config=dataclasses.replace(config, max_search_time=0)))
+        # a recipe with candidates marks the one with rounded activations; otherwise the shipped one
+        int8 = (ctx.artifacts.get("onnx:int8-calibrated") or ctx.get("onnx", "int8")).path
         progress("measuring per-layer error", 0, 1)
         rows = layer_errors(ctx.get("onnx", "fp32").path, int8, ctx.val.x)
         if not rows:
             raise InputError(f"{int8.name} rounds no activations (dynamic INT8?): there is no per-layer error "
                              "to measure", hint="diagnose the model source instead of the bundle")
         return rows
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _check_output(out: Path, force: bool) -> None:
-    """Refuse early (before minutes of work) when the output exists or cannot be written."""
+def _check_output(out: Path, force: bool, inputs=()) -> None:
+    """Refuse early (before minutes of work) when the output exists, overlaps an input or cannot be written."""
+    safety.check_output(out, inputs)
     for path in (out, out.with_name(out.name + ".zip")):
         if path.exists() and not force:
             raise OutputError(f"output {path} already exists", hint="pass --force to replace it, or another --out")
+        safety.check_replaceable(path)
     parent = out.parent if str(out.parent) else Path(".")
     probe_dir = next((p for p in (parent, *parent.parents) if p.exists()), Path("."))
     try:  # a real write probe: os.access says yes to root even where writes fail (read-only fs, /proc)
@@ -170,15 +167,23 @@ def _load_data(config: BuildConfig, target: targets.TargetProfile, kind: kinds.I
 
 def _output_shapes(model: sources.LoadedModel, kind: kinds.ImageInput, shape: tuple[int, ...]) -> list[tuple]:
     """The model's output shapes (ONNX: as declared; torch: from one run), before the slow stages."""
+    from edgepack.inputs.model_checks import check_output_rank, first_tensor
+
     if model.kind == "onnx":
         from edgepack.backends import onnx as onnx_backend
 
-        return [tuple(o["shape"] or ()) for o in onnx_backend.io_details(model.onnx_path)["outputs"]]
+        shapes = [tuple(o["shape"] or ()) for o in onnx_backend.io_details(model.onnx_path)["outputs"]]
+        for s in shapes:
+            check_output_rank(s, model.onnx_path.name)
+        return shapes
     from edgepack.backends.onnx import check_accepts_input
 
     y = check_accepts_input(model.module, kind.example_args(shape), kind.shape_flag)
-    outs = list(y) if isinstance(y, list | tuple) else [y]
-    return [tuple(o.shape) for o in outs if hasattr(o, "shape")]
+    outs = list(y) if isinstance(y, list | tuple) else [first_tensor(y, f"the forward of {model.spec}")]
+    shapes = [tuple(o.shape) for o in outs if hasattr(o, "shape")]
+    for s in shapes:
+        check_output_rank(s, model.spec)
+    return shapes
 
 
 def _labels(config: BuildConfig, val: data.Dataset, num_outputs: int | None,

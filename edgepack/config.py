@@ -152,10 +152,11 @@ class BuildConfig:
     latency_runs: int = spec("timed runs per model for p50/p90 (after warm-up)", 50, ge=3, le=100000)
     max_accuracy_drop: float | None = spec("override budget: accuracy drop, points", None, ge=0, le=100)
     min_agreement: float | None = spec("override budget: top-1 agreement (0-1)", None, ge=0, le=1)
-    min_output_sqnr_db: float | None = spec("override budget: SQNR of every INT8 output vs FP32, dB (models "
-                                            "judged output by output)", None, ge=-100, le=200)
     max_latency_ms: float | None = spec("override budget: INT8 p50 latency, ms", None, ge=0, le=1e6)
     max_size_mb: float | None = spec("override budget: INT8 file size, MB", None, ge=0, le=1e6)
+    min_output_sqnr_db: float | None = spec("override budget: SQNR of every INT8 output vs FP32, dB, for outputs no "
+                                            "accuracy/agreement budget judges (all outputs when set; default 10)",
+                                            None, ge=-100, le=200)
     estimate_device: bool = spec("estimate device latency from the profile's references (times them on the host "
                                  "once; cached)", False)
     allow_float_ops: bool = spec("TFLite: keep ops without an INT8 kernel in float (reported) instead of failing",

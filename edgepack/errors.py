@@ -9,6 +9,7 @@ Exit codes (documented in the README and `edgepack --help`):
     4   a stage failed on valid input (export, conversion or quantization did not work)
     5   bundle verification failed (files do not match the manifest, golden output differs)
     70  internal error (a bug in edgepack: please report it with --debug output)
+    129 hung up (SIGHUP: the terminal or SSH session closed); cleaned up like an interrupt
     130 interrupted (SIGINT/SIGTERM); nothing is left under the output name
 """
 

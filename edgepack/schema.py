@@ -8,6 +8,7 @@ All problems are gathered and raised once, so a person fixes a file in one pass.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, TypeVar
@@ -38,10 +39,13 @@ def _check_type(value: Any, tp: Any) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        for arg in (a for a in args if a is not type(None)):
+        real = [a for a in args if a is not type(None)]
+        for arg in real:
             try:
                 return _check_type(value, arg)
-            except TypeError:
+            except TypeError as exc:
+                if len(real) == 1 and "finite" in str(exc):
+                    raise  # "a finite number" says more than "float or NoneType"
                 continue
         raise TypeError(" or ".join(_type_name(a) for a in args))
     if origin in (tuple, list):
@@ -54,10 +58,22 @@ def _check_type(value: Any, tp: Any) -> Any:
             raise TypeError(f"a table of {tp.__name__} settings")
         return parse(tp, value, where=tp.__name__)  # a nested table, e.g. one [[reference]] entry
     if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
+        return _finite_float(value)
     if tp is Any or (isinstance(tp, type) and isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
         return value
     raise TypeError(_type_name(tp))
+
+
+def _finite_float(value: int | float) -> float:
+    """A float field's value: NaN, infinities and integers too large for a float are refused (a NaN budget
+    would pass every comparison and be found only when the manifest is written)."""
+    try:
+        number = float(value)
+    except OverflowError:
+        raise TypeError("a finite number") from None
+    if not math.isfinite(number):
+        raise TypeError("a finite number (not NaN or infinity)")
+    return number
 
 
 def _check_bounds(name: str, value: Any, meta: dict) -> str | None:

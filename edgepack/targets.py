@@ -65,11 +65,12 @@ class TargetProfile:
     max_accuracy_drop: float | None = spec("budget: top-1 accuracy drop FP32->INT8, points", None, ge=0, le=100)
     min_agreement: float | None = spec("budget: top-1 agreement INT8 vs FP32 (0-1), used without labels", None,
                                        ge=0, le=1)
-    min_output_sqnr_db: float | None = spec("budget for models without a classification task: SQNR of every INT8 "
-                                            "output against FP32, dB (default 15 when unset)", None, ge=-100, le=200)
     max_latency_ms: float | None = spec("budget: INT8 p50 latency, ms", None, ge=0, le=1e6)
     latency_budget_kind: str = spec("which latency the budget applies to", "host", choices=LATENCY_KINDS)
     max_size_mb: float | None = spec("budget: INT8 model file size, MB", None, ge=0, le=1e6)
+    min_output_sqnr_db: float | None = spec("budget: SQNR of each INT8 output vs FP32, dB; judges the outputs no "
+                                            "accuracy/agreement budget does (every output when set; default 10)",
+                                            None, ge=-100, le=200)
     name: str = spec("profile name (the file stem; set by the loader)", "")
     path: str = spec("file the profile was loaded from (set by the loader)", "")
 
@@ -102,12 +103,18 @@ def parse_profile(text: str, *, name: str, where: str) -> TargetProfile:
             raise ConfigError(f"{where}: '{key}' is set by edgepack, not in the file",
                               hint=f"remove the '{key}' line; the name is the file stem")
     profile = schema.parse(TargetProfile, data, where=where)
+    if not profile.formats or len(set(profile.formats)) != len(profile.formats):
+        raise ConfigError(f"{where}: formats = {list(profile.formats)}: name each format once, at least one",
+                          hint=f"e.g. formats = [\"onnx\"] (one or more of {', '.join(FORMATS)})")
     return dataclasses.replace(profile, name=name, path=where)
 
 
 def load(name_or_path: str) -> TargetProfile:
     """Load a shipped profile by name, or any profile file by path."""
     path = Path(name_or_path)
+    if path.is_dir() and (name_or_path.endswith(".toml") or "/" in name_or_path or name_or_path.startswith(".")):
+        raise InputError(f"target profile {name_or_path} is a folder, not a .toml file",
+                         hint="pass a shipped name (edgepack targets list) or the path of a .toml profile")
     if name_or_path.endswith(".toml") or path.is_file():
         if not path.is_file():
             raise InputError(f"target profile file not found: {name_or_path}",

@@ -56,7 +56,7 @@ def test_abort_in_the_child_is_a_stage_error_naming_the_step(tmpdir_only, monkey
 
 
 def test_measure_child_abort_is_named(tmpdir_only, monkeypatch):
-    from edgepack import measure
+    from edgepack.device import measure
 
     monkeypatch.setenv(isolate.TEST_ABORT_ENV, "outputs")
     with pytest.raises(StageError, match=r"LiteRT running it crashed \(SIGABRT\)"):

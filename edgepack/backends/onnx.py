@@ -40,6 +40,9 @@ def export_args(module: Any, args: tuple, path: Path, *, input_names: list[str],
             torch.onnx.export(module, args, str(path), dynamo=False, opset_version=opset,
                               input_names=input_names, output_names=["logits"], do_constant_folding=True)
     except Exception as exc:  # the legacy exporter fails on data-dependent control flow
+        from edgepack.guards.resources import reraise
+
+        reraise(exc)  # a full disk or no memory is not a reason to try the other exporter
         log.info("legacy exporter failed (%s); trying the torch.export-based exporter", exc)
         _export_dynamo(module, args, path, opset, input_names, hint)
 
@@ -55,6 +58,9 @@ def _export_dynamo(module: Any, args: tuple, path: Path, opset: int, input_names
                                         input_names=input_names, output_names=["logits"])
             program.save(str(path), external_data=False)
     except Exception as exc:
+        from edgepack.guards.resources import reraise
+
+        reraise(exc)
         raise StageError(f"ONNX export failed: {type(exc).__name__}: {str(exc)[:300]}",
                          hint=hint or "check the model runs under torch.export; run with --debug for the "
                                       "trace") from None
@@ -122,6 +128,10 @@ class Runner:
     def run(self, x: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
         out = self.session.run(None, self._feed(x))[0]
         return np.asarray(out, dtype=np.float32)
+
+    def run_outputs(self, x: np.ndarray | dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Every output of one run, as float32 (a model may have several; ``run`` returns the first)."""
+        return [np.asarray(o, dtype=np.float32) for o in self.session.run(None, self._feed(x))]
 
     def _feed(self, x: np.ndarray | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if not isinstance(x, dict):

@@ -6,21 +6,20 @@ zip extraction refuses entries that would escape the folder (zip-slip) and links
 
 from __future__ import annotations
 
-import json
-import shutil
 import stat
-import tempfile
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
-import numpy as np
-
+from edgepack.bundle import manifest_check
 from edgepack.bundle.report import SCHEMA
 from edgepack.errors import InputError, VerifyError
+from edgepack.guards import safety, tempdirs
 from edgepack.util import MANIFEST_DIGEST, manifest_digest, sha256_file
 
+MAX_ZIP_ENTRIES = 1000
+MAX_ZIP_BYTES = 4 << 30
 REQUIRED = {"schema": str, "name": str, "target": dict, "model": dict, "models": list, "inputs": list,
             "outputs": list, "preprocess": dict, "validation": dict, "passed": bool, "files": dict,
             "tools": dict, "created_from": dict, "golden": dict}
@@ -37,6 +36,8 @@ def check_manifest(man: object, where: str) -> dict:
     for name, entry in (man.get("files") or {}).items() if isinstance(man.get("files"), dict) else []:
         if not _safe_name(name) or not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
             problems.append(f"bad files entry '{name}'")
+    if not problems:
+        problems = manifest_check.problems(man)
     if problems:
         raise VerifyError(f"{where}: invalid manifest: " + "; ".join(problems[:10]),
                           hint="the bundle was edited or is not an edgepack bundle")
@@ -58,11 +59,11 @@ def opened(path: Path) -> Iterator[Path]:
         raise InputError(f"bundle not found: {path}", hint="pass a bundle folder or its .zip")
     if not zipfile.is_zipfile(path):
         raise InputError(f"{path} is neither a bundle folder nor a .zip")
-    tmp = Path(tempfile.mkdtemp(prefix="edgepack-bundle-"))
+    tmp = tempdirs.workdir("bundle-")
     try:
         yield safe_extract(path, tmp)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        tempdirs.remove(tmp)
 
 
 def safe_extract(zip_path: Path, dest: Path) -> Path:
@@ -79,6 +80,9 @@ def safe_extract(zip_path: Path, dest: Path) -> Path:
                 raise VerifyError(f"{zip_path}: entry '{info.filename}' is a link: refused")
         if len(roots) != 1:
             raise VerifyError(f"{zip_path}: expected one top folder, found {len(roots)}")
+        if len(infos) > MAX_ZIP_ENTRIES or sum(i.file_size for i in infos) > MAX_ZIP_BYTES:
+            raise VerifyError(f"{zip_path}: {len(infos)} entries, {sum(i.file_size for i in infos)} bytes unpacked: "
+                              "more than a bundle holds; refused")
         zf.extractall(dest)
     return dest / roots.pop()
 
@@ -90,12 +94,9 @@ def read_manifest(path: Path) -> dict:
 
 def _load_manifest(folder: Path) -> dict:
     mpath = folder / "manifest.json"
-    if not mpath.is_file():
+    if not mpath.exists() and not mpath.is_symlink():
         raise VerifyError(f"{folder} has no manifest.json", hint="is this an edgepack bundle?")
-    try:
-        man = json.loads(mpath.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise VerifyError(f"{mpath}: not valid JSON ({exc})") from None
+    man = manifest_check.load_json(safety.bundle_file(folder, "manifest.json", "manifest"))
     return check_manifest(man, str(mpath))
 
 
@@ -105,6 +106,11 @@ def verify(path: Path) -> list[str]:
         man = _load_manifest(folder)
         lines = _check_files(folder, man)
         lines += _check_golden(folder, man)
+    from edgepack.bundle import report
+
+    with manifest_check.rendering(f"{path}/manifest.json"):  # what inspect shows must be there too
+        report.summary_rows(man)
+        report.budget_rows(man)
     return lines
 
 
@@ -112,9 +118,15 @@ def _check_files(folder: Path, man: dict) -> list[str]:
     problems, lines = _check_self_digest(man), []
     for name, entry in sorted(man["files"].items()):
         f = folder / name
-        if not f.is_file():
+        if not f.is_file() and not f.is_symlink():
             problems.append(f"{name}: missing")
-        elif sha256_file(f) != entry["sha256"]:
+            continue
+        try:
+            safety.bundle_file(folder, name, "file")
+        except VerifyError as exc:
+            problems.append(exc.message)
+            continue
+        if sha256_file(f) != entry["sha256"]:
             problems.append(f"{name}: sha256 differs from the manifest")
         else:
             lines.append(f"ok  {name}  sha256 {entry['sha256'][:16]}...")
@@ -136,15 +148,15 @@ def _check_self_digest(man: dict) -> list[str]:
 
 
 def _check_golden(folder: Path, man: dict) -> list[str]:
-    from edgepack import backends
+    from edgepack.bundle import golden_check
 
-    golden = np.load(folder / man["golden"]["file"], allow_pickle=False)
+    golden = golden_check.load(safety.bundle_file(folder, man["golden"]["file"], "golden file"))
     feed = _golden_input(golden, man)
     lines = []
     for m in man["models"]:
-        runner = backends.get(m["format"]).Runner(folder / m["file"], threads=1)
-        diff = float(np.max(np.abs(runner.run(feed) - golden[m["format"]])))
-        if diff > man["golden"]["tolerance"]:
+        path = safety.bundle_file(folder, m["file"], "model file")
+        diff = golden_check.max_diff(path, m["format"], feed, golden)
+        if not diff <= man["golden"]["tolerance"]:
             raise VerifyError(f"{m['file']}: output on the golden input differs by {diff:.4g} "
                               f"(tolerance {man['golden']['tolerance']})")
         lines.append(f"ok  {m['file']} golden output, max abs diff {diff:.3g}")
@@ -155,10 +167,12 @@ def _golden_input(golden, man: dict):
     """The golden input: the array 'input' (images), or every token array by the tokenizer's input name
     (text models; a .tflite model names its tensors differently, e.g. "serving_default_input_ids:0")."""
     if man["preprocess"].get("kind") != "text":
+        if "input" not in golden:
+            raise VerifyError("golden file lacks the array 'input'", hint="the bundle was modified or damaged")
         return golden["input"]
     names = man["preprocess"].get("model_input_names") or [
         i["name"] for i in man["inputs"] if isinstance(i, dict) and "name" in i]
-    missing = [n for n in names if n not in golden.files]
+    missing = [n for n in names if not isinstance(n, str) or n not in golden]
     if missing or not names:
         raise VerifyError(f"golden file lacks model input(s) {', '.join(missing) or '(none listed)'}",
                           hint="the bundle was modified or damaged; rebuild it")

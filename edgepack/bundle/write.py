@@ -36,11 +36,14 @@ def publish(staging: Path, out: Path, *, force: bool) -> None:
 
 
 def _replace(src: Path, dst: Path) -> None:
-    if dst.exists():
+    if dst.exists() or dst.is_symlink():
         trash = dst.with_name(f".{dst.name}.old-{os.getpid()}")
         os.replace(dst, trash)
         os.replace(src, dst)
-        shutil.rmtree(trash, ignore_errors=True)
+        if trash.is_dir() and not trash.is_symlink():
+            shutil.rmtree(trash, ignore_errors=True)
+        else:  # a file or a link that --force replaced: no hidden .NAME.old-PID left beside the bundle
+            trash.unlink(missing_ok=True)
     else:
         os.replace(src, dst)
 

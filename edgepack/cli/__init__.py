@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,15 +17,7 @@ import click
 
 from edgepack.bundle.tables import text_table
 from edgepack.cli.options import FINETUNE_FLAGS, PRUNE_FLAGS, build_options
-from edgepack.errors import (
-    EXIT_BUDGET,
-    EXIT_INTERNAL,
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    EdgepackError,
-    InputError,
-    Interrupted,
-)
+from edgepack.errors import EXIT_BUDGET, EXIT_INTERNAL, EXIT_OK, EdgepackError, InputError
 from edgepack.version import __version__
 
 EPILOG = """\b
@@ -43,7 +34,7 @@ Exit codes:
   0 built, every budget met        1 built, a budget was missed (bundle marked failed)
   2 usage or input error           3 output error (exists, unwritable, full)
   4 a stage failed (export/quantize/convert)     5 bundle verification failed
-  70 internal error (a bug)        130 interrupted
+  70 internal error (a bug)        129 hung up (SIGHUP)     130 interrupted
 """
 
 
@@ -78,29 +69,74 @@ class Ui:
 
 
 def _handle_signals() -> None:
-    """SIGTERM behaves like Ctrl-C so every cleanup (temp folders, partial bundles) runs."""
-    def raise_interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, raise_interrupt)
+    """SIGTERM and SIGHUP behave like Ctrl-C so every cleanup (temp folders, partial bundles) runs."""
+    from edgepack.guards.interrupts import install
+
+    install()
 
 
 def run_command(ctx: click.Context, fn: Any) -> Any:
     """Run a command body, turning errors into a message, a hint and an exit code."""
+    from edgepack.guards import interrupts, resources
+
     debug = ctx.find_root().params.get("debug", False)
+    _handle_signals()
     try:
         return fn()
     except EdgepackError as exc:
         _fail(exc, debug)
-    except KeyboardInterrupt:
-        _fail(Interrupted("interrupted; nothing was left under the output name"), debug)
+    except KeyboardInterrupt as exc:
+        _fail(interrupts.error_for(exc), debug)
     except click.exceptions.Exit:
         raise
     except Exception as exc:  # a bug: say so, show the trace only with --debug
+        translated = _stdout_error(exc) or resources.translate(exc)  # no memory, disk, file size: not a bug
+        if translated is not None:
+            _fail(translated, debug)
         if debug:
             raise
-        click.echo(f"Error: internal error: {type(exc).__name__}: {exc}", err=True)
-        click.echo("Hint: run again with --debug and report the traceback", err=True)
+        _say(f"Error: internal error: {type(exc).__name__}: {exc}", "Hint: run again with --debug and report the "
+             "traceback")
         sys.exit(EXIT_INTERNAL)
+
+
+def _say(*lines: str) -> None:
+    """Lines on stderr; a dead stderr (a closed SSH session) does not turn an error into a traceback."""
+    try:
+        for line in lines:
+            click.echo(line, err=True)
+    except OSError:
+        pass
+
+
+def _stdout_error(exc: Exception) -> EdgepackError | None:
+    """An OSError raised while click.echo wrote our results (stdout: /dev/full, a full disk, a closed pipe)."""
+    if not isinstance(exc, OSError) or getattr(exc, "filename", None):
+        return None
+    tb = exc.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if code.co_name == "echo" and "click" in code.co_filename:
+            from edgepack.errors import OutputError
+
+            return OutputError(f"cannot write to standard output: {exc.strerror or exc}",
+                               hint="stdout goes to a full disk, /dev/full or a closed pipe: redirect it elsewhere")
+        tb = tb.tb_next
+    return None
+
+
+def _drop_unwritable_stdout() -> None:
+    """When stdout cannot take what is buffered (/dev/full, a closed pipe), point it at /dev/null so Python's
+    exit does not print 'Exception ignored ... OSError' after our one error line."""
+    import os
+
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
 
 
 def _fail(exc: EdgepackError, debug: bool) -> None:
@@ -108,10 +144,9 @@ def _fail(exc: EdgepackError, debug: bool) -> None:
         import traceback
 
         traceback.print_exc()
-    click.echo(f"Error: {exc.message}", err=True)
-    if exc.hint:
-        click.echo(f"Hint: {exc.hint}", err=True)
-    sys.exit(exc.exit_code if not isinstance(exc, Interrupted) else EXIT_INTERRUPTED)
+    _say(f"Error: {exc.message}", *([f"Hint: {exc.hint}"] if exc.hint else []))
+    _drop_unwritable_stdout()
+    sys.exit(exc.exit_code)
 
 
 @click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
@@ -171,7 +206,15 @@ def build(ctx: click.Context, model: str | None, dry_run: bool, as_json: bool, q
     _handle_signals()
 
     def body() -> None:
+        from edgepack.guards.tempdirs import sweep_stale
+
+        sweep_stale()  # work folders of builds killed with SIGKILL
+        config_file = options.get("config_file")
         config = make_config(model, options)
+        if config_file and not dry_run:  # the one input BuildConfig does not name
+            from edgepack.guards.safety import check_output
+
+            check_output(Path(config.out), [("config file", config_file)])
         if dry_run:
             from edgepack import pipeline
 
@@ -246,17 +289,23 @@ def diagnose(ctx: click.Context, model_or_bundle: str, data: str, plot_path: str
     """Per-layer FP32-vs-INT8 error (SQNR), mapped to PyTorch module names, worst first.
 
     MODEL_OR_BUNDLE is a model source (it is quantized with the default recipe first) or a bundle
-    folder (its shipped INT8 model is compared with a fresh FP32 export of its source).
+    folder (its shipped INT8 model is compared with itself without activation rounding; nothing the
+    bundle names is imported).
     """
     ui = Ui(quiet=as_json)
 
     def body() -> None:
         from edgepack.api import diagnose as api_diagnose
 
-        bundle = Path(model_or_bundle) if (Path(model_or_bundle) / "manifest.json").is_file() else None
-        config = _diagnose_config(model_or_bundle, bundle, data, options)
+        bundle = Path(model_or_bundle) if (Path(model_or_bundle) / "manifest.json").exists() else None
         try:
-            rows = api_diagnose(config, bundle, progress=ui.progress)
+            if bundle is not None:  # untrusted: the bundle alone, never the model source its manifest names
+                from edgepack.bundle import diagnose as diagnose_bundle
+
+                rows = diagnose_bundle.run(bundle, data, progress=ui.progress)
+            else:
+                rows = api_diagnose(_diagnose_config(model_or_bundle, None, data, options), None,
+                                    progress=ui.progress)
         finally:
             ui.finish()
         if plot_path:
@@ -400,6 +449,22 @@ def targets_show(ctx: click.Context, name: str, as_json: bool) -> None:
     run_command(ctx, body)
 
 
+def _manifest_text(man: dict, report: Any) -> str:
+    """What `edgepack inspect` shows of a manifest."""
+    lines = [f"{man['name']} for {man['target']['name']}: {'PASSED' if man['passed'] else 'FAILED'}"]
+    for m in man["models"]:
+        lines.append(f"  {m['file']}  {m['format']} {m['precision']}  {m['size_bytes'] / 1e6:.2f} MB  "
+                     f"sha256 {m['sha256'][:16]}...")
+        for io_kind in ("inputs", "outputs"):
+            for t in m[io_kind]:
+                q = t["quantization"]
+                qs = f" scale={q['scale']:.6g} zero_point={q['zero_point']}" if q else ""
+                lines.append(f"    {io_kind[:-1]} {t['name']} {t['shape']} {t['dtype']} {t['layout'] or ''}{qs}")
+    lines += ["", text_table(("metric", "FP32", "INT8", "note"), report.summary_rows(man)), "",
+              text_table(("budget", "value", "limit", "verdict"), report.budget_rows(man))]
+    return "\n".join(lines)
+
+
 @main.command()
 @click.argument("bundle", type=click.Path())
 @click.option("--json", "as_json", is_flag=True)
@@ -414,19 +479,11 @@ def inspect(ctx: click.Context, bundle: str, as_json: bool) -> None:
         if as_json:
             click.echo(json.dumps(man, indent=2))
             return
-        click.echo(f"{man['name']} for {man['target']['name']}: {'PASSED' if man['passed'] else 'FAILED'}")
-        for m in man["models"]:
-            click.echo(f"  {m['file']}  {m['format']} {m['precision']}  {m['size_bytes'] / 1e6:.2f} MB  "
-                       f"sha256 {m['sha256'][:16]}...")
-            for io_kind in ("inputs", "outputs"):
-                for t in m[io_kind]:
-                    q = t["quantization"]
-                    qs = f" scale={q['scale']:.6g} zero_point={q['zero_point']}" if q else ""
-                    click.echo(f"    {io_kind[:-1]} {t['name']} {t['shape']} {t['dtype']} {t['layout'] or ''}{qs}")
-        click.echo("")
-        click.echo(text_table(("metric", "FP32", "INT8", "note"), tables.summary_rows(man)))
-        click.echo("")
-        click.echo(text_table(("budget", "value", "limit", "verdict"), tables.budget_rows(man)))
+        from edgepack.bundle.manifest_check import rendering
+
+        with rendering(f"{bundle}/manifest.json"):  # an edited manifest: exit 5 with what is wrong, no half table
+            text = _manifest_text(man, tables)
+        click.echo(text)
 
     run_command(ctx, body)
 

@@ -17,7 +17,6 @@ import shlex
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from edgepack.bundle.update import KIND
 from edgepack.errors import EdgepackError, InputError, StageError
@@ -57,15 +56,11 @@ class SshOptions:
 
 
 def parse_device(url: str) -> Device:
-    """Parse ``ssh://user@host[:port]`` (port 22 by default)."""
-    parts = urlsplit(url)
-    if parts.scheme != "ssh" or not parts.hostname or parts.path not in ("", "/"):
-        raise InputError(f"bad device address '{url}'", hint="use ssh://user@host or ssh://user@host:2222")
-    try:
-        port = parts.port or 22
-    except ValueError:
-        raise InputError(f"bad port in '{url}'", hint="the port is a number, e.g. ssh://pi@raspberrypi:22") from None
-    return Device(parts.username, parts.hostname, port)
+    """Parse ``ssh://user@host[:port]`` (port 22 by default) with the strict grammar of edgepack.device.sshurl:
+    nothing in the address can be read by ssh as an option."""
+    from edgepack.device import sshurl
+
+    return Device(*sshurl.parse(url))
 
 
 def ssh_args(dev: Device, opts: SshOptions, *, scp: bool = False) -> list[str]:
@@ -96,7 +91,7 @@ def _run(cmd: list[str], what: str) -> str:
 
 
 def _remote(dev: Device, opts: SshOptions, command: str, what: str) -> str:
-    return _run(["ssh", *ssh_args(dev, opts), dev.login, command], what)
+    return _run(["ssh", *ssh_args(dev, opts), "--", dev.login, command], what)
 
 
 def bench(bundle_dir: Path, device: str, runs: int = 100, python: str = "python3", identity: Path | None = None,
@@ -115,8 +110,10 @@ def bench(bundle_dir: Path, device: str, runs: int = 100, python: str = "python3
     dev, opts = parse_device(device), SshOptions(known_hosts, identity)
     remote_dir = _remote(dev, opts, "mktemp -d /tmp/edgepack-bench.XXXXXX", "creating a folder on the device").strip()
     try:
-        _run(["scp", "-q", "-r", *ssh_args(dev, opts, scp=True), str(bundle_dir),
-              f"{dev.login}:{remote_dir}/"], "copying the bundle")
+        host = f"[{dev.host}]" if ":" in dev.host else dev.host
+        login = f"{dev.user}@{host}" if dev.user else host
+        _run(["scp", "-q", "-r", *ssh_args(dev, opts, scp=True), "--", str(bundle_dir.absolute()),
+              f"{login}:{remote_dir}/"], "copying the bundle")
         where = shlex.quote(f"{remote_dir}/{bundle_dir.name}")
         py = shlex.quote(python)
         golden = _remote(dev, opts, f"cd {where} && {py} run.py --golden", "golden check on the device").strip()

@@ -29,6 +29,8 @@ Inputs = np.ndarray | dict[str, np.ndarray]
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm")
 MAX_SKIPPED_FRACTION = 0.5
+MAX_ABS_INPUT = 1e6      # |x| beyond this is not a preprocessed input (16-bit pixels are 65,535 at most)
+MAX_LABEL = 2**31 - 1    # a class index, not a number from somewhere else
 
 
 @dataclass
@@ -139,7 +141,17 @@ def _check_x(x: np.ndarray, input_shape: tuple[int, ...], where: str, keep_half:
         raise InputError(f"{where}: x holds no samples")
     if not np.isfinite(x).all():
         raise InputError(f"{where}: x contains NaN or infinite values", hint="check the preprocessing")
+    _check_range(x, where)
     return x if keep_half and x.dtype == np.float16 else x.astype(np.float32, copy=False)
+
+
+def _check_range(x: np.ndarray, where: str) -> None:
+    """Inputs beyond +-MAX_ABS_INPUT are not preprocessed data, and overflow INT8 calibration (scale = range/255)."""
+    peak = max(float(np.max(x)), -float(np.min(x))) if x.size else 0.0
+    if peak > MAX_ABS_INPUT:
+        raise InputError(f"{where}: values reach {peak:.3g}, beyond +-{MAX_ABS_INPUT:g}: not preprocessed model "
+                         "inputs, and INT8 calibration overflows on them", hint="check the preprocessing (scale, "
+                         "mean, std) or the arrays in the file")
 
 
 def _check_y(y: np.ndarray | None, n: int, where: str) -> np.ndarray | None:
@@ -150,6 +162,9 @@ def _check_y(y: np.ndarray | None, n: int, where: str) -> np.ndarray | None:
                          hint="labels are class indices 0..C-1, one per sample")
     if (y < 0).any():
         raise InputError(f"{where}: y has negative labels")
+    if y.size and int(y.max()) > MAX_LABEL:
+        raise InputError(f"{where}: y has label {int(y.max())}, not a class index",
+                         hint="labels are class indices 0..C-1")
     return y.astype(np.int64)
 
 
@@ -187,7 +202,9 @@ def _load_folder(root: Path, input_shape: tuple[int, ...], pre: Preprocess, coun
     progress(f"reading {role} images", len(idx), len(idx))
     _check_skipped(root, role, skipped, len(idx))
     y = np.asarray(kept_labels, dtype=np.int64) if labels is not None else None
-    return Dataset(x=np.stack(samples), y=y, source=str(root), class_names=classes, skipped=skipped)
+    x = np.stack(samples)
+    _check_range(x, f"{role} folder {root} after preprocessing")
+    return Dataset(x=x, y=y, source=str(root), class_names=classes, skipped=skipped)
 
 
 def _check_skipped(root: Path, role: str, skipped: list[str], total: int) -> None:
@@ -199,6 +216,18 @@ def _check_skipped(root: Path, role: str, skipped: list[str], total: int) -> Non
     log.warning("%s folder %s: skipped %d unreadable file(s), e.g. %s", role, root, len(skipped), skipped[0])
 
 
+def _eight_bit(img):
+    """A 16-bit (or 32-bit integer) greyscale image rescaled to 0-255, as 8-bit images are: Pillow's convert()
+    would clip it at 255 and turn most of it white."""
+    from PIL import Image
+
+    if img.mode not in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        return img
+    arr = np.asarray(img, dtype=np.float64)
+    top = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+    return Image.fromarray(np.clip(np.round(arr * (255.0 / top)), 0, 255).astype(np.uint8))
+
+
 def preprocess_image(path: Path, input_shape: tuple[int, ...], pre: Preprocess) -> np.ndarray:
     """Decode with Pillow, resize the short side, centre crop, scale and normalise -> (C, H, W) float32."""
     from PIL import Image, UnidentifiedImageError
@@ -208,7 +237,7 @@ def preprocess_image(path: Path, input_shape: tuple[int, ...], pre: Preprocess) 
     resize = pre.resize or int(round(crop / 0.875))
     try:
         with Image.open(path) as img:
-            img = img.convert("L" if pre.channel_order == "L" else "RGB")
+            img = _eight_bit(img).convert("L" if pre.channel_order == "L" else "RGB")
             scale = resize / min(img.size)
             img = img.resize((max(crop, round(img.size[0] * scale)), max(crop, round(img.size[1] * scale))),
                              Image.Resampling.BILINEAR)

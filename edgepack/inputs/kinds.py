@@ -47,6 +47,9 @@ class ImageInput:
                 raise InputError(f"{self.model.onnx_path.name} has {len(inputs)} inputs "
                                  f"({', '.join(i['name'] for i in inputs)}); image models take one",
                                  hint="export the model with a single image input")
+            from edgepack.inputs.model_checks import check_image_input
+
+            check_image_input(self.model.onnx_path)
 
     def input_shape(self, fixed: tuple[int, ...] | None = None) -> tuple[int, ...]:
         """--input-shape, else ``fixed`` (an ONNX source's own fixed input shape), else the profile's."""

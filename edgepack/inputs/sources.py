@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from edgepack.errors import InputError
+from edgepack.guards import usercode
 from edgepack.util import require, sha256_file
 
 log = logging.getLogger(__name__)
@@ -161,12 +162,20 @@ def _require_file(path: Path) -> None:
 def _onnx(path: Path) -> LoadedModel:
     import onnx
 
+    from edgepack.inputs import model_checks
+
     try:
         model = onnx.load(str(path), load_external_data=False)
-        onnx.checker.check_model(model)
-    except Exception as exc:  # onnx raises DecodeError, ValidationError, ... for corrupt files
+    except Exception as exc:  # onnx raises DecodeError, ... for corrupt files
         raise InputError(f"{path} is not a valid ONNX model ({type(exc).__name__}: {str(exc)[:200]})",
                          hint="re-export the model; a truncated download is the usual cause") from None
+    model_checks.check_onnx(model, path)  # too new for this onnxruntime, custom ops, no outputs: said plainly
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:  # ValidationError, ...
+        raise InputError(f"{path} is not a valid ONNX model ({type(exc).__name__}: {str(exc)[:200]})",
+                         hint="re-export the model; a truncated download is the usual cause") from None
+    model_checks.check_session(path)
     return LoadedModel(spec=str(path), kind="onnx", name=path.stem, onnx_path=path, sha256=sha256_file(path))
 
 
@@ -238,11 +247,15 @@ def _factory(spec: str, weights: str | None) -> LoadedModel:
     if "" not in sys.path and str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))  # like `python -m`: factories in the current project import
     try:
-        factory = getattr(importlib.import_module(module_name), func_name)
+        module = usercode.call_factory(spec, lambda: importlib.import_module(module_name),
+                                       " (importing its module)", passthrough=(ImportError,))
+        factory = getattr(module, func_name)
     except (ImportError, AttributeError) as exc:
         raise InputError(f"cannot import factory '{spec}': {exc}",
                          hint="run from the folder that contains the package, or install it") from None
-    model = factory()
+    if not callable(factory):
+        raise InputError(f"factory '{spec}' is a {type(factory).__name__}, not a function returning a model")
+    model = usercode.call_factory(spec, factory)
     if not isinstance(model, torch.nn.Module):
         raise InputError(f"factory '{spec}' returned {type(model).__name__}, not a torch.nn.Module")
     loaded = LoadedModel(spec=spec, kind="torch", name=func_name if func_name != "create_model" else

@@ -199,7 +199,7 @@ def read_texts(path: str | Path, *, require_labels: bool = False) -> tuple[list[
             hint='one text per line in .txt; {"text": ..., "label": N} per line in .jsonl',
         )
     try:
-        raw = path.read_text(encoding="utf-8")
+        raw = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Excel's CSVs) is not part of the header
     except UnicodeDecodeError as exc:
         raise InputError(
             f"{path.name} is not UTF-8 text (byte {exc.start})", hint="re-save it as UTF-8"
@@ -233,16 +233,22 @@ def _rows_jsonl(path: Path, raw: str) -> list[tuple[int, Any, Any]]:
 
 
 def _rows_csv(path: Path, raw: str) -> list[tuple[int, Any, Any]]:
-    reader = csv.DictReader(io.StringIO(raw, newline=""))
-    fields = [f.strip() for f in (reader.fieldnames or [])]
+    reader = csv.DictReader(io.StringIO(raw, newline=""), strict=True)
+    try:
+        fields = [f.strip() for f in (reader.fieldnames or [])]
+        rows = list(reader)
+    except csv.Error as exc:  # strict: an unterminated quote is an error, not the rest of the file in one row
+        raise InputError(f"{path.name}: line {reader.line_num}: not valid CSV ({exc})",
+                         hint="close every opening double quote; a quote inside a field is written twice (\"\")"
+                         ) from None
     if "text" not in fields:
         raise InputError(
             f"{path.name}: no 'text' column (header: {', '.join(fields) or 'empty'})",
             hint="the first row must name the columns: text,label",
         )
-    reader.fieldnames = fields
     has_label = "label" in fields
-    return [(reader.line_num, row.get("text"), row.get("label") if has_label else None) for row in reader]
+    named = [{k.strip() if isinstance(k, str) else k: v for k, v in row.items()} for row in rows]
+    return [(i, row.get("text"), row.get("label") if has_label else None) for i, row in enumerate(named, 2)]
 
 
 def _check_rows(
@@ -279,7 +285,7 @@ def _to_label(value: Any) -> int | None:
         out = int(str(value).strip()) if not isinstance(value, int) else value
     except ValueError:
         return None
-    return out if out >= 0 else None
+    return out if 0 <= out <= 2**31 - 1 else None  # a class index; 10**30 is not one (nor fits int64)
 
 
 def _raise_if(path: Path, problems: list[str], hint: str) -> None:

@@ -66,12 +66,15 @@ def _copy_runner(ctx: BuildContext, staging: Path) -> None:
 
 
 def _write_golden(ctx: BuildContext, staging: Path) -> dict:
-    """One real input (named as the input kind says) and every shipped model's output on it, for
-    `edgepack verify` and run.py --golden."""
+    """One real input (named as the input kind says) and every output of every shipped model on it, for
+    `edgepack verify` and run.py --golden (edgepack.bundle.golden_check names the outputs)."""
+    from edgepack.bundle.golden_check import outputs_for
     from edgepack.inputs.data import rows
 
     x = rows(ctx.val.x, 0, 1)
-    outs = {fmt: backends.get(fmt).Runner(ctx.get(fmt, "int8").path, threads=1).run(x) for fmt in ctx.target.formats}
+    outs = {}
+    for fmt in ctx.target.formats:
+        outs.update(outputs_for(fmt, backends.get(fmt).Runner(ctx.get(fmt, "int8").path, threads=1).run_outputs(x)))
     inputs = ctx.inputs.golden_inputs(x)
     with open(staging / "golden.npz", "wb") as fh:
         np.savez(fh, **inputs, **outs)

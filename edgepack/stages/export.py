@@ -6,14 +6,18 @@ for TFLite targets: see edgepack.inputs.kinds)."""
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from edgepack.backends import onnx as onnx_backend
-from edgepack.errors import StageError
+from edgepack.errors import InputError, StageError
+from edgepack.inputs.model_checks import first_tensor
 from edgepack.stages.context import Artifact, BuildContext
 
 PARITY_SAMPLES = 4
+FINITE_CHECK_SAMPLES = 4   # FP32 outputs checked for NaN/inf right after export
 PARITY_RTOL = 1e-3   # max |torch - onnx| relative to max |torch|; FP32 export should be ~1e-6
 
 
@@ -27,6 +31,7 @@ def run(ctx: BuildContext) -> None:
         _export(ctx, ctx.model.module, raw)
     ctx.progress("simplifying (onnxslim)", 0, 1)
     ctx.records["simplify"] = onnx_backend.simplify(raw, final)
+    check_finite_outputs(final, ctx.calib.x)  # a model that always gives NaN stops here, not after the build
     ctx.add(Artifact("onnx", "fp32", final))
     if ctx.model.kind == "torch":
         ctx.records["export_parity"] = check_parity(ctx, final)
@@ -54,7 +59,7 @@ def _torch_outputs(ctx: BuildContext, x) -> np.ndarray:
     outs = []
     with torch.no_grad():
         for i in range(num_samples(x)):
-            outs.append(ctx.model.module(*ctx.inputs.torch_args(rows(x, i, i + 1))).numpy()[0])
+            outs.append(first_tensor(ctx.model.module(*ctx.inputs.torch_args(rows(x, i, i + 1)))).numpy()[0])
     return np.stack(outs)
 
 
@@ -73,3 +78,19 @@ def check_parity(ctx: BuildContext, path) -> dict:
                          f"({result['relative']:.2%} of the output range, tolerance {PARITY_RTOL:.1%})",
                          hint="the model may behave differently in eval/trace mode; run with --debug")
     return result
+
+
+
+def check_finite_outputs(path: Path, x: Any) -> None:
+    """The FP32 ONNX model gives finite outputs on the first few calibration samples."""
+    from edgepack.inputs.data import num_samples, rows
+
+    runner = onnx_backend.Runner(path, threads=1)
+    names = [o.name for o in runner.session.get_outputs()]
+    for i in range(min(FINITE_CHECK_SAMPLES, num_samples(x))):
+        for name, out in zip(names, runner.run_outputs(rows(x, i, i + 1)), strict=True):
+            if not np.isfinite(out).all():
+                raise InputError(f"the FP32 model's output '{name}' is NaN or infinite on calibration sample {i}: "
+                                 "INT8 cannot represent it and nothing could be validated",
+                                 hint="check the model (a division by zero, log of 0, untrained weights) and the "
+                                      "preprocessing of the data")

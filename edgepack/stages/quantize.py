@@ -78,11 +78,18 @@ def _quantize_onnx(ctx: BuildContext, settings: dict, out) -> dict:
     if settings.get("more_calib"):
         more = _more_calibration(ctx)
         calib = more if more is not None else calib
-    with quiet_root_logger():
-        return quantize_onnx(ctx.get("onnx", "fp32").path, out, calib,
-                             method=settings.get("method", calibration_method(ctx)),
-                             per_channel=settings.get("per_channel", ctx.config.per_channel),
-                             exclude_nodes=settings.get("exclude_nodes", ()))
+    from edgepack.errors import StageError
+
+    try:
+        with quiet_root_logger():
+            return quantize_onnx(ctx.get("onnx", "fp32").path, out, calib,
+                                 method=settings.get("method", calibration_method(ctx)),
+                                 per_channel=settings.get("per_channel", ctx.config.per_channel),
+                                 exclude_nodes=settings.get("exclude_nodes", ()))
+    except (AssertionError, FloatingPointError, OverflowError) as exc:  # ORT's "scale issue": inf/NaN ranges
+        raise StageError(f"INT8 calibration failed: {type(exc).__name__}: {str(exc)[:200] or 'no message'}",
+                         hint="an activation reached an infinite or NaN range on the calibration data: check the "
+                              "data's range and the model") from exc
 
 
 def evaluate_int8(ctx: BuildContext, path, fmt: str = "onnx") -> dict:
@@ -188,7 +195,8 @@ def convert_tflite_full_integer(ctx: BuildContext) -> None:
 
 
 def convert_tflite_pair(fp32_onnx, workdir, calib, io_dtype: str, allow_float: bool) -> tuple:
-    """(FP32 .tflite, full-integer INT8 .tflite): one TensorFlow import for both, run by convert_tflite_full_integer in a child."""
+    """(FP32 .tflite, full-integer INT8 .tflite): one TensorFlow import for both, run in a child
+    by convert_tflite_full_integer."""
     from edgepack.backends import tflite
 
     fp32 = tflite.convert(fp32_onnx, workdir, None)

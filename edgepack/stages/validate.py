@@ -53,9 +53,18 @@ def validate_format(ctx: BuildContext, fmt: str) -> dict:
     if unpruned:
         result["unpruned_fp32"] = _unpruned(ctx, outs, unpruned, result["latency_ms"])
     result["budgets"] = check_budgets(ctx, result)
+    _judge_every_output(ctx, fmt, result)
     result["passed"] = budgets.all_passed(result["budgets"])
     _speed_notes(ctx, fmt, result["latency_ms"])
     return result
+
+
+def _judge_every_output(ctx: BuildContext, fmt: str, result: dict) -> None:
+    """Per-output SQNR; outputs the task's quality budget does not judge get the min_output_sqnr_db floor."""
+    from edgepack.stages import judge
+
+    result["outputs_sqnr_db"] = judge.per_output_sqnr(ctx, fmt, result["sqnr_db"])
+    result["budgets"] += judge.budget_rows(ctx, result["outputs_sqnr_db"], quality_budget(ctx, result) is not None)
 
 
 def _unpruned(ctx: BuildContext, outs: dict, art, latency: dict) -> dict:

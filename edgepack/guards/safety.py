@@ -1,0 +1,136 @@
+"""Path containment: an output never replaces or overlaps an input, and a bundle never reaches outside itself.
+
+Two rules, both checked on resolved paths (symlinks followed) *and* on the literal path as it will be
+replaced (a symlink named as --out is itself replaced, not its target), so neither spelling slips through:
+
+- ``check_output``: the bundle folder, its .zip and (with --force) what they replace must not be, contain or
+  sit inside any input (model file and its folder, weights, calibration, validation, fine-tuning data, config,
+  tokenizer, labels, profile), and must not be the current folder or one of its parents.
+- ``bundle_file``: a file a manifest names is a plain name inside the bundle folder, a regular file (not a
+  link, not a folder, not a device), and resolves inside the bundle.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterable
+from pathlib import Path, PurePosixPath
+
+from edgepack.errors import OutputError, VerifyError
+
+
+def _spellings(path: Path) -> set[Path]:
+    """The path with every link resolved, and with only its parent resolved (the entry itself as named)."""
+    absolute = Path(os.path.abspath(path))
+    found = {absolute.resolve()}
+    if absolute.name:
+        found.add(absolute.parent.resolve() / absolute.name)
+    return found
+
+
+def _overlap(a: Path, b: Path) -> str | None:
+    """How a and b overlap: 'is', 'is inside' (a inside b) or 'contains' (b inside a); None when disjoint."""
+    if a == b:
+        return "is"
+    if b in a.parents:
+        return "is inside"
+    if a in b.parents:
+        return "contains"
+    return None
+
+
+def check_output(out: Path, inputs: Iterable[tuple[str, str | Path | None]]) -> None:
+    """Refuse an --out that is empty, the current folder (or a parent of it), or overlaps an input.
+
+    ``inputs`` are (what, path) pairs, e.g. ("calibration data", "photos/"); None paths are skipped.
+    """
+    if not str(out).strip() or str(out).strip() in (".", "./"):
+        raise OutputError(f"--out {str(out)!r} names the current folder",
+                          hint="give the bundle its own folder, e.g. --out build/mymodel")
+    cwd = Path.cwd().resolve()
+    targets = {p for t in (out, out.with_name(out.name + ".zip")) for p in _spellings(t)}
+    for target in sorted(targets):
+        if target == cwd or target in cwd.parents:
+            raise OutputError(f"--out {out} is the current folder or one of its parents: replacing it would delete "
+                              "what you are working on", hint="give the bundle its own folder, e.g. --out build/x")
+    for what, path in inputs:
+        if path is None or not str(path):
+            continue
+        for target in sorted(targets):
+            for source in sorted(_spellings(Path(path))):
+                how = _overlap(target, source)
+                if how:
+                    raise OutputError(f"--out {out} {how} the {what} {path}: the build would replace or mix with "
+                                      "its own input", hint="choose an --out folder apart from every input")
+
+
+def check_replaceable(out: Path) -> None:
+    """With --force, replace only what edgepack wrote: a file, a link, an empty folder or a bundle folder."""
+    if out.is_symlink() or not out.is_dir():
+        return
+    if (out / "manifest.json").is_file() or not any(out.iterdir()):
+        return
+    raise OutputError(f"--out {out} is a folder that is not an edgepack bundle (no manifest.json): --force "
+                      "replaces bundles only", hint="choose another --out, or remove the folder yourself")
+
+
+def safe_member_name(name: object) -> bool:
+    """A plain file name inside a flat bundle folder: no separators, no '..', not absolute, no NUL."""
+    if not isinstance(name, str) or not name or len(name) > 255 or "\x00" in name or "\\" in name:
+        return False
+    p = PurePosixPath(name)
+    return not p.is_absolute() and len(p.parts) == 1 and p.parts[0] not in (".", "..")
+
+
+def bundle_file(folder: Path, name: object, what: str) -> Path:
+    """``folder / name`` once it is known to be a regular file inside the bundle; VerifyError otherwise."""
+    if not safe_member_name(name):
+        raise VerifyError(f"the manifest's {what} {name!r} is not a plain file name inside the bundle: refused",
+                          hint="the bundle was edited or is not an edgepack bundle")
+    path = folder / str(name)
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        raise VerifyError(f"{what} {name} is missing from the bundle",
+                          hint="the bundle was modified or damaged; rebuild it or fetch it again") from None
+    if stat.S_ISLNK(mode):
+        raise VerifyError(f"{what} {name} is a symbolic link: refused (a bundle holds its files itself)",
+                          hint="the bundle was edited; rebuild it or fetch it again")
+    if not stat.S_ISREG(mode):
+        raise VerifyError(f"{what} {name} is not a regular file: refused")
+    root = folder.resolve()
+    if root not in path.resolve().parents:
+        raise VerifyError(f"{what} {name} resolves outside the bundle: refused")
+    return path
+
+
+def _factory_location(spec: str) -> str | None:
+    """The file or folder a ``package.module:factory`` spec imports from, found without importing anything."""
+    import importlib.machinery
+    import sys
+
+    top = spec.split(":", 1)[0].split(".", 1)[0]
+    try:
+        found = importlib.machinery.PathFinder.find_spec(top, [str(Path.cwd()), *sys.path])
+    except (ImportError, ValueError, OSError):
+        return None
+    if found is None:
+        return None
+    if found.submodule_search_locations:
+        return next(iter(found.submodule_search_locations), None)
+    return found.origin if found.origin and found.has_location else None
+
+
+def build_inputs(config, extra: Iterable[tuple[str, str | Path | None]] = ()) -> list[tuple[str, str | Path | None]]:
+    """Every file or folder a build reads, as (what, path) pairs, for ``check_output``."""
+    model = config.model
+    if ":" in model and not Path(model).exists():
+        model_path = None if model.startswith("torchvision:") else _factory_location(model)
+    else:
+        model_path = model
+    finetune = getattr(getattr(config.prune, "finetune", None), "data", None)
+    target = config.target if (config.target.endswith(".toml") or Path(config.target).is_file()) else None
+    return [("model", model_path), ("weights", config.weights), ("calibration data", config.calib),
+            ("validation data", config.val), ("fine-tuning data", finetune), ("tokenizer", config.tokenizer),
+            ("labels file", config.labels), ("target profile", target), *extra]

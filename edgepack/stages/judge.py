@@ -1,0 +1,85 @@
+"""Every output is judged: per-output SQNR (dB) of INT8 vs FP32, and a floor for outputs no other budget covers.
+
+The classification budgets (accuracy drop, top-1 agreement) judge the first output when it is (N, classes)
+and a quality budget is set. Every other output - the second output of a two-headed model, a feature map, a
+1-D score - is judged by ``min_output_sqnr_db`` (a budget in profiles and configs; 10 dB by default, where the
+INT8 error is a third of the signal's amplitude; at 0 dB it is as large as the signal). When the budget is
+set explicitly it judges every output, the first included. A model nothing judges cannot PASS silently.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from edgepack.tasks.generic import DEFAULT_MIN_SQNR_DB as DEFAULT_MIN_OUTPUT_SQNR_DB  # noqa: E402
+
+SQNR_CAP_DB = 999.0   # identical outputs (no noise): reported as 999 dB, JSON has no infinity
+JUDGE_SAMPLES = 32    # validation samples run again to compare the outputs after the first
+
+
+def sqnr_db(ref: np.ndarray, got: np.ndarray) -> float:
+    """10 log10(signal / noise) of ``got`` against ``ref``, dB, finite: capped at +-999 dB."""
+    ref64, got64 = np.asarray(ref, np.float64), np.asarray(got, np.float64)
+    with np.errstate(all="ignore"):
+        noise, signal = float(np.sum((ref64 - got64) ** 2)), float(np.sum(ref64 ** 2))
+    if not (math.isfinite(noise) and math.isfinite(signal)) or (signal == 0 and noise > 0):
+        return -SQNR_CAP_DB
+    if noise == 0:
+        return SQNR_CAP_DB
+    return round(max(-SQNR_CAP_DB, min(SQNR_CAP_DB, 10 * math.log10(signal / noise))), 2)
+
+
+def _output_names(backend, path, count: int) -> list[str]:
+    try:
+        names = [o["name"] for o in backend.io_details(path)["outputs"]]
+    except Exception:  # names are labels only; the numbers come from the runs
+        names = []
+    if count < 0:
+        return names
+    return names if len(names) == count else [f"output{i}" for i in range(count)]
+
+
+def per_output_sqnr(ctx, fmt: str, first_sqnr: float) -> dict[str, float]:
+    """{output name: SQNR dB}: the first output's from the validation run, the others from JUDGE_SAMPLES
+    samples run again through both models (only for models with several outputs)."""
+    from edgepack import backends
+    from edgepack.inputs.data import num_samples, rows
+    from edgepack.util import host_cores
+
+    backend = backends.get(fmt)
+    declared = _output_names(backend, ctx.get(fmt, "int8").path, -1)
+    if len(declared) <= 1:
+        return {(declared or ["output0"])[0]: first_sqnr}
+    fp32 = backend.Runner(ctx.get(fmt, "fp32").path, threads=host_cores())
+    int8 = backend.Runner(ctx.get(fmt, "int8").path, threads=host_cores())
+    n_out = len(fp32.run_outputs(rows(ctx.val.x, 0, 1)))
+    names = _output_names(backend, ctx.get(fmt, "int8").path, n_out)
+    refs: list[list[np.ndarray]] = [[] for _ in range(n_out)]
+    gots: list[list[np.ndarray]] = [[] for _ in range(n_out)]
+    for i in range(min(JUDGE_SAMPLES, num_samples(ctx.val.x))):
+        sample = rows(ctx.val.x, i, i + 1)
+        for k, (r, g) in enumerate(zip(fp32.run_outputs(sample), int8.run_outputs(sample), strict=True)):
+            refs[k].append(np.ravel(r))
+            gots[k].append(np.ravel(g))
+    found = {names[k]: sqnr_db(np.concatenate(refs[k]), np.concatenate(gots[k])) for k in range(1, n_out)}
+    return {names[0]: first_sqnr, **found}
+
+
+def budget_rows(ctx, sqnrs: dict[str, float], first_judged: bool) -> list[dict]:
+    """min_output_sqnr_db rows for the outputs the classification budgets do not judge (all, when set)."""
+    explicit = ctx.config.min_output_sqnr_db
+    if explicit is None:
+        explicit = ctx.target.min_output_sqnr_db
+    floor = DEFAULT_MIN_OUTPUT_SQNR_DB if explicit is None else explicit
+    rows = []
+    for i, (name, value) in enumerate(sqnrs.items()):
+        if i == 0 and first_judged and explicit is None:
+            continue
+        row = {"name": f"output_sqnr_db[{name}]", "value": value, "limit": floor, "op": ">=",
+               "passed": bool(value >= floor)}
+        if explicit is None:
+            row["kind"] = "default floor"
+        rows.append(row)
+    return rows

@@ -1,0 +1,490 @@
+"""Hardening, round two (issue 13): every class of bad input, false success, internal error and leftover that a
+hostile user found ends cleanly: the documented exit code, one `Error:` line naming the problem, no traceback,
+nothing left under the output's parent or TMPDIR, inputs untouched. (Security holes: test_security.py.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+
+import edgepack
+from edgepack.cli import main
+from edgepack.config import Preprocess
+from edgepack.errors import InputError
+from edgepack.guards import tempdirs
+from edgepack.inputs import data, text
+from edgepack.util import manifest_json, sha256_file
+
+PACKAGE_ROOT = Path(edgepack.__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+X86 = (PACKAGE_ROOT / "targets" / "x86-64.toml").read_text()
+FAST = ["--latency-runs", "3", "--target", "x86-64", "--max-search-time", "0"]
+
+
+def one_error(output: str) -> bool:
+    return [ln[:7] for ln in output.splitlines()].count("Error: ") == 1 and "Traceback" not in output
+
+
+# ------------------------------------------------------------------ hostile models, data and profiles
+
+
+def _vi(name, shape, elem=TensorProto.FLOAT):
+    return helper.make_tensor_value_info(name, elem, shape)
+
+
+def classifier(ir: int = 10, opset: int = 17, elem=TensorProto.FLOAT) -> onnx.ModelProto:
+    """conv-relu-pool-matmul on 1x3x32x32 -> 1x10, seeded; the input type and the stamps are the variables."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32), "w")
+    fc = numpy_helper.from_array(rng.normal(0, 0.3, (8, 10)).astype(np.float32), "fc")
+    src, nodes = "x", []
+    if elem != TensorProto.FLOAT:
+        nodes.append(helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT))
+        src = "xf"
+    nodes += [helper.make_node("Conv", [src, "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"]),
+              helper.make_node("GlobalAveragePool", ["r"], ["p"]), helper.make_node("Flatten", ["p"], ["f"]),
+              helper.make_node("MatMul", ["f", "fc"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [_vi("x", [1, 3, 32, 32], elem)], [_vi("y", [1, 10])], [w, fc])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = ir
+    return model
+
+
+def _outputs(model, *outs):
+    del model.graph.output[:]
+    model.graph.output.extend(outs)
+    return model
+
+
+def _nan_model():
+    m = classifier()
+    m.graph.initializer.append(numpy_helper.from_array(np.array(-1, np.float32), "m1"))
+    m.graph.node.extend([helper.make_node("Relu", ["y"], ["ry"]), helper.make_node("Sub", ["m1", "ry"], ["ng"]),
+                         helper.make_node("Sqrt", ["ng"], ["nan"])])
+    return _outputs(m, _vi("nan", [1, 10]))
+
+
+def _custom_op():
+    m = classifier()
+    m.graph.node.append(helper.make_node("Foo", ["y"], ["z"], domain="my.ops"))
+    m.opset_import.append(helper.make_opsetid("my.ops", 1))
+    return _outputs(m, _vi("z", [1, 10]))
+
+
+def _scalar_out():
+    m = classifier()
+    m.graph.node.append(helper.make_node("ReduceSum", ["y"], ["s"], keepdims=0))
+    return _outputs(m, _vi("s", []))
+
+
+ONNX_MODELS = {
+    "ir12": lambda: classifier(ir=12), "opset24": lambda: classifier(opset=24),
+    "opset99": lambda: classifier(opset=99), "int64in": lambda: classifier(elem=TensorProto.INT64),
+    "fp16in": lambda: classifier(elem=TensorProto.FLOAT16), "noout": lambda: _outputs(classifier()),
+    "scalar": _scalar_out, "custom": _custom_op, "nan": _nan_model,
+    "two_out": lambda: _outputs(classifier(), _vi("y", [1, 10]), _vi("r", [1, 8, 32, 32])),
+    "featmap": lambda: _outputs(classifier(), _vi("c", [1, 8, 32, 32])),
+}
+
+FACTORIES = '''
+import sys, argparse, torch, toy_models
+def exit0():
+    sys.exit(0)
+def argp():
+    p = argparse.ArgumentParser(); p.add_argument("--ckpt", required=True); p.parse_args()
+    return toy_models.tiny_cnn()
+def raises():
+    raise ValueError("bad checkpoint layout")
+class Wrap(torch.nn.Module):
+    def __init__(self, kind):
+        super().__init__(); self.m, self.kind = toy_models.tiny_cnn(), kind
+    def forward(self, x):
+        y = self.m(x)
+        return {"dict": lambda: {"logits": y}, "none": lambda: None, "nan": lambda: y * float("nan"),
+                "tuple": lambda: (y, y * 3 + 1)}[self.kind]()
+def dictout():
+    return Wrap("dict").eval()
+def noneout():
+    return Wrap("none").eval()
+def nanout():
+    return Wrap("nan").eval()
+def twoout():
+    return Wrap("tuple").eval()
+'''
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory, tiny_data) -> Path:
+    d = tmp_path_factory.mktemp("hostile")
+    for name, make in ONNX_MODELS.items():
+        onnx.save(make(), d / f"{name}.onnx")
+    (d / "facts.py").write_text(FACTORIES)
+    (d / "broken_import.py").write_text("raise RuntimeError('no GPU found')\ndef make():\n    pass\n")
+    x = np.load(tiny_data["calib"])["x"]
+    np.savez(d / "huge.npz", x=np.full_like(x, 3e38))
+    head = "min_agreement = nan\n" + X86.replace("min_agreement", "# min_agreement")
+    (d / "nanbudget.toml").write_text(head)
+    (d / "noformats.toml").write_text(X86.replace('formats = ["onnx"]', "formats = []"))
+    (d / "dupformats.toml").write_text(X86.replace('formats = ["onnx"]', 'formats = ["onnx", "onnx"]'))
+    (d / "dir.toml").mkdir()
+    (d / "nan.toml").write_text('model = "toy_models:tiny_cnn"\nmax_latency_ms = nan\n')
+    sys.path.insert(0, str(d))
+    return d
+
+
+M = "toy_models:tiny_cnn"
+SHAPE = ["--input-shape", "1,3,32,32"]
+CASES = [
+    # (id, args ({h} = the hostile folder), exit code, message)
+    ("ONNX IR 12", ["{h}/ir12.onnx"], 2, "IR version 12"),
+    ("ONNX opset 24", ["{h}/opset24.onnx"], 2, "opset 24"),
+    ("ONNX opset 99", ["{h}/opset99.onnx"], 2, "opset 99"),
+    ("custom-domain op", ["{h}/custom.onnx"], 2, "custom domains (my.ops:Foo)"),
+    ("no graph outputs", ["{h}/noout.onnx"], 2, "no graph outputs"),
+    ("scalar output", ["{h}/scalar.onnx"], 2, "scalar (rank 0)"),
+    ("int64 image input", ["{h}/int64in.onnx"], 2, "is int64; image models take float32"),
+    ("float16 image input", ["{h}/fp16in.onnx"], 2, "is float16; image models take float32"),
+    ("always-NaN ONNX output", ["{h}/nan.onnx"], 2, "NaN or infinite on calibration sample 0"),
+    ("always-NaN torch output", ["facts:nanout", *SHAPE], 2, "NaN or infinite on calibration sample 0"),
+    ("factory sys.exit(0)", ["facts:exit0", *SHAPE], 2, "factory 'facts:exit0' called sys.exit(0)"),
+    ("model sys:exit", ["sys:exit", *SHAPE], 2, "factory 'sys:exit' called sys.exit()"),
+    ("factory runs argparse", ["facts:argp", *SHAPE], 2, "factory 'facts:argp' called sys.exit(2)"),
+    ("factory raises", ["facts:raises", *SHAPE], 2, "factory 'facts:raises' raised ValueError: bad checkpoint"),
+    ("factory module raises on import", ["broken_import:make", *SHAPE], 2, "importing its module) raised Runtime"),
+    ("forward returns None", ["facts:noneout", *SHAPE], 2, "returned NoneType, not a tensor"),
+    ("calibration values of 3e38", [M, *SHAPE, "--calib", "{h}/huge.npz"], 2, "values reach 3e+38"),
+    ("--min-agreement nan", [M, *SHAPE, "--min-agreement", "nan"], 2, "finite number"),
+    ("--max-size-mb inf", [M, *SHAPE, "--max-size-mb", "inf"], 2, "finite number"),
+    ("--mean with inf", [M, *SHAPE, "--mean", "0,inf,0"], 2, "finite number"),
+    ("NaN budget in a profile", [M, *SHAPE, "--target", "{h}/nanbudget.toml"], 2, "min_agreement must be a finite"),
+    ("NaN in a config file", ["--config", "{h}/nan.toml", *SHAPE], 2, "max_latency_ms must be a finite"),
+    ("profile formats = []", [M, *SHAPE, "--target", "{h}/noformats.toml"], 2, "formats = []"),
+    ("profile formats twice", [M, *SHAPE, "--target", "{h}/dupformats.toml"], 2, "name each format once"),
+    ("profile path is a folder", [M, *SHAPE, "--target", "{h}/dir.toml"], 2, "is a folder, not a .toml file"),
+]
+
+
+@pytest.mark.parametrize("case, args, code, message", CASES, ids=[c[0] for c in CASES])
+def test_bad_input(case, args, code, message, hostile, tiny_data, tmp_path, monkeypatch):
+    import tempfile
+
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    out = tmp_path / "out" / "bundle"
+    argv = ["build", *[a.replace("{h}", str(hostile)) for a in args]]
+    if "--calib" not in argv:
+        argv += ["--calib", str(tiny_data["calib"])]
+    if "--target" not in argv:
+        argv += ["--target", "x86-64"]
+    result = CliRunner().invoke(main, [*argv, "--out", str(out), "--latency-runs", "3"])
+    assert result.exit_code == code, result.output
+    assert message in result.output, result.output
+    assert one_error(result.output), result.output
+    assert "internal error" not in result.output and "usage:" not in result.output.split("Error:")[0]
+    assert not (out.parent.exists() and any(out.parent.iterdir()))
+    assert not any((tmp_path / "tmp").iterdir()), "temporary files left behind"
+
+
+def test_opset_message_names_the_runtime_not_a_truncated_download(hostile, tiny_data, tmp_path):
+    result = CliRunner().invoke(main, ["build", str(hostile / "opset99.onnx"), "--calib", str(tiny_data["calib"]),
+                                       "--out", str(tmp_path / "o")])
+    assert "onnxruntime" in result.output and "truncated" not in result.output and "ReduceMean" not in result.output
+
+
+# ------------------------------------------------------------------ every output judged, none passes unjudged
+
+
+def _build(args, out, *extra):
+    result = CliRunner().invoke(main, ["build", *map(str, args), "--out", str(out), *FAST, *extra])
+    assert result.exit_code in (0, 1), result.output
+    return result, json.loads((out / "manifest.json").read_text())
+
+
+def test_every_output_is_judged_and_kept_in_golden(hostile, tiny_data, tmp_path):
+    out = tmp_path / "two"
+    result, man = _build([hostile / "two_out.onnx", "--calib", tiny_data["calib"]], out)
+    v = man["validation"]
+    assert set(v["outputs_sqnr_db"]) == {"y", "r"}
+    rows = {b["name"]: b for b in v["budgets"]}
+    assert "output_sqnr_db[r]" in rows and rows["output_sqnr_db[r]"]["limit"] == 10.0
+    assert man["passed"] == all(b["passed"] for b in v["budgets"]) == (result.exit_code == 0)
+    golden = np.load(out / "golden.npz")
+    assert golden["onnx"].shape == (1, 10) and golden["onnx.1"].shape == (1, 8, 32, 32)
+    assert CliRunner().invoke(main, ["verify", str(out)]).exit_code == 0
+    # the second output is checked too: change it (digests recomputed) and verify fails
+    arrays = {k: golden[k] for k in golden.files}
+    arrays["onnx.1"] = arrays["onnx.1"] + 1.0
+    np.savez(out / "golden.npz", **arrays)
+    man["files"]["golden.npz"]["sha256"] = sha256_file(out / "golden.npz")
+    man["files"]["golden.npz"]["size_bytes"] = (out / "golden.npz").stat().st_size
+    (out / "manifest.json").write_text(manifest_json(man))
+    bad = CliRunner().invoke(main, ["verify", str(out)])
+    assert bad.exit_code == 5 and "differs" in bad.output, bad.output
+
+
+def test_a_feature_map_model_is_judged_by_output_sqnr(hostile, tiny_data, tmp_path):
+    """Nothing classifies a feature map: the default SQNR floor judges it, and a floor it misses fails it."""
+    _, man = _build([hostile / "featmap.onnx", "--calib", tiny_data["calib"]], tmp_path / "a")
+    row = next(b for b in man["validation"]["budgets"] if b["name"].startswith("output_sqnr_db"))
+    assert row["kind"] == "default floor" and row["limit"] == 10.0 and row["value"] == man["validation"]["sqnr_db"]
+    result, man = _build([hostile / "featmap.onnx", "--calib", tiny_data["calib"]], tmp_path / "b",
+                         "--min-output-sqnr-db", "200")
+    assert result.exit_code == 1 and not man["passed"]
+
+
+def test_torch_outputs_in_a_dict_or_a_tuple_build(hostile, tiny_data, tmp_path):
+    _, man = _build(["facts:dictout", *SHAPE, "--calib", tiny_data["calib"]], tmp_path / "d")
+    assert man["validation"]["agreement"] is not None
+    _, man = _build(["facts:twoout", *SHAPE, "--calib", tiny_data["calib"]], tmp_path / "t")
+    assert len(man["validation"]["outputs_sqnr_db"]) == 2
+
+
+# ------------------------------------------------------------------ data files
+
+
+def test_sixteen_bit_png_is_scaled_not_saturated(tmp_path):
+    from PIL import Image
+
+    grey = np.full((40, 40), 32896, np.uint16)  # 50 % grey in 16 bits = 128 in 8 bits
+    Image.fromarray(grey).save(tmp_path / "g16.png")
+    pre = Preprocess(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    x = data.preprocess_image(tmp_path / "g16.png", (1, 3, 32, 32), pre)
+    assert np.allclose(x, 128 / 255, atol=1 / 255), float(x.max())
+
+
+def test_csv_with_a_byte_order_mark_reads(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_bytes("text,label\nhello,1\nworld,0\n".encode("utf-8-sig"))
+    texts, labels = text.read_texts(path)
+    assert texts == ["hello", "world"] and labels.tolist() == [1, 0]
+
+
+@pytest.mark.parametrize("content, message", [
+    ('text,label\n"hello,0\nworld,1\n', "not valid CSV"),
+    ('{"text": "a", "label": ' + str(10**30) + "}\n", "is not a non-negative integer"),
+    ('{"text": "a", "label": 3.5}\n', "is not a non-negative integer"),
+])
+def test_bad_text_rows_are_reported(content, message, tmp_path):
+    path = tmp_path / ("t.csv" if content.startswith("text") else "t.jsonl")
+    path.write_text(content)
+    with pytest.raises(InputError, match=message):
+        text.read_texts(path)
+
+
+def test_npz_labels_beyond_a_class_index_are_refused(tmp_path):
+    np.savez(tmp_path / "v.npz", x=np.zeros((4, 3, 8, 8), np.float32), y=np.array([0, 1, 2, 2**63], np.uint64))
+    with pytest.raises(InputError, match="not a class index"):
+        data.load(str(tmp_path / "v.npz"), input_shape=(1, 3, 8, 8), preprocess=Preprocess(), count=None, seed=0,
+                  role="validation")
+
+
+# ------------------------------------------------------------------ bundles: inspect and verify answer exit 5
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("b2") / "tiny"
+    result = CliRunner().invoke(main, ["build", M, *SHAPE, "--calib", str(tiny_data["calib"]), "--out", str(out),
+                                       *FAST, "--quiet"])
+    assert result.exit_code in (0, 1), result.output
+    return out
+
+
+def _text_edit(find: str, put: str):
+    return lambda d: (d / "manifest.json").write_text((d / "manifest.json").read_text().replace(find, put, 1))
+
+
+def _json_edit(fn):
+    def apply(d):
+        man = json.loads((d / "manifest.json").read_text())
+        fn(man)
+        (d / "manifest.json").write_text(manifest_json(man))
+    return apply
+
+
+def _golden(arrays_fn):
+    def apply(d):
+        golden = np.load(d / "golden.npz")
+        np.savez(d / "golden.npz", **arrays_fn({k: golden[k] for k in golden.files}))
+        _json_edit(lambda man: man["files"]["golden.npz"].update(sha256=sha256_file(d / "golden.npz")))(d)
+    return apply
+
+
+def _object_golden(arrays):
+    arrays["input"] = np.array([{"a": 1}], dtype=object)
+    return arrays
+
+
+BUNDLES = [
+    ("5,000-digit integer", _text_edit('"tolerance": 0.001', '"tolerance": ' + "9" * 5000), "not valid JSON"),
+    ("1e400", _text_edit('"tolerance": 0.001', '"tolerance": 1e400'), "out of range"),
+    ("NaN", _text_edit('"tolerance": 0.001', '"tolerance": NaN'), "not a number JSON allows"),
+    ("deep nesting", _text_edit('"schema"', '"deep": ' + "[" * 50000 + "]" * 50000 + ', "schema"'), "not valid JSON"),
+    ("nesting over 64", _json_edit(lambda m: m.update(deep=json.loads("[" * 100 + "]" * 100))), "nested more than"),
+    ("models = [1]", _json_edit(lambda m: m.update(models=[1])), "models[0] should be an object"),
+    ("models = []", _json_edit(lambda m: m.update(models=[])), "models is empty"),
+    ("unknown format", _json_edit(lambda m: m["models"][0].update(format="coreml")), "'coreml' is not one of"),
+    ("tolerance as a string", _json_edit(lambda m: m["golden"].update(tolerance="0.001")), "golden.tolerance"),
+    ("validation emptied", _json_edit(lambda m: m["models"][0].update(validation={})), "lacks or mistypes"),
+    ("inputs of strings", _json_edit(lambda m: m["models"][0].update(inputs=["x"])), "inputs[0] should be an object"),
+    ("object arrays in golden.npz", _golden(_object_golden), "golden sample"),
+    ("golden output missing", _golden(lambda a: {"input": a["input"]}), "lacks output 0"),
+    ("golden output reshaped", _golden(lambda a: {**a, "onnx": a["onnx"].reshape(-1)}), "has shape"),
+    ("golden input of text", _golden(lambda a: {**a, "input": np.array(["x"])}), "not numeric"),
+]
+
+
+@pytest.mark.parametrize("case, make, message", BUNDLES, ids=[c[0] for c in BUNDLES])
+def test_a_damaged_manifest_or_golden_is_exit_5(case, make, message, bundle, tmp_path):
+    copy = tmp_path / "b"
+    shutil.copytree(bundle, copy)
+    make(copy)
+    commands = ("verify",) if "golden" in case else ("inspect", "verify")
+    for command in commands:
+        result = CliRunner().invoke(main, [command, str(copy)])
+        assert result.exit_code == 5, (command, result.output)
+        assert message in result.output and one_error(result.output), (command, result.output)
+
+
+# ------------------------------------------------------------------ resources
+
+
+def _cli(args, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": f"{PACKAGE_ROOT}:{TESTS}", "OMP_NUM_THREADS": "1", **kwargs.pop("env", {})}
+    return subprocess.run([sys.executable, "-m", "edgepack.cli", *map(str, args)], env=env, capture_output=True,
+                          text=True, timeout=600, **kwargs)
+
+
+def test_stdout_on_dev_full_is_an_output_error():
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-m", "edgepack.cli", "targets", "list"], stdout=full,
+                              stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(PACKAGE_ROOT)})
+    assert proc.returncode == 3, proc.stderr
+    assert "cannot write to standard output" in proc.stderr and one_error(proc.stderr)
+    assert "Exception ignored" not in proc.stderr
+
+
+def test_file_size_limit_is_an_output_error_and_leaves_nothing(tiny_data, tmp_path):
+    import resource
+
+    out, tmp = tmp_path / "out" / "b", tmp_path / "tmp"
+    tmp.mkdir()
+    proc = _cli(["build", M, *SHAPE, "--calib", tiny_data["calib"], "--out", out, *FAST], env={"TMPDIR": str(tmp)},
+                preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000)))
+    assert proc.returncode == 3, proc.stderr
+    assert "file-size limit" in proc.stderr and one_error(proc.stderr), proc.stderr
+    assert not list(tmp.iterdir()) and not (out.parent.exists() and list(out.parent.iterdir()))
+
+
+def test_full_tmpdir_is_an_output_error_and_leaves_nothing(tiny_data, tmp_path):
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=60k", "tmpfs", str(small)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        out = tmp_path / "out" / "b"
+        proc = _cli(["build", M, *SHAPE, "--calib", tiny_data["calib"], "--out", out, *FAST],
+                    env={"TMPDIR": str(small)})
+        assert proc.returncode == 3, proc.stderr
+        assert "no space left" in proc.stderr and "TMPDIR" in proc.stderr and one_error(proc.stderr), proc.stderr
+        assert "torch.export" not in proc.stderr
+        assert list(small.iterdir()) == [] and not out.exists()
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
+
+
+@pytest.mark.parametrize("exc, code, message", [(MemoryError(), 4, "out of memory"),
+                                                (OSError(28, "No space left on device"), 3, "no space left")])
+def test_resource_errors_anywhere_are_not_internal_errors(exc, code, message, tiny_data, tmp_path, monkeypatch):
+    from edgepack import pipeline
+
+    def run_out(ctx):
+        raise exc
+    monkeypatch.setattr(pipeline, "STAGES", [(n, run_out if n == "validate" else f) for n, f in pipeline.STAGES])
+    out = tmp_path / "o" / "b"
+    result = CliRunner().invoke(main, ["build", M, *SHAPE, "--calib", str(tiny_data["calib"]), "--out", str(out),
+                                       *FAST])
+    assert result.exit_code == code and message in result.output and one_error(result.output), result.output
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------ left behind
+
+
+def test_sighup_cleans_up_and_exits_129(tiny_data, tmp_path):
+    tmp, out = tmp_path / "tmp", tmp_path / "out" / "b"
+    tmp.mkdir()
+    env = {**os.environ, "PYTHONPATH": f"{PACKAGE_ROOT}:{TESTS}", "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp)}
+    proc = subprocess.Popen([sys.executable, "-m", "edgepack.cli", "build", M, *SHAPE, "--calib",
+                             str(tiny_data["calib"]), "--out", str(out), *FAST], env=env, stderr=subprocess.PIPE,
+                            text=True)
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if "quantizing" in line:
+            proc.send_signal(signal.SIGHUP)
+            break
+    rest = proc.stderr.read()
+    proc.wait(timeout=120)
+    assert proc.returncode == 129, "".join(seen) + rest
+    assert "hung up (SIGHUP" in rest and one_error(rest)
+    assert list(tmp.iterdir()) == [] and not out.exists()
+
+
+def test_stale_work_folders_of_dead_processes_are_swept(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        stale = tmp_path / f"edgepack-{dead.pid}-abc"
+        live = tmp_path / f"edgepack-{alive.pid}-abc"
+        other = tmp_path / "edgepack-refs-xyz"  # not ours to judge: no pid in the name
+        for d in (stale, live, other):
+            (d / "tmp").mkdir(parents=True)
+            (d / "tmp" / "ort.quant.x").write_text("x")
+        removed = tempdirs.sweep_stale(tmp_path)
+        assert removed == [stale] and live.exists() and other.exists()
+    finally:
+        alive.kill()
+
+
+def test_a_locked_work_folder_is_in_use_whatever_its_pid(tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with tempdirs.scratch() as work:
+        renamed = work.with_name("edgepack-999999999-x")  # a pid that is not alive here (another namespace)
+        work.rename(renamed)
+        assert tempdirs.sweep_stale(tmp_path) == [] and renamed.exists()
+        renamed.rename(work)
+
+
+@pytest.mark.parametrize("kind", ["file", "symlink"])
+def test_force_replacing_a_file_or_link_leaves_no_old_copy(kind, tiny_data, tmp_path):
+    out = tmp_path / "o" / "b"
+    out.parent.mkdir()
+    if kind == "file":
+        out.write_text("an old file")
+    else:
+        (tmp_path / "elsewhere").mkdir()
+        out.symlink_to(tmp_path / "elsewhere")
+    result = CliRunner().invoke(main, ["build", M, *SHAPE, "--calib", str(tiny_data["calib"]), "--out", str(out),
+                                       "--force", *FAST, "--quiet"])
+    assert result.exit_code in (0, 1), result.output
+    assert (out / "manifest.json").is_file()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["b", "b.zip"]
+    if kind == "symlink":
+        assert (tmp_path / "elsewhere").is_dir()
