@@ -125,10 +125,11 @@ def _table(rows: list[dict]) -> str:
         lat = "-" if r.get("latency_ms") is None else f"{r['latency_ms']:.3f}"
         size = "-" if r.get("size_bytes") is None else f"{r['size_bytes'] / 1e6:.2f}"
         macs = "-" if not r.get("macs") else f"{r['macs'] / 1e6:.1f} M"
-        link = (f"<a href='{escape(r['bundle'])}/report.html'>report</a>" if r.get("bundle") else "-")
+        link = f"<a href='{escape(r['bundle'])}/report.html'>report</a>" if r.get("bundle") else "-"
+        timing = r.get("timing") if r.get("latency_ms") is not None else None
         status = f"<span class='err'>{r['status']}</span>" if r["status"] != "passed" else r["status"]
         body.append(f"<tr><td>{escape(r['name'])}</td><td>{escape(r['target'])}</td><td>{status}</td>"
-                    f"<td class='num'>{q}</td><td class='num'>{lat}</td><td>{escape(str(r.get('timing') or '-'))}"
+                    f"<td class='num'>{q}</td><td class='num'>{lat}</td><td>{escape(str(timing or '-'))}"
                     f"</td><td class='num'>{size}</td><td class='num'>{macs}</td>"
                     f"<td class='num'>{r.get('seconds') or '-'}</td><td>{link}</td></tr>")
     return f"<table>{head}{''.join(body)}</table>"
