@@ -1,10 +1,10 @@
 """Ray underneath a sweep: an embedded local Ray started (and removed) for the sweep, or an existing cluster.
 
 Embedded: `ray.init(address="local", num_cpus=N, include_dashboard=False)` with its session files in a temp
-folder of our own (deleted after `ray.shutdown()`), and token authentication off (RAY_AUTH_MODE=disabled,
-set only around this init): nothing listens beyond this machine's own processes and nothing is left in
-/tmp/ray or ~/.ray. With an address, edgepack joins the cluster as it is configured, authentication
-included (RAY_AUTH_MODE and the token come from the environment: see docs/sweep-cluster.md).
+folder of our own (deleted after `ray.shutdown()`), token authentication off and loopback addresses only
+(EMBEDDED_ENV, set only around this session): nothing is left in /tmp/ray or ~/.ray. With an address,
+edgepack joins the cluster as it is configured, authentication included (RAY_AUTH_MODE and the token come
+from the environment: see docs/sweep-cluster.md).
 
 Each trial is one Ray task reserving `cpus_per_trial` CPUs, retried `max_retries` times when its worker or node
 dies. Results are handed to the caller as they finish; Ctrl-C cancels (and kills) what is still running.
@@ -26,7 +26,10 @@ from ..errors import InputError
 from .plan import Trial
 from .spec import SweepOptions
 
-AUTH_ENV = "RAY_AUTH_MODE"
+# The embedded Ray is one machine's: no token authentication (no ~/.ray/auth_token is written) and every Ray
+# process addressed on loopback only (Ray's own switch for single-machine clusters; without it Ray swaps
+# 127.0.0.1 for the machine's network address).
+EMBEDDED_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 OBJECT_STORE_BYTES = 512 * 1024 * 1024  # bundles pass through it as zips; Ray spills to disk beyond this
 WAIT_S = 1.0
 
@@ -55,8 +58,8 @@ def _ray():
 def session(address: str | None, num_cpus: int | None) -> Iterator[Cluster]:
     """Start an embedded Ray (address None) or join ``address``; always disconnect, and for the embedded
     one stop it and delete its session folder."""
-    ray = _ray()
     if address:
+        ray = _ray()
         try:
             ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
         except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -69,19 +72,30 @@ def session(address: str | None, num_cpus: int | None) -> Iterator[Cluster]:
             ray.shutdown()
         return
     temp = Path(tempfile.mkdtemp(prefix="edgepack-ray-"))
-    old_auth = os.environ.get(AUTH_ENV)
-    os.environ[AUTH_ENV] = "disabled"  # an embedded, single-machine Ray: no token file in ~/.ray
+    with _environ(EMBEDDED_ENV):
+        ray = _ray()  # imported after the variables are set: Ray reads them at import
+        try:
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _temp_dir=str(temp),
+                     log_to_driver=False, logging_level=logging.WARNING, object_store_memory=OBJECT_STORE_BYTES)
+            yield _describe(ray, "embedded local Ray", embedded=True, staging_root=str(temp / "trials"))
+        finally:
+            ray.shutdown()
+            shutil.rmtree(temp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables (inherited by the Ray processes started meanwhile), then restore them."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
     try:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _temp_dir=str(temp),
-                 log_to_driver=False, logging_level=logging.WARNING, object_store_memory=OBJECT_STORE_BYTES)
-        yield _describe(ray, "embedded local Ray", embedded=True, staging_root=str(temp / "trials"))
+        yield
     finally:
-        ray.shutdown()
-        if old_auth is None:
-            os.environ.pop(AUTH_ENV, None)
-        else:
-            os.environ[AUTH_ENV] = old_auth
-        shutil.rmtree(temp, ignore_errors=True)
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _describe(ray, what: str, *, embedded: bool, staging_root: str | None) -> Cluster:
