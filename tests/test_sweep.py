@@ -105,12 +105,21 @@ def test_invalid_trial_settings_are_collected_into_one_error(sweep_dir):
     assert "ratio = 7.0 is above the maximum" in err.value.message
 
 
-def _gate(*dead):
-    return GateState(alive=lambda pid: pid not in dead)
+class Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _gate(*dead, clock=None):
+    return GateState(alive=lambda pid: pid not in dead, clock=clock or Clock())
 
 
 def test_gate_times_only_when_every_other_trial_on_the_node_is_parked():
-    g = _gate()
+    clock = Clock()
+    g = _gate(clock=clock)
     assert g.enter("a", 1) and g.enter("b", 2)
     g.park("a", 1)
     assert not g.may_time("a")          # b still computes
@@ -118,11 +127,18 @@ def test_gate_times_only_when_every_other_trial_on_the_node_is_parked():
     assert g.may_time("a") and not g.may_time("b")  # one at a time, first come first
     assert not g.enter("c", 3)          # a newcomer waits at the door while anyone is parked or timing
     g.done("a")
-    assert not g.may_time("b")          # a computes again
+    clock.t += 0.5
+    g.park("a", 1)                      # a times again within its hold (N threads, then one): still its window
+    assert g.may_time("a") and not g.may_time("b")
+    g.done("a")
+    clock.t += 2.0                      # the hold is over: a computes again
+    assert not g.may_time("b")
     g.leave("a")
     assert g.may_time("b") and not g.admitted("c")
     g.done("b")
-    assert g.admitted("c")              # nobody parked: the door opens
+    assert not g.admitted("c")          # b's hold
+    clock.t += 2.0
+    assert g.admitted("c")              # nobody parked or timing: the door opens
 
 
 def test_gate_forgets_trials_whose_worker_died():

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 RUN, PARKED, TIMING, DOOR = "run", "parked", "timing", "door"
 POLL_S = 0.05
+HOLD_S = 1.0  # a trial that just timed keeps the window this long: validate times at N threads, then at one
 
 
 @dataclass
@@ -36,11 +37,21 @@ class GateState:
     """Who is on one node and in which state. ``alive(pid)`` says whether a trial's worker still exists."""
 
     alive: Callable[[int], bool]
+    clock: Callable[[], float] = time.monotonic
     trials: dict[str, tuple[int, str]] = field(default_factory=dict)  # key -> (worker pid, state)
     queue: list[str] = field(default_factory=list)                     # parked keys, first come first timed
+    held: dict[str, float] = field(default_factory=dict)               # key -> end of its hold (clock s)
 
     def _states(self) -> list[str]:
+        self._expire()
         return [s for _, s in self.trials.values()]
+
+    def _expire(self) -> None:
+        for key, until in list(self.held.items()):
+            if self.clock() >= until:
+                del self.held[key]
+                if key in self.trials and self.trials[key][1] == TIMING:
+                    self.trials[key] = (self.trials[key][0], RUN)
 
     def reap(self) -> list[str]:
         """Forget trials whose worker died (killed, node lost): they will never leave by themselves."""
@@ -66,11 +77,16 @@ class GateState:
         return self.trials[key][1] != DOOR
 
     def park(self, key: str, pid: int) -> None:
+        self._expire()
+        if self.held.pop(key, None) is not None and self.trials.get(key, (0, ""))[1] == TIMING:
+            return  # timing again within its hold: the window is still its own
         self.trials[key] = (pid, PARKED)
         self.queue.append(key)
 
     def may_time(self, key: str) -> bool:
         """True (and the trial is now timing) when it is first in line and no other trial computes."""
+        if self.trials.get(key, (0, ""))[1] == TIMING and key not in self.queue:
+            return True  # re-granted within its hold
         states = self._states()
         if RUN in states or TIMING in states or not self.queue or self.queue[0] != key:
             return False
@@ -86,11 +102,13 @@ class GateState:
             self.trials[key] = (self.trials[key][0], RUN)
 
     def done(self, key: str) -> None:
+        """Timing finished: the trial keeps the window for HOLD_S (its next timing call may follow at once)."""
         if key in self.trials:
-            self.trials[key] = (self.trials[key][0], RUN)
+            self.held[key] = self.clock() + HOLD_S
 
     def leave(self, key: str) -> None:
         self.trials.pop(key, None)
+        self.held.pop(key, None)
         if key in self.queue:
             self.queue.remove(key)
 
