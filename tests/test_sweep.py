@@ -261,3 +261,20 @@ def test_edgepack_sweep_is_both_the_function_and_the_package():
     import edgepack.sweep.spec  # noqa: F401  (importing the package must not break the function)
 
     assert callable(edgepack.sweep) and edgepack.sweep.run is not None
+
+
+def test_terminal_progress_counts_trials_and_estimates_the_time_left(capsys):
+    from edgepack.sweep.api import SweepProgress
+    from edgepack.sweep.cli_ui import SweepUi
+
+    ui = SweepUi()
+    ui.progress(SweepProgress(total=5, todo=2, cluster="embedded local Ray (1 node(s), 2 CPUs)"))
+    row = {"name": "m @ x86-64 | calibration_method=minmax", "status": "passed", "seconds": 40.0}
+    ui.progress(SweepProgress(total=5, todo=2, done=1, elapsed_s=60.0, eta_s=60.0, last=row))
+    ui.progress(SweepProgress(total=5, todo=2, done=2, errors=1, elapsed_s=150.0, eta_s=0.0,
+                              last={**row, "status": "error", "error": {"message": "bad weights"}}))
+    ui.finish()
+    err = capsys.readouterr().err
+    assert "resuming: 2 of 5 trials missing (3 finished, kept) on embedded local Ray" in err
+    assert "[1/2] m @ x86-64 | calibration_method=minmax: passed (40 s), ETA 60 s" in err
+    assert "[2/2] m @ x86-64 | calibration_method=minmax: ERROR bad weights (40 s)\n" in err

@@ -40,7 +40,9 @@ class SweepUi:
             r = p.last
             verdict = r["status"] if r["status"] != "error" else f"ERROR {(r.get('error') or {}).get('message', '')}"
             self._clear()
-            click.echo(f"  [{p.done}/{p.todo}] {r['name']}: {verdict[:160]} ({r.get('seconds') or 0:.0f} s)", err=True)
+            eta = f", ETA {_duration(p.eta_s)}" if p.done < p.todo else ""
+            click.echo(f"  [{p.done}/{p.todo}] {r['name']}: {verdict[:160]} ({r.get('seconds') or 0:.0f} s){eta}",
+                       err=True)
         line = (f"  {p.done}/{p.todo} done, {p.errors} failed, elapsed {_duration(p.elapsed_s)}, "
                 f"ETA {_duration(p.eta_s) if p.done else '?'}")
         if self.tty:
