@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError
+from ..errors import InputError, StageError
 from .plan import Trial
 from .spec import SweepOptions
 
@@ -32,6 +32,7 @@ from .spec import SweepOptions
 EMBEDDED_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 OBJECT_STORE_BYTES = 512 * 1024 * 1024  # bundles pass through it as zips; Ray spills to disk beyond this
 WAIT_S = 1.0
+STARTS = 3
 
 
 @dataclass
@@ -75,12 +76,26 @@ def session(address: str | None, num_cpus: int | None) -> Iterator[Cluster]:
     with _environ(EMBEDDED_ENV):
         ray = _ray()  # imported after the variables are set: Ray reads them at import
         try:
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _temp_dir=str(temp),
-                     log_to_driver=False, logging_level=logging.WARNING, object_store_memory=OBJECT_STORE_BYTES)
+            _start_embedded(ray, num_cpus, temp)
             yield _describe(ray, "embedded local Ray", embedded=True, staging_root=str(temp / "trials"))
         finally:
             ray.shutdown()
             shutil.rmtree(temp, ignore_errors=True)
+
+
+def _start_embedded(ray, num_cpus: int | None, temp: Path) -> None:
+    """ray.init, tried STARTS times: Ray gives its raylet a fixed 30 s to register, which a heavily loaded
+    machine can miss ("The current node timed out during startup")."""
+    for attempt in range(1, STARTS + 1):
+        try:
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _temp_dir=str(temp),
+                     log_to_driver=False, logging_level=logging.WARNING, object_store_memory=OBJECT_STORE_BYTES)
+            return
+        except Exception as exc:  # Ray raises a bare Exception for the startup timeout
+            ray.shutdown()
+            if attempt == STARTS or "timed out during startup" not in str(exc):
+                raise StageError(f"the embedded Ray did not start: {str(exc)[:300]}",
+                                 hint="the machine may be overloaded: try again, or pass --num-cpus 1") from None
 
 
 @contextlib.contextmanager
