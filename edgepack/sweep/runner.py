@@ -26,10 +26,13 @@ from ..errors import InputError, StageError
 from .plan import Trial
 from .spec import SweepOptions
 
-# The embedded Ray is one machine's: no token authentication (no ~/.ray/auth_token is written) and every Ray
+# The embedded Ray is one machine's: no token authentication (no ~/.ray/auth_token is written); every Ray
 # process addressed on loopback only (Ray's own switch for single-machine clusters; without it Ray swaps
-# 127.0.0.1 for the machine's network address).
-EMBEDDED_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+# 127.0.0.1 for the machine's network address); and Ray's memory monitor off: it kills Ray workers when the
+# whole machine's memory is above 95 %, so on a shared machine other programs' memory failed every trial (seen
+# here). A build that really runs out of memory is still killed by the kernel, and Ray retries it.
+EMBEDDED_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+                "RAY_memory_monitor_refresh_ms": "0"}
 OBJECT_STORE_BYTES = 512 * 1024 * 1024  # bundles pass through it as zips; Ray spills to disk beyond this
 WAIT_S = 1.0
 STARTS = 3
