@@ -71,43 +71,45 @@ def _nothing_half_written(out: Path) -> dict[str, dict]:
     return rows
 
 
-def _ray_leftovers(before: set[str]) -> list[str]:
-    """Ray session folders or processes this test's embedded Ray left behind."""
-    import tempfile
-
+def _ray_leftovers(tmp: Path) -> list[str]:
+    """What the embedded Rays started with TMPDIR=tmp left behind: folders there, or processes naming it."""
     import psutil
 
-    tmp = Path(tempfile.gettempdir())
-    new = {str(p) for p in tmp.glob("edgepack-ray-*")} - before
-    procs = [p.pid for p in psutil.process_iter(["cmdline"])
-             if any(n in " ".join(p.info["cmdline"] or []) for n in new)]
-    return sorted(new) + [f"pid {p}" for p in procs]
+    procs = [p.pid for p in psutil.process_iter(["cmdline"]) if str(tmp) in " ".join(p.info["cmdline"] or [])]
+    return sorted(str(p) for p in tmp.iterdir()) + [f"pid {p}" for p in procs]
 
 
 def test_embedded_ray_ctrl_c_keeps_finished_trials_and_resume_builds_only_the_missing(tmp_path, tiny_data):
     import tempfile
 
     d = _sweep_dir(tmp_path, tiny_data, FAILING_THIRD)
-    before = {str(p) for p in Path(tempfile.gettempdir()).glob("edgepack-ray-*")}
+    tmp = Path(tempfile.mkdtemp(prefix="ep-emb-"))  # short: Ray's socket paths must stay under 107 characters
+    env = {**_env(), "TMPDIR": str(tmp)}
     token = Path.home() / ".ray" / "auth_token"
     had_token = token.exists()
-    proc = subprocess.Popen(_cli("--num-cpus", "1"), cwd=d, env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,  # Ctrl-C reaches it even if this runs in background
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.monotonic() + 900
-    while not list((d / "out" / store.TRIALS).glob(f"*/{store.RECORD}")):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-2000:]
-        time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)  # Ctrl-C while the next trial builds
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 130, err[-2000:]
-    assert "--resume" in err
-    kept = _nothing_half_written(d / "out")
-    assert 1 <= len(kept) < 3
+    try:
+        proc = subprocess.Popen(_cli("--num-cpus", "1"), cwd=d, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True,  # Ctrl-C reaches it even if run in background
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        deadline = time.monotonic() + 900
+        while not list((d / "out" / store.TRIALS).glob(f"*/{store.RECORD}")):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-2000:]
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C while the next trial builds
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 130, err[-2000:]
+        assert "--resume" in err
+        kept = _nothing_half_written(d / "out")
+        assert 1 <= len(kept) < 3
+        assert _ray_leftovers(tmp) == []
 
-    res = subprocess.run(_cli("--resume"), cwd=d, env=_env(), capture_output=True, text=True, timeout=1200)
-    assert f"resuming: {3 - len(kept)} of 3 trials missing ({len(kept)} finished, kept)" in res.stderr, res.stderr
-    assert res.returncode == 1, res.stderr  # one trial fails on its own (missing weights): recorded, exit 1
+        res = subprocess.run(_cli("--resume"), cwd=d, env=env, capture_output=True, text=True, timeout=1200)
+        assert f"resuming: {3 - len(kept)} of 3 trials missing ({len(kept)} finished, kept)" in res.stderr, \
+            res.stderr
+        assert res.returncode == 1, res.stderr  # one trial fails on its own (missing weights): recorded, exit 1
+        assert _ray_leftovers(tmp) == []
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     rows = _nothing_half_written(d / "out")
     assert set(kept) <= set(rows) and len(rows) == 3
     doc = json.loads((d / "out" / "sweep.json").read_text())
@@ -115,7 +117,6 @@ def test_embedded_ray_ctrl_c_keeps_finished_trials_and_resume_builds_only_the_mi
     failed = next(r for r in doc["trials"] if r["status"] == "error")
     assert failed["error"]["type"] == "InputError" and "missing.pt" in failed["error"]["message"]
     assert all(r["timing"] == "exclusive" for r in doc["trials"] if r["status"] != "error")
-    assert _ray_leftovers(before) == []
     assert token.exists() == had_token  # the embedded Ray wrote no auth token
     _screenshot_shows_front_and_best(d / "out" / "sweep.html", tmp_path)
 
