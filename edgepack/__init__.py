@@ -16,4 +16,11 @@ def build(*args, **kwargs):
     return _build(*args, **kwargs)
 
 
-__all__ = ["EdgepackError", "build", "__version__"]
+def sweep(*args, **kwargs):
+    """See edgepack.sweep.run: many builds on Ray (`pip install 'edgepack[sweep]'`), imported lazily."""
+    from edgepack.sweep import run as _run
+
+    return _run(*args, **kwargs)
+
+
+__all__ = ["EdgepackError", "build", "sweep", "__version__"]

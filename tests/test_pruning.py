@@ -18,8 +18,8 @@ from edgepack.config import FinetuneOptions, Preprocess, PruneOptions  # noqa: E
 from edgepack.errors import ConfigError, InputError  # noqa: E402
 from edgepack.inputs.data import Dataset  # noqa: E402
 from edgepack.inputs.sources import LoadedModel  # noqa: E402
-from edgepack.pruning.channels import channels as pruning  # noqa: E402
-from edgepack.pruning.channels import io as pruned_io  # noqa: E402
+from edgepack.pruning import channels as pruning  # noqa: E402
+from edgepack.pruning import io as pruned_io  # noqa: E402
 from edgepack.pruning.channels import prune_model  # noqa: E402
 from edgepack.pruning.finetune import finetune, split_indices  # noqa: E402
 from edgepack.stages import prune as prune_stage  # noqa: E402

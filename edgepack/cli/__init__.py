@@ -503,5 +503,57 @@ def verify(ctx: click.Context, bundle: str) -> None:
     run_command(ctx, body)
 
 
+@main.command("sweep")
+@click.argument("sweep_file", type=click.Path(dir_okay=False))
+@click.option("--out", "-o", required=True, help="Sweep folder: trials/<key>/ bundles, sweep.json, sweep.html.")
+@click.option("--resume", is_flag=True, help="Build only the trials without a result in OUT (they are counted).")
+@click.option("--retry-failed", is_flag=True, help="With --resume: rebuild the trials that failed, too.")
+@click.option("--force", is_flag=True, help="Forget the earlier trials in OUT and build every trial.")
+@click.option("--address", help="Join this Ray cluster (HOST:PORT or ray://HOST:10001); default: an embedded "
+                                "local Ray, stopped after the sweep.")
+@click.option("--num-cpus", type=int, help="Embedded Ray: CPUs to use, i.e. trials side by side (default: all).")
+@click.option("--dry-run", is_flag=True, help="List the trials (and which would be built), build nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the sweep.json summary on stdout.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+@click.pass_context
+def sweep_cmd(ctx: click.Context, sweep_file: str, out: str, dry_run: bool, as_json: bool, quiet: bool,
+              **options: Any) -> None:
+    """Build every trial of SWEEP_FILE (models x targets x settings) on Ray; sweep.html shows the Pareto front
+    (quality vs latency) and the best bundle per target.
+
+    Example: edgepack sweep examples/fashion_mnist/sweep.toml --out build/sweep
+    Exit code 0: every trial built (budgets may be missed: see sweep.html); 1: some trials failed to build
+    (recorded with their error); 130: interrupted (finished trials are kept: run again with --resume).
+    """
+    _handle_signals()
+
+    def body() -> None:
+        from .sweep import api as sweep_api
+        from .sweep.cli_ui import SweepUi, summary
+
+        run_options = sweep_api.RunOptions(**options)
+        if dry_run:
+            trials, todo = sweep_api.preview(sweep_file, out, run_options)
+            build = {t.key for t in todo}
+            rows = [(t.key[:12], "build" if t.key in build else "kept", t.name) for t in trials]
+            click.echo(text_table(("key", "action", "trial"), rows))
+            click.echo(f"{len(trials)} trials, {len(todo)} to build")
+            return
+        ui = SweepUi(quiet=quiet or as_json)
+        try:
+            with contextlib.redirect_stdout(sys.stderr):
+                result = sweep_api.run(sweep_file, out, run_options, progress=ui.progress)
+        finally:
+            ui.finish()
+        if as_json:
+            doc = result.document
+            click.echo(json.dumps({k: doc[k] for k in ("name", "counts", "targets", "run")}, indent=2))
+        else:
+            click.echo(summary(result))
+        sys.exit(EXIT_OK if result.errors == 0 else EXIT_BUDGET)
+
+    run_command(ctx, body)
+
+
 if __name__ == "__main__":
     main()

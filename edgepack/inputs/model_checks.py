@@ -7,8 +7,8 @@
 - ``first_tensor``: what a torch forward returned (a tensor, or a tuple / list / dict of tensors) -> its first
   tensor; anything else is the model's error, not a crash later.
 - ``check_output_rank``: the first output has a batch dimension (rank >= 1).
-- ``edgepack.stages.export.check_finite_outputs``: the FP32 model's outputs on a few calibration samples are finite, so a model that
-  always gives NaN stops in seconds instead of after the whole build.
+- (in edgepack.stages.export) ``check_finite_outputs``: the FP32 model's outputs on a few calibration samples
+  are finite, so a model that always gives NaN stops in seconds instead of after the whole build.
 """
 
 from __future__ import annotations
