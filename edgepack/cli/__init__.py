@@ -528,8 +528,8 @@ def sweep_cmd(ctx: click.Context, sweep_file: str, out: str, dry_run: bool, as_j
     _handle_signals()
 
     def body() -> None:
-        from .sweep import api as sweep_api
-        from .sweep.cli_ui import SweepUi, summary
+        from edgepack.sweep import api as sweep_api
+        from edgepack.sweep.cli_ui import SweepUi, summary
 
         run_options = sweep_api.RunOptions(**options)
         if dry_run:
