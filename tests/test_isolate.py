@@ -100,3 +100,28 @@ def test_cli_build_with_an_aborting_converter_exits_4_and_leaves_no_temp_files(t
     assert any(line.startswith("Hint:") for line in proc.stderr.splitlines())
     assert sorted(p.name for p in folder.iterdir()) == []
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.zip").exists()
+
+
+def test_ctrl_c_in_the_parent_kills_the_child_and_removes_its_folders(tmp_path):
+    """SIGINT to the parent while the child works: the parent exits, the child is gone, TMPDIR is empty."""
+    import signal
+    import time
+
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    script = ("import time, sys\nfrom edgepack import isolate\nprint('started', flush=True)\n"
+              "try:\n    isolate.call(time.sleep, 120, step='sleeping', key='sleep')\n"
+              "except KeyboardInterrupt:\n    sys.exit(130)\n")
+    env = {**os.environ, "TMPDIR": str(folder), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "started"
+    deadline = time.monotonic() + 60
+    while not list(folder.glob("edgepack-child-*/tmp")) and time.monotonic() < deadline:
+        time.sleep(0.1)  # wait until the child runs
+    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert children, "the child should be running"
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 130
+    time.sleep(0.5)
+    assert all(not Path(f"/proc/{pid}").exists() for pid in children)
+    assert list(folder.iterdir()) == []

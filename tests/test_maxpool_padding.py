@@ -58,7 +58,7 @@ def test_pad_moves_into_a_pad_node_with_the_calibrated_minimum(tmp_path, relu):
     model = onnx.load(str(out))
     pool = next(n for n in model.graph.node if n.op_type == "MaxPool")
     pad = next(n for n in model.graph.node if n.op_type == "Pad")
-    assert list(helper.get_attribute_value(next(a for a in pool.attribute if a.name == "pads"))) == [0, 0, 0, 0]
+    assert "pads" not in {a.name for a in pool.attribute}
     assert pool.input[0] == pad.output[0]
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     assert list(inits[pad.input[1]]) == [0, 0, 1, 1, 0, 0, 1, 1]
@@ -71,13 +71,36 @@ def test_pad_moves_into_a_pad_node_with_the_calibrated_minimum(tmp_path, relu):
     np.testing.assert_allclose(_run(out, xs), _run(src, xs), rtol=0, atol=1e-5)  # exact on calibration data
 
 
-def test_ceil_mode_and_unpadded_pools_are_left_alone(tmp_path):
+@pytest.mark.parametrize("pads", [[1, 1, 1, 1], [0, 0, 0, 0]])
+def test_ceil_mode_pools_become_floor_mode_over_an_input_padded_at_the_end(tmp_path, pads):
+    """SqueezeNet-style ceil_mode: the same output size and values, from a plain pool over an explicit Pad."""
+    model = _pool_model(False)
+    pool = next(n for n in model.graph.node if n.op_type == "MaxPool")
+    kept = [a for a in pool.attribute if a.name != "pads"]
+    del pool.attribute[:]
+    pool.attribute.extend([*kept, helper.make_attribute("ceil_mode", 1), helper.make_attribute("pads", pads)])
+    onnx.save(model, tmp_path / "m.onnx")
+    xs = _calib(8)
+    summary = tp.pad_maxpools(tmp_path / "m.onnx", tmp_path / "out.onnx", xs)
+    assert len(summary["moved"]) == 1 and summary["left"] == 0
+    out = onnx.load(str(tmp_path / "out.onnx"))
+    pool = next(n for n in out.graph.node if n.op_type == "MaxPool")
+    assert {a.name for a in pool.attribute}.isdisjoint({"pads", "ceil_mode"})
+    pad = next(n for n in out.graph.node if n.op_type == "Pad")
+    widths = numpy_helper.to_array(next(t for t in out.graph.initializer if t.name == pad.input[1]))
+    assert list(widths) == [0, 0, pads[0], pads[1], 0, 0, pads[2] + 1, pads[3] + 1]  # 8 px: one extra end row
+    np.testing.assert_allclose(_run(tmp_path / "out.onnx", xs), _run(tmp_path / "m.onnx", xs), rtol=0, atol=1e-5)
+
+
+def test_auto_pad_pools_are_left_alone(tmp_path):
     model = _pool_model(True)
     pool = next(n for n in model.graph.node if n.op_type == "MaxPool")
-    pool.attribute.append(helper.make_attribute("ceil_mode", 1))
+    kept = [a for a in pool.attribute if a.name != "pads"]
+    del pool.attribute[:]
+    pool.attribute.extend([*kept, helper.make_attribute("auto_pad", "SAME_LOWER")])
     onnx.save(model, tmp_path / "m.onnx")
     summary = tp.pad_maxpools(tmp_path / "m.onnx", tmp_path / "out.onnx", _calib(4))
-    assert summary["moved"] == [] and summary["left"] == 1
+    assert summary["moved"] == [] and summary["left"] == 0  # no explicit pads: onnx2tf pads it itself
     assert not any(n.op_type == "Pad" for n in onnx.load(str(tmp_path / "out.onnx")).graph.node)
 
 

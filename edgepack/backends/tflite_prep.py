@@ -251,32 +251,67 @@ def _write_biases(model: onnx.ModelProto, targets: list[_Target], deltas: list[n
 def pad_maxpools(onnx_path: Path, out_path: Path, calib: np.ndarray, *, samples: int = SAMPLES) -> dict:
     """Write a copy of ``onnx_path`` whose padded MaxPools pad explicitly with their input's calibrated minimum.
 
-    Why: onnx2tf lowers a MaxPool whose padding TensorFlow cannot express (ResNet's 3x3/2 pad 1) to
-    ``tf.pad(x, constant_values=float32 min)`` + a VALID max pool. The converter's calibration then sees
-    -3.4e38 in the pad's output; PAD/PADV2 and MAX_POOL_2D must share their input's scale, so the quantizer
-    gives the stem's activations the range [-3.4e38, max], scale 1.33e36 (tensorflow/tensorflow#62196), and
-    LiteRT aborts the process when it prepares the next convolution (its requantization multiplier
-    underflows). Padding with ``min(calibrated minimum, 0)`` instead is exact for the INT8 model: every
-    activation is clipped to its tensor's range, whose lower end is that value, so a padded cell never wins a
-    window a real cell is in. After a ReLU the value is 0 and the pad is a plain PAD.
-    Only pads of MaxPools with ``auto_pad`` NOTSET and ``ceil_mode`` 0 are moved; others are left alone
-    (counted in the summary). The summary lists each moved node with the value it pads with.
+    Why: onnx2tf lowers a MaxPool whose padding TensorFlow cannot express (ResNet's 3x3/2 pad 1; ceil_mode's
+    extra end padding, SqueezeNet) to ``tf.pad(x, constant_values=float32 min)`` + a VALID max pool. The
+    converter's calibration then sees -3.4e38 in the pad's output; PAD/PADV2 and MAX_POOL_2D must share their
+    input's scale, so the quantizer gives the stem's activations the range [-3.4e38, max], scale 1.33e36
+    (tensorflow/tensorflow#62196), and LiteRT aborts the process when it prepares the next convolution (its
+    requantization multiplier underflows). Padding with ``min(calibrated minimum, 0)`` instead is exact for the
+    INT8 model: every activation is clipped to its tensor's range, whose lower end is that value, so a padded
+    cell never wins a window a real cell is in. After a ReLU the value is 0 and the pad is a plain PAD.
+    ``ceil_mode`` pools become floor-mode pools over an input padded at the end to the same output size (needs
+    static shapes). Pools with ``auto_pad`` set, or whose shapes are unknown, are left alone (counted in the
+    summary). The summary lists each moved node with the value it pads with.
     """
     model = onnx.load(str(onnx_path))
     graph = model.graph
-    pools = [n for n in graph.node if n.op_type == "MaxPool" and any(_ints(n, "pads"))]
-    movable = [n for n in pools if _attr(n, "auto_pad", b"NOTSET") in (b"NOTSET", b"")
-               and not _attr(n, "ceil_mode", 0) and len(_ints(n, "pads")) == 4]
-    lows = _input_minimums(model, [n.input[0] for n in movable], calib, samples) if movable else []
+    shapes = _static_shapes(model)
+    pools = [(n, _ceil_extra(n, shapes)) for n in graph.node if n.op_type == "MaxPool"]
+    pools = [(n, extra) for n, extra in pools if any(_ints(n, "pads")) or extra is None or any(extra)]
+    movable = [(n, extra) for n, extra in pools if _attr(n, "auto_pad", b"NOTSET") in (b"NOTSET", b"")
+               and extra is not None and len(extra) == 2]
+    lows = _input_minimums(model, [n.input[0] for n, _ in movable], calib, samples) if movable else []
     moved = []
-    for k, (node, low) in enumerate(zip(movable, lows, strict=True)):
+    for k, ((node, extra), low) in enumerate(zip(movable, lows, strict=True)):
         value = float(min(low, 0.0))
-        _pad_explicitly(graph, node, value, f"{node.name or node.output[0]}_edgepack_pad{k}")
+        _pad_explicitly(graph, node, value, extra, f"{node.name or node.output[0]}_edgepack_pad{k}")
         moved.append({"node": node.name or node.output[0], "pad_value": value})
     onnx.save(model, str(out_path))
     log.info("TFLite prep: %d MaxPool(s) padded explicitly with their calibrated minimum", len(moved))
     return {"method": "explicit MaxPool padding with the input's calibrated minimum", "moved": moved,
             "left": len(pools) - len(moved)}
+
+
+def _static_shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
+    """{tensor name: dims} for every tensor ONNX shape inference gives a fully static shape."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - without shapes, ceil-mode pools are just left alone
+        return {}
+    g = inferred.graph
+    out = {}
+    for vi in [*g.input, *g.value_info, *g.output]:
+        dims = [d.dim_value if d.HasField("dim_value") else 0 for d in vi.type.tensor_type.shape.dim]
+        if dims and all(d > 0 for d in dims):
+            out[vi.name] = dims
+    return out
+
+
+def _ceil_extra(node: onnx.NodeProto, shapes: dict[str, list[int]]) -> list[int] | None:
+    """End padding per spatial axis that makes a floor-mode pool give ``node``'s (ceil-mode) output size:
+    zeros for floor-mode pools, None for a ceil-mode pool without static shapes."""
+    pads = _ints(node, "pads")
+    half = len(pads) // 2 if pads else len(_ints(node, "kernel_shape"))
+    if not _attr(node, "ceil_mode", 0):
+        return [0] * half
+    x, y = shapes.get(node.input[0]), shapes.get(node.output[0])
+    if x is None or y is None:
+        return None
+    pads = pads or [0] * 2 * half
+    kernel, strides = _ints(node, "kernel_shape"), _ints(node, "strides") or [1] * half
+    dilations = _ints(node, "dilations") or [1] * half
+    return [max(0, (y[2 + i] - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1
+                - (x[2 + i] + pads[i] + pads[half + i])) for i in range(half)]
 
 
 def _attr(node: onnx.NodeProto, name: str, default):
@@ -300,11 +335,13 @@ def _input_minimums(model: onnx.ModelProto, names: list[str], calib: np.ndarray,
     return [float(o.min()) for o in _run_probe(probe, model.graph.input[0].name, xs)]
 
 
-def _pad_explicitly(graph: onnx.GraphProto, node: onnx.NodeProto, value: float, name: str) -> None:
-    """Insert ``Pad(constant value)`` (NCHW, spatial pads of ``node``) before ``node`` and zero its pads."""
-    pads = _ints(node, "pads")
-    half = len(pads) // 2
-    full = [0, 0, *pads[:half], 0, 0, *pads[half:]]
+def _pad_explicitly(graph: onnx.GraphProto, node: onnx.NodeProto, value: float, extra: list[int], name: str) -> None:
+    """Insert ``Pad(constant value)`` (NCHW: ``node``'s spatial pads, plus ``extra`` at the end) before ``node``;
+    zero its pads and turn ceil_mode off."""
+    half = len(extra)
+    pads = _ints(node, "pads") or [0] * 2 * half
+    ends = [p + e for p, e in zip(pads[half:], extra, strict=True)]
+    full = [0, 0, *pads[:half], 0, 0, *ends]
     graph.initializer.extend([numpy_helper.from_array(np.array(full, np.int64), name + "_pads"),
                               numpy_helper.from_array(np.array(value, np.float32), name + "_value")])
     pad = helper.make_node("Pad", [node.input[0], name + "_pads", name + "_value"], [name + "_out"], name=name,
@@ -312,6 +349,6 @@ def _pad_explicitly(graph: onnx.GraphProto, node: onnx.NodeProto, value: float, 
     index = list(graph.node).index(node)
     graph.node.insert(index, pad)
     node.input[0] = name + "_out"
-    for a in node.attribute:
-        if a.name == "pads":
-            a.ints[:] = [0] * len(pads)
+    kept = [a for a in node.attribute if a.name not in ("pads", "ceil_mode")]
+    del node.attribute[:]
+    node.attribute.extend(kept)

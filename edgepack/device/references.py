@@ -182,17 +182,10 @@ def host_timings(refs: tuple[Reference, ...], fmt: str, *, progress=None) -> dic
 def _build_in_child(model: str, size: int, fmt: str, precision: str, workdir: Path) -> Path:
     """build_reference in a child process: LiteRT can abort() the whole process on some converted
     INT8 models (seen in allocate_tensors), which must cost only that reference, not the build."""
-    import subprocess
-    import sys
+    from edgepack import isolate
 
-    code = ("import sys; from pathlib import Path; from edgepack.device.estimate import build_reference; "
-            "print(build_reference(sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], Path(sys.argv[5])))")
-    proc = subprocess.run([sys.executable, "-c", code, model, str(size), fmt, precision, str(workdir)],
-                          capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"converter failed or crashed (exit {proc.returncode}): "
-                           + (proc.stderr.strip().splitlines() or ["?"])[-1][:200])
-    return Path(proc.stdout.strip().splitlines()[-1])
+    return isolate.call(build_reference, model, size, fmt, precision, workdir, key="reference",
+                        step=f"building reference model {model} ({fmt} {precision})")
 
 
 def _time_group(models: list[str], size: int, fmt: str, precision: str) -> dict[str, float | None]:
