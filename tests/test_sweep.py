@@ -159,13 +159,17 @@ def test_gate_gives_up_after_waiting_and_labels_shared():
     assert g.trials["a"][1] == "run" and g.queue == []
 
 
-def test_without_a_gate_latency_is_labelled_shared_and_measure_is_restored():
+def test_without_a_gate_latency_is_labelled_shared_and_measure_is_restored(monkeypatch):
     from edgepack import measure
 
+    calls = []
+    monkeypatch.setattr(measure, "latency", lambda *a, **k: calls.append(a) or {"m": {"p50": 1.0}})
     original, record = measure.latency, {}
     with gated_latency(None, "k", record):
-        assert measure.latency is not original
-    assert measure.latency is original and record["timing"] == "shared"
+        assert measure.latency is not original and record["timing"] == "untimed"
+        assert measure.latency({"m": ("onnx", "m.onnx")}, None, threads=1, runs=3, workdir=Path(".")) == \
+            {"m": {"p50": 1.0}}
+    assert measure.latency is original and record["timing"] == "shared" and len(calls) == 1
 
 
 def _row(key, target, quality, latency, size, passed=True, status=None):

@@ -172,16 +172,17 @@ def remote_class():
 @contextlib.contextmanager
 def gated_latency(gate, key: str, record: dict) -> Iterator[None]:
     """While a trial builds, route every `measure.latency` call through ``gate`` (None: no gate, labelled
-    'shared'). ``record`` collects the timing mode ('exclusive' unless any call was not) and the seconds spent
-    waiting. A Ray worker runs one task at a time, so swapping the module attribute is safe here. A gate that
-    is gone (its node was lost) no longer blocks anyone: the trial times without it, labelled 'shared'."""
+    'shared'). ``record`` collects the timing mode ('exclusive' when every call was, 'shared' when any was not,
+    'untimed' when the build timed nothing through `measure.latency`) and the seconds spent waiting. A Ray
+    worker runs one task at a time, so swapping the module attribute is safe here. A gate that is gone (its
+    node was lost) no longer blocks anyone: the trial times without it, labelled 'shared'."""
     import ray
 
     from .. import measure
 
     original, pid = measure.latency, os.getpid()
     state = {"gate": gate}
-    record.update(timing="exclusive" if gate is not None else "shared", timing_wait_s=0.0)
+    record.update(timing="untimed", timing_wait_s=0.0)  # stays so if the build timed nothing through measure
 
     def call(method: str, *args):
         try:
@@ -193,10 +194,11 @@ def gated_latency(gate, key: str, record: dict) -> Iterator[None]:
 
     def latency(*args, **kwargs):
         if state["gate"] is None:
+            record["timing"] = "shared"
             return original(*args, **kwargs)
         t0 = time.perf_counter()
-        if call("request", key, pid) != "exclusive":
-            record["timing"] = "shared"
+        mode = call("request", key, pid)
+        record["timing"] = "shared" if mode != "exclusive" or record["timing"] == "shared" else "exclusive"
         record["timing_wait_s"] = round(record["timing_wait_s"] + time.perf_counter() - t0, 1)
         try:
             return original(*args, **kwargs)
