@@ -30,9 +30,11 @@ from .spec import SweepOptions
 # process addressed on loopback only (Ray's own switch for single-machine clusters; without it Ray swaps
 # 127.0.0.1 for the machine's network address); and Ray's memory monitor off: it kills Ray workers when the
 # whole machine's memory is above 95 %, so on a shared machine other programs' memory failed every trial (seen
-# here). A build that really runs out of memory is still killed by the kernel, and Ray retries it.
+# here). A build that really runs out of memory is still killed by the kernel, and Ray retries it. Workers at
+# the driver's own priority: Ray's default worker niceness (+15) made every trial, and the latency it times,
+# yield to all other programs, unlike the same `edgepack build` run in a shell.
 EMBEDDED_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-                "RAY_memory_monitor_refresh_ms": "0"}
+                "RAY_memory_monitor_refresh_ms": "0", "RAY_worker_niceness": "0"}
 OBJECT_STORE_BYTES = 512 * 1024 * 1024  # bundles pass through it as zips; Ray spills to disk beyond this
 WAIT_S = 1.0
 STARTS = 3
