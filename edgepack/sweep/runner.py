@@ -174,8 +174,7 @@ def execute(trials: list[Trial], options: SweepOptions, cluster: Cluster,
 def _get(ray, ref, options: SweepOptions) -> dict:
     try:
         return ray.get(ref)
-    except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError, ray.exceptions.RayTaskError,
-            ray.exceptions.OutOfMemoryError, ray.exceptions.RaySystemError) as exc:
+    except ray.exceptions.RayError as exc:  # worker or node died past its retries, result object lost, ...
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
         return {"zip": None, "record": {"status": "error", "error": {
             "type": type(exc).__name__, "message": f"the trial's worker died {options.max_retries + 1} time(s) "
