@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from edgepack.cli import main
 from edgepack.errors import ConfigError, OutputError
 from edgepack.sweep import plan, results, spec, store
-from edgepack.sweep.gate import GateState, gated_latency
+from edgepack.sweep.gate import FileGate, GateState, gated_latency
 from edgepack.sweep.html import render
 
 SWEEP = """
@@ -157,6 +157,24 @@ def test_gate_gives_up_after_waiting_and_labels_shared():
     g.park("a", 1)
     g.give_up("a")
     assert g.trials["a"][1] == "run" and g.queue == []
+
+
+def test_the_file_gate_holds_a_timing_until_the_other_trial_stops_computing(tmp_path):
+    import os
+    import threading
+    import time
+
+    gate, pid, got = FileGate(tmp_path / "gate.json", max_wait_s=60), os.getpid(), []
+    gate.enter("a", pid)
+    gate.enter("b", pid)
+    waiter = threading.Thread(target=lambda: got.append(gate.request("a", pid)))
+    waiter.start()
+    time.sleep(0.5)
+    assert got == []                     # b is still computing: a waits (with sleeps, not inside Ray)
+    gate.leave("b")
+    waiter.join(10)
+    assert got == ["exclusive"]
+    assert FileGate(tmp_path / "gate.json", max_wait_s=0.3).request("c", pid) == "shared"  # a holds it: give up
 
 
 def test_without_a_gate_latency_is_labelled_shared_and_measure_is_restored(monkeypatch):

@@ -20,7 +20,6 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ..errors import InputError, StageError
 from .plan import Trial
@@ -125,21 +124,6 @@ def _describe(ray, what: str, *, embedded: bool, staging_root: str | None) -> Cl
                    staging_root=staging_root, nodes=len(nodes), cpus=cpus)
 
 
-def make_gates(options: SweepOptions) -> dict[str, Any]:
-    """One TimingGate actor pinned to every alive node with CPUs: {node id: actor}."""
-    ray = _ray()
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    from .gate import remote_class
-
-    gate_cls = remote_class()
-    gates = {n["NodeID"]: gate_cls.options(
-        scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(options.max_timing_wait_s)
-        for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU")}
-    ray.get([g.ping.remote() for g in gates.values()])
-    return gates
-
-
 def execute(trials: list[Trial], options: SweepOptions, cluster: Cluster,
             on_result: Callable[[Trial, dict], None], on_tick: Callable[[], None] | None = None) -> None:
     """Run ``trials`` as Ray tasks; call ``on_result(trial, {"record", "zip"})`` as each finishes (in the
@@ -148,10 +132,10 @@ def execute(trials: list[Trial], options: SweepOptions, cluster: Cluster,
     ray = _ray()
     from .trial import run_trial
 
-    gates = make_gates(options) if options.exclusive_timing else {}
+    wait = options.max_timing_wait_s if options.exclusive_timing else None
     task = ray.remote(run_trial).options(num_cpus=options.cpus_per_trial, max_retries=options.max_retries,
                                          retry_exceptions=False)
-    refs = {task.remote(t.key, t.name, t.settings, gates, cluster.staging_root): t for t in trials}
+    refs = {task.remote(t.key, t.name, t.settings, wait, cluster.staging_root): t for t in trials}
     pending = list(refs)
     try:
         while pending:
@@ -165,10 +149,6 @@ def execute(trials: list[Trial], options: SweepOptions, cluster: Cluster,
             with contextlib.suppress(Exception):
                 ray.cancel(ref, force=True)
         raise
-    finally:
-        for g in gates.values():
-            with contextlib.suppress(Exception):
-                ray.kill(g)
 
 
 def _get(ray, ref, options: SweepOptions) -> dict:
