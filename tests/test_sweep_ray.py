@@ -72,11 +72,13 @@ def _nothing_half_written(out: Path) -> dict[str, dict]:
 
 
 def _ray_leftovers(tmp: Path) -> list[str]:
-    """What the embedded Rays started with TMPDIR=tmp left behind: folders there, or processes naming it."""
+    """What the embedded Rays started with TMPDIR=tmp left behind: folders there, or processes naming it
+    (the machine's timing-gate file stays: a few bytes, shared by every sweep of this user)."""
     import psutil
 
     procs = [p.pid for p in psutil.process_iter(["cmdline"]) if str(tmp) in " ".join(p.info["cmdline"] or [])]
-    return sorted(str(p) for p in tmp.iterdir()) + [f"pid {p}" for p in procs]
+    return sorted(str(p) for p in tmp.iterdir() if not p.name.startswith("edgepack-timing-gate-")) + \
+        [f"pid {p}" for p in procs]
 
 
 def test_embedded_ray_ctrl_c_keeps_finished_trials_and_resume_builds_only_the_missing(tmp_path, tiny_data):
