@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from edgepack.cli import main
 from edgepack.errors import ConfigError, OutputError
 from edgepack.sweep import plan, results, spec, store
-from edgepack.sweep.gate import GateState, gated_latency
+from edgepack.sweep.gate import FileGate, GateState, gated_latency
 from edgepack.sweep.html import render
 
 SWEEP = """
@@ -159,13 +159,35 @@ def test_gate_gives_up_after_waiting_and_labels_shared():
     assert g.trials["a"][1] == "run" and g.queue == []
 
 
-def test_without_a_gate_latency_is_labelled_shared_and_measure_is_restored():
+def test_the_file_gate_holds_a_timing_until_the_other_trial_stops_computing(tmp_path):
+    import os
+    import threading
+    import time
+
+    gate, pid, got = FileGate(tmp_path / "gate.json", max_wait_s=60), os.getpid(), []
+    gate.enter("a", pid)
+    gate.enter("b", pid)
+    waiter = threading.Thread(target=lambda: got.append(gate.request("a", pid)))
+    waiter.start()
+    time.sleep(0.5)
+    assert got == []                     # b is still computing: a waits (with sleeps, not inside Ray)
+    gate.leave("b")
+    waiter.join(10)
+    assert got == ["exclusive"]
+    assert FileGate(tmp_path / "gate.json", max_wait_s=0.3).request("c", pid) == "shared"  # a holds it: give up
+
+
+def test_without_a_gate_latency_is_labelled_shared_and_measure_is_restored(monkeypatch):
     from edgepack.device import measure
 
+    calls = []
+    monkeypatch.setattr(measure, "latency", lambda *a, **k: calls.append(a) or {"m": {"p50": 1.0}})
     original, record = measure.latency, {}
     with gated_latency(None, "k", record):
-        assert measure.latency is not original
-    assert measure.latency is original and record["timing"] == "shared"
+        assert measure.latency is not original and record["timing"] == "untimed"
+        assert measure.latency({"m": ("onnx", "m.onnx")}, None, threads=1, runs=3, workdir=Path(".")) == \
+            {"m": {"p50": 1.0}}
+    assert measure.latency is original and record["timing"] == "shared" and len(calls) == 1
 
 
 def _row(key, target, quality, latency, size, passed=True, status=None):

@@ -72,11 +72,13 @@ def _nothing_half_written(out: Path) -> dict[str, dict]:
 
 
 def _ray_leftovers(tmp: Path) -> list[str]:
-    """What the embedded Rays started with TMPDIR=tmp left behind: folders there, or processes naming it."""
+    """What the embedded Rays started with TMPDIR=tmp left behind: folders there, or processes naming it
+    (the machine's timing-gate file stays: a few bytes, shared by every sweep of this user)."""
     import psutil
 
     procs = [p.pid for p in psutil.process_iter(["cmdline"]) if str(tmp) in " ".join(p.info["cmdline"] or [])]
-    return sorted(str(p) for p in tmp.iterdir()) + [f"pid {p}" for p in procs]
+    return sorted(str(p) for p in tmp.iterdir() if not p.name.startswith("edgepack-timing-gate-")) + \
+        [f"pid {p}" for p in procs]
 
 
 def test_embedded_ray_ctrl_c_keeps_finished_trials_and_resume_builds_only_the_missing(tmp_path, tiny_data):
@@ -171,7 +173,7 @@ def _chromium() -> str:
     return chromium
 
 
-def _screenshot_shows_front_and_best(page: Path, tmp_path: Path) -> None:
+def _screenshot_shows_front_and_best(page: Path, tmp_path: Path, best: bool = True) -> None:
     shot = tmp_path / "sweep.png"
     subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -182,12 +184,13 @@ def _screenshot_shows_front_and_best(page: Path, tmp_path: Path) -> None:
     pixels = np.asarray(Image.open(shot).convert("RGB")).reshape(-1, 3).astype(int)
     green = np.abs(pixels - [0x1B, 0x9E, 0x77]).sum(1) < 40    # Pareto-front markers (and the line)
     orange = np.abs(pixels - [0xD9, 0x5F, 0x02]).sum(1) < 40   # the best bundle's ring
-    assert green.sum() > 150 and orange.sum() > 60, (green.sum(), orange.sum())
+    assert green.sum() > 150 and (orange.sum() > 60) == best, (green.sum(), orange.sum())
 
 
 def test_the_fashion_mnist_example_sweep_renders_in_chromium(tmp_path):
     """The committed results of examples/fashion_mnist/sweep.toml (12 trials, written by benchmarks/bench_sweep.py)
-    render to a page with one plot per target, its Pareto front and best bundle."""
+    render to a page with one plot per target, its Pareto front, and the best bundle's ring when one met every
+    budget."""
     doc = json.loads((ROOT / "examples/fashion_mnist/sweep_results/sweep.json").read_text())
     assert len(doc["trials"]) >= 12 and len(doc["targets"]) == 2
     for target, summary in doc["targets"].items():
@@ -195,4 +198,4 @@ def test_the_fashion_mnist_example_sweep_renders_in_chromium(tmp_path):
         assert [r["key"] for r in results.pareto(mine)] == summary["pareto"] and summary["pareto"]
     page = tmp_path / "sweep.html"
     page.write_text(render(doc))
-    _screenshot_shows_front_and_best(page, tmp_path)
+    _screenshot_shows_front_and_best(page, tmp_path, best=any(s["best"] for s in doc["targets"].values()))

@@ -1,34 +1,40 @@
-"""Honest host latency while trials run side by side: a per-node exclusive timing window.
+"""Honest host latency while trials run side by side: a per-machine exclusive timing window.
 
-Each node has one TimingGate (a Ray actor pinned to it). A trial registers when it starts and leaves when it
-ends; whenever its build is about to time latency (`edgepack.measure.latency`: the validate stage, the
-accuracy-aware search, reference timings) it parks at the gate. The gate lets one parked trial time only when
-no other trial on the node is computing: every other registered trial is parked too (or gone). While anyone
-is parked, newly started trials wait at the door, so the node drains instead of filling up again. The timed
-figures therefore come from a quiet node, as in a sequential run, and the bundle stays the output of one
-ordinary build (its manifest, verdicts and reports are written from those figures; nothing is patched later).
+A trial registers at its machine's gate when it starts and leaves when it ends; whenever its build is about to
+time latency (`edgepack.measure.latency`: the validate stage, the accuracy-aware search, reference timings) it
+parks at the gate. The gate lets one parked trial time only when no other trial on the machine is computing:
+every other registered trial is parked too (or gone). While anyone is parked, newly started trials wait at the
+door, so the machine drains instead of filling up again. The timed figures therefore come from a quiet
+machine, as in a sequential run, and the bundle stays the output of one ordinary build (its manifest, verdicts
+and reports are written from those figures; nothing is patched later).
 
 Why not the alternatives: a Ray resource `timing_slot: 1` per node stops two timings from overlapping but not
 the other trials' exports and quantizations from loading the cores during a timing; a separate timing phase
 after all builds would have to keep every FP32 model and rewrite each bundle's manifest, budget verdicts,
-reports and zip after the fact. The cost of the gate is idle CPU while a node drains (measured in
+reports and zip after the fact. The cost of the gate is idle CPU while a machine drains (measured in
 benchmarks/bench_sweep.py).
 
-GateState is the pure policy (tested alone); TimingGate wraps it as an async Ray actor; `gated_latency`
-routes a worker's `measure.latency` calls through its node's gate for the duration of one trial.
+The gate is a small JSON file under a file lock in the machine's temp folder (FileGate), not a Ray actor: a
+Ray task that waits in `ray.get` hands its CPUs back to Ray, which then starts another trial on them, so a
+trial waiting for its window must wait with plain sleeps. Being a file, it also covers every trial on the
+machine: two Ray nodes on one host, or two sweeps at once. GateState is the pure policy (tested alone);
+`gated_latency` routes a worker's `measure.latency` calls through the gate for the duration of one trial.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import fcntl
+import json
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 RUN, PARKED, TIMING, DOOR = "run", "parked", "timing", "door"
-POLL_S = 0.05
+POLL_S = 0.1
 HOLD_S = 1.0  # a trial that just timed keeps the window this long: validate times at N threads, then at one
 
 
@@ -123,94 +129,96 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-class TimingGate:
-    """The Ray actor around GateState (async: many trials wait on it at once). Made remote by `remote_class`."""
+GATE_FILE = "edgepack-timing-gate-{uid}.json"
 
-    def __init__(self, max_wait_s: float):
-        self.state = GateState(alive=pid_alive)
+
+class FileGate:
+    """GateState kept in ``path`` (JSON) under an exclusive flock; every trial process on the machine polls it."""
+
+    def __init__(self, path: Path | None = None, max_wait_s: float = 1800.0):
+        self.path = path or Path(tempfile.gettempdir()) / GATE_FILE.format(uid=os.getuid())
         self.max_wait_s = max_wait_s
 
-    def ping(self) -> int:
-        return os.getpid()
+    @contextlib.contextmanager
+    def _state(self) -> Iterator[GateState]:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "r+", encoding="utf-8") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                data = json.loads(fh.read() or "{}")
+            except ValueError:  # a writer died mid-write: start over (at worst one timing is not exclusive)
+                data = {}
+            state = GateState(alive=pid_alive, trials={k: tuple(v) for k, v in data.get("trials", {}).items()},
+                              queue=list(data.get("queue", [])), held=dict(data.get("held", {})))
+            state.reap()
+            yield state
+            fh.seek(0)
+            fh.truncate()
+            fh.write(json.dumps({"trials": state.trials, "queue": state.queue, "held": state.held}))
 
-    async def enter(self, key: str, pid: int) -> None:
-        self.state.reap()
-        if self.state.enter(key, pid):
-            return
-        t0 = time.monotonic()
-        while not self.state.admitted(key) and time.monotonic() - t0 < self.max_wait_s:
-            await asyncio.sleep(POLL_S)
-            self.state.reap()
-        self.state.give_up(key)
-
-    async def request(self, key: str, pid: int) -> str:
-        """Wait for the exclusive window; 'exclusive', or 'shared' after max_wait_s."""
-        self.state.park(key, pid)
+    def _wait(self, ready: Callable[[GateState], bool], key: str) -> bool:
+        """Poll until ``ready(state)``; False (and the trial no longer blocks anyone) after max_wait_s."""
         t0 = time.monotonic()
         while time.monotonic() - t0 < self.max_wait_s:
-            self.state.reap()
-            if self.state.may_time(key):
-                return "exclusive"
-            await asyncio.sleep(POLL_S)
-        self.state.give_up(key)
-        return "shared"
+            with self._state() as st:
+                if ready(st):
+                    return True
+            time.sleep(POLL_S)
+        with self._state() as st:
+            st.give_up(key)
+        return False
+
+    def enter(self, key: str, pid: int) -> None:
+        with self._state() as st:
+            if st.enter(key, pid):
+                return
+        self._wait(lambda st: st.admitted(key), key)
+
+    def request(self, key: str, pid: int) -> str:
+        """Wait for the exclusive window: 'exclusive', or 'shared' after max_wait_s."""
+        with self._state() as st:
+            st.park(key, pid)
+        return "exclusive" if self._wait(lambda st: st.may_time(key), key) else "shared"
 
     def done(self, key: str) -> None:
-        self.state.done(key)
+        with self._state() as st:
+            st.done(key)
 
     def leave(self, key: str) -> None:
-        self.state.leave(key)
-
-
-def remote_class():
-    """TimingGate as a Ray actor class (ray imported lazily, only where a sweep runs)."""
-    import ray
-
-    return ray.remote(num_cpus=0, max_restarts=0)(TimingGate)
+        with self._state() as st:
+            st.leave(key)
 
 
 @contextlib.contextmanager
-def gated_latency(gate, key: str, record: dict) -> Iterator[None]:
+def gated_latency(gate: FileGate | None, key: str, record: dict) -> Iterator[None]:
     """While a trial builds, route every `measure.latency` call through ``gate`` (None: no gate, labelled
-    'shared'). ``record`` collects the timing mode ('exclusive' unless any call was not) and the seconds spent
-    waiting. A Ray worker runs one task at a time, so swapping the module attribute is safe here. A gate that
-    is gone (its node was lost) no longer blocks anyone: the trial times without it, labelled 'shared'."""
-    import ray
-
+    'shared'). ``record`` collects the timing mode ('exclusive' when every call was, 'shared' when any was not,
+    'untimed' when the build timed nothing through `measure.latency`) and the seconds spent waiting. A Ray
+    worker runs one task at a time, so swapping the module attribute is safe here."""
     from edgepack.device import measure
 
     original, pid = measure.latency, os.getpid()
-    state = {"gate": gate}
-    record.update(timing="exclusive" if gate is not None else "shared", timing_wait_s=0.0)
-
-    def call(method: str, *args):
-        try:
-            return ray.get(getattr(state["gate"], method).remote(*args))
-        except ray.exceptions.RayActorError:
-            state["gate"] = None
-            record["timing"] = "shared"
-            return None
+    record.update(timing="untimed", timing_wait_s=0.0)  # stays so if the build timed nothing through measure
 
     def latency(*args, **kwargs):
-        if state["gate"] is None:
+        if gate is None:
+            record["timing"] = "shared"
             return original(*args, **kwargs)
         t0 = time.perf_counter()
-        if call("request", key, pid) != "exclusive":
-            record["timing"] = "shared"
+        mode = gate.request(key, pid)
+        record["timing"] = "shared" if mode != "exclusive" or record["timing"] == "shared" else "exclusive"
         record["timing_wait_s"] = round(record["timing_wait_s"] + time.perf_counter() - t0, 1)
         try:
             return original(*args, **kwargs)
         finally:
-            if state["gate"] is not None:
-                call("done", key)
+            gate.done(key)
 
     if gate is not None:
-        call("enter", key, pid)
+        gate.enter(key, pid)
     measure.latency = latency
     try:
         yield
     finally:
         measure.latency = original
-        if state["gate"] is not None:
-            with contextlib.suppress(Exception):
-                ray.get(state["gate"].leave.remote(key))
+        if gate is not None:
+            gate.leave(key)

@@ -44,7 +44,7 @@ def _counts(doc: dict) -> str:
             f"{escape(doc['edgepack'])}, written {escape(doc['written'])}; this run: {run.get('ran', 0)} trial(s) "
             f"in {run.get('seconds', 0):.0f} s on {escape(str(run.get('cluster', '')))}.</p>"
             "<p class='note'>Latency is the INT8 p50 the target's budget judges. <i>measured-host</i> figures were "
-            "timed on the build host, <i>exclusive</i> = while no other trial computed on that node; "
+            "timed on the build host, <i>exclusive</i> = while no other trial computed on that machine; "
             "<i>shared</i> = under load from other trials (not comparable).</p>")
 
 

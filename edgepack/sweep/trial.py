@@ -22,14 +22,16 @@ from typing import Any
 STAGING_DIR = "edgepack-sweep-trials"
 
 
-def run_trial(key: str, name: str, settings: dict, gates: dict, staging_root: str | None) -> dict[str, Any]:
-    """Build one trial; return {"record": {...}, "zip": bytes | None}. Runs in a Ray task."""
+def run_trial(key: str, name: str, settings: dict, max_timing_wait_s: float | None,
+              staging_root: str | None) -> dict[str, Any]:
+    """Build one trial; return {"record": {...}, "zip": bytes | None}. Runs in a Ray task. With
+    ``max_timing_wait_s`` (exclusive timing), latency is timed in the machine's exclusive window (gate.py)."""
     import ray
 
     from edgepack import api
     from edgepack import config as config_mod
     from edgepack.errors import EdgepackError
-    from edgepack.sweep.gate import gated_latency
+    from edgepack.sweep.gate import FileGate, gated_latency
 
     node = ray.get_runtime_context().get_node_id()
     record: dict[str, Any] = {"node": node, "host": socket.gethostname()}
@@ -38,7 +40,8 @@ def run_trial(key: str, name: str, settings: dict, gates: dict, staging_root: st
     tempfile.tempdir = str(work / "tmp")  # the build's own temp folders die with this trial's folder
     try:
         config = config_mod.from_mapping({**settings, "out": str(work / "bundle"), "force": True}, where=name)
-        with gated_latency(gates.get(node), key, record), contextlib.redirect_stdout(sys.stderr):
+        gate = FileGate(max_wait_s=max_timing_wait_s) if max_timing_wait_s is not None else None
+        with gated_latency(gate, key, record), contextlib.redirect_stdout(sys.stderr):
             result = api.build(config)
         payload = result.zip.read_bytes()
         record["status"] = "passed" if result.passed else "budget-missed"
