@@ -110,6 +110,9 @@ def bench(bundle_dir: Path, device: str, runs: int = 100, python: str = "python3
     if runs < 3:
         raise InputError(f"runs = {runs} is too few for a p50/p90", hint="use at least 3 runs (100 is typical)")
     dev, opts = parse_device(device), SshOptions(known_hosts, identity)
+    from .bundles import read_manifest
+
+    read_manifest(bundle_dir)  # an edited or foreign manifest stops here (exit 5), before anything is copied
     remote_dir = _remote(dev, opts, "mktemp -d /tmp/edgepack-bench.XXXXXX", "creating a folder on the device").strip()
     try:
         host = f"[{dev.host}]" if ":" in dev.host else dev.host
@@ -158,15 +161,18 @@ def record_device_measurement(bundle_dir: Path, record: dict, max_latency_ms: fl
     refreshed.
     """
     from . import report
+    from .bundles import read_manifest
+    from .manifest_check import rendering
 
     bundle_dir = Path(bundle_dir)
-    man = json.loads((bundle_dir / "manifest.json").read_text(encoding="utf-8"))
+    man = read_manifest(bundle_dir)
     if record.get("kind") != KIND:
         raise InputError(f"record kind is {record.get('kind')!r}, expected '{KIND}'")
     entry = next((m for m in man["models"] if m["format"] == (record.get("format") or m["format"])), None)
     if entry is None:
         raise InputError(f"the bundle has no {record.get('format')} model")
-    _apply(entry["validation"], record, max_latency_ms)
+    with rendering(f"{bundle_dir}/manifest.json"):
+        _apply(entry["validation"], record, max_latency_ms)
     man["passed"] = all(m["validation"]["passed"] for m in man["models"])
     if entry["format"] == man["models"][0]["format"]:
         man["validation"] = entry["validation"]  # the top-level copy of the primary model's validation
