@@ -43,7 +43,7 @@ def build(config: BuildConfig | None = None, progress: ProgressFn = no_progress,
     t0 = time.perf_counter()
     target = targets.load(config.target)
     out = Path(config.out)
-    _check_output(out, config.force, safety.build_inputs(config))
+    _check_output(out, config.force, safety.build_inputs(config, default_calib=_default_calibration(config)))
     tempdirs.sweep_stale()
     with tempdirs.scratch() as workdir, usercode.no_exit("the build"):
         ctx = _prepare(config, target, workdir, progress)
@@ -64,7 +64,7 @@ def prune(config: BuildConfig, out: str | Path, progress: ProgressFn = no_progre
     out = Path(out)
     if out.exists() and not config.force:
         raise OutputError(f"output {out} already exists", hint="pass --force to replace it")
-    _check_output(out, True, safety.build_inputs(config))
+    _check_output(out, True, safety.build_inputs(config, default_calib=_default_calibration(config)))
     tempdirs.sweep_stale()
     with tempdirs.scratch() as workdir, usercode.no_exit("pruning"):
         ctx = _prepare(config, targets.load(config.target), workdir, progress)
@@ -104,6 +104,16 @@ def diagnose(config: BuildConfig, bundle: Path | None = None, progress: Progress
             raise InputError(f"{int8.name} rounds no activations (dynamic INT8?): there is no per-layer error "
                              "to measure", hint="diagnose the model source instead of the bundle")
         return rows
+
+
+def _default_calibration(config) -> str | None:
+    """The shipped calibration folder an image build reads when --calib is not given."""
+    if config.tokenizer:
+        return None
+    try:
+        return data.default_calibration()
+    except InputError:
+        return None
 
 
 def _check_output(out: Path, force: bool, inputs=()) -> None:

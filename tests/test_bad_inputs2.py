@@ -121,6 +121,13 @@ def nanout():
     return Wrap("nan").eval()
 def twoout():
     return Wrap("tuple").eval()
+class Stem(torch.nn.Module):
+    def __init__(self):
+        super().__init__(); self.m = toy_models.tiny_cnn()
+    def forward(self, x):
+        return self.m.stem(x)  # conv-BN-ReLU6: a feature map whose activation INT8 folds into its range
+def featout():
+    return Stem().eval()
 '''
 
 
@@ -217,6 +224,8 @@ def test_every_output_is_judged_and_kept_in_golden(hostile, tiny_data, tmp_path)
     result, man = _build([hostile / "two_out.onnx", "--calib", tiny_data["calib"]], out)
     v = man["validation"]
     assert set(v["outputs_sqnr_db"]) == {"y", "r"}
+    # both outputs survive INT8 (r is a Relu output also read inside the graph: its Relu must not be lost)
+    assert v["outputs_sqnr_db"]["y"] > 15 and v["outputs_sqnr_db"]["r"] > 15, v["outputs_sqnr_db"]
     rows = {b["name"]: b for b in v["budgets"]}
     assert "output_sqnr_db[r]" in rows and rows["output_sqnr_db[r]"]["limit"] == 10.0
     assert man["passed"] == all(b["passed"] for b in v["budgets"]) == (result.exit_code == 0)
@@ -249,6 +258,13 @@ def test_torch_outputs_in_a_dict_or_a_tuple_build(hostile, tiny_data, tmp_path):
     assert man["validation"]["agreement"] is not None
     _, man = _build(["facts:twoout", *SHAPE, "--calib", tiny_data["calib"]], tmp_path / "t")
     assert len(man["validation"]["outputs_sqnr_db"]) == 2
+
+
+def test_a_feature_map_keeps_its_activation_in_int8(hostile, tiny_data, tmp_path):
+    """The quantizer folds ReLU6 into the 8-bit range of the output; dropping that Q/DQ pair shipped the conv
+    without its activation (-0.3 dB SQNR). Judged by the default floor, it now passes with ~20 dB."""
+    result, man = _build(["facts:featout", *SHAPE, "--calib", tiny_data["calib"]], tmp_path / "f")
+    assert man["validation"]["sqnr_db"] > 15 and result.exit_code == 0, man["validation"]["budgets"]
 
 
 # ------------------------------------------------------------------ data files
@@ -331,7 +347,8 @@ BUNDLES = [
     ("5,000-digit integer", _text_edit('"tolerance": 0.001', '"tolerance": ' + "9" * 5000), "not valid JSON"),
     ("1e400", _text_edit('"tolerance": 0.001', '"tolerance": 1e400'), "out of range"),
     ("NaN", _text_edit('"tolerance": 0.001', '"tolerance": NaN'), "not a number JSON allows"),
-    ("deep nesting", _text_edit('"schema"', '"deep": ' + "[" * 50000 + "]" * 50000 + ', "schema"'), "not valid JSON"),
+    ("deep nesting", _text_edit('"schema"', '"deep": ' + "[" * 50000 + "]" * 50000 + ', "schema"'),
+     "not valid JSON|nested more than"),  # which one depends on the recursion limit others have set
     ("nesting over 64", _json_edit(lambda m: m.update(deep=json.loads("[" * 100 + "]" * 100))), "nested more than"),
     ("models = [1]", _json_edit(lambda m: m.update(models=[1])), "models[0] should be an object"),
     ("models = []", _json_edit(lambda m: m.update(models=[])), "models is empty"),
@@ -355,7 +372,8 @@ def test_a_damaged_manifest_or_golden_is_exit_5(case, make, message, bundle, tmp
     for command in commands:
         result = CliRunner().invoke(main, [command, str(copy)])
         assert result.exit_code == 5, (command, result.output)
-        assert message in result.output and one_error(result.output), (command, result.output)
+        assert any(m in result.output for m in message.split("|")) and one_error(result.output), (command,
+                                                                                               result.output)
 
 
 # ------------------------------------------------------------------ resources

@@ -286,3 +286,18 @@ def test_bench_refuses_an_option_as_user_and_ends_ssh_options(bundle, monkeypatc
         i = cmd.index("--")
         assert all(not a.startswith("-") for a in cmd[i + 1:]), cmd
         assert cmd[i + 1] in ("pi@host", str(bundle.absolute())), cmd
+
+
+def test_out_may_sit_inside_a_factory_package_but_never_replace_it(tiny_data, tmp_path, monkeypatch):
+    pkg = tmp_path / "mypkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "nets.py").write_text("import toy_models\n\ndef make():\n    return toy_models.tiny_cnn()\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    refused = invoke("build", "mypkg.nets:make", "--calib", tiny_data["calib"], "--out", "mypkg", "--force", *FAST)
+    assert refused.exit_code == 3 and "model package" in refused.output and one_error(refused), refused.output
+    assert (pkg / "nets.py").is_file()
+    inside = invoke("build", "mypkg.nets:make", "--calib", tiny_data["calib"], "--out", "mypkg/build/b", *FAST)
+    assert inside.exit_code in (0, 1), inside.output
+    assert (pkg / "build" / "b" / "manifest.json").is_file() and (pkg / "nets.py").is_file()

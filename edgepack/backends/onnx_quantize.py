@@ -55,9 +55,9 @@ def quantize_onnx(fp32_path: Path, out_path: Path, calib: np.ndarray, *, method:
     input_name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
     _run_quantize_static(fp32_path, out_path, _ArrayReader(calib, input_name), method, per_channel,
                          exclude_nodes, act, extra)
-    model = onnx.load(str(out_path))
-    dropped = _drop_output_qdq(model)
-    corrected = _bias_correct(model, onnx.load(str(fp32_path)), calib, input_name)
+    model, fp32_model = onnx.load(str(out_path)), onnx.load(str(fp32_path))
+    dropped = _drop_output_qdq(model, fp32_model)
+    corrected = _bias_correct(model, fp32_model, calib, input_name)
     onnx.save(model, str(out_path))
     return {
         "format": "QDQ", "method": method, "per_channel": per_channel,
@@ -116,19 +116,26 @@ def _producers(graph: onnx.GraphProto) -> dict:
     return {out: node for node in graph.node for out in node.output}
 
 
-def _drop_output_qdq(model: onnx.ModelProto) -> list[str]:
+def _drop_output_qdq(model: onnx.ModelProto, fp32: onnx.ModelProto | None = None) -> list[str]:
     """Remove Q->DQ pairs that end on a graph output so the producing op writes float directly.
 
     ORT then fuses the last op as e.g. QGemm with float output: no accuracy is lost to 8-bit logits.
+    With ``fp32`` (the model before quantization), a pair is kept when the op before it is not the op that
+    produced the output in FP32: the quantizer folds a Relu/Clip after a Conv into the 8-bit range, and
+    dropping the pair would then ship the Conv's output without its activation (a feature-map output, or a
+    second output that is also read inside the graph, became noise).
     """
     graph, dropped = model.graph, []
     prod = _producers(graph)
+    fp32_prod = _producers(fp32.graph) if fp32 is not None else None
     for out in graph.output:
         dq = prod.get(out.name)
         q = prod.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
         src = prod.get(q.input[0]) if q is not None and q.op_type == "QuantizeLinear" else None
         if src is None or sum(q.input[0] in n.input for n in graph.node) != 1:
             continue  # the float tensor feeds something else too: keep it
+        if fp32_prod is not None and getattr(fp32_prod.get(out.name), "op_type", src.op_type) != src.op_type:
+            continue  # an activation was folded into the 8-bit range: only the Q/DQ pair applies it
         src.output[list(src.output).index(q.input[0])] = out.name
         graph.node.remove(q)
         graph.node.remove(dq)

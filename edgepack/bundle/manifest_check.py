@@ -75,7 +75,7 @@ def _model_problems(i: int, m: Any, files: dict, formats: set[str]) -> list[str]
         problems.append(f"models[{i}].file {m.get('file')!r} is not a plain file name inside the bundle: refused")
     elif m["file"] not in files:
         problems.append(f"models[{i}].file '{m['file']}' is not listed in files")
-    if m.get("format") not in formats:
+    if not isinstance(m.get("format"), str) or m["format"] not in formats:
         problems.append(f"models[{i}].format {m.get('format')!r} is not one of {', '.join(sorted(formats))}")
     for key, kind in (("precision", str), ("sha256", str), ("inputs", list), ("outputs", list),
                       ("validation", dict)):

@@ -7,11 +7,12 @@ report.html are re-rendered, file digests and the .zip are refreshed.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from edgepack.bundle import html as html_report
 from edgepack.bundle import report
+from edgepack.bundle.manifest_check import rendering
+from edgepack.bundle.read import read_manifest
 from edgepack.bundle.write import write_zip
 from edgepack.errors import InputError
 from edgepack.tasks import budgets
@@ -29,13 +30,14 @@ def record_device_measurement(bundle_dir: Path, record: dict, max_latency_ms: fl
     refreshed.
     """
     bundle_dir = Path(bundle_dir)
-    man = json.loads((bundle_dir / "manifest.json").read_text(encoding="utf-8"))
+    man = read_manifest(bundle_dir)
     if record.get("kind") != KIND:
         raise InputError(f"record kind is {record.get('kind')!r}, expected '{KIND}'")
     entry = next((m for m in man["models"] if m["format"] == (record.get("format") or m["format"])), None)
     if entry is None:
         raise InputError(f"the bundle has no {record.get('format')} model")
-    _apply(entry["validation"], record, max_latency_ms)
+    with rendering(f"{bundle_dir}/manifest.json"):
+        _apply(entry["validation"], record, max_latency_ms)
     man["passed"] = all(m["validation"]["passed"] for m in man["models"])
     if entry["format"] == man["models"][0]["format"]:
         man["validation"] = entry["validation"]  # the top-level copy of the primary model's validation

@@ -108,6 +108,9 @@ def bench(bundle_dir: Path, device: str, runs: int = 100, python: str = "python3
     if runs < 3:
         raise InputError(f"runs = {runs} is too few for a p50/p90", hint="use at least 3 runs (100 is typical)")
     dev, opts = parse_device(device), SshOptions(known_hosts, identity)
+    from edgepack.bundle.read import read_manifest
+
+    read_manifest(bundle_dir)  # an edited or foreign manifest stops here (exit 5), before anything is copied
     remote_dir = _remote(dev, opts, "mktemp -d /tmp/edgepack-bench.XXXXXX", "creating a folder on the device").strip()
     try:
         host = f"[{dev.host}]" if ":" in dev.host else dev.host

@@ -1,7 +1,7 @@
 """A strict grammar for ``ssh://user@host[:port]``, so nothing in the address can become an ssh option.
 
 OpenSSH reads a login or host that starts with '-' as an option (``-oProxyCommand=...`` runs a command).
-Besides ending ssh/scp options with ``--`` (edgepack.remote), the address itself must be plain:
+Besides ending ssh/scp options with ``--`` (edgepack.device.remote), the address itself must be plain:
 
     user   [A-Za-z_][A-Za-z0-9._-]{0,31}           (optional; no leading '-', no ':' password)
     host   a DNS name (letters, digits, '-' inside labels, '.' between them), an IPv4 address,

@@ -19,6 +19,8 @@ from pathlib import Path, PurePosixPath
 
 from edgepack.errors import OutputError, VerifyError
 
+CODE_INPUTS = ("model package",)  # inputs an --out may sit inside (it must still not be or contain them)
+
 
 def _spellings(path: Path) -> set[Path]:
     """The path with every link resolved, and with only its parent resolved (the entry itself as named)."""
@@ -60,6 +62,8 @@ def check_output(out: Path, inputs: Iterable[tuple[str, str | Path | None]]) -> 
         for target in sorted(targets):
             for source in sorted(_spellings(Path(path))):
                 how = _overlap(target, source)
+                if how == "is inside" and what in CODE_INPUTS:
+                    continue  # a bundle under a package's folder harms nothing; replacing the package would
                 if how:
                     raise OutputError(f"--out {out} {how} the {what} {path}: the build would replace or mix with "
                                       "its own input", hint="choose an --out folder apart from every input")
@@ -122,15 +126,16 @@ def _factory_location(spec: str) -> str | None:
     return found.origin if found.origin and found.has_location else None
 
 
-def build_inputs(config, extra: Iterable[tuple[str, str | Path | None]] = ()) -> list[tuple[str, str | Path | None]]:
-    """Every file or folder a build reads, as (what, path) pairs, for ``check_output``."""
-    model = config.model
+def build_inputs(config, extra: Iterable[tuple[str, str | Path | None]] = (),
+                 default_calib: str | None = None) -> list[tuple[str, str | Path | None]]:
+    """Every file or folder a build reads, as (what, path) pairs, for ``check_output`` (``default_calib``: the
+    folder an image build calibrates on when --calib is not given)."""
+    model, package = config.model, None
     if ":" in model and not Path(model).exists():
-        model_path = None if model.startswith("torchvision:") else _factory_location(model)
-    else:
-        model_path = model
+        model, package = None, None if model.startswith("torchvision:") else _factory_location(model)
     finetune = getattr(getattr(config.prune, "finetune", None), "data", None)
     target = config.target if (config.target.endswith(".toml") or Path(config.target).is_file()) else None
-    return [("model", model_path), ("weights", config.weights), ("calibration data", config.calib),
+    return [("model", model), ("model package", package), ("weights", config.weights),
+            ("calibration data", config.calib or default_calib),
             ("validation data", config.val), ("fine-tuning data", finetune), ("tokenizer", config.tokenizer),
             ("labels file", config.labels), ("target profile", target), *extra]

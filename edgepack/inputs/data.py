@@ -64,7 +64,7 @@ def rows(x: Inputs, start: int, stop: int) -> Inputs:
 
 
 def load_text(path: str, *, text: TextInfo, count: int | None, seed: int, role: str) -> Dataset:
-    """Texts (.txt / .jsonl / .csv, see edgepack.text.read_texts) tokenized as the device will: a seeded
+    """Texts (.txt / .jsonl / .csv, see edgepack.inputs.text.read_texts) tokenized as the device will: a seeded
     subset of ``count`` texts, {input name: (N, max_length) int64} with optional labels."""
     from edgepack.inputs import text as text_mod
 

@@ -104,7 +104,7 @@ def _load(spec: str, weights: str | None, num_classes: int | None, trust_model: 
 
 
 def _hf_folder(folder: Path, max_length: int | None) -> LoadedModel:
-    """A transformers text classifier folder (see edgepack.text.load_hf_folder: safetensors, no remote code)."""
+    """A transformers text classifier folder (see edgepack.inputs.text.load_hf_folder: safetensors, no remote code)."""
     from edgepack.inputs import text
 
     if not (folder / "config.json").is_file():

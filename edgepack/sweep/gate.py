@@ -1,7 +1,7 @@
 """Honest host latency while trials run side by side: a per-machine exclusive timing window.
 
 A trial registers at its machine's gate when it starts and leaves when it ends; whenever its build is about to
-time latency (`edgepack.measure.latency`: the validate stage, the accuracy-aware search, reference timings) it
+time latency (`edgepack.device.measure.latency`: the validate stage, the accuracy-aware search, reference timings) it
 parks at the gate. The gate lets one parked trial time only when no other trial on the machine is computing:
 every other registered trial is parked too (or gone). While anyone is parked, newly started trials wait at the
 door, so the machine drains instead of filling up again. The timed figures therefore come from a quiet
