@@ -36,9 +36,8 @@ def _csv(kind: type) -> Any:
             return [kind(v) for v in value.replace("x", ",").split(",") if v.strip()] if kind is int else \
                 [kind(v) for v in value.split(",") if v.strip()]
         except ValueError:
-            example = "1,3,224,224" if kind is int else "0.485,0.456,0.406"
-            raise click.BadParameter(f"'{value}' is not a comma-separated list of {kind.__name__}s, "
-                                     f"e.g. {example}") from None
+            what = "integers, e.g. 1,3,224,224" if kind is int else "numbers, e.g. 0.485,0.456,0.406"
+            raise click.BadParameter(f"'{value}' is not a comma-separated list of {what}") from None
     return parse
 
 

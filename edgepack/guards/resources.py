@@ -8,10 +8,12 @@ gives None and stays what it was.
 from __future__ import annotations
 
 import errno
+import re
 import tempfile
 
 from edgepack.errors import EdgepackError, OutputError, StageError
 
+_SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")
 _NO_MEMORY = ("cannot allocate memory", "failed to map segment", "out of memory", "std::bad_alloc")
 
 
@@ -28,6 +30,10 @@ def translate(exc: BaseException) -> EdgepackError | None:
     if not isinstance(exc, OSError):
         return None
     code = exc.errno
+    if code is None and _SHORT_WRITE.search(str(exc)):  # numpy's tofile/save on a full disk or at the size limit
+        return OutputError("a temporary file could not be written in full (disk full or file-size limit)",
+                           hint=f"free space in {tempfile.gettempdir()}, set TMPDIR to a larger disk, or raise "
+                                "the file-size limit (ulimit -f)")
     if code in (errno.ENOSPC, errno.EDQUOT):
         return OutputError(f"no space left on the device{_where(exc)}",
                            hint=f"free space in {tempfile.gettempdir()} (temporary files) and in the output folder, "
