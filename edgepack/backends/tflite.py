@@ -344,8 +344,12 @@ class TFLiteRunner:
         """Run one batch-1 input (NCHW float32 array, or token arrays by name); return the first output."""
         return self.run_outputs(x)[0]
 
-    def run_samples(self, x: np.ndarray | dict[str, np.ndarray], progress=None) -> np.ndarray:
-        """First output for every sample of x (N, ...), batch 1 as on the device."""
+    def run_samples(self, x: np.ndarray | dict[str, np.ndarray], progress=None,
+                    all_outputs: bool = False) -> np.ndarray | list[np.ndarray]:
+        """First output for every sample of x (N, ...), batch 1 as on the device; with ``all_outputs``, every
+        output so stacked, in a list."""
+        if all_outputs:
+            return _all_samples(self, x, progress)
         from edgepack.inputs.data import num_samples, rows
 
         outs = []
@@ -430,3 +434,15 @@ def _first_line(exc: BaseException) -> str:
 
 
 Runner = TFLiteRunner  # the name every backend exposes (see edgepack.backends)
+
+
+def _all_samples(runner, x, progress) -> list[np.ndarray]:
+    """Every output for every sample of x, batch 1, each output stacked over the samples."""
+    from edgepack.inputs.data import num_samples, rows
+
+    n, outs = num_samples(x), []
+    for i in range(n):
+        if progress and i % 16 == 0:
+            progress(i, n)
+        outs.append([o[0] for o in runner.run_outputs(rows(x, i, i + 1))])
+    return [np.stack(k) for k in zip(*outs, strict=True)]

@@ -20,6 +20,8 @@ MB = 1_000_000
 
 
 def run(ctx: BuildContext) -> None:
+    ctx.records["task"] = {"name": ctx.task.name, "labels": ctx.config.labels_dir,
+                           "validation_targets": "labels" if ctx.val.targets is not None else None}
     ctx.records["validation"] = {fmt: validate_format(ctx, fmt) for fmt in ctx.target.formats}
     if "onnx" in ctx.target.formats and "diagnosis" not in ctx.records and ctx.inputs.layer_diagnosis:
         from edgepack.quantize.diagnose import layer_errors
@@ -39,8 +41,9 @@ def validate_format(ctx: BuildContext, fmt: str) -> dict:
         step = f"validating {fmt} {art.precision} on {len(ctx.val)} samples"
         cached = ctx.outputs.get(f"{fmt}:fp32" if art.precision == "fp32" else str(art.path))
         outs[art.precision] = cached if cached is not None else backend.Runner(art.path, threads=threads).run_samples(
-            ctx.val.x, progress=lambda i, n, s=step: ctx.progress(s, i, n))
-    result = ctx.task.quality(outs["fp32"], outs["int8"], ctx.val.y)
+            ctx.val.x, progress=lambda i, n, s=step: ctx.progress(s, i, n),
+            all_outputs=getattr(ctx.task, "all_outputs", False))
+    result = ctx.task.quality(outs["fp32"], outs["int8"], ctx.val.truth)
     result["samples"] = len(ctx.val)
     result["on_calibration_data"] = ctx.val_is_calibration
     result["latency_ms"] = _latency(ctx, fmt, threads)
@@ -69,7 +72,7 @@ def _judge_every_output(ctx: BuildContext, fmt: str, result: dict) -> None:
 
 def _unpruned(ctx: BuildContext, outs: dict, art, latency: dict) -> dict:
     """The model before pruning, on the same samples: accuracy, agreement of pruned FP32 with it, size."""
-    q = ctx.task.quality(outs["unpruned-fp32"], outs["fp32"], ctx.val.y)
+    q = ctx.task.quality(outs["unpruned-fp32"], outs["fp32"], ctx.val.truth)
     prune = ctx.records.get("prune", {})
     return {"accuracy": q["accuracy_fp32"], "pruned_fp32_agreement": q["agreement"],
             "size_bytes": art.size_bytes, "latency_ms": latency.get("unpruned-fp32"),
