@@ -364,3 +364,26 @@ def test_segment_refuses_a_model_without_a_map(tiny_data, tmp_path):
                                        "--calib", str(tiny_data["calib"]), "--out", str(tmp_path / "b"),
                                        "--input-shape", "1,3,32,32"])
     assert result.exit_code == 2 and "is not a segmentation map" in result.output
+
+
+def test_tflite_4d_outputs_come_back_nchw_whichever_layout_onnx2tf_left():
+    from edgepack.backends.tflite import _output_nchw
+
+    nchw = np.zeros((1, 3, 16, 16))
+    assert _output_nchw(nchw, (16, 16)).shape == (1, 3, 16, 16)        # left NCHW by onnx2tf: kept
+    assert _output_nchw(np.zeros((1, 16, 16, 3)), (16, 16)).shape == (1, 3, 16, 16)   # NHWC: transposed
+    assert _output_nchw(np.zeros((1, 8, 4, 21)), (64, 32)).shape == (1, 21, 8, 4)     # half-size NHWC map
+    assert _output_nchw(np.zeros((1, 21, 8, 4)), (64, 32)).shape == (1, 21, 8, 4)
+    assert _output_nchw(np.zeros((1, 10)), (16, 16)).shape == (1, 10)
+
+
+@pytest.mark.slow
+def test_segment_build_for_tflite_scores_the_map_in_the_right_layout(tmp_path):
+    pytest.importorskip("onnx2tf")
+    images, masks = segmentation_set(tmp_path / "data", n=12)
+    out = tmp_path / "seg"
+    invoke("build", "toy_models:tiny_segmenter", "--task", "segment", "--calib", images, "--val", images,
+           "--labels-dir", masks, "--max-miou-drop", "5", "--out", out, "--target", "android-arm64",
+           *SEG[2:])
+    v = json.loads((out / "manifest.json").read_text())["validation"]
+    assert v["miou_fp32"] > 70 and v["miou_drop"] <= 5  # a transposed map scores near 0

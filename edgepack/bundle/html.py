@@ -78,7 +78,8 @@ def trials_plot(trials: list[dict]) -> str:
 
     fig, ax = plt.subplots(figsize=(6, 3.4))
     for t in trials:
-        err = t["accuracy_drop"] if t["accuracy_drop"] is not None else 100 * (1 - (t["agreement"] or 0))
+        drop = next((t[k] for k in ("accuracy_drop", "miou_drop", "map50_drop") if t.get(k) is not None), None)
+        err = drop if drop is not None else 100 * (1 - (t["agreement"] or 0))
         if t["latency_p50_ms_1thread"] is None:
             continue
         ax.scatter(t["latency_p50_ms_1thread"], err, color="#2b7bb9" if t["met"] else "#c44e52")
@@ -100,11 +101,16 @@ def variants_from_manifest(man: dict) -> dict[str, dict]:
     """FP32 / INT8 (and any extra variants recorded by stages) of the primary model, for the plots."""
     v = man["validation"]
     labelled = v["accuracy_fp32"] is not None
+    task_metric = next(((k, label) for k, label in (("miou", "mIoU"), ("map50", "mAP@0.5"))
+                        if v.get(f"{k}_fp32") is not None), None)
     out = {}
     for prec in ("fp32", "int8"):
-        quality = (v[f"accuracy_{prec}"] if labelled else (1.0 if prec == "fp32" else v["agreement"]))
-        out[prec.upper()] = {"quality": quality, "quality_label": "top-1 accuracy" if labelled else "agreement",
-                             "quality_unit": "%" if labelled else "fraction",
+        if task_metric:  # segmentation / detection: the task's own metric, in points
+            quality, label, unit = v[f"{task_metric[0]}_{prec}"], task_metric[1], "%"
+        else:
+            quality = (v[f"accuracy_{prec}"] if labelled else (1.0 if prec == "fp32" else v["agreement"]))
+            label, unit = ("top-1 accuracy", "%") if labelled else ("agreement", "fraction")
+        out[prec.upper()] = {"quality": quality, "quality_label": label, "quality_unit": unit,
                              "p50": v["latency_ms"][prec]["p50"], "size_mb": v["size_bytes"][prec] / 1e6}
     u = v.get("unpruned_fp32")
     if u:

@@ -112,13 +112,16 @@ def trial_rows(search: dict) -> list[tuple[str, ...]]:
     def f(v, d=2):
         return "-" if v is None else f"{v:.{d}f}"
 
-    return [(t["name"] + (" (chosen)" if t["name"] == search["chosen"] else ""), f(t["accuracy_drop"]),
+    def drop(t):  # the task metric's drop: top-1 accuracy, mIoU or mAP@0.5 (points)
+        return next((t[k] for k in ("accuracy_drop", "miou_drop", "map50_drop") if t.get(k) is not None), None)
+
+    return [(t["name"] + (" (chosen)" if t["name"] == search["chosen"] else ""), f(drop(t)),
              f(t["agreement"], 4), f(t["sqnr_db"], 1), f(t["latency_p50_ms_1thread"]),
              f"{t['size_bytes'] / 1e6:.2f}", f(t["seconds"], 1), "yes" if t["met"] else "no")
             for t in search["trials"]]
 
 
-TRIAL_HEADER = ("configuration", "acc. drop", "agreement", "SQNR dB", "p50 ms 1 thr", "MB", "search s", "meets")
+TRIAL_HEADER = ("configuration", "drop (points)", "agreement", "SQNR dB", "p50 ms 1 thr", "MB", "search s", "meets")
 
 
 def drop_text(row: dict) -> str:
