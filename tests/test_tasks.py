@@ -164,6 +164,31 @@ def test_detect_decodes_with_nms_and_scores_int8_against_fp32():
     assert det.quality_budget(q, {"max_map_drop": 1.0})["passed"] is False
 
 
+def test_numpy_nms_matches_torchvision():
+    import torch
+    from torchvision.ops import batched_nms
+
+    from edgepack.tasks import postprocess
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        xy = rng.uniform(0, 50, (60, 2))
+        boxes = np.concatenate([xy, xy + rng.uniform(2, 20, (60, 2))], 1)
+        scores, classes = rng.random(60), rng.integers(0, 3, 60)
+        ours = postprocess.nms(boxes, scores, classes, 0.5)
+        theirs = batched_nms(torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(classes), 0.5)
+        assert ours.tolist() == theirs.tolist()
+
+
+def test_runner_copy_lays_out_tflite_maps_as_the_backend_does():
+    from edgepack.backends.tflite import _output_nchw
+    from edgepack.tasks.postprocess import to_nchw
+
+    for shape, hw in [((1, 3, 16, 16), (16, 16)), ((1, 16, 16, 3), (16, 16)), ((1, 8, 4, 21), (64, 32)),
+                      ((1, 21, 8, 4), (64, 32)), ((1, 8, 8, 8), (8, 8))]:
+        assert to_nchw(np.zeros(shape), hw).shape == _output_nchw(np.zeros(shape), hw).shape
+
+
 def test_detect_two_outputs_either_order():
     det = Detect()
     boxes = np.array([[[0, 0, 10, 10]]], np.float32)
@@ -350,6 +375,27 @@ def test_detect_build_reports_map(tmp_path, factory, labels_of):
     assert v["labels"] == "boxes" and v["classes"] == 3 and v["objects"] > 16
     assert v["map50_fp32"] > 80 and v["map50_int8"] > 70
     assert [b for b in v["budgets"] if b["name"] == "map50_drop_points"][0]["limit"] == 10
+    _runner_decodes_as_validation(out, images, Preprocess(resize=32, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)))
+
+
+def _runner_decodes_as_validation(bundle: Path, images: Path, pre: Preprocess) -> None:
+    """The bundle's run.py (with its copy of postprocess.py) prints the detections validation decodes."""
+    import subprocess
+    import sys
+
+    from edgepack.backends import onnx as onnx_backend
+    from edgepack.inputs.data import preprocess_image
+
+    image = sorted(images.iterdir())[3]
+    res = subprocess.run([sys.executable, "run.py", str(image), "--json"], cwd=bundle, capture_output=True,
+                         text=True, timeout=120, env={"PATH": "/usr/bin:/bin"})
+    assert res.returncode == 0, res.stderr
+    printed = json.loads(res.stdout.strip().splitlines()[-1])["detections"]
+    x = preprocess_image(image, (1, 3, 32, 32), pre)[None]
+    want = Detect().decode(onnx_backend.Runner(bundle / "model.onnx").run_outputs(x))[0]
+    assert len(printed) == len(want["scores"]) > 0
+    np.testing.assert_allclose([d["box"] for d in printed], want["boxes"], atol=0.01)
+    assert [d["class"] for d in printed] == want["classes"].tolist()
 
 
 def test_labels_dir_is_refused_for_a_classifier(tiny_data, tmp_path):

@@ -452,7 +452,8 @@ def _all_samples(runner, x, progress) -> list[np.ndarray]:
 def _output_nchw(out: np.ndarray, in_hw: tuple | None) -> np.ndarray:
     """A 4-D output in NCHW, as the ONNX model gives it. onnx2tf turns most 4-D outputs into NHWC but leaves
     some (e.g. a segmentation map computed from the input) in NCHW: the output is kept as it is when only its
-    last two axes have the (NHWC) input's aspect ratio, and transposed from NHWC otherwise."""
+    last two axes have the (NHWC) input's aspect ratio, and transposed from NHWC otherwise. (The bundle's
+    runner does the same: edgepack.tasks.postprocess.to_nchw.)"""
     if out.ndim != 4:
         return out
     a, b, c = out.shape[1:]

@@ -7,8 +7,9 @@ validation uses for FP32 and INT8 alike). Accepted raw outputs, for a start (hea
 - two outputs, boxes (N, K, 4) and scores (N, K, C) (the one whose last axis is 4 holds the boxes).
 
 Scores are probabilities (after sigmoid/softmax). A candidate's class is its best score; candidates scoring
-below SCORE_THRESHOLD are dropped, then class-wise NMS (torchvision.ops.batched_nms, IoU NMS_IOU) keeps at most
-MAX_DETECTIONS. mAP@0.5 and mAP@0.5:0.95 come from pycocotools' COCOeval (points, 0-100). With labels (YOLO txt
+below postprocess.SCORE_THRESHOLD are dropped, then class-wise greedy NMS (IoU postprocess.NMS_IOU, numpy, the
+same file the bundle's run.py uses on the device) keeps at most postprocess.MAX_DETECTIONS. mAP@0.5 and
+mAP@0.5:0.95 come from pycocotools' COCOeval (points, 0-100). With labels (YOLO txt
 or COCO JSON, see edgepack.inputs.labels) both models are scored against them and the drop is in points;
 without, INT8 is scored against the FP32 detections scoring at least PSEUDO_LABEL_SCORE as pseudo-labels.
 """
@@ -21,12 +22,9 @@ import io
 import numpy as np
 
 from edgepack.errors import InputError
-from edgepack.tasks import budgets
+from edgepack.tasks import budgets, postprocess
 from edgepack.tasks.base import sqnr_db
 
-SCORE_THRESHOLD = 0.05
-NMS_IOU = 0.5
-MAX_DETECTIONS = 100
 PSEUDO_LABEL_SCORE = 0.5
 
 
@@ -36,6 +34,7 @@ class Detect:
     name = "detect"
     budget_names = ("max_map_drop",)
     all_outputs = True      # the stages hand `quality` every output, not only the first
+    runner_files = (postprocess.__file__,)   # copied beside the bundle's run.py
 
     def __init__(self) -> None:
         from edgepack.util import require
@@ -61,22 +60,9 @@ class Detect:
         return classes
 
     def decode(self, outs) -> list[dict]:
-        """Detections per sample: {"boxes": (M, 4) xyxy, "scores": (M,), "classes": (M,)}, after NMS."""
-        import torch
-        from torchvision.ops import batched_nms
-
-        boxes, scores = split_outputs(outs)
-        found = []
-        for b, s in zip(boxes, scores, strict=True):
-            cls, best = s.argmax(-1), s.max(-1)
-            keep = np.flatnonzero(best >= SCORE_THRESHOLD)
-            tb = torch.from_numpy(np.ascontiguousarray(b[keep], np.float32))
-            ts = torch.from_numpy(np.ascontiguousarray(best[keep], np.float32))
-            kept = batched_nms(tb, ts, torch.from_numpy(cls[keep].astype(np.int64)), NMS_IOU)[:MAX_DETECTIONS]
-            idx = keep[kept.numpy()]
-            found.append({"boxes": b[idx].astype(np.float32), "scores": best[idx].astype(np.float32),
-                          "classes": cls[idx].astype(np.int64)})
-        return found
+        """Detections per sample: {"boxes": (M, 4) xyxy, "scores": (M,), "classes": (M,)}, after NMS
+        (edgepack.tasks.postprocess: the same code runs on the device)."""
+        return postprocess.detections(split_outputs(outs))
 
     def quality(self, ref, got, y) -> dict:
         """mAP@0.5 and mAP@0.5:0.95 (points) of FP32 and INT8 detections; drop in points; SQNR of the raw
@@ -117,14 +103,10 @@ class Detect:
 
 def split_outputs(outs) -> tuple[np.ndarray, np.ndarray]:
     """(boxes (N, K, 4), scores (N, K, C)) from the raw outputs (see the module docstring)."""
-    outs = [np.asarray(o, np.float32) for o in (outs if isinstance(outs, list | tuple) else [outs])]
-    if len(outs) == 1 and outs[0].ndim == 3 and outs[0].shape[-1] > 4:
-        return outs[0][..., :4], outs[0][..., 4:]
-    if len(outs) == 2 and all(o.ndim == 3 for o in outs):
-        boxes = 0 if outs[0].shape[-1] == 4 else 1
-        return outs[boxes], outs[1 - boxes]
-    raise InputError(f"detect: outputs shaped {[list(o.shape) for o in outs]} are not (N, K, 4 + C) or boxes "
-                     "(N, K, 4) + scores (N, K, C)", hint="use --task generic for other outputs")
+    try:
+        return postprocess.split_outputs(outs)
+    except ValueError as exc:
+        raise InputError(f"detect: {exc}", hint="use --task generic for other outputs") from None
 
 
 def _confident(det: dict) -> dict:

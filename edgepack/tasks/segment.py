@@ -18,10 +18,10 @@ from __future__ import annotations
 import numpy as np
 
 from edgepack.errors import InputError
-from edgepack.tasks import budgets
+from edgepack.tasks import budgets, postprocess
 from edgepack.tasks.base import sqnr_db
 
-PROB_THRESHOLD = 0.5
+PROB_THRESHOLD = postprocess.PROB_THRESHOLD
 IGNORE_INDEX = 255
 
 
@@ -30,6 +30,7 @@ class Segment:
 
     name = "segment"
     budget_names = ("max_miou_drop",)
+    runner_files = (postprocess.__file__,)   # copied beside the bundle's run.py
 
     def num_classes(self, shape: tuple) -> int:
         """Classes of an output shaped ``shape`` (a one-channel probability map has two)."""
@@ -45,12 +46,7 @@ class Segment:
 
     def masks(self, out: np.ndarray) -> np.ndarray:
         """(N, H, W) int64 class masks from (N, C, H, W) scores or an (N, 1, H, W) probability map."""
-        out = np.asarray(out)
-        if out.ndim == 3:  # (N, H, W): a map without a channel axis
-            out = out[:, None]
-        if out.shape[1] == 1:
-            return (out[:, 0] >= PROB_THRESHOLD).astype(np.int64)
-        return out.argmax(1).astype(np.int64)
+        return postprocess.masks(out, PROB_THRESHOLD)
 
     def quality(self, ref: np.ndarray, got: np.ndarray, y) -> dict:
         """mIoU and pixel accuracy (points, 0-100) of FP32 and INT8; drop in points; SQNR of the scores (dB).
