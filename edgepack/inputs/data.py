@@ -55,7 +55,9 @@ class Dataset:
     @property
     def digest(self) -> str:
         arrays = [self.x[k] for k in sorted(self.x)] if isinstance(self.x, dict) else [self.x]
-        return sha256_arrays(*arrays, self.y)
+        targets = [a for t in self.targets or [] for a in ((t["boxes"], t["classes"]) if isinstance(t, dict)
+                                                            else (t,))]
+        return sha256_arrays(*arrays, self.y, *targets)
 
     def __len__(self) -> int:
         return num_samples(self.x)
