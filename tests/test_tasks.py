@@ -345,6 +345,8 @@ def test_segment_build_reports_miou_and_judges_its_budget(tmp_path):
     assert row["limit"] == 5 and row["passed"] is True
     assert man["stages"]["task"]["name"] == "segment"
     assert "mIoU" in (out / "report.md").read_text()
+    assert (out / "samples.png").read_bytes()[:4] == b"\x89PNG" and "samples.png" in man["files"]
+    assert "FP32 and INT8 on validation images (masks)" in (out / "report.html").read_text()
 
 
 @pytest.mark.slow
@@ -375,6 +377,7 @@ def test_detect_build_reports_map(tmp_path, factory, labels_of):
     assert v["labels"] == "boxes" and v["classes"] == 3 and v["objects"] > 16
     assert v["map50_fp32"] > 80 and v["map50_int8"] > 70
     assert [b for b in v["budgets"] if b["name"] == "map50_drop_points"][0]["limit"] == 10
+    assert "FP32 and INT8 on validation images (boxes" in (out / "report.html").read_text()
     _runner_decodes_as_validation(out, images, Preprocess(resize=32, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)))
 
 

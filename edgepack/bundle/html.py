@@ -91,6 +91,57 @@ def trials_plot(trials: list[dict]) -> str:
     return _png(fig)
 
 
+PICTURES_FILE = "samples.png"   # FP32 vs INT8 masks or boxes on a few validation images (detect, segment)
+PICTURE_SCORE = 0.3             # boxes drawn from this score up
+
+
+def task_pictures(p: dict) -> bytes:
+    """PNG: for each of a few validation inputs, FP32 and INT8 side by side, masks overlaid or boxes drawn, as
+    decoded by edgepack.tasks.postprocess. ``p``: {task, x (n, C, H, W), fp32, int8 (raw outputs of those n)}."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.patches import Rectangle
+
+    from edgepack.tasks import postprocess
+
+    x = np.asarray(p["x"], np.float32)
+    lo, hi = x.min(axis=(1, 2, 3), keepdims=True), x.max(axis=(1, 2, 3), keepdims=True)
+    images = ((x - lo) / np.where(hi > lo, hi - lo, 1)).transpose(0, 2, 3, 1)
+    n, (h, w) = len(images), images.shape[1:3]
+    fig, axes = plt.subplots(n, 2, figsize=(5.2, 2.6 * n), squeeze=False)
+    for j, prec in enumerate(("fp32", "int8")):
+        out = p[prec]
+        decoded = postprocess.masks(out[0] if isinstance(out, list) else out) if p["task"] == "segment" \
+            else postprocess.detections(out)
+        for i in range(n):
+            ax = axes[i][j]
+            ax.imshow(images[i][..., 0] if images.shape[-1] == 1 else images[i][..., :3], cmap="gray",
+                      extent=(0, w, h, 0))
+            if p["task"] == "segment":
+                ax.imshow(decoded[i], alpha=0.45, cmap="tab10", vmin=0, vmax=9, interpolation="nearest",
+                          extent=(0, w, h, 0))
+            else:
+                d = decoded[i]
+                for b, sc, c in zip(d["boxes"], d["scores"], d["classes"], strict=True):
+                    if sc >= PICTURE_SCORE:
+                        ax.add_patch(Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False, lw=1.5,
+                                               color=plt.cm.tab10(int(c) % 10)))
+                        ax.text(b[0], b[1], f"{int(c)} {sc:.2f}", fontsize=6, color="white",
+                                bbox={"facecolor": plt.cm.tab10(int(c) % 10), "pad": 0.5, "lw": 0})
+            ax.set_xlim(0, w)
+            ax.set_ylim(h, 0)
+            ax.axis("off")
+            if i == 0:
+                ax.set_title(prec.upper(), fontsize=10)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()
+
+
 def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
@@ -122,8 +173,8 @@ def variants_from_manifest(man: dict) -> dict[str, dict]:
     return out
 
 
-def render(man: dict, layers: list[dict] | None = None) -> str:
-    """The whole page as a string."""
+def render(man: dict, layers: list[dict] | None = None, pictures: bytes | None = None) -> str:
+    """The whole page as a string (``pictures``: the bundle's PICTURES_FILE PNG, when it has one)."""
     verdict = "PASSED" if man["passed"] else "FAILED"
     figs = "".join(f'<figure><img alt="{html.escape(t)}" src="data:image/png;base64,{b}"><figcaption>'
                    f"{html.escape(t)}</figcaption></figure>" for t, b in variant_plots(variants_from_manifest(man)))
@@ -133,6 +184,12 @@ def render(man: dict, layers: list[dict] | None = None) -> str:
              _table(("metric", "FP32", "INT8", "note"), summary_rows(man)),
              "<h2>Budgets</h2>", _table(("budget", "value", "limit", "verdict"), budget_rows(man)),
              f'<h2>Plots</h2><div class="plots">{figs}</div>']
+    if pictures:
+        what = "masks" if man.get("stages", {}).get("task", {}).get("name") == "segment" else \
+            f"boxes scoring {PICTURE_SCORE} or more"
+        parts += [f"<h2>FP32 and INT8 on validation images ({what})</h2>",
+                  f'<figure><img alt="FP32 and INT8 {what}" src="data:image/png;base64,'
+                  f'{base64.b64encode(pictures).decode("ascii")}"></figure>']
     search = man.get("stages", {}).get("quantization_search")
     if search:
         parts += [f"<h2>Accuracy-aware search ({search['seconds']} s of {search['max_seconds']} s allowed)</h2>",

@@ -17,6 +17,8 @@ from edgepack.tasks import budgets
 from edgepack.util import host_cores
 
 MB = 1_000_000
+PICTURE_TASKS = ("detect", "segment")   # tasks whose FP32 and INT8 outputs report.html draws
+PICTURE_SAMPLES = 4
 
 
 def run(ctx: BuildContext) -> None:
@@ -44,6 +46,8 @@ def validate_format(ctx: BuildContext, fmt: str) -> dict:
             ctx.val.x, progress=lambda i, n, s=step: ctx.progress(s, i, n),
             all_outputs=getattr(ctx.task, "all_outputs", False))
     result = ctx.task.quality(outs["fp32"], outs["int8"], ctx.val.truth)
+    if ctx.task.name in PICTURE_TASKS and fmt == ctx.target.formats[0]:
+        ctx.outputs["task_pictures"] = _pictures(ctx, outs)
     result["samples"] = len(ctx.val)
     result["on_calibration_data"] = ctx.val_is_calibration
     result["latency_ms"] = _latency(ctx, fmt, threads)
@@ -60,6 +64,15 @@ def validate_format(ctx: BuildContext, fmt: str) -> dict:
     result["passed"] = budgets.all_passed(result["budgets"])
     _speed_notes(ctx, fmt, result["latency_ms"])
     return result
+
+
+def _pictures(ctx: BuildContext, outs: dict) -> dict:
+    """The first PICTURE_SAMPLES inputs with their raw FP32 and INT8 outputs, drawn into report.html."""
+    def first(o):
+        return [a[:PICTURE_SAMPLES] for a in o] if isinstance(o, list) else o[:PICTURE_SAMPLES]
+
+    return {"task": ctx.task.name, "x": rows(ctx.val.x, 0, PICTURE_SAMPLES), "fp32": first(outs["fp32"]),
+            "int8": first(outs["int8"])}
 
 
 def _judge_every_output(ctx: BuildContext, fmt: str, result: dict) -> None:
