@@ -399,6 +399,8 @@ def _runner_decodes_as_validation(bundle: Path, images: Path, pre: Preprocess) -
     assert len(printed) == len(want["scores"]) > 0
     np.testing.assert_allclose([d["box"] for d in printed], want["boxes"], atol=0.01)
     assert [d["class"] for d in printed] == want["classes"].tolist()
+    verified = CliRunner().invoke(main, ["verify", str(bundle)])
+    assert verified.exit_code == 0, verified.output  # running it left nothing behind (no __pycache__)
 
 
 def test_labels_dir_is_refused_for_a_classifier(tiny_data, tmp_path):

@@ -20,6 +20,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # postprocess.py (detection / segmentation bundles) sits beside this file
+sys.dont_write_bytecode = True  # no __pycache__ in the bundle: `edgepack verify` checks every file in it
 
 
 def preprocess(path, pre, shape):
