@@ -438,3 +438,15 @@ def test_segment_build_for_tflite_scores_the_map_in_the_right_layout(tmp_path):
            *SEG[2:])
     v = json.loads((out / "manifest.json").read_text())["validation"]
     assert v["miou_fp32"] > 70 and v["miou_drop"] <= 5  # a transposed map scores near 0
+
+
+@pytest.mark.slow
+def test_detect_build_for_tflite_finds_boxes_and_scores_whatever_their_order(tmp_path):
+    pytest.importorskip("onnx2tf")
+    images, _, coco = detection_set(tmp_path / "data", n=12)
+    out = tmp_path / "det"
+    invoke("build", "toy_models:tiny_detector_two_outputs", "--task", "detect", "--calib", images, "--val", images,
+           "--labels-dir", coco, "--max-map-drop", "10", "--out", out, "--target", "android-arm64", "--resize", "32",
+           "--input-shape", "1,3,32,32", *SEG[4:])
+    v = json.loads((out / "manifest.json").read_text())["validation"]
+    assert v["map50_fp32"] > 80 and v["map50_drop"] <= 10
