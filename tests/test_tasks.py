@@ -82,6 +82,7 @@ def _folder_set(images: Path) -> Dataset:
 # ---- segmentation metrics ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # importing torchmetrics takes half a minute on a busy 2-core machine
 def test_miou_and_pixel_accuracy_match_torchmetrics():
     torchmetrics = pytest.importorskip("torchmetrics")
     import torch
