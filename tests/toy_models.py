@@ -87,3 +87,63 @@ def export_text(module, max_length, path, opset=17, input_names=None):
     names = [n for n in INPUT_ORDER if n in (input_names or INPUT_ORDER)]
     export_args(module.eval(), example_inputs(names, max_length), path, input_names=names, opset=opset)
     return {"inputs": names, "max_length": max_length, "opset": opset}
+
+
+class TinySegmenter(nn.Module):
+    """(1, 3, 16, 16) -> (1, 3, 16, 16) class scores: the colour channels plus a small seeded conv branch, so the
+    argmax follows the dominant colour (what the tests' PNG masks label) and INT8 has something to round."""
+
+    def __init__(self, classes: int = 3, width: int = 8):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, width, 3, 1, 1)
+        self.conv2 = nn.Conv2d(width, classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 4 * x + 0.1 * self.conv2(torch.relu(self.conv1(x)))
+
+
+def tiny_segmenter() -> nn.Module:
+    """Seeded TinySegmenter for 1x3x16x16 inputs scaled to 0-1 (mean 0, std 1)."""
+    torch.manual_seed(0)
+    return TinySegmenter().eval()
+
+
+class TinyDetector(nn.Module):
+    """(1, 3, 32, 32) -> (1, 16, 4 + 3): one candidate per 8x8 cell of a 4x4 grid, its box the cell (plus a
+    small seeded offset) in input pixels, class c scored by how much colour c fills the cell. With
+    ``two_outputs`` it returns boxes (1, 16, 4) and scores (1, 16, 3) separately."""
+
+    def __init__(self, classes: int = 3, grid: int = 4, size: int = 32, width: int = 8, two_outputs: bool = False):
+        super().__init__()
+        self.two_outputs = two_outputs
+        self.feat = nn.Conv2d(3, width, 3, 1, 1)
+        self.pool = nn.AvgPool2d(size // grid)
+        self.cls = nn.Conv2d(3 + width, classes, 1)
+        self.reg = nn.Conv2d(3 + width, 4, 1)
+        cell = size // grid
+        ys, xs = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+        anchors = torch.stack([xs * cell, ys * cell, xs * cell + cell, ys * cell + cell], -1).reshape(-1, 4)
+        self.register_buffer("anchors", anchors.float())
+        with torch.no_grad():
+            self.cls.weight.mul_(0.1)
+            self.cls.weight[:, :3, 0, 0] = 12 * torch.eye(classes, 3) - 4 * (1 - torch.eye(classes, 3))
+            self.cls.bias.fill_(-5.0)
+            self.reg.weight.mul_(0.1)
+
+    def forward(self, x: torch.Tensor):
+        h = torch.cat([self.pool(x), self.pool(torch.relu(self.feat(x)))], 1)
+        scores = torch.sigmoid(self.cls(h)).flatten(2).transpose(1, 2)
+        boxes = self.anchors + torch.tanh(self.reg(h)).flatten(2).transpose(1, 2)
+        return (boxes, scores) if self.two_outputs else torch.cat([boxes, scores], -1)
+
+
+def tiny_detector() -> nn.Module:
+    """Seeded TinyDetector (one (1, 16, 7) output) for 1x3x32x32 inputs scaled to 0-1 (mean 0, std 1)."""
+    torch.manual_seed(0)
+    return TinyDetector().eval()
+
+
+def tiny_detector_two_outputs() -> nn.Module:
+    """Seeded TinyDetector returning boxes (1, 16, 4) and scores (1, 16, 3)."""
+    torch.manual_seed(0)
+    return TinyDetector(two_outputs=True).eval()

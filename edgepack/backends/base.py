@@ -24,8 +24,9 @@ class Runner(Protocol):
     def run(self, x: Inputs) -> np.ndarray:
         """One batch -> the first output (float32)."""
 
-    def run_samples(self, x: Inputs, progress=None) -> np.ndarray:
-        """Every sample of ``x``, one at a time -> stacked first outputs."""
+    def run_samples(self, x: Inputs, progress=None, all_outputs: bool = False) -> np.ndarray | list[np.ndarray]:
+        """Every sample of ``x``, one at a time -> stacked first outputs (every output, stacked, with
+        ``all_outputs``: detection heads have several)."""
 
 
 class Backend(Protocol):

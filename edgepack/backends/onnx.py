@@ -145,8 +145,12 @@ class Runner:
                              hint="the tokenizer's input names must match the model's")
         return {n: x[n].astype(t, copy=False) for n, t in self.dtypes.items()}
 
-    def run_samples(self, x: np.ndarray | dict[str, np.ndarray], progress=None) -> np.ndarray:
-        """Outputs for every sample of x (N, ...), batch 1 as on the device."""
+    def run_samples(self, x: np.ndarray | dict[str, np.ndarray], progress=None,
+                    all_outputs: bool = False) -> np.ndarray | list[np.ndarray]:
+        """First output for every sample of x (N, ...), batch 1 as on the device; with ``all_outputs``, every
+        output so stacked, in a list."""
+        if all_outputs:
+            return _all_samples(self, x, progress)
         from edgepack.inputs.data import num_samples, rows
 
         n = num_samples(x)
@@ -205,3 +209,15 @@ def float_ops(path: Path) -> list[str]:
     producer = {o: n for n in graph.node for o in n.output}
     return [f"{n.op_type}:{n.name}" for n in graph.node if n.op_type in ("Conv", "ConvTranspose", "MatMul", "Gemm")
             and getattr(producer.get(n.input[0]), "op_type", None) != "DequantizeLinear"]
+
+
+def _all_samples(runner, x, progress) -> list[np.ndarray]:
+    """Every output for every sample of x, batch 1, each output stacked over the samples."""
+    from edgepack.inputs.data import num_samples, rows
+
+    n, outs = num_samples(x), []
+    for i in range(n):
+        if progress and i % 16 == 0:
+            progress(i, n)
+        outs.append([o[0] for o in runner.run_outputs(rows(x, i, i + 1))])
+    return [np.stack(k) for k in zip(*outs, strict=True)]

@@ -344,8 +344,12 @@ class TFLiteRunner:
         """Run one batch-1 input (NCHW float32 array, or token arrays by name); return the first output."""
         return self.run_outputs(x)[0]
 
-    def run_samples(self, x: np.ndarray | dict[str, np.ndarray], progress=None) -> np.ndarray:
-        """First output for every sample of x (N, ...), batch 1 as on the device."""
+    def run_samples(self, x: np.ndarray | dict[str, np.ndarray], progress=None,
+                    all_outputs: bool = False) -> np.ndarray | list[np.ndarray]:
+        """First output for every sample of x (N, ...), batch 1 as on the device; with ``all_outputs``, every
+        output so stacked, in a list."""
+        if all_outputs:
+            return _all_samples(self, x, progress)
         from edgepack.inputs.data import num_samples, rows
 
         outs = []
@@ -369,7 +373,8 @@ class TFLiteRunner:
             self._interp.set_tensor(self._in["index"], _quantize(x, self._in))
         self._interp.invoke()
         outs = [_dequantize(self._interp.get_tensor(d["index"]), d) for d in self._outs]
-        return [o.transpose(0, 3, 1, 2) if o.ndim == 4 else o for o in outs]
+        in_hw = tuple(self._in["shape"][1:3]) if len(self._in["shape"]) == 4 else None
+        return [_output_nchw(o, in_hw) for o in outs]
 
 
 def match_input(tensor_name: str, feed: dict) -> str:
@@ -430,3 +435,30 @@ def _first_line(exc: BaseException) -> str:
 
 
 Runner = TFLiteRunner  # the name every backend exposes (see edgepack.backends)
+
+
+def _all_samples(runner, x, progress) -> list[np.ndarray]:
+    """Every output for every sample of x, batch 1, each output stacked over the samples."""
+    from edgepack.inputs.data import num_samples, rows
+
+    n, outs = num_samples(x), []
+    for i in range(n):
+        if progress and i % 16 == 0:
+            progress(i, n)
+        outs.append([o[0] for o in runner.run_outputs(rows(x, i, i + 1))])
+    return [np.stack(k) for k in zip(*outs, strict=True)]
+
+
+def _output_nchw(out: np.ndarray, in_hw: tuple | None) -> np.ndarray:
+    """A 4-D output in NCHW, as the ONNX model gives it. onnx2tf turns most 4-D outputs into NHWC but leaves
+    some (e.g. a segmentation map computed from the input) in NCHW: the output is kept as it is when only its
+    last two axes have the (NHWC) input's aspect ratio, and transposed from NHWC otherwise. (The bundle's
+    runner does the same: edgepack.tasks.postprocess.to_nchw.)"""
+    if out.ndim != 4:
+        return out
+    a, b, c = out.shape[1:]
+
+    def spatial(h: int, w: int) -> bool:
+        return in_hw is not None and h * int(in_hw[1]) == w * int(in_hw[0])
+
+    return out if spatial(b, c) and not spatial(a, b) else out.transpose(0, 3, 1, 2)

@@ -78,7 +78,8 @@ def trials_plot(trials: list[dict]) -> str:
 
     fig, ax = plt.subplots(figsize=(6, 3.4))
     for t in trials:
-        err = t["accuracy_drop"] if t["accuracy_drop"] is not None else 100 * (1 - (t["agreement"] or 0))
+        drop = next((t[k] for k in ("accuracy_drop", "miou_drop", "map50_drop") if t.get(k) is not None), None)
+        err = drop if drop is not None else 100 * (1 - (t["agreement"] or 0))
         if t["latency_p50_ms_1thread"] is None:
             continue
         ax.scatter(t["latency_p50_ms_1thread"], err, color="#2b7bb9" if t["met"] else "#c44e52")
@@ -88,6 +89,57 @@ def trials_plot(trials: list[dict]) -> str:
     ax.set_ylabel("accuracy drop (points) or disagreement (%)")
     ax.set_title("accuracy-aware search: every configuration tried (blue = meets budget)", fontsize=9)
     return _png(fig)
+
+
+PICTURES_FILE = "samples.png"   # FP32 vs INT8 masks or boxes on a few validation images (detect, segment)
+PICTURE_SCORE = 0.3             # boxes drawn from this score up
+
+
+def task_pictures(p: dict) -> bytes:
+    """PNG: for each of a few validation inputs, FP32 and INT8 side by side, masks overlaid or boxes drawn, as
+    decoded by edgepack.tasks.postprocess. ``p``: {task, x (n, C, H, W), fp32, int8 (raw outputs of those n)}."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.patches import Rectangle
+
+    from edgepack.tasks import postprocess
+
+    x = np.asarray(p["x"], np.float32)
+    lo, hi = x.min(axis=(1, 2, 3), keepdims=True), x.max(axis=(1, 2, 3), keepdims=True)
+    images = ((x - lo) / np.where(hi > lo, hi - lo, 1)).transpose(0, 2, 3, 1)
+    n, (h, w) = len(images), images.shape[1:3]
+    fig, axes = plt.subplots(n, 2, figsize=(5.2, 2.6 * n), squeeze=False)
+    for j, prec in enumerate(("fp32", "int8")):
+        out = p[prec]
+        decoded = postprocess.masks(out[0] if isinstance(out, list) else out) if p["task"] == "segment" \
+            else postprocess.detections(out)
+        for i in range(n):
+            ax = axes[i][j]
+            ax.imshow(images[i][..., 0] if images.shape[-1] == 1 else images[i][..., :3], cmap="gray",
+                      extent=(0, w, h, 0))
+            if p["task"] == "segment":
+                ax.imshow(decoded[i], alpha=0.45, cmap="tab10", vmin=0, vmax=9, interpolation="nearest",
+                          extent=(0, w, h, 0))
+            else:
+                d = decoded[i]
+                for b, sc, c in zip(d["boxes"], d["scores"], d["classes"], strict=True):
+                    if sc >= PICTURE_SCORE:
+                        ax.add_patch(Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False, lw=1.5,
+                                               color=plt.cm.tab10(int(c) % 10)))
+                        ax.text(b[0], b[1], f"{int(c)} {sc:.2f}", fontsize=6, color="white",
+                                bbox={"facecolor": plt.cm.tab10(int(c) % 10), "pad": 0.5, "lw": 0})
+            ax.set_xlim(0, w)
+            ax.set_ylim(h, 0)
+            ax.axis("off")
+            if i == 0:
+                ax.set_title(prec.upper(), fontsize=10)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()
 
 
 def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
@@ -100,11 +152,16 @@ def variants_from_manifest(man: dict) -> dict[str, dict]:
     """FP32 / INT8 (and any extra variants recorded by stages) of the primary model, for the plots."""
     v = man["validation"]
     labelled = v["accuracy_fp32"] is not None
+    task_metric = next(((k, label) for k, label in (("miou", "mIoU"), ("map50", "mAP@0.5"))
+                        if v.get(f"{k}_fp32") is not None), None)
     out = {}
     for prec in ("fp32", "int8"):
-        quality = (v[f"accuracy_{prec}"] if labelled else (1.0 if prec == "fp32" else v["agreement"]))
-        out[prec.upper()] = {"quality": quality, "quality_label": "top-1 accuracy" if labelled else "agreement",
-                             "quality_unit": "%" if labelled else "fraction",
+        if task_metric:  # segmentation / detection: the task's own metric, in points
+            quality, label, unit = v[f"{task_metric[0]}_{prec}"], task_metric[1], "%"
+        else:
+            quality = (v[f"accuracy_{prec}"] if labelled else (1.0 if prec == "fp32" else v["agreement"]))
+            label, unit = ("top-1 accuracy", "%") if labelled else ("agreement", "fraction")
+        out[prec.upper()] = {"quality": quality, "quality_label": label, "quality_unit": unit,
                              "p50": v["latency_ms"][prec]["p50"], "size_mb": v["size_bytes"][prec] / 1e6}
     u = v.get("unpruned_fp32")
     if u:
@@ -116,8 +173,8 @@ def variants_from_manifest(man: dict) -> dict[str, dict]:
     return out
 
 
-def render(man: dict, layers: list[dict] | None = None) -> str:
-    """The whole page as a string."""
+def render(man: dict, layers: list[dict] | None = None, pictures: bytes | None = None) -> str:
+    """The whole page as a string (``pictures``: the bundle's PICTURES_FILE PNG, when it has one)."""
     verdict = "PASSED" if man["passed"] else "FAILED"
     figs = "".join(f'<figure><img alt="{html.escape(t)}" src="data:image/png;base64,{b}"><figcaption>'
                    f"{html.escape(t)}</figcaption></figure>" for t, b in variant_plots(variants_from_manifest(man)))
@@ -127,6 +184,12 @@ def render(man: dict, layers: list[dict] | None = None) -> str:
              _table(("metric", "FP32", "INT8", "note"), summary_rows(man)),
              "<h2>Budgets</h2>", _table(("budget", "value", "limit", "verdict"), budget_rows(man)),
              f'<h2>Plots</h2><div class="plots">{figs}</div>']
+    if pictures:
+        what = "masks" if man.get("stages", {}).get("task", {}).get("name") == "segment" else \
+            f"boxes scoring {PICTURE_SCORE} or more"
+        parts += [f"<h2>FP32 and INT8 on validation images ({what})</h2>",
+                  f'<figure><img alt="FP32 and INT8 {what}" src="data:image/png;base64,'
+                  f'{base64.b64encode(pictures).decode("ascii")}"></figure>']
     search = man.get("stages", {}).get("quantization_search")
     if search:
         parts += [f"<h2>Accuracy-aware search ({search['seconds']} s of {search['max_seconds']} s allowed)</h2>",

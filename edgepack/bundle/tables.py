@@ -17,11 +17,8 @@ def summary_rows(man: dict) -> list[tuple[str, str, str, str]]:
     for m in man["models"]:
         v, f = m["validation"], m["format"]
         lat, one = v["latency_ms"], v["latency_ms"]["one_thread"]
+        rows += _quality_rows(f, v)
         rows += [
-            (f"[{f}] top-1 accuracy (%)", _fmt(v["accuracy_fp32"]), _fmt(v["accuracy_int8"]),
-             f"drop {_fmt(v['accuracy_drop'])} points" if v["accuracy_drop"] is not None else "no labels"),
-            (f"[{f}] top-1 agreement", "", _fmt(v["agreement"], 4), f"SQNR {_fmt(v['sqnr_db'], 1)} dB, "
-             f"{v['samples']} samples" + (" (calibration data!)" if v["on_calibration_data"] else "")),
             (f"[{f}] latency p50/p90 ms, {lat['threads']} thr", f"{lat['fp32']['p50']:.2f}/{lat['fp32']['p90']:.2f}",
              f"{lat['int8']['p50']:.2f}/{lat['int8']['p90']:.2f}",
              f"measured on host; INT8 = {lat['int8']['p50'] / lat['fp32']['p50']:.2f}x FP32"),
@@ -46,6 +43,26 @@ def summary_rows(man: dict) -> list[tuple[str, str, str, str]]:
                          f"measured on the device over SSH ({d.get('runs', '?')} runs)"))
         rows += _unpruned_rows(f, v)
     return rows
+
+
+def _quality_rows(f: str, v: dict) -> list[tuple[str, str, str, str]]:
+    """The task's quality rows: mIoU for segmentation, mAP for detection, top-1 for classifiers."""
+    where = f"{v['samples']} samples" + (" (calibration data!)" if v["on_calibration_data"] else "")
+    against = "vs labels" if v.get("labels") in ("masks", "boxes") else "vs FP32's own predictions (no labels)"
+    if v.get("miou_fp32") is not None:
+        return [(f"[{f}] mIoU (%)", _fmt(v["miou_fp32"]), _fmt(v["miou_int8"]),
+                 f"drop {_fmt(v['miou_drop'])} points, {against}"),
+                (f"[{f}] pixel accuracy (%)", _fmt(v["pixel_accuracy_fp32"]), _fmt(v["pixel_accuracy_int8"]),
+                 f"SQNR {_fmt(v['sqnr_db'], 1)} dB, {where}")]
+    if "map50_fp32" in v:
+        return [(f"[{f}] mAP@0.5 (%)", _fmt(v["map50_fp32"]), _fmt(v["map50_int8"]),
+                 (f"drop {_fmt(v['map50_drop'])} points, {against}" if v["map50_drop"] is not None
+                  else "no objects to find")),
+                (f"[{f}] mAP@0.5:0.95 (%)", _fmt(v["map_fp32"]), _fmt(v["map_int8"]),
+                 f"{v['objects']} objects; SQNR {_fmt(v['sqnr_db'], 1)} dB, {where}")]
+    return [(f"[{f}] top-1 accuracy (%)", _fmt(v["accuracy_fp32"]), _fmt(v["accuracy_int8"]),
+             f"drop {_fmt(v['accuracy_drop'])} points" if v["accuracy_drop"] is not None else "no labels"),
+            (f"[{f}] top-1 agreement", "", _fmt(v["agreement"], 4), f"SQNR {_fmt(v['sqnr_db'], 1)} dB, {where}")]
 
 
 def _band(e: dict) -> str:
@@ -95,13 +112,16 @@ def trial_rows(search: dict) -> list[tuple[str, ...]]:
     def f(v, d=2):
         return "-" if v is None else f"{v:.{d}f}"
 
-    return [(t["name"] + (" (chosen)" if t["name"] == search["chosen"] else ""), f(t["accuracy_drop"]),
+    def drop(t):  # the task metric's drop: top-1 accuracy, mIoU or mAP@0.5 (points)
+        return next((t[k] for k in ("accuracy_drop", "miou_drop", "map50_drop") if t.get(k) is not None), None)
+
+    return [(t["name"] + (" (chosen)" if t["name"] == search["chosen"] else ""), f(drop(t)),
              f(t["agreement"], 4), f(t["sqnr_db"], 1), f(t["latency_p50_ms_1thread"]),
              f"{t['size_bytes'] / 1e6:.2f}", f(t["seconds"], 1), "yes" if t["met"] else "no")
             for t in search["trials"]]
 
 
-TRIAL_HEADER = ("configuration", "acc. drop", "agreement", "SQNR dB", "p50 ms 1 thr", "MB", "search s", "meets")
+TRIAL_HEADER = ("configuration", "drop (points)", "agreement", "SQNR dB", "p50 ms 1 thr", "MB", "search s", "meets")
 
 
 def drop_text(row: dict) -> str:

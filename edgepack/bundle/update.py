@@ -45,7 +45,9 @@ def record_device_measurement(bundle_dir: Path, record: dict, max_latency_ms: fl
     text = report.render_markdown(man) + device_section(man)
     (bundle_dir / "report.md").write_text(text, encoding="utf-8")
     layers = man.get("stages", {}).get("diagnosis", {}).get("layers")
-    (bundle_dir / "report.html").write_text(html_report.render(man, layers), encoding="utf-8")
+    pictures = bundle_dir / html_report.PICTURES_FILE
+    (bundle_dir / "report.html").write_text(
+        html_report.render(man, layers, pictures.read_bytes() if pictures.is_file() else None), encoding="utf-8")
     for name in ("report.md", "report.html"):  # both show the verdict, which the device measurement may change
         path = bundle_dir / name
         man["files"][name] = {"sha256": sha256_file(path), "size_bytes": path.stat().st_size}

@@ -113,12 +113,17 @@ def memory(fmt: str, path: Path, x, *, threads: int, workdir: Path) -> dict:
     return _child(["memory", "--input", str(inp), "--threads", str(threads), f"{fmt}:{path}"])
 
 
-def outputs(fmt: str, path: Path, x, *, threads: int, workdir: Path, what: str | None = None) -> np.ndarray:
-    """First output of the model on every sample of ``x`` (batch 1), computed in a child process.
-    A crash in the runtime becomes a StageError "<what> failed: ..." naming the signal."""
-    inp, out = _save_input(x, workdir), workdir / "child_outputs.npy"
-    _child(["outputs", "--input", str(inp), "--threads", str(threads), "--out", str(out), f"{fmt}:{path}"],
-           what=what or f"running {Path(path).name}")
+def outputs(fmt: str, path: Path, x, *, threads: int, workdir: Path, what: str | None = None,
+            all_outputs: bool = False) -> np.ndarray | list[np.ndarray]:
+    """First output of the model on every sample of ``x`` (batch 1), computed in a child process (every
+    output, in a list, with ``all_outputs``). A crash in the runtime becomes a StageError "<what> failed: ..."
+    naming the signal."""
+    inp, out = _save_input(x, workdir), workdir / ("child_outputs.npz" if all_outputs else "child_outputs.npy")
+    _child(["outputs", "--input", str(inp), "--threads", str(threads), "--out", str(out), f"{fmt}:{path}",
+            *(["--all-outputs"] if all_outputs else [])], what=what or f"running {Path(path).name}")
+    if all_outputs:
+        with np.load(out, allow_pickle=False) as npz:
+            return [npz[f"out{i}"] for i in range(len(npz.files))]
     return np.load(out, allow_pickle=False)
 
 
@@ -129,6 +134,7 @@ def main() -> None:
     parser.add_argument("--input", required=True)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--all-outputs", action="store_true", help="outputs mode: every output, in an .npz")
     parser.add_argument("models", nargs="+")
     args = parser.parse_args()
     from edgepack import isolate
@@ -139,7 +145,11 @@ def main() -> None:
     if args.mode == "latency":
         out = _latency(args.models, x, args.threads, args.runs)
     elif args.mode == "outputs":
-        np.save(args.out, _runner(args.models[0], args.threads).run_samples(x))
+        if args.all_outputs:
+            found = _runner(args.models[0], args.threads).run_samples(x, all_outputs=True)
+            np.savez(args.out, **{f"out{i}": o for i, o in enumerate(found)})
+        else:
+            np.save(args.out, _runner(args.models[0], args.threads).run_samples(x))
         out = {"saved": args.out}
     else:
         out = _memory(args.models[0], x, args.threads)

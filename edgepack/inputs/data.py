@@ -36,18 +36,28 @@ MAX_LABEL = 2**31 - 1    # a class index, not a number from somewhere else
 @dataclass
 class Dataset:
     """Model-ready samples. x: (N, C, H, W) float32, or {input name: (N, L) int64} for text; y: (N,) int64
-    or None."""
+    or None. Detection and segmentation sets carry per-sample ``targets`` instead (masks, boxes: see
+    edgepack.inputs.labels); ``files`` are the image files kept, in sample order (folders only)."""
 
     x: Inputs
     y: np.ndarray | None
     source: str
     class_names: list[str] | None = None
     skipped: list[str] = field(default_factory=list)
+    files: list[str] | None = None
+    targets: list | None = None
+
+    @property
+    def truth(self):
+        """What the task scores against: the per-sample targets when there are any, else the class labels y."""
+        return self.targets if self.targets is not None else self.y
 
     @property
     def digest(self) -> str:
         arrays = [self.x[k] for k in sorted(self.x)] if isinstance(self.x, dict) else [self.x]
-        return sha256_arrays(*arrays, self.y)
+        targets = [a for t in self.targets or [] for a in ((t["boxes"], t["classes"]) if isinstance(t, dict)
+                                                            else (t,))]
+        return sha256_arrays(*arrays, self.y, *targets)
 
     def __len__(self) -> int:
         return num_samples(self.x)
@@ -190,11 +200,12 @@ def _load_folder(root: Path, input_shape: tuple[int, ...], pre: Preprocess, coun
         raise InputError(f"{role} folder {root} holds no files",
                          hint=f"put images ({', '.join(IMAGE_SUFFIXES[:4])}, ...) in it, or class sub-folders of them")
     idx = sample_indices(len(files), count, seed)
-    samples, kept_labels, skipped = [], [], []
+    samples, kept_labels, skipped, kept = [], [], [], []
     for i, k in enumerate(idx):
         progress(f"reading {role} images", i, len(idx))
         try:
             samples.append(preprocess_image(files[k], input_shape, pre))
+            kept.append(str(files[k]))
             if labels is not None:
                 kept_labels.append(labels[k])
         except InputError as exc:
@@ -204,7 +215,7 @@ def _load_folder(root: Path, input_shape: tuple[int, ...], pre: Preprocess, coun
     y = np.asarray(kept_labels, dtype=np.int64) if labels is not None else None
     x = np.stack(samples)
     _check_range(x, f"{role} folder {root} after preprocessing")
-    return Dataset(x=x, y=y, source=str(root), class_names=classes, skipped=skipped)
+    return Dataset(x=x, y=y, source=str(root), class_names=classes, skipped=skipped, files=kept)
 
 
 def _check_skipped(root: Path, role: str, skipped: list[str], total: int) -> None:

@@ -21,6 +21,8 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 FLOAT_LAYER_STEPS = (1, 2, 4, 8, 16)
+#: the drop (points) of each task's own metric in its quality dict (edgepack.tasks.segment, .detect)
+TASK_DROPS = ("miou_drop", "map50_drop")
 
 
 @dataclasses.dataclass
@@ -38,7 +40,8 @@ class Trial:
 
     def row(self) -> dict:
         return {"name": self.name, "settings": self.settings, **{k: self.quality.get(k) for k in
-                ("accuracy_int8", "accuracy_drop", "agreement", "sqnr_db")}, "size_bytes": self.size_bytes,
+                ("accuracy_int8", "accuracy_drop", "agreement", "sqnr_db")},
+                **{k: self.quality[k] for k in TASK_DROPS if k in self.quality}, "size_bytes": self.size_bytes,
                 "latency_p50_ms_1thread": self.p50_ms, "seconds": round(self.seconds, 1), "met": self.met}
 
 
@@ -106,8 +109,11 @@ def trial(name, settings, quantize, evaluate, meets, latency, path: Path) -> Tri
 
 
 def _score(trial: Trial) -> float:
+    """Higher is better: minus the task metric's drop in points (top-1 accuracy, mIoU, mAP@0.5), else top-1
+    agreement."""
     q = trial.quality
-    return -q["accuracy_drop"] if q.get("accuracy_drop") is not None else (q.get("agreement") or 0.0)
+    drop = next((q[k] for k in ("accuracy_drop", *TASK_DROPS) if q.get(k) is not None), None)
+    return -drop if drop is not None else (q.get("agreement") or 0.0)
 
 
 def adopt(trial: Trial, final: Path) -> None:

@@ -27,6 +27,7 @@ def run(ctx: BuildContext) -> dict:
     if ctx.labels:
         (staging / "labels.txt").write_text("\n".join(ctx.labels) + "\n", encoding="utf-8")
     _copy_runner(ctx, staging)
+    _write_pictures(ctx, staging)
     files = {p.name: {"sha256": sha256_file(p), "size_bytes": p.stat().st_size} for p in sorted(staging.iterdir())}
     man = manifest(ctx, files, io, golden)
     _write_reports(ctx, staging, man)
@@ -43,10 +44,21 @@ def _write_reports(ctx: BuildContext, staging: Path, man: dict) -> None:
     (staging / "README.md").write_text(bundle_readme.render(man), encoding="utf-8")
     (staging / "report.md").write_text(report.render_markdown(man), encoding="utf-8")
     layers = ctx.records.get("diagnosis", {}).get("layers")
-    (staging / "report.html").write_text(html_report.render(man, layers), encoding="utf-8")
+    pictures = staging / html_report.PICTURES_FILE
+    (staging / "report.html").write_text(
+        html_report.render(man, layers, pictures.read_bytes() if pictures.is_file() else None), encoding="utf-8")
     for name in ("README.md", "report.md", "report.html"):
         man["files"][name] = {"sha256": sha256_file(staging / name), "size_bytes": (staging / name).stat().st_size}
     man["files"] = dict(sorted(man["files"].items()))
+
+
+def _write_pictures(ctx: BuildContext, staging: Path) -> None:
+    """samples.png: FP32 vs INT8 masks or boxes on a few validation images (tasks that draw them)."""
+    from edgepack.bundle import html as html_report
+
+    pictures = ctx.outputs.get("task_pictures")
+    if pictures is not None:
+        (staging / html_report.PICTURES_FILE).write_bytes(html_report.task_pictures(pictures))
 
 
 def _copy_models(ctx: BuildContext, staging: Path) -> dict:
@@ -60,9 +72,12 @@ def _copy_models(ctx: BuildContext, staging: Path) -> dict:
 
 
 def _copy_runner(ctx: BuildContext, staging: Path) -> None:
-    """run.py for the device, plus whatever the input kind's runner code reads (e.g. tokenizer.json)."""
+    """run.py for the device, plus whatever the input kind's runner code reads (e.g. tokenizer.json) and the
+    task's (e.g. the detection decoder)."""
     shutil.copyfile(report.runner_template(ctx.inputs.name), staging / "run.py")
     ctx.inputs.bundle_files(staging)
+    for src in getattr(ctx.task, "runner_files", ()):  # e.g. postprocess.py: decoding shared with validation
+        shutil.copyfile(src, staging / Path(src).name)
 
 
 def _write_golden(ctx: BuildContext, staging: Path) -> dict:

@@ -99,7 +99,8 @@ def evaluate_int8(ctx: BuildContext, path, fmt: str = "onnx") -> dict:
     from edgepack.util import host_cores
 
     def run(p, what):  # in a child: the runtime can abort on a candidate, which must not take the build down
-        return measure.outputs(fmt, p, ctx.val.x, threads=host_cores(), workdir=ctx.workdir, what=what)
+        return measure.outputs(fmt, p, ctx.val.x, threads=host_cores(), workdir=ctx.workdir, what=what,
+                               all_outputs=getattr(ctx.task, "all_outputs", False))
 
     ref = ctx.outputs.get(f"{fmt}:fp32")
     if ref is None:
@@ -107,7 +108,7 @@ def evaluate_int8(ctx: BuildContext, path, fmt: str = "onnx") -> dict:
     got = ctx.outputs.get(str(path))
     if got is None:
         got = ctx.outputs[str(path)] = run(path, f"running the INT8 {fmt} candidate {path.name}")
-    return ctx.task.quality(ref, got, ctx.val.y)
+    return ctx.task.quality(ref, got, ctx.val.truth)
 
 
 def meets_budget(ctx: BuildContext, q: dict) -> bool:
@@ -184,7 +185,8 @@ def convert_tflite_full_integer(ctx: BuildContext) -> None:
     ctx.add(Artifact("tflite", "int8", int8))
     ctx.progress(f"running TFLite INT8 on {len(ctx.val)} validation samples", 0, 1)
     ctx.outputs[str(int8)] = measure.outputs("tflite", int8, ctx.val.x, threads=host_cores(), workdir=ctx.workdir,
-                                             what="LiteRT running the INT8 .tflite on the validation set")
+                                             what="LiteRT running the INT8 .tflite on the validation set",
+                                             all_outputs=getattr(ctx.task, "all_outputs", False))
     floats = tflite.float_ops(int8)
     ctx.records["quantization_tflite"] = {"io_dtype": ctx.target.tflite_io_dtype, "float_ops": floats,
                                           "weights": "int8 per-channel", "activations": "int8 per-tensor",

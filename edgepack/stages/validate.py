@@ -17,9 +17,13 @@ from edgepack.tasks import budgets
 from edgepack.util import host_cores
 
 MB = 1_000_000
+PICTURE_TASKS = ("detect", "segment")   # tasks whose FP32 and INT8 outputs report.html draws
+PICTURE_SAMPLES = 4
 
 
 def run(ctx: BuildContext) -> None:
+    ctx.records["task"] = {"name": ctx.task.name, "labels": ctx.config.labels_dir,
+                           "validation_targets": "labels" if ctx.val.targets is not None else None}
     ctx.records["validation"] = {fmt: validate_format(ctx, fmt) for fmt in ctx.target.formats}
     if "onnx" in ctx.target.formats and "diagnosis" not in ctx.records and ctx.inputs.layer_diagnosis:
         from edgepack.quantize.diagnose import layer_errors
@@ -39,8 +43,11 @@ def validate_format(ctx: BuildContext, fmt: str) -> dict:
         step = f"validating {fmt} {art.precision} on {len(ctx.val)} samples"
         cached = ctx.outputs.get(f"{fmt}:fp32" if art.precision == "fp32" else str(art.path))
         outs[art.precision] = cached if cached is not None else backend.Runner(art.path, threads=threads).run_samples(
-            ctx.val.x, progress=lambda i, n, s=step: ctx.progress(s, i, n))
-    result = ctx.task.quality(outs["fp32"], outs["int8"], ctx.val.y)
+            ctx.val.x, progress=lambda i, n, s=step: ctx.progress(s, i, n),
+            all_outputs=getattr(ctx.task, "all_outputs", False))
+    result = ctx.task.quality(outs["fp32"], outs["int8"], ctx.val.truth)
+    if ctx.task.name in PICTURE_TASKS and fmt == ctx.target.formats[0]:
+        ctx.outputs["task_pictures"] = _pictures(ctx, outs)
     result["samples"] = len(ctx.val)
     result["on_calibration_data"] = ctx.val_is_calibration
     result["latency_ms"] = _latency(ctx, fmt, threads)
@@ -59,6 +66,15 @@ def validate_format(ctx: BuildContext, fmt: str) -> dict:
     return result
 
 
+def _pictures(ctx: BuildContext, outs: dict) -> dict:
+    """The first PICTURE_SAMPLES inputs with their raw FP32 and INT8 outputs, drawn into report.html."""
+    def first(o):
+        return [a[:PICTURE_SAMPLES] for a in o] if isinstance(o, list) else o[:PICTURE_SAMPLES]
+
+    return {"task": ctx.task.name, "x": rows(ctx.val.x, 0, PICTURE_SAMPLES), "fp32": first(outs["fp32"]),
+            "int8": first(outs["int8"])}
+
+
 def _judge_every_output(ctx: BuildContext, fmt: str, result: dict) -> None:
     """Per-output SQNR; outputs the task's quality budget does not judge get the min_output_sqnr_db floor."""
     from edgepack.stages import judge
@@ -69,7 +85,7 @@ def _judge_every_output(ctx: BuildContext, fmt: str, result: dict) -> None:
 
 def _unpruned(ctx: BuildContext, outs: dict, art, latency: dict) -> dict:
     """The model before pruning, on the same samples: accuracy, agreement of pruned FP32 with it, size."""
-    q = ctx.task.quality(outs["unpruned-fp32"], outs["fp32"], ctx.val.y)
+    q = ctx.task.quality(outs["unpruned-fp32"], outs["fp32"], ctx.val.truth)
     prune = ctx.records.get("prune", {})
     return {"accuracy": q["accuracy_fp32"], "pruned_fp32_agreement": q["agreement"],
             "size_bytes": art.size_bytes, "latency_ms": latency.get("unpruned-fp32"),

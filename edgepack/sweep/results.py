@@ -34,11 +34,13 @@ def row(trial: Trial, record: dict[str, Any], manifest: dict[str, Any] | None) -
     v = manifest["validation"]
     latency = _latency(manifest)
     prune = manifest.get("stages", {}).get("prune", {})
+    # the task's own INT8 metric (top-1 accuracy, mIoU, mAP@0.5; points) when it has labels or pseudo-labels
+    metric = next((k for k in ("accuracy_int8", "miou_int8", "map50_int8") if v.get(k) is not None), "agreement")
     out.update({
         "bundle": f"{TRIALS}/{trial.key}/{BUNDLE}",
         "passed": manifest["passed"],
-        "metric": "accuracy_int8" if v.get("accuracy_int8") is not None else "agreement",
-        "quality": v["accuracy_int8"] if v.get("accuracy_int8") is not None else v.get("agreement"),
+        "metric": metric,
+        "quality": v.get(metric),
         "accuracy_fp32": v.get("accuracy_fp32"), "accuracy_int8": v.get("accuracy_int8"),
         "accuracy_drop": v.get("accuracy_drop"), "agreement": v.get("agreement"), "sqnr_db": v.get("sqnr_db"),
         "size_bytes": manifest["model"]["size_bytes"], "model_sha256": manifest["model"]["sha256"],

@@ -2,7 +2,9 @@
 device runner prints). The stages ask the task; they never test what kind of model it is.
 
 `TASKS` is a literal table; `for_outputs` picks the task from the model's output shapes when the user does not
-name one: one (N, C) output is a classifier, anything else is judged output by output (generic).
+name one: one (N, C) output is a classifier, anything else is judged output by output (generic). Inference stays
+conservative: an (N, C, H, W) output may be a segmentation map or a feature map, an (N, K, 6) one boxes or not,
+so detect and segment are only ever chosen by --task (or the TOML `task`).
 """
 
 from __future__ import annotations
@@ -10,9 +12,11 @@ from __future__ import annotations
 from edgepack.errors import ConfigError
 from edgepack.tasks.base import Task
 from edgepack.tasks.classify import Classify
+from edgepack.tasks.detect import Detect
 from edgepack.tasks.generic import Generic
+from edgepack.tasks.segment import Segment
 
-TASKS: dict[str, type[Task]] = {"classify": Classify, "generic": Generic}
+TASKS: dict[str, type[Task]] = {"classify": Classify, "detect": Detect, "segment": Segment, "generic": Generic}
 
 
 def get(name: str) -> Task:

@@ -11,9 +11,15 @@ import numpy as np
 class Task(Protocol):
     """What a stage needs to know about a model's outputs.
 
-    ``quality`` compares FP32 and INT8 outputs on the validation set (with labels when there are any);
-    ``quality_budget`` judges that dict against the resolved budgets (command line over profile) and returns a
-    budget row (edgepack.tasks.budgets.row) or None when no budget of this task is set.
+    ``quality`` compares FP32 and INT8 outputs on the validation set (with labels when there are any: the
+    dataset's ``truth``, class labels or per-sample targets); ``quality_budget`` judges that dict against the
+    resolved budgets (command line over profile) and returns a budget row (edgepack.tasks.budgets.row) or None
+    when no budget of this task is set.
+
+    Optional, for tasks that need them (see tasks/segment.py, tasks/detect.py): ``all_outputs = True`` (the
+    stages pass ``quality`` a list of every output instead of the first), ``check_outputs(shapes, where)``
+    (refuse a model whose outputs do not fit, before any slow stage), ``read_targets(dataset, labels, ...)``
+    (per-sample targets from --labels-dir) and ``runner_files`` (files copied beside the bundle's run.py).
     """
 
     name: str

@@ -4,7 +4,7 @@
 Needs only numpy and pillow plus the model's runtime: onnxruntime for .onnx models, and
 ai_edge_litert or tflite_runtime for .tflite models. Preprocessing follows manifest.json.
 
-    python3 run.py photo.jpg              # top-5 classes
+    python3 run.py photo.jpg              # top-5 classes (detectors: boxes; segmenters: class areas)
     python3 run.py photo.jpg --time 100   # also p50/p90 latency over 100 runs, ms
     python3 run.py --golden               # run the stored golden input, compare with the stored output
     python3 run.py --time-golden 100      # time 100 runs on the golden input; one JSON line, ms
@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # postprocess.py (detection / segmentation bundles) sits beside this file
+sys.dont_write_bytecode = True  # no __pycache__ in the bundle: `edgepack verify` checks every file in it
 
 
 def preprocess(path, pre, shape):
@@ -59,6 +61,10 @@ class OnnxModel:
     def __call__(self, x):
         return self.sess.run(None, {self.name: x})[0].astype(np.float32)
 
+    def outputs(self, x):
+        """Every output, float32 (detection heads have several)."""
+        return [np.asarray(o, np.float32) for o in self.sess.run(None, {self.name: x})]
+
 
 class TFLiteModel:
     """Feeds NHWC, quantizes the input and dequantizes the output with the model's own scale/zero point."""
@@ -80,9 +86,21 @@ class TFLiteModel:
             x = np.clip(np.round(x / scale + zero), info.min, info.max)
         self.it.set_tensor(self.inp["index"], x.astype(self.inp["dtype"]))
         self.it.invoke()
-        y = self.it.get_tensor(self.out["index"])
-        scale, zero = self.out["quantization"]
-        return ((y.astype(np.float32) - zero) * scale) if self.out["dtype"] != np.float32 and scale else y
+        return self._get(self.out)
+
+    def _get(self, detail):
+        y = self.it.get_tensor(detail["index"])
+        scale, zero = detail["quantization"]
+        return ((y.astype(np.float32) - zero) * scale) if detail["dtype"] != np.float32 and scale else y
+
+    def outputs(self, x):
+        """Every output, float32, 4-D ones in NCHW as the ONNX model gives them (postprocess.to_nchw)."""
+        import postprocess
+
+        self(x)
+        in_hw = tuple(self.inp["shape"][1:3]) if len(self.inp["shape"]) == 4 else None
+        return [postprocess.to_nchw(np.asarray(self._get(d), np.float32), in_hw)
+                for d in self.it.get_output_details()]
 
 
 def time_runs(model, x, runs):
@@ -128,11 +146,41 @@ def load_model(manifest, threads, fmt=None):
     sys.exit("no runtime for this bundle: pip install onnxruntime (for .onnx) or ai-edge-litert (for .tflite)")
 
 
+def print_task(task, outs, labels, as_json):
+    """Detections (boxes in model-input pixels, best first) or the mask's class areas, decoded by
+    postprocess.py: the code edgepack's validation used."""
+    import postprocess
+
+    def name(c):
+        return labels[c] if labels and c < len(labels) else str(c)
+
+    if task == "detect":
+        det = postprocess.detections(outs)[0]
+        rows = [{"class": int(c), "name": name(int(c)), "score": round(float(s), 4),
+                 "box": [round(float(v), 2) for v in b]}
+                for b, s, c in zip(det["boxes"], det["scores"], det["classes"])]  # noqa: B905 (old Pythons)
+        if as_json:
+            print(json.dumps({"detections": rows}))
+        for r in rows if not as_json else []:
+            print(f"{r['score']:8.4f}  {r['name']:<16} x1 {r['box'][0]:.1f} y1 {r['box'][1]:.1f} "
+                  f"x2 {r['box'][2]:.1f} y2 {r['box'][3]:.1f}")
+        return
+    mask = postprocess.masks(outs[0])[0]
+    counts = np.bincount(mask.ravel())
+    rows = [{"class": c, "name": name(c), "pixels": int(n), "fraction": round(float(n) / mask.size, 4)}
+            for c, n in enumerate(counts) if n]
+    if as_json:
+        print(json.dumps({"mask_shape": list(mask.shape), "classes": rows}))
+    for r in rows if not as_json else []:
+        print(f"{100 * r['fraction']:6.2f} %  {r['name']}")
+
+
 def main():
     manifest = json.loads((HERE / "manifest.json").read_text())
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("image", nargs="?", help="image file to classify")
     parser.add_argument("--top", type=int, default=5)
+    parser.add_argument("--json", action="store_true", help="detect/segment bundles: one JSON line of results")
     parser.add_argument("--time", type=int, default=0, metavar="N", help="time N runs after 5 warm-up runs")
     parser.add_argument("--threads", type=int, default=manifest["runtime"]["threads"])
     parser.add_argument("--format", choices=sorted({m["format"] for m in manifest["models"]}))
@@ -153,10 +201,14 @@ def main():
     if not args.image:
         parser.error("give an image (or --golden)")
     x = preprocess(args.image, manifest["preprocess"], manifest["inputs"][0]["shape"])
-    scores = model(x)[0].reshape(-1)
     labels = manifest.get("labels")
-    for i in np.argsort(-scores)[: args.top]:
-        print(f"{scores[i]:10.4f}  {labels[i] if labels else i}")
+    task = (manifest.get("stages", {}).get("task") or {}).get("name")
+    if task in ("detect", "segment"):
+        print_task(task, model.outputs(x), labels, args.json)
+    else:
+        scores = model(x)[0].reshape(-1)
+        for i in np.argsort(-scores)[: args.top]:
+            print(f"{scores[i]:10.4f}  {labels[i] if labels else i}")
     if args.time:
         times = time_runs(model, x, args.time)
         print(f"latency over {args.time} runs: p50 {np.percentile(times, 50):.2f} ms, "

@@ -1,0 +1,254 @@
+"""Labels for detection and segmentation validation sets, in the formats people already have.
+
+- PNG index masks (segmentation): one ``<image stem>.png`` per image in a folder; mode "L" or "P" (palette)
+  whose pixel values are class indices; 255 marks pixels not to count (VOC's border / void).
+- YOLO txt (detection): one ``<image stem>.txt`` per image; a line ``class cx cy w h``, coordinates normalised
+  to the image (0-1); an empty file is an image without objects.
+- COCO JSON (detection): one ``.json`` with ``images`` (file_name, width, height), ``annotations`` (image_id,
+  category_id, bbox [x, y, w, h] in pixels) and ``categories``; class index i is the i-th category by id.
+
+Labels go through the same geometry as the image (edgepack.inputs.data.preprocess_image: resize the short
+side, centre crop, resize to the model input), so they line up with the model's input pixels: masks by nearest
+neighbour, boxes scaled, shifted and clipped (a box left with no area is dropped). Every bad label is an
+InputError naming the file: a box outside the image, an unknown class id, a mask whose size differs from its
+image or that is a colour image, an image without a label file.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgepack.errors import InputError
+
+#: normalised YOLO coordinates may overshoot 0-1 by this much (rounding in exporters) before they are an error
+YOLO_TOLERANCE = 1e-3
+#: COCO pixel boxes may overshoot the image by this many pixels
+COCO_TOLERANCE_PX = 1.0
+IGNORE_INDEX = 255
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How preprocess_image maps original pixels to model-input pixels: x' = (x * sx - left) * fx."""
+
+    sx: float
+    sy: float
+    left: int
+    top: int
+    crop: int
+    fx: float
+    fy: float
+    resized: tuple[int, int]   # (width, height) after the short-side resize
+    out: tuple[int, int]       # (width, height) of the model input
+
+
+def geometry(size: tuple[int, int], input_shape: tuple[int, ...], pre) -> Geometry:
+    """The transform preprocess_image applies to an image of ``size`` (width, height); mirrors its arithmetic."""
+    height, width = int(input_shape[-2]), int(input_shape[-1])
+    crop = pre.crop or height
+    resize = pre.resize or int(round(crop / 0.875))
+    scale = resize / min(size)
+    rw, rh = max(crop, round(size[0] * scale)), max(crop, round(size[1] * scale))
+    return Geometry(sx=rw / size[0], sy=rh / size[1], left=(rw - crop) // 2, top=(rh - crop) // 2, crop=crop,
+                    fx=width / crop, fy=height / crop, resized=(rw, rh), out=(width, height))
+
+
+def transform_boxes(boxes: np.ndarray, geo: Geometry) -> np.ndarray:
+    """(M, 4) xyxy original pixels -> model-input pixels, clipped to the input; boxes left without area are
+    returned as NaN rows (the caller drops them with their classes)."""
+    b = np.asarray(boxes, np.float64).reshape(-1, 4).copy()
+    b[:, [0, 2]] = np.clip((b[:, [0, 2]] * geo.sx - geo.left) * geo.fx, 0, geo.out[0])
+    b[:, [1, 3]] = np.clip((b[:, [1, 3]] * geo.sy - geo.top) * geo.fy, 0, geo.out[1])
+    empty = (b[:, 2] - b[:, 0] < 1e-6) | (b[:, 3] - b[:, 1] < 1e-6)
+    b[empty] = np.nan
+    return b
+
+
+def transform_mask(mask: np.ndarray, geo: Geometry) -> np.ndarray:
+    """An (H, W) index mask through the image's geometry, nearest neighbour (class ids never blend)."""
+    from PIL import Image
+
+    img = Image.fromarray(np.asarray(mask, np.uint8))
+    img = img.resize(geo.resized, Image.Resampling.NEAREST)
+    img = img.crop((geo.left, geo.top, geo.left + geo.crop, geo.top + geo.crop))
+    if (geo.crop, geo.crop) != geo.out:
+        img = img.resize(geo.out, Image.Resampling.NEAREST)
+    return np.asarray(img, dtype=np.int64)
+
+
+def _files(dataset, what: str) -> list[Path]:
+    files = getattr(dataset, "files", None)
+    if not files:
+        raise InputError(f"{what} need the validation data as a folder of images (got {dataset.source})",
+                         hint="pass --val IMAGE_FOLDER with --labels-dir")
+    return [Path(f) for f in files]
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return img.size
+
+
+def _label_file(folder: Path, image: Path, suffix: str, kind: str) -> Path:
+    path = folder / (image.stem + suffix)
+    if not path.is_file():
+        raise InputError(f"image {image.name} has no label file: {path} not found",
+                         hint=f"every validation image needs a {kind} named like it ({image.stem}{suffix})")
+    return path
+
+
+# ---- segmentation -----------------------------------------------------------------------------------------
+
+
+def read_mask(path: Path, num_classes: int, expect_size: tuple[int, int] | None = None) -> np.ndarray:
+    """One PNG index mask (mode L or P) -> (H, W) int64 class ids; errors name the file."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            mode, size = img.mode, img.size
+            if mode not in ("L", "P", "1"):
+                raise InputError(f"mask {path} is a {mode} image, not an index mask",
+                                 hint="save masks as 8-bit single-channel (mode L) or palette (mode P) PNGs whose "
+                                      "pixel values are class ids; colour-coded masks must be mapped to ids first")
+            arr = np.asarray(img, dtype=np.int64)
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise InputError(f"cannot read mask {path}: {type(exc).__name__}",
+                         hint="masks are PNG images of class ids") from None
+    if expect_size is not None and size != expect_size:
+        raise InputError(f"mask {path} is {size[0]}x{size[1]} but its image is {expect_size[0]}x{expect_size[1]}",
+                         hint="a mask must have its image's width and height")
+    bad = np.unique(arr[(arr >= num_classes) & (arr != IGNORE_INDEX)])
+    if bad.size:
+        raise InputError(f"mask {path} has class id(s) {', '.join(map(str, bad[:5].tolist()))} but the model "
+                         f"has {num_classes} classes (0-{num_classes - 1}; {IGNORE_INDEX} = ignore)",
+                         hint="check the mask's palette indices and the model's output channels")
+    return arr
+
+
+def read_masks(dataset, folder: str, *, input_shape: tuple, preprocess, num_classes: int) -> list[np.ndarray]:
+    """A mask for every image of ``dataset`` (a folder set), from ``folder``, in model-input pixels."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise InputError(f"labels folder {folder} not found (or not a folder)",
+                         hint="segmentation labels are a folder of PNG masks named like the images")
+    out = []
+    for image in _files(dataset, "segmentation labels"):
+        size = _image_size(image)
+        mask = read_mask(_label_file(root, image, ".png", "PNG mask"), num_classes, expect_size=size)
+        out.append(transform_mask(mask, geometry(size, input_shape, preprocess)))
+    return out
+
+
+# ---- detection ----------------------------------------------------------------------------------------------
+
+
+def read_yolo(path: Path, size: tuple[int, int], num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """One YOLO txt -> (boxes (M, 4) xyxy in original pixels, classes (M,) int64); errors name file and line."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read label file {path}: {exc}") from None
+    boxes, classes = [], []
+    for n, line in enumerate(lines, 1):
+        parts = line.split()
+        if not parts:
+            continue
+        where = f"{path}, line {n}"
+        try:
+            if len(parts) != 5:
+                raise ValueError
+            cls, cx, cy, w, h = int(parts[0]), *(float(p) for p in parts[1:])
+        except ValueError:
+            raise InputError(f"{where}: expected 'class cx cy w h', got {line.strip()[:80]!r}",
+                             hint="YOLO labels: an integer class id and four coordinates normalised to 0-1") from None
+        if not 0 <= cls < num_classes:
+            raise InputError(f"{where}: unknown class id {cls}; the model has {num_classes} classes "
+                             f"(0-{num_classes - 1})", hint="class ids index the model's class outputs")
+        x1, y1, x2, y2 = cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
+        if not all(np.isfinite(v) for v in (cx, cy, w, h)) or w <= 0 or h <= 0 or min(x1, y1) < -YOLO_TOLERANCE \
+                or max(x2, y2) > 1 + YOLO_TOLERANCE:
+            raise InputError(f"{where}: box (cx {cx}, cy {cy}, w {w}, h {h}) is outside the image",
+                             hint="YOLO coordinates are normalised to the image: 0 <= cx +- w/2, cy +- h/2 <= 1")
+        boxes.append([x1 * size[0], y1 * size[1], x2 * size[0], y2 * size[1]])
+        classes.append(cls)
+    return np.asarray(boxes, np.float64).reshape(-1, 4), np.asarray(classes, np.int64)
+
+
+def read_coco(path: Path, num_classes: int) -> dict[str, tuple[tuple[int, int], np.ndarray, np.ndarray]]:
+    """A COCO JSON -> {file name: ((width, height), boxes xyxy pixels, classes)}; errors name the file."""
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        images, anns, cats = doc["images"], doc.get("annotations", []), doc["categories"]
+        ids = sorted(int(c["id"]) for c in cats)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"cannot read COCO labels {path}: {type(exc).__name__}: {str(exc)[:120]}",
+                         hint="a COCO JSON has 'images', 'annotations' and 'categories' lists") from None
+    if len(ids) > num_classes:
+        raise InputError(f"{path} has {len(ids)} categories but the model has {num_classes} classes",
+                         hint="class index i is the i-th category by id")
+    index = {cid: i for i, cid in enumerate(ids)}
+    out, by_id = {}, {}
+    for im in images:
+        try:
+            name, size = Path(str(im["file_name"])).name, (int(im["width"]), int(im["height"]))
+            by_id[im["id"]] = name
+        except (KeyError, TypeError, ValueError):
+            raise InputError(f"{path}: an image entry lacks id, file_name, width or height: {str(im)[:80]}") from None
+        out[name] = (size, [], [])
+    for ann in anns:
+        try:
+            name = by_id[ann["image_id"]]
+            x, y, w, h = (float(v) for v in ann["bbox"])
+            cid = int(ann["category_id"])
+        except KeyError:
+            raise InputError(f"{path}: annotation {ann.get('id', '?')} names an unknown image_id "
+                             f"{ann.get('image_id')!r} or lacks bbox/category_id") from None
+        except (TypeError, ValueError):
+            raise InputError(f"{path}: annotation {ann.get('id', '?')} has a malformed bbox or category_id") from None
+        if cid not in index:
+            raise InputError(f"{path}: annotation {ann.get('id', '?')} ({name}) has unknown category_id {cid}",
+                             hint=f"categories are {ids[:10]}")
+        (iw, ih), boxes, classes = out[name]
+        t = COCO_TOLERANCE_PX
+        if not all(np.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0 or x < -t or y < -t \
+                or x + w > iw + t or y + h > ih + t:
+            raise InputError(f"{path}: annotation {ann.get('id', '?')} ({name}): box [{x}, {y}, {w}, {h}] is "
+                             f"outside the {iw}x{ih} image", hint="COCO boxes are [x, y, width, height] in pixels")
+        boxes.append([x, y, x + w, y + h])
+        classes.append(index[cid])
+    return {k: (s, np.asarray(b, np.float64).reshape(-1, 4), np.asarray(c, np.int64)) for k, (s, b, c) in out.items()}
+
+
+def read_boxes(dataset, labels: str, *, input_shape: tuple, preprocess, num_classes: int) -> list[dict]:
+    """{"boxes": (M, 4) float32 xyxy model-input pixels, "classes": (M,) int64} for every image of ``dataset``,
+    from a folder of YOLO txt files or a COCO .json."""
+    src = Path(labels)
+    files = _files(dataset, "detection labels")
+    coco = read_coco(src, num_classes) if src.is_file() and src.suffix.lower() == ".json" else None
+    if coco is None and not src.is_dir():
+        raise InputError(f"detection labels {labels} not found: expected a folder of YOLO .txt files or a COCO "
+                         ".json", hint="pass --labels-dir FOLDER_OR_JSON")
+    out = []
+    for image in files:
+        size = _image_size(image)
+        if coco is not None:
+            if image.name not in coco:
+                raise InputError(f"image {image.name} has no entry in {src}",
+                                 hint="every validation image needs an 'images' entry (file_name) in the COCO JSON")
+            declared, boxes, classes = coco[image.name]
+            if declared != size:
+                raise InputError(f"{src}: {image.name} is declared {declared[0]}x{declared[1]} but the file is "
+                                 f"{size[0]}x{size[1]}", hint="fix width/height in the COCO JSON")
+        else:
+            boxes, classes = read_yolo(_label_file(src, image, ".txt", "YOLO .txt"), size, num_classes)
+        moved = transform_boxes(boxes, geometry(size, input_shape, preprocess))
+        keep = ~np.isnan(moved).any(1)
+        out.append({"boxes": moved[keep].astype(np.float32), "classes": classes[keep]})
+    return out

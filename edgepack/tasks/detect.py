@@ -1,0 +1,155 @@
+"""Detection: boxes and class scores, judged by COCO mAP (pycocotools) of INT8 (and FP32) against labels.
+
+The quantized graph is the network; decoding and NMS run in float on the host, in `decode` (the same code the
+validation uses for FP32 and INT8 alike). Accepted raw outputs, for a start (heads already decoded to boxes):
+
+- one output (N, K, 4 + C): per candidate box x1, y1, x2, y2 in model-input pixels, then C class scores;
+- two outputs, boxes (N, K, 4) and scores (N, K, C) (the one whose last axis is 4 holds the boxes).
+
+Scores are probabilities (after sigmoid/softmax). A candidate's class is its best score; candidates scoring
+below postprocess.SCORE_THRESHOLD are dropped, then class-wise greedy NMS (IoU postprocess.NMS_IOU, numpy, the
+same file the bundle's run.py uses on the device) keeps at most postprocess.MAX_DETECTIONS. mAP@0.5 and
+mAP@0.5:0.95 come from pycocotools' COCOeval (points, 0-100). With labels (YOLO txt
+or COCO JSON, see edgepack.inputs.labels) both models are scored against them and the drop is in points;
+without, INT8 is scored against the FP32 detections scoring at least PSEUDO_LABEL_SCORE as pseudo-labels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import numpy as np
+
+from edgepack.errors import InputError
+from edgepack.tasks import budgets, postprocess
+from edgepack.tasks.base import sqnr_db
+
+PSEUDO_LABEL_SCORE = 0.5
+
+
+class Detect:
+    """Decoded boxes + class scores (one (N, K, 4 + C) output or (N, K, 4) and (N, K, C) outputs)."""
+
+    name = "detect"
+    budget_names = ("max_map_drop",)
+    all_outputs = True      # the stages hand `quality` every output, not only the first
+    runner_files = (postprocess.__file__,)   # copied beside the bundle's run.py
+
+    def __init__(self) -> None:
+        from edgepack.util import require
+
+        require(("pycocotools",), extra="tasks", what="the detect task (COCO mAP)")
+
+    def num_classes(self, shapes: list[tuple]) -> int | None:
+        """Classes of a model whose outputs have ``shapes`` (None when the shapes do not fit the contract)."""
+        if len(shapes) == 1 and len(shapes[0]) == 3 and isinstance(shapes[0][-1], int) and shapes[0][-1] > 4:
+            return shapes[0][-1] - 4
+        if len(shapes) == 2 and all(len(s) == 3 for s in shapes):
+            boxes = 0 if shapes[0][-1] == 4 else 1
+            last = shapes[1 - boxes][-1]
+            return last if isinstance(last, int) else None
+        return None
+
+    def check_outputs(self, shapes: list[tuple], where: str) -> int:
+        classes = self.num_classes(shapes)
+        if classes is None:
+            raise InputError(f"{where}: outputs {[list(s) for s in shapes]} do not fit the detect task",
+                             hint="detect takes one (N, K, 4 + C) output (xyxy boxes, then class scores) or two "
+                                  "outputs boxes (N, K, 4) and scores (N, K, C); else use --task generic")
+        return classes
+
+    def decode(self, outs) -> list[dict]:
+        """Detections per sample: {"boxes": (M, 4) xyxy, "scores": (M,), "classes": (M,)}, after NMS
+        (edgepack.tasks.postprocess: the same code runs on the device)."""
+        return postprocess.detections(split_outputs(outs))
+
+    def quality(self, ref, got, y) -> dict:
+        """mAP@0.5 and mAP@0.5:0.95 (points) of FP32 and INT8 detections; drop in points; SQNR of the raw
+        outputs (worst output, dB)."""
+        refs, gots = (ref, got) if isinstance(ref, list) else ([ref], [got])
+        det_ref, det_got = self.decode(refs), self.decode(gots)
+        labelled = isinstance(y, list | tuple) and len(y) == len(det_ref)
+        truth = list(y) if labelled else [_confident(d) for d in det_ref]
+        classes = int(split_outputs(refs)[1].shape[-1])
+        fp32, int8 = coco_map(truth, det_ref, classes), coco_map(truth, det_got, classes)
+        out = {"sqnr_db": min(_round(sqnr_db(r, g)) for r, g in zip(refs, gots, strict=True)),
+               "agreement": None, "accuracy_fp32": None, "accuracy_int8": None, "accuracy_drop": None,
+               "labels": "boxes" if labelled else "fp32 pseudo-labels", "classes": classes,
+               "objects": int(sum(len(t["classes"]) for t in truth)),
+               "detections_fp32": int(sum(len(d["scores"]) for d in det_ref)),
+               "detections_int8": int(sum(len(d["scores"]) for d in det_got)),
+               "map50_fp32": fp32["map50"], "map50_int8": int8["map50"],
+               "map_fp32": fp32["map"], "map_int8": int8["map"]}
+        both = fp32["map50"] is not None and int8["map50"] is not None
+        out["map50_drop"] = round(fp32["map50"] - int8["map50"], 2) if both else None
+        out["map_drop"] = round(fp32["map"] - int8["map"], 2) if both else None
+        return out
+
+    def quality_budget(self, quality: dict, limits: dict) -> dict | None:
+        """max_map_drop (mAP@0.5, points) when set and there are objects to find; None otherwise."""
+        limit = limits.get("max_map_drop")
+        if limit is None or quality.get("map50_drop") is None:
+            return None
+        return budgets.row("map50_drop_points", quality["map50_drop"], limit, "<=")
+
+    def read_targets(self, dataset, labels: str, *, input_shape: tuple, preprocess, output_shapes: list) -> list:
+        """Boxes for every image of ``dataset`` from a YOLO txt folder or a COCO JSON (see inputs.labels)."""
+        from edgepack.inputs import labels as labels_mod
+
+        return labels_mod.read_boxes(dataset, labels, input_shape=input_shape, preprocess=preprocess,
+                                     num_classes=self.check_outputs(output_shapes, "the model"))
+
+
+def split_outputs(outs) -> tuple[np.ndarray, np.ndarray]:
+    """(boxes (N, K, 4), scores (N, K, C)) from the raw outputs (see the module docstring)."""
+    try:
+        return postprocess.split_outputs(outs)
+    except ValueError as exc:
+        raise InputError(f"detect: {exc}", hint="use --task generic for other outputs") from None
+
+
+def _confident(det: dict) -> dict:
+    keep = det["scores"] >= PSEUDO_LABEL_SCORE
+    return {"boxes": det["boxes"][keep], "classes": det["classes"][keep]}
+
+
+def coco_map(truth: list[dict], found: list[dict], classes: int) -> dict:
+    """{"map50", "map"} (points) of detections ``found`` against boxes ``truth``, by pycocotools' COCOeval;
+    None when there is no labelled object; 0 when there are objects and no detection."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    anns = [{"id": len_ + 1, "image_id": i, "category_id": int(c) + 1, "bbox": _xywh(b), "area": _area(b),
+             "iscrowd": 0}
+            for len_, (i, b, c) in enumerate((i, b, c) for i, t in enumerate(truth)
+                                             for b, c in zip(t["boxes"], t["classes"], strict=True))]
+    if not anns:
+        return {"map50": None, "map": None}
+    dets = [{"image_id": i, "category_id": int(c) + 1, "bbox": _xywh(b), "score": float(s)}
+            for i, d in enumerate(found) for b, s, c in zip(d["boxes"], d["scores"], d["classes"], strict=True)]
+    if not dets:
+        return {"map50": 0.0, "map": 0.0}
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress; the library never prints
+        gt = COCO()
+        gt.dataset = {"images": [{"id": i} for i in range(len(truth))], "annotations": anns,
+                      "categories": [{"id": k + 1} for k in range(classes)]}
+        gt.createIndex()
+        ev = COCOeval(gt, gt.loadRes(dets), "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return {"map50": round(100 * max(0.0, float(ev.stats[1])), 2), "map": round(100 * max(0.0, float(ev.stats[0])), 2)}
+
+
+def _xywh(b) -> list[float]:
+    x1, y1, x2, y2 = (float(v) for v in b)
+    return [x1, y1, x2 - x1, y2 - y1]
+
+
+def _area(b) -> float:
+    return float((b[2] - b[0]) * (b[3] - b[1]))
+
+
+def _round(v: float) -> float:
+    return round(v, 2) if np.isfinite(v) else v

@@ -1,0 +1,94 @@
+"""Float post-processing of detection and segmentation outputs, numpy only: the same file runs in validation
+(edgepack.tasks.detect / .segment import it) and on the device (the bundle stage copies it beside run.py as
+postprocess.py). It must therefore import nothing but numpy.
+
+Detection outputs: one (N, K, 4 + C) array (xyxy boxes in model-input pixels, then C class scores) or two
+arrays, boxes (N, K, 4) and scores (N, K, C), in either order. A candidate's class is its best score; those
+scoring below ``score_threshold`` are dropped, then class-wise greedy NMS (the algorithm of
+torchvision.ops.batched_nms, which tests/test_tasks.py checks it against) keeps at most ``max_detections``.
+
+Segmentation outputs: (N, C, H, W) class scores (mask = argmax) or an (N, 1, H, W) probability map
+(mask = p >= ``threshold``).
+"""
+
+import numpy as np
+
+SCORE_THRESHOLD = 0.05
+NMS_IOU = 0.5
+MAX_DETECTIONS = 100
+PROB_THRESHOLD = 0.5
+
+
+def split_outputs(outs):
+    """(boxes (N, K, 4), scores (N, K, C)) from the raw outputs; ValueError when they do not fit."""
+    outs = [np.asarray(o, np.float32) for o in (outs if isinstance(outs, (list, tuple)) else [outs])]
+    if len(outs) == 1 and outs[0].ndim == 3 and outs[0].shape[-1] > 4:
+        return outs[0][..., :4], outs[0][..., 4:]
+    if len(outs) == 2 and all(o.ndim == 3 for o in outs):
+        boxes = 0 if outs[0].shape[-1] == 4 else 1
+        return outs[boxes], outs[1 - boxes]
+    raise ValueError(f"outputs shaped {[list(o.shape) for o in outs]} are not (N, K, 4 + C) or boxes "
+                     "(N, K, 4) + scores (N, K, C)")
+
+
+def iou(box, boxes):
+    """IoU of one xyxy box with each of ``boxes`` (M, 4)."""
+    x1, y1 = np.maximum(box[0], boxes[:, 0]), np.maximum(box[1], boxes[:, 1])
+    x2, y2 = np.minimum(box[2], boxes[:, 2]), np.minimum(box[3], boxes[:, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    union = area + areas - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def nms(boxes, scores, classes, iou_threshold=NMS_IOU):
+    """Indices kept by class-wise greedy NMS, best score first (ties: lower index first)."""
+    order = np.lexsort((np.arange(len(scores)), -scores))
+    keep = []
+    suppressed = np.zeros(len(scores), bool)
+    for pos, i in enumerate(order):
+        if suppressed[i]:
+            continue
+        keep.append(int(i))
+        rest = order[pos + 1:]
+        same = rest[(classes[rest] == classes[i]) & ~suppressed[rest]]
+        if len(same):
+            suppressed[same[iou(boxes[i], boxes[same]) > iou_threshold]] = True
+    return np.asarray(keep, np.int64)
+
+
+def detections(outs, score_threshold=SCORE_THRESHOLD, iou_threshold=NMS_IOU, max_detections=MAX_DETECTIONS):
+    """Per sample: {"boxes": (M, 4) xyxy, "scores": (M,), "classes": (M,)}, best first, after NMS."""
+    boxes, scores = split_outputs(outs)
+    found = []
+    for b, s in ((boxes[i], scores[i]) for i in range(len(boxes))):  # no zip(strict=): devices run old Pythons
+        cls, best = s.argmax(-1), s.max(-1)
+        cand = np.flatnonzero(best >= score_threshold)
+        kept = cand[nms(b[cand].astype(np.float64), best[cand], cls[cand], iou_threshold)][:max_detections]
+        found.append({"boxes": b[kept].astype(np.float32), "scores": best[kept].astype(np.float32),
+                      "classes": cls[kept].astype(np.int64)})
+    return found
+
+
+def masks(out, threshold=PROB_THRESHOLD):
+    """(N, H, W) int64 class masks from (N, C, H, W) scores or an (N, 1, H, W) probability map."""
+    out = np.asarray(out)
+    if out.ndim == 3:  # (N, H, W): a map without a channel axis
+        out = out[:, None]
+    if out.shape[1] == 1:
+        return (out[:, 0] >= threshold).astype(np.int64)
+    return out.argmax(1).astype(np.int64)
+
+
+def to_nchw(out, in_hw):
+    """A 4-D TFLite output in NCHW: onnx2tf turns most 4-D outputs into NHWC but leaves some in NCHW; the
+    output is kept when only its last two axes have the (NHWC) input's aspect ratio, transposed otherwise."""
+    if out.ndim != 4:
+        return out
+    a, b, c = out.shape[1:]
+
+    def spatial(h, w):
+        return in_hw is not None and h * int(in_hw[1]) == w * int(in_hw[0])
+
+    return out if spatial(b, c) and not spatial(a, b) else out.transpose(0, 3, 1, 2)

@@ -1,0 +1,453 @@
+"""Detection and segmentation tasks (issue 15): their metrics, label formats with their bad inputs, task choice,
+and tiny seeded end-to-end builds (x86-64, ONNX)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgepack import tasks
+from edgepack.cli import main
+from edgepack.config import Preprocess
+from edgepack.errors import ConfigError, InputError
+from edgepack.inputs import labels
+from edgepack.inputs.data import Dataset
+from edgepack.tasks.detect import Detect, coco_map
+from edgepack.tasks.segment import Segment, confusion, fit_mask, miou, pixel_accuracy
+
+PLAIN = Preprocess(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+COLOURS = np.array([[230, 20, 20], [20, 230, 20], [20, 20, 230]], np.uint8)
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+# ---- data -------------------------------------------------------------------------------------------------
+
+
+def _write_png(path: Path, arr: np.ndarray, mode: str | None = None) -> None:
+    from PIL import Image
+
+    Image.fromarray(arr, mode).save(path)
+
+
+def segmentation_set(root: Path, n: int = 12, size: int = 16, seed: int = 0) -> tuple[Path, Path]:
+    """Images of 4x4 colour blocks and their PNG index masks (class = the block's colour)."""
+    rng = np.random.default_rng(seed)
+    images, masks = root / "images", root / "masks"
+    images.mkdir(parents=True)
+    masks.mkdir()
+    for i in range(n):
+        cls = np.kron(rng.integers(0, 3, (size // 4, size // 4)), np.ones((4, 4), np.int64))
+        img = COLOURS[cls] + rng.integers(0, 20, (size, size, 3)).astype(np.uint8)
+        _write_png(images / f"s{i:02d}.png", img)
+        _write_png(masks / f"s{i:02d}.png", cls.astype(np.uint8), "L")
+    return images, masks
+
+
+def detection_set(root: Path, n: int = 12, seed: int = 0) -> tuple[Path, Path, Path]:
+    """32x32 grey images with one to three coloured 8x8 cells (TinyDetector's grid); YOLO txt and COCO json."""
+    rng = np.random.default_rng(seed)
+    images, yolo = root / "images", root / "yolo"
+    images.mkdir(parents=True)
+    yolo.mkdir()
+    coco = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "r"}, {"id": 2, "name": "g"},
+                                                             {"id": 3, "name": "b"}]}
+    for i in range(n):
+        img = np.full((32, 32, 3), 40, np.uint8)
+        lines = []
+        coco["images"].append({"id": i, "file_name": f"d{i:02d}.png", "width": 32, "height": 32})
+        for cell in rng.choice(16, size=int(rng.integers(1, 4)), replace=False):
+            r, c, cls = int(cell) // 4, int(cell) % 4, int(rng.integers(0, 3))
+            img[r * 8:(r + 1) * 8, c * 8:(c + 1) * 8] = COLOURS[cls]
+            lines.append(f"{cls} {(c * 8 + 4) / 32} {(r * 8 + 4) / 32} 0.25 0.25")
+            coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": i, "category_id": cls + 1,
+                                        "bbox": [c * 8, r * 8, 8, 8]})
+        _write_png(images / f"d{i:02d}.png", img)
+        (yolo / f"d{i:02d}.txt").write_text("\n".join(lines) + "\n")
+    (root / "coco.json").write_text(json.dumps(coco))
+    return images, yolo, root / "coco.json"
+
+
+def _folder_set(images: Path) -> Dataset:
+    files = sorted(str(p) for p in images.iterdir())
+    return Dataset(x=np.zeros((len(files), 3, 16, 16), np.float32), y=None, source=str(images), files=files)
+
+
+# ---- segmentation metrics ------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow  # importing torchmetrics takes half a minute on a busy 2-core machine
+def test_miou_and_pixel_accuracy_match_torchmetrics():
+    torchmetrics = pytest.importorskip("torchmetrics")
+    import torch
+
+    rng = np.random.default_rng(1)
+    truth = rng.integers(0, 4, (5, 12, 12))
+    pred = np.where(rng.random(truth.shape) < 0.7, truth, rng.integers(0, 4, truth.shape))
+    cm = confusion(truth, pred, 4)
+    jac = torchmetrics.classification.MulticlassJaccardIndex(num_classes=4, average="macro")
+    acc = torchmetrics.classification.MulticlassAccuracy(num_classes=4, average="micro")
+    t, p = torch.from_numpy(truth), torch.from_numpy(pred)
+    assert miou(cm) == pytest.approx(100 * float(jac(p, t)), abs=1e-4)
+    assert pixel_accuracy(cm) == pytest.approx(100 * float(acc(p, t)), abs=1e-4)
+
+
+def test_ignore_index_pixels_are_not_counted():
+    truth = np.array([[0, 1], [255, 255]])
+    assert pixel_accuracy(confusion(truth, np.array([[0, 1], [1, 0]]), 2)) == 100.0
+
+
+def test_segment_quality_with_masks_and_with_pseudo_labels():
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(4, 3, 8, 8)).astype(np.float32)
+    got = ref.copy()
+    got[0, :, :4] = got[0, ::-1, :4]  # INT8 flips half of one sample's scores
+    seg = Segment()
+    pseudo = seg.quality(ref, got, None)
+    assert pseudo["labels"] == "fp32 pseudo-labels" and pseudo["miou_fp32"] == 100.0
+    assert 0 < pseudo["miou_drop"] < 100 and pseudo["agreement"] < 1
+    truth = [np.kron(m, np.ones((2, 2), np.int64)) for m in ref.argmax(1)[:, ::2, ::2]]  # 16x16 masks
+    labelled = seg.quality(ref, ref, truth)
+    assert labelled["labels"] == "masks" and labelled["miou_drop"] == 0.0 and labelled["miou_fp32"] < 100
+    row = seg.quality_budget(pseudo, {"max_miou_drop": 0.5})
+    assert row["name"] == "miou_drop_points" and row["passed"] is False
+    assert seg.quality_budget(pseudo, {"max_miou_drop": None}) is None
+
+
+def test_probability_map_is_two_classes():
+    seg = Segment()
+    prob = np.array([[[[0.2, 0.7], [0.5, 0.1]]]], np.float32)
+    assert seg.masks(prob).tolist() == [[[0, 1], [1, 0]]] and seg.num_classes((1, 1, 2, 2)) == 2
+
+
+def test_fit_mask_nearest():
+    assert fit_mask(np.array([[0, 1], [2, 3]]), (4, 4)).tolist()[0] == [0, 0, 1, 1]
+
+
+# ---- detection metrics ----------------------------------------------------------------------------------------
+
+
+def _raw(boxes, scores):
+    """One (1, K, 4 + C) raw output from lists."""
+    return np.concatenate([np.asarray(boxes, np.float32), np.asarray(scores, np.float32)], -1)[None]
+
+
+def test_coco_map_perfect_shifted_and_missing():
+    truth = [{"boxes": np.array([[0, 0, 10, 10], [20, 20, 30, 30]], np.float32), "classes": np.array([0, 1])}]
+    same = [{"boxes": truth[0]["boxes"], "scores": np.array([0.9, 0.8]), "classes": truth[0]["classes"]}]
+    assert coco_map(truth, same, 2) == {"map50": 100.0, "map": 100.0}
+    moved = [{**same[0], "boxes": same[0]["boxes"] + 2}]  # IoU 0.47: missed at 0.5
+    assert coco_map(truth, moved, 2)["map50"] == 0.0
+    wrong = [{**same[0], "classes": np.array([1, 0])}]
+    assert coco_map(truth, wrong, 2)["map50"] == 0.0
+    assert coco_map([{"boxes": np.zeros((0, 4)), "classes": np.zeros(0)}], same, 2)["map50"] is None
+
+
+def test_detect_decodes_with_nms_and_scores_int8_against_fp32():
+    det = Detect()
+    boxes = [[0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30], [0, 20, 5, 30]]
+    scores = [[0.9, 0.1], [0.8, 0.1], [0.1, 0.7], [0.01, 0.02]]
+    found = det.decode(_raw(boxes, scores))[0]
+    assert len(found["scores"]) == 2 and found["classes"].tolist() == [0, 1]  # overlap suppressed, low dropped
+    ref = _raw(boxes, scores)
+    q = det.quality(ref, ref.copy(), None)
+    assert q["labels"] == "fp32 pseudo-labels" and q["map50_fp32"] == 100.0 and q["map50_drop"] == 0.0
+    bad = ref.copy()
+    bad[0, 2, :4] += 6  # INT8 moves the second object's box
+    q = det.quality(ref, bad, None)
+    assert q["map50_drop"] == 50.0
+    assert det.quality_budget(q, {"max_map_drop": 1.0})["passed"] is False
+
+
+def test_numpy_nms_matches_torchvision():
+    import torch
+    from torchvision.ops import batched_nms
+
+    from edgepack.tasks import postprocess
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        xy = rng.uniform(0, 50, (60, 2))
+        boxes = np.concatenate([xy, xy + rng.uniform(2, 20, (60, 2))], 1)
+        scores, classes = rng.random(60), rng.integers(0, 3, 60)
+        ours = postprocess.nms(boxes, scores, classes, 0.5)
+        theirs = batched_nms(torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(classes), 0.5)
+        assert ours.tolist() == theirs.tolist()
+
+
+def test_runner_copy_lays_out_tflite_maps_as_the_backend_does():
+    from edgepack.backends.tflite import _output_nchw
+    from edgepack.tasks.postprocess import to_nchw
+
+    for shape, hw in [((1, 3, 16, 16), (16, 16)), ((1, 16, 16, 3), (16, 16)), ((1, 8, 4, 21), (64, 32)),
+                      ((1, 21, 8, 4), (64, 32)), ((1, 8, 8, 8), (8, 8))]:
+        assert to_nchw(np.zeros(shape), hw).shape == _output_nchw(np.zeros(shape), hw).shape
+
+
+def test_detect_two_outputs_either_order():
+    det = Detect()
+    boxes = np.array([[[0, 0, 10, 10]]], np.float32)
+    scores = np.array([[[0.9, 0.1, 0.0]]], np.float32)
+    a, b = det.decode([boxes, scores])[0], det.decode([scores, boxes])[0]
+    assert a["classes"].tolist() == b["classes"].tolist() == [0]
+    assert det.num_classes([(1, 16, 4), (1, 16, 3)]) == 3 and det.num_classes([(1, 16, 7)]) == 3
+    with pytest.raises(InputError, match="do not fit the detect task"):
+        det.check_outputs([(1, 10)], "m")
+
+
+# ---- task choice ----------------------------------------------------------------------------------------------
+
+
+def test_inference_stays_conservative():
+    assert tasks.for_outputs([(1, 10)]).name == "classify"
+    assert tasks.for_outputs([(1, 3, 16, 16)]).name == "generic"
+    assert tasks.for_outputs([(1, 16, 7)]).name == "generic"
+    assert tasks.get("segment").name == "segment" and tasks.get("detect").name == "detect"
+    with pytest.raises(ConfigError, match="unknown task"):
+        tasks.get("pose")
+
+
+def test_task_and_budgets_are_settings():
+    from edgepack import config, targets
+
+    cfg = config.from_mapping({"model": "m", "task": "segment", "max_miou_drop": 1.5, "labels_dir": "masks"},
+                              where="t")
+    assert cfg.task == "segment" and cfg.max_miou_drop == 1.5 and cfg.labels_dir == "masks"
+    with pytest.raises(ConfigError):
+        config.from_mapping({"model": "m", "task": "pose"}, where="t")
+    with pytest.raises(ConfigError):
+        config.from_mapping({"model": "m", "max_map_drop": -1}, where="t")
+    assert "max_map_drop" in {f.name for f in __import__("dataclasses").fields(targets.TargetProfile)}
+
+
+# ---- label formats ------------------------------------------------------------------------------------------
+
+
+def test_png_masks_follow_the_image_geometry(tmp_path):
+    images, masks = segmentation_set(tmp_path)
+    ds = _folder_set(images)
+    got = labels.read_masks(ds, str(masks), input_shape=(1, 3, 16, 16), preprocess=PLAIN, num_classes=3)
+    assert len(got) == len(ds.files) and got[0].shape == (16, 16)
+    from edgepack.inputs.data import preprocess_image
+
+    x = preprocess_image(Path(ds.files[0]), (1, 3, 16, 16), PLAIN)
+    agree = (x.argmax(0) == got[0]).mean()  # the resized, cropped image and mask still line up
+    assert agree > 0.85
+
+
+def test_bad_masks_name_the_file(tmp_path):
+    images, masks = segmentation_set(tmp_path, n=3)
+    ds = _folder_set(images)
+    read = lambda: labels.read_masks(ds, str(masks), input_shape=(1, 3, 16, 16), preprocess=PLAIN,  # noqa: E731
+                                     num_classes=3)
+    _write_png(masks / "s01.png", np.zeros((8, 16), np.uint8), "L")
+    with pytest.raises(InputError, match=r"s01\.png is 16x8 but its image is 16x16"):
+        read()
+    _write_png(masks / "s01.png", np.zeros((16, 16, 3), np.uint8))
+    with pytest.raises(InputError, match=r"s01\.png is a RGB image, not an index mask"):
+        read()
+    _write_png(masks / "s01.png", np.full((16, 16), 7, np.uint8), "L")
+    with pytest.raises(InputError, match=r"s01\.png has class id\(s\) 7"):
+        read()
+    (masks / "s01.png").unlink()
+    with pytest.raises(InputError, match=r"image s01\.png has no label file"):
+        read()
+    _write_png(masks / "s01.png", np.full((16, 16), 255, np.uint8), "L")  # all ignored: fine
+    assert read()[1].max() == 255
+
+
+def test_yolo_and_coco_give_the_same_boxes(tmp_path):
+    images, yolo, coco = detection_set(tmp_path)
+    ds = _folder_set(images)
+    kw = {"input_shape": (1, 3, 32, 32), "preprocess": Preprocess(resize=32), "num_classes": 3}
+    a, b = labels.read_boxes(ds, str(yolo), **kw), labels.read_boxes(ds, str(coco), **kw)
+    assert len(a) == len(b) == len(ds.files)
+    for ta, tb in zip(a, b, strict=True):
+        np.testing.assert_allclose(ta["boxes"], tb["boxes"], atol=1e-4)
+        assert ta["classes"].tolist() == tb["classes"].tolist()
+    assert all(((t["boxes"] % 8) == 0).all() for t in a)  # 32 px images at 32 px: grid cells stay put
+
+
+def test_boxes_are_scaled_cropped_and_clipped():
+    geo = labels.geometry((64, 32), (1, 3, 16, 16), Preprocess(resize=16, crop=16))  # 64x32 -> 32x16, crop 8..24
+    moved = labels.transform_boxes(np.array([[16, 0, 32, 16], [0, 0, 8, 8], [40, 8, 60, 30]]), geo)
+    np.testing.assert_allclose(moved[0], [0, 0, 8, 8])
+    assert np.isnan(moved[1]).all()  # cropped away
+    np.testing.assert_allclose(moved[2], [12, 4, 16, 15])
+
+
+def test_bad_yolo_labels_name_the_file_and_line(tmp_path):
+    images, yolo, _ = detection_set(tmp_path, n=2)
+    ds = _folder_set(images)
+    kw = {"input_shape": (1, 3, 32, 32), "preprocess": Preprocess(resize=32), "num_classes": 3}
+    cases = {"0 0.95 0.5 0.2 0.2\n": r"d01\.txt, line 1: box .* is outside the image",
+             "5 0.5 0.5 0.2 0.2\n": r"d01\.txt, line 1: unknown class id 5",
+             "0 0.5 0.5\n": r"d01\.txt, line 1: expected 'class cx cy w h'"}
+    for text, message in cases.items():
+        (yolo / "d01.txt").write_text(text)
+        with pytest.raises(InputError, match=message):
+            labels.read_boxes(ds, str(yolo), **kw)
+    (yolo / "d01.txt").write_text("")  # no objects: fine
+    assert len(labels.read_boxes(ds, str(yolo), **kw)[1]["classes"]) == 0
+    (yolo / "d01.txt").unlink()
+    with pytest.raises(InputError, match=r"image d01\.png has no label file"):
+        labels.read_boxes(ds, str(yolo), **kw)
+
+
+def test_bad_coco_labels_name_the_file(tmp_path):
+    images, _, coco = detection_set(tmp_path, n=2)
+    ds = _folder_set(images)
+    kw = {"input_shape": (1, 3, 32, 32), "preprocess": Preprocess(resize=32), "num_classes": 3}
+    good = json.loads(coco.read_text())
+
+    def broken(change) -> None:
+        doc = json.loads(json.dumps(good))
+        change(doc)
+        coco.write_text(json.dumps(doc))
+
+    broken(lambda d: d["annotations"][0].update(bbox=[28, 0, 8, 8]))
+    with pytest.raises(InputError, match=r"coco\.json: annotation 1 \(d00\.png\): box .* outside the 32x32 image"):
+        labels.read_boxes(ds, str(coco), **kw)
+    broken(lambda d: d["annotations"][0].update(category_id=9))
+    with pytest.raises(InputError, match=r"coco\.json: annotation 1 \(d00\.png\) has unknown category_id 9"):
+        labels.read_boxes(ds, str(coco), **kw)
+    broken(lambda d: d["images"].pop())
+    with pytest.raises(InputError, match=r"unknown image_id|image d01\.png has no entry"):
+        labels.read_boxes(ds, str(coco), **kw)
+    coco.write_text("{not json")
+    with pytest.raises(InputError, match=r"cannot read COCO labels .*coco\.json"):
+        labels.read_boxes(ds, str(coco), **kw)
+
+
+# ---- end to end ---------------------------------------------------------------------------------------------
+
+SEG = ["--target", "x86-64", "--input-shape", "1,3,16,16", "--mean", "0,0,0", "--std", "1,1,1",
+       "--latency-runs", "5", "--max-search-time", "0"]
+
+
+@pytest.mark.slow
+def test_segment_build_reports_miou_and_judges_its_budget(tmp_path):
+    images, masks = segmentation_set(tmp_path / "data", n=16)
+    out = tmp_path / "seg"
+    result = invoke("build", "toy_models:tiny_segmenter", "--task", "segment", "--calib", images, "--val", images,
+                    "--labels-dir", masks, "--max-miou-drop", "5", "--out", out, "--json", *SEG)
+    assert result.exit_code in (0, 1), result.output
+    man = json.loads((out / "manifest.json").read_text())
+    v = man["validation"]
+    assert v["labels"] == "masks" and v["classes"] == 3
+    assert v["miou_fp32"] > 70 and v["miou_int8"] > 70 and v["miou_drop"] <= 5
+    row = [b for b in v["budgets"] if b["name"] == "miou_drop_points"][0]
+    assert row["limit"] == 5 and row["passed"] is True
+    assert man["stages"]["task"]["name"] == "segment"
+    assert "mIoU" in (out / "report.md").read_text()
+    assert (out / "samples.png").read_bytes()[:4] == b"\x89PNG" and "samples.png" in man["files"]
+    assert "FP32 and INT8 on validation images (masks)" in (out / "report.html").read_text()
+
+
+@pytest.mark.slow
+def test_segment_build_without_labels_scores_against_fp32_and_fails_a_tight_budget(tmp_path):
+    images, _ = segmentation_set(tmp_path / "data", n=12)
+    out = tmp_path / "seg"
+    result = invoke("build", "toy_models:tiny_segmenter", "--task", "segment", "--calib", images, "--val", images,
+                    "--max-miou-drop", "0", "--out", out, *SEG)
+    man = json.loads((out / "manifest.json").read_text())
+    v = man["validation"]
+    assert v["labels"] == "fp32 pseudo-labels" and v["miou_fp32"] == 100.0
+    row = [b for b in v["budgets"] if b["name"] == "miou_drop_points"][0]
+    assert row["passed"] is (v["miou_drop"] <= 0)
+    assert result.exit_code == (0 if row["passed"] and man["passed"] else 1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("factory,labels_of", [("toy_models:tiny_detector", "yolo"),
+                                               ("toy_models:tiny_detector_two_outputs", "coco")])
+def test_detect_build_reports_map(tmp_path, factory, labels_of):
+    images, yolo, coco = detection_set(tmp_path / "data", n=16)
+    out = tmp_path / "det"
+    result = invoke("build", factory, "--task", "detect", "--calib", images, "--val", images,
+                    "--labels-dir", yolo if labels_of == "yolo" else coco, "--max-map-drop", "10", "--out", out,
+                    "--json", "--resize", "32", *SEG[:2], "--input-shape", "1,3,32,32", *SEG[4:])
+    assert result.exit_code in (0, 1), result.output
+    v = json.loads((out / "manifest.json").read_text())["validation"]
+    assert v["labels"] == "boxes" and v["classes"] == 3 and v["objects"] > 16
+    assert v["map50_fp32"] > 80 and v["map50_int8"] > 70
+    assert [b for b in v["budgets"] if b["name"] == "map50_drop_points"][0]["limit"] == 10
+    assert "FP32 and INT8 on validation images (boxes" in (out / "report.html").read_text()
+    _runner_decodes_as_validation(out, images, Preprocess(resize=32, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)))
+
+
+def _runner_decodes_as_validation(bundle: Path, images: Path, pre: Preprocess) -> None:
+    """The bundle's run.py (with its copy of postprocess.py) prints the detections validation decodes."""
+    import subprocess
+    import sys
+
+    from edgepack.backends import onnx as onnx_backend
+    from edgepack.inputs.data import preprocess_image
+
+    image = sorted(images.iterdir())[3]
+    res = subprocess.run([sys.executable, "run.py", str(image), "--json"], cwd=bundle, capture_output=True,
+                         text=True, timeout=120, env={"PATH": "/usr/bin:/bin"})
+    assert res.returncode == 0, res.stderr
+    printed = json.loads(res.stdout.strip().splitlines()[-1])["detections"]
+    x = preprocess_image(image, (1, 3, 32, 32), pre)[None]
+    want = Detect().decode(onnx_backend.Runner(bundle / "model.onnx").run_outputs(x))[0]
+    assert len(printed) == len(want["scores"]) > 0
+    np.testing.assert_allclose([d["box"] for d in printed], want["boxes"], atol=0.01)
+    assert [d["class"] for d in printed] == want["classes"].tolist()
+    verified = CliRunner().invoke(main, ["verify", str(bundle)])
+    assert verified.exit_code == 0, verified.output  # running it left nothing behind (no __pycache__)
+
+
+def test_labels_dir_is_refused_for_a_classifier(tiny_data, tmp_path):
+    result = CliRunner().invoke(main, ["build", "toy_models:tiny_cnn", "--target", "x86-64", "--calib",
+                                       str(tiny_data["calib"]), "--labels-dir", str(tmp_path), "--out",
+                                       str(tmp_path / "b"), "--input-shape", "1,3,32,32"])
+    assert result.exit_code == 2 and "--labels-dir is for the detect and segment tasks" in result.output
+
+
+def test_segment_refuses_a_model_without_a_map(tiny_data, tmp_path):
+    result = CliRunner().invoke(main, ["build", "toy_models:tiny_cnn", "--task", "segment", "--target", "x86-64",
+                                       "--calib", str(tiny_data["calib"]), "--out", str(tmp_path / "b"),
+                                       "--input-shape", "1,3,32,32"])
+    assert result.exit_code == 2 and "is not a segmentation map" in result.output
+
+
+def test_tflite_4d_outputs_come_back_nchw_whichever_layout_onnx2tf_left():
+    from edgepack.backends.tflite import _output_nchw
+
+    nchw = np.zeros((1, 3, 16, 16))
+    assert _output_nchw(nchw, (16, 16)).shape == (1, 3, 16, 16)        # left NCHW by onnx2tf: kept
+    assert _output_nchw(np.zeros((1, 16, 16, 3)), (16, 16)).shape == (1, 3, 16, 16)   # NHWC: transposed
+    assert _output_nchw(np.zeros((1, 8, 4, 21)), (64, 32)).shape == (1, 21, 8, 4)     # half-size NHWC map
+    assert _output_nchw(np.zeros((1, 21, 8, 4)), (64, 32)).shape == (1, 21, 8, 4)
+    assert _output_nchw(np.zeros((1, 10)), (16, 16)).shape == (1, 10)
+
+
+@pytest.mark.slow
+def test_segment_build_for_tflite_scores_the_map_in_the_right_layout(tmp_path):
+    pytest.importorskip("onnx2tf")
+    images, masks = segmentation_set(tmp_path / "data", n=12)
+    out = tmp_path / "seg"
+    invoke("build", "toy_models:tiny_segmenter", "--task", "segment", "--calib", images, "--val", images,
+           "--labels-dir", masks, "--max-miou-drop", "5", "--out", out, "--target", "android-arm64",
+           *SEG[2:])
+    v = json.loads((out / "manifest.json").read_text())["validation"]
+    assert v["miou_fp32"] > 70 and v["miou_drop"] <= 5  # a transposed map scores near 0
+
+
+@pytest.mark.slow
+def test_detect_build_for_tflite_finds_boxes_and_scores_whatever_their_order(tmp_path):
+    pytest.importorskip("onnx2tf")
+    images, _, coco = detection_set(tmp_path / "data", n=12)
+    out = tmp_path / "det"
+    invoke("build", "toy_models:tiny_detector_two_outputs", "--task", "detect", "--calib", images, "--val", images,
+           "--labels-dir", coco, "--max-map-drop", "10", "--out", out, "--target", "android-arm64", "--resize", "32",
+           "--input-shape", "1,3,32,32", *SEG[4:])
+    v = json.loads((out / "manifest.json").read_text())["validation"]
+    assert v["map50_fp32"] > 80 and v["map50_drop"] <= 10
