@@ -110,6 +110,7 @@ def test_embedded_ray_ctrl_c_keeps_finished_trials_and_resume_builds_only_the_mi
             res.stderr
         assert res.returncode == 1, res.stderr  # one trial fails on its own (missing weights): recorded, exit 1
         assert _ray_leftovers(tmp) == []
+        assert list(tmp.glob("edgepack-timing-gate-*.json"))  # the trials shared the machine's gate
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     rows = _nothing_half_written(d / "out")
