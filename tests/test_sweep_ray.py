@@ -110,6 +110,7 @@ def test_embedded_ray_ctrl_c_keeps_finished_trials_and_resume_builds_only_the_mi
             res.stderr
         assert res.returncode == 1, res.stderr  # one trial fails on its own (missing weights): recorded, exit 1
         assert _ray_leftovers(tmp) == []
+        assert list(tmp.glob("edgepack-timing-gate-*.json"))  # the trials shared the machine's gate
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     rows = _nothing_half_written(d / "out")
@@ -124,8 +125,8 @@ def test_embedded_ray_ctrl_c_keeps_finished_trials_and_resume_builds_only_the_mi
 
 
 def test_two_node_loopback_cluster_survives_a_killed_node_and_matches_sequential_builds(tmp_path, tiny_data):
-    if os.geteuid() != 0 or shutil.which("unshare") is None:
-        pytest.skip("needs root and unshare: the cluster runs in a network namespace that has only loopback")
+    if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("ip") is None:
+        pytest.skip("needs root, unshare and ip: the cluster runs in a network namespace that has only loopback")
     d = _sweep_dir(tmp_path, tiny_data, GOOD_THIRD)
     cmd = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", sys.executable,
            str(TESTS / "sweep_cluster.py"), str(d)]

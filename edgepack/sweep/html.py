@@ -1,9 +1,10 @@
 """sweep.html: one self-contained page (inline SVG, no scripts, no network) from the sweep.json document.
 
 Per target: quality vs INT8 latency, one circle per trial with its area proportional to the INT8 file size;
-the Pareto front is joined by a line and filled green, the best bundle that met every budget is ringed in
-orange, trials that missed a budget are hollow. Then the best bundle's budgets, every trial in a table
-(linking to its bundle's report.html) and the errors of trials that did not build.
+the Pareto front is joined by a line and drawn green (the others grey), the best bundle that met every budget
+is ringed in orange, trials that missed a budget are hollow with a dashed edge. Then the best bundle's
+budgets, every trial in a table (linking to its bundle's report.html) and the errors of trials that did not
+build.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import math
 from html import escape
 
 W, H, PAD_L, PAD_R, PAD_T, PAD_B = 640, 360, 64, 24, 20, 48
-FRONT, OTHER, BEST, MISSED = "#1B9E77", "#7F8C8D", "#D95F02", "#C0392B"
+FRONT, OTHER, BEST = "#1B9E77", "#7F8C8D", "#D95F02"
 CSS = """body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1100px}
 table{border-collapse:collapse;margin:8px 0 20px;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;
 text-align:left;vertical-align:top}th{background:#f3f3f3}.num{text-align:right}.err{color:#C0392B}
@@ -86,10 +87,9 @@ def _plot(rows: list[dict], front: set[str], best: str | None) -> str:
                    + " ".join(f"{sx(r['latency_ms']):.1f},{sy(r['quality']):.1f}" for r in line) + "'/>")
     for r in sorted(pts, key=lambda r: r["key"] in front):
         color = FRONT if r["key"] in front else OTHER
-        fill = color if r.get("passed") else "white"
-        stroke = color if r.get("passed") else MISSED
+        fill, dash = (color, "") if r.get("passed") else ("white", " stroke-dasharray='4,2'")
         svg.append(f"<circle cx='{sx(r['latency_ms']):.1f}' cy='{sy(r['quality']):.1f}' r='{radius(r):.1f}' "
-                   f"fill='{fill}' fill-opacity='0.85' stroke='{stroke}' stroke-width='2'>"
+                   f"fill='{fill}' fill-opacity='0.85' stroke='{color}' stroke-width='3'{dash}>"
                    f"<title>{escape(r['name'])}: {r['quality']:g}, {r['latency_ms']:.3f} ms, "
                    f"{r['size_bytes'] / 1e6:.2f} MB</title></circle>")
         if r["key"] == best:
@@ -97,7 +97,7 @@ def _plot(rows: list[dict], front: set[str], best: str | None) -> str:
                        f"r='{radius(r) + 5:.1f}' fill='none' stroke='{BEST}' stroke-width='3'/>")
     svg.append("</svg>")
     legend = (f"<p class='note'><span style='color:{FRONT}'>&#9679;</span> Pareto front (quality vs latency) "
-              f"&nbsp; <span style='color:{OTHER}'>&#9679;</span> dominated &nbsp; hollow, red edge: missed a "
+              f"&nbsp; <span style='color:{OTHER}'>&#9679;</span> dominated &nbsp; hollow, dashed: missed a "
               f"budget &nbsp; <span style='color:{BEST}'>&#9711;</span> best bundle that met every budget "
               "&nbsp; circle area: INT8 file size</p>")
     return "".join(svg) + legend

@@ -35,12 +35,13 @@ def run_trial(key: str, name: str, settings: dict, max_timing_wait_s: float | No
 
     node = ray.get_runtime_context().get_node_id()
     record: dict[str, Any] = {"node": node, "host": socket.gethostname()}
+    # the machine's gate, in the machine's temp folder: made before the trial's own temp folder takes over
+    gate = FileGate(max_wait_s=max_timing_wait_s) if max_timing_wait_s is not None else None
     work = _fresh_workdir(Path(staging_root) if staging_root else Path(tempfile.gettempdir()) / STAGING_DIR, key)
     old_tempdir, t0, payload = tempfile.tempdir, time.perf_counter(), None
     tempfile.tempdir = str(work / "tmp")  # the build's own temp folders die with this trial's folder
     try:
         config = config_mod.from_mapping({**settings, "out": str(work / "bundle"), "force": True}, where=name)
-        gate = FileGate(max_wait_s=max_timing_wait_s) if max_timing_wait_s is not None else None
         with gated_latency(gate, key, record), contextlib.redirect_stdout(sys.stderr):
             result = api.build(config)
         payload = result.zip.read_bytes()
