@@ -31,7 +31,8 @@ def translate(exc: BaseException) -> EdgepackError | None:
         return None
     code = exc.errno
     if code is None and _SHORT_WRITE.search(str(exc)):  # numpy's tofile/save on a full disk or at the size limit
-        return OutputError("a temporary file could not be written in full (disk full or file-size limit)",
+        return OutputError("no space left for a temporary file: it could not be written in full (disk full, or the "
+                           "file-size limit)",
                            hint=f"free space in {tempfile.gettempdir()}, set TMPDIR to a larger disk, or raise "
                                 "the file-size limit (ulimit -f)")
     if code in (errno.ENOSPC, errno.EDQUOT):
