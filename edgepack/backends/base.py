@@ -38,3 +38,15 @@ class Backend(Protocol):
     def io_details(self, path: Path) -> dict: ...
 
     def float_ops(self, path: Path) -> list[str]: ...
+
+
+def all_samples(runner, x, progress) -> list[np.ndarray]:
+    """Every output for every sample of x, batch 1, each output stacked over the samples."""
+    from edgepack.inputs.data import num_samples, rows
+
+    n, outs = num_samples(x), []
+    for i in range(n):
+        if progress and i % 16 == 0:
+            progress(i, n)
+        outs.append([o[0] for o in runner.run_outputs(rows(x, i, i + 1))])
+    return [np.stack(k) for k in zip(*outs, strict=True)]

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from edgepack.backends.base import all_samples
 from edgepack.errors import InputError, StageError
 
 log = logging.getLogger(__name__)
@@ -150,7 +151,7 @@ class Runner:
         """First output for every sample of x (N, ...), batch 1 as on the device; with ``all_outputs``, every
         output so stacked, in a list."""
         if all_outputs:
-            return _all_samples(self, x, progress)
+            return all_samples(self, x, progress)
         from edgepack.inputs.data import num_samples, rows
 
         n = num_samples(x)
@@ -209,15 +210,3 @@ def float_ops(path: Path) -> list[str]:
     producer = {o: n for n in graph.node for o in n.output}
     return [f"{n.op_type}:{n.name}" for n in graph.node if n.op_type in ("Conv", "ConvTranspose", "MatMul", "Gemm")
             and getattr(producer.get(n.input[0]), "op_type", None) != "DequantizeLinear"]
-
-
-def _all_samples(runner, x, progress) -> list[np.ndarray]:
-    """Every output for every sample of x, batch 1, each output stacked over the samples."""
-    from edgepack.inputs.data import num_samples, rows
-
-    n, outs = num_samples(x), []
-    for i in range(n):
-        if progress and i % 16 == 0:
-            progress(i, n)
-        outs.append([o[0] for o in runner.run_outputs(rows(x, i, i + 1))])
-    return [np.stack(k) for k in zip(*outs, strict=True)]

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgepack.backends.base import all_samples
 from edgepack.errors import InputError, StageError
 from edgepack.isolate import mark
 
@@ -349,7 +350,7 @@ class TFLiteRunner:
         """First output for every sample of x (N, ...), batch 1 as on the device; with ``all_outputs``, every
         output so stacked, in a list."""
         if all_outputs:
-            return _all_samples(self, x, progress)
+            return all_samples(self, x, progress)
         from edgepack.inputs.data import num_samples, rows
 
         outs = []
@@ -435,18 +436,6 @@ def _first_line(exc: BaseException) -> str:
 
 
 Runner = TFLiteRunner  # the name every backend exposes (see edgepack.backends)
-
-
-def _all_samples(runner, x, progress) -> list[np.ndarray]:
-    """Every output for every sample of x, batch 1, each output stacked over the samples."""
-    from edgepack.inputs.data import num_samples, rows
-
-    n, outs = num_samples(x), []
-    for i in range(n):
-        if progress and i % 16 == 0:
-            progress(i, n)
-        outs.append([o[0] for o in runner.run_outputs(rows(x, i, i + 1))])
-    return [np.stack(k) for k in zip(*outs, strict=True)]
 
 
 def _output_nchw(out: np.ndarray, in_hw: tuple | None) -> np.ndarray:
