@@ -237,7 +237,12 @@ def _save_inference_only(model, out: Path) -> None:
     module.variables_ = list(model.variables)
     module.serve = tf.function(lambda *xs: model(list(xs) if len(xs) > 1 else xs[0]), input_signature=specs)
     signature = module.serve.get_concrete_function()
-    tf.saved_model.save(module, str(out), signatures={"serving_default": signature})
+    try:
+        tf.saved_model.save(module, str(out), signatures={"serving_default": signature})
+    except AssertionError as exc:  # onnx2tf's model captures a TensorFlow resource it does not track
+        raise StageError(f"onnx2tf's TensorFlow model cannot be saved for the TFLite converter: {_first_line(exc)}",
+                         hint="a known onnx2tf limitation for some graphs (seen on shufflenet_v2); targets that "
+                              "ship ONNX INT8 are listed by `edgepack targets`") from exc
 
 
 def _run_converter(saved_model: Path, calib, io_dtype: str, *, strict: bool, weights_only: bool = False) -> bytes:
