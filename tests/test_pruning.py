@@ -15,8 +15,10 @@ pytest.importorskip("torch_pruning")
 
 from edgepack import config  # noqa: E402
 from edgepack.config import FinetuneOptions, Preprocess, PruneOptions  # noqa: E402
+from edgepack import tasks  # noqa: E402
 from edgepack.errors import ConfigError, InputError  # noqa: E402
 from edgepack.inputs.data import Dataset  # noqa: E402
+from edgepack.inputs.kinds import ImageInput  # noqa: E402
 from edgepack.inputs.sources import LoadedModel  # noqa: E402
 from edgepack.pruning import channels as pruning  # noqa: E402
 from edgepack.pruning import io as pruned_io  # noqa: E402
@@ -241,11 +243,11 @@ def test_split_is_seeded_and_disjoint():
 
 def _ctx(tmp_path, digits, prune_options) -> BuildContext:
     model = _digits_model(digits)
-    config = SimpleNamespace(prune=prune_options, preprocess=Preprocess())
-    return BuildContext(config=config, target=None, workdir=tmp_path, input_shape=(1, 1, 16, 16),
-                        model=LoadedModel(spec="toy_models:digits_cnn", kind="torch", name="digits",
-                                          module=model),
-                        calib=_npz(digits["calib"]), val=_npz(digits["val"]))
+    config = SimpleNamespace(prune=prune_options, preprocess=Preprocess(), input_shape=None)
+    loaded = LoadedModel(spec="toy_models:digits_cnn", kind="torch", name="digits", module=model)
+    return BuildContext(config=config, target=None, workdir=tmp_path, input_shape=(1, 1, 16, 16), model=loaded,
+                        calib=_npz(digits["calib"]), val=_npz(digits["val"]),
+                        inputs=ImageInput(loaded, config, None), task=tasks.get("classify"))
 
 
 def test_stage_prunes_and_finetunes(tmp_path, digits, capsys):

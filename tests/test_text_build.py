@@ -113,7 +113,7 @@ def test_text_tflite_bundle_reports_its_int8_recipe(tflite_bundle):
     """Full-integer INT8 is tried in a child process; what ships, and why, is explicit: never a silent fallback."""
     man = json.loads((tflite_bundle / "manifest.json").read_text())
     assert man["model"]["file"] == "model.tflite" and (tflite_bundle / "tokenizer.json").is_file()
-    assert man["stages"]["text_export"]["opset"] == 20  # Gelu as one op; TFLite has no Erf builtin
+    assert man["stages"]["export"]["opset"] == 20  # Gelu as one op; TFLite has no Erf builtin
     q = man["stages"]["quantization_tflite"]
     assert q["chosen"] in ("dynamic-range", "full-integer") and q["why"] and q["recipe"]
     if q["chosen"] == "dynamic-range":

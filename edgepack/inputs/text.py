@@ -103,7 +103,7 @@ def load_hf_folder(path: str | Path, max_length: int | None = None) -> tuple[Any
     settings = tokenizer_settings(folder / "tokenizer.json", max_length)
     names = forward_input_names(model, settings["model_input_names"])
     settings["model_input_names"] = names
-    return _wrapper_class()(model.eval(), names), folder / "tokenizer.json", settings
+    return _wrapper_class()(model, names).eval(), folder / "tokenizer.json", settings
 
 
 def _check_hf_folder(folder: Path) -> None:

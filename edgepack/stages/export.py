@@ -44,6 +44,9 @@ def run(ctx: BuildContext) -> None:
 
 
 def _export(ctx: BuildContext, module, raw) -> None:
+    # torch.onnx.export restores the module's training flag afterwards: a wrapper left in training mode would
+    # switch dropout on in every later torch call (the parity check, reconstruction, fine-tuning's teacher)
+    module.eval()
     settings = ctx.inputs.export_settings()
     onnx_backend.export_args(module, ctx.inputs.example_args(ctx.input_shape), raw, **settings)
     ctx.records["export"] = {"inputs": settings["input_names"], "opset": settings["opset"],
