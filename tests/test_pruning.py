@@ -13,9 +13,8 @@ import toy_models
 torch = pytest.importorskip("torch")
 pytest.importorskip("torch_pruning")
 
-from edgepack import config  # noqa: E402
+from edgepack import config, tasks  # noqa: E402
 from edgepack.config import FinetuneOptions, Preprocess, PruneOptions  # noqa: E402
-from edgepack import tasks  # noqa: E402
 from edgepack.errors import ConfigError, InputError  # noqa: E402
 from edgepack.inputs.data import Dataset  # noqa: E402
 from edgepack.inputs.kinds import ImageInput  # noqa: E402

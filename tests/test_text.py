@@ -242,7 +242,7 @@ def _text_bundle(folder: Path, onnx_path: Path, tokenizer_dir: Path) -> Path:
     folder.mkdir()
     shutil.copy2(onnx_path, folder / "model.onnx")
     shutil.copy2(tokenizer_dir / "tokenizer.json", folder / "tokenizer.json")
-    shutil.copy2(Path(text.__file__).parents[1] / "bundle" / "templates" / "run_text.py", folder / "run_text.py")
+    shutil.copy2(Path(text.__file__).parents[1] / "bundle" / "templates" / "run.py", folder / "run.py")
     pre = {
         "kind": "text",
         "tokenizer": "tokenizer.json",
@@ -263,13 +263,13 @@ def _text_bundle(folder: Path, onnx_path: Path, tokenizer_dir: Path) -> Path:
 
 
 def test_runner_in_clean_venv(tmp_path, tiny_onnx, minilm_dir):
-    """run_text.py classifies a sentence with only onnxruntime, numpy and tokenizers installed (about 35 s)."""
+    """run.py classifies a sentence with only onnxruntime, numpy and tokenizers installed (about 35 s)."""
     from clean_env import clean_venv
 
     bundle = _text_bundle(tmp_path / "bundle", tiny_onnx, minilm_dir)
     py = clean_venv(tmp_path / "venv", ("onnxruntime", "numpy", "tokenizers"))
     run = subprocess.run(
-        [str(py), "run_text.py", "WINNER! claim your prize"],
+        [str(py), "run.py", "WINNER! claim your prize"],
         cwd=bundle,
         capture_output=True,
         text=True,
@@ -277,7 +277,7 @@ def test_runner_in_clean_venv(tmp_path, tiny_onnx, minilm_dir):
     )
     result = json.loads(run.stdout.splitlines()[0])
     assert result["label"] in ("ham", "spam") and abs(sum(result["scores"].values()) - 1) < 1e-4
-    golden = subprocess.run([str(py), "run_text.py", "--golden"], cwd=bundle, capture_output=True, text=True)
+    golden = subprocess.run([str(py), "run.py", "--golden"], cwd=bundle, capture_output=True, text=True)
     assert golden.returncode == 0, golden.stdout + golden.stderr
 
 

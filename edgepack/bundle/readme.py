@@ -53,7 +53,10 @@ def render(man: dict) -> str:
              "Built by edgepack. The verdict, budgets and measurements are in report.md / report.html and "
              "manifest.json; check every file with `edgepack verify .`.", "",
              "## Run on the device", "",
-             "```", "python3 run.py photo.jpg --time 100     # top-5 and p50/p90 latency",
+             "```", ('python3 run.py "a sentence" --time 100  # label scores and p50/p90 latency'
+                      if pre.get("kind") == "text" else
+                      "python3 run.py photo.jpg --time 100     # results and p50/p90 latency"),
+             "python3 run.py --file inputs.txt        # one input per line, one JSON line each",
              "python3 run.py --golden                  # stored input -> stored output", "```", ""]
     for m in man["models"]:
         lines += [f"## {m['file']} ({m['format']}, {m['precision']})", ""]

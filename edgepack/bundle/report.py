@@ -13,12 +13,10 @@ SCHEMA = "edgepack.bundle/1"
 TOOLS = ("torch", "torchvision", "onnx", "onnxruntime", "onnxslim", "numpy", "pillow", "tensorflow",
          "onnx2tf", "ai-edge-litert", "torch-pruning")
 MODEL_FILES = {"onnx": "model.onnx", "tflite": "model.tflite"}
-RUNNERS = {"image": "run.py", "text": "run_text.py"}   # bundle/templates/, by input kind
-
-
-def runner_template(input_kind: str) -> Path:
-    """The device runner for an input kind (copied into the bundle as run.py)."""
-    return Path(__file__).resolve().parent / "templates" / RUNNERS[input_kind]
+def runner_template() -> Path:
+    """The device runner, one for every input kind and task: it picks its input and output code from the
+    bundle's manifest (copied into the bundle as run.py)."""
+    return Path(__file__).resolve().parent / "templates" / "run.py"
 
 
 def tool_versions() -> dict[str, str]:

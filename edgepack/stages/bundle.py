@@ -74,7 +74,7 @@ def _copy_models(ctx: BuildContext, staging: Path) -> dict:
 def _copy_runner(ctx: BuildContext, staging: Path) -> None:
     """run.py for the device, plus whatever the input kind's runner code reads (e.g. tokenizer.json) and the
     task's (e.g. the detection decoder)."""
-    shutil.copyfile(report.runner_template(ctx.inputs.name), staging / "run.py")
+    shutil.copyfile(report.runner_template(), staging / "run.py")
     ctx.inputs.bundle_files(staging)
     for src in getattr(ctx.task, "runner_files", ()):  # e.g. postprocess.py: decoding shared with validation
         shutil.copyfile(src, staging / Path(src).name)

@@ -1,13 +1,18 @@
 #!/usr/bin/env python3
-"""Run this edgepack bundle on the device: classify an image, print top-k, optionally time N runs.
+"""Run this edgepack bundle on the device: one runner for every bundle. What it reads and what it prints come from
+manifest.json: "preprocess" says the input kind (an image, or text with the bundle's tokenizer.json) and
+"stages.task" the output kind (classes, detections or a segmentation mask).
 
-Needs only numpy and pillow plus the model's runtime: onnxruntime for .onnx models, and
-ai_edge_litert or tflite_runtime for .tflite models. Preprocessing follows manifest.json.
+Needs numpy plus the model's runtime (onnxruntime for .onnx, ai_edge_litert or tflite_runtime for .tflite), and
+pillow for image bundles or tokenizers for text bundles. No torch, no transformers.
 
-    python3 run.py photo.jpg              # top-5 classes (detectors: boxes; segmenters: class areas)
-    python3 run.py photo.jpg --time 100   # also p50/p90 latency over 100 runs, ms
-    python3 run.py --golden               # run the stored golden input, compare with the stored output
-    python3 run.py --time-golden 100      # time 100 runs on the golden input; one JSON line, ms
+    python3 run.py photo.jpg                  # image classifier: top-5 classes (detectors: boxes; segmenters:
+                                              #   class areas)
+    python3 run.py "WINNER! Claim your prize" # text classifier: one JSON line of label scores
+    python3 run.py --file inputs.txt          # one image path or sentence per line; one JSON line each
+    python3 run.py photo.jpg --time 100       # also p50/p90 latency over 100 runs, ms
+    python3 run.py --golden                   # run the stored golden input, compare with the stored output
+    python3 run.py --time-golden 100          # time 100 runs on the golden input; one JSON line, ms
 """
 
 import argparse
@@ -21,6 +26,9 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # postprocess.py (detection / segmentation bundles) sits beside this file
 sys.dont_write_bytecode = True  # no __pycache__ in the bundle: `edgepack verify` checks every file in it
+
+
+# --- inputs: a feed is {input name: array}; image bundles have one input, "input" ---------------------------
 
 
 def preprocess(path, pre, shape):
@@ -48,6 +56,63 @@ def preprocess(path, pre, shape):
     return np.ascontiguousarray(arr.transpose(2, 0, 1)[None], dtype=np.float32)
 
 
+class ImageReader:
+    """An image file -> {"input": (1, C, H, W) float32}, preprocessed as the manifest says."""
+
+    names = ["input"]
+
+    def __init__(self, manifest):
+        self.pre, self.shape = manifest["preprocess"], manifest["inputs"][0]["shape"]
+
+    def __call__(self, path):
+        return {"input": preprocess(path, self.pre, self.shape)}
+
+
+class TextReader:
+    """A sentence -> {name: (1, L) int64}: tokenizer.json with truncation and right padding to a fixed length."""
+
+    def __init__(self, manifest):
+        from tokenizers import Tokenizer
+
+        pre = manifest["preprocess"]
+        self.names = list(pre["model_input_names"])
+        self.length = int(pre["max_length"])
+        self.tok = Tokenizer.from_file(str(HERE / pre["tokenizer"]))
+        self.tok.enable_truncation(self.length)
+        self.tok.enable_padding(length=self.length, pad_id=int(pre.get("pad_id", 0)),
+                                pad_token=pre.get("pad_token", "[PAD]"))
+
+    def __call__(self, text):
+        enc = self.tok.encode(text)
+        arrays = {"input_ids": enc.ids, "attention_mask": enc.attention_mask, "token_type_ids": enc.type_ids}
+        return {n: np.asarray([arrays[n]], dtype=np.int64) for n in self.names}
+
+
+def input_kind(manifest):
+    return "text" if manifest["preprocess"].get("kind") == "text" else "image"
+
+
+def input_names(manifest):
+    """The golden.npz keys holding the model's inputs."""
+    return list(manifest["preprocess"]["model_input_names"]) if input_kind(manifest) == "text" else ["input"]
+
+
+def _match(tensor_name, feed):
+    """The feed entry a runtime input means: the only one, the same name, or the longest name inside it
+    (TFLite names inputs like 'serving_default_input_ids:0')."""
+    if len(feed) == 1:
+        return next(iter(feed))
+    if tensor_name in feed:
+        return tensor_name
+    for name in sorted(feed, key=len, reverse=True):
+        if name in tensor_name:
+            return name
+    sys.exit(f"model input {tensor_name!r} matches none of {sorted(feed)}")
+
+
+# --- runtimes: model(feed) -> first output; model.outputs(feed) -> every output, float32 -------------------
+
+
 class OnnxModel:
     def __init__(self, path, threads):
         import onnxruntime as ort
@@ -56,18 +121,23 @@ class OnnxModel:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         self.sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-        self.name = self.sess.get_inputs()[0].name
+        self.inputs = {i.name: np.int32 if i.type == "tensor(int32)" else np.int64 if i.type == "tensor(int64)"
+                       else np.float32 for i in self.sess.get_inputs()}
 
-    def __call__(self, x):
-        return self.sess.run(None, {self.name: x})[0].astype(np.float32)
+    def _feed(self, feed):
+        return {n: np.asarray(feed[_match(n, feed)]).astype(t, copy=False) for n, t in self.inputs.items()}
 
-    def outputs(self, x):
+    def __call__(self, feed):
+        return np.asarray(self.sess.run(None, self._feed(feed))[0], np.float32)
+
+    def outputs(self, feed):
         """Every output, float32 (detection heads have several)."""
-        return [np.asarray(o, np.float32) for o in self.sess.run(None, {self.name: x})]
+        return [np.asarray(o, np.float32) for o in self.sess.run(None, self._feed(feed))]
 
 
 class TFLiteModel:
-    """Feeds NHWC, quantizes the input and dequantizes the output with the model's own scale/zero point."""
+    """Feeds images NHWC and tokens by name; quantizes float inputs and dequantizes outputs with the model's
+    own scale/zero point."""
 
     def __init__(self, path, threads):
         try:
@@ -76,41 +146,62 @@ class TFLiteModel:
             from tflite_runtime.interpreter import Interpreter
         self.it = Interpreter(model_path=str(path), num_threads=threads)
         self.it.allocate_tensors()
-        self.inp, self.out = self.it.get_input_details()[0], self.it.get_output_details()[0]
+        self.inputs, self.out = self.it.get_input_details(), self.it.get_output_details()[0]
 
-    def __call__(self, x):
-        x = x.transpose(0, 2, 3, 1) if x.ndim == 4 else x
-        scale, zero = self.inp["quantization"]
-        if self.inp["dtype"] != np.float32 and scale:
-            info = np.iinfo(self.inp["dtype"])
-            x = np.clip(np.round(x / scale + zero), info.min, info.max)
-        self.it.set_tensor(self.inp["index"], x.astype(self.inp["dtype"]))
+    def _set(self, feed):
+        for d in self.inputs:
+            x = np.asarray(feed[_match(d["name"], feed)])
+            x = x.transpose(0, 2, 3, 1) if x.ndim == 4 else x
+            scale, zero = d["quantization"]
+            if x.dtype.kind == "f" and np.dtype(d["dtype"]).kind in "iu" and scale:
+                info = np.iinfo(d["dtype"])
+                x = np.clip(np.round(x / scale + zero), info.min, info.max)
+            self.it.set_tensor(d["index"], x.astype(d["dtype"]))
         self.it.invoke()
-        return self._get(self.out)
 
     def _get(self, detail):
         y = self.it.get_tensor(detail["index"])
         scale, zero = detail["quantization"]
         return ((y.astype(np.float32) - zero) * scale) if detail["dtype"] != np.float32 and scale else y
 
-    def outputs(self, x):
+    def __call__(self, feed):
+        self._set(feed)
+        return self._get(self.out)
+
+    def outputs(self, feed):
         """Every output, float32, 4-D ones in NCHW as the ONNX model gives them (postprocess.to_nchw)."""
         import postprocess
 
-        self(x)
-        in_hw = tuple(self.inp["shape"][1:3]) if len(self.inp["shape"]) == 4 else None
+        self._set(feed)
+        shape = self.inputs[0]["shape"]
+        in_hw = tuple(shape[1:3]) if len(shape) == 4 else None
         return [postprocess.to_nchw(np.asarray(self._get(d), np.float32), in_hw)
                 for d in self.it.get_output_details()]
 
 
-def time_runs(model, x, runs):
+def load_model(manifest, threads, fmt=None):
+    for entry in manifest["models"]:
+        if fmt and entry["format"] != fmt:
+            continue
+        cls = OnnxModel if entry["format"] == "onnx" else TFLiteModel
+        try:
+            return entry, cls(HERE / entry["file"], threads)
+        except ImportError:
+            continue
+    sys.exit("no runtime for this bundle: pip install onnxruntime (for .onnx) or ai-edge-litert (for .tflite)")
+
+
+# --- timing --------------------------------------------------------------------------------------------------
+
+
+def time_runs(model, feed, runs):
     """Latencies (ms) of `runs` calls after 5 warm-up calls."""
     for _ in range(5):
-        model(x)
+        model(feed)
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
-        model(x)
+        model(feed)
         times.append((time.perf_counter() - t0) * 1000)
     return times
 
@@ -133,84 +224,111 @@ def timing_json(times, threads, entry):
                        "python": platform.python_version()})
 
 
-def load_model(manifest, threads, fmt=None):
-    entries = manifest["models"]
-    for entry in entries:
-        if fmt and entry["format"] != fmt:
-            continue
-        cls = OnnxModel if entry["format"] == "onnx" else TFLiteModel
-        try:
-            return entry, cls(HERE / entry["file"], threads)
-        except ImportError:
-            continue
-    sys.exit("no runtime for this bundle: pip install onnxruntime (for .onnx) or ai-edge-litert (for .tflite)")
+# --- outputs: chosen by the task (and, for classes, how the input is shown) --------------------------------
 
 
-def print_task(task, outs, labels, as_json):
-    """Detections (boxes in model-input pixels, best first) or the mask's class areas, decoded by
-    postprocess.py: the code edgepack's validation used."""
-    import postprocess
+def _name(labels, c):
+    return labels[c] if labels and c < len(labels) else str(c)
 
-    def name(c):
-        return labels[c] if labels and c < len(labels) else str(c)
 
-    if task == "detect":
-        det = postprocess.detections(outs)[0]
-        rows = [{"class": int(c), "name": name(int(c)), "score": round(float(s), 4),
-                 "box": [round(float(v), 2) for v in b]}
-                for b, s, c in zip(det["boxes"], det["scores"], det["classes"])]  # noqa: B905 (old Pythons)
-        if as_json:
-            print(json.dumps({"detections": rows}))
-        for r in rows if not as_json else []:
-            print(f"{r['score']:8.4f}  {r['name']:<16} x1 {r['box'][0]:.1f} y1 {r['box'][1]:.1f} "
-                  f"x2 {r['box'][2]:.1f} y2 {r['box'][3]:.1f}")
-        return
-    mask = postprocess.masks(outs[0])[0]
-    counts = np.bincount(mask.ravel())
-    rows = [{"class": c, "name": name(c), "pixels": int(n), "fraction": round(float(n) / mask.size, 4)}
-            for c, n in enumerate(counts) if n]
-    if as_json:
-        print(json.dumps({"mask_shape": list(mask.shape), "classes": rows}))
-    for r in rows if not as_json else []:
+def softmax(z):
+    e = np.exp(z - z.max())
+    return e / e.sum()
+
+
+def result(task, kind, model, feed, item, labels, top):
+    """What one input gives, as a dict: the output code is chosen by the task, and for classes by the input."""
+    if task in ("detect", "segment"):
+        import postprocess
+
+        outs = model.outputs(feed)
+        if task == "detect":
+            det = postprocess.detections(outs)[0]
+            return {"detections": [{"class": int(c), "name": _name(labels, int(c)), "score": round(float(s), 4),
+                                    "box": [round(float(v), 2) for v in b]}
+                                   for b, s, c in zip(det["boxes"], det["scores"], det["classes"])]}  # noqa: B905
+        mask = postprocess.masks(outs[0])[0]
+        counts = np.bincount(mask.ravel())
+        return {"mask_shape": list(mask.shape),
+                "classes": [{"class": c, "name": _name(labels, c), "pixels": int(n),
+                             "fraction": round(float(n) / mask.size, 4)} for c, n in enumerate(counts) if n]}
+    if task == "generic":
+        return {"outputs": [{"index": i, "shape": list(o.shape), "min": round(float(o.min()), 6),
+                             "max": round(float(o.max()), 6), "mean": round(float(o.mean()), 6)}
+                            for i, o in enumerate(model.outputs(feed))]}
+    scores = np.asarray(model(feed), np.float32)[0].reshape(-1)
+    if kind == "text":
+        probs = softmax(scores)
+        names = [_name(labels, i) for i in range(len(probs))]
+        return {"text": item, "label": names[int(np.argmax(probs))],
+                "scores": {n: round(float(p), 6) for n, p in zip(names, probs)}}  # noqa: B905 (old Pythons)
+    return {"top": [{"class": int(i), "name": _name(labels, int(i)), "score": round(float(scores[i]), 4)}
+                    for i in np.argsort(-scores)[:top]]}
+
+
+def show(res):
+    """The result as lines a person reads."""
+    for r in res.get("top", []):
+        print(f"{r['score']:10.4f}  {r['name']}")
+    for r in res.get("detections", []):
+        print(f"{r['score']:8.4f}  {r['name']:<16} x1 {r['box'][0]:.1f} y1 {r['box'][1]:.1f} "
+              f"x2 {r['box'][2]:.1f} y2 {r['box'][3]:.1f}")
+    for r in res.get("classes", []):
         print(f"{100 * r['fraction']:6.2f} %  {r['name']}")
+    for r in res.get("outputs", []):
+        print(f"output {r['index']}: shape {r['shape']}  min {r['min']:.4g}  max {r['max']:.4g}  mean {r['mean']:.4g}")
+    if "label" in res:
+        print(json.dumps(res))
+
+
+def check_golden(manifest, model, entry):
+    """Run the stored golden input; exit 1 when the output differs from the stored one beyond the tolerance."""
+    golden = np.load(HERE / manifest["golden"]["file"])
+    diff = float(np.max(np.abs(model({n: golden[n] for n in input_names(manifest)}) - golden[entry["format"]])))
+    print(f"golden max abs diff {diff:.6g} (tolerance {manifest['golden']['tolerance']})")
+    sys.exit(0 if diff <= manifest["golden"]["tolerance"] else 1)
 
 
 def main():
     manifest = json.loads((HERE / "manifest.json").read_text())
+    kind = input_kind(manifest)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("image", nargs="?", help="image file to classify")
-    parser.add_argument("--top", type=int, default=5)
-    parser.add_argument("--json", action="store_true", help="detect/segment bundles: one JSON line of results")
+    parser.add_argument("input", nargs="?", help="a sentence (text bundles) or an image file (image bundles)")
+    parser.add_argument("--file", help="one input per line of this UTF-8 file (sentences, or image paths)")
+    parser.add_argument("--top", type=int, default=5, help="image classifiers: how many classes to print")
+    parser.add_argument("--json", action="store_true", help="one JSON line of results per input")
     parser.add_argument("--time", type=int, default=0, metavar="N", help="time N runs after 5 warm-up runs")
-    parser.add_argument("--threads", type=int, default=manifest["runtime"]["threads"])
+    parser.add_argument("--threads", type=int, default=manifest.get("runtime", {}).get("threads", 1))
     parser.add_argument("--format", choices=sorted({m["format"] for m in manifest["models"]}))
     parser.add_argument("--golden", action="store_true", help="check the stored golden input/output")
     parser.add_argument("--time-golden", type=int, default=0, metavar="N",
-                        help="time N runs on the golden input (no image needed); print one JSON line")
+                        help="time N runs on the golden input (no input needed); print one JSON line")
     args = parser.parse_args()
     entry, model = load_model(manifest, args.threads, args.format)
+    if args.golden:
+        check_golden(manifest, model, entry)
     if args.time_golden:
         golden = np.load(HERE / manifest["golden"]["file"])
-        print(timing_json(time_runs(model, golden["input"], args.time_golden), args.threads, entry))
+        feed = {n: golden[n] for n in input_names(manifest)}
+        print(timing_json(time_runs(model, feed, args.time_golden), args.threads, entry))
         return
-    if args.golden:
-        golden = np.load(HERE / manifest["golden"]["file"])
-        diff = float(np.max(np.abs(model(golden["input"]) - golden[entry["format"]])))
-        print(f"golden max abs diff {diff:.6g} (tolerance {manifest['golden']['tolerance']})")
-        sys.exit(0 if diff <= manifest["golden"]["tolerance"] else 1)
-    if not args.image:
-        parser.error("give an image (or --golden)")
-    x = preprocess(args.image, manifest["preprocess"], manifest["inputs"][0]["shape"])
-    labels = manifest.get("labels")
-    task = (manifest.get("stages", {}).get("task") or {}).get("name")
-    if task in ("detect", "segment"):
-        print_task(task, model.outputs(x), labels, args.json)
+    if args.file:
+        items = [t.strip() for t in Path(args.file).read_text(encoding="utf-8").splitlines() if t.strip()]
+    elif args.input:
+        items = [args.input]
     else:
-        scores = model(x)[0].reshape(-1)
-        for i in np.argsort(-scores)[: args.top]:
-            print(f"{scores[i]:10.4f}  {labels[i] if labels else i}")
+        parser.error("give " + ("a sentence" if kind == "text" else "an image") + ", --file or --golden")
+    reader = TextReader(manifest) if kind == "text" else ImageReader(manifest)
+    task = (manifest.get("stages", {}).get("task") or {}).get("name") or "classify"
+    labels = manifest.get("labels")
+    for item in items:
+        res = result(task, kind, model, reader(item), item, labels, args.top)
+        if args.json or args.file:
+            print(json.dumps(res if kind == "text" else {"input": item, **res}))
+        else:
+            show(res)
     if args.time:
-        times = time_runs(model, x, args.time)
+        times = time_runs(model, reader(items[0]), args.time)
         print(f"latency over {args.time} runs: p50 {np.percentile(times, 50):.2f} ms, "
               f"p90 {np.percentile(times, 90):.2f} ms ({args.threads} threads, {entry['format']})")
 
