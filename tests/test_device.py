@@ -269,6 +269,37 @@ def test_leave_one_out_table_of_the_emulated_work_model(name, capsys):
 
 
 @pytest.mark.slow
+def test_a_token_feed_runs_on_the_emulated_device(tmp_path):
+    """Text models' feeds ({input_ids, attention_mask}: int64) go through run.py --batch on the device as well."""
+    import torch
+    from torch import nn
+
+    from edgepack.backends import onnx as onnx_backend
+
+    class Tokens(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.head = nn.Embedding(100, 16), nn.Linear(16, 2)
+
+        def forward(self, input_ids, attention_mask):
+            mask = attention_mask.unsqueeze(-1).float()
+            return self.head((self.emb(input_ids) * mask).sum(1) / mask.sum(1).clamp(min=1))
+
+    torch.manual_seed(0)
+    ids = torch.randint(0, 100, (1, 8))
+    path = tmp_path / "tokens.onnx"
+    onnx_backend.export_args(Tokens().eval(), (ids, torch.ones_like(ids)), path,
+                             input_names=["input_ids", "attention_mask"], opset=17)
+    rng = np.random.default_rng(0)
+    feed = {"input_ids": rng.integers(0, 100, (2, 8)), "attention_mask": np.ones((2, 8), np.int64)}
+    got = run_emulated.run(_device("raspberry-pi-4"), [run_emulated.Job("fp32", "onnx", path)], feed,
+                           tmp_path / "run", run_emulated.RunOptions(processes=1))["fp32"]
+    host = onnx_backend.Runner(path, threads=1).run_samples(feed)
+    assert got.outputs[0].shape == (2, 2) and np.abs(host - got.outputs[0]).max() < 1e-5
+    assert got.insns["total"] > 0
+
+
+@pytest.mark.slow
 def test_tiny_build_runs_the_device_stage_and_reports_it(tiny_data, tmp_path):
     _device("raspberry-pi-4")
     out = tmp_path / "tiny"
