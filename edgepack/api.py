@@ -16,6 +16,7 @@ from edgepack.config import BuildConfig
 from edgepack.errors import InputError, OutputError
 from edgepack.guards import safety, tempdirs, usercode
 from edgepack.inputs import data, kinds, sources
+from edgepack.stages import device as device_stage
 from edgepack.stages.context import BuildContext
 from edgepack.util import ProgressFn, no_progress
 
@@ -42,6 +43,7 @@ def build(config: BuildConfig | None = None, progress: ProgressFn = no_progress,
         config = dataclasses.replace(config, **options)
     t0 = time.perf_counter()
     target = targets.load(config.target)
+    device_stage.check(config, target)  # an explicit --emulate needs a prepared device: say so before any work
     out = Path(config.out)
     _check_output(out, config.force, safety.build_inputs(config, default_calib=_default_calibration(config)))
     tempdirs.sweep_stale()

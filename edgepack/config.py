@@ -168,6 +168,10 @@ class BuildConfig:
                                             None, ge=-100, le=200)
     estimate_device: bool = spec("estimate device latency from the profile's references (times them on the host "
                                  "once; cached)", False)
+    emulate: bool | None = spec("the device stage (profiles with emulate = true: the ARM ones) runs the models on the "
+                                "emulated device's CPU and runtime; unset: on unless EDGEPACK_EMULATE=0, and a device "
+                                "not prepared only warns; true: required (not prepared: an error); false: off",
+                                None)
     allow_float_ops: bool = spec("TFLite: keep ops without an INT8 kernel in float (reported) instead of failing",
                                  False)
     text_tflite_int8: str = spec("TFLite text models: 'auto' tries full-integer INT8 in a child process and falls "

@@ -1,4 +1,4 @@
-"""The one place that orders the stages: (prune) -> export -> quantize -> validate -> bundle."""
+"""The one place that orders the stages: (prune) -> export -> quantize -> validate -> (device) -> bundle."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import logging
 import time
 from collections.abc import Callable
 
-from edgepack.stages import bundle, export, prune, quantize, validate
+from edgepack import targets
+from edgepack.stages import bundle, device, export, prune, quantize, validate
 from edgepack.stages.context import BuildContext
 
 log = logging.getLogger(__name__)
@@ -17,6 +18,7 @@ STAGES: list[Stage] = [
     ("export", export.run),
     ("quantize", quantize.run),
     ("validate", validate.run),
+    ("device", device.run),    # the emulated ARM device; skips itself unless the profile emulates (device.wanted)
     ("bundle", bundle.run),
 ]
 
@@ -38,4 +40,6 @@ def run(ctx: BuildContext) -> dict:
 
 def plan(config) -> list[str]:
     """The stage names a build with ``config`` would run, for --dry-run."""
-    return [name for name, _ in STAGES if name != "prune" or config.prune is not None]
+    emulate = device.wanted(config, targets.load(config.target))
+    return [name for name, _ in STAGES if (name != "prune" or config.prune is not None)
+            and (name != "device" or emulate)]

@@ -17,8 +17,11 @@ from edgepack.schema import spec
 
 FORMATS = ("onnx", "tflite")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
-LATENCY_KINDS = ("host", "device-estimate", "device")
+LATENCY_KINDS = ("host", "device-estimate", "emulated", "device")
 PRECISIONS = ("fp32", "int8")
+QEMU_CPUS = ("", "cortex-a53", "cortex-a57", "cortex-a72", "cortex-a76", "neoverse-n1", "a64fx", "max")
+ROOTFS_RELEASES = ("bookworm",)
+DEVICE_WHEELS = ("onnxruntime==1.23.0", "numpy==1.26.4", "ai-edge-litert==2.1.0", "pillow==11.3.0")
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,16 @@ class TargetProfile:
     min_output_sqnr_db: float | None = spec("budget: SQNR of each INT8 output vs FP32, dB; judges the outputs no "
                                             "accuracy/agreement budget does (every output when set; default 10)",
                                             None, ge=-100, le=200)
+    emulate: bool = spec("run the device stage: the shipped and FP32 models under qemu-user emulating qemu_cpu, "
+                         "with the device's own runtime wheels (prepare once: edgepack device prepare NAME)", False)
+    qemu_cpu: str = spec("CPU model qemu-user emulates: the device's core (its ISA features select the runtime's "
+                         "kernels; qemu's 'max' has dot-product/SVE/i8mm a Pi 4 lacks)", "", choices=QEMU_CPUS)
+    rootfs_release: str = spec("Debian release of the emulated arm64 userland (its Python runs the bundle's "
+                               "run.py)", "bookworm", choices=ROOTFS_RELEASES)
+    device_wheels: tuple[str, ...] = spec("aarch64 wheels installed in the emulated device, pinned "
+                                          "(name==version)", list(DEVICE_WHEELS))
+    emulation_samples: int = spec("validation samples (seeded subset) run on the emulated device per precision",
+                                  8, ge=1, le=100000)
     name: str = spec("profile name (the file stem; set by the loader)", "")
     path: str = spec("file the profile was loaded from (set by the loader)", "")
 

@@ -13,6 +13,9 @@ TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 sys.path.insert(0, str(TESTS))  # so `toy_models:tiny_cnn` resolves as a factory
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# ARM builds run their device stage (the emulated device) by default; the suite turns that default off and only
+# tests/test_device.py turns it on for its own builds (--emulate), so the other tests stay fast.
+os.environ.setdefault("EDGEPACK_EMULATE", "0")
 
 import toy_models  # noqa: E402
 

@@ -67,8 +67,20 @@ def render_markdown(man: dict) -> str:
               f"- quantization: `{_short(q)}`",
               "- latencies are host measurements (p50/p90 over timed runs after warm-up, FP32 and INT8 "
               "interleaved in one process); they are not device measurements.",
+              *_device_stage_line(man["stages"].get("device")),
               "- tools: " + ", ".join(f"{k} {v}" for k, v in man["tools"].items()), ""]
     return "\n".join(parts)
+
+
+def _device_stage_line(dev: dict | None) -> list[str]:
+    """What the device stage (edgepack.stages.device) did, for "How it was built"."""
+    if not dev:
+        return []
+    if "skipped" in dev:
+        return [f"- device stage: skipped ({dev['skipped']}); the host measurements judge."]
+    return [f"- device stage: FP32 and INT8 run with the bundle's run.py on an emulated {dev['qemu_cpu']} "
+            f"(qemu-user, the device's runtime wheels), {dev['samples']} samples; its latency is estimated from "
+            "instruction counts, not measured."]
 
 
 def _short(d: dict) -> str:

@@ -41,7 +41,31 @@ def summary_rows(man: dict) -> list[tuple[str, str, str, str]]:
             d = lat["device"]
             rows.append((f"[{f}] MEASURED device p50/p90 ms", "", f"{d['p50']:.2f}/{d['p90']:.2f}",
                          f"measured on the device over SSH ({d.get('runs', '?')} runs)"))
-        rows += _unpruned_rows(f, v)
+        rows += _unpruned_rows(f, v) + _device_rows(f, v)
+    return rows
+
+
+def _device_rows(f: str, v: dict) -> list[tuple[str, str, str, str]]:
+    """The emulated device (stages/device.py): agreement with the host, the task metric on the device's kernels
+    (the task's own quality rows), instructions per inference, the device estimate."""
+    d = v.get("device")
+    if not d:
+        return []
+    agree, ins = d["agreement_with_host"], d["instructions"]
+    where = f"emulated {d['qemu_cpu']}, {d['samples']} samples"
+    on_device = {**d["quality_on_device"], "samples": d["samples"], "on_calibration_data": v["on_calibration_data"],
+                 "labels": v.get("labels")}
+    rows = [(f"[{f}] device vs host top-1", _fmt(agree["fp32"]["top1"], 4), _fmt(agree["int8"]["top1"], 4),
+             f"{where}; INT8 max |diff| {agree['int8']['max_abs_diff']:.3g}")]
+    rows += [(metric.replace(f"[{f}]", f"[{f}, {where}]"), fp32, int8, note)
+             for metric, fp32, int8, note in _quality_rows(f, on_device)]
+    rows.append((f"[{f}] instructions / inference (M)", f"{ins['fp32']['total'] / 1e6:.1f}",
+                 f"{ins['int8']['total'] / 1e6:.1f}", f"INT8 = {ins['int8']['total'] / ins['fp32']['total']:.2f}x "
+                 f"FP32; dot-product {ins['int8']['dotprod'] / 1e6:.1f} M"))
+    est = v["latency_ms"].get("device_emulated") or {}
+    if est.get("fp32") and est.get("int8"):
+        rows.append((f"[{f}] ESTIMATED device p50 ms", _band(est["fp32"]), _band(est["int8"]),
+                     f"{est['int8']['kind']}, not measured: {est['int8']['band_source']}"))
     return rows
 
 
@@ -92,8 +116,12 @@ def budget_rows(man: dict) -> list[tuple[str, str, str, str]]:
     for m in man["models"]:
         for b in m["validation"]["budgets"]:
             kind = f" ({b['kind']})" if b.get("kind") else ""
-            rows.append((f"[{m['format']}] {b['name']}{kind}", _fmt(b["value"], 4 if b["name"] == "agreement" else 2),
-                         f"{b['op']} {_fmt(b['limit'])}", "PASS" if b["passed"] else "FAIL"))
+            value = _fmt(b["value"], 4 if b["name"] == "agreement" else 2)
+            if b.get("band"):
+                value += f" [{b['band'][0]:.1f}-{b['band'][1]:.1f}]"
+            verdict = b.get("verdict") or ("pass" if b["passed"] else "fail")
+            rows.append((f"[{m['format']}] {b['name']}{kind}", value, f"{b['op']} {_fmt(b['limit'])}",
+                         verdict.upper()))
     return rows
 
 

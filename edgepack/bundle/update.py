@@ -65,6 +65,8 @@ def _apply(val: dict, record: dict, max_latency_ms: float | None) -> None:
         rows = [{"name": "latency_p50_ms", "op": "<="}]
         val["budgets"].append(rows[0])
     row = rows[0]
+    for stale in ("band", "verdict", "host_value"):  # an estimate's (stages/device.py): the measurement replaces it
+        row.pop(stale, None)
     row["limit"] = max_latency_ms if max_latency_ms is not None else row["limit"]
     row.update(budgets.rejudge(row, record["p50"]), kind=KIND, measured_on=record["device"])
     val["passed"] = budgets.all_passed(val["budgets"])

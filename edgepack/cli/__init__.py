@@ -449,6 +449,46 @@ def targets_show(ctx: click.Context, name: str, as_json: bool) -> None:
     run_command(ctx, body)
 
 
+@main.group()
+def device() -> None:
+    """Emulated devices: qemu-user + an arm64 userland + the device's own runtime wheels (edgepack.device)."""
+
+
+@device.command("prepare")
+@click.argument("targets_", metavar="TARGET...", nargs=-1, required=True)
+@click.option("--qemu-cpu", help="Emulate this qemu CPU model instead of the profile's (e.g. max, for comparisons).")
+@click.option("--force", is_flag=True, help="Rebuild even when the cached device is there.")
+@click.option("--no-references", is_flag=True,
+              help="Skip counting the profile's reference networks on the device (the CPI fit).")
+@click.option("--recount", is_flag=True, help="Count the reference networks again even where shipped counts exist "
+                                              "(builds and emulates each: tens of minutes).")
+@click.pass_context
+def device_prepare(ctx: click.Context, targets_: tuple[str, ...], qemu_cpu: str | None, force: bool,
+                   no_references: bool, recount: bool) -> None:
+    """Build each TARGET's emulated device once into ~/.cache/edgepack/devices (offline after the first time),
+    and count the instructions of its reference networks there (the device latency fit)."""
+    from edgepack import targets as targets_mod
+    from edgepack.device import cpi, emulation
+    from edgepack.util import host_cores
+
+    ui = Ui()
+
+    def body() -> None:
+        for name in targets_:
+            profile = targets_mod.load(name)
+            try:
+                dev = emulation.prepare(profile, qemu_cpu=qemu_cpu, force=force, progress=ui.progress)
+                counts = {} if no_references else cpi.reference_counts(profile, dev, processes=host_cores(),
+                                                                       recount=recount, progress=ui.progress)
+            finally:
+                ui.finish()
+            click.echo(f"{name}: {dev.emulation.qemu_cpu} device ready in {dev.root}"
+                       + ("" if no_references else f"; {sum(1 for v in counts.values() if v)}/"
+                          f"{len(profile.reference)} reference networks counted"))
+
+    run_command(ctx, body)
+
+
 def _manifest_text(man: dict, report: Any) -> str:
     """What `edgepack inspect` shows of a manifest."""
     lines = [f"{man['name']} for {man['target']['name']}: {'PASSED' if man['passed'] else 'FAILED'}"]

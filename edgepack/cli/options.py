@@ -57,7 +57,7 @@ def _option(cls: type, f: dataclasses.Field, tp: Any) -> tuple[Any, str]:
     kwargs: dict[str, Any] = {"help": doc[:1].upper() + doc[1:] + "."}
     if base is bool:
         name = flags[0][2:]
-        decl = (f"--{name}/--no-{name}",) if f.default is True else flags
+        decl = (f"--{name}/--no-{name}",) if f.default is not False else flags  # None: unset is a third value
         return click.option(*decl, dest, default=None, is_flag=True, **kwargs), dest
     if typing.get_origin(base) is tuple:
         inner = typing.get_args(base)[0]

@@ -8,6 +8,7 @@ so the same files and seed always give the same set.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import zipfile
 from dataclasses import dataclass, field
@@ -61,6 +62,13 @@ class Dataset:
 
     def __len__(self) -> int:
         return num_samples(self.x)
+
+    def subset(self, idx: np.ndarray) -> Dataset:
+        """The samples ``idx``, in that order, with their labels, targets and files."""
+        x = {k: v[idx] for k, v in self.x.items()} if isinstance(self.x, dict) else self.x[idx]
+        return dataclasses.replace(self, x=x, y=None if self.y is None else self.y[idx],
+                                   targets=None if self.targets is None else [self.targets[i] for i in idx],
+                                   files=None if self.files is None else [self.files[i] for i in idx])
 
 
 def num_samples(x: Inputs) -> int:

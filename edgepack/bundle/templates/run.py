@@ -13,6 +13,8 @@ pillow for image bundles or tokenizers for text bundles. No torch, no transforme
     python3 run.py photo.jpg --time 100       # also p50/p90 latency over 100 runs, ms
     python3 run.py --golden                   # run the stored golden input, compare with the stored output
     python3 run.py --time-golden 100          # time 100 runs on the golden input; one JSON line, ms
+    python3 run.py --batch in.npz --out out.npz   # every sample of a saved feed {input name: (N, ...)} as one
+                                              #   input; outputs saved as output0 (--all-outputs: every one)
 """
 
 import argparse
@@ -89,7 +91,7 @@ class TextReader:
 
 
 def input_kind(manifest):
-    return "text" if manifest["preprocess"].get("kind") == "text" else "image"
+    return "text" if (manifest.get("preprocess") or {}).get("kind") == "text" else "image"
 
 
 def input_names(manifest):
@@ -281,6 +283,31 @@ def show(res):
         print(json.dumps(res))
 
 
+def run_batch(model, src, dst, all_outputs=False):
+    """Run each sample of a saved feed (src: .npz of {input name: (N, ...)}, as the model takes them) as one input
+    after one warm-up run; save the first output (every output with all_outputs) of each, stacked, to dst (.npz:
+    output0, output1, ...).
+
+    Prints one flushed line after the warm-up and after each input, and nothing else (edgepack's emulated device
+    counts the instructions executed between two such lines).
+    """
+    with np.load(src) as saved:
+        feeds = {n: saved[n] for n in saved.files}
+    count = len(next(iter(feeds.values())))
+
+    def run(i):
+        feed = {n: a[i:i + 1] for n, a in feeds.items()}
+        return model.outputs(feed) if all_outputs else [model(feed)]
+
+    run(0)
+    print("warm-up done", flush=True)
+    outs = []
+    for i in range(count):
+        outs.append(run(i))
+        print(f"input {i} done", flush=True)
+    np.savez(dst, **{f"output{k}": np.concatenate([o[k] for o in outs]) for k in range(len(outs[0]))})
+
+
 def check_golden(manifest, model, entry):
     """Run the stored golden input; exit 1 when the output differs from the stored one beyond the tolerance."""
     golden = np.load(HERE / manifest["golden"]["file"])
@@ -303,8 +330,17 @@ def main():
     parser.add_argument("--golden", action="store_true", help="check the stored golden input/output")
     parser.add_argument("--time-golden", type=int, default=0, metavar="N",
                         help="time N runs on the golden input (no input needed); print one JSON line")
+    parser.add_argument("--batch", metavar="IN.npz", help="run every sample of a feed saved with numpy "
+                        "({input name: (N, ...)}); write the outputs to --out")
+    parser.add_argument("--out", metavar="OUT.npz", help="with --batch: where the outputs are saved")
+    parser.add_argument("--all-outputs", action="store_true", help="with --batch: save every output, not the first")
     args = parser.parse_args()
     entry, model = load_model(manifest, args.threads, args.format)
+    if args.batch:
+        if not args.out:
+            parser.error("--batch needs --out")
+        run_batch(model, args.batch, args.out, args.all_outputs)
+        return
     if args.golden:
         check_golden(manifest, model, entry)
     if args.time_golden:
