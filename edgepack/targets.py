@@ -94,6 +94,11 @@ class TargetProfile:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @property
+    def arch(self) -> str:
+        """The device's instruction set, from its CPU: "x86_64" (an x86 CPU or psABI level) or "aarch64"."""
+        return "x86_64" if any(k in self.cpu.lower() for k in ("x86", "xeon", "epyc", "intel", "amd")) else "aarch64"
+
 
 def targets_dir() -> Path:
     """targets/ beside the package (source checkout) or inside it (installed)."""

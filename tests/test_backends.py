@@ -61,3 +61,48 @@ def test_cli_says_which_extra_to_install_when_tensorflow_is_missing(tmp_path, ti
                          env={"PYTHONPATH": env_path, "PATH": "/usr/bin:/bin"})
     assert res.returncode == 2, res.stderr[-2000:]
     assert "pip install 'edgepack[tflite]'" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_int8_for_another_isa_is_validated_with_exact_integer_arithmetic(tmp_path, monkeypatch):
+    """An INT8 ONNX model for an ARM device, built on x86, keeps 8-bit weights and carries "reference" arithmetic:
+    every host runner then leaves the QDQ pairs unfused (what the device computes, never this host's possibly
+    saturating u8 x s8 kernels); host latency asks for the native kernels explicitly. For this host's own ISA
+    the model runs natively, with 7-bit weights only where this host's kernels saturate."""
+    import onnx
+    import toy_models
+
+    from edgepack.backends import onnx_quantize
+
+    onnx_backend = backends.get("onnx")
+    fp32 = tmp_path / "m.onnx"
+    onnx_backend.export(toy_models.tiny_cnn().eval(), (1, 3, 32, 32), fp32, opset=17)
+    calib = np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32)
+    monkeypatch.setattr(onnx_quantize, "host_arch", lambda: "x86_64")
+    monkeypatch.setattr(onnx_backend, "host_arch", lambda: "x86_64")
+    for saturates in (True, False):
+        monkeypatch.setattr(onnx_quantize, "host_saturates", lambda s=saturates: s)
+        assert onnx_quantize.int8_plan("aarch64") == {"reduce_range": False, "arithmetic": "reference",
+                                                      "target_arch": "aarch64"}
+        assert onnx_quantize.int8_plan("x86_64") == {"reduce_range": saturates, "arithmetic": "native",
+                                                     "target_arch": "x86_64"}
+    arm, x86 = tmp_path / "arm.onnx", tmp_path / "x86.onnx"
+    assert onnx_quantize.quantize_onnx(fp32, arm, calib, target_arch="aarch64")["arithmetic"] == "reference"
+    assert onnx_quantize.quantize_onnx(fp32, x86, calib, target_arch="x86_64")["arithmetic"] == "native"
+    props = {p.key: p.value for p in onnx.load(str(arm)).metadata_props}
+    assert props[onnx_backend.ARITHMETIC_KEY] == "reference"
+
+    assert onnx_backend.Runner(arm).arithmetic == "reference" and onnx_backend.Runner(x86).arithmetic == "native"
+    assert onnx_backend.Runner(arm, arithmetic="native").arithmetic == "native"
+
+    def ops(arithmetic):
+        seen = tmp_path / f"{arithmetic}_seen.onnx"
+        onnx_backend.session(arm, 1, arithmetic, optimized_path=seen)
+        return {n.op_type for n in onnx.load(str(seen)).graph.node}
+
+    assert "QLinearConv" in ops("native") and "QLinearConv" not in ops("reference")
+    assert "DequantizeLinear" in ops("reference")
+    x = calib[:2]
+    ref = onnx_backend.Runner(arm, arithmetic="reference").run_samples(x)
+    np.testing.assert_allclose(onnx_backend.Runner(arm).run_samples(x), ref)
+    monkeypatch.setattr(onnx_backend, "host_arch", lambda: "aarch64")  # on its own device: its own kernels
+    assert onnx_backend.Runner(arm).arithmetic == "native"

@@ -46,12 +46,12 @@ def test_efficientnet_lite0_int8_onnx_for_raspberry_pi_4(effnet_bundle):
     out, summary = effnet_bundle
     v = summary["models"][0]["validation"]
     assert v["size_bytes"]["int8"] <= 0.30 * v["size_bytes"]["fp32"]
-    # no labels: agreement on held-out natural photos (95 % on the 500-crop set; 200 crops here, so some slack).
-    # On x86 hosts without VNNI the validated artifact has 7-bit weights (onnx_quantize.reduce_range_needed):
-    # measured 86 % / 15.3 dB there against 96 % / 22 dB with 8-bit weights on a VNNI host.
-    from edgepack.backends.onnx_quantize import reduce_range_needed
-
-    floor, sqnr = (0.80, 12) if reduce_range_needed() else (0.93, 10)
+    # no labels: agreement on held-out natural photos (97.7 % / 22.1 dB measured on 300 crops; 200 here).
+    # The Pi 4 is ARM: whatever this host's INT8 kernels, the model is validated with exact integer arithmetic
+    # (onnx_quantize.int8_plan), so the floor does not depend on the host.
+    q = json.loads((out / "manifest.json").read_text())["stages"]["quantization_onnx"]
+    assert q["target_arch"] == "aarch64" and q["reduce_range"] is False
+    floor, sqnr = 0.93, 15
     assert summary["models"][0]["validation"]["budgets"]  # judged against the profile's budgets
     assert v["accuracy_fp32"] is None and v["agreement"] >= floor
     assert v["sqnr_db"] > sqnr

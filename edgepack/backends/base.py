@@ -17,9 +17,12 @@ Inputs = np.ndarray | dict[str, np.ndarray]
 
 
 class Runner(Protocol):
-    """Runs one model file with a given thread count."""
+    """Runs one model file with a given thread count.
 
-    def __init__(self, path: Path, threads: int = 1): ...
+    ``arithmetic``: None follows the model (an INT8 ONNX model built for another ISA carries "reference": exact
+    integer products, as the device computes them); "native" forces this host's own kernels (host latency)."""
+
+    def __init__(self, path: Path, threads: int = 1, arithmetic: str | None = None): ...
 
     def run(self, x: Inputs) -> np.ndarray:
         """One batch -> the first output (float32)."""

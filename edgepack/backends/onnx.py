@@ -96,8 +96,40 @@ def simplify(src: Path, dst: Path) -> dict:
     return {"nodes_before": before, "nodes_after": len(slim.graph.node)}
 
 
-def session(path: Path, threads: int) -> Any:
-    """An ORT CPU session configured as on the device: ``threads`` intra-op threads, sequential."""
+#: ONNX metadata an INT8 model carries (edgepack.backends.onnx_quantize.int8_plan): the arithmetic that validates
+#: it ("reference" or "native") and the ISA of the device it is for ("aarch64", "x86_64")
+ARITHMETIC_KEY = "edgepack.int8_arithmetic"
+TARGET_ARCH_KEY = "edgepack.target_arch"
+
+
+def host_arch() -> str:
+    import platform
+
+    machine = platform.machine().lower()
+    return "x86_64" if machine in ("x86_64", "amd64") else "aarch64" if machine in ("aarch64", "arm64") else machine
+
+
+def model_arithmetic(path: Path) -> str:
+    """How this host runs an ONNX model: "reference" when the model asks for it (ARITHMETIC_KEY) and this host is
+    not of the device's ISA (TARGET_ARCH_KEY); else "native" (on its own device a model runs its own kernels)."""
+    import onnx
+
+    try:
+        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    except Exception:  # noqa: BLE001 (ORT says what is wrong with the file when it loads it)
+        return "native"
+    if props.get(ARITHMETIC_KEY) == "reference" and props.get(TARGET_ARCH_KEY) != host_arch():
+        return "reference"
+    return "native"
+
+
+def session(path: Path, threads: int, arithmetic: str = "native", optimized_path: Path | None = None) -> Any:
+    """An ORT CPU session configured as on the device: ``threads`` intra-op threads, sequential.
+
+    ``arithmetic``: "native" runs ORT's fused INT8 kernels for this host; "reference" keeps QDQ pairs unfused
+    (ORT's session.disable_quant_qdq: exact integer products in float, no int16 saturation), which is what an
+    ARM device's kernels compute. ``optimized_path``: where ORT writes the graph it runs (for checks).
+    """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -106,6 +138,10 @@ def session(path: Path, threads: int) -> Any:
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
+    if arithmetic == "reference":
+        opts.add_session_config_entry("session.disable_quant_qdq", "1")
+    if optimized_path is not None:
+        opts.optimized_model_filepath = str(optimized_path)
     try:
         return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as exc:
@@ -119,8 +155,10 @@ class Runner:
     (text models: int64 token arrays), each cast to the dtype the model declares.
     """
 
-    def __init__(self, path: Path, threads: int = 1):
-        self.session = session(path, threads)
+    def __init__(self, path: Path, threads: int = 1, arithmetic: str | None = None):
+        #: "reference" or "native": None follows the model's metadata (see session)
+        self.arithmetic = arithmetic or model_arithmetic(Path(path))
+        self.session = session(path, threads, self.arithmetic)
         inputs = self.session.get_inputs()
         self.dtypes = {i.name: _ORT_DTYPES.get(i.type, np.float32) for i in inputs}
         self.input_name = inputs[0].name

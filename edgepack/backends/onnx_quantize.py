@@ -28,6 +28,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from edgepack.backends.onnx import ARITHMETIC_KEY, TARGET_ARCH_KEY, host_arch
+
 logger = logging.getLogger(__name__)
 
 _CALIB_METHODS = {
@@ -40,11 +42,12 @@ _BIAS_CORRECTION_ROUNDS = 1
 
 def quantize_onnx(fp32_path: Path, out_path: Path, calib: np.ndarray, *, method: str = "minmax",
                   per_channel: bool = True, exclude_nodes: Sequence[str] = (),
-                  activation_type: str = "auto") -> dict:
+                  activation_type: str = "auto", target_arch: str | None = None) -> dict:
     """Quantize ``fp32_path`` to a QDQ INT8 model at ``out_path``; return the settings and node counts used.
 
     ``calib`` is an (N, C, H, W) float32 array, already preprocessed like the model's input.
     ``activation_type``: "auto" (= "uint8", see module docstring), "uint8" or "int8".
+    ``target_arch``: the device's ISA ("aarch64" or "x86_64"; None: this host's), see int8_plan.
     """
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     calib = np.ascontiguousarray(calib, dtype=np.float32)
@@ -52,16 +55,19 @@ def quantize_onnx(fp32_path: Path, out_path: Path, calib: np.ndarray, *, method:
     extra = {"ActivationSymmetric": False, "WeightSymmetric": True}
     if method == "percentile":
         extra["CalibPercentile"] = 99.999
+    plan = int8_plan(target_arch)
     input_name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
     _run_quantize_static(fp32_path, out_path, _ArrayReader(calib, input_name), method, per_channel,
-                         exclude_nodes, act, extra)
+                         exclude_nodes, act, extra, plan["reduce_range"])
     model, fp32_model = onnx.load(str(out_path)), onnx.load(str(fp32_path))
     dropped = _drop_output_qdq(model, fp32_model)
     corrected = _bias_correct(model, fp32_model, calib, input_name)
+    onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props},
+                                        ARITHMETIC_KEY: plan["arithmetic"], TARGET_ARCH_KEY: plan["target_arch"]})
     onnx.save(model, str(out_path))
     return {
         "format": "QDQ", "method": method, "per_channel": per_channel,
-        "activation_type": act, "weight_type": "int8", "reduce_range": reduce_range_needed(),
+        "activation_type": act, "weight_type": "int8", **plan,
         "extra_options": extra, "nodes_excluded": list(exclude_nodes),
         "float_outputs": dropped, "bias_corrected_nodes": corrected,
         "calibration_samples": int(len(calib)), **_census(out_path),
@@ -77,26 +83,44 @@ def _resolve_activation_type(activation_type: str) -> str:
     return activation_type
 
 
-def reduce_range_needed() -> bool:
+def host_saturates() -> bool:
     """True on x86 hosts without VNNI (AVX2-only, e.g. many AMD EPYC / older Xeons).
 
     There ONNX Runtime runs uint8 x int8 products with vpmaddubsw, whose pairwise int16 sums saturate
-    (255 * 127 * 2 > 32767): on EfficientNet-Lite0 INT8 agreed with FP32 on only 71 % of natural photos
-    (SQNR 7.6 dB) on such a host, against 96 % on a VNNI host. ORT's documented remedy is 7-bit weights
-    (reduce_range): 255 * 63 * 2 fits; measured there: 86 %, 15.3 dB (the saturation is gone, one bit of weight
-    precision with it; uint8 weights (U8U8) would keep 8 bits but ORT 1.23 refuses per-channel uint8 weights on
-    depthwise QLinearConv). The INT8 model that ships is the one validated, so it is quantized that
-    way on such hosts, and the manifest records reduce_range. ARM and VNNI hosts keep full 8-bit weights.
+    (255 * 127 * 2 > 32767): on EfficientNet-Lite0 INT8 agreed with FP32 on only 70 % of 300 held-out natural
+    crops (SQNR 7.6 dB) with these kernels, against 97.7 % (22.1 dB) for the same model file computed exactly.
     """
-    import platform
-
-    if platform.machine().lower() not in ("x86_64", "amd64"):
+    if host_arch() != "x86_64":
         return False
     try:
         flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
     except OSError:
         return False
     return not any(f in flags for f in (" avx512_vnni", " avx_vnni", " amx_int8"))
+
+
+def int8_plan(target_arch: str | None = None) -> dict:
+    """How the INT8 ONNX model is built and which arithmetic validates it, for a device of ``target_arch``.
+
+    - A device of another ISA than this host (an ARM board built on x86): full 8-bit weights, and every host run
+      of the model (validation, search, golden outputs) uses reference arithmetic: the QDQ pairs unfused, i.e. the
+      exact integer products an ARM device's kernels compute. This host's own fused kernels may saturate (see
+      host_saturates) and would judge a model the device never runs. Recorded in the model's metadata
+      (edgepack.backends.onnx.ARITHMETIC_KEY) so that every runner, `edgepack verify` included, agrees.
+    - A device of this host's ISA (x86 on x86): this host's kernels are the device's, so they validate; on hosts
+      whose kernels saturate, 7-bit weights (ORT's documented remedy, reduce_range: 255 * 63 * 2 fits), since
+      the device may have the same kernels. Measured on EfficientNet-Lite0 there: 90 % agreement, 15.2 dB.
+    """
+    here = host_arch()
+    target = target_arch or here
+    if target != here:
+        return {"reduce_range": False, "arithmetic": "reference", "target_arch": target}
+    return {"reduce_range": host_saturates(), "arithmetic": "native", "target_arch": target}
+
+
+def reduce_range_needed(target_arch: str | None = None) -> bool:
+    """Whether 7-bit weights are used for a device of ``target_arch`` (see int8_plan)."""
+    return int8_plan(target_arch)["reduce_range"]
 
 
 class _ArrayReader:
@@ -115,9 +139,10 @@ class _ArrayReader:
         self._i = 0
 
 
-def _run_quantize_static(fp32_path, out_path, reader, method, per_channel, exclude_nodes, act, extra):
-    """ORT's quantize_static with the recipe's fixed settings (QDQ, int8 weights; 7-bit weights on hosts whose
-    u8 x s8 kernels saturate, see reduce_range_needed)."""
+def _run_quantize_static(fp32_path, out_path, reader, method, per_channel, exclude_nodes, act, extra,
+                         reduce_range=False):
+    """ORT's quantize_static with the recipe's fixed settings (QDQ, int8 weights; 7-bit weights where int8_plan
+    says so)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     if method not in _CALIB_METHODS:
@@ -125,7 +150,7 @@ def _run_quantize_static(fp32_path, out_path, reader, method, per_channel, exclu
     qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
     quantize_static(
         str(fp32_path), str(out_path), reader,
-        quant_format=QuantFormat.QDQ, per_channel=per_channel, reduce_range=reduce_range_needed(),
+        quant_format=QuantFormat.QDQ, per_channel=per_channel, reduce_range=reduce_range,
         activation_type=qtype[act], weight_type=QuantType.QInt8,
         calibrate_method=getattr(CalibrationMethod, _CALIB_METHODS[method]),
         nodes_to_exclude=list(exclude_nodes), extra_options=dict(extra),

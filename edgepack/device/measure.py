@@ -26,11 +26,13 @@ import numpy as np
 WARMUP_RUNS = 5
 
 
-def _runner(spec: str, threads: int):
+def _runner(spec: str, threads: int, arithmetic: str | None = None):
+    """``arithmetic``: None follows the model (outputs as validation computes them); latency and memory ask for
+    "native": this host's own kernels, what runs here, not the reference arithmetic (edgepack.backends.onnx)."""
     fmt, _, path = spec.partition(":")
     from edgepack import backends
 
-    return backends.get(fmt).Runner(Path(path), threads=threads)
+    return backends.get(fmt).Runner(Path(path), threads=threads, arithmetic=arithmetic)
 
 
 def _rss_mb() -> float:
@@ -64,7 +66,7 @@ def _load_input(path: str) -> np.ndarray | dict[str, np.ndarray]:
 
 
 def _latency(specs: list[str], x, threads: int, runs: int) -> dict:
-    runners = [_runner(s, threads) for s in specs]
+    runners = [_runner(s, threads, "native") for s in specs]
     for r in runners:
         for _ in range(WARMUP_RUNS):
             r.run(x)
@@ -85,7 +87,7 @@ def summarize(times_ms: list[float]) -> dict:
 
 def _memory(spec: str, x, threads: int) -> dict:
     before = _rss_mb()
-    _runner(spec, threads).run(x)
+    _runner(spec, threads, "native").run(x)
     peak = _rss_mb()
     return {"peak_rss_mb": round(peak, 1), "model_rss_mb": round(peak - before, 1)}
 

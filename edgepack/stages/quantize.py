@@ -85,7 +85,7 @@ def _quantize_onnx(ctx: BuildContext, settings: dict, out) -> dict:
             return quantize_onnx(ctx.get("onnx", "fp32").path, out, calib,
                                  method=settings.get("method", calibration_method(ctx)),
                                  per_channel=settings.get("per_channel", ctx.config.per_channel),
-                                 exclude_nodes=settings.get("exclude_nodes", ()))
+                                 exclude_nodes=settings.get("exclude_nodes", ()), target_arch=ctx.target.arch)
     except (AssertionError, FloatingPointError, OverflowError) as exc:  # ORT's "scale issue": inf/NaN ranges
         raise StageError(f"INT8 calibration failed: {type(exc).__name__}: {str(exc)[:200] or 'no message'}",
                          hint="an activation reached an infinite or NaN range on the calibration data: check the "

@@ -115,6 +115,13 @@ def _match(tensor_name, feed):
 # --- runtimes: model(feed) -> first output; model.outputs(feed) -> every output, float32 -------------------
 
 
+def _arch():
+    import platform
+
+    machine = platform.machine().lower()
+    return "x86_64" if machine in ("x86_64", "amd64") else "aarch64" if machine in ("aarch64", "arm64") else machine
+
+
 class OnnxModel:
     def __init__(self, path, threads):
         import onnxruntime as ort
@@ -123,6 +130,12 @@ class OnnxModel:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         self.sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        meta = self.sess.get_modelmeta().custom_metadata_map
+        if meta.get("edgepack.int8_arithmetic") == "reference" and meta.get("edgepack.target_arch") != _arch():
+            # an INT8 model for another ISA (an ARM board's, run on an x86 PC): exact integer arithmetic, as its
+            # device computes it and as edgepack validated it, not this machine's fused kernels (which may saturate)
+            opts.add_session_config_entry("session.disable_quant_qdq", "1")
+            self.sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
         self.inputs = {i.name: np.int32 if i.type == "tensor(int32)" else np.int64 if i.type == "tensor(int64)"
                        else np.float32 for i in self.sess.get_inputs()}
 
