@@ -96,8 +96,8 @@ class TargetProfile:
 
     @property
     def arch(self) -> str:
-        """The device's instruction set, from its CPU: "x86_64" (an x86 CPU or psABI level) or "aarch64"."""
-        return "x86_64" if any(k in self.cpu.lower() for k in ("x86", "xeon", "epyc", "intel", "amd")) else "aarch64"
+        """The device's architecture, from its ``isa``: "aarch64" (armv8*/armv9*) or "x86_64" (x86-64 levels)."""
+        return "aarch64" if self.isa.lower().startswith(("armv", "aarch64", "arm64")) else "x86_64"
 
 
 def targets_dir() -> Path:

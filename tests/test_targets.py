@@ -56,3 +56,12 @@ def test_profile_may_not_set_its_own_name():
 def test_invalid_toml_is_a_config_error():
     with pytest.raises(ConfigError, match="not valid TOML"):
         targets.parse_profile("threads = [", name="x", where="x.toml")
+
+
+def test_profiles_name_their_architecture():
+    """The INT8 ONNX arithmetic follows the device's architecture (edgepack.backends.onnx_quantize.int8_plan)."""
+    from edgepack import targets
+
+    arch = {name: targets.load(name).arch for name in ("raspberry-pi-4", "raspberry-pi-5", "android-arm64", "x86-64")}
+    assert arch == {"raspberry-pi-4": "aarch64", "raspberry-pi-5": "aarch64", "android-arm64": "aarch64",
+                    "x86-64": "x86_64"}
