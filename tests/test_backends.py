@@ -106,3 +106,44 @@ def test_int8_for_another_isa_is_validated_with_exact_integer_arithmetic(tmp_pat
     np.testing.assert_allclose(onnx_backend.Runner(arm).run_samples(x), ref)
     monkeypatch.setattr(onnx_backend, "host_arch", lambda: "aarch64")  # on its own device: its own kernels
     assert onnx_backend.Runner(arm).arithmetic == "native"
+
+
+def test_histogram_calibration_holds_a_bounded_number_of_samples(tmp_path, monkeypatch):
+    """Entropy/percentile calibration feeds ORT's histogram calibrator HISTOGRAM_CHUNK samples at a time (its
+    collector merges histograms across calls), so memory does not grow with the calibration set."""
+    import toy_models
+    from onnxruntime.quantization.calibrate import HistogramCalibrater
+
+    from edgepack.backends import onnx_quantize
+
+    held = []
+    original = HistogramCalibrater.collect_data
+
+    def counting(self, reader):
+        n = 0
+
+        class Counted:
+            def get_next(self_inner):
+                nonlocal n
+                item = reader.get_next()
+                n += item is not None
+                return item
+
+        original(self, Counted())
+        held.append(n)
+
+    monkeypatch.setattr(HistogramCalibrater, "collect_data", counting)
+    monkeypatch.setattr(onnx_quantize, "HISTOGRAM_CHUNK", 4)
+    onnx_backend = backends.get("onnx")
+    fp32 = tmp_path / "m.onnx"
+    onnx_backend.export(toy_models.tiny_cnn().eval(), (1, 3, 32, 32), fp32, opset=17)
+    calib = np.random.default_rng(0).standard_normal((10, 3, 32, 32)).astype(np.float32)
+    with onnx_quantize._histograms_in_chunks(4):
+        pass  # the context restores ORT's method
+    assert HistogramCalibrater.collect_data is counting
+    onnx_quantize.quantize_onnx(fp32, tmp_path / "q.onnx", calib, method="percentile")
+    assert held == [4, 4, 2]
+    assert HistogramCalibrater.collect_data is counting
+    out = onnx_backend.Runner(tmp_path / "q.onnx").run_samples(calib[:2])
+    ref = onnx_backend.Runner(fp32).run_samples(calib[:2])
+    assert np.corrcoef(out.ravel(), ref.ravel())[0, 1] > 0.9
