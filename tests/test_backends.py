@@ -147,3 +147,18 @@ def test_histogram_calibration_holds_a_bounded_number_of_samples(tmp_path, monke
     out = onnx_backend.Runner(tmp_path / "q.onnx").run_samples(calib[:2])
     ref = onnx_backend.Runner(fp32).run_samples(calib[:2])
     assert np.corrcoef(out.ravel(), ref.ravel())[0, 1] > 0.9
+
+
+def test_histogram_rebinning_takes_numpys_uniform_path_only_for_even_edges():
+    from edgepack.backends.onnx_quantize import _UniformBinsNumpy
+
+    rng = np.random.default_rng(0)
+    a = np.abs(rng.standard_normal(200_000)).astype(np.float32)
+    _, even = np.histogram(a, bins=256)
+    fast, edges = _UniformBinsNumpy.histogram(a * 0.9, bins=even.astype(np.float32))
+    exact, _ = np.histogram(a * 0.9, bins=even.astype(np.float32))
+    assert edges.shape == even.shape and fast.sum() == exact.sum()
+    assert np.abs(fast - exact).sum() <= 0.001 * exact.sum()  # float rounding at bin edges only
+    uneven = np.array([0.0, 0.1, 0.5, 4.0], np.float32)
+    np.testing.assert_array_equal(_UniformBinsNumpy.histogram(a, bins=uneven)[0], np.histogram(a, bins=uneven)[0])
+    assert _UniformBinsNumpy().float32 is np.float32

@@ -189,10 +189,11 @@ def _histograms_in_chunks(size: int | None = None):
     them (EfficientNet-Lite0 at 224 px: ~40 MB a sample, 8 GB for 200 samples). Their collectors merge
     histograms across collect_data calls, so the samples are fed ``size`` at a time: memory no longer grows with
     the sample count. (MinMax keeps two scalars a tensor and needs no help.)"""
+    from onnxruntime.quantization import calibrate
     from onnxruntime.quantization.calibrate import HistogramCalibrater
 
     size = size or HISTOGRAM_CHUNK
-    original = HistogramCalibrater.collect_data
+    original, numpy_module = HistogramCalibrater.collect_data, calibrate.np
 
     def collect_data(self, data_reader):
         while True:
@@ -205,10 +206,32 @@ def _histograms_in_chunks(size: int | None = None):
                 return
 
     HistogramCalibrater.collect_data = collect_data
+    calibrate.np = _UniformBinsNumpy()
     try:
         yield
     finally:
-        HistogramCalibrater.collect_data = original
+        HistogramCalibrater.collect_data, calibrate.np = original, numpy_module
+
+
+class _UniformBinsNumpy:
+    """numpy, except that np.histogram given an array of evenly spaced edges bins with the uniform fast path.
+
+    After the first chunk ORT's collectors re-bin every tensor with the previous histogram's edges as an array,
+    which numpy bins by binary search (percentile calibration of EfficientNet-Lite0 took 215 s instead of ~60 s);
+    those edges are evenly spaced (np.histogram's or extended by np.arange of the same width), so the uniform
+    path gives the same counts."""
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    @staticmethod
+    def histogram(a, bins=10, range=None, **kwargs):  # noqa: A002 (numpy's own keyword)
+        if isinstance(bins, np.ndarray) and bins.ndim == 1 and len(bins) > 2 and range is None and not kwargs:
+            widths = np.diff(bins.astype(np.float64))
+            if widths[0] > 0 and np.allclose(widths, widths[0], rtol=1e-4, atol=0):
+                hist, _ = np.histogram(a, bins=len(bins) - 1, range=(float(bins[0]), float(bins[-1])))
+                return hist, bins
+        return np.histogram(a, bins=bins, range=range, **kwargs)
 
 
 def _producers(graph: onnx.GraphProto) -> dict:

@@ -61,19 +61,18 @@ def _feeds(x, input_names: list[str]) -> list[dict[str, np.ndarray]]:
     return [{input_names[0]: x[i:i + 1]} for i in range(len(x))]
 
 
-def _collect(session, names: list[str], feeds: list[dict[str, np.ndarray]]) -> dict[str, list[np.ndarray]]:
-    out: dict[str, list[np.ndarray]] = {n: [] for n in names}
+def _sqnr_by_tensor(fsess, qsess, names: list[str], twins: list[str], feeds: list[dict[str, np.ndarray]]
+                    ) -> dict[str, float]:
+    """SQNR (dB) of every FP32 tensor in ``names`` against its INT8 twin over ``feeds``. Energies are summed one
+    sample at a time: only one sample's activations are held (EfficientNet-Lite0 at 224 px: ~40 MB a sample and
+    model, where holding 16 samples of both models in float64 took 2.6 GB)."""
+    signal, noise = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)
     for feed in feeds:
-        values = session.run(names, feed)
-        for n, v in zip(names, values, strict=True):
-            out[n].append(np.asarray(v, np.float64).ravel())
-    return out
-
-
-def _sqnr(ref: list[np.ndarray], got: list[np.ndarray]) -> float:
-    r, g = np.concatenate(ref), np.concatenate(got)
-    noise = float(np.sum((r - g) ** 2))
-    return 99.0 if noise == 0 else float(10 * np.log10(max(float(np.sum(r ** 2)), 1e-30) / noise))
+        for n, r, g in zip(names, fsess.run(names, feed), qsess.run(twins, feed), strict=True):
+            r64, g64 = np.asarray(r, np.float64).ravel(), np.asarray(g, np.float64).ravel()
+            signal[n] += float(np.dot(r64, r64))
+            noise[n] += float(np.dot(r64 - g64, r64 - g64))
+    return {n: 99.0 if noise[n] == 0 else float(10 * np.log10(max(signal[n], 1e-30) / noise[n])) for n in names}
 
 
 def layer_errors(fp32_path: Path, int8_path: Path, x, samples: int = DIAG_SAMPLES) -> list[dict]:
@@ -87,9 +86,9 @@ def layer_errors(fp32_path: Path, int8_path: Path, x, samples: int = DIAG_SAMPLE
     producer = {o: n for n in fmodel.graph.node for o in n.output}
     pairs = {t: dq for t, dq in pairs.items() if t in producer or t in {i.name for i in fmodel.graph.input}}
     feeds = _feeds(x, [i.name for i in fmodel.graph.input])[:samples]
-    ref = _collect(_session(fmodel, sorted(pairs)), sorted(pairs), feeds)
-    got = _collect(_session(qmodel, [pairs[t] for t in sorted(pairs)]), [pairs[t] for t in sorted(pairs)], feeds)
-    sqnr = {t: _sqnr(ref[t], got[pairs[t]]) for t in pairs}
+    names = sorted(pairs)
+    twins = [pairs[t] for t in names]
+    sqnr = _sqnr_by_tensor(_session(fmodel, names), _session(qmodel, twins), names, twins, feeds)
     rows = []
     for t, value in sqnr.items():
         node = _compute_node(producer.get(t), producer)
