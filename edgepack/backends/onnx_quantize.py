@@ -119,11 +119,6 @@ def int8_plan(target_arch: str | None = None) -> dict:
     return {"reduce_range": host_saturates(), "arithmetic": "native", "target_arch": target}
 
 
-def reduce_range_needed(target_arch: str | None = None) -> bool:
-    """Whether 7-bit weights are used for a device of ``target_arch`` (see int8_plan)."""
-    return int8_plan(target_arch)["reduce_range"]
-
-
 class _ArrayReader:
     """CalibrationDataReader over an (N, C, H, W) array, one sample at a time, in order (deterministic)."""
 
