@@ -170,7 +170,8 @@ class _Chunk:
     def get_next(self):
         if self.left == 0:
             return None
-        item, self.pending = (self.pending, None) if self.pending is not None else (self.reader.get_next(), None)
+        item = self.pending if self.pending is not None else self.reader.get_next()
+        self.pending = None
         if item is None:
             self.exhausted = True
             return None
