@@ -57,8 +57,8 @@ def random_weights(model: str, size: int, work: Path) -> Path:
     import torch
     import torchvision
 
-    from edgepack import data
     from edgepack.config import Preprocess
+    from edgepack.inputs import data
 
     path = work / f"{model}_random_bn.pt"
     torch.manual_seed(0)

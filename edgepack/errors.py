@@ -70,6 +70,11 @@ class VerifyError(EdgepackError):
     exit_code = EXIT_VERIFY
 
 
+class TimeLimitReached(Exception):
+    """Internal: a step given a deadline (a trial of the accuracy search) stopped at it. Not for users: the
+    search catches it and reports the trial as stopped."""
+
+
 class Interrupted(EdgepackError):
     """The build was interrupted by a signal."""
 

@@ -89,3 +89,30 @@ def test_report_html_renders_its_plots_in_headless_chromium(outlier_model, digit
     blue = np.abs(pixels - [0x2B, 0x7B, 0xB9]).sum(1) < 30     # the INT8 bars
     red = np.abs(pixels - [0xC4, 0x4E, 0x52]).sum(1) < 30      # the per-layer error bars
     assert blue.sum() > 500 and red.sum() > 200, (blue.sum(), red.sum())
+
+
+def test_a_trial_past_the_time_limit_is_recorded_as_stopped_and_never_chosen(tmp_path):
+    """search.run passes its deadline to each trial; a trial that raises TimeLimitReached ends the search, is
+    listed as stopped, and the best scored trial is handed over."""
+    from edgepack.errors import TimeLimitReached
+    from edgepack.quantize import search
+
+    deadlines = []
+
+    def quantize(settings, path, deadline):
+        deadlines.append(deadline)
+        if settings.get("method") == "entropy":
+            raise TimeLimitReached("stopped")
+        path.write_text(settings["method"])
+        return {}
+
+    default = search.Trial("default recipe", {}, {"agreement": 0.90}, 10, None, 1.0, False, path=tmp_path / "d")
+    space = search.SearchSpace(method="minmax", per_channel=True, more_calib=lambda: None,
+                               diagnose=lambda p: pytest.fail("the search went on after the stopped trial"))
+    evaluate = lambda p: {"agreement": {"percentile": 0.93}[p.read_text()], "sqnr_db": 20.0}  # noqa: E731
+    chosen, trials, _ = search.run(quantize, evaluate, lambda q: False, space, tmp_path, lambda p: 1.0, 300,
+                                   default)
+    assert [t.name for t in trials] == ["default recipe", "percentile calibration", "entropy calibration"]
+    assert trials[-1].stopped and trials[-1].row()["stopped"] == "time limit"
+    assert chosen.name == "percentile calibration"
+    assert len(deadlines) == 2 and all(d is not None for d in deadlines)

@@ -162,3 +162,26 @@ def test_histogram_rebinning_takes_numpys_uniform_path_only_for_even_edges():
     uneven = np.array([0.0, 0.1, 0.5, 4.0], np.float32)
     np.testing.assert_array_equal(_UniformBinsNumpy.histogram(a, bins=uneven)[0], np.histogram(a, bins=uneven)[0])
     assert _UniformBinsNumpy().float32 is np.float32
+
+
+def test_histogram_calibration_stops_at_its_deadline(tmp_path):
+    """The accuracy search's time limit bounds one trial too: histogram calibration past its deadline raises
+    TimeLimitReached before the next chunk; MinMax (seconds, no chunks) is not stopped."""
+    import time
+
+    import toy_models
+
+    from edgepack.backends import onnx_quantize
+    from edgepack.errors import TimeLimitReached
+
+    fp32 = tmp_path / "m.onnx"
+    backends.get("onnx").export(toy_models.tiny_cnn().eval(), (1, 3, 32, 32), fp32, opset=17)
+    calib = np.random.default_rng(0).standard_normal((10, 3, 32, 32)).astype(np.float32)
+    with pytest.raises(TimeLimitReached):
+        onnx_quantize.quantize_onnx(fp32, tmp_path / "q.onnx", calib, method="percentile",
+                                    deadline=time.monotonic() - 1)
+    assert not (tmp_path / "q.onnx").exists()
+    onnx_quantize.quantize_onnx(fp32, tmp_path / "q.onnx", calib, method="minmax", deadline=time.monotonic() - 1)
+    onnx_quantize.quantize_onnx(fp32, tmp_path / "p.onnx", calib, method="percentile",
+                                deadline=time.monotonic() + 600)
+    assert (tmp_path / "p.onnx").is_file()

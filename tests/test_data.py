@@ -102,3 +102,21 @@ def test_calibration_and_held_out_photo_sets_never_share_a_source(tmp_path):
     assert [p.read_bytes() for p in first] == [p.read_bytes() for p in again]
     assert {Image.open(p).size for p in first} == {(mc.SIDE, mc.SIDE)}
     assert len({p.read_bytes() for p in first}) == len(val)  # one crop of each source photo, all different
+
+
+def test_count_reads_headers_not_data(tmp_path):
+    """data.count tells how many samples a source holds without decoding it (the accuracy search asks before
+    loading "2x calibration samples" again); None when it cannot tell."""
+    from PIL import Image
+
+    np.savez(tmp_path / "a.npz", x=np.zeros((7, 3, 4, 4), np.float32), y=np.zeros(7, np.int64))
+    np.savez_compressed(tmp_path / "b.npz", x=np.zeros((5, 3, 4, 4), np.float32))
+    np.savez(tmp_path / "c.npz", inputs=np.zeros((5, 3), np.float32))
+    (tmp_path / "imgs").mkdir()
+    for i in range(3):
+        Image.new("RGB", (8, 8)).save(tmp_path / "imgs" / f"{i}.png")
+    assert data.count(str(tmp_path / "a.npz")) == 7
+    assert data.count(str(tmp_path / "b.npz")) == 5
+    assert data.count(str(tmp_path / "c.npz")) is None
+    assert data.count(str(tmp_path / "imgs")) == 3
+    assert data.count(str(tmp_path / "missing.npz")) is None

@@ -162,3 +162,27 @@ def test_op_without_int8_kernel_is_named(tmp_path):
     assert not (tmp_path / "work" / "sin_int8.tflite").exists()
     kept = bk.convert(onnx_path, tmp_path / "work", calib, allow_float=True)
     assert [name.split(":")[0] for name in bk.float_ops(kept)] == ["SIN"]
+
+
+def test_variable_the_keras_model_does_not_own_is_frozen_into_the_saved_model(tmp_path):
+    """onnx2tf sometimes captures a tf.Variable its Keras model does not track, named like an ONNX tensor
+    ("/stage3/.../Conv/kernel", seen on shufflenet_v2); a SavedModel refuses both. The traced function is frozen
+    instead, and the TFLite converter reads it back with the same numbers."""
+    import tensorflow as tf
+    import tf_keras
+
+    kernel = tf.Variable(np.random.default_rng(0).standard_normal((3, 3, 2, 4)).astype(np.float32),
+                         name="/stage3/branch1/Conv/kernel")
+    inp = tf_keras.Input((8, 8, 2), batch_size=1, name="input")
+    model = tf_keras.Model(inp, tf.nn.conv2d(inp, kernel, 1, "SAME"))
+    assert not model.variables  # the situation: the only weight is captured, not owned
+    bk._save_inference_only(model, tmp_path / "sm")
+    x = np.random.default_rng(1).standard_normal((1, 8, 8, 2)).astype(np.float32)
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_content=bk._run_converter(tmp_path / "sm", None, "float32", strict=True))
+    interp.allocate_tensors()
+    interp.set_tensor(interp.get_input_details()[0]["index"], x)
+    interp.invoke()
+    got = interp.get_tensor(interp.get_output_details()[0]["index"])
+    np.testing.assert_allclose(got, model(x).numpy(), rtol=1e-5, atol=1e-5)

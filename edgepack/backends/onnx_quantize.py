@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import tempfile
+import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +31,7 @@ import onnx
 from onnx import numpy_helper
 
 from edgepack.backends.onnx import ARITHMETIC_KEY, TARGET_ARCH_KEY, host_arch
+from edgepack.errors import TimeLimitReached
 
 logger = logging.getLogger(__name__)
 
@@ -43,12 +45,15 @@ _BIAS_CORRECTION_ROUNDS = 1
 
 def quantize_onnx(fp32_path: Path, out_path: Path, calib: np.ndarray, *, method: str = "minmax",
                   per_channel: bool = True, exclude_nodes: Sequence[str] = (),
-                  activation_type: str = "auto", target_arch: str | None = None) -> dict:
+                  activation_type: str = "auto", target_arch: str | None = None,
+                  deadline: float | None = None) -> dict:
     """Quantize ``fp32_path`` to a QDQ INT8 model at ``out_path``; return the settings and node counts used.
 
     ``calib`` is an (N, C, H, W) float32 array, already preprocessed like the model's input.
     ``activation_type``: "auto" (= "uint8", see module docstring), "uint8" or "int8".
     ``target_arch``: the device's ISA ("aarch64" or "x86_64"; None: this host's), see int8_plan.
+    ``deadline``: a time.monotonic() value; histogram calibration stops there between chunks of samples
+    (raising edgepack.errors.TimeLimitReached), so one slow trial cannot overrun the accuracy search's limit.
     """
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     calib = np.ascontiguousarray(calib, dtype=np.float32)
@@ -59,7 +64,7 @@ def quantize_onnx(fp32_path: Path, out_path: Path, calib: np.ndarray, *, method:
     plan = int8_plan(target_arch)
     input_name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
     _run_quantize_static(fp32_path, out_path, _ArrayReader(calib, input_name), method, per_channel,
-                         exclude_nodes, act, extra, plan["reduce_range"])
+                         exclude_nodes, act, extra, plan["reduce_range"], deadline)
     model, fp32_model = onnx.load(str(out_path)), onnx.load(str(fp32_path))
     dropped = _drop_output_qdq(model, fp32_model)
     corrected = _bias_correct(model, fp32_model, calib, input_name)
@@ -136,7 +141,7 @@ class _ArrayReader:
 
 
 def _run_quantize_static(fp32_path, out_path, reader, method, per_channel, exclude_nodes, act, extra,
-                         reduce_range=False):
+                         reduce_range=False, deadline=None):
     """ORT's quantize_static with the recipe's fixed settings (QDQ, int8 weights; 7-bit weights where int8_plan
     says so)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -144,7 +149,7 @@ def _run_quantize_static(fp32_path, out_path, reader, method, per_channel, exclu
     if method not in _CALIB_METHODS:
         raise ValueError(f"method must be one of {sorted(_CALIB_METHODS)}, not {method!r}")
     qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
-    with _histograms_in_chunks():
+    with _histograms_in_chunks(deadline=deadline):
         quantize_static(
             str(fp32_path), str(out_path), reader,
             quant_format=QuantFormat.QDQ, per_channel=per_channel, reduce_range=reduce_range,
@@ -158,7 +163,8 @@ def _run_quantize_static(fp32_path, out_path, reader, method, per_channel, exclu
 
 
 #: Samples whose every activation a histogram calibrator (entropy, percentile, distribution) holds at once
-HISTOGRAM_CHUNK = 16
+#: (EfficientNet-Lite0 at 224 px: ~40 MB a sample)
+HISTOGRAM_CHUNK = 4
 
 
 class _Chunk:
@@ -180,11 +186,12 @@ class _Chunk:
 
 
 @contextlib.contextmanager
-def _histograms_in_chunks(size: int | None = None):
+def _histograms_in_chunks(size: int | None = None, deadline: float | None = None):
     """ORT's histogram calibrators keep every activation of every calibration sample in memory before binning
     them (EfficientNet-Lite0 at 224 px: ~40 MB a sample, 8 GB for 200 samples). Their collectors merge
     histograms across collect_data calls, so the samples are fed ``size`` at a time: memory no longer grows with
-    the sample count. (MinMax keeps two scalars a tensor and needs no help.)"""
+    the sample count. (MinMax keeps two scalars a tensor and needs no help.) Past ``deadline``
+    (time.monotonic()) the next chunk is not started: TimeLimitReached."""
     from onnxruntime.quantization import calibrate
     from onnxruntime.quantization.calibrate import HistogramCalibrater
 
@@ -193,6 +200,8 @@ def _histograms_in_chunks(size: int | None = None):
 
     def collect_data(self, data_reader):
         while True:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeLimitReached("histogram calibration stopped at the time limit")
             first = data_reader.get_next()
             if first is None:
                 return

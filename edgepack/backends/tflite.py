@@ -234,14 +234,26 @@ def _save_inference_only(model, out: Path) -> None:
 
     specs = [tf.TensorSpec(t.shape, t.dtype, t.name) for t in model.inputs]
     module = tf.Module()
-    module.variables_ = list(model.variables)
     module.serve = tf.function(lambda *xs: model(list(xs) if len(xs) > 1 else xs[0]), input_signature=specs)
     signature = module.serve.get_concrete_function()
+    owned = {id(v) for v in model.variables}
+    if any(id(v) not in owned for v in signature.variables):
+        # Some onnx2tf layers create a tf.Variable the Keras model does not own, with a name a SavedModel
+        # refuses (shufflenet_v2's depthwise kernels, "/stage3/.../Conv/kernel"): the traced function is
+        # frozen instead (every variable a constant), which is what the TFLite converter does anyway.
+        from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+        frozen = convert_variables_to_constants_v2(signature)
+        module = tf.Module()
+        module.serve = tf.function(lambda *xs: frozen(*xs), input_signature=specs)
+        signature = module.serve.get_concrete_function()
+    else:
+        module.variables_ = list(model.variables)
     try:
         tf.saved_model.save(module, str(out), signatures={"serving_default": signature})
     except AssertionError as exc:  # onnx2tf's model captures a TensorFlow resource it does not track
         raise StageError(f"onnx2tf's TensorFlow model cannot be saved for the TFLite converter: {_first_line(exc)}",
-                         hint="a known onnx2tf limitation for some graphs (seen on shufflenet_v2); targets that "
+                         hint="onnx2tf's model captures a TensorFlow object it does not track; targets that "
                               "ship ONNX INT8 are listed by `edgepack targets`") from exc
 
 

@@ -109,6 +109,23 @@ def load(path: str, *, input_shape: tuple[int, ...], preprocess: Preprocess, cou
                      hint="an .npz needs an array 'x' (N,C,H,W float32) and optional integer labels 'y'")
 
 
+def count(path: str) -> int | None:
+    """How many samples ``path`` (folder or .npz) holds, without decoding them; None when it cannot tell."""
+    p = Path(path)
+    if p.is_dir():
+        return len(_list_images(p)[0])
+    if p.suffix.lower() == ".npz" and p.is_file():
+        try:
+            with zipfile.ZipFile(p) as z, z.open("x.npy") as f:
+                read = {(1, 0): np.lib.format.read_array_header_1_0,
+                        (2, 0): np.lib.format.read_array_header_2_0}.get(np.lib.format.read_magic(f))
+                shape = read(f)[0] if read else ()  # the header only, not the data
+            return int(shape[0]) if shape else None
+        except (KeyError, ValueError, OSError, zipfile.BadZipFile):
+            return None
+    return None
+
+
 def default_calibration() -> str:
     """The shipped natural-photo calibration set (calibration_data/images), used when --calib is not given."""
     path = Path(__file__).resolve().parents[2] / "calibration_data" / "images"
@@ -208,11 +225,14 @@ def _load_folder(root: Path, input_shape: tuple[int, ...], pre: Preprocess, coun
         raise InputError(f"{role} folder {root} holds no files",
                          hint=f"put images ({', '.join(IMAGE_SUFFIXES[:4])}, ...) in it, or class sub-folders of them")
     idx = sample_indices(len(files), count, seed)
-    samples, kept_labels, skipped, kept = [], [], [], []
+    # filled in place: a list of samples stacked afterwards would hold the set twice (1,000 crops at 224 px
+    # are 602 MB)
+    x = np.empty((len(idx), *(int(d) for d in input_shape[1:])), np.float32)
+    kept_labels, skipped, kept = [], [], []
     for i, k in enumerate(idx):
         progress(f"reading {role} images", i, len(idx))
         try:
-            samples.append(preprocess_image(files[k], input_shape, pre))
+            x[len(kept)] = preprocess_image(files[k], input_shape, pre)
             kept.append(str(files[k]))
             if labels is not None:
                 kept_labels.append(labels[k])
@@ -221,7 +241,7 @@ def _load_folder(root: Path, input_shape: tuple[int, ...], pre: Preprocess, coun
     progress(f"reading {role} images", len(idx), len(idx))
     _check_skipped(root, role, skipped, len(idx))
     y = np.asarray(kept_labels, dtype=np.int64) if labels is not None else None
-    x = np.stack(samples)
+    x = x[:len(kept)].copy() if len(kept) < len(x) else x
     _check_range(x, f"{role} folder {root} after preprocessing")
     return Dataset(x=x, y=y, source=str(root), class_names=classes, skipped=skipped, files=kept)
 

@@ -4,8 +4,9 @@ Order (run-time cost first, then search cost): other activation calibration meth
 time), per-channel weights when they were off, more calibration samples, then keeping the layers
 that inject the most error (measured by `diagnose.layer_errors` on real samples) in float: 1, 2, 4,
 8, 16 of them. The first configuration that meets the budget wins; the search stops at
-``max_seconds`` and otherwise hands over the best one it found, saying so. Every trial is recorded
-with its quality, size, one-thread host latency and search time.
+``max_seconds`` and otherwise hands over the best one it found, saying so; a trial still calibrating at the
+limit stops there too (recorded as stopped). Every trial is recorded with its quality, size, one-thread host
+latency and search time.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
+
+from edgepack.errors import TimeLimitReached
 
 log = logging.getLogger(__name__)
 FLOAT_LAYER_STEPS = (1, 2, 4, 8, 16)
@@ -37,12 +40,14 @@ class Trial:
     record: dict = dataclasses.field(default_factory=dict)
     path: Path | None = None
     raw_settings: dict = dataclasses.field(default_factory=dict)
+    stopped: bool = False  # stopped at the search's time limit, before it had a model to score
 
     def row(self) -> dict:
         return {"name": self.name, "settings": self.settings, **{k: self.quality.get(k) for k in
                 ("accuracy_int8", "accuracy_drop", "agreement", "sqnr_db")},
                 **{k: self.quality[k] for k in TASK_DROPS if k in self.quality}, "size_bytes": self.size_bytes,
-                "latency_p50_ms_1thread": self.p50_ms, "seconds": round(self.seconds, 1), "met": self.met}
+                "latency_p50_ms_1thread": self.p50_ms, "seconds": round(self.seconds, 1), "met": self.met,
+                **({"stopped": "time limit"} if self.stopped else {})}
 
 
 @dataclasses.dataclass
@@ -82,13 +87,23 @@ def run(quantize: Callable[[dict, Path], dict], evaluate: Callable[[Path], dict]
         default: Trial) -> tuple[Trial, list[Trial], float]:
     """Search from the failed ``default`` trial; return (chosen, all trials, seconds spent)."""
     t0 = time.perf_counter()
+    deadline = time.monotonic() + max_seconds
     trials, best = [default], default
     # late binding on purpose: the float-layer candidates build on the best trial *so far*
     for i, (name, settings) in enumerate(candidates(space, lambda: best)):  # noqa: B023
-        if time.perf_counter() - t0 > max_seconds:
+        if time.monotonic() > deadline:
             log.info("accuracy search stopped at its time limit (%.0f s)", max_seconds)
             break
-        result = trial(name, settings, quantize, evaluate, meets, latency, workdir / f"trial_{i}.onnx")
+        started = time.monotonic()
+        try:
+            result = trial(name, settings, quantize, evaluate, meets, latency, workdir / f"trial_{i}.onnx",
+                           deadline)
+        except TimeLimitReached:  # a long calibration: the limit bounds a trial too, not only the search
+            log.info("accuracy search: trial '%s' stopped at the time limit (%.0f s)", name, max_seconds)
+            trials.append(Trial(name=name, settings=_shown(settings, {}), quality={}, size_bytes=0, p50_ms=None,
+                                seconds=time.monotonic() - started, met=False, raw_settings=dict(settings),
+                                stopped=True))
+            break
         trials.append(result)
         if _score(result) > _score(best) or result.met:
             best = result
@@ -97,20 +112,28 @@ def run(quantize: Callable[[dict, Path], dict], evaluate: Callable[[Path], dict]
     return best, trials, time.perf_counter() - t0
 
 
-def trial(name, settings, quantize, evaluate, meets, latency, path: Path) -> Trial:
+def trial(name, settings, quantize, evaluate, meets, latency, path: Path, deadline: float | None = None) -> Trial:
+    """Quantize with ``settings`` (overrides of the default recipe) and score the result; ``quantize`` may raise
+    TimeLimitReached past ``deadline`` (time.monotonic())."""
     t0 = time.perf_counter()
-    record = quantize(settings, path)
+    record = quantize(settings, path, deadline)
     quality = evaluate(path)
-    return Trial(name=name, settings={k: v for k, v in settings.items() if k != "more_calib"} |
-                 ({"calibration_samples": record.get("calibration_samples")} if settings.get("more_calib") else {}),
-                 quality=quality, size_bytes=path.stat().st_size, p50_ms=latency(path),
-                 seconds=time.perf_counter() - t0, met=meets(quality), record=record, path=path,
-                 raw_settings=dict(settings))
+    return Trial(name=name, settings=_shown(settings, record), quality=quality, size_bytes=path.stat().st_size,
+                 p50_ms=latency(path), seconds=time.perf_counter() - t0, met=meets(quality), record=record,
+                 path=path, raw_settings=dict(settings))
+
+
+def _shown(settings: dict, record: dict) -> dict:
+    """The settings as the report shows them: the sample count instead of the "more_calib" switch."""
+    more = {"calibration_samples": record.get("calibration_samples")} if settings.get("more_calib") else {}
+    return {k: v for k, v in settings.items() if k != "more_calib"} | more
 
 
 def _score(trial: Trial) -> float:
     """Higher is better: minus the task metric's drop in points (top-1 accuracy, mIoU, mAP@0.5), else top-1
-    agreement."""
+    agreement; a trial stopped at the time limit has no score."""
+    if trial.stopped:
+        return float("-inf")
     q = trial.quality
     drop = next((q[k] for k in ("accuracy_drop", *TASK_DROPS) if q.get(k) is not None), None)
     return -drop if drop is not None else (q.get("agreement") or 0.0)

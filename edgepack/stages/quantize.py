@@ -53,7 +53,8 @@ def quantize_onnx_searched(ctx: BuildContext) -> None:
 
     ctx.progress("quantizing ONNX to INT8 (calibrating)", 0, 1)
     final = ctx.workdir / "model_int8.onnx"
-    quantize, evaluate = (lambda st, p: _quantize_onnx(ctx, st, p)), (lambda p: evaluate_int8(ctx, p))
+    quantize = lambda st, p, deadline: _quantize_onnx(ctx, st, p, deadline)  # noqa: E731
+    evaluate = lambda p: evaluate_int8(ctx, p)  # noqa: E731
     meets = lambda q: meets_budget(ctx, q)  # noqa: E731
     default = search.trial("default recipe", {}, quantize, evaluate, meets, lambda p: None, final)
     ctx.records["quantization_onnx"] = default.record
@@ -71,7 +72,7 @@ def quantize_onnx_searched(ctx: BuildContext) -> None:
     ctx.add(Artifact("onnx", "int8", final))
 
 
-def _quantize_onnx(ctx: BuildContext, settings: dict, out) -> dict:
+def _quantize_onnx(ctx: BuildContext, settings: dict, out, deadline: float | None = None) -> dict:
     from edgepack.backends.onnx_quantize import quantize_onnx
 
     calib = ctx.calib.x
@@ -85,7 +86,8 @@ def _quantize_onnx(ctx: BuildContext, settings: dict, out) -> dict:
             return quantize_onnx(ctx.get("onnx", "fp32").path, out, calib,
                                  method=settings.get("method", calibration_method(ctx)),
                                  per_channel=settings.get("per_channel", ctx.config.per_channel),
-                                 exclude_nodes=settings.get("exclude_nodes", ()), target_arch=ctx.target.arch)
+                                 exclude_nodes=settings.get("exclude_nodes", ()), target_arch=ctx.target.arch,
+                                 deadline=deadline)
     except (AssertionError, FloatingPointError, OverflowError) as exc:  # ORT's "scale issue": inf/NaN ranges
         raise StageError(f"INT8 calibration failed: {type(exc).__name__}: {str(exc)[:200] or 'no message'}",
                          hint="an activation reached an infinite or NaN range on the calibration data: check the "
@@ -145,6 +147,10 @@ def _more_calibration(ctx: BuildContext):
         from edgepack.inputs import data
 
         source = ctx.config.calib or data.default_calibration()
+        held = data.count(source)
+        if held is not None and held <= len(ctx.calib):  # nothing more to load (it would be the same set again)
+            ctx.outputs["more_calib"] = None
+            return None
         more = data.load(source, input_shape=ctx.input_shape, preprocess=ctx.config.preprocess,
                          count=2 * len(ctx.calib), seed=ctx.config.seed, role="calibration")
         ctx.outputs["more_calib"] = more.x if len(more) > len(ctx.calib) else None
