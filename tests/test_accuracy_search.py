@@ -116,3 +116,6 @@ def test_a_trial_past_the_time_limit_is_recorded_as_stopped_and_never_chosen(tmp
     assert trials[-1].stopped and trials[-1].row()["stopped"] == "time limit"
     assert chosen.name == "percentile calibration"
     assert len(deadlines) == 2 and all(d is not None for d in deadlines)
+    # histogram methods calibrate on an evenly spread subset; the report shows its size
+    assert trials[1].raw_settings["max_calib"] == search.HISTOGRAM_TRIAL_SAMPLES
+    assert trials[1].settings == {"method": "percentile", "calibration_samples": search.HISTOGRAM_TRIAL_SAMPLES}
