@@ -360,7 +360,27 @@ BUNDLES = [
     ("golden output missing", _golden(lambda a: {"input": a["input"]}), "lacks output 0"),
     ("golden output reshaped", _golden(lambda a: {**a, "onnx": a["onnx"].reshape(-1)}), "has shape"),
     ("golden input of text", _golden(lambda a: {**a, "input": np.array(["x"])}), "not numeric"),
+    ("device tolerance negative", _json_edit(lambda m: m["golden"]["device_tolerance"]["onnx"].update(value=-1)),
+     "golden.device_tolerance"),
 ]
+
+
+def test_golden_check_on_another_isa_allows_the_device_tolerance(bundle, tmp_path):
+    """run.py --golden on the device (an ISA other than the build host's, whose kernels round INT8 differently)
+    judges with the wider tolerance the build recorded, and says so; on the build host's ISA, the strict one."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bundle_run", bundle / "run.py")
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    golden = json.loads((bundle / "manifest.json").read_text())["golden"]
+    device = golden["device_tolerance"]["onnx"]
+    assert device["value"] >= golden["tolerance"] and "range" in device["basis"]  # this build ran no device stage
+    assert run.golden_tolerance(golden, "onnx") == (golden["tolerance"], "same ISA as the build host")
+    run._arch = lambda: "aarch64" if golden["host_arch"] != "aarch64" else "x86_64"
+    value, why = run.golden_tolerance(golden, "onnx")
+    assert value == device["value"] and device["basis"] in why
+    assert run.golden_tolerance({**golden, "device_tolerance": None}, "onnx")[0] == golden["tolerance"]  # old bundle
 
 
 @pytest.mark.parametrize("case, make, message", BUNDLES, ids=[c[0] for c in BUNDLES])

@@ -111,6 +111,10 @@ def problems(man: dict) -> list[str]:
         tol = golden.get("tolerance")
         if not _number(tol) or tol < 0:
             found.append(f"golden.tolerance {tol!r} should be a non-negative number")
+        device = golden.get("device_tolerance", {})  # absent in bundles before December 2026
+        if not isinstance(device, dict) or not all(
+                isinstance(d, dict) and _number(d.get("value")) and d["value"] >= 0 for d in device.values()):
+            found.append("golden.device_tolerance should map formats to {value: a non-negative number, basis}")
     pre = man.get("preprocess")
     if isinstance(pre, dict) and pre.get("kind") == "text" and not isinstance(pre.get("model_input_names"), list):
         found.append("preprocess.model_input_names should be a list")
