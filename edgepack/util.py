@@ -33,9 +33,13 @@ def sha256_arrays(*arrays: np.ndarray | None) -> str:
         if arr is None:
             digest.update(b"none")
             continue
-        arr = np.ascontiguousarray(arr)
-        digest.update(f"{arr.dtype.str}{arr.shape}".encode())
-        digest.update(arr.tobytes())
+        chunks = arr.chunks() if hasattr(arr, "chunks") else None  # an array kept compact (inputs.data.PixelArray)
+        if chunks is None:
+            arr = np.ascontiguousarray(arr)
+            chunks = [arr]
+        digest.update(f"{arr.dtype.str}{tuple(arr.shape)}".encode())
+        for part in chunks:  # the bytes in place: no copy of the set
+            digest.update(memoryview(np.ascontiguousarray(part)).cast("B") if part.size else b"")
     return digest.hexdigest()
 
 

@@ -120,3 +120,33 @@ def test_count_reads_headers_not_data(tmp_path):
     assert data.count(str(tmp_path / "c.npz")) is None
     assert data.count(str(tmp_path / "imgs")) == 3
     assert data.count(str(tmp_path / "missing.npz")) is None
+
+
+def test_calibration_folders_are_kept_as_pixels_bit_identical_to_the_float_inputs(tmp_path):
+    """A calibration folder is held as 8-bit pixels (a quarter of the memory); every way of reading it gives the
+    float32 values preprocess_image gives, bit for bit, and the set's digest is the float array's."""
+    from PIL import Image
+
+    from edgepack.util import sha256_arrays
+
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    pre = Preprocess(resize=36, crop=32, mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375),
+                     channel_order="BGR")
+    shape = (1, 3, 32, 32)
+    calib = data.load(str(tmp_path), input_shape=shape, preprocess=pre, count=None, seed=0, role="calibration")
+    val = data.load(str(tmp_path), input_shape=shape, preprocess=pre, count=None, seed=0, role="validation")
+    assert isinstance(calib.x, data.PixelArray) and calib.x.pixels.dtype == np.uint8
+    assert isinstance(val.x, np.ndarray) and calib.x.shape == val.x.shape == (5, 3, 32, 32)
+    files = sorted(tmp_path.glob("*.png"))
+    ref = np.stack([data.preprocess_image(f, shape, pre) for f in files])
+    np.testing.assert_array_equal(val.x, ref)
+    np.testing.assert_array_equal(np.asarray(calib.x), ref)
+    np.testing.assert_array_equal(calib.x[1:3], ref[1:3])
+    np.testing.assert_array_equal(calib.x[np.array([4, 0])], ref[[4, 0]])
+    np.testing.assert_array_equal(calib.x[2], ref[2])
+    np.testing.assert_array_equal(np.stack(list(calib.x)), ref)
+    assert calib.digest == val.digest and sha256_arrays(calib.x) == sha256_arrays(ref)
+    np.testing.assert_array_equal(data.rows(calib.x, 0, 2), ref[:2])
+    np.testing.assert_array_equal(calib.subset(np.array([3])).x, ref[[3]])

@@ -56,7 +56,8 @@ def quantize_onnx(fp32_path: Path, out_path: Path, calib: np.ndarray, *, method:
     (raising edgepack.errors.TimeLimitReached), so one slow trial cannot overrun the accuracy search's limit.
     """
     fp32_path, out_path = Path(fp32_path), Path(out_path)
-    calib = np.ascontiguousarray(calib, dtype=np.float32)
+    if isinstance(calib, np.ndarray):  # else an array-like read a few rows at a time (inputs.data.PixelArray)
+        calib = np.ascontiguousarray(calib, dtype=np.float32)
     act = _resolve_activation_type(activation_type)
     extra = {"ActivationSymmetric": False, "WeightSymmetric": True}
     if method == "percentile":
