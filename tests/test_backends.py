@@ -165,8 +165,8 @@ def test_histogram_rebinning_takes_numpys_uniform_path_only_for_even_edges():
 
 
 def test_histogram_calibration_stops_at_its_deadline(tmp_path):
-    """The accuracy search's time limit bounds one trial too: histogram calibration past its deadline raises
-    TimeLimitReached before the next chunk; MinMax (seconds, no chunks) is not stopped."""
+    """The accuracy search's time limit bounds one trial too: calibration past its deadline raises
+    TimeLimitReached before the next sample (or chunk of samples, for the histogram methods)."""
     import time
 
     import toy_models
@@ -181,7 +181,8 @@ def test_histogram_calibration_stops_at_its_deadline(tmp_path):
         onnx_quantize.quantize_onnx(fp32, tmp_path / "q.onnx", calib, method="percentile",
                                     deadline=time.monotonic() - 1)
     assert not (tmp_path / "q.onnx").exists()
-    onnx_quantize.quantize_onnx(fp32, tmp_path / "q.onnx", calib, method="minmax", deadline=time.monotonic() - 1)
+    with pytest.raises(TimeLimitReached):
+        onnx_quantize.quantize_onnx(fp32, tmp_path / "q.onnx", calib, method="minmax", deadline=time.monotonic() - 1)
     onnx_quantize.quantize_onnx(fp32, tmp_path / "p.onnx", calib, method="percentile",
                                 deadline=time.monotonic() + 600)
     assert (tmp_path / "p.onnx").is_file()

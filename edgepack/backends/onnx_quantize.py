@@ -52,8 +52,8 @@ def quantize_onnx(fp32_path: Path, out_path: Path, calib: np.ndarray, *, method:
     ``calib`` is an (N, C, H, W) float32 array, already preprocessed like the model's input.
     ``activation_type``: "auto" (= "uint8", see module docstring), "uint8" or "int8".
     ``target_arch``: the device's ISA ("aarch64" or "x86_64"; None: this host's), see int8_plan.
-    ``deadline``: a time.monotonic() value; histogram calibration stops there between chunks of samples
-    (raising edgepack.errors.TimeLimitReached), so one slow trial cannot overrun the accuracy search's limit.
+    ``deadline``: a time.monotonic() value; calibration stops there between samples (raising
+    edgepack.errors.TimeLimitReached), so one slow trial cannot overrun the accuracy search's limit.
     """
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     if isinstance(calib, np.ndarray):  # else an array-like read a few rows at a time (inputs.data.PixelArray)
@@ -64,7 +64,7 @@ def quantize_onnx(fp32_path: Path, out_path: Path, calib: np.ndarray, *, method:
         extra["CalibPercentile"] = 99.999
     plan = int8_plan(target_arch)
     input_name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
-    _run_quantize_static(fp32_path, out_path, _ArrayReader(calib, input_name), method, per_channel,
+    _run_quantize_static(fp32_path, out_path, _ArrayReader(calib, input_name, deadline), method, per_channel,
                          exclude_nodes, act, extra, plan["reduce_range"], deadline)
     model, fp32_model = onnx.load(str(out_path)), onnx.load(str(fp32_path))
     dropped = _drop_output_qdq(model, fp32_model)
@@ -126,14 +126,17 @@ def int8_plan(target_arch: str | None = None) -> dict:
 
 
 class _ArrayReader:
-    """CalibrationDataReader over an (N, C, H, W) array, one sample at a time, in order (deterministic)."""
+    """CalibrationDataReader over an (N, C, H, W) array, one sample at a time, in order (deterministic);
+    past ``deadline`` (time.monotonic()) it raises TimeLimitReached instead of giving the next sample."""
 
-    def __init__(self, data: np.ndarray, input_name: str):
-        self._data, self._name, self._i = data, input_name, 0
+    def __init__(self, data: np.ndarray, input_name: str, deadline: float | None = None):
+        self._data, self._name, self._i, self._deadline = data, input_name, 0, deadline
 
     def get_next(self):
         if self._i >= len(self._data):
             return None
+        if self._deadline is not None and time.monotonic() > self._deadline:
+            raise TimeLimitReached("calibration stopped at the time limit")
         self._i += 1
         return {self._name: self._data[self._i - 1:self._i]}
 
