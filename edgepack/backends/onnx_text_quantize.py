@@ -59,6 +59,7 @@ def quantize_text_onnx(
     activation: str = "uint8",
     keep_float: Sequence[str] = (),
     keep_head_float: bool = True,
+    target_arch: str | None = None,
 ) -> dict:
     """Static INT8 (QDQ) for a transformer text classifier; returns the settings used (for the manifest).
 
@@ -68,6 +69,8 @@ def quantize_text_onnx(
     Kept float: Softmax, LayerNorm, Gelu, residual Adds, attention's activation x activation MatMuls, the
     classifier head when ``keep_head_float``, and any node named in ``keep_float``.
     ``percentile`` (percent of |activation| values kept in range) applies to method "percentile".
+    ``target_arch``: the device's ISA; weights and the arithmetic that validates the model follow
+    onnx_quantize.int8_plan, as for image models (recorded in the model's metadata).
     """
     import onnx
 
@@ -77,6 +80,10 @@ def quantize_text_onnx(
         )
     if activation not in ("uint8", "int8"):
         raise InputError(f"activation type must be 'uint8' or 'int8', not {activation!r}")
+    from edgepack.backends.onnx import ARITHMETIC_KEY, TARGET_ARCH_KEY
+    from edgepack.backends.onnx_quantize import int8_plan
+
+    plan = int8_plan(target_arch)
     model = onnx.load(str(fp32_path))
     nodes, kept = _nodes_to_quantize(model, keep_float, keep_head_float)
     reader = _calibration_reader(calib_inputs, [i.name for i in model.graph.input])
@@ -89,10 +96,16 @@ def quantize_text_onnx(
         "calibration_samples": len(reader.items),
         "quantized_nodes": len(nodes),
         "float_weight_nodes": kept,
+        **plan,
     }
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # ORT's calibrator prints progress to stdout
-            _quantize_static(fp32_path, out_path, reader, nodes, method, percentile, activation)
+            _quantize_static(fp32_path, out_path, reader, nodes, method, percentile, activation,
+                             plan["reduce_range"])
+        qmodel = onnx.load(str(out_path))
+        onnx.helper.set_model_props(qmodel, {**{p.key: p.value for p in qmodel.metadata_props},
+                                             ARITHMETIC_KEY: plan["arithmetic"], TARGET_ARCH_KEY: plan["target_arch"]})
+        onnx.save(qmodel, str(out_path))
     except InputError:
         raise
     except Exception as exc:
@@ -104,32 +117,38 @@ def quantize_text_onnx(
     return settings
 
 
-def _quantize_static(fp32_path, out_path, reader, nodes, method, percentile, activation) -> None:
-    """The onnxruntime call behind quantize_text_onnx (arguments already checked)."""
+def _quantize_static(fp32_path, out_path, reader, nodes, method, percentile, activation,
+                     reduce_range: bool = False) -> None:
+    """The onnxruntime call behind quantize_text_onnx (arguments already checked); histogram calibration is fed
+    a few texts at a time (onnx_quantize._histograms_in_chunks: ORT holds every activation it is given)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from edgepack.backends.onnx_quantize import _histograms_in_chunks
 
     methods = {
         "minmax": CalibrationMethod.MinMax,
         "entropy": CalibrationMethod.Entropy,
         "percentile": CalibrationMethod.Percentile,
     }
-    quantize_static(
-        str(fp32_path),
-        str(out_path),
-        reader,
-        quant_format=QuantFormat.QDQ,
-        op_types_to_quantize=["MatMul", "Gemm", "Gather"],
-        nodes_to_quantize=nodes,
-        per_channel=True,
-        weight_type=QuantType.QInt8,
-        activation_type=QuantType.QInt8 if activation == "int8" else QuantType.QUInt8,
-        calibrate_method=methods[method],
-        extra_options={
-            "ActivationSymmetric": activation == "int8",
-            "MatMulConstBOnly": True,
-            "CalibPercentile": percentile,
-        },
-    )
+    with _histograms_in_chunks():
+        quantize_static(
+            str(fp32_path),
+            str(out_path),
+            reader,
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=["MatMul", "Gemm", "Gather"],
+            nodes_to_quantize=nodes,
+            per_channel=True,
+            reduce_range=reduce_range,
+            weight_type=QuantType.QInt8,
+            activation_type=QuantType.QInt8 if activation == "int8" else QuantType.QUInt8,
+            calibrate_method=methods[method],
+            extra_options={
+                "ActivationSymmetric": activation == "int8",
+                "MatMulConstBOnly": True,
+                "CalibPercentile": percentile,
+            },
+        )
 
 
 def _nodes_to_quantize(

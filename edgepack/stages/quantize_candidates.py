@@ -147,7 +147,7 @@ def _static(ctx: BuildContext, out) -> dict:
     ctx.progress("quantizing ONNX to static INT8 (calibrating on texts)", 0, 1)
     with quiet_root_logger():
         return quantize_text_onnx(ctx.get("onnx", "fp32").path, out, ctx.calib.x,
-                                  method=ctx.config.calibration_method or DEFAULT_METHOD)
+                                  method=ctx.config.calibration_method or DEFAULT_METHOD, target_arch=ctx.target.arch)
 
 
 def _dynamic(ctx: BuildContext, out) -> dict:
