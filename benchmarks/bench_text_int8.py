@@ -77,10 +77,16 @@ def build(work: Path, max_length: int, calib_count: int) -> tuple[dict[str, Path
         "edgepack static INT8": work / "static.onnx",
         "ORT dynamic INT8": work / "dynamic.onnx",
     }
-    text.export_text_onnx(create_model(), max_length, paths["FP32"])
+    from edgepack.backends import onnx as onnx_backend
+
+    model = create_model()
+    names = text.forward_input_names(model, text.tokenizer_settings(tokenizer_json(), max_length)["model_input_names"])
+    onnx_backend.export_args(model, text.example_inputs(names, max_length), work / "raw.onnx", input_names=names,
+                             opset=17)
+    onnx_backend.simplify(work / "raw.onnx", paths["FP32"])
     train, _ = data.load_split("train")
     pick = np.random.default_rng(0).choice(len(train), calib_count, replace=False)
-    calib = text.tokenize([train[i] for i in sorted(pick)], tokenizer_json(), max_length)
+    calib = text.tokenize([train[i] for i in sorted(pick)], tokenizer_json(), max_length, names)
     seconds = {"FP32": 0.0}
     t0 = time.perf_counter()
     onnx_text_quantize.quantize_text_onnx(paths["FP32"], paths["edgepack static INT8"], calib)
@@ -130,7 +136,8 @@ def main() -> None:
         paths, seconds = build(Path(tmp), args.max_length, args.calib_count)
         texts, labels = data.load_split("test")
         texts, labels = texts[: args.limit], labels[: args.limit]
-        x = text.tokenize(texts, tokenizer_json(), args.max_length)
+        x = text.tokenize(texts, tokenizer_json(), args.max_length, list(
+            text.tokenizer_settings(tokenizer_json(), args.max_length)["model_input_names"]))
         preds = {k: predictions(p, x) for k, p in paths.items()}
         acc = {k: 100.0 * float((v == labels).mean()) for k, v in preds.items()}
         agree = {k: 100.0 * float((v == preds["FP32"]).mean()) for k, v in preds.items()}
