@@ -9,7 +9,7 @@
    (examples.ppocr_det.metrics); sizes and 1-thread latency come from the build's manifest.json.
 4. Write results.json to ``--work`` and the results section of examples/ppocr_det/README.md.
 
-    python -m examples.ppocr_det.evaluate --work /tmp/ppocr-work           # everything (about 25 min, 2 cores)
+    python -m examples.ppocr_det.evaluate --work /tmp/ppocr-work           # everything (22 min on 2 busy cores)
     python -m examples.ppocr_det.evaluate --work /tmp/ppocr-work --no-build  # rescore existing builds
 """
 
