@@ -150,7 +150,7 @@ def _prepare(config: BuildConfig, target: targets.TargetProfile, workdir: Path, 
     kind.check(onnx_inputs)
     shape = kind.input_shape(fixed)
     output_shapes = _output_shapes(model, kind, shape)
-    task = tasks.get(config.task) if config.task else tasks.for_outputs(output_shapes)
+    task = tasks.get(config.task, config) if config.task else tasks.for_outputs(output_shapes)
     if hasattr(task, "check_outputs"):
         task.check_outputs(output_shapes, model.spec)
     num_outputs = output_shapes[0][-1] if task.name == "classify" and output_shapes else None

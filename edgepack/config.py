@@ -146,6 +146,8 @@ class BuildConfig:
     labels_dir: str | None = spec("detect/segment validation labels: a folder of PNG index masks or YOLO .txt files "
                                   "named like the --val images, or a COCO .json (default: none; INT8 is then "
                                   "scored against the FP32 model's own predictions)", None)
+    prob_threshold: float = spec("segment task: an (N, 1, H, W) probability map's foreground threshold, mask = "
+                                 "p >= this (DBNet text detectors binarise at 0.3)", 0.5, ge=0, le=1)
     name: str | None = spec("bundle name (default: derived from the model)", None)
     calib_samples: int | None = spec("calibration samples (default: profile)", None, ge=1, le=100000)
     val_samples: int | None = spec("validation samples, seeded subset (default: all)", None, ge=1, le=1000000)

@@ -186,3 +186,45 @@ def test_histogram_calibration_stops_at_its_deadline(tmp_path):
     onnx_quantize.quantize_onnx(fp32, tmp_path / "p.onnx", calib, method="percentile",
                                 deadline=time.monotonic() + 600)
     assert (tmp_path / "p.onnx").is_file()
+
+
+def _dynamic_opset12_model(path):
+    """A tiny ONNX file as PaddleOCR exports them: opset 12, symbolic N/H/W, Conv + Clip + Sigmoid."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w")
+    lo, hi = numpy_helper.from_array(np.float32(0), "lo"), numpy_helper.from_array(np.float32(6), "hi")
+    w2 = numpy_helper.from_array(rng.normal(size=(1, 4, 1, 1)).astype(np.float32), "w2")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Clip", ["c", "lo", "hi"], ["r"]),
+             helper.make_node("Conv", ["r", "w2"], ["s"]), helper.make_node("Sigmoid", ["s"], ["p"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"])],
+                              [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["n", 1, "h", "w"])],
+                              [w, lo, hi, w2])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)])
+    model.ir_version = 7
+    onnx.save(model, str(path))
+
+
+def test_an_onnx_source_gets_a_fixed_shape_and_an_opset_that_takes_per_channel_int8(tmp_path):
+    """PP-OCR's detector ships at opset 12 with dynamic NCHW: QDQ per-channel weights need DequantizeLinear's
+    axis (opset 13), and onnx2tf / onnxslim want static shapes. The FP32 outputs must not change."""
+    import onnx
+    import onnxruntime as ort
+
+    from edgepack.backends import onnx as onnx_backend
+
+    src, dst = tmp_path / "dyn.onnx", tmp_path / "fixed.onnx"
+    _dynamic_opset12_model(src)
+    done = onnx_backend.prepare_source(src, dst, input_shape=(1, 3, 8, 8), opset=17)
+    assert done == {"pinned_dims": [0, 2, 3], "opset_from": 12, "opset_to": 17}
+    assert onnx_backend.input_shape(dst) == (1, 3, 8, 8)
+    assert [o.version for o in onnx.load(str(dst)).opset_import if o.domain == ""] == [17]
+    x = np.random.default_rng(1).normal(size=(1, 3, 8, 8)).astype(np.float32)
+    ref = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6)
+    again = onnx_backend.prepare_source(dst, tmp_path / "same.onnx", input_shape=(1, 3, 8, 8), opset=17)
+    assert again == {"pinned_dims": [], "opset_from": None, "opset_to": None}   # a ready model is left alone

@@ -126,6 +126,45 @@ def test_probability_map_is_two_classes():
     assert seg.masks(prob).tolist() == [[[0, 1], [1, 0]]] and seg.num_classes((1, 1, 2, 2)) == 2
 
 
+def test_probability_threshold_is_a_setting_used_by_metrics_and_the_runner():
+    """DBNet-style maps are binarised at 0.3, not 0.5: the build's prob_threshold reaches the task's masks and
+    metrics, and the bundle's runner (which reads it from the manifest) draws the same mask."""
+    import importlib.util
+
+    from edgepack import config
+
+    prob = np.array([[[[0.2, 0.4], [0.35, 0.6]]]], np.float32)
+    cfg = config.from_mapping({"model": "m", "task": "segment", "prob_threshold": 0.3}, where="t")
+    seg = tasks.get("segment", cfg)
+    assert seg.threshold == 0.3 and seg.masks(prob).tolist() == [[[0, 1], [1, 1]]]
+    assert tasks.get("segment").masks(prob).tolist() == [[[0, 0], [0, 1]]]   # default 0.5
+    truth = [np.array([[0, 1], [1, 1]])]
+    assert seg.quality(prob, prob, truth)["miou_fp32"] == 100.0
+    assert seg.quality(prob, prob, truth)["prob_threshold"] == 0.3
+    assert tasks.get("segment").quality(prob, prob, truth)["miou_fp32"] < 100
+    with pytest.raises(ConfigError):
+        config.from_mapping({"model": "m", "prob_threshold": 1.5}, where="t")
+    runner = Path(config.__file__).parent / "bundle" / "templates" / "run.py"
+    spec = importlib.util.spec_from_file_location("bundle_run_threshold", runner)
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+
+    class Model:
+        def outputs(self, feed):
+            return [prob]
+
+    import sys
+
+    sys.path.insert(0, str(Path(config.__file__).parent / "tasks"))  # postprocess.py sits beside run.py
+    try:
+        res = run.result({"name": "segment", "prob_threshold": 0.3}, "image", Model(), {}, "x.png", None, 5)
+        default = run.result({"name": "segment"}, "image", Model(), {}, "x.png", None, 5)
+    finally:
+        sys.path.remove(str(Path(config.__file__).parent / "tasks"))
+    assert [c["pixels"] for c in res["classes"]] == [1, 3]
+    assert [c["pixels"] for c in default["classes"]] == [3, 1]
+
+
 def test_fit_mask_nearest():
     assert fit_mask(np.array([[0, 1], [2, 3]]), (4, 4)).tolist()[0] == [0, 0, 1, 1]
 

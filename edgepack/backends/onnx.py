@@ -83,6 +83,39 @@ def check_accepts_input(module: Any, example: Any, shape_flag: str = "--input-sh
                          hint=f"pass the model's input shape with {shape_flag}") from None
 
 
+#: the lowest opset whose DequantizeLinear takes an ``axis`` (per-channel INT8 weights need it)
+MIN_QDQ_OPSET = 13
+
+
+def prepare_source(src: Path, dst: Path, *, input_shape: tuple[int, ...], opset: int) -> dict:
+    """A user's ONNX file made ready for INT8: symbolic input dimensions pinned to ``input_shape`` (the build's
+    --input-shape; dynamic NCHW detectors such as PP-OCR's DBNet have them), and an opset below MIN_QDQ_OPSET
+    converted up to ``opset`` (the profile's). Returns what was changed, for the manifest."""
+    import onnx
+    import onnx.version_converter
+
+    model = onnx.load(str(src))
+    done: dict = {"pinned_dims": [], "opset_from": None, "opset_to": None}
+    inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    dims = inputs[0].type.tensor_type.shape.dim if len(inputs) == 1 else []
+    if len(dims) == len(input_shape):
+        for i, (d, want) in enumerate(zip(dims, input_shape, strict=True)):
+            if not d.HasField("dim_value") or d.dim_value <= 0:
+                d.dim_value = int(want)   # assigning dim_value clears dim_param (a oneof)
+                done["pinned_dims"].append(i)
+    current = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if current is not None and current < MIN_QDQ_OPSET:
+        try:
+            model = onnx.version_converter.convert_version(model, max(opset, MIN_QDQ_OPSET))
+        except Exception as exc:  # noqa: BLE001 (the converter raises bare RuntimeErrors and ValidationErrors)
+            raise InputError(f"the ONNX model's opset {current} is too old for INT8 (per-channel QDQ needs "
+                             f">= {MIN_QDQ_OPSET}) and converting it failed: {str(exc)[:200]}",
+                             hint="convert the model to opset 13 or later (onnx.version_converter) first") from None
+        done["opset_from"], done["opset_to"] = current, max(opset, MIN_QDQ_OPSET)
+    onnx.save(model, str(dst))
+    return done
+
+
 def simplify(src: Path, dst: Path) -> dict:
     """Fold constants and padding with onnxslim (Pad ops from "same" padding cost INT8 speed)."""
     import onnx

@@ -114,7 +114,8 @@ def task_pictures(p: dict) -> bytes:
     fig, axes = plt.subplots(n, 2, figsize=(5.2, 2.6 * n), squeeze=False)
     for j, prec in enumerate(("fp32", "int8")):
         out = p[prec]
-        decoded = postprocess.masks(out[0] if isinstance(out, list) else out) if p["task"] == "segment" \
+        threshold = postprocess.PROB_THRESHOLD if p.get("threshold") is None else p["threshold"]
+        decoded = postprocess.masks(out[0] if isinstance(out, list) else out, threshold) if p["task"] == "segment" \
             else postprocess.detections(out)
         for i in range(n):
             ax = axes[i][j]

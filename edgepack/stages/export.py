@@ -5,7 +5,6 @@ for TFLite targets: see edgepack.inputs.kinds)."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +23,9 @@ PARITY_RTOL = 1e-3   # max |torch - onnx| relative to max |torch|; FP32 export s
 def run(ctx: BuildContext) -> None:
     raw = ctx.workdir / "model_fp32_raw.onnx"
     final = ctx.workdir / "model_fp32.onnx"
-    if ctx.model.kind == "onnx":
-        shutil.copyfile(ctx.model.onnx_path, raw)
+    if ctx.model.kind == "onnx":  # dynamic dims pinned, an old opset converted (per-channel QDQ needs 13)
+        ctx.records["onnx_source"] = onnx_backend.prepare_source(ctx.model.onnx_path, raw,
+                                                                 input_shape=ctx.input_shape, opset=ctx.target.opset)
     else:
         ctx.progress("exporting to ONNX", 0, 1)
         _export(ctx, ctx.model.module, raw)

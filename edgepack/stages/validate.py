@@ -24,6 +24,8 @@ PICTURE_SAMPLES = 4
 def run(ctx: BuildContext) -> None:
     ctx.records["task"] = {"name": ctx.task.name, "labels": ctx.config.labels_dir,
                            "validation_targets": "labels" if ctx.val.targets is not None else None}
+    if hasattr(ctx.task, "threshold"):  # the runner binarises a probability map at the same threshold
+        ctx.records["task"]["prob_threshold"] = ctx.task.threshold
     ctx.records["validation"] = {fmt: validate_format(ctx, fmt) for fmt in ctx.target.formats}
     if "onnx" in ctx.target.formats and "diagnosis" not in ctx.records and ctx.inputs.layer_diagnosis:
         from edgepack.quantize.diagnose import layer_errors
@@ -71,7 +73,8 @@ def _pictures(ctx: BuildContext, outs: dict) -> dict:
     def first(o):
         return [a[:PICTURE_SAMPLES] for a in o] if isinstance(o, list) else o[:PICTURE_SAMPLES]
 
-    return {"task": ctx.task.name, "x": rows(ctx.val.x, 0, PICTURE_SAMPLES), "fp32": first(outs["fp32"]),
+    return {"task": ctx.task.name, "threshold": getattr(ctx.task, "threshold", None),
+            "x": rows(ctx.val.x, 0, PICTURE_SAMPLES), "fp32": first(outs["fp32"]),
             "int8": first(outs["int8"])}
 
 

@@ -19,12 +19,14 @@ from edgepack.tasks.segment import Segment
 TASKS: dict[str, type[Task]] = {"classify": Classify, "detect": Detect, "segment": Segment, "generic": Generic}
 
 
-def get(name: str) -> Task:
-    """The task called ``name``."""
+def get(name: str, config=None) -> Task:
+    """The task called ``name``; a task with settings (``from_config``, e.g. segment's threshold) takes them from
+    ``config`` (a BuildConfig) when given."""
     try:
-        return TASKS[name]()
+        cls = TASKS[name]
     except KeyError:
         raise ConfigError(f"unknown task {name!r}", hint=f"one of {', '.join(TASKS)}") from None
+    return cls.from_config(config) if config is not None and hasattr(cls, "from_config") else cls()
 
 
 def for_outputs(shapes: list[tuple]) -> Task:

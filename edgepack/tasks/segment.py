@@ -1,7 +1,9 @@
 """Segmentation: per-pixel class masks, judged by mIoU and pixel accuracy of INT8 (and FP32) against labels.
 
 The model's first output is (N, C, H, W) class scores (the mask is the argmax over C) or an (N, 1, H, W)
-probability map (the mask is ``p >= PROB_THRESHOLD``: two classes, background and foreground). With PNG index
+probability map (the mask is ``p >= threshold``: two classes, background and foreground; the threshold is
+PROB_THRESHOLD unless the build sets ``prob_threshold``: DBNet text detectors binarise their map at 0.3, and
+scoring them at 0.5 would judge a mask the model's own post-processing never uses). With PNG index
 masks (``--labels-dir``) both models are scored against them and the drop FP32 -> INT8 is in points; without
 labels INT8 is scored against the FP32 model's own masks as pseudo-labels (FP32 then scores 100 by definition),
 which generalises the classifier's top-1 agreement.
@@ -32,6 +34,14 @@ class Segment:
     budget_names = ("max_miou_drop",)
     runner_files = (postprocess.__file__,)   # copied beside the bundle's run.py
 
+    def __init__(self, threshold: float = PROB_THRESHOLD):
+        self.threshold = float(threshold)
+
+    @classmethod
+    def from_config(cls, config) -> Segment:
+        """The task with the build's ``prob_threshold``."""
+        return cls(threshold=config.prob_threshold)
+
     def num_classes(self, shape: tuple) -> int:
         """Classes of an output shaped ``shape`` (a one-channel probability map has two)."""
         return max(2, int(shape[1])) if len(shape) == 4 and isinstance(shape[1], int) else 2
@@ -46,7 +56,7 @@ class Segment:
 
     def masks(self, out: np.ndarray) -> np.ndarray:
         """(N, H, W) int64 class masks from (N, C, H, W) scores or an (N, 1, H, W) probability map."""
-        return postprocess.masks(out, PROB_THRESHOLD)
+        return postprocess.masks(out, self.threshold)
 
     def quality(self, ref: np.ndarray, got: np.ndarray, y) -> dict:
         """mIoU and pixel accuracy (points, 0-100) of FP32 and INT8; drop in points; SQNR of the scores (dB).
@@ -66,6 +76,7 @@ class Segment:
         out = {"sqnr_db": _round(sqnr_db(ref, got)), "agreement": round(pixel_accuracy(agree) / 100, 4),
                "accuracy_fp32": None, "accuracy_int8": None, "accuracy_drop": None,
                "labels": "masks" if labelled else "fp32 pseudo-labels", "classes": classes,
+               "prob_threshold": self.threshold if np.shape(ref)[1:2] == (1,) else None,
                "miou_fp32": round(miou(fp32), 2), "miou_int8": round(miou(int8), 2),
                "pixel_accuracy_fp32": round(pixel_accuracy(fp32), 2),
                "pixel_accuracy_int8": round(pixel_accuracy(int8), 2),

@@ -253,21 +253,23 @@ def softmax(z):
 
 def result(task, kind, model, feed, item, labels, top):
     """What one input gives, as a dict: the output code is chosen by the task, and for classes by the input."""
-    if task in ("detect", "segment"):
+    name = task.get("name") or "classify"
+    if name in ("detect", "segment"):
         import postprocess
 
         outs = model.outputs(feed)
-        if task == "detect":
+        if name == "detect":
             det = postprocess.detections(outs)[0]
             return {"detections": [{"class": int(c), "name": _name(labels, int(c)), "score": round(float(s), 4),
                                     "box": [round(float(v), 2) for v in b]}
                                    for b, s, c in zip(det["boxes"], det["scores"], det["classes"])]}  # noqa: B905
-        mask = postprocess.masks(outs[0])[0]
+        threshold = task.get("prob_threshold")
+        mask = postprocess.masks(outs[0], postprocess.PROB_THRESHOLD if threshold is None else threshold)[0]
         counts = np.bincount(mask.ravel())
         return {"mask_shape": list(mask.shape),
                 "classes": [{"class": c, "name": _name(labels, c), "pixels": int(n),
                              "fraction": round(float(n) / mask.size, 4)} for c, n in enumerate(counts) if n]}
-    if task == "generic":
+    if name == "generic":
         return {"outputs": [{"index": i, "shape": list(o.shape), "min": round(float(o.min()), 6),
                              "max": round(float(o.max()), 6), "mean": round(float(o.mean()), 6)}
                             for i, o in enumerate(model.outputs(feed))]}
@@ -378,7 +380,7 @@ def main():
     else:
         parser.error("give " + ("a sentence" if kind == "text" else "an image") + ", --file or --golden")
     reader = TextReader(manifest) if kind == "text" else ImageReader(manifest)
-    task = (manifest.get("stages", {}).get("task") or {}).get("name") or "classify"
+    task = manifest.get("stages", {}).get("task") or {}   # name, and a segmenter's prob_threshold
     labels = manifest.get("labels")
     for item in items:
         res = result(task, kind, model, reader(item), item, labels, args.top)
