@@ -7,8 +7,10 @@ cd "$(dirname "$0")/.."
 
 # dataset-fashion-mnist: the labelled example; openssh-*: `edgepack bench` tests run a real sshd on
 # loopback; chromium: report.html is rendered headless in the tests; qemu-user, mmdebstrap, gcc: the emulated
-# ARM devices (edgepack device prepare: an arm64 userland, the instruction-counting plugin built from C).
-APT_PACKAGES=(dataset-fashion-mnist openssh-server openssh-client chromium qemu-user mmdebstrap gcc)
+# ARM devices (edgepack device prepare: an arm64 userland, the instruction-counting plugin built from C);
+# fonts-*: examples/ppocr_det renders its labelled text images with them.
+APT_PACKAGES=(dataset-fashion-mnist openssh-server openssh-client chromium qemu-user mmdebstrap gcc
+              fonts-dejavu-core fonts-liberation)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
