@@ -113,7 +113,10 @@ def test_ctrl_c_in_the_parent_kills_the_child_and_removes_its_folders(tmp_path):
               "try:\n    isolate.call(time.sleep, 120, step='sleeping', key='sleep')\n"
               "except KeyboardInterrupt:\n    sys.exit(130)\n")
     env = {**os.environ, "TMPDIR": str(folder), "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True)
+    # a user's foreground command has the default SIGINT disposition; a shell's background job (a CI runner
+    # started with &) would pass SIGINT ignored, and Python then installs no KeyboardInterrupt handler
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.stdout.readline().strip() == "started"
     deadline = time.monotonic() + 60
     while not list(folder.glob("edgepack-child-*/tmp")) and time.monotonic() < deadline:
