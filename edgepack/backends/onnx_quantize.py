@@ -65,7 +65,7 @@ def quantize_onnx(fp32_path: Path, out_path: Path, calib: np.ndarray, *, method:
     plan = int8_plan(target_arch)
     input_name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
     _run_quantize_static(fp32_path, out_path, _ArrayReader(calib, input_name, deadline), method, per_channel,
-                         exclude_nodes, act, extra, plan["reduce_range"], deadline)
+                         exclude_nodes, act, extra, plan["reduce_range"])
     model, fp32_model = onnx.load(str(out_path)), onnx.load(str(fp32_path))
     dropped = _drop_output_qdq(model, fp32_model)
     corrected = _bias_correct(model, fp32_model, calib, input_name)
@@ -145,7 +145,7 @@ class _ArrayReader:
 
 
 def _run_quantize_static(fp32_path, out_path, reader, method, per_channel, exclude_nodes, act, extra,
-                         reduce_range=False, deadline=None):
+                         reduce_range=False):
     """ORT's quantize_static with the recipe's fixed settings (QDQ, int8 weights; 7-bit weights where int8_plan
     says so)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -153,7 +153,7 @@ def _run_quantize_static(fp32_path, out_path, reader, method, per_channel, exclu
     if method not in _CALIB_METHODS:
         raise ValueError(f"method must be one of {sorted(_CALIB_METHODS)}, not {method!r}")
     qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
-    with _histograms_in_chunks(deadline=deadline):
+    with _histograms_in_chunks():
         quantize_static(
             str(fp32_path), str(out_path), reader,
             quant_format=QuantFormat.QDQ, per_channel=per_channel, reduce_range=reduce_range,
@@ -190,12 +190,11 @@ class _Chunk:
 
 
 @contextlib.contextmanager
-def _histograms_in_chunks(size: int | None = None, deadline: float | None = None):
+def _histograms_in_chunks(size: int | None = None):
     """ORT's histogram calibrators keep every activation of every calibration sample in memory before binning
     them (EfficientNet-Lite0 at 224 px: ~40 MB a sample, 8 GB for 200 samples). Their collectors merge
     histograms across collect_data calls, so the samples are fed ``size`` at a time: memory no longer grows with
-    the sample count. (MinMax keeps two scalars a tensor and needs no help.) Past ``deadline``
-    (time.monotonic()) the next chunk is not started: TimeLimitReached."""
+    the sample count. (MinMax keeps two scalars a tensor and needs no help.)"""
     from onnxruntime.quantization import calibrate
     from onnxruntime.quantization.calibrate import HistogramCalibrater
 
@@ -204,8 +203,6 @@ def _histograms_in_chunks(size: int | None = None, deadline: float | None = None
 
     def collect_data(self, data_reader):
         while True:
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeLimitReached("histogram calibration stopped at the time limit")
             first = data_reader.get_next()
             if first is None:
                 return
