@@ -18,6 +18,12 @@ def no_progress(step: str, done: int, total: int) -> None:
     """The default progress sink: the library never prints."""
 
 
+def spread_indices(n: int, count: int) -> np.ndarray:
+    """At most ``count`` indices into ``n`` items, evenly spread from first to last, sorted and fixed (a
+    deterministic subset of calibration samples that covers the whole set, not just its head)."""
+    return np.unique(np.linspace(0, n - 1, min(n, count)).round().astype(int))
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:

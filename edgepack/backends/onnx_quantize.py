@@ -32,6 +32,7 @@ from onnx import numpy_helper
 
 from edgepack.backends.onnx import ARITHMETIC_KEY, TARGET_ARCH_KEY, host_arch
 from edgepack.errors import TimeLimitReached
+from edgepack.util import spread_indices
 
 logger = logging.getLogger(__name__)
 
@@ -332,8 +333,7 @@ def _bias_correct(qmodel: onnx.ModelProto, fmodel: onnx.ModelProto, calib: np.nd
     pairs = _add_float_twins(fast, targets, fnodes, fmodel)
     if not pairs:
         return 0
-    count = min(len(calib), _BIAS_CORRECTION_SAMPLES)
-    idx = np.unique(np.linspace(0, len(calib) - 1, count).round().astype(int))  # evenly spread, fixed
+    idx = spread_indices(len(calib), _BIAS_CORRECTION_SAMPLES)
     outputs = [t for _, q_out, f_out in pairs for t in (q_out, f_out)]
     for _ in range(_BIAS_CORRECTION_ROUNDS):
         means = _channel_means(_with_outputs(fast, outputs), calib[idx], input_name)[len(fast.graph.output):]

@@ -34,6 +34,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from edgepack.util import spread_indices
+
 log = logging.getLogger(__name__)
 
 SAMPLES = 64  #: calibration images used for the correction (evenly spread over the calibration set)
@@ -80,8 +82,7 @@ def bias_correct(onnx_path: Path, out_path: Path, calib: np.ndarray, *, samples:
     start = time.perf_counter()
     model = onnx.load(str(onnx_path))
     targets = _targets(model)
-    count = min(len(calib), samples)
-    idx = np.unique(np.linspace(0, len(calib) - 1, count).round().astype(int))
+    idx = spread_indices(len(calib), samples)
     xs = np.ascontiguousarray(np.asarray(calib[idx], np.float32))  # only those rows (calib may be compact)
     n = len(targets)
     deltas = [np.zeros_like(t.bias) for t in targets]
@@ -330,7 +331,7 @@ def _input_minimums(model: onnx.ModelProto, names: list[str], calib: np.ndarray,
     opset = next((o.version for o in probe.opset_import if o.domain in ("", "ai.onnx")), 13)
     outs = [_reduce(probe.graph, opset, "ReduceMin", name, None, f"__ep_pmin{k}") for k, name in enumerate(names)]
     probe.graph.output.extend(helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, None) for o in outs)
-    idx = np.unique(np.linspace(0, len(calib) - 1, min(len(calib), samples)).round().astype(int))
+    idx = spread_indices(len(calib), samples)
     xs = np.ascontiguousarray(np.asarray(calib[idx], np.float32))  # only those rows (calib may be compact)
     return [float(o.min()) for o in _run_probe(probe, model.graph.input[0].name, xs)]
 

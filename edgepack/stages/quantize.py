@@ -7,9 +7,8 @@ import importlib
 import logging
 from collections.abc import Iterator
 
-import numpy as np
-
 from edgepack.stages.context import Artifact, BuildContext
+from edgepack.util import spread_indices
 
 #: INT8 recipes by name (edgepack.inputs.kinds says which one each input kind and format uses)
 RECIPES = {
@@ -82,7 +81,7 @@ def _quantize_onnx(ctx: BuildContext, settings: dict, out, deadline: float | Non
         more = _more_calibration(ctx)
         calib = more if more is not None else calib
     if settings.get("max_calib") and len(calib) > settings["max_calib"]:  # evenly spread, fixed
-        calib = calib[np.unique(np.linspace(0, len(calib) - 1, settings["max_calib"]).round().astype(int))]
+        calib = calib[spread_indices(len(calib), settings["max_calib"])]
     from edgepack.errors import StageError
 
     try:
