@@ -234,6 +234,23 @@ class Runner:
         return np.stack(outs)
 
 
+def append_reduce(graph, opset: int, op: str, x: str, axes: list[int] | None, out: str) -> str:
+    """Append a Reduce* node (ReduceMin, ReduceMax, ReduceMean; axes None = all; keepdims 0) to ``graph``,
+    opset-aware (axes an input from opset 18, an attribute before); return its output name. Statistics reduced
+    inside the graph keep a calibration pass's memory at a few vectors per sample, not whole activations."""
+    from onnx import helper, numpy_helper
+
+    inputs = [x]
+    attrs = {"keepdims": 0}
+    if axes is not None and opset >= 18:
+        graph.initializer.append(numpy_helper.from_array(np.array(axes, np.int64), out + "_axes"))
+        inputs.append(out + "_axes")
+    elif axes is not None:
+        attrs["axes"] = axes
+    graph.node.append(helper.make_node(op, inputs, [out], **attrs))
+    return out
+
+
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(int32)": np.int32,
                "tensor(float16)": np.float16, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8}
 

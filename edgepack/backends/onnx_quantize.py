@@ -30,7 +30,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from edgepack.backends.onnx import ARITHMETIC_KEY, TARGET_ARCH_KEY, host_arch
+from edgepack.backends.onnx import ARITHMETIC_KEY, TARGET_ARCH_KEY, append_reduce, host_arch
 from edgepack.errors import TimeLimitReached
 from edgepack.util import spread_indices
 
@@ -287,16 +287,22 @@ def _bias_targets(model: onnx.ModelProto) -> dict:
     return out
 
 
-def _with_outputs(model: onnx.ModelProto, tensors: list[str]) -> bytes:
-    """Serialized copy of ``model`` that also returns ``tensors`` (value info left to ORT's inference)."""
+def _with_channel_means(model: onnx.ModelProto, tensors: list[tuple[str, int]]) -> tuple[bytes, list[str]]:
+    """Serialized copy of ``model`` that also returns the per-channel (axis 1) mean of each (tensor, rank) over
+    every other axis, reduced inside the graph; and those outputs' names."""
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
-    copy.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in tensors)
-    return copy.SerializeToString()
+    opset = next((o.version for o in copy.opset_import if o.domain in ("", "ai.onnx")), 13)
+    outs = [append_reduce(copy.graph, opset, "ReduceMean", t, [0, *range(2, rank)], f"{t}__ep_cmean")
+            for t, rank in tensors]
+    copy.graph.output.extend(onnx.helper.make_empty_tensor_value_info(o) for o in outs)
+    return copy.SerializeToString(), outs
 
 
-def _channel_means(model_bytes: bytes, samples: np.ndarray, input_name: str) -> list[np.ndarray]:
-    """Per-channel (axis 1) mean of every extra graph output over ``samples``, run one sample at a time.
+def _channel_means(model_bytes: bytes, outputs: list[str], samples: np.ndarray,
+                   input_name: str) -> list[np.ndarray]:
+    """Mean over ``samples`` of the graph ``outputs`` (per-channel means, see _with_channel_means), run one
+    sample at a time.
 
     Graph optimizations are disabled so the QDQ graph is evaluated as written (fake-quant semantics,
     same numbers as ORT's fused kernels up to rounding) and no extra output blocks a fusion.
@@ -309,8 +315,7 @@ def _channel_means(model_bytes: bytes, samples: np.ndarray, input_name: str) -> 
     sess = ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
     sums = None
     for i in range(len(samples)):
-        outs = sess.run(None, {input_name: samples[i:i + 1]})
-        means = [o.reshape(o.shape[0], o.shape[1], -1).mean(axis=(0, 2)) for o in outs]
+        means = [o.astype(np.float64) for o in sess.run(outputs, {input_name: samples[i:i + 1]})]
         sums = means if sums is None else [a + b for a, b in zip(sums, means, strict=True)]
     return [s / len(samples) for s in sums]
 
@@ -334,10 +339,10 @@ def _bias_correct(qmodel: onnx.ModelProto, fmodel: onnx.ModelProto, calib: np.nd
     if not pairs:
         return 0
     idx = spread_indices(len(calib), _BIAS_CORRECTION_SAMPLES)
-    outputs = [t for _, q_out, f_out in pairs for t in (q_out, f_out)]
+    tensors = [(t, rank) for _, q_out, f_out, rank in pairs for t in (q_out, f_out)]
     for _ in range(_BIAS_CORRECTION_ROUNDS):
-        means = _channel_means(_with_outputs(fast, outputs), calib[idx], input_name)[len(fast.graph.output):]
-        for k, (name, _, _) in enumerate(pairs):
+        means = _channel_means(*_with_channel_means(fast, tensors), calib[idx], input_name)
+        for k, (name, _, _, _) in enumerate(pairs):
             _shift_bias(targets[name][1], targets[name][2], means[2 * k] - means[2 * k + 1])
         _sync_biases(fast, targets)
     logger.info("bias correction: %d nodes, %d samples, %d rounds",
@@ -346,7 +351,8 @@ def _bias_correct(qmodel: onnx.ModelProto, fmodel: onnx.ModelProto, calib: np.nd
 
 
 def _add_float_twins(fast: onnx.ModelProto, targets: dict, fnodes: dict, fmodel: onnx.ModelProto) -> list:
-    """For each target node add a float copy fed by the pre-Q activation; return (name, q_out, twin_out)."""
+    """For each target node add a float copy fed by the pre-Q activation; return (name, q_out, twin_out, rank of
+    the outputs: that of the weight, for Conv and Gemm alike)."""
     prod, finits = _producers(fast.graph), {t.name: t for t in fmodel.graph.initializer}
     pairs = []
     for name, (node, _, _) in targets.items():
@@ -366,7 +372,7 @@ def _add_float_twins(fast: onnx.ModelProto, targets: dict, fnodes: dict, fmodel:
             fast.graph.initializer.append(numpy_helper.from_array(array, f"{name}__{fnode.input[k]}"))
             twin.input[k] = f"{name}__{fnode.input[k]}"
         fast.graph.node.append(twin)
-        pairs.append((name, node.output[0], twin.output[0]))
+        pairs.append((name, node.output[0], twin.output[0], len(finits[fnode.input[1]].dims)))
     return pairs
 
 

@@ -34,6 +34,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from edgepack.backends.onnx import append_reduce
 from edgepack.util import spread_indices
 
 log = logging.getLogger(__name__)
@@ -158,8 +159,8 @@ def _probe_model(model: onnx.ModelProto, targets: list[_Target], deltas: list[np
         add_init(numpy_helper.from_array(t.eps, f"__ep_eps{k}"))
         if not rounded:
             err = _twin(graph, node, x, f"__ep_eps{k}", f"__ep_err{k}")
-            stats += [_reduce(graph, opset, "ReduceMin", x, None, f"__ep_min{k}"),
-                      _reduce(graph, opset, "ReduceMax", x, None, f"__ep_max{k}")]
+            stats += [append_reduce(graph, opset, "ReduceMin", x, None, f"__ep_min{k}"),
+                      append_reduce(graph, opset, "ReduceMax", x, None, f"__ep_max{k}")]
         else:
             add_init(numpy_helper.from_array(t.weight + t.eps, f"__ep_wq{k}"))
             add_init(numpy_helper.from_array(t.bias - deltas[k], f"__ep_b{k}"))
@@ -175,7 +176,7 @@ def _probe_model(model: onnx.ModelProto, targets: list[_Target], deltas: list[np
             add_init(numpy_helper.from_array(t.weight, f"__ep_w{k}"))
             graph.node.append(helper.make_node("Sub", [quant, ref], [f"__ep_err{k}"]))
             err = f"__ep_err{k}"
-        means.append(_reduce(graph, opset, "ReduceMean", err, t.axes, f"__ep_mean{k}"))
+        means.append(append_reduce(graph, opset, "ReduceMean", err, t.axes, f"__ep_mean{k}"))
     for name in means + stats[0::2] + stats[1::2]:
         graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     return probe
@@ -186,19 +187,6 @@ def _twin(graph: onnx.GraphProto, node: onnx.NodeProto, x: str, w: str, out: str
     twin = helper.make_node(node.op_type, [x, w], [out], name=out + "_node")
     twin.attribute.extend(a for a in node.attribute if a.name != "beta")
     graph.node.append(twin)
-    return out
-
-
-def _reduce(graph: onnx.GraphProto, opset: int, op: str, x: str, axes: list[int] | None, out: str) -> str:
-    """Append a Reduce* node (axes None = all; keepdims 0), opset-aware; return its output name."""
-    inputs = [x]
-    attrs = {"keepdims": 0}
-    if axes is not None and opset >= 18:
-        graph.initializer.append(numpy_helper.from_array(np.array(axes, np.int64), out + "_axes"))
-        inputs.append(out + "_axes")
-    elif axes is not None:
-        attrs["axes"] = axes
-    graph.node.append(helper.make_node(op, inputs, [out], **attrs))
     return out
 
 
@@ -329,7 +317,7 @@ def _input_minimums(model: onnx.ModelProto, names: list[str], calib: np.ndarray,
     probe.CopyFrom(model)
     del probe.graph.output[:]
     opset = next((o.version for o in probe.opset_import if o.domain in ("", "ai.onnx")), 13)
-    outs = [_reduce(probe.graph, opset, "ReduceMin", name, None, f"__ep_pmin{k}") for k, name in enumerate(names)]
+    outs = [append_reduce(probe.graph, opset, "ReduceMin", name, None, f"__ep_pmin{k}") for k, name in enumerate(names)]
     probe.graph.output.extend(helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, None) for o in outs)
     idx = spread_indices(len(calib), samples)
     xs = np.ascontiguousarray(np.asarray(calib[idx], np.float32))  # only those rows (calib may be compact)

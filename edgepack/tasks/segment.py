@@ -21,7 +21,7 @@ import numpy as np
 
 from edgepack.errors import InputError
 from edgepack.tasks import budgets, postprocess
-from edgepack.tasks.base import sqnr_db
+from edgepack.tasks.base import CHUNK, sqnr_db
 
 PROB_THRESHOLD = postprocess.PROB_THRESHOLD
 IGNORE_INDEX = 255
@@ -67,12 +67,14 @@ class Segment:
         if isinstance(ref, list):  # several outputs: the first is the segmentation map
             ref, got = ref[0], got[0]
         classes = self.num_classes(np.shape(ref))
-        m_ref, m_got = self.masks(ref), self.masks(got)
-        labelled = isinstance(y, list | tuple) and len(y) == len(m_ref)
-        truth = np.stack([fit_mask(t, m_ref.shape[1:]) for t in y]) if labelled else m_ref
-        fp32 = confusion(truth, m_ref, classes)
-        int8 = confusion(truth, m_got, classes)
-        agree = confusion(m_ref, m_got, classes)
+        labelled = isinstance(y, list | tuple) and len(y) == len(ref)
+        fp32 = int8 = agree = np.zeros((classes, classes), np.int64)
+        for i in range(0, len(ref), CHUNK):  # masks of a few samples at a time: large sets stay in bounds
+            m_ref, m_got = self.masks(ref[i:i + CHUNK]), self.masks(got[i:i + CHUNK])
+            truth = np.stack([fit_mask(t, m_ref.shape[1:]) for t in y[i:i + CHUNK]]) if labelled else m_ref
+            fp32 = fp32 + confusion(truth, m_ref, classes)
+            int8 = int8 + confusion(truth, m_got, classes)
+            agree = agree + confusion(m_ref, m_got, classes)
         out = {"sqnr_db": _round(sqnr_db(ref, got)), "agreement": round(pixel_accuracy(agree) / 100, 4),
                "accuracy_fp32": None, "accuracy_int8": None, "accuracy_drop": None,
                "labels": "masks" if labelled else "fp32 pseudo-labels", "classes": classes,
