@@ -11,8 +11,8 @@
 
     python -m examples.lraspp_shapes.train       # defaults as used for the committed lraspp_shapes.pt
 
-Deterministic on a given machine (every generator seeded, torch deterministic algorithms); the budget stop is
-the one input that depends on the machine's speed, and the log says whether it fired.
+Every generator is seeded and torch's deterministic algorithms are on; the budget stop is the one input that
+depends on the machine's speed, and the log says whether it fired.
 """
 
 from __future__ import annotations
