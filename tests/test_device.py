@@ -166,6 +166,34 @@ def test_runner_batch_mode_on_the_host(tmp_path):
         np.testing.assert_allclose(out["output0"], onnx_backend.Runner(fp32, threads=1).run_samples(x), atol=1e-5)
 
 
+def test_runner_batch_mode_gives_a_tflite_map_in_nchw_as_the_host_runner(tmp_path):
+    """run.py's first output (--batch without --all-outputs, --golden, timing) of a TFLite segmenter is NCHW like
+    every other path: onnx2tf made it NHWC, and the device stage once compared it with the host's NCHW maps."""
+    pytest.importorskip("onnx2tf")
+    import torch
+    from torch import nn
+
+    from edgepack.backends import onnx as onnx_backend
+    from edgepack.backends import tflite as tflite_backend
+    from edgepack.tasks import postprocess
+
+    onnx_path = tmp_path / "seg.onnx"
+    torch.manual_seed(0)
+    seg = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()   # onnx2tf: NHWC out
+    onnx_backend.export(seg, (1, 3, 16, 16), onnx_path, opset=17)
+    tfl = tflite_backend.convert(onnx_path, tmp_path / "work", None)
+    folder = run_emulated.bundle_folder(run_emulated.Job("fp32", "tflite", tfl), tmp_path / "b",
+                                        runner_files=(postprocess.__file__,))
+    x = np.random.default_rng(1).uniform(0, 1, (2, 3, 16, 16)).astype(np.float32)
+    np.savez(folder / "in.npz", input=x)
+    proc = subprocess.run([sys.executable, str(folder / "run.py"), "--batch", str(folder / "in.npz"), "--out",
+                           str(folder / "out.npz")], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    with np.load(folder / "out.npz") as out:
+        assert out["output0"].shape == (2, 4, 16, 16)
+        np.testing.assert_allclose(out["output0"], tflite_backend.Runner(tfl, threads=1).run_samples(x), atol=1e-5)
+
+
 # ---------------------------------------------------------------- builds: default on, explicit, not prepared
 
 def test_explicit_emulate_without_a_device_is_an_error_before_any_work(tiny_data, tmp_path, monkeypatch):

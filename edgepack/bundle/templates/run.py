@@ -180,8 +180,16 @@ class TFLiteModel:
         return ((y.astype(np.float32) - zero) * scale) if detail["dtype"] != np.float32 and scale else y
 
     def __call__(self, feed):
+        """The first output, float32; a 4-D one in NCHW, as outputs() and edgepack's own runner give it."""
         self._set(feed)
-        return self._get(self.out)
+        y = self._get(self.out)
+        return self._nchw(np.asarray(y, np.float32)) if np.ndim(y) == 4 else y
+
+    def _nchw(self, y):
+        import postprocess  # beside run.py in bundles whose outputs are maps (segmentation, detection)
+
+        shape = self.inputs[0]["shape"]
+        return postprocess.to_nchw(y, tuple(shape[1:3]) if len(shape) == 4 else None)
 
     def outputs(self, feed):
         """Every output, float32, 4-D ones in NCHW as the ONNX model gives them (postprocess.to_nchw)."""
