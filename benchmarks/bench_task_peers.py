@@ -124,14 +124,13 @@ def setup_ppocr(work: Path) -> TaskSetup:
 
 
 def setup_lraspp(work: Path) -> TaskSetup:
-    from examples.lraspp_shapes import data as ldata
-    from examples.lraspp_shapes import evaluate as lev
-    from examples.lraspp_shapes.model import CLASSES, IMAGE_SIZE, MEAN, STD, create_model
-
     from edgepack.backends import onnx as onnx_backend
     from edgepack.config import Preprocess
     from edgepack.inputs.labels import read_masks
     from edgepack.tasks.segment import Segment
+    from examples.lraspp_shapes import data as ldata
+    from examples.lraspp_shapes import evaluate as lev
+    from examples.lraspp_shapes.model import CLASSES, IMAGE_SIZE, MEAN, STD, create_model
 
     ldata.write("calib", 200, work / "calib")
     ldata.write("heldout", 300, work / "heldout")          # the test split
@@ -155,7 +154,41 @@ def setup_lraspp(work: Path) -> TaskSetup:
                      (("miou_drop", "mIoU drop"), ("pixel_accuracy_drop", "pixel accuracy drop")))
 
 
-SETUPS = {"ppocr": setup_ppocr, "lraspp": setup_lraspp}
+def setup_ssdlite(work: Path) -> TaskSetup:
+    from examples.ssdlite_shapes import data as sdata
+    from examples.ssdlite_shapes import evaluate as sev
+    from examples.ssdlite_shapes.model import NUM_CLASSES, create_model
+
+    from edgepack.backends import onnx as onnx_backend
+    from edgepack.config import Preprocess
+    from edgepack.inputs.labels import read_boxes
+    from edgepack.tasks.detect import Detect
+
+    sdata.write("calib", 200, work / "calib")
+    sdata.write("heldout", 300, work / "heldout")          # the test split
+    sdata.write("heldout", 200, work / "tune", seed=1)     # edgepack's validation split: same background styles
+    size = sdata.SIZE
+    shape = (1, 3, size, size)
+    onnx_backend.export(create_model(), shape, work / "raw.onnx", opset=17)
+    onnx_backend.simplify(work / "raw.onnx", work / "fp32.onnx")
+    pre = Preprocess(resize=size, crop=size, scale=1 / 255, mean=(0.5,) * 3, std=(0.5,) * 3)
+    calib = _load(work / "calib" / "images", shape, pre, 200, "calibration")
+    val = _load(work / "heldout" / "images", shape, pre, None, "validation")
+    truth = read_boxes(val, str(work / "heldout" / "labels"), input_shape=shape, preprocess=pre,
+                       num_classes=NUM_CLASSES)
+    args = ["--task", "detect", "--input-shape", f"1,3,{size},{size}", *sev.PREPROCESS,
+            "--labels", str(work / "calib" / "classes.txt"), "--calib", str(work / "calib" / "images"),
+            "--calib-samples", "200", "--val", str(work / "tune" / "images"),
+            "--labels-dir", str(work / "tune" / "labels")]
+    return TaskSetup("ssdlite", f"SSDLite shapes detector (trained here, 1x3x{size}x{size})",
+                     "200 calibration scenes; held-out scenes on background styles not in the calibration set: 200 "
+                     "for edgepack's validation and search, 300 others scored for every tool; COCO mAP "
+                     "(pycocotools) against the YOLO labels, decoding and NMS in float", work / "fp32.onnx", args,
+                     "--max-map-drop", calib.x, val.x, truth, Detect(),
+                     (("map50_drop", "mAP@0.5 drop"), ("map_drop", "mAP@0.5:0.95 drop")))
+
+
+SETUPS = {"ppocr": setup_ppocr, "ssdlite": setup_ssdlite, "lraspp": setup_lraspp}
 
 
 # --- the quantizers, each in its own child ----------------------------------------------------------------------

@@ -194,6 +194,16 @@ def test_runner_batch_mode_gives_a_tflite_map_in_nchw_as_the_host_runner(tmp_pat
         np.testing.assert_allclose(out["output0"], tflite_backend.Runner(tfl, threads=1).run_samples(x), atol=1e-5)
 
 
+@pytest.mark.parametrize("task", ["segment", "detect", "generic"])
+def test_bundles_that_can_hold_maps_ship_the_layout_helper_run_py_imports(task):
+    """run.py turns a TFLite model's 4-D outputs to NCHW with postprocess.to_nchw: every task whose model may
+    have such an output must copy postprocess.py beside it (generic once did not: an ImportError on the device)."""
+    from edgepack import tasks
+    from edgepack.tasks import postprocess
+
+    assert postprocess.__file__ in tasks.get(task).runner_files
+
+
 # ---------------------------------------------------------------- builds: default on, explicit, not prepared
 
 def test_explicit_emulate_without_a_device_is_an_error_before_any_work(tiny_data, tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgepack.tasks import postprocess
 from edgepack.tasks.base import sqnr_db
 
 #: 10 dB: the INT8 error is a third of the signal's amplitude (at 0 dB it is as large as the signal). Classifier
@@ -22,6 +23,8 @@ class Generic:
 
     name = "generic"
     budget_names = ("min_output_sqnr_db",)
+    #: copied beside the bundle's run.py, which lays a TFLite model's 4-D outputs out in NCHW with its to_nchw
+    runner_files = (postprocess.__file__,)
 
     def quality(self, ref: np.ndarray | list, got: np.ndarray | list, y: np.ndarray | None) -> dict:
         refs, gots = (ref, got) if isinstance(ref, list) else ([ref], [got])
