@@ -6,7 +6,7 @@
   which edgepack applies with ``--scale 1/255 --mean 0.5,0.5,0.5 --std 0.5,0.5,0.5``).
 - Outputs, two tensors (edgepack's detect contract): ``boxes`` (N, K, 4) xyxy in input pixels, clipped to the
   image, and ``scores`` (N, K, 3) class probabilities (softmax over background + 3 classes, background dropped),
-  K = 1,014 anchors at SIZE 192. Boxes and scores stay separate so that pixels (0-192) and probabilities (0-1)
+  K = 1,170 anchors at SIZE 192. Boxes and scores stay separate so that pixels (0-192) and probabilities (0-1)
   never share one INT8 scale.
 
 The graph holds the backbone, the SSDLite head and the anchor decoding (torchvision's ``box_coder`` arithmetic,
@@ -16,7 +16,7 @@ size); NMS is not in it (edgepack.tasks.postprocess runs it in float, in validat
 Builder choices (see README): ``weights=None, weights_backbone=None`` (nothing is downloaded), so torchvision
 uses MobileNetV3's reduced tail; ``width_mult=0.5`` (passed through the builder's kwargs to
 ``mobilenet_v3_large``) and SIZE 192 instead of 320, so that training from scratch fits in about 30 min on one
-CPU thread and the weights fit in 2 MB. The committed weights are a float16 state dict (``WEIGHTS``), cast back
+CPU thread and the weights fit in about 2 MB. The committed weights are a float16 state dict (``WEIGHTS``), cast back
 to float32 on load.
 """
 
