@@ -10,8 +10,8 @@
 
     python -m examples.ssdlite_shapes.train                      # the committed weights: 1 thread, 30 min budget
 
-Deterministic on a given machine for a given number of epochs (seeded, 1 thread, deterministic algorithms); the
-wall-clock budget can stop a slower machine earlier.
+Seeded (every generator), 1 thread, deterministic algorithms; the wall-clock budget can stop a slower or busier
+machine at another step, so the same weights come back only when the same number of steps runs.
 """
 
 from __future__ import annotations
