@@ -182,6 +182,10 @@ def convert_tflite_full_integer(ctx: BuildContext) -> None:
     from edgepack.util import host_cores
 
     tflite = backends.get("tflite")
+    asked = ctx.config.calibration_method
+    if asked and asked != "minmax":  # said before the slow conversion, and recorded below
+        ctx.warn(f"TFLite full-integer INT8: the TFLite converter calibrates min/max ranges itself; "
+                 f"--calibration-method {asked} applies to ONNX INT8 only, and the accuracy-aware search too")
 
     fp32_onnx = ctx.get("onnx", "fp32").path
     workdir = ctx.workdir / "tflite"  # one workdir: the SavedModel is converted once for both
@@ -201,6 +205,7 @@ def convert_tflite_full_integer(ctx: BuildContext) -> None:
     floats = tflite.float_ops(int8)
     ctx.records["quantization_tflite"] = {"io_dtype": ctx.target.tflite_io_dtype, "float_ops": floats,
                                           "weights": "int8 per-channel", "activations": "int8 per-tensor",
+                                          "calibration": "minmax (the converter's own)",
                                           "converter": "tf.lite.TFLiteConverter (full-integer)"}
     if floats:
         ctx.warn(f"TFLite: {len(floats)} op(s) have no INT8 kernel and were kept in float "
