@@ -155,14 +155,13 @@ def setup_lraspp(work: Path) -> TaskSetup:
 
 
 def setup_ssdlite(work: Path) -> TaskSetup:
-    from examples.ssdlite_shapes import data as sdata
-    from examples.ssdlite_shapes import evaluate as sev
-    from examples.ssdlite_shapes.model import NUM_CLASSES, create_model
-
     from edgepack.backends import onnx as onnx_backend
     from edgepack.config import Preprocess
     from edgepack.inputs.labels import read_boxes
     from edgepack.tasks.detect import Detect
+    from examples.ssdlite_shapes import data as sdata
+    from examples.ssdlite_shapes import evaluate as sev
+    from examples.ssdlite_shapes.model import NUM_CLASSES, create_model
 
     sdata.write("calib", 200, work / "calib")
     sdata.write("heldout", 300, work / "heldout")          # the test split
