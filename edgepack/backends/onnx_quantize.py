@@ -72,14 +72,53 @@ def quantize_onnx(fp32_path: Path, out_path: Path, calib: np.ndarray, *, method:
     corrected = _bias_correct(model, fp32_model, calib, input_name)
     onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props},
                                         ARITHMETIC_KEY: plan["arithmetic"], TARGET_ARCH_KEY: plan["target_arch"]})
+    saved = compact_qdq(model)
     onnx.save(model, str(out_path))
     return {
         "format": "QDQ", "method": method, "per_channel": per_channel,
         "activation_type": act, "weight_type": "int8", **plan,
         "extra_options": extra, "nodes_excluded": list(exclude_nodes),
         "float_outputs": dropped, "bias_corrected_nodes": corrected,
-        "calibration_samples": int(len(calib)), **_census(out_path),
+        "calibration_samples": int(len(calib)), "compacted_bytes": saved, **_census(out_path),
     }
+
+
+_QDQ = ("QuantizeLinear", "DequantizeLinear")
+
+
+def compact_qdq(model: onnx.ModelProto) -> int:
+    """Shrink the file without changing a number: the names the quantizer made up (Q/DQ outputs, scales, zero
+    points, quantized weights: ``conv1.weight_quantized``, ``x_QuantizeLinear_Output``...) become short ones, Q/DQ
+    nodes lose their names, and the inferred value_info goes (runtimes infer it again). On a small model these
+    strings are a tenth of the INT8 file (PP-OCRv4: 0.32x -> 0.30x of FP32). The model's own tensor and node
+    names stay: graph inputs and outputs, every activation a QuantizeLinear reads (what edgepack diagnose
+    compares with the FP32 model) and every compute node's name. Returns the bytes saved."""
+    before = model.ByteSize()
+    graph = model.graph
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
+        return 0  # names seen from inside subgraphs (If, Loop, Scan): left as they are
+    keep = {i.name for i in graph.input} | {o.name for o in graph.output}
+    made = [t for n in graph.node if n.op_type in _QDQ for t in (*n.input[1:], n.output[0]) if t]
+    made += [n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"]  # weights stored quantized
+    producers = {o for n in graph.node if n.op_type not in _QDQ for o in n.output}
+    taken = {t for n in graph.node for t in (*n.input, *n.output)} | {t.name for t in graph.initializer} | keep
+    rename, k = {}, 0
+    for name in made:
+        if name in rename or name in keep or name in producers:
+            continue
+        while f"q{k}" in taken:
+            k += 1
+        rename[name] = f"q{k}"
+        taken.add(rename[name])
+    for node in graph.node:
+        node.input[:] = [rename.get(t, t) for t in node.input]
+        node.output[:] = [rename.get(t, t) for t in node.output]
+        if node.op_type in _QDQ:
+            node.name = ""
+    for init in graph.initializer:
+        init.name = rename.get(init.name, init.name)
+    del graph.value_info[:]
+    return before - model.ByteSize()
 
 
 def _resolve_activation_type(activation_type: str) -> str:
