@@ -18,7 +18,7 @@ from edgepack.guards import safety, tempdirs, usercode
 from edgepack.inputs import data, kinds, sources
 from edgepack.stages import device as device_stage
 from edgepack.stages.context import BuildContext
-from edgepack.util import ProgressFn, no_progress
+from edgepack.util import ProgressFn, no_progress, quiet_root_logger
 
 log = logging.getLogger(__name__)
 MIN_CALIB_SAMPLES = 8
@@ -95,7 +95,7 @@ def diagnose(config: BuildConfig, bundle: Path | None = None, progress: Progress
     with tempdirs.scratch() as workdir, usercode.no_exit("the diagnosis"):
         ctx = _prepare(config, targets.load(config.target), workdir, progress)
         export.run(ctx)
-        with quantize.quiet_root_logger():
+        with quiet_root_logger():
             quantize.run(dataclasses.replace(ctx, target=dataclasses.replace(ctx.target, formats=("onnx",)),
                                              config=dataclasses.replace(config, max_search_time=0)))
         # a recipe with candidates marks the one with rounded activations; otherwise the shipped one

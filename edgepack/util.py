@@ -2,16 +2,35 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 
 ProgressFn = Callable[[str, int, int], None]
 """progress(step, done, total): the library reports long work; the CLI decides how to show it."""
+
+
+@contextlib.contextmanager
+def quiet_root_logger() -> Iterator[None]:
+    """onnxruntime.quantization logs advice ("consider pre-processing") on the root logger, and its
+    histogram calibrators print() progress to stdout, which would corrupt `--json` output. edgepack
+    has already done the pre-processing and shows its own progress, so both are silenced."""
+    import io
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root.setLevel(level)
 
 
 def no_progress(step: str, done: int, total: int) -> None:

@@ -153,8 +153,10 @@ EXTRA_MODELS = {"mobilenet_v1": _mobilenet_v1}
 def _quantize_onnx(fp32: Path, out: Path, calib: np.ndarray) -> Path:
     """INT8 QDQ with edgepack's own recipe, so references are quantized like the models they estimate."""
     from edgepack.backends.onnx_quantize import quantize_onnx
+    from edgepack.util import quiet_root_logger
 
-    quantize_onnx(fp32, out, calib, method="minmax", per_channel=True)
+    with quiet_root_logger():  # ORT's "consider pre-processing" advice, once per reference, is not for users
+        quantize_onnx(fp32, out, calib, method="minmax", per_channel=True)
     return out
 
 

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import importlib
-import logging
-from collections.abc import Iterator
 
 from edgepack.stages.context import Artifact, BuildContext
-from edgepack.util import spread_indices
+from edgepack.util import quiet_root_logger, spread_indices
 
 #: INT8 recipes by name (edgepack.inputs.kinds says which one each input kind and format uses)
 RECIPES = {
@@ -17,23 +14,6 @@ RECIPES = {
     "static-vs-dynamic": "edgepack.stages.quantize_candidates:onnx_candidates",
     "full-integer-or-dynamic-range": "edgepack.stages.quantize_candidates:tflite_candidates",
 }
-
-
-@contextlib.contextmanager
-def quiet_root_logger() -> Iterator[None]:
-    """onnxruntime.quantization logs advice ("consider pre-processing") on the root logger, and its
-    histogram calibrators print() progress to stdout, which would corrupt `--json` output. edgepack
-    has already done the pre-processing and shows its own progress, so both are silenced."""
-    import io
-
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(max(level, logging.ERROR))
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        root.setLevel(level)
 
 
 def run(ctx: BuildContext) -> None:

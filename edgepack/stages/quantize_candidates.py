@@ -23,7 +23,8 @@ from collections import Counter
 
 from edgepack.errors import StageError
 from edgepack.stages.context import Artifact, BuildContext
-from edgepack.stages.quantize import evaluate_int8, meets_budget, quiet_root_logger
+from edgepack.stages.quantize import evaluate_int8, meets_budget
+from edgepack.util import quiet_root_logger
 
 DEFAULT_METHOD = "percentile"   # what kept BERT classifiers within 0.1 point (examples/sms_spam/README.md)
 LATENCY_RUNS = 20
