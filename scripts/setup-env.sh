@@ -45,9 +45,9 @@ fi
 # The emulated devices of the shipped ARM profiles, in ~/.cache/edgepack (about 1 min and 350 MB the first time,
 # from Debian's mirror and PyPI; once there, each prepare only checks that they are, in about a second, offline).
 # ARM builds run their device stage there; without them they warn how to prepare it and the host judges. The
-# Pi 4's and Pi 5's reference instruction counts ship with edgepack; --no-references skips counting the missing ones
-# (android-arm64's: TFLite builds of ~20 networks, tens of minutes on 2 cores; `edgepack device prepare NAME` alone
-# counts them).
+# reference instruction counts of the three ARM profiles ship with edgepack; --no-references skips counting any
+# that would be missing (builds of ~13 networks each, tens of minutes on 2 cores; `edgepack device prepare NAME`
+# alone counts them).
 if command -v qemu-aarch64 >/dev/null 2>&1; then
   { .venv/bin/edgepack device prepare raspberry-pi-4 \
       && .venv/bin/edgepack device prepare --no-references raspberry-pi-5 android-arm64; } \
