@@ -484,6 +484,36 @@ def test_segment_build_for_tflite_scores_the_map_in_the_right_layout(tmp_path):
 
 
 @pytest.mark.slow
+def test_tflite_int8_missing_its_budget_tries_the_converters_hard_swish(tmp_path, monkeypatch):
+    """The INT8 .tflite spells hard-swish for XNNPACK; when that model misses the accuracy budget (forced here),
+    the converter's own HARD_SWISH is converted too and ships when it meets the budget, said in a warning."""
+    pytest.importorskip("onnx2tf")
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgepack.stages import quantize
+
+    real, calls = quantize.meets_budget, []
+
+    def first_misses(ctx, q):
+        calls.append(q)
+        return False if len(calls) == 1 else real(ctx, q)
+
+    monkeypatch.setattr(quantize, "meets_budget", first_misses)
+    images, masks = segmentation_set(tmp_path / "data", n=12)
+    out = tmp_path / "seg"
+    invoke("build", "toy_models:hardswish_segmenter", "--task", "segment", "--calib", images, "--val", images,
+           "--labels-dir", masks, "--max-miou-drop", "5", "--out", out, "--target", "android-arm64",
+           *SEG[2:-2], "--max-search-time", "60", "--no-emulate")
+    man = json.loads((out / "manifest.json").read_text())
+    spelling = man["stages"]["quantization_tflite"]["hard_activations"]
+    assert spelling["xnnpack_spelling"] == 1 and spelling["shipped"] == "converter"
+    assert [t["spelling"] for t in spelling["trials"]] == ["xnnpack", "converter"]
+    assert any("shipping the converter's HARD_SWISH" in w for w in man["warnings"])
+    interp = Interpreter(model_path=str(out / "model.tflite"))
+    assert "HARD_SWISH" in {op["op_name"] for op in interp._get_ops_details()}
+
+
+@pytest.mark.slow
 def test_detect_build_for_tflite_finds_boxes_and_scores_whatever_their_order(tmp_path):
     pytest.importorskip("onnx2tf")
     images, _, coco = detection_set(tmp_path / "data", n=12)

@@ -6,6 +6,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from edgepack.backends import tflite_prep as tp
@@ -146,3 +147,63 @@ def test_tflite_convert_uses_the_corrected_copy(tmp_path):
     np.testing.assert_allclose(out, ref, atol=0.15 * np.abs(ref).max())
     plain = tflite.convert(src, tmp_path / "plain", xs, io_dtype="float32", bias_correction=False)
     assert plain.is_file() and not (tmp_path / "plain" / "int8_prep.json").exists()
+
+
+class _HardActivations(torch.nn.Module):
+    """nn.Hardswish (ONNX HardSwish), nn.Hardsigmoid in a squeeze-excite gate (HardSigmoid) and the spelled-out
+    x * clip(x + 3, 0, 6) / 6 some exporters write (PaddlePaddle's hardswish)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = torch.nn.Conv2d(8, 8, 1)
+
+    def forward(self, x):
+        y = torch.nn.functional.hardswish(self.c1(x))
+        y = y * torch.nn.functional.hardsigmoid(self.fc(y.mean((2, 3), keepdim=True)))
+        z = self.c2(y)
+        return z * torch.clamp(z + 3, 0, 6) / 6
+
+
+def _hard_activation_model(tmp_path):
+    from edgepack.backends import onnx as onnx_backend
+
+    torch.manual_seed(0)
+    raw, path = tmp_path / "raw.onnx", tmp_path / "m.onnx"
+    onnx_backend.export(_HardActivations().eval(), (1, 3, 16, 16), raw, opset=17)
+    onnx_backend.simplify(raw, path)
+    return path
+
+
+def test_hard_activations_are_respelled_with_the_same_float_function(tmp_path):
+    from edgepack.backends import onnx as onnx_backend
+
+    path = _hard_activation_model(tmp_path)
+    out = tmp_path / "r.onnx"
+    counts = tp.delegate_friendly_activations(path, out)
+    assert counts == {"HardSwish": 1, "HardSigmoid": 1, "hard-swish pattern": 1}
+    ops = [n.op_type for n in onnx.load(str(out)).graph.node]
+    assert "HardSwish" not in ops and "HardSigmoid" not in ops and "Div" not in ops
+    x = np.random.default_rng(0).standard_normal((4, 3, 16, 16)).astype(np.float32) * 3
+    np.testing.assert_allclose(onnx_backend.Runner(out).run_samples(x), onnx_backend.Runner(path).run_samples(x),
+                               rtol=1e-5, atol=1e-6)
+    same = tmp_path / "same.onnx"  # a model without them is copied as it is
+    assert not any(tp.delegate_friendly_activations(out, same).values())
+
+
+@pytest.mark.slow
+def test_full_integer_hard_activations_stay_in_one_xnnpack_partition(tmp_path):
+    """LiteRT 2.1's XNNPACK takes neither INT8 HARD_SWISH nor RELU_0_TO_1: converted as they are, each one cuts
+    the delegated graph (3 partitions here); respelled, the whole model is one XNNPACK partition."""
+    pytest.importorskip("onnx2tf")
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgepack.backends import tflite
+
+    path = _hard_activation_model(tmp_path)
+    x = np.random.default_rng(0).standard_normal((16, 3, 16, 16)).astype(np.float32)
+    int8 = tflite.convert(path, tmp_path / "w", x)
+    interp = Interpreter(model_path=str(int8), num_threads=1)
+    interp.allocate_tensors()
+    assert [op["op_name"] for op in interp._get_ops_details()].count("DELEGATE") == 1
+    assert not {"HARD_SWISH", "RELU_0_TO_1"} & {op["op_name"] for op in interp._get_ops_details()}

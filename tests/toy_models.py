@@ -108,6 +108,18 @@ def tiny_segmenter() -> nn.Module:
     return TinySegmenter().eval()
 
 
+class HardSwishSegmenter(TinySegmenter):
+    """TinySegmenter whose branch uses MobileNetV3's hard-swish (ONNX HardSwish)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 4 * x + 0.1 * self.conv2(nn.functional.hardswish(self.conv1(x)))
+
+
+def hardswish_segmenter() -> nn.Module:
+    torch.manual_seed(0)
+    return HardSwishSegmenter().eval()
+
+
 class TinyDetector(nn.Module):
     """(1, 3, 32, 32) -> (1, 16, 4 + 3): one candidate per 8x8 cell of a 4x4 grid, its box the cell (plus a
     small seeded offset) in input pixels, class c scored by how much colour c fills the cell. With

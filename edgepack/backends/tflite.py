@@ -45,7 +45,7 @@ _SAMPLE_COUNT = 20  # images onnx2tf uses for its shape-estimation dry run (what
 
 def convert(onnx_path: Path, workdir: Path, calib: np.ndarray | None, *, io_dtype: str = "int8",
             progress: Callable[[str], None] | None = None, allow_float: bool = False,
-            bias_correction: bool = True) -> Path:
+            bias_correction: bool = True, xnnpack_activations: bool = True) -> Path:
     """Convert an FP32 ONNX model (static shapes, NCHW image input) to a .tflite file in `workdir`.
 
     `calib` None gives an FP32 model (float32 io). `calib` (N,C,H,W float32, preprocessed exactly as at
@@ -55,7 +55,9 @@ def convert(onnx_path: Path, workdir: Path, calib: np.ndarray | None, *, io_dtyp
     then they are kept in float and logged by name as a warning.
     `bias_correction` (INT8 only): convert a bias-corrected copy of the model (`tflite_prep.bias_correct`:
     each Conv/Gemm bias absorbs the mean output shift of the converter's weight rounding; the summary is
-    written to `workdir`/int8_prep.json). The FP32 model is never changed.
+    written to `workdir`/int8_prep.json). `xnnpack_activations` (INT8 only): hard-swish and hard-sigmoid spelled
+    so that LiteRT's XNNPACK delegate runs them in INT8 (`tflite_prep.delegate_friendly_activations`; faster,
+    a little more rounding than the converter's HARD_SWISH kernel). The FP32 model is never changed.
     The SavedModel is cached in `workdir` by ONNX hash, so an FP32 + INT8 pair without bias correction
     runs onnx2tf once (with it, twice: the INT8 one is built from the corrected copy).
     Never touches the network. Returns the path of the written .tflite.
@@ -64,7 +66,8 @@ def convert(onnx_path: Path, workdir: Path, calib: np.ndarray | None, *, io_dtyp
     onnx_path, workdir = Path(onnx_path), Path(workdir)
     _check_args(onnx_path, calib, io_dtype)
     workdir.mkdir(parents=True, exist_ok=True)
-    source = _prepared(onnx_path, workdir, calib, say, bias_correction) if calib is not None else onnx_path
+    source = (_prepared(onnx_path, workdir, calib, say, bias_correction, xnnpack_activations) if calib is not None
+              else onnx_path)
     saved_model = _saved_model(source, workdir, calib, say,
                                _SAVED_MODEL_DIR + ("_int8_prep" if source != onnx_path else ""))
     if calib is None:
@@ -87,9 +90,11 @@ def convert(onnx_path: Path, workdir: Path, calib: np.ndarray | None, *, io_dtyp
     return out
 
 
-def _prepared(onnx_path: Path, workdir: Path, calib: np.ndarray, say, bias_correction: bool = True) -> Path:
+def _prepared(onnx_path: Path, workdir: Path, calib: np.ndarray, say, bias_correction: bool = True,
+              xnnpack_activations: bool = True) -> Path:
     """Write the copy used only for INT8 conversion (see tflite_prep: padded MaxPools pad with their calibrated
-    minimum, then bias correction); return its path, or `onnx_path` itself when nothing had to change."""
+    minimum, hard-swish/hard-sigmoid spelled so XNNPACK runs them in INT8, then bias correction); return its
+    path, or `onnx_path` itself when nothing had to change."""
     import json
 
     from edgepack.backends import tflite_prep
@@ -97,7 +102,10 @@ def _prepared(onnx_path: Path, workdir: Path, calib: np.ndarray, say, bias_corre
     mark("onnxruntime: calibration statistics for the INT8 copy (MaxPool padding, bias correction)")
     out = workdir / f"{onnx_path.stem}_int8_prep.onnx"
     summary = {"maxpool_padding": tflite_prep.pad_maxpools(onnx_path, out, calib)}
-    if not summary["maxpool_padding"]["moved"] and not bias_correction:
+    summary["hard_activations"] = (tflite_prep.delegate_friendly_activations(out, out) if xnnpack_activations
+                                   else {})
+    if not summary["maxpool_padding"]["moved"] and not any(summary["hard_activations"].values()) \
+            and not bias_correction:
         out.unlink()
         return onnx_path
     if bias_correction:

@@ -158,14 +158,12 @@ def convert_tflite_full_integer(ctx: BuildContext) -> None:
     """ONNX FP32 -> TFLite FP32 (the reference) and full-integer INT8 (what ships), same calibration set."""
     from edgepack import backends, isolate
     from edgepack.backends import tflite_check
-    from edgepack.device import measure
-    from edgepack.util import host_cores
 
     tflite = backends.get("tflite")
     asked = ctx.config.calibration_method
     if asked and asked != "minmax":  # said before the slow conversion, and recorded below
         ctx.warn(f"TFLite full-integer INT8: the TFLite converter calibrates min/max ranges itself; "
-                 f"--calibration-method {asked} applies to ONNX INT8 only, and the accuracy-aware search too")
+                 f"--calibration-method {asked} applies to ONNX INT8 only")
 
     fp32_onnx = ctx.get("onnx", "fp32").path
     workdir = ctx.workdir / "tflite"  # one workdir: the SavedModel is converted once for both
@@ -177,19 +175,79 @@ def convert_tflite_full_integer(ctx: BuildContext) -> None:
                               hint="the TFLite converter or LiteRT aborted on this model; --debug shows its output; "
                                    "targets that ship ONNX INT8 instead are listed by `edgepack targets`")
     ctx.add(Artifact("tflite", "fp32", fp32))
+    int8, spelling = _hard_activation_spelling(ctx, fp32_onnx, int8, workdir)
     ctx.add(Artifact("tflite", "int8", int8))
-    ctx.progress(f"running TFLite INT8 on {len(ctx.val)} validation samples", 0, 1)
-    ctx.outputs[str(int8)] = measure.outputs("tflite", int8, ctx.val.x, threads=host_cores(), workdir=ctx.workdir,
-                                             what="LiteRT running the INT8 .tflite on the validation set",
-                                             all_outputs=getattr(ctx.task, "all_outputs", False))
     floats = tflite.float_ops(int8)
     ctx.records["quantization_tflite"] = {"io_dtype": ctx.target.tflite_io_dtype, "float_ops": floats,
                                           "weights": "int8 per-channel", "activations": "int8 per-tensor",
                                           "calibration": "minmax (the converter's own)",
-                                          "converter": "tf.lite.TFLiteConverter (full-integer)"}
+                                          "converter": "tf.lite.TFLiteConverter (full-integer)",
+                                          "hard_activations": spelling}
     if floats:
         ctx.warn(f"TFLite: {len(floats)} op(s) have no INT8 kernel and were kept in float "
                  f"(--allow-float-ops): {', '.join(floats[:8])}")
+
+
+def _hard_activation_spelling(ctx: BuildContext, fp32_onnx, int8, workdir) -> tuple:
+    """(the INT8 .tflite to ship, a record). The INT8 model spells hard-swish/hard-sigmoid so that LiteRT's
+    XNNPACK delegate runs them in INT8 (tflite_prep.delegate_friendly_activations): faster, with a little more
+    rounding than the converter's own HARD_SWISH kernel. When that model misses the accuracy budget and the
+    search is on (--max-search-time > 0), the converter's spelling is converted too, and the one that meets the
+    budget (else the more accurate one) ships; the record lists both trials."""
+    import json
+
+    from edgepack import isolate
+    from edgepack.backends import tflite as tflite_backend
+
+    _tflite_outputs(ctx, int8)
+    prep = workdir / "int8_prep.json"
+    respelled = sum((json.loads(prep.read_text()).get("hard_activations") or {}).values()) if prep.exists() else 0
+    record = {"xnnpack_spelling": respelled, "shipped": "xnnpack" if respelled else "converter"}
+    if not respelled:
+        return int8, record
+    first = evaluate_int8(ctx, int8, "tflite")
+    if meets_budget(ctx, first) or ctx.config.max_search_time <= 0:
+        return int8, record
+    ctx.progress("TFLite INT8 misses the accuracy budget: trying the converter's own hard-swish kernels", 0, 1)
+    alt = isolate.call(tflite_backend.convert, fp32_onnx, workdir / "converter_activations", ctx.calib.x,
+                       io_dtype=ctx.target.tflite_io_dtype, allow_float=ctx.config.allow_float_ops,
+                       xnnpack_activations=False, key="tflite-convert", step="TFLite conversion (converter's spelling)")
+    _tflite_outputs(ctx, alt)
+    second = evaluate_int8(ctx, alt, "tflite")
+    row1, row2 = quality_budget_row(ctx, first), quality_budget_row(ctx, second)
+    better = row2["passed"] or (not row1["passed"] and _closer(row2, row1))
+    record["trials"] = [{"spelling": "xnnpack", "budget": row1}, {"spelling": "converter", "budget": row2}]
+    if not better:
+        return int8, record
+    record["shipped"] = "converter"
+    ctx.warn(f"TFLite: with hard-swish spelled for XNNPACK, INT8 missed the budget ({row1['name']} {row1['value']});"
+             f" shipping the converter's HARD_SWISH ({row2['value']}), which XNNPACK leaves to LiteRT's slower "
+             "built-in INT8 kernels")
+    return alt, record
+
+
+def _tflite_outputs(ctx: BuildContext, path) -> None:
+    """The INT8 .tflite's outputs on the validation set, cached for evaluate_int8 and the validate stage."""
+    from edgepack.device import measure
+    from edgepack.util import host_cores
+
+    ctx.progress(f"running TFLite INT8 on {len(ctx.val)} validation samples", 0, 1)
+    ctx.outputs[str(path)] = measure.outputs("tflite", path, ctx.val.x, threads=host_cores(), workdir=ctx.workdir,
+                                             what="LiteRT running the INT8 .tflite on the validation set",
+                                             all_outputs=getattr(ctx.task, "all_outputs", False))
+
+
+def quality_budget_row(ctx: BuildContext, q: dict) -> dict:
+    from edgepack.stages.validate import quality_budget
+
+    return quality_budget(ctx, q) or {"name": "none", "value": None, "passed": True}
+
+
+def _closer(a: dict, b: dict) -> bool:
+    """Row ``a`` nearer its limit's good side than row ``b`` (same budget)."""
+    if a.get("value") is None or b.get("value") is None:
+        return False
+    return a["value"] < b["value"] if a.get("op", "<=") == "<=" else a["value"] > b["value"]
 
 
 def convert_tflite_pair(fp32_onnx, workdir, calib, io_dtype: str, allow_float: bool) -> tuple:
