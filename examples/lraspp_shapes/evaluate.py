@@ -149,7 +149,8 @@ def _device(val: dict) -> dict | None:
     if est.get("fp32") and est.get("int8"):
         out["estimate_ms"] = {p: {"p50": round(est[p]["p50"], 1), "band": [round(b, 1) for b in est[p]["band"]]}
                               for p in ("fp32", "int8")}
-        out["estimate_kind"] = f"{est['int8'].get('kind')}: {est['int8'].get('method')}"
+        how = est["int8"].get("method") or f"instructions x CPI / clock, {est['int8'].get('band_source')}"
+        out["estimate_kind"] = f"{est['int8'].get('kind')}: {how}"
         out["estimate_ratio"] = round(est["int8"]["p50"] / est["fp32"]["p50"], 3)
     return out
 
