@@ -19,14 +19,13 @@ import argparse
 import json
 import os
 import shlex
-import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from examples import evaluation
 from examples.lraspp_shapes import data
 from examples.lraspp_shapes.model import CLASSES, IMAGE_SIZE, MEAN, STD
 
@@ -50,17 +49,8 @@ def build_command(target: str, work: Path, extra: list[str]) -> list[str]:
 
 
 def build(target: str, work: Path, extra: list[str]) -> dict:
-    """Run one build; {command, wall_s, exit_code}. Exit 1 (a budget missed) still leaves a bundle to score."""
-    cmd = build_command(target, work, extra)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=ROOT, env=env)
-    wall = time.perf_counter() - start
-    (work / f"{target}.log").write_text(proc.stderr)
-    (work / f"{target}.json").write_text(proc.stdout)
-    if proc.returncode not in (0, 1):
-        raise SystemExit(f"build for {target} failed (exit {proc.returncode}); see {work / f'{target}.log'}")
-    return {"command": cmd, "wall_s": round(wall, 1), "exit_code": proc.returncode}
+    """Run one build (examples.evaluation.run_build); exit 1 (a budget missed) still leaves a bundle to score."""
+    return evaluation.run_build(build_command(target, work, extra), work, target)
 
 
 @dataclass(frozen=True)
@@ -94,12 +84,6 @@ def heldout(work: Path) -> Heldout:
     return Heldout(ds.x, masks, fp32)
 
 
-def int8_file(out: Path) -> Path:
-    """The INT8 model file the build shipped, from its manifest."""
-    man = json.loads((out / "manifest.json").read_text())
-    return next(out / m["file"] for m in man["models"] if m["precision"] == "int8")
-
-
 def run(path: Path, fmt: str, x: np.ndarray) -> np.ndarray:
     """(N, C, H, W) class scores of the file at ``path`` (edgepack's runner: batch 1, 2 threads)."""
     from edgepack import backends
@@ -116,7 +100,7 @@ def score(target: str, work: Path, ho: Heldout) -> dict:
     fmt, out = TARGETS[target], work / target
     man = json.loads((out / "manifest.json").read_text())
     val = man["validation"]
-    seg = Segment().quality(ho.fp32, run(int8_file(out), fmt, ho.x), ho.masks)
+    seg = Segment().quality(ho.fp32, run(evaluation.int8_file(out), fmt, ho.x), ho.masks)
     lat = val["latency_ms"]["one_thread"]
     size = val["size_bytes"]
     return {"target": target, "format": fmt, "samples": len(ho.x),
@@ -134,24 +118,16 @@ def score(target: str, work: Path, ho: Heldout) -> dict:
 
 
 def _device(val: dict) -> dict | None:
-    """What the build's device stage found, when it ran: instructions per inference counted under qemu-user on
-    the profile's CPU (INT8 / FP32), the task metric there, and the device latency estimate it chose."""
-    dev = val.get("device") or {}
-    counts = dev.get("instructions") or {}
-    if not counts.get("fp32") or not counts.get("int8"):
-        return None
-    out = {"qemu_cpu": dev.get("qemu_cpu"), "instructions": {p: counts[p]["total"] for p in ("fp32", "int8")},
-           "instruction_ratio": round(counts["int8"]["total"] / counts["fp32"]["total"], 3),
-           "miou_on_device": {k: (dev.get("quality_on_device") or {}).get(f"miou_{k}") for k in ("fp32", "int8")},
-           "miou_on_host_subset": {k: (dev.get("quality_on_host_subset") or {}).get(f"miou_{k}")
-                                   for k in ("fp32", "int8")}}
-    est = val["latency_ms"].get("device_emulated") or {}
-    if est.get("fp32") and est.get("int8"):
-        out["estimate_ms"] = {p: {"p50": round(est[p]["p50"], 1), "band": [round(b, 1) for b in est[p]["band"]]}
-                              for p in ("fp32", "int8")}
-        how = est["int8"].get("method") or f"instructions x CPI / clock, {est['int8'].get('band_source')}"
-        out["estimate_kind"] = f"{est['int8'].get('kind')}: {how}"
-        out["estimate_ratio"] = round(est["int8"]["p50"] / est["fp32"]["p50"], 3)
+    """The build's device stage (examples.evaluation.device_summary) with mIoU on the device's kernels and on
+    the host for the same images."""
+    out = evaluation.device_summary(val)
+    if out is not None:
+        dev = val["device"]
+        out = {"qemu_cpu": out.pop("qemu_cpu"), "instructions": out.pop("instructions"),
+               "instruction_ratio": out.pop("instruction_ratio"),
+               "miou_on_device": {k: (dev.get("quality_on_device") or {}).get(f"miou_{k}") for k in ("fp32", "int8")},
+               "miou_on_host_subset": {k: (dev.get("quality_on_host_subset") or {}).get(f"miou_{k}")
+                                       for k in ("fp32", "int8")}, **out}
     return out
 
 
@@ -258,9 +234,7 @@ def _ok(flag: bool) -> str:
 
 def write_readme(path: Path, results: dict) -> None:
     """Replace everything after RESULTS_MARK in ``path`` with the results section."""
-    text = path.read_text() if path.is_file() else RESULTS_MARK + "\n"
-    head = text.split(RESULTS_MARK)[0]
-    path.write_text(head + RESULTS_MARK + "\n\n" + results_section(results))
+    evaluation.write_results(path, RESULTS_MARK, results_section(results))
 
 
 if __name__ == "__main__":

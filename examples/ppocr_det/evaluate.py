@@ -20,14 +20,13 @@ import importlib.util
 import json
 import os
 import shlex
-import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from examples import evaluation
 from examples.ppocr_det import data, metrics
 
 HERE = Path(__file__).resolve().parent
@@ -62,15 +61,8 @@ def build_command(target: str, work: Path, extra: list[str]) -> list[str]:
 
 
 def build(target: str, work: Path, extra: list[str]) -> dict:
-    """Run one build; {command, wall_s, exit_code}. Exit 1 (a budget missed) still leaves a bundle to score."""
-    cmd = build_command(target, work, extra)
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    wall = time.perf_counter() - start
-    (work / f"{target}.log").write_text(proc.stderr)
-    if proc.returncode not in (0, 1):
-        raise SystemExit(f"build for {target} failed (exit {proc.returncode}); see {work / f'{target}.log'}")
-    return {"command": cmd, "wall_s": round(wall, 1), "exit_code": proc.returncode}
+    """Run one build (examples.evaluation.run_build); exit 1 (a budget missed) still leaves a bundle to score."""
+    return evaluation.run_build(build_command(target, work, extra), work, target)
 
 
 @dataclass(frozen=True)
@@ -101,12 +93,6 @@ def heldout(work: Path) -> Heldout:
     return Heldout(ds.x, masks, boxes, run(fp32_file(work), "onnx", ds.x))
 
 
-def int8_file(out: Path) -> Path:
-    """The INT8 model file the build shipped, from its manifest."""
-    man = json.loads((out / "manifest.json").read_text())
-    return next(out / m["file"] for m in man["models"] if m["precision"] == "int8")
-
-
 def fp32_file(work: Path) -> Path:
     """The FP32 reference: the wheel's detector with its input pinned to 1x3xSxS (opset converted as edgepack
     does; outputs unchanged). The bundles ship only INT8, so both targets are scored against this one model."""
@@ -133,7 +119,7 @@ def score(target: str, work: Path, ho: Heldout) -> dict:
 
     fmt, out = TARGETS[target], work / target
     man = json.loads((out / "manifest.json").read_text())
-    maps = {"fp32": ho.fp32, "int8": run(int8_file(out), fmt, ho.x)}
+    maps = {"fp32": ho.fp32, "int8": run(evaluation.int8_file(out), fmt, ho.x)}
     seg = Segment(PROB_THRESHOLD).quality(maps["fp32"], maps["int8"], ho.masks)
     f1 = {prec: metrics.box_f1(metrics.detect_boxes(m), ho.boxes) for prec, m in maps.items()}
     val = man["validation"]
@@ -152,21 +138,8 @@ def score(target: str, work: Path, ho: Heldout) -> dict:
 
 
 def _device(val: dict) -> dict | None:
-    """What the build's device stage found, when it ran: instructions per inference counted under qemu-user on
-    the profile's CPU (INT8 / FP32) and the device latency estimate it chose (p50 ms with its band)."""
-    est = val["latency_ms"].get("device_emulated") or {}
-    counts = (val.get("device") or {}).get("instructions") or {}
-    if not counts.get("fp32") or not counts.get("int8"):
-        return None
-    out = {"qemu_cpu": val["device"].get("qemu_cpu"), "instructions": {p: counts[p]["total"] for p in ("fp32", "int8")},
-           "instruction_ratio": round(counts["int8"]["total"] / counts["fp32"]["total"], 3)}
-    if est.get("fp32") and est.get("int8"):
-        out["estimate_ms"] = {p: {"p50": round(est[p]["p50"], 1), "band": [round(b, 1) for b in est[p]["band"]]}
-                              for p in ("fp32", "int8")}
-        how = est["int8"].get("method") or f"instructions x CPI / clock, {est['int8'].get('band_source')}"
-        out["estimate_kind"] = f"{est['int8'].get('kind')}: {how}"
-        out["estimate_ratio"] = round(est["int8"]["p50"] / est["fp32"]["p50"], 3)
-    return out
+    """The build's device stage (examples.evaluation.device_summary)."""
+    return evaluation.device_summary(val)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -258,9 +231,7 @@ def _ok(flag: bool) -> str:
 
 def write_readme(path: Path, results: dict) -> None:
     """Replace everything after RESULTS_MARK in ``path`` with the results section."""
-    text = path.read_text() if path.is_file() else RESULTS_MARK + "\n"
-    head = text.split(RESULTS_MARK)[0]
-    path.write_text(head + RESULTS_MARK + "\n\n" + results_section(results))
+    evaluation.write_results(path, RESULTS_MARK, results_section(results))
 
 
 if __name__ == "__main__":

@@ -20,13 +20,12 @@ import argparse
 import json
 import os
 import shlex
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
+from examples import evaluation
 from examples.ssdlite_shapes import data
 
 HERE = Path(__file__).resolve().parent
@@ -50,16 +49,8 @@ def build_command(target: str, work: Path, extra: list[str]) -> list[str]:
 
 
 def build(target: str, work: Path, extra: list[str]) -> dict:
-    """Run one build; {command, wall_s, exit_code}. Exit 1 (a budget missed) still leaves a bundle to score."""
-    cmd = build_command(target, work, extra)
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    wall = time.perf_counter() - start
-    (work / f"{target}.log").write_text(proc.stderr)
-    (work / f"{target}.json").write_text(proc.stdout)
-    if proc.returncode not in (0, 1):
-        raise SystemExit(f"build for {target} failed (exit {proc.returncode}); see {work / f'{target}.log'}")
-    return {"command": cmd, "wall_s": round(wall, 1), "exit_code": proc.returncode}
+    """Run one build (examples.evaluation.run_build); exit 1 (a budget missed) still leaves a bundle to score."""
+    return evaluation.run_build(build_command(target, work, extra), work, target)
 
 
 def heldout(work: Path):
@@ -84,12 +75,6 @@ def heldout(work: Path):
     return np.asarray(ds.x, np.float32), truth, fp32
 
 
-def int8_file(out: Path) -> Path:
-    """The INT8 model file the build shipped, from its manifest."""
-    man = json.loads((out / "manifest.json").read_text())
-    return next(out / m["file"] for m in man["models"] if m["precision"] == "int8")
-
-
 def run(path: Path, fmt: str, x: np.ndarray) -> list[np.ndarray]:
     """Both outputs of the file at ``path`` on ``x``, boxes then scores (edgepack's runner: batch 1, 2 threads)."""
     from edgepack import backends
@@ -107,7 +92,7 @@ def score(target: str, work: Path, ho) -> dict:
     x, truth, fp32 = ho
     fmt, out = TARGETS[target], work / target
     man = json.loads((out / "manifest.json").read_text())
-    q = Detect().quality(fp32, run(int8_file(out), fmt, x), truth)
+    q = Detect().quality(fp32, run(evaluation.int8_file(out), fmt, x), truth)
     val = man["validation"]
     lat, size = val["latency_ms"]["one_thread"], val["size_bytes"]
     return {"target": target, "format": fmt, "samples": len(x), "objects": q["objects"],
@@ -123,25 +108,12 @@ def score(target: str, work: Path, ho) -> dict:
 
 
 def _device(val: dict) -> dict | None:
-    """What the build's device stage found, when it ran: mAP on the emulated device's kernels (its subset),
-    instructions per inference counted under qemu-user on the profile's CPU (INT8 / FP32) and the device
-    latency estimate the build chose (p50 ms with its band)."""
-    dev = val.get("device") or {}
-    counts = dev.get("instructions") or {}
-    if not counts.get("fp32") or not counts.get("int8"):
-        return None
-    q = dev.get("quality_on_device") or {}
-    out = {"qemu_cpu": dev.get("qemu_cpu"), "samples": dev.get("samples"),
-           "map50_on_device": {k: q.get(k) for k in ("map50_fp32", "map50_int8", "map50_drop")},
-           "instructions": {p: counts[p]["total"] for p in ("fp32", "int8")},
-           "instruction_ratio": round(counts["int8"]["total"] / counts["fp32"]["total"], 3)}
-    est = val["latency_ms"].get("device_emulated") or {}
-    if est.get("fp32") and est.get("int8"):
-        out["estimate_ms"] = {p: {"p50": round(est[p]["p50"], 1), "band": [round(b, 1) for b in est[p]["band"]]}
-                              for p in ("fp32", "int8")}
-        how = est["int8"].get("method") or f"instructions x CPI / clock, {est['int8'].get('band_source')}"
-        out["estimate_kind"] = f"{est['int8'].get('kind')}: {how}"
-        out["estimate_ratio"] = round(est["int8"]["p50"] / est["fp32"]["p50"], 3)
+    """The build's device stage (examples.evaluation.device_summary) with mAP@0.5 on the device's kernels."""
+    out = evaluation.device_summary(val)
+    if out is not None:
+        q = val["device"].get("quality_on_device") or {}
+        out = {"qemu_cpu": out.pop("qemu_cpu"), "samples": val["device"].get("samples"),
+               "map50_on_device": {k: q.get(k) for k in ("map50_fp32", "map50_int8", "map50_drop")}, **out}
     return out
 
 
@@ -235,9 +207,7 @@ def _ok(flag: bool) -> str:
 
 def write_readme(path: Path, results: dict) -> None:
     """Replace everything after RESULTS_MARK in ``path`` with the results section."""
-    text = path.read_text() if path.is_file() else RESULTS_MARK + "\n"
-    head = text.split(RESULTS_MARK)[0]
-    path.write_text(head + RESULTS_MARK + "\n\n" + results_section(results))
+    evaluation.write_results(path, RESULTS_MARK, results_section(results))
 
 
 if __name__ == "__main__":
