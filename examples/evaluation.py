@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import time
 from pathlib import Path
@@ -57,3 +58,46 @@ def write_results(path: Path, mark: str, section: str) -> None:
     """Replace everything after ``mark`` in the README at ``path`` with ``section``."""
     text = path.read_text() if path.is_file() else mark + "\n"
     path.write_text(text.split(mark)[0] + mark + "\n\n" + section)
+
+
+def ok(flag: bool) -> str:
+    return "met" if flag else "**missed**"
+
+
+def user_command(cmd: list[str], **names: str) -> str:
+    """A build command as a user types it: ``edgepack`` for the module form, and each path in ``names`` (then the
+    work folder, the parent of --out) replaced by ``$NAME``."""
+    text = shlex.join(["edgepack", *cmd[3:]])
+    for name, path in {**names, "WORK": str(Path(cmd[cmd.index("--out") + 1]).parent)}.items():
+        text = text.replace(path, f"${name}")
+    return text
+
+
+def size_latency_table(results: dict, goals: dict, ms: str = ".2f") -> list[str]:
+    """README rows: each build's FP32 and INT8 size and 1-thread p50 with their ratios against ``goals``
+    ({"size": ..., "latency": {format: ...}}), and the build's wall time; ``ms`` formats the milliseconds."""
+    lines = ["| target (file) | FP32 size | INT8 size | INT8/FP32 | 1-thread p50 FP32 | INT8 | INT8/FP32 | "
+             "build wall time |", "|---|---|---|---|---|---|---|---|"]
+    for r in results["rows"]:
+        wall = results["builds"].get(r["target"], {}).get("wall_s")
+        goal = goals["latency"][r["format"]]
+        lines.append(f"| {r['target']} ({r['format']}) | {r['size_bytes']['fp32']:,} B | {r['size_bytes']['int8']:,} B"
+                     f" | {r['size_ratio']:.2f} (goal <= {goals['size']}) {ok(r['size_ratio'] <= goals['size'])} | "
+                     f"{r['latency_1t_ms']['fp32']:{ms}} ms | {r['latency_1t_ms']['int8']:{ms}} ms | "
+                     f"{r['latency_ratio']:.2f} (goal <= {goal}) {ok(r['latency_ratio'] <= goal)} | "
+                     f"{'' if wall is None else f'{wall:.0f} s'} |")
+    return lines
+
+
+def estimate_text(d: dict, ms: str = ".0f") -> str:
+    """'; latency estimate FP32 ..., INT8 ..., INT8/FP32 ... (kind)' for a device_summary, '' without one; ``ms``
+    formats the milliseconds."""
+    if "estimate_ms" not in d:
+        return ""
+    e = d["estimate_ms"]
+    return (f"; latency estimate FP32 {_band(e['fp32'], ms)}, INT8 {_band(e['int8'], ms)}, INT8/FP32 "
+            f"{d['estimate_ratio']:.2f} ({d['estimate_kind']})")
+
+
+def _band(e: dict, ms: str) -> str:
+    return f"{e['p50']:{ms}} ms (band {e['band'][0]:{ms}}-{e['band'][1]:{ms}})"

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from examples import evaluation
+from examples.evaluation import ok
 from examples.lraspp_shapes import data
 from examples.lraspp_shapes.model import CLASSES, IMAGE_SIZE, MEAN, STD
 
@@ -161,12 +161,6 @@ def main(argv: list[str] | None = None) -> None:
     write_readme(args.readme, results)
 
 
-def _cmd(cmd: list[str]) -> str:
-    """A build command as a user types it (``edgepack`` for the module, $WORK for the work folder)."""
-    text = shlex.join(["edgepack", *cmd[3:]])
-    return text.replace(str(Path(cmd[cmd.index("--out") + 1]).parent), "$WORK")
-
-
 def results_section(results: dict) -> str:
     """The README's results tables and the commands that produced them."""
     lines = ["Held-out split (300 images), each build's own figures (manifest.json: its FP32 file and its shipped "
@@ -175,7 +169,7 @@ def results_section(results: dict) -> str:
     for r in results["rows"]:
         name, m = f"{r['target']} ({r['format']})", r["manifest"]
         lines.append(f"| {name} | mIoU | {m['miou_fp32']:.2f} | {m['miou_int8']:.2f} | {m['miou_drop']:.2f} | "
-                     f"<= {GOALS['drop']} {_ok(m['miou_drop'] <= GOALS['drop'])} |")
+                     f"<= {GOALS['drop']} {ok(m['miou_drop'] <= GOALS['drop'])} |")
         lines.append(f"| {name} | pixel accuracy | {m['pixel_accuracy_fp32']:.2f} | {m['pixel_accuracy_int8']:.2f}"
                      f" | {m['pixel_accuracy_drop']:.2f} | |")
     lines += ["", "The shipped INT8 files re-scored by evaluate.py against the PyTorch FP32 model (create_model(), "
@@ -187,16 +181,7 @@ def results_section(results: dict) -> str:
         lines.append(f"| {r['target']} ({r['format']}) | {s['miou_fp32']:.2f} | {s['miou_int8']:.2f} | "
                      f"{s['miou_drop']:.2f} | {s['pixel_accuracy_fp32']:.2f} | {s['pixel_accuracy_int8']:.2f} | "
                      f"{', '.join(f'{v:.1f}' for v in s['iou_int8'])} |")
-    lines += ["", "| target (file) | FP32 size | INT8 size | INT8/FP32 | 1-thread p50 FP32 | INT8 | INT8/FP32 | "
-              "build wall time |", "|---|---|---|---|---|---|---|---|"]
-    for r in results["rows"]:
-        wall = results["builds"].get(r["target"], {}).get("wall_s")
-        goal = GOALS["latency"][r["format"]]
-        lines.append(f"| {r['target']} ({r['format']}) | {r['size_bytes']['fp32']:,} B | {r['size_bytes']['int8']:,} B"
-                     f" | {r['size_ratio']:.2f} (goal <= {GOALS['size']}) {_ok(r['size_ratio'] <= GOALS['size'])} | "
-                     f"{r['latency_1t_ms']['fp32']:.2f} ms | {r['latency_1t_ms']['int8']:.2f} ms | "
-                     f"{r['latency_ratio']:.2f} (goal <= {goal}) {_ok(r['latency_ratio'] <= goal)} | "
-                     f"{'' if wall is None else f'{wall:.0f} s'} |")
+    lines += ["", *evaluation.size_latency_table(results, GOALS)]
     dev = [r for r in results["rows"] if r.get("device")]
     if dev:
         lines += ["", "The build's device stage (the profile's CPU under qemu-user, the device's own runtime wheels, "
@@ -208,11 +193,7 @@ def results_section(results: dict) -> str:
                     f"(INT8/FP32 {d['instruction_ratio']:.2f}); mIoU there FP32 {d['miou_on_device']['fp32']}, INT8 "
                     f"{d['miou_on_device']['int8']} (host, same images: {d['miou_on_host_subset']['fp32']}, "
                     f"{d['miou_on_host_subset']['int8']})")
-            if "estimate_ms" in d:
-                e = d["estimate_ms"]
-                text += (f"; latency estimate FP32 {_band(e['fp32'])}, INT8 {_band(e['int8'])}, INT8/FP32 "
-                         f"{d['estimate_ratio']:.2f} ({d['estimate_kind']})")
-            lines.append(text)
+            lines.append(text + evaluation.estimate_text(d))
     searched = [r for r in results["rows"] if r.get("search")]
     if searched:
         lines += ["", "Accuracy-aware search (ran because the first INT8 model missed the mIoU budget):", ""]
@@ -220,16 +201,8 @@ def results_section(results: dict) -> str:
             lines.append(f"- {r['target']}: `{json.dumps(r['search'])[:600]}`")
     lines += ["", "Commands (`$WORK` = the work folder; run from the repository root):", ""]
     for b in results["builds"].values():
-        lines += ["```bash", _cmd(b["command"]), "```"]
+        lines += ["```bash", evaluation.user_command(b["command"]), "```"]
     return "\n".join(lines) + "\n"
-
-
-def _band(e: dict) -> str:
-    return f"{e['p50']:.0f} ms (band {e['band'][0]:.0f}-{e['band'][1]:.0f})"
-
-
-def _ok(flag: bool) -> str:
-    return "met" if flag else "**missed**"
 
 
 def write_readme(path: Path, results: dict) -> None:

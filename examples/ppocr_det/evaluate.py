@@ -19,7 +19,6 @@ import argparse
 import importlib.util
 import json
 import os
-import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from examples import evaluation
+from examples.evaluation import ok
 from examples.ppocr_det import data, metrics
 
 HERE = Path(__file__).resolve().parent
@@ -169,32 +169,17 @@ def main(argv: list[str] | None = None) -> None:
     write_readme(args.readme, results)
 
 
-def _cmd(cmd: list[str]) -> str:
-    """A build command as a user types it (``edgepack`` for the module, $MODEL and $WORK for the paths)."""
-    text = shlex.join(["edgepack", *cmd[3:]])
-    return text.replace(str(model_path()), "$MODEL").replace(str(Path(cmd[cmd.index("--out") + 1]).parent), "$WORK")
-
-
 def results_section(results: dict) -> str:
     """The README's results table and the commands that produced it."""
     lines = ["| target (file) | metric | FP32 | INT8 | drop (points) | goal |", "|---|---|---|---|---|---|"]
     for r in results["rows"]:
         name = f"{r['target']} ({r['format']})"
         lines.append(f"| {name} | mIoU, text map | {r['miou']['fp32']:.2f} | {r['miou']['int8']:.2f} | "
-                     f"{r['miou']['drop']:.2f} | <= {GOALS['drop']} {_ok(r['miou']['drop'] <= GOALS['drop'])} |")
+                     f"{r['miou']['drop']:.2f} | <= {GOALS['drop']} {ok(r['miou']['drop'] <= GOALS['drop'])} |")
         f1 = r["box_f1"]
         lines.append(f"| {name} | box F1 @ IoU 0.5 | {f1['fp32']['f1']:.2f} | {f1['int8']['f1']:.2f} | "
-                     f"{f1['drop']:.2f} | <= {GOALS['drop']} {_ok(f1['drop'] <= GOALS['drop'])} |")
-    lines += ["", "| target (file) | FP32 size | INT8 size | INT8/FP32 | 1-thread p50 FP32 | INT8 | INT8/FP32 | "
-              "build wall time |", "|---|---|---|---|---|---|---|---|"]
-    for r in results["rows"]:
-        wall = results["builds"].get(r["target"], {}).get("wall_s")
-        goal = GOALS["latency"][r["format"]]
-        lines.append(f"| {r['target']} ({r['format']}) | {r['size_bytes']['fp32']:,} B | {r['size_bytes']['int8']:,} B"
-                     f" | {r['size_ratio']:.2f} (goal <= {GOALS['size']}) {_ok(r['size_ratio'] <= GOALS['size'])} | "
-                     f"{r['latency_1t_ms']['fp32']:.1f} ms | {r['latency_1t_ms']['int8']:.1f} ms | "
-                     f"{r['latency_ratio']:.2f} (goal <= {goal}) {_ok(r['latency_ratio'] <= goal)} | "
-                     f"{'' if wall is None else f'{wall:.0f} s'} |")
+                     f"{f1['drop']:.2f} | <= {GOALS['drop']} {ok(f1['drop'] <= GOALS['drop'])} |")
+    lines += ["", *evaluation.size_latency_table(results, GOALS, ms=".1f")]
     dev = [r for r in results["rows"] if r.get("device")]
     if dev:
         lines += ["", "The build's device stage (the profile's CPU under qemu-user, the device's own runtime wheels, "
@@ -204,11 +189,7 @@ def results_section(results: dict) -> str:
             text = (f"- {r['target']} ({r['format']}, qemu `-cpu {d['qemu_cpu']}`): instructions per inference "
                     f"FP32 {d['instructions']['fp32']:,}, INT8 {d['instructions']['int8']:,} "
                     f"(INT8/FP32 {d['instruction_ratio']:.2f})")
-            if "estimate_ms" in d:
-                e = d["estimate_ms"]
-                text += (f"; latency estimate FP32 {_band(e['fp32'])}, INT8 {_band(e['int8'])}, INT8/FP32 "
-                         f"{d['estimate_ratio']:.2f} ({d['estimate_kind']})")
-            lines.append(text)
+            lines.append(text + evaluation.estimate_text(d))
     lines += ["", "Box counts (matched / predicted / labelled):", ""]
     for r in results["rows"]:
         for prec in ("fp32", "int8"):
@@ -217,16 +198,8 @@ def results_section(results: dict) -> str:
                          f"(precision {b['precision']:.2f}, recall {b['recall']:.2f})")
     lines += ["", "Commands (`$MODEL` = the wheel's ch_PP-OCRv4_det_infer.onnx, `$WORK` = the work folder):", ""]
     for b in results["builds"].values():
-        lines += ["```bash", _cmd(b["command"]), "```"]
+        lines += ["```bash", evaluation.user_command(b["command"], MODEL=str(model_path())), "```"]
     return "\n".join(lines) + "\n"
-
-
-def _band(e: dict) -> str:
-    return f"{e['p50']:.0f} ms (band {e['band'][0]:.0f}-{e['band'][1]:.0f})"
-
-
-def _ok(flag: bool) -> str:
-    return "met" if flag else "**missed**"
 
 
 def write_readme(path: Path, results: dict) -> None:

@@ -19,13 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from examples import evaluation
+from examples.evaluation import ok
 from examples.ssdlite_shapes import data
 
 HERE = Path(__file__).resolve().parent
@@ -147,11 +147,6 @@ def main(argv: list[str] | None = None) -> None:
     write_readme(args.readme, results)
 
 
-def _cmd(cmd: list[str], work: str) -> str:
-    """A build command as a user types it (``edgepack`` for the module, $WORK for the work folder)."""
-    return shlex.join(["edgepack", *cmd[3:]]).replace(work, "$WORK")
-
-
 def results_section(results: dict) -> str:
     """The README's results tables and the commands that produced them."""
     lines = ["| target (file) | metric | FP32 | INT8 | drop (points) | goal |", "|---|---|---|---|---|---|"]
@@ -161,19 +156,10 @@ def results_section(results: dict) -> str:
                            ("rescored_vs_pytorch", "re-scored: shipped INT8 vs PyTorch FP32")):
             m = r[src]
             lines.append(f"| {name} | mAP@0.5, {label} | {m['map50_fp32']:.2f} | {m['map50_int8']:.2f} | "
-                         f"{m['map50_drop']:.2f} | <= {GOALS['drop']} {_ok(m['map50_drop'] <= GOALS['drop'])} |")
+                         f"{m['map50_drop']:.2f} | <= {GOALS['drop']} {ok(m['map50_drop'] <= GOALS['drop'])} |")
             lines.append(f"| {name} | mAP@0.5:0.95, {label} | {m['map_fp32']:.2f} | {m['map_int8']:.2f} | "
                          f"{m['map_drop']:.2f} | (none) |")
-    lines += ["", "| target (file) | FP32 size | INT8 size | INT8/FP32 | 1-thread p50 FP32 | INT8 | INT8/FP32 | "
-              "build wall time |", "|---|---|---|---|---|---|---|---|"]
-    for r in results["rows"]:
-        wall = results["builds"].get(r["target"], {}).get("wall_s")
-        goal = GOALS["latency"][r["format"]]
-        lines.append(f"| {r['target']} ({r['format']}) | {r['size_bytes']['fp32']:,} B | {r['size_bytes']['int8']:,} B"
-                     f" | {r['size_ratio']:.2f} (goal <= {GOALS['size']}) {_ok(r['size_ratio'] <= GOALS['size'])} | "
-                     f"{r['latency_1t_ms']['fp32']:.2f} ms | {r['latency_1t_ms']['int8']:.2f} ms | "
-                     f"{r['latency_ratio']:.2f} (goal <= {goal}) {_ok(r['latency_ratio'] <= goal)} | "
-                     f"{'' if wall is None else f'{wall:.0f} s'} |")
+    lines += ["", *evaluation.size_latency_table(results, GOALS)]
     dev = [r for r in results["rows"] if r.get("device")]
     if dev:
         lines += ["", "The builds' device stage (the profile's CPU under qemu-user, the device's own runtime wheels, "
@@ -184,25 +170,12 @@ def results_section(results: dict) -> str:
                     f"FP32 {m['map50_fp32']:.2f}, INT8 {m['map50_int8']:.2f} on the device's kernels; instructions "
                     f"per inference FP32 {d['instructions']['fp32']:,}, INT8 {d['instructions']['int8']:,} "
                     f"(INT8/FP32 {d['instruction_ratio']:.2f})")
-            if "estimate_ms" in d:
-                e = d["estimate_ms"]
-                text += (f"; latency estimate FP32 {_band(e['fp32'])}, INT8 {_band(e['int8'])}, INT8/FP32 "
-                         f"{d['estimate_ratio']:.2f} ({d['estimate_kind']})")
-            lines.append(text)
+            lines.append(text + evaluation.estimate_text(d, ms=".1f"))
     lines += ["", f"{results['rows'][0]['samples']} held-out images, {results['rows'][0]['objects']} labelled shapes. "
               "Commands (`$WORK` = the work folder, run from the repository root):", ""]
     for b in results["builds"].values():
-        work = str(Path(b["command"][b["command"].index("--out") + 1]).parent)
-        lines += ["```bash", _cmd(b["command"], work), "```"]
+        lines += ["```bash", evaluation.user_command(b["command"]), "```"]
     return "\n".join(lines) + "\n"
-
-
-def _band(e: dict) -> str:
-    return f"{e['p50']:.1f} ms (band {e['band'][0]:.1f}-{e['band'][1]:.1f})"
-
-
-def _ok(flag: bool) -> str:
-    return "met" if flag else "**missed**"
 
 
 def write_readme(path: Path, results: dict) -> None:
