@@ -51,7 +51,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import BENCH_MD, efficientnet_lite0, scratch_dir, update_section  # noqa: E402
+from benchmarks.common import efficientnet_lite0, scratch_dir, update_model_block  # noqa: E402
 
 TOOLS = {"edgepack": "edgepack (raspberry-pi-4 recipe)", "ort": "ORT quantize_static defaults",
          "nncf": "NNCF quantize (defaults)", "nncf_ac": "NNCF quantize_with_accuracy_control"}
@@ -380,15 +380,7 @@ def _mb(r: dict) -> str:
 
 def write_section(model: str, block: str) -> None:
     """Replace this model's block inside the section, keeping the other models' blocks."""
-    key, title = SECTION
-    text = BENCH_MD.read_text() if BENCH_MD.exists() else ""
-    found = re.search(rf"<!-- {key} -->.*?<!-- /{key} -->", text, re.S)
-    blocks = {}
-    for m in MODELS:
-        old = re.search(rf"<!-- peers:{m} -->.*?<!-- /peers:{m} -->", found.group(0), re.S) if found else None
-        blocks[m] = old.group(0) if old else f"<!-- peers:{m} -->\n(not run yet)\n<!-- /peers:{m} -->"
-    blocks[model] = f"<!-- peers:{model} -->\n{block}\n<!-- /peers:{model} -->"
-    update_section(key, title, "\n\n".join([INTRO, *blocks.values(), READING]))
+    update_model_block(*SECTION, "peers", MODELS, model, block, INTRO, READING)
 
 
 INTRO = """\

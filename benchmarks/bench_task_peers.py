@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_int8_peers import _load_npz, _one_thread_sessions, q_nncf, q_ort  # noqa: E402
-from benchmarks.common import scratch_dir, update_section  # noqa: E402
+from benchmarks.common import scratch_dir, update_model_block  # noqa: E402
 
 TOOLS = {"edgepack": "edgepack build, budget 1 point", "edgepack_tight": "edgepack build, budget 0 points",
          "ort": "ORT quantize_static defaults", "nncf": "NNCF quantize (defaults)"}
@@ -379,17 +379,8 @@ def _input_name(path: Path) -> str:
 
 
 def write_section(model: str, block: str) -> None:
-    from benchmarks.common import BENCH_MD
-
-    key, title = SECTION
-    text = BENCH_MD.read_text() if BENCH_MD.exists() else ""
-    found = re.search(rf"<!-- {key} -->.*?<!-- /{key} -->", text, re.S)
-    blocks = {}
-    for m in MODELS:
-        old = re.search(rf"<!-- task-peers:{m} -->.*?<!-- /task-peers:{m} -->", found.group(0), re.S) if found else None
-        blocks[m] = old.group(0) if old else f"<!-- task-peers:{m} -->\n(not run yet)\n<!-- /task-peers:{m} -->"
-    blocks[model] = f"<!-- task-peers:{model} -->\n{block}\n<!-- /task-peers:{model} -->"
-    update_section(key, title, "\n\n".join([INTRO, *blocks.values(), READING]))
+    """Replace this model's block inside the section, keeping the other models' blocks."""
+    update_model_block(*SECTION, "task-peers", MODELS, model, block, INTRO, READING)
 
 
 def run_model(model: str, runs: int) -> dict:

@@ -75,3 +75,17 @@ def update_section(key: str, title: str, body: str) -> None:
     pattern = re.compile(rf"<!-- {re.escape(key)} -->.*?<!-- /{re.escape(key)} -->", re.S)
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
     BENCH_MD.write_text(text)
+
+
+def update_model_block(key: str, title: str, tag: str, models: tuple[str, ...], model: str, block: str,
+                       intro: str, reading: str) -> None:
+    """Replace ``model``'s block (between <!-- tag:model --> markers) inside section ``key``, keeping the other
+    models' blocks ("(not run yet)" for a model never run), between ``intro`` and ``reading``."""
+    text = BENCH_MD.read_text() if BENCH_MD.exists() else ""
+    found = re.search(rf"<!-- {key} -->.*?<!-- /{key} -->", text, re.S)
+    blocks = {}
+    for m in models:
+        old = re.search(rf"<!-- {tag}:{m} -->.*?<!-- /{tag}:{m} -->", found.group(0), re.S) if found else None
+        blocks[m] = old.group(0) if old else f"<!-- {tag}:{m} -->\n(not run yet)\n<!-- /{tag}:{m} -->"
+    blocks[model] = f"<!-- {tag}:{model} -->\n{block}\n<!-- /{tag}:{model} -->"
+    update_section(key, title, "\n\n".join([intro, *blocks.values(), reading]))
