@@ -383,8 +383,10 @@ def test_segment_build_reports_miou_and_judges_its_budget(tmp_path):
     assert v["miou_fp32"] > 70 and v["miou_int8"] > 70 and v["miou_drop"] <= 5
     row = [b for b in v["budgets"] if b["name"] == "miou_drop_points"][0]
     assert row["limit"] == 5 and row["passed"] is True
+    assert row["interval"]["low"] <= row["value"] <= row["interval"]["high"] and row["interval"]["samples"] == 16
     assert man["stages"]["task"]["name"] == "segment"
     assert "mIoU" in (out / "report.md").read_text()
+    assert f"(95%: {row['interval']['low']:.2f} to" in (out / "report.md").read_text()
     assert (out / "samples.png").read_bytes()[:4] == b"\x89PNG" and "samples.png" in man["files"]
     assert "FP32 and INT8 on validation images (masks)" in (out / "report.html").read_text()
 

@@ -116,9 +116,13 @@ def budget_rows(man: dict) -> list[tuple[str, str, str, str]]:
     for m in man["models"]:
         for b in m["validation"]["budgets"]:
             kind = f" ({b['kind']})" if b.get("kind") else ""
-            value = _fmt(b["value"], 4 if b["name"] == "agreement" else 2)
+            digits = 4 if b["name"] == "agreement" else 2
+            value = _fmt(b["value"], digits)
             if b.get("band"):
                 value += f" [{b['band'][0]:.1f}-{b['band'][1]:.1f}]"
+            if b.get("interval"):   # the quality budget's bootstrap interval (edgepack.tasks.interval)
+                i = b["interval"]
+                value += f" ({i['level']:.0%}: {_fmt(i['low'], digits)} to {_fmt(i['high'], digits)})"
             verdict = b.get("verdict") or ("pass" if b["passed"] else "fail")
             rows.append((f"[{m['format']}] {b['name']}{kind}", value, f"{b['op']} {_fmt(b['limit'])}",
                          verdict.upper()))

@@ -62,10 +62,31 @@ def validate_format(ctx: BuildContext, fmt: str) -> dict:
     if unpruned:
         result["unpruned_fp32"] = _unpruned(ctx, outs, unpruned, result["latency_ms"])
     result["budgets"] = check_budgets(ctx, result)
+    _quality_interval(ctx, fmt, result, outs)
     _judge_every_output(ctx, fmt, result)
     result["passed"] = budgets.all_passed(result["budgets"])
     _speed_notes(ctx, fmt, result["latency_ms"])
     return result
+
+
+def _quality_interval(ctx: BuildContext, fmt: str, result: dict, outs: dict) -> None:
+    """The quality budget row's 95 % bootstrap interval over the validation samples (edgepack.tasks.interval),
+    and a warning when it crosses the limit: the verdict then rests on too few samples to be sure."""
+    from edgepack.tasks.interval import budget_interval
+
+    row = quality_budget(ctx, result)
+    if row is None or not result["budgets"] or result["budgets"][0]["name"] != row["name"]:
+        return
+    found = budget_interval(ctx.task, outs["fp32"], outs["int8"], ctx.val.truth, row, len(ctx.val))
+    if found is None:
+        return
+    result["budgets"][0]["interval"] = found
+    if found["crosses_limit"]:
+        verdict = "passes" if row["passed"] else "fails"
+        ctx.warn(f"{fmt}: {row['name']} {row['value']} {verdict} ({row['op']} {row['limit']}), but its "
+                 f"{found['level']:.0%} interval over the {found['samples']} validation samples is "
+                 f"{found['low']} to {found['high']}, which crosses the limit: too few samples to be sure; "
+                 "validate on more (--val)")
 
 
 def _pictures(ctx: BuildContext, outs: dict) -> dict:

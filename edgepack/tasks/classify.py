@@ -28,6 +28,19 @@ class Classify:
                 out["accuracy_drop"] = round(out["accuracy_fp32"] - out["accuracy_int8"], 2)
         return out
 
+    def resampled(self, ref: np.ndarray, got: np.ndarray, y: np.ndarray | None, budget: str):
+        """idx -> the accuracy drop (points) or the agreement on samples idx (see edgepack.tasks.interval)."""
+        if np.ndim(ref) != 2:
+            return None
+        top_ref, top_q = ref.argmax(1), got.argmax(1)
+        if budget == "agreement":
+            same = (top_ref == top_q).astype(np.float64)
+            return lambda idx: float(same[idx].mean())
+        if budget == "accuracy_drop_points" and y is not None:
+            diff = 100.0 * ((top_ref == y).astype(np.float64) - (top_q == y))
+            return lambda idx: float(diff[idx].mean())
+        return None
+
     def quality_budget(self, quality: dict, limits: dict) -> dict | None:
         """The accuracy budget (with labels) or the agreement budget (without); None if neither is set."""
         drop, agree = limits.get("max_accuracy_drop"), limits.get("min_agreement")

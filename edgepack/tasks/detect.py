@@ -86,6 +86,21 @@ class Detect:
         out["map_drop"] = round(fp32["map"] - int8["map"], 2) if both else None
         return out
 
+    def resampled(self, ref, got, y, budget: str):
+        """idx -> the mAP@0.5 drop (points) on samples idx: pycocotools matches every image once per model, then
+        each resample accumulates its images (see map50_resampler and edgepack.tasks.interval)."""
+        if budget != "map50_drop_points":
+            return None
+        refs, gots = (ref, got) if isinstance(ref, list) else ([ref], [got])
+        det_ref, det_got = self.decode(refs), self.decode(gots)
+        labelled = isinstance(y, list | tuple) and len(y) == len(det_ref)
+        truth = list(y) if labelled else [_confident(d) for d in det_ref]
+        classes = int(split_outputs(refs)[1].shape[-1])
+        fp32, int8 = map50_resampler(truth, det_ref, classes), map50_resampler(truth, det_got, classes)
+        if fp32 is None or int8 is None:
+            return None
+        return lambda idx: fp32(idx) - int8(idx)
+
     def quality_budget(self, quality: dict, limits: dict) -> dict | None:
         """max_map_drop (mAP@0.5, points) when set and there are objects to find; None otherwise."""
         limit = limits.get("max_map_drop")
@@ -117,6 +132,47 @@ def _confident(det: dict) -> dict:
 def coco_map(truth: list[dict], found: list[dict], classes: int) -> dict:
     """{"map50", "map"} (points) of detections ``found`` against boxes ``truth``, by pycocotools' COCOeval;
     None when there is no labelled object; 0 when there are objects and no detection."""
+    ev = _evaluated(truth, found, classes)
+    if ev is None or isinstance(ev, float):
+        return {"map50": ev, "map": ev}
+    with contextlib.redirect_stdout(io.StringIO()):
+        ev.accumulate()
+        ev.summarize()
+    return {"map50": round(100 * max(0.0, float(ev.stats[1])), 2), "map": round(100 * max(0.0, float(ev.stats[0])), 2)}
+
+
+def map50_resampler(truth: list[dict], found: list[dict], classes: int):
+    """idx -> mAP@0.5 (points) of the images idx (an image drawn twice counts twice), as coco_map computes it for
+    every image, from one COCOeval.evaluate (the per-image matching) and one COCOeval.accumulate per call over the
+    resampled images' matches (area "all", 100 detections: what COCOeval.summarize reports as AP50). None when
+    nothing is labelled."""
+    import copy
+
+    ev = _evaluated(truth, found, classes)
+    if ev is None or isinstance(ev, float):
+        return None if ev is None else (lambda idx: 0.0)
+    images, areas = len(ev._paramsEval.imgIds), len(ev._paramsEval.areaRng)
+    per_class = [ev.evalImgs[k * areas * images:k * areas * images + images]   # area "all" comes first
+                 for k in range(len(ev._paramsEval.catIds))]
+
+    def metric(idx) -> float:
+        e = copy.copy(ev)
+        e.params, e._paramsEval = copy.deepcopy(ev.params), copy.deepcopy(ev._paramsEval)
+        for p in (e.params, e._paramsEval):
+            p.imgIds = list(range(len(idx)))   # positions in the resample
+            p.areaRng, p.areaRngLbl, p.maxDets = p.areaRng[:1], p.areaRngLbl[:1], p.maxDets[-1:]
+        e.evalImgs = [imgs[i] for imgs in per_class for i in idx]
+        with contextlib.redirect_stdout(io.StringIO()):
+            e.accumulate()
+        prec = e.eval["precision"][0, :, :, 0, 0]   # IoU 0.5, every recall and class, area all, 100 detections
+        return 100 * max(0.0, float(np.mean(prec[prec > -1]))) if (prec > -1).any() else 0.0
+
+    return metric
+
+
+def _evaluated(truth: list[dict], found: list[dict], classes: int):
+    """pycocotools' COCOeval after evaluate() (per-image matching) of ``found`` against ``truth``; None when there
+    is no labelled object, 0.0 when there are objects and no detection."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -125,11 +181,11 @@ def coco_map(truth: list[dict], found: list[dict], classes: int) -> dict:
             for len_, (i, b, c) in enumerate((i, b, c) for i, t in enumerate(truth)
                                              for b, c in zip(t["boxes"], t["classes"], strict=True))]
     if not anns:
-        return {"map50": None, "map": None}
+        return None
     dets = [{"image_id": i, "category_id": int(c) + 1, "bbox": _xywh(b), "score": float(s)}
             for i, d in enumerate(found) for b, s, c in zip(d["boxes"], d["scores"], d["classes"], strict=True)]
     if not dets:
-        return {"map50": 0.0, "map": 0.0}
+        return 0.0
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress; the library never prints
         gt = COCO()
         gt.dataset = {"images": [{"id": i} for i in range(len(truth))], "annotations": anns,
@@ -137,9 +193,7 @@ def coco_map(truth: list[dict], found: list[dict], classes: int) -> dict:
         gt.createIndex()
         ev = COCOeval(gt, gt.loadRes(dets), "bbox")
         ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return {"map50": round(100 * max(0.0, float(ev.stats[1])), 2), "map": round(100 * max(0.0, float(ev.stats[0])), 2)}
+    return ev
 
 
 def _xywh(b) -> list[float]:

@@ -87,6 +87,22 @@ class Segment:
         out["pixel_accuracy_drop"] = round(out["pixel_accuracy_fp32"] - out["pixel_accuracy_int8"], 2)
         return out
 
+    def resampled(self, ref, got, y, budget: str):
+        """idx -> the mIoU drop (points) on samples idx, from one confusion matrix per sample (mIoU is not a mean
+        over samples: each resample sums its samples' matrices; see edgepack.tasks.interval)."""
+        if budget != "miou_drop_points":
+            return None
+        if isinstance(ref, list):
+            ref, got = ref[0], got[0]
+        classes = self.num_classes(np.shape(ref))
+        labelled = isinstance(y, list | tuple) and len(y) == len(ref)
+        per = np.zeros((2, len(ref), classes, classes), np.int64)
+        for i in range(len(ref)):
+            m_ref, m_got = self.masks(ref[i:i + 1])[0], self.masks(got[i:i + 1])[0]
+            truth = fit_mask(y[i], m_ref.shape) if labelled else m_ref
+            per[0, i], per[1, i] = confusion(truth, m_ref, classes), confusion(truth, m_got, classes)
+        return lambda idx: miou(per[0, idx].sum(0)) - miou(per[1, idx].sum(0))
+
     def quality_budget(self, quality: dict, limits: dict) -> dict | None:
         """max_miou_drop (points) when set; None otherwise (the SQNR floor then judges the output)."""
         limit = limits.get("max_miou_drop")

@@ -1,0 +1,49 @@
+"""How sure a quality verdict is: a paired bootstrap interval of the value the quality budget judges.
+
+A 1-point budget on an accuracy or mAP drop measured on 200 validation samples is judged on a figure whose own
+sampling error is about as large as the budget (the SSDLite shapes detector: mAP@0.5 drop 0.05 on its 200
+validation scenes, 1.13 on 1,000 others of the same distribution). The validate stage therefore attaches to the
+quality budget row the 95 % interval of its value over resamples of the validation samples, and warns when the
+interval crosses the limit: that validation set cannot settle the budget, more samples can.
+
+Paired percentile bootstrap: each resample draws len(samples) sample indices with replacement (seeded, so the
+interval is reproducible) and recomputes FP32's and INT8's metric on the same draw, so their difference keeps
+what both share. Metrics that are not means over samples (mIoU sums confusion matrices, mAP ranks every
+detection of the set) are recomputed per resample from per-sample pieces by the task's ``resampled``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+LEVEL = 0.95
+SEED = 0
+RESAMPLES = 1000
+#: a detector's resample runs pycocotools' accumulate twice (about 10-20 ms each for a few hundred images)
+RESAMPLES_BY_TASK = {"detect": 200}
+TIME_LIMIT_S = 60.0   # a very large validation set stops resampling early (the interval says how many it took)
+
+
+def budget_interval(task, ref, got, y, row: dict | None, samples: int) -> dict | None:
+    """{"low", "high", "level", "resamples", "samples", "crosses_limit"} for the budget ``row`` (as
+    edgepack.tasks.budgets.row builds it), or None when the task cannot resample that budget's value."""
+    resampled = getattr(task, "resampled", None)
+    if row is None or resampled is None or samples < 2:
+        return None
+    value = resampled(ref, got, y, row["name"])
+    if value is None:
+        return None
+    rng = np.random.default_rng(SEED)
+    wanted = RESAMPLES_BY_TASK.get(getattr(task, "name", ""), RESAMPLES)
+    values, start = [], time.monotonic()
+    while len(values) < wanted and (len(values) < 50 or time.monotonic() - start < TIME_LIMIT_S):
+        values.append(value(rng.integers(0, samples, samples)))
+    low, high = np.percentile(values, [50 * (1 - LEVEL), 50 * (1 + LEVEL)])
+    digits = 4 if row["name"] == "agreement" else 2
+    low, high = round(float(low), digits), round(float(high), digits)
+    limit = row["limit"]
+    crosses = (low <= limit < high) if row["op"] == "<=" else (low < limit <= high)
+    return {"low": low, "high": high, "level": LEVEL, "resamples": len(values), "samples": samples,
+            "seed": SEED, "crosses_limit": bool(crosses)}
