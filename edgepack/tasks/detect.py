@@ -67,11 +67,7 @@ class Detect:
     def quality(self, ref, got, y) -> dict:
         """mAP@0.5 and mAP@0.5:0.95 (points) of FP32 and INT8 detections; drop in points; SQNR of the raw
         outputs (worst output, dB)."""
-        refs, gots = (ref, got) if isinstance(ref, list) else ([ref], [got])
-        det_ref, det_got = self.decode(refs), self.decode(gots)
-        labelled = isinstance(y, list | tuple) and len(y) == len(det_ref)
-        truth = list(y) if labelled else [_confident(d) for d in det_ref]
-        classes = int(split_outputs(refs)[1].shape[-1])
+        refs, gots, det_ref, det_got, truth, labelled, classes = self._scored(ref, got, y)
         fp32, int8 = coco_map(truth, det_ref, classes), coco_map(truth, det_got, classes)
         out = {"sqnr_db": min(_round(sqnr_db(r, g)) for r, g in zip(refs, gots, strict=True)),
                "agreement": None, "accuracy_fp32": None, "accuracy_int8": None, "accuracy_drop": None,
@@ -86,16 +82,22 @@ class Detect:
         out["map_drop"] = round(fp32["map"] - int8["map"], 2) if both else None
         return out
 
+    def _scored(self, ref, got, y) -> tuple:
+        """(raw FP32 outputs, raw INT8 outputs, FP32 detections, INT8 detections, the boxes they are scored
+        against, whether those are labels, class count): labels when ``y`` has one per sample, else FP32's
+        confident detections as pseudo-labels."""
+        refs, gots = (ref, got) if isinstance(ref, list) else ([ref], [got])
+        det_ref, det_got = self.decode(refs), self.decode(gots)
+        labelled = isinstance(y, list | tuple) and len(y) == len(det_ref)
+        truth = list(y) if labelled else [_confident(d) for d in det_ref]
+        return refs, gots, det_ref, det_got, truth, labelled, int(split_outputs(refs)[1].shape[-1])
+
     def resampled(self, ref, got, y, budget: str):
         """idx -> the mAP@0.5 drop (points) on samples idx: pycocotools matches every image once per model, then
         each resample accumulates its images (see map50_resampler and edgepack.tasks.interval)."""
         if budget != "map50_drop_points":
             return None
-        refs, gots = (ref, got) if isinstance(ref, list) else ([ref], [got])
-        det_ref, det_got = self.decode(refs), self.decode(gots)
-        labelled = isinstance(y, list | tuple) and len(y) == len(det_ref)
-        truth = list(y) if labelled else [_confident(d) for d in det_ref]
-        classes = int(split_outputs(refs)[1].shape[-1])
+        _, _, det_ref, det_got, truth, _, classes = self._scored(ref, got, y)
         fp32, int8 = map50_resampler(truth, det_ref, classes), map50_resampler(truth, det_got, classes)
         if fp32 is None or int8 is None:
             return None
