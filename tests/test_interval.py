@@ -101,3 +101,28 @@ def test_no_interval_for_generic_models_or_without_a_budget():
     ref, got, _ = _logits(20, 0.1)
     assert budget_interval(Generic(), ref, got, None, budgets.row("x", 1.0, 2.0, "<="), 20) is None
     assert budget_interval(Classify(), ref, got, None, None, 20) is None
+
+
+def test_a_device_judged_quality_row_carries_the_interval_of_its_few_samples():
+    """The device stage judges the quality budget on the emulated device's samples (8 by default) when device and
+    host disagree: that row gets the interval of those few samples, and a warning says they cannot settle it."""
+    from types import SimpleNamespace
+
+    from edgepack.stages import device
+
+    ref, got, _ = _logits(8, 0.0, seed=5)
+    got[0] = ref[0][::-1]   # the device's INT8 flips one sample of eight
+    task, warned = Classify(), []
+    ctx = SimpleNamespace(task=task, warn=warned.append,
+                          config=SimpleNamespace(min_agreement=None, max_accuracy_drop=None),
+                          target=SimpleNamespace(min_agreement=0.8, max_accuracy_drop=1.0,
+                                                 latency_budget_kind="measured-host"))
+    host_row = budgets.row("agreement", 0.96, 0.8, ">=")
+    val = {"budgets": [host_row]}
+    rec = {"samples": 8, "agreement_with_host": {"int8": {"top1": 0.875}},
+           "quality_on_device": task.quality(ref, got, None)}
+    device._judge(ctx, "onnx", val, rec, {}, {"fp32": ref, "int8": got}, None)
+    row = val["budgets"][0]
+    assert row["kind"] == "emulated-device, 8 samples" and row["value"] == 0.875 and row["passed"] is True
+    assert row["interval"]["samples"] == 8 and row["interval"]["low"] < 0.8 <= row["interval"]["high"]
+    assert any("8 samples run on the emulated device" in w and "emulation_samples" in w for w in warned)

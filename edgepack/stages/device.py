@@ -35,7 +35,7 @@ from edgepack.device import cpi, emulation, run_emulated
 from edgepack.errors import EdgepackError
 from edgepack.inputs.data import sample_indices
 from edgepack.stages.context import BuildContext
-from edgepack.stages.validate import quality_budget
+from edgepack.stages.validate import attach_interval, quality_budget
 from edgepack.targets import TargetProfile
 from edgepack.tasks import budgets
 from edgepack.util import host_cores
@@ -109,7 +109,7 @@ def _run_format(ctx: BuildContext, device: emulation.Device, fmt: str) -> dict:
     est = _estimates(ctx, device, fmt, rec["instructions"], val["latency_ms"].get("device_estimate") or {})
     if est:
         val["latency_ms"]["device_emulated"] = est
-    _judge(ctx, fmt, val, rec, est)
+    _judge(ctx, fmt, val, rec, est, dev, sub.truth)
     _int8_note(ctx, fmt, rec["instructions"])
     return rec
 
@@ -177,8 +177,9 @@ def verdict(band: list[float], limit: float) -> str:
     return "inconclusive"
 
 
-def _judge(ctx: BuildContext, fmt: str, val: dict, rec: dict, est: dict) -> None:
-    """Replace the host-judged rows by the device's where the device decides; recompute passed."""
+def _judge(ctx: BuildContext, fmt: str, val: dict, rec: dict, est: dict, dev: dict, truth) -> None:
+    """Replace the host-judged rows by the device's where the device decides (the quality row with its
+    bootstrap interval over the device's few samples, ``dev`` being their outputs); recompute passed."""
     lat = next((b for b in val["budgets"] if b["name"] == "latency_p50_ms"), None)
     if lat is not None and ctx.target.latency_budget_kind == "emulated" and est.get("int8"):
         _judge_latency(ctx, fmt, lat, est["int8"], val["latency_ms"]["int8"]["p50"])
@@ -187,6 +188,8 @@ def _judge(ctx: BuildContext, fmt: str, val: dict, rec: dict, est: dict) -> None
         row = quality_budget(ctx, rec["quality_on_device"])
         if row is not None:
             row.update(kind=f"emulated-device, {rec['samples']} samples")
+            attach_interval(ctx, fmt, row, dev["fp32"], dev["int8"], truth, rec["samples"],
+                            "samples run on the emulated device", "raise the profile's emulation_samples")
             val["budgets"] = [row if b["name"] == row["name"] else b for b in val["budgets"]]
         ctx.warn(f"{fmt}: the device's INT8 top-1 differs from the host's on {1 - dev_top1:.0%} of "
                  f"{rec['samples']} samples; the quality budget judges the device's figure")
