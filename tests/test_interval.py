@@ -126,3 +126,14 @@ def test_a_device_judged_quality_row_carries_the_interval_of_its_few_samples():
     assert row["kind"] == "emulated-device, 8 samples" and row["value"] == 0.875 and row["passed"] is True
     assert row["interval"]["samples"] == 8 and row["interval"]["low"] < 0.8 <= row["interval"]["high"]
     assert any("8 samples run on the emulated device" in w and "emulation_samples" in w for w in warned)
+
+
+def test_agreement_gets_wilsons_interval_which_does_not_collapse_when_all_agree():
+    from edgepack.tasks.interval import wilson
+
+    low, high = wilson(1.0, 8)
+    assert high == 1.0 and 0.67 < low < 0.68   # 8 of 8 agree: still consistent with 0.68
+    ref, _, _ = _logits(8, 0.0)
+    row = budgets.row("agreement", 1.0, 0.95, ">=")
+    found = budget_interval(Classify(), ref, ref.copy(), None, row, 8)
+    assert found["method"] == "wilson" and found["crosses_limit"] and found["high"] == 1.0

@@ -6,7 +6,9 @@ validation scenes, 1.13 on 1,000 others of the same distribution). The validate 
 quality budget row the 95 % interval of its value over resamples of the validation samples, and warns when the
 interval crosses the limit: that validation set cannot settle the budget, more samples can.
 
-Paired percentile bootstrap: each resample draws len(samples) sample indices with replacement (seeded, so the
+A top-1 agreement is a proportion and gets Wilson's score interval (a bootstrap collapses to a point when every
+sample agrees, which 8 samples on an emulated device often do). Every other value gets a paired percentile
+bootstrap: each resample draws len(samples) sample indices with replacement (seeded, so the
 interval is reproducible) and recomputes FP32's and INT8's metric on the same draw, so their difference keeps
 what both share. Metrics that are not means over samples (mIoU sums confusion matrices, mAP ranks every
 detection of the set) are recomputed per resample from per-sample pieces by the task's ``resampled``.
@@ -35,15 +37,32 @@ def budget_interval(task, ref, got, y, row: dict | None, samples: int) -> dict |
     value = resampled(ref, got, y, row["name"])
     if value is None:
         return None
+    if row["name"] == "agreement":   # a proportion: Wilson's interval (the bootstrap collapses when all agree)
+        low, high = wilson(value(np.arange(samples)), samples)
+        return _result(row, low, high, 0, samples)
     rng = np.random.default_rng(SEED)
     wanted = RESAMPLES_BY_TASK.get(getattr(task, "name", ""), RESAMPLES)
     values, start = [], time.monotonic()
     while len(values) < wanted and (len(values) < 50 or time.monotonic() - start < TIME_LIMIT_S):
         values.append(value(rng.integers(0, samples, samples)))
     low, high = np.percentile(values, [50 * (1 - LEVEL), 50 * (1 + LEVEL)])
+    return _result(row, low, high, len(values), samples)
+
+
+def wilson(share: float, n: int, level: float = LEVEL) -> tuple[float, float]:
+    """Wilson's score interval of a proportion ``share`` observed on ``n`` samples (8 of 8: 0.68 to 1)."""
+    from statistics import NormalDist
+
+    z = NormalDist().inv_cdf(0.5 + level / 2)
+    centre = (share + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * np.sqrt(share * (1 - share) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _result(row: dict, low: float, high: float, resamples: int, samples: int) -> dict:
     digits = 4 if row["name"] == "agreement" else 2
     low, high = round(float(low), digits), round(float(high), digits)
     limit = row["limit"]
     crosses = (low <= limit < high) if row["op"] == "<=" else (low < limit <= high)
-    return {"low": low, "high": high, "level": LEVEL, "resamples": len(values), "samples": samples,
-            "seed": SEED, "crosses_limit": bool(crosses)}
+    return {"low": low, "high": high, "level": LEVEL, "method": "wilson" if not resamples else "paired bootstrap",
+            "resamples": resamples, "samples": samples, "seed": SEED, "crosses_limit": bool(crosses)}
