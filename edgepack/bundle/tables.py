@@ -123,6 +123,8 @@ def budget_rows(man: dict) -> list[tuple[str, str, str, str]]:
             if b.get("interval"):   # the quality budget's bootstrap interval (edgepack.tasks.interval)
                 i = b["interval"]
                 value += f" ({i['level']:.0%}: {_fmt(i['low'], digits)} to {_fmt(i['high'], digits)})"
+            if b.get("device"):   # the device's figure, too few samples to judge (stages/device.py)
+                value += f"; device {_fmt(b['device']['value'], digits)} on {b['device']['interval']['samples']}"
             verdict = b.get("verdict") or ("pass" if b["passed"] else "fail")
             rows.append((f"[{m['format']}] {b['name']}{kind}", value, f"{b['op']} {_fmt(b['limit'])}",
                          verdict.upper()))

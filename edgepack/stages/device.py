@@ -35,9 +35,10 @@ from edgepack.device import cpi, emulation, run_emulated
 from edgepack.errors import EdgepackError
 from edgepack.inputs.data import sample_indices
 from edgepack.stages.context import BuildContext
-from edgepack.stages.validate import attach_interval, quality_budget
+from edgepack.stages.validate import quality_budget
 from edgepack.targets import TargetProfile
 from edgepack.tasks import budgets
+from edgepack.tasks.interval import budget_interval
 from edgepack.util import host_cores
 
 PRECISIONS = ("fp32", "int8")
@@ -178,21 +179,35 @@ def verdict(band: list[float], limit: float) -> str:
 
 
 def _judge(ctx: BuildContext, fmt: str, val: dict, rec: dict, est: dict, dev: dict, truth) -> None:
-    """Replace the host-judged rows by the device's where the device decides (the quality row with its
-    bootstrap interval over the device's few samples, ``dev`` being their outputs); recompute passed."""
+    """Replace the host-judged rows by the device's where the device decides; recompute passed.
+
+    The quality row: when the device's INT8 top-1 differs from the host's, the device's figure judges, unless
+    its interval over the device's few samples (``dev``: their outputs) crosses the limit; then those samples
+    cannot settle the budget and the host's figure over the whole validation set keeps judging, the device's
+    figure kept beside it (``device`` in the row)."""
     lat = next((b for b in val["budgets"] if b["name"] == "latency_p50_ms"), None)
     if lat is not None and ctx.target.latency_budget_kind == "emulated" and est.get("int8"):
         _judge_latency(ctx, fmt, lat, est["int8"], val["latency_ms"]["int8"]["p50"])
     dev_top1 = rec["agreement_with_host"]["int8"]["top1"]
     if dev_top1 is not None and dev_top1 < 1.0:
+        differs = f"the device's INT8 top-1 differs from the host's on {1 - dev_top1:.0%} of {rec['samples']} samples"
         row = quality_budget(ctx, rec["quality_on_device"])
+        host = next((b for b in val["budgets"] if row is not None and b["name"] == row["name"]), None)
         if row is not None:
             row.update(kind=f"emulated-device, {rec['samples']} samples")
-            attach_interval(ctx, fmt, row, dev["fp32"], dev["int8"], truth, rec["samples"],
-                            "samples run on the emulated device", "raise the profile's emulation_samples")
-            val["budgets"] = [row if b["name"] == row["name"] else b for b in val["budgets"]]
-        ctx.warn(f"{fmt}: the device's INT8 top-1 differs from the host's on {1 - dev_top1:.0%} of "
-                 f"{rec['samples']} samples; the quality budget judges the device's figure")
+            found = budget_interval(ctx.task, dev["fp32"], dev["int8"], truth, row, rec["samples"])
+            if found is not None:
+                row["interval"] = found
+        if row is not None and host is not None and (row.get("interval") or {}).get("crosses_limit"):
+            i = row["interval"]
+            host["device"] = {k: row[k] for k in ("value", "passed", "kind", "interval")}
+            ctx.warn(f"{fmt}: {differs}; the device's {row['name']} {row['value']} over them ({i['level']:.0%} "
+                     f"interval {i['low']} to {i['high']}) cannot settle the budget, so the host's figure over "
+                     f"{val.get('samples', 'all')} samples judges it; raise the profile's emulation_samples")
+        else:
+            if row is not None:
+                val["budgets"] = [row if b["name"] == row["name"] else b for b in val["budgets"]]
+            ctx.warn(f"{fmt}: {differs}; the quality budget judges the device's figure")
     val["passed"] = budgets.all_passed(val["budgets"])
 
 

@@ -70,30 +70,23 @@ def validate_format(ctx: BuildContext, fmt: str) -> dict:
 
 
 def _quality_interval(ctx: BuildContext, fmt: str, result: dict, outs: dict) -> None:
-    """The quality budget row's 95 % bootstrap interval over the validation samples (edgepack.tasks.interval),
-    and a warning when it crosses the limit: the verdict then rests on too few samples to be sure."""
+    """The quality budget row's 95 % interval over the validation samples (edgepack.tasks.interval), and a
+    warning when it crosses the limit: the verdict then rests on too few samples to be sure."""
+    from edgepack.tasks.interval import budget_interval
+
     row = quality_budget(ctx, result)
     if row is None or not result["budgets"] or result["budgets"][0]["name"] != row["name"]:
         return
-    attach_interval(ctx, fmt, result["budgets"][0], outs["fp32"], outs["int8"], ctx.val.truth, len(ctx.val),
-                    "validation samples", "validate on more (--val)")
-
-
-def attach_interval(ctx: BuildContext, fmt: str, row: dict, fp32, int8, truth, samples: int, what: str,
-                    remedy: str) -> None:
-    """Put the bootstrap interval of ``row``'s value on ``row`` (when the task can resample it) and warn when it
-    crosses the row's limit. ``what`` names the samples, ``remedy`` says how to get more."""
-    from edgepack.tasks.interval import budget_interval
-
-    found = budget_interval(ctx.task, fp32, int8, truth, row, samples)
+    found = budget_interval(ctx.task, outs["fp32"], outs["int8"], ctx.val.truth, row, len(ctx.val))
     if found is None:
         return
-    row["interval"] = found
+    result["budgets"][0]["interval"] = found
     if found["crosses_limit"]:
         verdict = "passes" if row["passed"] else "fails"
         ctx.warn(f"{fmt}: {row['name']} {row['value']} {verdict} ({row['op']} {row['limit']}), but its "
-                 f"{found['level']:.0%} interval over the {samples} {what} is {found['low']} to {found['high']}, "
-                 f"which crosses the limit: too few samples to be sure; {remedy}")
+                 f"{found['level']:.0%} interval over the {found['samples']} validation samples is "
+                 f"{found['low']} to {found['high']}, which crosses the limit: too few samples to be sure; "
+                 "validate on more (--val)")
 
 
 def _pictures(ctx: BuildContext, outs: dict) -> dict:
