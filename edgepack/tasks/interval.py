@@ -1,4 +1,4 @@
-"""How sure a quality verdict is: a paired bootstrap interval of the value the quality budget judges.
+"""How sure a quality verdict is: the 95 % interval of the value the quality budget judges.
 
 A 1-point budget on an accuracy or mAP drop measured on 200 validation samples is judged on a figure whose own
 sampling error is about as large as the budget (the SSDLite shapes detector: mAP@0.5 drop 0.05 on its 200
