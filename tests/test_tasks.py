@@ -120,6 +120,19 @@ def test_segment_quality_with_masks_and_with_pseudo_labels():
     assert seg.quality_budget(pseudo, {"max_miou_drop": None}) is None
 
 
+@pytest.mark.parametrize("name,shape", [("classify", (4, 10)), ("generic", (4, 4, 5, 5)), ("segment", (4, 3, 8, 8))])
+def test_identical_outputs_give_a_finite_sqnr_the_manifest_can_hold(name, shape):
+    """A random-weight torchvision googlenet's INT8 logits equal its FP32 ones: SQNR was inf, and writing the
+    manifest (JSON, no infinity) crashed the build with exit 70."""
+    ref = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    for got in (ref.copy(), ref * 0):
+        quality = tasks.get(name).quality(ref, got, None)
+        assert np.isfinite(quality["sqnr_db"])
+        json.dumps(quality, allow_nan=False)
+    assert tasks.get(name).quality(ref, ref.copy(), None)["sqnr_db"] == 999.0
+    assert tasks.get(name).quality(ref * 0, ref, None)["sqnr_db"] == -999.0
+
+
 def test_probability_map_is_two_classes():
     seg = Segment()
     prob = np.array([[[[0.2, 0.7], [0.5, 0.1]]]], np.float32)

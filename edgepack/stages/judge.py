@@ -13,9 +13,9 @@ import math
 
 import numpy as np
 
+from edgepack.tasks.base import SQNR_CAP_DB
 from edgepack.tasks.generic import DEFAULT_MIN_SQNR_DB as DEFAULT_MIN_OUTPUT_SQNR_DB  # noqa: E402
 
-SQNR_CAP_DB = 999.0   # identical outputs (no noise): reported as 999 dB, JSON has no infinity
 JUDGE_SAMPLES = 32    # validation samples run again to compare the outputs after the first
 
 
