@@ -186,3 +186,54 @@ def test_variable_the_keras_model_does_not_own_is_frozen_into_the_saved_model(tm
     interp.invoke()
     got = interp.get_tensor(interp.get_output_details()[0]["index"])
     np.testing.assert_allclose(got, model(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
+class TwoHeads(torch.nn.Module):
+    """Boxes then scores, as MTCNN's PNet returns them; the converter lists the softmax head's tensor first."""
+
+    def __init__(self):
+        super().__init__()
+        self.trunk = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.box = torch.nn.Conv2d(8, 4, 1)
+        self.cls = torch.nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        x = torch.relu(self.trunk(x))
+        return self.box(x), torch.softmax(self.cls(x), dim=1)
+
+
+def test_outputs_keep_the_source_models_order(tmp_path):
+    """get_output_details gave [scores, boxes]: the backend's runner, the manifest's io and the bundle's run.py
+    follow the serving signature (output_0, output_1) instead, the ONNX model's order."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    import onnx
+    import onnxslim
+
+    from edgepack.tasks import postprocess
+
+    torch.manual_seed(0)
+    net = TwoHeads().eval()
+    onnx_path = tmp_path / "two.onnx"
+    torch.onnx.export(net, torch.zeros(1, 3, 16, 16), str(onnx_path), dynamo=False, opset_version=17,
+                      input_names=["input"], output_names=["logits"])
+    onnx.save(onnxslim.slim(onnx.load(str(onnx_path))), str(onnx_path))
+    path = bk.convert(onnx_path, tmp_path / "work", None)
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 3, 16, 16)).astype(np.float32)
+    with torch.no_grad():
+        want = [t.numpy() for t in net(torch.from_numpy(x))]
+    assert [o["shape"][-1] for o in bk.io_details(path)["outputs"]] == [4, 2]
+    for got, ref in zip(bk.TFLiteRunner(path).run_outputs(x), want, strict=True):
+        np.testing.assert_allclose(got, ref, atol=1e-4)
+    spec = importlib.util.spec_from_file_location("bundle_run_order", Path(bk.__file__).parents[1] / "bundle" /
+                                                  "templates" / "run.py")
+    runner = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runner)
+    sys.path.insert(0, str(Path(postprocess.__file__).parent))  # run.py imports postprocess from beside it
+    try:
+        outs = runner.TFLiteModel(path, 1).outputs({"input": x})
+    finally:
+        sys.path.remove(str(Path(postprocess.__file__).parent))
+    assert [o.shape for o in outs] == [r.shape for r in want]

@@ -315,7 +315,28 @@ def io_details(tflite_path: Path) -> dict:
     """
     interp = _interpreter(tflite_path, threads=1)
     return {"inputs": [_describe(d) for d in interp.get_input_details()],
-            "outputs": [_describe(d) for d in interp.get_output_details()]}
+            "outputs": [_describe(d) for d in output_details(interp)]}
+
+
+def output_details(interp) -> list[dict]:
+    """The interpreter's output details in the source model's output order.
+
+    ``get_output_details`` lists outputs by tensor index, which the converter does not keep in the model's order
+    (MTCNN's PNet came out as [scores, boxes] where the ONNX model gives [boxes, scores]: the "first output" a
+    classifier is judged on, the golden keys and the manifest then named another tensor). The serving signature
+    names them ``output_0``, ``output_1``, ... in the Keras model's order, which is the ONNX graph's; without
+    such a signature the index order is kept. (The bundle's run.py orders them the same way.)"""
+    details = interp.get_output_details()
+    try:
+        outputs = interp._get_full_signature_list()["serving_default"]["outputs"]  # noqa: SLF001 - the indexes
+    except (AttributeError, KeyError):
+        return details
+    order = sorted((int(k.rsplit("_", 1)[1]), i) for k, i in outputs.items()
+                   if k.startswith("output_") and k.rsplit("_", 1)[1].isdigit())
+    by_index = {d["index"]: d for d in details}
+    if len(order) != len(details) or {i for _, i in order} != set(by_index):
+        return details
+    return [by_index[i] for _, i in order]
 
 
 def _describe(detail: dict) -> dict:
@@ -366,7 +387,7 @@ class TFLiteRunner:
         self._interp = _interpreter(self.path, threads)
         self._ins = self._interp.get_input_details()
         self._in = self._ins[0]
-        self._outs = self._interp.get_output_details()
+        self._outs = output_details(self._interp)
 
     def run(self, x: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
         """Run one batch-1 input (NCHW float32 array, or token arrays by name); return the first output."""

@@ -161,7 +161,23 @@ class TFLiteModel:
             from tflite_runtime.interpreter import Interpreter
         self.it = Interpreter(model_path=str(path), num_threads=threads)
         self.it.allocate_tensors()
-        self.inputs, self.out = self.it.get_input_details(), self.it.get_output_details()[0]
+        self.inputs, self.outs = self.it.get_input_details(), self._output_details()
+        self.out = self.outs[0]
+
+    def _output_details(self):
+        """Outputs in the source model's order: the serving signature's output_0, output_1, ... (the tensor
+        index order of get_output_details is the converter's; edgepack's TFLite runner orders them alike)."""
+        details = self.it.get_output_details()
+        try:
+            sig = self.it._get_full_signature_list()["serving_default"]["outputs"]
+        except (AttributeError, KeyError):
+            return details
+        order = sorted((int(k.rsplit("_", 1)[1]), i) for k, i in sig.items()
+                       if k.startswith("output_") and k.rsplit("_", 1)[1].isdigit())
+        by_index = {d["index"]: d for d in details}
+        if len(order) != len(details) or {i for _, i in order} != set(by_index):
+            return details
+        return [by_index[i] for _, i in order]
 
     def _set(self, feed):
         for d in self.inputs:
@@ -199,7 +215,7 @@ class TFLiteModel:
         shape = self.inputs[0]["shape"]
         in_hw = tuple(shape[1:3]) if len(shape) == 4 else None
         return [postprocess.to_nchw(np.asarray(self._get(d), np.float32), in_hw)
-                for d in self.it.get_output_details()]
+                for d in self.outs]
 
 
 def load_model(manifest, threads, fmt=None):
