@@ -237,3 +237,28 @@ def test_outputs_keep_the_source_models_order(tmp_path):
     finally:
         sys.path.remove(str(Path(postprocess.__file__).parent))
     assert [o.shape for o in outs] == [r.shape for r in want]
+
+
+
+def test_node_names_tensorflow_refuses_are_rewritten(tmp_path):
+    """paddle2onnx names nodes "Softmax@0"; onnx2tf names TensorFlow ops after them and TensorFlow refused the
+    scope name, failing PP-OCR's text-direction classifier (exit 4). The converted copy renames them."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.normal(size=(4, 3, 1, 1)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["input", "w"], ["c"], name="Conv@0"),
+         helper.make_node("Softmax", ["c"], ["p"], name="Softmax@0", axis=1),
+         helper.make_node("Relu", ["p"], ["logits"], name="Softmax_0")],  # what "Softmax@0" would become
+        "g", [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, [1, 4, 8, 8])], [weight])
+    odd = tmp_path / "odd_names.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(odd))
+    x = rng.uniform(-1, 1, (1, 3, 8, 8)).astype(np.float32)
+    want = ort.InferenceSession(str(odd)).run(None, {"input": x})[0]
+    path = bk.convert(odd, tmp_path / "work", None)
+    np.testing.assert_allclose(bk.TFLiteRunner(path).run(x), want, atol=1e-5)
+    assert [n.name for n in onnx.load(str(odd)).graph.node][1] == "Softmax@0"  # the user's file is untouched

@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -41,6 +42,7 @@ BOUNDARY_OPS = frozenset({"QUANTIZE", "DEQUANTIZE"})
 _SAVED_MODEL_DIR = "saved_model"
 _STAMP = "edgepack_onnx_sha256.txt"
 _SAMPLE_COUNT = 20  # images onnx2tf uses for its shape-estimation dry run (what it would have downloaded)
+_NOT_IN_TF_NAMES = re.compile(r"[^A-Za-z0-9_.\\/>-]")  # TensorFlow's scope names take only these characters
 
 
 def convert(onnx_path: Path, workdir: Path, calib: np.ndarray | None, *, io_dtype: str = "int8",
@@ -193,6 +195,7 @@ def _onnx2tf_keras(onnx_path: Path, scratch: Path, calib: np.ndarray | None):
     _quiet_tensorflow()
     import onnx2tf
 
+    onnx_path = _tf_safe_node_names(onnx_path, scratch)
     try:
         with _offline_samples(calib):
             model = onnx2tf.convert(
@@ -208,6 +211,30 @@ def _onnx2tf_keras(onnx_path: Path, scratch: Path, calib: np.ndarray | None):
     if model is None:
         raise StageError(f"onnx2tf returned no model for {onnx_path.name}")
     return model
+
+
+def _tf_safe_node_names(onnx_path: Path, scratch: Path) -> Path:
+    """`onnx_path`, or a copy beside `scratch` whose node names TensorFlow accepts: onnx2tf names TensorFlow ops
+    after ONNX nodes, and TensorFlow refuses scope names with characters outside [A-Za-z0-9_.\\/>-] (paddle2onnx
+    names nodes "Softmax@0": PP-OCR's text-direction classifier failed with "not a valid scope name")."""
+    import onnx
+
+    model = onnx.load(str(onnx_path))
+    bad = [node for node in model.graph.node if _NOT_IN_TF_NAMES.search(node.name)]
+    if not bad:
+        return onnx_path
+    taken = {node.name for node in model.graph.node}
+    for node in bad:
+        name = base = _NOT_IN_TF_NAMES.sub("_", node.name)
+        for k in range(1, len(taken) + 2):
+            if name not in taken:
+                break
+            name = f"{base}_{k}"
+        taken.add(name)
+        node.name = name
+    out = scratch.with_name(f"{onnx_path.stem}_tf_names.onnx")
+    onnx.save(model, str(out))
+    return out
 
 
 @contextlib.contextmanager
