@@ -267,3 +267,26 @@ def test_an_onnx_source_gets_a_fixed_shape_and_an_opset_that_takes_per_channel_i
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6)
     again = onnx_backend.prepare_source(dst, tmp_path / "same.onnx", input_shape=(1, 3, 8, 8), opset=17)
     assert again == {"pinned_dims": [], "opset_from": None, "opset_to": None}   # a ready model is left alone
+
+
+def test_exported_outputs_are_named_after_what_the_model_returns(tmp_path):
+    """One output is "logits"; several were "logits", "28", ... (MTCNN's box regression called logits): they are
+    output0, output1, ..., or a dict's keys (torchvision segmentation: out, aux)."""
+    import onnx
+    import torch
+
+    class Heads(torch.nn.Module):
+        def __init__(self, as_dict: bool):
+            super().__init__()
+            self.conv, self.as_dict = torch.nn.Conv2d(3, 4, 1), as_dict
+
+        def forward(self, x):
+            y = self.conv(x)
+            return {"out": y, "aux": y.relu()} if self.as_dict else (y, (y.relu(), y.sigmoid()))
+
+    onnx_backend = backends.get("onnx")
+    for module, want in ((Heads(True), ["out", "aux"]), (Heads(False), ["output0", "output1", "output2"]),
+                         (torch.nn.Conv2d(3, 4, 1), ["logits"])):
+        path = tmp_path / "m.onnx"
+        onnx_backend.export(module.eval(), (1, 3, 8, 8), path, opset=17)
+        assert [o.name for o in onnx.load(str(path)).graph.output] == want
