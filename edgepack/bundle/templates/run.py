@@ -38,16 +38,17 @@ def preprocess(path, pre, shape):
     from PIL import Image
 
     height, width = int(shape[-2]), int(shape[-1])
-    crop = pre["crop"] or height
-    resize = pre["resize"] or int(round(crop / 0.875))
+    crop_h = pre["crop"] or height
+    crop_w = max(1, round(crop_h * width / height))  # the crop has the input's aspect ratio
+    resize = pre["resize"] or int(round(crop_h / 0.875))
     with Image.open(path) as img:
         img = img.convert("L" if pre["channel_order"] == "L" else "RGB")
-        scale = resize / min(img.size)
-        img = img.resize((max(crop, round(img.size[0] * scale)), max(crop, round(img.size[1] * scale))),
+        scale = max(resize * crop_w / crop_h / img.size[0], resize / img.size[1])
+        img = img.resize((max(crop_w, round(img.size[0] * scale)), max(crop_h, round(img.size[1] * scale))),
                          Image.Resampling.BILINEAR)
-        left, top = (img.size[0] - crop) // 2, (img.size[1] - crop) // 2
-        img = img.crop((left, top, left + crop, top + crop))
-        if (crop, crop) != (width, height):
+        left, top = (img.size[0] - crop_w) // 2, (img.size[1] - crop_h) // 2
+        img = img.crop((left, top, left + crop_w, top + crop_h))
+        if (crop_w, crop_h) != (width, height):
             img = img.resize((width, height), Image.Resampling.BILINEAR)
         arr = np.asarray(img, dtype=np.float32)
     if arr.ndim == 2:
