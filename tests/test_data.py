@@ -180,3 +180,20 @@ def test_non_square_inputs_keep_the_images_aspect_ratio(tmp_path):
     np.testing.assert_array_equal(run.preprocess(tmp_path / "ramp.png", pre.to_dict(), list(shape))[0, 0], x)
     mask = labels.transform_mask(ramp // 32, labels.geometry((256, 256), shape, pre))
     assert mask.shape == (16, 64) and (mask == x.astype(np.int64) // 32).mean() > 0.95
+
+
+def test_bundle_runner_reads_an_image_for_a_tflite_model_in_nchw(image_folder):
+    """A TFLite bundle's manifest gives its input NHWC ([1, 24, 32, 3]); run.py took H, W from the last two axes
+    (32 and 3), so `python3 run.py photo.jpg` failed with "Dimension mismatch" for every android-arm64 bundle."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("bundle_run_nhwc", Path(data.__file__).parents[1] / "bundle" /
+                                                  "templates" / "run.py")
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    pre = Preprocess()
+    f = sorted(image_folder.iterdir())[0]
+    for first in ({"shape": [1, 24, 32, 3], "layout": "NHWC"}, {"shape": [1, 3, 24, 32], "layout": "NCHW"}):
+        feed = run.ImageReader({"preprocess": pre.to_dict(), "inputs": [first]})(f)
+        np.testing.assert_array_equal(feed["input"], data.preprocess_image(f, (1, 3, 24, 32), pre)[None])

@@ -65,7 +65,10 @@ class ImageReader:
     names = ["input"]
 
     def __init__(self, manifest):
-        self.pre, self.shape = manifest["preprocess"], manifest["inputs"][0]["shape"]
+        first = manifest["inputs"][0]
+        shape = first["shape"]  # a TFLite model's is NHWC: preprocess takes N, C, H, W
+        self.pre = manifest["preprocess"]
+        self.shape = [shape[0], shape[3], shape[1], shape[2]] if first.get("layout") == "NHWC" else shape
 
     def __call__(self, path):
         return {"input": preprocess(path, self.pre, self.shape)}
