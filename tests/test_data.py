@@ -197,3 +197,32 @@ def test_bundle_runner_reads_an_image_for_a_tflite_model_in_nchw(image_folder):
     for first in ({"shape": [1, 24, 32, 3], "layout": "NHWC"}, {"shape": [1, 3, 24, 32], "layout": "NCHW"}):
         feed = run.ImageReader({"preprocess": pre.to_dict(), "inputs": [first]})(f)
         np.testing.assert_array_equal(feed["input"], data.preprocess_image(f, (1, 3, 24, 32), pre)[None])
+
+
+def test_bundle_runner_quantizes_a_tflite_input_as_edgepack_validated_it():
+    """run.py rounded x / scale + zero point, edgepack x / scale and then added it: on ties (MTCNN's
+    (pixel - 127.5) / 128 with scale 1/128 is always one) an odd zero point moved half the pixels by one step,
+    so `run.py --golden` failed on the build host and the device stage saw INT8 differences that were its own."""
+    import importlib.util
+    from pathlib import Path
+
+    from edgepack.backends.tflite import _quantize
+
+    spec = importlib.util.spec_from_file_location("bundle_run_q", Path(data.__file__).parents[1] / "bundle" /
+                                                  "templates" / "run.py")
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    detail = {"name": "serving_default_input:0", "index": 0, "quantization": (1 / 128, -1), "dtype": np.int8}
+    x = ((np.arange(24, dtype=np.float32) - 12.5) / 128).reshape(1, 2, 3, 4)  # every x / scale a tie
+
+    class Interpreter:
+        def set_tensor(self, index, value):
+            self.value = value
+
+        def invoke(self):
+            pass
+
+    model = object.__new__(run.TFLiteModel)
+    model.it, model.inputs = Interpreter(), [detail]
+    model._set({"input": x})
+    np.testing.assert_array_equal(model.it.value, _quantize(x.transpose(0, 2, 3, 1), detail))

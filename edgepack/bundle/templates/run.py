@@ -190,7 +190,7 @@ class TFLiteModel:
             scale, zero = d["quantization"]
             if x.dtype.kind == "f" and np.dtype(d["dtype"]).kind in "iu" and scale:
                 info = np.iinfo(d["dtype"])
-                x = np.clip(np.round(x / scale + zero), info.min, info.max)
+                x = np.clip(np.round(x / scale) + zero, info.min, info.max)  # as edgepack validated it
             self.it.set_tensor(d["index"], x.astype(d["dtype"]))
         self.it.invoke()
 
