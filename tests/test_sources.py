@@ -22,6 +22,16 @@ def test_unknown_torchvision_arch_suggests(tmp_path):
         sources.load("torchvision:resnet81")
 
 
+@pytest.mark.parametrize("arch,kind", [("deeplabv3_mobilenet_v3_large", "segmentation"),
+                                       ("ssdlite320_mobilenet_v3_large", "detection")])
+def test_torchvision_model_that_is_not_a_classifier_is_named_with_a_factory_hint(arch, kind):
+    """deeplabv3_mobilenet_v3_large got "did you mean 'mobilenet_v3_large'?" and "classification models only"."""
+    with pytest.raises(InputError) as err:
+        sources.load(f"torchvision:{arch}")
+    assert f"torchvision {kind} model" in err.value.message and "did you mean" not in err.value.message
+    assert f"torchvision.models.{kind}.{arch}(weights=None, weights_backbone=None" in err.value.hint
+
+
 def test_weights_for_the_wrong_head_say_num_classes(tmp_path):
     import torchvision
 

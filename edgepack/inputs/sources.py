@@ -226,6 +226,7 @@ def _torchvision(spec: str, weights: str | None, num_classes: int | None) -> Loa
     if arch not in names:
         from edgepack.errors import did_you_mean
 
+        _not_a_classifier(arch)
         suggestion = did_you_mean(arch, names)
         raise InputError(f"unknown torchvision architecture '{arch}'" + (f" ({suggestion})" if suggestion else ""),
                          hint="see torchvision.models.list_models(); classification models only")
@@ -238,6 +239,23 @@ def _torchvision(spec: str, weights: str | None, num_classes: int | None) -> Loa
         log.warning("no --weights given: %s has random weights", arch)
     module.eval()
     return loaded
+
+
+def _not_a_classifier(arch: str) -> None:
+    """An InputError naming the kind of a torchvision model that is not a classifier (a segmentation model got
+    "did you mean 'mobilenet_v3_large'?"), with the factory that builds it without downloading weights."""
+    import torchvision
+
+    for kind in ("segmentation", "detection", "video", "optical_flow", "quantization"):
+        if arch in torchvision.models.list_models(module=getattr(torchvision.models, kind)):
+            backbone = ", weights_backbone=None" if kind in ("segmentation", "detection") else ""
+            after = ("; its per-image lists of boxes need a wrapper that returns tensors, as "
+                     "examples/ssdlite_shapes/model.py has" if kind == "detection" else "")
+            raise InputError(f"'{arch}' is a torchvision {kind} model; torchvision:<arch> takes classification "
+                             "models only",
+                             hint=f"wrap it in a factory, e.g. def model(): return torchvision.models.{kind}.{arch}"
+                                  f"(weights=None{backbone}, num_classes=N).eval(), and pass package.module:model "
+                                  f"with --task and --weights{after}")
 
 
 def _factory(spec: str, weights: str | None) -> LoadedModel:
