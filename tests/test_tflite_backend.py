@@ -262,3 +262,16 @@ def test_node_names_tensorflow_refuses_are_rewritten(tmp_path):
     path = bk.convert(odd, tmp_path / "work", None)
     np.testing.assert_allclose(bk.TFLiteRunner(path).run(x), want, atol=1e-5)
     assert [n.name for n in onnx.load(str(odd)).graph.node][1] == "Softmax@0"  # the user's file is untouched
+
+
+def test_an_onnx2tf_failure_comes_with_a_hint(tiny, tmp_path, monkeypatch):
+    """onnx2tf's own exceptions reached the user as "Error: onnx2tf could not convert ..." with no Hint line."""
+    import onnx2tf
+
+    def fails(**kwargs):
+        raise ValueError("no mapping for op Foo")
+
+    monkeypatch.setattr(onnx2tf, "convert", fails)
+    with pytest.raises(StageError) as err:
+        bk.convert(tiny[0], tmp_path / "work", None)
+    assert "no mapping for op Foo" in err.value.message and "--debug" in err.value.hint

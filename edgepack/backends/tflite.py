@@ -207,7 +207,9 @@ def _onnx2tf_keras(onnx_path: Path, scratch: Path, calib: np.ndarray | None):
         raise StageError(f"onnx2tf could not convert {onnx_path.name} (exit {exc.code})",
                          hint="run with --debug for onnx2tf's log") from None
     except Exception as exc:
-        raise StageError(f"onnx2tf could not convert {onnx_path.name}: {exc}") from exc
+        raise StageError(f"onnx2tf could not convert {onnx_path.name}: {exc}",
+                         hint="an operator onnx2tf cannot map: run with --debug for its trace; the ONNX targets "
+                              "(raspberry-pi-4, raspberry-pi-5, x86-64) need no conversion") from exc
     if model is None:
         raise StageError(f"onnx2tf returned no model for {onnx_path.name}")
     return model
