@@ -96,3 +96,14 @@ def test_corrupt_model_files(tmp_path, suffix, content, message):
 def test_factory_that_is_not_a_module():
     with pytest.raises(InputError, match="cannot import factory"):
         sources.load("no_such_module_xyz:make")
+
+
+def test_torchvision_googlenet_builds_without_torchvisions_future_warning():
+    """`edgepack build torchvision:googlenet` printed torchvision's FutureWarning about its default weight init
+    (a raw Python warning, nothing the user can act on) before edgepack's own output."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        sources.load("torchvision:googlenet", num_classes=10)
+    assert not [w for w in seen if issubclass(w.category, FutureWarning)]

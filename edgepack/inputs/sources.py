@@ -19,6 +19,7 @@ import importlib
 import logging
 import re
 import sys
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -231,7 +232,9 @@ def _torchvision(spec: str, weights: str | None, num_classes: int | None) -> Loa
         raise InputError(f"unknown torchvision architecture '{arch}'" + (f" ({suggestion})" if suggestion else ""),
                          hint="see torchvision.models.list_models(); classification models only")
     kwargs = {"num_classes": num_classes} if num_classes else {}
-    module = torchvision.models.get_model(arch, weights=None, **kwargs)
+    with warnings.catch_warnings():  # googlenet/inception_v3 warn that their default init will change: not ours
+        warnings.simplefilter("ignore", FutureWarning)
+        module = torchvision.models.get_model(arch, weights=None, **kwargs)
     loaded = LoadedModel(spec=spec, kind="torch", name=arch, module=module)
     if weights:
         loaded.weights_sha256 = load_weights(module, weights)
