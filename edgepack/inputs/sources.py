@@ -220,6 +220,7 @@ def _torchscript(path: Path, trust_model: bool) -> LoadedModel:
 
 
 def _torchvision(spec: str, weights: str | None, num_classes: int | None) -> LoadedModel:
+    import torch
     import torchvision
 
     arch = spec.split(":", 1)[1]
@@ -232,8 +233,11 @@ def _torchvision(spec: str, weights: str | None, num_classes: int | None) -> Loa
         raise InputError(f"unknown torchvision architecture '{arch}'" + (f" ({suggestion})" if suggestion else ""),
                          hint="see torchvision.models.list_models(); classification models only")
     kwargs = {"num_classes": num_classes} if num_classes else {}
-    with warnings.catch_warnings():  # googlenet/inception_v3 warn that their default init will change: not ours
-        warnings.simplefilter("ignore", FutureWarning)
+    # seeded (without touching the caller's generator): without --weights the random weights are the model, and
+    # an unseeded init gave every build of the same command another model (mnasnet0_5: agreement 1.0, then 0.81)
+    with warnings.catch_warnings(), torch.random.fork_rng():
+        warnings.simplefilter("ignore", FutureWarning)  # googlenet/inception_v3: their default init will change
+        torch.manual_seed(0)
         module = torchvision.models.get_model(arch, weights=None, **kwargs)
     loaded = LoadedModel(spec=spec, kind="torch", name=arch, module=module)
     if weights:
