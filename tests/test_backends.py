@@ -229,8 +229,8 @@ def test_histogram_calibration_stops_at_its_deadline(tmp_path):
 
 
 def test_entropy_threshold_search_stops_at_the_deadline(tmp_path, monkeypatch):
-    """The entropy method's threshold search runs after the last calibration sample, tensor by tensor, and took no
-    deadline: on PP-OCRv4's detector one trial ran 15 minutes into a 300 s search. It now stops between tensors."""
+    """The entropy method's threshold search runs after the last calibration sample and took no deadline: on
+    PP-OCRv4's detector one trial ran 15 minutes into a 300 s search. It now stops inside the search."""
     from types import SimpleNamespace
 
     import toy_models
@@ -244,7 +244,7 @@ def test_entropy_threshold_search_stops_at_the_deadline(tmp_path, monkeypatch):
     calib = np.random.default_rng(0).standard_normal((6, 3, 32, 32)).astype(np.float32)
     clock, real, searched = {"now": 0.0}, HistogramCollector.get_entropy_threshold, []
 
-    def slow(self, histogram, bins):  # the threshold search is where the time goes: past the deadline after one
+    def slow(self, histogram, bins):  # the threshold search is where the time goes: past the deadline in it
         searched.append(1)
         clock["now"] = 100.0
         return real(self, histogram, bins)

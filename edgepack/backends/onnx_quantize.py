@@ -235,19 +235,14 @@ def _histograms_in_chunks(size: int | None = None, deadline: float | None = None
     them (EfficientNet-Lite0 at 224 px: ~40 MB a sample, 8 GB for 200 samples). Their collectors merge
     histograms across collect_data calls, so the samples are fed ``size`` at a time: memory no longer grows with
     the sample count. (MinMax keeps two scalars a tensor and needs no help.)
-    Past ``deadline`` (time.monotonic()) the entropy threshold search, which runs after the last sample, stops
-    between tensors with TimeLimitReached: on PP-OCRv4's detector it ran 15 minutes into a 300 s search."""
+    Past ``deadline`` (time.monotonic()) the threshold search, which runs after the last sample, stops with
+    TimeLimitReached too (at its next numpy call, see _UniformBinsNumpy): entropy's search is quadratic in the
+    histogram's bins and on PP-OCRv4's detector ran 15 minutes into a 300 s accuracy search."""
     from onnxruntime.quantization import calibrate
-    from onnxruntime.quantization.calibrate import HistogramCalibrater, HistogramCollector
+    from onnxruntime.quantization.calibrate import HistogramCalibrater
 
     size = size or HISTOGRAM_CHUNK
     original, numpy_module = HistogramCalibrater.collect_data, calibrate.np
-    threshold = HistogramCollector.get_entropy_threshold
-
-    def get_entropy_threshold(self, histogram, num_quantized_bins):
-        if deadline is not None and time.monotonic() > deadline:
-            raise TimeLimitReached("entropy calibration stopped at the time limit")
-        return threshold(self, histogram, num_quantized_bins)
 
     def collect_data(self, data_reader):
         while True:
@@ -260,13 +255,11 @@ def _histograms_in_chunks(size: int | None = None, deadline: float | None = None
                 return
 
     HistogramCalibrater.collect_data = collect_data
-    HistogramCollector.get_entropy_threshold = get_entropy_threshold
-    calibrate.np = _UniformBinsNumpy()
+    calibrate.np = _UniformBinsNumpy(deadline)
     try:
         yield
     finally:
         HistogramCalibrater.collect_data, calibrate.np = original, numpy_module
-        HistogramCollector.get_entropy_threshold = threshold
 
 
 class _UniformBinsNumpy:
@@ -275,9 +268,15 @@ class _UniformBinsNumpy:
     After the first chunk ORT's collectors re-bin every tensor with the previous histogram's edges as an array,
     which numpy bins by binary search (percentile calibration of EfficientNet-Lite0 took 215 s instead of ~60 s);
     those edges are evenly spaced (np.histogram's or extended by np.arange of the same width), so the uniform
-    path gives the same counts."""
+    path gives the same counts. Past ``deadline`` (time.monotonic()) every numpy call of the calibrator raises
+    TimeLimitReached: the only place a long threshold search (a Python loop over the bins) can be stopped."""
+
+    def __init__(self, deadline: float | None = None):
+        self.deadline = deadline
 
     def __getattr__(self, name):
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise TimeLimitReached("histogram calibration stopped at the time limit")
         return getattr(np, name)
 
     @staticmethod
