@@ -28,9 +28,10 @@ class Preprocess:
     pixel' = (pixel * scale - mean) / std, per channel, in `channel_order`; layout NCHW float32.
     """
 
-    resize: int | None = spec("resize the short side to this many pixels (default: crop / 0.875)", None,
-                              ge=1, le=8192)
-    crop: int | None = spec("centre crop side in pixels (default: the model input's height)", None, ge=1, le=8192)
+    resize: int | None = spec("resize the short side to this many pixels (default: crop / 0.875); a non-square "
+                              "input's crop window fits resize / crop times over", None, ge=1, le=8192)
+    crop: int | None = spec("centre crop height in pixels, its width in the model input's aspect ratio (default: "
+                            "the model input's height)", None, ge=1, le=8192)
     mean: tuple[float, ...] = spec("per-channel mean subtracted after scaling", list(IMAGENET_MEAN))
     std: tuple[float, ...] = spec("per-channel std divided by after subtracting the mean", list(IMAGENET_STD),
                                   ge=1e-6)

@@ -119,3 +119,17 @@ def test_a_trial_past_the_time_limit_is_recorded_as_stopped_and_never_chosen(tmp
     # histogram methods calibrate on an evenly spread subset; the report shows its size
     assert trials[1].raw_settings["max_calib"] == search.HISTOGRAM_TRIAL_SAMPLES
     assert trials[1].settings == {"method": "percentile", "calibration_samples": search.HISTOGRAM_TRIAL_SAMPLES}
+
+
+def test_a_generic_model_below_its_sqnr_floor_is_searched_too(outlier_model, digits, tmp_path):
+    """A generic model's only quality budget is the SQNR floor on its outputs; the search counted it as met
+    (no accuracy budget), so PP-OCRv4's recogniser shipped at 9.2 dB against the 10 dB floor, never searched.
+    The trials are now held to the floor and ranked by SQNR."""
+    out = tmp_path / "generic"
+    result = _build(out, outlier_model["weights"], digits, "--task", "generic", "--min-output-sqnr-db", "30",
+                    "--max-search-time", "60")
+    assert result.exit_code in (0, 1), result.output
+    search = json.loads((out / "manifest.json").read_text())["stages"]["quantization_search"]
+    default, chosen = search["trials"][0], [t for t in search["trials"] if t["name"] == search["chosen"]][0]
+    assert default["name"] == "default recipe" and not default["met"] and len(search["trials"]) > 1
+    assert chosen["sqnr_db"] > default["sqnr_db"]

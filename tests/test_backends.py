@@ -227,6 +227,34 @@ def test_histogram_calibration_stops_at_its_deadline(tmp_path):
     assert (tmp_path / "p.onnx").is_file()
 
 
+
+def test_entropy_threshold_search_stops_at_the_deadline(tmp_path, monkeypatch):
+    """The entropy method's threshold search runs after the last calibration sample and took no deadline: on
+    PP-OCRv4's detector one trial ran 15 minutes into a 300 s search. It now stops inside the search."""
+    from types import SimpleNamespace
+
+    import toy_models
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    from edgepack.backends import onnx_quantize
+    from edgepack.errors import TimeLimitReached
+
+    fp32 = tmp_path / "m.onnx"
+    backends.get("onnx").export(toy_models.tiny_cnn().eval(), (1, 3, 32, 32), fp32, opset=17)
+    calib = np.random.default_rng(0).standard_normal((6, 3, 32, 32)).astype(np.float32)
+    clock, real, searched = {"now": 0.0}, HistogramCollector.get_entropy_threshold, []
+
+    def slow(self, histogram, bins):  # the threshold search is where the time goes: past the deadline in it
+        searched.append(1)
+        clock["now"] = 100.0
+        return real(self, histogram, bins)
+
+    monkeypatch.setattr(HistogramCollector, "get_entropy_threshold", slow)
+    monkeypatch.setattr(onnx_quantize, "time", SimpleNamespace(monotonic=lambda: clock["now"]))
+    with pytest.raises(TimeLimitReached):
+        onnx_quantize.quantize_onnx(fp32, tmp_path / "q.onnx", calib, method="entropy", deadline=50.0)
+    assert len(searched) == 1 and HistogramCollector.get_entropy_threshold is slow  # stopped; patch undone
+
 def _dynamic_opset12_model(path):
     """A tiny ONNX file as PaddleOCR exports them: opset 12, symbolic N/H/W, Conv + Clip + Sigmoid."""
     import onnx
@@ -267,3 +295,26 @@ def test_an_onnx_source_gets_a_fixed_shape_and_an_opset_that_takes_per_channel_i
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6)
     again = onnx_backend.prepare_source(dst, tmp_path / "same.onnx", input_shape=(1, 3, 8, 8), opset=17)
     assert again == {"pinned_dims": [], "opset_from": None, "opset_to": None}   # a ready model is left alone
+
+
+def test_exported_outputs_are_named_after_what_the_model_returns(tmp_path):
+    """One output is "logits"; several were "logits", "28", ... (MTCNN's box regression called logits): they are
+    output0, output1, ..., or a dict's keys (torchvision segmentation: out, aux)."""
+    import onnx
+    import torch
+
+    class Heads(torch.nn.Module):
+        def __init__(self, as_dict: bool):
+            super().__init__()
+            self.conv, self.as_dict = torch.nn.Conv2d(3, 4, 1), as_dict
+
+        def forward(self, x):
+            y = self.conv(x)
+            return {"out": y, "aux": y.relu()} if self.as_dict else (y, (y.relu(), y.sigmoid()))
+
+    onnx_backend = backends.get("onnx")
+    for module, want in ((Heads(True), ["out", "aux"]), (Heads(False), ["output0", "output1", "output2"]),
+                         (torch.nn.Conv2d(3, 4, 1), ["logits"])):
+        path = tmp_path / "m.onnx"
+        onnx_backend.export(module.eval(), (1, 3, 8, 8), path, opset=17)
+        assert [o.name for o in onnx.load(str(path)).graph.output] == want

@@ -526,3 +526,20 @@ def test_force_replacing_a_file_or_link_leaves_no_old_copy(kind, tiny_data, tmp_
     assert sorted(p.name for p in out.parent.iterdir()) == ["b", "b.zip"]
     if kind == "symlink":
         assert (tmp_path / "elsewhere").is_dir()
+
+
+def test_a_dynamic_onnx_model_pinned_to_the_profiles_shape_says_to_pass_input_shape(image_folder, tmp_path):
+    """PP-OCRv4's recogniser (N, 3, ?, W) built without --input-shape was pinned to the profile's 224 x 224,
+    which it cannot take: onnxruntime's shape-inference message came alone, exit 4. Now exit 2, with the shape
+    that was pinned and the flag to pass."""
+    flat = numpy_helper.from_array(np.array([1, 3 * 8 * 8], np.int64), "flat")  # it takes 8 x 8 only
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["input", "flat"], ["r"]), helper.make_node("Relu", ["r"], ["logits"])], "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", 3, "h", "w"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 192])], [flat])
+    path = tmp_path / "dynamic.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+    res = CliRunner().invoke(main, ["build", str(path), "--task", "generic", "--target", "x86-64", "--calib",
+                                    str(image_folder), "--out", str(tmp_path / "b"), "--latency-runs", "3"])
+    assert res.exit_code == 2, res.output
+    assert "pinned to the profile's input shape [1, 3, 224, 224]" in res.output and "--input-shape" in res.output

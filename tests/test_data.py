@@ -150,3 +150,79 @@ def test_calibration_folders_are_kept_as_pixels_bit_identical_to_the_float_input
     assert calib.digest == val.digest and sha256_arrays(calib.x) == sha256_arrays(ref)
     np.testing.assert_array_equal(data.rows(calib.x, 0, 2), ref[:2])
     np.testing.assert_array_equal(calib.subset(np.array([3])).x, ref[[3]])
+
+
+def test_non_square_inputs_keep_the_images_aspect_ratio(tmp_path):
+    """A 16 x 64 input (an OCR recogniser's 48 x 320, MTCNN's 120 x 160) got a square centre crop stretched 4x
+    sideways, here and in the bundle's run.py. The crop now has the input's aspect ratio: a horizontal gradient
+    keeps its slope, run.py computes the same pixels, and a mask follows the image."""
+    import importlib.util
+    from pathlib import Path
+
+    from PIL import Image
+
+    from edgepack.inputs import labels
+
+    ramp = np.tile(np.arange(256, dtype=np.uint8)[None, :], (256, 1))  # value = column
+    Image.fromarray(ramp).save(tmp_path / "ramp.png")
+    Image.fromarray(ramp.T.copy()).save(tmp_path / "ramp_down.png")  # value = row
+    pre = Preprocess(mean=(0.0,), std=(1.0,), scale=1.0, channel_order="L")
+    shape = (1, 1, 16, 64)
+    x = data.preprocess_image(tmp_path / "ramp.png", shape, pre)[0]
+    down = data.preprocess_image(tmp_path / "ramp_down.png", shape, pre)[0]
+    assert x.shape == (16, 64)
+    across, along = np.diff(x.mean(0)).mean(), np.diff(down.mean(1)).mean()
+    assert abs(along / across - 1) < 0.05  # one input pixel covers as many image rows as columns
+    spec = importlib.util.spec_from_file_location("bundle_run_aspect", Path(data.__file__).parents[1] / "bundle" /
+                                                  "templates" / "run.py")
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    np.testing.assert_array_equal(run.preprocess(tmp_path / "ramp.png", pre.to_dict(), list(shape))[0, 0], x)
+    mask = labels.transform_mask(ramp // 32, labels.geometry((256, 256), shape, pre))
+    assert mask.shape == (16, 64) and (mask == x.astype(np.int64) // 32).mean() > 0.95
+
+
+def test_bundle_runner_reads_an_image_for_a_tflite_model_in_nchw(image_folder):
+    """A TFLite bundle's manifest gives its input NHWC ([1, 24, 32, 3]); run.py took H, W from the last two axes
+    (32 and 3), so `python3 run.py photo.jpg` failed with "Dimension mismatch" for every android-arm64 bundle."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("bundle_run_nhwc", Path(data.__file__).parents[1] / "bundle" /
+                                                  "templates" / "run.py")
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    pre = Preprocess()
+    f = sorted(image_folder.iterdir())[0]
+    for first in ({"shape": [1, 24, 32, 3], "layout": "NHWC"}, {"shape": [1, 3, 24, 32], "layout": "NCHW"}):
+        feed = run.ImageReader({"preprocess": pre.to_dict(), "inputs": [first]})(f)
+        np.testing.assert_array_equal(feed["input"], data.preprocess_image(f, (1, 3, 24, 32), pre)[None])
+
+
+def test_bundle_runner_quantizes_a_tflite_input_as_edgepack_validated_it():
+    """run.py rounded x / scale + zero point, edgepack x / scale and then added it: on ties (MTCNN's
+    (pixel - 127.5) / 128 with scale 1/128 is always one) an odd zero point moved half the pixels by one step,
+    so `run.py --golden` failed on the build host and the device stage saw INT8 differences that were its own."""
+    import importlib.util
+    from pathlib import Path
+
+    from edgepack.backends.tflite import _quantize
+
+    spec = importlib.util.spec_from_file_location("bundle_run_q", Path(data.__file__).parents[1] / "bundle" /
+                                                  "templates" / "run.py")
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    detail = {"name": "serving_default_input:0", "index": 0, "quantization": (1 / 128, -1), "dtype": np.int8}
+    x = ((np.arange(24, dtype=np.float32) - 12.5) / 128).reshape(1, 2, 3, 4)  # every x / scale a tie
+
+    class Interpreter:
+        def set_tensor(self, index, value):
+            self.value = value
+
+        def invoke(self):
+            pass
+
+    model = object.__new__(run.TFLiteModel)
+    model.it, model.inputs = Interpreter(), [detail]
+    model._set({"input": x})
+    np.testing.assert_array_equal(model.it.value, _quantize(x.transpose(0, 2, 3, 1), detail))

@@ -367,3 +367,18 @@ def test_prepare_works_offline_from_the_cache():
                            "raspberry-pi-4"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert "device ready" in proc.stdout and "13/13 reference networks counted" in proc.stdout
+
+
+@pytest.mark.slow
+def test_device_stage_compares_every_output_of_a_generic_model(tiny_data, tmp_path):
+    """A generic model's second output never ran on the device (only the first was saved), so device-vs-host
+    agreement said nothing about it (MTCNN's PNet: boxes checked, scores not)."""
+    _device("raspberry-pi-4")
+    out = tmp_path / "two"
+    result = CliRunner().invoke(main, ["build", "toy_models:tiny_detector_two_outputs", "--task", "generic",
+                                       "--target", "raspberry-pi-4", "--calib", str(tiny_data["calib"]), "--val",
+                                       str(tiny_data["val"]), "--out", str(out), "--emulate", *TINY])
+    assert result.exit_code in (0, 1), result.output
+    d = json.loads((out / "manifest.json").read_text())["models"][0]["validation"]["device"]
+    assert d["agreement_with_host"]["int8"]["outputs"] == 2 and d["agreement_with_host"]["fp32"]["outputs"] == 2
+    assert d["quality_on_device"]["sqnr_db"] == pytest.approx(d["quality_on_host_subset"]["sqnr_db"], abs=3)

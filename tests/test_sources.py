@@ -22,6 +22,16 @@ def test_unknown_torchvision_arch_suggests(tmp_path):
         sources.load("torchvision:resnet81")
 
 
+@pytest.mark.parametrize("arch,kind", [("deeplabv3_mobilenet_v3_large", "segmentation"),
+                                       ("ssdlite320_mobilenet_v3_large", "detection")])
+def test_torchvision_model_that_is_not_a_classifier_is_named_with_a_factory_hint(arch, kind):
+    """deeplabv3_mobilenet_v3_large got "did you mean 'mobilenet_v3_large'?" and "classification models only"."""
+    with pytest.raises(InputError) as err:
+        sources.load(f"torchvision:{arch}")
+    assert f"torchvision {kind} model" in err.value.message and "did you mean" not in err.value.message
+    assert f"torchvision.models.{kind}.{arch}(weights=None, weights_backbone=None" in err.value.hint
+
+
 def test_weights_for_the_wrong_head_say_num_classes(tmp_path):
     import torchvision
 
@@ -86,3 +96,24 @@ def test_corrupt_model_files(tmp_path, suffix, content, message):
 def test_factory_that_is_not_a_module():
     with pytest.raises(InputError, match="cannot import factory"):
         sources.load("no_such_module_xyz:make")
+
+
+def test_torchvision_googlenet_builds_without_torchvisions_future_warning():
+    """`edgepack build torchvision:googlenet` printed torchvision's FutureWarning about its default weight init
+    (a raw Python warning, nothing the user can act on) before edgepack's own output."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        sources.load("torchvision:googlenet", num_classes=10)
+    assert not [w for w in seen if issubclass(w.category, FutureWarning)]
+
+
+def test_torchvision_random_weights_are_the_same_every_build():
+    """Without --weights the random init is the model; it was unseeded, so the same command built another model
+    each time (mnasnet0_5 for android-arm64: agreement 1.0, then 0.81). The caller's generator is left alone."""
+    state = torch.random.get_rng_state()
+    a = sources.load("torchvision:squeezenet1_1", num_classes=4).module.state_dict()
+    b = sources.load("torchvision:squeezenet1_1", num_classes=4).module.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert torch.equal(torch.random.get_rng_state(), state)

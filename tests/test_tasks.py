@@ -120,6 +120,40 @@ def test_segment_quality_with_masks_and_with_pseudo_labels():
     assert seg.quality_budget(pseudo, {"max_miou_drop": None}) is None
 
 
+@pytest.mark.parametrize("name,shape", [("classify", (4, 10)), ("generic", (4, 4, 5, 5)), ("segment", (4, 3, 8, 8))])
+def test_identical_outputs_give_a_finite_sqnr_the_manifest_can_hold(name, shape):
+    """A random-weight torchvision googlenet's INT8 logits equal its FP32 ones: SQNR was inf, and writing the
+    manifest (JSON, no infinity) crashed the build with exit 70."""
+    ref = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    for got in (ref.copy(), ref * 0):
+        quality = tasks.get(name).quality(ref, got, None)
+        assert np.isfinite(quality["sqnr_db"])
+        json.dumps(quality, allow_nan=False)
+    assert tasks.get(name).quality(ref, ref.copy(), None)["sqnr_db"] == 999.0
+    assert tasks.get(name).quality(ref * 0, ref, None)["sqnr_db"] == -999.0
+
+
+def test_generic_summary_shows_sqnr_not_top1_rows():
+    """A generic model (MTCNN's PNet: box and score maps) was summarised as "top-1 accuracy: - / no labels" and
+    "top-1 agreement: -", on the host and on the emulated device; it has no classes: its SQNR is what was measured."""
+    from edgepack.bundle.tables import summary_rows
+
+    ref = np.random.default_rng(0).normal(size=(4, 4, 5, 5)).astype(np.float32)
+    quality = tasks.get("generic").quality(ref, ref + 0.05, None)
+    timing = {"p50": 1.0, "p90": 1.2}
+    agree = {"top1": None, "max_abs_diff": 0.0014, "fraction_different": 0.0}
+    device = {"qemu_cpu": "cortex-a72", "samples": 8, "agreement_with_host": {"fp32": agree, "int8": agree},
+              "quality_on_device": quality, "instructions": {p: {"total": 1e6, "dotprod": 0} for p in ("fp32", "int8")}}
+    validation = {**quality, "samples": 4, "on_calibration_data": False, "size_bytes": {"fp32": 4000, "int8": 1000},
+                  "peak_memory_mb": {"fp32": 1.0, "int8": 1.0}, "device": device,
+                  "latency_ms": {"threads": 2, "fp32": timing, "int8": timing,
+                                 "one_thread": {"fp32": timing, "int8": timing}}}
+    rows = summary_rows({"models": [{"format": "onnx", "validation": validation}], "target": {"name": "t"}})
+    text = "\n".join(" | ".join(r) for r in rows)
+    assert "top-1" not in text
+    assert f"INT8 vs FP32 SQNR (dB) |  | {quality['sqnr_db']:.1f}" in text and "device vs host max |diff|" in text
+
+
 def test_probability_map_is_two_classes():
     seg = Segment()
     prob = np.array([[[[0.2, 0.7], [0.5, 0.1]]]], np.float32)

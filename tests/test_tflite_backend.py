@@ -186,3 +186,92 @@ def test_variable_the_keras_model_does_not_own_is_frozen_into_the_saved_model(tm
     interp.invoke()
     got = interp.get_tensor(interp.get_output_details()[0]["index"])
     np.testing.assert_allclose(got, model(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
+class TwoHeads(torch.nn.Module):
+    """Boxes then scores, as MTCNN's PNet returns them; the converter lists the softmax head's tensor first."""
+
+    def __init__(self):
+        super().__init__()
+        self.trunk = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.box = torch.nn.Conv2d(8, 4, 1)
+        self.cls = torch.nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        x = torch.relu(self.trunk(x))
+        return self.box(x), torch.softmax(self.cls(x), dim=1)
+
+
+def test_outputs_keep_the_source_models_order(tmp_path):
+    """get_output_details gave [scores, boxes]: the backend's runner, the manifest's io and the bundle's run.py
+    follow the serving signature (output_0, output_1) instead, the ONNX model's order."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    import onnx
+    import onnxslim
+
+    from edgepack.tasks import postprocess
+
+    torch.manual_seed(0)
+    net = TwoHeads().eval()
+    onnx_path = tmp_path / "two.onnx"
+    torch.onnx.export(net, torch.zeros(1, 3, 16, 16), str(onnx_path), dynamo=False, opset_version=17,
+                      input_names=["input"], output_names=["logits"])
+    onnx.save(onnxslim.slim(onnx.load(str(onnx_path))), str(onnx_path))
+    path = bk.convert(onnx_path, tmp_path / "work", None)
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 3, 16, 16)).astype(np.float32)
+    with torch.no_grad():
+        want = [t.numpy() for t in net(torch.from_numpy(x))]
+    assert [o["shape"][-1] for o in bk.io_details(path)["outputs"]] == [4, 2]
+    for got, ref in zip(bk.TFLiteRunner(path).run_outputs(x), want, strict=True):
+        np.testing.assert_allclose(got, ref, atol=1e-4)
+    spec = importlib.util.spec_from_file_location("bundle_run_order", Path(bk.__file__).parents[1] / "bundle" /
+                                                  "templates" / "run.py")
+    runner = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runner)
+    sys.path.insert(0, str(Path(postprocess.__file__).parent))  # run.py imports postprocess from beside it
+    try:
+        outs = runner.TFLiteModel(path, 1).outputs({"input": x})
+    finally:
+        sys.path.remove(str(Path(postprocess.__file__).parent))
+    assert [o.shape for o in outs] == [r.shape for r in want]
+
+
+
+def test_node_names_tensorflow_refuses_are_rewritten(tmp_path):
+    """paddle2onnx names nodes "Softmax@0"; onnx2tf names TensorFlow ops after them and TensorFlow refused the
+    scope name, failing PP-OCR's text-direction classifier (exit 4). The converted copy renames them."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.normal(size=(4, 3, 1, 1)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["input", "w"], ["c"], name="Conv@0"),
+         helper.make_node("Softmax", ["c"], ["p"], name="Softmax@0", axis=1),
+         helper.make_node("Relu", ["p"], ["logits"], name="Softmax_0")],  # what "Softmax@0" would become
+        "g", [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, [1, 4, 8, 8])], [weight])
+    odd = tmp_path / "odd_names.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(odd))
+    x = rng.uniform(-1, 1, (1, 3, 8, 8)).astype(np.float32)
+    want = ort.InferenceSession(str(odd)).run(None, {"input": x})[0]
+    path = bk.convert(odd, tmp_path / "work", None)
+    np.testing.assert_allclose(bk.TFLiteRunner(path).run(x), want, atol=1e-5)
+    assert [n.name for n in onnx.load(str(odd)).graph.node][1] == "Softmax@0"  # the user's file is untouched
+
+
+def test_an_onnx2tf_failure_comes_with_a_hint(tiny, tmp_path, monkeypatch):
+    """onnx2tf's own exceptions reached the user as "Error: onnx2tf could not convert ..." with no Hint line."""
+    import onnx2tf
+
+    def fails(**kwargs):
+        raise ValueError("no mapping for op Foo")
+
+    monkeypatch.setattr(onnx2tf, "convert", fails)
+    with pytest.raises(StageError) as err:
+        bk.convert(tiny[0], tmp_path / "work", None)
+    assert "no mapping for op Foo" in err.value.message and "--debug" in err.value.hint

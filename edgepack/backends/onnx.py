@@ -34,29 +34,54 @@ def export_args(module: Any, args: tuple, path: Path, *, input_names: list[str],
     """
     import torch
 
-    check_accepts_input(module, args, shape_flag)
+    output_names = names_of_outputs(check_accepts_input(module, args, shape_flag), input_names)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             torch.onnx.export(module, args, str(path), dynamo=False, opset_version=opset,
-                              input_names=input_names, output_names=["logits"], do_constant_folding=True)
+                              input_names=input_names, output_names=output_names, do_constant_folding=True)
     except Exception as exc:  # the legacy exporter fails on data-dependent control flow
         from edgepack.guards.resources import reraise
 
         reraise(exc)  # a full disk or no memory is not a reason to try the other exporter
         log.info("legacy exporter failed (%s); trying the torch.export-based exporter", exc)
-        _export_dynamo(module, args, path, opset, input_names, hint)
+        _export_dynamo(module, args, path, opset, (input_names, output_names), hint)
 
 
-def _export_dynamo(module: Any, args: tuple, path: Path, opset: int, input_names: list[str],
+def names_of_outputs(out: Any, input_names: list[str]) -> list[str]:
+    """ONNX output names for a module's output: ``logits`` for one tensor, the keys of a dict of tensors
+    (torchvision's segmentation models: ``out``, ``aux``), else ``output0``, ``output1``, ... Naming only the first
+    output ``logits`` called MTCNN's box regression "logits" and its scores "28" in the manifest and budgets."""
+    import torch
+
+    if isinstance(out, dict) and all(isinstance(v, torch.Tensor) for v in out.values()) and len(out) > 1:
+        keys = [str(k) for k in out]
+        if all(k and k not in input_names for k in keys) and len(set(keys)) == len(keys):
+            return keys
+    count = _count_tensors(out)
+    return ["logits"] if count <= 1 else [f"output{i}" for i in range(count)]
+
+
+def _count_tensors(out: Any) -> int:
+    """Tensors in a (nested) tuple, list or dict output, as the exporter flattens it."""
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return 1
+    values = out.values() if isinstance(out, dict) else out if isinstance(out, list | tuple) else ()
+    return sum(_count_tensors(v) for v in values)
+
+
+def _export_dynamo(module: Any, args: tuple, path: Path, opset: int, names: tuple[list[str], list[str]],
                    hint: str | None) -> None:
     import torch
 
+    input_names, output_names = names
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             program = torch.onnx.export(module, args, dynamo=True, opset_version=opset,
-                                        input_names=input_names, output_names=["logits"])
+                                        input_names=input_names, output_names=output_names)
             program.save(str(path), external_data=False)
     except Exception as exc:
         from edgepack.guards.resources import reraise

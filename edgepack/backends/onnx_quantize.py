@@ -170,12 +170,12 @@ class _ArrayReader:
     past ``deadline`` (time.monotonic()) it raises TimeLimitReached instead of giving the next sample."""
 
     def __init__(self, data: np.ndarray, input_name: str, deadline: float | None = None):
-        self._data, self._name, self._i, self._deadline = data, input_name, 0, deadline
+        self._data, self._name, self._i, self.deadline = data, input_name, 0, deadline
 
     def get_next(self):
         if self._i >= len(self._data):
             return None
-        if self._deadline is not None and time.monotonic() > self._deadline:
+        if self.deadline is not None and time.monotonic() > self.deadline:
             raise TimeLimitReached("calibration stopped at the time limit")
         self._i += 1
         return {self._name: self._data[self._i - 1:self._i]}
@@ -193,7 +193,7 @@ def _run_quantize_static(fp32_path, out_path, reader, method, per_channel, exclu
     if method not in _CALIB_METHODS:
         raise ValueError(f"method must be one of {sorted(_CALIB_METHODS)}, not {method!r}")
     qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
-    with _histograms_in_chunks():
+    with _histograms_in_chunks(deadline=getattr(reader, "deadline", None)):
         quantize_static(
             str(fp32_path), str(out_path), reader,
             quant_format=QuantFormat.QDQ, per_channel=per_channel, reduce_range=reduce_range,
@@ -230,11 +230,14 @@ class _Chunk:
 
 
 @contextlib.contextmanager
-def _histograms_in_chunks(size: int | None = None):
+def _histograms_in_chunks(size: int | None = None, deadline: float | None = None):
     """ORT's histogram calibrators keep every activation of every calibration sample in memory before binning
     them (EfficientNet-Lite0 at 224 px: ~40 MB a sample, 8 GB for 200 samples). Their collectors merge
     histograms across collect_data calls, so the samples are fed ``size`` at a time: memory no longer grows with
-    the sample count. (MinMax keeps two scalars a tensor and needs no help.)"""
+    the sample count. (MinMax keeps two scalars a tensor and needs no help.)
+    Past ``deadline`` (time.monotonic()) the threshold search, which runs after the last sample, stops with
+    TimeLimitReached too (at its next numpy call, see _UniformBinsNumpy): entropy's search is quadratic in the
+    histogram's bins and on PP-OCRv4's detector ran 15 minutes into a 300 s accuracy search."""
     from onnxruntime.quantization import calibrate
     from onnxruntime.quantization.calibrate import HistogramCalibrater
 
@@ -252,7 +255,7 @@ def _histograms_in_chunks(size: int | None = None):
                 return
 
     HistogramCalibrater.collect_data = collect_data
-    calibrate.np = _UniformBinsNumpy()
+    calibrate.np = _UniformBinsNumpy(deadline)
     try:
         yield
     finally:
@@ -265,9 +268,15 @@ class _UniformBinsNumpy:
     After the first chunk ORT's collectors re-bin every tensor with the previous histogram's edges as an array,
     which numpy bins by binary search (percentile calibration of EfficientNet-Lite0 took 215 s instead of ~60 s);
     those edges are evenly spaced (np.histogram's or extended by np.arange of the same width), so the uniform
-    path gives the same counts."""
+    path gives the same counts. Past ``deadline`` (time.monotonic()) every numpy call of the calibrator raises
+    TimeLimitReached: the only place a long threshold search (a Python loop over the bins) can be stopped."""
+
+    def __init__(self, deadline: float | None = None):
+        self.deadline = deadline
 
     def __getattr__(self, name):
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise TimeLimitReached("histogram calibration stopped at the time limit")
         return getattr(np, name)
 
     @staticmethod

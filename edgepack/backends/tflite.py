@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -41,6 +42,7 @@ BOUNDARY_OPS = frozenset({"QUANTIZE", "DEQUANTIZE"})
 _SAVED_MODEL_DIR = "saved_model"
 _STAMP = "edgepack_onnx_sha256.txt"
 _SAMPLE_COUNT = 20  # images onnx2tf uses for its shape-estimation dry run (what it would have downloaded)
+_NOT_IN_TF_NAMES = re.compile(r"[^A-Za-z0-9_.\\/>-]")  # TensorFlow's scope names take only these characters
 
 
 def convert(onnx_path: Path, workdir: Path, calib: np.ndarray | None, *, io_dtype: str = "int8",
@@ -193,6 +195,7 @@ def _onnx2tf_keras(onnx_path: Path, scratch: Path, calib: np.ndarray | None):
     _quiet_tensorflow()
     import onnx2tf
 
+    onnx_path = _tf_safe_node_names(onnx_path, scratch)
     try:
         with _offline_samples(calib):
             model = onnx2tf.convert(
@@ -204,10 +207,36 @@ def _onnx2tf_keras(onnx_path: Path, scratch: Path, calib: np.ndarray | None):
         raise StageError(f"onnx2tf could not convert {onnx_path.name} (exit {exc.code})",
                          hint="run with --debug for onnx2tf's log") from None
     except Exception as exc:
-        raise StageError(f"onnx2tf could not convert {onnx_path.name}: {exc}") from exc
+        raise StageError(f"onnx2tf could not convert {onnx_path.name}: {exc}",
+                         hint="an operator onnx2tf cannot map: run with --debug for its trace; the ONNX targets "
+                              "(raspberry-pi-4, raspberry-pi-5, x86-64) need no conversion") from exc
     if model is None:
         raise StageError(f"onnx2tf returned no model for {onnx_path.name}")
     return model
+
+
+def _tf_safe_node_names(onnx_path: Path, scratch: Path) -> Path:
+    """`onnx_path`, or a copy beside `scratch` whose node names TensorFlow accepts: onnx2tf names TensorFlow ops
+    after ONNX nodes, and TensorFlow refuses scope names with characters outside [A-Za-z0-9_.\\/>-] (paddle2onnx
+    names nodes "Softmax@0": PP-OCR's text-direction classifier failed with "not a valid scope name")."""
+    import onnx
+
+    model = onnx.load(str(onnx_path))
+    bad = [node for node in model.graph.node if _NOT_IN_TF_NAMES.search(node.name)]
+    if not bad:
+        return onnx_path
+    taken = {node.name for node in model.graph.node}
+    for node in bad:
+        name = base = _NOT_IN_TF_NAMES.sub("_", node.name)
+        for k in range(1, len(taken) + 2):
+            if name not in taken:
+                break
+            name = f"{base}_{k}"
+        taken.add(name)
+        node.name = name
+    out = scratch.with_name(f"{onnx_path.stem}_tf_names.onnx")
+    onnx.save(model, str(out))
+    return out
 
 
 @contextlib.contextmanager
@@ -315,7 +344,28 @@ def io_details(tflite_path: Path) -> dict:
     """
     interp = _interpreter(tflite_path, threads=1)
     return {"inputs": [_describe(d) for d in interp.get_input_details()],
-            "outputs": [_describe(d) for d in interp.get_output_details()]}
+            "outputs": [_describe(d) for d in output_details(interp)]}
+
+
+def output_details(interp) -> list[dict]:
+    """The interpreter's output details in the source model's output order.
+
+    ``get_output_details`` lists outputs by tensor index, which the converter does not keep in the model's order
+    (MTCNN's PNet came out as [scores, boxes] where the ONNX model gives [boxes, scores]: the "first output" a
+    classifier is judged on, the golden keys and the manifest then named another tensor). The serving signature
+    names them ``output_0``, ``output_1``, ... in the Keras model's order, which is the ONNX graph's; without
+    such a signature the index order is kept. (The bundle's run.py orders them the same way.)"""
+    details = interp.get_output_details()
+    try:
+        outputs = interp._get_full_signature_list()["serving_default"]["outputs"]  # noqa: SLF001 - the indexes
+    except (AttributeError, KeyError):
+        return details
+    order = sorted((int(k.rsplit("_", 1)[1]), i) for k, i in outputs.items()
+                   if k.startswith("output_") and k.rsplit("_", 1)[1].isdigit())
+    by_index = {d["index"]: d for d in details}
+    if len(order) != len(details) or {i for _, i in order} != set(by_index):
+        return details
+    return [by_index[i] for _, i in order]
 
 
 def _describe(detail: dict) -> dict:
@@ -366,7 +416,7 @@ class TFLiteRunner:
         self._interp = _interpreter(self.path, threads)
         self._ins = self._interp.get_input_details()
         self._in = self._ins[0]
-        self._outs = self._interp.get_output_details()
+        self._outs = output_details(self._interp)
 
     def run(self, x: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
         """Run one batch-1 input (NCHW float32 array, or token arrays by name); return the first output."""

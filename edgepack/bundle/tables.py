@@ -55,8 +55,12 @@ def _device_rows(f: str, v: dict) -> list[tuple[str, str, str, str]]:
     where = f"emulated {d['qemu_cpu']}, {d['samples']} samples"
     on_device = {**d["quality_on_device"], "samples": d["samples"], "on_calibration_data": v["on_calibration_data"],
                  "labels": v.get("labels")}
-    rows = [(f"[{f}] device vs host top-1", _fmt(agree["fp32"]["top1"], 4), _fmt(agree["int8"]["top1"], 4),
-             f"{where}; INT8 max |diff| {agree['int8']['max_abs_diff']:.3g}")]
+    if agree["fp32"]["top1"] is None and agree["int8"]["top1"] is None:  # no classes: how far the values moved
+        rows = [(f"[{f}] device vs host max |diff|", f"{agree['fp32']['max_abs_diff']:.3g}",
+                 f"{agree['int8']['max_abs_diff']:.3g}", where)]
+    else:
+        rows = [(f"[{f}] device vs host top-1", _fmt(agree["fp32"]["top1"], 4), _fmt(agree["int8"]["top1"], 4),
+                 f"{where}; INT8 max |diff| {agree['int8']['max_abs_diff']:.3g}")]
     rows += [(metric.replace(f"[{f}]", f"[{f}, {where}]"), fp32, int8, note)
              for metric, fp32, int8, note in _quality_rows(f, on_device)]
     rows.append((f"[{f}] instructions / inference (M)", f"{ins['fp32']['total'] / 1e6:.1f}",
@@ -70,7 +74,8 @@ def _device_rows(f: str, v: dict) -> list[tuple[str, str, str, str]]:
 
 
 def _quality_rows(f: str, v: dict) -> list[tuple[str, str, str, str]]:
-    """The task's quality rows: mIoU for segmentation, mAP for detection, top-1 for classifiers."""
+    """The task's quality rows: mIoU for segmentation, mAP for detection, SQNR for generic outputs, top-1 for
+    classifiers."""
     where = f"{v['samples']} samples" + (" (calibration data!)" if v["on_calibration_data"] else "")
     against = "vs labels" if v.get("labels") in ("masks", "boxes") else "vs FP32's own predictions (no labels)"
     if v.get("miou_fp32") is not None:
@@ -84,6 +89,9 @@ def _quality_rows(f: str, v: dict) -> list[tuple[str, str, str, str]]:
                   else "no objects to find")),
                 (f"[{f}] mAP@0.5:0.95 (%)", _fmt(v["map_fp32"]), _fmt(v["map_int8"]),
                  f"{v['objects']} objects; SQNR {_fmt(v['sqnr_db'], 1)} dB, {where}")]
+    if v.get("outputs") and v.get("agreement") is None:  # generic outputs: no classes, no top-1 to show
+        return [(f"[{f}] INT8 vs FP32 SQNR (dB)", "", _fmt(v["sqnr_db"], 1),
+                 f"first output, cosine {_fmt(v['outputs'][0]['cosine'], 4)}; {where}")]
     return [(f"[{f}] top-1 accuracy (%)", _fmt(v["accuracy_fp32"]), _fmt(v["accuracy_int8"]),
              f"drop {_fmt(v['accuracy_drop'])} points" if v["accuracy_drop"] is not None else "no labels"),
             (f"[{f}] top-1 agreement", "", _fmt(v["agreement"], 4), f"SQNR {_fmt(v['sqnr_db'], 1)} dB, {where}")]

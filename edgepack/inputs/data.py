@@ -337,22 +337,33 @@ def normalise(pixels: np.ndarray, pre: Preprocess) -> np.ndarray:
     return np.ascontiguousarray(arr.transpose(0, 3, 1, 2), dtype=np.float32)
 
 
+def crop_window(height: int, width: int, crop: int | None, resize: int | None) -> tuple[tuple[int, int], int]:
+    """((width, height) of the centre crop, short-side resize) for a model input of height x width pixels.
+
+    The crop has the input's aspect ratio, ``crop`` (default: the input's height) pixels high, and the image is
+    scaled so the crop fits ``resize / crop`` times over (default 1 / 0.875); for a square input that is the usual
+    "resize the short side to ``resize``, centre crop ``crop``". A square crop stretched to a non-square input
+    squashed every image (a 48 x 48 crop stretched to an OCR recogniser's 48 x 320)."""
+    crop_h = crop or height
+    crop_w = max(1, round(crop_h * width / height))
+    return (crop_w, crop_h), resize or int(round(crop_h / 0.875))
+
+
 def image_pixels(path: Path, input_shape: tuple[int, ...], pre: Preprocess) -> np.ndarray:
     """Decode with Pillow, resize the short side, centre crop -> (H, W, C) uint8 in the model's channel order."""
     from PIL import Image, UnidentifiedImageError
 
     height, width = int(input_shape[-2]), int(input_shape[-1])
-    crop = pre.crop or height
-    resize = pre.resize or int(round(crop / 0.875))
+    (crop_w, crop_h), resize = crop_window(height, width, pre.crop, pre.resize)
     try:
         with Image.open(path) as img:
             img = _eight_bit(img).convert("L" if pre.channel_order == "L" else "RGB")
-            scale = resize / min(img.size)
-            img = img.resize((max(crop, round(img.size[0] * scale)), max(crop, round(img.size[1] * scale))),
+            scale = max(resize * crop_w / crop_h / img.size[0], resize / img.size[1])
+            img = img.resize((max(crop_w, round(img.size[0] * scale)), max(crop_h, round(img.size[1] * scale))),
                              Image.Resampling.BILINEAR)
-            left, top = (img.size[0] - crop) // 2, (img.size[1] - crop) // 2
-            img = img.crop((left, top, left + crop, top + crop))
-            if (crop, crop) != (width, height):
+            left, top = (img.size[0] - crop_w) // 2, (img.size[1] - crop_h) // 2
+            img = img.crop((left, top, left + crop_w, top + crop_h))
+            if (crop_w, crop_h) != (width, height):
                 img = img.resize((width, height), Image.Resampling.BILINEAR)
             arr = np.asarray(img, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:

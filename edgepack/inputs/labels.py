@@ -39,7 +39,7 @@ class Geometry:
     sy: float
     left: int
     top: int
-    crop: int
+    crop: tuple[int, int]      # (width, height) of the centre crop
     fx: float
     fy: float
     resized: tuple[int, int]   # (width, height) after the short-side resize
@@ -48,13 +48,14 @@ class Geometry:
 
 def geometry(size: tuple[int, int], input_shape: tuple[int, ...], pre) -> Geometry:
     """The transform preprocess_image applies to an image of ``size`` (width, height); mirrors its arithmetic."""
+    from edgepack.inputs.data import crop_window
+
     height, width = int(input_shape[-2]), int(input_shape[-1])
-    crop = pre.crop or height
-    resize = pre.resize or int(round(crop / 0.875))
-    scale = resize / min(size)
-    rw, rh = max(crop, round(size[0] * scale)), max(crop, round(size[1] * scale))
-    return Geometry(sx=rw / size[0], sy=rh / size[1], left=(rw - crop) // 2, top=(rh - crop) // 2, crop=crop,
-                    fx=width / crop, fy=height / crop, resized=(rw, rh), out=(width, height))
+    (cw, ch), resize = crop_window(height, width, pre.crop, pre.resize)
+    scale = max(resize * cw / ch / size[0], resize / size[1])
+    rw, rh = max(cw, round(size[0] * scale)), max(ch, round(size[1] * scale))
+    return Geometry(sx=rw / size[0], sy=rh / size[1], left=(rw - cw) // 2, top=(rh - ch) // 2, crop=(cw, ch),
+                    fx=width / cw, fy=height / ch, resized=(rw, rh), out=(width, height))
 
 
 def transform_boxes(boxes: np.ndarray, geo: Geometry) -> np.ndarray:
@@ -74,8 +75,8 @@ def transform_mask(mask: np.ndarray, geo: Geometry) -> np.ndarray:
 
     img = Image.fromarray(np.asarray(mask, np.uint8))
     img = img.resize(geo.resized, Image.Resampling.NEAREST)
-    img = img.crop((geo.left, geo.top, geo.left + geo.crop, geo.top + geo.crop))
-    if (geo.crop, geo.crop) != geo.out:
+    img = img.crop((geo.left, geo.top, geo.left + geo.crop[0], geo.top + geo.crop[1]))
+    if geo.crop != geo.out:
         img = img.resize(geo.out, Image.Resampling.NEAREST)
     return np.asarray(img, dtype=np.int64)
 

@@ -19,6 +19,7 @@ import importlib
 import logging
 import re
 import sys
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -219,6 +220,7 @@ def _torchscript(path: Path, trust_model: bool) -> LoadedModel:
 
 
 def _torchvision(spec: str, weights: str | None, num_classes: int | None) -> LoadedModel:
+    import torch
     import torchvision
 
     arch = spec.split(":", 1)[1]
@@ -226,11 +228,17 @@ def _torchvision(spec: str, weights: str | None, num_classes: int | None) -> Loa
     if arch not in names:
         from edgepack.errors import did_you_mean
 
+        _not_a_classifier(arch)
         suggestion = did_you_mean(arch, names)
         raise InputError(f"unknown torchvision architecture '{arch}'" + (f" ({suggestion})" if suggestion else ""),
                          hint="see torchvision.models.list_models(); classification models only")
     kwargs = {"num_classes": num_classes} if num_classes else {}
-    module = torchvision.models.get_model(arch, weights=None, **kwargs)
+    # seeded (without touching the caller's generator): without --weights the random weights are the model, and
+    # an unseeded init gave every build of the same command another model (mnasnet0_5: agreement 1.0, then 0.81)
+    with warnings.catch_warnings(), torch.random.fork_rng():
+        warnings.simplefilter("ignore", FutureWarning)  # googlenet/inception_v3: their default init will change
+        torch.manual_seed(0)
+        module = torchvision.models.get_model(arch, weights=None, **kwargs)
     loaded = LoadedModel(spec=spec, kind="torch", name=arch, module=module)
     if weights:
         loaded.weights_sha256 = load_weights(module, weights)
@@ -238,6 +246,23 @@ def _torchvision(spec: str, weights: str | None, num_classes: int | None) -> Loa
         log.warning("no --weights given: %s has random weights", arch)
     module.eval()
     return loaded
+
+
+def _not_a_classifier(arch: str) -> None:
+    """An InputError naming the kind of a torchvision model that is not a classifier (a segmentation model got
+    "did you mean 'mobilenet_v3_large'?"), with the factory that builds it without downloading weights."""
+    import torchvision
+
+    for kind in ("segmentation", "detection", "video", "optical_flow", "quantization"):
+        if arch in torchvision.models.list_models(module=getattr(torchvision.models, kind)):
+            backbone = ", weights_backbone=None" if kind in ("segmentation", "detection") else ""
+            after = ("; its per-image lists of boxes need a wrapper that returns tensors, as "
+                     "examples/ssdlite_shapes/model.py has" if kind == "detection" else "")
+            raise InputError(f"'{arch}' is a torchvision {kind} model; torchvision:<arch> takes classification "
+                             "models only",
+                             hint=f"wrap it in a factory, e.g. def model(): return torchvision.models.{kind}.{arch}"
+                                  f"(weights=None{backbone}, num_classes=N).eval(), and pass package.module:model "
+                                  f"with --task and --weights{after}")
 
 
 def _factory(spec: str, weights: str | None) -> LoadedModel:

@@ -135,12 +135,16 @@ def _shown(settings: dict, record: dict) -> dict:
 
 def _score(trial: Trial) -> float:
     """Higher is better: minus the task metric's drop in points (top-1 accuracy, mIoU, mAP@0.5), else top-1
-    agreement; a trial stopped at the time limit has no score."""
+    agreement, else (generic outputs) the SQNR against FP32, dB; a trial stopped at the time limit has no score."""
     if trial.stopped:
         return float("-inf")
     q = trial.quality
     drop = next((q[k] for k in ("accuracy_drop", *TASK_DROPS) if q.get(k) is not None), None)
-    return -drop if drop is not None else (q.get("agreement") or 0.0)
+    if drop is not None:
+        return -drop
+    if q.get("agreement") is not None:
+        return q["agreement"]
+    return q["sqnr_db"] if q.get("sqnr_db") is not None else 0.0
 
 
 def adopt(trial: Trial, final: Path) -> None:

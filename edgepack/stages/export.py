@@ -29,9 +29,15 @@ def run(ctx: BuildContext) -> None:
     else:
         ctx.progress("exporting to ONNX", 0, 1)
         _export(ctx, ctx.model.module, raw)
-    ctx.progress("simplifying (onnxslim)", 0, 1)
-    ctx.records["simplify"] = onnx_backend.simplify(raw, final)
-    check_finite_outputs(final, ctx.calib.x)  # a model that always gives NaN stops here, not after the build
+    guessed = _pinned_to_the_profile(ctx)
+    try:
+        ctx.progress("simplifying (onnxslim)", 0, 1)
+        ctx.records["simplify"] = onnx_backend.simplify(raw, final)
+        check_finite_outputs(final, ctx.calib.x)  # a model that always gives NaN stops here, not after the build
+    except StageError as exc:
+        if not guessed:
+            raise
+        raise InputError(exc.message, hint=f"{guessed}: pass the shape it runs at, --input-shape N,C,H,W") from None
     ctx.add(Artifact("onnx", "fp32", final))
     if ctx.model.kind == "torch":
         ctx.records["export_parity"] = check_parity(ctx, final)
@@ -41,6 +47,19 @@ def run(ctx: BuildContext) -> None:
         _export(ctx, ctx.unpruned.module, raw_u)
         onnx_backend.simplify(raw_u, final_u)
         ctx.add(Artifact("onnx", "unpruned-fp32", final_u))
+
+
+def _pinned_to_the_profile(ctx: BuildContext) -> str | None:
+    """A warning, when an ONNX source's dynamic input dimensions were pinned to the profile's input shape (no
+    --input-shape): a PP-OCR recogniser (N, 3, ?, W) pinned to 224 x 224 cannot load, and failed (exit 4) with
+    onnxruntime's shape-inference message alone."""
+    pinned = (ctx.records.get("onnx_source") or {}).get("pinned_dims")
+    if not pinned or ctx.config.input_shape:
+        return None
+    said = (f"{ctx.model.onnx_path.name} has dynamic input dimensions {pinned}, pinned to the profile's input "
+            f"shape {list(ctx.input_shape)}")
+    ctx.warn(said + "; pass --input-shape for the size it runs at")
+    return said
 
 
 def _export(ctx: BuildContext, module, raw) -> None:
@@ -91,7 +110,16 @@ def check_finite_outputs(path: Path, x: Any) -> None:
     runner = onnx_backend.Runner(path, threads=1)
     names = [o.name for o in runner.session.get_outputs()]
     for i in range(min(FINITE_CHECK_SAMPLES, num_samples(x))):
-        for name, out in zip(names, runner.run_outputs(rows(x, i, i + 1)), strict=True):
+        try:
+            outs = runner.run_outputs(rows(x, i, i + 1))
+        except Exception as exc:  # onnxruntime's own errors (a Reshape that cannot take this input size): exit 4
+            from edgepack.guards.resources import reraise
+
+            reraise(exc)
+            raise StageError(f"the FP32 ONNX model fails on calibration sample {i}: {type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0][:300]}",
+                             hint="check that the model takes the input shape and preprocessing given") from None
+        for name, out in zip(names, outs, strict=True):
             if not np.isfinite(out).all():
                 raise InputError(f"the FP32 model's output '{name}' is NaN or infinite on calibration sample {i}: "
                                  "INT8 cannot represent it and nothing could be validated",

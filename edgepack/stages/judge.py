@@ -13,9 +13,9 @@ import math
 
 import numpy as np
 
+from edgepack.tasks.base import SQNR_CAP_DB
 from edgepack.tasks.generic import DEFAULT_MIN_SQNR_DB as DEFAULT_MIN_OUTPUT_SQNR_DB  # noqa: E402
 
-SQNR_CAP_DB = 999.0   # identical outputs (no noise): reported as 999 dB, JSON has no infinity
 JUDGE_SAMPLES = 32    # validation samples run again to compare the outputs after the first
 
 
@@ -67,19 +67,24 @@ def per_output_sqnr(ctx, fmt: str, first_sqnr: float) -> dict[str, float]:
     return {names[0]: first_sqnr, **found}
 
 
-def budget_rows(ctx, sqnrs: dict[str, float], first_judged: bool) -> list[dict]:
-    """min_output_sqnr_db rows for the outputs the classification budgets do not judge (all, when set)."""
+def sqnr_floor(ctx) -> tuple[float, bool]:
+    """(min_output_sqnr_db in dB, whether it was set): the command line's, else the profile's, else the default."""
     explicit = ctx.config.min_output_sqnr_db
     if explicit is None:
         explicit = ctx.target.min_output_sqnr_db
-    floor = DEFAULT_MIN_OUTPUT_SQNR_DB if explicit is None else explicit
+    return (DEFAULT_MIN_OUTPUT_SQNR_DB, False) if explicit is None else (explicit, True)
+
+
+def budget_rows(ctx, sqnrs: dict[str, float], first_judged: bool) -> list[dict]:
+    """min_output_sqnr_db rows for the outputs the classification budgets do not judge (all, when set)."""
+    floor, explicit = sqnr_floor(ctx)
     rows = []
     for i, (name, value) in enumerate(sqnrs.items()):
-        if i == 0 and first_judged and explicit is None:
+        if i == 0 and first_judged and not explicit:
             continue
         row = {"name": f"output_sqnr_db[{name}]", "value": value, "limit": floor, "op": ">=",
                "passed": bool(value >= floor)}
-        if explicit is None:
+        if not explicit:
             row["kind"] = "default floor"
         rows.append(row)
     return rows

@@ -8,6 +8,7 @@ from typing import Protocol
 import numpy as np
 
 CHUNK = 16  #: samples per block when a metric walks a validation set (bounded temporaries)
+SQNR_CAP_DB = 999.0  #: identical outputs (no noise) are reported as 999 dB: JSON (the manifest) has no infinity
 
 
 class Task(Protocol):
@@ -35,7 +36,8 @@ class Task(Protocol):
 
 
 def sqnr_db(ref: np.ndarray, got: np.ndarray) -> float:
-    """Signal-to-quantization-noise ratio of ``got`` against ``ref``, dB (inf when identical). Summed over
+    """Signal-to-quantization-noise ratio of ``got`` against ``ref``, dB, finite: +-SQNR_CAP_DB when identical or
+    when the reference is all zero (a random-weight model can give INT8 outputs equal to FP32's). Summed over
     blocks of CHUNK samples in float64: a set of large maps is never copied whole."""
     signal = noise = 0.0
     for i in range(0, max(len(ref), 1), CHUNK):
@@ -43,5 +45,7 @@ def sqnr_db(ref: np.ndarray, got: np.ndarray) -> float:
         noise += float(np.sum((r - g) ** 2))
         signal += float(np.sum(r ** 2))
     if noise == 0:
-        return float("inf")
-    return float("-inf") if signal == 0 else 10 * float(np.log10(signal / noise))
+        return SQNR_CAP_DB
+    if signal == 0 or not np.isfinite(noise):
+        return -SQNR_CAP_DB
+    return max(-SQNR_CAP_DB, min(SQNR_CAP_DB, 10 * float(np.log10(signal / noise))))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgepack.tasks import budgets
+from edgepack.tasks.base import sqnr_db
 
 
 class Classify:
@@ -15,9 +16,7 @@ class Classify:
 
     def quality(self, ref: np.ndarray, got: np.ndarray, y: np.ndarray | None) -> dict:
         """Accuracy (points, 0-100) with labels, top-1 agreement (0-1) and SQNR (dB) of INT8 vs FP32."""
-        noise = float(np.sum((ref - got) ** 2))
-        sqnr = float("inf") if noise == 0 else 10 * np.log10(float(np.sum(ref ** 2)) / noise)
-        out = {"sqnr_db": round(sqnr, 2), "agreement": None, "accuracy_fp32": None, "accuracy_int8": None,
+        out = {"sqnr_db": round(sqnr_db(ref, got), 2), "agreement": None, "accuracy_fp32": None, "accuracy_int8": None,
                "accuracy_drop": None}
         if ref.ndim == 2:
             top_ref, top_q = ref.argmax(1), got.argmax(1)

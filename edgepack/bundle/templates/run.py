@@ -38,16 +38,17 @@ def preprocess(path, pre, shape):
     from PIL import Image
 
     height, width = int(shape[-2]), int(shape[-1])
-    crop = pre["crop"] or height
-    resize = pre["resize"] or int(round(crop / 0.875))
+    crop_h = pre["crop"] or height
+    crop_w = max(1, round(crop_h * width / height))  # the crop has the input's aspect ratio
+    resize = pre["resize"] or int(round(crop_h / 0.875))
     with Image.open(path) as img:
         img = img.convert("L" if pre["channel_order"] == "L" else "RGB")
-        scale = resize / min(img.size)
-        img = img.resize((max(crop, round(img.size[0] * scale)), max(crop, round(img.size[1] * scale))),
+        scale = max(resize * crop_w / crop_h / img.size[0], resize / img.size[1])
+        img = img.resize((max(crop_w, round(img.size[0] * scale)), max(crop_h, round(img.size[1] * scale))),
                          Image.Resampling.BILINEAR)
-        left, top = (img.size[0] - crop) // 2, (img.size[1] - crop) // 2
-        img = img.crop((left, top, left + crop, top + crop))
-        if (crop, crop) != (width, height):
+        left, top = (img.size[0] - crop_w) // 2, (img.size[1] - crop_h) // 2
+        img = img.crop((left, top, left + crop_w, top + crop_h))
+        if (crop_w, crop_h) != (width, height):
             img = img.resize((width, height), Image.Resampling.BILINEAR)
         arr = np.asarray(img, dtype=np.float32)
     if arr.ndim == 2:
@@ -64,7 +65,10 @@ class ImageReader:
     names = ["input"]
 
     def __init__(self, manifest):
-        self.pre, self.shape = manifest["preprocess"], manifest["inputs"][0]["shape"]
+        first = manifest["inputs"][0]
+        shape = first["shape"]  # a TFLite model's is NHWC: preprocess takes N, C, H, W
+        self.pre = manifest["preprocess"]
+        self.shape = [shape[0], shape[3], shape[1], shape[2]] if first.get("layout") == "NHWC" else shape
 
     def __call__(self, path):
         return {"input": preprocess(path, self.pre, self.shape)}
@@ -161,7 +165,23 @@ class TFLiteModel:
             from tflite_runtime.interpreter import Interpreter
         self.it = Interpreter(model_path=str(path), num_threads=threads)
         self.it.allocate_tensors()
-        self.inputs, self.out = self.it.get_input_details(), self.it.get_output_details()[0]
+        self.inputs, self.outs = self.it.get_input_details(), self._output_details()
+        self.out = self.outs[0]
+
+    def _output_details(self):
+        """Outputs in the source model's order: the serving signature's output_0, output_1, ... (the tensor
+        index order of get_output_details is the converter's; edgepack's TFLite runner orders them alike)."""
+        details = self.it.get_output_details()
+        try:
+            sig = self.it._get_full_signature_list()["serving_default"]["outputs"]
+        except (AttributeError, KeyError):
+            return details
+        order = sorted((int(k.rsplit("_", 1)[1]), i) for k, i in sig.items()
+                       if k.startswith("output_") and k.rsplit("_", 1)[1].isdigit())
+        by_index = {d["index"]: d for d in details}
+        if len(order) != len(details) or {i for _, i in order} != set(by_index):
+            return details
+        return [by_index[i] for _, i in order]
 
     def _set(self, feed):
         for d in self.inputs:
@@ -170,7 +190,7 @@ class TFLiteModel:
             scale, zero = d["quantization"]
             if x.dtype.kind == "f" and np.dtype(d["dtype"]).kind in "iu" and scale:
                 info = np.iinfo(d["dtype"])
-                x = np.clip(np.round(x / scale + zero), info.min, info.max)
+                x = np.clip(np.round(x / scale) + zero, info.min, info.max)  # as edgepack validated it
             self.it.set_tensor(d["index"], x.astype(d["dtype"]))
         self.it.invoke()
 
@@ -199,7 +219,7 @@ class TFLiteModel:
         shape = self.inputs[0]["shape"]
         in_hw = tuple(shape[1:3]) if len(shape) == 4 else None
         return [postprocess.to_nchw(np.asarray(self._get(d), np.float32), in_hw)
-                for d in self.it.get_output_details()]
+                for d in self.outs]
 
 
 def load_model(manifest, threads, fmt=None):
