@@ -69,8 +69,20 @@ def max_diff(model: Path, fmt: str, feed, golden: dict[str, np.ndarray]) -> floa
         want = golden[key]
         if np.shape(out) != want.shape:
             raise VerifyError(f"{model.name}: output {i} has shape {list(np.shape(out))}, the golden one "
-                              f"{list(want.shape)}", hint=_HINT)
+                              f"{list(want.shape)}", hint=_reordered_hint(fmt, outs, golden))
         if want.size:
             diff = np.abs(np.asarray(out, np.float64) - want.astype(np.float64))
             worst = max(worst, float(np.max(diff)) if np.isfinite(diff).all() else float("inf"))
     return worst
+
+
+def _reordered_hint(fmt: str, outs: list, golden: dict[str, np.ndarray]) -> str:
+    """The hint for an output whose shape is not the golden one: when the golden outputs are the same shapes in
+    another order, the bundle predates edgepack keeping a TFLite model's outputs in the source model's order
+    (before, they came in the converter's tensor order); else the generic one."""
+    have = sorted(tuple(np.shape(o)) for o in outs)
+    kept = sorted(tuple(golden[output_key(fmt, i)].shape) for i in range(len(outs)) if output_key(fmt, i) in golden)
+    if fmt == "tflite" and have == kept:
+        return ("the golden outputs are the same shapes in another order: the bundle was built by an edgepack that "
+                "listed a TFLite model's outputs in the converter's order; rebuild it")
+    return _HINT
