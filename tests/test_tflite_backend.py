@@ -275,3 +275,23 @@ def test_an_onnx2tf_failure_comes_with_a_hint(tiny, tmp_path, monkeypatch):
     with pytest.raises(StageError) as err:
         bk.convert(tiny[0], tmp_path / "work", None)
     assert "no mapping for op Foo" in err.value.message and "--debug" in err.value.hint
+
+
+def test_litert_delegate_banner_stays_off_the_users_terminal(fp32_model):
+    """LiteRT prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." from C++ when it applies XNNPACK
+    (once per process, so each case runs in its own): edgepack's runner keeps it off stderr."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+
+    def stderr_of(code: str) -> str:
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                              cwd=root).stderr
+
+    raw = stderr_of("from ai_edge_litert.interpreter import Interpreter\n"
+                    f"i = Interpreter(model_path={str(fp32_model)!r}); i.allocate_tensors()")
+    assert "XNNPACK delegate" in raw   # LiteRT does print it
+    ours = stderr_of(f"from edgepack.backends import tflite\ntflite.TFLiteRunner({str(fp32_model)!r})")
+    assert "XNNPACK delegate" not in ours

@@ -25,6 +25,8 @@ import logging
 import os
 import re
 import shutil
+import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -488,9 +490,33 @@ def _interpreter(path: Path, threads: int, delegates: bool = True):
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     resolver = OpResolverType.AUTO if delegates else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-    interp = Interpreter(model_path=str(path), num_threads=threads, experimental_op_resolver_type=resolver)
-    interp.allocate_tensors()
+    with _without_delegate_banner():
+        interp = Interpreter(model_path=str(path), num_threads=threads, experimental_op_resolver_type=resolver)
+        interp.allocate_tensors()
     return interp
+
+
+_BANNER = b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n"
+
+
+@contextlib.contextmanager
+def _without_delegate_banner():
+    """LiteRT's C++ side prints ``INFO: Created TensorFlow Lite XNNPACK delegate for CPU.`` on the process's
+    stderr when it applies XNNPACK (in builds, verify and bench alike); every other line it writes meanwhile is
+    passed on. (File descriptor 2 goes to a temporary file for the call: the line is written by C++, not Python.)"""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            rest = caught.read().replace(_BANNER, b"")
+            if rest:
+                os.write(2, rest)
 
 
 def _write(path: Path, data: bytes) -> Path:
