@@ -510,6 +510,21 @@ def test_a_locked_work_folder_is_in_use_whatever_its_pid(tmp_path, monkeypatch):
         renamed.rename(work)
 
 
+def test_torch_inductor_cache_made_in_a_work_folder_does_not_bring_it_back(tmp_path, monkeypatch):
+    """torch's inductor keeps its cache folder's path (TMPDIR/torchinductor_<user>) in the environment and creates
+    it again when asked: made inside a work folder, it must not recreate that folder after removal."""
+    import tempfile
+
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    with tempdirs.scratch() as work:
+        assert cache_dir().startswith(str(work))
+    cache_dir()
+    assert not work.exists() and not str(cache_dir()).startswith(str(work))
+
+
 @pytest.mark.parametrize("kind", ["file", "symlink"])
 def test_force_replacing_a_file_or_link_leaves_no_old_copy(kind, tiny_data, tmp_path):
     out = tmp_path / "o" / "b"

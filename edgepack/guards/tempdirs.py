@@ -42,6 +42,13 @@ def remove(path: Path) -> None:
         os.close(fd)
 
 
+#: settings that libraries derive from the temporary folder once and keep in the environment: torch's inductor
+#: puts its cache in TMPDIR/torchinductor_<user>, records that path here and creates it again whenever asked, so
+#: a path inside a removed work folder would bring the folder back (an empty edgepack-<pid>-*/tmp/torchinductor_root
+#: was left after every test run)
+_TEMP_DERIVED_ENV = ("TORCHINDUCTOR_CACHE_DIR",)
+
+
 @contextlib.contextmanager
 def scratch(tag: str = "") -> Iterator[Path]:
     """A work folder that also holds every temporary file made meanwhile; removed on the way out, whatever
@@ -50,11 +57,18 @@ def scratch(tag: str = "") -> Iterator[Path]:
     inner = path / "tmp"
     inner.mkdir()
     previous = tempfile.tempdir
+    env = {name: os.environ.get(name) for name in _TEMP_DERIVED_ENV}
     tempfile.tempdir = str(inner)
     try:
         yield path
     finally:
         tempfile.tempdir = previous
+        for name, value in env.items():   # a setting pointing into the folder must not outlive it
+            if os.environ.get(name, "").startswith(str(path)):
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
         remove(path)
 
 
