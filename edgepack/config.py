@@ -154,6 +154,10 @@ class BuildConfig:
     val_samples: int | None = spec("validation samples, seeded subset (default: all)", None, ge=1, le=1000000)
     calibration_method: str | None = spec("override the profile's calibration method", None, choices=CALIB_METHODS)
     per_channel: bool = spec("per-channel weight quantization", True)
+    weight_rounding: str = spec("INT8 weights: 'nearest' (each weight to its nearest step, the quantizers' own) or "
+                                "'gptq' (each Conv/Gemm layer's int8 weights chosen together to reproduce its "
+                                "outputs on the calibration data; tens of seconds more; the accuracy search also "
+                                "tries it)", "nearest", choices=("nearest", "gptq"))
     seed: int = spec("seed for every sampled subset", 0, ge=0, le=2**31 - 1)
     max_search_time: float = spec("accuracy-aware search time limit when INT8 misses the budget, s (0 = off)",
                                   300.0, ge=0, le=86400)

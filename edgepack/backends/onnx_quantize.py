@@ -47,7 +47,7 @@ _BIAS_CORRECTION_ROUNDS = 1
 def quantize_onnx(fp32_path: Path, out_path: Path, calib: np.ndarray, *, method: str = "minmax",
                   per_channel: bool = True, exclude_nodes: Sequence[str] = (),
                   activation_type: str = "auto", target_arch: str | None = None,
-                  deadline: float | None = None) -> dict:
+                  deadline: float | None = None, weight_rounding: str = "nearest") -> dict:
     """Quantize ``fp32_path`` to a QDQ INT8 model at ``out_path``; return the settings and node counts used.
 
     ``calib`` is an (N, C, H, W) float32 array, already preprocessed like the model's input.
@@ -55,6 +55,9 @@ def quantize_onnx(fp32_path: Path, out_path: Path, calib: np.ndarray, *, method:
     ``target_arch``: the device's ISA ("aarch64" or "x86_64"; None: this host's), see int8_plan.
     ``deadline``: a time.monotonic() value; calibration stops there between samples (raising
     edgepack.errors.TimeLimitReached), so one slow trial cannot overrun the accuracy search's limit.
+    ``weight_rounding``: "nearest" (the quantizer's own) or "gptq": Conv/Gemm weights rounded to reproduce each
+    layer's outputs on ``calib`` (edgepack.quantize.rounding), put on the quantizer's own grid beforehand so that it
+    stores exactly those integers; bias correction still measures against the original weights.
     """
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     if isinstance(calib, np.ndarray):  # else an array-like read a few rows at a time (inputs.data.PixelArray)
@@ -65,8 +68,13 @@ def quantize_onnx(fp32_path: Path, out_path: Path, calib: np.ndarray, *, method:
         extra["CalibPercentile"] = 99.999
     plan = int8_plan(target_arch)
     input_name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
-    _run_quantize_static(fp32_path, out_path, _ArrayReader(calib, input_name, deadline), method, per_channel,
-                         exclude_nodes, act, extra, plan["reduce_range"])
+    source, rounding = _rounded_source(fp32_path, out_path, calib, weight_rounding, plan, deadline, exclude_nodes)
+    try:
+        _run_quantize_static(source, out_path, _ArrayReader(calib, input_name, deadline), method, per_channel,
+                             exclude_nodes, act, extra, plan["reduce_range"])
+    finally:
+        if source != fp32_path:
+            source.unlink(missing_ok=True)
     model, fp32_model = onnx.load(str(out_path)), onnx.load(str(fp32_path))
     dropped = _drop_output_qdq(model, fp32_model)
     corrected = _bias_correct(model, fp32_model, calib, input_name)
@@ -78,12 +86,33 @@ def quantize_onnx(fp32_path: Path, out_path: Path, calib: np.ndarray, *, method:
         "format": "QDQ", "method": method, "per_channel": per_channel,
         "activation_type": act, "weight_type": "int8", **plan,
         "extra_options": extra, "nodes_excluded": list(exclude_nodes),
-        "float_outputs": dropped, "bias_corrected_nodes": corrected,
+        "float_outputs": dropped, "bias_corrected_nodes": corrected, "weight_rounding": rounding,
         "calibration_samples": int(len(calib)), "compacted_bytes": saved, **_census(out_path),
     }
 
 
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
+WEIGHT_ROUNDINGS = ("nearest", "gptq")
+
+
+def _rounded_source(fp32_path: Path, out_path: Path, calib, weight_rounding: str, plan: dict,
+                    deadline: float | None, exclude_nodes: Sequence[str] = ()) -> tuple[Path, dict]:
+    """(the model the quantizer reads, a record): ``fp32_path`` itself for round-to-nearest, else a copy beside
+    ``out_path`` whose weights are already on the int8 grid (7-bit where the plan reduces the range); the nodes
+    kept in float keep their weights."""
+    if weight_rounding == "nearest":
+        return fp32_path, {"method": "nearest"}
+    if weight_rounding != "gptq":
+        raise ValueError(f"weight_rounding must be one of {WEIGHT_ROUNDINGS}, not {weight_rounding!r}")
+    from edgepack.quantize import rounding
+
+    model = onnx.load(str(fp32_path))
+    learned, summary = rounding.gptq_weights(model, calib, qmax=64 if plan["reduce_range"] else 127,
+                                             deadline=deadline, skip=exclude_nodes)
+    rounding.apply(model, learned)
+    source = out_path.with_name(out_path.stem + ".rounded.onnx")
+    onnx.save(model, str(source))
+    return source, summary
 
 
 def compact_qdq(model: onnx.ModelProto) -> int:

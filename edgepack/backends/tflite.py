@@ -49,7 +49,8 @@ _NOT_IN_TF_NAMES = re.compile(r"[^A-Za-z0-9_.\\/>-]")  # TensorFlow's scope name
 
 def convert(onnx_path: Path, workdir: Path, calib: np.ndarray | None, *, io_dtype: str = "int8",
             progress: Callable[[str], None] | None = None, allow_float: bool = False,
-            bias_correction: bool = True, xnnpack_activations: bool = True) -> Path:
+            bias_correction: bool = True, xnnpack_activations: bool = True,
+            weight_rounding: str = "nearest") -> Path:
     """Convert an FP32 ONNX model (static shapes, NCHW image input) to a .tflite file in `workdir`.
 
     `calib` None gives an FP32 model (float32 io). `calib` (N,C,H,W float32, preprocessed exactly as at
@@ -61,7 +62,10 @@ def convert(onnx_path: Path, workdir: Path, calib: np.ndarray | None, *, io_dtyp
     each Conv/Gemm bias absorbs the mean output shift of the converter's weight rounding; the summary is
     written to `workdir`/int8_prep.json). `xnnpack_activations` (INT8 only): hard-swish and hard-sigmoid spelled
     so that LiteRT's XNNPACK delegate runs them in INT8 (`tflite_prep.delegate_friendly_activations`; faster,
-    a little more rounding than the converter's HARD_SWISH kernel). The FP32 model is never changed.
+    a little more rounding than the converter's HARD_SWISH kernel). `weight_rounding` (INT8 only): "nearest" (the
+    converter's own) or "gptq": the copy's Conv/Gemm weights are put on the converter's int8 grid beforehand, each
+    layer's chosen to reproduce its outputs on `calib` (edgepack.quantize.rounding); the converter keeps those
+    integers, and bias correction measures against the original weights. The FP32 model is never changed.
     The SavedModel is cached in `workdir` by ONNX hash, so an FP32 + INT8 pair without bias correction
     runs onnx2tf once (with it, twice: the INT8 one is built from the corrected copy).
     Never touches the network. Returns the path of the written .tflite.
@@ -70,8 +74,8 @@ def convert(onnx_path: Path, workdir: Path, calib: np.ndarray | None, *, io_dtyp
     onnx_path, workdir = Path(onnx_path), Path(workdir)
     _check_args(onnx_path, calib, io_dtype)
     workdir.mkdir(parents=True, exist_ok=True)
-    source = (_prepared(onnx_path, workdir, calib, say, bias_correction, xnnpack_activations) if calib is not None
-              else onnx_path)
+    source = (_prepared(onnx_path, workdir, calib, say, bias_correction, xnnpack_activations, weight_rounding)
+              if calib is not None else onnx_path)
     saved_model = _saved_model(source, workdir, calib, say,
                                _SAVED_MODEL_DIR + ("_int8_prep" if source != onnx_path else ""))
     if calib is None:
@@ -95,7 +99,7 @@ def convert(onnx_path: Path, workdir: Path, calib: np.ndarray | None, *, io_dtyp
 
 
 def _prepared(onnx_path: Path, workdir: Path, calib: np.ndarray, say, bias_correction: bool = True,
-              xnnpack_activations: bool = True) -> Path:
+              xnnpack_activations: bool = True, weight_rounding: str = "nearest") -> Path:
     """Write the copy used only for INT8 conversion (see tflite_prep: padded MaxPools pad with their calibrated
     minimum, hard-swish/hard-sigmoid spelled so XNNPACK runs them in INT8, then bias correction); return its
     path, or `onnx_path` itself when nothing had to change."""
@@ -109,12 +113,22 @@ def _prepared(onnx_path: Path, workdir: Path, calib: np.ndarray, say, bias_corre
     summary["hard_activations"] = (tflite_prep.delegate_friendly_activations(out, out) if xnnpack_activations
                                    else {})
     if not summary["maxpool_padding"]["moved"] and not any(summary["hard_activations"].values()) \
-            and not bias_correction:
+            and not bias_correction and weight_rounding == "nearest":
         out.unlink()
         return onnx_path
-    if bias_correction:
+    learned = None
+    if weight_rounding == "gptq":
+        import onnx
+
+        from edgepack.quantize import rounding
+
+        say("TFLite: learning the int8 weight rounding on the calibration data")
+        learned, summary["weight_rounding"] = rounding.gptq_weights(onnx.load(str(out)), calib, qmax=127)
+    elif weight_rounding != "nearest":
+        raise ValueError(f"weight_rounding must be 'nearest' or 'gptq', not {weight_rounding!r}")
+    if bias_correction or learned:
         say("TFLite: bias correction for the converter's weight rounding")
-        summary.update(tflite_prep.bias_correct(out, out, calib))
+        summary.update(tflite_prep.bias_correct(out, out, calib, rounded=learned, correct=bias_correction))
     (workdir / "int8_prep.json").write_text(json.dumps(summary, indent=1) + "\n")
     return out
 

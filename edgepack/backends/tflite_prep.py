@@ -69,7 +69,8 @@ def tflite_weight_quant(w: np.ndarray, axis: int = 0) -> np.ndarray:
 
 
 def bias_correct(onnx_path: Path, out_path: Path, calib: np.ndarray, *, samples: int = SAMPLES,
-                 rounds: int = ROUNDS, activations: bool = False) -> dict:
+                 rounds: int = ROUNDS, activations: bool = False, rounded: dict | None = None,
+                 correct: bool = True) -> dict:
     """Write a bias-corrected copy of ``onnx_path`` to ``out_path`` for INT8 conversion; return a summary.
 
     ``calib`` is (N, ...) float32, preprocessed exactly as the model's input (NCHW for images). Only Conv
@@ -77,12 +78,22 @@ def bias_correct(onnx_path: Path, out_path: Path, calib: np.ndarray, *, samples:
     ``activations``: from round 2 on, the measuring model also rounds each corrected layer's input to int8
     (per tensor, asymmetric, min/max over the samples, as the converter calibrates), so the correction
     also absorbs the mean error of activation rounding/clipping.
+    ``rounded``: {weight initializer name: weights already on the converter's int8 grid} (learned rounding,
+    edgepack.quantize.rounding) used instead of round-to-nearest; they are written into the copy, and the bias
+    absorbs their error against the original weights (``correct`` False: written, biases left alone).
     The summary has the number of corrected nodes, samples, rounds, the largest bias change and the
     seconds spent.
     """
     start = time.perf_counter()
     model = onnx.load(str(onnx_path))
-    targets = _targets(model)
+    rounded = rounded or {}
+    if not correct:
+        from edgepack.quantize import rounding
+
+        rounding.apply(model, rounded)
+        onnx.save(model, str(out_path))
+        return {"method": "none (learned weights written)", "corrected_nodes": 0}
+    targets = _targets(model, rounded)
     idx = spread_indices(len(calib), samples)
     xs = np.ascontiguousarray(np.asarray(calib[idx], np.float32))  # only those rows (calib may be compact)
     n = len(targets)
@@ -96,6 +107,10 @@ def bias_correct(onnx_path: Path, out_path: Path, calib: np.ndarray, *, samples:
             ranges = [(float(lo.min()), float(hi.max()))
                       for lo, hi in zip(outs[n:2 * n], outs[2 * n:], strict=True)]
     _write_biases(model, targets, deltas)
+    if rounded:
+        from edgepack.quantize import rounding
+
+        rounding.apply(model, rounded)
     onnx.save(model, str(out_path))
     summary = {"method": "bias correction (weight rounding, TFLite per-channel int8 rule)",
                "corrected_nodes": n, "samples": int(len(idx)), "rounds": rounds if targets else 0,
@@ -107,8 +122,10 @@ def bias_correct(onnx_path: Path, out_path: Path, calib: np.ndarray, *, samples:
     return summary
 
 
-def _targets(model: onnx.ModelProto) -> list[_Target]:
-    """Conv/Gemm nodes with constant weights the converter quantizes per output channel."""
+def _targets(model: onnx.ModelProto, rounded: dict | None = None) -> list[_Target]:
+    """Conv/Gemm nodes with constant weights the converter quantizes per output channel; a weight in ``rounded``
+    takes those rounded values instead of the converter's round-to-nearest."""
+    rounded = rounded or {}
     inits = {t.name: t for t in model.graph.initializer}
     found = []
     for i, node in enumerate(model.graph.node):
@@ -132,7 +149,8 @@ def _targets(model: onnx.ModelProto) -> list[_Target]:
             if b.size != n_out:  # a broadcast Gemm C we would have to expand; leave it alone
                 continue
             bias = b.reshape(n_out)
-        found.append(_Target(i, node, w, tflite_weight_quant(w, out_axis) - w, bias, axes))
+        wq = rounded[node.input[1]] if node.input[1] in rounded else tflite_weight_quant(w, out_axis)
+        found.append(_Target(i, node, w, wq - w, bias, axes))
     return found
 
 

@@ -1,7 +1,8 @@
 """Accuracy-aware INT8: when the INT8 model misses its accuracy budget, try cheaper-to-costlier fixes.
 
-Order (run-time cost first, then search cost): other activation calibration methods (free at run
-time), per-channel weights when they were off, more calibration samples, then keeping the layers
+Order (run-time cost first, then search cost): learned weight rounding (edgepack.quantize.rounding) and other
+activation calibration methods (free at run time; the methods keep the rounding when it scored better), per-channel
+weights when they were off, more calibration samples, then keeping the layers
 that inject the most error (measured by `diagnose.layer_errors` on real samples) in float: 1, 2, 4,
 8, 16 of them. The first configuration that meets the budget wins; the search stops at
 ``max_seconds`` and otherwise hands over the best one it found, saying so; a trial still calibrating at the
@@ -61,14 +62,18 @@ class SearchSpace:
     per_channel: bool
     more_calib: Callable[[], np.ndarray | None]  # a larger calibration set, or None if there is none
     diagnose: Callable[[Path], list[dict]]       # per-layer error rows for an INT8 model
+    weight_rounding: str = "nearest"             # the build's (edgepack.backends.onnx_quantize.WEIGHT_ROUNDINGS)
 
 
 def candidates(space: SearchSpace, get_best: Callable[[], Trial]) -> Iterator[tuple[str, dict]]:
     """(name, settings) in cost order. Settings are overrides of the default recipe; the float-layer
     candidates build on the best trial so far, ranked by a diagnosis of that trial's model."""
+    if space.weight_rounding == "nearest":
+        yield "learned weight rounding", {"weight_rounding": "gptq"}
     for method in ("percentile", "entropy"):
         if method != space.method:
-            yield f"{method} calibration", {"method": method, "max_calib": HISTOGRAM_TRIAL_SAMPLES}
+            rounding = {k: v for k, v in get_best().raw_settings.items() if k == "weight_rounding"}
+            yield f"{method} calibration", {**rounding, "method": method, "max_calib": HISTOGRAM_TRIAL_SAMPLES}
     if not space.per_channel:
         yield "per-channel weights", {"per_channel": True}
     if space.more_calib() is not None:  # only when the calibration source holds more samples

@@ -70,7 +70,8 @@ def _quantize_onnx(ctx: BuildContext, settings: dict, out, deadline: float | Non
                                  method=settings.get("method", calibration_method(ctx)),
                                  per_channel=settings.get("per_channel", ctx.config.per_channel),
                                  exclude_nodes=settings.get("exclude_nodes", ()), target_arch=ctx.target.arch,
-                                 deadline=deadline)
+                                 deadline=deadline,
+                                 weight_rounding=settings.get("weight_rounding", ctx.config.weight_rounding))
     except (AssertionError, FloatingPointError, OverflowError) as exc:  # ORT's "scale issue": inf/NaN ranges
         raise StageError(f"INT8 calibration failed: {type(exc).__name__}: {str(exc)[:200] or 'no message'}",
                          hint="an activation reached an infinite or NaN range on the calibration data: check the "
@@ -133,7 +134,8 @@ def _space(ctx: BuildContext):
         return rows
 
     return search.SearchSpace(method=calibration_method(ctx), per_channel=ctx.config.per_channel,
-                              more_calib=lambda: _more_calibration(ctx), diagnose=diagnose)
+                              more_calib=lambda: _more_calibration(ctx), diagnose=diagnose,
+                              weight_rounding=ctx.config.weight_rounding)
 
 
 def _more_calibration(ctx: BuildContext):
@@ -182,19 +184,22 @@ def convert_tflite_full_integer(ctx: BuildContext) -> None:
     ctx.progress("converting to TFLite FP32 and full-integer INT8 (onnx2tf, calibrating)", 0, 1)
     written = workdir / f"{fp32_onnx.stem}_int8.tflite"
     fp32, int8 = isolate.call(convert_tflite_pair, fp32_onnx, workdir, ctx.calib.x, ctx.target.tflite_io_dtype,
-                              ctx.config.allow_float_ops, key="tflite-convert", step="TFLite conversion",
+                              ctx.config.allow_float_ops, ctx.config.weight_rounding, key="tflite-convert",
+                              step="TFLite conversion",
                               diagnose=lambda: tflite_check.diagnose(written),
                               hint="the TFLite converter or LiteRT aborted on this model; --debug shows its output; "
                                    "targets that ship ONNX INT8 instead are listed by `edgepack targets`")
     ctx.add(Artifact("tflite", "fp32", fp32))
     int8, spelling = _hard_activation_spelling(ctx, fp32_onnx, int8, workdir)
+    rounding = _prep_record(int8.parent).get("weight_rounding", {"method": "nearest"})
+    int8, rounding = _learned_rounding_trial(ctx, fp32_onnx, int8, workdir, spelling, rounding)
     ctx.add(Artifact("tflite", "int8", int8))
     floats = tflite.float_ops(int8)
     ctx.records["quantization_tflite"] = {"io_dtype": ctx.target.tflite_io_dtype, "float_ops": floats,
                                           "weights": "int8 per-channel", "activations": "int8 per-tensor",
                                           "calibration": "minmax (the converter's own)",
                                           "converter": "tf.lite.TFLiteConverter (full-integer)",
-                                          "hard_activations": spelling}
+                                          "hard_activations": spelling, "weight_rounding": rounding}
     if floats:
         ctx.warn(f"TFLite: {len(floats)} op(s) have no INT8 kernel and were kept in float "
                  f"(--allow-float-ops): {', '.join(floats[:8])}")
@@ -206,15 +211,13 @@ def _hard_activation_spelling(ctx: BuildContext, fp32_onnx, int8, workdir) -> tu
     rounding than the converter's own HARD_SWISH kernel. When that model misses the accuracy budget and the
     search is on (--max-search-time > 0), the converter's spelling is converted too, and the one that meets the
     budget (else the more accurate one) ships; the record lists both trials."""
-    import json
 
     from edgepack import isolate
     from edgepack.backends import tflite as tflite_backend
     from edgepack.errors import EdgepackError
 
     _tflite_outputs(ctx, int8)
-    prep = workdir / "int8_prep.json"
-    respelled = sum((json.loads(prep.read_text()).get("hard_activations") or {}).values()) if prep.exists() else 0
+    respelled = sum((_prep_record(workdir).get("hard_activations") or {}).values())
     record = {"xnnpack_spelling": respelled, "shipped": "xnnpack" if respelled else "converter"}
     if not respelled:
         return int8, record
@@ -225,7 +228,8 @@ def _hard_activation_spelling(ctx: BuildContext, fp32_onnx, int8, workdir) -> tu
     try:
         alt = isolate.call(tflite_backend.convert, fp32_onnx, workdir / "converter_activations", ctx.calib.x,
                            io_dtype=ctx.target.tflite_io_dtype, allow_float=ctx.config.allow_float_ops,
-                           xnnpack_activations=False, key="tflite-convert",
+                           xnnpack_activations=False, weight_rounding=ctx.config.weight_rounding,
+                           key="tflite-convert",
                            step="TFLite conversion (converter's spelling)")
         _tflite_outputs(ctx, alt)
     except EdgepackError as exc:  # the first model stands; its miss is judged as it is
@@ -242,6 +246,49 @@ def _hard_activation_spelling(ctx: BuildContext, fp32_onnx, int8, workdir) -> tu
              f" shipping the converter's HARD_SWISH ({row2['value']}), which XNNPACK leaves to LiteRT's slower "
              "built-in INT8 kernels")
     return alt, record
+
+
+def _learned_rounding_trial(ctx: BuildContext, fp32_onnx, int8, workdir, spelling: dict, record: dict) -> tuple:
+    """(the INT8 .tflite to ship, its weight-rounding record). When the INT8 model misses the accuracy budget, the
+    search is on and the build rounded weights to nearest, the model is converted again with learned weight
+    rounding (edgepack.quantize.rounding; same hard-swish spelling) and ships if it meets the budget, else if it
+    comes closer; the record lists both trials."""
+    from edgepack import isolate
+    from edgepack.backends import tflite as tflite_backend
+    from edgepack.errors import EdgepackError
+
+    if ctx.config.weight_rounding != "nearest" or ctx.config.max_search_time <= 0:
+        return int8, record
+    first = evaluate_int8(ctx, int8, "tflite")
+    if meets_budget(ctx, first):
+        return int8, record
+    ctx.progress("TFLite INT8 misses the accuracy budget: trying learned weight rounding", 0, 1)
+    try:
+        alt = isolate.call(tflite_backend.convert, fp32_onnx, workdir / "learned_rounding", ctx.calib.x,
+                           io_dtype=ctx.target.tflite_io_dtype, allow_float=ctx.config.allow_float_ops,
+                           xnnpack_activations=spelling.get("shipped") != "converter", weight_rounding="gptq",
+                           key="tflite-convert", step="TFLite conversion (learned weight rounding)")
+        _tflite_outputs(ctx, alt)
+    except EdgepackError as exc:
+        ctx.warn(f"TFLite: learned weight rounding could not be tried: {exc}")
+        return int8, record
+    second = evaluate_int8(ctx, alt, "tflite")
+    row1, row2 = _quality_budget_row(ctx, first), _quality_budget_row(ctx, second)
+    learned = _prep_record(alt.parent).get("weight_rounding", {"method": "gptq"})
+    trials = [{"weight_rounding": "nearest", "budget": row1}, {"weight_rounding": "gptq", "budget": row2}]
+    if not (row2["passed"] or (not row1["passed"] and _closer(row2, row1))):
+        return int8, {**record, "trials": trials}
+    ctx.warn(f"TFLite: INT8 missed the budget with weights rounded to nearest ({row1['name']} {row1['value']}); "
+             f"shipping learned weight rounding ({row2['value']})")
+    return alt, {**learned, "trials": trials}
+
+
+def _prep_record(workdir) -> dict:
+    """What tflite_prep did to the INT8 conversion copy (int8_prep.json), {} when nothing."""
+    import json
+
+    prep = workdir / "int8_prep.json"
+    return json.loads(prep.read_text()) if prep.exists() else {}
 
 
 def _tflite_outputs(ctx: BuildContext, path) -> None:
@@ -267,10 +314,12 @@ def _closer(a: dict, b: dict) -> bool:
     return a["value"] < b["value"] if a.get("op", "<=") == "<=" else a["value"] > b["value"]
 
 
-def convert_tflite_pair(fp32_onnx, workdir, calib, io_dtype: str, allow_float: bool) -> tuple:
+def convert_tflite_pair(fp32_onnx, workdir, calib, io_dtype: str, allow_float: bool,
+                        weight_rounding: str = "nearest") -> tuple:
     """(FP32 .tflite, full-integer INT8 .tflite): one TensorFlow import for both, run in a child
     by convert_tflite_full_integer."""
     from edgepack.backends import tflite
 
     fp32 = tflite.convert(fp32_onnx, workdir, None)
-    return fp32, tflite.convert(fp32_onnx, workdir, calib, io_dtype=io_dtype, allow_float=allow_float)
+    return fp32, tflite.convert(fp32_onnx, workdir, calib, io_dtype=io_dtype, allow_float=allow_float,
+                                weight_rounding=weight_rounding)
