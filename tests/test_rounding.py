@@ -183,3 +183,4 @@ def test_tflite_int8_missing_its_budget_tries_learned_rounding(digits, tmp_path,
     assert rounding_record["method"].startswith("gptq") and rounding_record["learned_layers"] >= 1
     assert [t["weight_rounding"] for t in rounding_record["trials"]] == ["nearest", "gptq"]
     assert any("shipping learned weight rounding" in w for w in man["warnings"])
+    assert "TFLite INT8 weights: learned rounding (GPTQ)" in (out / "report.md").read_text()

@@ -30,6 +30,19 @@ def tool_versions() -> dict[str, str]:
     return dict(sorted(versions.items()))
 
 
+def _rounding_lines(stages: dict) -> list[str]:
+    """A line per INT8 format whose weights were rounded by learning (edgepack.quantize.rounding)."""
+    lines = []
+    for fmt in ("onnx", "tflite"):
+        r = (stages.get(f"quantization_{fmt}") or {}).get("weight_rounding") or {}
+        if str(r.get("method", "")).startswith("gptq"):
+            lines += [f"{fmt.upper() if fmt == 'onnx' else 'TFLite'} INT8 weights: learned rounding (GPTQ) in "
+                      f"{r.get('learned_layers')} of {r.get('layers')} Conv/Gemm layers (layer output error "
+                      f"{r.get('output_error_vs_nearest')}x round-to-nearest's on {r.get('samples')} calibration "
+                      "samples); the others rounded to nearest.", ""]
+    return lines
+
+
 def render_markdown(man: dict) -> str:
     """report.md: verdict, summary, budgets, warnings, how it was built."""
     verdict = "PASSED: every budget met" if man["passed"] else "FAILED: at least one budget missed"
@@ -56,6 +69,7 @@ def render_markdown(man: dict) -> str:
               or (man["stages"].get("quantization_tflite") or {}).get("float_ops"))
     if floats:
         parts += ["Layers kept in float: " + ", ".join(f"`{n}`" for n in floats), ""]
+    parts += _rounding_lines(man["stages"])
     if man["warnings"]:
         parts += ["## Warnings", ""] + [f"- {w}" for w in man["warnings"]] + [""]
     parts += ["## How it was built", "",
