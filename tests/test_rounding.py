@@ -184,3 +184,15 @@ def test_tflite_int8_missing_its_budget_tries_learned_rounding(digits, tmp_path,
     assert [t["weight_rounding"] for t in rounding_record["trials"]] == ["nearest", "gptq"]
     assert any("shipping learned weight rounding" in w for w in man["warnings"])
     assert "TFLite INT8 weights: learned rounding (GPTQ)" in (out / "report.md").read_text()
+
+
+def test_statistics_in_several_passes_give_the_same_weights(monkeypatch):
+    """A model whose layer statistics exceed the memory bound is read in several passes, one layer each here."""
+    model, calib = _model(), _calib()
+    once, _ = rounding.gptq_weights(model, calib)
+    monkeypatch.setattr(rounding, "MAX_STATISTICS_BYTES", 1)
+    assert len(rounding._chunks(rounding._layers(model))) == 3
+    split, _ = rounding.gptq_weights(model, calib)
+    assert sorted(split) == sorted(once)
+    for name in once:
+        np.testing.assert_allclose(split[name], once[name], rtol=0, atol=1e-6)

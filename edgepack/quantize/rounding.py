@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 SAMPLES = 128                 #: calibration samples the layer statistics are collected on (evenly spread)
 MIN_POSITIONS_PER_INPUT = 50  #: input positions per weight of a row a layer needs to be learned (see above)
 DAMP = 0.01                   #: added to H's diagonal, as a fraction of its mean (GPTQ's default)
+#: the layer statistics one pass over the samples holds (float32 H matrices); larger models take more passes
+MAX_STATISTICS_BYTES = 512 * 2**20
 
 
 def gptq_weights(model: onnx.ModelProto, calib, *, qmax: int = 127, samples: int = SAMPLES,
@@ -55,18 +57,20 @@ def gptq_weights(model: onnx.ModelProto, calib, *, qmax: int = 127, samples: int
     start = time.perf_counter()
     layers = [layer for layer in _layers(model) if layer["node"].name not in set(skip)]
     idx = spread_indices(len(calib), samples)
-    stats = _input_statistics(model, layers, calib, idx, deadline)
     rounded, ratios = {}, []
-    with torch.no_grad():
-        for layer in layers:
-            h, positions = stats.get(layer["name"], (None, 0))
-            if h is None or positions < MIN_POSITIONS_PER_INPUT * layer["depth"]:
-                continue
-            w = torch.from_numpy(layer["rows"].astype(np.float64))
-            q, scale = _gptq(w, h, qmax)
-            q = _keep_row_scale(w, q, scale, qmax)
-            ratios.append(_output_error(q, w, h) / max(_output_error(_nearest(w, scale, qmax), w, h), 1e-30))
-            rounded[layer["weight"]] = _unrows(layer, q.numpy())
+    for chunk in _chunks(layers):  # bounded memory: each pass holds at most MAX_STATISTICS_BYTES of H
+        stats = _input_statistics(model, chunk, calib, idx, deadline)
+        with torch.no_grad():
+            for layer in chunk:
+                h, positions = stats.pop(layer["name"], (None, 0))
+                if h is None or positions < MIN_POSITIONS_PER_INPUT * layer["depth"]:
+                    continue
+                w = torch.from_numpy(layer["rows"].astype(np.float64))
+                h = h.double()
+                q, scale = _gptq(w, h, qmax)
+                q = _keep_row_scale(w, q, scale, qmax)
+                ratios.append(_output_error(q, w, h) / max(_output_error(_nearest(w, scale, qmax), w, h), 1e-30))
+                rounded[layer["weight"]] = _unrows(layer, q.numpy())
     summary = {"method": "gptq (layer-output error, calibration statistics)", "learned_layers": len(rounded),
                "layers": len(layers), "samples": int(len(idx)), "qmax": qmax,
                "min_positions_per_input": MIN_POSITIONS_PER_INPUT,
@@ -115,8 +119,22 @@ def _unrows(layer: dict, q: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(q.reshape(layer["shape"]), dtype=np.float32)
 
 
+def _chunks(layers: list[dict]) -> list[list[dict]]:
+    """``layers`` in consecutive groups whose H matrices fit MAX_STATISTICS_BYTES together (a larger one alone)."""
+    chunks, size = [[]], 0
+    for layer in layers:
+        groups, _, depth = layer["rows"].shape
+        need = 4 * groups * depth * depth
+        if chunks[-1] and size + need > MAX_STATISTICS_BYTES:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(layer)
+        size += need
+    return [c for c in chunks if c]
+
+
 def _input_statistics(model, layers, calib, idx, deadline) -> dict:
-    """{layer name: (H as a (groups, D, D) float64 tensor, input positions seen per group)}: every layer's
+    """{layer name: (H as a (groups, D, D) float32 tensor, input positions seen per group)}: every layer's
     input read from one onnxruntime session, one sample at a time."""
     import onnxruntime as ort
     import torch
@@ -139,7 +157,7 @@ def _input_statistics(model, layers, calib, idx, deadline) -> dict:
         for layer in layers:
             cols = _columns(layer, torch.from_numpy(acts[layer["node"].input[0]]))
             h, n = stats.get(layer["name"], (0, 0))
-            stats[layer["name"]] = (h + torch.bmm(cols, cols.transpose(1, 2)).double(), n + cols.shape[2])
+            stats[layer["name"]] = (h + torch.bmm(cols, cols.transpose(1, 2)), n + cols.shape[2])
         if k == 0:  # layers the whole set cannot sample densely enough are left to round-to-nearest: not collected
             layers = [la for la in layers
                       if stats[la["name"]][1] * len(idx) >= MIN_POSITIONS_PER_INPUT * la["depth"]]
