@@ -61,7 +61,8 @@ def bundle(hf_folder, text_data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("build") / "tiny_text"
     result = CliRunner().invoke(main, ["build", str(hf_folder), "--calib", str(calib), "--val", str(val),
                                        "--max-length", str(L), "--out", str(out), "--latency-runs", "5",
-                                       "--max-accuracy-drop", "100", "--min-agreement", "0", "--quiet"])
+                                       "--max-accuracy-drop", "100", "--min-agreement", "0", "--quiet",
+                                       "--weight-rounding", "gptq"])
     assert result.exit_code == 0, result.output + repr(result.exception)
     return out
 
@@ -79,6 +80,8 @@ def test_text_bundle_contents(bundle):
     assert set(q["candidates"]) == {"static", "dynamic"}
     assert "INT8 recipe" in (bundle / "report.md").read_text()
     assert "tokenizers" in (bundle / "run.py").read_text()
+    # the text recipe rounds to nearest: a --weight-rounding it does not apply is said, not silently dropped
+    assert any("--weight-rounding gptq applies to the INT8 recipe of image" in w for w in man["warnings"])
 
 
 def test_text_bundle_verifies(bundle):

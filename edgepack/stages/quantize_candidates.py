@@ -37,8 +37,16 @@ TFLITE_RECIPES = {
 }
 
 
+def _rounding_not_applied(ctx: BuildContext, fmt: str) -> None:
+    """Say so when --weight-rounding asks for what the text recipes do not do (said, never silently dropped)."""
+    if ctx.config.weight_rounding != "nearest":
+        ctx.warn(f"--weight-rounding {ctx.config.weight_rounding} applies to the INT8 recipe of image and generic "
+                 f"models; the text model's {fmt} INT8 candidates round weights to nearest")
+
+
 def onnx_candidates(ctx: BuildContext) -> None:
     """Build both INT8 candidates, measure them, ship the chosen one as model_int8.onnx."""
+    _rounding_not_applied(ctx, "ONNX")
     candidates = {k: ctx.workdir / f"model_int8_{k}.onnx" for k in ("static", "dynamic")}
     settings = {"static": _static(ctx, candidates["static"]), "dynamic": _dynamic(ctx, candidates["dynamic"])}
     ctx.progress("INT8: comparing static and dynamic on the validation texts", 0, 1)
@@ -53,6 +61,7 @@ def onnx_candidates(ctx: BuildContext) -> None:
 
 def tflite_candidates(ctx: BuildContext) -> None:
     """FP32 .tflite (the reference), then full-integer INT8 if LiteRT can run it, else dynamic-range INT8."""
+    _rounding_not_applied(ctx, "TFLite")
     from edgepack import backends, isolate
 
     tflite = backends.get("tflite")
