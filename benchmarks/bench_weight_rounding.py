@@ -1,4 +1,4 @@
-"""Learned weight rounding (GPTQ, edgepack.quantize.rounding) against round-to-nearest, same recipe otherwise.
+"""Learned weight rounding (GPTQ, edgepack.backends.rounding) against round-to-nearest, same recipe otherwise.
 
 Rows:
   effnet-onnx    EfficientNet-Lite0, quantize_onnx for raspberry-pi-4 (8-bit weights, reference arithmetic), 200
@@ -95,8 +95,7 @@ def row_weights_only(work: Path, e: dict) -> list[str]:
     import onnx
     from onnx import numpy_helper
 
-    from edgepack.backends import tflite_prep
-    from edgepack.quantize import rounding
+    from edgepack.backends import rounding, tflite_prep
 
     cells = {}
     for wr in ROUNDINGS:

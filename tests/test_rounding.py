@@ -1,4 +1,4 @@
-"""Tests for edgepack.quantize.rounding: learned int8 weights (GPTQ) on the runtimes' own grid."""
+"""Tests for edgepack.backends.rounding: learned int8 weights (GPTQ) on the runtimes' own grid."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from edgepack.backends import rounding
 from edgepack.backends.tflite_prep import tflite_weight_quant
-from edgepack.quantize import rounding, search
+from edgepack.quantize import search
 
 
 def _model() -> onnx.ModelProto:

@@ -56,7 +56,7 @@ def quantize_onnx(fp32_path: Path, out_path: Path, calib: np.ndarray, *, method:
     ``deadline``: a time.monotonic() value; calibration stops there between samples (raising
     edgepack.errors.TimeLimitReached), so one slow trial cannot overrun the accuracy search's limit.
     ``weight_rounding``: "nearest" (the quantizer's own) or "gptq": Conv/Gemm weights rounded to reproduce each
-    layer's outputs on ``calib`` (edgepack.quantize.rounding), put on the quantizer's own grid beforehand so that it
+    layer's outputs on ``calib`` (edgepack.backends.rounding), put on the quantizer's own grid beforehand so that it
     stores exactly those integers; bias correction still measures against the original weights.
     """
     fp32_path, out_path = Path(fp32_path), Path(out_path)
@@ -104,7 +104,7 @@ def _rounded_source(fp32_path: Path, out_path: Path, calib, weight_rounding: str
         return fp32_path, {"method": "nearest"}
     if weight_rounding != "gptq":
         raise ValueError(f"weight_rounding must be one of {WEIGHT_ROUNDINGS}, not {weight_rounding!r}")
-    from edgepack.quantize import rounding
+    from edgepack.backends import rounding
 
     model = onnx.load(str(fp32_path))
     learned, summary = rounding.gptq_weights(model, calib, qmax=64 if plan["reduce_range"] else 127,

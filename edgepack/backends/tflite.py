@@ -64,7 +64,7 @@ def convert(onnx_path: Path, workdir: Path, calib: np.ndarray | None, *, io_dtyp
     so that LiteRT's XNNPACK delegate runs them in INT8 (`tflite_prep.delegate_friendly_activations`; faster,
     a little more rounding than the converter's HARD_SWISH kernel). `weight_rounding` (INT8 only): "nearest" (the
     converter's own) or "gptq": the copy's Conv/Gemm weights are put on the converter's int8 grid beforehand, each
-    layer's chosen to reproduce its outputs on `calib` (edgepack.quantize.rounding); the converter keeps those
+    layer's chosen to reproduce its outputs on `calib` (edgepack.backends.rounding); the converter keeps those
     integers, and bias correction measures against the original weights. The FP32 model is never changed.
     The SavedModel is cached in `workdir` by ONNX hash, so an FP32 + INT8 pair without bias correction
     runs onnx2tf once (with it, twice: the INT8 one is built from the corrected copy).
@@ -120,7 +120,7 @@ def _prepared(onnx_path: Path, workdir: Path, calib: np.ndarray, say, bias_corre
     if weight_rounding == "gptq":
         import onnx
 
-        from edgepack.quantize import rounding
+        from edgepack.backends import rounding
 
         say("TFLite: learning the int8 weight rounding on the calibration data")
         learned, summary["weight_rounding"] = rounding.gptq_weights(onnx.load(str(out)), calib, qmax=127)

@@ -79,7 +79,7 @@ def bias_correct(onnx_path: Path, out_path: Path, calib: np.ndarray, *, samples:
     (per tensor, asymmetric, min/max over the samples, as the converter calibrates), so the correction
     also absorbs the mean error of activation rounding/clipping.
     ``rounded``: {weight initializer name: weights already on the converter's int8 grid} (learned rounding,
-    edgepack.quantize.rounding) used instead of round-to-nearest; they are written into the copy, and the bias
+    edgepack.backends.rounding) used instead of round-to-nearest; they are written into the copy, and the bias
     absorbs their error against the original weights (``correct`` False: written, biases left alone).
     The summary has the number of corrected nodes, samples, rounds, the largest bias change and the
     seconds spent.
@@ -88,7 +88,7 @@ def bias_correct(onnx_path: Path, out_path: Path, calib: np.ndarray, *, samples:
     model = onnx.load(str(onnx_path))
     rounded = rounded or {}
     if not correct:
-        from edgepack.quantize import rounding
+        from edgepack.backends import rounding
 
         rounding.apply(model, rounded)
         onnx.save(model, str(out_path))
@@ -108,7 +108,7 @@ def bias_correct(onnx_path: Path, out_path: Path, calib: np.ndarray, *, samples:
                       for lo, hi in zip(outs[n:2 * n], outs[2 * n:], strict=True)]
     _write_biases(model, targets, deltas)
     if rounded:
-        from edgepack.quantize import rounding
+        from edgepack.backends import rounding
 
         rounding.apply(model, rounded)
     onnx.save(model, str(out_path))

@@ -31,7 +31,7 @@ def tool_versions() -> dict[str, str]:
 
 
 def _rounding_lines(stages: dict) -> list[str]:
-    """A line per INT8 format whose weights were rounded by learning (edgepack.quantize.rounding)."""
+    """A line per INT8 format whose weights were rounded by learning (edgepack.backends.rounding)."""
     lines = []
     for fmt in ("onnx", "tflite"):
         r = (stages.get(f"quantization_{fmt}") or {}).get("weight_rounding") or {}

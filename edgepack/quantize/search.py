@@ -1,6 +1,6 @@
 """Accuracy-aware INT8: when the INT8 model misses its accuracy budget, try cheaper-to-costlier fixes.
 
-Order (run-time cost first, then search cost): learned weight rounding (edgepack.quantize.rounding) and other
+Order (run-time cost first, then search cost): learned weight rounding (edgepack.backends.rounding) and other
 activation calibration methods (free at run time; the methods keep the rounding when it scored better), per-channel
 weights when they were off, more calibration samples, then keeping the layers
 that inject the most error (measured by `diagnose.layer_errors` on real samples) in float: 1, 2, 4,

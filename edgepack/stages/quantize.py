@@ -251,7 +251,7 @@ def _hard_activation_spelling(ctx: BuildContext, fp32_onnx, int8, workdir) -> tu
 def _learned_rounding_trial(ctx: BuildContext, fp32_onnx, int8, workdir, spelling: dict, record: dict) -> tuple:
     """(the INT8 .tflite to ship, its weight-rounding record). When the INT8 model misses the accuracy budget, the
     search is on and the build rounded weights to nearest, the model is converted again with learned weight
-    rounding (edgepack.quantize.rounding; same hard-swish spelling) and ships if it meets the budget, else if it
+    rounding (edgepack.backends.rounding; same hard-swish spelling) and ships if it meets the budget, else if it
     comes closer; the record lists both trials."""
     from edgepack import isolate
     from edgepack.backends import tflite as tflite_backend
