@@ -92,7 +92,6 @@ def quantize_onnx(fp32_path: Path, out_path: Path, calib: np.ndarray, *, method:
 
 
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
-WEIGHT_ROUNDINGS = ("nearest", "gptq")
 
 
 def _rounded_source(fp32_path: Path, out_path: Path, calib, weight_rounding: str, plan: dict,
@@ -100,12 +99,11 @@ def _rounded_source(fp32_path: Path, out_path: Path, calib, weight_rounding: str
     """(the model the quantizer reads, a record): ``fp32_path`` itself for round-to-nearest, else a copy beside
     ``out_path`` whose weights are already on the int8 grid (7-bit where the plan reduces the range); the nodes
     kept in float keep their weights."""
-    if weight_rounding == "nearest":
-        return fp32_path, {"method": "nearest"}
-    if weight_rounding != "gptq":
-        raise ValueError(f"weight_rounding must be one of {WEIGHT_ROUNDINGS}, not {weight_rounding!r}")
     from edgepack.backends import rounding
 
+    rounding.check(weight_rounding)
+    if weight_rounding == "nearest":
+        return fp32_path, {"method": "nearest"}
     model = onnx.load(str(fp32_path))
     learned, summary = rounding.gptq_weights(model, calib, qmax=64 if plan["reduce_range"] else 127,
                                              deadline=deadline, skip=exclude_nodes)

@@ -44,6 +44,14 @@ MIN_POSITIONS_PER_INPUT = 50  #: input positions per weight of a row a layer nee
 DAMP = 0.01                   #: added to H's diagonal, as a fraction of its mean (GPTQ's default)
 #: the layer statistics one pass over the samples holds (float32 H matrices); larger models take more passes
 MAX_STATISTICS_BYTES = 512 * 2**20
+#: the weight roundings the backends offer: the quantizers' own round-to-nearest, or learned here
+METHODS = ("nearest", "gptq")
+
+
+def check(method: str) -> None:
+    """A ValueError for a weight rounding the backends do not offer."""
+    if method not in METHODS:
+        raise ValueError(f"weight_rounding must be one of {METHODS}, not {method!r}")
 
 
 def gptq_weights(model: onnx.ModelProto, calib, *, qmax: int = 127, samples: int = SAMPLES,

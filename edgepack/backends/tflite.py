@@ -116,19 +116,22 @@ def _prepared(onnx_path: Path, workdir: Path, calib: np.ndarray, say, bias_corre
             and not bias_correction and weight_rounding == "nearest":
         out.unlink()
         return onnx_path
+    import onnx
+
+    from edgepack.backends import rounding
+
+    rounding.check(weight_rounding)
     learned = None
     if weight_rounding == "gptq":
-        import onnx
-
-        from edgepack.backends import rounding
-
         say("TFLite: learning the int8 weight rounding on the calibration data")
         learned, summary["weight_rounding"] = rounding.gptq_weights(onnx.load(str(out)), calib, qmax=127)
-    elif weight_rounding != "nearest":
-        raise ValueError(f"weight_rounding must be 'nearest' or 'gptq', not {weight_rounding!r}")
-    if bias_correction or learned:
+    if bias_correction:
         say("TFLite: bias correction for the converter's weight rounding")
-        summary.update(tflite_prep.bias_correct(out, out, calib, rounded=learned, correct=bias_correction))
+        summary.update(tflite_prep.bias_correct(out, out, calib, rounded=learned))
+    elif learned:
+        model = onnx.load(str(out))
+        rounding.apply(model, learned)
+        onnx.save(model, str(out))
     (workdir / "int8_prep.json").write_text(json.dumps(summary, indent=1) + "\n")
     return out
 

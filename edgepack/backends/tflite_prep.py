@@ -69,8 +69,7 @@ def tflite_weight_quant(w: np.ndarray, axis: int = 0) -> np.ndarray:
 
 
 def bias_correct(onnx_path: Path, out_path: Path, calib: np.ndarray, *, samples: int = SAMPLES,
-                 rounds: int = ROUNDS, activations: bool = False, rounded: dict | None = None,
-                 correct: bool = True) -> dict:
+                 rounds: int = ROUNDS, activations: bool = False, rounded: dict | None = None) -> dict:
     """Write a bias-corrected copy of ``onnx_path`` to ``out_path`` for INT8 conversion; return a summary.
 
     ``calib`` is (N, ...) float32, preprocessed exactly as the model's input (NCHW for images). Only Conv
@@ -80,19 +79,13 @@ def bias_correct(onnx_path: Path, out_path: Path, calib: np.ndarray, *, samples:
     also absorbs the mean error of activation rounding/clipping.
     ``rounded``: {weight initializer name: weights already on the converter's int8 grid} (learned rounding,
     edgepack.backends.rounding) used instead of round-to-nearest; they are written into the copy, and the bias
-    absorbs their error against the original weights (``correct`` False: written, biases left alone).
+    absorbs their error against the original weights.
     The summary has the number of corrected nodes, samples, rounds, the largest bias change and the
     seconds spent.
     """
     start = time.perf_counter()
     model = onnx.load(str(onnx_path))
     rounded = rounded or {}
-    if not correct:
-        from edgepack.backends import rounding
-
-        rounding.apply(model, rounded)
-        onnx.save(model, str(out_path))
-        return {"method": "none (learned weights written)", "corrected_nodes": 0}
     targets = _targets(model, rounded)
     idx = spread_indices(len(calib), samples)
     xs = np.ascontiguousarray(np.asarray(calib[idx], np.float32))  # only those rows (calib may be compact)

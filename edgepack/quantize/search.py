@@ -62,7 +62,7 @@ class SearchSpace:
     per_channel: bool
     more_calib: Callable[[], np.ndarray | None]  # a larger calibration set, or None if there is none
     diagnose: Callable[[Path], list[dict]]       # per-layer error rows for an INT8 model
-    weight_rounding: str = "nearest"             # the build's (edgepack.backends.onnx_quantize.WEIGHT_ROUNDINGS)
+    weight_rounding: str = "nearest"             # the build's (edgepack.backends.rounding.METHODS)
 
 
 def candidates(space: SearchSpace, get_best: Callable[[], Trial]) -> Iterator[tuple[str, dict]]:

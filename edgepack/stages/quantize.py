@@ -211,33 +211,18 @@ def _hard_activation_spelling(ctx: BuildContext, fp32_onnx, int8, workdir) -> tu
     rounding than the converter's own HARD_SWISH kernel. When that model misses the accuracy budget and the
     search is on (--max-search-time > 0), the converter's spelling is converted too, and the one that meets the
     budget (else the more accurate one) ships; the record lists both trials."""
-
-    from edgepack import isolate
-    from edgepack.backends import tflite as tflite_backend
-    from edgepack.errors import EdgepackError
-
     _tflite_outputs(ctx, int8)
     respelled = sum((_prep_record(workdir).get("hard_activations") or {}).values())
     record = {"xnnpack_spelling": respelled, "shipped": "xnnpack" if respelled else "converter"}
-    if not respelled:
+    if not respelled or ctx.config.max_search_time <= 0:
         return int8, record
-    first = evaluate_int8(ctx, int8, "tflite")
-    if meets_budget(ctx, first) or ctx.config.max_search_time <= 0:
+    tried = _tflite_alternative(ctx, fp32_onnx, int8, workdir / "converter_activations",
+                                "the converter's own hard-swish kernels", "the converter's hard-swish spelling",
+                                "TFLite conversion (converter's spelling)", xnnpack_activations=False,
+                                weight_rounding=ctx.config.weight_rounding)
+    if tried is None:
         return int8, record
-    ctx.progress("TFLite INT8 misses the accuracy budget: trying the converter's own hard-swish kernels", 0, 1)
-    try:
-        alt = isolate.call(tflite_backend.convert, fp32_onnx, workdir / "converter_activations", ctx.calib.x,
-                           io_dtype=ctx.target.tflite_io_dtype, allow_float=ctx.config.allow_float_ops,
-                           xnnpack_activations=False, weight_rounding=ctx.config.weight_rounding,
-                           key="tflite-convert",
-                           step="TFLite conversion (converter's spelling)")
-        _tflite_outputs(ctx, alt)
-    except EdgepackError as exc:  # the first model stands; its miss is judged as it is
-        ctx.warn(f"TFLite: the converter's hard-swish spelling could not be tried: {exc}")
-        return int8, record
-    second = evaluate_int8(ctx, alt, "tflite")
-    row1, row2 = _quality_budget_row(ctx, first), _quality_budget_row(ctx, second)
-    better = row2["passed"] or (not row1["passed"] and _closer(row2, row1))
+    alt, row1, row2, better = tried
     record["trials"] = [{"spelling": "xnnpack", "budget": row1}, {"spelling": "converter", "budget": row2}]
     if not better:
         return int8, record
@@ -253,34 +238,46 @@ def _learned_rounding_trial(ctx: BuildContext, fp32_onnx, int8, workdir, spellin
     search is on and the build rounded weights to nearest, the model is converted again with learned weight
     rounding (edgepack.backends.rounding; same hard-swish spelling) and ships if it meets the budget, else if it
     comes closer; the record lists both trials."""
+    if ctx.config.weight_rounding != "nearest" or ctx.config.max_search_time <= 0:
+        return int8, record
+    tried = _tflite_alternative(ctx, fp32_onnx, int8, workdir / "learned_rounding", "learned weight rounding",
+                                "learned weight rounding", "TFLite conversion (learned weight rounding)",
+                                xnnpack_activations=spelling.get("shipped") != "converter", weight_rounding="gptq")
+    if tried is None:
+        return int8, record
+    alt, row1, row2, better = tried
+    trials = [{"weight_rounding": "nearest", "budget": row1}, {"weight_rounding": "gptq", "budget": row2}]
+    if not better:
+        return int8, {**record, "trials": trials}
+    ctx.warn(f"TFLite: INT8 missed the budget with weights rounded to nearest ({row1['name']} {row1['value']}); "
+             f"shipping learned weight rounding ({row2['value']})")
+    return alt, {**_prep_record(alt.parent).get("weight_rounding", {"method": "gptq"}), "trials": trials}
+
+
+def _tflite_alternative(ctx: BuildContext, fp32_onnx, int8, folder, trying: str, what: str, step: str,
+                        **convert_options) -> tuple | None:
+    """When the INT8 .tflite ``int8`` misses the accuracy budget: convert the model again into ``folder`` with
+    ``convert_options`` (in a child) and hold both to the budget. Returns (the other .tflite, ``int8``'s budget row,
+    its budget row, whether it should ship: it meets the budget, or neither does and it comes closer); None when
+    ``int8`` meets the budget or the other one cannot be converted (said in a warning: the first model stands)."""
     from edgepack import isolate
     from edgepack.backends import tflite as tflite_backend
     from edgepack.errors import EdgepackError
 
-    if ctx.config.weight_rounding != "nearest" or ctx.config.max_search_time <= 0:
-        return int8, record
     first = evaluate_int8(ctx, int8, "tflite")
     if meets_budget(ctx, first):
-        return int8, record
-    ctx.progress("TFLite INT8 misses the accuracy budget: trying learned weight rounding", 0, 1)
+        return None
+    ctx.progress(f"TFLite INT8 misses the accuracy budget: trying {trying}", 0, 1)
     try:
-        alt = isolate.call(tflite_backend.convert, fp32_onnx, workdir / "learned_rounding", ctx.calib.x,
+        alt = isolate.call(tflite_backend.convert, fp32_onnx, folder, ctx.calib.x,
                            io_dtype=ctx.target.tflite_io_dtype, allow_float=ctx.config.allow_float_ops,
-                           xnnpack_activations=spelling.get("shipped") != "converter", weight_rounding="gptq",
-                           key="tflite-convert", step="TFLite conversion (learned weight rounding)")
+                           key="tflite-convert", step=step, **convert_options)
         _tflite_outputs(ctx, alt)
     except EdgepackError as exc:
-        ctx.warn(f"TFLite: learned weight rounding could not be tried: {exc}")
-        return int8, record
-    second = evaluate_int8(ctx, alt, "tflite")
-    row1, row2 = _quality_budget_row(ctx, first), _quality_budget_row(ctx, second)
-    learned = _prep_record(alt.parent).get("weight_rounding", {"method": "gptq"})
-    trials = [{"weight_rounding": "nearest", "budget": row1}, {"weight_rounding": "gptq", "budget": row2}]
-    if not (row2["passed"] or (not row1["passed"] and _closer(row2, row1))):
-        return int8, {**record, "trials": trials}
-    ctx.warn(f"TFLite: INT8 missed the budget with weights rounded to nearest ({row1['name']} {row1['value']}); "
-             f"shipping learned weight rounding ({row2['value']})")
-    return alt, {**learned, "trials": trials}
+        ctx.warn(f"TFLite: {what} could not be tried: {exc}")
+        return None
+    row1, row2 = _quality_budget_row(ctx, first), _quality_budget_row(ctx, evaluate_int8(ctx, alt, "tflite"))
+    return alt, row1, row2, row2["passed"] or (not row1["passed"] and _closer(row2, row1))
 
 
 def _prep_record(workdir) -> dict:
