@@ -131,6 +131,16 @@ def test_compacted_int8_file_is_smaller_and_computes_the_same_numbers(tmp_path, 
     assert info["compacted_bytes"] > 0 and packed.stat().st_size < raw.stat().st_size
     assert any("_quantized" in t.name for t in long.graph.initializer)
     assert not any("_quantized" in t.name for t in model.graph.initializer) and not model.graph.value_info
+    # the Conv weights' and int32 biases' all-zero zero points are gone (optional: 0 when absent); the Gemm's stay
+    def const_dqs(m):
+        inits, reader = {t.name for t in m.graph.initializer}, {t: n.op_type for n in m.graph.node for t in n.input}
+        return [(reader[n.output[0]], len(n.input)) for n in m.graph.node
+                if n.op_type == "DequantizeLinear" and n.input[0] in inits]
+
+    assert {k for k, _ in const_dqs(long)} == {"Conv", "Gemm"} and all(n == 3 for _, n in const_dqs(long))
+    assert sorted(const_dqs(model)) == sorted((k, 2 if k == "Conv" else 3) for k, _ in const_dqs(long))
+    read = {t for n in model.graph.node for t in n.input}
+    assert all(t.name in read for t in model.graph.initializer)
     onnx.checker.check_model(model)
     x = calib[:3]
     for arithmetic in ("native", "reference"):
