@@ -212,14 +212,11 @@ class TFLiteModel:
         return postprocess.to_nchw(y, tuple(shape[1:3]) if len(shape) == 4 else None)
 
     def outputs(self, feed):
-        """Every output, float32, 4-D ones in NCHW as the ONNX model gives them (postprocess.to_nchw)."""
-        import postprocess
-
+        """Every output, float32, 4-D ones in NCHW as the ONNX model gives them (postprocess.to_nchw). Only a
+        4-D output needs postprocess.py: a classifier's bundle has none."""
         self._set(feed)
-        shape = self.inputs[0]["shape"]
-        in_hw = tuple(shape[1:3]) if len(shape) == 4 else None
-        return [postprocess.to_nchw(np.asarray(self._get(d), np.float32), in_hw)
-                for d in self.outs]
+        outs = [np.asarray(self._get(d), np.float32) for d in self.outs]
+        return [self._nchw(y) if y.ndim == 4 else y for y in outs]
 
 
 def load_model(manifest, threads, fmt=None):
