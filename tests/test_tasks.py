@@ -439,6 +439,30 @@ def test_segment_build_without_labels_scores_against_fp32_and_fails_a_tight_budg
     assert result.exit_code == (0 if row["passed"] and man["passed"] else 1)
 
 
+def test_float_tail_is_what_follows_the_last_convolution_on_every_path():
+    """The detector's decoding (after the cls/reg convolutions) is the tail; what feeds a convolution is not."""
+    import onnx
+    import toy_models
+
+    from edgepack.backends import onnx as onnx_backend
+    from edgepack.backends.base import tail_indices
+    from edgepack.backends.onnx_quantize import float_tail_nodes
+
+    ops = [("Conv", ["x"], ["a"]), ("Relu", ["a"], ["b"]), ("Conv", ["b"], ["c"]), ("Sigmoid", ["c"], ["s"]),
+           ("Add", ["b", "s"], ["y"]), ("Mul", ["x"], ["m"]), ("Conv", ["m"], ["z"])]
+    assert tail_indices(ops, frozenset({"Conv"})) == [3, 4]  # Relu feeds a Conv; Mul feeds one too
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "d.onnx"
+        onnx_backend.export(toy_models.tiny_detector(), (1, 3, 32, 32), path, opset=17)
+        model = onnx.load(str(path))
+    kinds = {n.name: n.op_type for n in model.graph.node}
+    tail = float_tail_nodes(model)
+    assert {"Sigmoid", "Tanh", "Concat"} <= {kinds[n] for n in tail}
+    assert not {"Conv", "AveragePool", "Relu"} & {kinds[n] for n in tail}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("factory,labels_of", [("toy_models:tiny_detector", "yolo"),
                                                ("toy_models:tiny_detector_two_outputs", "coco")])
@@ -449,8 +473,19 @@ def test_detect_build_reports_map(tmp_path, factory, labels_of):
                     "--labels-dir", yolo if labels_of == "yolo" else coco, "--max-map-drop", "10", "--out", out,
                     "--json", "--resize", "32", *SEG[:2], "--input-shape", "1,3,32,32", *SEG[4:])
     assert result.exit_code in (0, 1), result.output
-    v = json.loads((out / "manifest.json").read_text())["validation"]
+    man = json.loads((out / "manifest.json").read_text())
+    v = man["validation"]
     assert v["labels"] == "boxes" and v["classes"] == 3 and v["objects"] > 16
+    # the decoding after the last convolution stays float: no QuantizeLinear after it, float outputs
+    import onnx
+
+    q = man["stages"]["quantization_onnx"]
+    assert q["float_tail"] and not set(q["float_tail"]) & set(q["nodes_excluded"])
+    model = onnx.load(str(out / "model.onnx"))
+    tail = {n.name: n for n in model.graph.node if n.name in set(q["float_tail"])}
+    assert {"Sigmoid", "Tanh"} <= {n.op_type for n in tail.values()}
+    readers = {t: n.op_type for n in model.graph.node for t in n.input}
+    assert not any(readers.get(o) == "QuantizeLinear" for n in tail.values() for o in n.output)
     assert v["map50_fp32"] > 80 and v["map50_int8"] > 70
     assert [b for b in v["budgets"] if b["name"] == "map50_drop_points"][0]["limit"] == 10
     assert "FP32 and INT8 on validation images (boxes" in (out / "report.html").read_text()
@@ -557,5 +592,21 @@ def test_detect_build_for_tflite_finds_boxes_and_scores_whatever_their_order(tmp
     invoke("build", "toy_models:tiny_detector_two_outputs", "--task", "detect", "--calib", images, "--val", images,
            "--labels-dir", coco, "--max-map-drop", "10", "--out", out, "--target", "android-arm64", "--resize", "32",
            "--input-shape", "1,3,32,32", *SEG[4:])
-    v = json.loads((out / "manifest.json").read_text())["validation"]
+    man = json.loads((out / "manifest.json").read_text())
+    v = man["validation"]
     assert v["map50_fp32"] > 80 and v["map50_drop"] <= 10
+    # the decoding after the last convolution stays float (outputs float32), the network is INT8
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgepack.backends import tflite
+
+    q = man["stages"]["quantization_tflite"]
+    assert q["float_tail"] and q["output_dtype"] == "float32" and q["float_ops"] == []
+    interp = Interpreter(model_path=str(out / "model.tflite"))
+    assert {d["dtype"] for d in interp.get_output_details()} == {np.float32}
+    assert interp.get_input_details()[0]["dtype"] == np.int8
+    tensors = {t["index"]: t for t in interp.get_tensor_details()}
+    convs = [op for op in interp._get_ops_details() if op["op_name"] in tflite.COMPUTE_OPS]
+    assert convs and all(tensors[op["outputs"][0]]["dtype"] == np.int8 for op in convs)
+    kinds = {f.split(":")[0] for f in tflite.float_ops(out / "model.tflite")}
+    assert {"LOGISTIC", "TANH"} <= kinds and not kinds & tflite.COMPUTE_OPS

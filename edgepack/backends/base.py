@@ -53,3 +53,18 @@ def all_samples(runner, x, progress) -> list[np.ndarray]:
             progress(i, n)
         outs.append([o[0] for o in runner.run_outputs(rows(x, i, i + 1))])
     return [np.stack(k) for k in zip(*outs, strict=True)]
+
+
+def tail_indices(ops: list[tuple[str, list, list]], stop_ops: frozenset) -> list[int]:
+    """Indices of the ops (op type, input names, output names; in topological order, as ONNX and .tflite graphs
+    list them) from which no op of ``stop_ops`` can be reached, the op itself included: the post-processing
+    tail after a network's last convolution or matrix product. Both backends' float tails use it."""
+    readers: dict = {}
+    for k, (_, inputs, _) in enumerate(ops):
+        for t in inputs:
+            readers.setdefault(t, []).append(k)
+    feeds = [False] * len(ops)
+    for k in range(len(ops) - 1, -1, -1):  # readers come later in topological order
+        kind, _, outputs = ops[k]
+        feeds[k] = kind in stop_ops or any(feeds[r] for o in outputs for r in readers.get(o, ()))
+    return [k for k in range(len(ops)) if not feeds[k]]

@@ -30,6 +30,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from edgepack.backends.base import tail_indices
 from edgepack.backends.onnx import ARITHMETIC_KEY, TARGET_ARCH_KEY, append_reduce, host_arch
 from edgepack.errors import TimeLimitReached
 from edgepack.util import spread_indices
@@ -47,7 +48,7 @@ _BIAS_CORRECTION_ROUNDS = 1
 def quantize_onnx(fp32_path: Path, out_path: Path, calib: np.ndarray, *, method: str = "minmax",
                   per_channel: bool = True, exclude_nodes: Sequence[str] = (),
                   activation_type: str = "auto", target_arch: str | None = None,
-                  deadline: float | None = None, weight_rounding: str = "nearest") -> dict:
+                  deadline: float | None = None, weight_rounding: str = "nearest", float_tail: bool = False) -> dict:
     """Quantize ``fp32_path`` to a QDQ INT8 model at ``out_path``; return the settings and node counts used.
 
     ``calib`` is an (N, C, H, W) float32 array, already preprocessed like the model's input.
@@ -58,6 +59,9 @@ def quantize_onnx(fp32_path: Path, out_path: Path, calib: np.ndarray, *, method:
     ``weight_rounding``: "nearest" (the quantizer's own) or "gptq": Conv/Gemm weights rounded to reproduce each
     layer's outputs on ``calib`` (edgepack.backends.rounding), put on the quantizer's own grid beforehand so that it
     stores exactly those integers; bias correction still measures against the original weights.
+    ``float_tail``: the nodes after the last Conv/Gemm/MatMul on every path to an output (a detector's box
+    decoding: `float_tail_nodes`) stay in float, so decoded coordinates are not rounded to one 8-bit scale; they
+    are recorded as "float_tail", apart from ``exclude_nodes``.
     """
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     if isinstance(calib, np.ndarray):  # else an array-like read a few rows at a time (inputs.data.PixelArray)
@@ -68,6 +72,8 @@ def quantize_onnx(fp32_path: Path, out_path: Path, calib: np.ndarray, *, method:
         extra["CalibPercentile"] = 99.999
     plan = int8_plan(target_arch)
     input_name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
+    tail = float_tail_nodes(onnx.load(str(fp32_path))) if float_tail else []
+    exclude_nodes = [*exclude_nodes, *(n for n in tail if n not in exclude_nodes)]
     source, rounding = _rounded_source(fp32_path, out_path, calib, weight_rounding, plan, deadline, exclude_nodes)
     try:
         _run_quantize_static(source, out_path, _ArrayReader(calib, input_name, deadline), method, per_channel,
@@ -85,13 +91,25 @@ def quantize_onnx(fp32_path: Path, out_path: Path, calib: np.ndarray, *, method:
     return {
         "format": "QDQ", "method": method, "per_channel": per_channel,
         "activation_type": act, "weight_type": "int8", **plan,
-        "extra_options": extra, "nodes_excluded": list(exclude_nodes),
+        "extra_options": extra, "nodes_excluded": [n for n in exclude_nodes if n not in tail],
+        **({"float_tail": tail} if tail else {}),
         "float_outputs": dropped, "bias_corrected_nodes": corrected, "weight_rounding": rounding,
         "calibration_samples": int(len(calib)), "compacted_bytes": saved, **_census(out_path),
     }
 
 
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
+#: Ops that do a network's heavy work; what follows the last of them on every path to an output is its tail.
+TAIL_STOP_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+
+
+def float_tail_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of the nodes after which no TAIL_STOP_OPS node follows on any path: a model's post-processing tail
+    (reshapes, concats, box decoding, softmax), in graph order. Nodes without a name cannot be excluded and
+    are left out."""
+    nodes = list(model.graph.node)
+    tail = tail_indices([(n.op_type, list(n.input), list(n.output)) for n in nodes], TAIL_STOP_OPS)
+    return [nodes[k].name for k in tail if nodes[k].name and nodes[k].op_type != "Constant"]
 
 
 def _rounded_source(fp32_path: Path, out_path: Path, calib, weight_rounding: str, plan: dict,

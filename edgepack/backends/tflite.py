@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgepack.backends.base import all_samples
+from edgepack.backends.base import all_samples, tail_indices
 from edgepack.errors import InputError, StageError
 from edgepack.isolate import mark
 
@@ -50,7 +50,7 @@ _NOT_IN_TF_NAMES = re.compile(r"[^A-Za-z0-9_.\\/>-]")  # TensorFlow's scope name
 def convert(onnx_path: Path, workdir: Path, calib: np.ndarray | None, *, io_dtype: str = "int8",
             progress: Callable[[str], None] | None = None, allow_float: bool = False,
             bias_correction: bool = True, xnnpack_activations: bool = True,
-            weight_rounding: str = "nearest") -> Path:
+            weight_rounding: str = "nearest", float_tail: bool = False) -> Path:
     """Convert an FP32 ONNX model (static shapes, NCHW image input) to a .tflite file in `workdir`.
 
     `calib` None gives an FP32 model (float32 io). `calib` (N,C,H,W float32, preprocessed exactly as at
@@ -66,6 +66,10 @@ def convert(onnx_path: Path, workdir: Path, calib: np.ndarray | None, *, io_dtyp
     converter's own) or "gptq": the copy's Conv/Gemm weights are put on the converter's int8 grid beforehand, each
     layer's chosen to reproduce its outputs on `calib` (edgepack.backends.rounding); the converter keeps those
     integers, and bias correction measures against the original weights. The FP32 model is never changed.
+    `float_tail` (INT8 only): the ops after the network's last convolution / fully-connected layer on every path
+    to an output (a detector's reshapes, concats, box decoding and softmax) stay in float and the outputs are
+    float32: in INT8 a decoded box coordinate shares one scale with every anchor's (an SSD at 192 px: steps of
+    0.75-0.95 px). See `float_tail_nodes`; the names are recorded in `workdir`/int8_prep.json.
     The SavedModel is cached in `workdir` by ONNX hash, so an FP32 + INT8 pair without bias correction
     runs onnx2tf once (with it, twice: the INT8 one is built from the corrected copy).
     Never touches the network. Returns the path of the written .tflite.
@@ -85,10 +89,17 @@ def convert(onnx_path: Path, workdir: Path, calib: np.ndarray | None, *, io_dtyp
         return _write(workdir / f"{onnx_path.stem}_fp32.tflite", data)
     say(f"TFLite: full-integer INT8 with {len(calib)} calibration samples, io {io_dtype}")
     mark("TFLite converter: calibrate and quantize to INT8")
-    out = _write(workdir / f"{onnx_path.stem}_int8.tflite", _int8_bytes(saved_model, calib, io_dtype))
+    tail: list[str] = []
+    out = _write(workdir / f"{onnx_path.stem}_int8.tflite",
+                 _int8_bytes(saved_model, calib, io_dtype, tail if float_tail else None))
+    if float_tail:  # named as in the written model (the quantizer renames some of the calibrated model's tensors)
+        tail = float_tail_nodes(out.read_bytes())
+        _record_prep(workdir, float_tail=tail)
     _check_scales(out)
     mark("LiteRT: prepare the INT8 model (list float ops)")
-    names = float_ops(out)  # the converter keeps ops without an INT8 kernel in float without failing
+    kept = set(tail)
+    # the converter keeps ops without an INT8 kernel in float without failing; the float tail is asked for
+    names = [n for n in float_ops(out) if n.split(":", 1)[1] not in kept]
     if names and not allow_float:
         out.unlink()
         raise StageError(f"{len(names)} op(s) have no INT8 kernel and would run in float: {', '.join(names)}",
@@ -150,14 +161,67 @@ def _check_scales(path: Path) -> None:
                               "`edgepack targets`")
 
 
-def _int8_bytes(saved_model: Path, calib: np.ndarray, io_dtype: str) -> bytes:
-    """Full-integer conversion; if the INT8-only op set makes the converter fail, retry allowing float ops."""
+def _int8_bytes(saved_model: Path, calib: np.ndarray, io_dtype: str, tail: list[str] | None = None) -> bytes:
+    """Full-integer conversion; if the INT8-only op set makes the converter fail, retry allowing float ops.
+    ``tail`` (a list, filled with the names kept in float): the float tail of `convert(float_tail=True)`."""
+    if tail is not None:
+        return _float_tail_converter(saved_model, calib, io_dtype, tail)
     try:
         return _run_converter(saved_model, calib, io_dtype, strict=True)
     except StageError as strict_error:
         log.warning("INT8-only conversion failed (%s); retrying with float fallback to name the ops",
                     strict_error)
         return _run_converter(saved_model, calib, io_dtype, strict=False)
+
+
+#: Ops that do a network's heavy work; what follows the last of them on every path to an output is its "tail".
+COMPUTE_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "BATCH_MATMUL",
+                         "CONV_3D"})
+
+
+def _float_tail_converter(saved_model: Path, calib, io_dtype: str, tail: list[str]) -> bytes:
+    """INT8 conversion with the ops of `float_tail_nodes` kept in float (float32 outputs): the converter
+    calibrates, then its MLIR quantizer quantizes everything but those nodes (``denylisted_nodes``, the mechanism
+    of TensorFlow's QuantizationDebugger selective quantization). ``fully_quantize=False``: with True the quantizer
+    appends a QUANTIZE to every output, and the decoded boxes are rounded to one INT8 scale again; the input is
+    still ``io_dtype``."""
+    import tensorflow as tf
+    from tensorflow.lite.python import convert as tf_convert
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = _representative(calib)
+    converter._experimental_calibrate_only = True  # noqa: SLF001 - the documented selective-quantization path
+    try:
+        calibrated = converter.convert()
+        tail[:] = float_tail_nodes(calibrated)
+        return tf_convert.mlir_quantize(calibrated, fully_quantize=False, input_data_type=getattr(tf, io_dtype),
+                                        output_data_type=tf.float32, denylisted_nodes=list(tail))
+    except Exception as exc:  # the converter raises ConverterError and assorted others
+        raise StageError(f"TFLite converter failed (INT8 with a float tail): {_first_line(exc)}") from exc
+
+
+def float_tail_nodes(model: bytes) -> list[str]:
+    """Output tensor names of the ops of a .tflite flatbuffer after which no COMPUTE_OPS op follows on any path:
+    the post-processing tail (reshapes, concats, decoding, softmax), in execution order."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_content=model)
+    tensors = {t["index"]: t["name"] for t in interp.get_tensor_details()}
+    ops = interp._get_ops_details()  # noqa: SLF001 - the only per-op view LiteRT's Python API gives
+    tail = tail_indices([(op["op_name"], [int(i) for i in op["inputs"]], [int(o) for o in op["outputs"]])
+                         for op in ops], COMPUTE_OPS)
+    return [tensors[int(ops[k]["outputs"][0])] for k in tail
+            if len(ops[k]["outputs"]) and ops[k]["op_name"] not in BOUNDARY_OPS]
+
+
+def _record_prep(workdir: Path, **fields) -> None:
+    """Add ``fields`` to ``workdir``/int8_prep.json (what the INT8 conversion did beyond the converter's default)."""
+    import json
+
+    prep = workdir / "int8_prep.json"
+    record = json.loads(prep.read_text()) if prep.exists() else {}
+    prep.write_text(json.dumps({**record, **fields}, indent=1) + "\n")
 
 
 TEXT_INT8_MODES = ("dynamic-range", "full-integer")

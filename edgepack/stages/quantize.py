@@ -71,7 +71,8 @@ def _quantize_onnx(ctx: BuildContext, settings: dict, out, deadline: float | Non
                                  per_channel=settings.get("per_channel", ctx.config.per_channel),
                                  exclude_nodes=settings.get("exclude_nodes", ()), target_arch=ctx.target.arch,
                                  deadline=deadline,
-                                 weight_rounding=settings.get("weight_rounding", ctx.config.weight_rounding))
+                                 weight_rounding=settings.get("weight_rounding", ctx.config.weight_rounding),
+                                 float_tail=_float_tail(ctx))
     except (AssertionError, FloatingPointError, OverflowError) as exc:  # ORT's "scale issue": inf/NaN ranges
         raise StageError(f"INT8 calibration failed: {type(exc).__name__}: {str(exc)[:200] or 'no message'}",
                          hint="an activation reached an infinite or NaN range on the calibration data: check the "
@@ -184,7 +185,8 @@ def convert_tflite_full_integer(ctx: BuildContext) -> None:
     ctx.progress("converting to TFLite FP32 and full-integer INT8 (onnx2tf, calibrating)", 0, 1)
     written = workdir / f"{fp32_onnx.stem}_int8.tflite"
     fp32, int8 = isolate.call(convert_tflite_pair, fp32_onnx, workdir, ctx.calib.x, ctx.target.tflite_io_dtype,
-                              ctx.config.allow_float_ops, ctx.config.weight_rounding, key="tflite-convert",
+                              ctx.config.allow_float_ops, ctx.config.weight_rounding, _float_tail(ctx),
+                              key="tflite-convert",
                               step="TFLite conversion",
                               diagnose=lambda: tflite_check.diagnose(written),
                               hint="the TFLite converter or LiteRT aborted on this model; --debug shows its output; "
@@ -194,12 +196,18 @@ def convert_tflite_full_integer(ctx: BuildContext) -> None:
     rounding = _prep_record(int8.parent).get("weight_rounding", {"method": "nearest"})
     int8, rounding = _learned_rounding_trial(ctx, fp32_onnx, int8, workdir, spelling, rounding)
     ctx.add(Artifact("tflite", "int8", int8))
-    floats = tflite.float_ops(int8)
+    tail = _prep_record(int8.parent).get("float_tail")
+    floats = [f for f in tflite.float_ops(int8) if f.split(":", 1)[1] not in set(tail or ())]
     ctx.records["quantization_tflite"] = {"io_dtype": ctx.target.tflite_io_dtype, "float_ops": floats,
                                           "weights": "int8 per-channel", "activations": "int8 per-tensor",
                                           "calibration": "minmax (the converter's own)",
                                           "converter": "tf.lite.TFLiteConverter (full-integer)",
-                                          "hard_activations": spelling, "weight_rounding": rounding}
+                                          "hard_activations": spelling, "weight_rounding": rounding,
+                                          **({"float_tail": tail, "output_dtype": "float32"} if tail else {})}
+    if tail:
+        ctx.warn(f"TFLite: the {len(tail)} op(s) after the last convolution (decoding, softmax, reshapes) run in "
+                 "float and the outputs are float32: one INT8 scale per decoded tensor would round every box "
+                 "coordinate alike (manifest: stages.quantization_tflite.float_tail)")
     if floats:
         ctx.warn(f"TFLite: {len(floats)} op(s) have no INT8 kernel and were kept in float "
                  f"(--allow-float-ops): {', '.join(floats[:8])}")
@@ -271,7 +279,7 @@ def _tflite_alternative(ctx: BuildContext, fp32_onnx, int8, folder, trying: str,
     try:
         alt = isolate.call(tflite_backend.convert, fp32_onnx, folder, ctx.calib.x,
                            io_dtype=ctx.target.tflite_io_dtype, allow_float=ctx.config.allow_float_ops,
-                           key="tflite-convert", step=step, **convert_options)
+                           float_tail=_float_tail(ctx), key="tflite-convert", step=step, **convert_options)
         _tflite_outputs(ctx, alt)
     except EdgepackError as exc:
         ctx.warn(f"TFLite: {what} could not be tried: {exc}")
@@ -311,12 +319,17 @@ def _closer(a: dict, b: dict) -> bool:
     return a["value"] < b["value"] if a.get("op", "<=") == "<=" else a["value"] > b["value"]
 
 
+def _float_tail(ctx: BuildContext) -> bool:
+    """Whether the task keeps its post-processing tail in float in INT8 models (detection's box decoding)."""
+    return bool(getattr(ctx.task, "float_tail", False))
+
+
 def convert_tflite_pair(fp32_onnx, workdir, calib, io_dtype: str, allow_float: bool,
-                        weight_rounding: str = "nearest") -> tuple:
+                        weight_rounding: str = "nearest", float_tail: bool = False) -> tuple:
     """(FP32 .tflite, full-integer INT8 .tflite): one TensorFlow import for both, run in a child
     by convert_tflite_full_integer."""
     from edgepack.backends import tflite
 
     fp32 = tflite.convert(fp32_onnx, workdir, None)
     return fp32, tflite.convert(fp32_onnx, workdir, calib, io_dtype=io_dtype, allow_float=allow_float,
-                                weight_rounding=weight_rounding)
+                                weight_rounding=weight_rounding, float_tail=float_tail)

@@ -35,6 +35,9 @@ class Detect:
     budget_names = ("max_map_drop",)
     all_outputs = True      # the stages hand `quality` every output, not only the first
     runner_files = (postprocess.__file__,)   # copied beside the bundle's run.py
+    # INT8 ONNX and TFLite: the ops after the last convolution (box decoding, softmax) stay float, outputs
+    # float32: an INT8 box tensor has one scale for every anchor (steps of 0.75 px and more at 192 px)
+    float_tail = True
 
     def __init__(self) -> None:
         from edgepack.util import require
