@@ -204,10 +204,6 @@ def convert_tflite_full_integer(ctx: BuildContext) -> None:
                                           "converter": "tf.lite.TFLiteConverter (full-integer)",
                                           "hard_activations": spelling, "weight_rounding": rounding,
                                           **({"float_tail": tail, "output_dtype": "float32"} if tail else {})}
-    if tail:
-        ctx.warn(f"TFLite: the {len(tail)} op(s) after the last convolution (decoding, softmax, reshapes) run in "
-                 "float and the outputs are float32: one INT8 scale per decoded tensor would round every box "
-                 "coordinate alike (manifest: stages.quantization_tflite.float_tail)")
     if floats:
         ctx.warn(f"TFLite: {len(floats)} op(s) have no INT8 kernel and were kept in float "
                  f"(--allow-float-ops): {', '.join(floats[:8])}")
