@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 from click.testing import CliRunner
 
 from edgepack.cli import main
@@ -36,3 +37,15 @@ def test_diagnose_a_bundle_and_plot(tiny_data, tmp_path):
     result = CliRunner().invoke(main, ["diagnose", str(out), "--data", str(tiny_data["val"]), "--plot", str(png)])
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert "SQNR lost here dB" in result.output and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the reference is the INT8 model minus activation rounding: the ReLU6 clamps the quantizer folded into the
+    # Q ranges still apply (an Identity for each Q/DQ pair once dropped them: the reference then was the farther)
+    from edgepack.backends import onnx as onnx_backend
+    from edgepack.bundle.diagnose import float_activations
+    from edgepack.tasks.base import sqnr_db
+
+    reference = tmp_path / "reference.onnx"
+    float_activations(out / "model.onnx", reference)
+    x = np.load(tiny_data["val"])["x"]
+    int8 = onnx_backend.Runner(out / "model.onnx", arithmetic="reference").run_samples(x)
+    fp32 = onnx_backend.Runner(reference).run_samples(x)
+    assert sqnr_db(fp32, int8) > 25
