@@ -18,7 +18,7 @@ from edgepack.guards import safety, tempdirs, usercode
 from edgepack.inputs import data, kinds, sources
 from edgepack.stages import device as device_stage
 from edgepack.stages.context import BuildContext
-from edgepack.util import ProgressFn, no_progress, quiet_root_logger
+from edgepack.util import ProgressFn, no_progress, quiet_root_logger, sha256_file
 
 log = logging.getLogger(__name__)
 MIN_CALIB_SAMPLES = 8
@@ -158,12 +158,30 @@ def _prepare(config: BuildConfig, target: targets.TargetProfile, workdir: Path, 
     if config.labels_dir:
         _read_targets(config, task, val, shape, output_shapes)
     labels = _labels(config, val, num_outputs, model)
+    same = _same_data(config.calib, config.val)
     ctx = BuildContext(config=config, target=target, workdir=workdir, input_shape=shape, model=model, calib=calib,
-                       val=val, inputs=kind, task=task, val_is_calibration=not config.val, labels=labels,
+                       val=val, inputs=kind, task=task, val_is_calibration=not config.val or same, labels=labels,
                        num_outputs=num_outputs, progress=progress)
     if not config.val:
         ctx.warn("no --val data: agreement is measured on the calibration samples, which flatters INT8")
+    elif same:
+        ctx.warn(f"--val {config.val} is the calibration data: INT8 is judged on the samples it was calibrated on, "
+                 "which flatters it; validate on held-out data")
     return ctx
+
+
+def _same_data(calib: str | None, val: str | None) -> bool:
+    """True when the validation data is the calibration data: the same path, or two files with equal bytes."""
+    if not calib or not val:
+        return False
+    a, b = Path(calib), Path(val)
+    try:
+        if a.resolve() == b.resolve():
+            return True
+        return a.is_file() and b.is_file() and a.stat().st_size == b.stat().st_size and \
+            sha256_file(a) == sha256_file(b)
+    except OSError:
+        return False
 
 
 def _load_data(config: BuildConfig, target: targets.TargetProfile, kind: kinds.ImageInput,

@@ -38,6 +38,8 @@ def test_targets_list_and_show():
     assert "raspberry-pi-4" in invoke("targets", "list").output
     shown = invoke("targets", "show", "raspberry-pi-4", "--json")
     assert json.loads(shown.output)["cpu"] == "Cortex-A72"
+    table = invoke("targets", "show", "raspberry-pi-4").output  # the 13 references once padded every row to 8 kB
+    assert max(len(line) for line in table.splitlines()) < 400 and "13 entries: " in table and "--json" in table
 
 
 def test_build_writes_a_bundle_with_the_promised_manifest(built):
@@ -69,6 +71,24 @@ def test_budget_miss_exits_1_and_marks_bundle_failed(tiny_data, tmp_path):
     man = json.loads((out / "manifest.json").read_text())
     assert man["passed"] is False
     assert [b for b in man["validation"]["budgets"] if b["name"] == "size_mb"][0]["passed"] is False
+
+
+@pytest.mark.parametrize("copy", [False, True])
+def test_validating_on_the_calibration_data_is_said_and_recorded(tiny_data, tmp_path, copy):
+    """--val naming the calibration data (the same file, or a copy of it) is judged like no --val: a warning, and
+    the manifest says the figures come from calibration samples."""
+    import shutil
+
+    val = tiny_data["calib"]
+    if copy:
+        val = tmp_path / "copy.npz"
+        shutil.copyfile(tiny_data["calib"], val)
+    out = tmp_path / "b"
+    result = invoke("build", "toy_models:tiny_cnn", "--target", "x86-64", "--calib", tiny_data["calib"],
+                    "--val", val, "--out", out, "--max-accuracy-drop", "100", "--min-agreement", "0", *FAST)
+    assert result.exit_code == 0, result.output
+    assert "is the calibration data" in result.output
+    assert json.loads((out / "manifest.json").read_text())["validation"]["on_calibration_data"] is True
 
 
 def test_config_file_gives_the_same_settings(tiny_data, tmp_path):
@@ -144,6 +164,29 @@ def test_verify_refuses_zip_slip_and_links(built, tmp_path):
         result = invoke("verify", bad)
         assert result.exit_code == 5 and "refused" in result.output, result.output
     assert not (tmp_path / "evil.txt").exists()
+
+
+@pytest.mark.parametrize("case", ["missing image", "not an image", "missing feed", "wrong feed shape",
+                                  "all outputs without batch"])
+def test_bundle_runner_says_what_is_wrong_without_a_traceback(built, tmp_path, case):
+    """run.py in a bundle: a user's mistake is one line and exit 2 (--debug shows the traceback)."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    out, _ = built
+    feed = tmp_path / "feed.npz"
+    np.savez(feed, input=np.zeros((2, 3, 8, 8), np.float32))
+    argv = {"missing image": ["nonexistent.jpg"], "not an image": [str(out / "manifest.json")],
+            "missing feed": ["--batch", str(tmp_path / "none.npz"), "--out", str(tmp_path / "o.npz")],
+            "wrong feed shape": ["--batch", str(feed), "--out", str(tmp_path / "o.npz")],
+            "all outputs without batch": [str(out / "manifest.json"), "--all-outputs"]}[case]
+    proc = subprocess.run([sys.executable, str(out / "run.py"), *argv], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and "error:" in proc.stderr, proc.stderr
+    assert not (tmp_path / "o.npz").exists()
 
 
 def test_existing_output_is_refused_without_force(built, tiny_data):

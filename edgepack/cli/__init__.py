@@ -443,10 +443,23 @@ def targets_show(ctx: click.Context, name: str, as_json: bool) -> None:
             click.echo(json.dumps(profile.to_dict(), indent=2))
             return
         values = profile.to_dict()
-        rows = [(k, json.dumps(values[k]), doc) for k, _, doc in schema.describe(targets_mod.TargetProfile)]
+        rows = [(k, _short_value(values[k]), doc) for k, _, doc in schema.describe(targets_mod.TargetProfile)]
         click.echo(text_table(("key", "value", "meaning"), rows))
+        if any(_short_value(v) != json.dumps(v) for v in values.values()):
+            click.echo(f"(long values shortened: edgepack targets show {name} --json prints them whole)")
 
     run_command(ctx, body)
+
+
+def _short_value(value, width: int = 60) -> str:
+    """A profile value for the table: a list of tables (the published references) as its count and models,
+    anything longer than ``width`` cut with an ellipsis."""
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, dict) for v in value):
+        names = sorted({str(v.get("model", "?")) for v in value})
+        text = f"{len(value)} entries: {', '.join(names)}"
+    else:
+        text = json.dumps(value)
+    return text if len(text) <= width else text[:width - 3] + "..."
 
 
 @main.group()

@@ -384,11 +384,26 @@ def main():
                         "({input name: (N, ...)}); write the outputs to --out")
     parser.add_argument("--out", metavar="OUT.npz", help="with --batch: where the outputs are saved")
     parser.add_argument("--all-outputs", action="store_true", help="with --batch: save every output, not the first")
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     args = parser.parse_args()
+    if args.batch and not args.out:
+        parser.error("--batch needs --out")
+    if args.all_outputs and not args.batch:
+        parser.error("--all-outputs works with --batch (an image or sentence prints the decoded result)")
+    try:
+        execute(manifest, kind, args, parser)
+    except Exception as exc:  # noqa: BLE001 - one line for a person, the traceback with --debug
+        if args.debug:
+            raise
+        # a missing or unreadable file, not an image, a feed of the wrong shape (ONNX Runtime: InvalidArgument)
+        usage = isinstance(exc, (OSError, ValueError)) or type(exc).__name__ == "InvalidArgument"
+        parser.exit(2 if usage else 1, f"{parser.prog}: error: {exc} (--debug shows the traceback)\n")
+
+
+def execute(manifest, kind, args, parser):
+    """What main() does once its arguments are checked."""
     entry, model = load_model(manifest, args.threads, args.format)
     if args.batch:
-        if not args.out:
-            parser.error("--batch needs --out")
         run_batch(model, args.batch, args.out, args.all_outputs)
         return
     if args.golden:
