@@ -126,6 +126,14 @@ def default_on() -> bool:
     return os.environ.get(SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
+def stage_runs(emulate: bool | None, profile_emulate: bool) -> bool:
+    """Whether a build's device stage runs: as --emulate / --no-emulate (``emulate``) say, else the profile's
+    ``emulate`` unless $EDGEPACK_EMULATE=0."""
+    if emulate is not None:
+        return emulate
+    return profile_emulate and default_on()
+
+
 def device_dir(em: Emulation) -> Path:
     return cache_root() / "devices" / f"{em.qemu_cpu}-{em.digest()}"
 

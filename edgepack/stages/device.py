@@ -47,9 +47,7 @@ PRECISIONS = ("fp32", "int8")
 def wanted(config: BuildConfig, target: TargetProfile) -> bool:
     """Whether the stage runs: as --emulate / --no-emulate say, else the profile's ``emulate`` unless
     $EDGEPACK_EMULATE=0."""
-    if config.emulate is not None:
-        return config.emulate
-    return target.emulate and emulation.default_on()
+    return emulation.stage_runs(config.emulate, target.emulate)
 
 
 def check(config: BuildConfig, target: TargetProfile) -> None:

@@ -163,9 +163,9 @@ def _speed_notes(ctx: BuildContext, fmt: str, lat: dict) -> None:
         ctx.warn(f"{fmt}: INT8 does not pay off on this host: INT8 p50 is {ratio:.2f}x FP32 at one thread")
     arm = ctx.target.isa.startswith("armv")
     if ratio < 0.95 and arm and "dotprod" not in ctx.target.simd_features:
-        from edgepack.stages import device
+        from edgepack.device import emulation
 
-        counted = ("the device stage counts its work" if device.wanted(ctx.config, ctx.target)
+        counted = ("the device stage counts its work" if emulation.stage_runs(ctx.config.emulate, ctx.target.emulate)
                    else "with --emulate, the device stage counts its work")
         ctx.warn(f"{fmt}: INT8 runs at {ratio:.2f}x FP32 latency on this host; {ctx.target.cpu} has no INT8 "
                  f"dot-product instructions, so expect a different gain there ({counted})")
