@@ -385,31 +385,37 @@ compare ratios within a table."""
 
 
 READING = """\
-**Reading it** (the runs of 2026-12-02 above, on the Pi's arithmetic; three commands, about 13 min). The two small
-models are scored on 1,000 scenes and every table gives the paired bootstrap interval of each drop and of
-edgepack's difference from each peer (benchmarks/bootstrap.py): on 300 scenes a tenth of a point had been inside
-the noise. PP-OCRv4: edgepack's default loses 0.16 mIoU points, NNCF's 0.17 (their difference -0.10 to +0.14: a
-tie), ORT's 1.95; edgepack's INT8 map finds more text lines than FP32 (box F1 +1.41, NNCF -0.01, ORT -0.59), and
-with a 0-point budget its search (percentile calibration) ends at -0.54, ahead of every other row (+0.61 to +0.80
-over NNCF). SSDLite: mAP@0.5 drops 0.32 (edgepack), 0.40 (NNCF), 0.59 (ORT), 0.07 (edgepack, 0-point budget: one
-layer kept in float); the differences' intervals all include 0 except the 0-point build's over ORT, and on
-mAP@0.5:0.95 NNCF is a little better (2.76 against 2.97 / 2.95; ORT 3.28). LRASPP is where edgepack's default
-loses: 0.02 mIoU points against ORT's -0.07 and NNCF's -0.06 (INT8 above FP32); the interval of its difference
-from ORT is -0.21 to +0.01 (lower in 96 % of resamples), so the tenth of a point is probably real. Measured
+**Reading it** (the runs of 2026-12-02 above, on the Pi's arithmetic; three commands, about 17 min, re-run after
+INT8 ONNX files lost their all-zero zero points and detectors kept their decoding in float). The two small models are
+scored on 1,000 scenes and every table gives the paired bootstrap interval of each drop and of edgepack's difference
+from each peer (benchmarks/bootstrap.py): on 300 scenes a tenth of a point had been inside the noise. PP-OCRv4:
+edgepack's default loses 0.16 mIoU points, NNCF's 0.17 (a tie), ORT's 1.95; edgepack's INT8 map finds more text lines
+than FP32 (box F1 +1.41, NNCF -0.01, ORT -0.59), and with a 0-point budget its search (percentile calibration) ends
+at -0.54, ahead of every other row. SSDLite: mAP@0.5 drops 0.32 (edgepack), 0.40 (NNCF), 0.59 (ORT), 0.43
+(edgepack, 0-point budget: its search kept 4 layers in float and still missed 0 on the tuning split); the
+differences' intervals include 0 except edgepack's default over ORT. On mAP@0.5:0.95 edgepack drops 0.25 (0.12 with
+the 0-point budget) against NNCF's 2.71 and ORT's 3.30: the peers decode the boxes in INT8, where one 8-bit scale
+covers every anchor's coordinates (edgepack lost 2.97 that way before it kept a detector's decoding in float).
+LRASPP is where edgepack's default loses: 0.02 mIoU points against ORT's -0.10 and NNCF's -0.08 (INT8 above FP32);
+the interval of its difference from ORT excludes 0 narrowly, so the tenth of a point is probably real. Measured
 outside the benchmark on the same 1,000 scenes: without its bias correction the default recipe loses -0.03 (the
 correction is measured on calibration scenes, whose backgrounds these scenes do not share); a check that kept the
 correction only where it raised the output SQNR on held-out calibration images would have dropped it on SSDLite
-too, where it is worth 0.25 mAP points (0.32 with, 0.57 without), so the recipe keeps it. With a 0-point budget
-edgepack's search (entropy calibration) gives -0.14, the best LRASPP row. What the default buys: edgepack's INT8 is
-the only one faster than FP32 on this host on two of the three models (0.74x, 0.88x; SSDLite 1.13x), where ORT's
-defaults run 1.48-2.14x and NNCF's 1.55-2.55x FP32's time: edgepack quantizes the element-wise ops too (hard-swish,
-residual adds) so ONNX Runtime runs them as integer kernels, and NNCF leaves them float between Q/DQ pairs. Its files
-are the smallest (0.29-0.32x FP32, the quantizer's made-up names stripped; ORT 0.29-0.35x, NNCF 0.36-0.64x). Where
-it costs more: a whole edgepack build (validation on 200 images, latency, bundle) takes 15-167 s against the peers'
-4-16 s quantization call, and up to 2.1 GB peak memory on the 320 px detector against about 1 GB. Every tool got the
-onnxslim-simplified FP32 graph edgepack's build quantizes (batch norms folded): an earlier run that gave the peers
-PP-OCRv4 as the wheel ships it (batch norms unfolded) had NNCF at 0.02 mIoU points (file 1.02x FP32) and ORT at
-1.04 (1.05x)."""
+too, where it is worth 0.25 mAP@0.5 points (0.32 with, 0.57 without), so the recipe keeps it; learned weight
+rounding (`--weight-rounding gptq`, the search's first trial) gives -0.08 (see "Learned weight rounding" below);
+keeping LRASPP's tail after its last convolution (the classifier sum and the upsampling) in float, as detectors
+now do, changed nothing (0.02). With a 0-point budget edgepack's search (entropy calibration) gives -0.11, the best
+LRASPP row. What the default buys: edgepack's INT8 is the fastest INT8 on this host for all three models (0.98x,
+1.17x and 0.89x FP32, where ORT's defaults run 1.55-2.37x and NNCF's 1.68-2.79x): edgepack quantizes the
+element-wise ops too (hard-swish, residual adds) so ONNX Runtime runs them as integer kernels, and NNCF leaves them
+float between Q/DQ pairs. PP-OCRv4's INT8 ran at 0.74x FP32 in the same benchmark at the previous stop and runs at
+0.98x on this session's host with the code of either stop (checked on the same INT8 file: 22 ms against FP32's 23 ms;
+the host's CPU reports only "AMD EPYC", AVX2): treat host latency ratios as this machine's. Its files are the
+smallest (0.28-0.31x FP32; ORT 0.29-0.35x, NNCF 0.36-0.64x). Where it costs more: a whole edgepack build
+(validation on 200 images, latency, bundle) takes 17-318 s against the peers' 5-17 s quantization call, and up to
+2.2 GB peak memory on the 320 px detector against about 1 GB. Every tool got the onnxslim-simplified FP32 graph
+edgepack's build quantizes (batch norms folded): an earlier run that gave the peers PP-OCRv4 as the wheel ships it
+(batch norms unfolded) had NNCF at 0.02 mIoU points (file 1.02x FP32) and ORT at 1.04 (1.05x)."""
 
 
 def _input_name(path: Path) -> str:
