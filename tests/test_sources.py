@@ -53,6 +53,14 @@ def test_pickled_objects_are_refused_as_weights(tmp_path):
         sources.load("toy_models:tiny_cnn", weights=str(tmp_path / "evil.pt"))
 
 
+def test_a_file_that_is_not_torch_save_output_is_said_to_be_so(tmp_path):
+    """A text file given as --weights is not "pickled objects" (the message it got), it is not weights at all."""
+    (tmp_path / "w.pt").write_text("garbage")
+    with pytest.raises(InputError, match="is not a PyTorch weights file") as err:
+        sources.load("toy_models:tiny_cnn", weights=str(tmp_path / "w.pt"))
+    assert "torch.save" in err.value.hint
+
+
 def test_torchscript_needs_trust(tmp_path):
     import toy_models
 

@@ -326,6 +326,11 @@ def _read_state_dict(path: Path) -> Any:
             return load_file(str(path))
         except Exception as exc:
             raise InputError(f"{path} is not a valid safetensors file ({str(exc)[:200]})") from None
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch.save: a zip archive, or a pickle
+        raise InputError(f"{path} is not a PyTorch weights file (torch.save writes a zip archive or a pickle)",
+                         hint="pass the file torch.save(model.state_dict(), path) wrote, or a .safetensors file")
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
