@@ -88,9 +88,8 @@ def _skip(ctx: BuildContext, exc: emulation.NotPrepared) -> None:
 
 def _run_format(ctx: BuildContext, device: emulation.Device, fmt: str) -> dict:
     sub = ctx.val.subset(sample_indices(len(ctx.val), ctx.target.emulation_samples, ctx.config.seed))
-    every = getattr(ctx.task, "all_outputs", False)
     # every output runs on the device, so device-vs-host agreement covers a second head too; the task's quality
-    # takes what it takes in validation (the first output, unless the task wants them all)
+    # takes what it takes in validation (the first output, unless the task wants them all: _as_task_takes)
     options = run_emulated.RunOptions(processes=host_cores(), all_outputs=True, progress=ctx.progress,
                                       runner_files=getattr(ctx.task, "runner_files", ()))
     jobs = [run_emulated.Job(p, fmt, ctx.get(fmt, p).path) for p in PRECISIONS]
@@ -98,11 +97,10 @@ def _run_format(ctx: BuildContext, device: emulation.Device, fmt: str) -> dict:
     dev = {p: runs[p].outputs for p in PRECISIONS}
     host = {p: backends.get(fmt).Runner(ctx.get(fmt, p).path, threads=1).run_samples(sub.x, all_outputs=True)
             for p in PRECISIONS}
-    pick = (lambda outs: outs) if every else (lambda outs: outs[0])
     rec = {"kind": "emulated-device", "qemu_cpu": device.emulation.qemu_cpu, "samples": len(sub),
            "agreement_with_host": {p: _agreement(host[p], dev[p]) for p in PRECISIONS},
-           "quality_on_device": ctx.task.quality(pick(dev["fp32"]), pick(dev["int8"]), sub.truth),
-           "quality_on_host_subset": ctx.task.quality(pick(host["fp32"]), pick(host["int8"]), sub.truth),
+           "quality_on_device": ctx.task.quality(*_as_task_takes(ctx, dev), sub.truth),
+           "quality_on_host_subset": ctx.task.quality(*_as_task_takes(ctx, host), sub.truth),
            "instructions": {p: runs[p].insns for p in PRECISIONS},
            "instruction_spread": {p: round(runs[p].spread, 6) for p in PRECISIONS},
            "emulation_seconds": round(max(r.seconds for r in runs.values()), 1)}
@@ -114,6 +112,13 @@ def _run_format(ctx: BuildContext, device: emulation.Device, fmt: str) -> dict:
     _judge(ctx, fmt, val, rec, est, dev, sub.truth)
     _int8_note(ctx, fmt, rec["instructions"])
     return rec
+
+
+def _as_task_takes(ctx: BuildContext, outs: dict) -> tuple:
+    """(FP32, INT8) outputs as the task's quality and interval take them, from {precision: every output (a
+    list)}: the list for tasks that want every output, else its first output."""
+    every = getattr(ctx.task, "all_outputs", False)
+    return tuple(outs[p] if every else outs[p][0] for p in PRECISIONS)
 
 
 def _agreement(host: np.ndarray | list, dev: np.ndarray | list) -> dict:
@@ -183,9 +188,9 @@ def _judge(ctx: BuildContext, fmt: str, val: dict, rec: dict, est: dict, dev: di
     """Replace the host-judged rows by the device's where the device decides; recompute passed.
 
     The quality row: when the device's INT8 top-1 differs from the host's, the device's figure judges, unless
-    its interval over the device's few samples (``dev``: their outputs) crosses the limit; then those samples
-    cannot settle the budget and the host's figure over the whole validation set keeps judging, the device's
-    figure kept beside it (``device`` in the row)."""
+    its interval over the device's few samples (``dev``: {precision: every output}, as the device ran them)
+    crosses the limit; then those samples cannot settle the budget and the host's figure over the whole
+    validation set keeps judging, the device's figure kept beside it (``device`` in the row)."""
     lat = next((b for b in val["budgets"] if b["name"] == "latency_p50_ms"), None)
     if lat is not None and ctx.target.latency_budget_kind == "emulated" and est.get("int8"):
         _judge_latency(ctx, fmt, lat, est["int8"], val["latency_ms"]["int8"]["p50"])
@@ -196,7 +201,7 @@ def _judge(ctx: BuildContext, fmt: str, val: dict, rec: dict, est: dict, dev: di
         host = next((b for b in val["budgets"] if row is not None and b["name"] == row["name"]), None)
         if row is not None:
             row.update(kind=f"emulated-device, {rec['samples']} samples")
-            found = budget_interval(ctx.task, dev["fp32"], dev["int8"], truth, row, rec["samples"])
+            found = budget_interval(ctx.task, *_as_task_takes(ctx, dev), truth, row, rec["samples"])
             if found is not None:
                 row["interval"] = found
         if row is not None and host is not None and (row.get("interval") or {}).get("crosses_limit"):
