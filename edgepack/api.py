@@ -141,7 +141,7 @@ def _prepare(config: BuildConfig, target: targets.TargetProfile, workdir: Path, 
     for fmt in target.formats:  # a missing optional install is a usage error now, not after minutes of work
         backends.get(fmt)
     kind = kinds.for_model(model, config, target)
-    fixed, onnx_inputs = None, None
+    fixed, onnx_inputs = model.input_shape, None
     if model.kind == "onnx":
         from edgepack.backends import onnx as onnx_backend
 

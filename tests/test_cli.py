@@ -238,3 +238,15 @@ def test_prune_command_saves_a_pt2_program(tiny_data, tmp_path):
     assert result.exit_code == 0, result.output
     module = torch.export.load(str(tmp_path / "p.pt2")).module()
     assert module(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
+    # and the README's next step: build from the saved program (it once stopped: exit 70, "Calling eval() is not
+    # supported yet"), at the shape the program was captured at (no --input-shape: not the profile's 224 px)
+    out = tmp_path / "b"
+    built = invoke("build", tmp_path / "p.pt2", "--target", "x86-64", "--calib", tiny_data["calib"], "--val",
+                   tiny_data["val"], "--out", out, "--max-accuracy-drop", "100", "--min-agreement", "0",
+                   "--latency-runs", "5")
+    assert built.exit_code == 0, built.output
+    assert json.loads((out / "manifest.json").read_text())["stages"]["export"]["input_shape"] == [1, 3, 32, 32]
+    # a name that is not .pt2 is refused before any work (torch.export writes a .pt2 zip whatever the name)
+    named = invoke("prune", "toy_models:tiny_cnn", "--calib", tiny_data["calib"], "--input-shape", "1,3,32,32",
+                   "--prune", "0.5", "--save", tmp_path / "p.onnx")
+    assert named.exit_code == 2 and ".pt2" in named.output and not (tmp_path / "p.onnx").exists()

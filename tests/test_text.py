@@ -345,3 +345,40 @@ def test_child_crash_is_named(monkeypatch, tmp_path):
     with pytest.raises(StageError, match=r"LiteRT running it crashed \(SIGABRT\)"):
         measure.outputs("tflite", tmp_path / "m.tflite", np.zeros((1, 4), np.int64), threads=1, workdir=tmp_path,
                         what="LiteRT running it")
+
+
+def test_a_pt2_text_program_builds_with_its_tokenizer(tmp_path, minilm_dir):
+    """A text model saved as a torch.export program (what `edgepack prune` writes for a text factory) builds with
+    --tokenizer; the flag was refused for everything but package.module:factory models."""
+    import json
+
+    import torch
+    from click.testing import CliRunner
+    from torch import nn
+
+    from edgepack.cli import main
+
+    class Bag(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.fc = nn.Embedding(30522, 8), nn.Linear(8, 2)
+
+        def forward(self, input_ids, attention_mask):
+            m = attention_mask.unsqueeze(-1).float()
+            return self.fc((self.emb(input_ids) * m).sum(1) / m.sum(1).clamp(min=1))
+
+    torch.manual_seed(0)
+    ids, mask = torch.zeros(1, 16, dtype=torch.long), torch.ones(1, 16, dtype=torch.long)
+    torch.export.save(torch.export.export(Bag().eval(), (ids, mask)), str(tmp_path / "bag.pt2"))
+    (tmp_path / "calib.txt").write_text("".join(f"free prize {i} call now\nlunch at {i}\n" for i in range(6)))
+    (tmp_path / "val.jsonl").write_text("".join(json.dumps({"text": f"win {i}", "label": i % 2}) + "\n"
+                                                for i in range(6)))
+    out = tmp_path / "b"
+    result = CliRunner().invoke(main, ["build", str(tmp_path / "bag.pt2"), "--tokenizer",
+                                       str(minilm_dir / "tokenizer.json"), "--max-length", "16", "--target",
+                                       "x86-64", "--calib", str(tmp_path / "calib.txt"), "--val",
+                                       str(tmp_path / "val.jsonl"), "--out", str(out), "--latency-runs", "3"])
+    assert result.exit_code in (0, 1), result.output
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["preprocess"]["kind"] == "text" and man["preprocess"]["model_input_names"] == ["input_ids",
+                                                                                               "attention_mask"]

@@ -17,7 +17,7 @@ import click
 
 from edgepack.bundle.tables import text_table
 from edgepack.cli.options import FINETUNE_FLAGS, PRUNE_FLAGS, build_options
-from edgepack.errors import EXIT_BUDGET, EXIT_INTERNAL, EXIT_OK, EdgepackError, InputError
+from edgepack.errors import EXIT_BUDGET, EXIT_INTERNAL, EXIT_OK, ConfigError, EdgepackError, InputError
 from edgepack.version import __version__
 
 EPILOG = """\b
@@ -253,6 +253,9 @@ def prune_cmd(ctx: click.Context, model: str | None, save_path: str, as_json: bo
     def body() -> None:
         from edgepack.api import prune as api_prune
 
+        if Path(save_path).suffix.lower() != ".pt2":  # torch.export writes a .pt2 zip whatever the name says
+            raise ConfigError(f"--save {save_path}: prune writes a torch.export program, a .pt2 file",
+                              hint="name it .pt2; `edgepack build FILE.pt2` then exports ONNX and TFLite from it")
         config = make_config(model, options)
         try:
             report = api_prune(config, save_path, progress=ui.progress)

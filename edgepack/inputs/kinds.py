@@ -52,7 +52,8 @@ class ImageInput:
             check_image_input(self.model.onnx_path)
 
     def input_shape(self, fixed: tuple[int, ...] | None = None) -> tuple[int, ...]:
-        """--input-shape, else ``fixed`` (an ONNX source's own fixed input shape), else the profile's."""
+        """--input-shape, else ``fixed`` (an ONNX source's own fixed input shape, or the shape a .pt2 program
+        was captured at), else the profile's."""
         if self.config.input_shape:
             return tuple(self.config.input_shape)
         return tuple(fixed) if fixed else tuple(self.target.input_shape)

@@ -64,6 +64,7 @@ class LoadedModel:
     sha256: str | None = None     # of the model file, or of the weights file
     weights_sha256: str | None = None
     text: TextInfo | None = None  # set for text models: their inputs are token arrays, not an image
+    input_shape: tuple[int, ...] | None = None   # a .pt2 program's own example input shape (one tensor input)
 
 
 def load(spec: str, *, weights: str | None = None, num_classes: int | None = None,
@@ -132,8 +133,8 @@ def _attach_tokenizer(loaded: LoadedModel, tokenizer: str, max_length: int | Non
     if loaded.text is not None:
         raise InputError(f"{loaded.spec} carries its own tokenizer.json; --tokenizer is for factory models",
                          hint="drop --tokenizer")
-    if loaded.kind != "torch" or not _FACTORY.match(loaded.spec):
-        raise InputError("--tokenizer applies to package.module:factory text models only",
+    if loaded.kind != "torch" or not (_FACTORY.match(loaded.spec) or loaded.spec.lower().endswith(".pt2")):
+        raise InputError("--tokenizer applies to package.module:factory and .pt2 text models only",
                          hint="image models take no tokenizer; transformers folders bring their own")
     path = Path(tokenizer)
     path = path / "tokenizer.json" if path.is_dir() else path
@@ -196,7 +197,20 @@ def _exported_program(path: Path) -> LoadedModel:
         raise InputError(f"cannot load torch.export program {path} ({type(exc).__name__}: {str(exc)[:200]})",
                          hint="save it with torch.export.save(torch.export.export(model, args), path)") from None
     return LoadedModel(spec=str(path), kind="torch", name=path.stem, module=program.module(),
-                       sha256=sha256_file(path))
+                       sha256=sha256_file(path), input_shape=_example_shape(program))
+
+
+def _example_shape(program) -> tuple[int, ...] | None:
+    """The shape of a torch.export program's example input when it took one tensor (what it was captured at)."""
+    import torch
+
+    try:
+        args, kwargs = program.example_inputs
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if kwargs or len(args) != 1 or not isinstance(args[0], torch.Tensor):
+        return None
+    return tuple(int(d) for d in args[0].shape)
 
 
 def _torchscript(path: Path, trust_model: bool) -> LoadedModel:

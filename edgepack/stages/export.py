@@ -65,7 +65,10 @@ def _pinned_to_the_profile(ctx: BuildContext) -> str | None:
 def _export(ctx: BuildContext, module, raw) -> None:
     # torch.onnx.export restores the module's training flag afterwards: a wrapper left in training mode would
     # switch dropout on in every later torch call (the parity check, reconstruction, fine-tuning's teacher)
-    module.eval()
+    try:
+        module.eval()
+    except NotImplementedError:  # a torch.export program (.pt2): no train/eval switch, captured as it will run
+        pass
     settings = ctx.inputs.export_settings()
     onnx_backend.export_args(module, ctx.inputs.example_args(ctx.input_shape), raw, **settings)
     ctx.records["export"] = {"inputs": settings["input_names"], "opset": settings["opset"],
