@@ -424,3 +424,25 @@ def test_device_stage_compares_every_output_of_a_generic_model(tiny_data, tmp_pa
     d = json.loads((out / "manifest.json").read_text())["models"][0]["validation"]["device"]
     assert d["agreement_with_host"]["int8"]["outputs"] == 2 and d["agreement_with_host"]["fp32"]["outputs"] == 2
     assert d["quality_on_device"]["sqnr_db"] == pytest.approx(d["quality_on_host_subset"]["sqnr_db"], abs=3)
+
+
+def test_the_estimate_row_says_when_fp32_and_int8_come_from_two_models():
+    """Each precision's device estimate uses the model with the smaller leave-one-out error, so FP32 can come from
+    the operator-count model and INT8 from the emulated-work one (android-arm64): the row says so, since the two
+    figures are then not a ratio anyone should read."""
+    from edgepack.bundle.tables import _device_rows
+
+    agree = {"top1": 1.0, "max_abs_diff": 0.0}
+    v = {"on_calibration_data": False, "labels": None,
+         "device": {"qemu_cpu": "cortex-a76", "samples": 8, "agreement_with_host": {"fp32": agree, "int8": agree},
+                    "quality_on_device": {"agreement": 1.0, "sqnr_db": 30.0, "accuracy_fp32": None,
+                                          "accuracy_int8": None, "accuracy_drop": None},
+                    "instructions": {"fp32": {"total": 157e6}, "int8": {"total": 68e6, "dotprod": 20e6}}},
+         "latency_ms": {"device_emulated": {
+             "fp32": {"kind": "estimated-device", "p50": 5.4, "band": [4.0, 7.0], "band_source": "x"},
+             "int8": {"kind": "estimated-device (emulated)", "p50": 7.1, "band": [5.9, 8.6], "band_source": "y"}}}}
+    row = next(r for r in _device_rows("tflite", v) if "ESTIMATED" in r[0])
+    assert "FP32 from the operator-count model, INT8 from the emulated-work one" in row[3]
+    v["latency_ms"]["device_emulated"]["fp32"]["kind"] = "estimated-device (emulated)"
+    row = next(r for r in _device_rows("tflite", v) if "ESTIMATED" in r[0])
+    assert "FP32 from" not in row[3]

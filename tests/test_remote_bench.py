@@ -138,6 +138,9 @@ def test_device_address_is_validated():
     for bad in ("pi@host", "http://host", "ssh://pi@host:notaport", "ssh://pi@host/path"):
         with pytest.raises(InputError):
             remote.parse_device(bad)
+    with pytest.raises(InputError, match="adb address") as err:  # a phone: said so, with where to look
+        remote.parse_device("adb://emulator-5554")
+    assert "docs/android.md" in err.value.hint
 
 
 def test_timing_line_parsing():

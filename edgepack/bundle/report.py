@@ -73,7 +73,8 @@ def render_markdown(man: dict) -> str:
     if man["warnings"]:
         parts += ["## Warnings", ""] + [f"- {w}" for w in man["warnings"]] + [""]
     parts += ["## How it was built", "",
-              f"- model: `{man['created_from']['model']}` (sha256 {man['created_from']['model_sha256']})",
+              f"- model: `{man['created_from']['model']}`"
+              + (f" (sha256 {man['created_from']['model_sha256']})" if man['created_from'].get('model_sha256') else ""),
               f"- calibration: {man['created_from']['calibration']['samples']} samples from "
               f"`{man['created_from']['calibration']['source']}`",
               f"- validation: {man['created_from']['validation']['samples']} samples from "

@@ -39,6 +39,9 @@ def parse(url: str) -> tuple[str | None, str, int]:
     An IPv6 host is returned without brackets."""
     m = _URL.fullmatch(url) if isinstance(url, str) and url.isascii() else None
     if m is None:
+        if isinstance(url, str) and url.lower().startswith("adb:"):
+            raise InputError(f"edgepack bench reaches devices over SSH; {url!r} is an adb address",
+                             hint="for an Android phone, docs/android.md gives the adb + benchmark_model commands")
         raise InputError(f"bad device address {url!r}", hint=_HINT)
     user, host, port = m.group("user"), m.group("host"), m.group("port")
     if user is not None and not _USER.fullmatch(user):
