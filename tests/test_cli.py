@@ -230,6 +230,15 @@ def test_build_with_pruning_reports_unpruned_and_pruned(tiny_data, tmp_path):
     assert man["stages"]["prune"]["mac_counts_agree"] is True
 
 
+def test_prune_help_lists_only_what_pruning_uses():
+    """prune took (and ignored) every build option: budgets, --out, --emulate..."""
+    text = invoke("prune", "--help").output
+    assert "--prune " in text and "--calib " in text and "--finetune " in text and "0 saved" in text
+    for build_only in ("--max-latency-ms", "--out ", "--emulate", "--text-tflite-int8", "--weight-rounding"):
+        assert build_only not in text, build_only
+    assert invoke("prune", "toy_models:tiny_cnn", "--max-latency-ms", "1", "--save", "x.pt2").exit_code == 2
+
+
 def test_prune_command_saves_a_pt2_program(tiny_data, tmp_path):
     import torch
 

@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from edgepack.bundle.tables import text_table
-from edgepack.cli.options import FINETUNE_FLAGS, PRUNE_FLAGS, build_options
+from edgepack.cli.options import FINETUNE_FLAGS, PRUNE_FLAGS, build_options, prune_options
 from edgepack.errors import EXIT_BUDGET, EXIT_INTERNAL, EXIT_OK, ConfigError, EdgepackError, InputError
 from edgepack.version import __version__
 
@@ -34,6 +34,13 @@ Exit codes:
   0 built, every budget met        1 built, a budget was missed (bundle marked failed)
   2 usage or input error           3 output error (exists, unwritable, full)
   4 a stage failed (export/quantize/convert)     5 bundle verification failed
+  70 internal error (a bug)        129 hung up (SIGHUP)     130 interrupted
+"""
+
+PRUNE_EPILOG = """\b
+Exit codes:
+  0 saved                          2 usage or input error
+  3 output error (exists, unwritable, full)      4 a stage failed
   70 internal error (a bug)        129 hung up (SIGHUP)     130 interrupted
 """
 
@@ -233,9 +240,9 @@ def build(ctx: click.Context, model: str | None, dry_run: bool, as_json: bool, q
     run_command(ctx, body)
 
 
-@main.command("prune", epilog=EPILOG)
+@main.command("prune", epilog=PRUNE_EPILOG)
 @click.argument("model", required=False)
-@build_options
+@prune_options
 @click.option("--save", "save_path", required=True, type=click.Path(dir_okay=False),
               help="Where to write the pruned model (.pt2).")
 @click.option("--json", "as_json", is_flag=True, help="Print the pruning report as JSON.")

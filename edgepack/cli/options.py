@@ -71,7 +71,8 @@ def _option(cls: type, f: dataclasses.Field, tp: Any) -> tuple[Any, str]:
     return click.option(*flags, dest, **kwargs), dest
 
 
-def _generate() -> tuple[list[Any], dict[str, str], dict[str, str]]:
+def _generate() -> tuple[list[tuple[Any, str]], dict[str, str], dict[str, str]]:
+    """([(click option, dest)], --prune* flags, --finetune* flags) for every schema field, --config last."""
     options, prune_flags, finetune_flags = [], {}, {}
     for cls in (BuildConfig, Preprocess, PruneOptions, FinetuneOptions):
         hints = typing.get_type_hints(cls)
@@ -79,22 +80,38 @@ def _generate() -> tuple[list[Any], dict[str, str], dict[str, str]]:
             if (cls.__name__, f.name) in SKIP:
                 continue
             option, dest = _option(cls, f, hints[f.name])
-            options.append(option)
+            options.append((option, dest))
             if cls is PruneOptions:
                 prune_flags[dest] = f.name
             elif cls is FinetuneOptions:
                 finetune_flags[dest] = f.name
-    options.append(click.option("--config", "config_file", type=click.Path(dir_okay=False),
-                                help="TOML file with these settings (option names with underscores; the command "
-                                     "line overrides it)."))
+    options.append((click.option("--config", "config_file", type=click.Path(dir_okay=False),
+                                 help="TOML file with these settings (option names with underscores; the command "
+                                      "line overrides it)."), "config_file"))
     return options, prune_flags, finetune_flags
 
 
 BUILD_OPTIONS, PRUNE_FLAGS, FINETUNE_FLAGS = _generate()
 
 
+#: Build options that only a build uses (the bundle, quantization, validation budgets, devices): `prune` does not
+#: offer them. A --config file may still hold them (prune reads the same files and ignores them).
+BUILD_ONLY = frozenset({
+    "out", "name", "prob_threshold", "calibration_method", "per_channel", "weight_rounding", "max_search_time",
+    "latency_runs", "max_accuracy_drop", "min_agreement", "max_miou_drop", "max_map_drop", "max_latency_ms",
+    "max_size_mb", "min_output_sqnr_db", "estimate_device", "emulate", "allow_float_ops", "text_tflite_int8"})
+
+
 def build_options(fn: Any) -> Any:
     """Decorate a command with every build option."""
-    for option in reversed(BUILD_OPTIONS):
+    for option, _ in reversed(BUILD_OPTIONS):
         fn = option(fn)
+    return fn
+
+
+def prune_options(fn: Any) -> Any:
+    """Decorate a command with the build options pruning uses (all but BUILD_ONLY)."""
+    for option, dest in reversed(BUILD_OPTIONS):
+        if dest not in BUILD_ONLY:
+            fn = option(fn)
     return fn
