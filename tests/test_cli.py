@@ -255,6 +255,9 @@ def test_prune_command_saves_a_pt2_program(tiny_data, tmp_path):
                    "--latency-runs", "5")
     assert built.exit_code == 0, built.output
     assert json.loads((out / "manifest.json").read_text())["stages"]["export"]["input_shape"] == [1, 3, 32, 32]
+    quiet = invoke("prune", "toy_models:tiny_cnn", "--calib", tiny_data["calib"], "--input-shape", "1,3,32,32",
+                   "--prune", "0.5", "--save", tmp_path / "q.pt2", "-q")
+    assert quiet.exit_code == 0 and quiet.output.strip().splitlines() == [f"saved: {tmp_path / 'q.pt2'}"]
     # a name that is not .pt2 is refused before any work (torch.export writes a .pt2 zip whatever the name)
     named = invoke("prune", "toy_models:tiny_cnn", "--calib", tiny_data["calib"], "--input-shape", "1,3,32,32",
                    "--prune", "0.5", "--save", tmp_path / "p.onnx")

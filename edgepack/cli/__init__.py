@@ -271,6 +271,9 @@ def prune_cmd(ctx: click.Context, model: str | None, save_path: str, as_json: bo
         if as_json:
             click.echo(json.dumps(report, indent=2, default=str))
             return
+        if quiet:  # the saved files only
+            click.echo(f"saved: {', '.join(report['saved']['files'])}")
+            return
         rows = [("parameters", f"{report['params_before']:,}", f"{report['params_after']:,}"),
                 ("MACs (Torch-Pruning)", f"{report['macs_before']:,}", f"{report['macs_after']:,}"),
                 ("MACs (FlopCounterMode)", f"{report['macs_independent_before']:,}",
