@@ -197,3 +197,14 @@ def test_statistics_in_several_passes_give_the_same_weights(monkeypatch):
     assert sorted(split) == sorted(once)
     for name in once:
         np.testing.assert_allclose(split[name], once[name], rtol=0, atol=1e-6)
+
+
+def test_report_says_learned_rounding_was_tried_when_nearest_shipped():
+    """The TFLite fallback's learned-rounding trial is said in report.md also when round-to-nearest stayed."""
+    from edgepack.bundle.report import _rounding_lines
+
+    trials = [{"weight_rounding": "nearest", "budget": {"name": "agreement", "value": 0.9167}},
+              {"weight_rounding": "gptq", "budget": {"name": "agreement", "value": 0.7917}}]
+    lines = _rounding_lines({"quantization_tflite": {"weight_rounding": {"method": "nearest", "trials": trials}}})
+    assert "rounded to nearest" in lines[0] and "agreement 0.9167" in lines[0] and "(0.7917)" in lines[0]
+    assert _rounding_lines({"quantization_tflite": {"weight_rounding": {"method": "nearest"}}}) == []

@@ -40,6 +40,12 @@ def _rounding_lines(stages: dict) -> list[str]:
                       f"{r.get('learned_layers')} of {r.get('layers')} Conv/Gemm layers (layer output error "
                       f"{r.get('output_error_vs_nearest')}x round-to-nearest's on {r.get('samples')} calibration "
                       "samples); the others rounded to nearest.", ""]
+        elif r.get("trials"):  # the TFLite fallback tried learned rounding and it did not do better
+            rows = {t["weight_rounding"]: t["budget"] for t in r["trials"]}
+            near, learned = rows.get("nearest") or {}, rows.get("gptq") or {}
+            lines += [f"TFLite INT8 weights: rounded to nearest. Learned rounding (GPTQ) was tried when INT8 missed "
+                      f"the budget ({near.get('name')} {near.get('value')}) and did not do better "
+                      f"({learned.get('value')}); manifest: stages.quantization_{fmt}.weight_rounding.trials.", ""]
     return lines
 
 
