@@ -512,17 +512,29 @@ def _saturated(fast: onnx.ModelProto, q: onnx.NodeProto, name: str) -> str:
     minus rounding: the saturated value.
     """
     inits = {t.name: t for t in fast.graph.initializer}
-    scale = float(numpy_helper.to_array(inits[q.input[1]]))
-    zp_init = inits[q.input[2]]
-    info = np.iinfo(onnx.helper.tensor_dtype_to_np_dtype(zp_init.data_type))
-    zp = float(numpy_helper.to_array(zp_init))
-    lo, hi = name + "__lo", name + "__hi"
-    fast.graph.initializer.extend([
-        numpy_helper.from_array(np.array((info.min - zp) * scale, np.float32), lo),
-        numpy_helper.from_array(np.array((info.max - zp) * scale, np.float32), hi),
-    ])
-    fast.graph.node.append(onnx.helper.make_node("Clip", [q.input[0], lo, hi], [name + "__sat"]))
+    fast.graph.node.append(saturation(fast.graph, q.input[0], name + "__sat", representable_range(q, inits)))
     return name + "__sat"
+
+
+def representable_range(q: onnx.NodeProto, inits: dict) -> tuple[float, float] | None:
+    """(lowest, highest) float value the QuantizeLinear ``q`` can represent, (qmin - zero point) x scale to
+    (qmax - zero point) x scale; None unless its scale and zero point are constant scalars (``inits``: name ->
+    initializer)."""
+    if len(q.input) < 3 or q.input[1] not in inits or q.input[2] not in inits:
+        return None
+    scale, zero = numpy_helper.to_array(inits[q.input[1]]), numpy_helper.to_array(inits[q.input[2]])
+    if scale.size != 1 or zero.size != 1 or not np.issubdtype(zero.dtype, np.integer):
+        return None
+    info, s, z = np.iinfo(zero.dtype), float(scale.reshape(())), float(zero.reshape(()))
+    return (info.min - z) * s, (info.max - z) * s
+
+
+def saturation(graph: onnx.GraphProto, x: str, out: str, bounds: tuple[float, float]) -> onnx.NodeProto:
+    """A Clip node ``x`` -> ``out`` to ``bounds``, its two bounds added to ``graph`` as initializers."""
+    lo, hi = out + "__lo", out + "__hi"
+    graph.initializer.extend([numpy_helper.from_array(np.array(bounds[0], np.float32), lo),
+                              numpy_helper.from_array(np.array(bounds[1], np.float32), hi)])
+    return onnx.helper.make_node("Clip", [x, lo, hi], [out])
 
 
 def _shift_bias(bias_init: onnx.TensorProto, scale: np.ndarray, delta: np.ndarray) -> None:

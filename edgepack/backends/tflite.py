@@ -27,7 +27,7 @@ import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -89,17 +89,14 @@ def convert(onnx_path: Path, workdir: Path, calib: np.ndarray | None, *, io_dtyp
         return _write(workdir / f"{onnx_path.stem}_fp32.tflite", data)
     say(f"TFLite: full-integer INT8 with {len(calib)} calibration samples, io {io_dtype}")
     mark("TFLite converter: calibrate and quantize to INT8")
-    tail: list[str] = []
-    out = _write(workdir / f"{onnx_path.stem}_int8.tflite",
-                 _int8_bytes(saved_model, calib, io_dtype, tail if float_tail else None))
-    if float_tail:  # named as in the written model (the quantizer renames some of the calibrated model's tensors)
-        tail = float_tail_nodes(out.read_bytes())
+    out = _write(workdir / f"{onnx_path.stem}_int8.tflite", _int8_bytes(saved_model, calib, io_dtype, float_tail))
+    tail = float_tail_nodes(out.read_bytes()) if float_tail else []  # named as in the written model
+    if tail:
         _record_prep(workdir, float_tail=tail)
     _check_scales(out)
     mark("LiteRT: prepare the INT8 model (list float ops)")
-    kept = set(tail)
     # the converter keeps ops without an INT8 kernel in float without failing; the float tail is asked for
-    names = [n for n in float_ops(out) if n.split(":", 1)[1] not in kept]
+    names = float_ops(out, expected=tail)
     if names and not allow_float:
         out.unlink()
         raise StageError(f"{len(names)} op(s) have no INT8 kernel and would run in float: {', '.join(names)}",
@@ -161,11 +158,11 @@ def _check_scales(path: Path) -> None:
                               "`edgepack targets`")
 
 
-def _int8_bytes(saved_model: Path, calib: np.ndarray, io_dtype: str, tail: list[str] | None = None) -> bytes:
+def _int8_bytes(saved_model: Path, calib: np.ndarray, io_dtype: str, float_tail: bool = False) -> bytes:
     """Full-integer conversion; if the INT8-only op set makes the converter fail, retry allowing float ops.
-    ``tail`` (a list, filled with the names kept in float): the float tail of `convert(float_tail=True)`."""
-    if tail is not None:
-        return _float_tail_converter(saved_model, calib, io_dtype, tail)
+    ``float_tail``: the tail after the last convolution stays float (`convert(float_tail=True)`)."""
+    if float_tail:
+        return _float_tail_converter(saved_model, calib, io_dtype)
     try:
         return _run_converter(saved_model, calib, io_dtype, strict=True)
     except StageError as strict_error:
@@ -179,7 +176,7 @@ COMPUTE_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRA
                          "CONV_3D"})
 
 
-def _float_tail_converter(saved_model: Path, calib, io_dtype: str, tail: list[str]) -> bytes:
+def _float_tail_converter(saved_model: Path, calib, io_dtype: str) -> bytes:
     """INT8 conversion with the ops of `float_tail_nodes` kept in float (float32 outputs): the converter
     calibrates, then its MLIR quantizer quantizes everything but those nodes (``denylisted_nodes``, the mechanism
     of TensorFlow's QuantizationDebugger selective quantization). ``fully_quantize=False``: with True the quantizer
@@ -194,9 +191,8 @@ def _float_tail_converter(saved_model: Path, calib, io_dtype: str, tail: list[st
     converter._experimental_calibrate_only = True  # noqa: SLF001 - the documented selective-quantization path
     try:
         calibrated = converter.convert()
-        tail[:] = float_tail_nodes(calibrated)
         return tf_convert.mlir_quantize(calibrated, fully_quantize=False, input_data_type=getattr(tf, io_dtype),
-                                        output_data_type=tf.float32, denylisted_nodes=list(tail))
+                                        output_data_type=tf.float32, denylisted_nodes=float_tail_nodes(calibrated))
     except Exception as exc:  # the converter raises ConverterError and assorted others
         raise StageError(f"TFLite converter failed (INT8 with a float tail): {_first_line(exc)}") from exc
 
@@ -462,12 +458,14 @@ def _describe(detail: dict) -> dict:
     }
 
 
-def float_ops(tflite_path: Path) -> list[str]:
+def float_ops(tflite_path: Path, expected: Sequence[str] = ()) -> list[str]:
     """Ops that compute in float in a (nominally INT8) .tflite file, as "OP_TYPE:output_tensor_name".
 
     An op counts when any of its input or output tensors is floating point; QUANTIZE/DEQUANTIZE are the
-    boundary conversions of a float32-io model and are not counted. An FP32 model lists every op.
+    boundary conversions of a float32-io model and are not counted, nor are the ops whose output tensor is named
+    in ``expected`` (a float tail, see `convert`). An FP32 model lists every op.
     """
+    expected = set(expected)
     interp = _interpreter(tflite_path, threads=1, delegates=False)  # a delegate hides the ops it takes
     tensors = {t["index"]: t for t in interp.get_tensor_details()}
     found = []
@@ -477,7 +475,8 @@ def float_ops(tflite_path: Path) -> list[str]:
         indexes = [i for i in list(op["inputs"]) + list(op["outputs"]) if i >= 0]
         if any(np.issubdtype(tensors[i]["dtype"], np.floating) for i in indexes if i in tensors):
             out_name = tensors[op["outputs"][0]]["name"] if len(op["outputs"]) else "?"
-            found.append(f"{op['op_name']}:{out_name}")
+            if out_name not in expected:
+                found.append(f"{op['op_name']}:{out_name}")
     return found
 
 

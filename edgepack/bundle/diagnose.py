@@ -52,29 +52,20 @@ def float_activations(qdq_path: Path, out: Path) -> None:
     Clip whose range the Q saturation reproduces, so an Identity would remove the activation itself (an
     EfficientNet-Lite0 bundle's "reference" was then 7 dB from FP32, its INT8 model 32 dB). A pair whose scale
     or zero point is not a constant scalar becomes an Identity."""
-    import numpy as np
     import onnx
-    from onnx import helper, numpy_helper
+    from onnx import helper
+
+    from edgepack.backends.onnx_quantize import representable_range, saturation
 
     model = onnx.load(str(qdq_path), load_external_data=False)
     graph = model.graph
     init_of = {i.name: i for i in graph.initializer}
-    inits = set(init_of)
-
-    def clip_range(q) -> tuple[float, float] | None:
-        if len(q.input) < 3 or q.input[1] not in init_of or q.input[2] not in init_of:
-            return None
-        scale, zero = numpy_helper.to_array(init_of[q.input[1]]), numpy_helper.to_array(init_of[q.input[2]])
-        if scale.size != 1 or zero.size != 1 or not np.issubdtype(zero.dtype, np.integer):
-            return None
-        info, s, z = np.iinfo(zero.dtype), float(scale.reshape(())), float(zero.reshape(()))
-        return (info.min - z) * s, (info.max - z) * s
     consumers: dict[str, list] = {}
     for node in graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
     outputs = {o.name for o in graph.output}
-    quant = {n.output[0]: n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits
+    quant = {n.output[0]: n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in init_of
              and n.output[0] not in outputs
              and all(c.op_type == "DequantizeLinear" for c in consumers.get(n.output[0], []))}
     nodes = []
@@ -83,14 +74,11 @@ def float_activations(qdq_path: Path, out: Path) -> None:
             continue
         if node.op_type == "DequantizeLinear" and node.input[0] in quant:
             q = quant[node.input[0]]
-            bounds = clip_range(q)
-            if bounds is None:
-                node = helper.make_node("Identity", [q.input[0]], [node.output[0]], name=node.name)
-            else:
-                lo, hi = f"{node.output[0]}__lo", f"{node.output[0]}__hi"
-                graph.initializer.extend([numpy_helper.from_array(np.array(bounds[0], np.float32), lo),
-                                          numpy_helper.from_array(np.array(bounds[1], np.float32), hi)])
-                node = helper.make_node("Clip", [q.input[0], lo, hi], [node.output[0]], name=node.name)
+            bounds = representable_range(q, init_of)
+            name = node.name
+            node = (helper.make_node("Identity", [q.input[0]], [node.output[0]]) if bounds is None
+                    else saturation(graph, q.input[0], node.output[0], bounds))
+            node.name = name
         nodes.append(node)
     del graph.node[:]
     graph.node.extend(nodes)

@@ -197,7 +197,7 @@ def convert_tflite_full_integer(ctx: BuildContext) -> None:
     int8, rounding = _learned_rounding_trial(ctx, fp32_onnx, int8, workdir, spelling, rounding)
     ctx.add(Artifact("tflite", "int8", int8))
     tail = _prep_record(int8.parent).get("float_tail")
-    floats = [f for f in tflite.float_ops(int8) if f.split(":", 1)[1] not in set(tail or ())]
+    floats = tflite.float_ops(int8, expected=tail or ())
     ctx.records["quantization_tflite"] = {"io_dtype": ctx.target.tflite_io_dtype, "float_ops": floats,
                                           "weights": "int8 per-channel", "activations": "int8 per-tensor",
                                           "calibration": "minmax (the converter's own)",
