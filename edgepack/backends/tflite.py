@@ -600,7 +600,11 @@ def _without_delegate_banner():
 
 
 def _write(path: Path, data: bytes) -> Path:
-    """Write bytes atomically-enough (temp file then rename) and return the path."""
+    """Write the converter's bytes, compacted (`tflite_compact`: the same model, repeated vectors stored once),
+    atomically-enough (temp file then rename) and return the path."""
+    from edgepack.backends import tflite_compact
+
+    data = tflite_compact.compact(data)
     tmp = path.with_suffix(".tmp")
     tmp.write_bytes(data)
     tmp.replace(path)
