@@ -145,3 +145,30 @@ def test_agreement_gets_wilsons_interval_which_does_not_collapse_when_all_agree(
     row = budgets.row("agreement", 1.0, 0.95, ">=")
     found = budget_interval(Classify(), ref, ref.copy(), None, row, 8)
     assert found["method"] == "wilson" and found["crosses_limit"] and found["high"] == 1.0
+
+
+def test_accuracy_drop_gets_newcombes_paired_interval_which_does_not_collapse():
+    """30 texts on which INT8 changed no prediction printed '0.00 to 0.00' (a bootstrap of all-zero differences);
+    30 samples cannot rule out a drop of about 11 points."""
+    from edgepack.tasks.interval import newcombe_paired
+
+    def table(a, b, c, d):   # both right, FP32 only, INT8 only, neither
+        return (np.array([1] * (a + b) + [0] * (c + d), bool), np.array([1] * a + [0] * b + [1] * c + [0] * d, bool))
+
+    # Fagerland, Lydersen and Laake (2013)'s example (Bentur et al.): Newcombe's square-and-add -0.507 to -0.026
+    assert newcombe_paired(*table(1, 1, 7, 12)) == pytest.approx((-0.507, -0.026), abs=6e-4)
+    ref, _, _ = _logits(30, 0.0, seed=3)
+    y = ref.argmax(1)
+    y[:4] = (y[:4] + 1) % 5   # 26 of 30 right in both
+    task = Classify()
+    q = task.quality(ref, ref.copy(), y)
+    row = task.quality_budget(q, {"max_accuracy_drop": 1.0})
+    assert row["name"] == "accuracy_drop_points" and row["value"] == 0
+    found = budget_interval(task, ref, ref.copy(), y, row, 30)
+    assert found["method"] == "newcombe paired score"
+    assert -12 < found["low"] < -5 and 5 < found["high"] < 12 and found["crosses_limit"]
+    # a real drop: the interval sits around it and narrows with samples
+    ref, got, y = _logits(2000, 0.05, seed=4)
+    q = task.quality(ref, got, y)
+    found = budget_interval(task, ref, got, y, task.quality_budget(q, {"max_accuracy_drop": 1.0}), 2000)
+    assert found["low"] < q["accuracy_drop"] < found["high"] and found["high"] - found["low"] < 4

@@ -132,7 +132,7 @@ def budget_rows(man: dict) -> list[tuple[str, str, str, str]]:
             value = _fmt(b["value"], digits)
             if b.get("band"):
                 value += f" [{b['band'][0]:.1f}-{b['band'][1]:.1f}]"
-            if b.get("interval"):   # the quality budget's bootstrap interval (edgepack.tasks.interval)
+            if b.get("interval"):   # the quality budget's 95 % interval (edgepack.tasks.interval)
                 i = b["interval"]
                 value += f" ({i['level']:.0%}: {_fmt(i['low'], digits)} to {_fmt(i['high'], digits)})"
             if b.get("device"):   # the device's figure, too few samples to judge (stages/device.py)

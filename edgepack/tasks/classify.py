@@ -40,6 +40,14 @@ class Classify:
             return lambda idx: float(diff[idx].mean())
         return None
 
+    def paired_correct(self, ref: np.ndarray, got: np.ndarray, y: np.ndarray | None):
+        """(FP32 top-1 right, INT8 top-1 right) per sample, for the accuracy drop's paired interval; None without
+        labels."""
+        if y is None or np.ndim(ref) != 2:
+            return None
+        y = np.asarray(y)
+        return ref.argmax(1) == y, got.argmax(1) == y
+
     def quality_budget(self, quality: dict, limits: dict) -> dict | None:
         """The accuracy budget (with labels) or the agreement budget (without); None if neither is set."""
         drop, agree = limits.get("max_accuracy_drop"), limits.get("min_agreement")
