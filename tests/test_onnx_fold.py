@@ -1,0 +1,79 @@
+"""edgepack.backends.onnx_fold: a constant scale/shift after a Conv folds into it (ONNX Runtime's fusions), the
+same function, and nothing else changes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from edgepack.backends import onnx_fold  # noqa: E402
+
+
+def _model(nodes, consts: dict, bias: bool = True, extra_outputs=()):
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w")]
+    if bias:
+        inits.append(numpy_helper.from_array(rng.normal(size=4).astype(np.float32), "b"))
+    inits += [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in consts.items()]
+    conv = helper.make_node("Conv", ["x", "w", "b"] if bias else ["x", "w"], ["c"], pads=[1, 1, 1, 1],
+                            name="conv")
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])]
+    outputs = [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in ("y", *extra_outputs)]
+    graph = helper.make_graph([conv, *nodes], "g", inputs, outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def _run(model, x):
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+
+
+def test_paddle_style_scalar_affine_folds_into_the_conv():
+    # PP-LCNetV3's learnable affine block as Paddle exports it: the (1,)-shaped scalar first, then a Relu
+    nodes = [helper.make_node("Mul", ["s", "c"], ["m"]), helper.make_node("Add", ["t", "m"], ["a"]),
+             helper.make_node("Relu", ["a"], ["y"])]
+    model = _model(nodes, {"s": [1.7], "t": [-0.3]})
+    folded, gone = onnx_fold.fold(model)
+    assert gone == 2
+    assert [n.op_type for n in folded.graph.node] == ["Conv", "Relu"]
+    x = np.random.default_rng(1).normal(size=(1, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(_run(folded, x)[0], _run(model, x)[0], rtol=1e-5, atol=1e-5)
+    assert [n.op_type for n in model.graph.node] == ["Conv", "Mul", "Add", "Relu"]   # the input is not changed
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_per_channel_constants_and_a_conv_without_bias(bias):
+    nodes = [helper.make_node("Mul", ["c", "s"], ["m"]), helper.make_node("Add", ["m", "t"], ["y"])]
+    model = _model(nodes, {"s": np.arange(1, 5).reshape(1, 4, 1, 1), "t": np.arange(4).reshape(4, 1, 1)}, bias=bias)
+    folded, gone = onnx_fold.fold(model)
+    assert gone == 2 and [n.op_type for n in folded.graph.node] == ["Conv"]
+    x = np.random.default_rng(2).normal(size=(1, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(_run(folded, x)[0], _run(model, x)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_what_is_not_a_per_channel_affine_of_the_conv_alone_stays():
+    x = np.random.default_rng(3).normal(size=(1, 3, 8, 8)).astype(np.float32)
+    # the conv's output is read by another node too: folding would change what that node sees
+    shared = _model([helper.make_node("Mul", ["c", "s"], ["y"]), helper.make_node("Relu", ["c"], ["r"])],
+                    {"s": [2.0]}, extra_outputs=("r",))
+    # a per-pixel constant is not a per-channel one
+    spatial = _model([helper.make_node("Mul", ["c", "s"], ["y"])], {"s": np.full((1, 1, 8, 8), 2.0)})
+    # the conv's output is itself a graph output
+    exposed = _model([helper.make_node("Mul", ["c", "s"], ["y"])], {"s": [2.0]}, extra_outputs=("c",))
+    for model in (shared, spatial, exposed):
+        folded, gone = onnx_fold.fold(model)
+        assert gone == 0 and folded is model
+        assert len(_run(model, x)) == len(model.graph.output)
+
+
+def test_a_constant_another_node_reads_is_copied_not_changed():
+    nodes = [helper.make_node("Mul", ["c", "s"], ["m"]), helper.make_node("Mul", ["m", "s"], ["y"])]
+    model = _model(nodes, {"s": [3.0]})
+    folded, gone = onnx_fold.fold(model)
+    assert gone == 2 and [n.op_type for n in folded.graph.node] == ["Conv"]
+    x = np.random.default_rng(4).normal(size=(1, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(_run(folded, x)[0], _run(model, x)[0], rtol=1e-5, atol=1e-4)
