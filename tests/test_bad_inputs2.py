@@ -558,3 +558,28 @@ def test_a_dynamic_onnx_model_pinned_to_the_profiles_shape_says_to_pass_input_sh
                                     str(image_folder), "--out", str(tmp_path / "b"), "--latency-runs", "3"])
     assert res.exit_code == 2, res.output
     assert "pinned to the profile's input shape [1, 3, 224, 224]" in res.output and "--input-shape" in res.output
+
+
+def test_nhwc_input_shape_is_named_not_an_internal_error(tmp_path):
+    """--input-shape 1,32,32,3 (the NHWC mistake) with an image folder crashed with exit 70 (a numpy broadcast
+    error); the bracketed form --help shows, [1, 3, 32, 32], was refused."""
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((40, 40, 3), 60 * i, np.uint8)).save(folder / f"{i}.png")
+    import torch
+
+    model = tmp_path / "dyn.onnx"   # every input dimension dynamic: nothing refuses the shape before the data
+    torch.onnx.export(torch.nn.Conv2d(3, 4, 3), torch.zeros(1, 3, 32, 32), str(model), dynamo=False,
+                      input_names=["x"], dynamic_axes={"x": {0: "n", 1: "c", 2: "h", 3: "w"}})
+    result = CliRunner().invoke(main, ["build", str(model), "--input-shape", "1,32,32,3", "--calib",
+                                       str(folder), "--target", "x86-64", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2, result.output
+    assert "has 32 channels" in result.output and "--input-shape 1,3,32,32" in result.output
+    assert "Traceback" not in result.output
+    from edgepack.cli.options import _csv
+
+    assert _csv(int)(None, None, "[1, 3, 224, 224]") == [1, 3, 224, 224]
+    assert _csv(int)(None, None, "1x3x224x224") == [1, 3, 224, 224]

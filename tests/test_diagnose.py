@@ -49,3 +49,22 @@ def test_diagnose_a_bundle_and_plot(tiny_data, tmp_path):
     int8 = onnx_backend.Runner(out / "model.onnx", arithmetic="reference").run_samples(x)
     fp32 = onnx_backend.Runner(reference).run_samples(x)
     assert sqnr_db(fp32, int8) > 25
+
+
+def test_module_names_are_real_modules_of_nested_containers(tmp_path):
+    """Every Conv of an exported torchvision MobileNetV3 (Sequential in Sequential) maps to a name
+    named_modules() has: 'features.1.block.block.0.block.0.0' was printed, which --prune-ignore refused."""
+    import onnx
+    import torchvision
+
+    from edgepack.backends import onnx as onnx_backend
+    from edgepack.quantize.diagnose import module_name
+
+    net = torchvision.models.mobilenet_v3_small(weights=None, num_classes=10).eval()
+    path = tmp_path / "m.onnx"
+    onnx_backend.export(net, (1, 3, 64, 64), path, opset=17)
+    convs = [n.name for n in onnx.load(str(path)).graph.node if n.op_type == "Conv"]
+    names = dict(net.named_modules())
+    assert len(convs) > 20
+    assert all(module_name(c) in names for c in convs), [module_name(c) for c in convs if module_name(c) not in names]
+    assert module_name("/layer1/layer1.0/conv1/Conv") == "layer1.0.conv1"

@@ -32,6 +32,7 @@ def _csv(kind: type) -> Any:
     def parse(ctx: click.Context, param: click.Parameter, value: str | None) -> list | None:
         if value is None:
             return None
+        value = value.strip().strip("[]()").replace(" ", "")   # "[1, 3, 224, 224]", as the TOML form and --help
         try:
             return [kind(v) for v in value.replace("x", ",").split(",") if v.strip()] if kind is int else \
                 [kind(v) for v in value.split(",") if v.strip()]

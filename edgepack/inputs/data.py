@@ -283,6 +283,13 @@ def _load_folder(root: Path, input_shape: tuple[int, ...], pre: Preprocess, coun
     # 8-bit pixels, filled in place (1,000 crops at 224 px: 150 MB; as float32 inputs 602 MB, and a list
     # stacked afterwards would hold them twice)
     _, channels, height, width = (int(d) for d in input_shape)
+    if channels not in (1, 3):
+        nchw = f"{input_shape[0]},{input_shape[3]},{input_shape[1]},{input_shape[2]}"
+        raise InputError(f"input shape {','.join(str(int(d)) for d in input_shape)} has {channels} channels; image "
+                         "models take 1 (grey) or 3 (RGB/BGR)",
+                         hint=f"the shape is N,C,H,W (channels second); for NHWC {tuple(input_shape)} pass "
+                              f"--input-shape {nchw}" if int(input_shape[3]) in (1, 3) else
+                              "the shape is N,C,H,W (channels second)")
     pixels = np.empty((len(idx), height, width, channels), np.uint8)
     kept_labels, skipped, kept = [], [], []
     for i, k in enumerate(idx):

@@ -22,12 +22,16 @@ DIAG_SAMPLES = 16
 
 
 def module_name(node_name: str) -> str:
-    """'/layer1/layer1.0/conv1/Conv' -> 'layer1.0.conv1' (the exporter's scope path of a torch module)."""
-    parts = [p for p in node_name.split("/") if p][:-1]
-    path = ""
-    for part in parts:
-        path = part if not path or part.startswith(path + ".") else f"{path}.{part}"
-    return path or node_name
+    """'/layer1/layer1.0/conv1/Conv' -> 'layer1.0.conv1' (the exporter's scope path of a torch module): a scope
+    that extends the one before it (``features.0`` then ``features.0.1``, a container's child) replaces it, so
+    '/backbone/features.0/features.0.1/block/block.0/block.0.0/Conv' is 'backbone.features.0.1.block.0.0'."""
+    segments: list[str] = []
+    for part in (p for p in node_name.split("/")[:-1] if p):
+        if segments and part.startswith(segments[-1] + "."):
+            segments[-1] = part
+        else:
+            segments.append(part)
+    return ".".join(segments) or node_name
 
 
 def _session(model, names: list[str]):
