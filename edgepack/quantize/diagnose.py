@@ -92,7 +92,13 @@ def layer_errors(fp32_path: Path, int8_path: Path, x, samples: int = DIAG_SAMPLE
     feeds = _feeds(x, [i.name for i in fmodel.graph.input])[:samples]
     names = sorted(pairs)
     twins = [pairs[t] for t in names]
-    sqnr = _sqnr_by_tensor(_session(fmodel, names), _session(qmodel, twins), names, twins, feeds)
+    # a bundle's reference (edgepack.bundle.diagnose.float_activations) has each Q/DQ pair as a Clip writing the
+    # DQ's output: compare that, after the clip, not the pre-clip tensor (a Conv whose ReLU the quantizer folded
+    # into its Q range showed ~25 dB "lost")
+    produced = {o for n in fmodel.graph.node for o in n.output}
+    refs = [dq if dq in produced else t for t, dq in zip(names, twins, strict=True)]
+    by_ref = _sqnr_by_tensor(_session(fmodel, refs), _session(qmodel, twins), refs, twins, feeds)
+    sqnr = {t: by_ref[r] for t, r in zip(names, refs, strict=True)}
     rows = []
     for t, value in sqnr.items():
         node = _compute_node(producer.get(t), producer)
