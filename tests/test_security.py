@@ -301,3 +301,17 @@ def test_out_may_sit_inside_a_factory_package_but_never_replace_it(tiny_data, tm
     inside = invoke("build", "mypkg.nets:make", "--calib", tiny_data["calib"], "--out", "mypkg/build/b", *FAST)
     assert inside.exit_code in (0, 1), inside.output
     assert (pkg / "build" / "b" / "manifest.json").is_file() and (pkg / "nets.py").is_file()
+
+
+def test_verify_lists_a_users_photo_but_refuses_code_beside_run_py(bundle, tmp_path):
+    """The bundle README says `python3 run.py photo.jpg` in the folder, then `edgepack verify .`: a photo or an
+    inputs list there was reported as damage (exit 5). Code is still refused: run.py would import a numpy.py."""
+    copy = _copy(bundle, tmp_path / "b")
+    (copy / "photo.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (copy / "inputs.txt").write_text("photo.jpg\n")
+    result = invoke("verify", copy)
+    assert result.exit_code == 0, result.output
+    assert "photo.jpg" in result.output and "not part of the bundle" in result.output
+    (copy / "numpy.py").write_text("raise SystemExit('hijacked')\n")
+    result = invoke("verify", copy)
+    assert result.exit_code == 5 and "numpy.py: not listed in the manifest" in result.output, result.output

@@ -114,6 +114,10 @@ def verify(path: Path) -> list[str]:
     return lines
 
 
+#: extra files that fail verify: what Python beside run.py would import or load (other extra files are listed)
+CODE_SUFFIXES = frozenset({".py", ".pyc", ".pyo", ".pyd", ".so", ".pth", ".dylib", ".dll"})
+
+
 def _check_files(folder: Path, man: dict) -> list[str]:
     problems, lines = _check_self_digest(man), []
     for name, entry in sorted(man["files"].items()):
@@ -130,8 +134,13 @@ def _check_files(folder: Path, man: dict) -> list[str]:
             problems.append(f"{name}: sha256 differs from the manifest")
         else:
             lines.append(f"ok  {name}  sha256 {entry['sha256'][:16]}...")
-    extra = sorted(p.name for p in folder.iterdir() if p.name not in man["files"] and p.name != "manifest.json")
-    problems += [f"{name}: not listed in the manifest" for name in extra]
+    extra = sorted((p for p in folder.iterdir() if p.name not in man["files"] and p.name != "manifest.json"),
+                   key=lambda p: p.name)
+    for p in extra:   # code beside run.py would be imported by it; a photo or a list of inputs is the user's
+        if p.is_dir() or p.is_symlink() or p.suffix.lower() in CODE_SUFFIXES:
+            problems.append(f"{p.name}: not listed in the manifest")
+        else:
+            lines.append(f"--  {p.name}  not part of the bundle (not checked)")
     if problems:
         raise VerifyError("bundle does not match its manifest: " + "; ".join(problems),
                           hint="the bundle was modified or damaged; rebuild it or fetch it again")
