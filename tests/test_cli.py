@@ -262,3 +262,19 @@ def test_prune_command_saves_a_pt2_program(tiny_data, tmp_path):
     named = invoke("prune", "toy_models:tiny_cnn", "--calib", tiny_data["calib"], "--input-shape", "1,3,32,32",
                    "--prune", "0.5", "--save", tmp_path / "p.onnx")
     assert named.exit_code == 2 and ".pt2" in named.output and not (tmp_path / "p.onnx").exists()
+
+
+def test_bundle_readme_kotlin_states_the_preprocessing_numbers():
+    """The TFLite README's snippet said 'resize None, centre crop None' and no mean or std for the defaults."""
+    from edgepack.bundle.readme import _kotlin
+
+    q = {"scale": 0.0157, "zero_point": -1}
+    man = {"runtime": {"threads": 2},
+           "preprocess": {"resize": None, "crop": None, "scale": 1.0, "mean": [127.0, 127.0, 127.0],
+                          "std": [128.0, 128.0, 128.0], "channel_order": "RGB"}}
+    model = {"inputs": [{"shape": [1, 224, 224, 3], "dtype": "int8", "layout": "NHWC", "quantization": q}],
+             "outputs": [{"shape": [1, 1000], "dtype": "int8", "quantization": q}]}
+    text = _kotlin(man, model)
+    assert "None" not in text
+    assert "resized to 256 px" in text and "centre crop 224 x 224" in text
+    assert "mean [127.0, 127.0, 127.0]" in text and "std [128.0, 128.0, 128.0]" in text

@@ -10,7 +10,8 @@ val options = Interpreter.Options().apply {{ setNumThreads({threads}) }}   // XN
 val interpreter = Interpreter(FileUtil.loadMappedFile(context, "model.tflite"), options)
 
 // Input: {in_shape} {in_dtype}, layout {in_layout}. Preprocess each pixel as the manifest says
-// (resize {resize}, centre crop {crop}, x = (pixel * {scale} - mean) / std), then quantize:
+// ({order}; short side resized to {resize} px, centre crop {crop}, x = (pixel * {scale} - mean) / std per channel,
+// mean {mean}, std {std}), then quantize:
 //   q = round(x / {in_scale}) + {in_zero}, clamped to the {in_dtype} range.
 val input = ByteBuffer.allocateDirect({in_bytes}).order(ByteOrder.nativeOrder())
 // ... input.put(q.toByte()) for every value, H x W x C order ...
@@ -82,11 +83,23 @@ def _kotlin(man: dict, m: dict) -> str:
         n_in *= int(d) if isinstance(d, int) else 1
     for d in out["shape"]:
         n_out *= int(d) if isinstance(d, int) else 1
+    resize, crop = _effective_crop(pre, inp)
     return KOTLIN.format(threads=man["runtime"]["threads"], in_shape=inp["shape"], in_dtype=inp["dtype"],
-                         in_layout=inp.get("layout"), resize=pre.get("resize"), crop=pre.get("crop"),
-                         scale=pre.get("scale"), in_scale=in_scale, in_zero=in_zero, in_bytes=n_in,
+                         in_layout=inp.get("layout"), resize=resize, crop=crop, scale=pre.get("scale"),
+                         order=pre.get("channel_order", "RGB"), mean=list(pre.get("mean") or []),
+                         std=list(pre.get("std") or []), in_scale=in_scale, in_zero=in_zero, in_bytes=n_in,
                          out_bytes=n_out, out_shape=out["shape"], out_dtype=out["dtype"], out_scale=out_scale,
                          out_zero=out_zero)
+
+
+def _effective_crop(pre: dict, inp: dict) -> tuple[int | str, str]:
+    """(short-side resize, "W x H" centre crop) as the runner applies them (run.py's preprocess: the crop defaults
+    to the input's height, the resize to crop / 0.875), for an NHWC or NCHW image input."""
+    shape = [int(d) if isinstance(d, int) else 0 for d in inp["shape"]]
+    height, width = (shape[1], shape[2]) if inp.get("layout") == "NHWC" else (shape[-2], shape[-1])
+    crop_h = pre.get("crop") or height
+    crop_w = max(1, round(crop_h * width / height)) if height else crop_h
+    return pre.get("resize") or int(round(crop_h / 0.875)), f"{crop_w} x {crop_h}"
 
 
 _ENCODING = {"input_ids": "enc.ids", "attention_mask": "enc.attentionMask", "token_type_ids": "enc.typeIds"}
