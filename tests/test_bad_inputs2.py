@@ -583,3 +583,23 @@ def test_nhwc_input_shape_is_named_not_an_internal_error(tmp_path):
 
     assert _csv(int)(None, None, "[1, 3, 224, 224]") == [1, 3, 224, 224]
     assert _csv(int)(None, None, "1x3x224x224") == [1, 3, 224, 224]
+
+
+def test_input_shape_against_an_onnx_files_fixed_dims_is_an_input_error(tmp_path):
+    """--input-shape 1,3,40,40 on a model fixed at [N, 3, 32, 32] failed in the FP32 check (exit 4) with ONNX
+    Runtime's message cut before the indices it names."""
+    import torch
+
+    model = tmp_path / "fixed.onnx"
+    torch.onnx.export(torch.nn.Conv2d(3, 4, 3), torch.zeros(1, 3, 32, 32), str(model), dynamo=False,
+                      input_names=["x"], dynamic_axes={"x": {0: "n"}})
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(8):
+        Image.fromarray(np.full((50, 50, 3), 30 * i, np.uint8)).save(folder / f"{i}.png")
+    result = CliRunner().invoke(main, ["build", str(model), "--input-shape", "1,3,40,40", "--calib",
+                                       str(folder), "--target", "x86-64", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2, result.output
+    assert "dimension 2 is 32 (asked 40)" in result.output and "dimension 3 is 32 (asked 40)" in result.output

@@ -128,6 +128,8 @@ def prepare_source(src: Path, dst: Path, *, input_shape: tuple[int, ...], opset:
             if not d.HasField("dim_value") or d.dim_value <= 0:
                 d.dim_value = int(want)   # assigning dim_value clears dim_param (a oneof)
                 done["pinned_dims"].append(i)
+            elif d.dim_value != int(want):
+                done.setdefault("fixed_dims_differ", []).append([i, int(d.dim_value), int(want)])
     current = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if current is not None and current < MIN_QDQ_OPSET:
         try:

@@ -26,6 +26,13 @@ def run(ctx: BuildContext) -> None:
     if ctx.model.kind == "onnx":  # dynamic dims pinned, an old opset converted (per-channel QDQ needs 13)
         ctx.records["onnx_source"] = onnx_backend.prepare_source(ctx.model.onnx_path, raw,
                                                                  input_shape=ctx.input_shape, opset=ctx.target.opset)
+        differ = ctx.records["onnx_source"].pop("fixed_dims_differ", None)
+        if differ and ctx.config.input_shape:
+            fixed = ", ".join(f"dimension {i} is {have} (asked {want})" for i, have, want in differ)
+            raise InputError(f"--input-shape {','.join(map(str, ctx.input_shape))} does not fit "
+                             f"{ctx.model.onnx_path.name}: its input's {fixed}",
+                             hint="pass the shape the model was exported at; only its dynamic dimensions can "
+                                  "be chosen")
     else:
         ctx.progress("exporting to ONNX", 0, 1)
         _export(ctx, ctx.model.module, raw)
