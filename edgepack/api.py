@@ -124,7 +124,7 @@ def _check_output(out: Path, force: bool, inputs=()) -> None:
     for path in (out, out.with_name(out.name + ".zip")):
         if path.exists() and not force:
             raise OutputError(f"output {path} already exists", hint="pass --force to replace it, or another --out")
-        safety.check_replaceable(path)
+        safety.check_replaceable(path, zip_of=out.name if path != out else None)
     parent = out.parent if str(out.parent) else Path(".")
     probe_dir = next((p for p in (parent, *parent.parents) if p.exists()), Path("."))
     try:  # a real write probe: os.access says yes to root even where writes fail (read-only fs, /proc)

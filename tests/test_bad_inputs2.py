@@ -525,22 +525,31 @@ def test_torch_inductor_cache_made_in_a_work_folder_does_not_bring_it_back(tmp_p
     assert not work.exists() and not str(cache_dir()).startswith(str(work))
 
 
-@pytest.mark.parametrize("kind", ["file", "symlink"])
-def test_force_replacing_a_file_or_link_leaves_no_old_copy(kind, tiny_data, tmp_path):
+def test_force_replacing_a_link_leaves_no_old_copy_and_keeps_its_target(tiny_data, tmp_path):
     out = tmp_path / "o" / "b"
     out.parent.mkdir()
-    if kind == "file":
-        out.write_text("an old file")
-    else:
-        (tmp_path / "elsewhere").mkdir()
-        out.symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "elsewhere").mkdir()
+    out.symlink_to(tmp_path / "elsewhere")
     result = CliRunner().invoke(main, ["build", M, *SHAPE, "--calib", str(tiny_data["calib"]), "--out", str(out),
                                        "--force", *FAST, "--quiet"])
     assert result.exit_code in (0, 1), result.output
     assert (out / "manifest.json").is_file()
     assert sorted(p.name for p in out.parent.iterdir()) == ["b", "b.zip"]
-    if kind == "symlink":
-        assert (tmp_path / "elsewhere").is_dir()
+    assert (tmp_path / "elsewhere").is_dir()
+
+
+@pytest.mark.parametrize("which", ["folder name", "zip name"])
+def test_force_never_replaces_a_users_plain_file(which, tiny_data, tmp_path):
+    """A bundle is a folder and its zip holds b/manifest.json: a user's file under either name is not edgepack's
+    to replace, even with --force (the journey run lost a file named like --out this way)."""
+    out = tmp_path / "b"
+    victim = out if which == "folder name" else tmp_path / "b.zip"
+    victim.write_text("a user's notes")
+    result = CliRunner().invoke(main, ["build", M, *SHAPE, "--calib", str(tiny_data["calib"]), "--out", str(out),
+                                       "--force", *FAST, "--quiet"])
+    assert result.exit_code == 3, result.output
+    assert "replaces bundles only" in result.output
+    assert victim.read_text() == "a user's notes"
 
 
 def test_a_dynamic_onnx_model_pinned_to_the_profiles_shape_says_to_pass_input_shape(image_folder, tmp_path):

@@ -195,6 +195,18 @@ def test_existing_output_is_refused_without_force(built, tiny_data):
     assert result.exit_code == 3 and "already exists" in result.output and "--force" in result.output
 
 
+@pytest.mark.parametrize("args, code, kind", [
+    (["build", "missing.onnx", "--target", "x86-64", "--json"], 2, "InputError"),
+    (["build", "missing.onnx", "--no-such-flag", "--json"], 2, "UsageError"),
+    (["targets", "show", "no-such-device", "--json"], 2, "InputError"),
+])
+def test_json_commands_say_why_they_failed_on_stdout(args, code, kind):
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == code, result.output
+    error = json.loads(result.stdout)["error"]
+    assert error["type"] == kind and error["exit_code"] == code and error["message"]
+
+
 def test_profile_with_both_formats_builds_and_validates_both(tiny_data, tmp_path):
     """One build, two models (ONNX and full-integer TFLite), each with its own budget table."""
     text = (Path(__file__).resolve().parents[1] / "targets" / "android-arm64.toml").read_text()

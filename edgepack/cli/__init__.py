@@ -87,23 +87,26 @@ def run_command(ctx: click.Context, fn: Any) -> Any:
     from edgepack.guards import interrupts, resources
 
     debug = ctx.find_root().params.get("debug", False)
+    as_json = bool(ctx.params.get("as_json"))
     _handle_signals()
     try:
         return fn()
     except EdgepackError as exc:
-        _fail(exc, debug)
+        _fail(exc, debug, as_json)
     except KeyboardInterrupt as exc:
-        _fail(interrupts.error_for(exc), debug)
+        _fail(interrupts.error_for(exc), debug, as_json)
     except click.exceptions.Exit:
         raise
     except Exception as exc:  # a bug: say so, show the trace only with --debug
         translated = _stdout_error(exc) or resources.translate(exc)  # no memory, disk, file size: not a bug
         if translated is not None:
-            _fail(translated, debug)
+            _fail(translated, debug, as_json and not isinstance(exc, OSError))
         if debug:
             raise
-        _say(f"Error: internal error: {type(exc).__name__}: {exc}", "Hint: run again with --debug and report the "
-             "traceback")
+        message, hint = f"internal error: {type(exc).__name__}: {exc}", "run again with --debug and report the traceback"
+        _say(f"Error: {message}", f"Hint: {hint}")
+        if as_json:
+            _json_error(message, hint, EXIT_INTERNAL, "InternalError")
         sys.exit(EXIT_INTERNAL)
 
 
@@ -146,17 +149,41 @@ def _drop_unwritable_stdout() -> None:
             pass
 
 
-def _fail(exc: EdgepackError, debug: bool) -> None:
+def _fail(exc: EdgepackError, debug: bool, as_json: bool = False) -> None:
     if debug:
         import traceback
 
         traceback.print_exc()
     _say(f"Error: {exc.message}", *([f"Hint: {exc.hint}"] if exc.hint else []))
+    if as_json:
+        _json_error(exc.message, exc.hint, exc.exit_code, type(exc).__name__)
     _drop_unwritable_stdout()
     sys.exit(exc.exit_code)
 
 
-@click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+def _json_error(message: str, hint: str | None, exit_code: int, kind: str) -> None:
+    """With --json, a failure is a JSON object on stdout too, so a CI script that parses stdout reads why."""
+    try:
+        click.echo(json.dumps({"error": {"message": message, "hint": hint, "exit_code": exit_code, "type": kind}},
+                              indent=2))
+    except OSError:
+        pass
+
+
+class _Group(click.Group):
+    """A usage error (unknown option, bad value) of a command run with --json is also a JSON object on stdout."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        wants_json = "--json" in [*getattr(ctx, "_protected_args", []), *ctx.args]
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            if wants_json:
+                _json_error(exc.format_message(), "see --help", exc.exit_code, "UsageError")
+            raise
+
+
+@click.group(cls=_Group, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edgepack")
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
 def main(debug: bool) -> None:

@@ -69,14 +69,34 @@ def check_output(out: Path, inputs: Iterable[tuple[str, str | Path | None]]) -> 
                                       "its own input", hint="choose an --out folder apart from every input")
 
 
-def check_replaceable(out: Path) -> None:
-    """With --force, replace only what edgepack wrote: a file, a link, an empty folder or a bundle folder."""
-    if out.is_symlink() or not out.is_dir():
+def check_replaceable(out: Path, *, zip_of: str | None = None) -> None:
+    """With --force, replace only what edgepack wrote: a bundle folder (or an empty one), a bundle's .zip
+    (``zip_of``: the bundle folder's name, which the zip's entries sit under), or a link (the link itself is
+    replaced, never what it points to). A user's file or folder that happens to carry the name is refused."""
+    if out.is_symlink() or not out.exists():
         return
-    if (out / "manifest.json").is_file() or not any(out.iterdir()):
-        return
-    raise OutputError(f"--out {out} is a folder that is not an edgepack bundle (no manifest.json): --force "
-                      "replaces bundles only", hint="choose another --out, or remove the folder yourself")
+    if zip_of is not None:
+        if out.is_file() and _is_bundle_zip(out, zip_of):
+            return
+        raise OutputError(f"{out} is not an edgepack bundle's zip (no {zip_of}/manifest.json inside): --force "
+                          "replaces bundles only", hint="choose another --out, or move the file yourself")
+    if out.is_dir():
+        if (out / "manifest.json").is_file() or not any(out.iterdir()):
+            return
+        raise OutputError(f"--out {out} is a folder that is not an edgepack bundle (no manifest.json): --force "
+                          "replaces bundles only", hint="choose another --out, or remove the folder yourself")
+    raise OutputError(f"--out {out} is a file, not an edgepack bundle folder: --force replaces bundles only",
+                      hint="choose another --out (a bundle is a folder), or move the file yourself")
+
+
+def _is_bundle_zip(path: Path, root: str) -> bool:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return f"{root}/manifest.json" in zf.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
 
 
 def safe_member_name(name: object) -> bool:
