@@ -225,6 +225,10 @@ def test_outputs_keep_the_source_models_order(tmp_path):
     with torch.no_grad():
         want = [t.numpy() for t in net(torch.from_numpy(x))]
     assert [o["shape"][-1] for o in bk.io_details(path)["outputs"]] == [4, 2]
+    graph = onnx.load(str(onnx_path)).graph  # io tensors carry the source's names, not PartitionedCall:N
+    io = bk.io_details(path)
+    assert [o["name"] for o in io["outputs"]] == [o.name for o in graph.output]
+    assert [i["name"] for i in io["inputs"]] == ["input"]
     for got, ref in zip(bk.TFLiteRunner(path).run_outputs(x), want, strict=True):
         np.testing.assert_allclose(got, ref, atol=1e-4)
     spec = importlib.util.spec_from_file_location("bundle_run_order", Path(bk.__file__).parents[1] / "bundle" /

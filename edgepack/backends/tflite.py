@@ -86,10 +86,11 @@ def convert(onnx_path: Path, workdir: Path, calib: np.ndarray | None, *, io_dtyp
         say("TFLite: converting FP32")
         mark("TFLite converter: FP32")
         data = _run_converter(saved_model, None, io_dtype, strict=True)
-        return _write(workdir / f"{onnx_path.stem}_fp32.tflite", data)
+        return _write(workdir / f"{onnx_path.stem}_fp32.tflite", data, onnx_path)
     say(f"TFLite: full-integer INT8 with {len(calib)} calibration samples, io {io_dtype}")
     mark("TFLite converter: calibrate and quantize to INT8")
-    out = _write(workdir / f"{onnx_path.stem}_int8.tflite", _int8_bytes(saved_model, calib, io_dtype, float_tail))
+    out = _write(workdir / f"{onnx_path.stem}_int8.tflite", _int8_bytes(saved_model, calib, io_dtype, float_tail),
+                 onnx_path)
     tail = float_tail_nodes(out.read_bytes()) if float_tail else []  # named as in the written model
     if tail:
         _record_prep(workdir, float_tail=tail)
@@ -238,7 +239,7 @@ def convert_text_int8(onnx_path: Path, workdir: Path, mode: str, calib: dict[str
     saved_model = _saved_model(Path(onnx_path), Path(workdir), None, lambda msg: None)
     data = _run_converter(saved_model, calib if mode == "full-integer" else None, "float32", strict=True,
                           weights_only=mode == "dynamic-range")
-    return _write(Path(workdir) / f"{Path(onnx_path).stem}_int8_{mode}.tflite", data)
+    return _write(Path(workdir) / f"{Path(onnx_path).stem}_int8_{mode}.tflite", data, onnx_path)
 
 
 def _check_args(onnx_path: Path, calib: np.ndarray | None, io_dtype: str) -> None:
@@ -599,12 +600,20 @@ def _without_delegate_banner():
                 os.write(2, rest)
 
 
-def _write(path: Path, data: bytes) -> Path:
-    """Write the converter's bytes, compacted (`tflite_compact`: the same model, repeated vectors stored once),
-    atomically-enough (temp file then rename) and return the path."""
+def _write(path: Path, data: bytes, onnx_path: Path | None = None) -> Path:
+    """Write the converter's bytes, compacted (`tflite_compact`: the same model, repeated vectors stored once, io
+    tensors named as in `onnx_path`), atomically-enough (temp file then rename) and return the path."""
     from edgepack.backends import tflite_compact
 
-    data = tflite_compact.compact(data)
+    names: dict[str, list[str]] = {}
+    if onnx_path is not None:
+        import onnx
+
+        graph = onnx.load(str(onnx_path), load_external_data=False).graph
+        inits = {i.name for i in graph.initializer}
+        names = {"input_names": [i.name for i in graph.input if i.name not in inits],
+                 "output_names": [o.name for o in graph.output]}
+    data = tflite_compact.compact(data, **names)
     tmp = path.with_suffix(".tmp")
     tmp.write_bytes(data)
     tmp.replace(path)

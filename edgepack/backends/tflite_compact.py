@@ -27,9 +27,15 @@ _MAX_FLATBUFFER = 2**31 - 2**20  # larger models keep their weights outside the 
 _BUFFER_ALIGN = 16  # the converter's alignment of constant data
 
 
-def compact(data: bytes) -> bytes:
+def compact(data: bytes, input_names: list[str] | None = None, output_names: list[str] | None = None) -> bytes:
     """``data`` (a .tflite flatbuffer) rewritten smaller with every tensor, op and value unchanged; ``data`` itself
-    when it cannot be (a model beyond the FlatBuffer size limit, or one this LiteRT's schema cannot read)."""
+    when it cannot be (a model beyond the FlatBuffer size limit, or one this LiteRT's schema cannot read).
+
+    ``input_names`` / ``output_names`` (the source ONNX graph's, in its order) rename the graph's io tensors, which
+    the converter calls ``serving_default_input:0`` and ``PartitionedCall:N`` (what an Android app's
+    ``getOutputTensor(i).name()`` and Netron show): the serving signature's ``output_k`` takes the k-th output
+    name; an input takes its signature key's name when the ONNX graph has an input of that name. The signature
+    keys themselves are kept (runners order outputs by them)."""
     if len(data) >= _MAX_FLATBUFFER:
         return data
     from ai_edge_litert.tools import flatbuffer_utils
@@ -38,6 +44,7 @@ def compact(data: bytes) -> bytes:
         model = flatbuffer_utils.read_model_from_bytearray(bytearray(data))
         if any(b.offset for b in model.buffers or ()):
             return data
+        _name_io(model, input_names or [], output_names or [])
         _shorten_names(model)
         builder = _SharingBuilder(max(1024, len(data) // 2))
         builder.Finish(model.Pack(builder), file_identifier=_FILE_IDENTIFIER)
@@ -46,6 +53,29 @@ def compact(data: bytes) -> bytes:
         log.warning("TFLite file left as the converter wrote it (compaction failed: %s)", exc)
         return data
     return out if len(out) < len(data) else data
+
+
+def _name_io(model, input_names: list[str], output_names: list[str]) -> None:
+    """Give the main subgraph's io tensors the source model's names, through the serving signature."""
+    if not model.signatureDefs or not model.subgraphs:
+        return
+    sig = next((d for d in model.signatureDefs if d.signatureKey == b"serving_default"), model.signatureDefs[0])
+    graph = model.subgraphs[sig.subgraphIndex or 0]
+    rename: dict[int, bytes] = {}
+    for item in sig.inputs or ():
+        if item.name.decode() in input_names:
+            rename[int(item.tensorIndex)] = item.name
+    outs = {item.name.decode(): int(item.tensorIndex) for item in sig.outputs or ()}
+    if sorted(outs) == sorted(f"output_{k}" for k in range(len(output_names))):
+        rename.update({outs[f"output_{k}"]: name.encode() for k, name in enumerate(output_names) if name})
+    io = {int(i) for i in graph.inputs} | {int(o) for o in graph.outputs}
+    if not set(rename) <= io or len(set(rename.values())) != len(rename):
+        return
+    taken = {t.name for k, t in enumerate(graph.tensors) if k not in rename}
+    if taken & set(rename.values()):  # an inner tensor already has the name: keep the converter's names
+        return
+    for k, name in rename.items():
+        graph.tensors[k].name = name
 
 
 def _shorten_names(model) -> None:
