@@ -149,6 +149,45 @@ def test_verify_detects_an_edited_manifest_that_is_still_valid_json(built, tmp_p
     assert invoke("verify", copy).exit_code == 5
 
 
+def test_a_signed_bundle_verifies_only_for_its_signer_and_unedited(built, tmp_path):
+    """The self-digest cannot stop someone who recomputes it after an edit; a signature can. Real ssh-keygen
+    keys: the builder's signature passes, an edit with a recomputed digest fails, another key is not trusted."""
+    import shutil
+    import subprocess
+
+    from edgepack.util import manifest_json
+
+    out, _ = built
+    keys = {}
+    for who in ("builder", "stranger"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", who, "-f", str(tmp_path / who)],
+                       check=True)
+        keys[who] = (tmp_path / f"{who}.pub").read_text().split()
+    allowed = tmp_path / "allowed_signers"
+    allowed.write_text(f"ci@example.org {keys['builder'][0]} {keys['builder'][1]}\n")
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    shutil.copyfile(out.parent / "tiny.zip", tmp_path / "copy.zip")
+    unsigned = invoke("verify", copy, "--allowed-signers", allowed)
+    assert unsigned.exit_code == 5 and "not signed" in unsigned.output
+    assert invoke("sign", copy, "--key", tmp_path / "builder").exit_code == 0
+    for bundle in (copy, tmp_path / "copy.zip"):  # the zip was rewritten with the signature in it
+        ok = invoke("verify", bundle, "--allowed-signers", allowed)
+        assert ok.exit_code == 0 and "signed by ci@example.org" in ok.output, ok.output
+    assert invoke("verify", copy).exit_code == 0  # without --allowed-signers the .sig is listed, not refused
+    man = json.loads((copy / "manifest.json").read_text())
+    man["passed"] = not man["passed"]
+    (copy / "manifest.json").write_text(manifest_json(man))
+    assert invoke("verify", copy).exit_code == 0  # the digest alone cannot tell
+    edited = invoke("verify", copy, "--allowed-signers", allowed)
+    assert edited.exit_code == 5 and "does not verify" in edited.output
+    man["passed"] = not man["passed"]
+    (copy / "manifest.json").write_text(manifest_json(man))
+    assert invoke("sign", copy, "--key", tmp_path / "stranger").exit_code == 0
+    stranger = invoke("verify", copy, "--allowed-signers", allowed)
+    assert stranger.exit_code == 5 and "not made by any key" in stranger.output
+
+
 def test_verify_refuses_zip_slip_and_links(built, tmp_path):
     import zipfile
 

@@ -113,7 +113,9 @@ def test_bench_over_ssh_measures_on_the_device_and_the_verdict_follows(sshd, bun
     assert (row["kind"], row["value"], row["passed"], man["passed"]) == ("measured-device", record["p50"], True, True)
 
     under = _copy(bundle, tmp_path / "b")
+    (under / "manifest.json.sig").write_text("a signature of the manifest before the record")
     man = update.record_device_measurement(under, record, max_latency_ms=record["p50"] * 0.5)
+    assert not (under / "manifest.json.sig").exists()  # it signed the old manifest: a stale one is dropped
     row = next(b for b in man["validation"]["budgets"] if b["name"] == "latency_p50_ms")
     assert (row["kind"], row["passed"], man["passed"]) == ("measured-device", False, False)
     assert man["models"][0]["validation"]["latency_ms"]["device"]["kind"] == "measured-device"

@@ -18,6 +18,8 @@ from edgepack.errors import InputError, VerifyError
 from edgepack.guards import safety, tempdirs
 from edgepack.util import MANIFEST_DIGEST, manifest_digest, sha256_file
 
+SIGNATURE = "manifest.json.sig"  # edgepack.bundle.signing writes it; not listed in the manifest it signs
+
 MAX_ZIP_ENTRIES = 1000
 MAX_ZIP_BYTES = 4 << 30
 REQUIRED = {"schema": str, "name": str, "target": dict, "model": dict, "models": list, "inputs": list,
@@ -100,11 +102,15 @@ def _load_manifest(folder: Path) -> dict:
     return check_manifest(man, str(mpath))
 
 
-def verify(path: Path) -> list[str]:
-    """Check digests of every file, no extra files, then the golden output. Returns report lines."""
+def verify(path: Path, allowed_signers: Path | None = None, identity: str | None = None) -> list[str]:
+    """Check digests of every file, no extra files, then the golden output; with ``allowed_signers``, first that
+    manifest.json.sig is a trusted key's signature of the manifest (edgepack.bundle.signing). Report lines."""
+    from edgepack.bundle import signing
+
     with opened(path) as folder:
+        signed = [signing.check(folder, allowed_signers, identity)] if allowed_signers is not None else []
         man = _load_manifest(folder)
-        lines = _check_files(folder, man)
+        lines = signed + _check_files(folder, man)
         lines += _check_golden(folder, man)
     from edgepack.bundle import report
 
@@ -136,7 +142,10 @@ def _check_files(folder: Path, man: dict) -> list[str]:
             lines.append(f"ok  {name}  sha256 {entry['sha256'][:16]}...")
     extra = sorted((p for p in folder.iterdir() if p.name not in man["files"] and p.name != "manifest.json"),
                    key=lambda p: p.name)
-    for p in extra:   # code beside run.py would be imported by it; a photo or a list of inputs is the user's
+    for p in extra:
+        if p.name == SIGNATURE and p.is_file() and not p.is_symlink():
+            lines.append(f"--  {p.name}  signature of manifest.json (checked with --allowed-signers)")
+            continue   # code beside run.py would be imported by it; a photo or a list of inputs is the user's
         if p.is_dir() or p.is_symlink() or p.suffix.lower() in CODE_SUFFIXES:
             problems.append(f"{p.name}: not listed in the manifest")
         else:

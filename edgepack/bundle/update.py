@@ -7,16 +7,19 @@ report.html are re-rendered, file digests and the .zip are refreshed.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from edgepack.bundle import html as html_report
 from edgepack.bundle import report
 from edgepack.bundle.manifest_check import rendering
-from edgepack.bundle.read import read_manifest
+from edgepack.bundle.read import SIGNATURE, read_manifest
 from edgepack.bundle.write import write_zip
 from edgepack.errors import InputError
 from edgepack.tasks import budgets
 from edgepack.util import manifest_json, sha256_file, write_bytes_atomic
+
+log = logging.getLogger(__name__)
 
 KIND = "measured-device"
 
@@ -52,6 +55,9 @@ def record_device_measurement(bundle_dir: Path, record: dict, max_latency_ms: fl
         path = bundle_dir / name
         man["files"][name] = {"sha256": sha256_file(path), "size_bytes": path.stat().st_size}
     write_bytes_atomic(bundle_dir / "manifest.json", manifest_json(man).encode())
+    if (bundle_dir / SIGNATURE).is_file():  # it signed the manifest before this record: it no longer verifies
+        (bundle_dir / SIGNATURE).unlink()
+        log.warning("%s removed: the manifest changed; sign the bundle again (edgepack sign)", SIGNATURE)
     _refresh_zip(bundle_dir)
     return man
 

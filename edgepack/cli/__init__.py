@@ -583,15 +583,44 @@ def inspect(ctx: click.Context, bundle: str, as_json: bool) -> None:
 
 @main.command()
 @click.argument("bundle", type=click.Path())
+@click.option("--allowed-signers", type=click.Path(dir_okay=False), default=None,
+              help="Also require manifest.json.sig to be signed by a key in this OpenSSH allowed_signers file.")
+@click.option("--identity", default=None, help="The signer to require (default: whichever listed key signed it).")
 @click.pass_context
-def verify(ctx: click.Context, bundle: str) -> None:
-    """Check every file against the manifest's sha256, and the golden input/output."""
+def verify(ctx: click.Context, bundle: str, allowed_signers: str | None, identity: str | None) -> None:
+    """Check every file against the manifest's sha256, and the golden input/output.
+
+    The digests catch damage and careless edits; who built the bundle needs a signature
+    (edgepack sign) checked with --allowed-signers.
+    """
     from edgepack.bundle.read import verify as verify_bundle
 
     def body() -> None:
-        for line in verify_bundle(Path(bundle)):
+        signers = Path(allowed_signers) if allowed_signers else None
+        for line in verify_bundle(Path(bundle), allowed_signers=signers, identity=identity):
             click.echo(line)
-        click.echo("OK: bundle verified")
+        click.echo("OK: bundle verified" + (", signature trusted" if signers else ""))
+
+    run_command(ctx, body)
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("--key", required=True, type=click.Path(dir_okay=False),
+              help="Private OpenSSH key to sign with, e.g. ~/.ssh/id_ed25519 (ssh-agent keys work too).")
+@click.pass_context
+def sign(ctx: click.Context, bundle: str, key: str) -> None:
+    """Sign BUNDLE's manifest (OpenSSH signature, manifest.json.sig) after verifying it.
+
+    \b
+    Check on the receiving side with an allowed_signers file ('<identity> <public key>' per line):
+      edgepack verify BUNDLE --allowed-signers allowed_signers
+    """
+    from edgepack.bundle import signing
+
+    def body() -> None:
+        path = signing.sign(Path(bundle), Path(key))
+        click.echo(f"signed: {path}")
 
     run_command(ctx, body)
 
