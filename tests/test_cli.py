@@ -329,3 +329,55 @@ def test_bundle_readme_kotlin_states_the_preprocessing_numbers():
     assert "None" not in text
     assert "resized to 256 px" in text and "centre crop 224 x 224" in text
     assert "mean [127.0, 127.0, 127.0]" in text and "std [128.0, 128.0, 128.0]" in text
+
+
+def _readme_manifest(formats=("onnx",), task="detect", kind=None, tools=None) -> dict:
+    from edgepack.bundle.readme import render
+
+    q = {"scale": 0.02, "zero_point": 0}
+    inputs = [{"name": "input", "shape": [1, 3, 320, 320], "dtype": "float32", "layout": "NCHW"}]
+    models = [{"file": f"model.{fmt}", "format": fmt, "precision": "int8", "inputs": inputs,
+               "outputs": [{"name": "out", "shape": [1, 100, 7], "dtype": "float32", "quantization": q}]}
+              for fmt in formats]
+    pre = ({"kind": "text", "max_length": 32, "model_input_names": ["input_ids"]} if kind == "text" else
+           {"resize": None, "crop": None, "scale": 1 / 255, "mean": [0.0] * 3, "std": [1.0] * 3,
+            "channel_order": "RGB"})
+    man = {"name": "det", "target": {"name": "raspberry-pi-4"}, "runtime": {"threads": 4}, "models": models,
+           "preprocess": pre, "stages": {"task": {"name": task}},
+           "tools": {"numpy": "1.26.4", "onnxruntime": "1.23.0", "pillow": "11.3.0", "ai-edge-litert": "2.1.0",
+                     "tokenizers": "0.22.2", "python": "3.11.7", "torch": "2.14.1"} if tools is None else tools}
+    return render(man)
+
+
+def test_bundle_readme_says_what_to_pip_install_on_the_device_pinned_to_the_validated_versions():
+    """The bundle README never said what to install to run run.py on the device."""
+    both = _readme_manifest(("onnx", "tflite"))
+    assert "## Install on the device" in both and "Python 3.11.7" in both
+    assert "pip install onnxruntime==1.23.0 numpy==1.26.4 pillow==11.3.0    # model.onnx" in both
+    assert "pip install ai-edge-litert==2.1.0 numpy==1.26.4 pillow==11.3.0  # model.tflite" in both
+    assert "`pip install onnxruntime numpy pillow`" in both and "tflite-runtime" in both   # the unpinned fallback
+    assert "torch" not in both.split("## Install on the device")[1].split("```")[1]
+    text = _readme_manifest(("onnx",), task="classify", kind="text")
+    assert "pip install onnxruntime==1.23.0 numpy==1.26.4 tokenizers==0.22.2  # model.onnx" in text
+    assert "pillow" not in text and "tflite-runtime" not in text
+    # a manifest without the versions (an older bundle): the packages, unpinned
+    old = _readme_manifest(("tflite",), tools={})
+    assert "pip install ai-edge-litert numpy pillow  # model.tflite" in old
+
+
+def test_bundle_readme_says_where_a_detectors_boxes_are_and_how_to_change_its_score_threshold():
+    readme = _readme_manifest()
+    assert "x1 y1 x2 y2 in the photo's own pixels" in readme and "--model-frame" in readme
+    assert "(320 x 320)" in readme and "scoring 0.3 or more" in readme and "`--score-threshold S`" in readme
+    assert "from 0.05" in readme
+    assert "--score-threshold" not in _readme_manifest(task="classify")
+
+
+def test_tool_versions_record_what_run_py_imports():
+    """The README pins run.py's packages to the manifest's tool versions: every package it imports is recorded."""
+    from edgepack.bundle.readme import install_packages
+    from edgepack.bundle.report import TOOLS
+
+    for fmt in ("onnx", "tflite"):
+        for pre in ({}, {"kind": "text"}):
+            assert set(install_packages({"preprocess": pre}, fmt)) <= set(TOOLS)

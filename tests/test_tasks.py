@@ -4,6 +4,8 @@ and tiny seeded end-to-end builds (x86-64, ONNX)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -187,8 +189,6 @@ def test_probability_threshold_is_a_setting_used_by_metrics_and_the_runner():
         def outputs(self, feed):
             return [prob]
 
-    import sys
-
     sys.path.insert(0, str(Path(config.__file__).parent / "tasks"))  # postprocess.py sits beside run.py
     try:
         res = run.result({"name": "segment", "prob_threshold": 0.3}, "image", Model(), {}, "x.png", None, 5)
@@ -272,6 +272,128 @@ def test_detect_two_outputs_either_order():
     assert det.num_classes([(1, 16, 4), (1, 16, 3)]) == 3 and det.num_classes([(1, 16, 7)]) == 3
     with pytest.raises(InputError, match="do not fit the detect task"):
         det.check_outputs([(1, 10)], "m")
+
+
+# ---- the bundle's run.py on a detector: boxes in the photo's own pixels, score threshold -------------------
+
+
+def _run_py_module():
+    """The bundle runner template as a module (its functions, without running main)."""
+    import importlib.util
+
+    from edgepack.bundle.report import runner_template
+
+    spec = importlib.util.spec_from_file_location("bundle_run", runner_template())
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    return run
+
+
+def test_runner_box_mapping_undoes_the_geometry_validation_maps_labels_with():
+    """run.py's image-pixel boxes are the model's boxes through the inverse of labels.geometry, the transform
+    validation maps labelled boxes into the model input with (so mAP, in the model-input frame, is unchanged)."""
+    run = _run_py_module()
+    rng = np.random.default_rng(0)
+    for size, shape, pre in [((64, 48), (1, 3, 32, 32), Preprocess(resize=32)),
+                             ((480, 640), (1, 3, 320, 320), Preprocess()),
+                             ((1920, 1080), (1, 3, 192, 256), Preprocess(resize=200, crop=180)),
+                             ((333, 500), (1, 1, 48, 320), Preprocess(channel_order="L"))]:
+        geo = labels.geometry(size, shape, pre)
+        width, height = shape[-1], shape[-2]
+        xy = rng.uniform(0, 0.7, (50, 2)) * [width, height]
+        model_boxes = np.concatenate([xy, xy + rng.uniform(1, 0.3 * min(width, height), (50, 2))], 1)
+        photo = run.to_image(model_boxes, size, pre.to_dict(), shape)
+        np.testing.assert_allclose(labels.transform_boxes(photo, geo), model_boxes, atol=1e-6)
+        seen = run.to_image([[0, 0, width, height]], size, pre.to_dict(), shape)[0]
+        assert (seen >= 0).all() and seen[2] <= size[0] and seen[3] <= size[1]
+    # a box reaching past the model input ends at the photo's edge
+    far = run.to_image([[-500, -500, 900, 900]], (480, 640), Preprocess().to_dict(), (1, 3, 320, 320))[0]
+    assert far.tolist() == [0, 0, 480, 640]
+
+
+@pytest.fixture(scope="module")
+def detect_bundle(tmp_path_factory) -> tuple[Path, Path]:
+    """A detector bundle's runner files (run.py, postprocess.py, the FP32 TinyDetector as model.onnx, a manifest)
+    and a 64 x 48 photo: a red block that lands on the model's cell (1, 1), a dim green one scoring about 0.08."""
+    import shutil
+
+    import toy_models
+
+    from edgepack.backends import onnx as onnx_backend
+    from edgepack.bundle.report import runner_template
+    from edgepack.tasks import postprocess
+
+    folder = tmp_path_factory.mktemp("detect_bundle")
+    onnx_backend.export(toy_models.tiny_detector(), (1, 3, 32, 32), folder / "model.onnx", opset=17)
+    shutil.copyfile(runner_template(), folder / "run.py")
+    shutil.copyfile(postprocess.__file__, folder / "postprocess.py")
+    manifest = {"models": [{"format": "onnx", "file": "model.onnx"}], "runtime": {"threads": 1},
+                "inputs": [{"name": "input", "shape": [1, 3, 32, 32], "dtype": "float32", "layout": "NCHW"}],
+                "preprocess": Preprocess(resize=32, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)).to_dict(),
+                "labels": ["r", "g", "b"], "stages": {"task": {"name": "detect"}}}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    pixels = np.full((48, 64, 3), 40, np.uint8)
+    pixels[12:24, 19:31] = (230, 20, 20)   # x 19.35-31.26, y 12-24 is the model's cell x 8-16, y 8-16
+    pixels[24:36, 40:52] = (40, 96, 40)
+    photo = tmp_path_factory.mktemp("photo") / "photo.png"
+    _write_png(photo, pixels)
+    return folder, photo
+
+
+def _run_py(folder: Path, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "run.py", *map(str, args)], cwd=folder, capture_output=True, text=True,
+                          timeout=120, check=False)
+
+
+def test_detect_runner_prints_boxes_in_the_photos_own_pixels(detect_bundle):
+    """A user-journey run found run.py printing boxes in the 32 x 32 model input's pixels for a 64 x 48 photo,
+    saying so nowhere."""
+    from edgepack.backends import onnx as onnx_backend
+    from edgepack.inputs.data import preprocess_image
+
+    folder, photo = detect_bundle
+    res = _run_py(folder, photo)
+    assert res.returncode == 0, res.stderr
+    header, *rows = res.stdout.strip().splitlines()
+    assert header == ("1 detection scoring 0.3 or more; boxes x1 y1 x2 y2 in the image's own pixels (64 x 48); "
+                      "the model sees x 7-55, y 0-48 of the 64 x 48 image, scaled to 32 x 32")
+    assert len(rows) == 1 and " r " in rows[0]
+    printed = json.loads(_run_py(folder, photo, "--json").stdout)
+    assert printed["box_frame"] == "image" and printed["image_size"] == [64, 48]
+    assert printed["model_input_size"] == [32, 32] and printed["score_threshold"] == 0.3
+    box = printed["detections"][0]["box"]
+    # over the red block of the photo (the model's box is its cell, give or take a pixel: 1.5 photo pixels)
+    np.testing.assert_allclose(box, [19.35, 12, 31.26, 24], atol=1.6)
+    # --model-frame: the boxes validation decodes and scores, unchanged
+    raw = json.loads(_run_py(folder, photo, "--json", "--model-frame", "--score-threshold", "0.05").stdout)
+    assert raw["box_frame"] == "model_input"
+    pre = Preprocess(resize=32, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    want = Detect().decode(onnx_backend.Runner(folder / "model.onnx").run_outputs(
+        preprocess_image(photo, (1, 3, 32, 32), pre)[None]))[0]
+    np.testing.assert_allclose([d["box"] for d in raw["detections"]], want["boxes"], atol=0.01)
+    # the image-frame box is the model-frame one through the inverse of the labels' geometry
+    np.testing.assert_allclose(labels.transform_boxes([box], labels.geometry((64, 48), (1, 3, 32, 32), pre))[0],
+                               raw["detections"][0]["box"], atol=0.02)
+
+
+def test_detect_runner_score_threshold_is_an_option(detect_bundle):
+    """run.py printed every box from validation's 0.05 and had no way to change it; it prints from 0.3 now
+    (the report pictures' cut) and --score-threshold sets it."""
+    from edgepack.tasks import postprocess
+
+    folder, photo = detect_bundle
+    assert postprocess.DISPLAY_SCORE_THRESHOLD == 0.3 and postprocess.SCORE_THRESHOLD == 0.05
+    scores = {t: [d["score"] for d in json.loads(_run_py(folder, photo, "--json", *a).stdout)["detections"]]
+              for t, a in [(0.3, ()), (0.05, ("--score-threshold", "0.05")), (0.01, ("--score-threshold", "0.01"))]}
+    assert len(scores[0.3]) == 1 and len(scores[0.05]) == 2 and len(scores[0.01]) > 2   # the dim green block
+    for t, found in scores.items():
+        assert min(found) >= t and found == sorted(found, reverse=True)
+    assert scores[0.05] == [s for s in scores[0.01] if s >= 0.05]
+    helped = _run_py(folder, "--help")
+    assert "--score-threshold S" in helped.stdout and "default 0.3" in helped.stdout
+    assert "--model-frame" in helped.stdout
+    bad = _run_py(folder, photo, "--score-threshold", "5")
+    assert bad.returncode == 2 and "scores are 0-1" in bad.stderr
 
 
 # ---- task choice ----------------------------------------------------------------------------------------------
@@ -493,16 +615,15 @@ def test_detect_build_reports_map(tmp_path, factory, labels_of):
 
 
 def _runner_decodes_as_validation(bundle: Path, images: Path, pre: Preprocess) -> None:
-    """The bundle's run.py (with its copy of postprocess.py) prints the detections validation decodes."""
-    import subprocess
-    import sys
-
+    """The bundle's run.py (with its copy of postprocess.py) prints the detections validation decodes, in the
+    model input's pixels from validation's score threshold."""
     from edgepack.backends import onnx as onnx_backend
     from edgepack.inputs.data import preprocess_image
 
     image = sorted(images.iterdir())[3]
-    res = subprocess.run([sys.executable, "run.py", str(image), "--json"], cwd=bundle, capture_output=True,
-                         text=True, timeout=120, env={"PATH": "/usr/bin:/bin"})
+    res = subprocess.run([sys.executable, "run.py", str(image), "--json", "--model-frame", "--score-threshold",
+                          "0.05"], cwd=bundle, capture_output=True, text=True, timeout=120,
+                         env={"PATH": "/usr/bin:/bin"})
     assert res.returncode == 0, res.stderr
     printed = json.loads(res.stdout.strip().splitlines()[-1])["detections"]
     x = preprocess_image(image, (1, 3, 32, 32), pre)[None]

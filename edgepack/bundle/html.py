@@ -13,6 +13,7 @@ import io
 from typing import Any
 
 from edgepack.bundle.tables import TRIAL_HEADER, budget_rows, drop_text, summary_rows, trial_rows
+from edgepack.tasks import postprocess
 
 
 def _png(fig: Any) -> str:
@@ -92,7 +93,7 @@ def trials_plot(trials: list[dict]) -> str:
 
 
 PICTURES_FILE = "samples.png"   # FP32 vs INT8 masks or boxes on a few validation images (detect, segment)
-PICTURE_SCORE = 0.3             # boxes drawn from this score up
+PICTURE_SCORE = postprocess.DISPLAY_SCORE_THRESHOLD   # boxes drawn from this score up, as run.py prints them
 
 
 def task_pictures(p: dict) -> bytes:
@@ -104,8 +105,6 @@ def task_pictures(p: dict) -> bytes:
     import matplotlib.pyplot as plt
     import numpy as np
     from matplotlib.patches import Rectangle
-
-    from edgepack.tasks import postprocess
 
     x = np.asarray(p["x"], np.float32)
     lo, hi = x.min(axis=(1, 2, 3), keepdims=True), x.max(axis=(1, 2, 3), keepdims=True)

@@ -42,6 +42,64 @@ interpreter.runForMultipleInputsOutputs(inputs, mapOf(0 to output))
 ```"""
 
 
+#: what run.py imports to run each format (the runtime's pip name: it also takes tflite-runtime for .tflite)
+RUNTIME_PACKAGES = {"onnx": "onnxruntime", "tflite": "ai-edge-litert"}
+
+
+def install_packages(man: dict, fmt: str) -> list[str]:
+    """The pip packages run.py needs for format ``fmt``: the runtime, numpy, and pillow (images) or tokenizers
+    (text); postprocess.py, when there is one, needs numpy only."""
+    reader = "tokenizers" if man["preprocess"].get("kind") == "text" else "pillow"
+    return [RUNTIME_PACKAGES[fmt], "numpy", reader]
+
+
+def install_line(man: dict, fmt: str, pinned: bool = True) -> str:
+    """`pip install ...` for format ``fmt``, pinned to the versions the bundle was validated with (manifest
+    "tools": the build host's) where it records them."""
+    tools = man.get("tools") or {}
+    return "pip install " + " ".join(f"{p}=={tools[p]}" if pinned and tools.get(p) else p
+                                     for p in install_packages(man, fmt))
+
+
+def _install(man: dict) -> list[str]:
+    """The README's install section: a pinned line per shipped format, and the unpinned fallback."""
+    fmts = [m["format"] for m in man["models"]]
+    files = {m["format"]: m["file"] for m in man["models"]}
+    python = (man.get("tools") or {}).get("python")
+    lines = ["## Install on the device", "",
+             "run.py needs Python 3, numpy, the model's runtime and "
+             + ("tokenizers" if man["preprocess"].get("kind") == "text" else "pillow")
+             + " (no torch); the versions this bundle was validated with"
+             + (f" (on the build host, Python {python})" if python else "") + ":", "", "```"]
+    width = max(len(install_line(man, f)) for f in fmts)
+    lines += [f"{install_line(man, f):<{width}}  # {files[f]}" for f in fmts]
+    lines += ["```", "",
+              "Where a pinned version has no wheel for the device's Python or CPU, install the same packages "
+              "unpinned (" + ", ".join(f"`{install_line(man, f, pinned=False)}`" for f in fmts) + ") and check "
+              "them with `python3 run.py --golden`."
+              + (" run.py also takes `tflite-runtime` in place of `ai-edge-litert`." if "tflite" in fmts else ""),
+              ""]
+    return lines
+
+
+def _detect_notes(man: dict) -> list[str]:
+    """How a detector's run.py prints its boxes: frame and score threshold."""
+    from edgepack.tasks import postprocess
+
+    if ((man.get("stages") or {}).get("task") or {}).get("name") != "detect":
+        return []
+    inp = man["models"][0]["inputs"][0]
+    shape = [int(d) if isinstance(d, int) else 0 for d in inp["shape"]]
+    height, width = (shape[1], shape[2]) if inp.get("layout") == "NHWC" else (shape[-2], shape[-1])
+    return [f"Detections: one line per box scoring {postprocess.DISPLAY_SCORE_THRESHOLD} or more (change it with "
+            "`--score-threshold S`; validation's mAP counts every box from "
+            f"{postprocess.SCORE_THRESHOLD}, as COCO evaluation does), with its box x1 y1 x2 y2 in the photo's own "
+            "pixels: the resize and centre crop undone, clipped to the photo. The first line says the photo's size "
+            "and which part of it the model sees (the centre crop). `--model-frame` prints the boxes in the model "
+            f"input's pixels ({width} x {height}) instead, as the model outputs them and validation scores them; "
+            "`--json` gives the same fields (box_frame, image_size, model_sees, score_threshold).", ""]
+
+
 def _q(t: dict) -> tuple[str, str]:
     q = t.get("quantization")
     return (f"{q['scale']:.8g}", str(q["zero_point"])) if q else ("1 (float)", "0")
@@ -52,13 +110,14 @@ def render(man: dict) -> str:
     pre = man["preprocess"]
     lines = [f"# {man['name']} for {man['target']['name']}", "",
              "Built by edgepack. The verdict, budgets and measurements are in report.md / report.html and "
-             "manifest.json; check every file with `edgepack verify .`.", "",
+             "manifest.json; check every file with `edgepack verify .`.", "", *_install(man),
              "## Run on the device", "",
              "```", ('python3 run.py "a sentence" --time 100  # label scores and p50/p90 latency'
                       if pre.get("kind") == "text" else
                       "python3 run.py photo.jpg --time 100     # results and p50/p90 latency"),
              "python3 run.py --file inputs.txt        # one input per line, one JSON line each",
              "python3 run.py --golden                  # stored input -> stored output", "```", ""]
+    lines += _detect_notes(man)
     for m in man["models"]:
         lines += [f"## {m['file']} ({m['format']}, {m['precision']})", ""]
         for kind in ("inputs", "outputs"):

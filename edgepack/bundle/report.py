@@ -11,7 +11,7 @@ from edgepack.version import __version__
 
 SCHEMA = "edgepack.bundle/1"
 TOOLS = ("torch", "torchvision", "onnx", "onnxruntime", "onnxslim", "numpy", "pillow", "tensorflow",
-         "onnx2tf", "ai-edge-litert", "torch-pruning")
+         "onnx2tf", "ai-edge-litert", "torch-pruning", "tokenizers")
 MODEL_FILES = {"onnx": "model.onnx", "tflite": "model.tflite"}
 def runner_template() -> Path:
     """The device runner, one for every input kind and task: it picks its input and output code from the

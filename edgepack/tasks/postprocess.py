@@ -13,7 +13,8 @@ Segmentation outputs: (N, C, H, W) class scores (mask = argmax) or an (N, 1, H, 
 
 import numpy as np
 
-SCORE_THRESHOLD = 0.05
+SCORE_THRESHOLD = 0.05           # validation: mAP counts every box from here up, as COCO evaluation does
+DISPLAY_SCORE_THRESHOLD = 0.3    # the bundle's run.py prints (and report pictures draw) boxes from here up
 NMS_IOU = 0.5
 MAX_DETECTIONS = 100
 PROB_THRESHOLD = 0.5

@@ -8,6 +8,9 @@ pillow for image bundles or tokenizers for text bundles. No torch, no transforme
 
     python3 run.py photo.jpg                  # image classifier: top-5 classes (detectors: boxes; segmenters:
                                               #   class areas)
+    python3 run.py photo.jpg --score-threshold 0.5  # detectors: boxes scoring 0.5 or more (default 0.3), x1 y1
+                                              #   x2 y2 in photo.jpg's own pixels (--model-frame: the model
+                                              #   input's pixels, after resize and centre crop)
     python3 run.py "WINNER! Claim your prize" # text classifier: one JSON line of label scores
     python3 run.py --file inputs.txt          # one image path or sentence per line; one JSON line each
     python3 run.py photo.jpg --time 100       # also p50/p90 latency over 100 runs, ms
@@ -33,16 +36,24 @@ sys.dont_write_bytecode = True  # no __pycache__ in the bundle: `edgepack verify
 # --- inputs: a feed is {input name: array}; image bundles have one input, "input" ---------------------------
 
 
-def preprocess(path, pre, shape):
-    """Same steps as edgepack's data.preprocess_image: resize short side, centre crop, scale, normalise."""
-    from PIL import Image
-
+def _window(pre, shape):
+    """(crop width, crop height, short-side resize) for a model input (N, C, H, W): edgepack's data.crop_window."""
     height, width = int(shape[-2]), int(shape[-1])
     crop_h = pre["crop"] or height
     crop_w = max(1, round(crop_h * width / height))  # the crop has the input's aspect ratio
-    resize = pre["resize"] or int(round(crop_h / 0.875))
+    return crop_w, crop_h, pre["resize"] or int(round(crop_h / 0.875))
+
+
+def load_image(path, pre, shape):
+    """(model input (1, C, H, W) float32, the image's (width, height)): the same steps as edgepack's
+    data.preprocess_image: resize short side, centre crop, scale, normalise."""
+    from PIL import Image
+
+    height, width = int(shape[-2]), int(shape[-1])
+    crop_w, crop_h, resize = _window(pre, shape)
     with Image.open(path) as img:
         img = img.convert("L" if pre["channel_order"] == "L" else "RGB")
+        size = img.size
         scale = max(resize * crop_w / crop_h / img.size[0], resize / img.size[1])
         img = img.resize((max(crop_w, round(img.size[0] * scale)), max(crop_h, round(img.size[1] * scale))),
                          Image.Resampling.BILINEAR)
@@ -56,7 +67,33 @@ def preprocess(path, pre, shape):
     if pre["channel_order"] == "BGR":
         arr = arr[..., ::-1]
     arr = (arr * pre["scale"] - np.asarray(pre["mean"], np.float32)) / np.asarray(pre["std"], np.float32)
-    return np.ascontiguousarray(arr.transpose(2, 0, 1)[None], dtype=np.float32)
+    return np.ascontiguousarray(arr.transpose(2, 0, 1)[None], dtype=np.float32), size
+
+
+def preprocess(path, pre, shape):
+    """An image file -> (1, C, H, W) float32, as edgepack's data.preprocess_image makes it."""
+    return load_image(path, pre, shape)[0]
+
+
+def geometry(size, pre, shape):
+    """(sx, sy, left, top, fx, fy): load_image maps a point x of an image of ``size`` (width, height) to
+    x' = (x * sx - left) * fx in the model input (y alike), as edgepack's labels.geometry says for the labels
+    validation scores against."""
+    height, width = int(shape[-2]), int(shape[-1])
+    crop_w, crop_h, resize = _window(pre, shape)
+    scale = max(resize * crop_w / crop_h / size[0], resize / size[1])
+    rw, rh = max(crop_w, round(size[0] * scale)), max(crop_h, round(size[1] * scale))
+    return rw / size[0], rh / size[1], (rw - crop_w) // 2, (rh - crop_h) // 2, width / crop_w, height / crop_h
+
+
+def to_image(boxes, size, pre, shape):
+    """(M, 4) xyxy boxes in model-input pixels -> the image's own pixels (the resize and centre crop undone),
+    clipped to the image (width, height) = ``size``."""
+    sx, sy, left, top, fx, fy = geometry(size, pre, shape)
+    b = np.asarray(boxes, np.float64).reshape(-1, 4).copy()
+    b[:, [0, 2]] = np.clip((b[:, [0, 2]] / fx + left) / sx, 0, size[0])
+    b[:, [1, 3]] = np.clip((b[:, [1, 3]] / fy + top) / sy, 0, size[1])
+    return b
 
 
 class ImageReader:
@@ -69,9 +106,11 @@ class ImageReader:
         shape = first["shape"]  # a TFLite model's is NHWC: preprocess takes N, C, H, W
         self.pre = manifest["preprocess"]
         self.shape = [shape[0], shape[3], shape[1], shape[2]] if first.get("layout") == "NHWC" else shape
+        self.size = None  # the last image's (width, height)
 
     def __call__(self, path):
-        return {"input": preprocess(path, self.pre, self.shape)}
+        x, self.size = load_image(path, self.pre, self.shape)
+        return {"input": x}
 
 
 class TextReader:
@@ -276,18 +315,37 @@ def softmax(z):
     return e / e.sum()
 
 
-def result(task, kind, model, feed, item, labels, top):
-    """What one input gives, as a dict: the output code is chosen by the task, and for classes by the input."""
+def detect_result(outs, labels, score_threshold, frame):
+    """Detections scoring at least ``score_threshold``, boxes x1, y1, x2, y2. ``frame``: (image size, preprocess
+    record, model input shape NCHW, model_frame); boxes are in the image's own pixels (the preprocessing undone,
+    clipped to the image) or, with model_frame, in the model input's pixels as the model gives them (the frame
+    edgepack's validation scores them in, after mapping the labels into it)."""
+    import postprocess
+
+    size, pre, shape, model_frame = frame
+    det = postprocess.detections(outs, score_threshold)[0]
+    in_size = [int(shape[-1]), int(shape[-2])]
+    boxes = det["boxes"] if model_frame else to_image(det["boxes"], size, pre, shape)
+    seen = to_image([[0, 0, in_size[0], in_size[1]]], size, pre, shape)[0]
+    return {"box_frame": "model_input" if model_frame else "image", "image_size": list(size),
+            "model_input_size": in_size, "model_sees": [round(float(v), 2) for v in seen],
+            "score_threshold": score_threshold,
+            "detections": [{"class": int(c), "name": _name(labels, int(c)), "score": round(float(s), 4),
+                            "box": [round(float(v), 2) for v in b]}
+                           for b, s, c in zip(boxes, det["scores"], det["classes"])]}  # noqa: B905 (old Pythons)
+
+
+def result(task, kind, model, feed, item, labels, top, score_threshold=None, frame=None):
+    """What one input gives, as a dict: the output code is chosen by the task, and for classes by the input
+    (detectors: see detect_result)."""
     name = task.get("name") or "classify"
     if name in ("detect", "segment"):
         import postprocess
 
         outs = model.outputs(feed)
         if name == "detect":
-            det = postprocess.detections(outs)[0]
-            return {"detections": [{"class": int(c), "name": _name(labels, int(c)), "score": round(float(s), 4),
-                                    "box": [round(float(v), 2) for v in b]}
-                                   for b, s, c in zip(det["boxes"], det["scores"], det["classes"])]}  # noqa: B905
+            return detect_result(outs, labels, postprocess.DISPLAY_SCORE_THRESHOLD if score_threshold is None
+                                 else score_threshold, frame)
         threshold = task.get("prob_threshold")
         mask = postprocess.masks(outs[0], postprocess.PROB_THRESHOLD if threshold is None else threshold)[0]
         counts = np.bincount(mask.ravel())
@@ -312,6 +370,16 @@ def show(res):
     """The result as lines a person reads."""
     for r in res.get("top", []):
         print(f"{r['score']:10.4f}  {r['name']}")
+    if "detections" in res:
+        w, h = res["image_size"]
+        x1, y1, x2, y2 = res["model_sees"]
+        mw, mh = res["model_input_size"]
+        where = (f"the image's own pixels ({w} x {h})" if res["box_frame"] == "image" else
+                 f"the model input's pixels ({mw} x {mh}; --model-frame)")
+        n = len(res["detections"])
+        print(f"{n} detection{'' if n == 1 else 's'} scoring {res['score_threshold']:g} or more; boxes x1 y1 x2 y2 "
+              f"in {where}; the model sees x {x1:.0f}-{x2:.0f}, y {y1:.0f}-{y2:.0f} of the {w} x {h} image, "
+              f"scaled to {mw} x {mh}")
     for r in res.get("detections", []):
         print(f"{r['score']:8.4f}  {r['name']:<16} x1 {r['box'][0]:.1f} y1 {r['box'][1]:.1f} "
               f"x2 {r['box'][2]:.1f} y2 {r['box'][3]:.1f}")
@@ -385,7 +453,19 @@ def main():
     parser.add_argument("--out", metavar="OUT.npz", help="with --batch: where the outputs are saved")
     parser.add_argument("--all-outputs", action="store_true", help="with --batch: save every output, not the first")
     parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
+    if (manifest.get("stages", {}).get("task") or {}).get("name") == "detect":
+        import postprocess
+
+        parser.add_argument("--score-threshold", type=float, default=postprocess.DISPLAY_SCORE_THRESHOLD,
+                            metavar="S", help="print the boxes scoring at least S, 0-1 (default "
+                            f"%(default)s; validation's mAP counts every box from {postprocess.SCORE_THRESHOLD}, "
+                            "as COCO evaluation does)")
+        parser.add_argument("--model-frame", action="store_true", help="boxes in the model input's pixels "
+                            "(after resize and centre crop, as the model outputs them and validation scores them), "
+                            "not the image's own")
     args = parser.parse_args()
+    if not 0 <= getattr(args, "score_threshold", 0) <= 1:
+        parser.error(f"--score-threshold {args.score_threshold:g} is not a score: scores are 0-1")
     if args.batch and not args.out:
         parser.error("--batch needs --out")
     if args.all_outputs and not args.batch:
@@ -423,7 +503,9 @@ def execute(manifest, kind, args, parser):
     task = manifest.get("stages", {}).get("task") or {}   # name, and a segmenter's prob_threshold
     labels = manifest.get("labels")
     for item in items:
-        res = result(task, kind, model, reader(item), item, labels, args.top)
+        feed = reader(item)
+        frame = (reader.size, reader.pre, reader.shape, args.model_frame) if task.get("name") == "detect" else None
+        res = result(task, kind, model, feed, item, labels, args.top, getattr(args, "score_threshold", None), frame)
         if args.json or args.file:
             print(json.dumps(res if kind == "text" else {"input": item, **res}))
         else:
