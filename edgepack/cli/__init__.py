@@ -103,7 +103,8 @@ def run_command(ctx: click.Context, fn: Any) -> Any:
             _fail(translated, debug, as_json and not isinstance(exc, OSError))
         if debug:
             raise
-        message, hint = f"internal error: {type(exc).__name__}: {exc}", "run again with --debug and report the traceback"
+        message = f"internal error: {type(exc).__name__}: {exc}"
+        hint = "run again with --debug and report the traceback"
         _say(f"Error: {message}", f"Hint: {hint}")
         if as_json:
             _json_error(message, hint, EXIT_INTERNAL, "InternalError")
