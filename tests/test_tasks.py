@@ -731,3 +731,23 @@ def test_detect_build_for_tflite_finds_boxes_and_scores_whatever_their_order(tmp
     assert convs and all(tensors[op["outputs"][0]]["dtype"] == np.int8 for op in convs)
     kinds = {f.split(":")[0] for f in tflite.float_ops(out / "model.tflite")}
     assert {"LOGISTIC", "TANH"} <= kinds and not kinds & tflite.COMPUTE_OPS
+
+
+def test_outputs_that_ignore_the_input_are_said_and_a_working_model_is_not():
+    """A model whose FP32 outputs barely move with the input (untrained, weights not loaded, preprocessing that
+    flattens everything) makes INT8 agreement meaningless: the build says so. Real variation is left alone."""
+    from edgepack.stages.validate import input_independence
+
+    rng = np.random.default_rng(0)
+    bias = rng.normal(size=(1, 10))
+    flat = bias + 1e-6 * rng.normal(size=(32, 10))
+    said = input_independence(flat, "classify")
+    assert len(said) == 1 and "barely depends on the input" in said[0] and "32 validation samples" in said[0]
+    varied = rng.normal(size=(32, 10))
+    assert input_independence(varied, "classify") == []
+    one_class = varied + np.eye(10)[3] * 100  # it moves, but always says class 3
+    assert "predicts class 3 for every one" in input_independence(one_class, "classify", np.arange(32) % 4)[0]
+    assert input_independence(one_class, "classify", np.full(32, 3)) == []  # the labels agree: a one-class set
+    two = [rng.normal(size=(32, 4, 8)), bias.repeat(32, 0)]  # a detector whose second head is constant
+    assert [m.split(" barely")[0] for m in input_independence(two, "detect")] == ["FP32 output 1"]
+    assert input_independence(flat[:4], "classify") == []  # too few samples to tell

@@ -48,6 +48,9 @@ def validate_format(ctx: BuildContext, fmt: str) -> dict:
             ctx.val.x, progress=lambda i, n, s=step: ctx.progress(s, i, n),
             all_outputs=getattr(ctx.task, "all_outputs", False))
     result = ctx.task.quality(outs["fp32"], outs["int8"], ctx.val.truth)
+    if fmt == ctx.target.formats[0]:
+        for message in input_independence(outs["fp32"], ctx.task.name, ctx.val.truth):
+            ctx.warn(message)
     if ctx.task.name in PICTURE_TASKS and fmt == ctx.target.formats[0]:
         ctx.outputs["task_pictures"] = _pictures(ctx, outs)
     result["samples"] = len(ctx.val)
@@ -67,6 +70,48 @@ def validate_format(ctx: BuildContext, fmt: str) -> dict:
     result["passed"] = budgets.all_passed(result["budgets"])
     _speed_notes(ctx, fmt, result["latency_ms"])
     return result
+
+
+#: an FP32 output whose spread over the validation samples is below this fraction of its size ignores its input
+FLAT_SPREAD = 1e-3
+MIN_SAMPLES_FOR_FLATNESS = 8
+
+
+def input_independence(fp32, task: str, truth=None) -> list[str]:
+    """Warnings when the FP32 model's outputs barely depend on its input: an untrained or wrongly loaded model,
+    or preprocessing that flattens every sample. INT8 then agrees with FP32 on every sample and the verdict says
+    nothing (the journey run built random weights with near-tied logits and got no word of it).
+
+    An output is flat when, element by element, its standard deviation across the samples stays under
+    FLAT_SPREAD of its largest magnitude. A classifier is also flagged when its FP32 top-1 is one class on every
+    sample while the labels (if any) name several."""
+    import numpy as np
+
+    arrays = fp32 if isinstance(fp32, list) else [fp32]
+    n = len(arrays[0]) if arrays else 0
+    if n < MIN_SAMPLES_FOR_FLATNESS:
+        return []
+    said = []
+    for k, out in enumerate(arrays):
+        a = np.asarray(out, dtype=np.float64).reshape(n, -1)
+        size = float(np.abs(a).max()) if a.size else 0.0
+        spread = float(a.std(axis=0).max()) if a.size else 0.0
+        if size > 0 and spread <= FLAT_SPREAD * size:
+            which = f"output {k}" if len(arrays) > 1 else "the output"
+            said.append(f"FP32 {which} barely depends on the input: over the {n} validation samples it varies by "
+                        f"{spread / size:.1e} of its size, so INT8 agreement and SQNR say little here. Check that the "
+                        "trained weights are loaded (--weights) and the preprocessing (--mean, --std, --scale) is "
+                        "the model's")
+    if task == "classify" and not said and np.asarray(arrays[0]).ndim == 2:
+        top1 = np.asarray(arrays[0]).argmax(axis=1)
+        labels = None if truth is None else np.asarray(truth)
+        several = labels is None or (labels.ndim == 1 and len(np.unique(labels)) > 1)
+        if len(np.unique(top1)) == 1 and several:
+            said.append(f"FP32 predicts class {int(top1[0])} for every one of the {n} validation samples"
+                        + ("" if labels is None else f", whose labels name {len(np.unique(labels))} classes")
+                        + ": agreement with INT8 says little. Check the weights (--weights), --num-classes and the "
+                        "preprocessing (--mean, --std, --scale)")
+    return said
 
 
 def _quality_interval(ctx: BuildContext, fmt: str, result: dict, outs: dict) -> None:
