@@ -226,3 +226,37 @@ def test_bundle_runner_quantizes_a_tflite_input_as_edgepack_validated_it():
     model.it, model.inputs = Interpreter(), [detail]
     model._set({"input": x})
     np.testing.assert_array_equal(model.it.value, _quantize(x.transpose(0, 2, 3, 1), detail))
+
+
+def test_a_phone_photo_is_read_upright_by_edgepack_its_labels_and_the_bundle_runner(tmp_path):
+    """A phone stores a portrait photo sideways with EXIF orientation 6 (turn 90 degrees clockwise to show it).
+    Viewers and labelling tools show it upright; edgepack, the label geometry and run.py must read it so too,
+    or the model is calibrated, validated and run on a sideways picture."""
+    import importlib.util
+    from pathlib import Path
+
+    from PIL import Image
+
+    from edgepack.inputs import labels
+
+    upright = np.zeros((48, 32, 3), np.uint8)  # 32 wide, 48 tall as shown; red in the top third
+    upright[:16] = (255, 0, 0)
+    stored = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)  # what the phone writes: 48 x 32
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    sideways, plain = tmp_path / "phone.jpg", tmp_path / "upright.png"
+    stored.save(sideways, exif=exif, quality=100)
+    Image.fromarray(upright).save(plain)
+    pre = Preprocess(resize=32, crop=32, mean=(0.0,) * 3, std=(1.0,) * 3, scale=1.0)
+    got = data.image_pixels(sideways, SHAPE, pre).astype(int)
+    want = data.image_pixels(plain, SHAPE, pre).astype(int)
+    assert np.abs(got - want).mean() < 8  # JPEG noise only; sideways the red would be in a left/right band
+    assert got[:8, :, 0].mean() > 200 and got[-8:, :, 0].mean() < 50
+    assert labels._image_size(sideways) == (32, 48) and labels._image_size(plain) == (32, 48)
+    runner = Path(data.__file__).parents[1] / "bundle" / "templates" / "run.py"
+    spec = importlib.util.spec_from_file_location("bundle_run_exif", runner)
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    x, size = run.load_image(sideways, pre.to_dict(), list(SHAPE))
+    assert size == (32, 48)
+    np.testing.assert_allclose(x[0], data.preprocess_image(sideways, SHAPE, pre), atol=1e-5)

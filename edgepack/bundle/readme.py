@@ -9,8 +9,9 @@ KOTLIN = """\
 val options = Interpreter.Options().apply {{ setNumThreads({threads}) }}   // XNNPACK is on by default
 val interpreter = Interpreter(FileUtil.loadMappedFile(context, "model.tflite"), options)
 
-// Input: {in_shape} {in_dtype}, layout {in_layout}. Preprocess each pixel as the manifest says
-// ({order}; short side resized to {resize} px, centre crop {crop}, x = (pixel * {scale} - mean) / std per channel,
+// Input: {in_shape} {in_dtype}, layout {in_layout}. Turn a camera photo upright first (ExifInterface's
+// TAG_ORIENTATION, or CameraX's rotationDegrees), as edgepack read the photos it validated on. Then preprocess
+// each pixel as the manifest says ({order}; short side resized to {resize} px, centre crop {crop}, x = (pixel * {scale} - mean) / std per channel,
 // mean {mean}, std {std}), then quantize:
 //   q = round(x / {in_scale}) + {in_zero}, clamped to the {in_dtype} range.
 val input = ByteBuffer.allocateDirect({in_bytes}).order(ByteOrder.nativeOrder())

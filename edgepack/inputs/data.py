@@ -320,6 +320,16 @@ def _check_skipped(root: Path, role: str, skipped: list[str], total: int) -> Non
     log.warning("%s folder %s: skipped %d unreadable file(s), e.g. %s", role, root, len(skipped), skipped[0])
 
 
+def upright(img, image_ops):
+    """The image as viewers show it: turned by its EXIF orientation (phone photos store it sideways and say so).
+    Labels are drawn on the upright picture, and the bundle's run.py reads it the same way. A malformed EXIF
+    block leaves the picture as stored."""
+    try:
+        return image_ops.exif_transpose(img)
+    except Exception:  # noqa: BLE001 - Pillow raises several types for broken EXIF; the pixels are still fine
+        return img
+
+
 def _eight_bit(img):
     """A 16-bit (or 32-bit integer) greyscale image rescaled to 0-255, as 8-bit images are: Pillow's convert()
     would clip it at 255 and turn most of it white."""
@@ -358,12 +368,13 @@ def crop_window(height: int, width: int, crop: int | None, resize: int | None) -
 
 def image_pixels(path: Path, input_shape: tuple[int, ...], pre: Preprocess) -> np.ndarray:
     """Decode with Pillow, resize the short side, centre crop -> (H, W, C) uint8 in the model's channel order."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     height, width = int(input_shape[-2]), int(input_shape[-1])
     (crop_w, crop_h), resize = crop_window(height, width, pre.crop, pre.resize)
     try:
         with Image.open(path) as img:
+            img = upright(img, ImageOps)
             img = _eight_bit(img).convert("L" if pre.channel_order == "L" else "RGB")
             scale = max(resize * crop_w / crop_h / img.size[0], resize / img.size[1])
             img = img.resize((max(crop_w, round(img.size[0] * scale)), max(crop_h, round(img.size[1] * scale))),

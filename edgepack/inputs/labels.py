@@ -89,11 +89,22 @@ def _files(dataset, what: str) -> list[Path]:
     return [Path(f) for f in files]
 
 
+#: EXIF orientations that turn the stored picture a quarter turn (width and height swap when shown upright)
+QUARTER_TURNS = (5, 6, 7, 8)
+
+
 def _image_size(path: Path) -> tuple[int, int]:
+    """(width, height) as the image is shown: upright after its EXIF orientation, as the pixels are read
+    (data.image_pixels) and as labelling tools draw boxes on it."""
     from PIL import Image
 
     with Image.open(path) as img:
-        return img.size
+        w, h = img.size
+        try:
+            turned = img.getexif().get(0x0112) in QUARTER_TURNS
+        except Exception:  # noqa: BLE001 - broken EXIF: data.upright leaves such a picture as stored too
+            turned = False
+        return (h, w) if turned else (w, h)
 
 
 def _label_file(folder: Path, image: Path, suffix: str, kind: str) -> Path:

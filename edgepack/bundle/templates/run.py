@@ -47,11 +47,15 @@ def _window(pre, shape):
 def load_image(path, pre, shape):
     """(model input (1, C, H, W) float32, the image's (width, height)): the same steps as edgepack's
     data.preprocess_image: resize short side, centre crop, scale, normalise."""
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     height, width = int(shape[-2]), int(shape[-1])
     crop_w, crop_h, resize = _window(pre, shape)
     with Image.open(path) as img:
+        try:  # a phone photo upright (its EXIF orientation), as edgepack read the photos it validated on
+            img = ImageOps.exif_transpose(img)
+        except Exception:  # broken EXIF: as stored, as edgepack does
+            pass
         img = img.convert("L" if pre["channel_order"] == "L" else "RGB")
         size = img.size
         scale = max(resize * crop_w / crop_h / img.size[0], resize / img.size[1])
