@@ -149,6 +149,9 @@ def _prepare(config: BuildConfig, target: targets.TargetProfile, workdir: Path, 
         onnx_inputs = onnx_backend.io_details(model.onnx_path)["inputs"]
     kind.check(onnx_inputs)
     shape = kind.input_shape(fixed)
+    mismatch = kind.channel_mismatch(shape)
+    if mismatch and _reads_photos(config):  # .npz samples are already preprocessed: only run.py's photos suffer
+        raise InputError(mismatch[0], hint=mismatch[1])
     output_shapes = _output_shapes(model, kind, shape)
     task = tasks.get(config.task, config) if config.task else tasks.for_outputs(output_shapes)
     if hasattr(task, "check_outputs"):
@@ -162,12 +165,22 @@ def _prepare(config: BuildConfig, target: targets.TargetProfile, workdir: Path, 
     ctx = BuildContext(config=config, target=target, workdir=workdir, input_shape=shape, model=model, calib=calib,
                        val=val, inputs=kind, task=task, val_is_calibration=not config.val or same, labels=labels,
                        num_outputs=num_outputs, progress=progress)
+    if mismatch:
+        ctx.warn(f"{mismatch[0]}: the bundle's run.py reads photos with this channel order and will fail on them "
+                 f"(the .npz data was used as given); {mismatch[1]}")
     if not config.val:
         ctx.warn("no --val data: agreement is measured on the calibration samples, which flatters INT8")
     elif same:
         ctx.warn(f"--val {config.val} is the calibration data: INT8 is judged on the samples it was calibrated on, "
                  "which flatters it; validate on held-out data")
     return ctx
+
+
+def _reads_photos(config: BuildConfig) -> bool:
+    """Whether the build decodes images: a folder as --calib or --val, or the shipped calibration photos."""
+    if config.tokenizer:
+        return False
+    return config.calib is None or any(p and Path(p).is_dir() for p in (config.calib, config.val))
 
 
 def _same_data(calib: str | None, val: str | None) -> bool:

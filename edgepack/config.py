@@ -96,6 +96,8 @@ class PruneOptions:
                              "held-out positions)", True)
     reconstruct_samples: int = spec("calibration samples used for the reconstruction", 256, ge=1, le=100_000)
     finetune: FinetuneOptions | None = spec("recovery fine-tuning after pruning (None: none)", None)
+    max_drop: float | None = spec("budget: accuracy points the shipped INT8 model may lose against the unpruned "
+                                  "FP32 model, pruning and INT8 together (needs labelled --val)", None, ge=0)
 
 
 def options_from_mapping(data: dict[str, Any], *, where: str) -> PruneOptions:
@@ -217,8 +219,10 @@ def from_mapping(data: dict[str, Any], *, where: str) -> BuildConfig:
 def _check_preprocess(pre: Preprocess, where: str) -> None:
     channels = 1 if pre.channel_order == "L" else 3
     if len(pre.mean) != channels or len(pre.std) != channels:
+        grey = channels == 3 and len(pre.mean) == 1 and len(pre.std) == 1
         raise ConfigError(f"{where}: mean and std need {channels} values for channel_order {pre.channel_order}",
-                          hint="e.g. --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225")
+                          hint="for a grey (1-channel) model add --channel-order L" if grey else
+                          "e.g. --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225")
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:

@@ -612,3 +612,31 @@ def test_input_shape_against_an_onnx_files_fixed_dims_is_an_input_error(tmp_path
                                        str(folder), "--target", "x86-64", "--out", str(tmp_path / "o")])
     assert result.exit_code == 2, result.output
     assert "dimension 2 is 32 (asked 40)" in result.output and "dimension 3 is 32 (asked 40)" in result.output
+
+
+@pytest.mark.parametrize("shape, extra, says", [
+    ("1,1,16,16", [], "--channel-order L"),                                         # grey model, RGB default
+    ("1,3,32,32", ["--channel-order", "L", "--mean", "0.5", "--std", "0.5"], "--channel-order RGB"),
+])
+def test_a_channel_order_that_cannot_feed_the_model_is_an_input_error(shape, extra, says, image_folder, tmp_path):
+    """Photos read as RGB into a 1-channel input crashed (exit 70); grey photos copied into 3 channels passed the
+    build while the bundle's run.py fed one channel and crashed on the device. Both are now exit 2, before work."""
+    model = "toy_models:digits_cnn" if shape == "1,1,16,16" else M
+    res = CliRunner().invoke(main, ["build", model, "--input-shape", shape, "--calib", str(image_folder),
+                                    "--out", str(tmp_path / "b"), *extra, *FAST])
+    assert res.exit_code == 2, res.output
+    assert "channel" in res.output and says in res.output and not (tmp_path / "b").exists()
+
+
+def test_a_grey_model_built_from_npz_says_run_py_needs_the_channel_order(digits, tmp_path):
+    """.npz samples are already preprocessed, so the build goes on, but the manifest's channel order is what
+    run.py reads photos with: the build warns, and with --channel-order L it does not."""
+    args = ["build", "toy_models:digits_cnn", "--weights", str(digits["weights"]), "--input-shape", "1,1,16,16",
+            "--calib", str(digits["calib"]), "--val", str(digits["val"]), "--json", *FAST]
+    warned = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "a")])
+    assert warned.exit_code in (0, 1), warned.output
+    assert any("run.py reads photos" in w for w in json.loads(warned.stdout)["warnings"])
+    fine = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "b"), "--channel-order", "L", "--mean", "0",
+                                     "--std", "1"])
+    assert fine.exit_code in (0, 1), fine.output
+    assert not any("run.py reads photos" in w for w in json.loads(fine.stdout)["warnings"])

@@ -73,6 +73,20 @@ def test_budget_miss_exits_1_and_marks_bundle_failed(tiny_data, tmp_path):
     assert [b for b in man["validation"]["budgets"] if b["name"] == "size_mb"][0]["passed"] is False
 
 
+def test_an_explicit_min_agreement_is_judged_beside_the_labelled_accuracy_drop(tiny_data, tmp_path):
+    """With labels the classifier's budget is its accuracy drop; a --min-agreement the user asked for was dropped
+    without a word. It gets its own row (an agreement of 1.01 cannot be met: exit 1)."""
+    out = tmp_path / "b"
+    result = invoke("build", "toy_models:tiny_cnn", "--target", "x86-64", "--calib", tiny_data["calib"],
+                    "--val", tiny_data["val"], "--out", out, "--min-agreement", "1.0", "--max-accuracy-drop", "100",
+                    "--max-search-time", "0", *FAST)
+    man = json.loads((out / "manifest.json").read_text())
+    rows = {b["name"]: b for b in man["validation"]["budgets"]}
+    assert {"accuracy_drop_points", "agreement"} <= set(rows), rows
+    assert rows["agreement"]["limit"] == 1.0
+    assert result.exit_code == (0 if rows["agreement"]["passed"] else 1)
+
+
 @pytest.mark.parametrize("copy", [False, True])
 def test_validating_on_the_calibration_data_is_said_and_recorded(tiny_data, tmp_path, copy):
     """--val naming the calibration data (the same file, or a copy of it) is judged like no --val: a warning, and
@@ -281,11 +295,31 @@ def test_build_with_pruning_reports_unpruned_and_pruned(tiny_data, tmp_path):
     assert man["stages"]["prune"]["mac_counts_agree"] is True
 
 
+def test_pruning_loss_is_judged_against_the_unpruned_model(digits, tmp_path):
+    """The quality budget compares INT8 with the pruned FP32 model, so a prune that lost 24 points passed without
+    a word. --prune-max-drop judges unpruned FP32 -> shipped INT8; without it a large pruning loss is warned."""
+    base = ["build", "toy_models:digits_cnn", "--weights", digits["weights"], "--input-shape", "1,1,16,16",
+            "--calib", digits["calib"], "--val", digits["val"], "--prune", "0.75", "--prune-round-to", "2",
+            "--no-prune-reconstruct", "--max-search-time", "0", "--json", *FAST[:2]]
+    judged = invoke(*base, "--out", tmp_path / "a", "--target", "x86-64", "--prune-max-drop", "0.5")
+    man = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    v = man["validation"]
+    row = next(b for b in v["budgets"] if b["name"] == "accuracy_drop_vs_unpruned_points")
+    assert row["value"] == pytest.approx(v["unpruned_fp32"]["accuracy"] - v["accuracy_int8"], abs=0.01)
+    assert row["limit"] == 0.5 and judged.exit_code == (0 if man["passed"] else 1)
+    lost = v["unpruned_fp32"]["accuracy"] - v["accuracy_fp32"]
+    assert lost > 1.0, "a 75 % prune of the digits CNN without reconstruction should cost points"
+    plain = invoke(*base, "--out", tmp_path / "b", "--target", "x86-64")
+    warnings = json.loads(plain.stdout)["warnings"]
+    assert sum(w.startswith("pruning cost") for w in warnings) == 1, warnings
+
+
 def test_prune_help_lists_only_what_pruning_uses():
     """prune took (and ignored) every build option: budgets, --out, --emulate..."""
     text = invoke("prune", "--help").output
     assert "--prune " in text and "--calib " in text and "--finetune " in text and "0 saved" in text
-    for build_only in ("--max-latency-ms", "--out ", "--emulate", "--text-tflite-int8", "--weight-rounding"):
+    for build_only in ("--max-latency-ms", "--out ", "--emulate", "--text-tflite-int8", "--weight-rounding",
+                       "--prune-max-drop"):
         assert build_only not in text, build_only
     assert invoke("prune", "toy_models:tiny_cnn", "--max-latency-ms", "1", "--save", "x.pt2").exit_code == 2
 

@@ -11,8 +11,8 @@ val interpreter = Interpreter(FileUtil.loadMappedFile(context, "model.tflite"), 
 
 // Input: {in_shape} {in_dtype}, layout {in_layout}. Turn a camera photo upright first (ExifInterface's
 // TAG_ORIENTATION, or CameraX's rotationDegrees), as edgepack read the photos it validated on. Then preprocess
-// each pixel as the manifest says ({order}; short side resized to {resize} px, centre crop {crop}, x = (pixel * {scale} - mean) / std per channel,
-// mean {mean}, std {std}), then quantize:
+// each pixel as the manifest says ({order}; short side resized to {resize} px, centre crop {crop},
+// x = (pixel * {scale} - mean) / std per channel, mean {mean}, std {std}), then quantize:
 //   q = round(x / {in_scale}) + {in_zero}, clamped to the {in_dtype} range.
 val input = ByteBuffer.allocateDirect({in_bytes}).order(ByteOrder.nativeOrder())
 // ... input.put(q.toByte()) for every value, H x W x C order ...

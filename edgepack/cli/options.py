@@ -100,7 +100,8 @@ BUILD_OPTIONS, PRUNE_FLAGS, FINETUNE_FLAGS = _generate()
 BUILD_ONLY = frozenset({
     "out", "name", "prob_threshold", "calibration_method", "per_channel", "weight_rounding", "max_search_time",
     "latency_runs", "max_accuracy_drop", "min_agreement", "max_miou_drop", "max_map_drop", "max_latency_ms",
-    "max_size_mb", "min_output_sqnr_db", "estimate_device", "emulate", "allow_float_ops", "text_tflite_int8"})
+    "max_size_mb", "min_output_sqnr_db", "estimate_device", "emulate", "allow_float_ops", "text_tflite_int8",
+    "prune_max_drop"})
 
 
 def build_options(fn: Any) -> Any:

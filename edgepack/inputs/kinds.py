@@ -58,6 +58,25 @@ class ImageInput:
             return tuple(self.config.input_shape)
         return tuple(fixed) if fixed else tuple(self.target.input_shape)
 
+    def channel_mismatch(self, shape: tuple[int, ...]) -> tuple[str, str] | None:
+        """(message, hint) when the channel order cannot give the model's channel count: a grey (1-channel) model
+        needs L, an RGB/BGR one 3 channels. Photos were then read as 3 channels into a 1-channel input (exit 70),
+        or a grey picture was copied into 3 channels for validation while the bundle's run.py fed it one (a
+        build that passed and a runner that crashed on the device)."""
+        if len(shape) != 4 or int(shape[1]) not in (1, 3):
+            return None
+        order = self.config.preprocess.channel_order
+        dims = ",".join(str(int(d)) for d in shape)
+        if int(shape[1]) == 1 and order != "L":
+            return (f"the model takes 1 channel (input {dims}) but the channel order is {order} (3 channels)",
+                    "for a grey model pass --channel-order L with one --mean and --std value each, e.g. "
+                    "--channel-order L --mean 0.5 --std 0.5")
+        if int(shape[1]) == 3 and order == "L":
+            return (f"the model takes 3 channels (input {dims}) but the channel order is L (1 channel, grey)",
+                    "pass --channel-order RGB (or BGR) with three --mean and --std values; a grey photo is read "
+                    "as RGB with three equal channels")
+        return None
+
     def load(self, path: str | None, *, role: str, count: int | None, seed: int, shape: tuple[int, ...],
              progress: ProgressFn = no_progress) -> Dataset:
         """An image folder or .npz (the shipped natural photos when calibrating without --calib)."""

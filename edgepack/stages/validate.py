@@ -227,9 +227,48 @@ def quality_budget(ctx: BuildContext, res: dict) -> dict | None:
     return ctx.task.quality_budget(res, {name: _pick(ctx, name) for name in ctx.task.budget_names})
 
 
+def _asked_too(ctx: BuildContext, res: dict, rows: list[dict]) -> list[dict]:
+    """A quality budget the user set (command line or --config, not the profile) that the task's own choice
+    left out: with labels a classifier is judged on its accuracy drop, and an explicit --min-agreement was
+    silently dropped. It is judged as well."""
+    agree = ctx.config.min_agreement
+    if agree is None or res.get("agreement") is None or any(r["name"] == "agreement" for r in rows):
+        return []
+    return [budgets.row("agreement", res["agreement"], agree, ">=")]
+
+
+def _pruning_budget(ctx: BuildContext, res: dict) -> list[dict]:
+    """Pruning's cost, judged: the shipped INT8 model's accuracy against the unpruned FP32 model's (the quality
+    budget compares INT8 with the *pruned* FP32 only, so a prune that lost 24 points passed). A row when
+    --prune-max-drop is set; otherwise a warning when pruning alone lost more than the INT8 drop budget."""
+    unpruned = res.get("unpruned_fp32")
+    prune = ctx.config.prune
+    if not unpruned or prune is None:
+        return []
+    before, after, pruned = unpruned.get("accuracy"), res.get("accuracy_int8"), res.get("accuracy_fp32")
+    if before is None or after is None:
+        if prune.max_drop is not None and not any(w.startswith("--prune-max-drop") for w in ctx.warnings):
+            ctx.warn("--prune-max-drop is not judged: it needs labelled validation data (class folders or y in the "
+                     ".npz)")
+        return []
+    if prune.max_drop is not None:
+        row = budgets.row("accuracy_drop_vs_unpruned_points", round(before - after, 2), prune.max_drop, "<=")
+        return [row]
+    limit = _pick(ctx, "max_accuracy_drop")
+    lost = round(before - pruned, 2) if pruned is not None else None
+    said = any(w.startswith("pruning cost") for w in ctx.warnings)  # once, not per format
+    if lost is not None and lost > (limit if limit is not None else 1.0) and not said:
+        ctx.warn(f"pruning cost {lost} accuracy points (unpruned FP32 {before} %, pruned FP32 {pruned} %), which no "
+                 "budget judges: set --prune-max-drop POINTS to judge unpruned FP32 -> shipped INT8, or prune "
+                 "less / fine-tune (--finetune DATA)")
+    return []
+
+
 def check_budgets(ctx: BuildContext, res: dict) -> list[dict]:
     """Every budget that applies, with value, limit and verdict; CLI overrides beat the profile."""
     rows = [b for b in [quality_budget(ctx, res)] if b is not None]
+    rows += _asked_too(ctx, res, rows)
+    rows += _pruning_budget(ctx, res)
     if (lim := _pick(ctx, "max_latency_ms")) is not None:
         est = res["latency_ms"].get("device_estimate", {}).get("int8")
         if ctx.target.latency_budget_kind == "device-estimate" and est:
