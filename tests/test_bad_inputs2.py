@@ -640,3 +640,20 @@ def test_a_grey_model_built_from_npz_says_run_py_needs_the_channel_order(digits,
                                      "--std", "1"])
     assert fine.exit_code in (0, 1), fine.output
     assert not any("run.py reads photos" in w for w in json.loads(fine.stdout)["warnings"])
+
+
+def test_an_onnx_file_with_only_a_dynamic_batch_builds_at_its_own_height_and_width(tiny_data, tmp_path):
+    """torch.onnx.export with a dynamic batch axis writes (batch, 3, 32, 32): the build took the profile's 224 px
+    and refused the 32 px samples. The file's own C, H, W are used, the batch pinned to 1."""
+    import torch
+    import toy_models
+
+    path = tmp_path / "dynbatch.onnx"
+    torch.onnx.export(toy_models.tiny_cnn().eval(), torch.zeros(1, 3, 32, 32), str(path), dynamo=False,
+                      opset_version=13, input_names=["input"], output_names=["logits"],
+                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    res = CliRunner().invoke(main, ["build", str(path), "--calib", str(tiny_data["calib"]), "--val",
+                                    str(tiny_data["val"]), "--out", str(tmp_path / "b"), "--json", *FAST])
+    assert res.exit_code in (0, 1), res.output
+    man = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert man["models"][0]["inputs"][0]["shape"] == [1, 3, 32, 32]

@@ -295,6 +295,15 @@ def test_build_with_pruning_reports_unpruned_and_pruned(tiny_data, tmp_path):
     assert man["stages"]["prune"]["mac_counts_agree"] is True
 
 
+def test_one_validation_sample_is_said_to_prove_nothing(tiny_data, tmp_path):
+    """--val-samples 1 gave a plain PASS with no interval and no word, while 3 samples warned."""
+    out = tmp_path / "b"
+    result = invoke("build", "toy_models:tiny_cnn", "--target", "x86-64", "--calib", tiny_data["calib"],
+                    "--val", tiny_data["val"], "--val-samples", "1", "--out", out, "--json", *FAST)
+    assert result.exit_code in (0, 1), result.output
+    assert any("judged on 1 validation sample" in w for w in json.loads(result.stdout)["warnings"])
+
+
 def test_pruning_loss_is_judged_against_the_unpruned_model(digits, tmp_path):
     """The quality budget compares INT8 with the pruned FP32 model, so a prune that lost 24 points passed without
     a word. --prune-max-drop judges unpruned FP32 -> shipped INT8; without it a large pruning loss is warned."""

@@ -125,3 +125,21 @@ def test_torchvision_random_weights_are_the_same_every_build():
     b = sources.load("torchvision:squeezenet1_1", num_classes=4).module.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert torch.equal(torch.random.get_rng_state(), state)
+
+
+@pytest.mark.parametrize("wrap", ["dataparallel", "compiled", "checkpoint"])
+def test_weights_saved_through_a_wrapper_or_in_a_checkpoint_load(wrap, tmp_path):
+    """nn.DataParallel saves module.conv.weight, torch.compile _orig_mod.conv.weight, training scripts
+    {"epoch": 3, "model_state_dict": {...}}: all failed with a cut "Missing key(s)" message."""
+    import torch
+    import toy_models
+
+    state = toy_models.tiny_cnn().state_dict()
+    saved = {"dataparallel": {f"module.{k}": v for k, v in state.items()},
+             "compiled": {f"_orig_mod.{k}": v for k, v in state.items()},
+             "checkpoint": {"epoch": 3, "model_state_dict": state}}[wrap]
+    torch.save(saved, tmp_path / "w.pt")
+    model = toy_models.TinyCNN()
+    sources.load_weights(model, str(tmp_path / "w.pt"))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k]), k

@@ -157,8 +157,9 @@ def test_op_without_int8_kernel_is_named(tmp_path):
                       opset_version=17, input_names=["input"])
     onnx.save(onnxslim.slim(onnx.load(str(onnx_path))), str(onnx_path))
     calib = np.random.default_rng(0).uniform(-1, 1, (8, 3, 16, 16)).astype(np.float32)
-    with pytest.raises(StageError, match="SIN"):
+    with pytest.raises(StageError, match="SIN") as raised:
         bk.convert(onnx_path, tmp_path / "work", calib)
+    assert "--allow-float-ops" in raised.value.hint  # the CLI's flag, not the Python keyword alone
     assert not (tmp_path / "work" / "sin_int8.tflite").exists()
     kept = bk.convert(onnx_path, tmp_path / "work", calib, allow_float=True)
     assert [name.split(":")[0] for name in bk.float_ops(kept)] == ["SIN"]

@@ -311,8 +311,12 @@ def io_details(path: Path) -> dict:
 
 
 def input_shape(path: Path) -> tuple[int, ...] | None:
-    """The fixed input shape of an ONNX model, or None when a dimension is symbolic."""
-    shape = io_details(path)["inputs"][0]["shape"]
+    """The fixed input shape of an ONNX model, with a symbolic batch dimension taken as 1 (what
+    `torch.onnx.export(dynamic_axes={"input": {0: "batch"}})` writes: the file still fixes C, H and W, which
+    the build must use, not the profile's 224 px); None when another dimension is symbolic."""
+    shape = list(io_details(path)["inputs"][0]["shape"])
+    if len(shape) > 1 and not (isinstance(shape[0], int) and shape[0] > 0):
+        shape[0] = 1
     return tuple(shape) if all(isinstance(d, int) and d > 0 for d in shape) else None
 
 

@@ -101,7 +101,8 @@ def convert(onnx_path: Path, workdir: Path, calib: np.ndarray | None, *, io_dtyp
     if names and not allow_float:
         out.unlink()
         raise StageError(f"{len(names)} op(s) have no INT8 kernel and would run in float: {', '.join(names)}",
-                         hint="pass allow_float=True to keep them in float, or replace them in the model")
+                         hint="pass --allow-float-ops (allow_float_ops=True in Python) to keep them in float, "
+                              "or replace them in the model")
     if names:
         log.warning("kept in float (no INT8 kernel): %s", ", ".join(names))
     return out

@@ -312,11 +312,14 @@ def load_weights(module: Any, path_str: str) -> str:
     path = Path(path_str)
     _require_file(path)
     state = _read_state_dict(path)
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
+    for key in CHECKPOINT_KEYS:  # a training checkpoint: {"epoch": ..., "model_state_dict": {...}, ...}
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise InputError(f"{path} does not hold a state dict of tensors",
                          hint="save weights with torch.save(model.state_dict(), path)")
+    state = _unwrapped(state, set(module.state_dict()))
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -324,6 +327,25 @@ def load_weights(module: Any, path_str: str) -> str:
         raise InputError(f"weights in {path} do not fit the architecture: {' '.join(first[:3])[:300]}",
                          hint="check the architecture and --num-classes") from None
     return sha256_file(path)
+
+
+#: where training scripts put the weights inside a checkpoint dict
+CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model")
+#: key prefixes wrappers add: DataParallel / DistributedDataParallel, torch.compile
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def _unwrapped(state: dict, expected: set[str]) -> dict:
+    """``state`` with a wrapper's key prefix removed when every key carries it and the bare names are the
+    model's (nn.DataParallel saves ``module.conv1.weight`` for ``conv1.weight``)."""
+    for _ in WRAPPER_PREFIXES:
+        if set(state) == expected:
+            return state
+        prefix = next((p for p in WRAPPER_PREFIXES if state and all(k.startswith(p) for k in state)), None)
+        if prefix is None:
+            return state
+        state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
 
 
 def _read_state_dict(path: Path) -> Any:

@@ -123,6 +123,10 @@ def _quality_interval(ctx: BuildContext, fmt: str, result: dict, outs: dict) -> 
     if row is None or not result["budgets"] or result["budgets"][0]["name"] != row["name"]:
         return
     found = budget_interval(ctx.task, outs["fp32"], outs["int8"], ctx.val.truth, row, len(ctx.val))
+    if found is None and len(ctx.val) < 2:
+        ctx.warn(f"{fmt}: {row['name']} is judged on {len(ctx.val)} validation sample: no interval can be given and "
+                 "the verdict says nothing about other inputs; validate on more (--val, --val-samples)")
+        return
     if found is None:
         return
     result["budgets"][0]["interval"] = found
