@@ -150,7 +150,7 @@ def _prepare(config: BuildConfig, target: targets.TargetProfile, workdir: Path, 
     kind.check(onnx_inputs)
     shape = kind.input_shape(fixed)
     mismatch = kind.channel_mismatch(shape)
-    if mismatch and _reads_photos(config):  # .npz samples are already preprocessed: only run.py's photos suffer
+    if mismatch and kinds.reads_photos(config):  # .npz samples are already preprocessed: only run.py's photos suffer
         raise InputError(mismatch[0], hint=mismatch[1])
     output_shapes = _output_shapes(model, kind, shape)
     task = tasks.get(config.task, config) if config.task else tasks.for_outputs(output_shapes)
@@ -174,13 +174,6 @@ def _prepare(config: BuildConfig, target: targets.TargetProfile, workdir: Path, 
         ctx.warn(f"--val {config.val} is the calibration data: INT8 is judged on the samples it was calibrated on, "
                  "which flatters it; validate on held-out data")
     return ctx
-
-
-def _reads_photos(config: BuildConfig) -> bool:
-    """Whether the build decodes images: a folder as --calib or --val, or the shipped calibration photos."""
-    if config.tokenizer:
-        return False
-    return config.calib is None or any(p and Path(p).is_dir() for p in (config.calib, config.val))
 
 
 def _same_data(calib: str | None, val: str | None) -> bool:

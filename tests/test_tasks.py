@@ -751,3 +751,29 @@ def test_outputs_that_ignore_the_input_are_said_and_a_working_model_is_not():
     two = [rng.normal(size=(32, 4, 8)), bias.repeat(32, 0)]  # a detector whose second head is constant
     assert [m.split(" barely")[0] for m in input_independence(two, "detect")] == ["FP32 output 1"]
     assert input_independence(flat[:4], "classify") == []  # too few samples to tell
+
+
+def test_chance_level_or_low_accuracy_under_default_preprocessing_is_said():
+    """A digits CNN trained on (x - 0.5) / 0.5, built without --mean/--std, scored 20.5 % FP32 (92.5 % with them)
+    and passed: INT8 agreed with a model that was not seeing its inputs as trained."""
+    from types import SimpleNamespace
+
+    from edgepack.config import Preprocess
+    from edgepack.stages.validate import preprocessing_doubts
+
+    def ctx(pre, calib=None):  # no --calib: the shipped photos
+        y = np.arange(200) % 10
+        config = SimpleNamespace(preprocess=pre, tokenizer=None, calib=calib, val=calib)
+        return SimpleNamespace(inputs=SimpleNamespace(name="image"), task=SimpleNamespace(name="classify"),
+                               config=config, val=SimpleNamespace(y=y), num_outputs=10)
+
+    own = Preprocess(mean=(0.5,) * 3, std=(0.5,) * 3)
+    default = Preprocess()
+    assert "at chance level" in preprocessing_doubts(ctx(own), {"accuracy_fp32": 11.0})[0]
+    assert preprocessing_doubts(ctx(own), {"accuracy_fp32": 20.5}) == []  # well above chance on 200: the user's
+    low = preprocessing_doubts(ctx(default), {"accuracy_fp32": 20.5})
+    assert len(low) == 1 and "ImageNet's mean" in low[0] and "is low" in low[0]
+    assert preprocessing_doubts(ctx(default), {"accuracy_fp32": 92.5}) == []
+    npz = preprocessing_doubts(ctx(default, calib="calib.npz"), {"accuracy_fp32": 92.5})
+    assert len(npz) == 1 and "cannot check against .npz" in npz[0]
+    assert preprocessing_doubts(ctx(own, calib="calib.npz"), {"accuracy_fp32": 92.5}) == []

@@ -184,6 +184,16 @@ class TextInput(ImageInput):
 KINDS = {"image": ImageInput, "text": TextInput}
 
 
+def reads_photos(config: Any) -> bool:
+    """Whether a build decodes images: a folder as --calib or --val, or the shipped calibration photos (no
+    --calib). With .npz samples only, the recorded preprocessing is used by the bundle's run.py alone."""
+    from pathlib import Path
+
+    if config.tokenizer:
+        return False
+    return config.calib is None or any(p and Path(p).is_dir() for p in (config.calib, config.val))
+
+
 def for_model(model: Any, config: Any, target: Any) -> ImageInput:
     """The input kind of a loaded model: text when it carries a tokenizer, else image."""
     return KINDS["text" if model.text is not None else "image"](model, config, target)

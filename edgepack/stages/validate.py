@@ -51,6 +51,8 @@ def validate_format(ctx: BuildContext, fmt: str) -> dict:
     if fmt == ctx.target.formats[0]:
         for message in input_independence(outs["fp32"], ctx.task.name, ctx.val.truth):
             ctx.warn(message)
+        for message in preprocessing_doubts(ctx, result):
+            ctx.warn(message)
     if ctx.task.name in PICTURE_TASKS and fmt == ctx.target.formats[0]:
         ctx.outputs["task_pictures"] = _pictures(ctx, outs)
     result["samples"] = len(ctx.val)
@@ -111,6 +113,46 @@ def input_independence(fp32, task: str, truth=None) -> list[str]:
                         + ("" if labels is None else f", whose labels name {len(np.unique(labels))} classes")
                         + ": agreement with INT8 says little. Check the weights (--weights), --num-classes and the "
                         "preprocessing (--mean, --std, --scale)")
+    return said
+
+
+#: a labelled FP32 accuracy (%) under this, with ImageNet's mean and std applied by default, is worth a word
+LOW_ACCURACY = 50.0
+
+
+def preprocessing_doubts(ctx: BuildContext, result: dict) -> list[str]:
+    """Warnings when the preprocessing may not be the model's: FP32 accuracy at chance level on labelled data, or
+    low with ImageNet's mean and std applied because none was given (a digits CNN trained on (x - 0.5) / 0.5
+    scored 20.5 % instead of 92.5 % and passed: INT8 agreed with a wrong FP32 model)."""
+    import numpy as np
+
+    from edgepack.config import IMAGENET_MEAN, IMAGENET_STD
+    from edgepack.inputs.kinds import reads_photos
+
+    if ctx.inputs.name != "image" or ctx.task.name != "classify":
+        return []
+    pre = ctx.config.preprocess
+    defaults = (tuple(pre.mean) == IMAGENET_MEAN and tuple(pre.std) == IMAGENET_STD)
+    said = []
+    acc, y = result.get("accuracy_fp32"), ctx.val.y
+    if acc is not None and y is not None and len(y):
+        classes = max(int(ctx.num_outputs or 0), len(np.unique(y)))
+        chance = 100.0 / max(classes, 1)
+        n = len(y)
+        # above chance by less than two binomial standard errors: indistinguishable from guessing
+        near_chance = acc <= chance + 200.0 * np.sqrt(chance / 100 * (1 - chance / 100) / n)
+        if near_chance or (defaults and acc < LOW_ACCURACY):
+            what = (f"at chance level ({100 / max(classes, 1):.1f} % for {classes} classes)" if near_chance
+                    else "low")
+            used = (f"ImageNet's mean {list(IMAGENET_MEAN)} and std {list(IMAGENET_STD)} were applied because no "
+                    "--mean/--std was given; " if defaults else "")
+            said.append(f"FP32 accuracy {acc} % on the {n} labelled validation samples is {what}: INT8 is judged "
+                        f"against a model that may not be seeing its inputs as trained. {used}check --mean, --std, "
+                        "--scale, --resize, --crop and --channel-order against the model's training, and --weights")
+    if defaults and not reads_photos(ctx.config):
+        said.append("the bundle's run.py will read photos with ImageNet's mean and std (the defaults: none was "
+                    "given), which edgepack cannot check against .npz samples; pass --mean, --std, --scale, --resize "
+                    "and --crop as the .npz was made")
     return said
 
 
