@@ -104,7 +104,7 @@ def convert(onnx_path: Path, workdir: Path, calib: np.ndarray | None, *, io_dtyp
                          hint="pass --allow-float-ops (allow_float_ops=True in Python) to keep them in float, "
                               "or replace them in the model")
     if names:
-        log.warning("kept in float (no INT8 kernel): %s", ", ".join(names))
+        log.info("kept in float (no INT8 kernel): %s", ", ".join(names))  # the quantize stage warns
     return out
 
 

@@ -86,8 +86,9 @@ def render_markdown(man: dict) -> str:
               f"- validation: {man['created_from']['validation']['samples']} samples from "
               f"`{man['created_from']['validation']['source']}`",
               f"- quantization: `{_short(q)}`",
-              "- latencies are host measurements (p50/p90 over timed runs after warm-up, FP32 and INT8 "
-              "interleaved in one process); they are not device measurements.",
+              "- latencies in the summary are host measurements (p50/p90 over timed runs after warm-up, FP32 "
+              "and INT8 interleaved in one process), not device measurements; each budget row says what judged "
+              "it (`measured-host`, `estimated-device`, `measured-device`).",
               *_device_stage_line(man["stages"].get("device")),
               "- tools: " + ", ".join(f"{k} {v}" for k, v in man["tools"].items()), ""]
     return "\n".join(parts)

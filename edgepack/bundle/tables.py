@@ -131,7 +131,7 @@ def budget_rows(man: dict) -> list[tuple[str, str, str, str]]:
             digits = 4 if b["name"] == "agreement" else 2
             value = _fmt(b["value"], digits)
             if b.get("band"):
-                value += f" [{b['band'][0]:.1f}-{b['band'][1]:.1f}]"
+                value += f" [{_fmt(float(b['band'][0]), digits)}-{_fmt(float(b['band'][1]), digits)}]"  # as the value
             if b.get("interval"):   # the quality budget's 95 % interval (edgepack.tasks.interval)
                 i = b["interval"]
                 value += f" ({i['level']:.0%}: {_fmt(i['low'], digits)} to {_fmt(i['high'], digits)})"

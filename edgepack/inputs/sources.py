@@ -297,12 +297,25 @@ def _factory(spec: str, weights: str | None) -> LoadedModel:
     model = usercode.call_factory(spec, factory)
     if not isinstance(model, torch.nn.Module):
         raise InputError(f"factory '{spec}' returned {type(model).__name__}, not a torch.nn.Module")
-    loaded = LoadedModel(spec=spec, kind="torch", name=func_name if func_name != "create_model" else
-                         module_name.split(".")[-2 if "." in module_name else -1], module=model)
+    loaded = LoadedModel(spec=spec, kind="torch", name=_factory_name(module_name, func_name), module=model)
     if weights:
         loaded.weights_sha256 = load_weights(model, weights)
     model.eval()
     return loaded
+
+
+#: factory names that say nothing about the model: the bundle is named after the module instead
+GENERIC_FACTORIES = frozenset({"create", "create_model", "build", "build_model", "make", "make_model", "model",
+                               "get_model", "load", "load_model", "factory", "main"})
+
+
+def _factory_name(module_name: str, func_name: str) -> str:
+    """The bundle's default name: the factory's, unless it is generic ("create for raspberry-pi-4" said nothing);
+    then the module's last part, or the package's when the module is examples.x.model-like."""
+    if func_name not in GENERIC_FACTORIES:
+        return func_name
+    parts = module_name.split(".")
+    return parts[-2] if len(parts) > 1 and parts[-1] in GENERIC_FACTORIES else parts[-1]
 
 
 def load_weights(module: Any, path_str: str) -> str:
