@@ -108,6 +108,14 @@ def diagnose(config: BuildConfig, bundle: Path | None = None, progress: Progress
         return rows
 
 
+def sign(bundle: str | Path, key: str | Path) -> Path:
+    """Verify ``bundle`` (digests, golden output), then sign its manifest with the OpenSSH private ``key``
+    (edgepack.bundle.signing): manifest.json.sig, and the bundle's .zip rewritten with it. Returns the path."""
+    from edgepack.bundle import read, signing
+
+    return signing.sign(Path(bundle), Path(key), verify=read.verify)
+
+
 def _default_calibration(config) -> str | None:
     """The shipped calibration folder an image build reads when --calib is not given."""
     if config.tokenizer:

@@ -69,6 +69,8 @@ def sha256_arrays(*arrays: np.ndarray | None) -> str:
 
 
 MANIFEST_DIGEST = "manifest_sha256"
+#: an OpenSSH signature of manifest.json beside it (edgepack.bundle.signing); not listed in the manifest it signs
+SIGNATURE = "manifest.json.sig"
 
 
 def manifest_digest(man: dict) -> str:

@@ -16,9 +16,7 @@ from edgepack.bundle import manifest_check
 from edgepack.bundle.report import SCHEMA
 from edgepack.errors import InputError, VerifyError
 from edgepack.guards import safety, tempdirs
-from edgepack.util import MANIFEST_DIGEST, manifest_digest, sha256_file
-
-SIGNATURE = "manifest.json.sig"  # edgepack.bundle.signing writes it; not listed in the manifest it signs
+from edgepack.util import MANIFEST_DIGEST, SIGNATURE, manifest_digest, sha256_file
 
 MAX_ZIP_ENTRIES = 1000
 MAX_ZIP_BYTES = 4 << 30

@@ -13,11 +13,11 @@ from pathlib import Path
 from edgepack.bundle import html as html_report
 from edgepack.bundle import report
 from edgepack.bundle.manifest_check import rendering
-from edgepack.bundle.read import SIGNATURE, read_manifest
+from edgepack.bundle.read import read_manifest
 from edgepack.bundle.write import write_zip
 from edgepack.errors import InputError
 from edgepack.tasks import budgets
-from edgepack.util import manifest_json, sha256_file, write_bytes_atomic
+from edgepack.util import SIGNATURE, manifest_json, sha256_file, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 

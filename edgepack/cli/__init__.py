@@ -617,10 +617,10 @@ def sign(ctx: click.Context, bundle: str, key: str) -> None:
     Check on the receiving side with an allowed_signers file ('<identity> <public key>' per line):
       edgepack verify BUNDLE --allowed-signers allowed_signers
     """
-    from edgepack.bundle import signing
+    from edgepack.api import sign as sign_bundle
 
     def body() -> None:
-        path = signing.sign(Path(bundle), Path(key))
+        path = sign_bundle(bundle, key)
         click.echo(f"signed: {path}")
 
     run_command(ctx, body)
