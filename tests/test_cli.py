@@ -206,7 +206,7 @@ def test_verify_refuses_zip_slip_and_links(built, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["missing image", "not an image", "missing feed", "wrong feed shape",
-                                  "all outputs without batch"])
+                                  "all outputs without an input"])
 def test_bundle_runner_says_what_is_wrong_without_a_traceback(built, tmp_path, case):
     """run.py in a bundle: a user's mistake is one line and exit 2 (--debug shows the traceback)."""
     import subprocess
@@ -220,12 +220,85 @@ def test_bundle_runner_says_what_is_wrong_without_a_traceback(built, tmp_path, c
     argv = {"missing image": ["nonexistent.jpg"], "not an image": [str(out / "manifest.json")],
             "missing feed": ["--batch", str(tmp_path / "none.npz"), "--out", str(tmp_path / "o.npz")],
             "wrong feed shape": ["--batch", str(feed), "--out", str(tmp_path / "o.npz")],
-            "all outputs without batch": [str(out / "manifest.json"), "--all-outputs"]}[case]
+            "all outputs without an input": ["--all-outputs", "--out", str(tmp_path / "o.npz")]}[case]
     proc = subprocess.run([sys.executable, str(out / "run.py"), *argv], capture_output=True, text=True,
                           timeout=120, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and "error:" in proc.stderr, proc.stderr
     assert not (tmp_path / "o.npz").exists()
+
+
+def _two_output_bundle(built, path: Path) -> Path:
+    """The built bundle with a generic two-output model (an embedding and its square) in place of its classifier:
+    run.py reads only the manifest's models, preprocessing and task."""
+    import shutil
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    shutil.copytree(built[0], path)
+    nodes = [helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
+             helper.make_node("Flatten", ["pooled"], ["embedding"]),
+             helper.make_node("Mul", ["embedding", "embedding"], ["square"])]
+    graph = helper.make_graph(nodes, "two", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 32, 32])],
+                              [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, [1, 3]),
+                               helper.make_tensor_value_info("square", TensorProto.FLOAT, [1, 3])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path / "model.onnx")
+    man = json.loads((path / "manifest.json").read_text())
+    man["models"][0]["outputs"] = [{**man["models"][0]["outputs"][0], "name": n, "shape": [1, 3]}
+                                   for n in ("embedding", "square")]
+    man["stages"]["task"] = {"name": "generic"}
+    (path / "manifest.json").write_text(json.dumps(man))
+    return path
+
+
+def test_bundle_runner_gives_every_output_of_a_photo(built, tmp_path):
+    """A generic (embedding) or multi-output bundle's run.py printed only each output's shape/min/max/mean for a
+    photo (--all-outputs took --batch only): --all-outputs now gives every output's values, --save an .npz."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    import onnxruntime as ort
+    from PIL import Image
+
+    bundle = _two_output_bundle(built, tmp_path / "two")
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(photo)
+
+    def run(*argv):
+        proc = subprocess.run([sys.executable, str(bundle / "run.py"), str(photo), *argv], capture_output=True,
+                              text=True, timeout=120, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    sys.path.insert(0, str(bundle))
+    try:
+        import run as runner  # the bundle's own preprocessing, for the expected values
+    finally:
+        sys.path.remove(str(bundle))
+        sys.modules.pop("run", None)
+    x = runner.preprocess(photo, json.loads((bundle / "manifest.json").read_text())["preprocess"], [1, 3, 32, 32])
+    expected = ort.InferenceSession(str(bundle / "model.onnx")).run(None, {"input": x})
+    res = json.loads(run("--all-outputs", "--json"))
+    assert [o["name"] for o in res["outputs"]] == ["embedding", "square"]
+    for got, want in zip(res["outputs"], expected, strict=True):
+        np.testing.assert_allclose(np.asarray(got["values"]), want, rtol=1e-5, atol=1e-6)
+    text = run("--all-outputs")
+    assert "output 1 (square): shape [1, 3]" in text and f"{expected[0][0, 0]:.4f}"[:6] in text, text
+    run("--all-outputs", "--save", tmp_path / "all.npz")
+    with np.load(tmp_path / "all.npz") as saved:
+        assert sorted(saved.files) == ["output0", "output1"]
+        np.testing.assert_allclose(saved["output1"], expected[1], rtol=1e-5, atol=1e-6)
+    run("--out", tmp_path / "first.npz")  # without --all-outputs: the first output (as --batch --out saves)
+    with np.load(tmp_path / "first.npz") as saved:
+        assert saved.files == ["output0"] and saved["output0"].shape == (1, 3)
+    # a classifier's bundle: the top classes as before, and its logits' values with --all-outputs
+    proc = subprocess.run([sys.executable, str(built[0] / "run.py"), str(photo), "--all-outputs", "--json"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    res = json.loads(proc.stdout)
+    assert res["top"] and np.asarray(res["outputs"][0]["values"]).shape == (1, 10), proc.stderr
+    assert "--all-outputs" in (built[0] / "README.md").read_text()  # the bundle README says how
 
 
 def test_existing_output_is_refused_without_force(built, tiny_data):
