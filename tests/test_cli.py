@@ -363,6 +363,29 @@ def test_prune_help_lists_only_what_pruning_uses():
     assert invoke("prune", "toy_models:tiny_cnn", "--max-latency-ms", "1", "--save", "x.pt2").exit_code == 2
 
 
+def test_diagnose_offers_only_what_it_uses_and_refuses_model_options_for_a_bundle(built, tiny_data, tmp_path):
+    """diagnose listed every build option (--out, --force, --prune, budgets...) and ignored them all; on a bundle
+    even --mean or --input-shape, which the bundle's manifest fixes, were silently ignored (exit 0)."""
+    text = invoke("diagnose", "--help").output
+    assert "--data " in text and "--input-shape " in text and "--weights " in text and "--mean " in text
+    for unused in ("--out ", "--force", "--prune", "--finetune", "--max-latency-ms", "--emulate", "--val ",
+                   "--max-search-time", "--labels-dir"):
+        assert unused not in text, unused
+    out, _ = built
+    result = invoke("diagnose", out, "--data", tiny_data["val"], "--out", tmp_path / "x", "--prune", "0.5")
+    assert result.exit_code == 2 and "No such option" in result.output
+    result = invoke("diagnose", out, "--data", tiny_data["val"], "--mean", "0.1,0.1,0.1", "--no-per-channel",
+                    "--input-shape", "1,3,32,32")
+    assert result.exit_code == 2, result.output
+    assert "--mean" in result.output and "--input-shape" in result.output and "--no-per-channel" in result.output
+    assert "manifest" in result.output and "Hint:" in result.output
+    # a model source still takes them, and its --config file is read (it was dropped unread)
+    config = tmp_path / "diag.toml"
+    config.write_text(f'weights = "{tmp_path / "missing.pt"}"\n')
+    result = invoke("diagnose", "toy_models:tiny_cnn", "--data", tiny_data["val"], "--config", config)
+    assert result.exit_code == 2 and "missing.pt" in result.output, result.output
+
+
 def test_prune_command_saves_a_pt2_program(tiny_data, tmp_path):
     import torch
 

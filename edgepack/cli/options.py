@@ -103,6 +103,15 @@ BUILD_ONLY = frozenset({
     "max_size_mb", "min_output_sqnr_db", "estimate_device", "emulate", "allow_float_ops", "text_tflite_int8"})
 
 
+#: Build options `diagnose MODEL` uses: the model, its input and data, and the INT8 recipe it measures (on ONNX,
+#: without search). Budgets, the bundle, pruning, fine-tuning and the device stage play no part in it, and --val is
+#: its --data. A --config file may still hold the others (diagnose reads the same files and ignores them).
+DIAGNOSE = frozenset({
+    "task", "target", "calib", "tokenizer", "max_length", "weights", "num_classes", "input_shape", "calib_samples",
+    "calibration_method", "per_channel", "weight_rounding", "seed", "trust_model", "resize", "crop", "mean", "std",
+    "scale", "channel_order", "config_file"})
+
+
 def build_options(fn: Any) -> Any:
     """Decorate a command with every build option."""
     for option, _ in reversed(BUILD_OPTIONS):
@@ -114,5 +123,13 @@ def prune_options(fn: Any) -> Any:
     """Decorate a command with the build options pruning uses (all but BUILD_ONLY)."""
     for option, dest in reversed(BUILD_OPTIONS):
         if dest not in BUILD_ONLY:
+            fn = option(fn)
+    return fn
+
+
+def diagnose_options(fn: Any) -> Any:
+    """Decorate a command with the build options `diagnose MODEL` uses (DIAGNOSE)."""
+    for option, dest in reversed(BUILD_OPTIONS):
+        if dest in DIAGNOSE:
             fn = option(fn)
     return fn
