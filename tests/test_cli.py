@@ -104,6 +104,43 @@ def test_config_file_gives_the_same_settings(tiny_data, tmp_path):
     assert result.exit_code == 2 and "did you mean 'calib_samples'" in result.output
 
 
+@pytest.mark.parametrize("case, args, message", [
+    ("factory module", ["nowhere_pkg.models:create"], "cannot import factory 'nowhere_pkg.models:create'"),
+    ("submodule", ["toy_models.sub:f"], "cannot import factory"),
+    ("model file", ["missing.onnx"], "model file not found: missing.onnx"),
+    ("weights", ["toy_models:tiny_cnn", "--weights", "missing.pt"], "weights file (--weights) not found"),
+    ("calib", ["toy_models:tiny_cnn", "--calib", "missing_calib"], "calibration data (--calib) not found"),
+    ("val", ["toy_models:tiny_cnn", "--val", "missing_val.npz"], "validation data (--val) not found"),
+    ("labels dir", ["toy_models:tiny_cnn", "--labels-dir", "missing_masks"], "labels folder (--labels-dir) not found"),
+    ("tokenizer", ["toy_models:tiny_cnn", "--tokenizer", "missing.json"], "tokenizer (--tokenizer) not found"),
+    ("target", ["toy_models:tiny_cnn", "--target", "no-such-board"], "unknown target"),
+])
+def test_dry_run_checks_what_the_config_names(case, args, message, tmp_path, monkeypatch):
+    """--dry-run exited 0 with a missing model module, weights, --calib and --val: useless as a CI check."""
+    monkeypatch.chdir(tmp_path)
+    result = invoke("build", *args, "--dry-run")
+    assert result.exit_code == 2 and message in result.output and "Hint:" in result.output, result.output
+
+
+def test_dry_run_finds_a_factory_without_importing_it(tiny_data, tmp_path, monkeypatch):
+    """The factory's package is found from the current folder, as the build imports it, and nothing of it runs."""
+    import sys
+
+    pkg = tmp_path / "dry_pkg"
+    (pkg / "nets").mkdir(parents=True)
+    marker = tmp_path / "imported"
+    (pkg / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    (pkg / "nets" / "__init__.py").write_text("")
+    (pkg / "nets" / "small.py").write_text("raise SystemExit('imported')\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    result = invoke("build", "dry_pkg.nets.small:create", "--calib", tiny_data["calib"], "--val", tiny_data["val"],
+                    "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["stages"] and not marker.exists()
+    assert invoke("build", "dry_pkg.nets.big:create", "--dry-run").exit_code == 2
+
+
 def test_inspect_and_verify(built):
     out, _ = built
     shown = invoke("inspect", out)

@@ -239,7 +239,9 @@ def _prune_table(options: dict[str, Any], from_file: Any) -> dict[str, Any] | No
 @main.command(epilog=EPILOG)
 @click.argument("model", required=False)
 @build_options
-@click.option("--dry-run", is_flag=True, help="Print the resolved config and the stages, build nothing.")
+@click.option("--dry-run", is_flag=True, help="Check that the files, folders, factory module and target named exist "
+                                              "(nothing loaded), print the resolved config and the stages, build "
+                                              "nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @click.pass_context
@@ -264,7 +266,9 @@ def build(ctx: click.Context, model: str | None, dry_run: bool, as_json: bool, q
             check_output(Path(config.out), [("config file", config_file)])
         if dry_run:
             from edgepack import pipeline
+            from edgepack.inputs import preflight
 
+            preflight.check(config)  # what a CI config check needs: every named file there, the factory findable
             click.echo(json.dumps({"config": config.to_dict(), "stages": pipeline.plan(config)}, indent=2))
             return
         from edgepack.api import build as api_build
