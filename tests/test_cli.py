@@ -141,6 +141,40 @@ def test_dry_run_finds_a_factory_without_importing_it(tiny_data, tmp_path, monke
     assert invoke("build", "dry_pkg.nets.big:create", "--dry-run").exit_code == 2
 
 
+@pytest.mark.parametrize("written", ['"1,3,32,32"', '"[1, 3, 32, 32]"', "[1, 3, 32, 32]"])
+def test_config_file_takes_lists_as_the_command_line_writes_them(written, tmp_path):
+    """input_shape = "1,3,32,32" in a config gave 'must be tuple or NoneType, got str'."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'model = "toy_models:tiny_cnn"\ninput_shape = {written}\nmean = "0.5, 0.5, 0.5"\n'
+                   'std = "[0.25, 0.25, 0.25]"\n')
+    result = invoke("build", "--config", cfg, "--dry-run")
+    assert result.exit_code == 0, result.output
+    config = json.loads(result.stdout)["config"]
+    assert config["input_shape"] == [1, 3, 32, 32] and config["preprocess"]["mean"] == [0.5] * 3
+    assert config["preprocess"]["std"] == [0.25] * 3
+
+
+def test_config_errors_are_worded_for_people_and_point_to_build_help(tmp_path, monkeypatch):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('model = "toy_models:tiny_cnn"\ninput_shape = "1,3,a"\nper_channel = 1\nseed = "3"\n')
+    result = invoke("build", "--config", cfg, "--dry-run")
+    assert result.exit_code == 2, result.output
+    assert "input_shape must be a list of integers like [1, 3, 224, 224], got the string '1,3,a'" in result.output
+    assert "per_channel must be true or false, got 1" in result.output
+    assert "seed must be an integer, got the string '3'" in result.output
+    assert "NoneType" not in result.output and "tuple" not in result.output
+    assert "edgepack build --help" in result.output and "targets show" not in result.output
+    # paths in a config file are relative to the current folder; one that exists beside the file is named
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "calib.npz").write_bytes(b"")
+    (tmp_path / "conf" / "c.toml").write_text('model = "toy_models:tiny_cnn"\ncalib = "calib.npz"\n')
+    monkeypatch.chdir(tmp_path)
+    result = invoke("build", "--config", "conf/c.toml", "--dry-run")
+    assert result.exit_code == 2 and "relative to the current folder" in result.output, result.output
+    assert "conf/calib.npz" in result.output
+    assert invoke("build", "--config", "conf/c.toml", "--calib", "conf/calib.npz", "--dry-run").exit_code == 0
+
+
 def test_inspect_and_verify(built):
     out, _ = built
     shown = invoke("inspect", out)

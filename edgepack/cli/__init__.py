@@ -209,7 +209,8 @@ def make_config(model: str | None, options: dict[str, Any]) -> Any:
     from edgepack import config as config_mod
 
     file_path = options.pop("config_file", None)
-    merged: dict[str, Any] = config_mod.read_toml(file_path) if file_path else {}
+    from_file: dict[str, Any] = config_mod.read_toml(file_path) if file_path else {}
+    merged = dict(from_file)
     prune = _prune_table(options, merged.get("prune"))
     merged.update({k: v for k, v in options.items() if v is not None and v != ()})
     if prune:
@@ -218,7 +219,12 @@ def make_config(model: str | None, options: dict[str, Any]) -> Any:
         merged["model"] = model
     if "model" not in merged:
         raise InputError("no MODEL given", hint="edgepack build MODEL ... (or model = '...' in --config)")
-    return config_mod.from_mapping(merged, where=file_path or "command line")
+    config = config_mod.from_mapping(merged, where=file_path or "command line")
+    if file_path:
+        from edgepack.inputs import preflight
+
+        preflight.check_config_paths(file_path, from_file, merged)
+    return config
 
 
 def _prune_table(options: dict[str, Any], from_file: Any) -> dict[str, Any] | None:

@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from edgepack.config import BuildConfig, FinetuneOptions, Preprocess, PruneOptions
+from edgepack.schema import split_numbers
 
 #: flags that keep a shorter or historical name: field -> flag (dest is the flag's name with underscores)
 RENAMED = {("BuildConfig", "target"): ("--target", "-t"), ("BuildConfig", "out"): ("--out", "-o"),
@@ -32,10 +33,8 @@ def _csv(kind: type) -> Any:
     def parse(ctx: click.Context, param: click.Parameter, value: str | None) -> list | None:
         if value is None:
             return None
-        value = value.strip().strip("[]()").replace(" ", "")   # "[1, 3, 224, 224]", as the TOML form and --help
-        try:
-            return [kind(v) for v in value.replace("x", ",").split(",") if v.strip()] if kind is int else \
-                [kind(v) for v in value.split(",") if v.strip()]
+        try:  # "1,3,224,224", "[1, 3, 224, 224]" as the TOML form and --help write it, "1x3x224x224"
+            return split_numbers(value, kind)
         except ValueError:
             what = "integers, e.g. 1,3,224,224" if kind is int else "numbers, e.g. 0.485,0.456,0.406"
             raise click.BadParameter(f"'{value}' is not a comma-separated list of {what}") from None

@@ -105,3 +105,32 @@ def check_path(value: str, *, what: str, kind: str, hint: str) -> None:
     if kind == "dir" and not path.is_dir():
         raise InputError(f"{what} is not a folder: {value}", hint=hint)
 
+
+
+def check_config_paths(config_file: str | Path, from_file: dict, merged: dict) -> None:
+    """Paths in a --config file are relative to the current folder, as on the command line. When one the file
+    sets (and the command line does not override) is missing here but exists beside the config file, say so now
+    (the build would stop on it later with a plain 'not found')."""
+    folder = Path(config_file).parent
+    candidates = [(key, from_file.get(key)) for key in ("model", *(k for k, *_ in PATHS))
+                  if merged.get(key) == from_file.get(key)]
+    finetune = [_finetune_data(table) for table in (from_file, merged)]
+    if finetune[0] == finetune[1]:
+        candidates.append(("prune.finetune", finetune[0]))
+    for key, value in candidates:
+        if not isinstance(value, str) or not value or Path(value).is_absolute() or Path(value).exists():
+            continue
+        if key == "model" and (value.startswith("torchvision:") or _FACTORY.match(value)):
+            continue
+        beside = folder / value
+        if beside.exists():
+            raise InputError(f"{key} = {value!r} in {config_file}: not found in the current folder ({Path.cwd()})",
+                             hint=f"paths in a --config file are relative to the current folder, not to the file's; "
+                                  f"{beside} exists: write {str(beside)!r} (or an absolute path) in the file")
+
+
+def _finetune_data(table: dict):
+    """A [prune] table's fine-tuning data (finetune = "x" or [prune.finetune] data = "x"), or None."""
+    prune = table.get("prune")
+    finetune = prune.get("finetune") if isinstance(prune, dict) else None
+    return finetune.get("data") if isinstance(finetune, dict) else finetune
