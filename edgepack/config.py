@@ -104,11 +104,12 @@ def options_from_mapping(data: dict[str, Any], *, where: str) -> PruneOptions:
     """Validate a [prune] table (with an optional nested [prune.finetune] table) into PruneOptions."""
     data = dict(data)
     ft = data.pop("finetune", None)
-    options = parse(PruneOptions, data, where=where)
+    options = parse(PruneOptions, data, where=where, hint=BUILD_HINT)
     if isinstance(ft, str):
         ft = {"data": ft}
     if ft is not None:
-        options = dataclasses.replace(options, finetune=parse(FinetuneOptions, ft, where=f"{where} finetune"))
+        options = dataclasses.replace(options, finetune=parse(FinetuneOptions, ft, where=f"{where} finetune",
+                                                              hint=BUILD_HINT))
     check_options(options)
     return options
 
@@ -197,6 +198,9 @@ class BuildConfig:
 
 
 PREPROCESS_KEYS = tuple(f.name for f in dataclasses.fields(Preprocess))
+#: where a build setting's problem sends a person: its option, meaning and bounds are listed there
+BUILD_HINT = ("see `edgepack build --help` for every setting (a --config key is the option's name with underscores, "
+              "a list is written [1, 3, 224, 224] or \"1,3,224,224\") and the README for bounds")
 
 
 def from_mapping(data: dict[str, Any], *, where: str) -> BuildConfig:
@@ -206,12 +210,12 @@ def from_mapping(data: dict[str, Any], *, where: str) -> BuildConfig:
     if isinstance(data.get("preprocess"), dict):
         pre.update(data.pop("preprocess"))
     prune = data.pop("prune", None)
-    config = schema.parse(BuildConfig, data, where=where)
+    config = schema.parse(BuildConfig, data, where=where, hint=BUILD_HINT)
     if prune is not None:
         if not isinstance(prune, dict):
-            raise ConfigError(f"{where}: prune must be a table, e.g. [prune] ratio = 0.4")
+            raise ConfigError(f"{where}: prune must be a table, e.g. [prune] ratio = 0.4", hint=BUILD_HINT)
         config = dataclasses.replace(config, prune=options_from_mapping(prune, where=f"{where} [prune]"))
-    preprocess = schema.parse(Preprocess, pre, where=where)
+    preprocess = schema.parse(Preprocess, pre, where=where, hint=BUILD_HINT)
     _check_preprocess(preprocess, where)
     return dataclasses.replace(config, preprocess=preprocess)
 

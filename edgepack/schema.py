@@ -32,36 +32,98 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp).replace("typing.", ""))
 
 
-def _check_type(value: Any, tp: Any) -> Any:
-    """Return the value coerced to ``tp`` (int->float, list->tuple) or raise TypeError."""
+#: how a message names a type: (one, several)
+_WORDS = {int: ("an integer", "integers"), float: ("a number", "numbers"), str: ("a string", "strings"),
+          bool: ("true or false", "true/false values"), dict: ("a table", "tables")}
+_EXAMPLES = {int: "[1, 3, 224, 224]", float: "[0.485, 0.456, 0.406]"}
+
+
+def describe_type(tp: Any) -> str:
+    """A type as a message says it to a person: 'a list of integers like [1, 3, 224, 224]', not 'tuple'."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        real = [a for a in args if a is not type(None)]
-        for arg in real:
-            try:
-                return _check_type(value, arg)
-            except TypeError as exc:
-                if len(real) == 1 and "finite" in str(exc):
-                    raise  # "a finite number" says more than "float or NoneType"
-                continue
-        raise TypeError(" or ".join(_type_name(a) for a in args))
+        return " or ".join(describe_type(a) for a in typing.get_args(tp) if a is not type(None))
     if origin in (tuple, list):
-        if not isinstance(value, list | tuple):
-            raise TypeError(f"a list of {_type_name(typing.get_args(tp)[0])}")
         inner = typing.get_args(tp)[0]
-        return tuple(_check_type(v, inner) for v in value)
+        several = "tables" if dataclasses.is_dataclass(inner) else _WORDS.get(inner, (None, f"{_type_name(inner)}"))[1]
+        return f"a list of {several}" + (f" like {_EXAMPLES[inner]}" if inner in _EXAMPLES else "")
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return f"a table of {tp.__name__} settings"
+    return _WORDS.get(tp, (_type_name(tp),))[0]
+
+
+def _describe_value(value: Any) -> str:
+    """What was given instead, for a message: a TOML string, list, table or number as written."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    if isinstance(value, dict):
+        return "a table"
+    return repr(list(value) if isinstance(value, tuple) else value)
+
+
+def split_numbers(text: str, kind: type) -> list:
+    """A list of numbers written as text, as the command line takes it: '1,3,224,224', '[1, 3, 224, 224]' or
+    '1x3x224x224' (integers). ValueError when it is not one."""
+    body = text.strip().strip("[]()").replace(" ", "")
+    if kind is int:
+        body = body.replace("x", ",")
+    values = [kind(v) for v in body.split(",") if v.strip()]
+    if not values:
+        raise ValueError(f"no numbers in {text!r}")
+    return values
+
+
+def _check_type(value: Any, tp: Any) -> Any:
+    """Return the value coerced to ``tp`` (int->float, list->tuple, a string of numbers -> a list of them) or raise
+    TypeError saying what ``tp`` is in words (describe_type)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return _check_union(value, tp)
+    if origin in (tuple, list):
+        return _check_list(value, tp)
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         if not isinstance(value, dict):
-            raise TypeError(f"a table of {tp.__name__} settings")
+            raise TypeError(describe_type(tp))
         return parse(tp, value, where=tp.__name__)  # a nested table, e.g. one [[reference]] entry
     if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
         return _finite_float(value)
     if tp is Any or (isinstance(tp, type) and isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
         return value
-    raise TypeError(_type_name(tp))
+    raise TypeError(describe_type(tp))
+
+
+def _check_union(value: Any, tp: Any) -> Any:
+    args = typing.get_args(tp)
+    if value is None and type(None) in args:
+        return None
+    real = [a for a in args if a is not type(None)]
+    for arg in real:
+        try:
+            return _check_type(value, arg)
+        except TypeError as exc:
+            if len(real) == 1 and "finite" in str(exc):
+                raise  # "a finite number" says more than "a number"
+            continue
+    raise TypeError(describe_type(tp))
+
+
+def _check_list(value: Any, tp: Any) -> tuple:
+    inner = typing.get_args(tp)[0]
+    if isinstance(value, str) and inner in (int, float):  # "1,3,224,224", as the command line takes it
+        try:
+            value = split_numbers(value, inner)
+        except ValueError:
+            raise TypeError(describe_type(tp)) from None
+    if not isinstance(value, list | tuple):
+        raise TypeError(describe_type(tp))
+    try:
+        return tuple(_check_type(v, inner) for v in value)
+    except TypeError as exc:
+        if "finite" in str(exc):
+            raise
+        raise TypeError(describe_type(tp)) from None
 
 
 def _finite_float(value: int | float) -> float:
@@ -89,8 +151,13 @@ def _check_bounds(name: str, value: Any, meta: dict) -> str | None:
     return None
 
 
-def parse(cls: type[T], data: Any, *, where: str) -> T:
-    """Build ``cls`` from ``data`` or raise one ConfigError listing every problem found in ``where``."""
+#: where a ConfigError from parse() sends a person when the caller names no better place
+DEFAULT_HINT = "see the README for every key, its meaning and bounds"
+
+
+def parse(cls: type[T], data: Any, *, where: str, hint: str = DEFAULT_HINT) -> T:
+    """Build ``cls`` from ``data`` or raise one ConfigError listing every problem found in ``where``; ``hint``
+    says where the keys are listed (a profile's: `edgepack targets show`; a build's: `edgepack build --help`)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a table of settings, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
@@ -105,7 +172,7 @@ def parse(cls: type[T], data: Any, *, where: str) -> T:
         try:
             values[key] = _check_type(data[key], hints[key])
         except TypeError as exc:
-            problems.append(f"{key} must be {exc}, got {type(data[key]).__name__} {data[key]!r}"[:200])
+            problems.append(f"{key} must be {exc}, got {_describe_value(data[key])}"[:200])
             continue
         except ConfigError as exc:  # a nested table (array of tables) with its own problems
             problems.append(f"{key}: {exc.message}")
@@ -117,8 +184,7 @@ def parse(cls: type[T], data: Any, *, where: str) -> T:
         if name not in values and f.default is _MISSING and f.default_factory is _MISSING:
             problems.append(f"missing required key '{name}' ({f.metadata.get('doc', '')})")
     if problems:
-        raise ConfigError(f"{where}: " + "; ".join(problems),
-                          hint="see `edgepack targets show` or the README for every key, its meaning and bounds")
+        raise ConfigError(f"{where}: " + "; ".join(problems), hint=hint)
     return cls(**values)
 
 

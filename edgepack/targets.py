@@ -124,7 +124,9 @@ def parse_profile(text: str, *, name: str, where: str) -> TargetProfile:
         if key in data:
             raise ConfigError(f"{where}: '{key}' is set by edgepack, not in the file",
                               hint=f"remove the '{key}' line; the name is the file stem")
-    profile = schema.parse(TargetProfile, data, where=where)
+    profile = schema.parse(TargetProfile, data, where=where,
+                           hint="see `edgepack targets show NAME` for every profile key, its value and meaning "
+                                "(bounds: the README)")
     if not profile.formats or len(set(profile.formats)) != len(profile.formats):
         raise ConfigError(f"{where}: formats = {list(profile.formats)}: name each format once, at least one",
                           hint=f"e.g. formats = [\"onnx\"] (one or more of {', '.join(FORMATS)})")

@@ -118,6 +118,77 @@ def test_config_file_gives_the_same_settings(tiny_data, tmp_path):
     assert result.exit_code == 2 and "did you mean 'calib_samples'" in result.output
 
 
+@pytest.mark.parametrize("case, args, message", [
+    ("factory module", ["nowhere_pkg.models:create"], "cannot import factory 'nowhere_pkg.models:create'"),
+    ("submodule", ["toy_models.sub:f"], "cannot import factory"),
+    ("model file", ["missing.onnx"], "model file not found: missing.onnx"),
+    ("weights", ["toy_models:tiny_cnn", "--weights", "missing.pt"], "weights file (--weights) not found"),
+    ("calib", ["toy_models:tiny_cnn", "--calib", "missing_calib"], "calibration data (--calib) not found"),
+    ("val", ["toy_models:tiny_cnn", "--val", "missing_val.npz"], "validation data (--val) not found"),
+    ("labels dir", ["toy_models:tiny_cnn", "--labels-dir", "missing_masks"], "labels folder (--labels-dir) not found"),
+    ("tokenizer", ["toy_models:tiny_cnn", "--tokenizer", "missing.json"], "tokenizer (--tokenizer) not found"),
+    ("target", ["toy_models:tiny_cnn", "--target", "no-such-board"], "unknown target"),
+])
+def test_dry_run_checks_what_the_config_names(case, args, message, tmp_path, monkeypatch):
+    """--dry-run exited 0 with a missing model module, weights, --calib and --val: useless as a CI check."""
+    monkeypatch.chdir(tmp_path)
+    result = invoke("build", *args, "--dry-run")
+    assert result.exit_code == 2 and message in result.output and "Hint:" in result.output, result.output
+
+
+def test_dry_run_finds_a_factory_without_importing_it(tiny_data, tmp_path, monkeypatch):
+    """The factory's package is found from the current folder, as the build imports it, and nothing of it runs."""
+    import sys
+
+    pkg = tmp_path / "dry_pkg"
+    (pkg / "nets").mkdir(parents=True)
+    marker = tmp_path / "imported"
+    (pkg / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    (pkg / "nets" / "__init__.py").write_text("")
+    (pkg / "nets" / "small.py").write_text("raise SystemExit('imported')\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    result = invoke("build", "dry_pkg.nets.small:create", "--calib", tiny_data["calib"], "--val", tiny_data["val"],
+                    "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["stages"] and not marker.exists()
+    assert invoke("build", "dry_pkg.nets.big:create", "--dry-run").exit_code == 2
+
+
+@pytest.mark.parametrize("written", ['"1,3,32,32"', '"[1, 3, 32, 32]"', "[1, 3, 32, 32]"])
+def test_config_file_takes_lists_as_the_command_line_writes_them(written, tmp_path):
+    """input_shape = "1,3,32,32" in a config gave 'must be tuple or NoneType, got str'."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'model = "toy_models:tiny_cnn"\ninput_shape = {written}\nmean = "0.5, 0.5, 0.5"\n'
+                   'std = "[0.25, 0.25, 0.25]"\n')
+    result = invoke("build", "--config", cfg, "--dry-run")
+    assert result.exit_code == 0, result.output
+    config = json.loads(result.stdout)["config"]
+    assert config["input_shape"] == [1, 3, 32, 32] and config["preprocess"]["mean"] == [0.5] * 3
+    assert config["preprocess"]["std"] == [0.25] * 3
+
+
+def test_config_errors_are_worded_for_people_and_point_to_build_help(tmp_path, monkeypatch):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('model = "toy_models:tiny_cnn"\ninput_shape = "1,3,a"\nper_channel = 1\nseed = "3"\n')
+    result = invoke("build", "--config", cfg, "--dry-run")
+    assert result.exit_code == 2, result.output
+    assert "input_shape must be a list of integers like [1, 3, 224, 224], got the string '1,3,a'" in result.output
+    assert "per_channel must be true or false, got 1" in result.output
+    assert "seed must be an integer, got the string '3'" in result.output
+    assert "NoneType" not in result.output and "tuple" not in result.output
+    assert "edgepack build --help" in result.output and "targets show" not in result.output
+    # paths in a config file are relative to the current folder; one that exists beside the file is named
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "calib.npz").write_bytes(b"")
+    (tmp_path / "conf" / "c.toml").write_text('model = "toy_models:tiny_cnn"\ncalib = "calib.npz"\n')
+    monkeypatch.chdir(tmp_path)
+    result = invoke("build", "--config", "conf/c.toml", "--dry-run")
+    assert result.exit_code == 2 and "relative to the current folder" in result.output, result.output
+    assert "conf/calib.npz" in result.output
+    assert invoke("build", "--config", "conf/c.toml", "--calib", "conf/calib.npz", "--dry-run").exit_code == 0
+
+
 def test_inspect_and_verify(built):
     out, _ = built
     shown = invoke("inspect", out)
@@ -220,7 +291,7 @@ def test_verify_refuses_zip_slip_and_links(built, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["missing image", "not an image", "missing feed", "wrong feed shape",
-                                  "all outputs without batch"])
+                                  "all outputs without an input"])
 def test_bundle_runner_says_what_is_wrong_without_a_traceback(built, tmp_path, case):
     """run.py in a bundle: a user's mistake is one line and exit 2 (--debug shows the traceback)."""
     import subprocess
@@ -234,12 +305,85 @@ def test_bundle_runner_says_what_is_wrong_without_a_traceback(built, tmp_path, c
     argv = {"missing image": ["nonexistent.jpg"], "not an image": [str(out / "manifest.json")],
             "missing feed": ["--batch", str(tmp_path / "none.npz"), "--out", str(tmp_path / "o.npz")],
             "wrong feed shape": ["--batch", str(feed), "--out", str(tmp_path / "o.npz")],
-            "all outputs without batch": [str(out / "manifest.json"), "--all-outputs"]}[case]
+            "all outputs without an input": ["--all-outputs", "--out", str(tmp_path / "o.npz")]}[case]
     proc = subprocess.run([sys.executable, str(out / "run.py"), *argv], capture_output=True, text=True,
                           timeout=120, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and "error:" in proc.stderr, proc.stderr
     assert not (tmp_path / "o.npz").exists()
+
+
+def _two_output_bundle(built, path: Path) -> Path:
+    """The built bundle with a generic two-output model (an embedding and its square) in place of its classifier:
+    run.py reads only the manifest's models, preprocessing and task."""
+    import shutil
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    shutil.copytree(built[0], path)
+    nodes = [helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
+             helper.make_node("Flatten", ["pooled"], ["embedding"]),
+             helper.make_node("Mul", ["embedding", "embedding"], ["square"])]
+    graph = helper.make_graph(nodes, "two", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 32, 32])],
+                              [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, [1, 3]),
+                               helper.make_tensor_value_info("square", TensorProto.FLOAT, [1, 3])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path / "model.onnx")
+    man = json.loads((path / "manifest.json").read_text())
+    man["models"][0]["outputs"] = [{**man["models"][0]["outputs"][0], "name": n, "shape": [1, 3]}
+                                   for n in ("embedding", "square")]
+    man["stages"]["task"] = {"name": "generic"}
+    (path / "manifest.json").write_text(json.dumps(man))
+    return path
+
+
+def test_bundle_runner_gives_every_output_of_a_photo(built, tmp_path):
+    """A generic (embedding) or multi-output bundle's run.py printed only each output's shape/min/max/mean for a
+    photo (--all-outputs took --batch only): --all-outputs now gives every output's values, --save an .npz."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    import onnxruntime as ort
+    from PIL import Image
+
+    bundle = _two_output_bundle(built, tmp_path / "two")
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(photo)
+
+    def run(*argv):
+        proc = subprocess.run([sys.executable, str(bundle / "run.py"), str(photo), *argv], capture_output=True,
+                              text=True, timeout=120, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    sys.path.insert(0, str(bundle))
+    try:
+        import run as runner  # the bundle's own preprocessing, for the expected values
+    finally:
+        sys.path.remove(str(bundle))
+        sys.modules.pop("run", None)
+    x = runner.preprocess(photo, json.loads((bundle / "manifest.json").read_text())["preprocess"], [1, 3, 32, 32])
+    expected = ort.InferenceSession(str(bundle / "model.onnx")).run(None, {"input": x})
+    res = json.loads(run("--all-outputs", "--json"))
+    assert [o["name"] for o in res["outputs"]] == ["embedding", "square"]
+    for got, want in zip(res["outputs"], expected, strict=True):
+        np.testing.assert_allclose(np.asarray(got["values"]), want, rtol=1e-5, atol=1e-6)
+    text = run("--all-outputs")
+    assert "output 1 (square): shape [1, 3]" in text and f"{expected[0][0, 0]:.4f}"[:6] in text, text
+    run("--all-outputs", "--save", tmp_path / "all.npz")
+    with np.load(tmp_path / "all.npz") as saved:
+        assert sorted(saved.files) == ["output0", "output1"]
+        np.testing.assert_allclose(saved["output1"], expected[1], rtol=1e-5, atol=1e-6)
+    run("--out", tmp_path / "first.npz")  # without --all-outputs: the first output (as --batch --out saves)
+    with np.load(tmp_path / "first.npz") as saved:
+        assert saved.files == ["output0"] and saved["output0"].shape == (1, 3)
+    # a classifier's bundle: the top classes as before, and its logits' values with --all-outputs
+    proc = subprocess.run([sys.executable, str(built[0] / "run.py"), str(photo), "--all-outputs", "--json"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    res = json.loads(proc.stdout)
+    assert res["top"] and np.asarray(res["outputs"][0]["values"]).shape == (1, 10), proc.stderr
+    assert "--all-outputs" in (built[0] / "README.md").read_text()  # the bundle README says how
 
 
 def test_existing_output_is_refused_without_force(built, tiny_data):
@@ -331,6 +475,29 @@ def test_prune_help_lists_only_what_pruning_uses():
                        "--prune-max-drop"):
         assert build_only not in text, build_only
     assert invoke("prune", "toy_models:tiny_cnn", "--max-latency-ms", "1", "--save", "x.pt2").exit_code == 2
+
+
+def test_diagnose_offers_only_what_it_uses_and_refuses_model_options_for_a_bundle(built, tiny_data, tmp_path):
+    """diagnose listed every build option (--out, --force, --prune, budgets...) and ignored them all; on a bundle
+    even --mean or --input-shape, which the bundle's manifest fixes, were silently ignored (exit 0)."""
+    text = invoke("diagnose", "--help").output
+    assert "--data " in text and "--input-shape " in text and "--weights " in text and "--mean " in text
+    for unused in ("--out ", "--force", "--prune", "--finetune", "--max-latency-ms", "--emulate", "--val ",
+                   "--max-search-time", "--labels-dir"):
+        assert unused not in text, unused
+    out, _ = built
+    result = invoke("diagnose", out, "--data", tiny_data["val"], "--out", tmp_path / "x", "--prune", "0.5")
+    assert result.exit_code == 2 and "No such option" in result.output
+    result = invoke("diagnose", out, "--data", tiny_data["val"], "--mean", "0.1,0.1,0.1", "--no-per-channel",
+                    "--input-shape", "1,3,32,32")
+    assert result.exit_code == 2, result.output
+    assert "--mean" in result.output and "--input-shape" in result.output and "--no-per-channel" in result.output
+    assert "manifest" in result.output and "Hint:" in result.output
+    # a model source still takes them, and its --config file is read (it was dropped unread)
+    config = tmp_path / "diag.toml"
+    config.write_text(f'weights = "{tmp_path / "missing.pt"}"\n')
+    result = invoke("diagnose", "toy_models:tiny_cnn", "--data", tiny_data["val"], "--config", config)
+    assert result.exit_code == 2 and "missing.pt" in result.output, result.output
 
 
 def test_prune_command_saves_a_pt2_program(tiny_data, tmp_path):

@@ -21,7 +21,9 @@ def test_every_setting_has_one_flag():
     assert set(FINETUNE_FLAGS.values()) == {f.name for f in dataclasses.fields(FinetuneOptions)}
 
 
-def test_flags_reach_the_config():
+def test_flags_reach_the_config(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d.npz").write_bytes(b"")  # --dry-run checks that the files named exist
     res = CliRunner().invoke(main, ["build", "toy_models:tiny_cnn", "--dry-run", "--min-output-sqnr-db", "12",
                                     "--no-per-channel", "--prune", "0.3", "--prune-steps", "2", "--finetune",
                                     "d.npz", "--distill-features", "0.5", "--mean", "1,2,3", "--task", "generic"])

@@ -102,7 +102,8 @@ def test_cli_device_group_and_emulate_flags_in_dry_run(monkeypatch):
     assert "device" in stages() and "device" not in stages("--no-emulate")
     monkeypatch.setenv("EDGEPACK_EMULATE", "0")
     assert "device" not in stages() and "device" in stages("--emulate")
-    assert json.loads(runner.invoke(main, ["build", "m", "--dry-run", "--emulate"]).output)["config"]["emulate"]
+    assert json.loads(runner.invoke(main, ["build", "toy_models:tiny_cnn", "--dry-run", "--emulate"]).output)[
+        "config"]["emulate"]
 
 
 @pytest.mark.parametrize(("band", "verdict"), [((40, 90), "pass"), ((90, 120), "inconclusive"),

@@ -45,7 +45,8 @@ def test_wrong_type_and_bad_choice():
     with pytest.raises(ConfigError) as err:
         targets.parse_profile(text, name="x", where="x.toml")
     assert "did you mean 'tflite'" in str(err.value)
-    assert "cores must be int" in str(err.value)
+    assert "cores must be an integer, got the string 'four'" in str(err.value)
+    assert "edgepack targets show" in err.value.hint
 
 
 def test_profile_may_not_set_its_own_name():

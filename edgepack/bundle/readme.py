@@ -117,7 +117,17 @@ def render(man: dict) -> str:
                       if pre.get("kind") == "text" else
                       "python3 run.py photo.jpg --time 100     # results and p50/p90 latency"),
              "python3 run.py --file inputs.txt        # one input per line, one JSON line each",
-             "python3 run.py --golden                  # stored input -> stored output", "```", ""]
+             "python3 run.py --golden                  # stored input -> stored output",
+             ('python3 run.py "a sentence" --all-outputs --json  # every output\'s values, JSON lists'
+              if pre.get("kind") == "text" else
+              "python3 run.py photo.jpg --all-outputs --json  # every output's values, JSON lists"),
+             "python3 run.py photo.jpg --save out.npz  # the outputs, saved with numpy" if pre.get("kind") != "text"
+             else 'python3 run.py --file texts.txt --save out.npz  # the outputs, saved with numpy', "```", "",
+             "Every output's values (an embedding, a second head; run.py otherwise prints the decoded result, or "
+             "a generic model's shape, min, max and mean): `--all-outputs` prints them, as JSON lists with "
+             "`--json`; `--save out.npz` (or `--out`) saves them with numpy as `output0`, `output1`, ... (the "
+             "first output, every one with `--all-outputs`), one row per input; outputs in the order listed "
+             "below.", ""]
     lines += _detect_notes(man)
     for m in man["models"]:
         lines += [f"## {m['file']} ({m['format']}, {m['precision']})", ""]

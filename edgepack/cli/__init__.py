@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from edgepack.bundle.tables import text_table
-from edgepack.cli.options import FINETUNE_FLAGS, PRUNE_FLAGS, build_options, prune_options
+from edgepack.cli.options import FINETUNE_FLAGS, PRUNE_FLAGS, build_options, diagnose_options, prune_options
 from edgepack.errors import EXIT_BUDGET, EXIT_INTERNAL, EXIT_OK, ConfigError, EdgepackError, InputError
 from edgepack.version import __version__
 
@@ -34,6 +34,18 @@ Exit codes:
   0 built, every budget met        1 built, a budget was missed (bundle marked failed)
   2 usage or input error           3 output error (exists, unwritable, full)
   4 a stage failed (export/quantize/convert)     5 bundle verification failed
+  70 internal error (a bug)        129 hung up (SIGHUP)     130 interrupted
+"""
+
+DIAGNOSE_EPILOG = """\b
+Examples:
+  edgepack diagnose torchvision:mobilenet_v2 --weights mnv2.pt --data photos/ --target raspberry-pi-4
+  edgepack diagnose build/mnv2 --data photos/ --plot layers.png      # a bundle: its recorded settings
+
+\b
+Exit codes:
+  0 measured                       2 usage or input error (a model option given with a bundle)
+  4 a stage failed (export/quantize)              5 the bundle's model differs from its manifest
   70 internal error (a bug)        129 hung up (SIGHUP)     130 interrupted
 """
 
@@ -197,7 +209,8 @@ def make_config(model: str | None, options: dict[str, Any]) -> Any:
     from edgepack import config as config_mod
 
     file_path = options.pop("config_file", None)
-    merged: dict[str, Any] = config_mod.read_toml(file_path) if file_path else {}
+    from_file: dict[str, Any] = config_mod.read_toml(file_path) if file_path else {}
+    merged = dict(from_file)
     prune = _prune_table(options, merged.get("prune"))
     merged.update({k: v for k, v in options.items() if v is not None and v != ()})
     if prune:
@@ -206,7 +219,12 @@ def make_config(model: str | None, options: dict[str, Any]) -> Any:
         merged["model"] = model
     if "model" not in merged:
         raise InputError("no MODEL given", hint="edgepack build MODEL ... (or model = '...' in --config)")
-    return config_mod.from_mapping(merged, where=file_path or "command line")
+    config = config_mod.from_mapping(merged, where=file_path or "command line")
+    if file_path:
+        from edgepack.inputs import preflight
+
+        preflight.check_config_paths(file_path, from_file, merged)
+    return config
 
 
 def _prune_table(options: dict[str, Any], from_file: Any) -> dict[str, Any] | None:
@@ -227,7 +245,9 @@ def _prune_table(options: dict[str, Any], from_file: Any) -> dict[str, Any] | No
 @main.command(epilog=EPILOG)
 @click.argument("model", required=False)
 @build_options
-@click.option("--dry-run", is_flag=True, help="Print the resolved config and the stages, build nothing.")
+@click.option("--dry-run", is_flag=True, help="Check that the files, folders, factory module and target named exist "
+                                              "(nothing loaded), print the resolved config and the stages, build "
+                                              "nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @click.pass_context
@@ -252,7 +272,9 @@ def build(ctx: click.Context, model: str | None, dry_run: bool, as_json: bool, q
             check_output(Path(config.out), [("config file", config_file)])
         if dry_run:
             from edgepack import pipeline
+            from edgepack.inputs import preflight
 
+            preflight.check(config)  # what a CI config check needs: every named file there, the factory findable
             click.echo(json.dumps({"config": config.to_dict(), "stages": pipeline.plan(config)}, indent=2))
             return
         from edgepack.api import build as api_build
@@ -316,22 +338,23 @@ def prune_cmd(ctx: click.Context, model: str | None, save_path: str, as_json: bo
     run_command(ctx, body)
 
 
-@main.command(epilog=EPILOG)
+@main.command(epilog=DIAGNOSE_EPILOG)
 @click.argument("model_or_bundle")
 @click.option("--data", required=True,
               help="Samples to measure on: image folder or .npz, or texts for a text model (16 are used).")
-@build_options
+@diagnose_options
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write the per-layer plot (PNG) here.")
 @click.option("--top", type=int, default=25, show_default=True, help="Rows to show.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON on stdout.")
 @click.pass_context
 def diagnose(ctx: click.Context, model_or_bundle: str, data: str, plot_path: str | None, top: int, as_json: bool,
              **options: Any) -> None:
     """Per-layer FP32-vs-INT8 error (SQNR), mapped to PyTorch module names, worst first.
 
-    MODEL_OR_BUNDLE is a model source (it is quantized with the default recipe first) or a bundle
-    folder (its shipped INT8 model is compared with itself without activation rounding; nothing the
-    bundle names is imported).
+    MODEL_OR_BUNDLE is a model source (it is quantized with the default recipe first; the options below
+    say how to load, feed and quantize it) or a bundle folder (its shipped INT8 model is compared with
+    itself without activation rounding, with the preprocessing and input its manifest records, so the
+    options below do not apply; nothing the bundle names is imported).
     """
     ui = Ui(quiet=as_json)
 
@@ -339,13 +362,15 @@ def diagnose(ctx: click.Context, model_or_bundle: str, data: str, plot_path: str
         from edgepack.api import diagnose as api_diagnose
 
         bundle = Path(model_or_bundle) if (Path(model_or_bundle) / "manifest.json").exists() else None
+        if bundle is not None:
+            _refuse_for_bundle(ctx, bundle, options)
         try:
             if bundle is not None:  # untrusted: the bundle alone, never the model source its manifest names
                 from edgepack.bundle import diagnose as diagnose_bundle
 
                 rows = diagnose_bundle.run(bundle, data, progress=ui.progress)
             else:
-                rows = api_diagnose(_diagnose_config(model_or_bundle, None, data, options), None,
+                rows = api_diagnose(_diagnose_config(model_or_bundle, data, options), None,
                                     progress=ui.progress)
         finally:
             ui.finish()
@@ -368,19 +393,31 @@ def diagnose(ctx: click.Context, model_or_bundle: str, data: str, plot_path: str
     run_command(ctx, body)
 
 
-def _diagnose_config(model: str, bundle: Path | None, data: str, options: dict[str, Any]) -> Any:
-    """The build config to diagnose with: the bundle's own recorded config, or the options given."""
-    from edgepack import config as config_mod
-    from edgepack.bundle.read import read_manifest
+def _refuse_for_bundle(ctx: click.Context, bundle: Path, options: dict[str, Any]) -> None:
+    """diagnose BUNDLE runs the bundle's model as its manifest records it: a model option given with it would be
+    silently ignored, so it is refused, named as it was typed."""
+    given = []
+    for param in ctx.command.params:
+        value = options.get(param.name)
+        if param.name in options and value is not None and value != ():
+            off = isinstance(param, click.Option) and value is False and param.secondary_opts
+            given.append((param.secondary_opts if off else param.opts)[0])
+    if given:
+        raise ConfigError(f"{', '.join(given)}: not for a bundle; {bundle} is diagnosed with the preprocessing, "
+                          "input shape, target and INT8 model its manifest records",
+                          hint="drop them (diagnose BUNDLE takes --data, --plot, --top, --json), or diagnose the "
+                               "model source with them: edgepack diagnose MODEL --data ... [options]")
 
-    options.pop("config_file", None)
-    if bundle is None:
-        return make_config(model, {**options, "val": data, "calib": options.get("calib") or data})
-    recorded = dict(read_manifest(bundle)["config"])
-    flat = {**{k: v for k, v in recorded.items() if k not in ("preprocess", "prune")},
-            **(recorded.get("preprocess") or {})}
-    flat.update({"val": data, "calib": data, "val_samples": 16, "force": True})
-    return config_mod.from_mapping(flat, where=f"{bundle}/manifest.json")
+
+def _diagnose_config(model: str, data: str, options: dict[str, Any]) -> Any:
+    """The build config to diagnose a model source with: the --config file and the options given, --data as the
+    validation data (and the calibration data without --calib)."""
+    merged_calib = options.get("calib")
+    if merged_calib is None and options.get("config_file"):
+        from edgepack import config as config_mod
+
+        merged_calib = config_mod.read_toml(options["config_file"]).get("calib")
+    return make_config(model, {**options, "val": data, "calib": merged_calib or data})
 
 
 @main.command()

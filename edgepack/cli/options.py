@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from edgepack.config import BuildConfig, FinetuneOptions, Preprocess, PruneOptions
+from edgepack.schema import split_numbers
 
 #: flags that keep a shorter or historical name: field -> flag (dest is the flag's name with underscores)
 RENAMED = {("BuildConfig", "target"): ("--target", "-t"), ("BuildConfig", "out"): ("--out", "-o"),
@@ -32,10 +33,8 @@ def _csv(kind: type) -> Any:
     def parse(ctx: click.Context, param: click.Parameter, value: str | None) -> list | None:
         if value is None:
             return None
-        value = value.strip().strip("[]()").replace(" ", "")   # "[1, 3, 224, 224]", as the TOML form and --help
-        try:
-            return [kind(v) for v in value.replace("x", ",").split(",") if v.strip()] if kind is int else \
-                [kind(v) for v in value.split(",") if v.strip()]
+        try:  # "1,3,224,224", "[1, 3, 224, 224]" as the TOML form and --help write it, "1x3x224x224"
+            return split_numbers(value, kind)
         except ValueError:
             what = "integers, e.g. 1,3,224,224" if kind is int else "numbers, e.g. 0.485,0.456,0.406"
             raise click.BadParameter(f"'{value}' is not a comma-separated list of {what}") from None
@@ -104,6 +103,15 @@ BUILD_ONLY = frozenset({
     "prune_max_drop"})
 
 
+#: Build options `diagnose MODEL` uses: the model, its input and data, and the INT8 recipe it measures (on ONNX,
+#: without search). Budgets, the bundle, pruning, fine-tuning and the device stage play no part in it, and --val is
+#: its --data. A --config file may still hold the others (diagnose reads the same files and ignores them).
+DIAGNOSE = frozenset({
+    "task", "target", "calib", "tokenizer", "max_length", "weights", "num_classes", "input_shape", "calib_samples",
+    "calibration_method", "per_channel", "weight_rounding", "seed", "trust_model", "resize", "crop", "mean", "std",
+    "scale", "channel_order", "config_file"})
+
+
 def build_options(fn: Any) -> Any:
     """Decorate a command with every build option."""
     for option, _ in reversed(BUILD_OPTIONS):
@@ -115,5 +123,13 @@ def prune_options(fn: Any) -> Any:
     """Decorate a command with the build options pruning uses (all but BUILD_ONLY)."""
     for option, dest in reversed(BUILD_OPTIONS):
         if dest not in BUILD_ONLY:
+            fn = option(fn)
+    return fn
+
+
+def diagnose_options(fn: Any) -> Any:
+    """Decorate a command with the build options `diagnose MODEL` uses (DIAGNOSE)."""
+    for option, dest in reversed(BUILD_OPTIONS):
+        if dest in DIAGNOSE:
             fn = option(fn)
     return fn

@@ -16,6 +16,10 @@ pillow for image bundles or tokenizers for text bundles. No torch, no transforme
     python3 run.py photo.jpg --time 100       # also p50/p90 latency over 100 runs, ms
     python3 run.py --golden                   # run the stored golden input, compare with the stored output
     python3 run.py --time-golden 100          # time 100 runs on the golden input; one JSON line, ms
+    python3 run.py photo.jpg --all-outputs    # also every output's values (an embedding, a second head), in
+                                              #   the manifest's output order; with --json as JSON lists
+    python3 run.py photo.jpg --out emb.npz    # save the outputs (.npz: output0, output1, ...; one row per
+                                              #   input, --file stacks them); --save is the same option
     python3 run.py --batch in.npz --out out.npz   # every sample of a saved feed {input name: (N, ...)} as one
                                               #   input; outputs saved as output0 (--all-outputs: every one)
 """
@@ -370,6 +374,15 @@ def result(task, kind, model, feed, item, labels, top, score_threshold=None, fra
                     for i in np.argsort(-scores)[:top]]}
 
 
+def output_values(outs, entry):
+    """Every output of one input with its values (run.py --all-outputs): index, name (the manifest's), shape,
+    min/max/mean and the values as nested lists, float32 as the runtime gives them (dequantized)."""
+    names = [t.get("name") for t in entry.get("outputs", [])]
+    return [{"index": i, "name": names[i] if len(names) == len(outs) else None, "shape": list(o.shape),
+             "min": round(float(o.min()), 6), "max": round(float(o.max()), 6), "mean": round(float(o.mean()), 6),
+             "values": o.tolist()} for i, o in enumerate(outs)]
+
+
 def show(res):
     """The result as lines a person reads."""
     for r in res.get("top", []):
@@ -390,7 +403,12 @@ def show(res):
     for r in res.get("classes", []):
         print(f"{100 * r['fraction']:6.2f} %  {r['name']}")
     for r in res.get("outputs", []):
-        print(f"output {r['index']}: shape {r['shape']}  min {r['min']:.4g}  max {r['max']:.4g}  mean {r['mean']:.4g}")
+        name = f" ({r['name']})" if r.get("name") else ""
+        print(f"output {r['index']}{name}: shape {r['shape']}  min {r['min']:.4g}  max {r['max']:.4g}  "
+              f"mean {r['mean']:.4g}")
+        if "values" in r:
+            print(np.array2string(np.asarray(r["values"], np.float32), threshold=sys.maxsize, max_line_width=100,
+                                  precision=6, separator=", "))
     if "label" in res:
         print(json.dumps(res))
 
@@ -454,8 +472,12 @@ def main():
                         help="time N runs on the golden input (no input needed); print one JSON line")
     parser.add_argument("--batch", metavar="IN.npz", help="run every sample of a feed saved with numpy "
                         "({input name: (N, ...)}); write the outputs to --out")
-    parser.add_argument("--out", metavar="OUT.npz", help="with --batch: where the outputs are saved")
-    parser.add_argument("--all-outputs", action="store_true", help="with --batch: save every output, not the first")
+    parser.add_argument("--out", "--save", dest="out", metavar="OUT.npz",
+                        help="save the outputs to this .npz (output0, output1, ...: the first output, every one "
+                        "with --all-outputs; one row per input, stacked over --file's inputs or --batch's samples)")
+    parser.add_argument("--all-outputs", action="store_true",
+                        help="every output with its values, not only the decoded result (an image or sentence: "
+                        "printed, JSON lists with --json; --batch / --out: every output saved, not the first)")
     parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     if (manifest.get("stages", {}).get("task") or {}).get("name") == "detect":
         import postprocess
@@ -472,8 +494,9 @@ def main():
         parser.error(f"--score-threshold {args.score_threshold:g} is not a score: scores are 0-1")
     if args.batch and not args.out:
         parser.error("--batch needs --out")
-    if args.all_outputs and not args.batch:
-        parser.error("--all-outputs works with --batch (an image or sentence prints the decoded result)")
+    if (args.all_outputs or args.out) and not (args.batch or args.input or args.file):
+        parser.error(f"{'--all-outputs' if args.all_outputs else '--out'} needs an input: "
+                     + ("a sentence" if kind == "text" else "an image") + ", --file or --batch")
     try:
         execute(manifest, kind, args, parser)
     except Exception as exc:  # noqa: BLE001 - one line for a person, the traceback with --debug
@@ -504,20 +527,36 @@ def execute(manifest, kind, args, parser):
     else:
         parser.error("give " + ("a sentence" if kind == "text" else "an image") + ", --file or --golden")
     reader = TextReader(manifest) if kind == "text" else ImageReader(manifest)
-    task = manifest.get("stages", {}).get("task") or {}   # name, and a segmenter's prob_threshold
-    labels = manifest.get("labels")
-    for item in items:
-        feed = reader(item)
-        frame = (reader.size, reader.pre, reader.shape, args.model_frame) if task.get("name") == "detect" else None
-        res = result(task, kind, model, feed, item, labels, args.top, getattr(args, "score_threshold", None), frame)
-        if args.json or args.file:
-            print(json.dumps(res if kind == "text" else {"input": item, **res}))
-        else:
-            show(res)
+    run_items(manifest, kind, args, (entry, model), reader, items)
     if args.time:
         times = time_runs(model, reader(items[0]), args.time)
         print(f"latency over {args.time} runs: p50 {np.percentile(times, 50):.2f} ms, "
               f"p90 {np.percentile(times, 90):.2f} ms ({args.threads} threads, {entry['format']})")
+
+def run_items(manifest, kind, args, loaded, reader, items):
+    """Print each input's result (every output's values with --all-outputs); save the outputs with --out."""
+    entry, model = loaded
+    task = manifest.get("stages", {}).get("task") or {}   # name, and a segmenter's prob_threshold
+    labels = manifest.get("labels")
+    saved = []
+    for item in items:
+        feed = reader(item)
+        frame = (reader.size, reader.pre, reader.shape, args.model_frame) if task.get("name") == "detect" else None
+        res = result(task, kind, model, feed, item, labels, args.top, getattr(args, "score_threshold", None), frame)
+        if args.all_outputs or args.out:
+            outs = model.outputs(feed)
+            saved.append(outs if args.all_outputs else outs[:1])
+            if args.all_outputs:  # the values too: a generic model's result has only each output's statistics
+                res = {**res, "outputs": output_values(outs, entry)}
+        if args.json or args.file:
+            print(json.dumps(res if kind == "text" else {"input": item, **res}))
+        else:
+            show(res)
+    if args.out:
+        np.savez(args.out, **{f"output{k}": np.concatenate([o[k] for o in saved]) for k in range(len(saved[0]))})
+        if not (args.json or args.file):
+            print(f"saved {len(saved[0])} output{'' if len(saved[0]) == 1 else 's'} of {len(saved)} "
+                  f"input{'' if len(saved) == 1 else 's'} to {args.out}")
 
 
 if __name__ == "__main__":
