@@ -341,7 +341,9 @@ def prune_cmd(ctx: click.Context, model: str | None, save_path: str, as_json: bo
 @main.command(epilog=DIAGNOSE_EPILOG)
 @click.argument("model_or_bundle")
 @click.option("--data", required=True,
-              help="Samples to measure on: image folder or .npz, or texts for a text model (16 are used).")
+              help="Samples to measure on: image folder or .npz, or texts for a text model. For a MODEL it is also "
+                   "the calibration data (up to --calib-samples, default the profile's); the per-layer error is "
+                   "measured on 16 of them.")
 @diagnose_options
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write the per-layer plot (PNG) here.")
 @click.option("--top", type=int, default=25, show_default=True, help="Rows to show.")
