@@ -165,10 +165,12 @@ def _prepare(config: BuildConfig, target: targets.TargetProfile, workdir: Path, 
     if hasattr(task, "check_outputs"):
         task.check_outputs(output_shapes, model.spec)
     num_outputs = output_shapes[0][-1] if task.name == "classify" and output_shapes else None
+    classes = num_outputs if num_outputs is not None else (
+        task.class_count(output_shapes) if hasattr(task, "class_count") else None)
     calib, val = _load_data(config, target, kind, shape, progress)
     if config.labels_dir:
         _read_targets(config, task, val, shape, output_shapes)
-    labels = _labels(config, val, num_outputs, model)
+    labels = _labels(config, val, num_outputs, model, classes)
     same = _same_data(config.calib, config.val)
     ctx = BuildContext(config=config, target=target, workdir=workdir, input_shape=shape, model=model, calib=calib,
                        val=val, inputs=kind, task=task, val_is_calibration=not config.val or same, labels=labels,
@@ -221,8 +223,15 @@ def _read_targets(config: BuildConfig, task: tasks.Task, val: data.Dataset, shap
     if not hasattr(task, "read_targets"):
         raise ConfigError(f"--labels-dir is for the detect and segment tasks; this build's task is {task.name}",
                           hint="pass --task detect or --task segment (classifiers take class sub-folders or y)")
+    names = _read_labels(config.labels) if config.labels else None
     val.targets = task.read_targets(val, config.labels_dir, input_shape=shape, preprocess=config.preprocess,
-                                    output_shapes=output_shapes)
+                                    output_shapes=output_shapes, class_names=names)
+    if names is None and task.name == "detect" and Path(config.labels_dir).suffix.lower() == ".json":
+        from edgepack.inputs.labels import coco_category_names
+
+        found = coco_category_names(Path(config.labels_dir))  # the bundle names its classes as the labels do
+        if found and len(found) == task.class_count(output_shapes):
+            val.class_names = found
 
 
 def _output_shapes(model: sources.LoadedModel, kind: kinds.ImageInput, shape: tuple[int, ...]) -> list[tuple]:
@@ -247,7 +256,7 @@ def _output_shapes(model: sources.LoadedModel, kind: kinds.ImageInput, shape: tu
 
 
 def _labels(config: BuildConfig, val: data.Dataset, num_outputs: int | None,
-            model: sources.LoadedModel) -> list[str] | None:
+            model: sources.LoadedModel, classes: int | None = None) -> list[str] | None:
     """Class names from --labels, the validation folder or a text model's config; they must fit the model's
     output size.
 
@@ -260,6 +269,11 @@ def _labels(config: BuildConfig, val: data.Dataset, num_outputs: int | None,
     if names is not None and num_outputs is not None and len(names) != num_outputs:
         raise InputError(f"{config.labels} has {len(names)} class names but the model has {num_outputs} outputs",
                          hint="one class name per line, in output order")
+    if names is not None and num_outputs is None and classes is not None and len(names) != classes:
+        # a detector or segmenter: a list without "background" shifted every name by one in run.py and the report
+        raise InputError(f"{config.labels} has {len(names)} class names but the model tells {classes} classes apart",
+                         hint="one class name per line, in the model's class order (a segmenter's class 0, often "
+                              "'background', included)")
     if names is not None and val.class_names is not None:
         _remap_by_name(val, names)
     elif val.class_names is not None and num_outputs is not None and len(val.class_names) != num_outputs:

@@ -113,12 +113,18 @@ class Detect:
             return None
         return budgets.row("map50_drop_points", quality["map50_drop"], limit, "<=")
 
-    def read_targets(self, dataset, labels: str, *, input_shape: tuple, preprocess, output_shapes: list) -> list:
-        """Boxes for every image of ``dataset`` from a YOLO txt folder or a COCO JSON (see inputs.labels)."""
+    def class_count(self, output_shapes: list) -> int:
+        """How many classes the model tells apart (its class names must number as many)."""
+        return self.check_outputs(output_shapes, "the model")
+
+    def read_targets(self, dataset, labels: str, *, input_shape: tuple, preprocess, output_shapes: list,
+                     class_names: list[str] | None = None) -> list:
+        """Boxes for every image of ``dataset`` from a YOLO txt folder or a COCO JSON (see inputs.labels); a COCO
+        file's categories are matched to ``class_names`` (--labels) by name."""
         from edgepack.inputs import labels as labels_mod
 
         return labels_mod.read_boxes(dataset, labels, input_shape=input_shape, preprocess=preprocess,
-                                     num_classes=self.check_outputs(output_shapes, "the model"))
+                                     num_classes=self.class_count(output_shapes), class_names=class_names)
 
 
 def split_outputs(outs) -> tuple[np.ndarray, np.ndarray]:

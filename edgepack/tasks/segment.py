@@ -110,7 +110,12 @@ class Segment:
             return None
         return budgets.row("miou_drop_points", quality["miou_drop"], limit, "<=")
 
-    def read_targets(self, dataset, labels: str, *, input_shape: tuple, preprocess, output_shapes: list) -> list:
+    def class_count(self, output_shapes: list) -> int:
+        """How many classes the model tells apart (its class names must number as many)."""
+        return self.num_classes(output_shapes[0])
+
+    def read_targets(self, dataset, labels: str, *, input_shape: tuple, preprocess, output_shapes: list,
+                     class_names: list[str] | None = None) -> list:
         """PNG index masks for every image of ``dataset`` from the folder ``labels`` (see inputs.labels)."""
         from edgepack.inputs import labels as labels_mod
 
