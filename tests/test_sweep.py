@@ -212,6 +212,25 @@ def test_pareto_front_and_best_bundle_per_target():
     assert summary["t"]["errors"] == 1 and summary["u"]["best"] == "e"
 
 
+def test_a_generic_models_trials_are_ranked_by_their_worst_output_sqnr():
+    """A generic model has no accuracy, agreement, mIoU or mAP: every trial of a generic sweep had a null quality,
+    so the front was empty and the summary said 'no trial met every budget' while all 8 had."""
+    from types import SimpleNamespace
+
+    def manifest(sqnr, p50):
+        v = {"agreement": None, "sqnr_db": sqnr, "latency_ms": {"int8": {"p50": p50}, "fp32": {"p50": 2 * p50},
+                                                                "threads": 1}, "budgets": []}
+        return {"validation": v, "passed": True, "model": {"size_bytes": 1000, "sha256": "0" * 64},
+                "runtime": {"threads": 1}}
+
+    trial = lambda key: SimpleNamespace(key=key, name=key, model="m", target="t", varied={})  # noqa: E731
+    rows = [results.row(trial(k), {"status": "passed"}, manifest(q, ms))
+            for k, q, ms in (("a", 30.0, 2.0), ("b", 25.0, 1.0), ("c", 20.0, 1.5))]
+    assert {r["metric"] for r in rows} == {"sqnr_db"} and [r["quality"] for r in rows] == [30.0, 25.0, 20.0]
+    assert [r["key"] for r in results.pareto(rows)] == ["b", "a"] and results.best(rows)["key"] == "a"
+    assert results.summarize(rows, ["t"])["t"]["unranked"] == 0
+
+
 def test_sweep_html_is_self_contained_and_marks_front_and_best():
     doc = results.document("demo", "s.toml", ROWS, ["t", "u"], {"ran": 6, "seconds": 3, "cluster": "x"})
     page = render(doc)
@@ -276,6 +295,10 @@ def test_resume_with_nothing_missing_writes_results_without_starting_ray(sweep_d
     assert result.ran == 0 and result.kept == 9 and seen[0].todo == 0
     doc = json.loads((sweep_dir / "out/sweep.json").read_text())
     assert len(doc["trials"]) == 9 and (sweep_dir / "out/sweep.html").is_file()
+    res = CliRunner().invoke(main, ["sweep", "sweep.toml", "--out", "out", "--resume", "--json"])
+    said = json.loads(res.stdout)  # a script picks each target's bundle from stdout alone
+    assert Path(said["results"]).is_file() and set(said["targets"]) == set(doc["targets"])
+    assert all("best_bundle" in t and "unranked" in t for t in said["targets"].values())
 
 
 def test_edgepack_sweep_is_both_the_function_and_the_package():

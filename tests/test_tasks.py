@@ -824,3 +824,19 @@ def test_chance_level_or_low_accuracy_under_default_preprocessing_is_said():
     npz = preprocessing_doubts(ctx(default, calib="calib.npz"), {"accuracy_fp32": 92.5})
     assert len(npz) == 1 and "cannot check against .npz" in npz[0]
     assert preprocessing_doubts(ctx(own, calib="calib.npz"), {"accuracy_fp32": 92.5}) == []
+
+
+def test_an_outputs_constant_offset_does_not_inflate_its_judged_sqnr():
+    """A depth head in millimetres (1000 + 5 x) scored 106 dB raw while the part that varies was at 36-38 dB: the
+    generic task (and the per-output judge) measure the variation around the mean."""
+    from edgepack.tasks.base import sqnr_db
+    from edgepack.tasks.generic import Generic
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 1, 8, 8))
+    noise = 0.01 * rng.normal(size=x.shape)
+    ref, got = 1000 + 5 * x, 1000 + 5 * (x + noise)
+    assert sqnr_db(ref, got) > 80  # raw: the offset's power counts as signal
+    assert 35 < sqnr_db(ref, got, centered=True) < 45
+    assert abs(sqnr_db(ref, got, centered=True) - sqnr_db(x - x.mean(), x + noise - x.mean())) < 0.05
+    assert Generic().quality(ref, got, None)["sqnr_db"] < 45

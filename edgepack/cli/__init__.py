@@ -707,9 +707,13 @@ def sweep_cmd(ctx: click.Context, sweep_file: str, out: str, dry_run: bool, as_j
                 result = sweep_api.run(sweep_file, out, run_options, progress=ui.progress)
         finally:
             ui.finish()
-        if as_json:
+        if as_json:  # with each target's best bundle as a path, so a script can pick it without sweep.json
             doc = result.document
-            click.echo(json.dumps({k: doc[k] for k in ("name", "counts", "targets", "run")}, indent=2))
+            rows = {r["key"]: r for r in doc["trials"]}
+            targets = {t: {**s, "best_bundle": str(result.out / rows[s["best"]]["bundle"]) if s["best"] else None}
+                       for t, s in doc["targets"].items()}
+            click.echo(json.dumps({**{k: doc[k] for k in ("name", "counts", "run")}, "targets": targets,
+                                   "results": str(result.json_path)}, indent=2))
         else:
             click.echo(summary(result))
         sys.exit(EXIT_OK if result.errors == 0 else EXIT_BUDGET)

@@ -71,7 +71,8 @@ def summary(result: SweepResult) -> str:
         best = rows.get(s["best"]) if s["best"] else None
         pick = (f"best: {best['name']} ({best['metric']} {best['quality']:g}, {best['latency_ms']:.3f} ms "
                 f"{best['latency_kind']}, {best['size_bytes'] / 1e6:.2f} MB) -> {result.out / best['bundle']}"
-                if best else "no trial met every budget")
+                if best else ("no trial met every budget" if not s.get("unranked") else
+                              f"{s['unranked']} trial(s) built without a quality metric to rank them"))
         lines.append(f"  {target}: {s['trials']} trials, {len(s['pareto'])} on the Pareto front; {pick}")
     lines.append(f"results: {result.json_path}  report: {result.html_path}")
     return "\n".join(lines)

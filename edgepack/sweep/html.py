@@ -60,7 +60,9 @@ def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
 def _plot(rows: list[dict], front: set[str], best: str | None) -> str:
     pts = [r for r in rows if r.get("quality") is not None and r.get("latency_ms") is not None]
     if not pts:
-        return "<p>No trial of this target built.</p>"
+        built = sum(r.get("status") != "error" for r in rows)
+        return ("<p>No trial of this target built.</p>" if not built else
+                f"<p>{built} trial(s) built, none with a quality metric and a latency to plot.</p>")
     xs, ys = [r["latency_ms"] for r in pts], [r["quality"] for r in pts]
     x0, x1 = 0.0, max(xs) * 1.1
     y_pad = (max(ys) - min(ys)) * 0.15 or max(abs(max(ys)) * 0.01, 0.01)

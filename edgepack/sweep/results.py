@@ -1,8 +1,9 @@
 """Trial rows, the Pareto front per target and the best bundle per target -> sweep.json (and sweep.html).
 
 A row is what people compare: the varied settings, the task metric (INT8 top-1 accuracy with labels, else
-top-1 agreement with FP32), the INT8 file size, the INT8 p50 latency with its kind (the latency the target's
-budget judges: measured on the host, or a device estimate) and how it was timed, the verdict and the bundle.
+top-1 agreement with FP32; a generic model's worst output SQNR), the INT8 file size, the INT8 p50 latency with
+its kind (the latency the target's budget judges: measured on the host, or a device estimate) and how it was
+timed, the verdict and the bundle.
 Pareto front: per target, the trials no other trial beats on both quality (higher) and latency (lower).
 Best: per target, among the trials that met every budget, the highest quality (then lower latency, then
 smaller size).
@@ -34,8 +35,11 @@ def row(trial: Trial, record: dict[str, Any], manifest: dict[str, Any] | None) -
     v = manifest["validation"]
     latency = _latency(manifest)
     prune = manifest.get("stages", {}).get("prune", {})
-    # the task's own INT8 metric (top-1 accuracy, mIoU, mAP@0.5; points) when it has labels or pseudo-labels
-    metric = next((k for k in ("accuracy_int8", "miou_int8", "map50_int8") if v.get(k) is not None), "agreement")
+    # the task's own INT8 metric (top-1 accuracy, mIoU, mAP@0.5; points) when it has labels or pseudo-labels,
+    # else top-1 agreement; a generic model has neither: its worst output's SQNR (dB) ranks it (every row of
+    # a generic sweep was left off the Pareto front and "best" with a null quality)
+    metric = next((k for k in ("accuracy_int8", "miou_int8", "map50_int8", "agreement", "sqnr_db")
+                   if v.get(k) is not None), "agreement")
     out.update({
         "bundle": f"{TRIALS}/{trial.key}/{BUNDLE}",
         "passed": manifest["passed"],
@@ -89,7 +93,8 @@ def summarize(rows: list[dict], targets: list[str]) -> dict[str, dict]:
         mine = [r for r in rows if r["target"] == target]
         b = best(mine)
         out[target] = {"pareto": [r["key"] for r in pareto(mine)], "best": b["key"] if b else None,
-                       "trials": len(mine), "errors": sum(r["status"] == "error" for r in mine)}
+                       "trials": len(mine), "errors": sum(r["status"] == "error" for r in mine),
+                       "unranked": sum(r["status"] != "error" and r.get("quality") is None for r in mine)}
     return out
 
 

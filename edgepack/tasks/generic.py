@@ -28,8 +28,8 @@ class Generic:
 
     def quality(self, ref: np.ndarray | list, got: np.ndarray | list, y: np.ndarray | None) -> dict:
         refs, gots = (ref, got) if isinstance(ref, list) else ([ref], [got])
-        per = [{"sqnr_db": _r(sqnr_db(r, g)), "cosine": round(_cosine(r, g), 5)} for r, g in zip(refs, gots,
-                                                                                                   strict=True)]
+        per = [{"sqnr_db": _r(sqnr_db(r, g, centered=True)), "cosine": round(_cosine(r, g), 5)}
+               for r, g in zip(refs, gots, strict=True)]
         worst = min(p["sqnr_db"] for p in per)
         return {"sqnr_db": worst, "agreement": None, "accuracy_fp32": None, "accuracy_int8": None,
                 "accuracy_drop": None, "outputs": per}
