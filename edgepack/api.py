@@ -281,7 +281,8 @@ def _labels(config: BuildConfig, val: data.Dataset, num_outputs: int | None,
                          f"{num_outputs} outputs", hint="pass --labels FILE to match folders to classes by name")
     if num_outputs is not None and val.y is not None and int(val.y.max()) >= num_outputs:
         raise InputError(f"validation labels go up to {int(val.y.max())} but the model has {num_outputs} outputs",
-                         hint="check --num-classes, the class folders, or the y array")
+                         hint="check --num-classes and the validation labels (class folders, the .npz's y, or "
+                              "a text file's label column)")
     return names if names is not None else val.class_names
 
 

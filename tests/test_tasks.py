@@ -542,6 +542,10 @@ def test_bad_coco_labels_name_the_file(tmp_path):
     broken(lambda d: d["images"].pop())
     with pytest.raises(InputError, match=r"unknown image_id|image d01\.png has no entry"):
         labels.read_boxes(ds, str(coco), **kw)
+    broken(lambda d: [im.update(id=str(im["id"])) for im in d["images"]])  # "0" for images, 0 for annotations
+    with pytest.raises(InputError, match=r"unknown image_id 0") as info:
+        labels.read_boxes(ds, str(coco), **kw)
+    assert "image ids are str but this one is int" in info.value.hint
     coco.write_text("{not json")
     with pytest.raises(InputError, match=r"cannot read COCO labels .*coco\.json"):
         labels.read_boxes(ds, str(coco), **kw)

@@ -109,6 +109,19 @@ def test_read_texts_errors(tmp_path, name, content, expected):
     assert info.value.hint
 
 
+def test_text_labels_may_be_class_names_and_hints_fit_the_problem(tmp_path):
+    """A CSV labelled 'weather' was refused though --labels named it; an empty text got a hint about labels."""
+    (tmp_path / "named.csv").write_text('text,label\n"Rain today",weather\n"Goal!",sport\n', encoding="utf-8")
+    texts, labels = text.read_texts(tmp_path / "named.csv", class_names=["sport", "weather"])
+    assert texts == ["Rain today", "Goal!"] and labels.tolist() == [1, 0]
+    with pytest.raises(InputError, match="nor one of the class names"):
+        text.read_texts(tmp_path / "named.csv", class_names=["sport", "news"])
+    (tmp_path / "empty.jsonl").write_text('{"text": "", "label": 1}\n{"text": "b", "label": 0}\n')
+    with pytest.raises(InputError) as info:
+        text.read_texts(tmp_path / "empty.jsonl")
+    assert "non-empty text" in info.value.hint and "class indices" not in info.value.hint
+
+
 def test_read_texts_missing_and_unlabelled(tmp_path):
     with pytest.raises(InputError, match="not found"):
         text.read_texts(tmp_path / "nope.txt")

@@ -100,6 +100,24 @@ def test_text_bundle_run_py_classifies(bundle):
     assert golden.returncode == 0, golden.stdout + golden.stderr
 
 
+def test_text_bundle_run_py_file_lines_up_and_says_what_it_cut(bundle, tmp_path):
+    """--file skipped blank lines silently (results no longer lined up with inputs), a text beyond max_length was
+    cut without a word, and non-ASCII came back as escapes."""
+    inputs = tmp_path / "inputs.txt"
+    inputs.write_text("Free entry in a weekly competition\n\n" + "très long " * 200 + "\nsee you at 5 🙂\n",
+                      encoding="utf-8")
+    proc = subprocess.run([sys.executable, "run.py", "--file", str(inputs)], cwd=bundle, capture_output=True,
+                          text=True, encoding="utf-8", timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.strip().splitlines()]
+    assert [r["line"] for r in rows] == [1, 3, 4]
+    assert rows[1].get("truncated_to_tokens") == L and "truncated_to_tokens" not in rows[0]
+    assert rows[2]["text"] == "see you at 5 🙂" and "\\ud83d" not in proc.stdout  # readable, not escaped
+    empty = subprocess.run([sys.executable, "run.py", ""], cwd=bundle, capture_output=True, text=True, timeout=60,
+                           check=False)
+    assert empty.returncode == 2 and "the sentence is empty" in empty.stderr
+
+
 @pytest.fixture(scope="module")
 def tflite_bundle(hf_folder, text_data, tmp_path_factory) -> Path:
     calib, val = text_data

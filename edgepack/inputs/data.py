@@ -135,7 +135,8 @@ def rows(x: Inputs, start: int, stop: int) -> Inputs:
     return {k: v[start:stop] for k, v in x.items()} if isinstance(x, dict) else x[start:stop]
 
 
-def load_text(path: str, *, text: TextInfo, count: int | None, seed: int, role: str) -> Dataset:
+def load_text(path: str, *, text: TextInfo, count: int | None, seed: int, role: str,
+              class_names: list[str] | None = None) -> Dataset:
     """Texts (.txt / .jsonl / .csv, see edgepack.inputs.text.read_texts) tokenized as the device will: a seeded
     subset of ``count`` texts, {input name: (N, max_length) int64} with optional labels."""
     from edgepack.inputs import text as text_mod
@@ -143,7 +144,7 @@ def load_text(path: str, *, text: TextInfo, count: int | None, seed: int, role: 
     if not Path(path).is_file():
         raise InputError(f"{role} data not found: {path}",
                          hint="text models take a .txt (one text per line), .jsonl or .csv file")
-    texts, y = text_mod.read_texts(path)
+    texts, y = text_mod.read_texts(path, class_names=class_names)
     idx = sample_indices(len(texts), count, seed)
     x = text_mod.tokenize([texts[i] for i in idx], text.tokenizer, text.max_length, text.input_names)
     return Dataset(x=x, y=None if y is None else y[idx], source=str(path))

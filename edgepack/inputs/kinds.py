@@ -149,7 +149,20 @@ class TextInput(ImageInput):
              progress: ProgressFn = no_progress) -> Dataset:
         if path is None:
             raise InputError(f"no {role} texts given")
-        return data.load_text(path, text=self.text, count=count, seed=seed, role=role)
+        return data.load_text(path, text=self.text, count=count, seed=seed, role=role,
+                              class_names=self._class_names())
+
+    def _class_names(self) -> list[str] | None:
+        """--labels, else the model's own id2label: text labels written as class names map to their index."""
+        from pathlib import Path
+
+        if self.config.labels:
+            try:
+                return [ln.strip() for ln in Path(self.config.labels).read_text(encoding="utf-8").splitlines()
+                        if ln.strip()]
+            except (OSError, UnicodeDecodeError):
+                return None  # the build's label check says what is wrong with the file
+        return list(self.text.labels) if getattr(self.text, "labels", None) else None
 
     def example_args(self, shape: tuple[int, ...]) -> tuple:
         from edgepack.inputs.text import example_inputs

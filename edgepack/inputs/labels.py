@@ -228,8 +228,12 @@ def read_coco(path: Path, num_classes: int, class_names: list[str] | None = None
             x, y, w, h = (float(v) for v in ann["bbox"])
             cid = int(ann["category_id"])
         except KeyError:
+            wanted, kinds = ann.get("image_id"), {type(i).__name__ for i in by_id}
+            typed = (f"image ids are {'/'.join(sorted(kinds))} but this one is {type(wanted).__name__}: write "
+                     "them alike" if wanted is not None and type(wanted).__name__ not in kinds else
+                     "every annotation's image_id must be an 'images' entry's id")
             raise InputError(f"{path}: annotation {ann.get('id', '?')} names an unknown image_id "
-                             f"{ann.get('image_id')!r} or lacks bbox/category_id") from None
+                             f"{wanted!r} or lacks bbox/category_id", hint=typed) from None
         except (TypeError, ValueError):
             raise InputError(f"{path}: annotation {ann.get('id', '?')} has a malformed bbox or category_id") from None
         if cid not in index:

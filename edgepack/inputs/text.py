@@ -183,11 +183,13 @@ def _lowercase(normalizer: dict | None) -> bool:
 # --- data ---------------------------------------------------------------------------------------------------
 
 
-def read_texts(path: str | Path, *, require_labels: bool = False) -> tuple[list[str], np.ndarray | None]:
+def read_texts(path: str | Path, *, require_labels: bool = False, class_names: list[str] | None = None,
+               ) -> tuple[list[str], np.ndarray | None]:
     """Texts and int64 labels (or None) from .txt (one per line), .jsonl (text, optional label) or .csv.
 
     A .csv needs a header with a ``text`` column and optionally ``label``. Labels must be given for every
-    row or for none. Blank .txt lines are skipped. Every problem found is reported in one InputError.
+    row or for none; a label is a class index, or one of ``class_names`` (--labels or the model's id2label),
+    which stands for its index. Blank .txt lines are skipped. Every problem found is reported in one InputError.
     """
     path = Path(path)
     if not path.is_file():
@@ -205,7 +207,7 @@ def read_texts(path: str | Path, *, require_labels: bool = False) -> tuple[list[
             f"{path.name} is not UTF-8 text (byte {exc.start})", hint="re-save it as UTF-8"
         ) from None
     reader = {".txt": _rows_txt, ".jsonl": _rows_jsonl, ".csv": _rows_csv}[suffix]
-    texts, labels = _check_rows(path, reader(path, raw), require_labels)
+    texts, labels = _check_rows(path, reader(path, raw), require_labels, class_names)
     log.info("read %d texts%s from %s", len(texts), " with labels" if labels is not None else "", path)
     return texts, labels
 
@@ -252,28 +254,35 @@ def _rows_csv(path: Path, raw: str) -> list[tuple[int, Any, Any]]:
 
 
 def _check_rows(
-    path: Path, rows: list[tuple[int, Any, Any]], require_labels: bool
+    path: Path, rows: list[tuple[int, Any, Any]], require_labels: bool, class_names: list[str] | None = None,
 ) -> tuple[list[str], np.ndarray | None]:
-    """Validate (line, text, label) rows; collect every problem, raise once."""
+    """Validate (line, text, label) rows; collect every problem, raise once with a hint for the kinds found."""
     bad = [
         f"line {i}: 'text' missing or not a non-empty string"
         for i, t, _ in rows
         if not isinstance(t, str) or not t.strip()
     ]
+    hints = ["every row needs a non-empty text: remove or fill the empty ones"] if bad else []
     labelled = [r for r in rows if r[2] not in (None, "")]
     if labelled and len(labelled) != len(rows):
         bad.append(f"{len(rows) - len(labelled)} of {len(rows)} rows have no label (give all or none)")
-    labels = [_to_label(lab) for _, _, lab in labelled]
-    bad += [
-        f"line {r[0]}: label {r[2]!r} is not a non-negative integer"
-        for r, lab in zip(labelled, labels, strict=True)
-        if lab is None
-    ]
+    by_name = {name: i for i, name in enumerate(class_names or [])}
+    labels = [_to_label(lab) if str(lab).strip() not in by_name else by_name[str(lab).strip()]
+              for _, _, lab in labelled]
+    wrong = [f"line {r[0]}: label {r[2]!r} is not a non-negative integer"
+             + (" nor one of the class names" if by_name else "")
+             for r, lab in zip(labelled, labels, strict=True) if lab is None]
+    bad += wrong
+    if wrong or (labelled and len(labelled) != len(rows)):
+        hints.append("labels are class indices 0..K-1" + (", or the class names of --labels" if by_name else
+                                                          "; to write class names, pass --labels with them"))
     if not rows:
         bad.append("no texts")
+        hints.append('one text per line in .txt, {"text": ..., "label": N} per line in .jsonl, a text column in .csv')
     if require_labels and not labelled:
         bad.append("no labels (validation needs a 'label' for every text)")
-    _raise_if(path, bad, "labels are class indices 0..K-1")
+        hints.append("give every validation text a label")
+    _raise_if(path, bad, "; ".join(hints) or None)
     y = np.asarray(labels, dtype=np.int64) if labelled else None
     return [t for _, t, _ in rows], y
 
@@ -288,7 +297,7 @@ def _to_label(value: Any) -> int | None:
     return out if 0 <= out <= 2**31 - 1 else None  # a class index; 10**30 is not one (nor fits int64)
 
 
-def _raise_if(path: Path, problems: list[str], hint: str) -> None:
+def _raise_if(path: Path, problems: list[str], hint: str | None) -> None:
     if problems:
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
         raise InputError(f"{path.name}: {'; '.join(problems[:5])}{more}", hint=hint)

@@ -137,6 +137,7 @@ class TextReader:
 
     def __call__(self, text):
         enc = self.tok.encode(text)
+        self.truncated = bool(enc.overflowing)  # the text was longer than the model's max_length tokens
         arrays = {"input_ids": enc.ids, "attention_mask": enc.attention_mask, "token_type_ids": enc.type_ids}
         return {n: np.asarray([arrays[n]], dtype=np.int64) for n in self.names}
 
@@ -410,7 +411,7 @@ def show(res):
             print(np.array2string(np.asarray(r["values"], np.float32), threshold=sys.maxsize, max_line_width=100,
                                   precision=6, separator=", "))
     if "label" in res:
-        print(json.dumps(res))
+        print(json.dumps(res, ensure_ascii=False))
 
 
 def run_batch(model, src, dst, all_outputs=False):
@@ -520,16 +521,19 @@ def execute(manifest, kind, args, parser):
         feed = {n: golden[n] for n in input_names(manifest)}
         print(timing_json(time_runs(model, feed, args.time_golden), args.threads, entry))
         return
-    if args.file:
-        items = [t.strip() for t in Path(args.file).read_text(encoding="utf-8").splitlines() if t.strip()]
+    if args.file:  # blank lines are skipped; each result names its line, so results still line up with inputs
+        items = [(n, t.strip()) for n, t in enumerate(Path(args.file).read_text(encoding="utf-8").splitlines(), 1)
+                 if t.strip()]
+    elif args.input == "":
+        parser.error("the " + ("sentence" if kind == "text" else "image path") + " is empty")
     elif args.input:
-        items = [args.input]
+        items = [(None, args.input)]
     else:
         parser.error("give " + ("a sentence" if kind == "text" else "an image") + ", --file or --golden")
     reader = TextReader(manifest) if kind == "text" else ImageReader(manifest)
     run_items(manifest, kind, args, (entry, model), reader, items)
     if args.time:
-        times = time_runs(model, reader(items[0]), args.time)
+        times = time_runs(model, reader(items[0][1]), args.time)
         print(f"latency over {args.time} runs: p50 {np.percentile(times, 50):.2f} ms, "
               f"p90 {np.percentile(times, 90):.2f} ms ({args.threads} threads, {entry['format']})")
 
@@ -539,7 +543,7 @@ def run_items(manifest, kind, args, loaded, reader, items):
     task = manifest.get("stages", {}).get("task") or {}   # name, and a segmenter's prob_threshold
     labels = manifest.get("labels")
     saved = []
-    for item in items:
+    for line, item in items:
         feed = reader(item)
         frame = (reader.size, reader.pre, reader.shape, args.model_frame) if task.get("name") == "detect" else None
         res = result(task, kind, model, feed, item, labels, args.top, getattr(args, "score_threshold", None), frame)
@@ -548,8 +552,12 @@ def run_items(manifest, kind, args, loaded, reader, items):
             saved.append(outs if args.all_outputs else outs[:1])
             if args.all_outputs:  # the values too: a generic model's result has only each output's statistics
                 res = {**res, "outputs": output_values(outs, entry)}
+        if getattr(reader, "truncated", False):
+            res = {**res, "truncated_to_tokens": reader.length}  # only the first max_length tokens were read
+        if line is not None:
+            res = {"line": line, **res}
         if args.json or args.file:
-            print(json.dumps(res if kind == "text" else {"input": item, **res}))
+            print(json.dumps(res if kind == "text" else {"input": item, **res}, ensure_ascii=False))
         else:
             show(res)
     if args.out:
