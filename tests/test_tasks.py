@@ -844,3 +844,30 @@ def test_an_outputs_constant_offset_does_not_inflate_its_judged_sqnr():
     assert 35 < sqnr_db(ref, got, centered=True) < 45
     assert abs(sqnr_db(ref, got, centered=True) - sqnr_db(x - x.mean(), x + noise - x.mean())) < 0.05
     assert Generic().quality(ref, got, None)["sqnr_db"] < 45
+
+
+def test_a_segmenter_bundle_writes_its_mask_in_the_photos_pixels(tmp_path):
+    """run.py printed only class areas: no way to get the mask, and no word of the part of the photo the centre
+    crop cut. --mask-out writes class ids at the photo's size, 255 where the model saw nothing."""
+    import subprocess
+    import sys
+
+    images, masks = segmentation_set(tmp_path / "data", n=8)
+    out = tmp_path / "seg"
+    result = invoke("build", "toy_models:tiny_segmenter", "--task", "segment", "--calib", images, "--val", images,
+                    "--labels-dir", masks, "--resize", "16", "--crop", "16", "--out", out, *SEG)
+    assert result.exit_code in (0, 1), result.output
+    wide = tmp_path / "wide.png"  # 40 x 16: the centre crop keeps x 12-28
+    block = COLOURS[np.kron(np.array([[0, 1, 2, 0, 1, 2, 0, 1, 2, 0]]), np.ones((1, 4), np.int64)).repeat(16, 0)]
+    _write_png(wide, block.astype(np.uint8))
+    proc = subprocess.run([sys.executable, "run.py", str(wide), "--mask-out", str(tmp_path / "m.png")], cwd=out,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "the model sees x 12-28, y 0-16 of the 40 x 16 image" in proc.stdout
+    from PIL import Image
+
+    with Image.open(tmp_path / "m.png") as im:
+        assert im.size == (40, 16) and im.mode == "L"
+        mask = np.asarray(im)
+    assert (mask[:, :12] == 255).all() and (mask[:, 28:] == 255).all()
+    assert set(np.unique(mask[:, 12:28])) <= {0, 1, 2}

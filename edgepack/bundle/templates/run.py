@@ -11,6 +11,7 @@ pillow for image bundles or tokenizers for text bundles. No torch, no transforme
     python3 run.py photo.jpg --score-threshold 0.5  # detectors: boxes scoring 0.5 or more (default 0.3), x1 y1
                                               #   x2 y2 in photo.jpg's own pixels (--model-frame: the model
                                               #   input's pixels, after resize and centre crop)
+    python3 run.py scene.jpg --mask-out mask.png  # segmenters: the class mask as a PNG in scene.jpg's pixels
     python3 run.py "WINNER! Claim your prize" # text classifier: one JSON line of label scores
     python3 run.py --file inputs.txt          # one image path or sentence per line; one JSON line each
     python3 run.py photo.jpg --time 100       # also p50/p90 latency over 100 runs, ms
@@ -358,9 +359,15 @@ def result(task, kind, model, feed, item, labels, top, score_threshold=None, fra
         threshold = task.get("prob_threshold")
         mask = postprocess.masks(outs[0], postprocess.PROB_THRESHOLD if threshold is None else threshold)[0]
         counts = np.bincount(mask.ravel())
-        return {"mask_shape": list(mask.shape),
-                "classes": [{"class": c, "name": _name(labels, c), "pixels": int(n),
-                             "fraction": round(float(n) / mask.size, 4)} for c, n in enumerate(counts) if n]}
+        out = {"mask_shape": list(mask.shape),
+               "classes": [{"class": c, "name": _name(labels, c), "pixels": int(n),
+                            "fraction": round(float(n) / mask.size, 4)} for c, n in enumerate(counts) if n]}
+        if frame is not None:  # (image size, preprocess, input shape): what part of the photo the mask covers
+            size, pre, shape = frame[:3]
+            seen = to_image([[0, 0, int(shape[-1]), int(shape[-2])]], size, pre, shape)[0]
+            out.update(image_size=list(size), model_sees=[round(float(v), 2) for v in seen])
+            out["_mask"] = mask
+        return out
     if name == "generic":
         return {"outputs": [{"index": i, "shape": list(o.shape), "min": round(float(o.min()), 6),
                              "max": round(float(o.max()), 6), "mean": round(float(o.mean()), 6)}
@@ -373,6 +380,24 @@ def result(task, kind, model, feed, item, labels, top, score_threshold=None, fra
                 "scores": {n: round(float(p), 6) for n, p in zip(names, probs)}}  # noqa: B905 (old Pythons)
     return {"top": [{"class": int(i), "name": _name(labels, int(i)), "score": round(float(scores[i]), 4)}
                     for i in np.argsort(-scores)[:top]]}
+
+
+def save_mask(mask, res, dst, item=None):
+    """Write a segmenter's class mask as an 8-bit PNG of class ids in the photo's own pixels: the model's mask
+    scaled back over the part of the photo it sees (nearest neighbour), 255 ("not seen", the usual ignore value)
+    where the centre crop cut the photo. With several inputs, each file is named after its input."""
+    from PIL import Image
+
+    w, h = res["image_size"]
+    x1, y1, x2, y2 = (int(round(v)) for v in res["model_sees"])
+    canvas = Image.new("L", (w, h), 255)
+    small = Image.fromarray(np.asarray(mask, np.uint8), "L")
+    canvas.paste(small.resize((max(1, x2 - x1), max(1, y2 - y1)), Image.Resampling.NEAREST), (x1, y1))
+    path = Path(dst)
+    if item is not None:
+        path = path.with_name(f"{path.stem}_{Path(item).stem}{path.suffix or '.png'}")
+    canvas.save(path, format="PNG")
+    return str(path)
 
 
 def output_values(outs, entry):
@@ -401,6 +426,12 @@ def show(res):
     for r in res.get("detections", []):
         print(f"{r['score']:8.4f}  {r['name']:<16} x1 {r['box'][0]:.1f} y1 {r['box'][1]:.1f} "
               f"x2 {r['box'][2]:.1f} y2 {r['box'][3]:.1f}")
+    if "classes" in res and "model_sees" in res:
+        x1, y1, x2, y2 = res["model_sees"]
+        w, h = res["image_size"]
+        print(f"share of the model's {res['mask_shape'][1]} x {res['mask_shape'][0]} mask per class; the model sees "
+              f"x {x1:.0f}-{x2:.0f}, y {y1:.0f}-{y2:.0f} of the {w} x {h} image"
+              + (f"; mask written to {res['mask_file']}" if res.get("mask_file") else ""))
     for r in res.get("classes", []):
         print(f"{100 * r['fraction']:6.2f} %  {r['name']}")
     for r in res.get("outputs", []):
@@ -490,6 +521,10 @@ def main():
         parser.add_argument("--model-frame", action="store_true", help="boxes in the model input's pixels "
                             "(after resize and centre crop, as the model outputs them and validation scores them), "
                             "not the image's own")
+    if (manifest.get("stages", {}).get("task") or {}).get("name") == "segment":
+        parser.add_argument("--mask-out", metavar="PNG", help="write the class mask as an 8-bit PNG of class ids "
+                            "in the photo's own pixels (255 where the centre crop cut the photo); with --file, "
+                            "one file per input, named after it")
     args = parser.parse_args()
     if not 0 <= getattr(args, "score_threshold", 0) <= 1:
         parser.error(f"--score-threshold {args.score_threshold:g} is not a score: scores are 0-1")
@@ -545,8 +580,12 @@ def run_items(manifest, kind, args, loaded, reader, items):
     saved = []
     for line, item in items:
         feed = reader(item)
-        frame = (reader.size, reader.pre, reader.shape, args.model_frame) if task.get("name") == "detect" else None
+        frame = ((reader.size, reader.pre, reader.shape, getattr(args, "model_frame", False))
+                 if task.get("name") in ("detect", "segment") else None)
         res = result(task, kind, model, feed, item, labels, args.top, getattr(args, "score_threshold", None), frame)
+        mask = res.pop("_mask", None)
+        if mask is not None and getattr(args, "mask_out", None):
+            res["mask_file"] = save_mask(mask, res, args.mask_out, item if len(items) > 1 else None)
         if args.all_outputs or args.out:
             outs = model.outputs(feed)
             saved.append(outs if args.all_outputs else outs[:1])
