@@ -871,3 +871,4 @@ def test_a_segmenter_bundle_writes_its_mask_in_the_photos_pixels(tmp_path):
         mask = np.asarray(im)
     assert (mask[:, :12] == 255).all() and (mask[:, 28:] == 255).all()
     assert set(np.unique(mask[:, 12:28])) <= {0, 1, 2}
+    assert "--mask-out mask.png" in (out / "README.md").read_text()

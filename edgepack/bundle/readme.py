@@ -84,10 +84,15 @@ def _install(man: dict) -> list[str]:
 
 
 def _detect_notes(man: dict) -> list[str]:
-    """How a detector's run.py prints its boxes: frame and score threshold."""
+    """How a detector's run.py prints its boxes (frame, score threshold), or a segmenter's its mask."""
     from edgepack.tasks import postprocess
 
-    if ((man.get("stages") or {}).get("task") or {}).get("name") != "detect":
+    task = ((man.get("stages") or {}).get("task") or {}).get("name")
+    if task == "segment":
+        return ["Segmentation: run.py prints each class's share of the model's mask and which part of the photo "
+                "the model sees (the centre crop); `--mask-out mask.png` writes the mask as an 8-bit PNG of class "
+                "ids in the photo's own pixels, 255 where the crop cut the photo.", ""]
+    if task != "detect":
         return []
     inp = man["models"][0]["inputs"][0]
     shape = [int(d) if isinstance(d, int) else 0 for d in inp["shape"]]
