@@ -146,7 +146,7 @@ def test_weights_saved_through_a_wrapper_or_in_a_checkpoint_load(wrap, tmp_path)
 
 
 def test_a_generic_factory_name_names_the_bundle_after_its_module():
-    from edgepack.inputs.sources import _factory_name
+    from edgepack.inputs.sources import factory_name as _factory_name
 
     assert _factory_name("mynets.digits", "create") == "digits"  # it was "create for raspberry-pi-4"
     assert _factory_name("examples.ssdlite_shapes.model", "create_model") == "ssdlite_shapes"

@@ -323,3 +323,11 @@ def test_terminal_progress_counts_trials_and_estimates_the_time_left(capsys):
     assert "resuming: 2 of 5 trials missing (3 finished, kept) on embedded local Ray" in err
     assert "[1/2] m @ x86-64 | calibration_method=minmax: passed (40 s), ETA 60 s" in err
     assert "[2/2] m @ x86-64 | calibration_method=minmax: ERROR bad weights (40 s)\n" in err
+
+
+def test_trials_are_labelled_as_their_bundles_are_named():
+    """pkg.model:create_model was labelled after the package, pkg.model:create after the function."""
+    assert plan._label({"model": "mygen.model:create", "target": "t"}, {}) == "mygen @ t"
+    assert plan._label({"model": "mygen.model:create_model", "target": "t"}, {}) == "mygen @ t"
+    assert plan._label({"model": "mygen.model:create_argmax", "target": "t"}, {}) == "create_argmax @ t"
+    assert plan._label({"model": "torchvision:resnet18", "target": "t"}, {"seed": 1}) == "resnet18 @ t | seed=1"

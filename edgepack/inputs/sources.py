@@ -297,7 +297,7 @@ def _factory(spec: str, weights: str | None) -> LoadedModel:
     model = usercode.call_factory(spec, factory)
     if not isinstance(model, torch.nn.Module):
         raise InputError(f"factory '{spec}' returned {type(model).__name__}, not a torch.nn.Module")
-    loaded = LoadedModel(spec=spec, kind="torch", name=_factory_name(module_name, func_name), module=model)
+    loaded = LoadedModel(spec=spec, kind="torch", name=factory_name(module_name, func_name), module=model)
     if weights:
         loaded.weights_sha256 = load_weights(model, weights)
     model.eval()
@@ -309,7 +309,7 @@ GENERIC_FACTORIES = frozenset({"create", "create_model", "build", "build_model",
                                "get_model", "load", "load_model", "factory", "main"})
 
 
-def _factory_name(module_name: str, func_name: str) -> str:
+def factory_name(module_name: str, func_name: str) -> str:
     """The bundle's default name: the factory's, unless it is generic ("create for raspberry-pi-4" said nothing);
     then the module's last part, or the package's when the module is examples.x.model-like."""
     if func_name not in GENERIC_FACTORIES:

@@ -149,8 +149,10 @@ def _absolute(mapping: dict, cwd: Path) -> dict:
 def _label(mapping: dict, varied: dict) -> str:
     model = str(mapping.get("model", "?"))
     short = model.split(":")[-1] if FACTORY.match(model) or model.startswith("torchvision:") else Path(model).name
-    if short == "create_model" and FACTORY.match(model):
-        short = model.split(":")[0].split(".")[-2] if "." in model.split(":")[0] else short
+    if FACTORY.match(model) and not model.startswith("torchvision:"):
+        from edgepack.inputs.sources import factory_name  # as its bundle is named (a generic factory: its module)
+
+        short = factory_name(*model.split(":", 1))
     label = f"{short} @ {mapping.get('target')}"
     if varied:
         label += " | " + ", ".join(f"{k}={v}" for k, v in varied.items())
