@@ -16,6 +16,7 @@ from edgepack.config import BuildConfig
 from edgepack.errors import InputError, OutputError
 from edgepack.guards import safety, tempdirs, usercode
 from edgepack.inputs import data, kinds, sources
+from edgepack.inputs.labels import read_class_names
 from edgepack.stages import device as device_stage
 from edgepack.stages.context import BuildContext
 from edgepack.util import ProgressFn, no_progress, quiet_root_logger, sha256_file
@@ -165,7 +166,7 @@ def _prepare(config: BuildConfig, target: targets.TargetProfile, workdir: Path, 
     if hasattr(task, "check_outputs"):
         task.check_outputs(output_shapes, model.spec)
     num_outputs = output_shapes[0][-1] if task.name == "classify" and output_shapes else None
-    classes = num_outputs if num_outputs is not None else (
+    classes = num_outputs if num_outputs is not None else (   # what class names must number
         task.class_count(output_shapes) if hasattr(task, "class_count") else None)
     calib, val = _load_data(config, target, kind, shape, progress)
     if config.labels_dir:
@@ -223,7 +224,7 @@ def _read_targets(config: BuildConfig, task: tasks.Task, val: data.Dataset, shap
     if not hasattr(task, "read_targets"):
         raise ConfigError(f"--labels-dir is for the detect and segment tasks; this build's task is {task.name}",
                           hint="pass --task detect or --task segment (classifiers take class sub-folders or y)")
-    names = _read_labels(config.labels) if config.labels else None
+    names = read_class_names(config.labels) if config.labels else None
     val.targets = task.read_targets(val, config.labels_dir, input_shape=shape, preprocess=config.preprocess,
                                     output_shapes=output_shapes, class_names=names)
     if names is None and task.name == "detect" and Path(config.labels_dir).suffix.lower() == ".json":
@@ -263,17 +264,16 @@ def _labels(config: BuildConfig, val: data.Dataset, num_outputs: int | None,
     Folder labels are the sorted sub-folder indices (ImageFolder). With --labels, sub-folders are
     matched to the model's classes by name instead, so a folder may hold a subset of the classes.
     """
-    names = _read_labels(config.labels) if config.labels else None
+    names = read_class_names(config.labels) if config.labels else None
     if names is None and model.text is not None:
         names = model.text.labels
-    if names is not None and num_outputs is not None and len(names) != num_outputs:
-        raise InputError(f"{config.labels} has {len(names)} class names but the model has {num_outputs} outputs",
-                         hint="one class name per line, in output order")
-    if names is not None and num_outputs is None and classes is not None and len(names) != classes:
-        # a detector or segmenter: a list without "background" shifted every name by one in run.py and the report
-        raise InputError(f"{config.labels} has {len(names)} class names but the model tells {classes} classes apart",
-                         hint="one class name per line, in the model's class order (a segmenter's class 0, often "
-                              "'background', included)")
+    if names is not None and classes is not None and len(names) != classes:
+        # a classifier's outputs, a detector's or segmenter's classes: a segmenter's list without "background"
+        # shifted every name by one in run.py and the report
+        raise InputError(f"{config.labels or 'the model config id2label'} has {len(names)} class names but the "
+                         f"model tells {classes} classes apart",
+                         hint="one class name per line, in the model's output order (a segmenter's class 0, "
+                              "often 'background', included)")
     if names is not None and val.class_names is not None:
         _remap_by_name(val, names)
     elif val.class_names is not None and num_outputs is not None and len(val.class_names) != num_outputs:
@@ -284,13 +284,6 @@ def _labels(config: BuildConfig, val: data.Dataset, num_outputs: int | None,
                          hint="check --num-classes and the validation labels (class folders, the .npz's y, or "
                               "a text file's label column)")
     return names if names is not None else val.class_names
-
-
-def _read_labels(path: str) -> list[str]:
-    try:
-        return [ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines() if ln.strip()]
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read labels file {path}: {exc}") from None
 
 
 def _remap_by_name(val: data.Dataset, names: list[str]) -> None:

@@ -608,12 +608,10 @@ def _write(path: Path, data: bytes, onnx_path: Path | None = None) -> Path:
 
     names: dict[str, list[str]] = {}
     if onnx_path is not None:
-        import onnx
+        from edgepack.backends.onnx import io_details
 
-        graph = onnx.load(str(onnx_path), load_external_data=False).graph
-        inits = {i.name for i in graph.initializer}
-        names = {"input_names": [i.name for i in graph.input if i.name not in inits],
-                 "output_names": [o.name for o in graph.output]}
+        io = io_details(onnx_path)
+        names = {"input_names": [i["name"] for i in io["inputs"]], "output_names": [o["name"] for o in io["outputs"]]}
     data = tflite_compact.compact(data, **names)
     tmp = path.with_suffix(".tmp")
     tmp.write_bytes(data)

@@ -154,14 +154,10 @@ class TextInput(ImageInput):
 
     def _class_names(self) -> list[str] | None:
         """--labels, else the model's own id2label: text labels written as class names map to their index."""
-        from pathlib import Path
+        from edgepack.inputs.labels import read_class_names
 
         if self.config.labels:
-            try:
-                return [ln.strip() for ln in Path(self.config.labels).read_text(encoding="utf-8").splitlines()
-                        if ln.strip()]
-            except (OSError, UnicodeDecodeError):
-                return None  # the build's label check says what is wrong with the file
+            return read_class_names(self.config.labels)
         return list(self.text.labels) if getattr(self.text, "labels", None) else None
 
     def example_args(self, shape: tuple[int, ...]) -> tuple:

@@ -89,6 +89,14 @@ def _files(dataset, what: str) -> list[Path]:
     return [Path(f) for f in files]
 
 
+def read_class_names(path: str | Path) -> list[str]:
+    """A --labels file: one class name per line, in the model's class order (blank lines skipped)."""
+    try:
+        return [ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read labels file {path}: {exc}") from None
+
+
 #: EXIF orientations that turn the stored picture a quarter turn (width and height swap when shown upright)
 QUARTER_TURNS = (5, 6, 7, 8)
 

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import importlib.machinery
 import importlib.util
-import re
 import sys
 from pathlib import Path
 
 from edgepack.errors import InputError
+from edgepack.inputs.sources import FACTORY
 
-_FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")   # as edgepack.inputs.sources reads a model spec
 MODEL_FILES = (".onnx", ".pt2", ".pt", ".pth", ".ts", ".torchscript", ".jit")
 
 #: config keys naming a file or folder: (key, what it is, must be: "file", "dir" or "any", hint when missing)
@@ -62,7 +61,7 @@ def check_model(spec: str) -> None:
                              hint="a model folder is a transformers text classifier (config.json, model.safetensors, "
                                   "tokenizer.json)")
         return
-    if _FACTORY.match(spec):
+    if FACTORY.match(spec):
         module = spec.split(":")[0]
         if not module_findable(module):
             raise InputError(f"cannot import factory '{spec}': no module named '{module}'",
@@ -120,7 +119,7 @@ def check_config_paths(config_file: str | Path, from_file: dict, merged: dict) -
     for key, value in candidates:
         if not isinstance(value, str) or not value or Path(value).is_absolute() or Path(value).exists():
             continue
-        if key == "model" and (value.startswith("torchvision:") or _FACTORY.match(value)):
+        if key == "model" and (value.startswith("torchvision:") or FACTORY.match(value)):
             continue
         beside = folder / value
         if beside.exists():

@@ -30,7 +30,7 @@ from edgepack.guards import usercode
 from edgepack.util import require, sha256_file
 
 log = logging.getLogger(__name__)
-_FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")  # package.module:function
 
 
 @dataclass
@@ -98,7 +98,7 @@ def _load(spec: str, weights: str | None, num_classes: int | None, trust_model: 
         return _torchscript(path, trust_model)
     if path.is_dir():
         return _hf_folder(path, max_length)
-    if _FACTORY.match(spec):
+    if FACTORY.match(spec):
         return _factory(spec, weights)
     raise InputError(f"cannot tell what kind of model '{spec}' is",
                      hint="use torchvision:<arch>, package.module:factory, a .pt2/.pt/.onnx file path, "
@@ -133,7 +133,7 @@ def _attach_tokenizer(loaded: LoadedModel, tokenizer: str, max_length: int | Non
     if loaded.text is not None:
         raise InputError(f"{loaded.spec} carries its own tokenizer.json; --tokenizer is for factory models",
                          hint="drop --tokenizer")
-    if loaded.kind != "torch" or not (_FACTORY.match(loaded.spec) or loaded.spec.lower().endswith(".pt2")):
+    if loaded.kind != "torch" or not (FACTORY.match(loaded.spec) or loaded.spec.lower().endswith(".pt2")):
         raise InputError("--tokenizer applies to package.module:factory and .pt2 text models only",
                          hint="image models take no tokenizer; transformers folders bring their own")
     path = Path(tokenizer)

@@ -13,7 +13,6 @@ import hashlib
 import importlib.util
 import itertools
 import json
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,12 +21,12 @@ from typing import Any
 from edgepack import config as config_mod
 from edgepack import targets as targets_mod
 from edgepack.errors import ConfigError, EdgepackError
+from edgepack.inputs.sources import FACTORY, factory_name
 from edgepack.sweep.spec import NONE, Sweep
 from edgepack.util import sha256_file
 from edgepack.version import __version__
 
 PATH_KEYS = ("calib", "val", "weights", "labels", "tokenizer")
-FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 WEIGHT_SUFFIXES = (".pt", ".pth", ".safetensors", ".bin", ".onnx", ".npz")
 MAX_SHOWN_PROBLEMS = 8
 
@@ -149,9 +148,7 @@ def _absolute(mapping: dict, cwd: Path) -> dict:
 def _label(mapping: dict, varied: dict) -> str:
     model = str(mapping.get("model", "?"))
     short = model.split(":")[-1] if FACTORY.match(model) or model.startswith("torchvision:") else Path(model).name
-    if FACTORY.match(model) and not model.startswith("torchvision:"):
-        from edgepack.inputs.sources import factory_name  # as its bundle is named (a generic factory: its module)
-
+    if FACTORY.match(model) and not model.startswith("torchvision:"):  # as its bundle is named
         short = factory_name(*model.split(":", 1))
     label = f"{short} @ {mapping.get('target')}"
     if varied:
