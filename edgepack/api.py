@@ -149,13 +149,13 @@ def _prepare(config: BuildConfig, target: targets.TargetProfile, workdir: Path, 
                          trust_model=config.trust_model, tokenizer=config.tokenizer, max_length=config.max_length)
     for fmt in target.formats:  # a missing optional install is a usage error now, not after minutes of work
         backends.get(fmt)
-    kind = kinds.for_model(model, config, target)
     fixed, onnx_inputs = model.input_shape, None
     if model.kind == "onnx":
         from edgepack.backends import onnx as onnx_backend
 
         fixed = onnx_backend.input_shape(model.onnx_path)
         onnx_inputs = onnx_backend.io_details(model.onnx_path)["inputs"]
+    kind = kinds.for_model(model, config, target, onnx_inputs)
     kind.check(onnx_inputs)
     shape = kind.input_shape(fixed)
     mismatch = kind.channel_mismatch(shape)

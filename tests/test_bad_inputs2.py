@@ -160,7 +160,7 @@ CASES = [
     ("custom-domain op", ["{h}/custom.onnx"], 2, "custom domains (my.ops:Foo)"),
     ("no graph outputs", ["{h}/noout.onnx"], 2, "no graph outputs"),
     ("scalar output", ["{h}/scalar.onnx"], 2, "scalar (rank 0)"),
-    ("int64 image input", ["{h}/int64in.onnx"], 2, "is int64; image models take float32"),
+    ("int64 image input", ["{h}/int64in.onnx"], 2, "input x: dtype float32 with fractions, the model takes int64"),
     ("float16 image input", ["{h}/fp16in.onnx"], 2, "is float16; image models take float32"),
     ("always-NaN ONNX output", ["{h}/nan.onnx"], 2, "NaN or infinite on calibration sample 0"),
     ("always-NaN torch output", ["facts:nanout", *SHAPE], 2, "NaN or infinite on calibration sample 0"),

@@ -159,3 +159,63 @@ def tiny_detector_two_outputs() -> nn.Module:
     """Seeded TinyDetector returning boxes (1, 16, 4) and scores (1, 16, 3)."""
     torch.manual_seed(0)
     return TinyDetector(two_outputs=True).eval()
+
+
+class ImageAndVector(nn.Module):
+    """Two inputs (an image and a metadata vector) and two outputs (class logits and an auxiliary head): the
+    shape of a model that several-input builds (inputs.kinds.TensorsInput) take."""
+
+    def __init__(self):
+        super().__init__()
+        self.image = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, 2, 1), nn.ReLU(),
+                                   nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.meta = nn.Sequential(nn.Linear(8, 32), nn.ReLU())
+        self.head = nn.Linear(64, 5)
+        self.aux = nn.Linear(64, 2)
+
+    def forward(self, image: torch.Tensor, meta: torch.Tensor):
+        h = torch.cat([self.image(image), self.meta(meta)], 1)
+        return self.head(h), self.aux(h)
+
+
+def image_and_vector() -> nn.Module:
+    """Seeded ImageAndVector for (N, 3, 32, 32) images and (N, 8) vectors."""
+    torch.manual_seed(0)
+    return ImageAndVector().eval()
+
+
+def export_image_and_vector(path) -> None:
+    """`image_and_vector` as ONNX with named inputs and a dynamic batch, as users export several-input models."""
+    batch = {0: "n"}
+    torch.onnx.export(image_and_vector(), (torch.zeros(1, 3, 32, 32), torch.zeros(1, 8)), str(path),
+                      input_names=["image", "meta"], output_names=["logits", "aux"], opset_version=17,
+                      dynamic_axes={"image": batch, "meta": batch, "logits": batch, "aux": batch}, dynamo=False)
+
+
+def export_waveform_classifier(path) -> None:
+    """A 1-D convolutional classifier of (N, 1, 1600) waveforms as ONNX (one rank-3 input, as audio models take)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv1d(1, 16, 9, stride=4, padding=4), nn.ReLU(),
+                          nn.Conv1d(16, 32, 9, stride=4, padding=4), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(),
+                          nn.Linear(32, 4)).eval()
+    batch = {0: "n"}
+    torch.onnx.export(model, (torch.zeros(1, 1, 1600),), str(path), input_names=["wave"], output_names=["logits"],
+                      dynamic_axes={"wave": batch, "logits": batch}, opset_version=17, dynamo=False)
+
+
+class Uint8Pixels(nn.Module):
+    """Takes uint8 pixels (N, 3, 32, 32) and scales them itself, as many exported mobile models do."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                 nn.Linear(16, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.float() / 255.0)
+
+
+def export_uint8_pixels(path) -> None:
+    torch.manual_seed(0)
+    torch.onnx.export(Uint8Pixels().eval(), (torch.zeros(1, 3, 32, 32, dtype=torch.uint8),), str(path),
+                      input_names=["pixels"], output_names=["logits"], opset_version=17, dynamo=False)

@@ -103,9 +103,14 @@ def check_accepts_input(module: Any, example: Any, shape_flag: str = "--input-sh
             return module(*args)
     except Exception as exc:
         shapes = ", ".join(str(list(a.shape)) for a in args)
-        raise InputError(f"the model does not accept input shape {shapes}: "
-                         f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
-                         hint=f"pass the model's input shape with {shape_flag}") from None
+        said = str(exc).splitlines()[0][:200] if str(exc) else ""
+        hint = f"pass the model's input shape with {shape_flag}"
+        if isinstance(exc, TypeError) and "missing" in said and "positional argument" in said:
+            hint = ("the model's forward takes several inputs: export it to ONNX with each input named, e.g. "
+                    "torch.onnx.export(model, (a, b), 'model.onnx', input_names=['a', 'b'], dynamo=False), and "
+                    "build the .onnx with --calib / --val .npz files holding one array per input name")
+        raise InputError(f"the model does not accept input shape {shapes}: {type(exc).__name__}: {said}",
+                         hint=hint) from None
 
 
 #: the lowest opset whose DequantizeLinear takes an ``axis`` (per-channel INT8 weights need it)
@@ -130,6 +135,12 @@ def prepare_source(src: Path, dst: Path, *, input_shape: tuple[int, ...], opset:
                 done["pinned_dims"].append(i)
             elif d.dim_value != int(want):
                 done.setdefault("fixed_dims_differ", []).append([i, int(d.dim_value), int(want)])
+    if len(inputs) > 1:  # several inputs (their other dimensions are fixed: see inputs.kinds.TensorsInput)
+        for inp in inputs:
+            dims = inp.type.tensor_type.shape.dim
+            if dims and (not dims[0].HasField("dim_value") or dims[0].dim_value <= 0):
+                dims[0].dim_value = 1
+                done["pinned_dims"].append(f"{inp.name}:0")
     current = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if current is not None and current < MIN_QDQ_OPSET:
         try:

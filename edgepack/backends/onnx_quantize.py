@@ -33,6 +33,7 @@ from onnx import numpy_helper
 from edgepack.backends.base import tail_indices
 from edgepack.backends.onnx import ARITHMETIC_KEY, TARGET_ARCH_KEY, append_reduce, host_arch
 from edgepack.errors import TimeLimitReached
+from edgepack.inputs.data import feed, num_samples, take
 from edgepack.util import spread_indices
 
 logger = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ def quantize_onnx(fp32_path: Path, out_path: Path, calib: np.ndarray, *, method:
         "extra_options": extra, "nodes_excluded": [n for n in exclude_nodes if n not in tail],
         **({"float_tail": tail} if tail else {}),
         "float_outputs": dropped, "bias_corrected_nodes": corrected, "weight_rounding": rounding,
-        "calibration_samples": int(len(calib)), "compacted_bytes": saved, **_census(out_path),
+        "calibration_samples": num_samples(calib), "compacted_bytes": saved, **_census(out_path),
     }
 
 
@@ -243,16 +244,16 @@ class _ArrayReader:
     """CalibrationDataReader over an (N, C, H, W) array, one sample at a time, in order (deterministic);
     past ``deadline`` (time.monotonic()) it raises TimeLimitReached instead of giving the next sample."""
 
-    def __init__(self, data: np.ndarray, input_name: str, deadline: float | None = None):
+    def __init__(self, data, input_name: str, deadline: float | None = None):
         self._data, self._name, self._i, self.deadline = data, input_name, 0, deadline
 
     def get_next(self):
-        if self._i >= len(self._data):
+        if self._i >= num_samples(self._data):
             return None
         if self.deadline is not None and time.monotonic() > self.deadline:
             raise TimeLimitReached("calibration stopped at the time limit")
         self._i += 1
-        return {self._name: self._data[self._i - 1:self._i]}
+        return feed(self._data, self._name, self._i - 1, self._i)
 
     def rewind(self):
         self._i = 0
@@ -436,10 +437,11 @@ def _channel_means(model_bytes: bytes, outputs: list[str], samples: np.ndarray,
     opts.log_severity_level = 3
     sess = ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
     sums = None
-    for i in range(len(samples)):
-        means = [o.astype(np.float64) for o in sess.run(outputs, {input_name: samples[i:i + 1]})]
+    n = num_samples(samples)
+    for i in range(n):
+        means = [o.astype(np.float64) for o in sess.run(outputs, feed(samples, input_name, i, i + 1))]
         sums = means if sums is None else [a + b for a, b in zip(sums, means, strict=True)]
-    return [s / len(samples) for s in sums]
+    return [s / n for s in sums]
 
 
 def _bias_correct(qmodel: onnx.ModelProto, fmodel: onnx.ModelProto, calib: np.ndarray,
@@ -460,10 +462,10 @@ def _bias_correct(qmodel: onnx.ModelProto, fmodel: onnx.ModelProto, calib: np.nd
     pairs = _add_float_twins(fast, targets, fnodes, fmodel)
     if not pairs:
         return 0
-    idx = spread_indices(len(calib), _BIAS_CORRECTION_SAMPLES)
+    idx = spread_indices(num_samples(calib), _BIAS_CORRECTION_SAMPLES)
     tensors = [(t, rank) for _, q_out, f_out, rank in pairs for t in (q_out, f_out)]
     for _ in range(_BIAS_CORRECTION_ROUNDS):
-        means = _channel_means(*_with_channel_means(fast, tensors), calib[idx], input_name)
+        means = _channel_means(*_with_channel_means(fast, tensors), take(calib, idx), input_name)
         for k, (name, _, _, _) in enumerate(pairs):
             _shift_bias(targets[name][1], targets[name][2], means[2 * k] - means[2 * k + 1])
         _sync_biases(fast, targets)

@@ -32,6 +32,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from edgepack.errors import TimeLimitReached
+from edgepack.inputs.data import feed, num_samples
 from edgepack.util import spread_indices
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ def gptq_weights(model: onnx.ModelProto, calib, *, qmax: int = 127, samples: int
 
     start = time.perf_counter()
     layers = [layer for layer in _layers(model) if layer["node"].name not in set(skip)]
-    idx = spread_indices(len(calib), samples)
+    idx = spread_indices(num_samples(calib), samples)
     rounded, ratios = {}, []
     for chunk in _chunks(layers):  # bounded memory: each pass holds at most MAX_STATISTICS_BYTES of H
         stats = _input_statistics(model, chunk, calib, idx, deadline)
@@ -163,8 +164,9 @@ def _input_statistics(model, layers, calib, idx, deadline) -> dict:
     for k, i in enumerate(idx):
         if deadline is not None and time.monotonic() > deadline:
             raise TimeLimitReached("learned rounding stopped at the time limit")
-        x = np.ascontiguousarray(np.asarray(calib[i:i + 1], np.float32))
-        acts = dict(zip(wanted, session.run(wanted, {name: x}), strict=True))
+        x = feed(calib, name, i, i + 1)
+        x = {k: np.ascontiguousarray(v, np.float32 if isinstance(calib, np.ndarray) else v.dtype) for k, v in x.items()}
+        acts = dict(zip(wanted, session.run(wanted, x), strict=True))
         for layer in layers:
             cols = _columns(layer, torch.from_numpy(acts[layer["node"].input[0]]))
             h, n = stats.get(layer["name"], (0, 0))

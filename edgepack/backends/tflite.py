@@ -34,6 +34,7 @@ import numpy as np
 
 from edgepack.backends.base import all_samples, tail_indices
 from edgepack.errors import InputError, StageError
+from edgepack.inputs.data import num_samples
 from edgepack.isolate import mark
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ def convert(onnx_path: Path, workdir: Path, calib: np.ndarray | None, *, io_dtyp
         mark("TFLite converter: FP32")
         data = _run_converter(saved_model, None, io_dtype, strict=True)
         return _write(workdir / f"{onnx_path.stem}_fp32.tflite", data, onnx_path)
-    say(f"TFLite: full-integer INT8 with {len(calib)} calibration samples, io {io_dtype}")
+    say(f"TFLite: full-integer INT8 with {num_samples(calib)} calibration samples, io {io_dtype}")
     mark("TFLite converter: calibrate and quantize to INT8")
     out = _write(workdir / f"{onnx_path.stem}_int8.tflite", _int8_bytes(saved_model, calib, io_dtype, float_tail),
                  onnx_path)
@@ -249,7 +250,10 @@ def _check_args(onnx_path: Path, calib: np.ndarray | None, io_dtype: str) -> Non
         raise InputError(f"ONNX model not found: {onnx_path}")
     if io_dtype not in IO_DTYPES:
         raise InputError(f"io_dtype must be one of {', '.join(IO_DTYPES)}, not {io_dtype!r}")
-    if calib is not None and (calib.ndim != 4 or len(calib) == 0):
+    if isinstance(calib, dict):  # several inputs: (N, ...) arrays by input name
+        if not calib or num_samples(calib) == 0:
+            raise InputError("calibration data must hold samples for every input")
+    elif calib is not None and (calib.ndim != 4 or len(calib) == 0):
         raise InputError(f"calibration data must be a non-empty N,C,H,W array, got shape {calib.shape}")
 
 
@@ -330,7 +334,7 @@ def _offline_samples(calib: np.ndarray | None) -> Iterator[None]:
     import onnx2tf.onnx2tf as o2t
     import onnx2tf.utils.common_functions as common
 
-    if calib is not None and calib.shape[1] == 3:
+    if calib is not None and not isinstance(calib, dict) and calib.shape[1] == 3:
         samples = np.ascontiguousarray(np.asarray(calib[:_SAMPLE_COUNT], np.float32).transpose(0, 2, 3, 1))
     else:
         samples = np.random.default_rng(0).uniform(-1, 1, (_SAMPLE_COUNT, 128, 128, 3)).astype(np.float32)
@@ -405,9 +409,9 @@ def _representative(calib) -> Callable[[], Iterator[list[np.ndarray] | dict[str,
     text models' {input name: (N, L)} token arrays as {name: (1, L)} (the SavedModel keeps the ONNX names)."""
 
     def samples() -> Iterator[list[np.ndarray] | dict[str, np.ndarray]]:
-        if isinstance(calib, dict):
-            for i in range(len(next(iter(calib.values())))):
-                yield {k: v[i:i + 1] for k, v in calib.items()}
+        if isinstance(calib, dict):  # onnx2tf's SavedModel takes N,C,... float inputs channels-last
+            for i in range(num_samples(calib)):
+                yield {k: channels_last(v[i:i + 1]) for k, v in calib.items()}
             return
         for x in calib:
             sample = np.asarray(x, np.float32)[None]
@@ -512,7 +516,7 @@ class TFLiteRunner:
         output so stacked, in a list."""
         if all_outputs:
             return all_samples(self, x, progress)
-        from edgepack.inputs.data import num_samples, rows
+        from edgepack.inputs.data import rows
 
         outs = []
         n = num_samples(x)
@@ -526,8 +530,7 @@ class TFLiteRunner:
         """Run one input; return every output, dequantized to float32, 4-D ones back in NCHW."""
         if isinstance(x, dict):
             for detail in self._ins:
-                value = x[match_input(detail["name"], x)]
-                self._interp.set_tensor(detail["index"], np.ascontiguousarray(value, detail["dtype"]))
+                self._interp.set_tensor(detail["index"], _feed_value(x[match_input(detail["name"], x)], detail))
         else:
             x = np.asarray(x, np.float32)
             if x.ndim == 4:
@@ -549,11 +552,26 @@ def match_input(tensor_name: str, feed: dict) -> str:
                      hint="text inputs are fed by name: input_ids, attention_mask, token_type_ids")
 
 
+def channels_last(a: np.ndarray) -> np.ndarray:
+    """An N,C,... array as onnx2tf's model takes it: N,...,C (NCHW -> NHWC, NCW -> NWC); 2-D arrays (token ids, a
+    feature vector) as they are."""
+    return np.ascontiguousarray(np.moveaxis(a, 1, -1)) if a.ndim >= 3 else a
+
+
+def _feed_value(value: np.ndarray, detail: dict) -> np.ndarray:
+    """One named input for a LiteRT input tensor: channels-last (see channels_last); float arrays quantized with
+    its scale and zero point (an INT8-io model), integer arrays (token ids) cast to its dtype."""
+    value = channels_last(np.asarray(value))
+    if not np.issubdtype(value.dtype, np.floating):
+        return np.ascontiguousarray(value, detail["dtype"])
+    return _quantize(value.astype(np.float32, copy=False), detail)
+
+
 def _quantize(x: np.ndarray, detail: dict) -> np.ndarray:
     """Float32 -> the input tensor's dtype with its scale and zero point (no-op for float inputs)."""
     dtype = np.dtype(detail["dtype"])
     scale, zero_point = detail["quantization"]
-    if not np.issubdtype(dtype, np.integer):
+    if not np.issubdtype(dtype, np.integer) or not scale:
         return np.ascontiguousarray(x, dtype)
     info = np.iinfo(dtype)
     return np.clip(np.round(x / scale) + zero_point, info.min, info.max).astype(dtype)

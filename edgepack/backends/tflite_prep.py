@@ -35,6 +35,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from edgepack.backends.onnx import append_reduce
+from edgepack.inputs.data import feed, num_samples, sample_rows
 from edgepack.util import spread_indices
 
 log = logging.getLogger(__name__)
@@ -87,8 +88,7 @@ def bias_correct(onnx_path: Path, out_path: Path, calib: np.ndarray, *, samples:
     model = onnx.load(str(onnx_path))
     rounded = rounded or {}
     targets = _targets(model, rounded)
-    idx = spread_indices(len(calib), samples)
-    xs = np.ascontiguousarray(np.asarray(calib[idx], np.float32))  # only those rows (calib may be compact)
+    xs = sample_rows(calib, spread_indices(num_samples(calib), samples))  # only those rows (calib may be compact)
     n = len(targets)
     deltas = [np.zeros_like(t.bias) for t in targets]
     ranges = None
@@ -106,12 +106,12 @@ def bias_correct(onnx_path: Path, out_path: Path, calib: np.ndarray, *, samples:
         rounding.apply(model, rounded)
     onnx.save(model, str(out_path))
     summary = {"method": "bias correction (weight rounding, TFLite per-channel int8 rule)",
-               "corrected_nodes": n, "samples": int(len(idx)), "rounds": rounds if targets else 0,
+               "corrected_nodes": n, "samples": num_samples(xs), "rounds": rounds if targets else 0,
                "activations": activations,
                "max_bias_change": max((float(np.abs(d).max()) for d in deltas), default=0.0),
                "seconds": round(time.perf_counter() - start, 2)}
     log.info("TFLite prep: bias correction of %d nodes on %d samples, %d rounds, %.1f s",
-             n, len(idx), summary["rounds"], summary["seconds"])
+             n, num_samples(xs), summary["rounds"], summary["seconds"])
     return summary
 
 
@@ -213,14 +213,14 @@ def _fake_quant(graph: onnx.GraphProto, x: str, rng: tuple[float, float], out: s
     return out
 
 
-def _run_probe(probe: onnx.ModelProto, input_name: str, xs: np.ndarray) -> list[np.ndarray]:
+def _run_probe(probe: onnx.ModelProto, input_name: str, xs) -> list[np.ndarray]:
     """Run the probe on each sample (batch 1, as exported); return each output stacked over samples."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    rows = [sess.run(None, {input_name: xs[i:i + 1]}) for i in range(len(xs))]
+    rows = [sess.run(None, feed(xs, input_name, i, i + 1)) for i in range(num_samples(xs))]
     return [np.stack([np.asarray(r[j], np.float32).reshape(-1) for r in rows]) for j in range(len(rows[0]))]
 
 
@@ -330,8 +330,7 @@ def _input_minimums(model: onnx.ModelProto, names: list[str], calib: np.ndarray,
     opset = next((o.version for o in probe.opset_import if o.domain in ("", "ai.onnx")), 13)
     outs = [append_reduce(probe.graph, opset, "ReduceMin", name, None, f"__ep_pmin{k}") for k, name in enumerate(names)]
     probe.graph.output.extend(helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, None) for o in outs)
-    idx = spread_indices(len(calib), samples)
-    xs = np.ascontiguousarray(np.asarray(calib[idx], np.float32))  # only those rows (calib may be compact)
+    xs = sample_rows(calib, spread_indices(num_samples(calib), samples))  # only those rows (calib may be compact)
     return [float(o.min()) for o in _run_probe(probe, model.graph.input[0].name, xs)]
 
 

@@ -93,6 +93,13 @@ def _samples(bundle: Path, man: dict, data_path: str, model_path: Path):
     if pre.get("kind") == "text":
         return data.load_text(data_path, text=_text_info(bundle, pre), count=DIAG_SAMPLES, seed=0,
                               role="diagnosis").x
+    if pre.get("kind") == "tensors":
+        from edgepack.backends import onnx as onnx_backend
+
+        specs = onnx_backend.io_details(model_path)["inputs"]
+        return data.load_tensors(data_path, specs=specs, count=DIAG_SAMPLES, seed=0, role="diagnosis",
+                                 hint="pass an .npz with each input by name: "
+                                      + ", ".join(s["name"] for s in specs)).x
     from edgepack import schema
     from edgepack.backends import onnx as onnx_backend
     from edgepack.config import PREPROCESS_KEYS, Preprocess

@@ -118,6 +118,11 @@ def problems(man: dict) -> list[str]:
     pre = man.get("preprocess")
     if isinstance(pre, dict) and pre.get("kind") == "text" and not isinstance(pre.get("model_input_names"), list):
         found.append("preprocess.model_input_names should be a list")
+    if isinstance(pre, dict) and pre.get("kind") == "tensors" and not (
+            isinstance(pre.get("inputs"), list) and pre["inputs"] and all(
+                isinstance(s, dict) and isinstance(s.get("name"), str) and isinstance(s.get("shape"), list)
+                and isinstance(s.get("dtype"), str) for s in pre["inputs"])):
+        found.append("preprocess.inputs should list {name, shape, dtype} for each input")
     return found
 
 

@@ -182,12 +182,14 @@ def _check_golden(folder: Path, man: dict) -> list[str]:
 def _golden_input(golden, man: dict):
     """The golden input: the array 'input' (images), or every token array by the tokenizer's input name
     (text models; a .tflite model names its tensors differently, e.g. "serving_default_input_ids:0")."""
-    if man["preprocess"].get("kind") != "text":
+    kind = man["preprocess"].get("kind")
+    if kind not in ("text", "tensors"):
         if "input" not in golden:
             raise VerifyError("golden file lacks the array 'input'", hint="the bundle was modified or damaged")
         return golden["input"]
-    names = man["preprocess"].get("model_input_names") or [
-        i["name"] for i in man["inputs"] if isinstance(i, dict) and "name" in i]
+    listed = man["preprocess"].get("model_input_names") if kind == "text" else [
+        s.get("name") for s in man["preprocess"].get("inputs") or [] if isinstance(s, dict)]
+    names = listed or [i["name"] for i in man["inputs"] if isinstance(i, dict) and "name" in i]
     missing = [n for n in names if not isinstance(n, str) or n not in golden]
     if missing or not names:
         raise VerifyError(f"golden file lacks model input(s) {', '.join(missing) or '(none listed)'}",

@@ -50,8 +50,8 @@ RUNTIME_PACKAGES = {"onnx": "onnxruntime", "tflite": "ai-edge-litert"}
 def install_packages(man: dict, fmt: str) -> list[str]:
     """The pip packages run.py needs for format ``fmt``: the runtime, numpy, and pillow (images) or tokenizers
     (text); postprocess.py, when there is one, needs numpy only."""
-    reader = "tokenizers" if man["preprocess"].get("kind") == "text" else "pillow"
-    return [RUNTIME_PACKAGES[fmt], "numpy", reader]
+    reader = {"text": ["tokenizers"], "tensors": []}.get(man["preprocess"].get("kind"), ["pillow"])
+    return [RUNTIME_PACKAGES[fmt], "numpy", *reader]
 
 
 def install_line(man: dict, fmt: str, pinned: bool = True) -> str:
@@ -68,8 +68,9 @@ def _install(man: dict) -> list[str]:
     files = {m["format"]: m["file"] for m in man["models"]}
     python = (man.get("tools") or {}).get("python")
     lines = ["## Install on the device", "",
-             "run.py needs Python 3, numpy, the model's runtime and "
-             + ("tokenizers" if man["preprocess"].get("kind") == "text" else "pillow")
+             "run.py needs Python 3, numpy"
+             + {"text": ", the model's runtime and tokenizers", "tensors": " and the model's runtime"}.get(
+                 man["preprocess"].get("kind"), ", the model's runtime and pillow")
              + " (no torch); the versions this bundle was validated with"
              + (f" (on the build host, Python {python})" if python else "") + ":", "", "```"]
     width = max(len(install_line(man, f)) for f in fmts)
@@ -114,6 +115,8 @@ def _q(t: dict) -> tuple[str, str]:
 def render(man: dict) -> str:
     """The bundle README text."""
     pre = man["preprocess"]
+    if pre.get("kind") == "tensors":
+        return _render_tensors(man)
     lines = [f"# {man['name']} for {man['target']['name']}", "",
              "Built by edgepack. The verdict, budgets and measurements are in report.md / report.html and "
              "manifest.json; check every file with `edgepack verify .`.", "", *_install(man),
@@ -134,6 +137,14 @@ def render(man: dict) -> str:
              "first output, every one with `--all-outputs`), one row per input; outputs in the order listed "
              "below.", ""]
     lines += _detect_notes(man)
+    lines += _model_sections(man, _kotlin_text if pre.get("kind") == "text" else _kotlin)
+    return "\n".join(lines)
+
+
+def _model_sections(man: dict, kotlin) -> list[str]:
+    """Each shipped model's inputs and outputs (shape, dtype, layout, quantization), with ``kotlin``'s LiteRT
+    snippet for a .tflite."""
+    lines = []
     for m in man["models"]:
         lines += [f"## {m['file']} ({m['format']}, {m['precision']})", ""]
         for kind in ("inputs", "outputs"):
@@ -142,9 +153,55 @@ def render(man: dict) -> str:
                 lines.append(f"- {kind[:-1]} `{t['name']}`: shape {t['shape']}, {t['dtype']}, layout "
                              f"{t.get('layout') or '-'}, scale {scale}, zero point {zero}")
         if m["format"] == "tflite":
-            lines += ["", _kotlin_text(man, m) if pre.get("kind") == "text" else _kotlin(man, m), ""]
+            lines += ["", kotlin(man, m), ""]
         lines.append("")
+    return lines
+
+
+def _render_tensors(man: dict) -> str:
+    """A model with several inputs: run.py reads one .npz holding each input by name, already preprocessed."""
+    specs = man["preprocess"]["inputs"]
+    saved = ", ".join(f"{s['name']}=<{s['dtype']} {s['shape']}>" for s in specs)
+    lines = [f"# {man['name']} for {man['target']['name']}", "",
+             "Built by edgepack. The verdict, budgets and measurements are in report.md / report.html and "
+             "manifest.json; check every file with `edgepack verify .`.", "", *_install(man),
+             "## Run on the device", "",
+             f"The model takes {len(specs)} inputs, already preprocessed as the build's calibration data was: save "
+             f"one sample of each by name with `numpy.savez('inputs.npz', {saved})` (the batch dimension may be "
+             "left out).", "",
+             "```",
+             "python3 run.py inputs.npz --time 100    # each output's shape, min, max, mean; p50/p90 latency",
+             "python3 run.py inputs.npz --all-outputs --json  # every output's values, JSON lists",
+             "python3 run.py --batch many.npz --out out.npz  # every sample of {input name: (N, ...)} arrays",
+             "python3 run.py --golden                  # stored input -> stored output",
+             "```", "", "Outputs come in the order listed below.", ""]
+    lines += _model_sections(man, _kotlin_tensors)
     return "\n".join(lines)
+
+
+def _kotlin_tensors(man: dict, m: dict) -> str:
+    feeds = []
+    for t in m["inputs"]:
+        scale, zero = _q(t)
+        how = (f"quantized: q = round(x / {scale}) + ({zero})" if t.get("quantization") else "float32 values")
+        feeds.append(f'inputs[interpreter.getInputIndex("{t["name"]}")] = buffer_{len(feeds)}  '
+                     f'// {t["shape"]} {t["dtype"]}, {how}')
+    outs, allocs = [], []
+    width = {"int8": 1, "uint8": 1, "int16": 2, "float16": 2, "int32": 4, "float32": 4, "int64": 8}
+    for k, t in enumerate(m["outputs"]):
+        scale, zero = _q(t)
+        deq = f"; dequantize: y = {scale} * (q - ({zero}))" if t.get("quantization") else ""
+        outs.append(f"// output {k} `{t['name']}`: {t['shape']} {t['dtype']}{deq}")
+        size = width.get(t["dtype"], 4)
+        for d in t["shape"]:
+            size *= int(d) if isinstance(d, int) else 1
+        allocs.append(f"{k} to ByteBuffer.allocateDirect({size}).order(ByteOrder.nativeOrder())")
+    outs.append(f"val outputs = mapOf({', '.join(allocs)})")
+    return ("```kotlin\n// LiteRT (org.tensorflow.lite.Interpreter): one direct ByteBuffer per input, native byte "
+            f"order, filled with the preprocessed sample\nval interpreter = Interpreter(modelFile, "
+            f"Interpreter.Options().setNumThreads({man['runtime']['threads']}))\n"
+            f"val inputs = arrayOfNulls<Any>({len(m['inputs'])})\n" + "\n".join(feeds) + "\n"
+            + "\n".join(outs) + "\ninterpreter.runForMultipleInputsOutputs(inputs, outputs)\n```")
 
 
 def _kotlin(man: dict, m: dict) -> str:

@@ -135,6 +135,24 @@ def rows(x: Inputs, start: int, stop: int) -> Inputs:
     return {k: v[start:stop] for k, v in x.items()} if isinstance(x, dict) else x[start:stop]
 
 
+def take(x: Inputs, idx) -> Inputs:
+    """The samples at indices ``idx`` of model inputs (every input alike)."""
+    return {k: v[idx] for k, v in x.items()} if isinstance(x, dict) else x[idx]
+
+
+def sample_rows(x: Inputs, idx) -> Inputs:
+    """The samples at ``idx`` as plain contiguous arrays: float32 images (a compact PixelArray decoded, only
+    those rows), or each input's own dtype for several inputs."""
+    if isinstance(x, dict):
+        return {k: np.ascontiguousarray(v[idx]) for k, v in x.items()}
+    return np.ascontiguousarray(np.asarray(x[idx], np.float32))
+
+
+def feed(x: Inputs, input_name: str, start: int, stop: int) -> dict[str, np.ndarray]:
+    """An onnxruntime feed of samples start..stop-1: every input by name, or one array as ``input_name``."""
+    return rows(x, start, stop) if isinstance(x, dict) else {input_name: x[start:stop]}
+
+
 def load_text(path: str, *, text: TextInfo, count: int | None, seed: int, role: str,
               class_names: list[str] | None = None) -> Dataset:
     """Texts (.txt / .jsonl / .csv, see edgepack.inputs.text.read_texts) tokenized as the device will: a seeded
@@ -148,6 +166,65 @@ def load_text(path: str, *, text: TextInfo, count: int | None, seed: int, role: 
     idx = sample_indices(len(texts), count, seed)
     x = text_mod.tokenize([texts[i] for i in idx], text.tokenizer, text.max_length, text.input_names)
     return Dataset(x=x, y=None if y is None else y[idx], source=str(path))
+
+
+def load_tensors(path: str, *, specs: list[dict], count: int | None, seed: int, role: str, hint: str) -> Dataset:
+    """Inputs that are not photos (several inputs, a waveform, uint8 pixels): an .npz with one array per input name
+    ({name: (N, ...)}; a single input may be ``x``), float inputs as floats, integer inputs as integers, the model
+    file's shapes; optional integer labels ``y``; a seeded subset of ``count`` samples, every input alike."""
+    where = f"{role} file {path}"
+    arrays = _read_named_npz(Path(path), role, hint)
+    names = [s["name"] for s in specs]
+    if len(names) == 1 and names[0] not in arrays and "x" in arrays:  # one input: the usual x= works too
+        arrays[names[0]] = arrays.pop("x")
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise InputError(f"{where} has no array for input {', '.join(missing)} (found: "
+                         f"{', '.join(sorted(arrays)) or 'nothing'}); the model has {len(names)} input"
+                         f"{'s' if len(names) > 1 else ''} ({', '.join(names)})", hint=hint)
+    extra = sorted(set(arrays) - set(names) - {"y"})
+    if extra:
+        raise InputError(f"{where} holds arrays the model does not take: {', '.join(extra)} (inputs: "
+                         f"{', '.join(names)})", hint=hint)
+    x = {s["name"]: _check_named(arrays[s["name"]], s, f"{where}, input {s['name']}", hint) for s in specs}
+    n = {k: len(v) for k, v in x.items()}
+    if len(set(n.values())) != 1:
+        raise InputError(f"{where}: the inputs hold different numbers of samples "
+                         f"({', '.join(f'{k} {v}' for k, v in n.items())})", hint="one row per sample in every array")
+    total = next(iter(n.values()))
+    if total == 0:
+        raise InputError(f"{where}: the arrays hold no samples")
+    y = _check_y(arrays.get("y"), total, where)
+    idx = sample_indices(total, count, seed)
+    return Dataset(x={k: np.ascontiguousarray(v[idx]) for k, v in x.items()},
+                   y=None if y is None else y[idx], source=str(path))
+
+
+def _read_named_npz(p: Path, role: str, hint: str) -> dict[str, np.ndarray]:
+    if not p.is_file() or p.suffix.lower() != ".npz":
+        raise InputError(f"{role} data {p} " + ("not found" if not p.exists() else "is not an .npz file"), hint=hint)
+    try:
+        with np.load(p, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise InputError(f"cannot read {role} file {p}: {str(exc)[:200]}", hint=hint) from None
+
+
+def _check_named(a: np.ndarray, spec: dict, at: str, hint: str) -> np.ndarray:
+    """One input's samples checked against the model's shape and dtype, cast to that dtype."""
+    want = np.dtype(spec["dtype"])
+    if a.ndim != len(spec["shape"]) or tuple(a.shape[1:]) != tuple(int(d) for d in spec["shape"][1:]):
+        raise InputError(f"{at}: shape {list(a.shape)}, the model takes (N, {', '.join(map(str, spec['shape'][1:]))})",
+                         hint=hint)
+    if np.issubdtype(want, np.floating):
+        if not np.issubdtype(a.dtype, np.floating):
+            raise InputError(f"{at}: dtype {a.dtype}, the model takes {want} (already preprocessed)", hint=hint)
+        if not np.isfinite(a).all():
+            raise InputError(f"{at}: contains NaN or infinite values", hint="check the preprocessing")
+        _check_range(a, at)
+    elif np.issubdtype(a.dtype, np.floating) and not np.array_equal(a, np.round(a)):
+        raise InputError(f"{at}: dtype {a.dtype} with fractions, the model takes {want}", hint=hint)
+    return a.astype(want, copy=False)
 
 
 def load(path: str, *, input_shape: tuple[int, ...], preprocess: Preprocess, count: int | None, seed: int,

@@ -15,6 +15,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edgepack.errors import InputError
 from edgepack.inputs import data
 from edgepack.inputs.data import Dataset, Inputs
@@ -190,7 +192,102 @@ class TextInput(ImageInput):
         return {"kind": "text", "tokenizer": TOKENIZER_FILE, **self.text.settings}
 
 
-KINDS = {"image": ImageInput, "text": TextInput}
+class TensorsInput(ImageInput):
+    """Several float (or integer) tensors by input name, as an ONNX model with more than one input takes them
+    (an image and a vector of metadata, a stereo pair, an image and a prompt embedding): {input name: (N, ...)}
+    arrays from an .npz holding one array per input, already preprocessed. Shapes and dtypes are the model
+    file's (a symbolic batch dimension is 1). INT8 as for images: calibrated static ONNX, full-integer TFLite."""
+
+    name = "tensors"
+    shape_flag = "the model file's input shapes"
+
+    def __init__(self, model: Any, config: Any, target: Any, specs: list[dict]):
+        super().__init__(model, config, target)
+        self.specs = specs    # the ONNX file's inputs: name, shape (dims or symbols), dtype
+        self.input_names = [s["name"] for s in self.specs]
+
+    def check(self, onnx_inputs: list[dict] | None = None) -> None:
+        """Only what several-input builds cannot do, reported at once: photos, no calibration data, a shape
+        flag, and symbolic dimensions other than the batch (the file must fix them)."""
+        from pathlib import Path
+
+        problems, hints = [], []
+        odd = [s for s in self.specs if np.issubdtype(np.dtype(s["dtype"]), np.floating) and s["dtype"] != "float32"]
+        if odd:
+            problems.append(", ".join(f"input '{s['name']}' is {s['dtype']}" for s in odd)
+                            + "; edgepack builds models whose float inputs are float32")
+            hints.append("export the model with float32 inputs (cast inside the model if it needs another type)")
+        if self.config.input_shape:
+            problems.append(f"--input-shape does not apply to a model that takes {self._described()} (its "
+                            "shapes are the model file's)")
+            hints.append("drop --input-shape")
+        if not self.config.calib:
+            problems.append(f"{self.model.onnx_path.name} takes {self._described()}: the shipped calibration "
+                            "photos cannot feed it")
+            hints.append(self._npz_hint())
+        for role, path in (("--calib", self.config.calib), ("--val", self.config.val)):
+            if path and Path(path).is_dir():
+                problems.append(f"{role} {path} is a folder: a model that takes {self._described()} takes an .npz")
+                hints.append(self._npz_hint())
+        for s in self.specs:
+            loose = [i for i, d in enumerate(s["shape"]) if i > 0 and not (isinstance(d, int) and d > 0)]
+            if loose or not s["shape"]:
+                problems.append(f"input {s['name']} has symbolic dimensions {loose} ({list(s['shape'])})")
+                hints.append("export the model with fixed sizes for every dimension but the batch")
+        if problems:
+            raise InputError("; ".join(problems), hint="; ".join(dict.fromkeys(hints)))
+
+    def _described(self) -> str:
+        """"2 inputs (image, meta)", or "one (N, 1, 16000) float32 input (wave)"."""
+        if len(self.specs) > 1:
+            return f"{len(self.specs)} inputs ({', '.join(self.input_names)})"
+        s = self.specs[0]
+        return f"one {s['dtype']} input '{s['name']}' of shape {list(s['shape'])}"
+
+    def _npz_hint(self) -> str:
+        names = ", ".join(f"{s['name']}=<{s['dtype']} array (N, {', '.join(map(str, s['shape'][1:]))})>"
+                          for s in self.specs)
+        return f"save the inputs by name, preprocessed: numpy.savez(path, {names}[, y=labels])"
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {s["name"]: (1, *(int(d) for d in s["shape"][1:])) for s in self.specs}
+
+    def input_shape(self, fixed: tuple[int, ...] | None = None) -> tuple[int, ...]:
+        """The first input's shape (the profile's image size means nothing here); all of them: `shapes`."""
+        return self.shapes()[self.input_names[0]]
+
+    def channel_mismatch(self, shape: tuple[int, ...]) -> tuple[str, str] | None:
+        return None   # no photos are read
+
+    def load(self, path: str | None, *, role: str, count: int | None, seed: int, shape: tuple[int, ...],
+             progress: ProgressFn = no_progress) -> Dataset:
+        if path is None:
+            raise InputError(f"no {role} data given", hint=self._npz_hint())
+        return data.load_tensors(path, specs=self.specs, count=count, seed=seed, role=role, hint=self._npz_hint())
+
+    def example_args(self, shape: tuple[int, ...]) -> tuple:
+        import torch
+
+        return tuple(torch.zeros(*s) for s in self.shapes().values())
+
+    def torch_args(self, x: Inputs) -> tuple:
+        import torch
+
+        return tuple(torch.from_numpy(x[n]) for n in self.input_names)
+
+    def export_settings(self) -> dict:
+        return {"input_names": list(self.input_names), "opset": self.target.opset, "hint": None,
+                "shape_flag": self.shape_flag}
+
+    def golden_inputs(self, x: Inputs) -> dict:
+        return dict(x)
+
+    def preprocess_record(self) -> dict:
+        return {"kind": "tensors", "inputs": [{"name": s["name"], "shape": [1, *s["shape"][1:]],
+                                                "dtype": s["dtype"]} for s in self.specs]}
+
+
+KINDS = {"image": ImageInput, "text": TextInput, "tensors": TensorsInput}
 
 
 def reads_photos(config: Any) -> bool:
@@ -203,6 +300,18 @@ def reads_photos(config: Any) -> bool:
     return config.calib is None or any(p and Path(p).is_dir() for p in (config.calib, config.val))
 
 
-def for_model(model: Any, config: Any, target: Any) -> ImageInput:
-    """The input kind of a loaded model: text when it carries a tokenizer, else image."""
-    return KINDS["text" if model.text is not None else "image"](model, config, target)
+#: integer input dtypes of the tensors kind (uint8 pixels, int64 ids without a tokenizer); a float16 or float64 NCHW
+#: input stays an image model, which refuses it with a hint
+INTEGER_DTYPES = ("bool", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64")
+
+
+def for_model(model: Any, config: Any, target: Any, onnx_inputs: list[dict] | None = None) -> ImageInput:
+    """The input kind of a loaded model: text when it carries a tokenizer, tensors for an ONNX file with several
+    inputs or one that is not a float32 (N, C, H, W) image (audio, time series, uint8 or integer ids), else
+    image."""
+    if model.text is not None:
+        return KINDS["text"](model, config, target)
+    ins = onnx_inputs or []
+    if len(ins) > 1 or (ins and (len(ins[0]["shape"]) != 4 or ins[0]["dtype"] in INTEGER_DTYPES)):
+        return KINDS["tensors"](model, config, target, ins)  # several inputs, or one that is not an NCHW image
+    return KINDS["image"](model, config, target)

@@ -60,7 +60,8 @@ def _pinned_to_the_profile(ctx: BuildContext) -> str | None:
     """A warning, when an ONNX source's dynamic input dimensions were pinned to the profile's input shape (no
     --input-shape): a PP-OCR recogniser (N, 3, ?, W) pinned to 224 x 224 cannot load, and failed (exit 4) with
     onnxruntime's shape-inference message alone."""
-    pinned = (ctx.records.get("onnx_source") or {}).get("pinned_dims")
+    pinned = [d for d in (ctx.records.get("onnx_source") or {}).get("pinned_dims") or []
+              if d != 0 and not str(d).endswith(":0")]  # a batch dimension is 1 whatever the shape
     if not pinned or ctx.config.input_shape:
         return None
     said = (f"{ctx.model.onnx_path.name} has dynamic input dimensions {pinned}, pinned to the profile's input "

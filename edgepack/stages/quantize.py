@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 
+from edgepack.inputs.data import num_samples, take
 from edgepack.stages.context import Artifact, BuildContext
 from edgepack.util import quiet_root_logger, spread_indices
 
@@ -60,8 +61,8 @@ def _quantize_onnx(ctx: BuildContext, settings: dict, out, deadline: float | Non
     if settings.get("more_calib"):
         more = _more_calibration(ctx)
         calib = more if more is not None else calib
-    if settings.get("max_calib") and len(calib) > settings["max_calib"]:  # evenly spread, fixed
-        calib = calib[spread_indices(len(calib), settings["max_calib"])]
+    if settings.get("max_calib") and num_samples(calib) > settings["max_calib"]:  # evenly spread, fixed
+        calib = take(calib, spread_indices(num_samples(calib), settings["max_calib"]))
     from edgepack.errors import StageError
 
     try:
@@ -149,8 +150,8 @@ def _more_calibration(ctx: BuildContext):
         if held is not None and held <= len(ctx.calib):  # nothing more to load (it would be the same set again)
             ctx.outputs["more_calib"] = None
             return None
-        more = data.load(source, input_shape=ctx.input_shape, preprocess=ctx.config.preprocess,
-                         count=2 * len(ctx.calib), seed=ctx.config.seed, role="calibration")
+        more = ctx.inputs.load(source, role="calibration", count=2 * len(ctx.calib), seed=ctx.config.seed,
+                               shape=ctx.input_shape)
         ctx.outputs["more_calib"] = more.x if len(more) > len(ctx.calib) else None
     return ctx.outputs["more_calib"]
 

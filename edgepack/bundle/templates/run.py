@@ -13,6 +13,7 @@ pillow for image bundles or tokenizers for text bundles. No torch, no transforme
                                               #   input's pixels, after resize and centre crop)
     python3 run.py scene.jpg --mask-out mask.png  # segmenters: the class mask as a PNG in scene.jpg's pixels
     python3 run.py "WINNER! Claim your prize" # text classifier: one JSON line of label scores
+    python3 run.py inputs.npz                 # a model with several inputs: one sample of each, by input name
     python3 run.py --file inputs.txt          # one image path or sentence per line; one JSON line each
     python3 run.py photo.jpg --time 100       # also p50/p90 latency over 100 runs, ms
     python3 run.py --golden                   # run the stored golden input, compare with the stored output
@@ -143,13 +144,55 @@ class TextReader:
         return {n: np.asarray([arrays[n]], dtype=np.int64) for n in self.names}
 
 
+class TensorsReader:
+    """An .npz (or, for a one-input model, .npy) holding each input by name, already preprocessed -> {name:
+    (1, ...)}: one sample, with or without its batch dimension; dtypes as the model takes them."""
+
+    def __init__(self, manifest):
+        self.specs = list(manifest["preprocess"]["inputs"])
+        self.names = [s["name"] for s in self.specs]
+
+    def __call__(self, path):
+        saved = np.load(path, allow_pickle=False)
+        if isinstance(saved, np.ndarray):  # .npy: the only input
+            arrays = {self.names[0]: saved} if len(self.names) == 1 else {}
+        else:
+            with saved:
+                arrays = {n: saved[n] for n in saved.files}
+        missing = [n for n in self.names if n not in arrays]
+        if missing:
+            raise ValueError(f"{path} has no array for input {', '.join(missing)} (found: "
+                             f"{', '.join(sorted(arrays)) or 'nothing'}); save each input by name: "
+                             f"numpy.savez(path, {', '.join(n + '=...' for n in self.names)})")
+        feed = {}
+        for spec in self.specs:
+            a, want = arrays[spec["name"]], list(spec["shape"])
+            if list(a.shape) == want[1:]:
+                a = a[None]
+            if list(a.shape[1:]) != want[1:] or a.shape[0] != 1:
+                hint = " (several samples: use --batch IN.npz --out OUT.npz)" if list(a.shape[1:]) == want[1:] else ""
+                raise ValueError(f"{path}: input {spec['name']} has shape {list(a.shape)}, the model takes "
+                                 f"{want}{hint}")
+            feed[spec["name"]] = np.ascontiguousarray(a, dtype=spec["dtype"])
+        return feed
+
+
 def input_kind(manifest):
-    return "text" if (manifest.get("preprocess") or {}).get("kind") == "text" else "image"
+    kind = (manifest.get("preprocess") or {}).get("kind")
+    return kind if kind in ("text", "tensors") else "image"
 
 
 def input_names(manifest):
     """The golden.npz keys holding the model's inputs."""
-    return list(manifest["preprocess"]["model_input_names"]) if input_kind(manifest) == "text" else ["input"]
+    kind = input_kind(manifest)
+    if kind == "tensors":
+        return [s["name"] for s in manifest["preprocess"]["inputs"]]
+    return list(manifest["preprocess"]["model_input_names"]) if kind == "text" else ["input"]
+
+
+def what_to_give(kind):
+    """What the positional input is, for messages."""
+    return {"text": "a sentence", "tensors": "an .npz of the inputs"}.get(kind, "an image")
 
 
 def _match(tensor_name, feed):
@@ -189,8 +232,9 @@ class OnnxModel:
             # device computes it and as edgepack validated it, not this machine's fused kernels (which may saturate)
             opts.add_session_config_entry("session.disable_quant_qdq", "1")
             self.sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-        self.inputs = {i.name: np.int32 if i.type == "tensor(int32)" else np.int64 if i.type == "tensor(int64)"
-                       else np.float32 for i in self.sess.get_inputs()}
+        types = {"float": np.float32, "float16": np.float16, "double": np.float64, "int8": np.int8,
+                 "uint8": np.uint8, "int16": np.int16, "int32": np.int32, "int64": np.int64, "bool": np.bool_}
+        self.inputs = {i.name: types.get(i.type[len("tensor("):-1], np.float32) for i in self.sess.get_inputs()}
 
     def _feed(self, feed):
         return {n: np.asarray(feed[_match(n, feed)]).astype(t, copy=False) for n, t in self.inputs.items()}
@@ -235,7 +279,7 @@ class TFLiteModel:
     def _set(self, feed):
         for d in self.inputs:
             x = np.asarray(feed[_match(d["name"], feed)])
-            x = x.transpose(0, 2, 3, 1) if x.ndim == 4 else x
+            x = np.moveaxis(x, 1, -1) if x.ndim >= 3 else x  # channels-last, as onnx2tf's model takes N,C,... inputs
             scale, zero = d["quantization"]
             if x.dtype.kind == "f" and np.dtype(d["dtype"]).kind in "iu" and scale:
                 info = np.iinfo(d["dtype"])
@@ -492,8 +536,9 @@ def main():
     manifest = json.loads((HERE / "manifest.json").read_text())
     kind = input_kind(manifest)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("input", nargs="?", help="a sentence (text bundles) or an image file (image bundles)")
-    parser.add_argument("--file", help="one input per line of this UTF-8 file (sentences, or image paths)")
+    parser.add_argument("input", nargs="?", help="a sentence (text bundles), an image file (image bundles) or an "
+                        ".npz of the inputs by name (bundles of models with several inputs)")
+    parser.add_argument("--file", help="one input per line of this UTF-8 file (sentences, image or .npz paths)")
     parser.add_argument("--top", type=int, default=5, help="image classifiers: how many classes to print")
     parser.add_argument("--json", action="store_true", help="one JSON line of results per input")
     parser.add_argument("--time", type=int, default=0, metavar="N", help="time N runs after 5 warm-up runs")
@@ -532,7 +577,7 @@ def main():
         parser.error("--batch needs --out")
     if (args.all_outputs or args.out) and not (args.batch or args.input or args.file):
         parser.error(f"{'--all-outputs' if args.all_outputs else '--out'} needs an input: "
-                     + ("a sentence" if kind == "text" else "an image") + ", --file or --batch")
+                     + what_to_give(kind) + ", --file or --batch")
     try:
         execute(manifest, kind, args, parser)
     except Exception as exc:  # noqa: BLE001 - one line for a person, the traceback with --debug
@@ -560,12 +605,12 @@ def execute(manifest, kind, args, parser):
         items = [(n, t.strip()) for n, t in enumerate(Path(args.file).read_text(encoding="utf-8").splitlines(), 1)
                  if t.strip()]
     elif args.input == "":
-        parser.error("the " + ("sentence" if kind == "text" else "image path") + " is empty")
+        parser.error("the " + ("sentence" if kind == "text" else "file path") + " is empty")
     elif args.input:
         items = [(None, args.input)]
     else:
-        parser.error("give " + ("a sentence" if kind == "text" else "an image") + ", --file or --golden")
-    reader = TextReader(manifest) if kind == "text" else ImageReader(manifest)
+        parser.error("give " + what_to_give(kind) + ", --file or --golden")
+    reader = {"text": TextReader, "tensors": TensorsReader}.get(kind, ImageReader)(manifest)
     run_items(manifest, kind, args, (entry, model), reader, items)
     if args.time:
         times = time_runs(model, reader(items[0][1]), args.time)
@@ -581,7 +626,7 @@ def run_items(manifest, kind, args, loaded, reader, items):
     for line, item in items:
         feed = reader(item)
         frame = ((reader.size, reader.pre, reader.shape, getattr(args, "model_frame", False))
-                 if task.get("name") in ("detect", "segment") else None)
+                 if task.get("name") in ("detect", "segment") and kind == "image" else None)
         res = result(task, kind, model, feed, item, labels, args.top, getattr(args, "score_threshold", None), frame)
         mask = res.pop("_mask", None)
         if mask is not None and getattr(args, "mask_out", None):

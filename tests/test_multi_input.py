@@ -1,0 +1,196 @@
+"""Models with several inputs (issue 15: "Models with several outputs and several inputs are accepted"): an ONNX
+file with an image and a vector input, fed from an .npz holding each input by name, built for both formats; the
+bundle's run.py reads one such .npz; bad data files are exit 2 naming the input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgepack.cli import main
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def _inputs(rng, n):
+    return {"image": rng.standard_normal((n, 3, 32, 32)).astype(np.float32),
+            "meta": rng.standard_normal((n, 8)).astype(np.float32)}
+
+
+@pytest.fixture(scope="module")
+def two(tmp_path_factory):
+    import toy_models
+
+    root = tmp_path_factory.mktemp("two")
+    toy_models.export_image_and_vector(root / "two.onnx")
+    rng = np.random.default_rng(0)
+    np.savez(root / "calib.npz", **_inputs(rng, 48))
+    np.savez(root / "val.npz", **_inputs(rng, 32))
+    one = _inputs(rng, 1)
+    np.savez(root / "one.npz", image=one["image"][0], meta=one["meta"])  # the batch dimension may be left out
+    return root
+
+
+def _run_py(bundle: Path, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(bundle / "run.py"), *map(str, args)], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_two_input_onnx_builds_and_its_runner_reads_an_npz(two, tmp_path):
+    import onnxruntime as ort
+
+    out = tmp_path / "b"
+    result = invoke("build", two / "two.onnx", "--target", "x86-64", "--calib", two / "calib.npz", "--val",
+                    two / "val.npz", "--out", out, "--json")
+    assert result.exit_code == 0, result.output
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["preprocess"] == {"kind": "tensors", "inputs": [
+        {"name": "image", "shape": [1, 3, 32, 32], "dtype": "float32"},
+        {"name": "meta", "shape": [1, 8], "dtype": "float32"}]}
+    names = {b["name"] for b in man["validation"]["budgets"]}
+    assert {"output_sqnr_db[logits]", "output_sqnr_db[aux]"} <= names, names
+    with np.load(out / man["golden"]["file"]) as golden:
+        assert {"image", "meta"} <= set(golden.files)
+    assert invoke("verify", out).exit_code == 0
+    # run.py: the shipped model's own outputs on one sample, as onnxruntime gives them
+    res = _run_py(out, two / "one.npz", "--all-outputs", "--json")
+    assert res.returncode == 0, res.stderr
+    got = json.loads(res.stdout.splitlines()[-1])["outputs"]
+    with np.load(two / "one.npz") as one:
+        feed = {"image": one["image"][None], "meta": one["meta"]}
+    want = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, feed)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(np.asarray(g["values"], np.float32), w, atol=1e-5)
+    assert "numpy.savez('inputs.npz', image=" in (out / "README.md").read_text()
+    assert "pillow" not in (out / "README.md").read_text()  # no photos are read
+
+
+def test_runner_names_a_missing_input(two, tmp_path):
+    out = tmp_path / "b"
+    assert invoke("build", two / "two.onnx", "--target", "x86-64", "--calib", two / "calib.npz", "--out", out,
+                  "-q").exit_code == 0
+    np.savez(tmp_path / "half.npz", image=np.zeros((1, 3, 32, 32), np.float32))
+    res = _run_py(out, tmp_path / "half.npz")
+    assert res.returncode == 2 and "no array for input meta" in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize("case, said", [
+    ("missing", "has no array for input meta"),
+    ("shape", "input image: shape [4, 3, 30, 32], the model takes (N, 3, 32, 32)"),
+    ("counts", "different numbers of samples (image 4, meta 5)"),
+    ("extra", "arrays the model does not take: x"),
+    ("ints", "input image: dtype int64, the model takes float32"),
+    ("folder", "is a folder: a model that takes 2 inputs (image, meta) takes an .npz"),
+    ("none", "the shipped calibration photos cannot feed it"),
+    ("shape_flag", "--input-shape does not apply to a model that takes 2 inputs (image, meta)"),
+])
+def test_bad_several_input_data_is_exit_2_naming_the_input(two, tmp_path, case, said):
+    rng = np.random.default_rng(1)
+    good = _inputs(rng, 4)
+    arrays = {"missing": {"image": good["image"]},
+              "shape": {**good, "image": good["image"][:, :, :30]},
+              "counts": {**good, "meta": rng.standard_normal((5, 8)).astype(np.float32)},
+              "extra": {**good, "x": np.zeros(3)},
+              "ints": {**good, "image": np.zeros((4, 3, 32, 32), np.int64)}}.get(case, good)
+    calib = tmp_path / "c.npz"
+    np.savez(calib, **arrays)
+    (tmp_path / "photos").mkdir()
+    args = {"folder": ["--calib", tmp_path / "photos"], "none": [],
+            "shape_flag": ["--calib", calib, "--input-shape", "1,3,32,32"]}.get(case, ["--calib", calib])
+    result = invoke("build", two / "two.onnx", "--target", "x86-64", *args, "--out", tmp_path / "b")
+    assert result.exit_code == 2, result.output
+    assert said in result.output
+    if case not in ("counts", "shape_flag"):  # their hints: "one row per sample ...", "drop --input-shape"
+        assert "numpy.savez(path, image=<float32 array (N, 3, 32, 32)>, meta=<float32 array (N, 8)>" in result.output
+    assert not (tmp_path / "b").exists()
+
+
+def test_torch_model_with_several_inputs_is_told_how_to_build_it(tmp_path):
+    (tmp_path / "photos").mkdir()
+    result = invoke("build", "toy_models:image_and_vector", "--target", "x86-64", "--input-shape", "1,3,32,32",
+                    "--calib", tmp_path / "photos", "--out", tmp_path / "b")
+    assert result.exit_code == 2
+    assert "missing 1 required positional argument: 'meta'" in result.output
+    assert "input_names=" in result.output and "one array per input name" in result.output
+
+
+@pytest.mark.slow
+def test_two_input_full_integer_tflite_matches_its_runner(two, tmp_path):
+    """android-arm64: full-integer INT8 (int8 io) from the same .npz; LiteRT's inputs are channels-last and
+    quantized, which the host runner and run.py both do from the named float arrays."""
+    from edgepack.backends.tflite import TFLiteRunner
+
+    out = tmp_path / "b"
+    result = invoke("build", two / "two.onnx", "--target", "android-arm64", "--calib", two / "calib.npz", "--val",
+                    two / "val.npz", "--out", out, "--no-emulate", "--json")
+    assert result.exit_code == 0, result.output
+    man = json.loads((out / "manifest.json").read_text())
+    model = man["models"][0]
+    assert model["format"] == "tflite" and {i["dtype"] for i in model["inputs"]} == {"int8"}
+    sqnr = {b["name"]: b["value"] for b in man["validation"]["budgets"] if b["name"].startswith("output_sqnr")}
+    assert min(sqnr.values()) > 15, sqnr   # a channels-first image or an unquantized feed gives noise (< 5 dB)
+    res = _run_py(out, two / "one.npz", "--all-outputs", "--json")
+    assert res.returncode == 0, res.stderr
+    got = json.loads(res.stdout.splitlines()[-1])["outputs"]
+    with np.load(two / "one.npz") as one:
+        want = TFLiteRunner(out / "model.tflite").run_outputs({"image": one["image"][None], "meta": one["meta"]})
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(np.asarray(g["values"], np.float32), w, atol=1e-6)
+    assert "val outputs = mapOf(0 to ByteBuffer.allocateDirect(5)" in (out / "README.md").read_text()
+
+
+def _waves(rng, n):
+    t = np.linspace(0, 1, 1600, dtype=np.float32)
+    f = rng.uniform(50, 400, (n, 1, 1))
+    return (np.sin(2 * np.pi * f * t) + 0.1 * rng.standard_normal((n, 1, 1600))).astype(np.float32)
+
+
+@pytest.mark.parametrize("target", ["x86-64", pytest.param("android-arm64", marks=pytest.mark.slow)])
+def test_one_waveform_input_builds_from_x_and_runs(tmp_path, target):
+    """A single input that is not an NCHW image (a waveform, N,1,T) is read from an .npz, not decoded as photos:
+    it was refused as an image model before. The TFLite input is N,T,1 (onnx2tf), which the runners feed."""
+    import toy_models
+
+    toy_models.export_waveform_classifier(tmp_path / "audio.onnx")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "calib.npz", x=_waves(rng, 48))   # the usual x= for one input
+    np.savez(tmp_path / "val.npz", wave=_waves(rng, 32))  # or its name
+    np.savez(tmp_path / "one.npz", wave=_waves(rng, 1)[0])
+    out = tmp_path / "b"
+    result = invoke("build", tmp_path / "audio.onnx", "--target", target, "--calib", tmp_path / "calib.npz",
+                    "--val", tmp_path / "val.npz", "--out", out, "--no-emulate", "--json")
+    assert result.exit_code == 0, result.output
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["preprocess"]["kind"] == "tensors" and man["stages"]["task"]["name"] == "classify"
+    assert man["validation"]["agreement"] >= 0.9
+    res = _run_py(out, tmp_path / "one.npz", "--json")
+    assert res.returncode == 0, res.stderr
+    assert len(json.loads(res.stdout.splitlines()[-1])["top"]) == 4
+
+
+def test_uint8_pixel_input_is_fed_as_uint8(tmp_path):
+    """A model taking uint8 pixels was refused ("image models take float32"); its .npz samples stay uint8 and
+    run.py feeds them as such (it cast every non-integer-id input to float32: onnxruntime refused the feed)."""
+    import toy_models
+
+    toy_models.export_uint8_pixels(tmp_path / "u8.onnx")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "calib.npz", pixels=rng.integers(0, 256, (32, 3, 32, 32)).astype(np.uint8))
+    np.savez(tmp_path / "one.npz", pixels=rng.integers(0, 256, (3, 32, 32)).astype(np.uint8))
+    out = tmp_path / "b"
+    result = invoke("build", tmp_path / "u8.onnx", "--target", "x86-64", "--calib", tmp_path / "calib.npz",
+                    "--out", out, "-q")
+    assert result.exit_code == 0, result.output
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["preprocess"]["inputs"] == [{"name": "pixels", "shape": [1, 3, 32, 32], "dtype": "uint8"}]
+    res = _run_py(out, tmp_path / "one.npz", "--json")
+    assert res.returncode == 0, res.stderr
+    assert invoke("verify", out).exit_code == 0
