@@ -638,7 +638,8 @@ def test_float_tail_is_what_follows_the_last_convolution_on_every_path():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("factory,labels_of", [("toy_models:tiny_detector", "yolo"),
-                                               ("toy_models:tiny_detector_two_outputs", "coco")])
+                                               ("toy_models:tiny_detector_two_outputs", "coco"),
+                                               ("toy_models:tiny_detector_yolo_layout", "yolo")])
 def test_detect_build_reports_map(tmp_path, factory, labels_of):
     images, yolo, coco = detection_set(tmp_path / "data", n=16)
     out = tmp_path / "det"
@@ -872,3 +873,24 @@ def test_a_segmenter_bundle_writes_its_mask_in_the_photos_pixels(tmp_path):
     assert (mask[:, :12] == 255).all() and (mask[:, 28:] == 255).all()
     assert set(np.unique(mask[:, 12:28])) <= {0, 1, 2}
     assert "--mask-out mask.png" in (out / "README.md").read_text()
+
+
+def test_yolo_layout_decodes_as_the_same_boxes_in_xyxy():
+    """Ultralytics' YOLOv8 / YOLO11 output (N, 4 + C, K), cx cy w h, gives the detections of the same boxes
+    written (N, K, 4 + C) xyxy; a short (N, K, 4 + C) output with K < 4 (4 + C) is still read as boxes-last."""
+    from edgepack.tasks import postprocess
+
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0, 200, (2, 120, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(5, 60, (2, 120, 2))], -1)
+    scores = rng.uniform(0, 1, (2, 120, 3))
+    xyxy = np.concatenate([boxes, scores], -1).astype(np.float32)
+    centre, size = (boxes[..., :2] + boxes[..., 2:]) / 2, boxes[..., 2:] - boxes[..., :2]
+    yolo = np.concatenate([centre, size, scores], -1).transpose(0, 2, 1).astype(np.float32)   # (2, 7, 120)
+    assert postprocess.yolo_layout(yolo.shape) and not postprocess.yolo_layout(xyxy.shape)
+    want, got = postprocess.detections(xyxy), postprocess.detections(yolo)
+    for w, g in zip(want, got, strict=True):
+        np.testing.assert_allclose(g["boxes"], w["boxes"], atol=1e-3)
+        assert g["classes"].tolist() == w["classes"].tolist() and len(g["scores"]) > 5
+    assert Detect().num_classes([(1, 7, 120)]) == 3 and Detect().num_classes([(1, 50, 84)]) == 80
+    assert not postprocess.yolo_layout((1, 84, "anchors"))

@@ -219,3 +219,23 @@ def export_uint8_pixels(path) -> None:
     torch.manual_seed(0)
     torch.onnx.export(Uint8Pixels().eval(), (torch.zeros(1, 3, 32, 32, dtype=torch.uint8),), str(path),
                       input_names=["pixels"], output_names=["logits"], opset_version=17, dynamo=False)
+
+
+class YoloLayoutDetector(TinyDetector):
+    """TinyDetector's candidates in the layout of ultralytics' YOLOv8 / YOLO11 exports: one (1, 4 + 3, K) output,
+    boxes as cx, cy, w, h; each candidate repeated four times (K = 64 >= 4 (4 + 3), as real heads have thousands)."""
+
+    def __init__(self):
+        super().__init__(two_outputs=True)
+
+    def forward(self, x: torch.Tensor):
+        boxes, scores = super().forward(x)
+        boxes, scores = boxes.repeat_interleave(4, 1), scores.repeat_interleave(4, 1)
+        centre, size = (boxes[..., :2] + boxes[..., 2:]) / 2, boxes[..., 2:] - boxes[..., :2]
+        return torch.cat([centre, size, scores], -1).transpose(1, 2)
+
+
+def tiny_detector_yolo_layout() -> nn.Module:
+    """Seeded YoloLayoutDetector: (1, 7, 64) for 1x3x32x32 inputs."""
+    torch.manual_seed(0)
+    return YoloLayoutDetector().eval()

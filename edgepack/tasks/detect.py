@@ -4,6 +4,8 @@ The quantized graph is the network; decoding and NMS run in float on the host, i
 validation uses for FP32 and INT8 alike). Accepted raw outputs, for a start (heads already decoded to boxes):
 
 - one output (N, K, 4 + C): per candidate box x1, y1, x2, y2 in model-input pixels, then C class scores;
+- one output (N, 4 + C, K) with K >= 4 (4 + C): ultralytics' YOLOv8 / YOLO11 export, cx, cy, w, h in
+  model-input pixels, then C class scores (postprocess.yolo_layout);
 - two outputs, boxes (N, K, 4) and scores (N, K, C) (the one whose last axis is 4 holds the boxes).
 
 Scores are probabilities (after sigmoid/softmax). A candidate's class is its best score; candidates scoring
@@ -46,6 +48,8 @@ class Detect:
 
     def num_classes(self, shapes: list[tuple]) -> int | None:
         """Classes of a model whose outputs have ``shapes`` (None when the shapes do not fit the contract)."""
+        if len(shapes) == 1 and postprocess.yolo_layout(shapes[0]):
+            return shapes[0][1] - 4
         if len(shapes) == 1 and len(shapes[0]) == 3 and isinstance(shapes[0][-1], int) and shapes[0][-1] > 4:
             return shapes[0][-1] - 4
         if len(shapes) == 2 and all(len(s) == 3 for s in shapes):
@@ -58,7 +62,8 @@ class Detect:
         classes = self.num_classes(shapes)
         if classes is None:
             raise InputError(f"{where}: outputs {[list(s) for s in shapes]} do not fit the detect task",
-                             hint="detect takes one (N, K, 4 + C) output (xyxy boxes, then class scores) or two "
+                             hint="detect takes one (N, K, 4 + C) output (xyxy boxes, then class scores), one "
+                                  "(N, 4 + C, K) output (YOLOv8 / YOLO11: cx, cy, w, h, then class scores) or two "
                                   "outputs boxes (N, K, 4) and scores (N, K, C); else use --task generic")
         return classes
 

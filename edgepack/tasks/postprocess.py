@@ -2,8 +2,9 @@
 (edgepack.tasks.detect / .segment import it) and on the device (the bundle stage copies it beside run.py as
 postprocess.py). It must therefore import nothing but numpy.
 
-Detection outputs: one (N, K, 4 + C) array (xyxy boxes in model-input pixels, then C class scores) or two
-arrays, boxes (N, K, 4) and scores (N, K, C), in either order. A candidate's class is its best score; those
+Detection outputs: one (N, K, 4 + C) array (xyxy boxes in model-input pixels, then C class scores), one
+(N, 4 + C, K) array with K >= 4 (4 + C) (ultralytics' YOLOv8 / YOLO11 export: cx, cy, w, h, then C class scores;
+`yolo_layout`), or two arrays, boxes (N, K, 4) and scores (N, K, C), in either order. A candidate's class is its best score; those
 scoring below ``score_threshold`` are dropped, then class-wise greedy NMS (the algorithm of
 torchvision.ops.batched_nms, which tests/test_tasks.py checks it against) keeps at most ``max_detections``.
 
@@ -20,9 +21,21 @@ MAX_DETECTIONS = 100
 PROB_THRESHOLD = 0.5
 
 
+def yolo_layout(shape):
+    """Whether one detection output of ``shape`` is (N, 4 + C, K) with K >= 4 (4 + C): the layout of ultralytics'
+    YOLOv8 / YOLO11 ONNX and TFLite exports ((1, 84, 8400) at 640 px), boxes as cx, cy, w, h in input pixels.
+    Shapes with 4 + C <= K < 4 (4 + C) are read as (N, K, 4 + C) xyxy."""
+    return (len(shape) == 3 and all(isinstance(d, (int, np.integer)) for d in shape[1:])
+            and shape[1] > 4 and shape[2] >= 4 * shape[1])
+
+
 def split_outputs(outs):
-    """(boxes (N, K, 4), scores (N, K, C)) from the raw outputs; ValueError when they do not fit."""
+    """(boxes (N, K, 4) xyxy, scores (N, K, C)) from the raw outputs; ValueError when they do not fit."""
     outs = [np.asarray(o, np.float32) for o in (outs if isinstance(outs, (list, tuple)) else [outs])]
+    if len(outs) == 1 and yolo_layout(outs[0].shape):
+        out = outs[0].transpose(0, 2, 1)
+        centre, size = out[..., :2], out[..., 2:4]
+        return np.concatenate([centre - size / 2, centre + size / 2], -1), out[..., 4:]
     if len(outs) == 1 and outs[0].ndim == 3 and outs[0].shape[-1] > 4:
         return outs[0][..., :4], outs[0][..., 4:]
     if len(outs) == 2 and all(o.ndim == 3 for o in outs):
