@@ -4,8 +4,8 @@ postprocess.py). It must therefore import nothing but numpy.
 
 Detection outputs: one (N, K, 4 + C) array (xyxy boxes in model-input pixels, then C class scores), one
 (N, 4 + C, K) array with K >= 4 (4 + C) (ultralytics' YOLOv8 / YOLO11 export: cx, cy, w, h, then C class scores;
-`yolo_layout`), or two arrays, boxes (N, K, 4) and scores (N, K, C), in either order. A candidate's class is its best score; those
-scoring below ``score_threshold`` are dropped, then class-wise greedy NMS (the algorithm of
+`yolo_layout`), or two arrays, boxes (N, K, 4) and scores (N, K, C), in either order. A candidate's class is its
+best score; those scoring below ``score_threshold`` are dropped, then class-wise greedy NMS (the algorithm of
 torchvision.ops.batched_nms, which tests/test_tasks.py checks it against) keeps at most ``max_detections``.
 
 Segmentation outputs: (N, C, H, W) class scores (mask = argmax) or an (N, 1, H, W) probability map
