@@ -147,6 +147,7 @@ def _prepare(config: BuildConfig, target: targets.TargetProfile, workdir: Path, 
     """Load the model and data and check they fit each other, before any slow stage runs."""
     model = sources.load(config.model, weights=config.weights, num_classes=config.num_classes,
                          trust_model=config.trust_model, tokenizer=config.tokenizer, max_length=config.max_length)
+    config, said = _model_preprocessing(config, model)
     for fmt in target.formats:  # a missing optional install is a usage error now, not after minutes of work
         backends.get(fmt)
     fixed, onnx_inputs = model.input_shape, None
@@ -176,6 +177,8 @@ def _prepare(config: BuildConfig, target: targets.TargetProfile, workdir: Path, 
     ctx = BuildContext(config=config, target=target, workdir=workdir, input_shape=shape, model=model, calib=calib,
                        val=val, inputs=kind, task=task, val_is_calibration=not config.val or same, labels=labels,
                        num_outputs=num_outputs, progress=progress)
+    for line in said:
+        ctx.warn(line)
     if mismatch:
         ctx.warn(f"{mismatch[0]}: the bundle's run.py reads photos with this channel order and will fail on them "
                  f"(the .npz data was used as given); {mismatch[1]}")
@@ -185,6 +188,28 @@ def _prepare(config: BuildConfig, target: targets.TargetProfile, workdir: Path, 
         ctx.warn(f"--val {config.val} is the calibration data: INT8 is judged on the samples it was calibrated on, "
                  "which flatters it; validate on held-out data")
     return ctx
+
+
+def _model_preprocessing(config: BuildConfig, model: sources.LoadedModel) -> tuple[BuildConfig, list[str]]:
+    """The image preprocessing a model declares (an HF folder's preprocessor_config.json) for every field the
+    user left at its default; a field the user set to another value is kept, with a warning naming both."""
+    if not model.preprocess:
+        return config, []
+    from edgepack.config import Preprocess
+
+    default, have, said = Preprocess(), config.preprocess, []
+    take = {}
+    for key, value in model.preprocess.items():
+        mine = getattr(have, key)
+        if mine == getattr(default, key):
+            take[key] = value
+        elif mine != value:
+            said.append(f"{key} {mine} was given, but {model.spec} declares {value} (preprocessor_config.json); "
+                        f"the given value is used")
+    if not take:
+        return config, said
+    log.info("preprocessing from %s: %s", model.spec, take)
+    return dataclasses.replace(config, preprocess=dataclasses.replace(have, **take)), said
 
 
 def _same_data(calib: str | None, val: str | None) -> bool:
@@ -265,8 +290,8 @@ def _labels(config: BuildConfig, val: data.Dataset, num_outputs: int | None,
     matched to the model's classes by name instead, so a folder may hold a subset of the classes.
     """
     names = read_class_names(config.labels) if config.labels else None
-    if names is None and model.text is not None:
-        names = model.text.labels
+    if names is None:
+        names = model.text.labels if model.text is not None else model.labels
     if names is not None and classes is not None and len(names) != classes:
         # a classifier's outputs, a detector's or segmenter's classes: a segmenter's list without "background"
         # shifted every name by one in run.py and the report

@@ -22,7 +22,8 @@ from edgepack.inputs import data
 from edgepack.inputs.data import Dataset, Inputs
 from edgepack.util import ProgressFn, no_progress
 
-#: Below opset 20 GELU exports as Erf, which the TFLite converter cannot convert; opset 20 has one Gelu op.
+#: Below opset 20 GELU exports as Erf, which the TFLite converter cannot convert; opset 20 has one Gelu op
+#: (text models and image models with GELU export at it for TFLite targets).
 TFLITE_TEXT_OPSET = 20
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -101,8 +102,13 @@ class ImageInput:
         return (torch.from_numpy(x),)
 
     def export_settings(self) -> dict:
-        """Keyword arguments for edgepack.backends.onnx.export."""
-        return {"input_names": ["input"], "opset": self.target.opset, "hint": None, "shape_flag": self.shape_flag}
+        """Keyword arguments for edgepack.backends.onnx.export. A model with GELU (vision transformers, ConvNeXt)
+        exports at opset 20 for TFLite targets, as text models do (below 20 GELU is Erf, which the converter
+        refuses)."""
+        opset = self.target.opset
+        if "tflite" in self.target.formats and uses_gelu(self.model.module):
+            opset = max(opset, TFLITE_TEXT_OPSET)
+        return {"input_names": ["input"], "opset": opset, "hint": None, "shape_flag": self.shape_flag}
 
     def golden_inputs(self, x: Inputs) -> dict:
         return {"input": x}
@@ -112,6 +118,12 @@ class ImageInput:
 
     def preprocess_record(self) -> dict:
         return self.config.preprocess.to_dict()
+
+
+def uses_gelu(module: Any) -> bool:
+    """Whether a torch module has a GELU layer (torch's nn.GELU, transformers' GELUActivation and the like)."""
+    return module is not None and hasattr(module, "modules") and any(
+        "gelu" in type(m).__name__.lower() for m in module.modules())
 
 
 class TextInput(ImageInput):

@@ -7,7 +7,8 @@ Sources:
     model.pt / .ts            TorchScript (can run code: needs --trust-model)
     model.onnx                ONNX; the torch stages are skipped
     path/to/hf_folder/        a transformers text classifier folder (config.json, model.safetensors,
-                              tokenizer.json), offline, no remote code
+                              tokenizer.json), or image classifier folder (config.json, model.safetensors,
+                              preprocessor_config.json), offline, no remote code
 
 A text model (an HF folder, or a factory given with --tokenizer) carries a `TextInfo`: its tokenizer.json and
 the settings the device must reproduce. Its inputs are token arrays named by `TextInfo.input_names`.
@@ -65,6 +66,8 @@ class LoadedModel:
     weights_sha256: str | None = None
     text: TextInfo | None = None  # set for text models: their inputs are token arrays, not an image
     input_shape: tuple[int, ...] | None = None   # a .pt2 program's own example input shape (one tensor input)
+    labels: list[str] | None = None   # class names the model carries (an image HF folder's id2label)
+    preprocess: dict | None = None    # the image preprocessing the model declares (preprocessor_config.json)
 
 
 def load(spec: str, *, weights: str | None = None, num_classes: int | None = None,
@@ -112,10 +115,33 @@ def _hf_folder(folder: Path, max_length: int | None) -> LoadedModel:
     if not (folder / "config.json").is_file():
         raise InputError(f"{folder} is a folder without config.json: not a transformers model",
                          hint="pass a folder written by model.save_pretrained(), or a model file")
+    if not (folder / "tokenizer.json").is_file() and _vision_config(folder):
+        from edgepack.inputs import hf_image
+
+        if max_length is not None:
+            raise InputError("--max-length applies to text models only", hint=f"{folder} is an image classifier")
+        module, shape, labels, pre = hf_image.load_folder(folder)
+        return LoadedModel(spec=str(folder), kind="torch", name=folder.resolve().name, module=module,
+                           sha256=sha256_file(folder / "model.safetensors"), input_shape=shape, labels=labels,
+                           preprocess=pre)
     module, tokenizer, settings = text.load_hf_folder(folder, max_length)
     weights = folder / "model.safetensors"
     return LoadedModel(spec=str(folder), kind="torch", name=folder.resolve().name, module=module,
                        sha256=sha256_file(weights), text=TextInfo(tokenizer, settings, _id2label(module)))
+
+
+def _vision_config(folder: Path) -> bool:
+    """Whether an HF folder holds an image model: a preprocessor_config.json, or a config with image_size and
+    num_channels (read as JSON: nothing imported)."""
+    import json
+
+    if (folder / "preprocessor_config.json").is_file():
+        return True
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and "image_size" in config and "num_channels" in config
 
 
 def _id2label(module: Any) -> list[str] | None:
