@@ -97,3 +97,16 @@ def test_vision_transformer_converts_to_full_integer_tflite(vit, tmp_path):
     man = json.loads((out / "manifest.json").read_text())
     assert man["stages"]["export"]["opset"] == 20
     assert man["models"][0]["format"] == "tflite" and man["models"][0]["inputs"][0]["dtype"] == "int8"
+
+
+def test_vision_transformer_prunes_heads_and_ffn_neurons(vit, tmp_path):
+    """Channel pruning broke a ViT's head reshapes (internal error: shape '[1, -1, 4, 16]' is invalid); its encoder
+    layers are pruned as text encoders are: whole heads and FFN neurons."""
+    out = tmp_path / "b"
+    result = invoke("build", vit, "--target", "x86-64", "--calib", PHOTOS, "--calib-samples", "8", "--prune", "0.5",
+                    "--out", out, "--json")
+    assert result.exit_code in (0, 1), result.output
+    prune = json.loads((out / "manifest.json").read_text())["stages"]["prune"]
+    assert prune["kind"] == "transformer heads + FFN"
+    assert [(c["heads_before"], c["heads_after"]) for c in prune["layers"]] == [(4, 2), (4, 2)]
+    assert prune["params_after"] < prune["params_before"]

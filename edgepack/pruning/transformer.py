@@ -1,6 +1,7 @@
-"""Structured pruning of transformer text encoders: whole attention heads and FFN neurons.
+"""Structured pruning of transformer encoders: whole attention heads and FFN neurons.
 
-Works on Hugging Face BERT-style encoders (BERT, MiniLM, RoBERTa, ...): every layer with an
+Works on Hugging Face BERT-style encoders (BERT, MiniLM, RoBERTa, ...) and vision encoders of the same layout
+(ViT, DeiT: the query/key/value block is ``attention.attention`` there): every layer with an
 ``attention`` block that has ``prune_heads`` (transformers' own head pruning, which shrinks the
 query/key/value projections and the attention output projection together and updates the head
 counts the forward pass reads) and an FFN of ``intermediate.dense`` (hidden -> I) followed by
@@ -25,12 +26,22 @@ from edgepack.errors import InputError
 log = logging.getLogger(__name__)
 
 
+def self_attention(attention):
+    """The query/key/value block of an attention module: ``self`` in BERT-style encoders, ``attention`` in
+    transformers' vision encoders (ViT, DeiT); None when it has neither."""
+    for name in ("self", "attention"):
+        block = getattr(attention, name, None)
+        if hasattr(block, "num_attention_heads") and hasattr(block, "query"):
+            return block
+    return None
+
+
 def transformer_layers(model) -> list[tuple[str, Any]]:
     """(name, layer) of every encoder layer with prunable heads and FFN, in model order."""
     layers = []
     for name, m in model.named_modules():
         att, inter, out = getattr(m, "attention", None), getattr(m, "intermediate", None), getattr(m, "output", None)
-        if (hasattr(att, "prune_heads") and hasattr(getattr(att, "self", None), "num_attention_heads")
+        if (hasattr(att, "prune_heads") and self_attention(att) is not None
                 and hasattr(inter, "dense") and hasattr(out, "dense")):
             layers.append((name, m))
     return layers
@@ -38,7 +49,7 @@ def transformer_layers(model) -> list[tuple[str, Any]]:
 
 def head_importance(layer):
     """(heads,) magnitude of each attention head: its query/key/value rows and output columns."""
-    sa, proj = layer.attention.self, layer.attention.output.dense
+    sa, proj = self_attention(layer.attention), layer.attention.output.dense
     heads, size = sa.num_attention_heads, sa.attention_head_size
     rows = sum(lin.weight.detach().reshape(heads, size, -1).pow(2).sum((1, 2)) for lin in (sa.query, sa.key, sa.value))
     cols = proj.weight.detach().reshape(proj.weight.shape[0], heads, size).pow(2).sum((0, 2))
@@ -90,7 +101,7 @@ def _wg(lin, dim_out: bool):
 
 
 def _head_taylor(layer):
-    sa, proj = layer.attention.self, layer.attention.output.dense
+    sa, proj = self_attention(layer.attention), layer.attention.output.dense
     heads, size = sa.num_attention_heads, sa.attention_head_size
     rows = sum(_wg(lin, True).reshape(heads, size).sum(1) for lin in (sa.query, sa.key, sa.value))
     return (rows + _wg(proj, False).reshape(heads, size).sum(1)).pow(2)
@@ -125,7 +136,7 @@ def prune_transformer(module, ratio: float, *, round_to: int = 8,
     taylor = scores or {}
     changes = []
     for name, layer in layers:
-        heads = layer.attention.self.num_attention_heads
+        heads = self_attention(layer.attention).num_attention_heads
         keep_h = heads_to_keep(heads, ratio)
         h_score, n_score = taylor.get(name, (head_importance(layer), neuron_importance(layer)))
         drop = torch.argsort(h_score)[:heads - keep_h].tolist()

@@ -13,7 +13,9 @@ import logging
 
 from edgepack.config import PruneOptions
 from edgepack.errors import InputError
+from edgepack.inputs.data import rows
 from edgepack.pruning.channels import prune_model
+from edgepack.pruning.transformer import transformer_layers
 from edgepack.stages.context import BuildContext
 
 log = logging.getLogger(__name__)
@@ -29,7 +31,10 @@ def run(ctx: BuildContext) -> dict | None:
         raise InputError("pruning needs a PyTorch model, got an ONNX file",
                          hint="pass the PyTorch source (torchvision:<arch>, factory, .pt2) or drop --prune")
     unpruned = ctx.model
-    pruned, report = METHODS[ctx.inputs.prune_method](ctx, options)
+    method = ctx.inputs.prune_method
+    if method == "channels" and transformer_layers(ctx.model.module):
+        method = "transformer"  # a vision transformer (ViT, DeiT): channel pruning breaks its head reshapes
+    pruned, report = METHODS[method](ctx, options)
     if options.finetune is not None and options.finetune.data:
         report["finetune"] = _finetune(ctx, pruned, unpruned.module, options)
     return _finish(ctx, unpruned, pruned, report)
@@ -62,20 +67,17 @@ def _finish(ctx: BuildContext, unpruned, pruned, report: dict) -> dict:
 
 
 def _prune_transformer(ctx: BuildContext, options: PruneOptions) -> tuple:
-    """Attention heads and FFN neurons of a transformer text model (edgepack.pruning_text)."""
-    import torch
-
+    """Attention heads and FFN neurons of a transformer encoder, text or vision (edgepack.pruning.transformer)."""
     from edgepack.config import MAX_RATIO
     from edgepack.pruning.channels import SEARCH_STEPS
     from edgepack.pruning.transformer import count, prune_transformer, search_ratio, taylor_scores
 
-    names = ctx.inputs.input_names
-    inputs = tuple(torch.from_numpy(ctx.calib.x[n][:1]) for n in names)
+    inputs = ctx.inputs.torch_args(rows(ctx.calib.x, 0, 1))
     before = count(ctx.model.module, inputs)
     ctx.progress("pruning attention heads and FFN neurons", 0, 1)
     scores = None
     if options.importance == "taylor":
-        calib = tuple(torch.from_numpy(ctx.calib.x[n][:options.taylor_samples]) for n in names)
+        calib = ctx.inputs.torch_args(rows(ctx.calib.x, 0, options.taylor_samples))
         scores = taylor_scores(ctx.model.module, calib)
     ratio = options.ratio
     if ratio is None:  # a MAC goal
