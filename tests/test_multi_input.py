@@ -113,13 +113,35 @@ def test_bad_several_input_data_is_exit_2_naming_the_input(two, tmp_path, case, 
     assert not (tmp_path / "b").exists()
 
 
-def test_torch_model_with_several_inputs_is_told_how_to_build_it(tmp_path):
-    (tmp_path / "photos").mkdir()
-    result = invoke("build", "toy_models:image_and_vector", "--target", "x86-64", "--input-shape", "1,3,32,32",
-                    "--calib", tmp_path / "photos", "--out", tmp_path / "b")
-    assert result.exit_code == 2
-    assert "missing 1 required positional argument: 'meta'" in result.output
-    assert "input_names=" in result.output and "one array per input name" in result.output
+def test_torch_forward_with_two_inputs_builds_from_the_npz(two, tmp_path):
+    """A PyTorch forward(image, meta): the inputs are its argument names, their shapes and dtypes the .npz's (a
+    float64 array feeds the float32 model); it was refused ("missing 1 required positional argument")."""
+    rng = np.random.default_rng(2)
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, image=rng.standard_normal((24, 3, 32, 32)).astype(np.float32),
+             meta=rng.standard_normal((24, 8)))   # float64, numpy's default
+    out = tmp_path / "b"
+    result = invoke("build", "toy_models:image_and_vector", "--target", "x86-64", "--calib", calib, "--val",
+                    two / "val.npz", "--out", out, "--json")
+    assert result.exit_code == 0, result.output
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["stages"]["export"]["inputs"] == ["image", "meta"]
+    assert man["stages"]["export_parity"]["relative"] < 1e-4
+    assert [i["shape"] for i in man["preprocess"]["inputs"]] == [[1, 3, 32, 32], [1, 8]]
+    assert _run_py(out, two / "one.npz").returncode == 0
+
+
+@pytest.mark.parametrize("args, said", [
+    ([], "image_and_vector's forward takes 2 inputs (image, meta): the shipped calibration photos cannot feed it"),
+    (["--calib", "{other}"], "has no array for forward argument meta (found: image)"),
+    (["--calib", "{calib}", "--prune", "0.3"], "--prune does not apply to a model that takes 2 inputs (image, meta)"),
+])
+def test_torch_forward_with_two_inputs_says_what_it_needs(two, tmp_path, args, said):
+    np.savez(tmp_path / "other.npz", image=np.zeros((4, 3, 32, 32), np.float32))
+    args = [a.format(other=tmp_path / "other.npz", calib=two / "calib.npz") for a in args]
+    result = invoke("build", "toy_models:image_and_vector", "--target", "x86-64", *args, "--out", tmp_path / "b")
+    assert result.exit_code == 2, result.output
+    assert said in result.output
 
 
 @pytest.mark.slow

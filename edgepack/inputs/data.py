@@ -200,6 +200,29 @@ def load_tensors(path: str, *, specs: list[dict], count: int | None, seed: int, 
                    y=None if y is None else y[idx], source=str(path))
 
 
+def npz_specs(path: str | None, names: list[str], model: str) -> list[dict]:
+    """Input specs {name, shape [N, ...], dtype} of a PyTorch model whose forward takes ``names``, read from the
+    calibration .npz that holds one array per name (their shapes and dtypes are the model's inputs)."""
+    hint = (f"save one array per forward argument, preprocessed: numpy.savez('calib.npz', "
+            f"{', '.join(n + '=...' for n in names)}), and pass it as --calib")
+    if not path:
+        raise InputError(f"{model}'s forward takes {len(names)} inputs ({', '.join(names)}): the shipped calibration "
+                         "photos cannot feed it", hint=hint)
+    arrays = _read_named_npz(Path(path), "calibration", hint)
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise InputError(f"calibration file {path} has no array for forward argument {', '.join(missing)} (found: "
+                         f"{', '.join(sorted(arrays)) or 'nothing'}); {model}'s forward takes "
+                         f"{', '.join(names)}", hint=hint)
+    flat = [n for n in names if arrays[n].ndim == 0]
+    if flat:
+        raise InputError(f"calibration file {path}: {', '.join(flat)} is a scalar, not (N, ...) samples", hint=hint)
+    # float samples feed a float32 model (numpy's default float64 too); integers (ids, uint8 pixels) keep their type
+    return [{"name": n, "shape": ["N", *arrays[n].shape[1:]],
+             "dtype": "float32" if np.issubdtype(arrays[n].dtype, np.floating) else arrays[n].dtype.name}
+            for n in names]
+
+
 def _read_named_npz(p: Path, role: str, hint: str) -> dict[str, np.ndarray]:
     if not p.is_file() or p.suffix.lower() != ".npz":
         raise InputError(f"{role} data {p} " + ("not found" if not p.exists() else "is not an .npz file"), hint=hint)

@@ -205,10 +205,11 @@ class TextInput(ImageInput):
 
 
 class TensorsInput(ImageInput):
-    """Several float (or integer) tensors by input name, as an ONNX model with more than one input takes them
-    (an image and a vector of metadata, a stereo pair, an image and a prompt embedding): {input name: (N, ...)}
-    arrays from an .npz holding one array per input, already preprocessed. Shapes and dtypes are the model
-    file's (a symbolic batch dimension is 1). INT8 as for images: calibrated static ONNX, full-integer TFLite."""
+    """Tensors by input name, as a model with more than one input takes them (an image and a vector of metadata,
+    a stereo pair, an image and a prompt embedding), or one input that is not a photo (a waveform, uint8 pixels):
+    {input name: (N, ...)} arrays from an .npz holding one array per input, already preprocessed. Shapes and dtypes
+    are the ONNX file's (a symbolic batch dimension is 1) or, for a PyTorch forward(a, b), the .npz's arrays named
+    after its arguments. INT8 as for images: calibrated static ONNX, full-integer TFLite."""
 
     name = "tensors"
     shape_flag = "the model file's input shapes"
@@ -229,12 +230,15 @@ class TensorsInput(ImageInput):
             problems.append(", ".join(f"input '{s['name']}' is {s['dtype']}" for s in odd)
                             + "; edgepack builds models whose float inputs are float32")
             hints.append("export the model with float32 inputs (cast inside the model if it needs another type)")
+        if self.config.prune is not None:
+            problems.append(f"--prune does not apply to a model that takes {self._described()}")
+            hints.append("prune it as a one-input model, or drop --prune")
         if self.config.input_shape:
             problems.append(f"--input-shape does not apply to a model that takes {self._described()} (its "
                             "shapes are the model file's)")
             hints.append("drop --input-shape")
         if not self.config.calib:
-            problems.append(f"{self.model.onnx_path.name} takes {self._described()}: the shipped calibration "
+            problems.append(f"{self.model.name} takes {self._described()}: the shipped calibration "
                             "photos cannot feed it")
             hints.append(self._npz_hint())
         for role, path in (("--calib", self.config.calib), ("--val", self.config.val)):
@@ -280,7 +284,8 @@ class TensorsInput(ImageInput):
     def example_args(self, shape: tuple[int, ...]) -> tuple:
         import torch
 
-        return tuple(torch.zeros(*s) for s in self.shapes().values())
+        return tuple(torch.from_numpy(np.zeros(shape, np.dtype(s["dtype"])))
+                     for s, shape in zip(self.specs, self.shapes().values(), strict=True))
 
     def torch_args(self, x: Inputs) -> tuple:
         import torch
@@ -326,4 +331,20 @@ def for_model(model: Any, config: Any, target: Any, onnx_inputs: list[dict] | No
     ins = onnx_inputs or []
     if len(ins) > 1 or (ins and (len(ins[0]["shape"]) != 4 or ins[0]["dtype"] in INTEGER_DTYPES)):
         return KINDS["tensors"](model, config, target, ins)  # several inputs, or one that is not an NCHW image
+    names = forward_inputs(model.module) if model.kind == "torch" else []
+    if len(names) > 1:  # a PyTorch forward(image, meta): the inputs' shapes and dtypes come from the .npz
+        return KINDS["tensors"](model, config, target, data.npz_specs(config.calib, names, model.name))
     return KINDS["image"](model, config, target)
+
+
+def forward_inputs(module: Any) -> list[str]:
+    """The required positional inputs of a torch module's forward (none for a module without a plain forward:
+    a torch.export program's module, *args)."""
+    import inspect
+
+    try:
+        params = inspect.signature(module.forward).parameters.values()
+    except (TypeError, ValueError, AttributeError):
+        return []
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return [p.name for p in params if p.kind in kinds and p.default is inspect.Parameter.empty]
