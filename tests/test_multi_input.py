@@ -216,3 +216,28 @@ def test_uint8_pixel_input_is_fed_as_uint8(tmp_path):
     res = _run_py(out, tmp_path / "one.npz", "--json")
     assert res.returncode == 0, res.stderr
     assert invoke("verify", out).exit_code == 0
+
+
+def test_dynamic_length_is_pinned_to_the_calibration_arrays(tmp_path):
+    """An ONNX waveform model exported with a dynamic length (N, 1, t) was refused ("symbolic dimensions"); the
+    calibration .npz's arrays fix t, the build says so, and the manifest records it."""
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv1d(1, 8, 9, stride=4, padding=4), torch.nn.ReLU(),
+                                torch.nn.AdaptiveAvgPool1d(1), torch.nn.Flatten(), torch.nn.Linear(8, 4)).eval()
+    torch.onnx.export(model, (torch.zeros(1, 1, 1600),), str(tmp_path / "dyn.onnx"), input_names=["wave"],
+                      output_names=["logits"], dynamic_axes={"wave": {0: "n", 2: "t"}}, opset_version=17, dynamo=False)
+    np.savez(tmp_path / "w.npz", wave=_waves(np.random.default_rng(0), 24)[..., :1200])
+    out = tmp_path / "b"
+    result = invoke("build", tmp_path / "dyn.onnx", "--target", "x86-64", "--calib", tmp_path / "w.npz", "--out", out,
+                    "--json")
+    assert result.exit_code == 0, result.output
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["preprocess"]["inputs"][0]["shape"] == [1, 1, 1200]
+    assert "wave:2" in man["stages"]["onnx_source"]["pinned_dims"]
+    assert any("pinned to the sizes of the calibration data (wave [1, 1, 1200])" in w for w in man["warnings"])
+    np.savez(tmp_path / "w.npz", other=np.zeros((4, 1, 1200), np.float32))
+    refused = invoke("build", tmp_path / "dyn.onnx", "--target", "x86-64", "--calib", tmp_path / "w.npz", "--out",
+                     tmp_path / "b2")
+    assert refused.exit_code == 2 and "the calibration data does not fix them" in refused.output

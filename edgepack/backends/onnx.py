@@ -117,9 +117,11 @@ def check_accepts_input(module: Any, example: Any, shape_flag: str = "--input-sh
 MIN_QDQ_OPSET = 13
 
 
-def prepare_source(src: Path, dst: Path, *, input_shape: tuple[int, ...], opset: int) -> dict:
+def prepare_source(src: Path, dst: Path, *, input_shape: tuple[int, ...], opset: int,
+                   input_shapes: dict[str, tuple[int, ...]] | None = None) -> dict:
     """A user's ONNX file made ready for INT8: symbolic input dimensions pinned to ``input_shape`` (the build's
-    --input-shape; dynamic NCHW detectors such as PP-OCR's DBNet have them), and an opset below MIN_QDQ_OPSET
+    --input-shape; dynamic NCHW detectors such as PP-OCR's DBNet have them), or for several inputs to
+    ``input_shapes`` by name (batch 1 where it does not say), and an opset below MIN_QDQ_OPSET
     converted up to ``opset`` (the profile's). Returns what was changed, for the manifest."""
     import onnx
     import onnx.version_converter
@@ -127,7 +129,7 @@ def prepare_source(src: Path, dst: Path, *, input_shape: tuple[int, ...], opset:
     model = onnx.load(str(src))
     done: dict = {"pinned_dims": [], "opset_from": None, "opset_to": None}
     inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
-    dims = inputs[0].type.tensor_type.shape.dim if len(inputs) == 1 else []
+    dims = inputs[0].type.tensor_type.shape.dim if len(inputs) == 1 and not input_shapes else []
     if len(dims) == len(input_shape):
         for i, (d, want) in enumerate(zip(dims, input_shape, strict=True)):
             if not d.HasField("dim_value") or d.dim_value <= 0:
@@ -135,12 +137,14 @@ def prepare_source(src: Path, dst: Path, *, input_shape: tuple[int, ...], opset:
                 done["pinned_dims"].append(i)
             elif d.dim_value != int(want):
                 done.setdefault("fixed_dims_differ", []).append([i, int(d.dim_value), int(want)])
-    if len(inputs) > 1:  # several inputs (their other dimensions are fixed: see inputs.kinds.TensorsInput)
+    if len(inputs) > 1 or input_shapes:  # by input name (inputs.kinds.TensorsInput); a batch dimension is 1
         for inp in inputs:
             dims = inp.type.tensor_type.shape.dim
-            if dims and (not dims[0].HasField("dim_value") or dims[0].dim_value <= 0):
-                dims[0].dim_value = 1
-                done["pinned_dims"].append(f"{inp.name}:0")
+            want = (input_shapes or {}).get(inp.name) or (1,)
+            for i, d in enumerate(dims):
+                if (not d.HasField("dim_value") or d.dim_value <= 0) and (i == 0 or i < len(want)):
+                    d.dim_value = int(want[i]) if i < len(want) else 1
+                    done["pinned_dims"].append(f"{inp.name}:{i}")
     current = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if current is not None and current < MIN_QDQ_OPSET:
         try:

@@ -223,6 +223,25 @@ def npz_specs(path: str | None, names: list[str], model: str) -> list[dict]:
             for n in names]
 
 
+def npz_shapes(path: str) -> dict[str, tuple[int, ...]]:
+    """The shape of each array of an .npz, read from the headers only; {} when it cannot be read (the loader then
+    says why)."""
+    shapes = {}
+    try:
+        with zipfile.ZipFile(path) as z:
+            for member in z.namelist():
+                if not member.endswith(".npy"):
+                    continue
+                with z.open(member) as f:
+                    read = {(1, 0): np.lib.format.read_array_header_1_0,
+                            (2, 0): np.lib.format.read_array_header_2_0}.get(np.lib.format.read_magic(f))
+                    if read:
+                        shapes[member[:-4]] = tuple(read(f)[0])
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return {}
+    return shapes
+
+
 def _read_named_npz(p: Path, role: str, hint: str) -> dict[str, np.ndarray]:
     if not p.is_file() or p.suffix.lower() != ".npz":
         raise InputError(f"{role} data {p} " + ("not found" if not p.exists() else "is not an .npz file"), hint=hint)

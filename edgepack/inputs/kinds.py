@@ -61,6 +61,11 @@ class ImageInput:
             return tuple(self.config.input_shape)
         return tuple(fixed) if fixed else tuple(self.target.input_shape)
 
+    def source_shapes(self) -> dict[str, tuple[int, ...]] | None:
+        """Per-input shapes to pin an ONNX source's symbolic dimensions to (None: its one input takes the build's
+        input shape)."""
+        return None
+
     def channel_mismatch(self, shape: tuple[int, ...]) -> tuple[str, str] | None:
         """(message, hint) when the channel order cannot give the model's channel count: a grey (1-channel) model
         needs L, an RGB/BGR one 3 channels. Photos were then read as 3 channels into a 1-channel input (exit 70),
@@ -118,6 +123,26 @@ class ImageInput:
 
     def preprocess_record(self) -> dict:
         return self.config.preprocess.to_dict()
+
+
+def _sized(specs: list[dict], calib: str | None) -> list[dict]:
+    """``specs`` with each symbolic dimension after the batch taken from the calibration .npz's array of that input
+    (an audio model exported with a dynamic length runs at the length it is calibrated at); unchanged where the
+    file cannot tell (load_tensors then names what does not fit)."""
+    loose = [s for s in specs if any(not (isinstance(d, int) and d > 0) for d in s["shape"][1:])]
+    if not loose or not calib or not str(calib).lower().endswith(".npz"):
+        return specs
+    shapes = data.npz_shapes(calib)
+    if len(specs) == 1 and specs[0]["name"] not in shapes and "x" in shapes:
+        shapes[specs[0]["name"]] = shapes["x"]
+    out = []
+    for s in specs:
+        have = shapes.get(s["name"])
+        if have is not None and len(have) == len(s["shape"]):
+            s = {**s, "shape": [s["shape"][0], *(d if isinstance(d, int) and d > 0 else int(h)
+                                                  for d, h in zip(s["shape"][1:], have[1:], strict=True))]}
+        out.append(s)
+    return out
 
 
 def uses_gelu(module: Any) -> bool:
@@ -216,7 +241,8 @@ class TensorsInput(ImageInput):
 
     def __init__(self, model: Any, config: Any, target: Any, specs: list[dict]):
         super().__init__(model, config, target)
-        self.specs = specs    # the ONNX file's inputs: name, shape (dims or symbols), dtype
+        self.declared = specs  # the ONNX file's inputs: name, shape (dims or symbols), dtype
+        self.specs = _sized(specs, config.calib)   # symbolic sizes but the batch taken from the .npz's arrays
         self.input_names = [s["name"] for s in self.specs]
 
     def check(self, onnx_inputs: list[dict] | None = None) -> None:
@@ -248,8 +274,10 @@ class TensorsInput(ImageInput):
         for s in self.specs:
             loose = [i for i, d in enumerate(s["shape"]) if i > 0 and not (isinstance(d, int) and d > 0)]
             if loose or not s["shape"]:
-                problems.append(f"input {s['name']} has symbolic dimensions {loose} ({list(s['shape'])})")
-                hints.append("export the model with fixed sizes for every dimension but the batch")
+                problems.append(f"input {s['name']} has symbolic dimensions {loose} ({list(s['shape'])}) and the "
+                                "calibration data does not fix them")
+                hints.append(f"pass --calib an .npz holding {s['name']} as (N, ...) samples of the size it runs at, "
+                             "or export the model with fixed sizes for every dimension but the batch")
         if problems:
             raise InputError("; ".join(problems), hint="; ".join(dict.fromkeys(hints)))
 
@@ -264,6 +292,10 @@ class TensorsInput(ImageInput):
         names = ", ".join(f"{s['name']}=<{s['dtype']} array (N, {', '.join(map(str, s['shape'][1:]))})>"
                           for s in self.specs)
         return f"save the inputs by name, preprocessed: numpy.savez(path, {names}[, y=labels])"
+
+    def source_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Each input's shape to pin the ONNX file's symbolic dimensions to (the batch is 1)."""
+        return self.shapes()
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return {s["name"]: (1, *(int(d) for d in s["shape"][1:])) for s in self.specs}

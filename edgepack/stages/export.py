@@ -25,7 +25,8 @@ def run(ctx: BuildContext) -> None:
     final = ctx.workdir / "model_fp32.onnx"
     if ctx.model.kind == "onnx":  # dynamic dims pinned, an old opset converted (per-channel QDQ needs 13)
         ctx.records["onnx_source"] = onnx_backend.prepare_source(ctx.model.onnx_path, raw,
-                                                                 input_shape=ctx.input_shape, opset=ctx.target.opset)
+                                                                 input_shape=ctx.input_shape, opset=ctx.target.opset,
+                                                                 input_shapes=ctx.inputs.source_shapes())
         differ = ctx.records["onnx_source"].pop("fixed_dims_differ", None)
         if differ and ctx.config.input_shape:
             fixed = ", ".join(f"dimension {i} is {have} (asked {want})" for i, have, want in differ)
@@ -60,8 +61,13 @@ def _pinned_to_the_profile(ctx: BuildContext) -> str | None:
     """A warning, when an ONNX source's dynamic input dimensions were pinned to the profile's input shape (no
     --input-shape): a PP-OCR recogniser (N, 3, ?, W) pinned to 224 x 224 cannot load, and failed (exit 4) with
     onnxruntime's shape-inference message alone."""
-    pinned = [d for d in (ctx.records.get("onnx_source") or {}).get("pinned_dims") or []
-              if d != 0 and not str(d).endswith(":0")]  # a batch dimension is 1 whatever the shape
+    every = (ctx.records.get("onnx_source") or {}).get("pinned_dims") or []
+    named = [d for d in every if isinstance(d, str) and not d.endswith(":0")]  # by input name, from the .npz
+    if named:
+        sizes = ", ".join(f"{k} {list(v)}" for k, v in ctx.inputs.source_shapes().items())
+        ctx.warn(f"{ctx.model.onnx_path.name} has dynamic input dimensions {named} (input:axis), pinned to the sizes "
+                 f"of the calibration data ({sizes}): the shipped model runs at these sizes only")
+    pinned = [d for d in every if isinstance(d, int) and d != 0]  # a batch dimension is 1 whatever the shape
     if not pinned or ctx.config.input_shape:
         return None
     said = (f"{ctx.model.onnx_path.name} has dynamic input dimensions {pinned}, pinned to the profile's input "
