@@ -82,3 +82,37 @@ def test_keep_counts_and_models_without_encoder_layers():
     assert neurons_to_keep(64, 0.99, 8) == 8
     with pytest.raises(InputError, match="no transformer encoder layers"):
         prune_transformer(torch.nn.Linear(4, 2), 0.5)
+
+
+class DistilClassifier(torch.nn.Module):
+    """A tiny random DistilBERT classifier: attention q_lin/k_lin/v_lin/out_lin, ffn.lin1/lin2 (no token types)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        cfg = transformers.DistilBertConfig(vocab_size=100, dim=32, n_layers=2, n_heads=4, hidden_dim=64,
+                                            max_position_embeddings=32, num_labels=3)
+        self.model = transformers.DistilBertForSequenceClassification(cfg).eval()
+
+    def forward(self, input_ids, attention_mask):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+@pytest.mark.parametrize("importance", ["magnitude", "taylor"])
+def test_distilbert_layers_prune_heads_and_ffn(importance):
+    """DistilBERT was "no transformer encoder layers found to prune": its layers name their parts otherwise."""
+    from edgepack.pruning.transformer import taylor_scores
+
+    model = DistilClassifier()
+    ids, mask, _ = _inputs(8)
+    scores = taylor_scores(model, (ids, mask)) if importance == "taylor" else None
+    pruned, layers = prune_transformer(model, 0.5, round_to=8, scores=scores)
+    shapes = [(c["heads_before"], c["heads_after"], c["ffn_before"], c["ffn_after"]) for c in layers]
+    assert shapes == [(4, 2, 64, 32)] * 2
+    for layer in pruned.model.distilbert.transformer.layer:
+        assert layer.attention.n_heads == 2 and layer.attention.q_lin.weight.shape == (16, 32)
+        assert layer.ffn.lin1.weight.shape == (32, 32) and layer.ffn.lin2.weight.shape == (32, 32)
+    with torch.no_grad():
+        out = pruned(ids, mask)
+    assert out.shape == (8, 3) and torch.isfinite(out).all()
+    assert model.model.distilbert.transformer.layer[0].ffn.lin1.out_features == 64  # the input model is untouched

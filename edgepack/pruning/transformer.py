@@ -1,7 +1,8 @@
 """Structured pruning of transformer encoders: whole attention heads and FFN neurons.
 
-Works on Hugging Face BERT-style encoders (BERT, MiniLM, RoBERTa, ...) and vision encoders of the same layout
-(ViT, DeiT: the query/key/value block is ``attention.attention`` there): every layer with an
+Works on Hugging Face BERT-style encoders (BERT, MiniLM, RoBERTa, ...), vision encoders of the same layout
+(ViT, DeiT: the query/key/value block is ``attention.attention`` there) and DistilBERT (q_lin/k_lin/v_lin/out_lin,
+ffn.lin1/lin2; see `Parts`): every layer with an
 ``attention`` block that has ``prune_heads`` (transformers' own head pruning, which shrinks the
 query/key/value projections and the attention output projection together and updates the head
 counts the forward pass reads) and an FFN of ``intermediate.dense`` (hidden -> I) followed by
@@ -36,30 +37,71 @@ def self_attention(attention):
     return None
 
 
+class Parts:
+    """The prunable pieces of one encoder layer, whatever the family calls them: BERT / ViT (attention.self or
+    attention.attention with query/key/value, attention.output.dense, intermediate.dense, output.dense) or
+    DistilBERT (attention with q_lin/k_lin/v_lin/out_lin and n_heads, ffn.lin1, ffn.lin2). Both attention modules
+    have transformers' own ``prune_heads``, which shrinks the projections and updates the head count."""
+
+    def __init__(self, layer):
+        att = layer.attention
+        sa = self_attention(att)
+        if sa is not None:
+            self.qkv = (sa.query, sa.key, sa.value)
+            self.proj = att.output.dense
+            self.heads, self.head_size = sa.num_attention_heads, sa.attention_head_size
+            self._ffn = ((layer.intermediate, "dense"), (layer.output, "dense"))
+        else:  # DistilBERT
+            self.qkv = (att.q_lin, att.k_lin, att.v_lin)
+            self.proj = att.out_lin
+            self.heads, self.head_size = att.n_heads, att.attention_head_size
+            self._ffn = ((layer.ffn, "lin1"), (layer.ffn, "lin2"))
+        self.attention = att
+
+    @staticmethod
+    def fits(layer) -> bool:
+        att = getattr(layer, "attention", None)
+        if not hasattr(att, "prune_heads"):
+            return False
+        if self_attention(att) is not None:
+            return hasattr(getattr(layer, "intermediate", None), "dense") and hasattr(
+                getattr(layer, "output", None), "dense")
+        return (all(hasattr(att, n) for n in ("q_lin", "k_lin", "v_lin", "out_lin", "n_heads"))
+                and hasattr(getattr(layer, "ffn", None), "lin1") and hasattr(layer.ffn, "lin2"))
+
+    @property
+    def ffn_in(self):
+        owner, name = self._ffn[0]
+        return getattr(owner, name)
+
+    @property
+    def ffn_out(self):
+        owner, name = self._ffn[1]
+        return getattr(owner, name)
+
+    def set_ffn(self, lin_in, lin_out) -> None:
+        setattr(*self._ffn[0], lin_in)
+        setattr(*self._ffn[1], lin_out)
+
+
 def transformer_layers(model) -> list[tuple[str, Any]]:
     """(name, layer) of every encoder layer with prunable heads and FFN, in model order."""
-    layers = []
-    for name, m in model.named_modules():
-        att, inter, out = getattr(m, "attention", None), getattr(m, "intermediate", None), getattr(m, "output", None)
-        if (hasattr(att, "prune_heads") and self_attention(att) is not None
-                and hasattr(inter, "dense") and hasattr(out, "dense")):
-            layers.append((name, m))
-    return layers
+    return [(name, m) for name, m in model.named_modules() if Parts.fits(m)]
 
 
 def head_importance(layer):
     """(heads,) magnitude of each attention head: its query/key/value rows and output columns."""
-    sa, proj = self_attention(layer.attention), layer.attention.output.dense
-    heads, size = sa.num_attention_heads, sa.attention_head_size
-    rows = sum(lin.weight.detach().reshape(heads, size, -1).pow(2).sum((1, 2)) for lin in (sa.query, sa.key, sa.value))
-    cols = proj.weight.detach().reshape(proj.weight.shape[0], heads, size).pow(2).sum((0, 2))
+    p = Parts(layer)
+    heads, size = p.heads, p.head_size
+    rows = sum(lin.weight.detach().reshape(heads, size, -1).pow(2).sum((1, 2)) for lin in p.qkv)
+    cols = p.proj.weight.detach().reshape(p.proj.weight.shape[0], heads, size).pow(2).sum((0, 2))
     return rows + cols
 
 
 def neuron_importance(layer):
     """(intermediate,) magnitude of each FFN neuron: its input row and output column."""
-    return (layer.intermediate.dense.weight.detach().pow(2).sum(1)
-            + layer.output.dense.weight.detach().pow(2).sum(0))
+    p = Parts(layer)
+    return p.ffn_in.weight.detach().pow(2).sum(1) + p.ffn_out.weight.detach().pow(2).sum(0)
 
 
 TAYLOR_BATCH = 8
@@ -101,14 +143,14 @@ def _wg(lin, dim_out: bool):
 
 
 def _head_taylor(layer):
-    sa, proj = self_attention(layer.attention), layer.attention.output.dense
-    heads, size = sa.num_attention_heads, sa.attention_head_size
-    rows = sum(_wg(lin, True).reshape(heads, size).sum(1) for lin in (sa.query, sa.key, sa.value))
-    return (rows + _wg(proj, False).reshape(heads, size).sum(1)).pow(2)
+    p = Parts(layer)
+    rows = sum(_wg(lin, True).reshape(p.heads, p.head_size).sum(1) for lin in p.qkv)
+    return (rows + _wg(p.proj, False).reshape(p.heads, p.head_size).sum(1)).pow(2)
 
 
 def _neuron_taylor(layer):
-    return (_wg(layer.intermediate.dense, True) + _wg(layer.output.dense, False)).pow(2)
+    p = Parts(layer)
+    return (_wg(p.ffn_in, True) + _wg(p.ffn_out, False)).pow(2)
 
 
 def heads_to_keep(heads: int, ratio: float) -> int:
@@ -136,20 +178,20 @@ def prune_transformer(module, ratio: float, *, round_to: int = 8,
     taylor = scores or {}
     changes = []
     for name, layer in layers:
-        heads = self_attention(layer.attention).num_attention_heads
+        parts = Parts(layer)
+        heads = parts.heads
         keep_h = heads_to_keep(heads, ratio)
         h_score, n_score = taylor.get(name, (head_importance(layer), neuron_importance(layer)))
         drop = torch.argsort(h_score)[:heads - keep_h].tolist()
         if drop:
-            layer.attention.prune_heads(sorted(drop))
-        width = layer.intermediate.dense.out_features
+            parts.attention.prune_heads(sorted(drop))
+        width = parts.ffn_in.out_features
         keep_n = neurons_to_keep(width, ratio, round_to)
         if keep_n < width:
             idx = torch.sort(torch.argsort(n_score, descending=True)[:keep_n]).values
-            layer.intermediate.dense = prune_linear_layer(layer.intermediate.dense, idx, dim=0)
-            layer.output.dense = prune_linear_layer(layer.output.dense, idx, dim=1)
+            parts.set_ffn(prune_linear_layer(parts.ffn_in, idx, dim=0), prune_linear_layer(parts.ffn_out, idx, dim=1))
         changes.append({"layer": name, "heads_before": heads, "heads_after": keep_h,
-                        "ffn_before": width, "ffn_after": layer.intermediate.dense.out_features})
+                        "ffn_before": width, "ffn_after": parts.ffn_in.out_features})
     log.info("pruned %d transformer layers: heads %s", len(changes), [c["heads_after"] for c in changes])
     return model.eval(), changes
 
@@ -158,8 +200,9 @@ def _layers_or_raise(model) -> list:
     layers = transformer_layers(model)
     if not layers:
         raise InputError("no transformer encoder layers found to prune",
-                         hint="text pruning supports Hugging Face BERT-style encoders (attention.prune_heads, "
-                              "intermediate.dense, output.dense)")
+                         hint="transformer pruning supports Hugging Face BERT-style and ViT encoders (attention."
+                              "prune_heads, intermediate.dense, output.dense) and DistilBERT (attention.q_lin ..., "
+                              "ffn.lin1, ffn.lin2)")
     return layers
 
 
