@@ -78,7 +78,22 @@ def prune(config: BuildConfig, out: str | Path, progress: ProgressFn = no_progre
 
         args = ctx.inputs.torch_args(rows(ctx.calib.x, 0, 1))
         report["saved"] = save_pruned(ctx.model.module, out, example_input=args if len(args) > 1 else args[0])
+        if ctx.model.preprocess:  # the saved file does not carry the source's preprocessing: say how to build it
+            report["build_options"] = preprocess_options(ctx.config.preprocess, ctx.input_shape)
     return report
+
+
+def preprocess_options(pre, shape: tuple[int, ...]) -> str:
+    """The build options that reproduce ``pre`` (a Preprocess) and ``shape`` on the command line."""
+    def join(values) -> str:
+        return ",".join(f"{v:g}" for v in values)
+
+    parts = [f"--input-shape {','.join(str(int(d)) for d in shape)}"]
+    parts += [f"--resize {pre.resize}"] if pre.resize else []
+    parts += [f"--crop {pre.crop}"] if pre.crop else []
+    parts += [f"--mean {join(pre.mean)}", f"--std {join(pre.std)}", f"--scale {pre.scale:.10g}",
+              f"--channel-order {pre.channel_order}"]
+    return " ".join(parts)
 
 
 def diagnose(config: BuildConfig, bundle: Path | None = None, progress: ProgressFn = no_progress) -> list[dict]:

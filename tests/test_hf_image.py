@@ -110,3 +110,18 @@ def test_vision_transformer_prunes_heads_and_ffn_neurons(vit, tmp_path):
     assert prune["kind"] == "transformer heads + FFN"
     assert [(c["heads_before"], c["heads_after"]) for c in prune["layers"]] == [(4, 2), (4, 2)]
     assert prune["params_after"] < prune["params_before"]
+
+
+def test_prune_says_how_to_build_the_saved_program_with_the_folders_preprocessing(vit, tmp_path):
+    """A pruned .pt2 carries no preprocessor_config.json: building it took ImageNet's mean and std without a word.
+    `edgepack prune` prints the options that keep the folder's preprocessing, and they parse as build options."""
+    saved = tmp_path / "pruned.pt2"
+    result = invoke("prune", vit, "--prune", "0.5", "--calib", PHOTOS, "--calib-samples", "8", "--save", saved)
+    assert result.exit_code == 0, result.output
+    line = [s for s in result.output.splitlines() if s.startswith("build it with the source's preprocessing")][0]
+    options = line.split(f"edgepack build {saved} ")[1].split()
+    assert options[:2] == ["--input-shape", "1,3,32,32"] and "--mean" in options
+    dry = invoke("build", saved, *options, "--target", "x86-64", "--dry-run", "--json")
+    assert dry.exit_code == 0, dry.output
+    config = json.loads(dry.output)["config"]
+    assert config["preprocess"]["mean"] == [0.5, 0.5, 0.5] and config["preprocess"]["crop"] == 32

@@ -334,6 +334,9 @@ def prune_cmd(ctx: click.Context, model: str | None, save_path: str, as_json: bo
             click.echo(f"fine-tuning: held-out {ft['metric']} {ft['heldout_before']:.4g} -> {ft['heldout_after']:.4g} "
                        f"({ft['epochs_run']} epochs, stopped: {ft['stopped']})")
         click.echo(f"saved: {', '.join(report['saved']['files'])}")
+        if report.get("build_options"):  # an HF folder's own preprocessing is not in the saved program
+            click.echo(f"build it with the source's preprocessing: edgepack build {save_path} "
+                       f"{report['build_options']}")
 
     run_command(ctx, body)
 
