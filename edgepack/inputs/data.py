@@ -208,25 +208,27 @@ def npz_specs(path: str | None, names: list[str], model: str) -> list[dict]:
     if not path:
         raise InputError(f"{model}'s forward takes {len(names)} inputs ({', '.join(names)}): the shipped calibration "
                          "photos cannot feed it", hint=hint)
-    arrays = _read_named_npz(Path(path), "calibration", hint)
-    missing = [n for n in names if n not in arrays]
+    headers = npz_headers(path)
+    if not headers:
+        _read_named_npz(Path(path), "calibration", hint)  # says why: missing, not an .npz, unreadable
+    missing = [n for n in names if n not in headers]
     if missing:
         raise InputError(f"calibration file {path} has no array for forward argument {', '.join(missing)} (found: "
-                         f"{', '.join(sorted(arrays)) or 'nothing'}); {model}'s forward takes "
+                         f"{', '.join(sorted(headers)) or 'nothing'}); {model}'s forward takes "
                          f"{', '.join(names)}", hint=hint)
-    flat = [n for n in names if arrays[n].ndim == 0]
+    flat = [n for n in names if not headers[n][0]]
     if flat:
         raise InputError(f"calibration file {path}: {', '.join(flat)} is a scalar, not (N, ...) samples", hint=hint)
     # float samples feed a float32 model (numpy's default float64 too); integers (ids, uint8 pixels) keep their type
-    return [{"name": n, "shape": ["N", *arrays[n].shape[1:]],
-             "dtype": "float32" if np.issubdtype(arrays[n].dtype, np.floating) else arrays[n].dtype.name}
+    return [{"name": n, "shape": ["N", *headers[n][0][1:]],
+             "dtype": "float32" if np.issubdtype(headers[n][1], np.floating) else headers[n][1].name}
             for n in names]
 
 
-def npz_shapes(path: str) -> dict[str, tuple[int, ...]]:
-    """The shape of each array of an .npz, read from the headers only; {} when it cannot be read (the loader then
-    says why)."""
-    shapes = {}
+def npz_headers(path: str | Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """{array name: (shape, dtype)} of an .npz, read from the headers only (not the data); {} when it cannot be
+    read (the loader then says why)."""
+    headers = {}
     try:
         with zipfile.ZipFile(path) as z:
             for member in z.namelist():
@@ -236,10 +238,11 @@ def npz_shapes(path: str) -> dict[str, tuple[int, ...]]:
                     read = {(1, 0): np.lib.format.read_array_header_1_0,
                             (2, 0): np.lib.format.read_array_header_2_0}.get(np.lib.format.read_magic(f))
                     if read:
-                        shapes[member[:-4]] = tuple(read(f)[0])
+                        shape, _, dtype = read(f)
+                        headers[member[:-4]] = (tuple(shape), dtype)
     except (OSError, ValueError, zipfile.BadZipFile):
         return {}
-    return shapes
+    return headers
 
 
 def _read_named_npz(p: Path, role: str, hint: str) -> dict[str, np.ndarray]:
@@ -289,14 +292,8 @@ def count(path: str) -> int | None:
     if p.is_dir():
         return len(_list_images(p)[0])
     if p.suffix.lower() == ".npz" and p.is_file():
-        try:
-            with zipfile.ZipFile(p) as z, z.open("x.npy") as f:
-                read = {(1, 0): np.lib.format.read_array_header_1_0,
-                        (2, 0): np.lib.format.read_array_header_2_0}.get(np.lib.format.read_magic(f))
-                shape = read(f)[0] if read else ()  # the header only, not the data
-            return int(shape[0]) if shape else None
-        except (KeyError, ValueError, OSError, zipfile.BadZipFile):
-            return None
+        shape = npz_headers(p).get("x", ((), None))[0]  # the header only, not the data
+        return int(shape[0]) if shape else None
     return None
 
 

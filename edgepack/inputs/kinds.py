@@ -129,20 +129,25 @@ def _sized(specs: list[dict], calib: str | None) -> list[dict]:
     """``specs`` with each symbolic dimension after the batch taken from the calibration .npz's array of that input
     (an audio model exported with a dynamic length runs at the length it is calibrated at); unchanged where the
     file cannot tell (load_tensors then names what does not fit)."""
-    loose = [s for s in specs if any(not (isinstance(d, int) and d > 0) for d in s["shape"][1:])]
+    loose = [s for s in specs if any(_symbolic(d) for d in s["shape"][1:])]
     if not loose or not calib or not str(calib).lower().endswith(".npz"):
         return specs
-    shapes = data.npz_shapes(calib)
+    shapes = {name: shape for name, (shape, _) in data.npz_headers(calib).items()}
     if len(specs) == 1 and specs[0]["name"] not in shapes and "x" in shapes:
         shapes[specs[0]["name"]] = shapes["x"]
     out = []
     for s in specs:
         have = shapes.get(s["name"])
         if have is not None and len(have) == len(s["shape"]):
-            s = {**s, "shape": [s["shape"][0], *(d if isinstance(d, int) and d > 0 else int(h)
+            s = {**s, "shape": [s["shape"][0], *(int(h) if _symbolic(d) else d
                                                   for d, h in zip(s["shape"][1:], have[1:], strict=True))]}
         out.append(s)
     return out
+
+
+def _symbolic(dim: Any) -> bool:
+    """An ONNX dimension without a fixed size (a name such as 'batch', or 0 / -1)."""
+    return not (isinstance(dim, int) and dim > 0)
 
 
 def uses_gelu(module: Any) -> bool:
@@ -241,13 +246,14 @@ class TensorsInput(ImageInput):
 
     def __init__(self, model: Any, config: Any, target: Any, specs: list[dict]):
         super().__init__(model, config, target)
-        self.declared = specs  # the ONNX file's inputs: name, shape (dims or symbols), dtype
-        self.specs = _sized(specs, config.calib)   # symbolic sizes but the batch taken from the .npz's arrays
+        # name, shape, dtype of each input: the ONNX file's (its symbolic sizes but the batch taken from the
+        # calibration .npz's arrays), or the .npz's for a PyTorch forward(a, b)
+        self.specs = _sized(specs, config.calib)
         self.input_names = [s["name"] for s in self.specs]
 
     def check(self, onnx_inputs: list[dict] | None = None) -> None:
-        """Only what several-input builds cannot do, reported at once: photos, no calibration data, a shape
-        flag, and symbolic dimensions other than the batch (the file must fix them)."""
+        """What these builds cannot do, reported at once: photos, no calibration data, a shape flag, pruning,
+        float inputs other than float32, and symbolic dimensions after the batch that the .npz does not fix."""
         from pathlib import Path
 
         problems, hints = [], []
@@ -272,7 +278,7 @@ class TensorsInput(ImageInput):
                 problems.append(f"{role} {path} is a folder: a model that takes {self._described()} takes an .npz")
                 hints.append(self._npz_hint())
         for s in self.specs:
-            loose = [i for i, d in enumerate(s["shape"]) if i > 0 and not (isinstance(d, int) and d > 0)]
+            loose = [i for i, d in enumerate(s["shape"]) if i > 0 and _symbolic(d)]
             if loose or not s["shape"]:
                 problems.append(f"input {s['name']} has symbolic dimensions {loose} ({list(s['shape'])}) and the "
                                 "calibration data does not fix them")
@@ -282,7 +288,7 @@ class TensorsInput(ImageInput):
             raise InputError("; ".join(problems), hint="; ".join(dict.fromkeys(hints)))
 
     def _described(self) -> str:
-        """"2 inputs (image, meta)", or "one (N, 1, 16000) float32 input (wave)"."""
+        """"2 inputs (image, meta)", or "one float32 input 'wave' of shape ['n', 1, 16000]"."""
         if len(self.specs) > 1:
             return f"{len(self.specs)} inputs ({', '.join(self.input_names)})"
         s = self.specs[0]
@@ -325,15 +331,15 @@ class TensorsInput(ImageInput):
         return tuple(torch.from_numpy(x[n]) for n in self.input_names)
 
     def export_settings(self) -> dict:
-        return {"input_names": list(self.input_names), "opset": self.target.opset, "hint": None,
-                "shape_flag": self.shape_flag}
+        return {**super().export_settings(), "input_names": list(self.input_names)}
 
     def golden_inputs(self, x: Inputs) -> dict:
         return dict(x)
 
     def preprocess_record(self) -> dict:
-        return {"kind": "tensors", "inputs": [{"name": s["name"], "shape": [1, *s["shape"][1:]],
-                                                "dtype": s["dtype"]} for s in self.specs]}
+        shapes = self.shapes()
+        return {"kind": "tensors", "inputs": [{"name": s["name"], "shape": list(shapes[s["name"]]), "dtype": s["dtype"]}
+                                              for s in self.specs]}
 
 
 KINDS = {"image": ImageInput, "text": TextInput, "tensors": TensorsInput}
