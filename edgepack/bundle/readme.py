@@ -117,10 +117,7 @@ def render(man: dict) -> str:
     pre = man["preprocess"]
     if pre.get("kind") == "tensors":
         return _render_tensors(man)
-    lines = [f"# {man['name']} for {man['target']['name']}", "",
-             "Built by edgepack. The verdict, budgets and measurements are in report.md / report.html and "
-             "manifest.json; check every file with `edgepack verify .`.", "", *_install(man),
-             "## Run on the device", "",
+    lines = [*_head(man),
              "```", ('python3 run.py "a sentence" --time 100  # label scores and p50/p90 latency'
                       if pre.get("kind") == "text" else
                       "python3 run.py photo.jpg --time 100     # results and p50/p90 latency"),
@@ -139,6 +136,14 @@ def render(man: dict) -> str:
     lines += _detect_notes(man)
     lines += _model_sections(man, _kotlin_text if pre.get("kind") == "text" else _kotlin)
     return "\n".join(lines)
+
+
+def _head(man: dict) -> list[str]:
+    """The README's title, what to check, the install section and the run section's heading."""
+    return [f"# {man['name']} for {man['target']['name']}", "",
+            "Built by edgepack. The verdict, budgets and measurements are in report.md / report.html and "
+            "manifest.json; check every file with `edgepack verify .`.", "", *_install(man),
+            "## Run on the device", ""]
 
 
 def _model_sections(man: dict, kotlin) -> list[str]:
@@ -162,10 +167,7 @@ def _render_tensors(man: dict) -> str:
     """A model with several inputs: run.py reads one .npz holding each input by name, already preprocessed."""
     specs = man["preprocess"]["inputs"]
     saved = ", ".join(f"{s['name']}=<{s['dtype']} {s['shape']}>" for s in specs)
-    lines = [f"# {man['name']} for {man['target']['name']}", "",
-             "Built by edgepack. The verdict, budgets and measurements are in report.md / report.html and "
-             "manifest.json; check every file with `edgepack verify .`.", "", *_install(man),
-             "## Run on the device", "",
+    lines = [*_head(man),
              f"The model takes {len(specs)} inputs, already preprocessed as the build's calibration data was: save "
              f"one sample of each by name with `numpy.savez('inputs.npz', {saved})` (the batch dimension may be "
              "left out).", "",
@@ -187,15 +189,11 @@ def _kotlin_tensors(man: dict, m: dict) -> str:
         feeds.append(f'inputs[interpreter.getInputIndex("{t["name"]}")] = buffer_{len(feeds)}  '
                      f'// {t["shape"]} {t["dtype"]}, {how}')
     outs, allocs = [], []
-    width = {"int8": 1, "uint8": 1, "int16": 2, "float16": 2, "int32": 4, "float32": 4, "int64": 8}
     for k, t in enumerate(m["outputs"]):
         scale, zero = _q(t)
         deq = f"; dequantize: y = {scale} * (q - ({zero}))" if t.get("quantization") else ""
         outs.append(f"// output {k} `{t['name']}`: {t['shape']} {t['dtype']}{deq}")
-        size = width.get(t["dtype"], 4)
-        for d in t["shape"]:
-            size *= int(d) if isinstance(d, int) else 1
-        allocs.append(f"{k} to ByteBuffer.allocateDirect({size}).order(ByteOrder.nativeOrder())")
+        allocs.append(f"{k} to ByteBuffer.allocateDirect({_nbytes(t)}).order(ByteOrder.nativeOrder())")
     outs.append(f"val outputs = mapOf({', '.join(allocs)})")
     return ("```kotlin\n// LiteRT (org.tensorflow.lite.Interpreter): one direct ByteBuffer per input, native byte "
             f"order, filled with the preprocessed sample\nval interpreter = Interpreter(modelFile, "
@@ -204,17 +202,23 @@ def _kotlin_tensors(man: dict, m: dict) -> str:
             + "\n".join(outs) + "\ninterpreter.runForMultipleInputsOutputs(inputs, outputs)\n```")
 
 
+#: bytes per element of a tensor's dtype (4 for one not listed)
+ELEMENT_BYTES = {"int8": 1, "uint8": 1, "int16": 2, "float16": 2, "int32": 4, "float32": 4, "int64": 8}
+
+
+def _nbytes(t: dict) -> int:
+    """Bytes of one io tensor ({shape, dtype}); a symbolic dimension counts as 1."""
+    size = ELEMENT_BYTES.get(t["dtype"], 4)
+    for d in t["shape"]:
+        size *= int(d) if isinstance(d, int) else 1
+    return size
+
+
 def _kotlin(man: dict, m: dict) -> str:
     pre, inp, out = man["preprocess"], m["inputs"][0], m["outputs"][0]
     in_scale, in_zero = _q(inp)
     out_scale, out_zero = _q(out)
-    width = {"int8": 1, "uint8": 1, "float32": 4}
-    n_in = width.get(inp["dtype"], 4)
-    n_out = width.get(out["dtype"], 4)
-    for d in inp["shape"]:
-        n_in *= int(d) if isinstance(d, int) else 1
-    for d in out["shape"]:
-        n_out *= int(d) if isinstance(d, int) else 1
+    n_in, n_out = _nbytes(inp), _nbytes(out)
     resize, crop = _effective_crop(pre, inp)
     return KOTLIN.format(threads=man["runtime"]["threads"], in_shape=inp["shape"], in_dtype=inp["dtype"],
                          in_layout=inp.get("layout"), resize=resize, crop=crop, scale=pre.get("scale"),
