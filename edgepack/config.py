@@ -152,6 +152,12 @@ class BuildConfig:
                                   "scored against the FP32 model's own predictions)", None)
     prob_threshold: float = spec("segment task: an (N, 1, H, W) probability map's foreground threshold, mask = "
                                  "p >= this (DBNet text detectors binarise at 0.3)", 0.5, ge=0, le=1)
+    box_format: str = spec("detect task: how one output's candidates are laid out: xyxy (x1, y1, x2, y2, class "
+                           "scores), cxcywh (cx, cy, w, h, class scores: YOLOv8 / YOLO11), yolov5 (cx, cy, w, h, "
+                           "objectness, class scores: YOLOv5 / YOLOv7; score = objectness x class score); auto: "
+                           "an (N, 4 + C, K) output with K >= 4 (4 + C) is cxcywh, one --labels names 5 classes "
+                           "fewer than it is wide is yolov5, else xyxy", "auto",
+                           choices=("auto", "xyxy", "cxcywh", "yolov5"))
     name: str | None = spec("bundle name (default: derived from the model)", None)
     calib_samples: int | None = spec("calibration samples (default: profile)", None, ge=1, le=100000)
     val_samples: int | None = spec("validation samples, seeded subset (default: all)", None, ge=1, le=1000000)

@@ -639,13 +639,18 @@ def test_float_tail_is_what_follows_the_last_convolution_on_every_path():
 @pytest.mark.slow
 @pytest.mark.parametrize("factory,labels_of", [("toy_models:tiny_detector", "yolo"),
                                                ("toy_models:tiny_detector_two_outputs", "coco"),
-                                               ("toy_models:tiny_detector_yolo_layout", "yolo")])
+                                               ("toy_models:tiny_detector_yolo_layout", "yolo"),
+                                               ("toy_models:tiny_detector_yolov5", "yolo")])
 def test_detect_build_reports_map(tmp_path, factory, labels_of):
     images, yolo, coco = detection_set(tmp_path / "data", n=16)
     out = tmp_path / "det"
+    names = []
+    if factory.endswith("yolov5"):   # (1, 16, 8) = 5 + 3 columns: three names settle the layout
+        (tmp_path / "names.txt").write_text("r\ng\nb\n")
+        names = ["--labels", tmp_path / "names.txt"]
     result = invoke("build", factory, "--task", "detect", "--calib", images, "--val", images,
                     "--labels-dir", yolo if labels_of == "yolo" else coco, "--max-map-drop", "10", "--out", out,
-                    "--json", "--resize", "32", *SEG[:2], "--input-shape", "1,3,32,32", *SEG[4:])
+                    "--json", "--resize", "32", *SEG[:2], "--input-shape", "1,3,32,32", *SEG[4:], *names)
     assert result.exit_code in (0, 1), result.output
     man = json.loads((out / "manifest.json").read_text())
     v = man["validation"]
@@ -663,10 +668,13 @@ def test_detect_build_reports_map(tmp_path, factory, labels_of):
     assert v["map50_fp32"] > 80 and v["map50_int8"] > 70
     assert [b for b in v["budgets"] if b["name"] == "map50_drop_points"][0]["limit"] == 10
     assert "FP32 and INT8 on validation images (boxes" in (out / "report.html").read_text()
-    _runner_decodes_as_validation(out, images, Preprocess(resize=32, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)))
+    box_format = man["stages"]["task"]["box_format"]
+    assert box_format == {"toy_models:tiny_detector_yolov5": "yolov5"}.get(factory, "auto")
+    _runner_decodes_as_validation(out, images, Preprocess(resize=32, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)),
+                                  box_format)
 
 
-def _runner_decodes_as_validation(bundle: Path, images: Path, pre: Preprocess) -> None:
+def _runner_decodes_as_validation(bundle: Path, images: Path, pre: Preprocess, box_format: str = "auto") -> None:
     """The bundle's run.py (with its copy of postprocess.py) prints the detections validation decodes, in the
     model input's pixels from validation's score threshold."""
     from edgepack.backends import onnx as onnx_backend
@@ -679,7 +687,7 @@ def _runner_decodes_as_validation(bundle: Path, images: Path, pre: Preprocess) -
     assert res.returncode == 0, res.stderr
     printed = json.loads(res.stdout.strip().splitlines()[-1])["detections"]
     x = preprocess_image(image, (1, 3, 32, 32), pre)[None]
-    want = Detect().decode(onnx_backend.Runner(bundle / "model.onnx").run_outputs(x))[0]
+    want = Detect(box_format).decode(onnx_backend.Runner(bundle / "model.onnx").run_outputs(x))[0]
     assert len(printed) == len(want["scores"]) > 0
     np.testing.assert_allclose([d["box"] for d in printed], want["boxes"], atol=0.01)
     assert [d["class"] for d in printed] == want["classes"].tolist()
@@ -894,3 +902,42 @@ def test_yolo_layout_decodes_as_the_same_boxes_in_xyxy():
         assert g["classes"].tolist() == w["classes"].tolist() and len(g["scores"]) > 5
     assert Detect().num_classes([(1, 7, 120)]) == 3 and Detect().num_classes([(1, 50, 84)]) == 80
     assert not postprocess.yolo_layout((1, 84, "anchors"))
+
+
+def test_yolov5_layout_multiplies_objectness_and_reads_centre_boxes():
+    """YOLOv5 / YOLOv7 exports give (N, K, 5 + C): cx cy w h, objectness, class scores. Read by shape alone it
+    was taken as xyxy boxes with objectness as class 0: wrong boxes, wrong classes, no error. --box-format yolov5
+    reads it; auto settles on it when --labels names 5 classes fewer than the output is wide."""
+    from edgepack.tasks import postprocess
+
+    rng = np.random.default_rng(1)
+    xy = rng.uniform(0, 200, (2, 30, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(5, 60, (2, 30, 2))], -1)
+    scores = rng.uniform(0, 1, (2, 30, 3))
+    obj = rng.uniform(0.2, 1, (2, 30, 1))
+    centre, size = (boxes[..., :2] + boxes[..., 2:]) / 2, boxes[..., 2:] - boxes[..., :2]
+    v5 = np.concatenate([centre, size, obj, scores], -1).astype(np.float32)
+    want = postprocess.detections(np.concatenate([boxes, obj * scores], -1).astype(np.float32))
+    got = postprocess.detections(v5, box_format="yolov5")
+    for w, g in zip(want, got, strict=True):
+        np.testing.assert_allclose(g["boxes"], w["boxes"], atol=1e-3)
+        np.testing.assert_allclose(g["scores"], w["scores"], atol=1e-5)
+        assert g["classes"].tolist() == w["classes"].tolist() and len(g["scores"]) > 5
+    wrong = postprocess.detections(v5)[0]    # what auto reads without names: not the same detections
+    assert wrong["classes"].tolist() != want[0]["classes"].tolist()
+    # the same with boxes as cx cy w h and no objectness
+    cx = postprocess.detections(np.concatenate([centre, size, scores], -1).astype(np.float32), box_format="cxcywh")
+    np.testing.assert_allclose(cx[0]["boxes"], postprocess.detections(
+        np.concatenate([boxes, scores], -1).astype(np.float32))[0]["boxes"], atol=1e-3)
+
+    d = Detect()
+    assert d.num_classes([(1, 30, 8)]) == 4 and d.settle_format([(1, 30, 8)], 4) is None   # 4 + 4 fits: xyxy
+    assert "YOLOv5" in d.settle_format([(1, 30, 8)], 3) and d.box_format == "yolov5"
+    assert d.num_classes([(1, 30, 8)]) == 3 and d.num_classes([(1, 30, 4), (1, 30, 3)]) is None
+    assert Detect("xyxy").settle_format([(1, 30, 8)], 3) is None       # a format given is kept
+    # confident candidates read the wrong way are inverted boxes: the build says so; read right, nothing is said
+    assert "--box-format cxcywh, or yolov5" in Detect().layout_doubts(v5 * [1, 1, 0.1, 0.1, 1, 1, 1, 1])[0]
+    assert Detect("yolov5").layout_doubts(v5) == []
+    assert Detect().layout_doubts(np.concatenate([boxes, obj * scores], -1).astype(np.float32)) == []
+    with pytest.raises(ValueError, match="one \\(N, K, 5 \\+ C\\) output"):
+        postprocess.split_outputs([np.zeros((1, 30, 4)), np.zeros((1, 30, 3))], "yolov5")

@@ -235,6 +235,27 @@ class YoloLayoutDetector(TinyDetector):
         return torch.cat([centre, size, scores], -1).transpose(1, 2)
 
 
+class Yolov5LayoutDetector(TinyDetector):
+    """TinyDetector's candidates in YOLOv5's layout: one (1, K, 5 + 3) output, cx, cy, w, h, objectness, then class
+    scores, a candidate's score being objectness x class score (here objectness is the best score, so the product
+    gives TinyDetector's scores back)."""
+
+    def __init__(self):
+        super().__init__(two_outputs=True)
+
+    def forward(self, x: torch.Tensor):
+        boxes, scores = super().forward(x)
+        centre, size = (boxes[..., :2] + boxes[..., 2:]) / 2, boxes[..., 2:] - boxes[..., :2]
+        objectness = scores.amax(-1, keepdim=True)
+        return torch.cat([centre, size, objectness, scores / objectness.clamp_min(1e-6)], -1)
+
+
+def tiny_detector_yolov5() -> nn.Module:
+    """Seeded Yolov5LayoutDetector: (1, 16, 8) for 1x3x32x32 inputs."""
+    torch.manual_seed(0)
+    return Yolov5LayoutDetector().eval()
+
+
 def tiny_detector_yolo_layout() -> nn.Module:
     """Seeded YoloLayoutDetector: (1, 7, 64) for 1x3x32x32 inputs."""
     torch.manual_seed(0)

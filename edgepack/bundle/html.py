@@ -115,7 +115,7 @@ def task_pictures(p: dict) -> bytes:
         out = p[prec]
         threshold = postprocess.PROB_THRESHOLD if p.get("threshold") is None else p["threshold"]
         decoded = postprocess.masks(out[0] if isinstance(out, list) else out, threshold) if p["task"] == "segment" \
-            else postprocess.detections(out)
+            else postprocess.detections(out, box_format=p.get("box_format", "auto"))
         for i in range(n):
             ax = axes[i][j]
             ax.imshow(images[i][..., 0] if images.shape[-1] == 1 else images[i][..., :3], cmap="gray",

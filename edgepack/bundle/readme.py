@@ -104,7 +104,17 @@ def _detect_notes(man: dict) -> list[str]:
             "pixels: the resize and centre crop undone, clipped to the photo. The first line says the photo's size "
             "and which part of it the model sees (the centre crop). `--model-frame` prints the boxes in the model "
             f"input's pixels ({width} x {height}) instead, as the model outputs them and validation scores them; "
-            "`--json` gives the same fields (box_frame, image_size, model_sees, score_threshold).", ""]
+            "`--json` gives the same fields (box_frame, image_size, model_sees, score_threshold)."
+            + _box_format_note(((man.get("stages") or {}).get("task") or {}).get("box_format")), ""]
+
+
+def _box_format_note(box_format: str | None) -> str:
+    """What the model's candidates are, where the build named (or settled) their layout."""
+    notes = {"xyxy": "x1, y1, x2, y2, then class scores",
+             "cxcywh": "cx, cy, w, h, then class scores; run.py turns them into corners",
+             "yolov5": "cx, cy, w, h, objectness, then class scores (YOLOv5's layout); a box's score is objectness "
+                       "x class score, and run.py turns the boxes into corners"}
+    return f" The model's candidates are read as {notes[box_format]}." if box_format in notes else ""
 
 
 def _q(t: dict) -> tuple[str, str]:

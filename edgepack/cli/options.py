@@ -97,10 +97,10 @@ BUILD_OPTIONS, PRUNE_FLAGS, FINETUNE_FLAGS = _generate()
 #: Build options that only a build uses (the bundle, quantization, validation budgets, devices): `prune` does not
 #: offer them. A --config file may still hold them (prune reads the same files and ignores them).
 BUILD_ONLY = frozenset({
-    "out", "name", "prob_threshold", "calibration_method", "per_channel", "weight_rounding", "max_search_time",
-    "latency_runs", "max_accuracy_drop", "min_agreement", "max_miou_drop", "max_map_drop", "max_latency_ms",
-    "max_size_mb", "min_output_sqnr_db", "estimate_device", "emulate", "allow_float_ops", "text_tflite_int8",
-    "prune_max_drop"})
+    "out", "name", "prob_threshold", "box_format", "calibration_method", "per_channel", "weight_rounding",
+    "max_search_time", "latency_runs", "max_accuracy_drop", "min_agreement", "max_miou_drop", "max_map_drop",
+    "max_latency_ms", "max_size_mb", "min_output_sqnr_db", "estimate_device", "emulate", "allow_float_ops",
+    "text_tflite_int8", "prune_max_drop"})
 
 
 #: Build options `diagnose MODEL` uses: the model, its input and data, and the INT8 recipe it measures (on ONNX,

@@ -26,6 +26,8 @@ def run(ctx: BuildContext) -> None:
                            "validation_targets": "labels" if ctx.val.targets is not None else None}
     if hasattr(ctx.task, "threshold"):  # the runner binarises a probability map at the same threshold
         ctx.records["task"]["prob_threshold"] = ctx.task.threshold
+    if hasattr(ctx.task, "box_format"):  # and reads a detector's candidates the same way
+        ctx.records["task"]["box_format"] = ctx.task.box_format
     ctx.records["validation"] = {fmt: validate_format(ctx, fmt) for fmt in ctx.target.formats}
     if "onnx" in ctx.target.formats and "diagnosis" not in ctx.records and ctx.inputs.layer_diagnosis:
         from edgepack.quantize.diagnose import layer_errors
@@ -52,6 +54,8 @@ def validate_format(ctx: BuildContext, fmt: str) -> dict:
         for message in input_independence(outs["fp32"], ctx.task.name, ctx.val.truth):
             ctx.warn(message)
         for message in preprocessing_doubts(ctx, result):
+            ctx.warn(message)
+        for message in (ctx.task.layout_doubts(outs["fp32"]) if hasattr(ctx.task, "layout_doubts") else []):
             ctx.warn(message)
     if ctx.task.name in PICTURE_TASKS and fmt == ctx.target.formats[0]:
         ctx.outputs["task_pictures"] = _pictures(ctx, outs)
@@ -186,6 +190,7 @@ def _pictures(ctx: BuildContext, outs: dict) -> dict:
         return [a[:PICTURE_SAMPLES] for a in o] if isinstance(o, list) else o[:PICTURE_SAMPLES]
 
     return {"task": ctx.task.name, "threshold": getattr(ctx.task, "threshold", None),
+            "box_format": getattr(ctx.task, "box_format", "auto"),
             "x": rows(ctx.val.x, 0, PICTURE_SAMPLES), "fp32": first(outs["fp32"]),
             "int8": first(outs["int8"])}
 

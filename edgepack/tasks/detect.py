@@ -6,7 +6,11 @@ validation uses for FP32 and INT8 alike). Accepted raw outputs, for a start (hea
 - one output (N, K, 4 + C): per candidate box x1, y1, x2, y2 in model-input pixels, then C class scores;
 - one output (N, 4 + C, K) with K >= 4 (4 + C): ultralytics' YOLOv8 / YOLO11 export, cx, cy, w, h in
   model-input pixels, then C class scores (postprocess.yolo_layout);
-- two outputs, boxes (N, K, 4) and scores (N, K, C) (the one whose last axis is 4 holds the boxes).
+- two outputs, boxes (N, K, 4) and scores (N, K, C) (the one whose last axis is 4 holds the boxes);
+- with ``box_format`` (--box-format) where the shape cannot tell: "cxcywh" boxes, or "yolov5", one (N, K, 5 + C)
+  output, cx, cy, w, h, objectness, class scores (YOLOv5 / YOLOv7 exports; score = objectness x class score),
+  which "auto" settles on when --labels names C classes (`settle_format`). `layout_doubts` warns when the FP32
+  model's confident boxes come out inverted in the format used.
 
 Scores are probabilities (after sigmoid/softmax). A candidate's class is its best score; candidates scoring
 below postprocess.SCORE_THRESHOLD are dropped, then class-wise greedy NMS (IoU postprocess.NMS_IOU, numpy, the
@@ -28,6 +32,8 @@ from edgepack.tasks import budgets, postprocess
 from edgepack.tasks.base import sqnr_db
 
 PSEUDO_LABEL_SCORE = 0.5
+INVERTED_MIN_BOXES = 20     # confident candidates needed before their boxes' orientation says anything
+INVERTED_SHARE = 0.1        # inverted xyxy boxes among them that doubt the box format
 
 
 class Detect:
@@ -41,18 +47,63 @@ class Detect:
     # float32: an INT8 box tensor has one scale for every anchor (steps of 0.75 px and more at 192 px)
     float_tail = True
 
-    def __init__(self) -> None:
+    def __init__(self, box_format: str = "auto") -> None:
         from edgepack.util import require
 
         require(("pycocotools",), extra="tasks", what="the detect task (COCO mAP)")
+        if box_format not in postprocess.BOX_FORMATS:
+            raise InputError(f"unknown box format {box_format!r}", hint=f"one of {', '.join(postprocess.BOX_FORMATS)}")
+        self.box_format = box_format
+
+    @classmethod
+    def from_config(cls, config) -> Detect:
+        """The task with the build's ``box_format``."""
+        return cls(box_format=getattr(config, "box_format", "auto"))
+
+    def settle_format(self, shapes: list[tuple], names: int | None) -> str | None:
+        """With box_format "auto", one (N, K, 5 + C) output and ``names`` == C class names (--labels), whose
+        width does not fit 4 + C: read it as YOLOv5's layout (objectness in column 4). Returns a sentence saying
+        so, else None."""
+        if self.box_format != "auto" or names is None or len(shapes) != 1 or len(shapes[0]) != 3:
+            return None
+        width = shapes[0][1] if postprocess.yolo_layout(shapes[0]) else shapes[0][-1]
+        if width != names + 5:
+            return None
+        self.box_format = "yolov5"
+        return (f"detect: the output {list(shapes[0])} is {names} class scores wide plus 5 columns, read as "
+                "YOLOv5's layout (cx, cy, w, h, objectness, class scores; score = objectness x class score); "
+                "--box-format names it otherwise")
+
+    def layout_doubts(self, fp32_outs) -> list[str]:
+        """A warning when the FP32 model's confident candidates, read in this box format, are often inverted
+        boxes (x2 < x1 or y2 < y1): the output's columns are then likely cx, cy, w, h (and maybe objectness), and
+        mAP would judge the wrong boxes. Needs INVERTED_MIN_BOXES such candidates."""
+        refs = fp32_outs if isinstance(fp32_outs, list) else [fp32_outs]
+        try:
+            boxes, scores = postprocess.split_outputs(refs, self.box_format)
+        except ValueError:
+            return []
+        sure = scores.max(-1) >= postprocess.DISPLAY_SCORE_THRESHOLD
+        picked = boxes[sure]
+        if len(picked) < INVERTED_MIN_BOXES:
+            return []
+        inverted = float(((picked[:, 2] < picked[:, 0]) | (picked[:, 3] < picked[:, 1])).mean())
+        if inverted < INVERTED_SHARE:
+            return []
+        return [f"detect: {inverted:.0%} of the FP32 model's {len(picked)} candidates scoring "
+                f"{postprocess.DISPLAY_SCORE_THRESHOLD} or more are inverted boxes (x2 < x1 or y2 < y1) when read as "
+                f"{postprocess.resolve_format(refs[0].shape, self.box_format) if len(refs) == 1 else 'xyxy'}: "
+                "the output is likely cx, cy, w, h; rebuild with --box-format cxcywh, or yolov5 when a column "
+                "after the box is an objectness score (YOLOv5 / YOLOv7)"]
 
     def num_classes(self, shapes: list[tuple]) -> int | None:
         """Classes of a model whose outputs have ``shapes`` (None when the shapes do not fit the contract)."""
+        first = 5 if self.box_format == "yolov5" else 4
         if len(shapes) == 1 and postprocess.yolo_layout(shapes[0]):
-            return shapes[0][1] - 4
-        if len(shapes) == 1 and len(shapes[0]) == 3 and isinstance(shapes[0][-1], int) and shapes[0][-1] > 4:
-            return shapes[0][-1] - 4
-        if len(shapes) == 2 and all(len(s) == 3 for s in shapes):
+            return shapes[0][1] - first
+        if len(shapes) == 1 and len(shapes[0]) == 3 and isinstance(shapes[0][-1], int) and shapes[0][-1] > first:
+            return shapes[0][-1] - first
+        if len(shapes) == 2 and all(len(s) == 3 for s in shapes) and self.box_format != "yolov5":
             boxes = 0 if shapes[0][-1] == 4 else 1
             last = shapes[1 - boxes][-1]
             return last if isinstance(last, int) else None
@@ -63,14 +114,15 @@ class Detect:
         if classes is None:
             raise InputError(f"{where}: outputs {[list(s) for s in shapes]} do not fit the detect task",
                              hint="detect takes one (N, K, 4 + C) output (xyxy boxes, then class scores), one "
-                                  "(N, 4 + C, K) output (YOLOv8 / YOLO11: cx, cy, w, h, then class scores) or two "
+                                  "(N, 4 + C, K) output (YOLOv8 / YOLO11: cx, cy, w, h, then class scores), one "
+                                  "(N, K, 5 + C) output with --box-format yolov5 (YOLOv5 / YOLOv7) or two "
                                   "outputs boxes (N, K, 4) and scores (N, K, C); else use --task generic")
         return classes
 
     def decode(self, outs) -> list[dict]:
         """Detections per sample: {"boxes": (M, 4) xyxy, "scores": (M,), "classes": (M,)}, after NMS
         (edgepack.tasks.postprocess: the same code runs on the device)."""
-        return postprocess.detections(split_outputs(outs))
+        return postprocess.detections(self.split_outputs(outs))
 
     def quality(self, ref, got, y) -> dict:
         """mAP@0.5 and mAP@0.5:0.95 (points) of FP32 and INT8 detections; drop in points; SQNR of the raw
@@ -98,7 +150,7 @@ class Detect:
         det_ref, det_got = self.decode(refs), self.decode(gots)
         labelled = isinstance(y, list | tuple) and len(y) == len(det_ref)
         truth = list(y) if labelled else [_confident(d) for d in det_ref]
-        return refs, gots, det_ref, det_got, truth, labelled, int(split_outputs(refs)[1].shape[-1])
+        return refs, gots, det_ref, det_got, truth, labelled, int(self.split_outputs(refs)[1].shape[-1])
 
     def resampled(self, ref, got, y, budget: str):
         """idx -> the mAP@0.5 drop (points) on samples idx: pycocotools matches every image once per model, then
@@ -132,12 +184,12 @@ class Detect:
                                      num_classes=self.class_count(output_shapes), class_names=class_names)
 
 
-def split_outputs(outs) -> tuple[np.ndarray, np.ndarray]:
-    """(boxes (N, K, 4), scores (N, K, C)) from the raw outputs (see the module docstring)."""
-    try:
-        return postprocess.split_outputs(outs)
-    except ValueError as exc:
-        raise InputError(f"detect: {exc}", hint="use --task generic for other outputs") from None
+    def split_outputs(self, outs) -> tuple[np.ndarray, np.ndarray]:
+        """(boxes (N, K, 4) xyxy, scores (N, K, C)) from the raw outputs (see the module docstring)."""
+        try:
+            return postprocess.split_outputs(outs, self.box_format)
+        except ValueError as exc:
+            raise InputError(f"detect: {exc}", hint="use --task generic for other outputs") from None
 
 
 def _confident(det: dict) -> dict:

@@ -4,7 +4,9 @@ postprocess.py). It must therefore import nothing but numpy.
 
 Detection outputs: one (N, K, 4 + C) array (xyxy boxes in model-input pixels, then C class scores), one
 (N, 4 + C, K) array with K >= 4 (4 + C) (ultralytics' YOLOv8 / YOLO11 export: cx, cy, w, h, then C class scores;
-`yolo_layout`), or two arrays, boxes (N, K, 4) and scores (N, K, C), in either order. A candidate's class is its
+`yolo_layout`), or two arrays, boxes (N, K, 4) and scores (N, K, C), in either order; ``box_format`` (BOX_FORMATS)
+names the layout where the shape cannot tell (YOLOv5's (N, K, 5 + C): cx, cy, w, h, objectness, C class scores,
+score = objectness x class score). A candidate's class is its
 best score; those scoring below ``score_threshold`` are dropped, then class-wise greedy NMS (the algorithm of
 torchvision.ops.batched_nms, which tests/test_tasks.py checks it against) keeps at most ``max_detections``.
 
@@ -21,28 +23,52 @@ MAX_DETECTIONS = 100
 PROB_THRESHOLD = 0.5
 
 
+#: how one detection output's candidates are laid out (``box_format``): "xyxy" x1, y1, x2, y2 then class
+#: scores; "cxcywh" cx, cy, w, h then class scores (YOLOv8 / YOLO11); "yolov5" cx, cy, w, h, objectness, then class
+#: scores (YOLOv5 / YOLOv7 exports; a candidate's score is objectness x class score); "auto" see `resolve_format`
+BOX_FORMATS = ("auto", "xyxy", "cxcywh", "yolov5")
+
+
 def yolo_layout(shape):
-    """Whether one detection output of ``shape`` is (N, 4 + C, K) with K >= 4 (4 + C): the layout of ultralytics'
-    YOLOv8 / YOLO11 ONNX and TFLite exports ((1, 84, 8400) at 640 px), boxes as cx, cy, w, h in input pixels.
-    Shapes with 4 + C <= K < 4 (4 + C) are read as (N, K, 4 + C) xyxy."""
+    """Whether one detection output of ``shape`` is (N, W, K) with K >= 4 W: candidates along the last axis, the
+    layout of ultralytics' YOLOv8 / YOLO11 ONNX and TFLite exports ((1, 84, 8400) at 640 px). Shapes with
+    W <= K < 4 W are read as (N, K, W)."""
     return (len(shape) == 3 and all(isinstance(d, (int, np.integer)) for d in shape[1:])
             and shape[1] > 4 and shape[2] >= 4 * shape[1])
 
 
-def split_outputs(outs):
+def resolve_format(shape, box_format="auto"):
+    """The box format one output of ``shape`` is read with: ``box_format`` itself unless "auto", which reads
+    (N, W, K) with K >= 4 W (`yolo_layout`) as cxcywh, anything else as xyxy."""
+    if box_format != "auto":
+        return box_format
+    return "cxcywh" if yolo_layout(shape) else "xyxy"
+
+
+def _xyxy(boxes):
+    centre, size = boxes[..., :2], boxes[..., 2:4]
+    return np.concatenate([centre - size / 2, centre + size / 2], -1)
+
+
+def split_outputs(outs, box_format="auto"):
     """(boxes (N, K, 4) xyxy, scores (N, K, C)) from the raw outputs; ValueError when they do not fit."""
     outs = [np.asarray(o, np.float32) for o in (outs if isinstance(outs, (list, tuple)) else [outs])]
-    if len(outs) == 1 and yolo_layout(outs[0].shape):
-        out = outs[0].transpose(0, 2, 1)
-        centre, size = out[..., :2], out[..., 2:4]
-        return np.concatenate([centre - size / 2, centre + size / 2], -1), out[..., 4:]
-    if len(outs) == 1 and outs[0].ndim == 3 and outs[0].shape[-1] > 4:
-        return outs[0][..., :4], outs[0][..., 4:]
-    if len(outs) == 2 and all(o.ndim == 3 for o in outs):
+    if box_format not in BOX_FORMATS:
+        raise ValueError(f"box format {box_format!r} is not one of {', '.join(BOX_FORMATS)}")
+    if len(outs) == 1 and outs[0].ndim == 3:
+        out, fmt = outs[0], resolve_format(outs[0].shape, box_format)
+        if yolo_layout(out.shape):
+            out = out.transpose(0, 2, 1)
+        first = 5 if fmt == "yolov5" else 4
+        if out.shape[-1] > first:
+            boxes = out[..., :4] if fmt == "xyxy" else _xyxy(out[..., :4])
+            return boxes, out[..., 5:] * out[..., 4:5] if fmt == "yolov5" else out[..., 4:]
+    if len(outs) == 2 and all(o.ndim == 3 for o in outs) and box_format != "yolov5":
         boxes = 0 if outs[0].shape[-1] == 4 else 1
-        return outs[boxes], outs[1 - boxes]
-    raise ValueError(f"outputs shaped {[list(o.shape) for o in outs]} are not (N, K, 4 + C) or boxes "
-                     "(N, K, 4) + scores (N, K, C)")
+        return (_xyxy(outs[boxes]) if box_format == "cxcywh" else outs[boxes]), outs[1 - boxes]
+    raise ValueError(f"outputs shaped {[list(o.shape) for o in outs]} are not "
+                     + ("one (N, K, 5 + C) output" if box_format == "yolov5" else
+                        "(N, K, 4 + C) or boxes (N, K, 4) + scores (N, K, C)"))
 
 
 def iou(box, boxes):
@@ -72,9 +98,10 @@ def nms(boxes, scores, classes, iou_threshold=NMS_IOU):
     return np.asarray(keep, np.int64)
 
 
-def detections(outs, score_threshold=SCORE_THRESHOLD, iou_threshold=NMS_IOU, max_detections=MAX_DETECTIONS):
+def detections(outs, score_threshold=SCORE_THRESHOLD, iou_threshold=NMS_IOU, max_detections=MAX_DETECTIONS,
+               box_format="auto"):
     """Per sample: {"boxes": (M, 4) xyxy, "scores": (M,), "classes": (M,)}, best first, after NMS."""
-    boxes, scores = split_outputs(outs)
+    boxes, scores = split_outputs(outs, box_format)
     found = []
     for b, s in ((boxes[i], scores[i]) for i in range(len(boxes))):  # no zip(strict=): devices run old Pythons
         cls, best = s.argmax(-1), s.max(-1)

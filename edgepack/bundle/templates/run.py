@@ -369,7 +369,7 @@ def softmax(z):
     return e / e.sum()
 
 
-def detect_result(outs, labels, score_threshold, frame):
+def detect_result(outs, labels, score_threshold, frame, box_format="auto"):
     """Detections scoring at least ``score_threshold``, boxes x1, y1, x2, y2. ``frame``: (image size, preprocess
     record, model input shape NCHW, model_frame); boxes are in the image's own pixels (the preprocessing undone,
     clipped to the image) or, with model_frame, in the model input's pixels as the model gives them (the frame
@@ -377,7 +377,7 @@ def detect_result(outs, labels, score_threshold, frame):
     import postprocess
 
     size, pre, shape, model_frame = frame
-    det = postprocess.detections(outs, score_threshold)[0]
+    det = postprocess.detections(outs, score_threshold, box_format=box_format)[0]
     in_size = [int(shape[-1]), int(shape[-2])]
     boxes = det["boxes"] if model_frame else to_image(det["boxes"], size, pre, shape)
     seen = to_image([[0, 0, in_size[0], in_size[1]]], size, pre, shape)[0]
@@ -399,7 +399,7 @@ def result(task, kind, model, feed, item, labels, top, score_threshold=None, fra
         outs = model.outputs(feed)
         if name == "detect":
             return detect_result(outs, labels, postprocess.DISPLAY_SCORE_THRESHOLD if score_threshold is None
-                                 else score_threshold, frame)
+                                 else score_threshold, frame, task.get("box_format") or "auto")
         threshold = task.get("prob_threshold")
         mask = postprocess.masks(outs[0], postprocess.PROB_THRESHOLD if threshold is None else threshold)[0]
         counts = np.bincount(mask.ravel())
@@ -620,7 +620,7 @@ def execute(manifest, kind, args, parser):
 def run_items(manifest, kind, args, loaded, reader, items):
     """Print each input's result (every output's values with --all-outputs); save the outputs with --out."""
     entry, model = loaded
-    task = manifest.get("stages", {}).get("task") or {}   # name, and a segmenter's prob_threshold
+    task = manifest.get("stages", {}).get("task") or {}   # name, a segmenter's prob_threshold, a box_format
     labels = manifest.get("labels")
     saved = []
     for line, item in items:
