@@ -179,8 +179,9 @@ def _prepare(config: BuildConfig, target: targets.TargetProfile, workdir: Path, 
         raise InputError(mismatch[0], hint=mismatch[1])
     output_shapes = _output_shapes(model, kind, shape)
     task = tasks.get(config.task, config) if config.task else tasks.for_outputs(output_shapes)
-    if hasattr(task, "settle_format") and config.labels:   # YOLOv5's (N, K, 5 + C): --labels tells C
-        said.extend(filter(None, [task.settle_format(output_shapes, len(read_class_names(config.labels)))]))
+    if hasattr(task, "settle_format"):   # YOLOv5's (N, K, 5 + C): --labels tells C
+        names = len(read_class_names(config.labels)) if config.labels else None
+        said.extend(filter(None, [task.settle_format(output_shapes, names)]))
     if hasattr(task, "check_outputs"):
         task.check_outputs(output_shapes, model.spec)
     num_outputs = output_shapes[0][-1] if task.name == "classify" and output_shapes else None

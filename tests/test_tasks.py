@@ -669,7 +669,8 @@ def test_detect_build_reports_map(tmp_path, factory, labels_of):
     assert [b for b in v["budgets"] if b["name"] == "map50_drop_points"][0]["limit"] == 10
     assert "FP32 and INT8 on validation images (boxes" in (out / "report.html").read_text()
     box_format = man["stages"]["task"]["box_format"]
-    assert box_format == {"toy_models:tiny_detector_yolov5": "yolov5"}.get(factory, "auto")
+    assert box_format == {"toy_models:tiny_detector_yolov5": "yolov5",
+                          "toy_models:tiny_detector_yolo_layout": "cxcywh"}.get(factory, "xyxy")
     _runner_decodes_as_validation(out, images, Preprocess(resize=32, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)),
                                   box_format)
 
@@ -932,9 +933,18 @@ def test_yolov5_layout_multiplies_objectness_and_reads_centre_boxes():
 
     d = Detect()
     assert d.num_classes([(1, 30, 8)]) == 4 and d.settle_format([(1, 30, 8)], 4) is None   # 4 + 4 fits: xyxy
+    assert d.box_format == "xyxy"
+    d = Detect()
     assert "YOLOv5" in d.settle_format([(1, 30, 8)], 3) and d.box_format == "yolov5"
     assert d.num_classes([(1, 30, 8)]) == 3 and d.num_classes([(1, 30, 4), (1, 30, 3)]) is None
     assert Detect("xyxy").settle_format([(1, 30, 8)], 3) is None       # a format given is kept
+    settled = Detect()
+    settled.settle_format([(1, 7, 120)], None)     # a YOLOv8 layout is recorded as cxcywh: a transposed TFLite
+    assert settled.box_format == "cxcywh"          # copy (N, K, 4 + C) is then read as centres too
+    transposed = np.concatenate([centre, size, scores], -1).astype(np.float32)     # (2, 30, 7)
+    plain = np.concatenate([boxes, scores], -1).astype(np.float32)
+    np.testing.assert_allclose(settled.decode([transposed])[0]["boxes"],
+                               postprocess.detections(plain)[0]["boxes"], atol=1e-3)
     # confident candidates read the wrong way are inverted boxes: the build says so; read right, nothing is said
     assert "--box-format cxcywh, or yolov5" in Detect().layout_doubts(v5 * [1, 1, 0.1, 0.1, 1, 1, 1, 1])[0]
     assert Detect("yolov5").layout_doubts(v5) == []

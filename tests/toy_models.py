@@ -237,8 +237,9 @@ class YoloLayoutDetector(TinyDetector):
 
 class Yolov5LayoutDetector(TinyDetector):
     """TinyDetector's candidates in YOLOv5's layout: one (1, K, 5 + 3) output, cx, cy, w, h, objectness, then class
-    scores, a candidate's score being objectness x class score (here objectness is the best score, so the product
-    gives TinyDetector's scores back)."""
+    scores, a candidate's score being objectness x class score (objectness is the best score here, and the class
+    scores are TinyDetector's divided by objectness + 0.5: each box keeps its class, and its score rises with
+    TinyDetector's)."""
 
     def __init__(self):
         super().__init__(two_outputs=True)
@@ -247,7 +248,7 @@ class Yolov5LayoutDetector(TinyDetector):
         boxes, scores = super().forward(x)
         centre, size = (boxes[..., :2] + boxes[..., 2:]) / 2, boxes[..., 2:] - boxes[..., :2]
         objectness = scores.amax(-1, keepdim=True)
-        return torch.cat([centre, size, objectness, scores / objectness.clamp_min(1e-6)], -1)
+        return torch.cat([centre, size, objectness, scores / (objectness + 0.5)], -1)
 
 
 def tiny_detector_yolov5() -> nn.Module:

@@ -61,18 +61,22 @@ class Detect:
         return cls(box_format=getattr(config, "box_format", "auto"))
 
     def settle_format(self, shapes: list[tuple], names: int | None) -> str | None:
-        """With box_format "auto", one (N, K, 5 + C) output and ``names`` == C class names (--labels), whose
-        width does not fit 4 + C: read it as YOLOv5's layout (objectness in column 4). Returns a sentence saying
-        so, else None."""
-        if self.box_format != "auto" or names is None or len(shapes) != 1 or len(shapes[0]) != 3:
+        """Turn box_format "auto" into the format the source model's output shapes say, so that the manifest,
+        validation and run.py read every copy of the model alike (a TFLite output may come back transposed): one
+        (N, K, 5 + C) output with ``names`` == C class names (--labels), whose width does not fit 4 + C, is
+        YOLOv5's layout (objectness in column 4; returns a sentence saying so); one (N, 4 + C, K) output with
+        K >= 4 (4 + C) is cxcywh; anything else xyxy. A format given is kept."""
+        if self.box_format != "auto":
             return None
-        width = shapes[0][1] if postprocess.yolo_layout(shapes[0]) else shapes[0][-1]
-        if width != names + 5:
-            return None
-        self.box_format = "yolov5"
-        return (f"detect: the output {list(shapes[0])} is {names} class scores wide plus 5 columns, read as "
-                "YOLOv5's layout (cx, cy, w, h, objectness, class scores; score = objectness x class score); "
-                "--box-format names it otherwise")
+        one = len(shapes) == 1 and len(shapes[0]) == 3
+        width = (shapes[0][1] if postprocess.yolo_layout(shapes[0]) else shapes[0][-1]) if one else None
+        if one and names is not None and width == names + 5:
+            self.box_format = "yolov5"
+            return (f"detect: the output {list(shapes[0])} is {names} class scores wide plus 5 columns, read as "
+                    "YOLOv5's layout (cx, cy, w, h, objectness, class scores; score = objectness x class score); "
+                    "--box-format names it otherwise")
+        self.box_format = postprocess.resolve_format(shapes[0]) if one else "xyxy"
+        return None
 
     def layout_doubts(self, fp32_outs) -> list[str]:
         """A warning when the FP32 model's confident candidates, read in this box format, are often inverted
