@@ -134,7 +134,6 @@ def test_torch_forward_with_two_inputs_builds_from_the_npz(two, tmp_path):
 @pytest.mark.parametrize("args, said", [
     ([], "image_and_vector's forward takes 2 inputs (image, meta): the shipped calibration photos cannot feed it"),
     (["--calib", "{other}"], "has no array for forward argument meta (found: image)"),
-    (["--calib", "{calib}", "--prune", "0.3"], "--prune does not apply to a model that takes 2 inputs (image, meta)"),
 ])
 def test_torch_forward_with_two_inputs_says_what_it_needs(two, tmp_path, args, said):
     np.savez(tmp_path / "other.npz", image=np.zeros((4, 3, 32, 32), np.float32))
@@ -142,6 +141,32 @@ def test_torch_forward_with_two_inputs_says_what_it_needs(two, tmp_path, args, s
     result = invoke("build", "toy_models:image_and_vector", "--target", "x86-64", *args, "--out", tmp_path / "b")
     assert result.exit_code == 2, result.output
     assert said in result.output
+
+
+@pytest.mark.parametrize("importance", ["magnitude", "taylor"])
+def test_torch_forward_with_two_inputs_is_pruned(two, tmp_path, importance):
+    """--prune on a forward(image, meta) traces, ranks (Taylor: gradients of both inputs' batches), reconstructs
+    and counts MACs with both arguments; it was refused ("--prune does not apply to a model that takes 2
+    inputs"). The output layers (two heads) keep their sizes."""
+    out = tmp_path / "b"
+    result = invoke("build", "toy_models:image_and_vector", "--target", "x86-64", "--calib", two / "calib.npz",
+                    "--val", two / "val.npz", "--prune", "0.4", "--prune-importance", importance, "--out", out,
+                    "--json")
+    assert result.exit_code in (0, 1), result.output
+    man = json.loads((out / "manifest.json").read_text())
+    prune = man["stages"]["prune"]
+    assert prune["macs_after"] < 0.8 * prune["macs_before"] and prune["mac_counts_agree"]
+    changed = {layer["layer"]: layer for layer in prune["layers"]}
+    assert {"image.0", "image.2", "meta.0"} <= set(changed)
+    assert all(changed[h]["out_after"] == changed[h]["out_before"] for h in ("head", "aux") if h in changed)
+    assert man["stages"]["export"]["inputs"] == ["image", "meta"]
+    assert _run_py(out, two / "one.npz").returncode == 0
+
+
+def test_an_onnx_file_with_two_inputs_is_not_pruned(two, tmp_path):
+    result = invoke("build", two / "two.onnx", "--target", "x86-64", "--calib", two / "calib.npz", "--prune", "0.3",
+                    "--out", tmp_path / "b")
+    assert result.exit_code == 2 and "pruning needs a PyTorch model, got an ONNX file" in result.output
 
 
 @pytest.mark.slow

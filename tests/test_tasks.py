@@ -675,6 +675,25 @@ def test_detect_build_reports_map(tmp_path, factory, labels_of):
                                   box_format)
 
 
+def test_a_pruned_detector_is_judged_by_map_against_the_unpruned_one(tmp_path):
+    """Pruning a detector ended in an internal error while writing report.md (the unpruned row printed a
+    classifier's agreement, None here); --prune-max-drop judged only classifiers' accuracy. Now the row and the
+    budget use mAP@0.5 against the labels."""
+    images, yolo, _ = detection_set(tmp_path / "data", n=12)
+    out = tmp_path / "det"
+    result = invoke("build", "toy_models:tiny_detector", "--task", "detect", "--calib", images, "--val", images,
+                    "--labels-dir", yolo, "--prune", "0.5", "--prune-max-drop", "50", "--out", out, "--json",
+                    "--resize", "32", *SEG[:2], "--input-shape", "1,3,32,32", *SEG[4:])
+    assert result.exit_code in (0, 1), result.output
+    man = json.loads((out / "manifest.json").read_text())
+    v = man["validation"]
+    u = v["unpruned_fp32"]
+    assert u["metric"] == "map50" and u["accuracy"] > 80 and u["pruned_fp32_sqnr_db"] is not None
+    row = next(b for b in v["budgets"] if b["name"] == "map50_drop_vs_unpruned_points")
+    assert row["value"] == pytest.approx(u["accuracy"] - v["map50_int8"], abs=0.01) and row["limit"] == 50
+    assert "unpruned FP32: mAP@0.5 (%)" in (out / "report.md").read_text()
+
+
 def _runner_decodes_as_validation(bundle: Path, images: Path, pre: Preprocess, box_format: str = "auto") -> None:
     """The bundle's run.py (with its copy of postprocess.py) prints the detections validation decodes, in the
     model input's pixels from validation's score threshold."""

@@ -165,7 +165,8 @@ def variants_from_manifest(man: dict) -> dict[str, dict]:
                              "p50": v["latency_ms"][prec]["p50"], "size_mb": v["size_bytes"][prec] / 1e6}
     u = v.get("unpruned_fp32")
     if u:
-        first = {"UNPRUNED FP32": {"quality": u["accuracy"] if labelled else 1.0,
+        own = 100.0 if task_metric else 1.0     # scored against its own predictions (no labels): all of it
+        first = {"UNPRUNED FP32": {"quality": u["accuracy"] if u.get("accuracy") is not None else own,
                                    "p50": u["latency_ms"]["p50"], "size_mb": u["size_bytes"] / 1e6}}
         out = {**first, **{f"PRUNED {k}": val for k, val in out.items()}}
     for name, extra in (man.get("variants") or {}).items():

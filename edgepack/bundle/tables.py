@@ -114,8 +114,11 @@ def _unpruned_rows(f: str, v: dict) -> list[tuple[str, str, str, str]]:
     return [
         (f"[{f}] unpruned FP32: params / MACs", f"{u['params']:,} / {u['macs']:,}",
          f"{u['pruned_params']:,} / {u['pruned_macs']:,}", "INT8 column = pruned model"),
-        (f"[{f}] unpruned FP32: accuracy (%)", _fmt(u["accuracy"]), _fmt(v["accuracy_int8"]),
-         f"pruned FP32 agrees {u['pruned_fp32_agreement']:.3f} with unpruned"),
+        (f"[{f}] unpruned FP32: {u.get('metric_name') or 'accuracy (%)'}", _fmt(u["accuracy"]),
+         _fmt(v.get(f"{u.get('metric') or 'accuracy'}_int8")),
+         f"pruned FP32 agrees {u['pruned_fp32_agreement']:.3f} with unpruned"
+         if u.get("pruned_fp32_agreement") is not None else
+         f"pruned FP32 vs unpruned: SQNR {_fmt(u.get('pruned_fp32_sqnr_db'), 1)} dB"),
         (f"[{f}] unpruned FP32: p50 ms, 1 thr", f"{lat:.2f}", f"{v['latency_ms']['one_thread']['int8']['p50']:.2f}",
          f"pruned INT8 = {v['latency_ms']['one_thread']['int8']['p50'] / lat:.2f}x unpruned FP32"),
         (f"[{f}] unpruned FP32: size MB", f"{u['size_bytes'] / 1e6:.2f}", f"{v['size_bytes']['int8'] / 1e6:.2f}",

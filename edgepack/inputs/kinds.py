@@ -252,8 +252,9 @@ class TensorsInput(ImageInput):
         self.input_names = [s["name"] for s in self.specs]
 
     def check(self, onnx_inputs: list[dict] | None = None) -> None:
-        """What these builds cannot do, reported at once: photos, no calibration data, a shape flag, pruning,
-        float inputs other than float32, and symbolic dimensions after the batch that the .npz does not fix."""
+        """What these builds cannot do, reported at once: photos, no calibration data, a shape flag, pruning an
+        ONNX file, float inputs other than float32, and symbolic dimensions after the batch that the .npz does not
+        fix."""
         from pathlib import Path
 
         problems, hints = [], []
@@ -262,9 +263,9 @@ class TensorsInput(ImageInput):
             problems.append(", ".join(f"input '{s['name']}' is {s['dtype']}" for s in odd)
                             + "; edgepack builds models whose float inputs are float32")
             hints.append("export the model with float32 inputs (cast inside the model if it needs another type)")
-        if self.config.prune is not None:
-            problems.append(f"--prune does not apply to a model that takes {self._described()}")
-            hints.append("prune it as a one-input model, or drop --prune")
+        if self.config.prune is not None and self.model.kind != "torch":
+            problems.append("pruning needs a PyTorch model, got an ONNX file")
+            hints.append("pass the PyTorch source (a factory, .pt2) or drop --prune")
         if self.config.input_shape:
             problems.append(f"--input-shape does not apply to a model that takes {self._described()} (its "
                             "shapes are the model file's)")

@@ -19,6 +19,8 @@ from typing import Any
 
 from edgepack.config import MAX_RATIO, PruneOptions, check_options
 from edgepack.errors import InputError, StageError, did_you_mean
+from edgepack.inputs.data import rows
+from edgepack.pruning.args import call, count, first, take, to_torch
 from edgepack.pruning.reconstruct import out_size, reconstruct
 from edgepack.util import ProgressFn, no_progress
 
@@ -32,7 +34,8 @@ def prune_model(module, example_input, options: PruneOptions, calib=None,
                 progress: ProgressFn = no_progress) -> tuple[Any, dict]:
     """Prune a copy of ``module`` (left untouched) -> (pruned module in eval mode, report dict).
 
-    ``example_input``: one input batch (tensor) for tracing and MAC counting. ``calib``: a Dataset
+    ``example_input``: one input batch (a tensor, or a tuple of tensors for a forward with several arguments,
+    see edgepack.pruning.args) for tracing and MAC counting. ``calib``: a Dataset
     (x, optional y) needed by Taylor importance. The report holds params and MACs before/after
     (both counters), the ratio used and every layer whose channel counts changed.
     """
@@ -55,7 +58,7 @@ def prune_model(module, example_input, options: PruneOptions, calib=None,
                          hint="add the output layer's name to the prune ignore list")
     recon = None
     if options.reconstruct and ratio > 0 and getattr(calib, "x", None) is not None:
-        recon = reconstruct(model, module, calib.x[:options.reconstruct_samples], kept, progress=progress)
+        recon = reconstruct(model, module, rows(calib.x, 0, options.reconstruct_samples), kept, progress=progress)
     after = count_macs(model, example_input)
     report = _report(before, after, ratio, options, skip)
     report["layers"] = channel_changes(shapes, layer_shapes(model))
@@ -85,8 +88,7 @@ def _output(model, x):
     import torch
 
     with torch.no_grad():
-        out = model(x)
-    return out[0] if isinstance(out, (tuple, list)) else out
+        return first(call(model, x))
 
 
 def _weight_layer_types() -> tuple:
@@ -105,7 +107,7 @@ def output_layers(model, example_input) -> list[str]:
              for name, m in model.named_modules() if isinstance(m, _weight_layer_types())]
     try:
         with torch.no_grad():
-            out = model(example_input)
+            out = call(model, example_input)
     finally:
         for h in hooks:
             h.remove()
@@ -284,12 +286,13 @@ def taylor_batch(module, calib, options: PruneOptions):
     if calib is None or getattr(calib, "x", None) is None:
         raise InputError("Taylor importance needs calibration data",
                          hint="pass --calib, or use importance magnitude")
-    x = torch.from_numpy(calib.x[:options.taylor_samples]).float()
+    x = to_torch(rows(calib.x, 0, options.taylor_samples))
     y = getattr(calib, "y", None)
     if y is not None:
         return x, torch.from_numpy(y[:options.taylor_samples]).long()
     with torch.no_grad():
-        out = torch.cat([module.eval()(x[i:i + TAYLOR_BATCH]) for i in range(0, len(x), TAYLOR_BATCH)])
+        out = torch.cat([first(call(module.eval(), take(x, i, i + TAYLOR_BATCH)))
+                         for i in range(0, count(x), TAYLOR_BATCH)])
     if out.ndim != 2:
         raise InputError(f"Taylor importance needs (N, classes) outputs, the model gives {list(out.shape)}",
                          hint="use importance magnitude")
@@ -298,6 +301,7 @@ def taylor_batch(module, calib, options: PruneOptions):
 
 def taylor_gradients(model, batch) -> None:
     """Accumulate dL/dw over the batch (eval mode: BatchNorm statistics stay as they are)."""
+    import torch
     import torch.nn.functional as F
 
     x, y = batch
@@ -305,9 +309,13 @@ def taylor_gradients(model, batch) -> None:
     for p in model.parameters():  # a frozen backbone would give no gradients to rank by
         p.requires_grad_(True)
     model.zero_grad(set_to_none=True)
-    for i in range(0, len(x), TAYLOR_BATCH):
-        loss = F.cross_entropy(model(x[i:i + TAYLOR_BATCH]), y[i:i + TAYLOR_BATCH], reduction="sum") / len(x)
+    for i in range(0, count(x), TAYLOR_BATCH):
+        loss = F.cross_entropy(first(call(model, take(x, i, i + TAYLOR_BATCH))), y[i:i + TAYLOR_BATCH],
+                               reduction="sum") / count(x)
         loss.backward()
+    for p in model.parameters():  # a head the first output does not use (an auxiliary output): no gradient,
+        if p.grad is None:        # which Torch-Pruning's Taylor importance cannot read; it ranks as zero
+            p.grad = torch.zeros_like(p)
 
 
 def search_ratio(model, example_input, options: PruneOptions, plan: tuple, base_macs: float,
@@ -373,7 +381,7 @@ def independent_macs(model, example_input) -> int:
 
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
-        model(example_input)
+        call(model, example_input)
     return int(counter.get_total_flops() // 2)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 
+from edgepack.pruning.args import call, count, take, to_torch
 from edgepack.util import ProgressFn, no_progress
 
 log = logging.getLogger(__name__)
@@ -70,8 +71,8 @@ def reconstruct(model, teacher, x, kept: dict, progress: ProgressFn = no_progres
               if _reconstructable(m) and n in t_mods and type(t_mods[n]) is type(m)}
     if not layers:
         return {"samples": 0, "layers_refit": 0, "layers_kept": 0, "error_before": 0.0, "error_after": 0.0}
-    xs = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-    xs = xs[:_recon_samples(teacher, xs)]
+    xs = to_torch(x)
+    xs = take(xs, 0, _recon_samples(teacher, xs))
     gen = np.random.default_rng(0)
     targets: dict = {}
 
@@ -88,7 +89,7 @@ def reconstruct(model, teacher, x, kept: dict, progress: ProgressFn = no_progres
         return m.register_forward_hook(hook)
 
     _forward_with_hooks(teacher, xs, [grab(n, t_mods[n]) for n in layers])
-    stats = {"samples": len(xs), "layers_refit": 0, "layers_kept": 0, "error_before": 0.0, "error_after": 0.0}
+    stats = {"samples": count(xs), "layers_refit": 0, "layers_kept": 0, "error_before": 0.0, "error_after": 0.0}
 
     def refit(name):
         def pre_hook(mod, inp):
@@ -117,7 +118,7 @@ def _forward_with_hooks(model, x, hooks: list) -> None:
 
     try:
         with torch.no_grad():
-            model(x)
+            call(model, x)
     finally:
         for h in hooks:
             h.remove()
@@ -132,11 +133,11 @@ def _recon_samples(teacher, xs) -> int:
         biggest[0], o.numel() if isinstance(o, torch.Tensor) else 0))) for m in teacher.modules()]
     try:
         with torch.no_grad():
-            teacher(xs[:1])
+            call(teacher, take(xs, 0, 1))
     finally:
         for h in hooks:
             h.remove()
-    return max(1, min(len(xs), int(RECON_MEMORY // max(1, biggest[0] * 4 * 8))))
+    return max(1, min(count(xs), int(RECON_MEMORY // max(1, biggest[0] * 4 * 8))))
 
 
 def _refit_layer(mod, x, y, stats: dict) -> None:

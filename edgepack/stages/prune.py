@@ -14,6 +14,7 @@ import logging
 from edgepack.config import PruneOptions
 from edgepack.errors import InputError
 from edgepack.inputs.data import rows
+from edgepack.pruning.args import to_torch
 from edgepack.pruning.channels import prune_model
 from edgepack.pruning.transformer import transformer_layers
 from edgepack.stages.context import BuildContext
@@ -42,10 +43,12 @@ def run(ctx: BuildContext) -> dict | None:
 
 def _prune_channels(ctx: BuildContext, options: PruneOptions) -> tuple:
     """Whole channels of convolutions and linear layers (edgepack.pruning.channels, Torch-Pruning)."""
-    import torch
 
-    example = torch.from_numpy(ctx.calib.x[:1])
-    pruned, report = prune_model(ctx.model.module, example, options, calib=ctx.calib, progress=ctx.progress)
+    calib = ctx.calib
+    if isinstance(calib.x, dict):   # several inputs: the forward's order (Torch-Pruning calls model(*args))
+        calib = dataclasses.replace(calib, x={n: calib.x[n] for n in ctx.inputs.input_names})
+    example = to_torch(rows(calib.x, 0, 1))
+    pruned, report = prune_model(ctx.model.module, example, options, calib=calib, progress=ctx.progress)
     if not report["mac_counts_agree"]:
         ctx.warn(f"MAC counts disagree by {report['mac_count_gap']:.1%} (Torch-Pruning "
                  f"{report['macs_after']:,} vs FlopCounterMode {report['macs_independent_after']:,}): "

@@ -203,11 +203,20 @@ def _judge_every_output(ctx: BuildContext, fmt: str, result: dict) -> None:
     result["budgets"] += judge.budget_rows(ctx, result["outputs_sqnr_db"], quality_budget(ctx, result) is not None)
 
 
+#: the task metric pruning is judged by (quality keys <key>_fp32 / <key>_int8, points) and its name
+HEADLINE = {"classify": ("accuracy", "accuracy (%)"), "detect": ("map50", "mAP@0.5 (%)"),
+            "segment": ("miou", "mIoU (%)")}
+
+
 def _unpruned(ctx: BuildContext, outs: dict, art, latency: dict) -> dict:
-    """The model before pruning, on the same samples: accuracy, agreement of pruned FP32 with it, size."""
+    """The model before pruning, on the same samples: its task metric against the labels (None without labels,
+    or for a generic model), agreement (classifiers) and SQNR of pruned FP32 with it, size."""
     q = ctx.task.quality(outs["unpruned-fp32"], outs["fp32"], ctx.val.truth)
     prune = ctx.records.get("prune", {})
-    return {"accuracy": q["accuracy_fp32"], "pruned_fp32_agreement": q["agreement"],
+    key, label = HEADLINE.get(ctx.task.name, (None, None))
+    labelled = ctx.val.truth is not None
+    return {"metric": key, "metric_name": label, "accuracy": q.get(f"{key}_fp32") if key and labelled else None,
+            "pruned_fp32_agreement": q["agreement"], "pruned_fp32_sqnr_db": q.get("sqnr_db"),
             "size_bytes": art.size_bytes, "latency_ms": latency.get("unpruned-fp32"),
             "latency_ms_one_thread": latency["one_thread"].get("unpruned-fp32"),
             "params": prune.get("params_before"), "macs": prune.get("macs_before"),
@@ -296,20 +305,22 @@ def _pruning_budget(ctx: BuildContext, res: dict) -> list[dict]:
     prune = ctx.config.prune
     if not unpruned or prune is None:
         return []
-    before, after, pruned = unpruned.get("accuracy"), res.get("accuracy_int8"), res.get("accuracy_fp32")
+    key = unpruned.get("metric") or "accuracy"
+    before, after, pruned = unpruned.get("accuracy"), res.get(f"{key}_int8"), res.get(f"{key}_fp32")
     if before is None or after is None:
         if prune.max_drop is not None and not any(w.startswith("--prune-max-drop") for w in ctx.warnings):
             ctx.warn("--prune-max-drop is not judged: it needs labelled validation data (class folders or y in the "
-                     ".npz)")
+                     ".npz; --labels-dir for detect and segment) and a classify, detect or segment task")
         return []
     if prune.max_drop is not None:
-        row = budgets.row("accuracy_drop_vs_unpruned_points", round(before - after, 2), prune.max_drop, "<=")
+        row = budgets.row(f"{key}_drop_vs_unpruned_points", round(before - after, 2), prune.max_drop, "<=")
         return [row]
-    limit = _pick(ctx, "max_accuracy_drop")
+    limit = _pick(ctx, {"accuracy": "max_accuracy_drop", "map50": "max_map_drop", "miou": "max_miou_drop"}[key])
     lost = round(before - pruned, 2) if pruned is not None else None
     said = any(w.startswith("pruning cost") for w in ctx.warnings)  # once, not per format
     if lost is not None and lost > (limit if limit is not None else 1.0) and not said:
-        ctx.warn(f"pruning cost {lost} accuracy points (unpruned FP32 {before} %, pruned FP32 {pruned} %), which no "
+        name = unpruned.get("metric_name") or "accuracy (%)"
+        ctx.warn(f"pruning cost {lost} points of {name} (unpruned FP32 {before}, pruned FP32 {pruned}), which no "
                  "budget judges: set --prune-max-drop POINTS to judge unpruned FP32 -> shipped INT8, or prune "
                  "less / fine-tune (--finetune DATA)")
     return []
