@@ -157,10 +157,42 @@ def test_torch_forward_with_two_inputs_is_pruned(two, tmp_path, importance):
     prune = man["stages"]["prune"]
     assert prune["macs_after"] < 0.8 * prune["macs_before"] and prune["mac_counts_agree"]
     changed = {layer["layer"]: layer for layer in prune["layers"]}
-    assert {"image.0", "image.2", "meta.0"} <= set(changed)
+    assert {"image.0", "image.2", "vector.0"} <= set(changed)
     assert all(changed[h]["out_after"] == changed[h]["out_before"] for h in ("head", "aux") if h in changed)
     assert man["stages"]["export"]["inputs"] == ["image", "meta"]
     assert _run_py(out, two / "one.npz").returncode == 0
+
+
+def test_edgepack_prune_saves_a_two_input_program_that_builds(two, tmp_path):
+    saved = tmp_path / "p.pt2"
+    result = invoke("prune", "toy_models:image_and_vector", "--calib", two / "calib.npz", "--prune", "0.4",
+                    "--save", saved)
+    assert result.exit_code == 0, result.output
+    result = invoke("build", saved, "--target", "x86-64", "--calib", two / "calib.npz", "--out", tmp_path / "b",
+                    "--json")
+    assert result.exit_code == 0, result.output
+    man = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert man["stages"]["export"]["inputs"] == ["image", "meta"]
+
+
+def test_a_program_torch_cannot_rebuild_is_said(tmp_path):
+    """torch.export.load succeeds but ExportedProgram.module() fails its lint when a submodule is named like a
+    GraphModule attribute ('meta'): that was an internal error."""
+    import torch
+
+    class Named(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.meta = torch.nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.meta(x)
+
+    path = tmp_path / "m.pt2"
+    torch.export.save(torch.export.export(Named().eval(), (torch.zeros(1, 4),)), str(path))
+    result = invoke("build", path, "--target", "x86-64", "--out", tmp_path / "b")
+    assert result.exit_code == 2, result.output
+    assert "torch.export cannot rebuild the program" in result.output and "'meta'" in result.output
 
 
 def test_an_onnx_file_with_two_inputs_is_not_pruned(two, tmp_path):

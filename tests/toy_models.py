@@ -169,12 +169,12 @@ class ImageAndVector(nn.Module):
         super().__init__()
         self.image = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, 2, 1), nn.ReLU(),
                                    nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.meta = nn.Sequential(nn.Linear(8, 32), nn.ReLU())
+        self.vector = nn.Sequential(nn.Linear(8, 32), nn.ReLU())
         self.head = nn.Linear(64, 5)
         self.aux = nn.Linear(64, 2)
 
     def forward(self, image: torch.Tensor, meta: torch.Tensor):
-        h = torch.cat([self.image(image), self.meta(meta)], 1)
+        h = torch.cat([self.image(image), self.vector(meta)], 1)
         return self.head(h), self.aux(h)
 
 

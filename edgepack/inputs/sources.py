@@ -222,7 +222,15 @@ def _exported_program(path: Path) -> LoadedModel:
     except Exception as exc:
         raise InputError(f"cannot load torch.export program {path} ({type(exc).__name__}: {str(exc)[:200]})",
                          hint="save it with torch.export.save(torch.export.export(model, args), path)") from None
-    return LoadedModel(spec=str(path), kind="torch", name=path.stem, module=program.module(),
+    try:
+        module = program.module()
+    except RuntimeError as exc:   # torch rebuilds the program as an fx GraphModule and lints it
+        raise InputError(f"torch.export cannot rebuild the program in {path} as a module "
+                         f"({str(exc)[:200]})",
+                         hint="a submodule named like a GraphModule attribute ('meta', 'graph', 'code') is one "
+                              "known cause: rename it, or build from the model's factory (package.module:function) "
+                              "instead of a .pt2") from None
+    return LoadedModel(spec=str(path), kind="torch", name=path.stem, module=module,
                        sha256=sha256_file(path), input_shape=_example_shape(program))
 
 
