@@ -179,6 +179,11 @@ def _prepare(config: BuildConfig, target: targets.TargetProfile, workdir: Path, 
         raise InputError(mismatch[0], hint=mismatch[1])
     output_shapes = _output_shapes(model, kind, shape)
     task = tasks.get(config.task, config) if config.task else tasks.for_outputs(output_shapes)
+    if config.box_format != "auto" and task.name != "detect":
+        from edgepack.errors import ConfigError
+
+        raise ConfigError(f"--box-format is for the detect task; this build's task is {task.name}",
+                          hint="pass --task detect, or drop --box-format")
     if hasattr(task, "settle_format"):   # YOLOv5's (N, K, 5 + C): --labels tells C
         names = len(read_class_names(config.labels)) if config.labels else None
         said.extend(filter(None, [task.settle_format(output_shapes, names)]))

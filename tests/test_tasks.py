@@ -722,6 +722,13 @@ def test_labels_dir_is_refused_for_a_classifier(tiny_data, tmp_path):
     assert result.exit_code == 2 and "--labels-dir is for the detect and segment tasks" in result.output
 
 
+def test_box_format_is_refused_for_another_task(tiny_data, tmp_path):
+    result = CliRunner().invoke(main, ["build", "toy_models:tiny_cnn", "--target", "x86-64", "--calib",
+                                       str(tiny_data["calib"]), "--box-format", "yolov5", "--out",
+                                       str(tmp_path / "b"), "--input-shape", "1,3,32,32"])
+    assert result.exit_code == 2 and "--box-format is for the detect task" in result.output
+
+
 def test_segment_refuses_a_model_without_a_map(tiny_data, tmp_path):
     result = CliRunner().invoke(main, ["build", "toy_models:tiny_cnn", "--task", "segment", "--target", "x86-64",
                                        "--calib", str(tiny_data["calib"]), "--out", str(tmp_path / "b"),
