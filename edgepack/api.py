@@ -179,7 +179,7 @@ def _prepare(config: BuildConfig, target: targets.TargetProfile, workdir: Path, 
         raise InputError(mismatch[0], hint=mismatch[1])
     output_shapes = _output_shapes(model, kind, shape)
     task = tasks.get(config.task, config) if config.task else tasks.for_outputs(output_shapes)
-    if config.box_format != "auto" and task.name != "detect":
+    if config.box_format != "auto" and not hasattr(task, "box_format"):
         from edgepack.errors import ConfigError
 
         raise ConfigError(f"--box-format is for the detect task; this build's task is {task.name}",

@@ -203,17 +203,12 @@ def _judge_every_output(ctx: BuildContext, fmt: str, result: dict) -> None:
     result["budgets"] += judge.budget_rows(ctx, result["outputs_sqnr_db"], quality_budget(ctx, result) is not None)
 
 
-#: the task metric pruning is judged by (quality keys <key>_fp32 / <key>_int8, points) and its name
-HEADLINE = {"classify": ("accuracy", "accuracy (%)"), "detect": ("map50", "mAP@0.5 (%)"),
-            "segment": ("miou", "mIoU (%)")}
-
-
 def _unpruned(ctx: BuildContext, outs: dict, art, latency: dict) -> dict:
     """The model before pruning, on the same samples: its task metric against the labels (None without labels,
     or for a generic model), agreement (classifiers) and SQNR of pruned FP32 with it, size."""
     q = ctx.task.quality(outs["unpruned-fp32"], outs["fp32"], ctx.val.truth)
     prune = ctx.records.get("prune", {})
-    key, label = HEADLINE.get(ctx.task.name, (None, None))
+    key, label = getattr(ctx.task, "headline", None) or (None, None)
     labelled = ctx.val.truth is not None
     return {"metric": key, "metric_name": label, "accuracy": q.get(f"{key}_fp32") if key and labelled else None,
             "pruned_fp32_agreement": q["agreement"], "pruned_fp32_sqnr_db": q.get("sqnr_db"),
@@ -315,7 +310,7 @@ def _pruning_budget(ctx: BuildContext, res: dict) -> list[dict]:
     if prune.max_drop is not None:
         row = budgets.row(f"{key}_drop_vs_unpruned_points", round(before - after, 2), prune.max_drop, "<=")
         return [row]
-    limit = _pick(ctx, {"accuracy": "max_accuracy_drop", "map50": "max_map_drop", "miou": "max_miou_drop"}[key])
+    limit = _pick(ctx, ctx.task.budget_names[0])
     lost = round(before - pruned, 2) if pruned is not None else None
     said = any(w.startswith("pruning cost") for w in ctx.warnings)  # once, not per format
     if lost is not None and lost > (limit if limit is not None else 1.0) and not said:

@@ -22,7 +22,8 @@ class Task(Protocol):
     Optional, for tasks that need them (see tasks/segment.py, tasks/detect.py): ``all_outputs = True`` (the
     stages pass ``quality`` a list of every output instead of the first), ``check_outputs(shapes, where)``
     (refuse a model whose outputs do not fit, before any slow stage), ``read_targets(dataset, labels, ...)``
-    (per-sample targets from --labels-dir), ``runner_files`` (files copied beside the bundle's run.py) and
+    (per-sample targets from --labels-dir), ``runner_files`` (files copied beside the bundle's run.py),
+    ``headline`` ((quality key, name): the labelled metric pruning is judged by, limited by ``budget_names[0]``) and
     ``resampled(ref, got, y, budget)``: idx -> the value of the budget row named ``budget`` on the samples ``idx``
     (repeats count again), or None; edgepack.tasks.interval bootstraps it to say how sure a quality verdict is.
     """

@@ -13,6 +13,9 @@ class Classify:
 
     name = "classify"
     budget_names = ("max_accuracy_drop", "min_agreement")
+    #: the labelled metric pruning is judged by: quality keys <key>_fp32 / <key>_int8 (points), its name;
+    #: its drop is what budget_names[0] limits
+    headline = ("accuracy", "accuracy (%)")
 
     def quality(self, ref: np.ndarray, got: np.ndarray, y: np.ndarray | None) -> dict:
         """Accuracy (points, 0-100) with labels, top-1 agreement (0-1) and SQNR (dB) of INT8 vs FP32."""

@@ -41,6 +41,9 @@ class Detect:
 
     name = "detect"
     budget_names = ("max_map_drop",)
+    #: the labelled metric pruning is judged by: quality keys <key>_fp32 / <key>_int8 (points), its name;
+    #: its drop is what budget_names[0] limits
+    headline = ("map50", "mAP@0.5 (%)")
     all_outputs = True      # the stages hand `quality` every output, not only the first
     runner_files = (postprocess.__file__,)   # copied beside the bundle's run.py
     # INT8 ONNX and TFLite: the ops after the last convolution (box decoding, softmax) stay float, outputs

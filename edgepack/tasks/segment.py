@@ -32,6 +32,9 @@ class Segment:
 
     name = "segment"
     budget_names = ("max_miou_drop",)
+    #: the labelled metric pruning is judged by: quality keys <key>_fp32 / <key>_int8 (points), its name;
+    #: its drop is what budget_names[0] limits
+    headline = ("miou", "mIoU (%)")
     runner_files = (postprocess.__file__,)   # copied beside the bundle's run.py
 
     def __init__(self, threshold: float = PROB_THRESHOLD):
