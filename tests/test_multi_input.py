@@ -163,6 +163,28 @@ def test_torch_forward_with_two_inputs_is_pruned(two, tmp_path, importance):
     assert _run_py(out, two / "one.npz").returncode == 0
 
 
+def test_a_two_input_prune_fine_tunes_on_float_inputs(two, tmp_path):
+    """Fine-tuning after pruning fed every input of a several-input model as int64 (it assumed token ids), so a
+    float image was truncated to integers, and it took a model with two outputs for one; each input now keeps its
+    own dtype, and the first output is the one distilled (as Taylor importance ranks by it)."""
+    import torch
+
+    from edgepack.pruning.finetune import Inputs
+
+    with np.load(two / "calib.npz") as f:
+        arrays = {k: f[k] for k in ("image", "meta")}
+    parts = Inputs(arrays, ["image", "meta"]).rows(slice(0, 2))
+    assert [p.dtype for p in parts] == [torch.float32, torch.float32]
+    np.testing.assert_array_equal(parts[0].numpy(), arrays["image"][:2])
+    out = tmp_path / "b"
+    result = invoke("build", "toy_models:image_and_vector", "--target", "x86-64", "--calib", two / "calib.npz",
+                    "--prune", "0.4", "--finetune", two / "calib.npz", "--distill", "--finetune-epochs", "1",
+                    "--out", out, "--json")
+    assert result.exit_code in (0, 1), result.output
+    ft = json.loads((out / "manifest.json").read_text())["stages"]["prune"]["finetune"]
+    assert ft["train_samples"] > 0
+
+
 def test_edgepack_prune_saves_a_two_input_program_that_builds(two, tmp_path):
     saved = tmp_path / "p.pt2"
     result = invoke("prune", "toy_models:image_and_vector", "--calib", two / "calib.npz", "--prune", "0.4",

@@ -16,6 +16,7 @@ import numpy as np
 
 from edgepack.config import FinetuneOptions
 from edgepack.errors import InputError, StageError
+from edgepack.pruning.args import first
 from edgepack.util import ProgressFn, no_progress
 
 log = logging.getLogger(__name__)
@@ -87,8 +88,9 @@ class Inputs:
     """The fine-tuning samples as the model's positional arguments.
 
     Images: one tensor in its stored dtype (float16 data, half the memory of float32 for tens of thousands of
-    images, stays float16 and is cast batch by batch). Text: one int64 tensor per model input, in
-    ``input_names`` order (the forward signature's order).
+    images, stays float16 and is cast batch by batch). Several inputs (a text model's int64 token ids, or a
+    forward taking several tensors): one tensor per input in its own dtype (a float image stayed an image, not
+    int64), in ``input_names`` order (the forward signature's order).
     """
 
     def __init__(self, x, input_names=None):
@@ -100,7 +102,7 @@ class Inputs:
             missing = [n for n in names if n not in x]
             if missing:
                 raise InputError(f"fine-tuning data lacks the model inputs {missing}")
-            self._parts = tuple(torch.from_numpy(np.ascontiguousarray(x[n], dtype=np.int64)) for n in names)
+            self._parts = tuple(torch.from_numpy(np.ascontiguousarray(x[n])) for n in names)
         else:
             x = np.asarray(x)
             if x.dtype != np.float16:
@@ -151,7 +153,7 @@ def _forward(model, *args):
     import torch
 
     with torch.no_grad():
-        return model(*args)
+        return first(model(*args))
 
 
 def teacher_logits(targets: dict, x, idx):
@@ -204,7 +206,7 @@ def heldout_score(model, x, targets: dict, idx: np.ndarray) -> float:
     with torch.no_grad():
         for i in range(0, len(idx), EVAL_BATCH):
             part = torch.from_numpy(idx[i:i + EVAL_BATCH])
-            hits += int((model(*x.rows(part)).argmax(1) == ref[part]).sum())
+            hits += int((first(model(*x.rows(part))).argmax(1) == ref[part]).sum())
     return hits / max(1, len(idx))
 
 
@@ -291,7 +293,7 @@ def _epoch(model, x, targets: dict, order: np.ndarray, opt, options: FinetuneOpt
             group["lr"] = options.lr * factor
         targets["batch_t"] = teacher_logits(targets, x, idx)
         opt.zero_grad(set_to_none=True)
-        loss = _loss(model(*x.rows(idx)), idx, targets, options)
+        loss = _loss(first(model(*x.rows(idx))), idx, targets, options)
         if not torch.isfinite(loss):
             raise StageError("fine-tuning diverged (loss is not finite)",
                              hint="lower the fine-tuning learning rate (lr)")
