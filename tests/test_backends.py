@@ -163,7 +163,7 @@ def test_histogram_calibration_holds_a_bounded_number_of_samples(tmp_path, monke
     import toy_models
     from onnxruntime.quantization.calibrate import HistogramCalibrater
 
-    from edgepack.backends import onnx_quantize
+    from edgepack.backends import onnx_histograms, onnx_quantize
 
     held = []
     original = HistogramCalibrater.collect_data
@@ -182,12 +182,12 @@ def test_histogram_calibration_holds_a_bounded_number_of_samples(tmp_path, monke
         held.append(n)
 
     monkeypatch.setattr(HistogramCalibrater, "collect_data", counting)
-    monkeypatch.setattr(onnx_quantize, "HISTOGRAM_CHUNK", 4)
+    monkeypatch.setattr(onnx_histograms, "HISTOGRAM_CHUNK", 4)
     onnx_backend = backends.get("onnx")
     fp32 = tmp_path / "m.onnx"
     onnx_backend.export(toy_models.tiny_cnn().eval(), (1, 3, 32, 32), fp32, opset=17)
     calib = np.random.default_rng(0).standard_normal((10, 3, 32, 32)).astype(np.float32)
-    with onnx_quantize._histograms_in_chunks(4):
+    with onnx_histograms.histograms_in_chunks(4):
         pass  # the context restores ORT's method
     assert HistogramCalibrater.collect_data is counting
     onnx_quantize.quantize_onnx(fp32, tmp_path / "q.onnx", calib, method="percentile")
@@ -198,8 +198,40 @@ def test_histogram_calibration_holds_a_bounded_number_of_samples(tmp_path, monke
     assert np.corrcoef(out.ravel(), ref.ravel())[0, 1] > 0.9
 
 
+@pytest.mark.parametrize("method", ["percentile", "entropy"])
+def test_histograms_keep_their_bins_when_later_samples_reach_further(tmp_path, monkeypatch, method):
+    """A tensor that is constant in the first chunk (an all-zero image: the conv gives its bias) and 1000x larger
+    later: ORT's chunk merge widened its histogram by bins of the first chunk's width (about 2 million here;
+    torchvision efficientnet_v2_s: "Maximum allowed size exceeded", exit 70). The seeding pass starts every
+    histogram over the tensor's whole range, so ORT's 2048 bins are all it ever has, and the range covers the
+    large samples."""
+    import toy_models
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    from edgepack.backends import onnx_quantize
+
+    bins = {}
+    original = HistogramCollector.compute_collection_result
+
+    def spy(self):
+        bins.update({k: len(v[0]) for k, v in self.histogram_dict.items()})
+        return original(self)
+
+    monkeypatch.setattr(HistogramCollector, "compute_collection_result", spy)
+    onnx_backend = backends.get("onnx")
+    fp32 = tmp_path / "m.onnx"
+    onnx_backend.export(toy_models.tiny_cnn().eval(), (1, 3, 32, 32), fp32, opset=17)
+    calib = np.random.default_rng(0).standard_normal((10, 3, 32, 32)).astype(np.float32) * 1000
+    calib[:4] = 0
+    onnx_quantize.quantize_onnx(fp32, tmp_path / "q.onnx", calib, method=method)
+    assert bins and len(set(bins.values())) == 1 and max(bins.values()) <= 2048, bins  # ORT's num_bins, unwidened
+    out = onnx_backend.Runner(tmp_path / "q.onnx").run_samples(calib[4:6])
+    ref = onnx_backend.Runner(fp32).run_samples(calib[4:6])
+    assert np.corrcoef(out.ravel(), ref.ravel())[0, 1] > 0.9
+
+
 def test_histogram_rebinning_takes_numpys_uniform_path_only_for_even_edges():
-    from edgepack.backends.onnx_quantize import _UniformBinsNumpy
+    from edgepack.backends.onnx_histograms import _UniformBinsNumpy
 
     rng = np.random.default_rng(0)
     a = np.abs(rng.standard_normal(200_000)).astype(np.float32)
@@ -246,7 +278,7 @@ def test_entropy_threshold_search_stops_at_the_deadline(tmp_path, monkeypatch):
     import toy_models
     from onnxruntime.quantization.calibrate import HistogramCollector
 
-    from edgepack.backends import onnx_quantize
+    from edgepack.backends import onnx_histograms, onnx_quantize
     from edgepack.errors import TimeLimitReached
 
     fp32 = tmp_path / "m.onnx"
@@ -260,7 +292,8 @@ def test_entropy_threshold_search_stops_at_the_deadline(tmp_path, monkeypatch):
         return real(self, histogram, bins)
 
     monkeypatch.setattr(HistogramCollector, "get_entropy_threshold", slow)
-    monkeypatch.setattr(onnx_quantize, "time", SimpleNamespace(monotonic=lambda: clock["now"]))
+    for module in (onnx_quantize, onnx_histograms):
+        monkeypatch.setattr(module, "time", SimpleNamespace(monotonic=lambda: clock["now"]))
     with pytest.raises(TimeLimitReached):
         onnx_quantize.quantize_onnx(fp32, tmp_path / "q.onnx", calib, method="entropy", deadline=50.0)
     assert len(searched) == 1 and HistogramCollector.get_entropy_threshold is slow  # stopped; patch undone

@@ -18,7 +18,6 @@ Recipe (measured on pretrained EfficientNet-Lite0, see scratch/int8/FINDINGS.md)
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import tempfile
 import time
@@ -32,6 +31,7 @@ from onnx import numpy_helper
 
 from edgepack.backends.base import tail_indices
 from edgepack.backends.onnx import ARITHMETIC_KEY, TARGET_ARCH_KEY, append_reduce, host_arch
+from edgepack.backends.onnx_histograms import histograms_in_chunks
 from edgepack.errors import TimeLimitReached
 from edgepack.inputs.data import feed, num_samples, take
 from edgepack.util import spread_indices
@@ -268,7 +268,7 @@ def _run_quantize_static(fp32_path, out_path, reader, method, per_channel, exclu
     if method not in _CALIB_METHODS:
         raise ValueError(f"method must be one of {sorted(_CALIB_METHODS)}, not {method!r}")
     qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
-    with _histograms_in_chunks(deadline=getattr(reader, "deadline", None)):
+    with histograms_in_chunks(deadline=getattr(reader, "deadline", None)):
         quantize_static(
             str(fp32_path), str(out_path), reader,
             quant_format=QuantFormat.QDQ, per_channel=per_channel, reduce_range=reduce_range,
@@ -279,89 +279,6 @@ def _run_quantize_static(fp32_path, out_path, reader, method, per_channel, exclu
         )
     logger.info("quantize_static done: %s (%s, per_channel=%s, act=%s)",
                 out_path.name, method, per_channel, act)
-
-
-#: Samples whose every activation a histogram calibrator (entropy, percentile, distribution) holds at once
-#: (EfficientNet-Lite0 at 224 px: ~40 MB a sample)
-HISTOGRAM_CHUNK = 4
-
-
-class _Chunk:
-    """At most ``size`` samples of ``reader``, starting with ``first``; ``exhausted`` once the reader is."""
-
-    def __init__(self, reader, first, size: int):
-        self.reader, self.pending, self.left, self.exhausted = reader, first, size, False
-
-    def get_next(self):
-        if self.left == 0:
-            return None
-        item = self.pending if self.pending is not None else self.reader.get_next()
-        self.pending = None
-        if item is None:
-            self.exhausted = True
-            return None
-        self.left -= 1
-        return item
-
-
-@contextlib.contextmanager
-def _histograms_in_chunks(size: int | None = None, deadline: float | None = None):
-    """ORT's histogram calibrators keep every activation of every calibration sample in memory before binning
-    them (EfficientNet-Lite0 at 224 px: ~40 MB a sample, 8 GB for 200 samples). Their collectors merge
-    histograms across collect_data calls, so the samples are fed ``size`` at a time: memory no longer grows with
-    the sample count. (MinMax keeps two scalars a tensor and needs no help.)
-    Past ``deadline`` (time.monotonic()) the threshold search, which runs after the last sample, stops with
-    TimeLimitReached too (at its next numpy call, see _UniformBinsNumpy): entropy's search is quadratic in the
-    histogram's bins and on PP-OCRv4's detector ran 15 minutes into a 300 s accuracy search."""
-    from onnxruntime.quantization import calibrate
-    from onnxruntime.quantization.calibrate import HistogramCalibrater
-
-    size = size or HISTOGRAM_CHUNK
-    original, numpy_module = HistogramCalibrater.collect_data, calibrate.np
-
-    def collect_data(self, data_reader):
-        while True:
-            first = data_reader.get_next()
-            if first is None:
-                return
-            chunk = _Chunk(data_reader, first, size)
-            original(self, chunk)
-            if chunk.exhausted:
-                return
-
-    HistogramCalibrater.collect_data = collect_data
-    calibrate.np = _UniformBinsNumpy(deadline)
-    try:
-        yield
-    finally:
-        HistogramCalibrater.collect_data, calibrate.np = original, numpy_module
-
-
-class _UniformBinsNumpy:
-    """numpy, except that np.histogram given an array of evenly spaced edges bins with the uniform fast path.
-
-    After the first chunk ORT's collectors re-bin every tensor with the previous histogram's edges as an array,
-    which numpy bins by binary search (percentile calibration of EfficientNet-Lite0 took 215 s instead of ~60 s);
-    those edges are evenly spaced (np.histogram's or extended by np.arange of the same width), so the uniform
-    path gives the same counts. Past ``deadline`` (time.monotonic()) every numpy call of the calibrator raises
-    TimeLimitReached: the only place a long threshold search (a Python loop over the bins) can be stopped."""
-
-    def __init__(self, deadline: float | None = None):
-        self.deadline = deadline
-
-    def __getattr__(self, name):
-        if self.deadline is not None and time.monotonic() > self.deadline:
-            raise TimeLimitReached("histogram calibration stopped at the time limit")
-        return getattr(np, name)
-
-    @staticmethod
-    def histogram(a, bins=10, range=None, **kwargs):  # noqa: A002 (numpy's own keyword)
-        if isinstance(bins, np.ndarray) and bins.ndim == 1 and len(bins) > 2 and range is None and not kwargs:
-            widths = np.diff(bins.astype(np.float64))
-            if widths[0] > 0 and np.allclose(widths, widths[0], rtol=1e-4, atol=0):
-                hist, _ = np.histogram(a, bins=len(bins) - 1, range=(float(bins[0]), float(bins[-1])))
-                return hist, bins
-        return np.histogram(a, bins=bins, range=range, **kwargs)
 
 
 def _producers(graph: onnx.GraphProto) -> dict:

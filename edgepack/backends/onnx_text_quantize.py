@@ -120,17 +120,17 @@ def quantize_text_onnx(
 def _quantize_static(fp32_path, out_path, reader, nodes, method, percentile, activation,
                      reduce_range: bool = False) -> None:
     """The onnxruntime call behind quantize_text_onnx (arguments already checked); histogram calibration is fed
-    a few texts at a time (onnx_quantize._histograms_in_chunks: ORT holds every activation it is given)."""
+    a few texts at a time (onnx_histograms.histograms_in_chunks: ORT holds every activation it is given)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    from edgepack.backends.onnx_quantize import _histograms_in_chunks
+    from edgepack.backends.onnx_histograms import histograms_in_chunks
 
     methods = {
         "minmax": CalibrationMethod.MinMax,
         "entropy": CalibrationMethod.Entropy,
         "percentile": CalibrationMethod.Percentile,
     }
-    with _histograms_in_chunks():
+    with histograms_in_chunks():
         quantize_static(
             str(fp32_path),
             str(out_path),
