@@ -122,6 +122,39 @@ def test_a_trial_past_the_time_limit_is_recorded_as_stopped_and_never_chosen(tmp
     assert trials[1].settings == {"method": "percentile", "calibration_samples": search.HISTOGRAM_TRIAL_SAMPLES}
 
 
+def test_a_failing_trial_is_recorded_and_the_search_goes_on(tmp_path):
+    """A candidate whose quantization raises (ORT's percentile calibrator on efficientnet_v2_s raised ValueError,
+    which ended the build with exit 70) is listed as failed with its error; the search tries the next one and
+    ships the best that scored. An interrupt still ends the search."""
+    from edgepack.bundle.tables import trial_rows
+    from edgepack.errors import Interrupted
+    from edgepack.quantize import search
+
+    def quantize(settings, path, deadline):
+        if settings.get("method") == "percentile":
+            raise ValueError("Maximum allowed size exceeded")
+        path.write_text(settings["method"])
+        return {}
+
+    default = search.Trial("default recipe", {}, {"agreement": 0.90}, 10, None, 1.0, False, path=tmp_path / "d")
+    space = search.SearchSpace(method="minmax", per_channel=True, more_calib=lambda: None,
+                               diagnose=lambda p: [], weight_rounding="gptq")
+    evaluate = lambda p: {"agreement": {"entropy": 0.93}[p.read_text()], "sqnr_db": 20.0}  # noqa: E731
+    chosen, trials, _ = search.run(quantize, evaluate, lambda q: False, space, tmp_path, lambda p: 1.0, 300,
+                                   default)
+    assert [t.name for t in trials] == ["default recipe", "percentile calibration", "entropy calibration"]
+    assert trials[1].failed == "ValueError: Maximum allowed size exceeded" and not trials[1].met
+    assert chosen.name == "entropy calibration"
+    rows = trial_rows({"chosen": chosen.name, "trials": [t.row() for t in trials]})
+    assert rows[1][-1] == "failed: ValueError: Maximum allowed size exceeded"
+
+    def interrupted(settings, path, deadline):
+        raise Interrupted("interrupted")
+
+    with pytest.raises(Interrupted):
+        search.run(interrupted, evaluate, lambda q: False, space, tmp_path, lambda p: 1.0, 300, default)
+
+
 def test_a_generic_model_below_its_sqnr_floor_is_searched_too(outlier_model, digits, tmp_path):
     """A generic model's only quality budget is the SQNR floor on its outputs; the search counted it as met
     (no accuracy budget), so PP-OCRv4's recogniser shipped at 9.2 dB against the 10 dB floor, never searched.

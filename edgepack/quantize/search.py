@@ -6,7 +6,9 @@ weights when they were off, more calibration samples, then keeping the layers
 that inject the most error (measured by `diagnose.layer_errors` on real samples) in float: 1, 2, 4,
 8, 16 of them. The first configuration that meets the budget wins; the search stops at
 ``max_seconds`` and otherwise hands over the best one it found, saying so; a trial still calibrating at the
-limit stops there too (recorded as stopped). Every trial is recorded with its quality, size, one-thread host
+limit stops there too (recorded as stopped). A trial that fails (a calibration method that cannot handle the
+model's ranges, a converter error) is recorded with its error and the search goes on: the default INT8 model it
+searches from already stands. Every trial is recorded with its quality, size, one-thread host
 latency and search time.
 """
 
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgepack.errors import TimeLimitReached
+from edgepack.errors import Interrupted, TimeLimitReached
 
 log = logging.getLogger(__name__)
 FLOAT_LAYER_STEPS = (1, 2, 4, 8, 16)
@@ -45,13 +47,15 @@ class Trial:
     path: Path | None = None
     raw_settings: dict = dataclasses.field(default_factory=dict)
     stopped: bool = False  # stopped at the search's time limit, before it had a model to score
+    failed: str | None = None  # the error that ended this trial (the search went on without it)
 
     def row(self) -> dict:
         return {"name": self.name, "settings": self.settings, **{k: self.quality.get(k) for k in
                 ("accuracy_int8", "accuracy_drop", "agreement", "sqnr_db")},
                 **{k: self.quality[k] for k in TASK_DROPS if k in self.quality}, "size_bytes": self.size_bytes,
                 "latency_p50_ms_1thread": self.p50_ms, "seconds": round(self.seconds, 1), "met": self.met,
-                **({"stopped": "time limit"} if self.stopped else {})}
+                **({"stopped": "time limit"} if self.stopped else {}),
+                **({"failed": self.failed} if self.failed else {})}
 
 
 @dataclasses.dataclass
@@ -112,6 +116,15 @@ def run(quantize: Callable[[dict, Path], dict], evaluate: Callable[[Path], dict]
                                 seconds=time.monotonic() - started, met=False, raw_settings=dict(settings),
                                 stopped=True))
             break
+        except Interrupted:
+            raise
+        except Exception as exc:  # noqa: BLE001 (one candidate's failure costs that candidate, not the build)
+            why = f"{type(exc).__name__}: {str(exc)[:200] or 'no message'}"
+            log.warning("accuracy search: trial '%s' failed (%s); going on with the next", name, why)
+            trials.append(Trial(name=name, settings=_shown(settings, {}), quality={}, size_bytes=0, p50_ms=None,
+                                seconds=time.monotonic() - started, met=False, raw_settings=dict(settings),
+                                failed=why))
+            continue
         trials.append(result)
         if _score(result) > _score(best) or result.met:
             best = result
@@ -140,8 +153,9 @@ def _shown(settings: dict, record: dict) -> dict:
 
 def _score(trial: Trial) -> float:
     """Higher is better: minus the task metric's drop in points (top-1 accuracy, mIoU, mAP@0.5), else top-1
-    agreement, else (generic outputs) the SQNR against FP32, dB; a trial stopped at the time limit has no score."""
-    if trial.stopped:
+    agreement, else (generic outputs) the SQNR against FP32, dB; a trial stopped at the time limit, or failed, has no
+    score."""
+    if trial.stopped or trial.failed:
         return float("-inf")
     q = trial.quality
     drop = next((q[k] for k in ("accuracy_drop", *TASK_DROPS) if q.get(k) is not None), None)

@@ -161,8 +161,13 @@ def _report_search(ctx: BuildContext, chosen, trials, seconds: float) -> None:
                                           "trials": [t.row() for t in trials],
                                           "max_seconds": ctx.config.max_search_time}
     stopped = [t.name for t in trials if t.stopped]
+    failed = [t.name for t in trials if t.failed]
+    if failed:
+        ctx.warn(f"accuracy-aware search: {len(failed)} configuration(s) failed and were skipped: "
+                 f"{', '.join(failed)} (why: the manifest's stages.quantization_search.trials)")
     if not chosen.met:
-        ctx.warn(f"accuracy-aware search tried {len(trials) - len(stopped)} configurations in {seconds:.0f} s "
+        ctx.warn(f"accuracy-aware search tried {len(trials) - len(stopped) - len(failed)} configurations in "
+                 f"{seconds:.0f} s "
                  + (f"(stopped '{stopped[0]}' at the {ctx.config.max_search_time:.0f} s limit) " if stopped else "")
                  + f"and none met the accuracy budget; shipping the best: {chosen.name}")
     else:
