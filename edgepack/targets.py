@@ -88,6 +88,10 @@ class TargetProfile:
                                           "(name==version)", list(DEVICE_WHEELS))
     emulation_samples: int = spec("validation samples (seeded subset) run on the emulated device per precision",
                                   8, ge=1, le=100000)
+    emulation_max_seconds: float = spec("time the device stage may take, s: fewer samples (at least 2) when the "
+                                        "host's one-thread latency predicts more; when even those would take over "
+                                        "3x this, the stage is skipped unless --emulate asks for it", 300,
+                                        ge=10, le=86400)
     name: str = spec("profile name (the file stem; set by the loader)", "")
     path: str = spec("file the profile was loaded from (set by the loader)", "")
 

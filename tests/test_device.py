@@ -76,6 +76,22 @@ def test_missing_device_says_how_to_prepare_it(tmp_path, monkeypatch):
     assert "edgepack device prepare raspberry-pi-4" in info.value.hint and "--no-emulate" in info.value.hint
 
 
+def test_a_heavier_model_runs_fewer_samples_and_a_far_too_heavy_one_is_skipped_unless_asked():
+    """The stage's time is planned from the host's one-thread latency (FP32 + INT8, s): a mobile CNN runs the
+    profile's samples; swin_t (0.2 s here, 422 s for 8 samples when measured) fewer; a ViT-B/16 (about 1.9 s)
+    is skipped by default and runs the fewest samples when --emulate asks for it."""
+    pi4 = targets.load("raspberry-pi-4")
+    assert pi4.emulation_samples == 8 and pi4.emulation_max_seconds == 300
+    assert device_stage.plan_samples(pi4, 0.02, 2, False)[0] == 8
+    samples, predicted = device_stage.plan_samples(pi4, 0.2, 2, False)
+    assert 2 <= samples < 8 and predicted <= 300
+    assert device_stage.predicted_seconds(samples + 1, 0.2, 2) > 300 >= device_stage.predicted_seconds(samples, 0.2, 2)
+    assert device_stage.plan_samples(pi4, 1.9, 2, False) is None
+    assert device_stage.plan_samples(pi4, 1.9, 2, True)[0] == 2
+    assert device_stage.plan_samples(pi4, None, 2, False) == (8, None)  # nothing measured: the profile's count
+    assert device_stage.predicted_seconds(8, 0.2, 2) > device_stage.predicted_seconds(8, 0.2, 4)
+
+
 def test_when_the_stage_runs(monkeypatch):
     """--emulate / --no-emulate decide; unset, the profile's emulate unless EDGEPACK_EMULATE=0."""
     from edgepack.config import BuildConfig
@@ -379,6 +395,7 @@ def test_tiny_build_runs_the_device_stage_and_reports_it(tiny_data, tmp_path, ta
     v = man["models"][0]["validation"]
     d = v["device"]
     assert d["qemu_cpu"] == cpu and d["samples"] == min(16, targets.load(target).emulation_samples)
+    assert d["planned"]["samples"] == d["samples"] and d["planned"]["predicted_seconds"] > 0
     assert d["agreement_with_host"]["fp32"]["top1"] == 1.0
     assert d["instructions"]["int8"]["total"] > 0
     if cpu == "cortex-a72":  # no dot-product instructions on a Pi 4's core

@@ -19,6 +19,11 @@ whole band is within the budget, fail when the whole band is over it, and inconc
 warning to measure with ``edgepack bench``) when the band straddles it. When the device's INT8 top-1 differs from
 the host's on the subset, the quality budget judges the device's figure on that subset.
 
+How long: the profile's ``emulation_max_seconds`` bounds the stage. The host's one-thread latency (validate)
+predicts the emulated time (`predicted_seconds`); a heavier model runs fewer samples, at least 2 per precision, and
+when even those would take over 3x the budget (a ViT-B/16: about 20 min) the stage is skipped with a warning unless
+``--emulate`` asks for it. The sample count and the prediction are recorded.
+
 When it runs: ``--emulate`` (config ``emulate = true``) requires it, and a device that is not prepared is an error
 before any slow stage (``check``); ``--no-emulate`` turns it off; left unset, it runs for profiles with
 ``emulate = true`` unless $EDGEPACK_EMULATE is 0, and a device that is not prepared only warns (how to prepare it)
@@ -26,6 +31,8 @@ while the host measurements judge, as without the stage.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -42,6 +49,13 @@ from edgepack.tasks.interval import budget_interval
 from edgepack.util import host_cores
 
 PRECISIONS = ("fp32", "int8")
+#: emulated seconds (qemu-user with the counting plugin) per host one-thread second of inference, and seconds to
+#: start one guest process (Python, numpy, the runtime); fitted to 12 builds of 8 torchvision classifiers on this
+#: 2-core host (300-430x for ONNX, up to ~600x for TFLite with its startup): for planning, not for reporting
+EMULATION_SLOWDOWN = 450.0
+GUEST_STARTUP_S = 8.0
+MIN_EMULATION_SAMPLES = 2
+SKIP_FACTOR = 3.0
 
 
 def wanted(config: BuildConfig, target: TargetProfile) -> bool:
@@ -71,7 +85,12 @@ def run(ctx: BuildContext) -> dict | None:
             raise
         _skip(ctx, exc)
         return None
-    out = {fmt: _run_format(ctx, device, fmt) for fmt in ctx.target.formats}
+    plans = {fmt: plan_samples(ctx.target, _host_seconds(ctx, fmt), host_cores(), bool(ctx.config.emulate))
+             for fmt in ctx.target.formats}
+    if any(plan is None for plan in plans.values()):
+        _too_slow(ctx, plans)
+        return None
+    out = {fmt: _run_format(ctx, device, fmt, plans[fmt]) for fmt in ctx.target.formats}
     ctx.records["device"] = {"device": device.root.name, "qemu_cpu": device.emulation.qemu_cpu,
                              "samples": out[ctx.target.formats[0]]["samples"]}
     return out
@@ -86,8 +105,52 @@ def _skip(ctx: BuildContext, exc: emulation.NotPrepared) -> None:
     ctx.warn(f"device stage skipped: {exc.message}{judge}. {hint[:1].upper()}{hint[1:]}")
 
 
-def _run_format(ctx: BuildContext, device: emulation.Device, fmt: str) -> dict:
-    sub = ctx.val.subset(sample_indices(len(ctx.val), ctx.target.emulation_samples, ctx.config.seed))
+def _host_seconds(ctx: BuildContext, fmt: str) -> float | None:
+    """One FP32 plus one INT8 inference at one thread on this host, s (validate's measurement), or None."""
+    one = ctx.records.get("validation", {}).get(fmt, {}).get("latency_ms", {}).get("one_thread") or {}
+    ms = [one.get(p, {}).get("p50") for p in PRECISIONS]
+    return None if None in ms else sum(ms) / 1000
+
+
+def predicted_seconds(samples: int, host_seconds: float, processes: int) -> float:
+    """Wall time of the emulated runs, s, for ``samples`` per precision: run_emulated splits them into
+    ``processes`` chunks per model, each a guest process with a warm-up inference, ``processes`` at a time."""
+    chunks = max(1, min(processes, samples))
+    rounds = math.ceil(len(PRECISIONS) * chunks / max(1, processes))
+    return rounds * GUEST_STARTUP_S + (samples + chunks) * host_seconds * EMULATION_SLOWDOWN / max(1, processes)
+
+
+def plan_samples(target: TargetProfile, host_seconds: float | None, processes: int,
+                 forced: bool) -> tuple[int, float | None] | None:
+    """(samples per precision, predicted s): the profile's emulation_samples, fewer (at least
+    MIN_EMULATION_SAMPLES) when they would take longer than its emulation_max_seconds; None (skip the stage) when
+    even the fewest would take over SKIP_FACTOR times that and the stage was not asked for (``forced``)."""
+    wanted = target.emulation_samples
+    if host_seconds is None:
+        return wanted, None
+    budget, fewest = target.emulation_max_seconds, min(MIN_EMULATION_SAMPLES, wanted)
+    fits = [n for n in range(fewest, wanted + 1) if predicted_seconds(n, host_seconds, processes) <= budget]
+    n = fits[-1] if fits else fewest
+    seconds = predicted_seconds(n, host_seconds, processes)
+    if seconds > SKIP_FACTOR * budget and not forced:
+        return None
+    return n, round(seconds, 1)
+
+
+def _too_slow(ctx: BuildContext, plans: dict) -> None:
+    """The stage would take far longer than the profile allows: skipped, the host judges, the user is told."""
+    worst = max(predicted_seconds(min(MIN_EMULATION_SAMPLES, ctx.target.emulation_samples),
+                                  _host_seconds(ctx, fmt), host_cores()) for fmt, plan in plans.items() if plan is None)
+    why = (f"about {worst / 60:.0f} min for {MIN_EMULATION_SAMPLES} samples per precision (predicted from this "
+           f"host's one-thread latency), over {SKIP_FACTOR:.0f}x the profile's emulation_max_seconds "
+           f"({ctx.target.emulation_max_seconds:.0f} s)")
+    ctx.records["device"] = {"skipped": why}
+    ctx.warn(f"device stage skipped: {why}; the host measurements judge. --emulate runs it anyway")
+
+
+def _run_format(ctx: BuildContext, device: emulation.Device, fmt: str, plan: tuple[int, float | None]) -> dict:
+    samples, predicted = plan
+    sub = ctx.val.subset(sample_indices(len(ctx.val), samples, ctx.config.seed))
     # every output runs on the device, so device-vs-host agreement covers a second head too; the task's quality
     # takes what it takes in validation (the first output, unless the task wants them all: _as_task_takes)
     options = run_emulated.RunOptions(processes=host_cores(), all_outputs=True, progress=ctx.progress,
@@ -103,7 +166,9 @@ def _run_format(ctx: BuildContext, device: emulation.Device, fmt: str) -> dict:
            "quality_on_host_subset": ctx.task.quality(*_as_task_takes(ctx, host), sub.truth),
            "instructions": {p: runs[p].insns for p in PRECISIONS},
            "instruction_spread": {p: round(runs[p].spread, 6) for p in PRECISIONS},
-           "emulation_seconds": round(max(r.seconds for r in runs.values()), 1)}
+           "emulation_seconds": round(max(r.seconds for r in runs.values()), 1),
+           "planned": {"samples": samples, "profile_samples": ctx.target.emulation_samples,
+                       "predicted_seconds": predicted, "max_seconds": ctx.target.emulation_max_seconds}}
     val = ctx.records["validation"][fmt]
     val["device"] = rec
     est = _estimates(ctx, device, fmt, rec["instructions"], val["latency_ms"].get("device_estimate") or {})
