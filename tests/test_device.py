@@ -409,6 +409,25 @@ def test_tiny_build_runs_the_device_stage_and_reports_it(tiny_data, tmp_path, ta
 
 
 @pytest.mark.slow
+def test_a_stage_predicted_far_over_its_budget_is_skipped_unless_asked(tiny_data, tmp_path, monkeypatch):
+    """The toy made to look 10^7 times slower when emulated: by default the stage is skipped with a warning and
+    the host judges; --emulate runs it anyway, on the fewest samples, and records the plan."""
+    _device("raspberry-pi-4")
+    monkeypatch.setenv("EDGEPACK_EMULATE", "1")
+    monkeypatch.setattr(device_stage, "EMULATION_SLOWDOWN", 1e7)
+    res = _tiny_build(tiny_data, tmp_path / "a")
+    assert res.exit_code in (0, 1), res.output
+    man = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert "emulation_max_seconds" in man["stages"]["device"]["skipped"] and "device" not in man["validation"]
+    assert any(w.startswith("device stage skipped") and "--emulate" in w for w in man["warnings"])
+    res = _tiny_build(tiny_data, tmp_path / "b", "--emulate")
+    assert res.exit_code in (0, 1), res.output
+    d = json.loads((tmp_path / "b" / "manifest.json").read_text())["validation"]["device"]
+    assert d["samples"] == d["planned"]["samples"] == device_stage.MIN_EMULATION_SAMPLES
+    assert d["planned"]["predicted_seconds"] > 3 * d["planned"]["max_seconds"]
+
+
+@pytest.mark.slow
 def test_prepare_and_the_device_stage_work_offline(tiny_data, tmp_path):
     """With the network off (`unshare -n`, root): preparing a prepared device is a no-op that succeeds, and a
     build's device stage runs (the guest's wheels, rootfs and plugin all come from the cache)."""
