@@ -591,3 +591,22 @@ def test_tool_versions_record_what_run_py_imports():
     for fmt in ("onnx", "tflite"):
         for pre in ({}, {"kind": "text"}):
             assert set(install_packages({"preprocess": pre}, fmt)) <= set(TOOLS)
+
+
+def test_a_bug_is_exit_70_with_the_debug_command_to_run_and_a_traceback_only_with_debug(monkeypatch, tmp_path):
+    """An exception edgepack does not know is an internal error: exit 70, the message, and a hint that works as
+    written (`edgepack build ... --debug` is 'No such option': --debug is the root command's option)."""
+    import edgepack.api
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(edgepack.api, "build", boom)
+    args = ["build", "toy_models:tiny_cnn", "--out", str(tmp_path / "b")]
+    res = CliRunner().invoke(main, [*args, "--json"])
+    assert res.exit_code == 70 and "Traceback" not in res.output
+    err = json.loads(res.stdout)["error"]
+    assert err["type"] == "InternalError" and err["message"] == "internal error: RuntimeError: boom"
+    assert "`edgepack --debug build ...`" in err["hint"]
+    debug = CliRunner().invoke(main, ["--debug", *args])
+    assert isinstance(debug.exception, RuntimeError) and str(debug.exception) == "boom"

@@ -116,7 +116,8 @@ def run_command(ctx: click.Context, fn: Any) -> Any:
         if debug:
             raise
         message = f"internal error: {type(exc).__name__}: {exc}"
-        hint = "run again with --debug and report the traceback"
+        sub = ctx.command_path.split(" ")[1:]  # --debug is the root's option: it goes before the command
+        hint = f"run again as `{' '.join(['edgepack', '--debug', *sub])} ...` and report the traceback"
         _say(f"Error: {message}", f"Hint: {hint}")
         if as_json:
             _json_error(message, hint, EXIT_INTERNAL, "InternalError")
