@@ -150,6 +150,9 @@ def _too_slow(ctx: BuildContext, plans: dict) -> None:
 
 def _run_format(ctx: BuildContext, device: emulation.Device, fmt: str, plan: tuple[int, float | None]) -> dict:
     samples, predicted = plan
+    if predicted is not None and predicted > 120:  # a long wait is announced, not discovered
+        ctx.progress(f"device stage for {fmt}: about {predicted / 60:.0f} min emulated ({samples} samples per "
+                     f"precision; --no-emulate skips it)", 0, 1)
     sub = ctx.val.subset(sample_indices(len(ctx.val), samples, ctx.config.seed))
     # every output runs on the device, so device-vs-host agreement covers a second head too; the task's quality
     # takes what it takes in validation (the first output, unless the task wants them all: _as_task_takes)
