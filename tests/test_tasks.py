@@ -838,6 +838,9 @@ def test_outputs_that_ignore_the_input_are_said_and_a_working_model_is_not():
     two = [rng.normal(size=(32, 4, 8)), bias.repeat(32, 0)]  # a detector whose second head is constant
     assert [m.split(" barely")[0] for m in input_independence(two, "detect")] == ["FP32 output 1"]
     assert input_independence(flat[:4], "classify") == []  # too few samples to tell
+    tiny = input_independence(varied * 1e-10, "classify")  # random-init mobilenet_v3_small's logits
+    assert len(tiny) == 1 and "is at most 3.9e-10 in magnitude" in tiny[0] and "--weights" in tiny[0]
+    assert input_independence(varied * 1e-5, "classify") == []
 
 
 def test_chance_level_or_low_accuracy_under_default_preprocessing_is_said():

@@ -81,6 +81,9 @@ def validate_format(ctx: BuildContext, fmt: str) -> dict:
 #: an FP32 output whose spread over the validation samples is below this fraction of its size ignores its input
 FLAT_SPREAD = 1e-3
 MIN_SAMPLES_FOR_FLATNESS = 8
+#: an FP32 output never larger than this in magnitude is no trained model's (random-init mobilenet_v3_small's
+#: logits: ~1e-10, which a full-integer TFLite output rounds to zero: agreement 0, SQNR 0 dB, and no word why)
+TINY_OUTPUT = 1e-6
 
 
 def input_independence(fp32, task: str, truth=None) -> list[str]:
@@ -102,8 +105,13 @@ def input_independence(fp32, task: str, truth=None) -> list[str]:
         a = np.asarray(out, dtype=np.float64).reshape(n, -1)
         size = float(np.abs(a).max()) if a.size else 0.0
         spread = float(a.std(axis=0).max()) if a.size else 0.0
-        if size > 0 and spread <= FLAT_SPREAD * size:
-            which = f"output {k}" if len(arrays) > 1 else "the output"
+        which = f"output {k}" if len(arrays) > 1 else "the output"
+        if 0 < size < TINY_OUTPUT:
+            said.append(f"FP32 {which} is at most {size:.1e} in magnitude over the {n} validation samples: an "
+                        "untrained model (random weights can shrink activations layer by layer) or a missing scale. "
+                        "8-bit scales round such values to zero (a full-integer TFLite output then reads all zeros). "
+                        "Check that the trained weights are loaded (--weights)")
+        elif size > 0 and spread <= FLAT_SPREAD * size:
             said.append(f"FP32 {which} barely depends on the input: over the {n} validation samples it varies by "
                         f"{spread / size:.1e} of its size, so INT8 agreement and SQNR say little here. Check that the "
                         "trained weights are loaded (--weights) and the preprocessing (--mean, --std, --scale) is "
