@@ -112,18 +112,14 @@ def run(quantize: Callable[[dict, Path], dict], evaluate: Callable[[Path], dict]
                            deadline)
         except TimeLimitReached:  # a long calibration: the limit bounds a trial too, not only the search
             log.info("accuracy search: trial '%s' stopped at the time limit (%.0f s)", name, max_seconds)
-            trials.append(Trial(name=name, settings=_shown(settings, {}), quality={}, size_bytes=0, p50_ms=None,
-                                seconds=time.monotonic() - started, met=False, raw_settings=dict(settings),
-                                stopped=True))
+            trials.append(_unscored(name, settings, started, stopped=True))
             break
         except Interrupted:
             raise
         except Exception as exc:  # noqa: BLE001 (one candidate's failure costs that candidate, not the build)
             why = f"{type(exc).__name__}: {str(exc)[:200] or 'no message'}"
             log.warning("accuracy search: trial '%s' failed (%s); going on with the next", name, why)
-            trials.append(Trial(name=name, settings=_shown(settings, {}), quality={}, size_bytes=0, p50_ms=None,
-                                seconds=time.monotonic() - started, met=False, raw_settings=dict(settings),
-                                failed=why))
+            trials.append(_unscored(name, settings, started, failed=why))
             continue
         trials.append(result)
         if _score(result) > _score(best) or result.met:
@@ -131,6 +127,12 @@ def run(quantize: Callable[[dict, Path], dict], evaluate: Callable[[Path], dict]
         if result.met:
             break
     return best, trials, time.perf_counter() - t0
+
+
+def _unscored(name: str, settings: dict, started: float, **why) -> Trial:
+    """A trial that ended without a model to score: ``stopped=True`` (the time limit) or ``failed="<error>"``."""
+    return Trial(name=name, settings=_shown(settings, {}), quality={}, size_bytes=0, p50_ms=None,
+                 seconds=time.monotonic() - started, met=False, raw_settings=dict(settings), **why)
 
 
 def trial(name, settings, quantize, evaluate, meets, latency, path: Path, deadline: float | None = None) -> Trial:

@@ -21,7 +21,7 @@ the host's on the subset, the quality budget judges the device's figure on that 
 
 How long: the profile's ``emulation_max_seconds`` bounds the stage. The host's one-thread latency (validate)
 predicts the emulated time (`predicted_seconds`); a heavier model runs fewer samples, at least 2 per precision, and
-when even those would take over 3x the budget (a ViT-B/16: about 20 min) the stage is skipped with a warning unless
+when even those would take over 3x the budget (a ViT-B/16: about 30 min) the stage is skipped with a warning unless
 ``--emulate`` asks for it. The sample count and the prediction are recorded.
 
 When it runs: ``--emulate`` (config ``emulate = true``) requires it, and a device that is not prepared is an error
@@ -128,7 +128,7 @@ def plan_samples(target: TargetProfile, host_seconds: float | None, processes: i
     wanted = target.emulation_samples
     if host_seconds is None:
         return wanted, None
-    budget, fewest = target.emulation_max_seconds, min(MIN_EMULATION_SAMPLES, wanted)
+    budget, fewest = target.emulation_max_seconds, _fewest(target)
     fits = [n for n in range(fewest, wanted + 1) if predicted_seconds(n, host_seconds, processes) <= budget]
     n = fits[-1] if fits else fewest
     seconds = predicted_seconds(n, host_seconds, processes)
@@ -137,11 +137,17 @@ def plan_samples(target: TargetProfile, host_seconds: float | None, processes: i
     return n, round(seconds, 1)
 
 
+def _fewest(target: TargetProfile) -> int:
+    """The fewest samples per precision the stage runs: MIN_EMULATION_SAMPLES, or the profile's count if lower."""
+    return min(MIN_EMULATION_SAMPLES, target.emulation_samples)
+
+
 def _too_slow(ctx: BuildContext, plans: dict) -> None:
     """The stage would take far longer than the profile allows: skipped, the host judges, the user is told."""
-    worst = max(predicted_seconds(min(MIN_EMULATION_SAMPLES, ctx.target.emulation_samples),
-                                  _host_seconds(ctx, fmt), host_cores()) for fmt, plan in plans.items() if plan is None)
-    why = (f"about {worst / 60:.0f} min for {MIN_EMULATION_SAMPLES} samples per precision (predicted from this "
+    fewest = _fewest(ctx.target)
+    worst = max(predicted_seconds(fewest, _host_seconds(ctx, fmt), host_cores())
+                for fmt, plan in plans.items() if plan is None)
+    why = (f"about {worst / 60:.0f} min for {fewest} samples per precision (predicted from this "
            f"host's one-thread latency), over {SKIP_FACTOR:.0f}x the profile's emulation_max_seconds "
            f"({ctx.target.emulation_max_seconds:.0f} s)")
     ctx.records["device"] = {"skipped": why}
