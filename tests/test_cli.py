@@ -37,7 +37,7 @@ def test_version_and_help():
 def test_targets_list_and_show():
     assert "raspberry-pi-4" in invoke("targets", "list").output
     shown = invoke("targets", "show", "raspberry-pi-4", "--json")
-    assert json.loads(shown.output)["cpu"] == "Cortex-A72"
+    assert json.loads(shown.stdout)["cpu"] == "Cortex-A72"
     table = invoke("targets", "show", "raspberry-pi-4").output  # the 13 references once padded every row to 8 kB
     assert max(len(line) for line in table.splitlines()) < 400 and "13 entries: " in table and "--json" in table
 
@@ -46,6 +46,7 @@ def test_build_writes_a_bundle_with_the_promised_manifest(built):
     out, result = built
     assert result.exit_code in (0, 1), result.output
     summary = json.loads(result.stdout)
+    assert "exporting to ONNX ..." in result.stderr  # --json keeps the progress lines, on stderr only
     man = json.loads((out / "manifest.json").read_text())
     assert man["schema"] == "edgepack.bundle/1"
     assert man["model"]["file"] == "model.onnx" and man["model"]["format"] == "onnx"

@@ -28,7 +28,7 @@ def test_flags_reach_the_config(tmp_path, monkeypatch):
                                     "--no-per-channel", "--prune", "0.3", "--prune-steps", "2", "--finetune",
                                     "d.npz", "--distill-features", "0.5", "--mean", "1,2,3", "--task", "generic"])
     assert res.exit_code == 0, res.output
-    cfg = json.loads(res.output)["config"]
+    cfg = json.loads(res.stdout)["config"]
     assert cfg["min_output_sqnr_db"] == 12.0 and cfg["per_channel"] is False and cfg["task"] == "generic"
     assert cfg["prune"]["ratio"] == 0.3 and cfg["prune"]["iterative_steps"] == 2
     assert cfg["prune"]["finetune"]["data"] == "d.npz" and cfg["prune"]["finetune"]["feature_weight"] == 0.5

@@ -112,7 +112,7 @@ def test_cli_device_group_and_emulate_flags_in_dry_run(monkeypatch):
     def stages(*extra):
         res = runner.invoke(main, ["build", "toy_models:tiny_cnn", "--target", "raspberry-pi-4", "--dry-run", *extra])
         assert res.exit_code == 0, res.output
-        return json.loads(res.output)["stages"]
+        return json.loads(res.stdout)["stages"]
 
     monkeypatch.setenv("EDGEPACK_EMULATE", "1")
     assert "device" in stages() and "device" not in stages("--no-emulate")

@@ -14,7 +14,7 @@ from edgepack.cli import main
 def _rows(args: list[str]) -> list[dict]:
     result = CliRunner().invoke(main, ["diagnose", *args, "--json", "--top", "500"])
     assert result.exit_code == 0, result.output + repr(result.exception)
-    return json.loads(result.output)
+    return json.loads(result.stdout)
 
 
 def test_diagnose_ranks_layers_by_the_error_they_inject(tiny_data, tmp_path):

@@ -123,5 +123,5 @@ def test_prune_says_how_to_build_the_saved_program_with_the_folders_preprocessin
     assert options[:2] == ["--input-shape", "1,3,32,32"] and "--mean" in options
     dry = invoke("build", saved, *options, "--target", "x86-64", "--dry-run", "--json")
     assert dry.exit_code == 0, dry.output
-    config = json.loads(dry.output)["config"]
+    config = json.loads(dry.stdout)["config"]
     assert config["preprocess"]["mean"] == [0.5, 0.5, 0.5] and config["preprocess"]["crop"] == 32

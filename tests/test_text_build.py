@@ -221,7 +221,7 @@ def test_text_pruning_meets_a_mac_goal(hf_folder, text_data, tmp_path):
     result = CliRunner().invoke(main, ["prune", str(hf_folder), "--calib", str(calib), "--max-length", str(L),
                                        "--prune-keep-macs", "0.7", "--save", str(tmp_path / "p.pt2"), "--json"])
     assert result.exit_code == 0, result.output + repr(result.exception)
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     assert 0.6 <= report["macs_kept"] <= 0.7 * 1.02 and 0 < report["ratio"] < 0.9
     assert report["macs_after"] < report["macs_before"]
 
@@ -267,7 +267,7 @@ def test_prune_command_saves_a_pruned_text_model(hf_folder, text_data, tmp_path)
     result = CliRunner().invoke(main, ["prune", str(hf_folder), "--calib", str(calib), "--max-length", str(L),
                                        "--prune", "0.5", "--save", str(out), "--json"])
     assert result.exit_code == 0, result.output + repr(result.exception)
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     assert report["saved"]["files"] and all(Path(f).is_file() for f in report["saved"]["files"])
     assert [c["ffn_after"] for c in report["layers"]] == [32, 32]
 
@@ -300,7 +300,7 @@ def test_diagnose_maps_text_int8_error_to_encoder_modules(hf_folder, text_data):
     result = CliRunner().invoke(main, ["diagnose", str(hf_folder), "--data", str(val), "--max-length", str(L),
                                        "--json", "--top", "500"])
     assert result.exit_code == 0, result.output + repr(result.exception)
-    rows = json.loads(result.output)
+    rows = json.loads(result.stdout)
     assert rows and rows[0]["drop_db"] is not None and all(r["sqnr_db"] < 99.0 for r in rows[:3])
     lookups = [r for r in rows if r["drop_db"] is None]  # no rounded input: listed last, not as a 99 dB loss
     assert lookups and rows[-len(lookups):] == lookups

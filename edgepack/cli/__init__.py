@@ -249,7 +249,7 @@ def _prune_table(options: dict[str, Any], from_file: Any) -> dict[str, Any] | No
 @click.option("--dry-run", is_flag=True, help="Check that the files, folders, factory module and target named exist "
                                               "(nothing loaded), print the resolved config and the stages, build "
                                               "nothing.")
-@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout (progress stays on stderr; -q hides it).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @click.pass_context
 def build(ctx: click.Context, model: str | None, dry_run: bool, as_json: bool, quiet: bool, **options: Any) -> None:
@@ -258,7 +258,7 @@ def build(ctx: click.Context, model: str | None, dry_run: bool, as_json: bool, q
     MODEL is torchvision:<arch>, package.module:factory, a .pt2 program, a TorchScript
     file (with --trust-model) or an .onnx file.
     """
-    ui = Ui(quiet=quiet or as_json)
+    ui = Ui(quiet=quiet)
     _handle_signals()
 
     def body() -> None:
@@ -296,7 +296,7 @@ def build(ctx: click.Context, model: str | None, dry_run: bool, as_json: bool, q
 @prune_options
 @click.option("--save", "save_path", required=True, type=click.Path(dir_okay=False),
               help="Where to write the pruned model (.pt2).")
-@click.option("--json", "as_json", is_flag=True, help="Print the pruning report as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the pruning report as JSON on stdout (progress stays on stderr).")
 @click.option("--quiet", "-q", is_flag=True)
 @click.pass_context
 def prune_cmd(ctx: click.Context, model: str | None, save_path: str, as_json: bool, quiet: bool,
@@ -305,7 +305,7 @@ def prune_cmd(ctx: click.Context, model: str | None, save_path: str, as_json: bo
 
     Example: edgepack prune torchvision:resnet18 --weights r18.pt --prune 0.4 --calib photos/ --save r18_pruned.pt2
     """
-    ui = Ui(quiet=quiet or as_json)
+    ui = Ui(quiet=quiet)
     _handle_signals()
 
     def body() -> None:
@@ -351,7 +351,7 @@ def prune_cmd(ctx: click.Context, model: str | None, save_path: str, as_json: bo
 @diagnose_options
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write the per-layer plot (PNG) here.")
 @click.option("--top", type=int, default=25, show_default=True, help="Rows to show.")
-@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON on stdout.")
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON on stdout (progress stays on stderr).")
 @click.pass_context
 def diagnose(ctx: click.Context, model_or_bundle: str, data: str, plot_path: str | None, top: int, as_json: bool,
              **options: Any) -> None:
@@ -362,7 +362,7 @@ def diagnose(ctx: click.Context, model_or_bundle: str, data: str, plot_path: str
     itself without activation rounding, with the preprocessing and input its manifest records, so the
     options below do not apply; nothing the bundle names is imported).
     """
-    ui = Ui(quiet=as_json)
+    ui = Ui()
 
     def body() -> None:
         from edgepack.api import diagnose as api_diagnose
