@@ -128,6 +128,16 @@ class Stem(torch.nn.Module):
         return self.m.stem(x)  # conv-BN-ReLU6: a feature map whose activation INT8 folds into its range
 def featout():
     return Stem().eval()
+class ClassMap(torch.nn.Module):
+    def __init__(self, scores):
+        super().__init__(); self.m, self.scores = toy_models.tiny_cnn(), scores
+    def forward(self, x):
+        s = self.m.stem(x)
+        return (s.argmax(dim=1), s) if self.scores else s.argmax(dim=1)  # an in-graph argmax: an int64 class map
+def classmap():
+    return ClassMap(True).eval()
+def classmap_only():
+    return ClassMap(False).eval()
 '''
 
 
@@ -258,6 +268,30 @@ def test_torch_outputs_in_a_dict_or_a_tuple_build(hostile, tiny_data, tmp_path):
     assert man["validation"]["agreement"] is not None
     _, man = _build(["facts:twoout", *SHAPE, "--calib", tiny_data["calib"]], tmp_path / "t")
     assert len(man["validation"]["outputs_sqnr_db"]) == 2
+
+
+def test_an_integer_output_is_judged_by_equality_not_sqnr(hostile, tiny_data, tmp_path):
+    """An in-graph argmax's class map (int64) is judged by the fraction of its elements equal to FP32's, against
+    the profile's min_agreement: its SQNR read class 3 given as 1 as an amplitude error, and equality as 999 dB."""
+    _, man = _build(["facts:classmap", *SHAPE, "--calib", tiny_data["calib"]], tmp_path / "c")
+    v = man["validation"]
+    rows = {b["name"]: b for b in v["budgets"]}
+    assert "output_match[output0]" in rows and "output_sqnr_db[output0]" not in rows, sorted(rows)
+    assert rows["output_match[output0]"]["limit"] == 0.95 and 0 < rows["output_match[output0]"]["value"] <= 1
+    assert set(v["outputs_sqnr_db"]) == {"output1"} and set(v["outputs_match"]) == {"output0"}
+    assert man["outputs"][0]["dtype"] == "int64"
+    _, man = _build(["facts:classmap_only", *SHAPE, "--calib", tiny_data["calib"], "--min-agreement", "0.5"],
+                    tmp_path / "o")
+    rows = {b["name"]: b for b in man["validation"]["budgets"]}
+    assert rows["output_match[output0]"]["limit"] == 0.5 and not any(n.startswith("output_sqnr") for n in rows)
+
+
+def test_equal_fraction_of_integer_outputs():
+    from edgepack.stages.judge import match_fraction
+
+    ref = np.array([[0, 1, 2, 3]], np.float32)
+    assert match_fraction(ref, ref) == 1.0 and match_fraction(ref, ref[:, ::-1]) == 0.0
+    assert match_fraction(ref, np.array([[0, 1, 2, 0]], np.float32)) == 0.75
 
 
 def test_a_feature_map_keeps_its_activation_in_int8(hostile, tiny_data, tmp_path):

@@ -59,6 +59,8 @@ def names_of_outputs(out: Any, input_names: list[str]) -> list[str]:
         if all(k and k not in input_names for k in keys) and len(set(keys)) == len(keys):
             return keys
     count = _count_tensors(out)
+    if count <= 1 and isinstance(out, torch.Tensor) and not out.is_floating_point():
+        return ["output0"]  # an integer tensor (an in-graph argmax's class map) is not logits
     return ["logits"] if count <= 1 else [f"output{i}" for i in range(count)]
 
 

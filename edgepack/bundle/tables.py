@@ -131,7 +131,7 @@ def budget_rows(man: dict) -> list[tuple[str, str, str, str]]:
     for m in man["models"]:
         for b in m["validation"]["budgets"]:
             kind = f" ({b['kind']})" if b.get("kind") else ""
-            digits = 4 if b["name"] == "agreement" else 2
+            digits = 4 if b["name"] == "agreement" or b["name"].startswith("output_match") else 2
             value = _fmt(b["value"], digits)
             if b.get("band"):
                 value += f" [{_fmt(float(b['band'][0]), digits)}-{_fmt(float(b['band'][1]), digits)}]"  # as the value

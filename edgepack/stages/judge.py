@@ -5,6 +5,11 @@ and a quality budget is set. Every other output - the second output of a two-hea
 1-D score - is judged by ``min_output_sqnr_db`` (a budget in profiles and configs; 10 dB by default, where the
 INT8 error is a third of the signal's amplitude; at 0 dB it is as large as the signal). When the budget is
 set explicitly it judges every output, the first included. A model nothing judges cannot PASS silently.
+
+An integer output (a class map from an in-graph argmax, class ids, a count: an int/bool dtype with no
+quantization scale) is not a signal with noise: its SQNR reads a class id 3 given as 1 as an amplitude error, and
+an exact match as "999 dB". It is judged by the fraction of its elements equal to FP32's, against
+``min_agreement`` (the command line's, else the profile's, else DEFAULT_MIN_OUTPUT_MATCH).
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from edgepack.tasks.base import sqnr_db
 from edgepack.tasks.generic import DEFAULT_MIN_SQNR_DB as DEFAULT_MIN_OUTPUT_SQNR_DB  # noqa: E402
 
 JUDGE_SAMPLES = 32    # validation samples run again to compare the outputs after the first
+#: an integer output must equal FP32's on this fraction of its elements when no min_agreement is set
+DEFAULT_MIN_OUTPUT_MATCH = 0.95
 
 
 def _output_names(backend, path, count: int) -> list[str]:
@@ -27,21 +34,51 @@ def _output_names(backend, path, count: int) -> list[str]:
     return names if len(names) == count else [f"output{i}" for i in range(count)]
 
 
-def per_output_sqnr(ctx, fmt: str, first_sqnr: float) -> dict[str, float]:
-    """{output name: SQNR dB}: the first output's from the validation run, the others from JUDGE_SAMPLES
-    samples run again through both models (only for models with several outputs)."""
+def integer_outputs(backend, path) -> list[bool]:
+    """Per declared output: True for an integer or bool output with no quantization scale (a class map, class
+    ids, a count), which is judged by equality, not SQNR. [] when the file cannot be read."""
+    try:
+        outs = backend.io_details(path)["outputs"]
+    except Exception:  # the flags only choose the judge; without them every output is judged by SQNR
+        return []
+    return [np.dtype(o["dtype"]).kind in "iub" and not o.get("quantization") for o in outs]
+
+
+def first_output_integer(ctx) -> bool:
+    """Whether the model's first output is integer (judged by equality), read from its FP32 file."""
+    from edgepack import backends
+
+    fmt = ctx.target.formats[0]
+    return integer_outputs(backends.get(fmt), ctx.get(fmt, "fp32").path)[:1] == [True]
+
+
+def match_fraction(ref: np.ndarray, got: np.ndarray) -> float:
+    """The fraction of elements of ``got`` equal to ``ref`` (integer outputs, read back as float32)."""
+    ref, got = np.asarray(ref), np.asarray(got)
+    return round(float(np.mean(np.rint(ref) == np.rint(got))), 4) if ref.size else 1.0
+
+
+def per_output(ctx, fmt: str, first_sqnr: float, first: tuple | None = None) -> tuple[dict, dict]:
+    """({output name: SQNR dB}, {integer output name: fraction equal to FP32}). The first output's figures come
+    from the validation run (``first``: its FP32 and INT8 outputs, for an integer first output), the others'
+    from JUDGE_SAMPLES samples run again through both models (only for models with several outputs)."""
     from edgepack import backends
     from edgepack.inputs.data import num_samples, rows
     from edgepack.util import host_cores
 
     backend = backends.get(fmt)
-    declared = _output_names(backend, ctx.get(fmt, "int8").path, -1)
+    int8_path = ctx.get(fmt, "int8").path
+    declared = _output_names(backend, int8_path, -1)
+    integer = integer_outputs(backend, int8_path)
+    name0 = (declared or ["output0"])[0]
+    matches = ({name0: match_fraction(*first)} if integer[:1] == [True] and first is not None else {})
     if len(declared) <= 1:
-        return {(declared or ["output0"])[0]: first_sqnr}
+        return ({} if matches else {name0: first_sqnr}), matches
     fp32 = backend.Runner(ctx.get(fmt, "fp32").path, threads=host_cores())
-    int8 = backend.Runner(ctx.get(fmt, "int8").path, threads=host_cores())
+    int8 = backend.Runner(int8_path, threads=host_cores())
     n_out = len(fp32.run_outputs(rows(ctx.val.x, 0, 1)))
-    names = _output_names(backend, ctx.get(fmt, "int8").path, n_out)
+    names = _output_names(backend, int8_path, n_out)
+    integer = integer if len(integer) == n_out else [False] * n_out
     refs: list[list[np.ndarray]] = [[] for _ in range(n_out)]
     gots: list[list[np.ndarray]] = [[] for _ in range(n_out)]
     for i in range(min(JUDGE_SAMPLES, num_samples(ctx.val.x))):
@@ -49,10 +86,14 @@ def per_output_sqnr(ctx, fmt: str, first_sqnr: float) -> dict[str, float]:
         for k, (r, g) in enumerate(zip(fp32.run_outputs(sample), int8.run_outputs(sample), strict=True)):
             refs[k].append(np.ravel(r))
             gots[k].append(np.ravel(g))
-    # centred: an output's constant offset (a depth map in mm) is not signal INT8 has to keep
-    found = {names[k]: round(sqnr_db(np.concatenate(refs[k]), np.concatenate(gots[k]), centered=True), 2)
-             for k in range(1, n_out)}
-    return {names[0]: first_sqnr, **found}
+    sqnrs = {} if matches else {names[0]: first_sqnr}
+    for k in range(1, n_out):
+        ref, got = np.concatenate(refs[k]), np.concatenate(gots[k])
+        if integer[k]:
+            matches[names[k]] = match_fraction(ref, got)
+        else:  # centred: an output's constant offset (a depth map in mm) is not signal INT8 has to keep
+            sqnrs[names[k]] = round(sqnr_db(ref, got, centered=True), 2)
+    return sqnrs, matches
 
 
 def sqnr_floor(ctx) -> tuple[float, bool]:
@@ -63,8 +104,18 @@ def sqnr_floor(ctx) -> tuple[float, bool]:
     return (DEFAULT_MIN_OUTPUT_SQNR_DB, False) if explicit is None else (explicit, True)
 
 
-def budget_rows(ctx, sqnrs: dict[str, float], first_judged: bool) -> list[dict]:
-    """min_output_sqnr_db rows for the outputs the classification budgets do not judge (all, when set)."""
+def match_floor(ctx) -> float:
+    """The equal fraction an integer output must reach: min_agreement (command line, else profile), else
+    DEFAULT_MIN_OUTPUT_MATCH."""
+    for value in (ctx.config.min_agreement, ctx.target.min_agreement):
+        if value is not None:
+            return value
+    return DEFAULT_MIN_OUTPUT_MATCH
+
+
+def budget_rows(ctx, sqnrs: dict[str, float], first_judged: bool, matches: dict[str, float] | None = None) -> list[dict]:
+    """min_output_sqnr_db rows for the outputs the classification budgets do not judge (all, when set), and an
+    output_match row for every integer output."""
     floor, explicit = sqnr_floor(ctx)
     rows = []
     for i, (name, value) in enumerate(sqnrs.items()):
@@ -75,4 +126,8 @@ def budget_rows(ctx, sqnrs: dict[str, float], first_judged: bool) -> list[dict]:
         if not explicit:
             row["kind"] = "default floor"
         rows.append(row)
+    limit = match_floor(ctx)
+    for name, value in (matches or {}).items():
+        rows.append({"name": f"output_match[{name}]", "value": value, "limit": limit, "op": ">=",
+                     "passed": bool(value >= limit)})
     return rows

@@ -108,7 +108,9 @@ def search_budget(ctx: BuildContext, q: dict) -> dict | None:
     from edgepack.tasks import budgets
 
     budget = quality_budget(ctx, q)
-    if budget is None and q.get("sqnr_db") is not None:
+    if budget is None and q.get("output_match") is not None and judge.first_output_integer(ctx):
+        budget = budgets.row("output_match", q["output_match"], judge.match_floor(ctx), ">=")
+    elif budget is None and q.get("sqnr_db") is not None:
         budget = budgets.row("output_sqnr_db", q["sqnr_db"], judge.sqnr_floor(ctx)[0], ">=")
     return budget
 

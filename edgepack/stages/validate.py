@@ -72,7 +72,7 @@ def validate_format(ctx: BuildContext, fmt: str) -> dict:
         result["unpruned_fp32"] = _unpruned(ctx, outs, unpruned, result["latency_ms"])
     result["budgets"] = check_budgets(ctx, result)
     _quality_interval(ctx, fmt, result, outs)
-    _judge_every_output(ctx, fmt, result)
+    _judge_every_output(ctx, fmt, result, outs)
     result["passed"] = budgets.all_passed(result["budgets"])
     _speed_notes(ctx, fmt, result["latency_ms"])
     return result
@@ -203,12 +203,19 @@ def _pictures(ctx: BuildContext, outs: dict) -> dict:
             "int8": first(outs["int8"])}
 
 
-def _judge_every_output(ctx: BuildContext, fmt: str, result: dict) -> None:
-    """Per-output SQNR; outputs the task's quality budget does not judge get the min_output_sqnr_db floor."""
+def _judge_every_output(ctx: BuildContext, fmt: str, result: dict, outs: dict) -> None:
+    """Per-output SQNR; outputs the task's quality budget does not judge get the min_output_sqnr_db floor, and
+    integer outputs (a class map, ids, a count) the fraction equal to FP32's (edgepack.stages.judge)."""
     from edgepack.stages import judge
 
-    result["outputs_sqnr_db"] = judge.per_output_sqnr(ctx, fmt, result["sqnr_db"])
-    result["budgets"] += judge.budget_rows(ctx, result["outputs_sqnr_db"], quality_budget(ctx, result) is not None)
+    def first(o):
+        return o[0] if isinstance(o, list) else o
+
+    sqnrs, matches = judge.per_output(ctx, fmt, result["sqnr_db"], (first(outs["fp32"]), first(outs["int8"])))
+    result["outputs_sqnr_db"] = sqnrs
+    if matches:
+        result["outputs_match"] = matches
+    result["budgets"] += judge.budget_rows(ctx, sqnrs, quality_budget(ctx, result) is not None, matches)
 
 
 def _unpruned(ctx: BuildContext, outs: dict, art, latency: dict) -> dict:

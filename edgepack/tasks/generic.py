@@ -31,8 +31,12 @@ class Generic:
         per = [{"sqnr_db": _r(sqnr_db(r, g, centered=True)), "cosine": round(_cosine(r, g), 5)}
                for r, g in zip(refs, gots, strict=True)]
         worst = min(p["sqnr_db"] for p in per)
+        # the fraction of the first output's elements equal to FP32's: the judge of an integer output (a class
+        # map, ids), which edgepack.stages.judge uses instead of SQNR when the model declares it integer
+        first_ref, first_got = np.asarray(refs[0]), np.asarray(gots[0])
+        match = round(float(np.mean(np.rint(first_ref) == np.rint(first_got))), 4) if first_ref.size else 1.0
         return {"sqnr_db": worst, "agreement": None, "accuracy_fp32": None, "accuracy_int8": None,
-                "accuracy_drop": None, "outputs": per}
+                "accuracy_drop": None, "outputs": per, "output_match": match}
 
     def quality_budget(self, quality: dict, limits: dict) -> dict | None:
         """None: every output, the first included, is judged by edgepack.stages.judge against
