@@ -249,7 +249,8 @@ def _prune_table(options: dict[str, Any], from_file: Any) -> dict[str, Any] | No
 @click.option("--dry-run", is_flag=True, help="Check that the files, folders, factory module and target named exist "
                                               "(nothing loaded), print the resolved config and the stages, build "
                                               "nothing.")
-@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout (progress stays on stderr; -q hides it).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print a machine-readable summary on stdout (progress stays on stderr; -q hides it).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @click.pass_context
 def build(ctx: click.Context, model: str | None, dry_run: bool, as_json: bool, quiet: bool, **options: Any) -> None:
@@ -296,7 +297,8 @@ def build(ctx: click.Context, model: str | None, dry_run: bool, as_json: bool, q
 @prune_options
 @click.option("--save", "save_path", required=True, type=click.Path(dir_okay=False),
               help="Where to write the pruned model (.pt2).")
-@click.option("--json", "as_json", is_flag=True, help="Print the pruning report as JSON on stdout (progress stays on stderr).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the pruning report as JSON on stdout (progress stays on stderr).")
 @click.option("--quiet", "-q", is_flag=True)
 @click.pass_context
 def prune_cmd(ctx: click.Context, model: str | None, save_path: str, as_json: bool, quiet: bool,

@@ -113,7 +113,8 @@ def match_floor(ctx) -> float:
     return DEFAULT_MIN_OUTPUT_MATCH
 
 
-def budget_rows(ctx, sqnrs: dict[str, float], first_judged: bool, matches: dict[str, float] | None = None) -> list[dict]:
+def budget_rows(ctx, sqnrs: dict[str, float], first_judged: bool,
+                matches: dict[str, float] | None = None) -> list[dict]:
     """min_output_sqnr_db rows for the outputs the classification budgets do not judge (all, when set), and an
     output_match row for every integer output."""
     floor, explicit = sqnr_floor(ctx)
