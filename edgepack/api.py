@@ -174,21 +174,13 @@ def _prepare(config: BuildConfig, target: targets.TargetProfile, workdir: Path, 
     kind = kinds.for_model(model, config, target, onnx_inputs)
     kind.check(onnx_inputs)
     shape = kind.input_shape(fixed)
+    if _torchvision_detector(model, shape):
+        config, kind = _as_detector(config, model, target, onnx_inputs, said)
     mismatch = kind.channel_mismatch(shape)
     if mismatch and kinds.reads_photos(config):  # .npz samples are already preprocessed: only run.py's photos suffer
         raise InputError(mismatch[0], hint=mismatch[1])
     output_shapes = _output_shapes(model, kind, shape)
-    task = tasks.get(config.task, config) if config.task else tasks.for_outputs(output_shapes)
-    if config.box_format != "auto" and not hasattr(task, "box_format"):
-        from edgepack.errors import ConfigError
-
-        raise ConfigError(f"--box-format is for the detect task; this build's task is {task.name}",
-                          hint="pass --task detect, or drop --box-format")
-    if hasattr(task, "settle_format"):   # YOLOv5's (N, K, 5 + C): --labels tells C
-        names = len(read_class_names(config.labels)) if config.labels else None
-        said.extend(filter(None, [task.settle_format(output_shapes, names)]))
-    if hasattr(task, "check_outputs"):
-        task.check_outputs(output_shapes, model.spec)
+    task = _task(config, output_shapes, model, said)
     num_outputs = output_shapes[0][-1] if task.name == "classify" and output_shapes else None
     classes = num_outputs if num_outputs is not None else (   # what class names must number
         task.class_count(output_shapes) if hasattr(task, "class_count") else None)
@@ -213,6 +205,52 @@ def _prepare(config: BuildConfig, target: targets.TargetProfile, workdir: Path, 
     return ctx
 
 
+def _torchvision_detector(model: sources.LoadedModel, shape: tuple[int, ...]) -> str | None:
+    """A torchvision single-stage detector (SSD, SSDLite, RetinaNet, FCOS) becomes its decoded candidates at
+    ``shape``, with its transform's normalisation as the model's preprocessing (edgepack.inputs.tv_detection);
+    a two-stage one is refused. Returns the family adapted, else None."""
+    if model.kind != "torch" or model.text is not None or len(shape) != 4:
+        return None
+    from edgepack.inputs import tv_detection
+
+    found = tv_detection.family(model.module)
+    if found == "two-stage":
+        tv_detection.refuse_two_stage(model.spec, model.module)
+    if not found:
+        return None
+    model.preprocess = tv_detection.preprocess(model.module, shape)
+    model.preprocess_from = f"its {type(model.module).__name__}'s transform"
+    model.module = tv_detection.adapt(model.module, shape)
+    log.info("%s is a torchvision %s: built as its decoded boxes and scores at %s", model.spec, found, shape[2:])
+    return found
+
+
+def _task(config: BuildConfig, output_shapes: list[tuple], model: sources.LoadedModel, said: list[str]):
+    """The build's task (asked for, or inferred from the output shapes), checked against those shapes."""
+    task = tasks.get(config.task, config) if config.task else tasks.for_outputs(output_shapes)
+    if config.box_format != "auto" and not hasattr(task, "box_format"):
+        from edgepack.errors import ConfigError
+
+        raise ConfigError(f"--box-format is for the detect task; this build's task is {task.name}",
+                          hint="pass --task detect, or drop --box-format")
+    if hasattr(task, "settle_format"):   # YOLOv5's (N, K, 5 + C): --labels tells C
+        names = len(read_class_names(config.labels)) if config.labels else None
+        said.extend(filter(None, [task.settle_format(output_shapes, names)]))
+    if hasattr(task, "check_outputs"):
+        task.check_outputs(output_shapes, model.spec)
+    return task
+
+
+def _as_detector(config: BuildConfig, model: sources.LoadedModel, target, onnx_inputs, said: list[str]):
+    """(config, input kind) for an adapted torchvision detector: its preprocessing, the detect task unless
+    another was asked for, and an input kind that reads photos with that preprocessing."""
+    config, more = _model_preprocessing(config, model)
+    said.extend(more)
+    if not config.task:
+        config = dataclasses.replace(config, task="detect")
+    return config, kinds.for_model(model, config, target, onnx_inputs)
+
+
 def _model_preprocessing(config: BuildConfig, model: sources.LoadedModel) -> tuple[BuildConfig, list[str]]:
     """The image preprocessing a model declares (an HF folder's preprocessor_config.json) for every field the
     user left at its default; a field the user set to another value is kept, with a warning naming both."""
@@ -227,7 +265,7 @@ def _model_preprocessing(config: BuildConfig, model: sources.LoadedModel) -> tup
         if mine == getattr(default, key):
             take[key] = value
         elif mine != value:
-            said.append(f"{key} {mine} was given, but {model.spec} declares {value} (preprocessor_config.json); "
+            said.append(f"{key} {mine} was given, but {model.spec} declares {value} ({model.preprocess_from}); "
                         f"the given value is used")
     if not take:
         return config, said
@@ -299,6 +337,14 @@ def _output_shapes(model: sources.LoadedModel, kind: kinds.ImageInput, shape: tu
     y = check_accepts_input(model.module, kind.example_args(shape), kind.shape_flag)
     outs = list(y) if isinstance(y, list | tuple) else [first_tensor(y, f"the forward of {model.spec}")]
     shapes = [tuple(o.shape) for o in outs if hasattr(o, "shape")]
+    if not shapes and outs and all(isinstance(o, dict) for o in outs):  # post-processed detections, per image
+        keys = ", ".join(sorted({str(k) for o in outs for k in o}))
+        raise InputError(f"the forward of {model.spec} returns a list of {len(outs)} dict(s) ({keys}), one per "
+                         "image, not tensors: post-processed results whose size varies with the photo, which no "
+                         "INT8 format ships",
+                         hint="return the network's raw outputs at a fixed size, e.g. boxes (N, K, 4) and scores "
+                              "(N, K, C) before NMS (--task detect); torchvision's SSD, RetinaNet and FCOS models "
+                              "are adapted by edgepack when the factory returns them as they are")
     for s in shapes:
         check_output_rank(s, model.spec)
     return shapes

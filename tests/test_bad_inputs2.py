@@ -138,6 +138,15 @@ def classmap():
     return ClassMap(True).eval()
 def classmap_only():
     return ClassMap(False).eval()
+class Detections(torch.nn.Module):
+    def forward(self, x):  # what torchvision-style detectors return in eval mode: per-image dicts
+        return [{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)}]
+def listdict():
+    return Detections().eval()
+def fasterrcnn():
+    import torchvision
+    return torchvision.models.detection.fasterrcnn_mobilenet_v3_large_320_fpn(
+        weights=None, weights_backbone=None, num_classes=3).eval()
 '''
 
 
@@ -180,6 +189,8 @@ CASES = [
     ("factory raises", ["facts:raises", *SHAPE], 2, "factory 'facts:raises' raised ValueError: bad checkpoint"),
     ("factory module raises on import", ["broken_import:make", *SHAPE], 2, "importing its module) raised Runtime"),
     ("forward returns None", ["facts:noneout", *SHAPE], 2, "returned NoneType, not a tensor"),
+    ("forward returns per-image dicts", ["facts:listdict", *SHAPE], 2, "returns a list of 1 dict(s) (boxes, labels"),
+    ("two-stage torchvision detector", ["facts:fasterrcnn", *SHAPE], 2, "two-stage detector (FasterRCNN)"),
     ("calibration values of 3e38", [M, *SHAPE, "--calib", "{h}/huge.npz"], 2, "values reach 3e+38"),
     ("--min-agreement nan", [M, *SHAPE, "--min-agreement", "nan"], 2, "finite number"),
     ("--max-size-mb inf", [M, *SHAPE, "--max-size-mb", "inf"], 2, "finite number"),

@@ -68,6 +68,7 @@ class LoadedModel:
     input_shape: tuple[int, ...] | None = None   # a .pt2 program's own example input shape (one tensor input)
     labels: list[str] | None = None   # class names the model carries (an image HF folder's id2label)
     preprocess: dict | None = None    # the image preprocessing the model declares (preprocessor_config.json)
+    preprocess_from: str = "preprocessor_config.json"   # where that preprocessing was read, for messages
 
 
 def load(spec: str, *, weights: str | None = None, num_classes: int | None = None,
