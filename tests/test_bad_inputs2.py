@@ -298,7 +298,7 @@ def test_an_integer_output_is_judged_by_equality_not_sqnr(hostile, tiny_data, tm
 
 
 def test_equal_fraction_of_integer_outputs():
-    from edgepack.stages.judge import match_fraction
+    from edgepack.tasks.base import match_fraction
 
     ref = np.array([[0, 1, 2, 3]], np.float32)
     assert match_fraction(ref, ref) == 1.0 and match_fraction(ref, ref[:, ::-1]) == 0.0

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgepack.tasks.base import sqnr_db
+from edgepack.tasks.base import match_fraction, sqnr_db
 from edgepack.tasks.generic import DEFAULT_MIN_SQNR_DB as DEFAULT_MIN_OUTPUT_SQNR_DB  # noqa: E402
 
 JUDGE_SAMPLES = 32    # validation samples run again to compare the outputs after the first
@@ -24,24 +24,24 @@ JUDGE_SAMPLES = 32    # validation samples run again to compare the outputs afte
 DEFAULT_MIN_OUTPUT_MATCH = 0.95
 
 
-def _output_names(backend, path, count: int) -> list[str]:
+def _declared(backend, path) -> list[dict]:
+    """The file's declared outputs (name, dtype, quantization); [] when it cannot be read: names are labels
+    and integer flags choose a judge, the numbers come from the runs."""
     try:
-        names = [o["name"] for o in backend.io_details(path)["outputs"]]
-    except Exception:  # names are labels only; the numbers come from the runs
-        names = []
-    if count < 0:
-        return names
+        return backend.io_details(path)["outputs"]
+    except Exception:
+        return []
+
+
+def _names(declared: list[dict], count: int) -> list[str]:
+    names = [o["name"] for o in declared]
     return names if len(names) == count else [f"output{i}" for i in range(count)]
 
 
-def integer_outputs(backend, path) -> list[bool]:
+def _integer(declared: list[dict]) -> list[bool]:
     """Per declared output: True for an integer or bool output with no quantization scale (a class map, class
-    ids, a count), which is judged by equality, not SQNR. [] when the file cannot be read."""
-    try:
-        outs = backend.io_details(path)["outputs"]
-    except Exception:  # the flags only choose the judge; without them every output is judged by SQNR
-        return []
-    return [np.dtype(o["dtype"]).kind in "iub" and not o.get("quantization") for o in outs]
+    ids, a count), which is judged by equality, not SQNR."""
+    return [np.dtype(o["dtype"]).kind in "iub" and not o.get("quantization") for o in declared]
 
 
 def first_output_integer(ctx) -> bool:
@@ -49,13 +49,7 @@ def first_output_integer(ctx) -> bool:
     from edgepack import backends
 
     fmt = ctx.target.formats[0]
-    return integer_outputs(backends.get(fmt), ctx.get(fmt, "fp32").path)[:1] == [True]
-
-
-def match_fraction(ref: np.ndarray, got: np.ndarray) -> float:
-    """The fraction of elements of ``got`` equal to ``ref`` (integer outputs, read back as float32)."""
-    ref, got = np.asarray(ref), np.asarray(got)
-    return round(float(np.mean(np.rint(ref) == np.rint(got))), 4) if ref.size else 1.0
+    return _integer(_declared(backends.get(fmt), ctx.get(fmt, "fp32").path))[:1] == [True]
 
 
 def per_output(ctx, fmt: str, first_sqnr: float, first: tuple | None = None) -> tuple[dict, dict]:
@@ -68,16 +62,16 @@ def per_output(ctx, fmt: str, first_sqnr: float, first: tuple | None = None) -> 
 
     backend = backends.get(fmt)
     int8_path = ctx.get(fmt, "int8").path
-    declared = _output_names(backend, int8_path, -1)
-    integer = integer_outputs(backend, int8_path)
-    name0 = (declared or ["output0"])[0]
+    declared = _declared(backend, int8_path)
+    integer = _integer(declared)
+    name0 = declared[0]["name"] if declared else "output0"
     matches = ({name0: match_fraction(*first)} if integer[:1] == [True] and first is not None else {})
     if len(declared) <= 1:
         return ({} if matches else {name0: first_sqnr}), matches
     fp32 = backend.Runner(ctx.get(fmt, "fp32").path, threads=host_cores())
     int8 = backend.Runner(int8_path, threads=host_cores())
     n_out = len(fp32.run_outputs(rows(ctx.val.x, 0, 1)))
-    names = _output_names(backend, int8_path, n_out)
+    names = _names(declared, n_out)
     integer = integer if len(integer) == n_out else [False] * n_out
     refs: list[list[np.ndarray]] = [[] for _ in range(n_out)]
     gots: list[list[np.ndarray]] = [[] for _ in range(n_out)]

@@ -61,3 +61,10 @@ def sqnr_db(ref: np.ndarray, got: np.ndarray, centered: bool = False) -> float:
     if signal == 0 or not np.isfinite(noise):
         return -SQNR_CAP_DB
     return max(-SQNR_CAP_DB, min(SQNR_CAP_DB, 10 * float(np.log10(signal / noise))))
+
+
+def match_fraction(ref: np.ndarray, got: np.ndarray) -> float:
+    """The fraction of elements of ``got`` equal to ``ref``: the judge of an integer output (a class map, ids, a
+    count), read back as float32 (edgepack.stages.judge); 1 for empty outputs."""
+    ref, got = np.asarray(ref), np.asarray(got)
+    return round(float(np.mean(np.rint(ref) == np.rint(got))), 4) if ref.size else 1.0

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgepack.tasks import postprocess
-from edgepack.tasks.base import CHUNK, sqnr_db
+from edgepack.tasks.base import CHUNK, match_fraction, sqnr_db
 
 #: 10 dB: the INT8 error is a third of the signal's amplitude (at 0 dB it is as large as the signal). Classifier
 #: logits of the shipped examples sit at 18-22 dB; a feature map that INT8 has destroyed sits near 0 dB.
@@ -33,10 +33,8 @@ class Generic:
         worst = min(p["sqnr_db"] for p in per)
         # the fraction of the first output's elements equal to FP32's: the judge of an integer output (a class
         # map, ids), which edgepack.stages.judge uses instead of SQNR when the model declares it integer
-        first_ref, first_got = np.asarray(refs[0]), np.asarray(gots[0])
-        match = round(float(np.mean(np.rint(first_ref) == np.rint(first_got))), 4) if first_ref.size else 1.0
         return {"sqnr_db": worst, "agreement": None, "accuracy_fp32": None, "accuracy_int8": None,
-                "accuracy_drop": None, "outputs": per, "output_match": match}
+                "accuracy_drop": None, "outputs": per, "output_match": match_fraction(refs[0], gots[0])}
 
     def quality_budget(self, quality: dict, limits: dict) -> dict | None:
         """None: every output, the first included, is judged by edgepack.stages.judge against
