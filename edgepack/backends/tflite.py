@@ -280,7 +280,7 @@ def _onnx2tf_keras(onnx_path: Path, scratch: Path, calib: np.ndarray | None):
     _quiet_tensorflow()
     import onnx2tf
 
-    onnx_path = _tf_safe_node_names(onnx_path, scratch)
+    onnx_path = _for_onnx2tf(onnx_path, scratch)
     try:
         with _offline_samples(calib):
             model = onnx2tf.convert(
@@ -300,16 +300,29 @@ def _onnx2tf_keras(onnx_path: Path, scratch: Path, calib: np.ndarray | None):
     return model
 
 
-def _tf_safe_node_names(onnx_path: Path, scratch: Path) -> Path:
-    """`onnx_path`, or a copy beside `scratch` whose node names TensorFlow accepts: onnx2tf names TensorFlow ops
-    after ONNX nodes, and TensorFlow refuses scope names with characters outside [A-Za-z0-9_.\\/>-] (paddle2onnx
-    names nodes "Softmax@0": PP-OCR's text-direction classifier failed with "not a valid scope name")."""
+def _for_onnx2tf(onnx_path: Path, scratch: Path) -> Path:
+    """`onnx_path`, or a copy beside `scratch` that onnx2tf converts faithfully: node names TensorFlow accepts (see
+    _tf_safe_node_names) and plain Einsum contractions spelled as MatMul (onnx_einsum: onnx2tf searched 14,400
+    transpositions per 5-D attention Einsum of MaxViT, for minutes, and kept a wrong one)."""
     import onnx
 
+    from edgepack.backends import onnx_einsum
+
     model = onnx.load(str(onnx_path))
-    bad = [node for node in model.graph.node if _NOT_IN_TF_NAMES.search(node.name)]
-    if not bad:
+    renamed = _tf_safe_node_names(model)
+    model, spelled = onnx_einsum.lower(model)
+    if not renamed and not spelled:
         return onnx_path
+    out = scratch.with_name(f"{onnx_path.stem}_for_tf.onnx")
+    onnx.save(model, str(out))
+    return out
+
+
+def _tf_safe_node_names(model) -> int:
+    """Rename, in place, the nodes of `model` whose names TensorFlow refuses as scope names (characters outside
+    [A-Za-z0-9_.\\/>-]): onnx2tf names TensorFlow ops after ONNX nodes, and paddle2onnx names nodes "Softmax@0"
+    (PP-OCR's text-direction classifier failed with "not a valid scope name"). Returns how many were renamed."""
+    bad = [node for node in model.graph.node if _NOT_IN_TF_NAMES.search(node.name)]
     taken = {node.name for node in model.graph.node}
     for node in bad:
         name = base = _NOT_IN_TF_NAMES.sub("_", node.name)
@@ -319,9 +332,7 @@ def _tf_safe_node_names(onnx_path: Path, scratch: Path) -> Path:
             name = f"{base}_{k}"
         taken.add(name)
         node.name = name
-    out = scratch.with_name(f"{onnx_path.stem}_tf_names.onnx")
-    onnx.save(model, str(out))
-    return out
+    return len(bad)
 
 
 @contextlib.contextmanager

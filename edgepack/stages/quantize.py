@@ -192,13 +192,12 @@ def convert_tflite_full_integer(ctx: BuildContext) -> None:
     workdir = ctx.workdir / "tflite"  # one workdir: the SavedModel is converted once for both
     ctx.progress("converting to TFLite FP32 and full-integer INT8 (onnx2tf, calibrating)", 0, 1)
     written = workdir / f"{fp32_onnx.stem}_int8.tflite"
-    fp32, int8 = isolate.call(convert_tflite_pair, fp32_onnx, workdir, ctx.calib.x, ctx.target.tflite_io_dtype,
-                              ctx.config.allow_float_ops, ctx.config.weight_rounding, _float_tail(ctx),
-                              key="tflite-convert",
-                              step="TFLite conversion",
-                              diagnose=lambda: tflite_check.diagnose(written),
-                              hint="the TFLite converter or LiteRT aborted on this model; --debug shows its output; "
-                                   "targets that ship ONNX INT8 instead are listed by `edgepack targets`")
+    fp32, int8, fidelity = isolate.call(
+        convert_tflite_pair, fp32_onnx, workdir, ctx.calib.x, ctx.target.tflite_io_dtype, ctx.config.allow_float_ops,
+        ctx.config.weight_rounding, _float_tail(ctx), key="tflite-convert", step="TFLite conversion",
+        diagnose=lambda: tflite_check.diagnose(written),
+        hint="the TFLite converter or LiteRT aborted on this model; --debug shows its output; "
+             "targets that ship ONNX INT8 instead are listed by `edgepack targets`")
     ctx.add(Artifact("tflite", "fp32", fp32))
     int8, spelling = _hard_activation_spelling(ctx, fp32_onnx, int8, workdir)
     rounding = _prep_record(int8.parent).get("weight_rounding", {"method": "nearest"})
@@ -211,6 +210,7 @@ def convert_tflite_full_integer(ctx: BuildContext) -> None:
                                           "calibration": "minmax (the converter's own)",
                                           "converter": "tf.lite.TFLiteConverter (full-integer)",
                                           "hard_activations": spelling, "weight_rounding": rounding,
+                                          "fp32_fidelity": fidelity,
                                           **({"float_tail": tail, "output_dtype": "float32"} if tail else {})}
     if floats:
         ctx.warn(f"TFLite: {len(floats)} op(s) have no INT8 kernel and were kept in float "
@@ -330,10 +330,15 @@ def _float_tail(ctx: BuildContext) -> bool:
 
 def convert_tflite_pair(fp32_onnx, workdir, calib, io_dtype: str, allow_float: bool,
                         weight_rounding: str = "nearest", float_tail: bool = False) -> tuple:
-    """(FP32 .tflite, full-integer INT8 .tflite): one TensorFlow import for both, run in a child
-    by convert_tflite_full_integer."""
-    from edgepack.backends import tflite
+    """(FP32 .tflite, full-integer INT8 .tflite, the FP32 one's fidelity to ONNX): one TensorFlow import for
+    both, run in a child by convert_tflite_full_integer. A FP32 .tflite that is not the ONNX model's function
+    stops here, before the INT8 conversion (tflite_fidelity)."""
+    from edgepack.backends import tflite, tflite_fidelity
+    from edgepack.isolate import mark
 
     fp32 = tflite.convert(fp32_onnx, workdir, None)
-    return fp32, tflite.convert(fp32_onnx, workdir, calib, io_dtype=io_dtype, allow_float=allow_float,
-                                weight_rounding=weight_rounding, float_tail=float_tail)
+    mark("FP32 .tflite against ONNX Runtime")
+    fidelity = tflite_fidelity.check(fp32_onnx, fp32, calib, scratch=workdir / "fidelity")
+    int8 = tflite.convert(fp32_onnx, workdir, calib, io_dtype=io_dtype, allow_float=allow_float,
+                          weight_rounding=weight_rounding, float_tail=float_tail)
+    return fp32, int8, fidelity

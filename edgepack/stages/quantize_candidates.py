@@ -68,8 +68,8 @@ def tflite_candidates(ctx: BuildContext) -> None:
 
     fp32_onnx, workdir = ctx.get("onnx", "fp32").path, ctx.workdir / "tflite"
     ctx.progress("converting to TFLite FP32 and dynamic-range INT8 (onnx2tf)", 0, 1)
-    fp32, dynamic = isolate.call(convert_fp32_and_dynamic, fp32_onnx, workdir, key="tflite-convert",
-                                 step="TFLite conversion (FP32, dynamic-range INT8)")
+    fp32, dynamic, fidelity = isolate.call(convert_fp32_and_dynamic, fp32_onnx, workdir, ctx.calib.x,
+                                           key="tflite-convert", step="TFLite conversion (FP32, dynamic-range INT8)")
     ctx.add(Artifact("tflite", "fp32", fp32))
     mode = ctx.config.text_tflite_int8
     if mode == "dynamic-range":
@@ -94,7 +94,7 @@ def tflite_candidates(ctx: BuildContext) -> None:
         "full_integer": {"runs": full is not None, "why_not": why_not},
         "float_ops": floats if chosen == "full-integer" else [],
         "float_activation_ops": dict(sorted(Counter(f.split(":")[0] for f in floats).items())),
-        **({"candidates": rows} if rows else {})}
+        "fp32_fidelity": fidelity, **({"candidates": rows} if rows else {})}
     if chosen == "dynamic-range":
         ctx.warn(f"TFLite: shipping {DYNAMIC_RANGE} ({why})")
     elif floats:
@@ -127,11 +127,14 @@ def _full_integer(ctx: BuildContext, fp32_onnx, workdir) -> tuple:
     return path, None
 
 
-def convert_fp32_and_dynamic(fp32_onnx, workdir) -> tuple:
-    """(FP32 .tflite, dynamic-range INT8 .tflite): one TensorFlow import for both, run in a child (isolate)."""
-    from edgepack.backends import tflite
+def convert_fp32_and_dynamic(fp32_onnx, workdir, calib) -> tuple:
+    """(FP32 .tflite, dynamic-range INT8 .tflite, the FP32 one's fidelity to ONNX on ``calib``, token arrays): one
+    TensorFlow import for both, run in a child (isolate)."""
+    from edgepack.backends import tflite, tflite_fidelity
 
-    return tflite.convert(fp32_onnx, workdir, None), tflite.convert_text_int8(fp32_onnx, workdir, "dynamic-range")
+    fp32 = tflite.convert(fp32_onnx, workdir, None)
+    fidelity = tflite_fidelity.check(fp32_onnx, fp32, calib, scratch=workdir / "fidelity")
+    return fp32, tflite.convert_text_int8(fp32_onnx, workdir, "dynamic-range"), fidelity
 
 
 def _compare(ctx: BuildContext, fmt: str, candidates: dict) -> tuple[str, str, dict]:
