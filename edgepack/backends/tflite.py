@@ -101,11 +101,12 @@ def convert(onnx_path: Path, workdir: Path, calib: np.ndarray | None, *, io_dtyp
     names = float_ops(out, expected=tail)
     if names and not allow_float:
         out.unlink()
-        raise StageError(f"{len(names)} op(s) have no INT8 kernel and would run in float: {', '.join(names)}",
+        raise StageError(f"{len(names)} op(s) the TFLite converter could not quantize (no INT8 version) would run in "
+                         f"float: {', '.join(names)}",
                          hint="pass --allow-float-ops (allow_float_ops=True in Python) to keep them in float, "
                               "or replace them in the model")
     if names:
-        log.info("kept in float (no INT8 kernel): %s", ", ".join(names))  # the quantize stage warns
+        log.info("kept in float (not quantized by the converter): %s", ", ".join(names))  # the quantize stage warns
     return out
 
 

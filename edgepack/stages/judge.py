@@ -14,6 +14,9 @@ an exact match as "999 dB". It is judged by the fraction of its elements equal t
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
+
 import numpy as np
 
 from edgepack.tasks.base import match_fraction, sqnr_db
@@ -45,11 +48,20 @@ def _integer(declared: list[dict]) -> list[bool]:
 
 
 def first_output_integer(ctx) -> bool:
-    """Whether the model's first output is integer (judged by equality), read from its FP32 file."""
+    """Whether the model's first output is integer (judged by equality), read from its FP32 file once (the
+    accuracy search asks for every trial)."""
+    fmt = ctx.target.formats[0]
+    path = Path(ctx.get(fmt, "fp32").path)
+    stat = path.stat()
+    return _first_integer(fmt, str(path), (stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=8)
+def _first_integer(fmt: str, path: str, stamp: tuple) -> bool:
+    """first_output_integer of the file at ``path`` as it was at ``stamp`` (mtime, size)."""
     from edgepack import backends
 
-    fmt = ctx.target.formats[0]
-    return _integer(_declared(backends.get(fmt), ctx.get(fmt, "fp32").path))[:1] == [True]
+    return _integer(_declared(backends.get(fmt), Path(path)))[:1] == [True]
 
 
 def per_output(ctx, fmt: str, first_sqnr: float, first: tuple | None = None) -> tuple[dict, dict]:

@@ -213,7 +213,7 @@ def convert_tflite_full_integer(ctx: BuildContext) -> None:
                                           "fp32_fidelity": fidelity,
                                           **({"float_tail": tail, "output_dtype": "float32"} if tail else {})}
     if floats:
-        ctx.warn(f"TFLite: {len(floats)} op(s) have no INT8 kernel and were kept in float "
+        ctx.warn(f"TFLite: {len(floats)} op(s) the converter could not quantize (no INT8 version) were kept in float "
                  f"(--allow-float-ops): {', '.join(floats[:8])}")
 
 

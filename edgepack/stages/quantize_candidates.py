@@ -98,7 +98,8 @@ def tflite_candidates(ctx: BuildContext) -> None:
     if chosen == "dynamic-range":
         ctx.warn(f"TFLite: shipping {DYNAMIC_RANGE} ({why})")
     elif floats:
-        ctx.warn(f"TFLite: {len(floats)} op(s) have no INT8 kernel and run in float: {', '.join(floats[:8])}")
+        ctx.warn(f"TFLite: {len(floats)} op(s) the converter could not quantize (no INT8 version) run in float: "
+                 f"{', '.join(floats[:8])}")
 
 
 def _full_integer(ctx: BuildContext, fp32_onnx, workdir) -> tuple:
