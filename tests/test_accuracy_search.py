@@ -167,3 +167,27 @@ def test_a_generic_model_below_its_sqnr_floor_is_searched_too(outlier_model, dig
     default, chosen = search["trials"][0], [t for t in search["trials"] if t["name"] == search["chosen"]][0]
     assert default["name"] == "default recipe" and not default["met"] and len(search["trials"]) > 1
     assert chosen["sqnr_db"] > default["sqnr_db"]
+
+
+def test_tflite_search_keeps_the_ops_int8_hurts_most_in_float(outlier_model, digits, tmp_path):
+    """Full-integer TFLite: one activation scale per tensor breaks the outlier channel as in ONNX; the search's
+    last TFLite trial keeps the ops TensorFlow's QuantizationDebugger finds worst in float, and ships the first
+    variant that meets the budget."""
+    out = tmp_path / "tflite"
+    result = CliRunner().invoke(main, ["build", "toy_models:outlier_net", "--weights", str(outlier_model["weights"]),
+                                       "--target", "android-arm64", "--input-shape", "1,1,16,16", "--calib",
+                                       str(digits["calib"]), "--val", str(digits["val"]), "--out", str(out),
+                                       "--latency-runs", "3", "--max-accuracy-drop", "1.0", "--no-emulate", "--json"])
+    assert result.exit_code in (0, 1), result.output
+    man = json.loads((out / "manifest.json").read_text())
+    record = man["stages"]["quantization_tflite"]
+    mixed = record["float_layers"]
+    first = mixed["trials"][0]
+    assert first["float_layers"] == 0 and not first["budget"]["passed"], mixed
+    # the worst op (conv1, whose output the outlier channel starves) with the ops reading its output: one step
+    assert mixed["shipped"] == 1 and len(mixed["layers"]) > 1 and mixed["float_ops"], mixed
+    shipped = [t for t in mixed["trials"] if t["float_layers"] == mixed["shipped"]][0]
+    assert shipped["budget"]["passed"] and man["validation"]["accuracy_drop"] <= 1.0
+    assert man["validation"]["accuracy_drop"] == pytest.approx(shipped["budget"]["value"], abs=0.01)
+    assert not record["float_ops"]  # the float ops chosen are not reported as ones the converter could not quantize
+    assert record["fp32_fidelity"]["outputs"]["logits"] > 40

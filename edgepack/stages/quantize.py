@@ -202,15 +202,17 @@ def convert_tflite_full_integer(ctx: BuildContext) -> None:
     int8, spelling = _hard_activation_spelling(ctx, fp32_onnx, int8, workdir)
     rounding = _prep_record(int8.parent).get("weight_rounding", {"method": "nearest"})
     int8, rounding = _learned_rounding_trial(ctx, fp32_onnx, int8, workdir, spelling, rounding)
-    ctx.add(Artifact("tflite", "int8", int8))
     tail = _prep_record(int8.parent).get("float_tail")
-    floats = tflite.float_ops(int8, expected=tail or ())
+    int8, mixed = _float_layers_trial(ctx, int8)
+    ctx.add(Artifact("tflite", "int8", int8))
+    chosen_floats = set((mixed or {}).get("float_ops") or ())
+    floats = [f for f in tflite.float_ops(int8, expected=tail or ()) if f not in chosen_floats]
     ctx.records["quantization_tflite"] = {"io_dtype": ctx.target.tflite_io_dtype, "float_ops": floats,
                                           "weights": "int8 per-channel", "activations": "int8 per-tensor",
                                           "calibration": "minmax (the converter's own)",
                                           "converter": "tf.lite.TFLiteConverter (full-integer)",
                                           "hard_activations": spelling, "weight_rounding": rounding,
-                                          "fp32_fidelity": fidelity,
+                                          "fp32_fidelity": fidelity, **({"float_layers": mixed} if mixed else {}),
                                           **({"float_tail": tail, "output_dtype": "float32"} if tail else {})}
     if floats:
         ctx.warn(f"TFLite: {len(floats)} op(s) the converter could not quantize (no INT8 version) were kept in float "
@@ -264,6 +266,56 @@ def _learned_rounding_trial(ctx: BuildContext, fp32_onnx, int8, workdir, spellin
     ctx.warn(f"TFLite: INT8 missed the budget with weights rounded to nearest ({row1['name']} {row1['value']}); "
              f"shipping learned weight rounding ({row2['value']})")
     return alt, {**_prep_record(alt.parent).get("weight_rounding", {"method": "gptq"}), "trials": trials}
+
+
+#: how many of the ops INT8 hurts most the TFLite trials keep in float (a MaxViT has ~170 LayerNorm ops)
+TFLITE_FLOAT_LAYER_STEPS = (1, 4, 16, 64)
+
+
+def _float_layers_trial(ctx: BuildContext, int8) -> tuple:
+    """(the INT8 .tflite to ship, a record or None). When it misses the accuracy budget and the search is on,
+    variants keep the 1, 4, 16, 64 ops INT8 hurts most in float (tflite_mixed: one calibration, TensorFlow's
+    QuantizationDebugger ranks the ops); the first that meets the budget ships (the fewest float ops), else the
+    closest when it comes closer than ``int8``. The record lists every trial."""
+    from edgepack import backends, isolate
+    from edgepack.backends import tflite_mixed
+    from edgepack.errors import EdgepackError
+
+    if ctx.config.max_search_time <= 0:
+        return int8, None
+    first = evaluate_int8(ctx, int8, "tflite")
+    if meets_budget(ctx, first):
+        return int8, None
+    ctx.progress("TFLite INT8 misses the accuracy budget: trying the ops it hurts most in float", 0, 1)
+    try:
+        made = isolate.call(tflite_mixed.variants, ctx.get("tflite", "fp32").path.parent / "saved_model",
+                            ctx.workdir / "tflite_float_layers", ctx.calib.x,
+                            ctx.target.tflite_io_dtype, TFLITE_FLOAT_LAYER_STEPS, _float_tail(ctx),
+                            key="tflite-convert", step="TFLite conversion (layers in float)")
+    except EdgepackError as exc:
+        ctx.warn(f"TFLite: keeping layers in float could not be tried: {exc}")
+        return int8, None
+    best, best_row, chosen = int8, _quality_budget_row(ctx, first), None
+    trials = [{"float_layers": 0, "budget": best_row, "size_bytes": int8.stat().st_size}]
+    for variant in made:
+        row = _quality_budget_row(ctx, evaluate_int8(ctx, variant["path"], "tflite"))
+        trials.append({"float_layers": variant["float_layers"], "budget": row,
+                       "size_bytes": variant["path"].stat().st_size})
+        if row["passed"] or (not best_row["passed"] and _closer(row, best_row)):
+            best, best_row, chosen = variant["path"], row, variant
+        if row["passed"]:
+            break
+    record = {"trials": trials, "shipped": chosen["float_layers"] if chosen else 0,
+              "layers": chosen["layers"] if chosen else []}
+    if chosen:  # the float ops it adds, as float_ops names them (the converter renames an output op's tensor)
+        tflite = backends.get("tflite")
+        tail = _prep_record(int8.parent).get("float_tail") or ()
+        before = set(tflite.float_ops(int8, expected=tail))
+        record["float_ops"] = [f for f in tflite.float_ops(best, expected=tail) if f not in before]
+        ctx.warn(f"TFLite: INT8 missed the budget ({trials[0]['budget']['name']} {trials[0]['budget']['value']}); "
+                 f"shipping {chosen['float_layers']} op(s) INT8 hurt most kept in float ({best_row['value']}): "
+                 f"{', '.join(chosen['layers'][:4])}{' ...' if len(chosen['layers']) > 4 else ''}")
+    return best, record
 
 
 def _tflite_alternative(ctx: BuildContext, fp32_onnx, int8, folder, trying: str, what: str, step: str,
