@@ -191,3 +191,5 @@ def test_tflite_search_keeps_the_ops_int8_hurts_most_in_float(outlier_model, dig
     assert man["validation"]["accuracy_drop"] == pytest.approx(shipped["budget"]["value"], abs=0.01)
     assert not record["float_ops"]  # the float ops chosen are not reported as ones the converter could not quantize
     assert record["fp32_fidelity"]["outputs"]["logits"] > 40
+    report = (out / "report.md").read_text()
+    assert "variants kept the ops INT8 hurts most in float" in report and mixed["float_ops"][0] in report

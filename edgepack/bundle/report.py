@@ -49,6 +49,22 @@ def _rounding_lines(stages: dict) -> list[str]:
     return lines
 
 
+def _float_layer_lines(stages: dict) -> list[str]:
+    """The TFLite trials that kept the ops INT8 hurts most in float (stages.quantization_tflite.float_layers)."""
+    mixed = (stages.get("quantization_tflite") or {}).get("float_layers")
+    if not mixed:
+        return []
+    rows = [(str(t["float_layers"]), f"{t['budget'].get('name')} {t['budget'].get('value')}",
+             "yes" if t["budget"].get("passed") else "no", f"{t['size_bytes'] / 1e6:.3f}",
+             "shipped" if t["float_layers"] == mixed["shipped"] else "") for t in mixed["trials"]]
+    lines = ["TFLite INT8 missed its budget; variants kept the ops INT8 hurts most in float (with the ops reading "
+             "their outputs):", "", markdown_table(("ops ranked worst kept in float", "quality", "meets", "size MB",
+                                                    ""), rows), ""]
+    if mixed.get("float_ops"):
+        lines += ["Ops kept in float in the shipped model: " + ", ".join(f"`{n}`" for n in mixed["float_ops"]), ""]
+    return lines
+
+
 def render_markdown(man: dict) -> str:
     """report.md: verdict, summary, budgets, warnings, how it was built."""
     verdict = "PASSED: every budget met" if man["passed"] else "FAILED: at least one budget missed"
@@ -75,7 +91,7 @@ def render_markdown(man: dict) -> str:
               or (man["stages"].get("quantization_tflite") or {}).get("float_ops"))
     if floats:
         parts += ["Layers kept in float: " + ", ".join(f"`{n}`" for n in floats), ""]
-    parts += _rounding_lines(man["stages"])
+    parts += _rounding_lines(man["stages"]) + _float_layer_lines(man["stages"])
     if man["warnings"]:
         parts += ["## Warnings", ""] + [f"- {w}" for w in man["warnings"]] + [""]
     parts += ["## How it was built", "",

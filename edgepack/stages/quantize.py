@@ -204,6 +204,9 @@ def convert_tflite_full_integer(ctx: BuildContext) -> None:
     int8, rounding = _learned_rounding_trial(ctx, fp32_onnx, int8, workdir, spelling, rounding)
     tail = _prep_record(int8.parent).get("float_tail")
     int8, mixed = _float_layers_trial(ctx, int8)
+    if mixed and mixed["shipped"]:  # quantized from the FP32 SavedModel: none of the INT8 copy's preparation
+        spelling = {"xnnpack_spelling": 0, "shipped": "converter"}
+        rounding = {"method": "nearest", "bias_correction": False, "trials": rounding.get("trials", [])}
     ctx.add(Artifact("tflite", "int8", int8))
     chosen_floats = set((mixed or {}).get("float_ops") or ())
     floats = [f for f in tflite.float_ops(int8, expected=tail or ()) if f not in chosen_floats]
