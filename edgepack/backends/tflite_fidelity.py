@@ -106,12 +106,12 @@ def first_divergence(onnx_path: Path, scratch: Path, x) -> str | None:
         onnx.save(model, str(probe))
         feed = x if isinstance(x, dict) else {model.graph.input[0].name: np.asarray(x, np.float32)}
         session = ort.InferenceSession(str(probe), providers=["CPUExecutionProvider"])
-        want = dict(zip([o.name for o in session.get_outputs()], session.run(None, feed), strict=True))
+        names = [o.name for o in session.get_outputs()]
+        want = dict(zip(names, session.run(None, feed), strict=True))
         keras = tflite._onnx2tf_keras(probe, scratch / "fidelity_probe", None)
         tf_in = [np.asarray(v).transpose(0, 2, 3, 1) if np.ndim(v) == 4 else np.asarray(v) for v in feed.values()]
         outs = keras(tf_in if len(tf_in) > 1 else tf_in[0])
         outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
-        names = [o.name for o in session.get_outputs()]
         if len(outs) != len(names):
             return None
         have = dict(zip(names, (np.asarray(o) for o in outs), strict=True))

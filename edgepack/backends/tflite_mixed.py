@@ -52,7 +52,7 @@ def variants(saved: Path, out_dir: Path, calib, io_dtype: str, steps: tuple[int,
     made = []
     for k in steps:
         k = min(k, len(ranked))
-        if made and k == made[-1]["float_layers"] or not k:
+        if not k or (made and k == made[-1]["float_layers"]):
             break
         names = with_readers(graph, ranked[:k])
         mark(f"TFLite MLIR quantizer: {k} op(s) in float")
@@ -61,7 +61,7 @@ def variants(saved: Path, out_dir: Path, calib, io_dtype: str, steps: tuple[int,
             output_data_type=tf.float32 if float_tail else getattr(tf, io_dtype), denylisted_nodes=tail + names)
         path = out_dir / f"float_layers_{k}.tflite"
         path.write_bytes(data)
-        made.append({"float_layers": k, "path": path, "layers": names, "ranked": ranked[:k]})
+        made.append({"float_layers": k, "path": path, "layers": names})
     return made
 
 

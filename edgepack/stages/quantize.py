@@ -203,13 +203,18 @@ def convert_tflite_full_integer(ctx: BuildContext) -> None:
     rounding = _prep_record(int8.parent).get("weight_rounding", {"method": "nearest"})
     int8, rounding = _learned_rounding_trial(ctx, fp32_onnx, int8, workdir, spelling, rounding)
     tail = _prep_record(int8.parent).get("float_tail")
+    all_int8 = int8
     int8, mixed = _float_layers_trial(ctx, int8)
+    floats = tflite.float_ops(int8, expected=tail or ())
     if mixed and mixed["shipped"]:  # quantized from the FP32 SavedModel: none of the INT8 copy's preparation
         spelling = {"xnnpack_spelling": 0, "shipped": "converter"}
         rounding = {"method": "nearest", "bias_correction": False, "trials": rounding.get("trials", [])}
+        # the float ops it chose, as float_ops names them (the converter renames an output op's tensor), apart
+        # from those the converter could not quantize in the all-INT8 model either
+        unquantizable = set(tflite.float_ops(all_int8, expected=tail or ()))
+        mixed["float_ops"] = [f for f in floats if f not in unquantizable]
+        floats = [f for f in floats if f in unquantizable]
     ctx.add(Artifact("tflite", "int8", int8))
-    chosen_floats = set((mixed or {}).get("float_ops") or ())
-    floats = [f for f in tflite.float_ops(int8, expected=tail or ()) if f not in chosen_floats]
     ctx.records["quantization_tflite"] = {"io_dtype": ctx.target.tflite_io_dtype, "float_ops": floats,
                                           "weights": "int8 per-channel", "activations": "int8 per-tensor",
                                           "calibration": "minmax (the converter's own)",
@@ -280,7 +285,7 @@ def _float_layers_trial(ctx: BuildContext, int8) -> tuple:
     variants keep the 1, 4, 16, 64 ops INT8 hurts most in float (tflite_mixed: one calibration, TensorFlow's
     QuantizationDebugger ranks the ops); the first that meets the budget ships (the fewest float ops). When none
     does, ``int8`` ships and a warning gives the closest variant's figure. The record lists every trial."""
-    from edgepack import backends, isolate
+    from edgepack import isolate
     from edgepack.backends import tflite_mixed
     from edgepack.errors import EdgepackError
 
@@ -316,11 +321,7 @@ def _float_layers_trial(ctx: BuildContext, int8) -> tuple:
         ctx.warn(f"TFLite: INT8 misses the budget ({best_row['name']} {best_row['value']}); with the "
                  f"{closest['float_layers']} op(s) INT8 hurts most in float it reaches {closest['budget']['value']}, "
                  "still short, so all-INT8 ships (trials in the report)")
-    if chosen:  # the float ops it adds, as float_ops names them (the converter renames an output op's tensor)
-        tflite = backends.get("tflite")
-        tail = _prep_record(int8.parent).get("float_tail") or ()
-        before = set(tflite.float_ops(int8, expected=tail))
-        record["float_ops"] = [f for f in tflite.float_ops(best, expected=tail) if f not in before]
+    if chosen:
         ctx.warn(f"TFLite: INT8 missed the budget ({trials[0]['budget']['name']} {trials[0]['budget']['value']}); "
                  f"shipping {chosen['float_layers']} op(s) INT8 hurt most kept in float ({best_row['value']}): "
                  f"{', '.join(chosen['layers'][:4])}{' ...' if len(chosen['layers']) > 4 else ''}")
