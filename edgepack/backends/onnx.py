@@ -6,6 +6,7 @@ import contextlib
 import io
 import logging
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -254,6 +255,11 @@ class Runner:
     def run_outputs(self, x: np.ndarray | dict[str, np.ndarray]) -> list[np.ndarray]:
         """Every output of one run, as float32 (a model may have several; ``run`` returns the first)."""
         return [np.asarray(o, dtype=np.float32) for o in self.session.run(None, self._feed(x))]
+
+    def timed(self, x: np.ndarray | dict[str, np.ndarray]) -> Callable[[], None]:
+        """A call that runs the model on ``x`` (fed once, here), for latency (see the TFLite runner's)."""
+        feed, run = self._feed(x), self.session.run
+        return lambda: run(None, feed)
 
     def _feed(self, x: np.ndarray | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if not isinstance(x, dict):

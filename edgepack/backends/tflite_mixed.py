@@ -34,7 +34,7 @@ def variants(saved: Path, out_dir: Path, calib, io_dtype: str, steps: tuple[int,
     import tensorflow as tf
     from tensorflow.lite.python import convert as tf_convert
 
-    from edgepack.backends import tflite
+    from edgepack.backends import tflite, tflite_calibration
 
     if not saved.is_dir():
         raise FileNotFoundError(f"no SavedModel at {saved}")
@@ -44,7 +44,8 @@ def variants(saved: Path, out_dir: Path, calib, io_dtype: str, steps: tuple[int,
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = tflite._representative(calib)  # noqa: SLF001
     converter._experimental_calibrate_only = True  # noqa: SLF001 - TensorFlow's selective-quantization path
-    calibrated = converter.convert()
+    with tflite_calibration.repaired_calibration():
+        calibrated = converter.convert()
     tail = tflite.float_tail_nodes(calibrated) if float_tail else []
     mark("TFLite QuantizationDebugger: each op's INT8 error")
     ranked = [name for name in rank(saved, calib) if name not in tail]
@@ -71,7 +72,7 @@ def rank(saved_model: Path, calib) -> list[str]:
     channel), ties by the RMSE over the output scale that TensorFlow's own guide ranks by."""
     import tensorflow as tf
 
-    from edgepack.backends import tflite
+    from edgepack.backends import tflite, tflite_calibration
     from edgepack.inputs.data import num_samples, take
     from edgepack.util import spread_indices
 
@@ -81,9 +82,10 @@ def rank(saved_model: Path, calib) -> list[str]:
     converter.representative_dataset = tflite._representative(subset)  # noqa: SLF001
     options = tf.lite.experimental.QuantizationDebugOptions(
         layer_direct_compare_metrics={"channel_nsr": channel_nsr})
-    debugger = tf.lite.experimental.QuantizationDebugger(
-        converter=converter, debug_dataset=tflite._representative(subset), debug_options=options)  # noqa: SLF001
-    debugger.run()
+    with tflite_calibration.repaired_calibration():  # it calibrates when made
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            converter=converter, debug_dataset=tflite._representative(subset), debug_options=options)  # noqa: SLF001
+        debugger.run()
     dump = io.StringIO()
     debugger.layer_statistics_dump(dump)
     dump.seek(0)

@@ -218,6 +218,7 @@ def convert_tflite_full_integer(ctx: BuildContext) -> None:
     ctx.records["quantization_tflite"] = {"io_dtype": ctx.target.tflite_io_dtype, "float_ops": floats,
                                           "weights": "int8 per-channel", "activations": "int8 per-tensor",
                                           "calibration": "minmax (the converter's own)",
+                                          "calibration_ranges": _prep_record(int8.parent).get("calibration_ranges"),
                                           "converter": "tf.lite.TFLiteConverter (full-integer)",
                                           "hard_activations": spelling, "weight_rounding": rounding,
                                           "fp32_fidelity": fidelity, **({"float_layers": mixed} if mixed else {}),
