@@ -207,3 +207,26 @@ def test_full_integer_hard_activations_stay_in_one_xnnpack_partition(tmp_path):
     interp.allocate_tensors()
     assert [op["op_name"] for op in interp._get_ops_details()].count("DELEGATE") == 1
     assert not {"HARD_SWISH", "RELU_0_TO_1"} & {op["op_name"] for op in interp._get_ops_details()}
+
+
+def test_int8_onnx_runs_hard_activations_as_integer_ops_and_keeps_what_it_is_told(tmp_path):
+    """ONNX Runtime has no INT8 HardSigmoid, HardSwish or Div: quantized as exported they run in float between
+    Q/DQ pairs. quantize_onnx quantizes the respelled copy (Add, Clip, Mul: QLinear kernels), the same function
+    in float; a node the caller keeps in float keeps its own spelling."""
+    from edgepack.backends import onnx as onnx_backend
+    from edgepack.backends.onnx_quantize import quantize_onnx
+
+    path = _hard_activation_model(tmp_path)
+    x = np.random.default_rng(0).standard_normal((16, 3, 16, 16)).astype(np.float32)
+    info = quantize_onnx(path, tmp_path / "q.onnx", x)
+    assert info["hard_activations"] == {"HardSwish": 1, "HardSigmoid": 1, "hard-swish pattern": 1}
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node}
+    assert not {"HardSwish", "HardSigmoid", "Div"} & ops
+    assert not list(tmp_path.glob("*.activations.onnx"))   # the respelled copy is not left behind
+    ref = onnx_backend.Runner(path).run_samples(x)
+    got = onnx_backend.Runner(tmp_path / "q.onnx").run_samples(x)
+    assert 10 * np.log10((ref ** 2).sum() / ((ref - got) ** 2).sum()) > 20
+    sigmoid = next(n.name for n in onnx.load(str(path)).graph.node if n.op_type == "HardSigmoid")
+    info = quantize_onnx(path, tmp_path / "k.onnx", x, exclude_nodes=[sigmoid])
+    assert info["hard_activations"]["HardSigmoid"] == 0
+    assert sigmoid in {n.name for n in onnx.load(str(tmp_path / "k.onnx")).graph.node}

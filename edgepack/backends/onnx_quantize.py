@@ -75,14 +75,20 @@ def quantize_onnx(fp32_path: Path, out_path: Path, calib: np.ndarray, *, method:
     input_name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
     tail = float_tail_nodes(onnx.load(str(fp32_path))) if float_tail else []
     exclude_nodes = [*exclude_nodes, *(n for n in tail if n not in exclude_nodes)]
-    source, rounding = _rounded_source(fp32_path, out_path, calib, weight_rounding, plan, deadline, exclude_nodes)
+    reference, hard = _integer_activations(fp32_path, out_path, exclude_nodes)
     try:
-        _run_quantize_static(source, out_path, _ArrayReader(calib, input_name, deadline), method, per_channel,
-                             exclude_nodes, act, extra, plan["reduce_range"])
+        source, rounding = _rounded_source(reference, out_path, calib, weight_rounding, plan, deadline,
+                                           exclude_nodes)
+        try:
+            _run_quantize_static(source, out_path, _ArrayReader(calib, input_name, deadline), method, per_channel,
+                                 exclude_nodes, act, extra, plan["reduce_range"])
+        finally:
+            if source != reference:
+                source.unlink(missing_ok=True)
+        model, fp32_model = onnx.load(str(out_path)), onnx.load(str(reference))
     finally:
-        if source != fp32_path:
-            source.unlink(missing_ok=True)
-    model, fp32_model = onnx.load(str(out_path)), onnx.load(str(fp32_path))
+        if reference != fp32_path:
+            reference.unlink(missing_ok=True)
     dropped = _drop_output_qdq(model, fp32_model)
     corrected = _bias_correct(model, fp32_model, calib, input_name)
     onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props},
@@ -95,6 +101,7 @@ def quantize_onnx(fp32_path: Path, out_path: Path, calib: np.ndarray, *, method:
         "extra_options": extra, "nodes_excluded": [n for n in exclude_nodes if n not in tail],
         **({"float_tail": tail} if tail else {}),
         "float_outputs": dropped, "bias_corrected_nodes": corrected, "weight_rounding": rounding,
+        "hard_activations": hard,
         "calibration_samples": num_samples(calib), "compacted_bytes": saved, **_census(out_path),
     }
 
@@ -111,6 +118,22 @@ def float_tail_nodes(model: onnx.ModelProto) -> list[str]:
     nodes = list(model.graph.node)
     tail = tail_indices([(n.op_type, list(n.input), list(n.output)) for n in nodes], TAIL_STOP_OPS)
     return [nodes[k].name for k in tail if nodes[k].name and nodes[k].op_type != "Constant"]
+
+
+def _integer_activations(fp32_path: Path, out_path: Path, keep: Sequence[str]) -> tuple[Path, dict]:
+    """(the FP32 model the quantizer and bias correction read, the rewrites): a copy beside ``out_path`` whose
+    hard-swish and hard-sigmoid are spelled with Add, Clip and Mul (`tflite_prep.delegate_friendly_activations`:
+    the same function in float), which ONNX Runtime runs as INT8 QLinearAdd / QLinearMul where it would run
+    HardSigmoid, HardSwish or a Div by 6 in float between DequantizeLinear and QuantizeLinear; ``fp32_path``
+    itself when the model has none. Nodes in ``keep`` (kept in float) are left alone."""
+    from edgepack.backends import tflite_prep
+
+    copy = out_path.with_name(out_path.stem + ".activations.onnx")
+    counts = tflite_prep.delegate_friendly_activations(fp32_path, copy, keep=keep)
+    if not any(counts.values()):
+        copy.unlink(missing_ok=True)
+        return fp32_path, counts
+    return copy, counts
 
 
 def _rounded_source(fp32_path: Path, out_path: Path, calib, weight_rounding: str, plan: dict,
