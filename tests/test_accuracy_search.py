@@ -193,3 +193,21 @@ def test_tflite_search_keeps_the_ops_int8_hurts_most_in_float(outlier_model, dig
     assert record["fp32_fidelity"]["outputs"]["logits"] > 40
     report = (out / "report.md").read_text()
     assert "variants kept the ops INT8 hurts most in float" in report and mixed["float_ops"][0] in report
+
+
+def test_tflite_float_op_variants_stop_at_the_size_budget(outlier_model, digits, tmp_path):
+    """A variant keeps float weights, so its file grows: past the size budget it cannot ship, and the larger ones
+    are not tried. All-INT8 ships, with a warning that says why (an EfficientNet-Lite0 whose every op had been
+    kept in float shipped as "INT8" at 1.00x the FP32 file before)."""
+    out = tmp_path / "tflite"
+    result = CliRunner().invoke(main, ["build", "toy_models:outlier_net", "--weights", str(outlier_model["weights"]),
+                                       "--target", "android-arm64", "--input-shape", "1,1,16,16", "--calib",
+                                       str(digits["calib"]), "--val", str(digits["val"]), "--out", str(out),
+                                       "--latency-runs", "3", "--max-accuracy-drop", "1.0", "--max-size-mb",
+                                       "0.000001", "--no-emulate", "--json"])
+    assert result.exit_code == 1, result.output
+    man = json.loads((out / "manifest.json").read_text())
+    mixed = man["stages"]["quantization_tflite"]["float_layers"]
+    assert mixed["shipped"] == 0 and not mixed["layers"], mixed
+    assert [t["float_layers"] for t in mixed["trials"]] == [0, 1] and mixed["trials"][1]["over_size_budget"]
+    assert any("over the 1e-06 MB size budget, so all-INT8 ships" in w for w in man["warnings"]), man["warnings"]
