@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks import bootstrap  # noqa: E402
 from benchmarks.bench_task_peers import RESAMPLES, SETUPS  # noqa: E402
-from benchmarks.common import efficientnet_lite0, scratch_dir, update_section  # noqa: E402
+from benchmarks.common import efficientnet_lite0, scratch_dir, tflite_run_footer, update_section  # noqa: E402
 
 MODELS = ("ppocr", "ssdlite", "lraspp", "effnet")
 SPELLINGS = {"XNNPACK hard-swish": True, "converter HARD_SWISH": False}
@@ -149,8 +149,6 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     args = ap.parse_args()
-    import importlib.metadata as md
-
     t0 = time.time()
     blocks = []
     for name in args.models:
@@ -159,9 +157,7 @@ def main() -> None:
             print(blocks[-1], flush=True)
     body = (__doc__.split("\n\n")[0].replace("\n", " ") + "\n\n" + __doc__.split("\n\n")[1].replace("\n", " ")
             + "\n\n" + "\n\n".join(blocks) + "\n\n"
-            f"Whole run {(time.time() - t0) / 60:.1f} min, {time.strftime('%Y-%m-%d')}, tensorflow "
-            f"{md.version('tensorflow')}, ai-edge-litert {md.version('ai-edge-litert')}.\n\n"
-            "Reproduce: `PYTHONPATH=. nice -n 10 .venv/bin/python benchmarks/bench_tflite_calibration.py`.")
+            + tflite_run_footer(time.time() - t0, "bench_tflite_calibration.py"))
     update_section("tflite-calibration", "TFLite INT8: the calibrator's recorded ranges against repaired ones", body)
     print(body)
 

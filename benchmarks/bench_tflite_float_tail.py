@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks import bootstrap  # noqa: E402
 from benchmarks.bench_task_peers import setup_ssdlite  # noqa: E402
-from benchmarks.common import scratch_dir, update_section  # noqa: E402
+from benchmarks.common import scratch_dir, tflite_run_footer, update_section  # noqa: E402
 
 ROWS = {  # name: (xnnpack spelling of hard-swish, float tail)
     "INT8 tail, XNNPACK hard-swish": (True, False),
@@ -74,13 +74,9 @@ def main() -> None:
                          f"({lat[n]['p50'] / fp32_ms:.2f}x) | {wall[n]:.0f} |")
         diffs = "; ".join(f"{a} minus {b}: {lo:+.2f} to {hi:+.2f} points of mAP@0.5 (the float tail lower in "
                           f"{share:.0%} of resamples)" for (a, b), (lo, hi, share) in boot["diff"].items())
-        import importlib.metadata as md
-
         body = (__doc__.split("\n\n")[0].replace("\n", " ") + "\n\n" + "\n".join(lines) + "\n\n"
                 f"Paired differences ({RESAMPLES} resamples of the {len(s.val)} scenes): {diffs}. "
-                f"Whole run {(time.time() - t0) / 60:.1f} min, {time.strftime('%Y-%m-%d')}, tensorflow "
-                f"{md.version('tensorflow')}, ai-edge-litert {md.version('ai-edge-litert')}.\n\n"
-                "Reproduce: `PYTHONPATH=. nice -n 10 .venv/bin/python benchmarks/bench_tflite_float_tail.py`.")
+                + tflite_run_footer(time.time() - t0, "bench_tflite_float_tail.py"))
         update_section("tflite-float-tail", "SSDLite to TFLite: the decoding tail in INT8 or in float", body)
         print(body)
 

@@ -17,6 +17,17 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH_MD = Path(__file__).resolve().parent / "BENCHMARKS.md"
 
 
+def tflite_run_footer(seconds: float, script: str) -> str:
+    """The closing lines of a TFLite benchmark's section: its wall time, date, the TensorFlow and LiteRT versions,
+    and the command that reproduces it."""
+    import importlib.metadata as md
+    import time
+
+    return (f"Whole run {seconds / 60:.1f} min, {time.strftime('%Y-%m-%d')}, tensorflow {md.version('tensorflow')}, "
+            f"ai-edge-litert {md.version('ai-edge-litert')}.\n\n"
+            f"Reproduce: `PYTHONPATH=. nice -n 10 .venv/bin/python benchmarks/{script}`.")
+
+
 @contextlib.contextmanager
 def scratch_dir(prefix: str) -> Iterator[Path]:
     """A temporary work folder that is removed afterwards, even on failure (the TFLite benchmark's is about
