@@ -291,6 +291,7 @@ def _float_layers_trial(ctx: BuildContext, int8) -> tuple:
     from edgepack import isolate
     from edgepack.backends import tflite_mixed
     from edgepack.errors import EdgepackError
+    from edgepack.stages.validate import MB, _pick
 
     if ctx.config.max_search_time <= 0:
         return int8, None
@@ -308,10 +309,7 @@ def _float_layers_trial(ctx: BuildContext, int8) -> tuple:
         return int8, None
     best, best_row, chosen = int8, _quality_budget_row(ctx, first), None
     trials = [{"float_layers": 0, "budget": best_row, "size_bytes": int8.stat().st_size}]
-    closest = None
-    from edgepack.stages.validate import MB, _pick
-
-    limit = _pick(ctx, "max_size_mb")
+    closest, limit = None, _pick(ctx, "max_size_mb")
     for variant in made:
         size = variant["path"].stat().st_size
         row = _quality_budget_row(ctx, evaluate_int8(ctx, variant["path"], "tflite"))
