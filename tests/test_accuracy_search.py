@@ -210,4 +210,30 @@ def test_tflite_float_op_variants_stop_at_the_size_budget(outlier_model, digits,
     mixed = man["stages"]["quantization_tflite"]["float_layers"]
     assert mixed["shipped"] == 0 and not mixed["layers"], mixed
     assert [t["float_layers"] for t in mixed["trials"]] == [0, 1] and mixed["trials"][1]["over_size_budget"]
+    assert mixed["trials"][1]["budget"] is None  # not validated: its size alone rules it out
     assert any("over the 1e-06 MB size budget, so all-INT8 ships" in w for w in man["warnings"]), man["warnings"]
+    assert "no (over the size budget)" in (out / "report.md").read_text()
+
+
+def test_tflite_trials_stop_when_the_search_time_is_spent(outlier_model, digits, tmp_path, monkeypatch):
+    """The TFLite trials (another hard-swish spelling, learned rounding, float-op variants) share
+    --max-search-time, counted from the first: with the clock past it after that one, the others are not started,
+    and the manifest and a warning name them. They used to run to the end whatever the limit."""
+    from edgepack.stages import quantize
+
+    ticks = iter(range(0, 10**6, 1000))  # every reading of the clock is 1000 s after the one before
+    monkeypatch.setattr(quantize, "_now", lambda: float(next(ticks)))
+    out = tmp_path / "tflite"
+    result = CliRunner().invoke(main, ["build", "toy_models:outlier_net", "--weights", str(outlier_model["weights"]),
+                                       "--target", "android-arm64", "--input-shape", "1,1,16,16", "--calib",
+                                       str(digits["calib"]), "--val", str(digits["val"]), "--out", str(out),
+                                       "--latency-runs", "3", "--max-accuracy-drop", "1.0", "--max-search-time",
+                                       "60", "--no-emulate", "--json"])
+    assert result.exit_code == 1, result.output
+    man = json.loads((out / "manifest.json").read_text())
+    record = man["stages"]["quantization_tflite"]
+    # learned rounding ran (the first trial starts the clock); the float-op variants did not
+    assert [t["weight_rounding"] for t in record["weight_rounding"]["trials"]] == ["nearest", "gptq"], record
+    assert record["search_stopped"] == ["ops in float"] and "float_layers" not in record
+    assert any("60 s search time (--max-search-time) ran out; not tried: ops in float" in w
+               for w in man["warnings"]), man["warnings"]

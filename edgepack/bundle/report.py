@@ -54,7 +54,9 @@ def _float_layer_lines(stages: dict) -> list[str]:
     mixed = (stages.get("quantization_tflite") or {}).get("float_layers")
     if not mixed:
         return []
-    rows = [(str(t["float_layers"]), f"{t['budget'].get('name')} {t['budget'].get('value')}",
+    rows = [(str(t["float_layers"]),
+             f"{t['budget'].get('name')} {t['budget'].get('value')}" if t.get("budget") else "not validated",
+             "no (over the size budget)" if t.get("over_size_budget") else
              "yes" if t["budget"].get("passed") else "no", f"{t['size_bytes'] / 1e6:.3f}",
              "shipped" if t["float_layers"] == mixed["shipped"] else "") for t in mixed["trials"]]
     lines = ["TFLite INT8 missed its budget; variants kept the ops INT8 hurts most in float (with the ops reading "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import time
 
 from edgepack.inputs.data import num_samples, take
 from edgepack.stages.context import Artifact, BuildContext
@@ -199,12 +200,13 @@ def convert_tflite_full_integer(ctx: BuildContext) -> None:
         hint="the TFLite converter or LiteRT aborted on this model; --debug shows its output; "
              "targets that ship ONNX INT8 instead are listed by `edgepack targets`")
     ctx.add(Artifact("tflite", "fp32", fp32))
-    int8, spelling = _hard_activation_spelling(ctx, fp32_onnx, int8, workdir)
+    clock = TrialClock(ctx.config.max_search_time)
+    int8, spelling = _hard_activation_spelling(ctx, fp32_onnx, int8, workdir, clock)
     rounding = _prep_record(int8.parent).get("weight_rounding", {"method": "nearest"})
-    int8, rounding = _learned_rounding_trial(ctx, fp32_onnx, int8, workdir, spelling, rounding)
+    int8, rounding = _learned_rounding_trial(ctx, fp32_onnx, int8, workdir, spelling, rounding, clock)
     tail = _prep_record(int8.parent).get("float_tail")
     all_int8 = int8
-    int8, mixed = _float_layers_trial(ctx, int8)
+    int8, mixed = _float_layers_trial(ctx, int8, clock)
     floats = tflite.float_ops(int8, expected=tail or ())
     if mixed and mixed["shipped"]:  # quantized from the FP32 SavedModel: none of the INT8 copy's preparation
         spelling = {"xnnpack_spelling": 0, "shipped": "converter"}
@@ -222,13 +224,41 @@ def convert_tflite_full_integer(ctx: BuildContext) -> None:
                                           "converter": "tf.lite.TFLiteConverter (full-integer)",
                                           "hard_activations": spelling, "weight_rounding": rounding,
                                           "fp32_fidelity": fidelity, **({"float_layers": mixed} if mixed else {}),
-                                          **({"float_tail": tail, "output_dtype": "float32"} if tail else {})}
+                                          **({"float_tail": tail, "output_dtype": "float32"} if tail else {}),
+                                          **({"search_stopped": clock.stopped} if clock.stopped else {})}
+    if clock.stopped:
+        ctx.warn(f"TFLite: the {clock.seconds:g} s search time (--max-search-time) ran out; not tried: "
+                 f"{', '.join(clock.stopped)}")
     if floats:
         ctx.warn(f"TFLite: {len(floats)} op(s) the converter could not quantize (no INT8 version) were kept in float "
                  f"(--allow-float-ops): {', '.join(floats[:8])}")
 
 
-def _hard_activation_spelling(ctx: BuildContext, fp32_onnx, int8, workdir) -> tuple:
+#: the clock the TFLite trials read (a test moves it)
+_now = time.monotonic
+
+
+class TrialClock:
+    """The TFLite trials' share of --max-search-time, counted from the first trial that starts (the ONNX search
+    has its own). A trial starts only while time is left; one already running finishes. ``stopped`` names the
+    trials not started for want of time. A 300 s budget had been a 5 min ONNX search followed by TFLite trials
+    (another spelling, learned rounding, four float-op variants, each converted and validated) with no limit."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.t0, self.stopped = seconds, None, []
+
+    def allows(self, trial: str) -> bool:
+        """Whether ``trial`` may start; when not, it is listed in ``stopped``."""
+        if self.t0 is None:
+            self.t0 = _now()
+            return True
+        if _now() - self.t0 < self.seconds:
+            return True
+        self.stopped.append(trial)
+        return False
+
+
+def _hard_activation_spelling(ctx: BuildContext, fp32_onnx, int8, workdir, clock: TrialClock) -> tuple:
     """(the INT8 .tflite to ship, a record). The INT8 model spells hard-swish/hard-sigmoid so that LiteRT's
     XNNPACK delegate runs them in INT8 (tflite_prep.delegate_friendly_activations): faster, with a little more
     rounding than the converter's own HARD_SWISH kernel. When that model misses the accuracy budget and the
@@ -241,7 +271,7 @@ def _hard_activation_spelling(ctx: BuildContext, fp32_onnx, int8, workdir) -> tu
         return int8, record
     tried = _tflite_alternative(ctx, fp32_onnx, int8, workdir / "converter_activations",
                                 "the converter's own hard-swish kernels", "the converter's hard-swish spelling",
-                                "TFLite conversion (converter's spelling)", xnnpack_activations=False,
+                                "TFLite conversion (converter's spelling)", clock, xnnpack_activations=False,
                                 weight_rounding=ctx.config.weight_rounding)
     if tried is None:
         return int8, record
@@ -256,7 +286,8 @@ def _hard_activation_spelling(ctx: BuildContext, fp32_onnx, int8, workdir) -> tu
     return alt, record
 
 
-def _learned_rounding_trial(ctx: BuildContext, fp32_onnx, int8, workdir, spelling: dict, record: dict) -> tuple:
+def _learned_rounding_trial(ctx: BuildContext, fp32_onnx, int8, workdir, spelling: dict, record: dict,
+                            clock: TrialClock) -> tuple:
     """(the INT8 .tflite to ship, its weight-rounding record). When the INT8 model misses the accuracy budget, the
     search is on and the build rounded weights to nearest, the model is converted again with learned weight
     rounding (edgepack.backends.rounding; same hard-swish spelling) and ships if it meets the budget, else if it
@@ -264,7 +295,7 @@ def _learned_rounding_trial(ctx: BuildContext, fp32_onnx, int8, workdir, spellin
     if ctx.config.weight_rounding != "nearest" or ctx.config.max_search_time <= 0:
         return int8, record
     tried = _tflite_alternative(ctx, fp32_onnx, int8, workdir / "learned_rounding", "learned weight rounding",
-                                "learned weight rounding", "TFLite conversion (learned weight rounding)",
+                                "learned weight rounding", "TFLite conversion (learned weight rounding)", clock,
                                 xnnpack_activations=spelling.get("shipped") != "converter", weight_rounding="gptq")
     if tried is None:
         return int8, record
@@ -281,7 +312,7 @@ def _learned_rounding_trial(ctx: BuildContext, fp32_onnx, int8, workdir, spellin
 TFLITE_FLOAT_LAYER_STEPS = (1, 4, 16, 64)
 
 
-def _float_layers_trial(ctx: BuildContext, int8) -> tuple:
+def _float_layers_trial(ctx: BuildContext, int8, clock: TrialClock) -> tuple:
     """(the INT8 .tflite to ship, a record or None). When it misses the accuracy budget and the search is on,
     variants keep the 1, 4, 16, 64 ops INT8 hurts most in float (at most half of them: tflite_mixed; one
     calibration, TensorFlow's QuantizationDebugger ranks the ops); the first that meets the budget ships (the fewest
@@ -296,7 +327,7 @@ def _float_layers_trial(ctx: BuildContext, int8) -> tuple:
     if ctx.config.max_search_time <= 0:
         return int8, None
     first = evaluate_int8(ctx, int8, "tflite")
-    if meets_budget(ctx, first):
+    if meets_budget(ctx, first) or not clock.allows("ops in float"):
         return int8, None
     ctx.progress("TFLite INT8 misses the accuracy budget: trying the ops it hurts most in float", 0, 1)
     try:
@@ -312,11 +343,14 @@ def _float_layers_trial(ctx: BuildContext, int8) -> tuple:
     closest, limit = None, _pick(ctx, "max_size_mb")
     for variant in made:
         size = variant["path"].stat().st_size
+        if limit is not None and size / MB > limit:   # float weights grow the file: past the size budget it
+            trials.append({"float_layers": variant["float_layers"], "budget": None, "size_bytes": size,
+                           "over_size_budget": True})  # fails anyway (not validated), later variants only grow
+            break
+        if variant is not made[0] and not clock.allows(f"{variant['float_layers']} op(s) in float"):
+            break
         row = _quality_budget_row(ctx, evaluate_int8(ctx, variant["path"], "tflite"))
         trials.append({"float_layers": variant["float_layers"], "budget": row, "size_bytes": size})
-        if limit is not None and size / MB > limit:   # float weights grow the file: past the size budget it
-            trials[-1]["over_size_budget"] = True     # fails anyway, and later variants only grow
-            break
         if row["passed"]:
             best, best_row, chosen = variant["path"], row, variant
             break
@@ -340,7 +374,7 @@ def _float_layers_trial(ctx: BuildContext, int8) -> tuple:
 
 
 def _tflite_alternative(ctx: BuildContext, fp32_onnx, int8, folder, trying: str, what: str, step: str,
-                        **convert_options) -> tuple | None:
+                        clock: TrialClock, **convert_options) -> tuple | None:
     """When the INT8 .tflite ``int8`` misses the accuracy budget: convert the model again into ``folder`` with
     ``convert_options`` (in a child) and hold both to the budget. Returns (the other .tflite, ``int8``'s budget row,
     its budget row, whether it should ship: it meets the budget, or neither does and it comes closer); None when
@@ -350,7 +384,7 @@ def _tflite_alternative(ctx: BuildContext, fp32_onnx, int8, folder, trying: str,
     from edgepack.errors import EdgepackError
 
     first = evaluate_int8(ctx, int8, "tflite")
-    if meets_budget(ctx, first):
+    if meets_budget(ctx, first) or not clock.allows(what):
         return None
     ctx.progress(f"TFLite INT8 misses the accuracy budget: trying {trying}", 0, 1)
     try:
