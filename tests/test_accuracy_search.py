@@ -41,11 +41,16 @@ def outlier_model(digits, tmp_path_factory) -> dict[str, Path]:
     return {"weights": d / "outlier.pt"}
 
 
-def _build(out: Path, weights: Path, digits, *extra: str):
+def _build(out: Path, weights: Path, digits, *extra: str, target: str = "x86-64", runs: str = "5"):
     return CliRunner().invoke(main, ["build", "toy_models:outlier_net", "--weights", str(weights), "--target",
-                                     "x86-64", "--input-shape", "1,1,16,16", "--calib", str(digits["calib"]),
-                                     "--val", str(digits["val"]), "--out", str(out), "--latency-runs", "5",
+                                     target, "--input-shape", "1,1,16,16", "--calib", str(digits["calib"]),
+                                     "--val", str(digits["val"]), "--out", str(out), "--latency-runs", runs,
                                      "--max-accuracy-drop", "1.0", "--json", *extra])
+
+
+def _build_tflite(out: Path, weights: Path, digits, *extra: str):
+    """The outlier model to full-integer TFLite for android-arm64, the device stage off."""
+    return _build(out, weights, digits, "--no-emulate", *extra, target="android-arm64", runs="3")
 
 
 def test_plain_int8_loses_more_than_two_points(outlier_model, digits, tmp_path):
@@ -174,10 +179,7 @@ def test_tflite_search_keeps_the_ops_int8_hurts_most_in_float(outlier_model, dig
     last TFLite trial keeps the ops TensorFlow's QuantizationDebugger finds worst in float, and ships the first
     variant that meets the budget."""
     out = tmp_path / "tflite"
-    result = CliRunner().invoke(main, ["build", "toy_models:outlier_net", "--weights", str(outlier_model["weights"]),
-                                       "--target", "android-arm64", "--input-shape", "1,1,16,16", "--calib",
-                                       str(digits["calib"]), "--val", str(digits["val"]), "--out", str(out),
-                                       "--latency-runs", "3", "--max-accuracy-drop", "1.0", "--no-emulate", "--json"])
+    result = _build_tflite(out, outlier_model["weights"], digits)
     assert result.exit_code in (0, 1), result.output
     man = json.loads((out / "manifest.json").read_text())
     record = man["stages"]["quantization_tflite"]
@@ -200,11 +202,7 @@ def test_tflite_float_op_variants_stop_at_the_size_budget(outlier_model, digits,
     are not tried. All-INT8 ships, with a warning that says why (an EfficientNet-Lite0 whose every op had been
     kept in float shipped as "INT8" at 1.00x the FP32 file before)."""
     out = tmp_path / "tflite"
-    result = CliRunner().invoke(main, ["build", "toy_models:outlier_net", "--weights", str(outlier_model["weights"]),
-                                       "--target", "android-arm64", "--input-shape", "1,1,16,16", "--calib",
-                                       str(digits["calib"]), "--val", str(digits["val"]), "--out", str(out),
-                                       "--latency-runs", "3", "--max-accuracy-drop", "1.0", "--max-size-mb",
-                                       "0.000001", "--no-emulate", "--json"])
+    result = _build_tflite(out, outlier_model["weights"], digits, "--max-size-mb", "0.000001")
     assert result.exit_code == 1, result.output
     man = json.loads((out / "manifest.json").read_text())
     mixed = man["stages"]["quantization_tflite"]["float_layers"]
@@ -224,11 +222,7 @@ def test_tflite_trials_stop_when_the_search_time_is_spent(outlier_model, digits,
     ticks = iter(range(0, 10**6, 1000))  # every reading of the clock is 1000 s after the one before
     monkeypatch.setattr(quantize, "_now", lambda: float(next(ticks)))
     out = tmp_path / "tflite"
-    result = CliRunner().invoke(main, ["build", "toy_models:outlier_net", "--weights", str(outlier_model["weights"]),
-                                       "--target", "android-arm64", "--input-shape", "1,1,16,16", "--calib",
-                                       str(digits["calib"]), "--val", str(digits["val"]), "--out", str(out),
-                                       "--latency-runs", "3", "--max-accuracy-drop", "1.0", "--max-search-time",
-                                       "60", "--no-emulate", "--json"])
+    result = _build_tflite(out, outlier_model["weights"], digits, "--max-search-time", "60")
     assert result.exit_code == 1, result.output
     man = json.loads((out / "manifest.json").read_text())
     record = man["stages"]["quantization_tflite"]

@@ -11,6 +11,7 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 torch = pytest.importorskip("torch")
 
+import toy_models  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from edgepack.backends import onnx_quantize  # noqa: E402
@@ -139,20 +140,6 @@ def test_what_is_not_a_foldable_constant_multiplication_is_left_alone(case):
     assert model.SerializeToString() == copy
 
 
-class _SqueezeExcite(torch.nn.Module):
-    """Conv -> hard-swish -> a hard-sigmoid gate (squeeze-excite) -> Conv, as in MobileNetV3's blocks."""
-
-    def __init__(self):
-        super().__init__()
-        self.c1, self.c2 = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 4, 3, padding=1)
-        self.fc = torch.nn.Conv2d(8, 8, 1)
-
-    def forward(self, x):
-        y = torch.nn.functional.hardswish(self.c1(x))
-        y = y * torch.nn.functional.hardsigmoid(self.fc(y.mean((2, 3), keepdim=True)))
-        return self.c2(y)
-
-
 def test_quantize_onnx_folds_the_hard_activations_constant_multiplications(tmp_path, monkeypatch):
     """quantize_onnx respells hard-swish and hard-sigmoid with a Mul by 1/6 each; after the fold ONNX Runtime runs
     two QLinearMul fewer and no float op more, and the outputs are as close to FP32 as without the fold."""
@@ -160,7 +147,7 @@ def test_quantize_onnx_folds_the_hard_activations_constant_multiplications(tmp_p
 
     torch.manual_seed(0)
     fp32 = tmp_path / "m.onnx"
-    onnx_backend.export(_SqueezeExcite().eval(), (1, 3, 16, 16), fp32, opset=17)
+    onnx_backend.export(toy_models.HardActivations().eval(), (1, 3, 16, 16), fp32, opset=17)
     x = np.random.default_rng(0).standard_normal((16, 3, 16, 16)).astype(np.float32)
     info = onnx_quantize.quantize_onnx(fp32, tmp_path / "fold.onnx", x)
     monkeypatch.setattr(onnx_quantize, "fold_constant_muls", lambda model: 0)

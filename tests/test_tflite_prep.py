@@ -7,6 +7,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+import toy_models
 from onnx import TensorProto, helper, numpy_helper
 
 from edgepack.backends import tflite_prep as tp
@@ -149,28 +150,12 @@ def test_tflite_convert_uses_the_corrected_copy(tmp_path):
     assert plain.is_file() and not (tmp_path / "plain" / "int8_prep.json").exists()
 
 
-class _HardActivations(torch.nn.Module):
-    """nn.Hardswish (ONNX HardSwish), nn.Hardsigmoid in a squeeze-excite gate (HardSigmoid) and the spelled-out
-    x * clip(x + 3, 0, 6) / 6 some exporters write (PaddlePaddle's hardswish)."""
-
-    def __init__(self):
-        super().__init__()
-        self.c1, self.c2 = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 3, padding=1)
-        self.fc = torch.nn.Conv2d(8, 8, 1)
-
-    def forward(self, x):
-        y = torch.nn.functional.hardswish(self.c1(x))
-        y = y * torch.nn.functional.hardsigmoid(self.fc(y.mean((2, 3), keepdim=True)))
-        z = self.c2(y)
-        return z * torch.clamp(z + 3, 0, 6) / 6
-
-
 def _hard_activation_model(tmp_path):
     from edgepack.backends import onnx as onnx_backend
 
     torch.manual_seed(0)
     raw, path = tmp_path / "raw.onnx", tmp_path / "m.onnx"
-    onnx_backend.export(_HardActivations().eval(), (1, 3, 16, 16), raw, opset=17)
+    onnx_backend.export(toy_models.HardActivations().eval(), (1, 3, 16, 16), raw, opset=17)
     onnx_backend.simplify(raw, path)
     return path
 

@@ -261,3 +261,19 @@ def tiny_detector_yolo_layout() -> nn.Module:
     """Seeded YoloLayoutDetector: (1, 7, 64) for 1x3x32x32 inputs."""
     torch.manual_seed(0)
     return YoloLayoutDetector().eval()
+
+
+class HardActivations(torch.nn.Module):
+    """nn.Hardswish (ONNX HardSwish), nn.Hardsigmoid in a squeeze-excite gate (HardSigmoid) and the spelled-out
+    x * clip(x + 3, 0, 6) / 6 some exporters write (PaddlePaddle's hardswish)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = torch.nn.Conv2d(8, 8, 1)
+
+    def forward(self, x):
+        y = torch.nn.functional.hardswish(self.c1(x))
+        y = y * torch.nn.functional.hardsigmoid(self.fc(y.mean((2, 3), keepdim=True)))
+        z = self.c2(y)
+        return z * torch.clamp(z + 3, 0, 6) / 6
