@@ -413,11 +413,13 @@ too, where it is worth 0.25 mAP@0.5 points (0.32 with, 0.57 without), so the rec
 rounding (`--weight-rounding gptq`, the search's first trial) gives -0.08 (see "Learned weight rounding" below);
 keeping LRASPP's tail after its last convolution (the classifier sum and the upsampling) in float, as detectors
 now do, changed nothing (0.02). With a 0-point budget edgepack's search (entropy calibration) gives -0.11, the best
-LRASPP row. What the default buys: edgepack's INT8 is the fastest INT8 on this host for all three models (0.95x,
-1.17x and 0.89x FP32, where ORT's defaults run 1.55-2.37x and NNCF's 1.71-2.79x): edgepack quantizes the
-element-wise ops too (hard-swish, residual adds) so ONNX Runtime runs them as integer kernels, and NNCF leaves them
-float between Q/DQ pairs. PP-OCRv4's INT8 ran at 0.74x FP32 in the same benchmark at an earlier stop and runs at
-0.95-0.98x on this session's host (2026-12-02: 22 ms against FP32's 23 ms; 2026-12-03: 23.5 against 24.6; the host's
+LRASPP row. What the default buys: edgepack's INT8 is the fastest INT8 on this host for all three models (latest
+run, 2026-12-04, with constant multiplications folded into the DequantizeLinear scales: 0.56x, 0.85x and 0.68x
+FP32, where ORT's defaults run 1.39-1.97x and NNCF's 1.44-2.27x; the run before the fold 0.59x, 0.94x, 0.72x):
+edgepack quantizes the element-wise ops too (hard-swish as Add/Clip/Mul, residual adds) so ONNX Runtime runs them
+as integer kernels, folds each hard-swish's and hard-sigmoid's multiplication by 1/6 into a scale (no
+requantisation; outputs bit-identical), and NNCF leaves them float between Q/DQ pairs. PP-OCRv4's INT8 ran at
+0.74x FP32 in the same benchmark at an earlier stop and at 0.95-0.98x on an earlier session's host (2026-12-02: 22 ms against FP32's 23 ms; 2026-12-03: 23.5 against 24.6; the host's
 CPU reports only "AMD EPYC", AVX2): treat host latency ratios as this machine's. Part of that is x86-only: ORT's
 profiler (1 thread, p50 of 50 runs) gives PP-OCRv4's six nearest Resizes 2.4 ms of 24.6 in INT8 (uint8, NHWC) and
 0.39 ms in FP32 (NCHWc kernels, which the Pi's aarch64 ORT 1.23.0 wheel does not use; under qemu for the Pi the uint8
