@@ -419,7 +419,8 @@ FP32, where ORT's defaults run 1.39-1.97x and NNCF's 1.44-2.27x; the run before 
 edgepack quantizes the element-wise ops too (hard-swish as Add/Clip/Mul, residual adds) so ONNX Runtime runs them
 as integer kernels, folds each hard-swish's and hard-sigmoid's multiplication by 1/6 into a scale (no
 requantisation; outputs bit-identical), and NNCF leaves them float between Q/DQ pairs. PP-OCRv4's INT8 ran at
-0.74x FP32 in the same benchmark at an earlier stop and at 0.95-0.98x on an earlier session's host (2026-12-02: 22 ms against FP32's 23 ms; 2026-12-03: 23.5 against 24.6; the host's
+0.74x FP32 in the same benchmark at an earlier stop and at 0.95-0.98x on an earlier session's host
+(2026-12-02: 22 ms against FP32's 23 ms; 2026-12-03: 23.5 against 24.6; the host's
 CPU reports only "AMD EPYC", AVX2): treat host latency ratios as this machine's. Part of that is x86-only: ORT's
 profiler (1 thread, p50 of 50 runs) gives PP-OCRv4's six nearest Resizes 2.4 ms of 24.6 in INT8 (uint8, NHWC) and
 0.39 ms in FP32 (NCHWc kernels, which the Pi's aarch64 ORT 1.23.0 wheel does not use; under qemu for the Pi the uint8
