@@ -291,8 +291,9 @@ def _fold_mul(graph: onnx.GraphProto, mul, dq_a, const_dq, c: float, q_b, dq_bs)
     folded = onnx.helper.make_node("DequantizeLinear", [dq_a.input[0], scale_name, *dq_a.input[2:3]],
                                    [kept[0].output[0]])
     folded.attribute.extend(dq_a.attribute)  # DQ_a's axis and the like: DQ' is DQ_a with its scale times c
+    others = {d.output[0] for d in kept[1:]}
     for node in graph.node:  # the other DQ_b's readers read DQ' instead
-        node.input[:] = [kept[0].output[0] if t in {d.output[0] for d in kept[1:]} else t for t in node.input]
+        node.input[:] = [kept[0].output[0] if t in others else t for t in node.input]
     graph.node.insert(list(graph.node).index(kept[0]), folded)
     gone = [mul, q_b, *dq_bs]
     for node in gone:
@@ -384,10 +385,7 @@ def _drop_zero_dq_zero_points(graph: onnx.GraphProto) -> None:
             continue
         if not numpy_helper.to_array(inits[node.input[2]]).any():
             del node.input[2]
-    read = {t for n in graph.node for t in n.input} | {o.name for o in graph.output}
-    unread = [t for t in graph.initializer if t.name not in read]
-    for t in unread:
-        graph.initializer.remove(t)
+    _drop_unread_initializers(graph, {t.name for t in graph.initializer})
 
 
 def _resolve_activation_type(activation_type: str) -> str:
