@@ -77,3 +77,49 @@ def test_a_constant_another_node_reads_is_copied_not_changed():
     assert gone == 2 and [n.op_type for n in folded.graph.node] == ["Conv"]
     x = np.random.default_rng(4).normal(size=(1, 3, 8, 8)).astype(np.float32)
     np.testing.assert_allclose(_run(folded, x)[0], _run(model, x)[0], rtol=1e-5, atol=1e-4)
+
+
+def _lab_model(pad_second: bool, bias_second: bool = True):
+    """conv -> relu -> s * x + t (PP-LCNetV3's learnable affine block after an activation) -> conv2, whose padding
+    decides whether the shift can go into it too; a graph output after conv2."""
+    rng = np.random.default_rng(4)
+    inits = [numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.normal(size=(5, 4, 3, 3)).astype(np.float32), "w2"),
+             numpy_helper.from_array(np.asarray([0.7], np.float32), "s"),
+             numpy_helper.from_array(np.asarray([-0.4], np.float32), "t")]
+    if bias_second:
+        inits.append(numpy_helper.from_array(rng.normal(size=5).astype(np.float32), "b2"))
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Mul", ["s", "r"], ["m"]), helper.make_node("Add", ["m", "t"], ["a"]),
+             helper.make_node("Conv", ["a", "w2", "b2"] if bias_second else ["a", "w2"], ["y"],
+                              pads=[1, 1, 1, 1] if pad_second else [0, 0, 0, 0])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.mark.parametrize("bias_second", [True, False])
+def test_scalar_affine_after_an_activation_folds_into_an_unpadded_next_conv(bias_second):
+    model = _lab_model(pad_second=False, bias_second=bias_second)
+    folded, gone = onnx_fold.fold_forward(model)
+    assert gone == 2 and [n.op_type for n in folded.graph.node] == ["Conv", "Relu", "Conv"]
+    x = np.random.default_rng(5).normal(size=(2, 3, 8, 8)).astype(np.float32)[:1]
+    np.testing.assert_allclose(_run(folded, x)[0], _run(model, x)[0], rtol=1e-5, atol=1e-5)
+    assert [n.op_type for n in model.graph.node] == ["Conv", "Relu", "Mul", "Add", "Conv"]   # input unchanged
+
+
+def test_a_padded_next_conv_takes_the_scale_but_not_the_shift():
+    """conv(x + t) != conv(x) + t * sum(W) where the kernel overlaps the zero padding: the Add stays (as
+    x + t / s), the Mul goes into the weights."""
+    model = _lab_model(pad_second=True)
+    folded, gone = onnx_fold.fold_forward(model)
+    assert gone == 1 and [n.op_type for n in folded.graph.node] == ["Conv", "Relu", "Add", "Conv"]
+    x = np.random.default_rng(6).normal(size=(1, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(_run(folded, x)[0], _run(model, x)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_an_affine_read_by_something_other_than_a_conv_stays():
+    model = _lab_model(pad_second=False)
+    model.graph.output.append(helper.make_tensor_value_info("a", TensorProto.FLOAT, None))  # also an output
+    folded, gone = onnx_fold.fold_forward(model)
+    assert gone == 0 and folded is model

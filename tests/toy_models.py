@@ -277,3 +277,35 @@ class HardActivations(torch.nn.Module):
         y = y * torch.nn.functional.hardsigmoid(self.fc(y.mean((2, 3), keepdim=True)))
         z = self.c2(y)
         return z * torch.clamp(z + 3, 0, 6) / 6
+
+
+class NearestUpsampling(torch.nn.Module):
+    """A feature-pyramid neck in miniature: nearest upsamplings by 2 and by 4 between convolutions (ONNX Resize,
+    asymmetric / floor as torch exports them), and one bilinear upsampling that must stay a Resize."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = torch.nn.Conv2d(3, 8, 3, stride=4, padding=1)
+        self.c2, self.c3 = torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.Conv2d(8, 4, 3, padding=1)
+
+    def forward(self, x):
+        F = torch.nn.functional  # noqa: N806
+        a = torch.relu(self.c1(x))
+        y = torch.relu(self.c2(F.interpolate(a, scale_factor=2, mode="nearest")))
+        z = F.interpolate(y, scale_factor=2, mode="bilinear", align_corners=False)
+        return self.c3(F.interpolate(a, scale_factor=4, mode="nearest") + z)
+
+
+class TransposedHead(torch.nn.Module):
+    """DBNet's head in miniature: conv, then two stride-2 transposed convolutions, the last to one channel with its
+    bias added as a (1, 1, 1, 1) constant (as Paddle exports it: the converter fuses it with that shape)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = torch.nn.Conv2d(3, 8, 3, stride=4, padding=1)
+        self.t1 = torch.nn.ConvTranspose2d(8, 8, 2, stride=2)
+        self.t2 = torch.nn.ConvTranspose2d(8, 1, 2, stride=2, bias=False)
+        self.b = torch.nn.Parameter(torch.full((1, 1, 1, 1), 0.3))
+
+    def forward(self, x):
+        return torch.sigmoid(self.t2(torch.relu(self.t1(torch.relu(self.c(x))))) + self.b)

@@ -164,7 +164,8 @@ def prepare_source(src: Path, dst: Path, *, input_shape: tuple[int, ...], opset:
 def simplify(src: Path, dst: Path) -> dict:
     """Fold constants and padding with onnxslim (Pad ops from "same" padding cost INT8 speed), then a constant
     scale/shift after a convolution into the convolution (`onnx_fold`: ONNX Runtime's own Conv+Mul / Conv+Add
-    fusions, which the exported form of such constants escapes)."""
+    fusions, which the exported form of such constants escapes), and a scalar scale/shift that only convolutions
+    read into those (`onnx_fold.fold_forward`)."""
     import onnx
     import onnxslim
 
@@ -175,9 +176,11 @@ def simplify(src: Path, dst: Path) -> dict:
     with contextlib.redirect_stdout(io.StringIO()):
         slim = onnxslim.slim(model)
     slim, folded = onnx_fold.fold(slim)
+    slim, forward = onnx_fold.fold_forward(slim)
     onnx.save(slim, str(dst))
     return {"nodes_before": before, "nodes_after": len(slim.graph.node),
-            **({"affine_folded_into_conv": folded} if folded else {})}
+            **({"affine_folded_into_conv": folded} if folded else {}),
+            **({"affine_folded_forward": forward} if forward else {})}
 
 
 #: ONNX metadata an INT8 model carries (edgepack.backends.onnx_quantize.int8_plan): the arithmetic that validates

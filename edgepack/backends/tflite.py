@@ -97,7 +97,7 @@ def convert(onnx_path: Path, workdir: Path, calib: np.ndarray | None, *, io_dtyp
     repaired: list[dict] = []
     with tflite_calibration.repaired_calibration(repaired.append):
         data = _int8_bytes(saved_model, calib, io_dtype, float_tail)
-    out = _write(workdir / f"{onnx_path.stem}_int8.tflite", data, onnx_path)
+    out = _write(workdir / f"{onnx_path.stem}_int8.tflite", data, onnx_path, respell=True)
     tail = float_tail_nodes(out.read_bytes()) if float_tail else []  # named as in the written model
     fields = {"float_tail": tail} if tail else {}
     if repaired and repaired[-1]["repaired"]:
@@ -662,9 +662,10 @@ def _without_delegate_banner():
                 os.write(2, rest)
 
 
-def _write(path: Path, data: bytes, onnx_path: Path | None = None) -> Path:
+def _write(path: Path, data: bytes, onnx_path: Path | None = None, respell: bool = False) -> Path:
     """Write the converter's bytes, compacted (`tflite_compact`: the same model, repeated vectors stored once, io
-    tensors named as in `onnx_path`), atomically-enough (temp file then rename) and return the path."""
+    tensors named as in `onnx_path`), atomically-enough (temp file then rename) and return the path. ``respell``:
+    first rewritten so that XNNPACK takes more of the model (`tflite_xnnpack`; same outputs, checked)."""
     from edgepack.backends import tflite_compact
 
     names: dict[str, list[str]] = {}
@@ -673,6 +674,12 @@ def _write(path: Path, data: bytes, onnx_path: Path | None = None) -> Path:
 
         io = io_details(onnx_path)
         names = {"input_names": [i["name"] for i in io["inputs"]], "output_names": [o["name"] for o in io["outputs"]]}
+    if respell:
+        from edgepack.backends import tflite_xnnpack
+
+        data, done = tflite_xnnpack.delegate_friendly(data)
+        if any(done.values()):
+            _record_prep(path.parent, xnnpack_rewrites=done)
     data = tflite_compact.compact(data, **names)
     tmp = path.with_suffix(".tmp")
     tmp.write_bytes(data)

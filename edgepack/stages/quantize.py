@@ -223,6 +223,7 @@ def convert_tflite_full_integer(ctx: BuildContext) -> None:
                                           "calibration_ranges": _prep_record(int8.parent).get("calibration_ranges"),
                                           "converter": "tf.lite.TFLiteConverter (full-integer)",
                                           "hard_activations": spelling, "weight_rounding": rounding,
+                                          **_xnnpack_rewrites(int8.parent, mixed),
                                           "fp32_fidelity": fidelity, **({"float_layers": mixed} if mixed else {}),
                                           **({"float_tail": tail, "output_dtype": "float32"} if tail else {}),
                                           **({"search_stopped": clock.stopped} if clock.stopped else {})}
@@ -397,6 +398,15 @@ def _tflite_alternative(ctx: BuildContext, fp32_onnx, int8, folder, trying: str,
         return None
     row1, row2 = _quality_budget_row(ctx, first), _quality_budget_row(ctx, evaluate_int8(ctx, alt, "tflite"))
     return alt, row1, row2, row2["passed"] or (not row1["passed"] and _closer(row2, row1))
+
+
+def _xnnpack_rewrites(workdir, mixed: dict | None) -> dict:
+    """{"xnnpack_rewrites": {...}}: what tflite_xnnpack rewrote in the shipped INT8 file (same outputs), {} when
+    nothing."""
+    prep = _prep_record(workdir)
+    done = {} if mixed and mixed.get("shipped") else dict(prep.get("xnnpack_rewrites") or {})
+    done = {k: v for k, v in done.items() if v}
+    return {"xnnpack_rewrites": done} if done else {}
 
 
 def _prep_record(workdir) -> dict:
