@@ -123,3 +123,39 @@ def test_an_affine_read_by_something_other_than_a_conv_stays():
     model.graph.output.append(helper.make_tensor_value_info("a", TensorProto.FLOAT, None))  # also an output
     folded, gone = onnx_fold.fold_forward(model)
     assert gone == 0 and folded is model
+
+
+def _hard_swish_se_model():
+    """MobileNetV3's block tail as edgepack's INT8 copy spells it: conv -> x * (1/6) * clip(x + 3, 0, 6) (hard-swish)
+    -> squeeze-excitation (GAP, conv, ReLU, conv, clip(z + 3, 0, 6) * (1/6)) -> x * se -> 1x1 conv; plus a branch
+    where a scaled tensor meets itself (x6 * relu(x6): c squared), which must keep its Mul."""
+    rng = np.random.default_rng(7)
+    arrays = {"w": rng.normal(size=(4, 3, 3, 3)), "f1": rng.normal(size=(2, 4, 1, 1)),
+              "f2": rng.normal(size=(4, 2, 1, 1)), "p": rng.normal(size=(5, 4, 1, 1)), "sixth": 1 / 6,
+              "sixth2": 1 / 6, "three": 3.0, "zero": 0.0, "six": 6.0, "q": rng.normal(size=(3, 4, 1, 1)),
+              "sixth3": 1 / 6}
+    inits = [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in arrays.items()]
+    mk = helper.make_node
+    nodes = [mk("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             mk("Add", ["c", "three"], ["c3"]), mk("Clip", ["c3", "zero", "six"], ["r6"]),
+             mk("Mul", ["c", "sixth"], ["c6"]), mk("Mul", ["c6", "r6"], ["hs"]),
+             mk("GlobalAveragePool", ["hs"], ["g"]), mk("Conv", ["g", "f1"], ["z1"]), mk("Relu", ["z1"], ["z1r"]),
+             mk("Conv", ["z1r", "f2"], ["z2"]), mk("Add", ["z2", "three"], ["z3"]),
+             mk("Clip", ["z3", "zero", "six"], ["z6"]), mk("Mul", ["z6", "sixth2"], ["se"]),
+             mk("Mul", ["hs", "se"], ["s"]), mk("Conv", ["s", "p"], ["y"]),
+             mk("Mul", ["c", "sixth3"], ["t"]), mk("Relu", ["t"], ["tr"]), mk("Mul", ["t", "tr"], ["sq"]),
+             mk("Conv", ["sq", "q"], ["y2"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in ("y", "y2")], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_the_sixths_of_hard_swish_and_hard_sigmoid_go_through_squeeze_excitation_into_the_convolutions():
+    model = _hard_swish_se_model()
+    folded, gone = onnx_fold.fold_forward(model)
+    muls = [(list(n.input)) for n in folded.graph.node if n.op_type == "Mul"]
+    assert gone == 2                                   # both 1/6 of the block; the squared branch keeps its own
+    assert ["c", "sixth3"] in muls and not any("sixth" in m or "sixth2" in m for m in muls)
+    x = np.random.default_rng(8).normal(size=(1, 3, 8, 8)).astype(np.float32) * 3
+    for a, b in zip(_run(folded, x), _run(model, x), strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)

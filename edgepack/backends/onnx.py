@@ -176,7 +176,7 @@ def simplify(src: Path, dst: Path) -> dict:
     with contextlib.redirect_stdout(io.StringIO()):
         slim = onnxslim.slim(model)
     slim, folded = onnx_fold.fold(slim)
-    slim, forward = onnx_fold.fold_forward(slim)
+    slim, forward = onnx_fold.fold_forward(slim, keep_hard_swish=True)
     onnx.save(slim, str(dst))
     return {"nodes_before": before, "nodes_after": len(slim.graph.node),
             **({"affine_folded_into_conv": folded} if folded else {}),

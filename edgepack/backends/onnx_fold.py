@@ -169,7 +169,7 @@ def _same_function(before, after) -> bool:
     return True
 
 
-def fold_forward(model):
+def fold_forward(model, keep_hard_swish: bool = False):
     """(the model with every scalar Mul / Add by a constant that only convolutions read folded into those
     convolutions, how many nodes went); ``model`` itself and 0 when nothing folds or the result is not the same
     function. ``model``: an onnx.ModelProto, not changed.
@@ -179,21 +179,25 @@ def fold_forward(model):
     ``conv(s * x) = conv_{s W}(x)`` exactly, zero padding included, and ``conv(x + t) = conv(x) + t * sum(W)``
     when the convolution pads nothing. When ``x + t`` feeds a padded convolution, ``s * x + t`` is rewritten
     ``s * (x + t / s)`` and the scale still goes into the weights; only the Add stays. Each node that goes is one
-    feature-map pass less in float and one requantization and one rounding less in INT8 (PP-OCRv4's detector:
-    58 such Mul/Add nodes)."""
+    feature-map pass less in float and one requantization and one rounding less in INT8. A scale also goes
+    through pooling, reshapes, ReLU and products with other tensors to the convolutions beyond
+    (`_absorbing_convs`): the 1/6 of hard-swish and hard-sigmoid as edgepack's INT8 copy spells them.
+    ``keep_hard_swish``: the ``/ 6`` ending an exported ``x * clip(x + 3, 0, 6) / 6`` stays, so that converters
+    still fuse it into one hard-swish op (how the FP32 model is simplified).
+    """
     import onnx
 
     if model.ByteSize() > _MAX_BYTES:
         return model, 0
     candidate = onnx.ModelProto()
     candidate.CopyFrom(model)
-    gone = _fold_forward(candidate.graph)
+    gone = _fold_forward(candidate.graph, keep_hard_swish)
     if not gone or not _same_function(model, candidate):
         return model, 0
     return candidate, gone
 
 
-def _fold_forward(graph) -> int:
+def _fold_forward(graph, keep_hard_swish: bool) -> int:
     inits = {t.name: t for t in graph.initializer}
     outputs = {o.name for o in graph.output}
     gone = 0
@@ -203,7 +207,10 @@ def _fold_forward(graph) -> int:
             for name in node.input:
                 readers.setdefault(name, []).append(node)
         shared = {name for name, nodes in readers.items() if len(nodes) > 1}
+        kept = _hard_swish_ends(graph, inits, readers) if keep_hard_swish else set()
         for node in list(graph.node):
+            if node.output[0] in kept:
+                continue
             step = _fold_step(graph, node, inits, readers, shared, outputs)
             if step:
                 gone += step == "gone"
@@ -214,6 +221,20 @@ def _fold_forward(graph) -> int:
     for t in [t for t in graph.initializer if t.name not in read and t.name not in outputs]:
         graph.initializer.remove(t)
     return gone
+
+
+def _hard_swish_ends(graph, inits: dict, readers: dict) -> set:
+    """Outputs of the Div / Mul nodes that end an ``x * clip(x + 3, 0, 6) / 6`` hard-swish: converters fuse the
+    whole pattern into one op (TFLite's HARD_SWISH), which they no longer recognise once the 1/6 is folded away."""
+    from onnx import numpy_helper
+
+    from edgepack.backends.tflite_prep import _hard_swish_pattern
+
+    producer = {o: n for n in graph.node for o in n.output}
+    consts = {name: numpy_helper.to_array(t) for name, t in inits.items() if int(np.prod(t.dims)) == 1}
+    uses = {name: len(nodes) for name, nodes in readers.items()}
+    return {n.output[0] for n in graph.node if n.op_type in ("Mul", "Div")
+            and _hard_swish_pattern(n, producer, consts, uses) is not None}
 
 
 def _fold_step(graph, node, inits: dict, readers: dict, shared: set, outputs: set) -> str | None:
@@ -230,22 +251,66 @@ def _fold_step(graph, node, inits: dict, readers: dict, shared: set, outputs: se
     if not users or out in outputs:
         return None
     convs = all(_plain_conv(u, out, inits, shared) for u in users)
-    if node.op_type == "Mul" and convs:
-        for conv in users:
+    scale = node.op_type in ("Mul", "Div")
+    leaves = _absorbing_convs(out, value, readers, inits, shared, outputs) if scale else None
+    if leaves is not None:
+        for conv in leaves:
             w = numpy_helper.to_array(inits[conv.input[1]])
             inits[conv.input[1]].CopyFrom(numpy_helper.from_array((w * value).astype(w.dtype), conv.input[1]))
     elif node.op_type == "Add" and convs and all(_unpadded(u) for u in users):
         for conv in users:
             w = numpy_helper.to_array(inits[conv.input[1]])
             _add_bias(graph, conv, (value * w.reshape(w.shape[0], -1).sum(axis=1)).astype(w.dtype), inits)
-    elif node.op_type == "Mul" and value != 0 and len(users) == 1 and users[0].op_type == "Add":
+    elif scale and value != 0 and len(users) == 1 and users[0].op_type == "Add":
         return "swapped" if _swap_mul_add(graph, node, users[0], x, value, inits, shared, outputs) else None
     else:
         return None
-    for conv in users:
-        conv.input[0] = x
+    for user in users:
+        user.input[:] = [x if i == out else i for i in user.input]
     graph.node.remove(node)
     return "gone"
+
+
+#: ops through which a scale c on their (first) input comes out as the same scale on their output
+_HOMOGENEOUS = frozenset({"GlobalAveragePool", "AveragePool", "ReduceMean", "Identity", "Flatten", "Reshape",
+                          "Squeeze", "Unsqueeze", "Transpose", "DepthToSpace", "SpaceToDepth"})
+_POSITIVE_HOMOGENEOUS = frozenset({"Relu", "MaxPool", "GlobalMaxPool"})   # ... when c > 0
+
+
+def _absorbing_convs(t: str, c: float, readers: dict, inits: dict, shared: set, outputs: set) -> list | None:
+    """The convolutions whose weights can absorb a scale ``c`` on tensor ``t`` so that ``t`` can go unscaled: every
+    path from ``t`` runs through ops that pass a scale on (pooling, reshapes, ReLU when c > 0, a Mul by another
+    tensor) and ends at a convolution's data input (``conv(c x) = conv_{c W}(x)``); None when some path ends
+    elsewhere (a graph output, an Add, a Concat...) or two scaled tensors meet (a Mul of two: c squared).
+    In MobileNetV3 and PP-LCNet this takes the 1/6 of every hard-swish and hard-sigmoid through the
+    squeeze-excitation product into the next convolutions."""
+    scaled, leaves, frontier = {t}, [], [t]
+    while frontier:
+        tensor = frontier.pop()
+        users = readers.get(tensor, [])
+        if not users or tensor in outputs:
+            return None
+        for u in users:
+            if _plain_conv(u, tensor, inits, shared):
+                if not any(u is leaf for leaf in leaves):
+                    leaves.append(u)
+                continue
+            passes = (u.op_type in _HOMOGENEOUS and u.input[0] == tensor
+                      or u.op_type in _POSITIVE_HOMOGENEOUS and c > 0 and u.input[0] == tensor
+                      or u.op_type == "Mul" and len(u.input) == 2)
+            if not passes or any(i in scaled for i in u.input[1:] if u.op_type != "Mul"):
+                return None
+            if u.op_type == "Mul" and all(i in scaled for i in u.input):
+                return None   # both factors scaled: the product is scaled by c squared
+            if u.output[0] not in scaled:
+                scaled.add(u.output[0])
+                frontier.append(u.output[0])
+    # a Mul whose other factor turns out to be scaled too (reached later on another path): c squared
+    for tensor in scaled:
+        for u in readers.get(tensor, []):
+            if u.op_type == "Mul" and all(i in scaled for i in u.input):
+                return None
+    return leaves or None
 
 
 def _swap_mul_add(graph, mul, add, x: str, value: float, inits: dict, shared: set, outputs: set) -> bool:
@@ -277,19 +342,21 @@ def _inits_shared(node, inits: dict, shared: set) -> bool:
 
 def _scalar_operand(node, inits: dict):
     """(the non-constant input, the constant as a float) when ``node`` is a Mul/Add of a tensor by a one-element
-    float constant; None otherwise."""
+    float constant, or a Div of a tensor by one (the value is then its inverse: x / c = x * (1 / c)); None
+    otherwise."""
     from onnx import numpy_helper
 
-    if node.op_type not in _AFFINE_OPS or len(node.input) != 2:
+    if node.op_type not in ("Mul", "Add", "Div") or len(node.input) != 2:
         return None
     consts = [i for i in node.input if i in inits]
-    if len(consts) != 1:
+    if len(consts) != 1 or (node.op_type == "Div" and consts[0] != node.input[1]):
         return None
     value = numpy_helper.to_array(inits[consts[0]])
-    if value.size != 1 or value.dtype != np.float32:
+    if value.size != 1 or value.dtype != np.float32 or (node.op_type == "Div" and not value.reshape(())):
         return None
     x = node.input[1] if node.input[0] == consts[0] else node.input[0]
-    return x, float(value.reshape(()))
+    scalar = float(value.reshape(()))
+    return x, 1.0 / scalar if node.op_type == "Div" else scalar
 
 
 def _plain_conv(node, x: str, inits: dict, shared: set) -> bool:

@@ -401,10 +401,11 @@ def _tflite_alternative(ctx: BuildContext, fp32_onnx, int8, folder, trying: str,
 
 
 def _xnnpack_rewrites(workdir, mixed: dict | None) -> dict:
-    """{"xnnpack_rewrites": {...}}: what tflite_xnnpack rewrote in the shipped INT8 file (same outputs), {} when
-    nothing."""
+    """{"xnnpack_rewrites": {...}}: the exact rewrites for XNNPACK the shipped INT8 file had (scales folded into
+    convolutions in the INT8 copy, tflite_xnnpack's in the written file), {} when none."""
     prep = _prep_record(workdir)
-    done = {} if mixed and mixed.get("shipped") else dict(prep.get("xnnpack_rewrites") or {})
+    done = {} if mixed and mixed.get("shipped") else {
+        "scales_folded_forward": prep.get("scales_folded_forward", 0), **(prep.get("xnnpack_rewrites") or {})}
     done = {k: v for k, v in done.items() if v}
     return {"xnnpack_rewrites": done} if done else {}
 
