@@ -339,7 +339,8 @@ def compact_qdq(model: onnx.ModelProto) -> int:
     (int8, one per output channel) and of int32 biases go, with any initializer no node reads: on a model of many
     thin layers that is a twentieth of the file (SSDLite shapes detector: 1.255 -> 1.186 MB; ONNX Runtime fuses the
     same QLinearConv graph and computes the same outputs). QuantizeLinear keeps its zero point: its type is the
-    output's type. Returns the bytes saved."""
+    output's type. A convolution's bias scale becomes the product of its input and weight scales that it is
+    (`_bias_scales_as_products`). Returns the bytes saved."""
     before = model.ByteSize()
     graph = model.graph
     if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
@@ -366,7 +367,48 @@ def compact_qdq(model: onnx.ModelProto) -> int:
     for init in graph.initializer:
         init.name = rename.get(init.name, init.name)
     del graph.value_info[:]
+    _bias_scales_as_products(graph, taken)
     return before - model.ByteSize()
+
+
+def _bias_scales_as_products(graph: onnx.GraphProto, taken: set) -> int:
+    """Store each convolution's int32 bias scale as what it is, ``Mul(input scale, weight scales)``, instead of a
+    vector of its own, where the stored vector is bit for bit that float32 product (what onnxruntime's quantizer
+    writes). ONNX Runtime folds the constant Mul when it loads the model (basic optimizations, before its QDQ
+    fusions): the same QLinearConv kernels and outputs, with optimizations on or off. One float per output
+    channel less: the SSDLite shapes detector's file 1.207 -> 1.156 MB. Returns how many were replaced."""
+    inits = {t.name: t for t in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    readers: dict[str, int] = {}
+    for node in graph.node:
+        for t in node.input:
+            readers[t] = readers.get(t, 0) + 1
+    products, dropped, k = [], set(), 0
+    for node in graph.node:
+        if node.op_type != "Conv" or len(node.input) < 3:
+            continue
+        dqs = [producer.get(t) for t in node.input[:3]]
+        if not all(d is not None and d.op_type == "DequantizeLinear" and len(d.input) >= 2 for d in dqs):
+            continue
+        x_scale, w_scale, b_scale = (d.input[1] for d in dqs)
+        if not all(t in inits for t in (x_scale, w_scale, b_scale)) or readers.get(b_scale) != 1:
+            continue
+        want = numpy_helper.to_array(inits[b_scale])
+        got = numpy_helper.to_array(inits[x_scale]) * numpy_helper.to_array(inits[w_scale])
+        if want.dtype != np.float32 or got.dtype != np.float32 or not np.array_equal(got, want):
+            continue
+        while f"b{k}" in taken:
+            k += 1
+        taken.add(f"b{k}")
+        products.append(onnx.helper.make_node("Mul", [x_scale, w_scale], [f"b{k}"]))
+        dqs[2].input[1] = f"b{k}"
+        dropped.add(b_scale)
+    if products:
+        nodes = products + list(graph.node)   # constants only: ahead of everything keeps the order topological
+        del graph.node[:]
+        graph.node.extend(nodes)
+        _drop_unread_initializers(graph, dropped)
+    return len(products)
 
 
 def _drop_zero_dq_zero_points(graph: onnx.GraphProto) -> None:
@@ -701,9 +743,12 @@ def _census(path: Path) -> dict:
     model = onnx.load(str(path))
     prod = _producers(model.graph)
     quantized, float_nodes = Counter(), Counter()
+    inits = {t.name for t in model.graph.initializer}
     for node in model.graph.node:
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
             continue
+        if node.input and all(i in inits for i in node.input):
+            continue   # computed from constants once, when the model is loaded (the bias scales' products)
         fed = any(prod.get(i) is not None and prod[i].op_type == "DequantizeLinear" for i in node.input)
         (quantized if fed else float_nodes)[node.op_type] += 1
     with tempfile.TemporaryDirectory(prefix="edgepack-census-") as tmp:

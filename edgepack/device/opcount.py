@@ -101,8 +101,8 @@ def count(path: Path) -> dict[str, float]:
     counts = dict.fromkeys(FEATURES, 0.0)
     weights = {i.name for i in model.graph.initializer}
     for node in model.graph.node:
-        if node.op_type in PASS_THROUGH:
-            continue
+        if node.op_type in PASS_THROUGH or (node.input and all(i in weights for i in node.input)):
+            continue   # constants computed once at load (an INT8 file's bias scales) are no layer
         counts["layers"] += 1
         if node.op_type == "Conv":
             _conv(node, shapes, producer, counts)
