@@ -410,11 +410,11 @@ def test_tiny_build_runs_the_device_stage_and_reports_it(tiny_data, tmp_path, ta
 
 @pytest.mark.slow
 def test_a_stage_predicted_far_over_its_budget_is_skipped_unless_asked(tiny_data, tmp_path, monkeypatch):
-    """The toy made to look 10^7 times slower when emulated: by default the stage is skipped with a warning and
+    """The toy made to look 10^9 times slower when emulated: by default the stage is skipped with a warning and
     the host judges; --emulate runs it anyway, on the fewest samples, and records the plan."""
     _device("raspberry-pi-4")
     monkeypatch.setenv("EDGEPACK_EMULATE", "1")
-    monkeypatch.setattr(device_stage, "EMULATION_SLOWDOWN", 1e7)
+    monkeypatch.setattr(device_stage, "EMULATION_SLOWDOWN", 1e9)  # far over on any host: not a timing test
     res = _tiny_build(tiny_data, tmp_path / "a")
     assert res.exit_code in (0, 1), res.output
     man = json.loads((tmp_path / "a" / "manifest.json").read_text())

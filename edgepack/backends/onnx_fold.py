@@ -228,13 +228,11 @@ def _hard_swish_ends(graph, inits: dict, readers: dict) -> set:
     whole pattern into one op (TFLite's HARD_SWISH), which they no longer recognise once the 1/6 is folded away."""
     from onnx import numpy_helper
 
-    from edgepack.backends.tflite_prep import _hard_swish_pattern
-
     producer = {o: n for n in graph.node for o in n.output}
     consts = {name: numpy_helper.to_array(t) for name, t in inits.items() if int(np.prod(t.dims)) == 1}
     uses = {name: len(nodes) for name, nodes in readers.items()}
     return {n.output[0] for n in graph.node if n.op_type in ("Mul", "Div")
-            and _hard_swish_pattern(n, producer, consts, uses) is not None}
+            and hard_swish_pattern(n, producer, consts, uses) is not None}
 
 
 def _fold_step(graph, node, inits: dict, readers: dict, shared: set, outputs: set) -> str | None:
@@ -391,3 +389,39 @@ def _add_bias(graph, conv, shift: np.ndarray, inits: dict) -> None:
     graph.initializer.append(numpy_helper.from_array(shift, name))
     inits[name] = graph.initializer[-1]
     conv.input[:] = [*conv.input[:2], name]
+
+
+def hard_swish_pattern(node, producer: dict, consts: dict, uses: dict):
+    """(x, clip output, the Mul node) when ``node`` ends x * Clip(Add(x, 3), 0, 6) / 6 (Div by 6 or Mul by 1/6)
+    and that Mul feeds nothing else; None otherwise."""
+    def const(name):
+        v = consts.get(name)
+        return float(v) if v is not None and v.size == 1 else None
+
+    if node.op_type == "Div" and len(node.input) == 2 and _close(const(node.input[1]), 6.0):
+        inner = node.input[0]
+    elif node.op_type == "Mul" and len(node.input) == 2 and _close(const(node.input[1]), 1 / 6):
+        inner = node.input[0]
+    elif node.op_type == "Mul" and len(node.input) == 2 and _close(const(node.input[0]), 1 / 6):
+        inner = node.input[1]
+    else:
+        return None
+    mul = producer.get(inner)
+    if mul is None or mul.op_type != "Mul" or uses.get(inner, 0) != 1:
+        return None
+    for x, c in (tuple(mul.input), tuple(mul.input)[::-1]):
+        clip = producer.get(c)
+        if clip is None or clip.op_type != "Clip" or len(clip.input) < 3:
+            continue
+        if not (_close(const(clip.input[1]), 0.0) and _close(const(clip.input[2]), 6.0)):
+            continue
+        add = producer.get(clip.input[0])
+        if add is not None and add.op_type == "Add" and len(add.input) == 2:
+            a, b = add.input
+            if (a == x and _close(const(b), 3.0)) or (b == x and _close(const(a), 3.0)):
+                return x, c, mul
+    return None
+
+
+def _close(v: float | None, want: float) -> bool:
+    return v is not None and abs(v - want) <= 1e-5 * max(1.0, abs(want))

@@ -36,6 +36,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from edgepack.backends.onnx import append_reduce
+from edgepack.backends.onnx_fold import hard_swish_pattern as _hard_swish_pattern
 from edgepack.inputs.data import feed, num_samples, sample_rows
 from edgepack.util import spread_indices
 
@@ -445,39 +446,3 @@ def _hard_sigmoid(graph: onnx.GraphProto, x: str, alpha: float, beta: float, out
                     helper.make_node("Clip", [tag + "_add", _scalar(graph, 0.0, tag + "_0"),
                                               _scalar(graph, 6.0, tag + "_6")], [tag + "_relu6"]),
                     helper.make_node("Mul", [tag + "_relu6", _scalar(graph, 1 / 6, tag + "_sixth")], [out])]
-
-
-def _hard_swish_pattern(node: onnx.NodeProto, producer: dict, consts: dict, uses: dict):
-    """(x, clip output, the Mul node) when ``node`` ends x * Clip(Add(x, 3), 0, 6) / 6 (Div by 6 or Mul by 1/6)
-    and that Mul feeds nothing else; None otherwise."""
-    def const(name):
-        v = consts.get(name)
-        return float(v) if v is not None and v.size == 1 else None
-
-    if node.op_type == "Div" and len(node.input) == 2 and _close(const(node.input[1]), 6.0):
-        inner = node.input[0]
-    elif node.op_type == "Mul" and len(node.input) == 2 and _close(const(node.input[1]), 1 / 6):
-        inner = node.input[0]
-    elif node.op_type == "Mul" and len(node.input) == 2 and _close(const(node.input[0]), 1 / 6):
-        inner = node.input[1]
-    else:
-        return None
-    mul = producer.get(inner)
-    if mul is None or mul.op_type != "Mul" or uses.get(inner, 0) != 1:
-        return None
-    for x, c in (tuple(mul.input), tuple(mul.input)[::-1]):
-        clip = producer.get(c)
-        if clip is None or clip.op_type != "Clip" or len(clip.input) < 3:
-            continue
-        if not (_close(const(clip.input[1]), 0.0) and _close(const(clip.input[2]), 6.0)):
-            continue
-        add = producer.get(clip.input[0])
-        if add is not None and add.op_type == "Add" and len(add.input) == 2:
-            a, b = add.input
-            if (a == x and _close(const(b), 3.0)) or (b == x and _close(const(a), 3.0)):
-                return x, c, mul
-    return None
-
-
-def _close(v: float | None, want: float) -> bool:
-    return v is not None and abs(v - want) <= 1e-5 * max(1.0, abs(want))
