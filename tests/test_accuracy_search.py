@@ -192,6 +192,10 @@ def test_tflite_search_keeps_the_ops_int8_hurts_most_in_float(outlier_model, dig
     assert shipped["budget"]["passed"] and man["validation"]["accuracy_drop"] <= 1.0
     assert man["validation"]["accuracy_drop"] == pytest.approx(shipped["budget"]["value"], abs=0.01)
     assert not record["float_ops"]  # the float ops chosen are not reported as ones the converter could not quantize
+    from ai_edge_litert.interpreter import Interpreter
+
+    names = [t["name"] for t in Interpreter(model_path=str(out / "model.tflite")).get_tensor_details()]
+    assert names and not any(";" in n for n in names)   # written as the all-INT8 file is: compacted
     assert record["fp32_fidelity"]["outputs"]["logits"] > 40
     report = (out / "report.md").read_text()
     assert "variants kept the ops INT8 hurts most in float" in report and mixed["float_ops"][0] in report
