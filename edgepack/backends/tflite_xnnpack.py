@@ -1,6 +1,6 @@
-"""Keep a .tflite model in one XNNPACK partition: nearest-neighbour upsampling respelled with ops XNNPACK runs.
+"""Keep a .tflite model in one XNNPACK partition: ops XNNPACK refuses, rewritten into ones it runs, same outputs.
 
-LiteRT's XNNPACK delegate (the CPU path of every Android phone and Raspberry Pi runtime) takes no
+LiteRT's XNNPACK delegate (LiteRT's default CPU path) takes no
 RESIZE_NEAREST_NEIGHBOR, in INT8 or in float: measured on LiteRT 2.1 with a Conv -> resize -> Conv model, the
 interpreter holds two delegate partitions and runs the resize on LiteRT's own kernel between them. Feature-pyramid
 necks (DBNet's, YOLO's, FPNs) upsample with it between convolutions, so each one cuts the delegated graph:
@@ -12,7 +12,8 @@ which for a whole factor both read source pixel ``floor(y / k)``) is k x k repli
 offset (i, j) of its k x k block, and every one of the k*k copies holds x[c]. Both ops are XNNPACK's (up to 5
 CONCATENATION inputs; 6 or more cut the graph, so the copies come from nested concatenations of at most 4), and
 both keep their input's quantization, as RESIZE_NEAREST_NEIGHBOR does: no value changes. Every rewritten model is
-run against the original on LiteRT's own kernels and kept only if every output is bit-identical.
+run against the original on LiteRT's own kernels and kept only if every output is bit-identical. The same pass
+gives a TRANSPOSE_CONV bias that the converter wrote with rank 4 its 1-D shape (XNNPACK takes only that).
 
 Edits the FlatBuffer through LiteRT's object API (``ai_edge_litert.tools.flatbuffer_utils``).
 """
@@ -30,8 +31,8 @@ MAX_FACTOR = 8     #: larger factors keep their resize (k*k copies of the input 
 
 
 def respell_upsampling(data: bytes) -> tuple[bytes, int]:
-    """``data`` (a .tflite flatbuffer) with its whole-factor nearest upsamplings respelled, and how many were;
-    ``(data, 0)`` when there are none, or when the respelled model does not compute exactly the same outputs."""
+    """`delegate_friendly`'s file and how many nearest upsamplings it respelled; ``(data, 0)`` when none were (none
+    there, or the rewritten model did not compute exactly the same outputs)."""
     out, done = delegate_friendly(data)
     return (out, done["nearest_upsampling"]) if done["nearest_upsampling"] else (data, 0)
 
