@@ -68,8 +68,8 @@ def converted():
 def test_whole_factor_nearest_upsampling_is_respelled_with_the_same_outputs(converted, kind):
     data = converted[kind]
     assert _ops(data).count("RESIZE_NEAREST_NEIGHBOR") == 3 and _ops(data).count("DELEGATE") > 1
-    out, count = tflite_xnnpack.respell_upsampling(data)
-    assert count == 2                                   # x2 and x4; align_corners=True is not replication
+    out, done = tflite_xnnpack.delegate_friendly(data)
+    assert done["nearest_upsampling"] == 2              # x2 and x4; align_corners=True is not replication
     ops = _ops(out)
     assert ops.count("RESIZE_NEAREST_NEIGHBOR") == 1 and ops.count("DEPTH_TO_SPACE") == 2
     assert ops.count("CONCATENATION") == 3              # x4: 16 copies as 4 x (4 copies), XNNPACK takes <= 5
@@ -80,15 +80,29 @@ def test_whole_factor_nearest_upsampling_is_respelled_with_the_same_outputs(conv
 
 
 def test_a_model_without_nearest_upsampling_is_returned_as_it_is(converted):
-    out, count = tflite_xnnpack.respell_upsampling(converted["fp32"])
-    again, none = tflite_xnnpack.respell_upsampling(out)
-    assert count == 2 and none == 0 and again is out
+    out, done = tflite_xnnpack.delegate_friendly(converted["fp32"])
+    again, none = tflite_xnnpack.delegate_friendly(out)
+    assert done["nearest_upsampling"] == 2 and not any(none.values()) and again is out
 
 
 def test_a_respelling_whose_outputs_differ_is_not_kept(converted, monkeypatch):
     monkeypatch.setattr(tflite_xnnpack, "_same_outputs", lambda a, b: False)
     data = converted["int8"]
-    assert tflite_xnnpack.respell_upsampling(data) == (data, 0)
+    assert tflite_xnnpack.delegate_friendly(data) == (data, {"nearest_upsampling": 0, "transpose_conv_bias": 0})
+
+
+def _converted_toy(toy, tmp_path):
+    """The module class ``toy``, built seeded, at 1x3x32x32 through edgepack's own path: ONNX export, simplify,
+    full-integer .tflite in ``tmp_path``/w."""
+    from edgepack.backends import onnx as onnx_backend
+    from edgepack.backends import tflite
+
+    torch.manual_seed(0)
+    raw, path = tmp_path / "raw.onnx", tmp_path / "m.onnx"
+    onnx_backend.export(toy().eval(), (1, 3, 32, 32), raw, opset=17)
+    onnx_backend.simplify(raw, path)
+    x = np.random.default_rng(0).standard_normal((16, 3, 32, 32)).astype(np.float32)
+    return tflite.convert(path, tmp_path / "w", x)
 
 
 @pytest.mark.slow
@@ -97,15 +111,7 @@ def test_converted_onnx_neck_is_one_xnnpack_partition(tmp_path):
     nearest upsamplings end as one XNNPACK partition, and the written model records the respelling."""
     import json
 
-    from edgepack.backends import onnx as onnx_backend
-    from edgepack.backends import tflite
-
-    torch.manual_seed(0)
-    raw, path = tmp_path / "raw.onnx", tmp_path / "u.onnx"
-    onnx_backend.export(toy_models.NearestUpsampling().eval(), (1, 3, 32, 32), raw, opset=17)
-    onnx_backend.simplify(raw, path)
-    x = np.random.default_rng(0).standard_normal((16, 3, 32, 32)).astype(np.float32)
-    int8 = tflite.convert(path, tmp_path / "w", x)
+    int8 = _converted_toy(toy_models.NearestUpsampling, tmp_path)
     ops = _ops(int8.read_bytes())
     assert "RESIZE_NEAREST_NEIGHBOR" not in ops and ops.count("DEPTH_TO_SPACE") == 2, ops
     assert json.loads((tmp_path / "w" / "int8_prep.json").read_text())["xnnpack_rewrites"] == {
@@ -115,19 +121,11 @@ def test_converted_onnx_neck_is_one_xnnpack_partition(tmp_path):
 @pytest.mark.slow
 def test_transposed_conv_bias_gets_its_1d_shape_and_xnnpack_takes_the_head(tmp_path):
     """A bias added after a one-channel transposed convolution (Paddle's export of DBNet's head) is fused by the
-    converter as a (1, 1, 1, 1) tensor, which XNNPACK refuses: the written model has it as (1,), the whole model
-    in one partition, and the same outputs as the converter's file."""
+    converter as a (1, 1, 1, 1) tensor, which XNNPACK refuses: the written model has it as (1,) and the whole model
+    in one partition (the rewrite itself checks the outputs against the converter's file)."""
     from ai_edge_litert.interpreter import Interpreter
 
-    from edgepack.backends import onnx as onnx_backend
-    from edgepack.backends import tflite
-
-    torch.manual_seed(0)
-    raw, path = tmp_path / "raw.onnx", tmp_path / "h.onnx"
-    onnx_backend.export(toy_models.TransposedHead().eval(), (1, 3, 32, 32), raw, opset=17)
-    onnx_backend.simplify(raw, path)
-    x = np.random.default_rng(0).standard_normal((16, 3, 32, 32)).astype(np.float32)
-    int8 = tflite.convert(path, tmp_path / "w", x)
+    int8 = _converted_toy(toy_models.TransposedHead, tmp_path)
     interp = Interpreter(model_path=str(int8))
     details = {t["index"]: t for t in interp.get_tensor_details()}
     tconv = [op for op in interp._get_ops_details() if op["op_name"] == "TRANSPOSE_CONV"]

@@ -30,13 +30,6 @@ MAX_CONCAT = 4     #: inputs per CONCATENATION (XNNPACK in LiteRT 2.1 delegates 
 MAX_FACTOR = 8     #: larger factors keep their resize (k*k copies of the input would be held at once)
 
 
-def respell_upsampling(data: bytes) -> tuple[bytes, int]:
-    """`delegate_friendly`'s file and how many nearest upsamplings it respelled; ``(data, 0)`` when none were (none
-    there, or the rewritten model did not compute exactly the same outputs)."""
-    out, done = delegate_friendly(data)
-    return (out, done["nearest_upsampling"]) if done["nearest_upsampling"] else (data, 0)
-
-
 def delegate_friendly(data: bytes) -> tuple[bytes, dict]:
     """``data`` (a .tflite flatbuffer) rewritten so that XNNPACK takes more of it, with the same outputs (checked
     on LiteRT's own kernels; ``data`` itself when they differ or nothing applies), and the counts of each rewrite:
@@ -92,7 +85,11 @@ def _flatten_bias(model, graph, op, schema) -> int:
 
 
 def _builtin(model, op) -> int:
-    code = model.operatorCodes[op.opcodeIndex]
+    return _code_builtin(model.operatorCodes[op.opcodeIndex])
+
+
+def _code_builtin(code) -> int:
+    """An operator code's builtin operator (codes above 127 live only in ``builtinCode``)."""
     return max(int(code.builtinCode), int(code.deprecatedBuiltinCode))
 
 
@@ -134,7 +131,7 @@ def _opcode(model, schema, builtin: int, version: int, codes: dict) -> int:
     key = (builtin, version)
     if key not in codes:
         for k, code in enumerate(model.operatorCodes):
-            if max(int(code.builtinCode), int(code.deprecatedBuiltinCode)) == builtin and code.version == version:
+            if _code_builtin(code) == builtin and code.version == version:
                 codes[key] = k
                 break
         else:
