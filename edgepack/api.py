@@ -96,17 +96,20 @@ def preprocess_options(pre, shape: tuple[int, ...]) -> str:
     return " ".join(parts)
 
 
-def diagnose(config: BuildConfig, bundle: Path | None = None, progress: ProgressFn = no_progress) -> list[dict]:
+def diagnose(config: BuildConfig, bundle: Path | None = None, progress: ProgressFn = no_progress,
+             output_costs: int = 0) -> list[dict]:
     """Per-layer FP32-vs-INT8 error, worst first. With ``bundle``, its shipped INT8 ONNX is diagnosed
     against itself without activation rounding (edgepack.bundle.diagnose: the model source its manifest
-    records is never loaded); otherwise the model is quantized with the default recipe first."""
-    from edgepack.quantize.diagnose import layer_errors
+    records is never loaded); otherwise the model is quantized with the default recipe first.
+    ``output_costs``: the first that many rows also get ``output_sqnr_db``, the outputs' SQNR when only that
+    row's activation is rounded (edgepack.quantize.diagnose.output_costs; one model run per row)."""
+    from edgepack.quantize.diagnose import add_output_costs, layer_errors
     from edgepack.stages import export, quantize
 
     if bundle is not None:
         from edgepack.bundle import diagnose as diagnose_bundle
 
-        return diagnose_bundle.run(Path(bundle), str(config.val), progress)
+        return diagnose_bundle.run(Path(bundle), str(config.val), progress, output_costs)
     tempdirs.sweep_stale()
     with tempdirs.scratch() as workdir, usercode.no_exit("the diagnosis"):
         ctx = _prepare(config, targets.load(config.target), workdir, progress)
@@ -121,6 +124,9 @@ def diagnose(config: BuildConfig, bundle: Path | None = None, progress: Progress
         if not rows:
             raise InputError(f"{int8.name} rounds no activations (dynamic INT8?): there is no per-layer error "
                              "to measure", hint="diagnose the model source instead of the bundle")
+        if output_costs:
+            progress("measuring each activation's cost at the outputs", 0, 1)
+            add_output_costs(rows, ctx.get("onnx", "fp32").path, int8, ctx.val.x, output_costs)
         return rows
 
 

@@ -37,6 +37,13 @@ def test_diagnose_a_bundle_and_plot(tiny_data, tmp_path):
     result = CliRunner().invoke(main, ["diagnose", str(out), "--data", str(tiny_data["val"]), "--plot", str(png)])
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert "SQNR lost here dB" in result.output and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "only this rounded" not in result.output
+    costed = CliRunner().invoke(main, ["diagnose", str(out), "--data", str(tiny_data["val"]), "--top", "3",
+                                       "--output-cost"])
+    assert costed.exit_code == 0 and "outputs SQNR, only this rounded dB" in costed.output, costed.output
+    rows = json.loads(CliRunner().invoke(main, ["diagnose", str(out), "--data", str(tiny_data["val"]), "--top",
+                                                "3", "--output-cost", "--json"]).stdout)
+    assert len(rows) == 3 and all("output_sqnr_db" in r for r in rows)
     # the reference is the INT8 model minus activation rounding: the ReLU6 clamps the quantizer folded into the
     # Q ranges still apply (an Identity for each Q/DQ pair once dropped them: the reference then was the farther)
     from edgepack.backends import onnx as onnx_backend
@@ -49,6 +56,9 @@ def test_diagnose_a_bundle_and_plot(tiny_data, tmp_path):
     int8 = onnx_backend.Runner(out / "model.onnx", arithmetic="reference").run_samples(x)
     fp32 = onnx_backend.Runner(reference).run_samples(x)
     assert sqnr_db(fp32, int8) > 25
+    # one rounding alone costs less at the output than all of them, and each costs something (not the 99 dB of
+    # an unchanged output)
+    assert all(sqnr_db(fp32, int8) - 0.5 < r["output_sqnr_db"] < 99 for r in rows), (sqnr_db(fp32, int8), rows)
 
 
 def test_module_names_are_real_modules_of_nested_containers(tmp_path):

@@ -354,9 +354,12 @@ def prune_cmd(ctx: click.Context, model: str | None, save_path: str, as_json: bo
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write the per-layer plot (PNG) here.")
 @click.option("--top", type=int, default=25, show_default=True, help="Rows to show.")
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON on stdout (progress stays on stderr).")
+@click.option("--output-cost", is_flag=True,
+              help="Also measure, for each row shown, the outputs' SQNR when only that activation is rounded: what "
+                   "keeping it in float would win (one model run per row). The accuracy search ranks by it.")
 @click.pass_context
 def diagnose(ctx: click.Context, model_or_bundle: str, data: str, plot_path: str | None, top: int, as_json: bool,
-             **options: Any) -> None:
+             output_cost: bool, **options: Any) -> None:
     """Per-layer FP32-vs-INT8 error (SQNR), mapped to PyTorch module names, worst first.
 
     MODEL_OR_BUNDLE is a model source (it is quantized with the default recipe first; the options below
@@ -376,10 +379,10 @@ def diagnose(ctx: click.Context, model_or_bundle: str, data: str, plot_path: str
             if bundle is not None:  # untrusted: the bundle alone, never the model source its manifest names
                 from edgepack.bundle import diagnose as diagnose_bundle
 
-                rows = diagnose_bundle.run(bundle, data, progress=ui.progress)
+                rows = diagnose_bundle.run(bundle, data, progress=ui.progress, output_costs=top if output_cost else 0)
             else:
                 rows = api_diagnose(_diagnose_config(model_or_bundle, data, options), None,
-                                    progress=ui.progress)
+                                    progress=ui.progress, output_costs=top if output_cost else 0)
         finally:
             ui.finish()
         if plot_path:
@@ -393,8 +396,12 @@ def diagnose(ctx: click.Context, model_or_bundle: str, data: str, plot_path: str
             return
         from edgepack.bundle.tables import drop_text
 
+        header = ("layer (PyTorch module)", "op", "SQNR lost here dB", "SQNR so far dB")
         table = [(r["name"], r["op"], drop_text(r), f"{r['sqnr_db']:.1f}") for r in rows[:top]]
-        click.echo(text_table(("layer (PyTorch module)", "op", "SQNR lost here dB", "SQNR so far dB"), table))
+        if output_cost:
+            header += ("outputs SQNR, only this rounded dB",)
+            table = [(*t, f"{r['output_sqnr_db']:.1f}") for t, r in zip(table, rows, strict=False)]
+        click.echo(text_table(header, table))
         if plot_path:
             click.echo(f"plot: {plot_path}")
 

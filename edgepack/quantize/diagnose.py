@@ -141,3 +141,123 @@ def sensitive_nodes(rows: list[dict], k: int) -> list[str]:
     """The k compute nodes that inject the most error (candidates to keep in float)."""
     compute = [r for r in rows if r["op"] in ("Conv", "Gemm", "MatMul", "ConvTranspose", "Add")]
     return [r["node"] for r in compute[:k]]
+
+
+#: ops that read a rounded activation without computing on it (a ReLU the quantizer folded into its Q range, a
+#: shape change): a tensor kept in float is followed through them to the compute ops that read it
+_PASS_THROUGH = frozenset({"Clip", "Relu", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze"})
+
+
+def output_costs(fp32_path: Path, int8_path: Path, x, tensors: list[str] | None = None,
+                 samples: int = DIAG_SAMPLES) -> dict[str, float]:
+    """{tensor: output SQNR (dB) of the FP32 model with only that activation rounded}, for every activation the INT8
+    model rounds (or those of ``tensors``), with the INT8 model's own scale and zero point. The lower, the more
+    that one rounding costs at the outputs (the output it hurts most, for models with several): unlike
+    ``drop_db`` (what a layer injects where it is) this includes how much the rest of the network amplifies it.
+    One session per tensor, each run on ``samples`` samples."""
+    import onnx
+
+    fmodel, qmodel = onnx.load(str(fp32_path)), onnx.load(str(int8_path))
+    inits = {t.name: t for t in qmodel.graph.initializer}
+    q_of = {n.input[0]: n for n in qmodel.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits}
+    produced = {o for n in fmodel.graph.node for o in n.output} | {i.name for i in fmodel.graph.input}
+    wanted = [t for t in (tensors if tensors is not None else sorted(q_of)) if t in q_of and t in produced]
+    feeds = _feeds(x, [i.name for i in fmodel.graph.input])[:samples]
+    outs = [o.name for o in fmodel.graph.output]
+    ref_sess = _session(fmodel, [])
+    refs = [ref_sess.run(outs, f) for f in feeds]
+    costs = {}
+    for t in wanted:
+        sess = _session(_rounded_only(fmodel, q_of[t], inits), [])
+        signal, noise = np.zeros(len(outs)), np.zeros(len(outs))
+        for feed, ref in zip(feeds, refs, strict=True):
+            for k, (r, g) in enumerate(zip(ref, sess.run(outs, feed), strict=True)):
+                r64, g64 = np.asarray(r, np.float64).ravel(), np.asarray(g, np.float64).ravel()
+                signal[k] += float(np.dot(r64, r64))
+                noise[k] += float(np.dot(r64 - g64, r64 - g64))
+        db = [99.0 if n == 0 else float(10 * np.log10(max(sig, 1e-30) / n))
+              for sig, n in zip(signal, noise, strict=True)]
+        costs[t] = round(min(db), 2)
+    return costs
+
+
+def add_output_costs(rows: list[dict], fp32_path: Path, int8_path: Path, x, top: int) -> list[dict]:
+    """``rows`` (layer_errors) with ``output_sqnr_db`` (see output_costs) on the first ``top`` of them."""
+    costs = output_costs(fp32_path, int8_path, x, [r["tensor"] for r in rows[:top]])
+    for r in rows[:top]:
+        r["output_sqnr_db"] = costs.get(r["tensor"])
+    return rows
+
+
+#: activations (the worst by drop_db) whose cost at the outputs the accuracy search measures: one model run per
+#: tensor, ~0.5 s each on EfficientNet-Lite0 at 16 samples; the cheap per-layer diagnosis picks them
+COSTLY_CANDIDATES = 24
+
+
+def costly_activations(fp32_path: Path, int8_path: Path, x, rows: list[dict],
+                       limit: int = COSTLY_CANDIDATES) -> list[dict]:
+    """The activations of the first ``limit`` diagnosis ``rows`` (layer_errors, worst first) ranked by
+    ``output_costs``, costliest first: [{"tensor", "output_sqnr_db", "nodes"}], ``nodes`` being the
+    ``float_region`` that keeps it unrounded (rows whose region has no named node are left out)."""
+    import onnx
+
+    tensors = list(dict.fromkeys(r["tensor"] for r in rows))[:limit]
+    costs = output_costs(fp32_path, int8_path, x, tensors)
+    fmodel = onnx.load(str(fp32_path), load_external_data=False)
+    ranked = [{"tensor": t, "output_sqnr_db": costs[t], "nodes": float_region(fmodel, t)}
+              for t in sorted(costs, key=lambda t: (costs[t], t))]
+    return [a for a in ranked if a["nodes"]]
+
+
+def _rounded_only(fmodel, q, inits: dict):
+    """A copy of ``fmodel`` whose tensor ``q.input[0]`` goes through ``q``'s QuantizeLinear and back."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.ModelProto.FromString(fmodel.SerializeToString())
+    t = q.input[0]
+    params = [p for p in q.input[1:] if p]
+    model.graph.initializer.extend(inits[p] for p in params if p in inits)
+    rounded, back = f"{t}__edgepack_q", f"{t}__edgepack_dq"
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            if name == t:
+                node.input[i] = back
+    attrs = {a.name: helper.get_attribute_value(a) for a in q.attribute}
+    pair = [helper.make_node("QuantizeLinear", [t, *params], [rounded], name=rounded, **attrs),
+            helper.make_node("DequantizeLinear", [rounded, *params], [back], name=back, **attrs)]
+    nodes = list(model.graph.node)
+    producer = next((i for i, n in enumerate(nodes) if t in n.output), -1)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes[:producer + 1] + pair + nodes[producer + 1:])
+    return model
+
+
+def float_region(fmodel, tensor: str) -> list[str]:
+    """Names of the nodes to keep in float so that ``tensor`` is never rounded: its producer (with the Conv/Gemm
+    behind a fused Clip/Relu) and every compute node reading it (through pass-through ops), in graph order. The
+    quantizer rounds a tensor at the input of any quantized reader, so excluding its producer alone (what
+    ``sensitive_nodes`` gives) leaves the activation rounded."""
+    producer = {o: n for n in fmodel.graph.node for o in n.output}
+    readers: dict[str, list] = {}
+    for n in fmodel.graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    chosen = set()
+    node = producer.get(tensor)
+    while node is not None:
+        chosen.add(node.name)
+        inner = producer.get(node.input[0]) if node.op_type in ("Clip", "Relu") and node.input else None
+        node = inner if inner is not None and len(readers.get(node.input[0], ())) == 1 else None
+    frontier = [tensor]
+    while frontier:
+        t = frontier.pop()
+        for r in readers.get(t, ()):
+            if r.name in chosen:
+                continue
+            chosen.add(r.name)
+            if r.op_type in _PASS_THROUGH:
+                frontier.extend(r.output)
+            elif len(after := readers.get(r.output[0], ())) == 1 and after[0].op_type in ("Clip", "Relu"):
+                chosen.add(after[0].name)  # the reader's fused activation runs with it
+    return [n.name for n in fmodel.graph.node if n.name and n.name in chosen]

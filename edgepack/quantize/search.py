@@ -2,9 +2,11 @@
 
 Order (run-time cost first, then search cost): learned weight rounding (edgepack.backends.rounding) and other
 activation calibration methods (free at run time; the methods keep the rounding when it scored better), per-channel
-weights when they were off, more calibration samples, then keeping the layers
-that inject the most error (measured by `diagnose.layer_errors` on real samples) in float: 1, 2, 4,
-8, 16 of them. The first configuration that meets the budget wins; the search stops at
+weights when they were off, more calibration samples, then keeping in float the 1, 2, 4, 8 activations whose
+rounding costs most at the outputs (`diagnose.costly_activations`: each one's producer and readers run in float, so
+the tensor is never rounded), then the layers that inject the most error (`diagnose.layer_errors`): 1, 2, 4, 8, 16
+of them (their weights unrounded; their activations are still rounded where quantized layers read or write them).
+The first configuration that meets the budget wins; the search stops at
 ``max_seconds`` and otherwise hands over the best one it found, saying so; a trial still calibrating at the
 limit stops there too (recorded as stopped). A trial that fails (a calibration method that cannot handle the
 model's ranges, a converter error) is recorded with its error and the search goes on: the default INT8 model it
@@ -27,6 +29,7 @@ from edgepack.errors import Interrupted, TimeLimitReached
 
 log = logging.getLogger(__name__)
 FLOAT_LAYER_STEPS = (1, 2, 4, 8, 16)
+FLOAT_ACTIVATION_STEPS = (1, 2, 4, 8)
 #: calibration samples (evenly spread over the set) of a histogram-method trial: binning every activation is the
 #: search's costliest step (percentile on 200 EfficientNet-Lite0 samples: ~140 s of a 300 s budget)
 HISTOGRAM_TRIAL_SAMPLES = 64
@@ -67,6 +70,9 @@ class SearchSpace:
     more_calib: Callable[[], np.ndarray | None]  # a larger calibration set, or None if there is none
     diagnose: Callable[[Path], list[dict]]       # per-layer error rows for an INT8 model
     weight_rounding: str = "nearest"             # the build's (edgepack.backends.rounding.METHODS)
+    #: for an INT8 model and its diagnosis rows: activations by cost at the outputs, costliest first, each with the
+    #: nodes that keep it unrounded ({"tensor", "nodes", ...}: diagnose.costly_activations); None: not searched
+    costly_activations: Callable[[Path, list[dict]], list[dict]] | None = None
 
 
 def candidates(space: SearchSpace, get_best: Callable[[], Trial]) -> Iterator[tuple[str, dict]]:
@@ -87,6 +93,13 @@ def candidates(space: SearchSpace, get_best: Callable[[], Trial]) -> Iterator[tu
     best = get_best()
     rows = space.diagnose(best.path)
     base = dict(best.raw_settings)
+    costly = space.costly_activations(best.path, rows) if space.costly_activations else []
+    for k in FLOAT_ACTIVATION_STEPS:
+        if len(costly) < k:
+            break
+        nodes = list(dict.fromkeys(n for a in costly[:k] for n in a["nodes"]))
+        yield (f"{k} costliest activation(s) unrounded", {**base, "exclude_nodes": nodes,
+                                                          "unrounded": [a["tensor"] for a in costly[:k]]})
     for k in FLOAT_LAYER_STEPS:
         nodes = sensitive_nodes(rows, k)
         if len(nodes) < k:

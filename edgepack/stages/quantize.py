@@ -131,16 +131,22 @@ def _latency_1thread(ctx: BuildContext, path) -> float:
 
 def _space(ctx: BuildContext):
     from edgepack.quantize import search
-    from edgepack.quantize.diagnose import layer_errors
+    from edgepack.quantize.diagnose import costly_activations, layer_errors
 
     def diagnose(path):
         rows = layer_errors(ctx.get("onnx", "fp32").path, path, ctx.val.x)
         ctx.records["diagnosis"] = {"model": "before float fallback", "layers": rows[:40]}
         return rows
 
+    def costly(path, rows):
+        ranked = costly_activations(ctx.get("onnx", "fp32").path, path, ctx.val.x, rows)
+        ctx.records["diagnosis"]["costly_activations"] = [{k: a[k] for k in ("tensor", "output_sqnr_db")}
+                                                          for a in ranked]
+        return ranked
+
     return search.SearchSpace(method=calibration_method(ctx), per_channel=ctx.config.per_channel,
                               more_calib=lambda: _more_calibration(ctx), diagnose=diagnose,
-                              weight_rounding=ctx.config.weight_rounding)
+                              weight_rounding=ctx.config.weight_rounding, costly_activations=costly)
 
 
 def _more_calibration(ctx: BuildContext):
