@@ -159,3 +159,20 @@ def test_a_transpose_conv_bias_of_rank_four_is_flattened_with_the_same_outputs(t
     x = rng.integers(-100, 100, (1, 8, 8, 4))
     for a, b in zip(_outputs(data, x), _outputs(out, x), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_file_sharing_its_folder_gets_its_own_rewrite_count(converted, tmp_path):
+    """The float-op variants are written side by side: each keeps its own count (the folder's int8_prep.json is
+    the all-INT8 file's), and the manifest reports the shipped file's, not its folder's."""
+    from edgepack.backends import tflite
+    from edgepack.stages.quantize import _xnnpack_rewrites
+
+    (tmp_path / "int8_prep.json").write_text('{"scales_folded_forward": 5, "xnnpack_rewrites": {"x": 1}}')
+    mine: dict = {}
+    tflite._write(tmp_path / "v.tflite", converted["int8"], respell=True, rewrites=mine)  # noqa: SLF001
+    assert mine == {"nearest_upsampling": 2}
+    assert (tmp_path / "int8_prep.json").read_text() == '{"scales_folded_forward": 5, "xnnpack_rewrites": {"x": 1}}'
+    assert _xnnpack_rewrites(tmp_path, None) == {"xnnpack_rewrites": {"scales_folded_forward": 5, "x": 1}}
+    shipped = {"shipped": 4, "xnnpack_rewrites": mine}
+    assert _xnnpack_rewrites(tmp_path, shipped) == {"xnnpack_rewrites": {"nearest_upsampling": 2}}
+    assert _xnnpack_rewrites(tmp_path, {"shipped": 0}) == {"xnnpack_rewrites": {"scales_folded_forward": 5, "x": 1}}

@@ -679,10 +679,12 @@ def _without_delegate_banner():
                 os.write(2, rest)
 
 
-def _write(path: Path, data: bytes, onnx_path: Path | None = None, respell: bool = False) -> Path:
+def _write(path: Path, data: bytes, onnx_path: Path | None = None, respell: bool = False,
+           rewrites: dict | None = None) -> Path:
     """Write the converter's bytes, compacted (`tflite_compact`: the same model, repeated vectors stored once, io
     tensors named as in `onnx_path`), atomically-enough (temp file then rename) and return the path. ``respell``:
-    first rewritten so that XNNPACK takes more of the model (`tflite_xnnpack`; same outputs, checked)."""
+    first rewritten so that XNNPACK takes more of the model (`tflite_xnnpack`; same outputs, checked); the count of
+    each rewrite goes into ``rewrites`` when given (files sharing a folder), else into the folder's int8_prep.json."""
     from edgepack.backends import tflite_compact
 
     names: dict[str, list[str]] = {}
@@ -695,7 +697,9 @@ def _write(path: Path, data: bytes, onnx_path: Path | None = None, respell: bool
         from edgepack.backends import tflite_xnnpack
 
         data, done = tflite_xnnpack.delegate_friendly(data)
-        if any(done.values()):
+        if rewrites is not None:
+            rewrites.update({k: v for k, v in done.items() if v})
+        elif any(done.values()):
             _record_prep(path.parent, xnnpack_rewrites=done)
     data = tflite_compact.compact(data, **names)
     tmp = path.with_suffix(".tmp")

@@ -60,9 +60,10 @@ def variants(saved: Path, out_dir: Path, calib, io_dtype: str, steps: tuple[int,
         data = tf_convert.mlir_quantize(
             calibrated, fully_quantize=not float_tail, input_data_type=getattr(tf, io_dtype),
             output_data_type=tf.float32 if float_tail else getattr(tf, io_dtype), denylisted_nodes=tail + names)
-        path = tflite._write(out_dir / f"float_layers_{k}.tflite", data, respell=True)  # noqa: SLF001 - compacted,
-        # XNNPACK rewrites: as the all-INT8 file is written
-        made.append({"float_layers": k, "path": path, "layers": names})
+        rewrites: dict = {}
+        path = tflite._write(out_dir / f"float_layers_{k}.tflite", data, respell=True,  # noqa: SLF001 - compacted,
+                             rewrites=rewrites)                  # XNNPACK rewrites: as the all-INT8 file is written
+        made.append({"float_layers": k, "path": path, "layers": names, "xnnpack_rewrites": rewrites})
     return made
 
 

@@ -161,7 +161,8 @@ def output_costs(fp32_path: Path, int8_path: Path, x, tensors: list[str] | None 
     inits = {t.name: t for t in qmodel.graph.initializer}
     q_of = {n.input[0]: n for n in qmodel.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits}
     produced = {o for n in fmodel.graph.node for o in n.output} | {i.name for i in fmodel.graph.input}
-    wanted = [t for t in (tensors if tensors is not None else sorted(q_of)) if t in q_of and t in produced]
+    wanted = [t for t in (tensors if tensors is not None else sorted(q_of)) if t in q_of and t in produced
+              and all(p in inits for p in q_of[t].input[1:] if p)]  # constant scale/zero point: copyable
     feeds = _feeds(x, [i.name for i in fmodel.graph.input])[:samples]
     outs = [o.name for o in fmodel.graph.output]
     ref_sess = _session(fmodel, [])

@@ -139,7 +139,16 @@ def _space(ctx: BuildContext):
         return rows
 
     def costly(path, rows):
-        ranked = costly_activations(ctx.get("onnx", "fp32").path, path, ctx.val.x, rows)
+        from edgepack.errors import Interrupted
+
+        try:
+            ranked = costly_activations(ctx.get("onnx", "fp32").path, path, ctx.val.x, rows)
+        except Interrupted:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a measurement the search can do without: its layer steps remain
+            ctx.warn(f"accuracy-aware search: the activations' cost at the outputs could not be measured "
+                     f"({type(exc).__name__}: {str(exc)[:200]}); searching float layers only")
+            return []
         ctx.records["diagnosis"]["costly_activations"] = [{k: a[k] for k in ("tensor", "output_sqnr_db")}
                                                           for a in ranked]
         return ranked
@@ -364,7 +373,8 @@ def _float_layers_trial(ctx: BuildContext, int8, clock: TrialClock) -> tuple:
         if _closer(row, (closest or trials[0])["budget"]):
             closest = trials[-1]
     record = {"trials": trials, "shipped": chosen["float_layers"] if chosen else 0,
-              "layers": chosen["layers"] if chosen else []}
+              "layers": chosen["layers"] if chosen else [],
+              **({"xnnpack_rewrites": chosen["xnnpack_rewrites"]} if chosen else {})}
     if not chosen and trials[-1].get("over_size_budget"):
         ctx.warn(f"TFLite: INT8 misses the budget ({best_row['name']} {best_row['value']}); keeping the "
                  f"{trials[-1]['float_layers']} op(s) INT8 hurts most in float makes the file "
@@ -408,10 +418,13 @@ def _tflite_alternative(ctx: BuildContext, fp32_onnx, int8, folder, trying: str,
 
 def _xnnpack_rewrites(workdir, mixed: dict | None) -> dict:
     """{"xnnpack_rewrites": {...}}: the exact rewrites for XNNPACK the shipped INT8 file had (scales folded into
-    convolutions in the INT8 copy, tflite_xnnpack's in the written file), {} when none."""
-    prep = _prep_record(workdir)
-    done = {} if mixed and mixed.get("shipped") else {
-        "scales_folded_forward": prep.get("scales_folded_forward", 0), **(prep.get("xnnpack_rewrites") or {})}
+    convolutions in the INT8 copy, tflite_xnnpack's in the written file), {} when none. A float-op variant
+    (``mixed`` shipped) is quantized from the FP32 SavedModel: only its written file's rewrites (in ``mixed``)."""
+    if mixed and mixed.get("shipped"):
+        done = dict(mixed.get("xnnpack_rewrites") or {})
+    else:
+        prep = _prep_record(workdir)
+        done = {"scales_folded_forward": prep.get("scales_folded_forward", 0), **(prep.get("xnnpack_rewrites") or {})}
     done = {k: v for k, v in done.items() if v}
     return {"xnnpack_rewrites": done} if done else {}
 
