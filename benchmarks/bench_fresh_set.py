@@ -42,12 +42,12 @@ def _crops(folder: Path) -> np.ndarray:
 
 
 def _build(out: Path, target: str, val: Path, extra: list[str]) -> dict:
-    cmd = [sys.executable, "-m", "edgepack", "build", "--config", "examples/efficientnet_lite0/edgepack.toml",
+    cmd = [sys.executable, "-m", "edgepack.cli", "build", "--config", "examples/efficientnet_lite0/edgepack.toml",
            "--target", target, "--val", str(val), "--no-emulate", "--min-agreement", str(BUDGET), "--out", str(out),
            "--force", "--json", *extra]
     t0 = time.time()
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if done.returncode not in (0, 1):  # 1: a budget missed, the bundle is written
+    if done.returncode not in (0, 1) or not (out / "manifest.json").exists():  # 1: a budget missed, bundle written
         raise SystemExit(f"build failed ({done.returncode}): {done.stderr[-2000:]}")
     return {"manifest": json.loads((out / "manifest.json").read_text()), "seconds": time.time() - t0}
 
