@@ -72,6 +72,11 @@ def test_accuracy_aware_build_meets_one_point_and_reports_the_cost(outlier_model
     assert chosen["met"] and chosen["latency_p50_ms_1thread"] > 0 and chosen["size_bytes"] > 0
     report = (out / "report.md").read_text()
     assert "Accuracy-aware search" in report and search["chosen"] in report
+    # the x256 channel's activation is what INT8 cannot hold: kept unrounded, it is the first fix that meets
+    assert search["chosen"] == "1 costliest activation(s) unrounded", search["trials"]
+    costly = man["stages"]["diagnosis"]["costly_activations"]
+    assert chosen["settings"]["unrounded"] == [costly[0]["tensor"]]
+    assert "Activations kept unrounded" in report and f"`{costly[0]['tensor']}`" in report
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 4  # quality, latency, size, search, per-layer
 

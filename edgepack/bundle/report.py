@@ -93,6 +93,11 @@ def render_markdown(man: dict) -> str:
               or (man["stages"].get("quantization_tflite") or {}).get("float_ops"))
     if floats:
         parts += ["Layers kept in float: " + ", ".join(f"`{n}`" for n in floats), ""]
+    unrounded = _unrounded(search)
+    if unrounded:
+        parts += ["Activations kept unrounded (their producers and readers are the float layers above; "
+                  "`edgepack diagnose --output-cost` measures each one's cost): "
+                  + ", ".join(f"`{t}`" for t in unrounded), ""]
     parts += _rounding_lines(man["stages"]) + _float_layer_lines(man["stages"])
     if man["warnings"]:
         parts += ["## Warnings", ""] + [f"- {w}" for w in man["warnings"]] + [""]
@@ -110,6 +115,12 @@ def render_markdown(man: dict) -> str:
               *_device_stage_line(man["stages"].get("device")),
               "- tools: " + ", ".join(f"{k} {v}" for k, v in man["tools"].items()), ""]
     return "\n".join(parts)
+
+
+def _unrounded(search: dict | None) -> list[str]:
+    """The activations the accuracy search's chosen trial keeps unrounded, [] when none."""
+    chosen = next((t for t in (search or {}).get("trials", []) if t["name"] == (search or {}).get("chosen")), None)
+    return list((chosen or {}).get("settings", {}).get("unrounded") or [])
 
 
 def _device_stage_line(dev: dict | None) -> list[str]:
