@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks import bootstrap  # noqa: E402
 from benchmarks.bench_int8_peers import _load_npz, _one_thread_sessions, q_nncf, q_ort  # noqa: E402
-from benchmarks.common import scratch_dir, update_model_block  # noqa: E402
+from benchmarks.common import host_cpu, scratch_dir, update_model_block  # noqa: E402
 
 TOOLS = {"edgepack": "edgepack build, budget 1 point", "edgepack_tight": "edgepack build, budget 0 points",
          "ort": "ORT quantize_static defaults", "nncf": "NNCF quantize (defaults)"}
@@ -376,7 +376,7 @@ defaults, and NNCF `nncf.quantize` with its defaults (ONNX backend). edgepack va
 split of held-out images; every tool is then scored on a separate test split of the same distribution, by the
 model's own task metric against labels, FP32 minus INT8 in points (negative: INT8 scored higher), on the **Pi's
 arithmetic** (bold; ORT's `disable_quant_qdq`: exact integer products, what the ARM kernels compute) and on this
-host's fused kernels (AMD EPYC, AVX2 without VNNI). Detection decoding and NMS run in float
+host's fused kernels ({host}). Detection decoding and NMS run in float
 (edgepack.tasks.postprocess) for every tool. Wall s: the peers' quantization call alone; edgepack's whole build
 (quantization, search, FP32 and INT8 validation, latency, bundle; `--no-emulate`), with the quantize stage's share
 (the search included). Peak RSS: each tool's child process under `/usr/bin/time -v`. Latency: this host, native
@@ -441,7 +441,7 @@ def _input_name(path: Path) -> str:
 
 def write_section(model: str, block: str) -> None:
     """Replace this model's block inside the section, keeping the other models' blocks."""
-    update_model_block(*SECTION, "task-peers", MODELS, model, block, INTRO, READING)
+    update_model_block(*SECTION, "task-peers", MODELS, model, block, INTRO.format(host=host_cpu()), READING)
 
 
 def run_model(model: str, runs: int) -> dict:

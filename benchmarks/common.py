@@ -78,6 +78,20 @@ def efficientnet_lite0(work: Path) -> tuple:
     return sets
 
 
+def host_cpu() -> str:
+    """This host's CPU as a table note: model name and the x86 extensions INT8 kernels choose by (VNNI, AMX)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return "CPU unknown"
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                "CPU unknown")
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    has = [label for flag, label in (("avx2", "AVX2"), ("avx512_vnni", "AVX512-VNNI"), ("amx_int8", "AMX"))
+           if flag in flags]
+    return f"{name}, {os.cpu_count()} cores" + (f", {', '.join(has)}" if has else "")
+
+
 def update_section(key: str, title: str, body: str) -> None:
     """Replace (or append) the section between <!-- key --> markers, leaving the others alone."""
     header = "# Benchmarks\n\nEvery table is written by a program in this folder, in one run on this machine.\n"
