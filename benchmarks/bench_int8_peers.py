@@ -52,7 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import bootstrap  # noqa: E402
-from benchmarks.common import efficientnet_lite0, scratch_dir, update_model_block  # noqa: E402
+from benchmarks.common import efficientnet_lite0, require, scratch_dir, update_model_block  # noqa: E402
 
 TOOLS = {"edgepack": "edgepack (raspberry-pi-4 recipe)", "ort": "ORT quantize_static defaults",
          "nncf": "NNCF quantize (defaults)", "nncf_ac": "NNCF quantize_with_accuracy_control"}
@@ -546,6 +546,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--kind", choices=("image", "text"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    require("nncf")
     if args.child:
         child(args.child, args.work, args.kind)
         return

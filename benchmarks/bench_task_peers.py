@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks import bootstrap  # noqa: E402
 from benchmarks.bench_int8_peers import _load_npz, _one_thread_sessions, q_nncf, q_ort  # noqa: E402
-from benchmarks.common import host_cpu, scratch_dir, update_model_block  # noqa: E402
+from benchmarks.common import host_cpu, require, scratch_dir, update_model_block  # noqa: E402
 
 TOOLS = {"edgepack": "edgepack build, budget 1 point", "edgepack_tight": "edgepack build, budget 0 points",
          "ort": "ORT quantize_static defaults", "nncf": "NNCF quantize (defaults)"}
@@ -488,6 +488,7 @@ def main() -> None:
     ap.add_argument("--child", choices=list(TOOLS), help=argparse.SUPPRESS)
     ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    require("nncf", "rapidocr_onnxruntime")
     if args.child:
         child(args.child, args.work)
         return

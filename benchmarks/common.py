@@ -78,6 +78,17 @@ def efficientnet_lite0(work: Path) -> tuple:
     return sets
 
 
+def require(*modules: str) -> None:
+    """Stop with a hint when a peer this benchmark compares against is not installed (a table with an error row
+    where a peer should be is no comparison)."""
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise SystemExit(f"{', '.join(missing)} not installed: pip install -e '.[examples,bench]' (see the script's "
+                         "docstring); scripts/setup-env.sh installs only what the tests need")
+
+
 def host_cpu() -> str:
     """This host's CPU as a table note: model name and the x86 extensions INT8 kernels choose by (VNNI, AMX)."""
     try:
