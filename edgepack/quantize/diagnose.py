@@ -38,11 +38,11 @@ def _session(model, names: list[str]):
     import onnx
     import onnxruntime as ort
 
-    model = onnx.ModelProto.FromString(model.SerializeToString())
     known = {o.name for o in model.graph.output}
-    for name in names:
-        if name not in known:
-            model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    extra = [name for name in names if name not in known]
+    if extra:  # outputs added on a copy: the caller's model stays as it is
+        model = onnx.ModelProto.FromString(model.SerializeToString())
+        model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in extra)
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.log_severity_level = 3
@@ -73,10 +73,21 @@ def _sqnr_by_tensor(fsess, qsess, names: list[str], twins: list[str], feeds: lis
     signal, noise = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)
     for feed in feeds:
         for n, r, g in zip(names, fsess.run(names, feed), qsess.run(twins, feed), strict=True):
-            r64, g64 = np.asarray(r, np.float64).ravel(), np.asarray(g, np.float64).ravel()
-            signal[n] += float(np.dot(r64, r64))
-            noise[n] += float(np.dot(r64 - g64, r64 - g64))
-    return {n: 99.0 if noise[n] == 0 else float(10 * np.log10(max(signal[n], 1e-30) / noise[n])) for n in names}
+            s, e = _energies(r, g)
+            signal[n] += s
+            noise[n] += e
+    return {n: _db(signal[n], noise[n]) for n in names}
+
+
+def _energies(ref, got) -> tuple[float, float]:
+    """(signal, noise) energies of one sample's tensor against its reference, in float64."""
+    r64, g64 = np.asarray(ref, np.float64).ravel(), np.asarray(got, np.float64).ravel()
+    return float(np.dot(r64, r64)), float(np.dot(r64 - g64, r64 - g64))
+
+
+def _db(signal: float, noise: float) -> float:
+    """SQNR in dB of summed energies; 99 for an exact match."""
+    return 99.0 if noise == 0 else float(10 * np.log10(max(signal, 1e-30) / noise))
 
 
 def layer_errors(fp32_path: Path, int8_path: Path, x, samples: int = DIAG_SAMPLES) -> list[dict]:
@@ -173,12 +184,10 @@ def output_costs(fp32_path: Path, int8_path: Path, x, tensors: list[str] | None 
         signal, noise = np.zeros(len(outs)), np.zeros(len(outs))
         for feed, ref in zip(feeds, refs, strict=True):
             for k, (r, g) in enumerate(zip(ref, sess.run(outs, feed), strict=True)):
-                r64, g64 = np.asarray(r, np.float64).ravel(), np.asarray(g, np.float64).ravel()
-                signal[k] += float(np.dot(r64, r64))
-                noise[k] += float(np.dot(r64 - g64, r64 - g64))
-        db = [99.0 if n == 0 else float(10 * np.log10(max(sig, 1e-30) / n))
-              for sig, n in zip(signal, noise, strict=True)]
-        costs[t] = round(min(db), 2)
+                s, e = _energies(r, g)
+                signal[k] += s
+                noise[k] += e
+        costs[t] = round(min(_db(s, e) for s, e in zip(signal, noise, strict=True)), 2)
     return costs
 
 
