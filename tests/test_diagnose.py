@@ -97,3 +97,18 @@ def test_bundle_layers_are_compared_after_their_clip(tiny_data, tmp_path):
     float_activations(out / "model.onnx", reference)
     rows = layer_errors(reference, out / "model.onnx", np.load(tiny_data["val"])["x"])
     assert rows and min(r["sqnr_db"] for r in rows) > 20
+
+
+def test_a_row_without_an_output_cost_prints_a_dash(tiny_data, monkeypatch):
+    """output_costs skips an activation whose scale is computed, not stored: its row has no figure to format."""
+    import edgepack.api
+
+    rows = [{"name": "stem.0", "op": "Conv", "drop_db": 3.0, "sqnr_db": 30.0, "tensor": "a", "output_sqnr_db": 41.5},
+            {"name": "head.0", "op": "Conv", "drop_db": 1.0, "sqnr_db": 25.0, "tensor": "b", "output_sqnr_db": None}]
+    monkeypatch.setattr(edgepack.api, "diagnose", lambda *a, **k: rows)
+    result = CliRunner().invoke(main, ["diagnose", "toy_models:tiny_cnn", "--data", str(tiny_data["val"]),
+                                       "--input-shape", "1,3,32,32", "--output-cost"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    lines = result.output.splitlines()
+    assert next(x for x in lines if x.startswith("stem.0")).split()[-1] == "41.5"
+    assert next(x for x in lines if x.startswith("head.0")).split()[-1] == "-"

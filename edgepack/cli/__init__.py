@@ -400,7 +400,8 @@ def diagnose(ctx: click.Context, model_or_bundle: str, data: str, plot_path: str
         table = [(r["name"], r["op"], drop_text(r), f"{r['sqnr_db']:.1f}") for r in rows[:top]]
         if output_cost:
             header += ("outputs SQNR, only this rounded dB",)
-            table = [(*t, f"{r['output_sqnr_db']:.1f}") for t, r in zip(table, rows, strict=False)]
+            table = [(*t, "-" if r.get("output_sqnr_db") is None else f"{r['output_sqnr_db']:.1f}")
+                     for t, r in zip(table, rows, strict=False)]
         click.echo(text_table(header, table))
         if plot_path:
             click.echo(f"plot: {plot_path}")
