@@ -103,7 +103,7 @@ def diagnose(config: BuildConfig, bundle: Path | None = None, progress: Progress
     records is never loaded); otherwise the model is quantized with the default recipe first.
     ``output_costs``: the first that many rows also get ``output_sqnr_db``, the outputs' SQNR when only that
     row's activation is rounded (edgepack.quantize.diagnose.output_costs; one model run per row)."""
-    from edgepack.quantize.diagnose import add_output_costs, layer_errors
+    from edgepack.quantize.diagnose import measure
     from edgepack.stages import export, quantize
 
     if bundle is not None:
@@ -119,14 +119,10 @@ def diagnose(config: BuildConfig, bundle: Path | None = None, progress: Progress
                                              config=dataclasses.replace(config, max_search_time=0)))
         # a recipe with candidates marks the one with rounded activations; otherwise the shipped one
         int8 = (ctx.artifacts.get("onnx:int8-calibrated") or ctx.get("onnx", "int8")).path
-        progress("measuring per-layer error", 0, 1)
-        rows = layer_errors(ctx.get("onnx", "fp32").path, int8, ctx.val.x)
+        rows = measure(ctx.get("onnx", "fp32").path, int8, ctx.val.x, output_costs, progress)
         if not rows:
             raise InputError(f"{int8.name} rounds no activations (dynamic INT8?): there is no per-layer error "
                              "to measure", hint="diagnose the model source instead of the bundle")
-        if output_costs:
-            progress("measuring each activation's cost at the outputs", 0, 1)
-            add_output_costs(rows, ctx.get("onnx", "fp32").path, int8, ctx.val.x, output_costs)
         return rows
 
 

@@ -18,6 +18,12 @@ from edgepack.errors import InputError, StageError
 log = logging.getLogger(__name__)
 
 
+def computed_at_load(node, constants: set[str]) -> bool:
+    """Whether ``node`` reads constants only (``constants``: initializer names): ONNX Runtime computes it once, when
+    the model is loaded (an INT8 file's bias scales as products), so it is no layer that runs per inference."""
+    return bool(node.input) and all(i in constants for i in node.input)
+
+
 def export(module: Any, input_shape: tuple[int, ...], path: Path, *, opset: int) -> None:
     """One float32 input named ``input`` of shape ``input_shape`` (images, reference networks): see export_args."""
     import torch

@@ -34,7 +34,7 @@ import onnx
 from onnx import numpy_helper
 
 from edgepack.backends.base import tail_indices
-from edgepack.backends.onnx import ARITHMETIC_KEY, TARGET_ARCH_KEY, append_reduce, host_arch
+from edgepack.backends.onnx import ARITHMETIC_KEY, TARGET_ARCH_KEY, append_reduce, computed_at_load, host_arch
 from edgepack.backends.onnx_histograms import histograms_in_chunks
 from edgepack.errors import TimeLimitReached
 from edgepack.inputs.data import feed, num_samples, take
@@ -747,8 +747,8 @@ def _census(path: Path) -> dict:
     for node in model.graph.node:
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
             continue
-        if node.input and all(i in inits for i in node.input):
-            continue   # computed from constants once, when the model is loaded (the bias scales' products)
+        if computed_at_load(node, inits):
+            continue
         fed = any(prod.get(i) is not None and prod[i].op_type == "DequantizeLinear" for i in node.input)
         (quantized if fed else float_nodes)[node.op_type] += 1
     with tempfile.TemporaryDirectory(prefix="edgepack-census-") as tmp:

@@ -22,9 +22,9 @@ DIAG_SAMPLES = 16
 
 def run(bundle: Path, data_path: str, progress: ProgressFn = no_progress, output_costs: int = 0) -> list[dict]:
     """Per-layer rows (see edgepack.diagnose.layer_errors), worst first, for the bundle folder ``bundle``; the first
-    ``output_costs`` rows with ``output_sqnr_db`` too (edgepack.quantize.diagnose.add_output_costs)."""
+    ``output_costs`` rows with ``output_sqnr_db`` too (edgepack.quantize.diagnose.measure)."""
     from edgepack.bundle.read import read_manifest
-    from edgepack.quantize.diagnose import add_output_costs, layer_errors
+    from edgepack.quantize.diagnose import measure
 
     man = read_manifest(bundle)
     entry = next((m for m in man["models"] if m["format"] == "onnx"), None)
@@ -39,11 +39,7 @@ def run(bundle: Path, data_path: str, progress: ProgressFn = no_progress, output
         reference = work / "reference.onnx"
         float_activations(int8, reference)
         x = _samples(bundle, man, data_path, int8)
-        progress("measuring per-layer error", 0, 1)
-        rows = layer_errors(reference, int8, x)
-        if rows and output_costs:
-            progress("measuring each activation's cost at the outputs", 0, 1)
-            add_output_costs(rows, reference, int8, x, output_costs)
+        rows = measure(reference, int8, x, output_costs, progress)
     if not rows:
         raise InputError(f"{int8.name} rounds no activations (dynamic INT8?): there is no per-layer error "
                          "to measure", hint="diagnose the model source instead of the bundle")

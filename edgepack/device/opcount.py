@@ -95,14 +95,16 @@ def count(path: Path) -> dict[str, float]:
     """Feature counts (see FEATURES) of the ONNX model at ``path``."""
     import onnx
 
+    from edgepack.backends.onnx import computed_at_load
+
     model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
     shapes = _shapes(model)
     producer = {o: n for n in model.graph.node for o in n.output}
     counts = dict.fromkeys(FEATURES, 0.0)
     weights = {i.name for i in model.graph.initializer}
     for node in model.graph.node:
-        if node.op_type in PASS_THROUGH or (node.input and all(i in weights for i in node.input)):
-            continue   # constants computed once at load (an INT8 file's bias scales) are no layer
+        if node.op_type in PASS_THROUGH or computed_at_load(node, weights):
+            continue
         counts["layers"] += 1
         if node.op_type == "Conv":
             _conv(node, shapes, producer, counts)

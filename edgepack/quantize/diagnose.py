@@ -168,7 +168,10 @@ def output_costs(fp32_path: Path, int8_path: Path, x, tensors: list[str] | None 
     One session per tensor, each run on ``samples`` samples."""
     import onnx
 
-    fmodel, qmodel = onnx.load(str(fp32_path)), onnx.load(str(int8_path))
+    return _output_costs(onnx.load(str(fp32_path)), onnx.load(str(int8_path)), x, tensors, samples)
+
+
+def _output_costs(fmodel, qmodel, x, tensors: list[str] | None, samples: int) -> dict[str, float]:
     inits = {t.name: t for t in qmodel.graph.initializer}
     q_of = {n.input[0]: n for n in qmodel.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits}
     produced = {o for n in fmodel.graph.node for o in n.output} | {i.name for i in fmodel.graph.input}
@@ -191,11 +194,18 @@ def output_costs(fp32_path: Path, int8_path: Path, x, tensors: list[str] | None 
     return costs
 
 
-def add_output_costs(rows: list[dict], fp32_path: Path, int8_path: Path, x, top: int) -> list[dict]:
-    """``rows`` (layer_errors) with ``output_sqnr_db`` (see output_costs) on the first ``top`` of them."""
-    costs = output_costs(fp32_path, int8_path, x, [r["tensor"] for r in rows[:top]])
-    for r in rows[:top]:
-        r["output_sqnr_db"] = costs.get(r["tensor"])
+def measure(fp32_path: Path, int8_path: Path, x, output_costs_of: int = 0, progress=None) -> list[dict]:
+    """What `edgepack diagnose` shows: ``layer_errors`` rows, worst first, the first ``output_costs_of`` of them
+    with ``output_sqnr_db`` (see output_costs) too. ``progress``: an edgepack ProgressFn, or None."""
+    if progress is not None:
+        progress("measuring per-layer error", 0, 1)
+    rows = layer_errors(fp32_path, int8_path, x)
+    if rows and output_costs_of:
+        if progress is not None:
+            progress("measuring each activation's cost at the outputs", 0, 1)
+        costs = output_costs(fp32_path, int8_path, x, [r["tensor"] for r in rows[:output_costs_of]])
+        for r in rows[:output_costs_of]:
+            r["output_sqnr_db"] = costs.get(r["tensor"])
     return rows
 
 
@@ -212,8 +222,8 @@ def costly_activations(fp32_path: Path, int8_path: Path, x, rows: list[dict],
     import onnx
 
     tensors = list(dict.fromkeys(r["tensor"] for r in rows))[:limit]
-    costs = output_costs(fp32_path, int8_path, x, tensors)
-    fmodel = onnx.load(str(fp32_path), load_external_data=False)
+    fmodel = onnx.load(str(fp32_path))
+    costs = _output_costs(fmodel, onnx.load(str(int8_path)), x, tensors, DIAG_SAMPLES)
     ranked = [{"tensor": t, "output_sqnr_db": costs[t], "nodes": float_region(fmodel, t)}
               for t in sorted(costs, key=lambda t: (costs[t], t))]
     return [a for a in ranked if a["nodes"]]
