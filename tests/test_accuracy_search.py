@@ -240,3 +240,37 @@ def test_tflite_trials_stop_when_the_search_time_is_spent(outlier_model, digits,
     assert record["search_stopped"] == ["ops in float"] and "float_layers" not in record
     assert any("60 s search time (--max-search-time) ran out; not tried: ops in float" in w
                for w in man["warnings"]), man["warnings"]
+
+
+def test_a_trial_over_the_size_budget_is_not_chosen_and_the_search_goes_on(tmp_path):
+    """A configuration that meets the accuracy budget with a file over the size budget (float weights grow it)
+    is no answer: it is marked, never chosen, and the search tries the next one. When the default recipe's file
+    is itself over the budget, size cannot tell candidates apart and is not held against them."""
+    from edgepack.bundle.tables import trial_rows
+    from edgepack.quantize import search
+
+    def quantize(settings, path, deadline):
+        path.write_bytes(b"x" * {"percentile": 50, "entropy": 20}[settings["method"]])
+        return {}
+
+    evaluate = lambda p: {"agreement": 0.99 if p.stat().st_size == 50 else 0.97, "sqnr_db": 20.0}  # noqa: E731
+    meets = lambda q: q["agreement"] >= 0.96  # noqa: E731
+    space = search.SearchSpace(method="minmax", per_channel=True, more_calib=lambda: None,
+                               diagnose=lambda p: [], weight_rounding="gptq")
+
+    def default(size):
+        (tmp_path / "d").write_bytes(b"x" * size)
+        return search.Trial("default recipe", {}, {"agreement": 0.90}, size, None, 1.0, False, path=tmp_path / "d")
+
+    chosen, trials, _ = search.run(quantize, evaluate, meets, space, tmp_path, lambda p: 1.0, 300, default(20),
+                                   max_bytes=30)
+    assert [t.name for t in trials] == ["default recipe", "percentile calibration", "entropy calibration"]
+    assert trials[1].over_size and not trials[1].met and trials[1].row()["over_size_budget"]
+    assert chosen.name == "entropy calibration" and chosen.met
+    rows = trial_rows({"chosen": chosen.name, "trials": [t.row() for t in trials]})
+    assert rows[1][-1] == "over the size budget"
+    # without a budget, or with a default already over it, the first that meets wins as before
+    for budget, size in ((None, 20), (30, 40)):
+        chosen, trials, _ = search.run(quantize, evaluate, meets, space, tmp_path, lambda p: 1.0, 300,
+                                       default(size), max_bytes=budget)
+        assert chosen.name == "percentile calibration" and not any(t.over_size for t in trials)

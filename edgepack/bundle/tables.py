@@ -168,7 +168,7 @@ def trial_rows(search: dict) -> list[tuple[str, ...]]:
              f(t["agreement"], 4), f(t["sqnr_db"], 1), f(t["latency_p50_ms_1thread"]),
              f(t["size_bytes"] / 1e6 if t["size_bytes"] else None), f(t["seconds"], 1),
              "stopped at the time limit" if t.get("stopped") else f"failed: {t['failed']}" if t.get("failed")
-             else "yes" if t["met"] else "no")
+             else "over the size budget" if t.get("over_size_budget") else "yes" if t["met"] else "no")
             for t in search["trials"]]
 
 

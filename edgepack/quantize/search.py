@@ -51,6 +51,7 @@ class Trial:
     raw_settings: dict = dataclasses.field(default_factory=dict)
     stopped: bool = False  # stopped at the search's time limit, before it had a model to score
     failed: str | None = None  # the error that ended this trial (the search went on without it)
+    over_size: bool = False  # its file is over the size budget the default recipe's file keeps
 
     def row(self) -> dict:
         return {"name": self.name, "settings": self.settings, **{k: self.quality.get(k) for k in
@@ -58,6 +59,7 @@ class Trial:
                 **{k: self.quality[k] for k in TASK_DROPS if k in self.quality}, "size_bytes": self.size_bytes,
                 "latency_p50_ms_1thread": self.p50_ms, "seconds": round(self.seconds, 1), "met": self.met,
                 **({"stopped": "time limit"} if self.stopped else {}),
+                **({"over_size_budget": True} if self.over_size else {}),
                 **({"failed": self.failed} if self.failed else {})}
 
 
@@ -109,8 +111,11 @@ def candidates(space: SearchSpace, get_best: Callable[[], Trial]) -> Iterator[tu
 
 def run(quantize: Callable[[dict, Path], dict], evaluate: Callable[[Path], dict], meets: Callable[[dict], bool],
         space: SearchSpace, workdir: Path, latency: Callable[[Path], float | None], max_seconds: float,
-        default: Trial) -> tuple[Trial, list[Trial], float]:
-    """Search from the failed ``default`` trial; return (chosen, all trials, seconds spent)."""
+        default: Trial, max_bytes: int | None = None) -> tuple[Trial, list[Trial], float]:
+    """Search from the failed ``default`` trial; return (chosen, all trials, seconds spent). ``max_bytes``: the
+    size budget. When the default recipe's file keeps it, a trial whose file does not (float weights grow it) is
+    marked ``over_size``, neither meets nor is chosen, and the search goes on: shipping it would trade the
+    accuracy budget for the size one."""
     t0 = time.perf_counter()
     deadline = time.monotonic() + max_seconds
     trials, best = [default], default
@@ -134,6 +139,10 @@ def run(quantize: Callable[[dict, Path], dict], evaluate: Callable[[Path], dict]
             log.warning("accuracy search: trial '%s' failed (%s); going on with the next", name, why)
             trials.append(_unscored(name, settings, started, failed=why))
             continue
+        if max_bytes is not None and default.size_bytes <= max_bytes < result.size_bytes:
+            result.met, result.over_size = False, True
+            log.info("accuracy search: '%s' is over the size budget (%d > %d bytes)", name, result.size_bytes,
+                     max_bytes)
         trials.append(result)
         if _score(result) > _score(best) or result.met:
             best = result
@@ -168,9 +177,9 @@ def _shown(settings: dict, record: dict) -> dict:
 
 def _score(trial: Trial) -> float:
     """Higher is better: minus the task metric's drop in points (top-1 accuracy, mIoU, mAP@0.5), else top-1
-    agreement, else (generic outputs) the SQNR against FP32, dB; a trial stopped at the time limit, or failed, has no
-    score."""
-    if trial.stopped or trial.failed:
+    agreement, else (generic outputs) the SQNR against FP32, dB; a trial stopped at the time limit, failed, or over
+    the size budget has no score."""
+    if trial.stopped or trial.failed or trial.over_size:
         return float("-inf")
     q = trial.quality
     drop = next((q[k] for k in ("accuracy_drop", *TASK_DROPS) if q.get(k) is not None), None)

@@ -47,7 +47,7 @@ def quantize_onnx_searched(ctx: BuildContext) -> None:
         default.p50_ms = _latency_1thread(ctx, final)
         chosen, trials, seconds = search.run(quantize, evaluate, meets, _space(ctx), ctx.workdir,
                                              lambda p: _latency_1thread(ctx, p), ctx.config.max_search_time,
-                                             default)
+                                             default, _size_budget_bytes(ctx))
         search.adopt(chosen, final)
         ctx.outputs[str(final)] = ctx.outputs.get(str(chosen.path))
         ctx.records["quantization_onnx"] = chosen.record
@@ -121,6 +121,14 @@ def meets_budget(ctx: BuildContext, q: dict) -> bool:
     return budget is None or budget["passed"]
 
 
+def _size_budget_bytes(ctx: BuildContext) -> int | None:
+    """max_size_mb (command line, else profile) in bytes, None when unset."""
+    from edgepack.stages.validate import MB, _pick
+
+    limit = _pick(ctx, "max_size_mb")
+    return None if limit is None else int(limit * MB)
+
+
 def _latency_1thread(ctx: BuildContext, path) -> float:
     from edgepack.device import measure
     from edgepack.inputs.data import rows
@@ -180,6 +188,10 @@ def _report_search(ctx: BuildContext, chosen, trials, seconds: float) -> None:
                                           "max_seconds": ctx.config.max_search_time}
     stopped = [t.name for t in trials if t.stopped]
     failed = [t.name for t in trials if t.failed]
+    over = [t.name for t in trials if t.over_size]
+    if over:
+        ctx.warn(f"accuracy-aware search: {len(over)} configuration(s) made the file larger than the size budget "
+                 f"({_size_budget_bytes(ctx) / 1e6:g} MB) and were not chosen: {', '.join(over)}")
     if failed:
         ctx.warn(f"accuracy-aware search: {len(failed)} configuration(s) failed and were skipped: "
                  f"{', '.join(failed)} (why: the manifest's stages.quantization_search.trials)")
