@@ -199,6 +199,10 @@ def _prepare(config: BuildConfig, target: targets.TargetProfile, workdir: Path, 
     if mismatch:
         ctx.warn(f"{mismatch[0]}: the bundle's run.py reads photos with this channel order and will fail on them "
                  f"(the .npz data was used as given); {mismatch[1]}")
+    for role, ds in (("calibration", calib), ("validation", val if config.val else None)):
+        if ds is not None and ds.skipped:
+            ctx.warn(f"{role} data {ds.source}: skipped {len(ds.skipped)} unreadable file(s), e.g. "
+                     f"{ds.skipped[0]}")
     if not config.val:
         ctx.warn("no --val data: agreement is measured on the calibration samples, which flatters INT8")
     elif same:

@@ -702,3 +702,19 @@ def test_an_onnx_file_with_only_a_dynamic_batch_builds_at_its_own_height_and_wid
     assert res.exit_code in (0, 1), res.output
     man = json.loads((tmp_path / "b" / "manifest.json").read_text())
     assert man["models"][0]["inputs"][0]["shape"] == [1, 3, 32, 32]
+
+
+def test_skipped_unreadable_files_are_a_warning_of_the_build_and_counted_in_the_manifest(image_folder, tmp_path):
+    """A folder's unreadable minority is skipped; that was a log line during loading only: the manifest's warnings
+    and report.md did not say a photo of the user's set was left out, and the validation count had no "skipped"."""
+    import json
+
+    (image_folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\x00 truncated")
+    res = CliRunner().invoke(main, ["build", M, "--input-shape", "1,3,32,32", "--calib", str(image_folder),
+                                    "--val", str(image_folder), "--out", str(tmp_path / "b"), *FAST])
+    assert res.exit_code in (0, 1), res.output
+    man = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    said = [w for w in man["warnings"] if "skipped 1 unreadable file(s)" in w]
+    assert len(said) == 2 and all("broken.jpg" in w for w in said), man["warnings"]
+    assert man["created_from"]["calibration"]["skipped"] == man["created_from"]["validation"]["skipped"] == 1
+    assert "broken.jpg" in (tmp_path / "b" / "report.md").read_text()

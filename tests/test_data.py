@@ -260,3 +260,26 @@ def test_a_phone_photo_is_read_upright_by_edgepack_its_labels_and_the_bundle_run
     x, size = run.load_image(sideways, pre.to_dict(), list(SHAPE))
     assert size == (32, 48)
     np.testing.assert_allclose(x[0], data.preprocess_image(sideways, SHAPE, pre), atol=1e-5)
+
+
+def test_images_beside_sub_folders_are_all_calibrated_on_and_refused_as_labelled_validation(tmp_path, image_folder):
+    """40 photos beside a `thumbs/` sub-folder of 8 used to be read as one class of the 8 thumbnails, the 40 photos
+    dropped without a word. Calibration needs no labels and reads the whole tree; validation asks which it is."""
+    files = sorted(image_folder.iterdir())
+    root = tmp_path / "photos"
+    (root / "thumbs").mkdir(parents=True)
+    for f in files[:5]:
+        (root / f.name).write_bytes(f.read_bytes())
+    for f in files[5:]:
+        (root / "thumbs" / f.name).write_bytes(f.read_bytes())
+    (root / "README.txt").write_text("not an image, not a reason to refuse")
+    ds = load(root)
+    assert len(ds) == 8 and ds.y is None and ds.class_names is None
+    assert data.count(str(root)) == 9  # every file of the tree (the text file is skipped when read)
+    with pytest.raises(InputError, match="5 image\\(s\\) at its top level .* sub-folders with files \\(thumbs\\)"):
+        data.load(str(root), input_shape=SHAPE, preprocess=PRE, count=None, seed=0, role="validation")
+    (root / "README.txt").unlink()
+    for f in root.glob("*.*"):
+        f.unlink()
+    ds = data.load(str(root), input_shape=SHAPE, preprocess=PRE, count=None, seed=0, role="validation")
+    assert ds.class_names == ["thumbs"] and len(ds) == 3

@@ -286,11 +286,12 @@ def load(path: str, *, input_shape: tuple[int, ...], preprocess: Preprocess, cou
                      hint="an .npz needs an array 'x' (N,C,H,W float32) and optional integer labels 'y'")
 
 
-def count(path: str) -> int | None:
-    """How many samples ``path`` (folder or .npz) holds, without decoding them; None when it cannot tell."""
+def count(path: str, role: str = "calibration") -> int | None:
+    """How many samples ``path`` (folder or .npz) holds as a ``role`` set, without decoding them; None when it cannot
+    tell."""
     p = Path(path)
     if p.is_dir():
-        return len(_list_images(p)[0])
+        return len(_list_images(p, role)[0])
     if p.suffix.lower() == ".npz" and p.is_file():
         shape = npz_headers(p).get("x", ((), None))[0]  # the header only, not the data
         return int(shape[0]) if shape else None
@@ -375,24 +376,43 @@ def _check_y(y: np.ndarray | None, n: int, where: str) -> np.ndarray | None:
     return y.astype(np.int64)
 
 
-def _list_images(root: Path) -> tuple[list[Path], list[str] | None, list[int] | None]:
-    """Image files under root, sorted; class names and labels when root is ImageFolder-style."""
+def _visible_files(folder: Path, recursive: bool) -> list[Path]:
+    """Files under ``folder`` (and its sub-folders when ``recursive``) whose path holds no hidden part, sorted."""
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(f for f in found if f.is_file()
+                  and not any(p.startswith(".") for p in f.relative_to(folder).parts))
+
+
+def _list_images(root: Path, role: str = "validation") -> tuple[list[Path], list[str] | None, list[int] | None]:
+    """Image files under root, sorted; class names and labels when root is ImageFolder-style (a sub-folder per
+    class). A folder with images both at its top level and in sub-folders is no ImageFolder: its labels dropped
+    the top-level images without a word (40 photos beside a `thumbs/` sub-folder were read as one class of 8
+    thumbnails). A calibration set needs no labels, so it reads every image of such a tree; any other set is refused
+    with the question it raises."""
     subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     classes = [d.name for d in subdirs if any(f.is_file() for f in d.rglob("*"))]
+    loose = [f for f in _visible_files(root, recursive=False) if f.suffix.lower() in IMAGE_SUFFIXES]
+    if classes and loose and role == "calibration":
+        return _visible_files(root, recursive=True), None, None
+    if classes and loose:
+        raise InputError(f"{role} folder {root} has {len(loose)} image(s) at its top level (e.g. {loose[0].name}) "
+                         f"and sub-folders with files ({', '.join(classes[:4])}{' ...' if len(classes) > 4 else ''})"
+                         ": is it one set of photos or a folder per class?",
+                         hint="for labels by class, move every image into its class sub-folder; for unlabelled "
+                              "photos, move the sub-folders out (or point at one folder of images)")
     if classes:
         files, labels = [], []
         for label, name in enumerate(classes):
-            found = sorted(f for f in (root / name).rglob("*") if f.is_file() and not f.name.startswith("."))
+            found = _visible_files(root / name, recursive=True)
             files += found
             labels += [label] * len(found)
         return files, classes, labels
-    files = sorted(f for f in root.iterdir() if f.is_file() and not f.name.startswith("."))
-    return files, None, None
+    return _visible_files(root, recursive=False), None, None
 
 
 def _load_folder(root: Path, input_shape: tuple[int, ...], pre: Preprocess, count: int | None, seed: int,
                  role: str, progress: ProgressFn) -> Dataset:
-    files, classes, labels = _list_images(root)
+    files, classes, labels = _list_images(root, role)
     if not files:
         raise InputError(f"{role} folder {root} holds no files",
                          hint=f"put images ({', '.join(IMAGE_SUFFIXES[:4])}, ...) in it, or class sub-folders of them")
@@ -434,7 +454,7 @@ def _check_skipped(root: Path, role: str, skipped: list[str], total: int) -> Non
     if len(skipped) > MAX_SKIPPED_FRACTION * total:
         raise InputError(f"{role} folder {root}: {len(skipped)} of {total} files are not readable images "
                          f"(e.g. {skipped[0]})", hint="remove non-image files or point at the right folder")
-    log.warning("%s folder %s: skipped %d unreadable file(s), e.g. %s", role, root, len(skipped), skipped[0])
+    log.info("%s folder %s: skipped %d unreadable file(s), e.g. %s", role, root, len(skipped), skipped[0])
 
 
 def upright(img, image_ops):

@@ -164,5 +164,5 @@ def _created_from(ctx: BuildContext) -> dict:
             "calibration": {"source": ctx.calib.source, "samples": len(ctx.calib), "sha256": ctx.calib.digest,
                             "skipped": len(ctx.calib.skipped)},
             "validation": {"source": ctx.val.source, "samples": len(ctx.val), "sha256": ctx.val.digest,
-                           "is_calibration_data": ctx.val_is_calibration},
+                           "skipped": len(ctx.val.skipped), "is_calibration_data": ctx.val_is_calibration},
             "input_shape": list(ctx.input_shape), "seed": ctx.config.seed}
