@@ -179,10 +179,37 @@ def test_a_generic_model_below_its_sqnr_floor_is_searched_too(outlier_model, dig
     assert chosen["sqnr_db"] > default["sqnr_db"]
 
 
-def test_tflite_search_keeps_the_ops_int8_hurts_most_in_float(outlier_model, digits, tmp_path):
+def test_tflite_search_keeps_the_costliest_activation_unrounded(outlier_model, digits, tmp_path):
+    """Full-integer TFLite: one activation scale per tensor breaks the outlier channel as in ONNX. The TFLite trials
+    rank the activations by their cost at the outputs as the ONNX search does, and the first variant (the
+    costliest one unrounded: the op writing it and the ops reading it in float, the rest as the all-INT8 file)
+    meets the budget; the debugger's float-op variants are then not needed."""
+    out = tmp_path / "tflite"
+    result = _build_tflite(out, outlier_model["weights"], digits)
+    assert result.exit_code == 0, result.output
+    man = json.loads((out / "manifest.json").read_text())
+    record = man["stages"]["quantization_tflite"]
+    unrounded = record["unrounded_activations"]
+    assert [t["unrounded"] for t in unrounded["trials"]] == [0, 1] and unrounded["shipped"] == 1, unrounded
+    assert not unrounded["trials"][0]["budget"]["passed"] and unrounded["trials"][1]["budget"]["passed"]
+    # the outlier activation ranks first, as in the ONNX search (test_costly_activations)
+    assert unrounded["tensors"] == [unrounded["ranked"][0]["tensor"]] and len(unrounded["ranked"]) > 1
+    assert unrounded["ranked"][0]["output_sqnr_db"] < unrounded["ranked"][1]["output_sqnr_db"] - 10
+    assert unrounded["float_ops"] and not record["float_ops"], record  # asked for, not "could not quantize"
+    assert "float_layers" not in record
+    assert man["validation"]["accuracy_drop"] == pytest.approx(unrounded["trials"][1]["budget"]["value"], abs=0.01)
+    assert record["weight_rounding"]["method"] != "gptq" or record["weight_rounding"].get("learned_layers")
+    report = (out / "report.md").read_text()
+    assert "activations kept unrounded (costliest first)" in report and unrounded["tensors"][0] in report
+
+
+def test_tflite_search_keeps_the_ops_int8_hurts_most_in_float(outlier_model, digits, tmp_path, monkeypatch):
     """Full-integer TFLite: one activation scale per tensor breaks the outlier channel as in ONNX; the search's
     last TFLite trial keeps the ops TensorFlow's QuantizationDebugger finds worst in float, and ships the first
-    variant that meets the budget."""
+    variant that meets the budget (here with the unrounded-activation trial, which would meet it first, off)."""
+    from edgepack.stages import quantize
+
+    monkeypatch.setattr(quantize, "TFLITE_UNROUNDED_STEPS", ())
     out = tmp_path / "tflite"
     result = _build_tflite(out, outlier_model["weights"], digits)
     assert result.exit_code in (0, 1), result.output
@@ -237,8 +264,9 @@ def test_tflite_trials_stop_when_the_search_time_is_spent(outlier_model, digits,
     record = man["stages"]["quantization_tflite"]
     # learned rounding ran (the first trial starts the clock); the float-op variants did not
     assert [t["weight_rounding"] for t in record["weight_rounding"]["trials"]] == ["nearest", "gptq"], record
-    assert record["search_stopped"] == ["ops in float"] and "float_layers" not in record
-    assert any("60 s search time (--max-search-time) ran out; not tried: ops in float" in w
+    assert record["search_stopped"] == ["activations unrounded", "ops in float"] and "float_layers" not in record
+    assert "unrounded_activations" not in record
+    assert any("60 s search time (--max-search-time) ran out; not tried: activations unrounded, ops in float" in w
                for w in man["warnings"]), man["warnings"]
 
 

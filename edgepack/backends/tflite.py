@@ -51,7 +51,7 @@ _NOT_IN_TF_NAMES = re.compile(r"[^A-Za-z0-9_.\\/>-]")  # TensorFlow's scope name
 def convert(onnx_path: Path, workdir: Path, calib: np.ndarray | None, *, io_dtype: str = "int8",
             progress: Callable[[str], None] | None = None, allow_float: bool = False,
             bias_correction: bool = True, xnnpack_activations: bool = True,
-            weight_rounding: str = "nearest", float_tail: bool = False) -> Path:
+            weight_rounding: str = "nearest", float_tail: bool = False, unrounded: Sequence[str] = ()) -> Path:
     """Convert an FP32 ONNX model (static shapes, NCHW image input) to a .tflite file in `workdir`.
 
     `calib` None gives an FP32 model (float32 io). `calib` (N,C,H,W float32, preprocessed exactly as at
@@ -71,6 +71,11 @@ def convert(onnx_path: Path, workdir: Path, calib: np.ndarray | None, *, io_dtyp
     to an output (a detector's reshapes, concats, box decoding and softmax) stay in float and the outputs are
     float32: in INT8 a decoded box coordinate shares one scale with every anchor's (an SSD at 192 px: steps of
     0.75-0.95 px). See `float_tail_nodes`; the names are recorded in `workdir`/int8_prep.json.
+    `unrounded` (INT8 only): activations of the ONNX model (tensor names) never rounded to INT8: the op that writes
+    each one and the ops that read it stay in float (`tflite_mixed.ops_for_onnx`, `tflite_mixed.with_readers`),
+    and the copy's bias correction and learned rounding leave those layers alone (`diagnose.float_region`). An
+    activation that no Conv/Gemm/MatMul writes cannot be found in the .tflite and stays INT8; the ones kept are
+    recorded in `workdir`/int8_prep.json ("unrounded").
     Calibration ranges TensorFlow's calibrator records too wide (an op overwriting its input in place: see
     `tflite_calibration`) are narrowed to the values the tensors took before quantizing; the count is recorded
     in `workdir`/int8_prep.json. The SavedModel is cached in `workdir` by ONNX hash, so an FP32 + INT8 pair
@@ -81,8 +86,8 @@ def convert(onnx_path: Path, workdir: Path, calib: np.ndarray | None, *, io_dtyp
     onnx_path, workdir = Path(onnx_path), Path(workdir)
     _check_args(onnx_path, calib, io_dtype)
     workdir.mkdir(parents=True, exist_ok=True)
-    source = (_prepared(onnx_path, workdir, calib, say, bias_correction, xnnpack_activations, weight_rounding)
-              if calib is not None else onnx_path)
+    source = (_prepared(onnx_path, workdir, calib, say, bias_correction, xnnpack_activations, weight_rounding,
+                        unrounded) if calib is not None else onnx_path)
     saved_model = _saved_model(source, workdir, calib, say,
                                _SAVED_MODEL_DIR + ("_int8_prep" if source != onnx_path else ""))
     if calib is None:
@@ -95,19 +100,31 @@ def convert(onnx_path: Path, workdir: Path, calib: np.ndarray | None, *, io_dtyp
     from edgepack.backends import tflite_calibration
 
     repaired: list[dict] = []
+    kept: dict[str, list[str]] = {}
     with tflite_calibration.repaired_calibration(repaired.append):
-        data = _int8_bytes(saved_model, calib, io_dtype, float_tail)
+        if unrounded:
+            data = _selective_converter(saved_model, calib, io_dtype, float_tail, source, unrounded, kept)
+        else:
+            data = _int8_bytes(saved_model, calib, io_dtype, float_tail)
     out = _write(workdir / f"{onnx_path.stem}_int8.tflite", data, onnx_path, respell=True)
     tail = float_tail_nodes(out.read_bytes()) if float_tail else []  # named as in the written model
     fields = {"float_tail": tail} if tail else {}
+
     if repaired and repaired[-1]["repaired"]:
         fields["calibration_ranges"] = repaired[-1]
     if fields:
         _record_prep(workdir, **fields)
     _check_scales(out)
     mark("LiteRT: prepare the INT8 model (list float ops)")
-    # the converter keeps ops without an INT8 kernel in float without failing; the float tail is asked for
-    names = float_ops(out, expected=tail)
+    # the converter keeps ops without an INT8 kernel in float without failing; the float tail is asked for, and
+    # so are the unrounded activations' ops (the written file keeps the first part of a fused op's name)
+    asked = [*kept.get("ops", []), *(n.split(";")[0] for n in kept.get("ops", []))]
+    names = float_ops(out, expected=[*tail, *asked])
+    if unrounded:
+        _record_prep(workdir, unrounded={
+            "tensors": list(kept.get("tensors", [])),
+            "not_found": [t for t in unrounded if t not in kept.get("tensors", [])],
+            "float_ops": [f for f in float_ops(out, expected=tail) if f not in names]})
     if names and not allow_float:
         out.unlink()
         raise StageError(f"{len(names)} op(s) the TFLite converter could not quantize (no INT8 version) would run in "
@@ -120,7 +137,8 @@ def convert(onnx_path: Path, workdir: Path, calib: np.ndarray | None, *, io_dtyp
 
 
 def _prepared(onnx_path: Path, workdir: Path, calib: np.ndarray, say, bias_correction: bool = True,
-              xnnpack_activations: bool = True, weight_rounding: str = "nearest") -> Path:
+              xnnpack_activations: bool = True, weight_rounding: str = "nearest",
+              unrounded: Sequence[str] = ()) -> Path:
     """Write the copy used only for INT8 conversion (see tflite_prep: padded MaxPools pad with their calibrated
     minimum, hard-swish/hard-sigmoid spelled so XNNPACK runs them in INT8, their 1/6 folded into the next
     convolutions where it can be, then bias correction); return its
@@ -145,13 +163,20 @@ def _prepared(onnx_path: Path, workdir: Path, calib: np.ndarray, say, bias_corre
     from edgepack.backends import rounding
 
     rounding.check(weight_rounding)
+    floats: list[str] = []
+    if unrounded:  # the layers that will run in float: their weights are never rounded, nothing to correct
+        from edgepack.quantize.diagnose import float_region
+
+        prepared = onnx.load(str(out))
+        floats = sorted({n for t in unrounded for n in float_region(prepared, t)})
     learned = None
     if weight_rounding == "gptq":
         say("TFLite: learning the int8 weight rounding on the calibration data")
-        learned, summary["weight_rounding"] = rounding.gptq_weights(onnx.load(str(out)), calib, qmax=127)
+        learned, summary["weight_rounding"] = rounding.gptq_weights(onnx.load(str(out)), calib, qmax=127,
+                                                                    skip=floats)
     if bias_correction:
         say("TFLite: bias correction for the converter's weight rounding")
-        summary.update(tflite_prep.bias_correct(out, out, calib, rounded=learned))
+        summary.update(tflite_prep.bias_correct(out, out, calib, rounded=learned, skip=floats))
     elif learned:
         model = onnx.load(str(out))
         rounding.apply(model, learned)
@@ -225,6 +250,38 @@ def _float_tail_converter(saved_model: Path, calib, io_dtype: str) -> bytes:
                                         output_data_type=tf.float32, denylisted_nodes=float_tail_nodes(calibrated))
     except Exception as exc:  # the converter raises ConverterError and assorted others
         raise StageError(f"TFLite converter failed (INT8 with a float tail): {_first_line(exc)}") from exc
+
+
+def _selective_converter(saved_model: Path, calib, io_dtype: str, float_tail: bool, source: Path,
+                         unrounded: Sequence[str], kept: dict) -> bytes:
+    """INT8 conversion that keeps the ``unrounded`` activations of the ONNX model ``source`` (the SavedModel's own
+    source) unrounded: the calibrated model's ops that write them (found by their weights) and the ops that read
+    them stay in float through the MLIR quantizer's ``denylisted_nodes``, as the float tail does. Fills ``kept``:
+    {"tensors": the activations found, "ops": the denylisted op output names}."""
+    import onnx
+    import tensorflow as tf
+    from tensorflow.lite.python import convert as tf_convert
+
+    from edgepack.backends import tflite_mixed
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = _representative(calib)
+    converter._experimental_calibrate_only = True  # noqa: SLF001 - the documented selective-quantization path
+    try:
+        calibrated = converter.convert()
+        tail = float_tail_nodes(calibrated) if float_tail else []
+        writers = tflite_mixed.ops_for_onnx(calibrated, onnx.load(str(source)), unrounded)
+        ops = [n for n in tflite_mixed.with_readers(tflite_mixed._ops(calibrated), list(writers.values()))  # noqa: SLF001
+               if n not in tail]
+        kept.update(tensors=[t for t in unrounded if t in writers], ops=ops)
+        return tf_convert.mlir_quantize(calibrated, fully_quantize=not float_tail,
+                                        input_data_type=getattr(tf, io_dtype),
+                                        output_data_type=tf.float32 if float_tail else getattr(tf, io_dtype),
+                                        denylisted_nodes=tail + ops)
+    except Exception as exc:  # the converter raises ConverterError and assorted others
+        raise StageError(f"TFLite converter failed (INT8 with activations kept unrounded): {_first_line(exc)}") \
+            from exc
 
 
 def float_tail_nodes(model: bytes) -> list[str]:

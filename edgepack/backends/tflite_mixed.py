@@ -154,3 +154,69 @@ def with_readers(graph: list[tuple[str, list[str], list[str]]], names: list[str]
                 if kind in PASS_THROUGH:
                     todo.append(outputs[0])
     return keep
+
+
+#: TFLite ops whose second input is the weight tensor an ONNX Conv/Gemm/MatMul becomes
+_WEIGHTED = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+
+
+def ops_for_onnx(calibrated: bytes, model, tensors) -> dict[str, str]:
+    """{ONNX activation: output tensor name of the op of the calibrated .tflite ``calibrated`` that writes it} for
+    each of ``tensors`` (activations of the ONNX ``model`` the SavedModel was converted from) written by a
+    Conv/Gemm/MatMul with constant weights, directly or through a Clip/Relu the converter fuses into it. The op is
+    found by its weights: the same numbers in TFLite's layout (onnx2tf names ops after TensorFlow's functions, not
+    ONNX's nodes). Activations written by anything else (a residual Add) are left out."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    from edgepack.backends.tflite_xnnpack import _builtin
+
+    tfl = flatbuffer_utils.read_model_from_bytearray(bytearray(calibrated))
+    graph = tfl.subgraphs[0]
+    names = {getattr(schema.BuiltinOperator, n): n for n in _WEIGHTED}
+    by_size: dict[int, list[tuple[np.ndarray, str]]] = {}
+    for op in graph.operators:
+        if _builtin(tfl, op) not in names or len(op.inputs) < 2 or not op.outputs:
+            continue
+        w = graph.tensors[op.inputs[1]]
+        data = tfl.buffers[w.buffer].data if w.buffer < len(tfl.buffers) else None
+        if w.type != schema.TensorType.FLOAT32 or data is None or not len(data):
+            continue
+        arr = np.frombuffer(bytes(data), np.float32).reshape([int(d) for d in w.shape])
+        name = graph.tensors[op.outputs[0]].name
+        by_size.setdefault(arr.size, []).append((arr, name.decode() if isinstance(name, bytes) else name))
+    found = {}
+    for t in tensors:
+        for layout in _tflite_layouts(model, t):
+            match = next((n for a, n in by_size.get(layout.size, ()) if a.shape == layout.shape
+                          and np.array_equal(a, layout)), None)
+            if match:
+                found[t] = match
+                break
+    return found
+
+
+def _tflite_layouts(model, tensor: str) -> list[np.ndarray]:
+    """The weights of the Conv/Gemm/MatMul that writes ``tensor`` (through a Clip/Relu), in each layout TFLite may
+    hold them: CONV_2D (O, kh, kw, I), DEPTHWISE_CONV_2D (1, kh, kw, C), FULLY_CONNECTED (N, K); [] when no such
+    node writes it."""
+    from onnx import helper, numpy_helper
+
+    producer = {o: n for n in model.graph.node for o in n.output}
+    inits = {i.name: i for i in model.graph.initializer}
+    node = producer.get(tensor)
+    while node is not None and node.op_type in ("Clip", "Relu") and node.input:
+        node = producer.get(node.input[0])
+    if node is None or len(node.input) < 2 or node.input[1] not in inits:
+        return []
+    w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type == "Conv" and w.ndim == 4:
+        if attrs.get("group", 1) == 1:
+            return [np.ascontiguousarray(w.transpose(0, 2, 3, 1))]
+        return [np.ascontiguousarray(w.transpose(1, 2, 3, 0))] if w.shape[1] == 1 else []
+    if node.op_type == "Gemm" and w.ndim == 2:
+        return [np.ascontiguousarray(w if attrs.get("transB", 0) else w.T)]
+    if node.op_type == "MatMul" and w.ndim == 2:
+        return [np.ascontiguousarray(w.T)]
+    return []

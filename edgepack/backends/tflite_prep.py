@@ -72,7 +72,8 @@ def tflite_weight_quant(w: np.ndarray, axis: int = 0) -> np.ndarray:
 
 
 def bias_correct(onnx_path: Path, out_path: Path, calib: np.ndarray, *, samples: int = SAMPLES,
-                 rounds: int = ROUNDS, activations: bool = False, rounded: dict | None = None) -> dict:
+                 rounds: int = ROUNDS, activations: bool = False, rounded: dict | None = None,
+                 skip: Sequence[str] = ()) -> dict:
     """Write a bias-corrected copy of ``onnx_path`` to ``out_path`` for INT8 conversion; return a summary.
 
     ``calib`` is (N, ...) float32, preprocessed exactly as the model's input (NCHW for images). Only Conv
@@ -83,13 +84,14 @@ def bias_correct(onnx_path: Path, out_path: Path, calib: np.ndarray, *, samples:
     ``rounded``: {weight initializer name: weights already on the converter's int8 grid} (learned rounding,
     edgepack.backends.rounding) used instead of round-to-nearest; they are written into the copy, and the bias
     absorbs their error against the original weights.
+    ``skip``: node names the INT8 model keeps in float (their weights are never rounded): left uncorrected.
     The summary has the number of corrected nodes, samples, rounds, the largest bias change and the
     seconds spent.
     """
     start = time.perf_counter()
     model = onnx.load(str(onnx_path))
     rounded = rounded or {}
-    targets = _targets(model, rounded)
+    targets = [t for t in _targets(model, rounded) if t.node.name not in set(skip)]
     xs = sample_rows(calib, spread_indices(num_samples(calib), samples))  # only those rows (calib may be compact)
     n = len(targets)
     deltas = [np.zeros_like(t.bias) for t in targets]

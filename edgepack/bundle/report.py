@@ -50,18 +50,29 @@ def _rounding_lines(stages: dict) -> list[str]:
 
 
 def _float_layer_lines(stages: dict) -> list[str]:
-    """The TFLite trials that kept the ops INT8 hurts most in float (stages.quantization_tflite.float_layers)."""
-    mixed = (stages.get("quantization_tflite") or {}).get("float_layers")
+    """The TFLite trials that kept activations unrounded or the ops INT8 hurts most in float
+    (stages.quantization_tflite.unrounded_activations, .float_layers)."""
+    return _trial_lines(stages, "unrounded_activations", "unrounded", "activations kept unrounded (costliest first)",
+                        "variants kept the activations whose rounding costs most at the outputs unrounded (the ops "
+                        "writing and reading them in float)") + \
+        _trial_lines(stages, "float_layers", "float_layers", "ops ranked worst kept in float",
+                     "variants kept the ops INT8 hurts most in float (with the ops reading their outputs)")
+
+
+def _trial_lines(stages: dict, key: str, count: str, column: str, what: str) -> list[str]:
+    mixed = (stages.get("quantization_tflite") or {}).get(key)
     if not mixed:
         return []
-    rows = [(str(t["float_layers"]),
+    rows = [(str(t[count]),
              f"{t['budget'].get('name')} {t['budget'].get('value')}" if t.get("budget") else "not validated",
              "no (over the size budget)" if t.get("over_size_budget") else
              "yes" if t["budget"].get("passed") else "no", f"{t['size_bytes'] / 1e6:.3f}",
-             "shipped" if t["float_layers"] == mixed["shipped"] else "") for t in mixed["trials"]]
-    lines = ["TFLite INT8 missed its budget; variants kept the ops INT8 hurts most in float (with the ops reading "
-             "their outputs):", "", markdown_table(("ops ranked worst kept in float", "quality", "meets", "size MB",
-                                                    ""), rows), ""]
+             "shipped" if t[count] == mixed["shipped"] else "") for t in mixed["trials"]]
+    lines = [f"TFLite INT8 missed its budget; {what}:", "",
+             markdown_table((column, "quality", "meets", "size MB", ""), rows), ""]
+    if mixed.get("tensors"):
+        lines += ["Activations kept unrounded in the shipped model: " + ", ".join(f"`{t}`" for t in mixed["tensors"]),
+                  ""]
     if mixed.get("float_ops"):
         lines += ["Ops kept in float in the shipped model: " + ", ".join(f"`{n}`" for n in mixed["float_ops"]), ""]
     return lines

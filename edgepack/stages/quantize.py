@@ -231,10 +231,15 @@ def convert_tflite_full_integer(ctx: BuildContext) -> None:
     int8, spelling = _hard_activation_spelling(ctx, fp32_onnx, int8, workdir, clock)
     rounding = _prep_record(int8.parent).get("weight_rounding", {"method": "nearest"})
     int8, rounding = _learned_rounding_trial(ctx, fp32_onnx, int8, workdir, spelling, rounding, clock)
+    int8, unrounded = _unrounded_trial(ctx, fp32_onnx, int8, workdir, spelling, rounding, clock)
     tail = _prep_record(int8.parent).get("float_tail")
     all_int8 = int8
     int8, mixed = _float_layers_trial(ctx, int8, clock)
     floats = tflite.float_ops(int8, expected=tail or ())
+    if unrounded and unrounded["shipped"] and not (mixed and mixed["shipped"]):  # intended float ops, not failures
+        asked = set(_prep_record(int8.parent).get("unrounded", {}).get("float_ops", []))
+        unrounded["float_ops"] = [f for f in floats if f in asked]
+        floats = [f for f in floats if f not in asked]
     if mixed and mixed["shipped"]:  # quantized from the FP32 SavedModel: none of the INT8 copy's preparation
         spelling = {"xnnpack_spelling": 0, "shipped": "converter"}
         rounding = {"method": "nearest", "bias_correction": False, "trials": rounding.get("trials", [])}
@@ -252,6 +257,7 @@ def convert_tflite_full_integer(ctx: BuildContext) -> None:
                                           "hard_activations": spelling, "weight_rounding": rounding,
                                           **_xnnpack_rewrites(int8.parent, mixed),
                                           "fp32_fidelity": fidelity, **({"float_layers": mixed} if mixed else {}),
+                                          **({"unrounded_activations": unrounded} if unrounded else {}),
                                           **({"float_tail": tail, "output_dtype": "float32"} if tail else {}),
                                           **({"search_stopped": clock.stopped} if clock.stopped else {})}
     if clock.stopped:
@@ -334,6 +340,105 @@ def _learned_rounding_trial(ctx: BuildContext, fp32_onnx, int8, workdir, spellin
     ctx.warn(f"TFLite: INT8 missed the budget with weights rounded to nearest ({row1['name']} {row1['value']}); "
              f"shipping learned weight rounding ({row2['value']})")
     return alt, {**_prep_record(alt.parent).get("weight_rounding", {"method": "gptq"}), "trials": trials}
+
+
+#: how many of the activations whose rounding costs most at the outputs the TFLite trials keep unrounded
+TFLITE_UNROUNDED_STEPS = (1, 2, 4)
+
+
+def _unrounded_trial(ctx: BuildContext, fp32_onnx, int8, workdir, spelling: dict, rounding: dict,
+                     clock: TrialClock) -> tuple:
+    """(the INT8 .tflite to ship, a record or None). When it misses the accuracy budget and the search is on, the
+    model is converted again with the 1, 2, 4 activations whose rounding costs most at the outputs kept unrounded
+    (ranked as the ONNX search ranks them, `diagnose.costly_activations`, on an INT8 ONNX of the same calibration;
+    the ops writing and reading them run in float, the rest as shipped: same spelling, rounding and bias
+    correction). The first variant that meets the budget ships, else the one closest to it if it comes closer than
+    ``int8``; a variant over the size budget ends the trials. On EfficientNet-Lite0 the float-op variants below
+    (ranked by TensorFlow's debugger, quantized without the copy's bias correction) scored under the all-INT8 file;
+    with its costliest activation unrounded it agreed with FP32 on 1.2 points more held-out crops."""
+    from edgepack import isolate
+    from edgepack.backends import tflite as tflite_backend
+    from edgepack.errors import EdgepackError, Interrupted
+    from edgepack.stages.validate import MB, _pick
+
+    if ctx.config.max_search_time <= 0 or not TFLITE_UNROUNDED_STEPS:
+        return int8, None
+    first = evaluate_int8(ctx, int8, "tflite")
+    if meets_budget(ctx, first) or not clock.allows("activations unrounded"):
+        return int8, None
+    ctx.progress("TFLite INT8 misses the accuracy budget: ranking activations by their cost at the outputs", 0, 1)
+    ranked = _costly_for_tflite(ctx, workdir)
+    if not ranked:
+        return int8, None
+    best, best_row, chosen = int8, _quality_budget_row(ctx, first), None
+    trials = [{"unrounded": 0, "budget": best_row, "size_bytes": int8.stat().st_size}]
+    limit = _pick(ctx, "max_size_mb")
+    for k in TFLITE_UNROUNDED_STEPS:
+        if len(ranked) < k or (k != TFLITE_UNROUNDED_STEPS[0] and not clock.allows(f"{k} activation(s) unrounded")):
+            break
+        ctx.progress(f"TFLite INT8 misses the accuracy budget: converting with {k} activation(s) unrounded", 0, 1)
+        try:
+            alt = isolate.call(tflite_backend.convert, fp32_onnx, workdir / f"unrounded_{k}", ctx.calib.x,
+                               io_dtype=ctx.target.tflite_io_dtype, allow_float=ctx.config.allow_float_ops,
+                               float_tail=_float_tail(ctx), xnnpack_activations=spelling.get("shipped") != "converter",
+                               weight_rounding="gptq" if str(rounding.get("method")).startswith("gptq")
+                               else "nearest",
+                               unrounded=[a["tensor"] for a in ranked[:k]], key="tflite-convert",
+                               step=f"TFLite conversion ({k} activation(s) unrounded)")
+            _tflite_outputs(ctx, alt)
+        except Interrupted:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one variant's failure costs that variant, not the build
+            ctx.warn(f"TFLite: keeping {k} activation(s) unrounded could not be tried: "
+                     f"{exc if isinstance(exc, EdgepackError) else f'{type(exc).__name__}: {str(exc)[:200]}'}")
+            break
+        size = alt.stat().st_size
+        kept = _prep_record(alt.parent).get("unrounded", {}).get("tensors", [])
+        if limit is not None and size / MB > limit:
+            trials.append({"unrounded": k, "tensors": kept, "budget": None, "size_bytes": size,
+                           "over_size_budget": True})
+            break
+        row = _quality_budget_row(ctx, evaluate_int8(ctx, alt, "tflite"))
+        trials.append({"unrounded": k, "tensors": kept, "budget": row, "size_bytes": size})
+        if row["passed"] or _closer(row, best_row):
+            best, best_row, chosen = alt, row, trials[-1]
+        if row["passed"]:
+            break
+    record = {"ranked": [{k: a[k] for k in ("tensor", "output_sqnr_db")} for a in ranked],
+              "trials": trials, "shipped": chosen["unrounded"] if chosen else 0,
+              "tensors": chosen["tensors"] if chosen else []}
+    if chosen:
+        ctx.warn(f"TFLite: INT8 missed the budget ({trials[0]['budget']['name']} {trials[0]['budget']['value']}); "
+                 f"shipping {chosen['unrounded']} activation(s) kept unrounded ({best_row['value']}"
+                 f"{'' if best_row['passed'] else ', closer but still short'}): {', '.join(chosen['tensors'][:4])}")
+    return best, record
+
+
+def _costly_for_tflite(ctx: BuildContext, workdir) -> list[dict]:
+    """The activations ranked by their cost at the outputs (diagnose.costly_activations), on the build's INT8
+    ONNX when it made one, else on one quantized here with the default recipe; [] with a warning when that fails."""
+    from edgepack.errors import Interrupted
+    from edgepack.quantize.diagnose import costly_activations, layer_errors
+
+    fp32 = ctx.get("onnx", "fp32").path
+    try:
+        made = ctx.artifacts.get("onnx:int8")
+        if made is not None:
+            int8 = made.path
+        else:
+            from edgepack.backends.onnx_quantize import quantize_onnx
+
+            int8 = workdir / "ranking_int8.onnx"
+            with quiet_root_logger():
+                quantize_onnx(fp32, int8, ctx.calib.x, method="minmax", per_channel=True,
+                              target_arch=ctx.target.arch, float_tail=_float_tail(ctx))
+        return costly_activations(fp32, int8, ctx.val.x, layer_errors(fp32, int8, ctx.val.x))
+    except Interrupted:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a ranking the TFLite trials can do without
+        ctx.warn(f"TFLite: the activations' cost at the outputs could not be measured ({type(exc).__name__}: "
+                 f"{str(exc)[:200]}); no activation kept unrounded")
+        return []
 
 
 #: how many of the ops INT8 hurts most the TFLite trials keep in float (a MaxViT has ~170 LayerNorm ops)
