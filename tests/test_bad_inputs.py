@@ -117,7 +117,7 @@ CASES = [
     ("profile out of range", ["build", M, "--target", "{range.toml}"], 2, "above the maximum 64"),
     ("config typo", ["build", "--config", "{cfg_typo.toml}"], 2, "did you mean 'seed'"),
     ("config not toml", ["build", "--config", "{cfg_broken.toml}"], 2, "not valid TOML"),
-    ("calib folder empty", ["build", M, "--calib", "{empty_dir}"], 2, "holds no files"),
+    ("calib folder empty", ["build", M, "--calib", "{empty_dir}"], 2, "holds no image files"),
     ("calib folder junk", ["build", M, "--calib", "{junk_dir}"], 2, "are not readable images"),
     ("npz without x", ["build", M, "--calib", "{no_x.npz}"], 2, "has no array 'x'"),
     ("npz int dtype", ["build", M, "--calib", "{int.npz}"], 2, "expected float32"),

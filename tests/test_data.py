@@ -41,9 +41,10 @@ def test_image_folder_is_preprocessed(image_folder):
 
 
 def test_unreadable_minority_is_skipped_and_majority_fails(image_folder):
-    (image_folder / "notes.txt").write_text("not an image")
+    (image_folder / "notes.txt").write_text("not an image")   # not an image by its name: not even listed
+    (image_folder / "broken.png").write_bytes(b"\x89PNG truncated")
     ds = load(image_folder)
-    assert len(ds) == 8 and len(ds.skipped) == 1
+    assert len(ds) == 8 and [s.split(":")[0] for s in ds.skipped] == ["broken.png"]
     for i in range(9):
         (image_folder / f"junk{i}.jpg").write_bytes(b"\x00" * 10)
     with pytest.raises(InputError, match="are not readable images"):
@@ -51,7 +52,7 @@ def test_unreadable_minority_is_skipped_and_majority_fails(image_folder):
 
 
 def test_empty_folder(tmp_path):
-    with pytest.raises(InputError, match="holds no files"):
+    with pytest.raises(InputError, match="holds no image files"):
         load(tmp_path)
 
 
@@ -275,11 +276,25 @@ def test_images_beside_sub_folders_are_all_calibrated_on_and_refused_as_labelled
     (root / "README.txt").write_text("not an image, not a reason to refuse")
     ds = load(root)
     assert len(ds) == 8 and ds.y is None and ds.class_names is None
-    assert data.count(str(root)) == 9  # every file of the tree (the text file is skipped when read)
-    with pytest.raises(InputError, match="5 image\\(s\\) at its top level .* sub-folders with files \\(thumbs\\)"):
+    assert data.count(str(root)) == 8  # every image of the tree
+    with pytest.raises(InputError, match="5 image\\(s\\) at its top level .* sub-folders with images \\(thumbs\\)"):
         data.load(str(root), input_shape=SHAPE, preprocess=PRE, count=None, seed=0, role="validation")
     (root / "README.txt").unlink()
     for f in root.glob("*.*"):
         f.unlink()
     ds = data.load(str(root), input_shape=SHAPE, preprocess=PRE, count=None, seed=0, role="validation")
     assert ds.class_names == ["thumbs"] and len(ds) == 3
+
+
+def test_label_files_beside_the_images_are_not_sampled_as_images(image_folder):
+    """A darknet-layout folder (each image with its YOLO .txt) sampled 12 of its files, 7 of them .txt, and failed
+    as "7 of 12 files are not readable images"; a folder of labels only is no class of an ImageFolder."""
+    for f in sorted(image_folder.iterdir()):
+        f.with_suffix(".txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    (image_folder / "annotations.json").write_text("{}")
+    ds = data.load(str(image_folder), input_shape=SHAPE, preprocess=PRE, count=6, seed=0, role="validation")
+    assert len(ds) == 6 and not ds.skipped and all(f.endswith(".jpg") for f in ds.files)
+    (image_folder / "labels").mkdir()
+    (image_folder / "labels" / "a.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    ds = data.load(str(image_folder), input_shape=SHAPE, preprocess=PRE, count=None, seed=0, role="validation")
+    assert len(ds) == 8 and ds.class_names is None

@@ -376,10 +376,21 @@ def _check_y(y: np.ndarray | None, n: int, where: str) -> np.ndarray | None:
     return y.astype(np.int64)
 
 
+def _image_suffixes() -> frozenset[str]:
+    """File name endings Pillow opens (and IMAGE_SUFFIXES)."""
+    from PIL import Image
+
+    Image.init()
+    return frozenset(IMAGE_SUFFIXES) | frozenset(s.lower() for s in Image.registered_extensions())
+
+
 def _visible_files(folder: Path, recursive: bool) -> list[Path]:
-    """Files under ``folder`` (and its sub-folders when ``recursive``) whose path holds no hidden part, sorted."""
+    """Image files under ``folder`` (and its sub-folders when ``recursive``) whose path holds no hidden part, sorted.
+    Other files (a YOLO label .txt beside its image, a dataset's README or annotations .json) are not images: they
+    were sampled and skipped as unreadable, and a darknet-layout folder (half .txt) with --val-samples failed."""
     found = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(f for f in found if f.is_file()
+    images = _image_suffixes()
+    return sorted(f for f in found if f.is_file() and f.suffix.lower() in images
                   and not any(p.startswith(".") for p in f.relative_to(folder).parts))
 
 
@@ -390,13 +401,13 @@ def _list_images(root: Path, role: str = "validation") -> tuple[list[Path], list
     thumbnails). A calibration set needs no labels, so it reads every image of such a tree; any other set is refused
     with the question it raises."""
     subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    classes = [d.name for d in subdirs if any(f.is_file() for f in d.rglob("*"))]
-    loose = [f for f in _visible_files(root, recursive=False) if f.suffix.lower() in IMAGE_SUFFIXES]
+    classes = [d.name for d in subdirs if _visible_files(d, recursive=True)]
+    loose = _visible_files(root, recursive=False)
     if classes and loose and role == "calibration":
         return _visible_files(root, recursive=True), None, None
     if classes and loose:
         raise InputError(f"{role} folder {root} has {len(loose)} image(s) at its top level (e.g. {loose[0].name}) "
-                         f"and sub-folders with files ({', '.join(classes[:4])}{' ...' if len(classes) > 4 else ''})"
+                         f"and sub-folders with images ({', '.join(classes[:4])}{' ...' if len(classes) > 4 else ''})"
                          ": is it one set of photos or a folder per class?",
                          hint="for labels by class, move every image into its class sub-folder; for unlabelled "
                               "photos, move the sub-folders out (or point at one folder of images)")
@@ -414,7 +425,7 @@ def _load_folder(root: Path, input_shape: tuple[int, ...], pre: Preprocess, coun
                  role: str, progress: ProgressFn) -> Dataset:
     files, classes, labels = _list_images(root, role)
     if not files:
-        raise InputError(f"{role} folder {root} holds no files",
+        raise InputError(f"{role} folder {root} holds no image files",
                          hint=f"put images ({', '.join(IMAGE_SUFFIXES[:4])}, ...) in it, or class sub-folders of them")
     idx = sample_indices(len(files), count, seed)
     # 8-bit pixels, filled in place (1,000 crops at 224 px: 150 MB; as float32 inputs 602 MB, and a list
