@@ -455,6 +455,13 @@ def test_bad_masks_name_the_file(tmp_path):
         read()
     _write_png(masks / "s01.png", np.full((16, 16), 255, np.uint8), "L")  # all ignored: fine
     assert read()[1].max() == 255
+    for f in masks.glob("*.png"):  # binary masks saved as 0/255: the foreground would all be "ignore"
+        m = np.zeros((16, 16), np.uint8)
+        m[4:12, 4:12] = 255
+        _write_png(f, m, "L")
+    with pytest.raises(InputError, match=r"every mask in .* holds only 0 and 255") as caught:
+        read()
+    assert "mask // 255" in caught.value.hint
 
 
 def test_yolo_and_coco_give_the_same_boxes(tmp_path):
@@ -980,3 +987,37 @@ def test_yolov5_layout_multiplies_objectness_and_reads_centre_boxes():
     assert Detect().layout_doubts(np.concatenate([boxes, obj * scores], -1).astype(np.float32)) == []
     with pytest.raises(ValueError, match="one \\(N, K, 5 \\+ C\\) output"):
         postprocess.split_outputs([np.zeros((1, 30, 4)), np.zeros((1, 30, 3))], "yolov5")
+
+
+def test_coco_crowd_regions_are_neither_objects_nor_misses(tmp_path):
+    """An ``iscrowd`` annotation was read as one more object: a detector that found every object lost mAP for
+    each crowd box it did not 'find'. As in COCO's own evaluation, it is a region whose detections are ignored."""
+    import json
+
+    images, yolo, coco = detection_set(tmp_path)
+    ds = _folder_set(images)
+    kw = {"input_shape": (1, 3, 32, 32), "preprocess": Preprocess(resize=32), "num_classes": 3}
+    plain = labels.read_boxes(ds, str(coco), **kw)
+    doc = json.loads(coco.read_text())
+    first = doc["images"][0]
+    doc["annotations"].append({"id": 999, "image_id": first["id"], "category_id": doc["categories"][0]["id"],
+                               "bbox": [0, 0, 8, 8], "area": 64, "iscrowd": 1})
+    crowded = tmp_path / "crowd.json"
+    crowded.write_text(json.dumps(doc))
+    read = labels.read_boxes(ds, str(crowded), **kw)
+    k = [f.name for f in map(Path, ds.files)].index(first["file_name"])
+    for a, b in zip(plain, read, strict=True):   # the objects are the same; the crowd box is apart
+        np.testing.assert_array_equal(a["boxes"], b["boxes"])
+    assert read[k]["crowd_boxes"].shape == (1, 4) and "crowd_boxes" not in read[k - 1]
+    perfect = [{"boxes": t["boxes"], "scores": np.full(len(t["classes"]), 0.9), "classes": t["classes"]}
+               for t in read]
+    assert coco_map(read, perfect, 3)["map50"] == 100.0
+    # a detection on the crowd region is neither a hit nor a false positive; scored as an object it was a miss
+    on_crowd = [dict(d) for d in perfect]
+    on_crowd[k] = {"boxes": np.vstack([perfect[k]["boxes"], read[k]["crowd_boxes"]]),
+                   "scores": np.append(perfect[k]["scores"], 0.95), "classes": np.append(perfect[k]["classes"],
+                                                                                      read[k]["crowd_classes"])}
+    assert coco_map(read, on_crowd, 3)["map50"] == 100.0
+    as_objects = [{"boxes": np.vstack([t["boxes"], t.get("crowd_boxes", np.zeros((0, 4)))]),
+                   "classes": np.append(t["classes"], t.get("crowd_classes", []))} for t in read]
+    assert coco_map(as_objects, perfect, 3)["map50"] < 100.0

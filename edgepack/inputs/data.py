@@ -57,7 +57,7 @@ class Dataset:
     @property
     def digest(self) -> str:
         arrays = [self.x[k] for k in sorted(self.x)] if isinstance(self.x, dict) else [self.x]  # PixelArray: chunks
-        targets = [a for t in self.targets or [] for a in ((t["boxes"], t["classes"]) if isinstance(t, dict)
+        targets = [a for t in self.targets or [] for a in ([t[k] for k in sorted(t)] if isinstance(t, dict)
                                                             else (t,))]
         return sha256_arrays(*arrays, self.y, *targets)
 

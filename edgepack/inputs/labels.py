@@ -158,11 +158,17 @@ def read_masks(dataset, folder: str, *, input_shape: tuple, preprocess, num_clas
     if not root.is_dir():
         raise InputError(f"labels folder {folder} not found (or not a folder)",
                          hint="segmentation labels are a folder of PNG masks named like the images")
-    out = []
+    out, seen = [], set()
     for image in _files(dataset, "segmentation labels"):
         size = _image_size(image)
         mask = read_mask(_label_file(root, image, ".png", "PNG mask"), num_classes, expect_size=size)
+        seen.update(np.unique(mask).tolist())
         out.append(transform_mask(mask, geometry(size, input_shape, preprocess)))
+    if out and seen <= {0, IGNORE_INDEX} and IGNORE_INDEX in seen and num_classes > 1:
+        raise InputError(f"every mask in {folder} holds only 0 and {IGNORE_INDEX}: {IGNORE_INDEX} marks pixels to ignore (the VOC "
+                         "convention), so only the background would be scored",
+                         hint=f"a binary mask saved as 0/{IGNORE_INDEX} marks its foreground with {IGNORE_INDEX}: write the "
+                              "class id instead (e.g. mask // 255 for class 1)")
     return out
 
 
@@ -201,7 +207,7 @@ def read_yolo(path: Path, size: tuple[int, int], num_classes: int) -> tuple[np.n
     return np.asarray(boxes, np.float64).reshape(-1, 4), np.asarray(classes, np.int64)
 
 
-def read_coco(path: Path, num_classes: int, class_names: list[str] | None = None,
+def read_coco(path: Path, num_classes: int, class_names: list[str] | None = None, crowd: dict | None = None,
               ) -> dict[str, tuple[tuple[int, int], np.ndarray, np.ndarray]]:
     """A COCO JSON -> {file name: ((width, height), boxes xyxy pixels, classes)}; errors name the file.
 
@@ -209,7 +215,9 @@ def read_coco(path: Path, num_classes: int, class_names: list[str] | None = None
     name: a COCO file numbers its categories as it likes (alphabetically, from 1, with gaps), and taking the
     i-th category by id as class i scored a detector against the wrong classes (mAP 29 for 90) without a word.
     Without names, the i-th category by id is class i, and ids with gaps are refused (which class is id 3 of
-    {1, 3}?)."""
+    {1, 3}?). An ``iscrowd`` annotation (a group of objects in one box) is no object to find: ``crowd``, when
+    given, is filled with {file name: indices of its crowd boxes}, regions COCO's mAP matches detections to
+    without counting them as objects or misses."""
     try:
         doc = json.loads(Path(path).read_text(encoding="utf-8"))
         images, anns, cats = doc["images"], doc.get("annotations", []), doc["categories"]
@@ -253,6 +261,8 @@ def read_coco(path: Path, num_classes: int, class_names: list[str] | None = None
                 or x + w > iw + t or y + h > ih + t:
             raise InputError(f"{path}: annotation {ann.get('id', '?')} ({name}): box [{x}, {y}, {w}, {h}] is "
                              f"outside the {iw}x{ih} image", hint="COCO boxes are [x, y, width, height] in pixels")
+        if ann.get("iscrowd") and crowd is not None:
+            crowd.setdefault(name, []).append(len(boxes))
         boxes.append([x, y, x + w, y + h])
         classes.append(index[cid])
     return {k: (s, np.asarray(b, np.float64).reshape(-1, 4), np.asarray(c, np.int64)) for k, (s, b, c) in out.items()}
@@ -290,10 +300,14 @@ def coco_category_names(path: Path) -> list[str] | None:
 def read_boxes(dataset, labels: str, *, input_shape: tuple, preprocess, num_classes: int,
                class_names: list[str] | None = None) -> list[dict]:
     """{"boxes": (M, 4) float32 xyxy model-input pixels, "classes": (M,) int64} for every image of ``dataset``,
-    from a folder of YOLO txt files or a COCO .json (its categories matched by name to ``class_names``)."""
+    from a folder of YOLO txt files or a COCO .json (its categories matched by name to ``class_names``). A COCO
+    crowd annotation (``iscrowd``) is no object: it goes to "crowd_boxes" / "crowd_classes" (present only then),
+    regions where the mAP ignores detections, as COCO's own evaluation does; it used to be scored as one more
+    object to find."""
     src = Path(labels)
     files = _files(dataset, "detection labels")
-    coco = (read_coco(src, num_classes, class_names) if src.is_file() and src.suffix.lower() == ".json"
+    crowd: dict[str, list[int]] = {}
+    coco = (read_coco(src, num_classes, class_names, crowd) if src.is_file() and src.suffix.lower() == ".json"
             else None)
     if coco is None and not src.is_dir():
         raise InputError(f"detection labels {labels} not found: expected a folder of YOLO .txt files or a COCO "
@@ -313,5 +327,10 @@ def read_boxes(dataset, labels: str, *, input_shape: tuple, preprocess, num_clas
             boxes, classes = read_yolo(_label_file(src, image, ".txt", "YOLO .txt"), size, num_classes)
         moved = transform_boxes(boxes, geometry(size, input_shape, preprocess))
         keep = ~np.isnan(moved).any(1)
-        out.append({"boxes": moved[keep].astype(np.float32), "classes": classes[keep]})
+        group = np.zeros(len(boxes), bool)
+        group[crowd.get(image.name, [])] = True
+        target = {"boxes": moved[keep & ~group].astype(np.float32), "classes": classes[keep & ~group]}
+        if group.any():
+            target.update(crowd_boxes=moved[keep & group].astype(np.float32), crowd_classes=classes[keep & group])
+        out.append(target)
     return out

@@ -251,12 +251,13 @@ def _evaluated(truth: list[dict], found: list[dict], classes: int):
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    anns = [{"id": len_ + 1, "image_id": i, "category_id": int(c) + 1, "bbox": _xywh(b), "area": _area(b),
-             "iscrowd": 0}
-            for len_, (i, b, c) in enumerate((i, b, c) for i, t in enumerate(truth)
-                                             for b, c in zip(t["boxes"], t["classes"], strict=True))]
-    if not anns:
+    objects = [(i, b, c, 0) for i, t in enumerate(truth) for b, c in zip(t["boxes"], t["classes"], strict=True)]
+    if not objects:
         return None
+    groups = [(i, b, c, 1) for i, t in enumerate(truth)  # COCO crowd regions: detections there are neither hits
+              for b, c in zip(t.get("crowd_boxes", ()), t.get("crowd_classes", ()), strict=True)]  # nor misses
+    anns = [{"id": k + 1, "image_id": i, "category_id": int(c) + 1, "bbox": _xywh(b), "area": _area(b),
+             "iscrowd": crowd} for k, (i, b, c, crowd) in enumerate(objects + groups)]
     dets = [{"image_id": i, "category_id": int(c) + 1, "bbox": _xywh(b), "score": float(s)}
             for i, d in enumerate(found) for b, s, c in zip(d["boxes"], d["scores"], d["classes"], strict=True)]
     if not dets:
