@@ -165,10 +165,11 @@ def read_masks(dataset, folder: str, *, input_shape: tuple, preprocess, num_clas
         seen.update(np.unique(mask).tolist())
         out.append(transform_mask(mask, geometry(size, input_shape, preprocess)))
     if out and seen <= {0, IGNORE_INDEX} and IGNORE_INDEX in seen and num_classes > 1:
-        raise InputError(f"every mask in {folder} holds only 0 and {IGNORE_INDEX}: {IGNORE_INDEX} marks pixels to ignore (the VOC "
+        v = IGNORE_INDEX
+        raise InputError(f"every mask in {folder} holds only 0 and {v}: {v} marks pixels to ignore (the VOC "
                          "convention), so only the background would be scored",
-                         hint=f"a binary mask saved as 0/{IGNORE_INDEX} marks its foreground with {IGNORE_INDEX}: write the "
-                              "class id instead (e.g. mask // 255 for class 1)")
+                         hint=f"a binary mask saved as 0/{v} marks its foreground with {v}: write the class id "
+                              f"instead (e.g. mask // {v} for class 1)")
     return out
 
 
