@@ -718,3 +718,18 @@ def test_skipped_unreadable_files_are_a_warning_of_the_build_and_counted_in_the_
     assert len(said) == 2 and all("broken.jpg" in w for w in said), man["warnings"]
     assert man["created_from"]["calibration"]["skipped"] == man["created_from"]["validation"]["skipped"] == 1
     assert "broken.jpg" in (tmp_path / "b" / "report.md").read_text()
+
+
+def test_a_quality_budget_the_validation_cannot_judge_is_said(image_folder, tmp_path):
+    """--max-accuracy-drop with unlabelled photos (and --max-map-drop on images without objects) disappeared from
+    the budget table without a word: the build was judged on agreement (or on nothing) and said PASSED."""
+    import json
+
+    res = CliRunner().invoke(main, ["build", M, "--input-shape", "1,3,32,32", "--calib", str(image_folder),
+                                    "--val", str(image_folder), "--max-accuracy-drop", "1", "--out",
+                                    str(tmp_path / "b"), *FAST])
+    assert res.exit_code in (0, 1), res.output
+    man = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    said = [w for w in man["warnings"] if w.startswith("--max-accuracy-drop 1.0 is not judged")]
+    assert len(said) == 1, man["warnings"]
+    assert not any(b["name"].startswith("accuracy_drop") for b in man["validation"]["budgets"])

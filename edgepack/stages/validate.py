@@ -336,9 +336,27 @@ def _pruning_budget(ctx: BuildContext, res: dict) -> list[dict]:
     return []
 
 
+def _unjudged(ctx: BuildContext, res: dict, rows: list[dict]) -> None:
+    """A warning for each quality budget the user set (command line or --config) that this validation cannot judge:
+    --max-map-drop on images without a labelled object (or FP32 detections to stand in for labels) vanished from
+    the budget table, and the build said PASSED; --max-accuracy-drop without labels was judged as agreement."""
+    for name in ctx.task.budget_names:
+        value = getattr(ctx.config, name, None)
+        if value is None or name == "min_output_sqnr_db" \
+                or (name == "min_agreement" and any(r["name"] == "agreement" for r in rows)):
+            continue  # the SQNR floor is judged on every output (stages.judge); agreement as asked (_asked_too)
+        alone = {n: (value if n == name else None) for n in ctx.task.budget_names}
+        flag = "--" + name.replace("_", "-")
+        if ctx.task.quality_budget(res, alone) is None and not any(w.startswith(flag) for w in ctx.warnings):
+            ctx.warn(f"{flag} {value} is not judged: the validation data gives no {ctx.task.name} figure for it "
+                     "(labels with objects or classes to score: class folders or y in the .npz, --labels-dir for "
+                     "detect and segment; without labels, FP32 predictions confident enough to stand in for them)")
+
+
 def check_budgets(ctx: BuildContext, res: dict) -> list[dict]:
     """Every budget that applies, with value, limit and verdict; CLI overrides beat the profile."""
     rows = [b for b in [quality_budget(ctx, res)] if b is not None]
+    _unjudged(ctx, res, rows)
     rows += _asked_too(ctx, res, rows)
     rows += _pruning_budget(ctx, res)
     if (lim := _pick(ctx, "max_latency_ms")) is not None:
