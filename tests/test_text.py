@@ -99,6 +99,7 @@ def test_read_texts_formats(tmp_path):
         ("x.jsonl", '{"text": "a", "label": -1}\n', "label -1 is not a non-negative integer"),
         ("x.csv", "body,label\nhi,1\n", "no 'text' column (header: body, label)"),
         ("x.csv", "text,label\nhi,spam\n", "label 'spam' is not a non-negative integer"),
+        ("x.csv", "text,label\nok,0\nCall me at 5,1,0\n", "line(s) 3 have more fields than the header's 2"),
         ("x.txt", "\n\n", "no texts"),
     ],
 )
@@ -395,3 +396,12 @@ def test_a_pt2_text_program_builds_with_its_tokenizer(tmp_path, minilm_dir):
     man = json.loads((out / "manifest.json").read_text())
     assert man["preprocess"]["kind"] == "text" and man["preprocess"]["model_input_names"] == ["input_ids",
                                                                                                "attention_mask"]
+
+
+def test_a_csv_without_a_label_column_says_its_texts_are_read_unlabelled(tmp_path, caplog):
+    """text,category was read as unlabelled without a word: agreement judged instead of the accuracy drop."""
+    (tmp_path / "v.csv").write_text("text,category\nhello,0\nbye,1\n", encoding="utf-8")
+    with caplog.at_level("WARNING", logger="edgepack"):
+        texts, labels = text.read_texts(tmp_path / "v.csv")
+    assert texts == ["hello", "bye"] and labels is None
+    assert "no 'label' column (columns: text, category)" in caplog.text

@@ -238,7 +238,11 @@ def _rows_csv(path: Path, raw: str) -> list[tuple[int, Any, Any]]:
     reader = csv.DictReader(io.StringIO(raw, newline=""), strict=True)
     try:
         fields = [f.strip() for f in (reader.fieldnames or [])]
-        rows = list(reader)
+        rows, overflow = [], []
+        for row in reader:
+            rows.append(row)
+            if row.get(None):  # more fields than the header names: an unquoted comma split the text
+                overflow.append(reader.line_num)
     except csv.Error as exc:  # strict: an unterminated quote is an error, not the rest of the file in one row
         raise InputError(f"{path.name}: line {reader.line_num}: not valid CSV ({exc})",
                          hint="close every opening double quote; a quote inside a field is written twice (\"\")"
@@ -248,7 +252,16 @@ def _rows_csv(path: Path, raw: str) -> list[tuple[int, Any, Any]]:
             f"{path.name}: no 'text' column (header: {', '.join(fields) or 'empty'})",
             hint="the first row must name the columns: text,label",
         )
+    if overflow:
+        raise InputError(f"{path.name}: line(s) {', '.join(map(str, overflow[:8]))}"
+                         f"{' ...' if len(overflow) > 8 else ''} have more fields than the header's {len(fields)} "
+                         f"({', '.join(fields)}): the text was cut at a comma and the rest taken for other columns",
+                         hint='put a text that holds commas in double quotes: "Call me at 5, not 6",1')
     has_label = "label" in fields
+    others = [f for f in fields if f not in ("text", "label")]
+    if not has_label and others:
+        log.warning("%s: no 'label' column (columns: %s): its texts are read without labels; name the label column "
+                    "'label' to score accuracy", path.name, ", ".join(fields))
     named = [{k.strip() if isinstance(k, str) else k: v for k, v in row.items()} for row in rows]
     return [(i, row.get("text"), row.get("label") if has_label else None) for i, row in enumerate(named, 2)]
 
