@@ -209,19 +209,20 @@ BUILD_HINT = ("see `edgepack build --help` for every setting (a --config key is 
               "a list is written [1, 3, 224, 224] or \"1,3,224,224\") and the README for bounds")
 
 
-def from_mapping(data: dict[str, Any], *, where: str) -> BuildConfig:
-    """Validate a flat mapping (TOML file or CLI options); preprocessing keys sit at the top level."""
+def from_mapping(data: dict[str, Any], *, where: str, elsewhere: dict[str, str] | None = None) -> BuildConfig:
+    """Validate a flat mapping (TOML file or CLI options); preprocessing keys sit at the top level. ``elsewhere``:
+    {key: where its value came from instead of ``where``} (schema.parse), for the errors."""
     data = dict(data)
     pre = {k: data.pop(k) for k in list(data) if k in PREPROCESS_KEYS}
     if isinstance(data.get("preprocess"), dict):
         pre.update(data.pop("preprocess"))
     prune = data.pop("prune", None)
-    config = schema.parse(BuildConfig, data, where=where, hint=BUILD_HINT)
+    config = schema.parse(BuildConfig, data, where=where, hint=BUILD_HINT, elsewhere=elsewhere)
     if prune is not None:
         if not isinstance(prune, dict):
             raise ConfigError(f"{where}: prune must be a table, e.g. [prune] ratio = 0.4", hint=BUILD_HINT)
         config = dataclasses.replace(config, prune=options_from_mapping(prune, where=f"{where} [prune]"))
-    preprocess = schema.parse(Preprocess, pre, where=where, hint=BUILD_HINT)
+    preprocess = schema.parse(Preprocess, pre, where=where, hint=BUILD_HINT, elsewhere=elsewhere)
     _check_preprocess(preprocess, where)
     return dataclasses.replace(config, preprocess=preprocess)
 

@@ -155,9 +155,11 @@ def _check_bounds(name: str, value: Any, meta: dict) -> str | None:
 DEFAULT_HINT = "see the README for every key, its meaning and bounds"
 
 
-def parse(cls: type[T], data: Any, *, where: str, hint: str = DEFAULT_HINT) -> T:
+def parse(cls: type[T], data: Any, *, where: str, hint: str = DEFAULT_HINT, elsewhere: dict | None = None) -> T:
     """Build ``cls`` from ``data`` or raise one ConfigError listing every problem found in ``where``; ``hint``
-    says where the keys are listed (a profile's: `edgepack targets show`; a build's: `edgepack build --help`)."""
+    says where the keys are listed (a profile's: `edgepack targets show`; a build's: `edgepack build --help`).
+    ``elsewhere``: {key: where that key's value came from instead} (a command-line option over a --config file:
+    `--input-shape 1,3,0,224` was reported as a fault of the file, which says [1, 3, 224, 224])."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a table of settings, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
@@ -184,7 +186,10 @@ def parse(cls: type[T], data: Any, *, where: str, hint: str = DEFAULT_HINT) -> T
         if name not in values and f.default is _MISSING and f.default_factory is _MISSING:
             problems.append(f"missing required key '{name}' ({f.metadata.get('doc', '')})")
     if problems:
-        raise ConfigError(f"{where}: " + "; ".join(problems), hint=hint)
+        moved = elsewhere or {}
+        mine = [p for p in problems if not any(p.startswith((f"{k} ", f"{k}:")) for k in moved)]
+        theirs = [f"{moved[k]}: {p}" for p in problems for k in moved if p.startswith((f"{k} ", f"{k}:"))]
+        raise ConfigError("; ".join(([f"{where}: " + "; ".join(mine)] if mine else []) + theirs), hint=hint)
     return cls(**values)
 
 

@@ -733,3 +733,15 @@ def test_a_quality_budget_the_validation_cannot_judge_is_said(image_folder, tmp_
     said = [w for w in man["warnings"] if w.startswith("--max-accuracy-drop 1.0 is not judged")]
     assert len(said) == 1, man["warnings"]
     assert not any(b["name"].startswith("accuracy_drop") for b in man["validation"]["budgets"])
+
+
+def test_a_bad_command_line_value_over_a_config_file_is_blamed_on_the_option(tmp_path):
+    """--input-shape 1,3,0,224 with --config FILE was reported as 'FILE: input_shape = 0 ...', a file that says
+    [1, 3, 224, 224]; a bad value in the file is still the file's."""
+    cfg = tmp_path / "e.toml"
+    cfg.write_text('model = "toy_models:tiny_cnn"\ninput_shape = [1, 3, 32, 32]\ncalib_samples = 0\n')
+    res = CliRunner().invoke(main, ["build", "--config", str(cfg), "--input-shape", "1,3,0,32"])
+    assert res.exit_code == 2, res.output
+    assert "--input-shape: input_shape = 0 is below the minimum 1" in res.output
+    assert f"{cfg}: calib_samples = 0 is below the minimum 1" in res.output
+    assert f"{cfg}: input_shape" not in res.output

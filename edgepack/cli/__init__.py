@@ -213,14 +213,16 @@ def make_config(model: str | None, options: dict[str, Any]) -> Any:
     from_file: dict[str, Any] = config_mod.read_toml(file_path) if file_path else {}
     merged = dict(from_file)
     prune = _prune_table(options, merged.get("prune"))
-    merged.update({k: v for k, v in options.items() if v is not None and v != ()})
+    given = {k: v for k, v in options.items() if v is not None and v != ()}
+    merged.update(given)
     if prune:
         merged["prune"] = prune
     if model:
         merged["model"] = model
     if "model" not in merged:
         raise InputError("no MODEL given", hint="edgepack build MODEL ... (or model = '...' in --config)")
-    config = config_mod.from_mapping(merged, where=file_path or "command line")
+    config = config_mod.from_mapping(merged, where=file_path or "command line",
+                                     elsewhere={k: "--" + k.replace("_", "-") for k in given} if file_path else None)
     if file_path:
         from edgepack.inputs import preflight
 
