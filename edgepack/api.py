@@ -23,6 +23,8 @@ from edgepack.util import ProgressFn, no_progress, quiet_root_logger, sha256_fil
 
 log = logging.getLogger(__name__)
 MIN_CALIB_SAMPLES = 8
+#: fewer calibration samples than this, when more were asked for, is said in a warning
+FEW_CALIB_SAMPLES = 64
 
 
 @dataclass
@@ -199,16 +201,27 @@ def _prepare(config: BuildConfig, target: targets.TargetProfile, workdir: Path, 
     if mismatch:
         ctx.warn(f"{mismatch[0]}: the bundle's run.py reads photos with this channel order and will fail on them "
                  f"(the .npz data was used as given); {mismatch[1]}")
-    for role, ds in (("calibration", calib), ("validation", val if config.val else None)):
-        if ds is not None and ds.skipped:
-            ctx.warn(f"{role} data {ds.source}: skipped {len(ds.skipped)} unreadable file(s), e.g. "
-                     f"{ds.skipped[0]}")
+    _data_warnings(ctx)
     if not config.val:
         ctx.warn("no --val data: agreement is measured on the calibration samples, which flatters INT8")
     elif same:
         ctx.warn(f"--val {config.val} is the calibration data: INT8 is judged on the samples it was calibrated on, "
                  "which flatters it; validate on held-out data")
     return ctx
+
+
+def _data_warnings(ctx: BuildContext) -> None:
+    """What the build should know about its data: a calibration set smaller than asked for, files skipped."""
+    config, calib = ctx.config, ctx.calib
+    asked = config.calib_samples or ctx.target.calibration_samples
+    if asked and len(calib) < min(asked, FEW_CALIB_SAMPLES):
+        ctx.warn(f"calibration on {len(calib)} samples ({'--calib-samples' if config.calib_samples else 'the profile'}"
+                 f" asks for {asked}; {calib.source} holds no more): INT8 ranges from so few may not hold on other "
+                 "inputs; add samples like the ones the model will see")
+    for role, ds in (("calibration", calib), ("validation", ctx.val if config.val else None)):
+        if ds is not None and ds.skipped:
+            ctx.warn(f"{role} data {ds.source}: skipped {len(ds.skipped)} unreadable file(s), e.g. "
+                     f"{ds.skipped[0]}")
 
 
 def _torchvision_detector(model: sources.LoadedModel, shape: tuple[int, ...]) -> str | None:

@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -80,6 +82,19 @@ def test_bundle_runner_preprocesses_exactly_like_edgepack(image_folder):
     ours = data.preprocess_image(f, SHAPE, pre)
     theirs = run.preprocess(f, pre.to_dict(), list(SHAPE))
     np.testing.assert_array_equal(ours[None], theirs)
+    # 16-bit and float greyscale files: edgepack rescaled them to 0-255, the runner's convert() clipped them at
+    # 255 (16-bit: mostly white) or read 0-1 floats as black, so the device saw other inputs than validation
+    from PIL import Image
+
+    grey = np.asarray(Image.open(f).convert("L"), np.float64)
+    for name, arr, mode in (("g16.png", (grey * 257).astype(np.uint16), "I;16"),
+                            ("f.tiff", (grey / 255).astype(np.float32), "F")):
+        Image.fromarray(arr, mode).save(image_folder / name)
+        ours = data.preprocess_image(image_folder / name, SHAPE, pre)
+        theirs = run.preprocess(image_folder / name, pre.to_dict(), list(SHAPE))
+        np.testing.assert_array_equal(ours[None], theirs)
+        plain = data.preprocess_image(f, SHAPE, dataclasses.replace(pre, channel_order="RGB"))
+        assert abs(float(ours.mean()) - float(plain.mean())) < 0.2, name   # not white, not black
 
 
 

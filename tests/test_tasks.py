@@ -517,7 +517,8 @@ def test_bad_yolo_labels_name_the_file_and_line(tmp_path):
     kw = {"input_shape": (1, 3, 32, 32), "preprocess": Preprocess(resize=32), "num_classes": 3}
     cases = {"0 0.95 0.5 0.2 0.2\n": r"d01\.txt, line 1: box .* is outside the image",
              "5 0.5 0.5 0.2 0.2\n": r"d01\.txt, line 1: unknown class id 5",
-             "0 0.5 0.5\n": r"d01\.txt, line 1: expected 'class cx cy w h'"}
+             "0 0.5 0.5\n": r"d01\.txt, line 1: expected 'class cx cy w h'",
+             "0 0.5 0.5 0 0.2\n": r"d01\.txt, line 1: box .* has no area"}
     for text, message in cases.items():
         (yolo / "d01.txt").write_text(text)
         with pytest.raises(InputError, match=message):
@@ -542,6 +543,9 @@ def test_bad_coco_labels_name_the_file(tmp_path):
 
     broken(lambda d: d["annotations"][0].update(bbox=[28, 0, 8, 8]))
     with pytest.raises(InputError, match=r"coco\.json: annotation 1 \(d00\.png\): box .* outside the 32x32 image"):
+        labels.read_boxes(ds, str(coco), **kw)
+    broken(lambda d: d["annotations"][0].update(bbox=[10, 10, 0, 8]))
+    with pytest.raises(InputError, match=r"coco\.json: annotation 1 \(d00\.png\): box .* has no area"):
         labels.read_boxes(ds, str(coco), **kw)
     broken(lambda d: d["annotations"][0].update(category_id=9))
     with pytest.raises(InputError, match=r"coco\.json: annotation 1 \(d00\.png\) has unknown category_id 9"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -480,13 +481,18 @@ def upright(img, image_ops):
 
 def _eight_bit(img):
     """A 16-bit (or 32-bit integer) greyscale image rescaled to 0-255, as 8-bit images are: Pillow's convert()
-    would clip it at 255 and turn most of it white."""
+    would clip it at 255 and turn most of it white. A float image (mode F, a TIFF of 0-1 values) is scaled by
+    255 when it holds no value above 1 (it was read as black), else clipped to 0-255. The bundle's run.py has the
+    same function."""
     from PIL import Image
 
-    if img.mode not in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+    if img.mode not in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         return img
     arr = np.asarray(img, dtype=np.float64)
-    top = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+    if img.mode == "F":
+        top = 1.0 if arr.max(initial=0) <= 1.0 else 255.0
+    else:
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
     return Image.fromarray(np.clip(np.round(arr * (255.0 / top)), 0, 255).astype(np.uint8))
 
 
@@ -521,7 +527,8 @@ def image_pixels(path: Path, input_shape: tuple[int, ...], pre: Preprocess) -> n
     height, width = int(input_shape[-2]), int(input_shape[-1])
     (crop_w, crop_h), resize = crop_window(height, width, pre.crop, pre.resize)
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings(), Image.open(path) as img:  # 89-179 MP: Pillow warns on stderr; said below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = upright(img, ImageOps)
             img = _eight_bit(img).convert("L" if pre.channel_order == "L" else "RGB")
             scale = max(resize * crop_w / crop_h / img.size[0], resize / img.size[1])
@@ -532,7 +539,10 @@ def image_pixels(path: Path, input_shape: tuple[int, ...], pre: Preprocess) -> n
             if (crop_w, crop_h) != (width, height):
                 img = img.resize((width, height), Image.Resampling.BILINEAR)
             arr = np.asarray(img, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"too large to read safely ({exc}); downscale it (a 50 MP copy is plenty for a "
+                         f"{width} x {height} input)") from None
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise InputError(f"not a readable image ({type(exc).__name__})") from None
     if arr.ndim == 2:
         arr = arr[..., None]

@@ -199,7 +199,10 @@ def read_yolo(path: Path, size: tuple[int, int], num_classes: int) -> tuple[np.n
             raise InputError(f"{where}: unknown class id {cls}; the model has {num_classes} classes "
                              f"(0-{num_classes - 1})", hint="class ids index the model's class outputs")
         x1, y1, x2, y2 = cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
-        if not all(np.isfinite(v) for v in (cx, cy, w, h)) or w <= 0 or h <= 0 or min(x1, y1) < -YOLO_TOLERANCE \
+        if all(np.isfinite(v) for v in (w, h)) and min(w, h) <= 0:
+            raise InputError(f"{where}: box (cx {cx}, cy {cy}, w {w}, h {h}) has no area",
+                             hint="a box needs a width and a height above 0: fix or remove the line")
+        if not all(np.isfinite(v) for v in (cx, cy, w, h)) or min(x1, y1) < -YOLO_TOLERANCE \
                 or max(x2, y2) > 1 + YOLO_TOLERANCE:
             raise InputError(f"{where}: box (cx {cx}, cy {cy}, w {w}, h {h}) is outside the image",
                              hint="YOLO coordinates are normalised to the image: 0 <= cx +- w/2, cy +- h/2 <= 1")
@@ -258,7 +261,10 @@ def read_coco(path: Path, num_classes: int, class_names: list[str] | None = None
                              hint=f"categories are {ids[:10]}")
         (iw, ih), boxes, classes = out[name]
         t = COCO_TOLERANCE_PX
-        if not all(np.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0 or x < -t or y < -t \
+        if all(np.isfinite(v) for v in (w, h)) and min(w, h) <= 0:
+            raise InputError(f"{path}: annotation {ann.get('id', '?')} ({name}): box [{x}, {y}, {w}, {h}] has no "
+                             "area", hint="a box needs a width and a height above 0: fix or remove the annotation")
+        if not all(np.isfinite(v) for v in (x, y, w, h)) or x < -t or y < -t \
                 or x + w > iw + t or y + h > ih + t:
             raise InputError(f"{path}: annotation {ann.get('id', '?')} ({name}): box [{x}, {y}, {w}, {h}] is "
                              f"outside the {iw}x{ih} image", hint="COCO boxes are [x, y, width, height] in pixels")

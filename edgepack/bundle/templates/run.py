@@ -50,6 +50,21 @@ def _window(pre, shape):
     return crop_w, crop_h, pre["resize"] or int(round(crop_h / 0.875))
 
 
+def _eight_bit(img):
+    """edgepack's data._eight_bit: a 16-bit or 32-bit integer greyscale image rescaled to 0-255 (Pillow's convert()
+    clips it at 255), a float one by 255 when its values are 0-1."""
+    from PIL import Image
+
+    if img.mode not in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        return img
+    arr = np.asarray(img, dtype=np.float64)
+    if img.mode == "F":
+        top = 1.0 if arr.max(initial=0) <= 1.0 else 255.0
+    else:
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+    return Image.fromarray(np.clip(np.round(arr * (255.0 / top)), 0, 255).astype(np.uint8))
+
+
 def load_image(path, pre, shape):
     """(model input (1, C, H, W) float32, the image's (width, height)): the same steps as edgepack's
     data.preprocess_image: resize short side, centre crop, scale, normalise."""
@@ -62,7 +77,7 @@ def load_image(path, pre, shape):
             img = ImageOps.exif_transpose(img)
         except Exception:  # broken EXIF: as stored, as edgepack does
             pass
-        img = img.convert("L" if pre["channel_order"] == "L" else "RGB")
+        img = _eight_bit(img).convert("L" if pre["channel_order"] == "L" else "RGB")
         size = img.size
         scale = max(resize * crop_w / crop_h / img.size[0], resize / img.size[1])
         img = img.resize((max(crop_w, round(img.size[0] * scale)), max(crop_h, round(img.size[1] * scale))),
