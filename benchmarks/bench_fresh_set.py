@@ -92,7 +92,10 @@ def main() -> None:
                                f"{search['seconds']:.0f} s)")
                 elif fmt == "tflite":
                     layers = (tfl.get("float_layers") or {}).get("shipped", 0)
-                    shipped = (f"weights {tfl.get('weight_rounding', {}).get('method', 'nearest')}, "
+                    unrounded = (tfl.get("unrounded_activations") or {}).get("shipped", 0)
+                    tried = len((tfl.get("unrounded_activations") or {}).get("trials", [])[1:])
+                    shipped = (f"weights {str(tfl.get('weight_rounding', {}).get('method', 'nearest')).split()[0]}, "
+                               f"{unrounded} activation(s) unrounded ({tried} variant(s) tried), "
                                f"{layers} op(s) in float")
                 else:
                     shipped = "default recipe"

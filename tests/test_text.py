@@ -100,6 +100,7 @@ def test_read_texts_formats(tmp_path):
         ("x.csv", "body,label\nhi,1\n", "no 'text' column (header: body, label)"),
         ("x.csv", "text,label\nhi,spam\n", "label 'spam' is not a non-negative integer"),
         ("x.csv", "text,label\nok,0\nCall me at 5,1,0\n", "line(s) 3 have more fields than the header's 2"),
+        ("x.csv", "text;label\nhi;1\n", "no 'text' column (header: text;label)"),
         ("x.txt", "\n\n", "no texts"),
     ],
 )
@@ -405,3 +406,10 @@ def test_a_csv_without_a_label_column_says_its_texts_are_read_unlabelled(tmp_pat
         texts, labels = text.read_texts(tmp_path / "v.csv")
     assert texts == ["hello", "bye"] and labels is None
     assert "no 'label' column (columns: text, category)" in caplog.text
+
+
+def test_a_semicolon_separated_csv_is_named_in_the_hint(tmp_path):
+    (tmp_path / "v.csv").write_text('text;label\n"say ""hi""";1\n', encoding="utf-8")
+    with pytest.raises(InputError) as info:
+        text.read_texts(tmp_path / "v.csv")
+    assert "separated by semicolons" in info.value.hint

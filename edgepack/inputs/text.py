@@ -245,12 +245,12 @@ def _rows_csv(path: Path, raw: str) -> list[tuple[int, Any, Any]]:
                 overflow.append(reader.line_num)
     except csv.Error as exc:  # strict: an unterminated quote is an error, not the rest of the file in one row
         raise InputError(f"{path.name}: line {reader.line_num}: not valid CSV ({exc})",
-                         hint="close every opening double quote; a quote inside a field is written twice (\"\")"
-                         ) from None
+                         hint=_other_delimiter(raw) or "close every opening double quote; a quote inside a field is "
+                                                       "written twice (\"\")") from None
     if "text" not in fields:
         raise InputError(
             f"{path.name}: no 'text' column (header: {', '.join(fields) or 'empty'})",
-            hint="the first row must name the columns: text,label",
+            hint=_other_delimiter(raw) or "the first row must name the columns: text,label",
         )
     if overflow:
         raise InputError(f"{path.name}: line(s) {', '.join(map(str, overflow[:8]))}"
@@ -264,6 +264,16 @@ def _rows_csv(path: Path, raw: str) -> list[tuple[int, Any, Any]]:
                     "'label' to score accuracy", path.name, ", ".join(fields))
     named = [{k.strip() if isinstance(k, str) else k: v for k, v in row.items()} for row in rows]
     return [(i, row.get("text"), row.get("label") if has_label else None) for i, row in enumerate(named, 2)]
+
+
+def _other_delimiter(raw: str) -> str | None:
+    """A hint when the header is separated by ';' or tabs (a spreadsheet's export in many locales), else None."""
+    header = raw.split("\n", 1)[0]
+    for sep, name in ((";", "semicolons"), ("\t", "tabs")):
+        if sep in header and "," not in header:
+            return (f"the header is separated by {name}: edgepack reads comma-separated CSV (text,label); export "
+                    "the file with commas, or as .jsonl")
+    return None
 
 
 def _check_rows(
