@@ -343,13 +343,13 @@ def _learned_rounding_trial(ctx: BuildContext, fp32_onnx, int8, workdir, spellin
 
 
 #: how many of the activations whose rounding costs most at the outputs the TFLite trials keep unrounded
-TFLITE_UNROUNDED_STEPS = (1, 2, 4)
+TFLITE_UNROUNDED_STEPS = (1, 2, 4, 8)  # the ONNX search's steps (search.FLOAT_ACTIVATION_STEPS)
 
 
 def _unrounded_trial(ctx: BuildContext, fp32_onnx, int8, workdir, spelling: dict, rounding: dict,
                      clock: TrialClock) -> tuple:
     """(the INT8 .tflite to ship, a record or None). When it misses the accuracy budget and the search is on, the
-    model is converted again with the 1, 2, 4 activations whose rounding costs most at the outputs kept unrounded
+    model is converted again with the 1, 2, 4, 8 activations whose rounding costs most at the outputs kept unrounded
     (ranked as the ONNX search ranks them, `diagnose.costly_activations`, on an INT8 ONNX of the same calibration;
     the ops writing and reading them run in float, the rest as shipped: same spelling, rounding and bias
     correction). The first variant that meets the budget ships, else the one closest to it if it comes closer than
