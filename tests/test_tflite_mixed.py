@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
-from edgepack.backends import tflite_mixed  # noqa: E402
+from edgepack.backends import tflite_graph, tflite_mixed  # noqa: E402
 
 
 def test_channel_nsr_sees_channels_an_outlier_starves():
@@ -38,6 +38,6 @@ def test_channel_nsr_does_not_count_dead_channels():
 def test_with_readers_follows_a_tensor_through_moves_to_the_ops_that_compute():
     graph = [("CONV_2D", ["x", "w1"], ["a"]), ("PAD", ["a", "p"], ["b"]), ("RESHAPE", ["b", "s"], ["c"]),
              ("CONV_2D", ["c", "w2"], ["d"]), ("ADD", ["a", "d"], ["e"]), ("MEAN", ["e"], ["f"])]
-    assert tflite_mixed.with_readers(graph, ["a"]) == ["a", "b", "e", "c", "d"]
-    assert tflite_mixed.with_readers(graph, ["e"]) == ["e", "f"]       # MEAN computes: the walk stops there
-    assert tflite_mixed.with_readers(graph, ["f"]) == ["f"]            # an output: nothing reads it
+    assert tflite_graph.with_readers(graph, ["a"]) == ["a", "b", "e", "c", "d"]
+    assert tflite_graph.with_readers(graph, ["e"]) == ["e", "f"]       # MEAN computes: the walk stops there
+    assert tflite_graph.with_readers(graph, ["f"]) == ["f"]            # an output: nothing reads it

@@ -72,8 +72,8 @@ def convert(onnx_path: Path, workdir: Path, calib: np.ndarray | None, *, io_dtyp
     float32: in INT8 a decoded box coordinate shares one scale with every anchor's (an SSD at 192 px: steps of
     0.75-0.95 px). See `float_tail_nodes`; the names are recorded in `workdir`/int8_prep.json.
     `unrounded` (INT8 only): activations of the ONNX model (tensor names) never rounded to INT8: the op that writes
-    each one and the ops that read it stay in float (`tflite_mixed.ops_for_onnx`, `tflite_mixed.with_readers`),
-    and the copy's bias correction and learned rounding leave those layers alone (`diagnose.float_region`). An
+    each one and the ops that read it stay in float (`tflite_graph.ops_for_onnx`, `tflite_graph.with_readers`),
+    and the copy's bias correction and learned rounding leave those layers alone (`onnx_regions.float_region`). An
     activation that no Conv/Gemm/MatMul writes cannot be found in the .tflite and stays INT8; the ones kept are
     recorded in `workdir`/int8_prep.json ("unrounded").
     Calibration ranges TensorFlow's calibrator records too wide (an op overwriting its input in place: see
@@ -165,7 +165,7 @@ def _prepared(onnx_path: Path, workdir: Path, calib: np.ndarray, say, bias_corre
     rounding.check(weight_rounding)
     floats: list[str] = []
     if unrounded:  # the layers that will run in float: their weights are never rounded, nothing to correct
-        from edgepack.quantize.diagnose import float_region
+        from edgepack.backends.onnx_regions import float_region
 
         prepared = onnx.load(str(out))
         floats = sorted({n for t in unrounded for n in float_region(prepared, t)})
@@ -262,7 +262,7 @@ def _selective_converter(saved_model: Path, calib, io_dtype: str, float_tail: bo
     import tensorflow as tf
     from tensorflow.lite.python import convert as tf_convert
 
-    from edgepack.backends import tflite_mixed
+    from edgepack.backends import tflite_graph
 
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -271,8 +271,8 @@ def _selective_converter(saved_model: Path, calib, io_dtype: str, float_tail: bo
     try:
         calibrated = converter.convert()
         tail = float_tail_nodes(calibrated) if float_tail else []
-        writers = tflite_mixed.ops_for_onnx(calibrated, onnx.load(str(source)), unrounded)
-        ops = [n for n in tflite_mixed.with_readers(tflite_mixed._ops(calibrated), list(writers.values()))  # noqa: SLF001
+        writers = tflite_graph.ops_for_onnx(calibrated, onnx.load(str(source)), unrounded)
+        ops = [n for n in tflite_graph.with_readers(tflite_graph.ops(calibrated), list(writers.values()))
                if n not in tail]
         kept.update(tensors=[t for t in unrounded if t in writers], ops=ops)
         return tf_convert.mlir_quantize(calibrated, fully_quantize=not float_tail,

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgepack.backends.onnx_regions import float_region
+
 log = logging.getLogger(__name__)
 DIAG_SAMPLES = 16
 
@@ -154,11 +156,6 @@ def sensitive_nodes(rows: list[dict], k: int) -> list[str]:
     return [r["node"] for r in compute[:k]]
 
 
-#: ops that read a rounded activation without computing on it (a ReLU the quantizer folded into its Q range, a
-#: shape change): a tensor kept in float is followed through them to the compute ops that read it
-_PASS_THROUGH = frozenset({"Clip", "Relu", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze"})
-
-
 def output_costs(fp32_path: Path, int8_path: Path, x, tensors: list[str] | None = None,
                  samples: int = DIAG_SAMPLES) -> dict[str, float]:
     """{tensor: output SQNR (dB) of the FP32 model with only that activation rounded}, for every activation the INT8
@@ -251,33 +248,3 @@ def _rounded_only(fmodel, q, inits: dict):
     del model.graph.node[:]
     model.graph.node.extend(nodes[:producer + 1] + pair + nodes[producer + 1:])
     return model
-
-
-def float_region(fmodel, tensor: str) -> list[str]:
-    """Names of the nodes to keep in float so that ``tensor`` is never rounded: its producer (with the Conv/Gemm
-    behind a fused Clip/Relu) and every compute node reading it (through pass-through ops), in graph order. The
-    quantizer rounds a tensor at the input of any quantized reader, so excluding its producer alone (what
-    ``sensitive_nodes`` gives) leaves the activation rounded."""
-    producer = {o: n for n in fmodel.graph.node for o in n.output}
-    readers: dict[str, list] = {}
-    for n in fmodel.graph.node:
-        for i in n.input:
-            readers.setdefault(i, []).append(n)
-    chosen = set()
-    node = producer.get(tensor)
-    while node is not None:
-        chosen.add(node.name)
-        inner = producer.get(node.input[0]) if node.op_type in ("Clip", "Relu") and node.input else None
-        node = inner if inner is not None and len(readers.get(node.input[0], ())) == 1 else None
-    frontier = [tensor]
-    while frontier:
-        t = frontier.pop()
-        for r in readers.get(t, ()):
-            if r.name in chosen:
-                continue
-            chosen.add(r.name)
-            if r.op_type in _PASS_THROUGH:
-                frontier.extend(r.output)
-            elif len(after := readers.get(r.output[0], ())) == 1 and after[0].op_type in ("Clip", "Relu"):
-                chosen.add(after[0].name)  # the reader's fused activation runs with it
-    return [n.name for n in fmodel.graph.node if n.name and n.name in chosen]
