@@ -237,27 +237,15 @@ def _float_tail_converter(saved_model: Path, calib, io_dtype: str) -> bytes:
     of TensorFlow's QuantizationDebugger selective quantization). ``fully_quantize=False``: with True the quantizer
     appends a QUANTIZE to every output, and the decoded boxes are rounded to one INT8 scale again; the input is
     still ``io_dtype``."""
-    import tensorflow as tf
-    from tensorflow.lite.python import convert as tf_convert
-
-    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = _representative(calib)
-    converter._experimental_calibrate_only = True  # noqa: SLF001 - the documented selective-quantization path
-    try:
-        calibrated = converter.convert()
-        return tf_convert.mlir_quantize(calibrated, fully_quantize=False, input_data_type=getattr(tf, io_dtype),
-                                        output_data_type=tf.float32, denylisted_nodes=float_tail_nodes(calibrated))
-    except Exception as exc:  # the converter raises ConverterError and assorted others
-        raise StageError(f"TFLite converter failed (INT8 with a float tail): {_first_line(exc)}") from exc
+    return _selective_converter(saved_model, calib, io_dtype, True)
 
 
-def _selective_converter(saved_model: Path, calib, io_dtype: str, float_tail: bool, source: Path,
-                         unrounded: Sequence[str], kept: dict) -> bytes:
-    """INT8 conversion that keeps the ``unrounded`` activations of the ONNX model ``source`` (the SavedModel's own
-    source) unrounded: the calibrated model's ops that write them (found by their weights) and the ops that read
-    them stay in float through the MLIR quantizer's ``denylisted_nodes``, as the float tail does. Fills ``kept``:
-    {"tensors": the activations found, "ops": the denylisted op output names}."""
+def _selective_converter(saved_model: Path, calib, io_dtype: str, float_tail: bool, source: Path | None = None,
+                         unrounded: Sequence[str] = (), kept: dict | None = None) -> bytes:
+    """INT8 conversion that keeps named ops in float through the MLIR quantizer's ``denylisted_nodes``: the float
+    tail (``float_tail``), and the ``unrounded`` activations of the ONNX model ``source`` (the SavedModel's own
+    source): the calibrated model's ops that write them (found by their weights) and the ops that read them. Fills
+    ``kept``: {"tensors": the activations found, "ops": their denylisted op output names}."""
     import onnx
     import tensorflow as tf
     from tensorflow.lite.python import convert as tf_convert
@@ -271,17 +259,18 @@ def _selective_converter(saved_model: Path, calib, io_dtype: str, float_tail: bo
     try:
         calibrated = converter.convert()
         tail = float_tail_nodes(calibrated) if float_tail else []
-        writers = tflite_graph.ops_for_onnx(calibrated, onnx.load(str(source)), unrounded)
+        writers = tflite_graph.ops_for_onnx(calibrated, onnx.load(str(source)), unrounded) if unrounded else {}
         ops = [n for n in tflite_graph.with_readers(tflite_graph.ops(calibrated), list(writers.values()))
                if n not in tail]
-        kept.update(tensors=[t for t in unrounded if t in writers], ops=ops)
+        if kept is not None:
+            kept.update(tensors=[t for t in unrounded if t in writers], ops=ops)
         return tf_convert.mlir_quantize(calibrated, fully_quantize=not float_tail,
                                         input_data_type=getattr(tf, io_dtype),
                                         output_data_type=tf.float32 if float_tail else getattr(tf, io_dtype),
                                         denylisted_nodes=tail + ops)
     except Exception as exc:  # the converter raises ConverterError and assorted others
-        raise StageError(f"TFLite converter failed (INT8 with activations kept unrounded): {_first_line(exc)}") \
-            from exc
+        kind = "activations kept unrounded" if unrounded else "a float tail"
+        raise StageError(f"TFLite converter failed (INT8 with {kind}): {_first_line(exc)}") from exc
 
 
 def float_tail_nodes(model: bytes) -> list[str]:
