@@ -41,3 +41,35 @@ def test_with_readers_follows_a_tensor_through_moves_to_the_ops_that_compute():
     assert tflite_graph.with_readers(graph, ["a"]) == ["a", "b", "e", "c", "d"]
     assert tflite_graph.with_readers(graph, ["e"]) == ["e", "f"]       # MEAN computes: the walk stops there
     assert tflite_graph.with_readers(graph, ["f"]) == ["f"]            # an output: nothing reads it
+
+
+def test_weight_layouts_give_the_writers_weights_as_tflite_holds_them():
+    """An activation is found in the .tflite by the weights of the Conv/Gemm that writes it (through a fused
+    Clip), in TFLite's layout; one an Add writes has none, so the TFLite search does not try it."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(4, 3, 3, 3)).astype(np.float32)
+    dw = rng.normal(size=(4, 1, 3, 3)).astype(np.float32)
+    fc = rng.normal(size=(5, 4)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Clip", ["c", "lo", "hi"], ["r"]),
+             helper.make_node("Conv", ["r", "dw"], ["d"], group=4, pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["r", "d"], ["s"]),
+             helper.make_node("GlobalAveragePool", ["s"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("Gemm", ["f", "fc"], ["y"], transB=1)]
+    inits = [numpy_helper.from_array(a, n) for a, n in ((w, "w"), (dw, "dw"), (fc, "fc"),
+                                                         (np.float32(0), "lo"), (np.float32(6), "hi"))]
+    model = helper.make_model(helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])], inits))
+    onnx.checker.check_model(model)
+    (conv,) = tflite_graph.weight_layouts(model, "r")            # Conv -> Clip: the Conv's, (O, kh, kw, I)
+    np.testing.assert_array_equal(conv, w.transpose(0, 2, 3, 1))
+    (depthwise,) = tflite_graph.weight_layouts(model, "d")       # (1, kh, kw, C)
+    np.testing.assert_array_equal(depthwise, dw.transpose(1, 2, 3, 0))
+    (dense,) = tflite_graph.weight_layouts(model, "y")           # (N, K)
+    np.testing.assert_array_equal(dense, fc)
+    assert tflite_graph.weight_layouts(model, "s") == [] and tflite_graph.weight_layouts(model, "x") == []

@@ -72,7 +72,7 @@ def ops_for_onnx(calibrated: bytes, model, tensors) -> dict[str, str]:
         by_size.setdefault(arr.size, []).append((arr, name.decode() if isinstance(name, bytes) else name))
     found = {}
     for t in tensors:
-        for layout in _tflite_layouts(model, t):
+        for layout in weight_layouts(model, t):
             match = next((n for a, n in by_size.get(layout.size, ()) if a.shape == layout.shape
                           and np.array_equal(a, layout)), None)
             if match:
@@ -81,7 +81,7 @@ def ops_for_onnx(calibrated: bytes, model, tensors) -> dict[str, str]:
     return found
 
 
-def _tflite_layouts(model, tensor: str) -> list[np.ndarray]:
+def weight_layouts(model, tensor: str) -> list[np.ndarray]:
     """The weights of the Conv/Gemm/MatMul that writes ``tensor`` (through a Clip/Relu), in each layout TFLite may
     hold them: CONV_2D (O, kh, kw, I), DEPTHWISE_CONV_2D (1, kh, kw, C), FULLY_CONNECTED (N, K); [] when no such
     node writes it."""

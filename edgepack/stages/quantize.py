@@ -416,7 +416,11 @@ def _unrounded_trial(ctx: BuildContext, fp32_onnx, int8, workdir, spelling: dict
 
 def _costly_for_tflite(ctx: BuildContext, workdir) -> list[dict]:
     """The activations ranked by their cost at the outputs (diagnose.costly_activations), on the build's INT8
-    ONNX when it made one, else on one quantized here with the default recipe; [] with a warning when that fails."""
+    ONNX when it made one, else on one quantized here with the default recipe, keeping those a Conv/Gemm/MatMul
+    writes (the ones the .tflite's ops can be matched to); [] with a warning when that fails."""
+    import onnx
+
+    from edgepack.backends.tflite_graph import weight_layouts
     from edgepack.errors import Interrupted
     from edgepack.quantize.diagnose import costly_activations, layer_errors
 
@@ -432,7 +436,9 @@ def _costly_for_tflite(ctx: BuildContext, workdir) -> list[dict]:
             with quiet_root_logger():
                 quantize_onnx(fp32, int8, ctx.calib.x, method="minmax", per_channel=True,
                               target_arch=ctx.target.arch, float_tail=_float_tail(ctx))
-        return costly_activations(fp32, int8, ctx.val.x, layer_errors(fp32, int8, ctx.val.x))
+        ranked = costly_activations(fp32, int8, ctx.val.x, layer_errors(fp32, int8, ctx.val.x))
+        model = onnx.load(str(fp32))  # only what a Conv/Gemm/MatMul writes can be found in the .tflite
+        return [a for a in ranked if weight_layouts(model, a["tensor"])]
     except Interrupted:
         raise
     except Exception as exc:  # noqa: BLE001 - a ranking the TFLite trials can do without
