@@ -239,10 +239,11 @@ def test_runner_all_outputs_of_a_tflite_classifier_needs_no_postprocess_module(t
         np.testing.assert_allclose(out["output0"], tflite_backend.Runner(tfl, threads=1).run_samples(x), atol=1e-5)
 
 
-@pytest.mark.parametrize("task", ["segment", "detect", "generic"])
+@pytest.mark.parametrize("task", ["segment", "detect", "generic", "classify"])
 def test_bundles_that_can_hold_maps_ship_the_layout_helper_run_py_imports(task):
     """run.py turns a TFLite model's 4-D outputs to NCHW with postprocess.to_nchw: every task whose model may
-    have such an output must copy postprocess.py beside it (generic once did not: an ImportError on the device)."""
+    have such an output must copy postprocess.py beside it (generic once did not: an ImportError on the device; nor
+    did classify, whose model may have a second, 4-D output: a logits + mask model's run.py --all-outputs failed)."""
     from edgepack import tasks
     from edgepack.tasks import postprocess
 

@@ -277,6 +277,28 @@ def test_one_waveform_input_builds_from_x_and_runs(tmp_path, target):
     assert len(json.loads(res.stdout.splitlines()[-1])["top"]) == 4
 
 
+@pytest.mark.parametrize("target", ["x86-64", pytest.param("android-arm64", marks=pytest.mark.slow)])
+def test_a_pytorch_model_of_one_waveform_input_is_no_image_model(tmp_path, target):
+    """The same waveform classifier as a PyTorch factory (one forward argument) was built as an image model: it
+    needed --input-shape, its manifest recorded photos' preprocessing, run.py tried to decode the .npz as a photo,
+    and the android-arm64 build failed with exit 70 feeding its 3-D input. The calibration .npz's rank now says
+    it is not a photo, as an ONNX file's input does."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "calib.npz", x=_waves(rng, 48))
+    np.savez(tmp_path / "one.npz", x=_waves(rng, 1)[0])
+    out = tmp_path / "b"
+    result = invoke("build", "toy_models:waveform_classifier", "--target", target, "--calib", tmp_path / "calib.npz",
+                    "--out", out, "--no-emulate", "--json")
+    assert result.exit_code == 0, result.output
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["preprocess"] == {"kind": "tensors", "inputs": [{"name": "x", "shape": [1, 1, 1600],
+                                                                "dtype": "float32"}]}
+    assert man["stages"]["task"]["name"] == "classify" and man["validation"]["agreement"] >= 0.9
+    res = _run_py(out, tmp_path / "one.npz", "--json")
+    assert res.returncode == 0, res.stderr
+    assert len(json.loads(res.stdout.splitlines()[-1])["top"]) == 4
+
+
 def test_uint8_pixel_input_is_fed_as_uint8(tmp_path):
     """A model taking uint8 pixels was refused ("image models take float32"); its .npz samples stay uint8 and
     run.py feeds them as such (it cast every non-integer-id input to float32: onnxruntime refused the feed)."""

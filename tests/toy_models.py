@@ -192,12 +192,17 @@ def export_image_and_vector(path) -> None:
                       dynamic_axes={"image": batch, "meta": batch, "logits": batch, "aux": batch}, dynamo=False)
 
 
-def export_waveform_classifier(path) -> None:
-    """A 1-D convolutional classifier of (N, 1, 1600) waveforms as ONNX (one rank-3 input, as audio models take)."""
+def waveform_classifier() -> nn.Module:
+    """A 1-D convolutional classifier of (N, 1, 1600) waveforms (one rank-3 input, as audio models take)."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv1d(1, 16, 9, stride=4, padding=4), nn.ReLU(),
-                          nn.Conv1d(16, 32, 9, stride=4, padding=4), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(),
-                          nn.Linear(32, 4)).eval()
+    return nn.Sequential(nn.Conv1d(1, 16, 9, stride=4, padding=4), nn.ReLU(),
+                         nn.Conv1d(16, 32, 9, stride=4, padding=4), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(),
+                         nn.Linear(32, 4)).eval()
+
+
+def export_waveform_classifier(path) -> None:
+    """waveform_classifier as ONNX."""
+    model = waveform_classifier()
     batch = {0: "n"}
     torch.onnx.export(model, (torch.zeros(1, 1, 1600),), str(path), input_names=["wave"], output_names=["logits"],
                       dynamic_axes={"wave": batch, "logits": batch}, opset_version=17, dynamo=False)

@@ -373,7 +373,23 @@ def for_model(model: Any, config: Any, target: Any, onnx_inputs: list[dict] | No
     names = forward_inputs(model.module) if model.kind == "torch" else []
     if len(names) > 1:  # a PyTorch forward(image, meta): the inputs' shapes and dtypes come from the .npz
         return KINDS["tensors"](model, config, target, data.npz_specs(config.calib, names, model.name))
+    if len(names) == 1 and (key := _not_an_image(config, names[0])):
+        return KINDS["tensors"](model, config, target, data.npz_specs(config.calib, [key], model.name))
     return KINDS["image"](model, config, target)
+
+
+def _not_an_image(config: Any, name: str) -> str | None:
+    """The array of the calibration .npz that feeds a one-input PyTorch model (named after its forward argument,
+    else "x") when it is not (N, C, H, W) samples: a waveform (N, 1, L), a volume (N, 1, D, H, W). Such a model was
+    built as an image model: photos' preprocessing in the manifest, a run.py that tried to decode the .npz as a
+    photo, and a TFLite build that failed (exit 70) feeding its 3-D input."""
+    from pathlib import Path
+
+    if not config.calib or Path(config.calib).suffix.lower() != ".npz" or not Path(config.calib).is_file():
+        return None
+    headers = data.npz_headers(config.calib)
+    key = name if name in headers else "x" if "x" in headers else None
+    return key if key is not None and len(headers[key][0]) != 4 else None
 
 
 def forward_inputs(module: Any) -> list[str]:

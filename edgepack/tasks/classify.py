@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgepack.tasks import budgets
+from edgepack.tasks import budgets, postprocess
 from edgepack.tasks.base import sqnr_db
 
 
@@ -16,6 +16,9 @@ class Classify:
     #: the labelled metric pruning is judged by: quality keys <key>_fp32 / <key>_int8 (points), its name;
     #: its drop is what budget_names[0] limits
     headline = ("accuracy", "accuracy (%)")
+    #: copied beside the bundle's run.py: a classifier may have more outputs, and run.py turns a TFLite model's
+    #: 4-D ones to NCHW with postprocess.to_nchw (a logits + mask model's bundle failed on --all-outputs)
+    runner_files = (postprocess.__file__,)
 
     def quality(self, ref: np.ndarray, got: np.ndarray, y: np.ndarray | None) -> dict:
         """Accuracy (points, 0-100) with labels, top-1 agreement (0-1) and SQNR (dB) of INT8 vs FP32."""
