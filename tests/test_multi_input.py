@@ -299,6 +299,18 @@ def test_a_pytorch_model_of_one_waveform_input_is_no_image_model(tmp_path, targe
     assert len(json.loads(res.stdout.splitlines()[-1])["top"]) == 4
 
 
+def test_a_forward_argument_the_model_never_reads_is_named(tmp_path):
+    """The exporter leaves an unused input out of the graph; feeding it failed inside onnxruntime with exit 70."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "calib.npz", image=rng.normal(size=(16, 3, 32, 32)).astype(np.float32),
+             meta=rng.normal(size=(16, 8)).astype(np.float32))
+    result = invoke("build", "toy_models:image_and_unused_vector", "--target", "x86-64", "--calib",
+                    tmp_path / "calib.npz", "--out", tmp_path / "b")
+    assert result.exit_code == 2, result.output
+    assert "forward never uses its input(s) meta" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "b").exists()
+
+
 def test_uint8_pixel_input_is_fed_as_uint8(tmp_path):
     """A model taking uint8 pixels was refused ("image models take float32"); its .npz samples stay uint8 and
     run.py feeds them as such (it cast every non-integer-id input to float32: onnxruntime refused the feed)."""

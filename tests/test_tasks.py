@@ -1025,3 +1025,17 @@ def test_coco_crowd_regions_are_neither_objects_nor_misses(tmp_path):
     as_objects = [{"boxes": np.vstack([t["boxes"], t.get("crowd_boxes", np.zeros((0, 4)))]),
                    "classes": np.append(t["classes"], t.get("crowd_classes", []))} for t in read]
     assert coco_map(as_objects, perfect, 3)["map50"] < 100.0
+
+
+def test_classify_refuses_a_first_output_that_is_not_class_scores():
+    """--task classify on an (N, 3, 64, 64) output passed with no quality budget and no word; run.py then printed
+    flattened pixel indices as the top-5 classes."""
+    from edgepack.errors import InputError
+    from edgepack.tasks.classify import Classify
+
+    assert Classify().check_outputs([(1, 10)], "m") == 10
+    assert Classify().check_outputs([("batch", "classes")], "m") == "classes"   # symbolic: the model says later
+    for shapes in ([(1, 3, 64, 64)], [(1, 1)], []):
+        with pytest.raises(InputError, match="is not \\(N, classes\\) scores") as info:
+            Classify().check_outputs(shapes, "m")
+        assert "--task segment" in info.value.hint

@@ -178,6 +178,19 @@ class ImageAndVector(nn.Module):
         return self.head(h), self.aux(h)
 
 
+class ImageAndUnusedVector(ImageAndVector):
+    """forward(image, meta) that never reads meta: the ONNX exporter leaves the input out."""
+
+    def forward(self, image: torch.Tensor, meta: torch.Tensor):
+        h = self.image(image)
+        return self.head(torch.cat([h, h], 1))
+
+
+def image_and_unused_vector() -> nn.Module:
+    torch.manual_seed(0)
+    return ImageAndUnusedVector().eval()
+
+
 def image_and_vector() -> nn.Module:
     """Seeded ImageAndVector for (N, 3, 32, 32) images and (N, 8) vectors."""
     torch.manual_seed(0)

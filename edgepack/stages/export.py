@@ -85,8 +85,24 @@ def _export(ctx: BuildContext, module, raw) -> None:
         pass
     settings = ctx.inputs.export_settings()
     onnx_backend.export_args(module, ctx.inputs.example_args(ctx.input_shape), raw, **settings)
+    _check_every_input_is_used(raw, settings["input_names"], ctx.model.name)
     ctx.records["export"] = {"inputs": settings["input_names"], "opset": settings["opset"],
                              "input_shape": list(ctx.input_shape)}
+
+
+def _check_every_input_is_used(path, names: list[str], model: str) -> None:
+    """The exporter leaves out a forward argument the model never reads; every feed of it then failed inside
+    onnxruntime ("Invalid input name: meta", exit 70)."""
+    import onnx
+
+    from edgepack.errors import InputError
+
+    kept = {i.name for i in onnx.load(str(path), load_external_data=False).graph.input}
+    unused = [n for n in names if n not in kept]
+    if unused:
+        raise InputError(f"{model}'s forward never uses its input(s) {', '.join(unused)}: the exported model has no "
+                         "such input, so edgepack cannot feed it as given",
+                         hint="remove the argument from forward (or use it); edgepack builds the model as it runs")
 
 
 def _torch_outputs(ctx: BuildContext, x) -> np.ndarray:

@@ -20,6 +20,18 @@ class Classify:
     #: 4-D ones to NCHW with postprocess.to_nchw (a logits + mask model's bundle failed on --all-outputs)
     runner_files = (postprocess.__file__,)
 
+    def check_outputs(self, shapes: list[tuple], where: str) -> int:
+        """The class count; an InputError when the first output is not (N, C) scores: --task classify on an image
+        output used to pass with no quality budget and no word, and run.py printed flattened pixel indices as its
+        'top-5 classes'."""
+        from edgepack.errors import InputError
+
+        if not shapes or len(shapes[0]) != 2 or (isinstance(shapes[0][-1], int) and shapes[0][-1] < 2):
+            raise InputError(f"{where}: first output {list(shapes[0]) if shapes else []} is not (N, classes) scores",
+                             hint="classify takes a first output of one score per class; for a map use --task "
+                                  "segment, else --task generic")
+        return shapes[0][-1]
+
     def quality(self, ref: np.ndarray, got: np.ndarray, y: np.ndarray | None) -> dict:
         """Accuracy (points, 0-100) with labels, top-1 agreement (0-1) and SQNR (dB) of INT8 vs FP32."""
         out = {"sqnr_db": round(sqnr_db(ref, got), 2), "agreement": None, "accuracy_fp32": None, "accuracy_int8": None,
