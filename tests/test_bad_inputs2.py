@@ -747,3 +747,19 @@ def test_a_bad_command_line_value_over_a_config_file_is_blamed_on_the_option(tmp
     assert "--input-shape: input_shape = 0 is below the minimum 1" in res.output
     assert f"{cfg}: calib_samples = 0 is below the minimum 1" in res.output
     assert f"{cfg}: input_shape" not in res.output
+
+
+@pytest.mark.slow
+def test_a_functional_gelu_model_converts_to_tflite(tmp_path):
+    """F.gelu (no nn.GELU module) was exported with Erf and the TFLite converter stopped with a raw MLIR 'tf.Erf'
+    error (exit 4); the export is redone at opset 20, where GELU is one op."""
+    import json
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "calib.npz", x=rng.normal(size=(16, 3, 16, 16)).astype(np.float32))
+    res = CliRunner().invoke(main, ["build", "toy_models:functional_gelu", "--input-shape", "1,3,16,16", "--calib",
+                                    str(tmp_path / "calib.npz"), "--target", "android-arm64", "--no-emulate",
+                                    "--max-search-time", "0", "--latency-runs", "3", "--out", str(tmp_path / "b")])
+    assert res.exit_code in (0, 1), res.output
+    man = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert man["stages"]["export"]["opset"] == 20

@@ -327,3 +327,21 @@ class TransposedHead(torch.nn.Module):
 
     def forward(self, x):
         return torch.sigmoid(self.t2(torch.relu(self.t1(torch.relu(self.c(x))))) + self.b)
+
+
+class FunctionalGelu(nn.Module):
+    """A CNN whose activation is the functional F.gelu (no nn.GELU module to find): below opset 20 the exporter
+    spells it with Erf, which the TFLite converter refuses."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.head(torch.nn.functional.gelu(self.conv(x)).mean((2, 3)))
+
+
+def functional_gelu() -> nn.Module:
+    torch.manual_seed(0)
+    return FunctionalGelu().eval()

@@ -12,6 +12,7 @@ import numpy as np
 
 from edgepack.backends import onnx as onnx_backend
 from edgepack.errors import InputError, StageError
+from edgepack.inputs.kinds import TFLITE_TEXT_OPSET
 from edgepack.inputs.model_checks import first_tensor
 from edgepack.stages.context import Artifact, BuildContext
 
@@ -85,17 +86,28 @@ def _export(ctx: BuildContext, module, raw) -> None:
         pass
     settings = ctx.inputs.export_settings()
     onnx_backend.export_args(module, ctx.inputs.example_args(ctx.input_shape), raw, **settings)
+    if _gelu_as_erf(ctx, raw, settings["opset"]):  # a functional F.gelu, which uses_gelu cannot see in the modules
+        settings = {**settings, "opset": TFLITE_TEXT_OPSET}
+        onnx_backend.export_args(module, ctx.inputs.example_args(ctx.input_shape), raw, **settings)
     _check_every_input_is_used(raw, settings["input_names"], ctx.model.name)
     ctx.records["export"] = {"inputs": settings["input_names"], "opset": settings["opset"],
                              "input_shape": list(ctx.input_shape)}
+
+
+def _gelu_as_erf(ctx: BuildContext, path, opset: int) -> bool:
+    """Whether a TFLite build's export spelled GELU with Erf, which the TFLite converter refuses (a raw MLIR
+    'tf.Erf' error, exit 4): below opset 20 the exporter writes GELU so; at 20 it writes the Gelu op."""
+    import onnx
+
+    if "tflite" not in ctx.target.formats or opset >= TFLITE_TEXT_OPSET:
+        return False
+    return any(n.op_type == "Erf" for n in onnx.load(str(path), load_external_data=False).graph.node)
 
 
 def _check_every_input_is_used(path, names: list[str], model: str) -> None:
     """The exporter leaves out a forward argument the model never reads; every feed of it then failed inside
     onnxruntime ("Invalid input name: meta", exit 70)."""
     import onnx
-
-    from edgepack.errors import InputError
 
     kept = {i.name for i in onnx.load(str(path), load_external_data=False).graph.input}
     unused = [n for n in names if n not in kept]
