@@ -33,6 +33,35 @@ def quiet_root_logger() -> Iterator[None]:
         root.setLevel(level)
 
 
+@contextlib.contextmanager
+def quiet_output() -> Iterator[None]:
+    """What a library writes to the process's stdout and stderr meanwhile (file descriptors 1 and 2: C++ and Python
+    alike) is kept off the user's terminal and shown (on stderr) only with --debug (a root logger at DEBUG). For the
+    ONNX exporters: the legacy one prints the model's whole TorchScript graph from C++ when it gives up, and the
+    torch.export one then logs tracebacks and version-converter notes, on a build that goes on and succeeds."""
+    import sys
+    import tempfile
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    with tempfile.TemporaryFile() as caught:
+        for fd in saved:
+            os.dup2(caught.fileno(), fd)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd, copy in saved.items():
+                os.dup2(copy, fd)
+                os.close(copy)
+            caught.seek(0)
+            text = caught.read()
+            if text and logging.getLogger().isEnabledFor(logging.DEBUG):
+                os.write(2, text)
+
+
 def no_progress(step: str, done: int, total: int) -> None:
     """The default progress sink: the library never prints."""
 

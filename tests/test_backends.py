@@ -367,3 +367,22 @@ def test_exported_outputs_are_named_after_what_the_model_returns(tmp_path):
         path = tmp_path / "m.onnx"
         onnx_backend.export(module.eval(), (1, 3, 8, 8), path, opset=17)
         assert [o.name for o in onnx.load(str(path)).graph.output] == want
+
+
+def test_an_exporter_fallback_prints_nothing_without_debug(tmp_path, capfd):
+    """A model the legacy exporter gives up on (adaptive pooling to 3 x 3 from 16 x 16) printed its whole TorchScript
+    graph from C++ on stdout, then the torch.export exporter's logged tracebacks on stderr, on a build that then
+    succeeded."""
+    import torch
+    from torch import nn
+
+    from edgepack.backends import onnx as onnx_backend
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Mish(), nn.AdaptiveAvgPool2d((3, 3)), nn.Flatten(),
+                          nn.Linear(72, 4)).eval()
+    capfd.readouterr()
+    onnx_backend.export_args(model, (torch.zeros(1, 3, 16, 16),), tmp_path / "m.onnx", input_names=["input"],
+                             opset=17)
+    out, err = capfd.readouterr()
+    assert (tmp_path / "m.onnx").stat().st_size > 0
+    assert "Torch IR graph" not in out + err and "Traceback" not in out + err, (out + err)[:500]

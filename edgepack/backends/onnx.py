@@ -41,18 +41,21 @@ def export_args(module: Any, args: tuple, path: Path, *, input_names: list[str],
     """
     import torch
 
-    output_names = names_of_outputs(check_accepts_input(module, args, shape_flag), input_names)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            torch.onnx.export(module, args, str(path), dynamo=False, opset_version=opset,
-                              input_names=input_names, output_names=output_names, do_constant_folding=True)
-    except Exception as exc:  # the legacy exporter fails on data-dependent control flow
-        from edgepack.guards.resources import reraise
+    from edgepack.util import quiet_output
 
-        reraise(exc)  # a full disk or no memory is not a reason to try the other exporter
-        log.info("legacy exporter failed (%s); trying the torch.export-based exporter", exc)
-        _export_dynamo(module, args, path, opset, (input_names, output_names), hint)
+    output_names = names_of_outputs(check_accepts_input(module, args, shape_flag), input_names)
+    with quiet_output():
+        try:
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+                warnings.simplefilter("ignore")
+                torch.onnx.export(module, args, str(path), dynamo=False, opset_version=opset,
+                                  input_names=input_names, output_names=output_names, do_constant_folding=True)
+        except Exception as exc:  # the legacy exporter fails on data-dependent control flow
+            from edgepack.guards.resources import reraise
+
+            reraise(exc)  # a full disk or no memory is not a reason to try the other exporter
+            log.info("legacy exporter failed (%s); trying the torch.export-based exporter", exc)
+            _export_dynamo(module, args, path, opset, (input_names, output_names), hint)
 
 
 def names_of_outputs(out: Any, input_names: list[str]) -> list[str]:
