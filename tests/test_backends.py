@@ -386,3 +386,13 @@ def test_an_exporter_fallback_prints_nothing_without_debug(tmp_path, capfd):
     out, err = capfd.readouterr()
     assert (tmp_path / "m.onnx").stat().st_size > 0
     assert "Torch IR graph" not in out + err and "Traceback" not in out + err, (out + err)[:500]
+
+
+def test_dict_output_names_lose_the_colon_tensorflow_reads_as_a_tensor_index():
+    """An output named "score:0" was dropped by onnx2tf (TensorFlow reads it as tensor 0 of op "score")."""
+    import torch
+
+    from edgepack.backends.onnx import names_of_outputs
+
+    assert names_of_outputs({"cls": torch.zeros(1), "score:0": torch.zeros(1)}, ["input"]) == ["cls", "score_0"]
+    assert names_of_outputs({"a:0": torch.zeros(1), "a_0": torch.zeros(1)}, ["input"]) == ["output0", "output1"]

@@ -311,6 +311,44 @@ def test_a_forward_argument_the_model_never_reads_is_named(tmp_path):
     assert not (tmp_path / "b").exists()
 
 
+def test_an_input_named_y_and_a_uint8_factory_input_are_inputs(tmp_path):
+    """forward(x, y) was refused: the .npz's y was read as labels ("y must be 24 integer labels"); a PyTorch
+    factory of one uint8 pixel input was refused as an image model ("expected float32"), though the same model as
+    an ONNX file built."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "xy.npz", x=rng.normal(size=(16, 3, 16, 16)).astype(np.float32),
+             y=rng.normal(size=(16, 4)).astype(np.float32))
+    result = invoke("build", "toy_models:image_and_y", "--target", "x86-64", "--calib", tmp_path / "xy.npz",
+                    "--out", tmp_path / "a", "-q")
+    assert result.exit_code in (0, 1), result.output
+    man = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert [i["name"] for i in man["preprocess"]["inputs"]] == ["x", "y"]
+    np.savez(tmp_path / "u8.npz", x=rng.integers(0, 256, (16, 3, 16, 16)).astype(np.uint8))
+    result = invoke("build", "toy_models:uint8_input", "--target", "x86-64", "--calib", tmp_path / "u8.npz",
+                    "--out", tmp_path / "b", "-q")
+    assert result.exit_code in (0, 1), result.output
+    man = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert man["preprocess"]["inputs"] == [{"name": "x", "shape": [1, 3, 16, 16], "dtype": "uint8"}]
+    assert man["stages"]["export"]["opset"] == 17 and "opset_asked" not in man["stages"]["export"]
+
+
+def test_the_manifest_records_the_opset_the_exporter_wrote(tmp_path):
+    """The torch.export fallback keeps opset 18 when it cannot convert down to the profile's 17; the manifest said
+    17 regardless."""
+    np.savez(tmp_path / "c.npz", x=np.random.default_rng(0).normal(size=(16, 3, 16, 16)).astype(np.float32))
+    result = invoke("build", "toy_models:adaptive_pool_3x3", "--input-shape", "1,3,16,16", "--target", "x86-64",
+                    "--calib", tmp_path / "c.npz", "--out", tmp_path / "b", "-q")
+    assert result.exit_code in (0, 1), result.output
+    man = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    import onnx
+
+    written = next(o.version for o in onnx.load(str(tmp_path / "b" / "model.onnx")).opset_import if o.domain == "")
+    assert man["stages"]["export"]["opset"] == written
+    if written != 17:
+        assert man["stages"]["export"]["opset_asked"] == 17
+        assert any(w.startswith(f"the ONNX exporter wrote opset {written}") for w in man["warnings"])
+
+
 def test_uint8_pixel_input_is_fed_as_uint8(tmp_path):
     """A model taking uint8 pixels was refused ("image models take float32"); its .npz samples stay uint8 and
     run.py feeds them as such (it cast every non-integer-id input to float32: onnxruntime refused the feed)."""

@@ -345,3 +345,45 @@ class FunctionalGelu(nn.Module):
 def functional_gelu() -> nn.Module:
     torch.manual_seed(0)
     return FunctionalGelu().eval()
+
+
+class ImageAndY(nn.Module):
+    """forward(x, y): a second input that happens to be named y (what an .npz's labels are called)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, 2, 1)
+        self.fc = nn.Linear(12, 3)
+
+    def forward(self, x, y):
+        return self.fc(torch.cat([torch.relu(self.conv(x)).mean((2, 3)), y], 1))
+
+
+def image_and_y() -> nn.Module:
+    torch.manual_seed(0)
+    return ImageAndY().eval()
+
+
+class Uint8Input(nn.Module):
+    """One uint8 pixel input, scaled inside the model."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, 2, 1)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x.float() / 255)).mean((2, 3)))
+
+
+def uint8_input() -> nn.Module:
+    torch.manual_seed(0)
+    return Uint8Input().eval()
+
+
+def adaptive_pool_3x3() -> nn.Module:
+    """Adaptive pooling of 16 x 16 to 3 x 3 (not a whole divisor): the legacy exporter gives up, the torch.export one
+    takes it and writes opset 18 when asked for 17."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d((3, 3)), nn.Flatten(),
+                         nn.Linear(72, 4)).eval()

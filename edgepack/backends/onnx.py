@@ -65,7 +65,8 @@ def names_of_outputs(out: Any, input_names: list[str]) -> list[str]:
     import torch
 
     if isinstance(out, dict) and all(isinstance(v, torch.Tensor) for v in out.values()) and len(out) > 1:
-        keys = [str(k) for k in out]
+        keys = [str(k).replace(":", "_") for k in out]  # TensorFlow reads "name:0" as a tensor of op "name": onnx2tf
+        # dropped an output named "score:0", and the TFLite build failed as "onnx2tf dropped or split an output"
         if all(k and k not in input_names for k in keys) and len(set(keys)) == len(keys):
             return keys
     count = _count_tensors(out)

@@ -172,7 +172,8 @@ def load_text(path: str, *, text: TextInfo, count: int | None, seed: int, role: 
 def load_tensors(path: str, *, specs: list[dict], count: int | None, seed: int, role: str, hint: str) -> Dataset:
     """Inputs that are not photos (several inputs, a waveform, uint8 pixels): an .npz with one array per input name
     ({name: (N, ...)}; a single input may be ``x``), float inputs as floats, integer inputs as integers, the model
-    file's shapes; optional integer labels ``y``; a seeded subset of ``count`` samples, every input alike."""
+    file's shapes; optional integer labels ``y`` (unless an input is named y: a forward(x, y) was refused for
+    labels that were its second input); a seeded subset of ``count`` samples, every input alike."""
     where = f"{role} file {path}"
     arrays = _read_named_npz(Path(path), role, hint)
     names = [s["name"] for s in specs]
@@ -195,7 +196,7 @@ def load_tensors(path: str, *, specs: list[dict], count: int | None, seed: int, 
     total = next(iter(n.values()))
     if total == 0:
         raise InputError(f"{where}: the arrays hold no samples")
-    y = _check_y(arrays.get("y"), total, where)
+    y = None if "y" in names else _check_y(arrays.get("y"), total, where)  # an input named y is no labels
     idx = sample_indices(total, count, seed)
     return Dataset(x={k: np.ascontiguousarray(v[idx]) for k, v in x.items()},
                    y=None if y is None else y[idx], source=str(path))

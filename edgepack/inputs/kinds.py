@@ -380,7 +380,8 @@ def for_model(model: Any, config: Any, target: Any, onnx_inputs: list[dict] | No
 
 def _not_an_image(config: Any, name: str) -> str | None:
     """The array of the calibration .npz that feeds a one-input PyTorch model (named after its forward argument,
-    else "x") when it is not (N, C, H, W) samples: a waveform (N, 1, L), a volume (N, 1, D, H, W). Such a model was
+    else "x") when it is not (N, C, H, W) float samples: a waveform (N, 1, L), a volume (N, 1, D, H, W), uint8
+    pixels (as for an ONNX file's input). Such a model was
     built as an image model: photos' preprocessing in the manifest, a run.py that tried to decode the .npz as a
     photo, and a TFLite build that failed (exit 70) feeding its 3-D input."""
     from pathlib import Path
@@ -389,7 +390,10 @@ def _not_an_image(config: Any, name: str) -> str | None:
         return None
     headers = data.npz_headers(config.calib)
     key = name if name in headers else "x" if "x" in headers else None
-    return key if key is not None and len(headers[key][0]) != 4 else None
+    if key is None:
+        return None
+    shape, dtype = headers[key]
+    return key if len(shape) != 4 or dtype.name in INTEGER_DTYPES else None
 
 
 def forward_inputs(module: Any) -> list[str]:

@@ -90,8 +90,21 @@ def _export(ctx: BuildContext, module, raw) -> None:
         settings = {**settings, "opset": TFLITE_TEXT_OPSET}
         onnx_backend.export_args(module, ctx.inputs.example_args(ctx.input_shape), raw, **settings)
     _check_every_input_is_used(raw, settings["input_names"], ctx.model.name)
-    ctx.records["export"] = {"inputs": settings["input_names"], "opset": settings["opset"],
+    opset = _opset_of(raw)  # the torch.export exporter keeps 18 when it cannot convert down to what was asked
+    ctx.records["export"] = {"inputs": settings["input_names"], "opset": opset,
+                             **({"opset_asked": settings["opset"]} if opset != settings["opset"] else {}),
                              "input_shape": list(ctx.input_shape)}
+    if opset is not None and opset != settings["opset"]:
+        ctx.warn(f"the ONNX exporter wrote opset {opset}, not the {settings['opset']} asked for (it could not "
+                 "convert this model down); the device's ONNX Runtime must support it")
+
+
+def _opset_of(path) -> int | None:
+    """The default-domain opset the ONNX file at ``path`` declares."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
 def _gelu_as_erf(ctx: BuildContext, path, opset: int) -> bool:
