@@ -388,6 +388,8 @@ def _not_an_image(config: Any, name: str) -> str | None:
 
     if not config.calib or Path(config.calib).suffix.lower() != ".npz" or not Path(config.calib).is_file():
         return None
+    if config.input_shape and len(config.input_shape) == 4:  # an N,C,H,W shape asked for: an image model, whose
+        return None                                            # .npz checks then name a wrong rank or dtype
     headers = data.npz_headers(config.calib)
     key = name if name in headers else "x" if "x" in headers else None
     if key is None:
