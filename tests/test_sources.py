@@ -151,3 +151,22 @@ def test_a_generic_factory_name_names_the_bundle_after_its_module():
     assert _factory_name("mynets.digits", "create") == "digits"  # it was "create for raspberry-pi-4"
     assert _factory_name("examples.ssdlite_shapes.model", "create_model") == "ssdlite_shapes"
     assert _factory_name("toy_models", "tiny_cnn") == "tiny_cnn"
+
+
+def test_a_factory_that_needs_arguments_says_so():
+    """def make(num_classes) was reported as an error 'in the factory's code, not in edgepack'; a TypeError raised
+    inside a factory of no arguments is still the factory's own."""
+    from edgepack.guards import usercode
+
+    def make(num_classes):
+        return num_classes
+
+    def broken():
+        return len(5)
+
+    with pytest.raises(InputError, match="factory 'm:make' needs arguments") as info:
+        usercode.call_factory("m:make", make)
+    assert "defaults" in info.value.hint
+    with pytest.raises(InputError, match="factory 'm:broken' raised TypeError") as info:
+        usercode.call_factory("m:broken", broken)
+    assert "factory's code" in info.value.hint

@@ -50,6 +50,10 @@ def call_factory(spec: str, factory: Callable[[], Any], doing: str = "",
     except passthrough:
         raise
     except Exception as exc:
+        if _needs_arguments(factory, exc):
+            raise InputError(f"factory '{spec}' needs arguments ({exc}); edgepack calls it with none",
+                             hint="give its parameters defaults, or write a factory of no arguments that calls it "
+                                  "(def my_model(): return build(num_classes=10))") from None
         raise InputError(f"factory '{spec}'{doing} raised {type(exc).__name__}: {str(exc)[:300]}" + _said(captured),
                          hint="the error is in the factory's code, not in edgepack; --debug shows its "
                               "traceback") from exc
@@ -58,6 +62,20 @@ def call_factory(spec: str, factory: Callable[[], Any], doing: str = "",
     if captured.getvalue():
         sys.stderr.write(captured.getvalue())  # what it printed, shown as it would have been, on stderr
     return model
+
+
+def _needs_arguments(factory: Callable[[], Any], exc: Exception) -> bool:
+    """Whether calling ``factory()`` failed for want of arguments it requires (not a TypeError inside it)."""
+    import inspect
+
+    if not isinstance(exc, TypeError):
+        return False
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD,
+                                                                   p.KEYWORD_ONLY) for p in params)
 
 
 def _said(captured: io.StringIO) -> str:
