@@ -349,6 +349,18 @@ def test_the_manifest_records_the_opset_the_exporter_wrote(tmp_path):
         assert any(w.startswith(f"the ONNX exporter wrote opset {written}") for w in man["warnings"])
 
 
+def test_an_output_that_is_a_copy_of_another_is_said(tmp_path):
+    """`return y, y`: the TFLite file holds one tensor for both outputs and its manifest named both 'output1',
+    without a word."""
+    np.savez(tmp_path / "c.npz", x=np.random.default_rng(0).normal(size=(16, 3, 16, 16)).astype(np.float32))
+    result = invoke("build", "toy_models:same_twice", "--input-shape", "1,3,16,16", "--target", "x86-64",
+                    "--calib", tmp_path / "c.npz", "--out", tmp_path / "b", "-q")
+    assert result.exit_code in (0, 1), result.output
+    man = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert any(w.startswith("output 'output1' is a copy of output 'output0'") for w in man["warnings"]), \
+        man["warnings"]
+
+
 def test_uint8_pixel_input_is_fed_as_uint8(tmp_path):
     """A model taking uint8 pixels was refused ("image models take float32"); its .npz samples stay uint8 and
     run.py feeds them as such (it cast every non-integer-id input to float32: onnxruntime refused the feed)."""

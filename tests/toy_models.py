@@ -387,3 +387,21 @@ def adaptive_pool_3x3() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d((3, 3)), nn.Flatten(),
                          nn.Linear(72, 4)).eval()
+
+
+class SameTwice(nn.Module):
+    """Returns the same tensor twice."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        y = self.fc(torch.relu(self.conv(x)).mean((2, 3)))
+        return y, y
+
+
+def same_twice() -> nn.Module:
+    torch.manual_seed(0)
+    return SameTwice().eval()

@@ -48,6 +48,7 @@ def run(ctx: BuildContext) -> None:
             raise
         raise InputError(exc.message, hint=f"{guessed}: pass the shape it runs at, --input-shape N,C,H,W") from None
     ctx.add(Artifact("onnx", "fp32", final))
+    _say_copied_outputs(ctx, final)
     if ctx.model.kind == "torch":
         ctx.records["export_parity"] = check_parity(ctx, final)
     if ctx.unpruned is not None:  # the report compares against the model before pruning
@@ -97,6 +98,21 @@ def _export(ctx: BuildContext, module, raw) -> None:
     if opset is not None and opset != settings["opset"]:
         ctx.warn(f"the ONNX exporter wrote opset {opset}, not the {settings['opset']} asked for (it could not "
                  "convert this model down); the device's ONNX Runtime must support it")
+
+
+def _say_copied_outputs(ctx: BuildContext, path) -> None:
+    """A warning for each output that is a plain copy of another (a model returning the same tensor twice): a
+    .tflite keeps one tensor for both (onnx2tf drops the copy), so its manifest names them alike."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    outputs = [o.name for o in graph.output]
+    copies = [(n.output[0], n.input[0]) for n in graph.node
+              if n.op_type == "Identity" and n.output and n.output[0] in outputs and n.input[0] in outputs]
+    for copy, of in copies:
+        more = "; a .tflite holds one tensor for both, named alike" if "tflite" in ctx.target.formats else ""
+        ctx.warn(f"output '{copy}' is a copy of output '{of}' (the model returns the same tensor twice): it is "
+                 f"judged once{more}")
 
 
 def _opset_of(path) -> int | None:
