@@ -118,13 +118,14 @@ def convert(onnx_path: Path, workdir: Path, calib: np.ndarray | None, *, io_dtyp
     mark("LiteRT: prepare the INT8 model (list float ops)")
     # the converter keeps ops without an INT8 kernel in float without failing; the float tail is asked for, and
     # so are the unrounded activations' ops (the written file keeps the first part of a fused op's name)
-    asked = [*kept.get("ops", []), *(n.split(";")[0] for n in kept.get("ops", []))]
-    names = float_ops(out, expected=[*tail, *asked])
+    asked = {*kept.get("ops", []), *(n.split(";")[0] for n in kept.get("ops", []))}
+    floats = float_ops(out, expected=tail)  # "OP_TYPE:output name"
+    names = [f for f in floats if f.split(":", 1)[1] not in asked]
     if unrounded:
         _record_prep(workdir, unrounded={
             "tensors": list(kept.get("tensors", [])),
             "not_found": [t for t in unrounded if t not in kept.get("tensors", [])],
-            "float_ops": [f for f in float_ops(out, expected=tail) if f not in names]})
+            "float_ops": [f for f in floats if f not in names]})
     if names and not allow_float:
         out.unlink()
         raise StageError(f"{len(names)} op(s) the TFLite converter could not quantize (no INT8 version) would run in "

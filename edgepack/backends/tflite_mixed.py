@@ -17,8 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgepack.backends.tflite_graph import ops as _ops
-from edgepack.backends.tflite_graph import with_readers
+from edgepack.backends.tflite_graph import ops, with_readers
 from edgepack.isolate import mark
 
 log = logging.getLogger(__name__)
@@ -51,7 +50,7 @@ def variants(saved: Path, out_dir: Path, calib, io_dtype: str, steps: tuple[int,
     tail = tflite.float_tail_nodes(calibrated) if float_tail else []
     mark("TFLite QuantizationDebugger: each op's INT8 error")
     ranked = [name for name in rank(saved, calib) if name not in tail]
-    graph = _ops(calibrated)
+    graph = ops(calibrated)
     made = []
     for k in steps:
         k = min(k, len(ranked) // 2)   # a variant keeps most of its ops INT8: with all of them float it is FP32

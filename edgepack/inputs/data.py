@@ -9,6 +9,7 @@ so the same files and seed always give the same set.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import warnings
 import zipfile
@@ -378,6 +379,7 @@ def _check_y(y: np.ndarray | None, n: int, where: str) -> np.ndarray | None:
     return y.astype(np.int64)
 
 
+@functools.lru_cache(maxsize=1)
 def _image_suffixes() -> frozenset[str]:
     """File name endings Pillow opens (and IMAGE_SUFFIXES)."""
     from PIL import Image
@@ -403,10 +405,11 @@ def _list_images(root: Path, role: str = "validation") -> tuple[list[Path], list
     thumbnails). A calibration set needs no labels, so it reads every image of such a tree; any other set is refused
     with the question it raises."""
     subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    classes = [d.name for d in subdirs if _visible_files(d, recursive=True)]
+    within = {d.name: found for d in subdirs if (found := _visible_files(d, recursive=True))}
+    classes = list(within)
     loose = _visible_files(root, recursive=False)
-    if classes and loose and role == "calibration":
-        return _visible_files(root, recursive=True), None, None
+    if classes and loose and role == "calibration":  # every image of the tree, as one sorted listing
+        return sorted([*loose, *(f for found in within.values() for f in found)]), None, None
     if classes and loose:
         raise InputError(f"{role} folder {root} has {len(loose)} image(s) at its top level (e.g. {loose[0].name}) "
                          f"and sub-folders with images ({', '.join(classes[:4])}{' ...' if len(classes) > 4 else ''})"
@@ -416,11 +419,10 @@ def _list_images(root: Path, role: str = "validation") -> tuple[list[Path], list
     if classes:
         files, labels = [], []
         for label, name in enumerate(classes):
-            found = _visible_files(root / name, recursive=True)
-            files += found
-            labels += [label] * len(found)
+            files += within[name]
+            labels += [label] * len(within[name])
         return files, classes, labels
-    return _visible_files(root, recursive=False), None, None
+    return loose, None, None
 
 
 def _load_folder(root: Path, input_shape: tuple[int, ...], pre: Preprocess, count: int | None, seed: int,

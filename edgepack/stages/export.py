@@ -85,13 +85,17 @@ def _export(ctx: BuildContext, module, raw) -> None:
         module.eval()
     except NotImplementedError:  # a torch.export program (.pt2): no train/eval switch, captured as it will run
         pass
+    import onnx
+
     settings = ctx.inputs.export_settings()
     onnx_backend.export_args(module, ctx.inputs.example_args(ctx.input_shape), raw, **settings)
-    if _gelu_as_erf(ctx, raw, settings["opset"]):  # a functional F.gelu, which uses_gelu cannot see in the modules
+    exported = onnx.load(str(raw), load_external_data=False)  # its structure only: the checks below read no weights
+    if _gelu_as_erf(ctx, exported, settings["opset"]):  # a functional F.gelu, which uses_gelu cannot see in the modules
         settings = {**settings, "opset": TFLITE_TEXT_OPSET}
         onnx_backend.export_args(module, ctx.inputs.example_args(ctx.input_shape), raw, **settings)
-    _check_every_input_is_used(raw, settings["input_names"], ctx.model.name)
-    opset = _opset_of(raw)  # the torch.export exporter keeps 18 when it cannot convert down to what was asked
+        exported = onnx.load(str(raw), load_external_data=False)
+    _check_every_input_is_used(exported, settings["input_names"], ctx.model.name)
+    opset = _opset_of(exported)  # the torch.export exporter keeps 18 when it cannot convert down to what was asked
     ctx.records["export"] = {"inputs": settings["input_names"], "opset": opset,
                              **({"opset_asked": settings["opset"]} if opset != settings["opset"] else {}),
                              "input_shape": list(ctx.input_shape)}
@@ -115,33 +119,26 @@ def _say_copied_outputs(ctx: BuildContext, path) -> None:
                  f"judged once{more}")
 
 
-def _opset_of(path) -> int | None:
-    """The default-domain opset the ONNX file at ``path`` declares."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
+def _opset_of(model) -> int | None:
+    """The default-domain opset the ONNX ``model`` declares."""
     return next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
-def _gelu_as_erf(ctx: BuildContext, path, opset: int) -> bool:
+def _gelu_as_erf(ctx: BuildContext, model, opset: int) -> bool:
     """Whether a TFLite build's export spelled GELU with Erf, which the TFLite converter refuses (a raw MLIR
     'tf.Erf' error, exit 4): below opset 20 the exporter writes GELU so; at 20 it writes the Gelu op."""
-    import onnx
-
     if "tflite" not in ctx.target.formats or opset >= TFLITE_TEXT_OPSET:
         return False
-    return any(n.op_type == "Erf" for n in onnx.load(str(path), load_external_data=False).graph.node)
+    return any(n.op_type == "Erf" for n in model.graph.node)
 
 
-def _check_every_input_is_used(path, names: list[str], model: str) -> None:
+def _check_every_input_is_used(model, names: list[str], source: str) -> None:
     """The exporter leaves out a forward argument the model never reads; every feed of it then failed inside
     onnxruntime ("Invalid input name: meta", exit 70)."""
-    import onnx
-
-    kept = {i.name for i in onnx.load(str(path), load_external_data=False).graph.input}
+    kept = {i.name for i in model.graph.input}
     unused = [n for n in names if n not in kept]
     if unused:
-        raise InputError(f"{model}'s forward never uses its input(s) {', '.join(unused)}: the exported model has no "
+        raise InputError(f"{source}'s forward never uses its input(s) {', '.join(unused)}: the exported model has no "
                          "such input, so edgepack cannot feed it as given",
                          hint="remove the argument from forward (or use it); edgepack builds the model as it runs")
 

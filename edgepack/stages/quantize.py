@@ -359,7 +359,6 @@ def _unrounded_trial(ctx: BuildContext, fp32_onnx, int8, workdir, spelling: dict
     from edgepack import isolate
     from edgepack.backends import tflite as tflite_backend
     from edgepack.errors import EdgepackError, Interrupted
-    from edgepack.stages.validate import MB, _pick
 
     if ctx.config.max_search_time <= 0 or not TFLITE_UNROUNDED_STEPS:
         return int8, None
@@ -372,7 +371,7 @@ def _unrounded_trial(ctx: BuildContext, fp32_onnx, int8, workdir, spelling: dict
         return int8, None
     best, best_row, chosen = int8, _quality_budget_row(ctx, first), None
     trials = [{"unrounded": 0, "budget": best_row, "size_bytes": int8.stat().st_size}]
-    limit = _pick(ctx, "max_size_mb")
+    limit = _size_budget_bytes(ctx)
     for k in TFLITE_UNROUNDED_STEPS:
         if len(ranked) < k or (k != TFLITE_UNROUNDED_STEPS[0] and not clock.allows(f"{k} activation(s) unrounded")):
             break
@@ -394,7 +393,7 @@ def _unrounded_trial(ctx: BuildContext, fp32_onnx, int8, workdir, spelling: dict
             break
         size = alt.stat().st_size
         kept = _prep_record(alt.parent).get("unrounded", {}).get("tensors", [])
-        if limit is not None and size / MB > limit:
+        if limit is not None and size > limit:
             trials.append({"unrounded": k, "tensors": kept, "budget": None, "size_bytes": size,
                            "over_size_budget": True})
             break
