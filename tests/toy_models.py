@@ -405,3 +405,28 @@ class SameTwice(nn.Module):
 def same_twice() -> nn.Module:
     torch.manual_seed(0)
     return SameTwice().eval()
+
+
+class PixelTie(nn.Module):
+    """Two class scores; ``ripple`` > 0 makes the first sin(ripple * the top-left pixel), so a half-pixel change of
+    the input decides the top-1 (a photo the model sees as a near-tie); 0 keeps class 1 always ahead."""
+
+    def __init__(self, ripple: float):
+        super().__init__()
+        self.conv, self.ripple = nn.Conv2d(3, 4, 3), ripple
+
+    def forward(self, x):
+        m = 1e-3 * self.conv(x).mean((1, 2, 3))
+        if self.ripple:
+            return torch.stack([torch.sin(self.ripple * x[:, 0, 0, 0]) + m, torch.zeros_like(m)], 1)
+        return torch.stack([m, m + 1.0], 1)
+
+
+def pixel_tie() -> nn.Module:
+    torch.manual_seed(0)
+    return PixelTie(400.0).eval()
+
+
+def pixel_safe() -> nn.Module:
+    torch.manual_seed(0)
+    return PixelTie(0.0).eval()

@@ -87,6 +87,7 @@ def render_markdown(man: dict) -> str:
         "", f"**{verdict}.** Target: {man['target']['description']}.", "",
         "## Summary (FP32 vs INT8, measured on the host in the same run)", "",
         markdown_table(("metric", "FP32", "INT8", "note"), summary_rows(man)), "",
+        *_dither_lines(man),
         "## Budgets", "",
         markdown_table(("budget", "value", "limit", "verdict"), budget_rows(man)) if budget_rows(man)
         else "No budgets set.", "",
@@ -126,6 +127,16 @@ def render_markdown(man: dict) -> str:
               *_device_stage_line(man["stages"].get("device")),
               "- tools: " + ", ".join(f"{k} {v}" for k, v in man["tools"].items()), ""]
     return "\n".join(parts)
+
+
+def _dither_lines(man: dict) -> list[str]:
+    """How stable FP32's top-1 is on the validation photos (edgepack.stages.validate.dither_floor)."""
+    found = (man.get("validation") or {}).get("fp32_under_dither")
+    if not found:
+        return []
+    return [f"FP32 keeps its own top-1 class on {found['agreement']:.1%} of the first {found['samples']} validation "
+            f"photos when each pixel moves by up to {found['dither_pixel_steps']} of its 8-bit step (seeded uniform "
+            "dither, the rounding another decoder or resizer adds): INT8 agreement is best read against that.", ""]
 
 
 def _unrounded(search: dict | None) -> list[str]:

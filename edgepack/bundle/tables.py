@@ -96,9 +96,12 @@ def _quality_rows(f: str, v: dict) -> list[tuple[str, str, str, str]]:
     if v.get("outputs") and v.get("agreement") is None:  # generic outputs: no classes, no top-1 to show
         return [(f"[{f}] INT8 vs FP32 SQNR (dB)", "", _fmt(v["sqnr_db"], 1),
                  f"first output, cosine {_fmt(v['outputs'][0]['cosine'], 4)}; {where}")]
+    dither = v.get("fp32_under_dither")  # FP32 against itself on dithered photos (stages.validate.dither_floor)
     return [(f"[{f}] top-1 accuracy (%)", _fmt(v["accuracy_fp32"]), _fmt(v["accuracy_int8"]),
              f"drop {_fmt(v['accuracy_drop'])} points" if v["accuracy_drop"] is not None else "no labels"),
-            (f"[{f}] top-1 agreement", "", _fmt(v["agreement"], 4), f"SQNR {_fmt(v['sqnr_db'], 1)} dB, {where}")]
+            (f"[{f}] top-1 agreement", _fmt(dither["agreement"], 4) if dither else "", _fmt(v["agreement"], 4),
+             f"SQNR {_fmt(v['sqnr_db'], 1)} dB, {where}"
+             + ("; FP32: with itself, photos dithered by half a pixel step" if dither else ""))]
 
 
 def _band(e: dict) -> str:
