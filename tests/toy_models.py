@@ -405,3 +405,21 @@ class SameTwice(nn.Module):
 def same_twice() -> nn.Module:
     torch.manual_seed(0)
     return SameTwice().eval()
+
+
+class PositionClasses(nn.Module):
+    """A 1-D signal (N, 3, T) -> per-position class ids (N, 1, T) int64 (an in-graph argmax), then the scores they
+    are taken from (N, 4, T)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(3, 4, 1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return y.argmax(1, keepdim=True), y
+
+
+def position_classes() -> nn.Module:
+    torch.manual_seed(0)
+    return PositionClasses().eval()
