@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from edgepack import backends
+from edgepack.backends.base import without_guessed_layouts
 from edgepack.bundle import report
 from edgepack.bundle.write import publish
 from edgepack.stages.context import BuildContext
@@ -67,12 +68,13 @@ def _write_pictures(ctx: BuildContext, staging: Path) -> None:
 
 
 def _copy_models(ctx: BuildContext, staging: Path) -> dict:
+    """Copy each shipped model into the bundle; {format: its inputs and outputs, as the manifest lists them}."""
     io = {}
     for fmt in ctx.target.formats:
         src = ctx.get(fmt, "int8").path
         dst = staging / report.MODEL_FILES[fmt]
         shutil.copyfile(src, dst)
-        io[fmt] = backends.get(fmt).io_details(dst)
+        io[fmt] = without_guessed_layouts(backends.get(fmt).io_details(dst))
     return io
 
 
