@@ -40,6 +40,18 @@ def tiny_cnn() -> nn.Module:
     return model.eval()
 
 
+def tiny_cnn_float64() -> nn.Module:
+    """tiny_cnn after model.double(): float64 weights, which a float32 input does not fit."""
+    return tiny_cnn().double()
+
+
+def tiny_cnn_float64_head() -> nn.Module:
+    """tiny_cnn with only its classifier made float64 (a partly converted model)."""
+    model = tiny_cnn()
+    model.classifier.double()
+    return model
+
+
 def digits_cnn() -> nn.Module:
     """Untrained TinyCNN for 1x1x16x16 digits; tests load trained weights with --weights."""
     torch.manual_seed(0)
