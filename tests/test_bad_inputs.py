@@ -168,6 +168,19 @@ def test_bad_input(case, args, code, message, tmp_path, tiny_data, monkeypatch):
     assert not any((tmp_path / "tmp").iterdir()), "temporary files left behind"
 
 
+@pytest.mark.parametrize("factory, said", [("tiny_cnn_float64", "the model is float64, not float32"),
+                                           ("tiny_cnn_float64_head", "some of the model's weights are float64")])
+def test_a_float64_model_is_named_as_such_with_the_fix(factory, said, tiny_data, tmp_path):
+    """A model.double() model was refused as "the model does not accept input shape [1, 3, 32, 32]: ... bias
+    type (double)", with the hint to pass --input-shape, which cannot help. The error names the dtype and the fix."""
+    result = CliRunner().invoke(main, ["build", f"toy_models:{factory}", "--input-shape", "1,3,32,32", "--calib",
+                                       str(tiny_data["calib"]), "--out", str(tmp_path / "b")])
+    assert result.exit_code == 2, result.output
+    assert said in result.output and "Hint: convert the model to float32 first: model.float()" in result.output
+    assert "input shape" not in result.output and "--input-shape" not in result.output, result.output
+    assert not (tmp_path / "b").exists()
+
+
 def test_full_output_location_is_an_output_error(tiny_data, tmp_path):
     """A disk that fills up while the bundle is written: exit 3, and nothing half-written is left."""
     import subprocess

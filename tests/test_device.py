@@ -239,6 +239,43 @@ def test_runner_all_outputs_of_a_tflite_classifier_needs_no_postprocess_module(t
         np.testing.assert_allclose(out["output0"], tflite_backend.Runner(tfl, threads=1).run_samples(x), atol=1e-5)
 
 
+@pytest.mark.parametrize("fmt", ["onnx", "tflite"])
+def test_runner_batch_mode_keeps_an_integer_output_integer(fmt, tmp_path):
+    """run.py --batch --out saved every output as float32: an in-graph argmax's class ids came back 2.0, not 2, in
+    out.npz. Integer outputs keep their dtype (first output and --all-outputs alike); float ones stay float32."""
+    import torch
+    import toy_models
+
+    from edgepack.backends import onnx as onnx_backend
+
+    model = toy_models.position_classes()
+    path = tmp_path / "m.onnx"
+    onnx_backend.export_args(model, (torch.zeros(1, 3, 6),), path, input_names=["input"], opset=17)
+    if fmt == "tflite":
+        pytest.importorskip("onnx2tf")
+        from edgepack.backends import tflite as tflite_backend
+
+        path = tflite_backend.convert(path, tmp_path / "work", None)
+    folder = run_emulated.bundle_folder(run_emulated.Job("fp32", fmt, path), tmp_path / "b")
+    x = np.random.default_rng(1).normal(0, 1, (3, 3, 6)).astype(np.float32)
+    np.savez(folder / "in.npz", input=x)
+    with torch.no_grad():
+        ids, scores = model(torch.from_numpy(x))
+    for extra, want in (([], 1), (["--all-outputs"], 2)):
+        out_file = folder / f"out{want}.npz"
+        proc = subprocess.run([sys.executable, str(folder / "run.py"), "--batch", str(folder / "in.npz"), "--out",
+                               str(out_file), *extra], capture_output=True, text=True, check=False, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        with np.load(out_file) as out:
+            assert len(out.files) == want
+            assert out["output0"].dtype == np.int64, out["output0"].dtype
+            np.testing.assert_array_equal(out["output0"].reshape(ids.shape), ids.numpy())  # (N, 1, T) or (N, T, 1)
+            if want == 2:
+                assert out["output1"].dtype == np.float32
+                want_scores = scores.numpy() if fmt == "onnx" else scores.numpy().transpose(0, 2, 1)  # NWC
+                np.testing.assert_allclose(out["output1"], want_scores, atol=1e-4)
+
+
 @pytest.mark.parametrize("task", ["segment", "detect", "generic", "classify"])
 def test_bundles_that_can_hold_maps_ship_the_layout_helper_run_py_imports(task):
     """run.py turns a TFLite model's 4-D outputs to NCHW with postprocess.to_nchw: every task whose model may

@@ -361,6 +361,41 @@ def test_an_output_that_is_a_copy_of_another_is_said(tmp_path):
         man["warnings"]
 
 
+def test_outputs_sharing_one_tflite_tensor_are_named_as_declared(tmp_path):
+    """`return y, y` on TFLite: onnx2tf keeps one tensor for both outputs, and the manifest listed both under its
+    name ('output1', 'output1'). Each is named as the model declares it, with the tensor they share."""
+    np.savez(tmp_path / "c.npz", x=np.random.default_rng(0).normal(size=(16, 3, 16, 16)).astype(np.float32))
+    result = invoke("build", "toy_models:same_twice", "--input-shape", "1,3,16,16", "--target", "android-arm64",
+                    "--calib", tmp_path / "c.npz", "--out", tmp_path / "b", "-q")
+    assert result.exit_code in (0, 1), result.output
+    man = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    first, second = man["outputs"]
+    assert [first["name"], second["name"]] == ["output0", "output1"], man["outputs"]
+    assert first["tensor"] == second["tensor"] == "output1"
+    assert (first["shares_tensor_with"], second["shares_tensor_with"]) == (["output1"], ["output0"])
+    readme = (tmp_path / "b" / "README.md").read_text()
+    assert "output `output0` (shares the file's tensor `output1` with `output1`)" in readme, readme
+    verified = invoke("verify", tmp_path / "b")
+    assert verified.exit_code == 0, verified.output
+
+
+def test_an_integer_output_is_not_labelled_a_channel_layout(tmp_path):
+    """A .tflite's outputs were labelled by rank alone: per-position class ids (N, 1, T) int64 were "NWC" in the
+    manifest and README, as if a Conv1d feature map. They have no layout now; the Conv1d map itself, which
+    onnx2tf does lay out channels-last, keeps its "NWC"."""
+    np.savez(tmp_path / "c.npz", x=np.random.default_rng(0).normal(size=(16, 3, 6)).astype(np.float32))
+    result = invoke("build", "toy_models:position_classes", "--target", "android-arm64", "--calib", tmp_path / "c.npz",
+                    "--out", tmp_path / "b", "-q")
+    assert result.exit_code in (0, 1), result.output
+    man = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    ids, scores = man["outputs"]
+    assert (ids["dtype"], ids["quantization"], ids["layout"]) == ("int64", None, None), ids
+    assert len(ids["shape"]) == 3
+    assert (scores["shape"], scores["layout"]) == ([1, 6, 4], "NWC"), scores
+    readme = (tmp_path / "b" / "README.md").read_text()
+    assert f"output `{ids['name']}`: shape {ids['shape']}, int64, layout -" in readme, readme
+
+
 def test_uint8_pixel_input_is_fed_as_uint8(tmp_path):
     """A model taking uint8 pixels was refused ("image models take float32"); its .npz samples stay uint8 and
     run.py feeds them as such (it cast every non-integer-id input to float32: onnxruntime refused the feed)."""

@@ -40,6 +40,18 @@ def tiny_cnn() -> nn.Module:
     return model.eval()
 
 
+def tiny_cnn_float64() -> nn.Module:
+    """tiny_cnn after model.double(): float64 weights, which a float32 input does not fit."""
+    return tiny_cnn().double()
+
+
+def tiny_cnn_float64_head() -> nn.Module:
+    """tiny_cnn with only its classifier made float64 (a partly converted model)."""
+    model = tiny_cnn()
+    model.classifier.double()
+    return model
+
+
 def digits_cnn() -> nn.Module:
     """Untrained TinyCNN for 1x1x16x16 digits; tests load trained weights with --weights."""
     torch.manual_seed(0)
@@ -430,3 +442,21 @@ def pixel_tie() -> nn.Module:
 def pixel_safe() -> nn.Module:
     torch.manual_seed(0)
     return PixelTie(0.0).eval()
+
+
+class PositionClasses(nn.Module):
+    """A 1-D signal (N, 3, T) -> per-position class ids (N, 1, T) int64 (an in-graph argmax), then the scores they
+    are taken from (N, 4, T)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(3, 4, 1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return y.argmax(1, keepdim=True), y
+
+
+def position_classes() -> nn.Module:
+    torch.manual_seed(0)
+    return PositionClasses().eval()

@@ -43,6 +43,23 @@ class Backend(Protocol):
     def float_ops(self, path: Path) -> list[str]: ...
 
 
+def integer_output(tensor: dict) -> bool:
+    """Whether an io_details tensor holds integers, not a quantized signal: an int or bool dtype with no
+    quantization scale (class ids, an in-graph argmax's class map, a count)."""
+    return np.dtype(tensor["dtype"]).kind in "iub" and not tensor.get("quantization")
+
+
+def without_guessed_layouts(io: dict) -> dict:
+    """``io`` (io_details) with no layout on an integer output below rank 4. The layout is guessed from the rank
+    alone (a .tflite's 3-D tensor "NWC", 2-D "NC"), which describes a float feature map (a Conv1d's output) and
+    called a per-token argmax (N, T, 1) "NWC". A 4-D integer map keeps its label: onnx2tf lays every 4-D tensor
+    out NHWC, a class map (N, 1, H, W) too, and the runners turn it back."""
+    def described(t: dict) -> dict:
+        return {**t, "layout": None} if integer_output(t) and len(t["shape"]) < 4 else t
+
+    return {**io, "outputs": [described(t) for t in io["outputs"]]}
+
+
 def all_samples(runner, x, progress) -> list[np.ndarray]:
     """Every output for every sample of x, batch 1, each output stacked over the samples."""
     from edgepack.inputs.data import num_samples, rows

@@ -107,16 +107,22 @@ def _export_dynamo(module: Any, args: tuple, path: Path, opset: int, names: tupl
 
 def check_accepts_input(module: Any, example: Any, shape_flag: str = "--input-shape N,C,H,W") -> Any:
     """Run the module once on a zero input (or a tuple of inputs, for text models); a shape error becomes an
-    InputError naming the shape."""
+    InputError naming the shape, a model in another float type than float32 (model.double()) one naming that."""
     import torch
 
     args = example if isinstance(example, tuple) else (example,)
+    others, some_float32 = _weight_dtypes(module)
+    if others and not some_float32:  # the whole model converted: refused even when its forward casts its input
+        raise _not_float32(others, "the model is", None)
     try:
         with torch.no_grad():
             return module(*args)
     except Exception as exc:
         shapes = ", ".join(str(list(a.shape)) for a in args)
         said = str(exc).splitlines()[0][:200] if str(exc) else ""
+        named = [d for d in others if any(w in said.lower() for w in _DTYPE_WORDS.get(d, (d,)))]
+        if named:  # a mixed model whose error is about those dtypes ("... bias type (double) should be the same")
+            raise _not_float32(named, "some of the model's weights are", f"{type(exc).__name__}: {said}") from None
         hint = f"pass the model's input shape with {shape_flag}"
         if isinstance(exc, TypeError) and "missing" in said and "positional argument" in said:
             hint = ("the model's forward takes several inputs: export it to ONNX with each input named, e.g. "
@@ -124,6 +130,29 @@ def check_accepts_input(module: Any, example: Any, shape_flag: str = "--input-sh
                     "build the .onnx with --calib / --val .npz files holding one array per input name")
         raise InputError(f"the model does not accept input shape {shapes}: {type(exc).__name__}: {said}",
                          hint=hint) from None
+
+
+#: how PyTorch's error messages spell a float dtype ("Input type (float) and bias type (double) ...")
+_DTYPE_WORDS = {"float64": ("double", "float64"), "float16": ("half", "float16"), "bfloat16": ("bfloat16",)}
+
+
+def _weight_dtypes(module: Any) -> tuple[list[str], bool]:
+    """(the floating dtypes of a module's parameters and buffers other than float32, e.g. ["float64"] after
+    model.double(); whether any is float32). ([], False) for a module that does not list its tensors."""
+    found: set = set()
+    for listing in ("parameters", "buffers"):
+        tensors = getattr(module, listing, None)
+        if callable(tensors):
+            found |= {str(t.dtype).removeprefix("torch.") for t in tensors() if t.is_floating_point()}
+    return sorted(found - {"float32"}), "float32" in found
+
+
+def _not_float32(dtypes: list[str], whose: str, said: str | None) -> InputError:
+    """The error for a model whose weights are ``dtypes`` (not float32), with PyTorch's own message ``said``."""
+    return InputError(f"{whose} {' and '.join(dtypes)}, not float32: edgepack exports, calibrates and validates it "
+                      "on float32 inputs, as the INT8 formats take them" + (f" ({said})" if said else ""),
+                      hint="convert the model to float32 first: model.float() (or model.to(torch.float32)) in the "
+                           "factory or before saving it")
 
 
 #: the lowest opset whose DequantizeLinear takes an ``axis`` (per-channel INT8 weights need it)

@@ -165,7 +165,10 @@ def _model_sections(man: dict, kotlin) -> list[str]:
         for kind in ("inputs", "outputs"):
             for t in m[kind]:
                 scale, zero = _q(t)
-                lines.append(f"- {kind[:-1]} `{t['name']}`: shape {t['shape']}, {t['dtype']}, layout "
+                shared = (f" (shares the file's tensor `{t['tensor']}` with "
+                          f"{', '.join(f'`{n}`' for n in t['shares_tensor_with'])})" if t.get("shares_tensor_with")
+                          else "")
+                lines.append(f"- {kind[:-1]} `{t['name']}`{shared}: shape {t['shape']}, {t['dtype']}, layout "
                              f"{t.get('layout') or '-'}, scale {scale}, zero point {zero}")
         if m["format"] == "tflite":
             lines += ["", kotlin(man, m), ""]

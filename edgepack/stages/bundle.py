@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from edgepack import backends
+from edgepack.backends.base import without_guessed_layouts
 from edgepack.bundle import report
 from edgepack.bundle.write import publish
 from edgepack.stages.context import BuildContext
@@ -67,13 +68,32 @@ def _write_pictures(ctx: BuildContext, staging: Path) -> None:
 
 
 def _copy_models(ctx: BuildContext, staging: Path) -> dict:
+    """Copy each shipped model into the bundle; {format: its inputs and outputs, as the manifest lists them}."""
     io = {}
     for fmt in ctx.target.formats:
         src = ctx.get(fmt, "int8").path
         dst = staging / report.MODEL_FILES[fmt]
         shutil.copyfile(src, dst)
-        io[fmt] = backends.get(fmt).io_details(dst)
+        io[fmt] = without_guessed_layouts(backends.get(fmt).io_details(dst))
+        if len({o["name"] for o in io[fmt]["outputs"]}) < len(io[fmt]["outputs"]):
+            declared = [o["name"] for o in backends.get("onnx").io_details(ctx.get("onnx", "fp32").path)["outputs"]]
+            io[fmt]["outputs"] = shared_tensors(io[fmt]["outputs"], declared)
     return io
+
+
+def shared_tensors(outputs: list[dict], declared: list[str]) -> list[dict]:
+    """``outputs`` (io_details, in the model's order) with each output that shares its tensor with another named
+    as the model ``declared`` it, plus the file's ``tensor`` name and the outputs it ``shares_tensor_with``. A model
+    returning the same tensor twice gives a .tflite one tensor for both (onnx2tf drops the copy), and both were
+    listed under its one name. Unchanged when the counts differ (no names to give)."""
+    if len(declared) != len(outputs):
+        return outputs
+    names = [o["name"] for o in outputs]
+    described = []
+    for k, o in enumerate(outputs):
+        same = [declared[j] for j, n in enumerate(names) if n == o["name"] and j != k]
+        described.append({**o, "name": declared[k], "tensor": o["name"], "shares_tensor_with": same} if same else o)
+    return described
 
 
 def _copy_runner(ctx: BuildContext, staging: Path) -> None:

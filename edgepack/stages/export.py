@@ -106,7 +106,7 @@ def _export(ctx: BuildContext, module, raw) -> None:
 
 def _say_copied_outputs(ctx: BuildContext, path) -> None:
     """A warning for each output that is a plain copy of another (a model returning the same tensor twice): a
-    .tflite keeps one tensor for both (onnx2tf drops the copy), so its manifest names them alike."""
+    .tflite keeps one tensor for both (onnx2tf drops the copy); its manifest says so (stages.bundle.shared_tensors)."""
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
@@ -114,7 +114,8 @@ def _say_copied_outputs(ctx: BuildContext, path) -> None:
     copies = [(n.output[0], n.input[0]) for n in graph.node
               if n.op_type == "Identity" and n.output and n.output[0] in outputs and n.input[0] in outputs]
     for copy, of in copies:
-        more = "; a .tflite holds one tensor for both, named alike" if "tflite" in ctx.target.formats else ""
+        more = ("; a .tflite holds one tensor for both (the manifest's outputs: shares_tensor_with)"
+                if "tflite" in ctx.target.formats else "")
         ctx.warn(f"output '{copy}' is a copy of output '{of}' (the model returns the same tensor twice): it is "
                  f"judged once{more}")
 

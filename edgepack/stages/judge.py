@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgepack.backends.base import integer_output
 from edgepack.tasks.base import match_fraction, sqnr_db
 from edgepack.tasks.generic import DEFAULT_MIN_SQNR_DB as DEFAULT_MIN_OUTPUT_SQNR_DB  # noqa: E402
 
@@ -44,7 +45,7 @@ def _names(declared: list[dict], count: int) -> list[str]:
 def _integer(declared: list[dict]) -> list[bool]:
     """Per declared output: True for an integer or bool output with no quantization scale (a class map, class
     ids, a count), which is judged by equality, not SQNR."""
-    return [np.dtype(o["dtype"]).kind in "iub" and not o.get("quantization") for o in declared]
+    return [integer_output(o) for o in declared]
 
 
 def first_output_integer(ctx) -> bool:

@@ -223,7 +223,15 @@ def _match(tensor_name, feed):
     sys.exit(f"model input {tensor_name!r} matches none of {sorted(feed)}")
 
 
-# --- runtimes: model(feed) -> first output; model.outputs(feed) -> every output, float32 -------------------
+# --- runtimes: model(feed) -> first output; model.outputs(feed) -> every output (see as_output) -------------
+
+
+def as_output(y):
+    """An output as run.py gives it: an integer or bool one (class ids, an in-graph argmax, a count) in its own
+    dtype, a float (or dequantized) one as float32 (every output was cast to float32: --out saved class ids as
+    floats)."""
+    y = np.asarray(y)
+    return y if y.dtype.kind in "iub" else y.astype(np.float32, copy=False)
 
 
 def _arch():
@@ -255,7 +263,7 @@ class OnnxModel:
         return {n: np.asarray(feed[_match(n, feed)]).astype(t, copy=False) for n, t in self.inputs.items()}
 
     def __call__(self, feed):
-        return np.asarray(self.sess.run(None, self._feed(feed))[0], np.float32)
+        return as_output(self.sess.run(None, self._feed(feed))[0])
 
     def timed(self, feed):
         """A call running the model on `feed` (converted once, here): what the timing measures."""
@@ -263,8 +271,8 @@ class OnnxModel:
         return lambda: self.sess.run(None, prepared)
 
     def outputs(self, feed):
-        """Every output, float32 (detection heads have several)."""
-        return [np.asarray(o, np.float32) for o in self.sess.run(None, self._feed(feed))]
+        """Every output (detection heads have several), float32 or its own integer dtype (as_output)."""
+        return [as_output(o) for o in self.sess.run(None, self._feed(feed))]
 
 
 class TFLiteModel:
@@ -333,10 +341,11 @@ class TFLiteModel:
         return ((y.astype(np.float32) - zero) * scale) if detail["dtype"] != np.float32 and scale else y
 
     def __call__(self, feed):
-        """The first output, float32; a 4-D one in NCHW, as outputs() and edgepack's own runner give it."""
+        """The first output (float32 or its own integer dtype: as_output); a 4-D one in NCHW, as outputs() and
+        edgepack's own runner give it."""
         self._set(feed)
-        y = self._get(self.out)
-        return self._nchw(np.asarray(y, np.float32)) if np.ndim(y) == 4 else y
+        y = as_output(self._get(self.out))
+        return self._nchw(y) if y.ndim == 4 else y
 
     def _nchw(self, y):
         import postprocess  # beside run.py in bundles whose outputs are maps (segmentation, detection)
@@ -345,10 +354,10 @@ class TFLiteModel:
         return postprocess.to_nchw(y, tuple(shape[1:3]) if len(shape) == 4 else None)
 
     def outputs(self, feed):
-        """Every output, float32, 4-D ones in NCHW as the ONNX model gives them (postprocess.to_nchw). Only a
-        4-D output needs postprocess.py: a classifier's bundle has none."""
+        """Every output (float32 or its own integer dtype: as_output), 4-D ones in NCHW as the ONNX model gives
+        them (postprocess.to_nchw). Only a 4-D output needs postprocess.py: a classifier's bundle has none."""
         self._set(feed)
-        outs = [np.asarray(self._get(d), np.float32) for d in self.outs]
+        outs = [as_output(self._get(d)) for d in self.outs]
         return [self._nchw(y) if y.ndim == 4 else y for y in outs]
 
 
@@ -488,7 +497,7 @@ def save_mask(mask, res, dst, item=None):
 
 def output_values(outs, entry):
     """Every output of one input with its values (run.py --all-outputs): index, name (the manifest's), shape,
-    min/max/mean and the values as nested lists, float32 as the runtime gives them (dequantized)."""
+    min/max/mean and the values as nested lists (as_output: float32, dequantized, or integer)."""
     names = [t.get("name") for t in entry.get("outputs", [])]
     return [{"index": i, "name": names[i] if len(names) == len(outs) else None, "shape": list(o.shape),
              "min": round(float(o.min()), 6), "max": round(float(o.max()), 6), "mean": round(float(o.mean()), 6),
