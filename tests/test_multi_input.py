@@ -439,3 +439,20 @@ def test_dynamic_length_is_pinned_to_the_calibration_arrays(tmp_path):
     refused = invoke("build", tmp_path / "dyn.onnx", "--target", "x86-64", "--calib", tmp_path / "w.npz", "--out",
                      tmp_path / "b2")
     assert refused.exit_code == 2 and "the calibration data does not fix them" in refused.output
+
+
+@pytest.mark.slow
+def test_logits_and_their_argmax_build_full_integer_without_allow_float_ops(tmp_path):
+    """A model returning (logits, logits.argmax(1)) was refused for android-arm64: its ARG_MAX reads the float
+    logits and was reported as an op "the converter could not quantize". Comparing floats into integers is exact
+    and has nothing to quantize; the class ids ship as int64, equal to FP32's."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "calib.npz", x=rng.normal(size=(16, 3, 32, 32)).astype(np.float32))
+    out = tmp_path / "b"
+    result = invoke("build", "toy_models:logits_and_argmax", "--input-shape", "1,3,32,32", "--target", "android-arm64",
+                    "--calib", tmp_path / "calib.npz", "--max-search-time", "0", "--no-emulate", "--latency-runs", "3",
+                    "--out", out, "--json")
+    assert result.exit_code in (0, 1), result.output
+    man = json.loads((out / "manifest.json").read_text())
+    assert [o["dtype"] for o in man["outputs"]] == ["int8", "int64"]
+    assert man["validation"]["outputs_match"]["output1"] == 1.0

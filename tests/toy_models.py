@@ -460,3 +460,20 @@ class PositionClasses(nn.Module):
 def position_classes() -> nn.Module:
     torch.manual_seed(0)
     return PositionClasses().eval()
+
+
+class LogitsAndArgmax(nn.Module):
+    """A classifier returning its logits and their argmax (class ids) as a second output."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 8, 3, stride=2), nn.Linear(8, 5)
+
+    def forward(self, x):
+        y = self.fc(self.conv(x).relu().mean((2, 3)))
+        return y, y.argmax(1)
+
+
+def logits_and_argmax() -> nn.Module:
+    torch.manual_seed(0)
+    return LogitsAndArgmax().eval()

@@ -552,12 +552,18 @@ def _describe(detail: dict) -> dict:
     }
 
 
+#: ops that compare their inputs and write integers: no arithmetic to quantize, exact on float inputs
+COMPARE_OPS = frozenset({"ARG_MAX", "ARG_MIN"})
+
+
 def float_ops(tflite_path: Path, expected: Sequence[str] = ()) -> list[str]:
     """Ops that compute in float in a (nominally INT8) .tflite file, as "OP_TYPE:output_tensor_name".
 
     An op counts when any of its input or output tensors is floating point; QUANTIZE/DEQUANTIZE are the
     boundary conversions of a float32-io model and are not counted, nor are the ops whose output tensor is named
-    in ``expected`` (a float tail, see `convert`). An FP32 model lists every op.
+    in ``expected`` (a float tail, see `convert`), nor an op that only compares floats into integers (COMPARE_OPS:
+    a model returning its logits and their argmax reads the float logits edgepack keeps; it was refused as "could
+    not quantize"). An FP32 model lists every op.
     """
     expected = set(expected)
     interp = _interpreter(tflite_path, threads=1, delegates=False)  # a delegate hides the ops it takes
@@ -567,6 +573,9 @@ def float_ops(tflite_path: Path, expected: Sequence[str] = ()) -> list[str]:
         if op["op_name"] in BOUNDARY_OPS:
             continue
         indexes = [i for i in list(op["inputs"]) + list(op["outputs"]) if i >= 0]
+        if op["op_name"] in COMPARE_OPS and not any(np.issubdtype(tensors[i]["dtype"], np.floating)
+                                                     for i in op["outputs"] if i in tensors):
+            continue
         if any(np.issubdtype(tensors[i]["dtype"], np.floating) for i in indexes if i in tensors):
             out_name = tensors[op["outputs"][0]]["name"] if len(op["outputs"]) else "?"
             if out_name not in expected:
