@@ -768,7 +768,7 @@ def test_a_functional_gelu_model_converts_to_tflite(tmp_path):
 @pytest.mark.parametrize("model, floor", [("toy_models:pixel_tie", "below"), ("toy_models:pixel_safe", "one")])
 def test_an_agreement_budget_above_fp32s_own_stability_on_the_photos_is_said(model, floor, image_folder, tmp_path):
     """On photos a model sees as near-ties, FP32 itself changes its top-1 under half a pixel step of dither (the
-    rounding another decoder adds): on OpenCV's sample photos EfficientNet-Lite0 kept 94.2 %, so a 96 % INT8
+    rounding another decoder adds): on OpenCV's sample photos EfficientNet-Lite0 kept 94.0 %, so a 96 % INT8
     agreement budget asked more than the photos allow, and nothing said so. The build measures that floor,
     records it and warns when the agreement budget is above it."""
     import json

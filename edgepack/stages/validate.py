@@ -91,7 +91,7 @@ def dither_floor(ctx: BuildContext, backend, fp32_path, ref, threads: int) -> di
     step (uniform, seeded), or None (not a classifier of decoded photos). An INT8 agreement budget above it asks
     INT8 to stay closer to FP32 than FP32 stays to itself under the rounding another JPEG decoder or resizer adds;
     the budget is then beyond what these photos allow, and a warning says so. On OpenCV's sample photos
-    EfficientNet-Lite0 keeps 94.2 % of its top-1 classes, on our own held-out photos 97.0 %
+    EfficientNet-Lite0 keeps 94.0 % of its top-1 classes, on our own held-out photos 97.0 %
     (benchmarks/bench_fresh_set.py)."""
     import numpy as np
 
