@@ -6,7 +6,7 @@ Models (the same FP32 ONNX export, opset 17, legacy exporter, onnxslim-simplifie
            quality = top-1 agreement with FP32 and logits SQNR (no labels).
   fashion  the Fashion-MNIST example (96 px), 200 TRAIN images for calibration, 2,000 labelled TEST images;
            quality = accuracy drop FP32 -> INT8 in points.
-  minilm   the SMS spam MiniLM-L6 classifier (1x128 tokens), 100 TRAIN texts for calibration, the 967 labelled
+  minilm   the SMS spam MiniLM-L6 classifier (1x128 tokens), 100 TRAIN texts for calibration, the labelled
            TEST texts; quality = accuracy drop in points.
 
 edgepack row: what `edgepack build --target raspberry-pi-4` ships when its default recipe meets the profile's budget
@@ -117,7 +117,8 @@ def setup_minilm(work: Path) -> Setup:
     texts, labels = data.load_split("test")
     return Setup("minilm", "MiniLM-L6 SMS spam classifier (1x128 tokens)", work / "fp32.onnx", calib,
                  text.tokenize(texts, tokenizer_json(), 128, names), labels,
-                 "100 TRAIN texts for calibration, the 967 labelled TEST texts; quality = accuracy drop, points")
+                 f"100 TRAIN texts for calibration, the {len(labels):,} labelled TEST texts; quality = accuracy drop, "
+                 "points")
 
 
 def rows_of(x, start: int, stop: int):
@@ -420,7 +421,8 @@ defaults' 0.636 / 3.9 dB) and on MiniLM (0.00-point drop, against 10.86 for NNCF
 defaults); NNCF's accuracy control closes most of the gap only by reverting layers to float and by spending time: 26
 min (capped at 10 iterations, 8 of 60 ops in float) for 0.936 on EfficientNet-Lite0, 8.6 min (capped) for a
 1.14-point drop on MiniLM with a file 2.5x larger than edgepack's (0.65x FP32: the reverted layers include float
-weights). It met its 1-point target on its own 200 validation texts (0.5 point) but not on all 967. Where edgepack
+weights). It met its 1-point target on its own 200 validation texts (0.5 point) but not on all 967
+(TEST before the 209feed repair). Where edgepack
 loses: (1) on Fashion-MNIST NNCF's accuracy control is a little better: +0.05 points against edgepack's +0.30 (NNCF
 defaults +0.35; ORT 14.00), 5 test images out of 2,000; the paired bootstrap puts edgepack minus NNCF accuracy
 control at -1.15 to +0.65 points (edgepack lower in 66 % of resamples) and edgepack minus NNCF defaults at -0.80 to

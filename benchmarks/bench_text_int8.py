@@ -1,7 +1,7 @@
 """edgepack's static INT8 (QDQ) vs onnxruntime's dynamic INT8 on the SMS spam MiniLM classifier, in one run.
 
 Same model (all-MiniLM-L6-v2 + mean pooling + the committed linear head, examples/sms_spam), same FP32 ONNX
-export (fixed 1x128 int64 inputs), calibration on TRAIN texts, accuracy on the held-out TEST split (967 texts,
+export (fixed 1x128 int64 inputs), calibration on TRAIN texts, accuracy on the held-out TEST split (1,116 texts,
 batch 1 as on the device). Latency: p50 at 1 thread, the three models loaded in one process, warmed up and
 timed interleaved (A, B, C, A, ...) so that noise on a shared machine hits them alike; compare the ratios.
 Prints a Markdown table on stdout (``benchmarks.common.update_section`` can put it in BENCHMARKS.md).
