@@ -112,3 +112,30 @@ def test_a_row_without_an_output_cost_prints_a_dash(tiny_data, monkeypatch):
     lines = result.output.splitlines()
     assert next(x for x in lines if x.startswith("stem.0")).split()[-1] == "41.5"
     assert next(x for x in lines if x.startswith("head.0")).split()[-1] == "-"
+
+
+def test_activations_carrying_a_folded_hard_swish_multiply_are_compared_at_their_own_scale(tmp_path):
+    """edgepack folds each hard-swish's x * 1/6 into a DequantizeLinear scale (onnx_quantize.fold_constant_muls):
+    that DQ holds 1/6 of the tensor its QuantizeLinear rounds. The per-layer table compared it with the tensor
+    itself (PP-OCR's classifier: 17 activations at SQNR 1.58 dB = -20 log10(5/6), a conv "losing" 39.5 dB), and a
+    bundle's reference skipped the multiply, so its logits read -9.8 dB where the shipped INT8 file has 18."""
+    import toy_models
+
+    from edgepack.backends import onnx as onnx_backend
+    from edgepack.backends.onnx_quantize import quantize_onnx
+    from edgepack.bundle.diagnose import float_activations
+    from edgepack.quantize.diagnose import fold_factors, layer_errors
+    from edgepack.tasks.base import sqnr_db
+
+    fp32, int8, reference = tmp_path / "fp32.onnx", tmp_path / "int8.onnx", tmp_path / "reference.onnx"
+    onnx_backend.export(toy_models.hardswish_cnn(), (1, 3, 32, 32), fp32, opset=17)
+    x = np.random.default_rng(0).normal(size=(32, 3, 32, 32)).astype(np.float32)
+    quantize_onnx(fp32, int8, x, target_arch="x86_64")
+    import onnx
+
+    assert any(abs(c - 1 / 6) < 1e-6 for c in fold_factors(onnx.load(str(int8))).values())
+    rows = layer_errors(fp32, int8, x[:8])
+    assert rows and min(r["sqnr_db"] for r in rows) > 15, rows
+    float_activations(int8, reference)
+    ref, got = onnx_backend.Runner(reference).run_samples(x[:8]), onnx_backend.Runner(fp32).run_samples(x[:8])
+    assert sqnr_db(got, ref) > 25

@@ -477,3 +477,11 @@ class LogitsAndArgmax(nn.Module):
 def logits_and_argmax() -> nn.Module:
     torch.manual_seed(0)
     return LogitsAndArgmax().eval()
+
+
+def hardswish_cnn() -> nn.Module:
+    """Conv -> hard-swish twice, pooled, a linear head: MobileNetV3's activation, whose x * 1/6 edgepack folds
+    into a DequantizeLinear scale when it quantizes."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.Hardswish(), nn.Conv2d(8, 16, 3, 2, 1), nn.Hardswish(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5)).eval()
