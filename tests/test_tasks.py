@@ -1039,3 +1039,64 @@ def test_classify_refuses_a_first_output_that_is_not_class_scores():
         with pytest.raises(InputError, match="is not \\(N, classes\\) scores") as info:
             Classify().check_outputs(shapes, "m")
         assert "--task segment" in info.value.hint
+
+
+def test_an_all_zero_output_is_said_not_passed_at_999_db():
+    """torchvision's ViT starts its head at zeros: without trained weights every logit is exactly 0, INT8 equals it,
+    SQNR read 999 dB and the build passed without a word (a tiny output was said, an exactly zero one was not)."""
+    from edgepack.stages.validate import input_independence
+
+    said = input_independence(np.zeros((16, 10)), "generic")
+    assert len(said) == 1 and "exactly zero on every one of the 16 validation samples" in said[0], said
+
+
+def _fake_ctx(task: str, **config):
+    from types import SimpleNamespace
+
+    from edgepack.config import Preprocess
+
+    warned: list[str] = []
+    cfg = {"preprocess": Preprocess(), "tokenizer": None, "calib": "c.npz", "val": "v.npz", "max_accuracy_drop": None,
+           **config}
+    return SimpleNamespace(task=SimpleNamespace(name=task), inputs=SimpleNamespace(name="image"),
+                           config=SimpleNamespace(**cfg), target=SimpleNamespace(max_accuracy_drop=1.0),
+                           warnings=warned, warn=warned.append, val=SimpleNamespace(y=None), num_outputs=None)
+
+
+@pytest.mark.parametrize("drop, said", [(19.7, True), (0.4, False)])
+def test_a_segmentation_drop_no_budget_judges_is_said(drop, said):
+    """fcn_resnet50 --task segment showed "mIoU drop 19.70 points" in its summary and passed every budget: the
+    profiles set no max_miou_drop, and only each output's SQNR was judged."""
+    from edgepack.stages.validate import _task_drop_unjudged
+
+    ctx = _fake_ctx("segment")
+    _task_drop_unjudged(ctx, {"miou_drop": drop}, [])
+    assert bool([w for w in ctx.warnings if w.startswith("mIoU drop") and "--max-miou-drop" in w]) is said
+    judged = _fake_ctx("segment")
+    _task_drop_unjudged(judged, {"miou_drop": drop}, [{"name": "miou_drop_points"}])  # a budget judges it
+    assert judged.warnings == []
+
+
+@pytest.mark.parametrize("task", ["classify", "generic", "segment"])
+def test_imagenet_defaults_recorded_for_npz_samples_are_said_for_every_task(task):
+    """An image model built from .npz without --mean/--std records ImageNet's for run.py; only a classifier was
+    told, so a text recogniser's run.py silently read photos with the wrong normalisation."""
+    from edgepack.stages.validate import preprocessing_doubts
+
+    said = preprocessing_doubts(_fake_ctx(task), {})
+    assert any("run.py will read photos with ImageNet's mean and std" in s for s in said), said
+
+
+def test_a_markdown_cell_with_a_bar_stays_one_cell():
+    """report.md's "device vs host max |diff|" row split into extra columns."""
+    from edgepack.bundle.tables import markdown_table
+
+    table = markdown_table(("metric", "value"), [("max |diff|", "1")])
+    assert table.splitlines()[2] == "| max \\|diff\\| | 1 |"
+
+
+def test_a_torchvision_two_stage_detector_is_refused_with_what_works_instead():
+    """torchvision:fasterrcnn_... told the user to wrap it in a factory, which was then refused too."""
+    result = invoke("build", "torchvision:fasterrcnn_mobilenet_v3_large_320_fpn", "--target", "x86-64")
+    assert result.exit_code == 2 and "two-stage detector" in result.output and "retinanet" in result.output, \
+        result.output

@@ -305,8 +305,15 @@ def _not_a_classifier(arch: str) -> None:
     for kind in ("segmentation", "detection", "video", "optical_flow", "quantization"):
         if arch in torchvision.models.list_models(module=getattr(torchvision.models, kind)):
             backbone = ", weights_backbone=None" if kind in ("segmentation", "detection") else ""
-            after = ("; its per-image lists of boxes need a wrapper that returns tensors, as "
-                     "examples/ssdlite_shapes/model.py has" if kind == "detection" else "")
+            if kind == "detection" and "rcnn" in arch:  # refused by the factory path too (RoIAlign)
+                raise InputError(f"'{arch}' is a torchvision two-stage detector, which edgepack cannot build: it "
+                                 "crops a varying number of proposed regions at run time (RoIAlign), which no "
+                                 "fixed-shape INT8 graph holds",
+                                 hint="use a single-stage torchvision detector (ssdlite320_mobilenet_v3_large, "
+                                      "ssd300_vgg16, retinanet_resnet50_fpn(_v2), fcos_resnet50_fpn) from a factory, "
+                                      "or export your own (N, K, 4) boxes and (N, K, C) scores")
+            after = ("; torchvision's SSD, SSDLite, RetinaNet and FCOS build as they are (no wrapper; the task "
+                     "is detect)" if kind == "detection" else "")
             raise InputError(f"'{arch}' is a torchvision {kind} model; torchvision:<arch> takes classification "
                              "models only",
                              hint=f"wrap it in a factory, e.g. def model(): return torchvision.models.{kind}.{arch}"

@@ -157,8 +157,12 @@ def input_independence(fp32, task: str, truth=None) -> list[str]:
         a = np.asarray(out, dtype=np.float64).reshape(n, -1)
         size = float(np.abs(a).max()) if a.size else 0.0
         spread = float(a.std(axis=0).max()) if a.size else 0.0
-        which = f"output {k}" if len(arrays) > 1 else "the output"
-        if 0 < size < TINY_OUTPUT:
+        which = f"output {k}" if len(arrays) > 1 else "output"
+        if a.size and size == 0:
+            said.append(f"FP32 {which} is exactly zero on every one of the {n} validation samples (e.g. a head "
+                        "initialised to zeros and no trained weights loaded): INT8 equals it, so SQNR reads 999 dB "
+                        "and agreement says nothing. Check that the trained weights are loaded (--weights)")
+        elif 0 < size < TINY_OUTPUT:
             said.append(f"FP32 {which} is at most {size:.1e} in magnitude over the {n} validation samples: an "
                         "untrained model (random weights can shrink activations layer by layer) or a missing scale. "
                         "8-bit scales round such values to zero (a full-integer TFLite output then reads all zeros). "
@@ -193,11 +197,17 @@ def preprocessing_doubts(ctx: BuildContext, result: dict) -> list[str]:
     from edgepack.config import IMAGENET_MEAN, IMAGENET_STD
     from edgepack.inputs.kinds import reads_photos
 
-    if ctx.inputs.name != "image" or ctx.task.name != "classify":
+    if ctx.inputs.name != "image":
         return []
     pre = ctx.config.preprocess
     defaults = (tuple(pre.mean) == IMAGENET_MEAN and tuple(pre.std) == IMAGENET_STD)
     said = []
+    if defaults and not reads_photos(ctx.config):  # any task: run.py reads photos with what is recorded here
+        said.append("the bundle's run.py will read photos with ImageNet's mean and std (the defaults: none was "
+                    "given), which edgepack cannot check against .npz samples; pass --mean, --std, --scale, --resize "
+                    "and --crop as the .npz was made")
+    if ctx.task.name != "classify":
+        return said
     acc, y = result.get("accuracy_fp32"), ctx.val.y
     if acc is not None and y is not None and len(y):
         classes = max(int(ctx.num_outputs or 0), len(np.unique(y)))
@@ -213,10 +223,6 @@ def preprocessing_doubts(ctx: BuildContext, result: dict) -> list[str]:
             said.append(f"FP32 accuracy {acc} % on the {n} labelled validation samples is {what}: INT8 is judged "
                         f"against a model that may not be seeing its inputs as trained. {used}check --mean, --std, "
                         "--scale, --resize, --crop and --channel-order against the model's training, and --weights")
-    if defaults and not reads_photos(ctx.config):
-        said.append("the bundle's run.py will read photos with ImageNet's mean and std (the defaults: none was "
-                    "given), which edgepack cannot check against .npz samples; pass --mean, --std, --scale, --resize "
-                    "and --crop as the .npz was made")
     return said
 
 
@@ -405,10 +411,31 @@ def _unjudged(ctx: BuildContext, res: dict, rows: list[dict]) -> None:
                      "detect and segment; without labels, FP32 predictions confident enough to stand in for them)")
 
 
+#: the task metric a segment / detect build shows without a budget of its own: (quality key, name, option)
+TASK_DROPS = {"segment": ("miou_drop", "mIoU", "--max-miou-drop"),
+              "detect": ("map50_drop", "mAP@0.5", "--max-map-drop")}
+
+
+def _task_drop_unjudged(ctx: BuildContext, res: dict, rows: list[dict]) -> None:
+    """A warning when a segmentation / detection build shows its task metric's drop but no budget judges it (the
+    shipped profiles set none; only the SQNR floor then judges the outputs): an fcn_resnet50 --task segment build
+    showed "mIoU drop 19.70 points" with every output's SQNR passing and no word."""
+    key, name, flag = TASK_DROPS.get(ctx.task.name, (None, None, None))
+    drop = res.get(key) if key else None
+    if drop is None or rows:
+        return
+    limit = _pick(ctx, "max_accuracy_drop")
+    limit = 1.0 if limit is None else limit
+    if drop > limit and not any(w.startswith(f"{name} drop") for w in ctx.warnings):
+        ctx.warn(f"{name} drop {drop:.2f} points FP32 -> INT8, which no budget judges (only each output's SQNR "
+                 f"is): set {flag} POINTS (or {flag.lstrip('-').replace('-', '_')} in the profile) to judge it")
+
+
 def check_budgets(ctx: BuildContext, res: dict) -> list[dict]:
     """Every budget that applies, with value, limit and verdict; CLI overrides beat the profile."""
     rows = [b for b in [quality_budget(ctx, res)] if b is not None]
     _unjudged(ctx, res, rows)
+    _task_drop_unjudged(ctx, res, rows)
     rows += _asked_too(ctx, res, rows)
     rows += _pruning_budget(ctx, res)
     if (lim := _pick(ctx, "max_latency_ms")) is not None:
