@@ -247,6 +247,8 @@ def _torchvision_detector(model: sources.LoadedModel, shape: tuple[int, ...]) ->
 def _task(config: BuildConfig, output_shapes: list[tuple], model: sources.LoadedModel, said: list[str]):
     """The build's task (asked for, or inferred from the output shapes), checked against those shapes."""
     task = tasks.get(config.task, config) if config.task else tasks.for_outputs(output_shapes)
+    if not config.task and task.name == "generic":
+        said.extend(_task_hints(output_shapes))
     if config.box_format != "auto" and not hasattr(task, "box_format"):
         from edgepack.errors import ConfigError
 
@@ -258,6 +260,24 @@ def _task(config: BuildConfig, output_shapes: list[tuple], model: sources.Loaded
     if hasattr(task, "check_outputs"):
         task.check_outputs(output_shapes, model.spec)
     return task
+
+
+def _task_hints(shapes: list[tuple]) -> list[str]:
+    """What a model inferred as generic may be, said once: a first output of (N, classes) scores beside others
+    (a classifier returning its embedding too: judged by SQNR only, its top-1 never), or a 4-D map of several
+    channels (a segmenter's per-pixel scores: judged by SQNR, not mIoU)."""
+    first = shapes[0] if shapes else ()
+    if len(shapes) > 1 and len(first) == 2 and isinstance(first[-1], int) and first[-1] > 1:
+        return [f"the first of the model's {len(shapes)} outputs, {list(first)}, looks like class scores: every output "
+                "is judged by its SQNR (task generic); pass --task classify to judge its top-1 (agreement, accuracy "
+                "with labels)"]
+    maps = [k for k, s in enumerate(shapes) if len(s) == 4 and isinstance(s[1], int) and s[1] > 1
+            and all(isinstance(d, int) and d > 1 for d in s[2:])]
+    if maps:
+        return [f"output {maps[0]} {list(shapes[maps[0]])} is a map of {shapes[maps[0]][1]} channels: it is judged by "
+                "its SQNR (task generic); if it is a per-pixel class map, --task segment judges mIoU and pixel "
+                "accuracy (with --labels-dir masks, or against FP32's own classes)"]
+    return []
 
 
 def _as_detector(config: BuildConfig, model: sources.LoadedModel, target, onnx_inputs, said: list[str]):

@@ -1100,3 +1100,13 @@ def test_a_torchvision_two_stage_detector_is_refused_with_what_works_instead():
     result = invoke("build", "torchvision:fasterrcnn_mobilenet_v3_large_320_fpn", "--target", "x86-64")
     assert result.exit_code == 2 and "two-stage detector" in result.output and "retinanet" in result.output, \
         result.output
+
+
+def test_a_model_inferred_generic_is_told_which_task_may_fit():
+    """A classifier returning (logits, embedding) was built as generic with no word: its top-1 was never judged.
+    A 4-D map of several channels may be a segmenter's; a single feature vector gets no hint."""
+    from edgepack.api import _task_hints
+
+    assert "pass --task classify" in _task_hints([(1, 1000), (1, 1280)])[0]
+    assert "--task segment" in _task_hints([(1, 21, 128, 128)])[0]
+    assert _task_hints([(1, 1280)]) == [] and _task_hints([(1, 1, 64, 64)]) == []
