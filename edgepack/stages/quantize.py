@@ -43,7 +43,7 @@ def quantize_onnx_searched(ctx: BuildContext) -> None:
     ctx.records["quantization_onnx"] = default.record
     chosen, trials, seconds = default, [default], 0.0
     if not default.met and ctx.config.max_search_time > 0:
-        ctx.progress("INT8 misses the accuracy budget: searching (calibration, float layers)", 0, 1)
+        ctx.progress("INT8 misses the quality budget: searching (calibration, float layers)", 0, 1)
         default.p50_ms = _latency_1thread(ctx, final)
         chosen, trials, seconds = search.run(quantize, evaluate, meets, _space(ctx), ctx.workdir,
                                              lambda p: _latency_1thread(ctx, p), ctx.config.max_search_time,
@@ -199,9 +199,9 @@ def _report_search(ctx: BuildContext, chosen, trials, seconds: float) -> None:
         ctx.warn(f"accuracy-aware search tried {len(trials) - len(stopped) - len(failed)} configurations in "
                  f"{seconds:.0f} s "
                  + (f"(stopped '{stopped[0]}' at the {ctx.config.max_search_time:.0f} s limit) " if stopped else "")
-                 + f"and none met the accuracy budget; shipping the best: {chosen.name}")
+                 + f"and none met the quality budget; shipping the best: {chosen.name}")
     else:
-        ctx.warn(f"default INT8 missed the accuracy budget; the search chose '{chosen.name}' after "
+        ctx.warn(f"default INT8 missed the quality budget; the search chose '{chosen.name}' after "
                  f"{len(trials)} trials ({seconds:.0f} s)")
 
 
