@@ -296,10 +296,14 @@ def _model_preprocessing(config: BuildConfig, model: sources.LoadedModel) -> tup
     if not model.preprocess:
         return config, []
     from edgepack.config import Preprocess
+    from edgepack.inputs.hf_image import NOTE
 
-    default, have, said = Preprocess(), config.preprocess, []
+    default, have = Preprocess(), config.preprocess
+    said = [model.preprocess[NOTE]] if NOTE in model.preprocess else []
     take = {}
     for key, value in model.preprocess.items():
+        if key == NOTE:
+            continue
         mine = getattr(have, key)
         if mine == getattr(default, key):
             take[key] = value

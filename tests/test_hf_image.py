@@ -76,6 +76,13 @@ def test_processor_sizes_map_to_resize_and_crop(tmp_path):
         got = hf_image.preprocessing(tmp_path, 224)
         assert {k: got[k] for k in want} == want and ("crop" in got) == ("crop" in want), (cfg, got)
     assert got["mean"] == (0.0, 0.0, 0.0) and got["std"] == (1.0, 1.0, 1.0) and got["scale"] == pytest.approx(1 / 255)
+    # ViT's processor squeezes a photo to height x width; edgepack crops: said, once, for the ViT case only
+    notes = {}
+    for cfg, _ in cases:
+        (tmp_path / "preprocessor_config.json").write_text(json.dumps(cfg))
+        notes[json.dumps(cfg)] = hf_image.preprocessing(tmp_path, 224).get(hf_image.NOTE)
+    assert [k for k, v in notes.items() if v] == [json.dumps(cases[2][0])]
+    assert "384 x 384 (aspect ratio not kept)" in notes[json.dumps(cases[2][0])]
 
 
 def test_an_image_folder_without_safetensors_is_refused(tmp_path):

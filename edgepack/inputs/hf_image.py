@@ -63,6 +63,22 @@ def load_folder(folder: Path) -> tuple[Any, tuple[int, ...], list[str] | None, d
     return _HFImageClassifier(model).eval(), shape, labels, preprocessing(folder, height)
 
 
+#: the key of a note on how edgepack's preprocessing differs from the declared one (said as a warning, not a field)
+NOTE = "_note"
+
+
+def _squeezed(name: str, cfg: dict) -> dict:
+    """{NOTE: a warning} when the processor resizes to an exact height x width without a centre crop (ViT's):
+    edgepack keeps the aspect ratio and crops, so the two differ on photos of another aspect ratio; else {}."""
+    size = cfg.get("size")
+    if not isinstance(size, dict) or "height" not in size or cfg.get("do_center_crop"):
+        return {}
+    return {NOTE: f"{name} resizes every photo to {size['height']} x {size.get('width', size['height'])} (aspect "
+                  "ratio not kept); edgepack resizes the short side and centre-crops, so a photo of another aspect "
+                  "ratio loses its edges instead of being squeezed. Crop your photos to the model's aspect ratio "
+                  "for the two to agree"}
+
+
 def preprocessing(folder: Path, height: int) -> dict | None:
     """Preprocess fields from ``folder``/preprocessor_config.json: resize (the short side), crop (the centre
     crop's height), scale (the rescale factor), mean and std; None without the file. A processor that resizes to
@@ -92,6 +108,7 @@ def preprocessing(folder: Path, height: int) -> dict | None:
         out["crop"] = int(crop)
     if "crop" not in out and "resize" in out and out["resize"] < height:
         out["resize"] = height
+    out.update(_squeezed(path.name, cfg))
     out["scale"] = float(cfg.get("rescale_factor", 1 / 255)) if cfg.get("do_rescale", True) else 1.0
     if cfg.get("do_normalize", True) and cfg.get("image_mean") is not None and cfg.get("image_std") is not None:
         out["mean"] = tuple(float(v) for v in cfg["image_mean"])
