@@ -266,11 +266,10 @@ def _task_hints(shapes: list[tuple]) -> list[str]:
     """What a model inferred as generic may be, said once: a first output of (N, classes) scores beside others
     (a classifier returning its embedding too: judged by SQNR only, its top-1 never), or a 4-D map of several
     channels (a segmenter's per-pixel scores: judged by SQNR, not mIoU)."""
-    first = shapes[0] if shapes else ()
-    if len(shapes) > 1 and len(first) == 2 and isinstance(first[-1], int) and first[-1] > 1:
-        return [f"the first of the model's {len(shapes)} outputs, {list(first)}, looks like class scores: every output "
-                "is judged by its SQNR (task generic); pass --task classify to judge its top-1 (agreement, accuracy "
-                "with labels)"]
+    if len(shapes) > 1 and tasks.class_scores(shapes[0]):
+        return [f"the first of the model's {len(shapes)} outputs, {list(shapes[0])}, looks like class scores: every "
+                "output is judged by its SQNR (task generic); pass --task classify to judge its top-1 (agreement, "
+                "accuracy with labels)"]
     maps = [k for k, s in enumerate(shapes) if len(s) == 4 and isinstance(s[1], int) and s[1] > 1
             and all(isinstance(d, int) and d > 1 for d in s[2:])]
     if maps:

@@ -122,9 +122,9 @@ def test_activations_carrying_a_folded_hard_swish_multiply_are_compared_at_their
     import toy_models
 
     from edgepack.backends import onnx as onnx_backend
-    from edgepack.backends.onnx_quantize import quantize_onnx
+    from edgepack.backends.onnx_quantize import fold_factors, quantize_onnx
     from edgepack.bundle.diagnose import float_activations
-    from edgepack.quantize.diagnose import fold_factors, layer_errors
+    from edgepack.quantize.diagnose import layer_errors
     from edgepack.tasks.base import sqnr_db
 
     fp32, int8, reference = tmp_path / "fp32.onnx", tmp_path / "int8.onnx", tmp_path / "reference.onnx"

@@ -568,15 +568,18 @@ def float_ops(tflite_path: Path, expected: Sequence[str] = ()) -> list[str]:
     expected = set(expected)
     interp = _interpreter(tflite_path, threads=1, delegates=False)  # a delegate hides the ops it takes
     tensors = {t["index"]: t for t in interp.get_tensor_details()}
+
+    def floating(i: int) -> bool:
+        return i in tensors and np.issubdtype(tensors[i]["dtype"], np.floating)
+
     found = []
     for op in interp._get_ops_details():  # noqa: SLF001 - the only per-op view LiteRT's Python API gives
         if op["op_name"] in BOUNDARY_OPS:
             continue
         indexes = [i for i in list(op["inputs"]) + list(op["outputs"]) if i >= 0]
-        if op["op_name"] in COMPARE_OPS and not any(np.issubdtype(tensors[i]["dtype"], np.floating)
-                                                     for i in op["outputs"] if i in tensors):
+        if op["op_name"] in COMPARE_OPS and not any(map(floating, op["outputs"])):
             continue
-        if any(np.issubdtype(tensors[i]["dtype"], np.floating) for i in indexes if i in tensors):
+        if any(map(floating, indexes)):
             out_name = tensors[op["outputs"][0]]["name"] if len(op["outputs"]) else "?"
             if out_name not in expected:
                 found.append(f"{op['op_name']}:{out_name}")

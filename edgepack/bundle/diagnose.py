@@ -52,15 +52,14 @@ def float_activations(qdq_path: Path, out: Path) -> None:
     Clip whose range the Q saturation reproduces, so an Identity would remove the activation itself (an
     EfficientNet-Lite0 bundle's "reference" was then 7 dB from FP32, its INT8 model 32 dB). A pair whose scale
     or zero point is not a constant scalar becomes an Identity. A DequantizeLinear carrying a folded constant
-    multiply (its scale c times its QuantizeLinear's: a hard-swish's x * 1/6, `diagnose.fold_factors`) gets that
+    multiply (its scale c times its QuantizeLinear's: a hard-swish's x * 1/6, `onnx_quantize.fold_factors`) gets that
     Mul after its Clip: without it the reference skipped every hard-swish's 1/6 and a PP-OCR classifier's logits
     read -9.8 dB."""
     import numpy as np
     import onnx
     from onnx import helper, numpy_helper
 
-    from edgepack.backends.onnx_quantize import representable_range, saturation
-    from edgepack.quantize.diagnose import fold_factors
+    from edgepack.backends.onnx_quantize import fold_factors, representable_range, saturation
 
     model = onnx.load(str(qdq_path), load_external_data=False)
     graph = model.graph

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgepack.backends.onnx_quantize import fold_factors
 from edgepack.backends.onnx_regions import float_region
 
 log = logging.getLogger(__name__)
@@ -57,31 +58,6 @@ def _quantized_tensors(qmodel) -> dict[str, str]:
     inits = {i.name for i in qmodel.graph.initializer}
     return {n.input[0]: dq_of[n.output[0]] for n in qmodel.graph.node
             if n.op_type == "QuantizeLinear" and n.input[0] not in inits and n.output[0] in dq_of}
-
-
-def fold_factors(qmodel) -> dict[str, float]:
-    """{DequantizeLinear output: c} for each DequantizeLinear whose scalar scale is c times its QuantizeLinear's:
-    a constant multiply that `onnx_quantize.fold_constant_muls` folded into it (a hard-swish's x * 1/6), so it
-    holds c times the rounded tensor the QuantizeLinear read. Compared as they were, PP-OCR's classifier showed
-    SQNR 1.58 dB (-20 log10(5/6)) for 17 of its activations and 39.5 dB "lost" in the conv before one."""
-    from onnx import numpy_helper
-
-    inits = {i.name: i for i in qmodel.graph.initializer}
-
-    def scalar(name):
-        found = inits.get(name)
-        value = numpy_helper.to_array(found) if found is not None else None
-        return float(value.reshape(-1)[0]) if value is not None and value.size == 1 else None
-
-    q_scale = {n.output[0]: scalar(n.input[1]) for n in qmodel.graph.node
-               if n.op_type == "QuantizeLinear" and len(n.input) > 1}
-    found = {}
-    for n in qmodel.graph.node:
-        if n.op_type == "DequantizeLinear" and len(n.input) > 1 and q_scale.get(n.input[0]):
-            d = scalar(n.input[1])
-            if d is not None and abs(d / q_scale[n.input[0]] - 1.0) > 1e-6:
-                found[n.output[0]] = d / q_scale[n.input[0]]
-    return found
 
 
 def _feeds(x, input_names: list[str]) -> list[dict[str, np.ndarray]]:

@@ -97,16 +97,15 @@ def dither_floor(ctx: BuildContext, backend, fp32_path, ref, threads: int) -> di
 
     from edgepack.inputs.data import num_samples
 
-    x = ctx.val.x
-    if (ctx.task.name != "classify" or not ctx.val.files or isinstance(x, dict) or getattr(x, "ndim", 0) != 4
-            or np.ndim(ref[0] if isinstance(ref, list) else ref) != 2):
+    x, first = ctx.val.x, ref[0] if isinstance(ref, list) else ref
+    if ctx.task.name != "classify" or not ctx.val.files or isinstance(x, dict) or getattr(x, "ndim", 0) != 4 \
+            or np.ndim(first) != 2:
         return None
     n = min(num_samples(x), DITHER_SAMPLES)
     pre = ctx.config.preprocess
     ctx.progress(f"FP32 on {n} validation photos dithered by half a pixel step", 0, 1)
     runner = backend.Runner(fp32_path, threads=threads)
-    found = {"agreement": round(dithered_agreement(runner.run_samples, x,
-                                                   (ref[0] if isinstance(ref, list) else ref)[:n].argmax(1),
+    found = {"agreement": round(dithered_agreement(runner.run_samples, x, first[:n].argmax(1),
                                                    pre.scale / np.asarray(pre.std, dtype=np.float64)), 4),
              "samples": n, "dither_pixel_steps": DITHER_STEP}
     limit = _pick(ctx, "min_agreement") if ctx.val.y is None or ctx.config.min_agreement is not None else None

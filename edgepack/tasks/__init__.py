@@ -29,11 +29,14 @@ def get(name: str, config=None) -> Task:
     return cls.from_config(config) if config is not None and hasattr(cls, "from_config") else cls()
 
 
+def class_scores(shape: tuple) -> bool:
+    """Whether an output shape reads as one score per class: (N, C) with C > 1."""
+    return len(shape) == 2 and isinstance(shape[-1], int) and shape[-1] > 1
+
+
 def for_outputs(shapes: list[tuple]) -> Task:
     """Classification for a single (N, C) output with C > 1, generic (every output judged by SQNR) otherwise."""
-    if len(shapes) == 1 and len(shapes[0]) == 2 and isinstance(shapes[0][-1], int) and shapes[0][-1] > 1:
-        return Classify()
-    return Generic()
+    return Classify() if len(shapes) == 1 and class_scores(shapes[0]) else Generic()
 
 
-__all__ = ["TASKS", "Task", "for_outputs", "get"]
+__all__ = ["TASKS", "Task", "class_scores", "for_outputs", "get"]
