@@ -379,21 +379,49 @@ def test_outputs_sharing_one_tflite_tensor_are_named_as_declared(tmp_path):
     assert verified.exit_code == 0, verified.output
 
 
-def test_an_integer_output_is_not_labelled_a_channel_layout(tmp_path):
-    """A .tflite's outputs were labelled by rank alone: per-position class ids (N, 1, T) int64 were "NWC" in the
-    manifest and README, as if a Conv1d feature map. They have no layout now; the Conv1d map itself, which
-    onnx2tf does lay out channels-last, keeps its "NWC"."""
+def test_an_integer_output_is_labelled_by_its_shape_against_the_models(tmp_path):
+    """A .tflite's outputs were labelled by rank alone: per-position class ids were "NWC" whatever their order. The
+    label now says how the file's shape relates to the model's: the model's (N, 1, T) class ids are (N, T, 1) in
+    the file, channels-last, "NWC", as the Conv1d map they come from."""
     np.savez(tmp_path / "c.npz", x=np.random.default_rng(0).normal(size=(16, 3, 6)).astype(np.float32))
     result = invoke("build", "toy_models:position_classes", "--target", "android-arm64", "--calib", tmp_path / "c.npz",
                     "--out", tmp_path / "b", "-q")
     assert result.exit_code in (0, 1), result.output
     man = json.loads((tmp_path / "b" / "manifest.json").read_text())
     ids, scores = man["outputs"]
-    assert (ids["dtype"], ids["quantization"], ids["layout"]) == ("int64", None, None), ids
-    assert len(ids["shape"]) == 3
+    assert (ids["dtype"], ids["quantization"], ids["shape"], ids["layout"]) == ("int64", None, [1, 6, 1], "NWC"), ids
     assert (scores["shape"], scores["layout"]) == ([1, 6, 4], "NWC"), scores
     readme = (tmp_path / "b" / "README.md").read_text()
-    assert f"output `{ids['name']}`: shape {ids['shape']}, int64, layout -" in readme, readme
+    assert f"output `{ids['name']}`: shape [1, 6, 1], int64, layout NWC" in readme, readme
+
+
+def test_rows_the_converter_keeps_in_order_are_not_called_channels_last(tmp_path):
+    """An SSD's (N, anchors, 4) boxes keep their order in the .tflite; the rank alone called them "NWC", as if the
+    file held a (N, 4, anchors) tensor transposed. The map beside them is channels-last in the file."""
+    np.savez(tmp_path / "c.npz", x=np.random.default_rng(0).normal(size=(16, 3, 8, 8)).astype(np.float32))
+    result = invoke("build", "toy_models:boxes_and_map", "--input-shape", "1,3,8,8", "--target", "android-arm64",
+                    "--calib", tmp_path / "c.npz", "--out", tmp_path / "b", "-q")
+    assert result.exit_code in (0, 1), result.output
+    rows, fmap = json.loads((tmp_path / "b" / "manifest.json").read_text())["outputs"]
+    assert (rows["shape"], rows["layout"]) == ([1, 64, 4], None), rows
+    assert (fmap["shape"], fmap["layout"]) == ([1, 8, 8, 4], "NHWC"), fmap
+
+
+def test_layouts_from_source_settle_only_what_the_shapes_settle():
+    from edgepack.backends.base import layouts_from_source
+
+    def out(shape, dtype="float32"):
+        return {"name": "o", "shape": shape, "dtype": dtype, "layout": {4: "NHWC", 3: "NWC", 2: "NC"}.get(len(shape)),
+                "quantization": None}
+
+    io = {"inputs": [], "outputs": [out([1, 8, 8, 4]), out([1, 4, 8, 8]), out([1, 64, 4]), out([1, 4, 4, 4]),
+                                     out([1, 10]), out([1, 5, 1], "int64")]}
+    source = [["batch", 4, 8, 8], [1, 4, 8, 8], [1, 64, 4], [1, 4, 4, 4], [1, 10], [1, "T", 1]]
+    got = [o["layout"] for o in layouts_from_source(io, source)["outputs"]]
+    # channels-last; left as the model has it (onnx2tf does that to some 4-D outputs); kept in order; square:
+    # the rank's guess; 2-D; an integer output whose source shape is not fixed: no channel label
+    assert got == ["NHWC", "NCHW", None, "NHWC", "NC", None]
+    assert [o["layout"] for o in layouts_from_source(io, source[:2])["outputs"]][2] == "NWC"  # counts differ: rank
 
 
 def test_uint8_pixel_input_is_fed_as_uint8(tmp_path):

@@ -462,6 +462,24 @@ def position_classes() -> nn.Module:
     return PositionClasses().eval()
 
 
+class BoxesAndMap(nn.Module):
+    """SSD-style (N, anchors, 4) rows read off a feature map (the file keeps their order), and the 4-D map itself
+    (the file holds it channels-last)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return y.flatten(2).transpose(1, 2), y
+
+
+def boxes_and_map() -> nn.Module:
+    torch.manual_seed(0)
+    return BoxesAndMap().eval()
+
+
 class LogitsAndArgmax(nn.Module):
     """A classifier returning its logits and their argmax (class ids) as a second output."""
 

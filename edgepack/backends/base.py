@@ -60,6 +60,40 @@ def without_guessed_layouts(io: dict) -> dict:
     return {**io, "outputs": [described(t) for t in io["outputs"]]}
 
 
+#: the channels-last label of a tensor of each rank (what onnx2tf makes of an N, C, ... tensor)
+CHANNELS_LAST = {4: "NHWC", 3: "NWC"}
+
+
+def layouts_from_source(io: dict, source_shapes: list[list]) -> dict:
+    """``io`` (a converted file's io_details) with each output's layout read from its shape against the source
+    model's output of the same position (``source_shapes``, the FP32 ONNX model's, N, C, ... where it has
+    channels): "NHWC"/"NWC" where the file holds that output channels-last, None where it keeps the source's
+    order (a 3-D output) or "NC" (2-D), "NCHW" (4-D: onnx2tf leaves some as they are). The rank alone is the
+    guess where the two orders give one shape (a size-1 or square axis) or a shape other than the batch is not
+    fixed. The rank-guessed "NWC" called an SSD's boxes (1, 1170, 4), which onnx2tf leaves as they are,
+    channels-last, as if they were (1, 4, 1170) transposed."""
+    if len(source_shapes) != len(io["outputs"]):
+        return without_guessed_layouts(io)
+
+    def described(t: dict, source: list) -> dict:
+        shape = list(t["shape"])
+        if len(source) != len(shape) or not shape:
+            return t
+        source = [shape[0], *source[1:]]  # a symbolic batch (dynamic_axes) is the file's batch
+        if not all(isinstance(d, int) and d > 0 for d in source):
+            return t
+        last = [source[0], *source[2:], source[1]] if len(source) >= 3 else source
+        if shape == last and shape != source:
+            return {**t, "layout": CHANNELS_LAST.get(len(shape))}
+        if shape == source and shape != last:
+            return {**t, "layout": {4: "NCHW", 2: "NC"}.get(len(shape))}
+        return t
+
+    guessed = without_guessed_layouts(io)
+    return {**guessed, "outputs": [described(t, list(s or [])) for t, s in
+                                   zip(guessed["outputs"], source_shapes, strict=True)]}
+
+
 def all_samples(runner, x, progress) -> list[np.ndarray]:
     """Every output for every sample of x, batch 1, each output stacked over the samples."""
     from edgepack.inputs.data import num_samples, rows

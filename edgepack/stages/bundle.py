@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from edgepack import backends
-from edgepack.backends.base import without_guessed_layouts
+from edgepack.backends.base import layouts_from_source
 from edgepack.bundle import report
 from edgepack.bundle.write import publish
 from edgepack.stages.context import BuildContext
@@ -74,10 +74,10 @@ def _copy_models(ctx: BuildContext, staging: Path) -> dict:
         src = ctx.get(fmt, "int8").path
         dst = staging / report.MODEL_FILES[fmt]
         shutil.copyfile(src, dst)
-        io[fmt] = without_guessed_layouts(backends.get(fmt).io_details(dst))
+        source = backends.get("onnx").io_details(ctx.get("onnx", "fp32").path)["outputs"]
+        io[fmt] = layouts_from_source(backends.get(fmt).io_details(dst), [o["shape"] for o in source])
         if len({o["name"] for o in io[fmt]["outputs"]}) < len(io[fmt]["outputs"]):
-            declared = [o["name"] for o in backends.get("onnx").io_details(ctx.get("onnx", "fp32").path)["outputs"]]
-            io[fmt]["outputs"] = shared_tensors(io[fmt]["outputs"], declared)
+            io[fmt]["outputs"] = shared_tensors(io[fmt]["outputs"], [o["name"] for o in source])
     return io
 
 
