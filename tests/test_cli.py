@@ -71,7 +71,9 @@ def test_budget_miss_exits_1_and_marks_bundle_failed(tiny_data, tmp_path):
     assert "FAIL" in result.output and "size_mb" in result.output
     man = json.loads((out / "manifest.json").read_text())
     assert man["passed"] is False
-    assert [b for b in man["validation"]["budgets"] if b["name"] == "size_mb"][0]["passed"] is False
+    size = [b for b in man["validation"]["budgets"] if b["name"] == "size_mb"][0]
+    assert size["passed"] is False
+    assert size["value"] == man["validation"]["size_bytes"]["int8"] / 1e6  # judged to the byte, not the kB
 
 
 def test_an_explicit_min_agreement_is_judged_beside_the_labelled_accuracy_drop(tiny_data, tmp_path):
