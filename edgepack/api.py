@@ -172,9 +172,10 @@ def _prepare(config: BuildConfig, target: targets.TargetProfile, workdir: Path, 
     fixed, onnx_inputs = model.input_shape, None
     if model.kind == "onnx":
         from edgepack.backends import onnx as onnx_backend
+        from edgepack.backends import onnx_layout
 
         fixed = onnx_backend.input_shape(model.onnx_path)
-        onnx_inputs = onnx_backend.io_details(model.onnx_path)["inputs"]
+        onnx_inputs = onnx_layout.as_built(onnx_backend.io_details(model.onnx_path)["inputs"])  # NHWC as NCHW
     kind = kinds.for_model(model, config, target, onnx_inputs)
     kind.check(onnx_inputs)
     shape = kind.input_shape(fixed)

@@ -28,6 +28,7 @@ def run(ctx: BuildContext) -> None:
         ctx.records["onnx_source"] = onnx_backend.prepare_source(ctx.model.onnx_path, raw,
                                                                  input_shape=ctx.input_shape, opset=ctx.target.opset,
                                                                  input_shapes=ctx.inputs.source_shapes())
+        _say_transposed(ctx)
         differ = ctx.records["onnx_source"].pop("fixed_dims_differ", None)
         if differ and ctx.config.input_shape:
             fixed = ", ".join(f"dimension {i} is {have} (asked {want})" for i, have, want in differ)
@@ -57,6 +58,16 @@ def run(ctx: BuildContext) -> None:
         _export(ctx, ctx.unpruned.module, raw_u)
         onnx_backend.simplify(raw_u, final_u)
         ctx.add(Artifact("onnx", "unpruned-fp32", final_u))
+
+
+def _say_transposed(ctx: BuildContext) -> None:
+    """A warning when an ONNX source's NHWC image input was made NCHW (backends.onnx_layout) and an .onnx ships: its
+    input is not the file's (a .tflite is NHWC whatever its source)."""
+    was = ctx.records["onnx_source"].get("input_layout_from")
+    if was and "onnx" in ctx.target.formats:
+        ctx.warn(f"{ctx.model.onnx_path.name} takes its image channels-last (NHWC {was['shape']}); the bundle's "
+                 f"model.onnx takes it channels-first (NCHW {list(ctx.input_shape)}), as run.py feeds it: a "
+                 "Transpose was put in front of the graph (in your own code, transpose pixels with (0, 3, 1, 2))")
 
 
 def _pinned_to_the_profile(ctx: BuildContext) -> str | None:

@@ -1,0 +1,78 @@
+"""A channels-last (NHWC) image input of a user's ONNX file, turned channels-first (NCHW) for the build.
+
+tf2onnx writes a Keras model's image input as it was, (N, H, W, C), and its graph opens with a Transpose to NCHW.
+edgepack's image pipeline (photos, golden input, run.py, the TFLite conversion, which makes its own NHWC) feeds
+NCHW: such a file was refused with "input shape 1,224,224,3 has 224 channels" and a hint (--input-shape
+1,3,224,224) that then failed as "does not fit". The build puts a Transpose (NCHW -> NHWC) in front of the graph
+instead; onnxslim folds it into the model's own, so the shipped model takes NCHW (said in a warning and in the
+manifest's stages.onnx_source.input_layout_from)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: channel counts of an image input (grey, RGB/BGR)
+IMAGE_CHANNELS = (1, 3)
+
+
+def is_nhwc_image(shape: list[Any] | tuple[Any, ...], dtype: str = "float32") -> bool:
+    """Whether an input of ``shape`` (ints, or strings for symbolic dimensions) and numpy ``dtype`` name is a
+    channels-last image: 4-D float32, its last dimension 1 or 3 and its second dimension neither."""
+    if len(shape) != 4 or dtype != "float32":
+        return False
+    last, second = shape[3], shape[1]
+    return isinstance(last, int) and last in IMAGE_CHANNELS and not (isinstance(second, int)
+                                                                      and second in IMAGE_CHANNELS)
+
+
+def nchw(shape: list[Any] | tuple[Any, ...]) -> list[Any]:
+    """(N, H, W, C) -> (N, C, H, W)."""
+    return [shape[0], shape[3], shape[1], shape[2]]
+
+
+def as_built(inputs: list[dict]) -> list[dict]:
+    """An ONNX file's inputs (backends.onnx.io_details) as the build sees them: one NHWC image input as NCHW."""
+    if len(inputs) == 1 and is_nhwc_image(inputs[0]["shape"], inputs[0]["dtype"]):
+        return [{**inputs[0], "shape": nchw(inputs[0]["shape"]), "layout": "NCHW"}]
+    return inputs
+
+
+def front_transpose(model: Any, value: Any) -> list[Any]:
+    """Make graph input ``value`` (an NHWC image) NCHW, with a Transpose to NHWC in front of every reader (in the
+    main graph and in any subgraph). Returns the input's NHWC dimensions as they were (ints or names)."""
+    import onnx
+
+    dims = value.type.tensor_type.shape.dim
+    before = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in dims]
+    inner = _unused_name(model.graph, f"{value.name}_nhwc")
+    for graph in _graphs(model.graph):
+        for node in graph.node:
+            node.input[:] = [inner if i == value.name else i for i in node.input]
+        for out in graph.output:  # the input passed straight through as an output: it stays the NHWC picture
+            if out.name == value.name:
+                out.name = inner
+    reordered = [onnx.TensorShapeProto.Dimension() for _ in range(4)]
+    for new, old in zip(reordered, (dims[0], dims[3], dims[1], dims[2]), strict=True):
+        new.CopyFrom(old)
+    del dims[:]
+    dims.extend(reordered)
+    model.graph.node.insert(0, onnx.helper.make_node("Transpose", [value.name], [inner], perm=[0, 2, 3, 1],
+                                                     name="edgepack_nchw_to_nhwc"))
+    return before
+
+
+def _graphs(graph: Any):
+    """``graph`` and every subgraph (If / Loop / Scan bodies) below it: they may read the input by name."""
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from _graphs(sub)
+
+
+def _unused_name(graph: Any, name: str) -> str:
+    taken = {t for g in _graphs(graph) for n in g.node for t in (*n.input, *n.output)}
+    taken |= {v.name for v in (*graph.input, *graph.output, *graph.initializer)}
+    while name in taken:
+        name += "_"
+    return name

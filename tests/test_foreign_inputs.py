@@ -1,0 +1,69 @@
+"""Models, photos and runner inputs from outside edgepack's own examples, as a new user brings them: an ONNX file
+with a channels-last (NHWC) image input, as tf2onnx writes a Keras model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+
+from edgepack.backends import onnx as onnx_backend
+from edgepack.backends import onnx_layout
+from edgepack.cli import main
+
+FAST = ["--latency-runs", "3", "--target", "x86-64", "--max-search-time", "0"]
+
+
+def nhwc_classifier(shape=(1, 32, 32, 3)) -> onnx.ModelProto:
+    """tf2onnx's shape of a Keras classifier: input (N, H, W, 3), a Transpose to NCHW, conv-relu-pool-matmul."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32), "w")
+    fc = numpy_helper.from_array(rng.normal(0, 0.3, (8, 10)).astype(np.float32), "fc")
+    nodes = [helper.make_node("Transpose", ["images"], ["t"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["t", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("GlobalAveragePool", ["r"], ["p"]), helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("MatMul", ["f", "fc"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("images", TensorProto.FLOAT, list(shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [shape[0], 10])], [w, fc])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 10  # what onnxruntime 1.23 reads
+    return model
+
+
+def test_an_nhwc_input_is_told_apart_from_nchw():
+    assert onnx_layout.is_nhwc_image([1, 224, 224, 3]) and onnx_layout.is_nhwc_image(["N", "H", "W", 1])
+    assert not onnx_layout.is_nhwc_image([1, 3, 224, 224]) and not onnx_layout.is_nhwc_image(["N", 3, "H", "W"])
+    assert not onnx_layout.is_nhwc_image([1, 224, 224, 3], "uint8") and not onnx_layout.is_nhwc_image([1, 50, 3])
+
+
+def test_prepare_source_makes_an_nhwc_input_nchw_with_the_same_outputs(tmp_path):
+    """Its dynamic H and W are pinned in NCHW order, and the model computes what the file did."""
+    onnx.save(nhwc_classifier(("N", "H", "W", 3)), tmp_path / "src.onnx")
+    assert onnx_backend.input_shape(tmp_path / "src.onnx") is None
+    done = onnx_backend.prepare_source(tmp_path / "src.onnx", tmp_path / "out.onnx", input_shape=(1, 3, 24, 40),
+                                       opset=17)
+    assert done["input_layout_from"] == {"layout": "NHWC", "shape": ["N", "H", "W", 3]}
+    assert onnx_backend.io_details(tmp_path / "out.onnx")["inputs"][0]["shape"] == [1, 3, 24, 40]
+    x = np.random.default_rng(1).normal(size=(1, 3, 24, 40)).astype(np.float32)
+    got = ort.InferenceSession(str(tmp_path / "out.onnx")).run(None, {"images": x})[0]
+    want = ort.InferenceSession(str(tmp_path / "src.onnx")).run(None, {"images": x.transpose(0, 2, 3, 1)})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_an_nhwc_onnx_file_builds_from_photos(tmp_path, image_folder):
+    """It was refused ("input shape 1,32,32,3 has 32 channels"), and the hint's --input-shape 1,3,32,32 then failed
+    as "does not fit"."""
+    onnx.save(nhwc_classifier(), tmp_path / "keras.onnx")
+    res = CliRunner().invoke(main, ["build", str(tmp_path / "keras.onnx"), "--calib", str(image_folder),
+                                    "--out", str(tmp_path / "b"), *FAST])
+    assert res.exit_code in (0, 1), res.output
+    assert "takes its image channels-last (NHWC [1, 32, 32, 3])" in res.output
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["inputs"][0]["shape"] == [1, 3, 32, 32]
+    assert manifest["stages"]["onnx_source"]["input_layout_from"]["layout"] == "NHWC"
+    assert not any(n.op_type == "Transpose" for n in onnx.load(str(Path(tmp_path / "b" / "model.onnx"))).graph.node)
