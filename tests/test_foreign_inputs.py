@@ -1,14 +1,18 @@
 """Models, photos and runner inputs from outside edgepack's own examples, as a new user brings them: an ONNX file
-with a channels-last (NHWC) image input, as tf2onnx writes a Keras model."""
+with a channels-last (NHWC) image input, as tf2onnx writes a Keras model; a --file list for run.py with a corrupt
+photo in it."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
@@ -16,6 +20,7 @@ from edgepack.backends import onnx as onnx_backend
 from edgepack.backends import onnx_layout
 from edgepack.cli import main
 
+ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--latency-runs", "3", "--target", "x86-64", "--max-search-time", "0"]
 
 
@@ -55,15 +60,42 @@ def test_prepare_source_makes_an_nhwc_input_nchw_with_the_same_outputs(tmp_path)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
-def test_an_nhwc_onnx_file_builds_from_photos(tmp_path, image_folder):
+@pytest.fixture(scope="module")
+def nhwc_bundle(tmp_path_factory) -> tuple[Path, str]:
+    """(bundle, build output) of the NHWC classifier built from photos."""
+    tmp = tmp_path_factory.mktemp("nhwc")
+    photos = tmp / "photos"
+    photos.mkdir()
+    for f in sorted((ROOT / "calibration_data" / "images").glob("*.jpg"))[:8]:
+        (photos / f.name).write_bytes(f.read_bytes())
+    onnx.save(nhwc_classifier(), tmp / "keras.onnx")
+    res = CliRunner().invoke(main, ["build", str(tmp / "keras.onnx"), "--calib", str(photos), "--out",
+                                    str(tmp / "b"), *FAST])
+    assert res.exit_code in (0, 1), res.output
+    return tmp / "b", res.output
+
+
+def test_an_nhwc_onnx_file_builds_from_photos(nhwc_bundle):
     """It was refused ("input shape 1,32,32,3 has 32 channels"), and the hint's --input-shape 1,3,32,32 then failed
     as "does not fit"."""
-    onnx.save(nhwc_classifier(), tmp_path / "keras.onnx")
-    res = CliRunner().invoke(main, ["build", str(tmp_path / "keras.onnx"), "--calib", str(image_folder),
-                                    "--out", str(tmp_path / "b"), *FAST])
-    assert res.exit_code in (0, 1), res.output
-    assert "takes its image channels-last (NHWC [1, 32, 32, 3])" in res.output
-    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    bundle, output = nhwc_bundle
+    assert "takes its image channels-last (NHWC [1, 32, 32, 3])" in output
+    manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["inputs"][0]["shape"] == [1, 3, 32, 32]
     assert manifest["stages"]["onnx_source"]["input_layout_from"]["layout"] == "NHWC"
-    assert not any(n.op_type == "Transpose" for n in onnx.load(str(Path(tmp_path / "b" / "model.onnx"))).graph.node)
+    assert not any(n.op_type == "Transpose" for n in onnx.load(str(bundle / "model.onnx")).graph.node)
+
+
+def test_run_py_file_goes_on_past_an_unreadable_photo(nhwc_bundle, tmp_path):
+    """One corrupt photo in a --file list stopped the run there (exit 2), and --out saved nothing."""
+    bundle, _ = nhwc_bundle
+    photo = sorted((ROOT / "calibration_data" / "images").glob("*.jpg"))[0]
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "list.txt").write_text(f"{photo}\n{tmp_path / 'empty.jpg'}\n{photo}\n")
+    proc = subprocess.run([sys.executable, str(bundle / "run.py"), "--file", str(tmp_path / "list.txt"), "--out",
+                           str(tmp_path / "out.npz")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "1 of 3 inputs" in proc.stderr and "Traceback" not in proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["line"] for r in rows] == [1, 2, 3] and "error" in rows[1] and rows[2]["top"] == rows[0]["top"]
+    with np.load(tmp_path / "out.npz") as saved:
+        assert saved["line"].tolist() == [1, 3] and saved["output0"].shape == (2, 10)
