@@ -5,6 +5,7 @@ photo in it."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -99,3 +100,21 @@ def test_run_py_file_goes_on_past_an_unreadable_photo(nhwc_bundle, tmp_path):
     assert [r["line"] for r in rows] == [1, 2, 3] and "error" in rows[1] and rows[2]["top"] == rows[0]["top"]
     with np.load(tmp_path / "out.npz") as saved:
         assert saved["line"].tolist() == [1, 3] and saved["output0"].shape == (2, 10)
+
+
+def test_the_npz_hint_for_an_input_named_like_tf2onnx_is_valid_python(tmp_path, image_folder):
+    """An input named "input_1:0" (tf2onnx) or "onnx::Cast_0" was told to numpy.savez(path, input_1:0=...), a
+    syntax error."""
+    cast = [helper.make_node("Cast", ["input_1:0"], ["f"], to=TensorProto.FLOAT),
+            helper.make_node("ReduceMean", ["f"], ["y"], keepdims=0)]
+    graph = helper.make_graph(cast, "g", [helper.make_tensor_value_info("input_1:0", TensorProto.UINT8, [1, 8, 8, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 10
+    onnx.save(model, tmp_path / "u8.onnx")
+    res = CliRunner().invoke(main, ["build", str(tmp_path / "u8.onnx"), "--calib", str(image_folder), "--out",
+                                    str(tmp_path / "b"), *FAST])
+    assert res.exit_code == 2, res.output
+    call = res.output.split("numpy.savez(", 1)[1].split("[, y=labels]")[0]
+    compile(f"numpy.savez({re.sub(r'<[^>]*>', '0', call)})", "hint", "eval")  # a SyntaxError before the fix
+    assert "'input_1:0'" in call

@@ -125,6 +125,17 @@ class ImageInput:
         return self.config.preprocess.to_dict()
 
 
+def savez_arguments(arrays: dict[str, str]) -> str:
+    """numpy.savez's keyword arguments for arrays by name, as Python: ``name=value``, and ``**{"name": value}`` for
+    a name that is no identifier (ONNX input names such as "input_1:0" or "onnx::Transpose_0"; ``input_1:0=...``
+    is a syntax error)."""
+    import keyword
+
+    plain = [f"{n}={v}" for n, v in arrays.items() if n.isidentifier() and not keyword.iskeyword(n)]
+    other = [f"{n!r}: {v}" for n, v in arrays.items() if not (n.isidentifier() and not keyword.iskeyword(n))]
+    return ", ".join(plain + ([f"**{{{', '.join(other)}}}"] if other else []))
+
+
 def _sized(specs: list[dict], calib: str | None) -> list[dict]:
     """``specs`` with each symbolic dimension after the batch taken from the calibration .npz's array of that input
     (an audio model exported with a dynamic length runs at the length it is calibrated at); unchanged where the
@@ -296,9 +307,8 @@ class TensorsInput(ImageInput):
         return f"one {s['dtype']} input '{s['name']}' of shape {list(s['shape'])}"
 
     def _npz_hint(self) -> str:
-        names = ", ".join(f"{s['name']}=<{s['dtype']} array (N, {', '.join(map(str, s['shape'][1:]))})>"
-                          for s in self.specs)
-        return f"save the inputs by name, preprocessed: numpy.savez(path, {names}[, y=labels])"
+        arrays = {s["name"]: f"<{s['dtype']} array (N, {', '.join(map(str, s['shape'][1:]))})>" for s in self.specs}
+        return f"save the inputs by name, preprocessed: numpy.savez(path, {savez_arguments(arrays)}[, y=labels])"
 
     def source_shapes(self) -> dict[str, tuple[int, ...]]:
         """Each input's shape to pin the ONNX file's symbolic dimensions to (the batch is 1)."""

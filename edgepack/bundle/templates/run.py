@@ -179,7 +179,7 @@ class TensorsReader:
         if missing:
             raise ValueError(f"{path} has no array for input {', '.join(missing)} (found: "
                              f"{', '.join(sorted(arrays)) or 'nothing'}); save each input by name: "
-                             f"numpy.savez(path, {', '.join(n + '=...' for n in self.names)})")
+                             f"numpy.savez(path, **{{{', '.join(repr(n) + ': ...' for n in self.names)}}})")
         feed = {}
         for spec in self.specs:
             a, want = arrays[spec["name"]], list(spec["shape"])
