@@ -118,3 +118,14 @@ def test_the_npz_hint_for_an_input_named_like_tf2onnx_is_valid_python(tmp_path, 
     call = res.output.split("numpy.savez(", 1)[1].split("[, y=labels]")[0]
     compile(f"numpy.savez({re.sub(r'<[^>]*>', '0', call)})", "hint", "eval")  # a SyntaxError before the fix
     assert "'input_1:0'" in call
+
+
+@pytest.mark.parametrize("shape,said", [("1,3,32", "has 3 dimensions"), ("2,3,32,32", "has a batch of 2")])
+def test_an_input_shape_that_is_not_one_image_is_refused_first(tmp_path, image_folder, shape, said):
+    """A 3-D --input-shape reached the photo reader as an internal error (exit 70); a batch of 2 was exported and
+    then failed on the first calibration sample (exit 4)."""
+    onnx.save(nhwc_classifier(("N", "H", "W", 3)), tmp_path / "m.onnx")
+    res = CliRunner().invoke(main, ["build", str(tmp_path / "m.onnx"), "--calib", str(image_folder),
+                                    "--input-shape", shape, "--out", str(tmp_path / "b"), *FAST])
+    assert res.exit_code == 2 and said in res.output and "Hint: " in res.output, res.output
+    assert not (tmp_path / "b").exists()

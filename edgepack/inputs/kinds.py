@@ -56,10 +56,23 @@ class ImageInput:
 
     def input_shape(self, fixed: tuple[int, ...] | None = None) -> tuple[int, ...]:
         """--input-shape, else ``fixed`` (an ONNX source's own fixed input shape, or the shape a .pt2 program
-        was captured at), else the profile's."""
-        if self.config.input_shape:
-            return tuple(self.config.input_shape)
-        return tuple(fixed) if fixed else tuple(self.target.input_shape)
+        was captured at), else the profile's. One image, (1, C, H, W): a 3-D --input-shape reached the photo
+        reader as an internal error (exit 70), and a batch of 2 failed after export on the first calibration
+        sample (exit 4), since every stage feeds one sample at a time."""
+        shape = tuple(self.config.input_shape or fixed or self.target.input_shape)
+        said = ",".join(str(int(d)) for d in shape)
+        where = "--input-shape" if self.config.input_shape else f"{self.model.name}'s input shape"
+        if len(shape) != 4:
+            raise InputError(f"{where} {said} has {len(shape)} dimensions; an image model takes 4, N,C,H,W",
+                             hint="e.g. --input-shape 1,3,224,224 (a model of other inputs takes an .npz --calib "
+                                  "holding them)")
+        if int(shape[0]) != 1:
+            raise InputError(f"{where} {said} has a batch of {int(shape[0])}; edgepack builds models that take "
+                             "one image (batch 1)",
+                             hint=f"pass --input-shape 1,{','.join(str(int(d)) for d in shape[1:])}"
+                             + ("" if self.config.input_shape else
+                                " after exporting the model with batch 1 (or a dynamic batch)"))
+        return shape
 
     def source_shapes(self) -> dict[str, tuple[int, ...]] | None:
         """Per-input shapes to pin an ONNX source's symbolic dimensions to (None: its one input takes the build's
