@@ -143,7 +143,8 @@ class BuildConfig:
     max_length: int | None = spec("text models: fixed sequence length, tokens (default: the tokenizer's, else 128)",
                                   None, ge=1, le=8192)
     weights: str | None = spec("state dict for torchvision/factory models (loaded with weights_only=True)", None)
-    num_classes: int | None = spec("classifier size for torchvision models", None, ge=1, le=100000)
+    num_classes: int | None = spec("classifier size for torchvision models, and for factories that take "
+                                   "num_classes (passed to them)", None, ge=1, le=100000)
     input_shape: tuple[int, ...] | None = spec("model input shape, e.g. [1, 3, 224, 224] (default: profile)", None,
                                                ge=1, le=8192)
     labels: str | None = spec("text file with one class name per line", None)

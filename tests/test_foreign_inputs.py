@@ -129,3 +129,37 @@ def test_an_input_shape_that_is_not_one_image_is_refused_first(tmp_path, image_f
                                     "--input-shape", shape, "--out", str(tmp_path / "b"), *FAST])
     assert res.exit_code == 2 and said in res.output and "Hint: " in res.output, res.output
     assert not (tmp_path / "b").exists()
+
+
+def sized_cnn(num_classes: int = 4):
+    """A factory with a classifier-size argument, as most are (timm.create_model, torchvision's builders)."""
+    import torch
+
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                               torch.nn.Linear(4, num_classes))
+
+
+def test_num_classes_reaches_a_factory_and_is_refused_where_it_would_be_ignored(tmp_path):
+    """--num-classes was ignored for a factory (its default 4-class head shipped where 3 were asked) and for a
+    model file, with no word."""
+    from edgepack.errors import InputError
+    from edgepack.inputs import sources
+
+    assert sources.load("test_foreign_inputs:sized_cnn", num_classes=3).module[-1].out_features == 3
+    with pytest.raises(InputError, match="takes no num_classes argument"):
+        sources.load("test_foreign_inputs:nhwc_classifier", num_classes=3)
+    onnx.save(nhwc_classifier(), tmp_path / "m.onnx")
+    with pytest.raises(InputError, match="classifier size is fixed"):
+        sources.load(str(tmp_path / "m.onnx"), num_classes=3)
+
+
+@pytest.mark.parametrize("spec,said,hint", [("mod:make(num_classes=3)", "named without arguments", "use mod:make"),
+                                            ("pkg/mod.py:make", "names a file", "use pkg.mod:make")])
+def test_a_factory_spelt_as_code_or_a_file_is_told_how_to_name_it(spec, said, hint):
+    """Both got "cannot tell what kind of model" or "No module named 'mod.py'"."""
+    from edgepack.errors import InputError
+    from edgepack.inputs import sources
+
+    with pytest.raises(InputError, match=said) as err:
+        sources.load(spec)
+    assert hint in err.value.hint
