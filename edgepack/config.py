@@ -238,10 +238,11 @@ def _check_preprocess(pre: Preprocess, where: str) -> None:
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
-    """Read a --config file into a dict (no code is ever executed from it)."""
+    """Read a --config file into a dict (no code is ever executed from it). utf-8-sig: a file Windows Notepad saved
+    (with a byte-order mark) was "not valid TOML (Invalid statement (at line 1, column 1))"."""
     path = Path(path)
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise InputError(f"config file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as exc:

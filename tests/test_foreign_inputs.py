@@ -92,7 +92,8 @@ def test_run_py_file_goes_on_past_an_unreadable_photo(nhwc_bundle, tmp_path):
     bundle, _ = nhwc_bundle
     photo = sorted((ROOT / "calibration_data" / "images").glob("*.jpg"))[0]
     (tmp_path / "empty.jpg").write_bytes(b"")
-    (tmp_path / "list.txt").write_text(f"{photo}\n{tmp_path / 'empty.jpg'}\n{photo}\n")
+    # saved by Windows Notepad: a byte-order mark (it made the first path "\ufeff/..." a missing file) and CRLF
+    (tmp_path / "list.txt").write_bytes(f"\ufeff{photo}\r\n{tmp_path / 'empty.jpg'}\r\n{photo}\r\n".encode())
     proc = subprocess.run([sys.executable, str(bundle / "run.py"), "--file", str(tmp_path / "list.txt"), "--out",
                            str(tmp_path / "out.npz")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "1 of 3 inputs" in proc.stderr and "Traceback" not in proc.stderr
@@ -163,3 +164,19 @@ def test_a_factory_spelt_as_code_or_a_file_is_told_how_to_name_it(spec, said, hi
     with pytest.raises(InputError, match=said) as err:
         sources.load(spec)
     assert hint in err.value.hint
+
+
+def test_label_files_saved_with_a_byte_order_mark_read_as_written(tmp_path):
+    """Notepad's BOM was part of the first class name (its class folder "a" then matched no label); a COCO JSON or
+    a --config TOML with one could not be read at all."""
+    from edgepack.inputs import labels
+
+    (tmp_path / "labels.txt").write_bytes("\ufeffa\r\nb\r\n".encode())
+    assert labels.read_class_names(tmp_path / "labels.txt") == ["a", "b"]
+    coco = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "cat"}]}
+    (tmp_path / "coco.json").write_bytes(("\ufeff" + json.dumps(coco)).encode())
+    assert labels.coco_category_names(tmp_path / "coco.json") == ["cat"]
+    from edgepack.config import read_toml
+
+    (tmp_path / "build.toml").write_bytes('\ufeffmodel = "m.onnx"\r\n'.encode())
+    assert read_toml(tmp_path / "build.toml") == {"model": "m.onnx"}

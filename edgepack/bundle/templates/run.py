@@ -655,7 +655,8 @@ def execute(manifest, kind, args, parser):
         print(timing_json(time_runs(model, feed, args.time_golden), args.threads, entry))
         return
     if args.file:  # blank lines are skipped; each result names its line, so results still line up with inputs
-        items = [(n, t.strip()) for n, t in enumerate(Path(args.file).read_text(encoding="utf-8").splitlines(), 1)
+        # (utf-8-sig: a byte-order mark, as Windows Notepad writes, is not part of the first path)
+        items = [(n, t.strip()) for n, t in enumerate(Path(args.file).read_text(encoding="utf-8-sig").splitlines(), 1)
                  if t.strip()]
     elif args.input == "":
         parser.error("the " + ("sentence" if kind == "text" else "file path") + " is empty")
