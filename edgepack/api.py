@@ -223,6 +223,10 @@ def _data_warnings(ctx: BuildContext) -> None:
         if ds is not None and ds.skipped:
             ctx.warn(f"{role} data {ds.source}: skipped {len(ds.skipped)} unreadable file(s), e.g. "
                      f"{ds.skipped[0]}")
+    if ctx.val is not None and ctx.val.empty_classes and config.val:
+        numbered = "" if config.labels else " (they keep their class numbers: folders are classes in sorted order)"
+        ctx.warn(f"validation folder {ctx.val.source}: class folder(s) {', '.join(ctx.val.empty_classes)} hold no "
+                 f"images, so those classes are not validated{numbered}")
 
 
 def _torchvision_detector(model: sources.LoadedModel, shape: tuple[int, ...]) -> str | None:

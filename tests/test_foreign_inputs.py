@@ -180,3 +180,23 @@ def test_label_files_saved_with_a_byte_order_mark_read_as_written(tmp_path):
 
     (tmp_path / "build.toml").write_bytes('\ufeffmodel = "m.onnx"\r\n'.encode())
     assert read_toml(tmp_path / "build.toml") == {"model": "m.onnx"}
+
+
+def test_an_empty_class_folder_keeps_its_class_number(tmp_path, image_folder):
+    """a/, b/ (empty), c/: b was dropped, so c's photos were scored as class 1 and a 3-class model was told the
+    folder "has 2 class folders". A flat folder beside an empty sub-folder (labels/ of a darknet layout) stays flat."""
+    from edgepack.config import Preprocess
+    from edgepack.inputs import data
+
+    photos = sorted(image_folder.iterdir())
+    for name, picked in (("a", photos[:2]), ("b", []), ("c", photos[2:3])):
+        (tmp_path / "val" / name).mkdir(parents=True)
+        for f in picked:
+            (tmp_path / "val" / name / f.name).write_bytes(f.read_bytes())
+    ds = data.load(str(tmp_path / "val"), input_shape=(1, 3, 16, 16), preprocess=Preprocess(), count=None, seed=0,
+                   role="validation")
+    assert ds.class_names == ["a", "b", "c"] and ds.y.tolist() == [0, 0, 2] and ds.empty_classes == ["b"]
+    (image_folder / "labels").mkdir()
+    flat = data.load(str(image_folder), input_shape=(1, 3, 16, 16), preprocess=Preprocess(), count=None, seed=0,
+                     role="validation")
+    assert flat.class_names is None and flat.y is None and len(flat) == len(photos)

@@ -50,6 +50,7 @@ class Dataset:
     skipped: list[str] = field(default_factory=list)
     files: list[str] | None = None
     targets: list | None = None
+    empty_classes: list[str] = field(default_factory=list)   # class folders that hold no image (still classes)
 
     @property
     def truth(self):
@@ -403,10 +404,12 @@ def _list_images(root: Path, role: str = "validation") -> tuple[list[Path], list
     class). A folder with images both at its top level and in sub-folders is no ImageFolder: its labels dropped
     the top-level images without a word (40 photos beside a `thumbs/` sub-folder were read as one class of 8
     thumbnails). A calibration set needs no labels, so it reads every image of such a tree; any other set is refused
-    with the question it raises."""
+    with the question it raises. Every class sub-folder is a class, in sorted order as torchvision's ImageFolder
+    numbers them, an empty one too (Dataset.empty_classes): dropping it moved every later folder down one class
+    (a/, b/ empty, c/: c scored as class 1) and a 3-class model was told the folder "has 2 class folders"."""
     subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    within = {d.name: found for d in subdirs if (found := _visible_files(d, recursive=True))}
-    classes = list(within)
+    within = {d.name: _visible_files(d, recursive=True) for d in subdirs}
+    classes = [name for name, found in within.items() if found]
     loose = _visible_files(root, recursive=False)
     if classes and loose and role == "calibration":  # every image of the tree, as one sorted listing
         return sorted([*loose, *(f for found in within.values() for f in found)]), None, None
@@ -418,10 +421,10 @@ def _list_images(root: Path, role: str = "validation") -> tuple[list[Path], list
                               "photos, move the sub-folders out (or point at one folder of images)")
     if classes:
         files, labels = [], []
-        for label, name in enumerate(classes):
+        for label, name in enumerate(within):  # an empty class folder keeps its place (and number)
             files += within[name]
             labels += [label] * len(within[name])
-        return files, classes, labels
+        return files, list(within), labels
     return loose, None, None
 
 
@@ -460,7 +463,8 @@ def _load_folder(root: Path, input_shape: tuple[int, ...], pre: Preprocess, coun
     # calibration sets are the large ones (and only read a few samples at a time): kept as pixels
     x = PixelArray(pixels, pre) if role == "calibration" else normalise(pixels, pre)
     _check_range(x, f"{role} folder {root} after preprocessing")
-    return Dataset(x=x, y=y, source=str(root), class_names=classes, skipped=skipped, files=kept)
+    empty = [name for i, name in enumerate(classes) if i not in set(labels)] if classes and labels else []
+    return Dataset(x=x, y=y, source=str(root), class_names=classes, skipped=skipped, files=kept, empty_classes=empty)
 
 
 def _check_skipped(root: Path, role: str, skipped: list[str], total: int) -> None:
