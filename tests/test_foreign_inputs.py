@@ -200,3 +200,15 @@ def test_an_empty_class_folder_keeps_its_class_number(tmp_path, image_folder):
     flat = data.load(str(image_folder), input_shape=(1, 3, 16, 16), preprocess=Preprocess(), count=None, seed=0,
                      role="validation")
     assert flat.class_names is None and flat.y is None and len(flat) == len(photos)
+
+
+def test_photos_in_a_symlinked_folder_are_read_and_a_symlink_loop_ends(tmp_path, image_folder):
+    """Path.rglob (Python < 3.13) did not enter a symlinked sub-folder: a class folder made of links to photo
+    folders read as empty."""
+    from edgepack.inputs import data
+
+    (tmp_path / "val" / "cat").mkdir(parents=True)
+    (tmp_path / "val" / "cat" / "shoot1").symlink_to(image_folder, target_is_directory=True)
+    (tmp_path / "val" / "cat" / "loop").symlink_to(tmp_path / "val", target_is_directory=True)
+    files, classes, labels = data._list_images(tmp_path / "val")
+    assert classes == ["cat"] and len([f for f in files if "shoot1" in f.parts]) == len(list(image_folder.iterdir()))

@@ -393,10 +393,27 @@ def _visible_files(folder: Path, recursive: bool) -> list[Path]:
     """Image files under ``folder`` (and its sub-folders when ``recursive``) whose path holds no hidden part, sorted.
     Other files (a YOLO label .txt beside its image, a dataset's README or annotations .json) are not images: they
     were sampled and skipped as unreadable, and a darknet-layout folder (half .txt) with --val-samples failed."""
-    found = folder.rglob("*") if recursive else folder.iterdir()
+    found = _walk(folder) if recursive else folder.iterdir()
     images = _image_suffixes()
     return sorted(f for f in found if f.is_file() and f.suffix.lower() in images
                   and not any(p.startswith(".") for p in f.relative_to(folder).parts))
+
+
+def _walk(folder: Path):
+    """Every path under ``folder``, through symlinked sub-folders too (as torchvision's ImageFolder reads them:
+    Path.rglob before Python 3.13 does not follow them, so a class folder of symlinked photo folders was empty),
+    each real folder once (a symlink loop ends)."""
+    import os
+
+    seen: set[str] = set()
+    for top, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()
+        yield from (Path(top) / name for name in (*dirs, *files))
 
 
 def _list_images(root: Path, role: str = "validation") -> tuple[list[Path], list[str] | None, list[int] | None]:
