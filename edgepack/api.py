@@ -223,6 +223,11 @@ def _data_warnings(ctx: BuildContext) -> None:
         if ds is not None and ds.skipped:
             ctx.warn(f"{role} data {ds.source}: skipped {len(ds.skipped)} unreadable file(s), e.g. "
                      f"{ds.skipped[0]}")
+    names = (ctx.val.class_names if ctx.val is not None and config.val else None) or []
+    if not config.labels and all(n.isdigit() for n in names) and names != sorted(names, key=int):
+        ctx.warn(f"validation class folders are numbers, and class i is the i-th in text order ({', '.join(names[:4])}"
+                 f", ...), as torchvision's ImageFolder and Keras number them; if folder k holds class k, pass "
+                 f"--labels with the lines {', '.join(sorted(names, key=int)[:4])}, ... to match them by name")
     if ctx.val is not None and ctx.val.empty_classes and config.val:
         numbered = "" if config.labels else " (they keep their class numbers: folders are classes in sorted order)"
         ctx.warn(f"validation folder {ctx.val.source}: class folder(s) {', '.join(ctx.val.empty_classes)} hold no "

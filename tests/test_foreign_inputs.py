@@ -212,3 +212,20 @@ def test_photos_in_a_symlinked_folder_are_read_and_a_symlink_loop_ends(tmp_path,
     (tmp_path / "val" / "cat" / "loop").symlink_to(tmp_path / "val", target_is_directory=True)
     files, classes, labels = data._list_images(tmp_path / "val")
     assert classes == ["cat"] and len([f for f in files if "shoot1" in f.parts]) == len(list(image_folder.iterdir()))
+
+
+def test_numbered_class_folders_are_said_to_be_numbered_as_text(tmp_path, image_folder):
+    """Folders 0 ... 10 are classes 0, 1, 10, 2, ... (ImageFolder's order); a model whose class k is folder k was
+    scored against the wrong classes without a word. --labels 0 ... 10 matches them by name."""
+    photo = next(image_folder.iterdir())
+    for k in range(11):
+        (tmp_path / "val" / str(k)).mkdir(parents=True)
+        (tmp_path / "val" / str(k) / photo.name).write_bytes(photo.read_bytes())
+    (tmp_path / "labels.txt").write_text("\n".join(map(str, range(11))))
+    said = "class folders are numbers"
+    for extra, warned in (([], True), (["--labels", str(tmp_path / "labels.txt")], False)):
+        res = CliRunner().invoke(main, ["build", "test_foreign_inputs:sized_cnn", "--num-classes", "11",
+                                        "--input-shape", "1,3,16,16", "--calib", str(image_folder), "--val",
+                                        str(tmp_path / "val"), *extra, "--out", str(tmp_path / f"b{len(extra)}"),
+                                        *FAST])
+        assert res.exit_code in (0, 1) and (said in res.output) == warned, res.output
