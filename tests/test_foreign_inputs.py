@@ -229,3 +229,17 @@ def test_numbered_class_folders_are_said_to_be_numbered_as_text(tmp_path, image_
                                         str(tmp_path / "val"), *extra, "--out", str(tmp_path / f"b{len(extra)}"),
                                         *FAST])
         assert res.exit_code in (0, 1) and (said in res.output) == warned, res.output
+
+
+def test_channels_last_npz_samples_are_told_to_transpose(tmp_path):
+    """(N, H, W, C) samples (as TensorFlow pipelines save them) were told to "resize the data or pass
+    --input-shape"."""
+    from edgepack.config import Preprocess
+    from edgepack.errors import InputError
+    from edgepack.inputs import data
+
+    np.savez(tmp_path / "v.npz", x=np.zeros((4, 24, 32, 3), np.float32))
+    with pytest.raises(InputError, match="channels-last") as err:
+        data.load(str(tmp_path / "v.npz"), input_shape=(1, 3, 24, 32), preprocess=Preprocess(), count=None, seed=0,
+                  role="validation")
+    assert "x.transpose(0, 3, 1, 2)" in err.value.hint

@@ -346,8 +346,11 @@ def _check_x(x: np.ndarray, input_shape: tuple[int, ...], where: str, keep_half:
         raise InputError(f"{where}: x has rank {x.ndim} (shape {list(x.shape)}), the model input has rank "
                          f"{len(input_shape)} ({list(input_shape)})", hint="x must be (N, C, H, W)")
     if tuple(x.shape[1:]) != tuple(input_shape[1:]):
+        channels_last = x.ndim == 4 and tuple(x.shape[1:]) == tuple(input_shape[i] for i in (2, 3, 1))
         raise InputError(f"{where}: samples have shape {list(x.shape[1:])}, the model input is "
-                         f"{list(input_shape[1:])}", hint="resize the data or pass --input-shape")
+                         f"{list(input_shape[1:])}" + (" (the data is channels-last, NHWC)" if channels_last else ""),
+                         hint="save it channels-first: numpy.savez(path, x=x.transpose(0, 3, 1, 2), ...)"
+                         if channels_last else "resize the data or pass --input-shape")
     if len(x) == 0:
         raise InputError(f"{where}: x holds no samples")
     if not np.isfinite(x).all():
