@@ -186,7 +186,8 @@ def _prepare(config: BuildConfig, target: targets.TargetProfile, workdir: Path, 
         raise InputError(mismatch[0], hint=mismatch[1])
     output_shapes = _output_shapes(model, kind, shape)
     task = _task(config, output_shapes, model, said)
-    num_outputs = output_shapes[0][-1] if task.name == "classify" and output_shapes else None
+    num_outputs = (tasks.score_count(output_shapes[0]) or output_shapes[0][-1]  # (N, C, 1, 1): C
+                   if task.name == "classify" and output_shapes else None)
     classes = num_outputs if num_outputs is not None else (   # what class names must number
         task.class_count(output_shapes) if hasattr(task, "class_count") else None)
     calib, val = _load_data(config, target, kind, shape, progress)

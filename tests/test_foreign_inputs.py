@@ -243,3 +243,35 @@ def test_channels_last_npz_samples_are_told_to_transpose(tmp_path):
         data.load(str(tmp_path / "v.npz"), input_shape=(1, 3, 24, 32), preprocess=Preprocess(), count=None, seed=0,
                   role="validation")
     assert "x.transpose(0, 3, 1, 2)" in err.value.hint
+
+
+def conv_head_classifier() -> onnx.ModelProto:
+    """SqueezeNet's head, as Caffe-converted and model-zoo files have it: 1x1 conv, global pool -> (1, 3, 1, 1)."""
+    w = numpy_helper.from_array(np.random.default_rng(0).normal(0, 0.5, (3, 3, 1, 1)).astype(np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("GlobalAveragePool", ["c"], ["scores"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 3, 1, 1])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 10
+    return model
+
+
+def test_class_scores_of_a_conv_head_are_classified_and_flattened(tmp_path, image_folder):
+    """(N, C, 1, 1) scores made the build generic: the labelled class folders and --labels were dropped without a
+    word (SQNR only), and --task classify refused the model."""
+    from edgepack import tasks
+
+    assert tasks.for_outputs([(1, 3, 1, 1)]).name == "classify" and tasks.score_count((1, 3, 1, 1)) == 3
+    assert tasks.for_outputs([(1, 3, 4, 4)]).name == "generic"
+    photos = sorted(image_folder.iterdir())
+    for k, name in enumerate(("ant", "bee", "cow")):
+        (tmp_path / "val" / name).mkdir(parents=True)
+        for f in photos[k::3]:
+            (tmp_path / "val" / name / f.name).write_bytes(f.read_bytes())
+    onnx.save(conv_head_classifier(), tmp_path / "zoo.onnx")
+    res = CliRunner().invoke(main, ["build", str(tmp_path / "zoo.onnx"), "--calib", str(image_folder), "--val",
+                                    str(tmp_path / "val"), "--out", str(tmp_path / "b"), *FAST])
+    assert res.exit_code in (0, 1) and "class scores are [1, 3, 1, 1]" in res.output, res.output
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["outputs"][0]["name"] == "scores" and manifest["outputs"][0]["shape"] == [1, 3]
+    assert manifest["validation"]["accuracy_fp32"] is not None and manifest["labels"] == ["ant", "bee", "cow"]

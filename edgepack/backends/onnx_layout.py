@@ -1,11 +1,15 @@
-"""A channels-last (NHWC) image input of a user's ONNX file, turned channels-first (NCHW) for the build.
+"""Layouts of a user's model the build changes: a channels-last (NHWC) image input turned channels-first (NCHW),
+and a classifier's (N, C, 1, 1) scores flattened to (N, C).
 
 tf2onnx writes a Keras model's image input as it was, (N, H, W, C), and its graph opens with a Transpose to NCHW.
 edgepack's image pipeline (photos, golden input, run.py, the TFLite conversion, which makes its own NHWC) feeds
 NCHW: such a file was refused with "input shape 1,224,224,3 has 224 channels" and a hint (--input-shape
 1,3,224,224) that then failed as "does not fit". The build puts a Transpose (NCHW -> NHWC) in front of the graph
 instead; onnxslim folds it into the model's own, so the shipped model takes NCHW (said in a warning and in the
-manifest's stages.onnx_source.input_layout_from)."""
+manifest's stages.onnx_source.input_layout_from). A 1x1-convolution head's class scores, (N, C, 1, 1) (SqueezeNet,
+Caffe-converted models), are flattened to (N, C) by a Flatten after the graph, under the output's own name
+(stages.scores_flattened_from in the manifest), so every classifier reaches validation, the TFLite converter and
+run.py as (N, C)."""
 
 from __future__ import annotations
 
@@ -76,3 +80,25 @@ def _unused_name(graph: Any, name: str) -> str:
     while name in taken:
         name += "_"
     return name
+
+
+def flatten_scores(path: Any) -> list[Any] | None:
+    """The ONNX file's first output, when it is (N, C, 1, 1), made (N, C) in place by a Flatten under the same
+    name; returns its shape before (None: nothing changed)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    out = model.graph.output[0]
+    dims = out.type.tensor_type.shape.dim
+    shape = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in dims]
+    if len(shape) != 4 or shape[2:] != [1, 1]:
+        return None
+    inner = _unused_name(model.graph, f"{out.name}_nc11")
+    for node in model.graph.node:
+        node.output[:] = [inner if o == out.name else o for o in node.output]
+        node.input[:] = [inner if i == out.name else i for i in node.input]  # another reader of the scores
+    model.graph.node.append(onnx.helper.make_node("Flatten", [inner], [out.name], axis=1,
+                                                  name="edgepack_flatten_scores"))
+    del dims[2:]
+    onnx.save(model, str(path))
+    return shape

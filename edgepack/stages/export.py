@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from edgepack.backends import onnx as onnx_backend
+from edgepack.backends import onnx_layout
 from edgepack.errors import InputError, StageError
 from edgepack.inputs.kinds import TFLITE_TEXT_OPSET
 from edgepack.inputs.model_checks import first_tensor
@@ -39,6 +40,7 @@ def run(ctx: BuildContext) -> None:
     else:
         ctx.progress("exporting to ONNX", 0, 1)
         _export(ctx, ctx.model.module, raw)
+    _flatten_scores(ctx, raw)
     guessed = _pinned_to_the_profile(ctx)
     try:
         ctx.progress("simplifying (onnxslim)", 0, 1)
@@ -56,8 +58,21 @@ def run(ctx: BuildContext) -> None:
         raw_u, final_u = ctx.workdir / "model_unpruned_raw.onnx", ctx.workdir / "model_unpruned_fp32.onnx"
         ctx.progress("exporting the unpruned model for comparison", 0, 1)
         _export(ctx, ctx.unpruned.module, raw_u)
+        if ctx.task.name == "classify":
+            onnx_layout.flatten_scores(raw_u)
         onnx_backend.simplify(raw_u, final_u)
         ctx.add(Artifact("onnx", "unpruned-fp32", final_u))
+
+
+def _flatten_scores(ctx: BuildContext, raw: Path) -> None:
+    """A classifier's (N, C, 1, 1) scores flattened to (N, C) (backends.onnx_layout), said in a warning."""
+    if ctx.task.name != "classify":
+        return
+    before = onnx_layout.flatten_scores(raw)
+    if before:
+        ctx.records["scores_flattened_from"] = before
+        ctx.warn(f"the model's class scores are {before}; the bundle's model gives them as [{before[0]}, {before[1]}] "
+                 "(a Flatten after the graph), as validation and run.py read them")
 
 
 def _say_transposed(ctx: BuildContext) -> None:
@@ -175,6 +190,8 @@ def check_parity(ctx: BuildContext, path) -> dict:
     x = rows(ctx.calib.x, 0, PARITY_SAMPLES)
     ref = _torch_outputs(ctx, x)
     got = onnx_backend.Runner(path, threads=1).run_samples(x)
+    if ref.shape != got.shape and ref.size == got.size:  # (N, C, 1, 1) scores, flattened by _flatten_scores
+        ref = ref.reshape(got.shape)
     result = onnx_backend.parity(ref, got)
     result["tolerance_relative"] = PARITY_RTOL
     result["samples"] = len(ref)
