@@ -204,6 +204,7 @@ def _prepare(config: BuildConfig, target: targets.TargetProfile, workdir: Path, 
         ctx.warn(f"{mismatch[0]}: the bundle's run.py reads photos with this channel order and will fail on them "
                  f"(the .npz data was used as given); {mismatch[1]}")
     _data_warnings(ctx)
+    _unused_labels(ctx)
     if not config.val:
         ctx.warn("no --val data: agreement is measured on the calibration samples, which flatters INT8")
     elif same:
@@ -233,6 +234,18 @@ def _data_warnings(ctx: BuildContext) -> None:
         numbered = "" if config.labels else " (they keep their class numbers: folders are classes in sorted order)"
         ctx.warn(f"validation folder {ctx.val.source}: class folder(s) {', '.join(ctx.val.empty_classes)} hold no "
                  f"images, so those classes are not validated{numbered}")
+
+
+def _unused_labels(ctx: BuildContext) -> None:
+    """A warning when labels were given to a build whose task judges no labels (generic: SQNR only): a model whose
+    scores came as (N, 1, C) was validated without its class folders' labels and without a word."""
+    labelled = ctx.config.val and ctx.val is not None and ctx.val.y is not None
+    if ctx.task.name != "generic" or not (labelled or ctx.config.labels):
+        return
+    given = " and ".join(filter(None, ["the validation labels" if labelled else "",
+                                       "--labels" if ctx.config.labels else ""]))
+    ctx.warn(f"{given} are not used: the task is generic (every output judged by its SQNR against FP32); "
+             "--task classify judges a first output of (N, C) or (N, C, 1, 1) class scores by its accuracy")
 
 
 def _torchvision_detector(model: sources.LoadedModel, shape: tuple[int, ...]) -> str | None:

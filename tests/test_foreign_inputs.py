@@ -275,3 +275,21 @@ def test_class_scores_of_a_conv_head_are_classified_and_flattened(tmp_path, imag
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
     assert manifest["outputs"][0]["name"] == "scores" and manifest["outputs"][0]["shape"] == [1, 3]
     assert manifest["validation"]["accuracy_fp32"] is not None and manifest["labels"] == ["ant", "bee", "cow"]
+
+
+def test_labels_a_generic_build_cannot_use_are_said_to_be_unused(tmp_path, image_folder):
+    """Scores shaped (1, 1, C) make the build generic: its class folders' labels and --labels were ignored without a
+    word."""
+    model = conv_head_classifier()
+    model.graph.initializer.append(numpy_helper.from_array(np.array([1, 1, 3], np.int64), "shape"))
+    model.graph.node.append(helper.make_node("Reshape", ["scores", "shape"], ["flat"]))
+    del model.graph.output[:]
+    model.graph.output.append(helper.make_tensor_value_info("flat", TensorProto.FLOAT, [1, 1, 3]))
+    onnx.save(model, tmp_path / "m.onnx")
+    photos = sorted(image_folder.iterdir())
+    for k, name in enumerate(("ant", "bee", "cow")):
+        (tmp_path / "val" / name).mkdir(parents=True)
+        (tmp_path / "val" / name / photos[k].name).write_bytes(photos[k].read_bytes())
+    res = CliRunner().invoke(main, ["build", str(tmp_path / "m.onnx"), "--calib", str(image_folder), "--val",
+                                    str(tmp_path / "val"), "--out", str(tmp_path / "b"), *FAST])
+    assert res.exit_code in (0, 1) and "the validation labels are not used: the task is generic" in res.output
