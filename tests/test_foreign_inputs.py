@@ -293,3 +293,22 @@ def test_labels_a_generic_build_cannot_use_are_said_to_be_unused(tmp_path, image
     res = CliRunner().invoke(main, ["build", str(tmp_path / "m.onnx"), "--calib", str(image_folder), "--val",
                                     str(tmp_path / "val"), "--out", str(tmp_path / "b"), *FAST])
     assert res.exit_code in (0, 1) and "the validation labels are not used: the task is generic" in res.output
+
+
+def test_a_long_strip_is_not_resized_whole(tmp_path, monkeypatch):
+    """A 4,000 x 1 PNG (12 kB) was resized whole to 1,024,000 x 256 pixels (1 GB) for a 224 px input; a longer one
+    ran the machine out of memory. The bundle's run.py reads it as the build does."""
+    from PIL import Image
+
+    from edgepack.bundle.templates import run as runner
+    from edgepack.config import Preprocess
+    from edgepack.inputs import data
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (1, 4000, 3), dtype=np.uint8)).save(tmp_path / "s.png")
+    made, resize = [], Image.Image.resize
+    monkeypatch.setattr(Image.Image, "resize", lambda im, size, *a, **k: made.append(size) or resize(im, size, *a, **k))
+    pixels = data.image_pixels(tmp_path / "s.png", (1, 3, 224, 224), Preprocess(mean=(0.0,) * 3, std=(1.0,) * 3))
+    assert max(w * h for w, h in made) <= data.MAX_RESIZED_PIXELS
+    pre = {"crop": None, "resize": None, "channel_order": "RGB", "scale": 1.0, "mean": [0.0] * 3, "std": [1.0] * 3}
+    x, _ = runner.load_image(tmp_path / "s.png", pre, [1, 3, 224, 224])
+    np.testing.assert_array_equal(x[0].transpose(1, 2, 0), pixels)

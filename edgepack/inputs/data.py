@@ -34,6 +34,11 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".ti
 MAX_SKIPPED_FRACTION = 0.5
 MAX_ABS_INPUT = 1e6      # |x| beyond this is not a preprocessed input (16-bit pixels are 65,535 at most)
 MAX_LABEL = 2**31 - 1    # a class index, not a number from somewhere else
+#: a short-side resize bigger than this (pixels) resizes only the centre crop's region (Pillow's resize box): a
+#: 4,000 x 1 strip (a 12 kB PNG) was scaled whole to 1,024,000 x 256 (1 GB) for a 224 px input, and a longer
+#: one ran the machine out of memory. Photos never come near it (a 10:1 panorama at 585 px: 3.4 MP), so their
+#: pixels stay those of the whole-image resize; the box's differ by about one 8-bit step.
+MAX_RESIZED_PIXELS = 16_000_000
 
 
 @dataclass
@@ -547,6 +552,22 @@ def crop_window(height: int, width: int, crop: int | None, resize: int | None) -
     return (crop_w, crop_h), resize or int(round(crop_h / 0.875))
 
 
+def _resize_crop(img, crop: tuple[int, int], resize: int):
+    """Short side resized (``resize`` pixels for the crop's aspect ratio), then the centre ``crop`` (width,
+    height) cut out; above MAX_RESIZED_PIXELS only the crop's region is resized. The bundle's run.py does the same."""
+    from PIL import Image
+
+    (crop_w, crop_h), (w, h) = crop, img.size
+    scale = max(resize * crop_w / crop_h / w, resize / h)
+    rw, rh = max(crop_w, round(w * scale)), max(crop_h, round(h * scale))
+    left, top = (rw - crop_w) // 2, (rh - crop_h) // 2
+    if rw * rh > MAX_RESIZED_PIXELS:
+        fx, fy = w / rw, h / rh
+        return img.resize(crop, Image.Resampling.BILINEAR,
+                          box=(left * fx, top * fy, (left + crop_w) * fx, (top + crop_h) * fy))
+    return img.resize((rw, rh), Image.Resampling.BILINEAR).crop((left, top, left + crop_w, top + crop_h))
+
+
 def image_pixels(path: Path, input_shape: tuple[int, ...], pre: Preprocess) -> np.ndarray:
     """Decode with Pillow, resize the short side, centre crop -> (H, W, C) uint8 in the model's channel order."""
     from PIL import Image, ImageOps, UnidentifiedImageError
@@ -558,11 +579,7 @@ def image_pixels(path: Path, input_shape: tuple[int, ...], pre: Preprocess) -> n
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = upright(img, ImageOps)
             img = _eight_bit(img).convert("L" if pre.channel_order == "L" else "RGB")
-            scale = max(resize * crop_w / crop_h / img.size[0], resize / img.size[1])
-            img = img.resize((max(crop_w, round(img.size[0] * scale)), max(crop_h, round(img.size[1] * scale))),
-                             Image.Resampling.BILINEAR)
-            left, top = (img.size[0] - crop_w) // 2, (img.size[1] - crop_h) // 2
-            img = img.crop((left, top, left + crop_w, top + crop_h))
+            img = _resize_crop(img, (crop_w, crop_h), resize)
             if (crop_w, crop_h) != (width, height):
                 img = img.resize((width, height), Image.Resampling.BILINEAR)
             arr = np.asarray(img, dtype=np.uint8)

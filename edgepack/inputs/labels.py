@@ -73,9 +73,15 @@ def transform_mask(mask: np.ndarray, geo: Geometry) -> np.ndarray:
     """An (H, W) index mask through the image's geometry, nearest neighbour (class ids never blend)."""
     from PIL import Image
 
+    from edgepack.inputs.data import MAX_RESIZED_PIXELS
+
     img = Image.fromarray(np.asarray(mask, np.uint8))
-    img = img.resize(geo.resized, Image.Resampling.NEAREST)
-    img = img.crop((geo.left, geo.top, geo.left + geo.crop[0], geo.top + geo.crop[1]))
+    if geo.resized[0] * geo.resized[1] > MAX_RESIZED_PIXELS:  # the crop's region only, as data._resize_crop does
+        box = (geo.left / geo.sx, geo.top / geo.sy, (geo.left + geo.crop[0]) / geo.sx, (geo.top + geo.crop[1]) / geo.sy)
+        img = img.resize(geo.crop, Image.Resampling.NEAREST, box=box)
+    else:
+        img = img.resize(geo.resized, Image.Resampling.NEAREST)
+        img = img.crop((geo.left, geo.top, geo.left + geo.crop[0], geo.top + geo.crop[1]))
     if geo.crop != geo.out:
         img = img.resize(geo.out, Image.Resampling.NEAREST)
     return np.asarray(img, dtype=np.int64)

@@ -43,6 +43,9 @@ sys.dont_write_bytecode = True  # no __pycache__ in the bundle: `edgepack verify
 # --- inputs: a feed is {input name: array}; image bundles have one input, "input" ---------------------------
 
 
+MAX_RESIZED_PIXELS = 16_000_000  # edgepack's data.MAX_RESIZED_PIXELS
+
+
 def _window(pre, shape):
     """(crop width, crop height, short-side resize) for a model input (N, C, H, W): edgepack's data.crop_window."""
     height, width = int(shape[-2]), int(shape[-1])
@@ -81,10 +84,14 @@ def load_image(path, pre, shape):
         img = _eight_bit(img).convert("L" if pre["channel_order"] == "L" else "RGB")
         size = img.size
         scale = max(resize * crop_w / crop_h / img.size[0], resize / img.size[1])
-        img = img.resize((max(crop_w, round(img.size[0] * scale)), max(crop_h, round(img.size[1] * scale))),
-                         Image.Resampling.BILINEAR)
-        left, top = (img.size[0] - crop_w) // 2, (img.size[1] - crop_h) // 2
-        img = img.crop((left, top, left + crop_w, top + crop_h))
+        rw, rh = max(crop_w, round(img.size[0] * scale)), max(crop_h, round(img.size[1] * scale))
+        left, top = (rw - crop_w) // 2, (rh - crop_h) // 2
+        if rw * rh > MAX_RESIZED_PIXELS:  # a 1 x 4,000 strip: only the crop's region (edgepack's data._resize_crop)
+            fx, fy = size[0] / rw, size[1] / rh
+            img = img.resize((crop_w, crop_h), Image.Resampling.BILINEAR,
+                             box=(left * fx, top * fy, (left + crop_w) * fx, (top + crop_h) * fy))
+        else:
+            img = img.resize((rw, rh), Image.Resampling.BILINEAR).crop((left, top, left + crop_w, top + crop_h))
         if (crop_w, crop_h) != (width, height):
             img = img.resize((width, height), Image.Resampling.BILINEAR)
         arr = np.asarray(img, dtype=np.float32)
