@@ -312,3 +312,20 @@ def test_a_long_strip_is_not_resized_whole(tmp_path, monkeypatch):
     pre = {"crop": None, "resize": None, "channel_order": "RGB", "scale": 1.0, "mean": [0.0] * 3, "std": [1.0] * 3}
     x, _ = runner.load_image(tmp_path / "s.png", pre, [1, 3, 224, 224])
     np.testing.assert_array_equal(x[0].transpose(1, 2, 0), pixels)
+
+
+def test_an_onnx_file_with_external_weights_loads(tmp_path):
+    """model.onnx + model.onnx.data (torch's dynamo exporter, files over 2 GB) was "not a valid ONNX model ... should
+    be stored in model.onnx.data, but it doesn't exist": the checker was given the proto without its folder."""
+    from edgepack.errors import InputError
+    from edgepack.inputs import sources
+    from edgepack.util import sha256_file
+
+    onnx.save_model(nhwc_classifier(), tmp_path / "m.onnx", save_as_external_data=True, location="m.onnx.data",
+                    size_threshold=0)
+    loaded = sources.load(str(tmp_path / "m.onnx"))
+    assert loaded.kind == "onnx" and loaded.weights_sha256 == sha256_file(tmp_path / "m.onnx.data")
+    (tmp_path / "m.onnx.data").rename(tmp_path / "elsewhere.data")
+    with pytest.raises(InputError) as err:
+        sources.load(str(tmp_path / "m.onnx"))
+    assert "put m.onnx.data in" in err.value.hint

@@ -204,13 +204,29 @@ def _onnx(path: Path) -> LoadedModel:
         raise InputError(f"{path} is not a valid ONNX model ({type(exc).__name__}: {str(exc)[:200]})",
                          hint="re-export the model; a truncated download is the usual cause") from None
     model_checks.check_onnx(model, path)  # too new for this onnxruntime, custom ops, no outputs: said plainly
-    try:
-        onnx.checker.check_model(model)
+    try:  # by path: weights saved as external data beside the file (model.onnx.data) are found from its folder
+        onnx.checker.check_model(str(path))
     except Exception as exc:  # ValidationError, ...
+        external = sorted({e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"})
+        missing = [f for f in external if not (path.parent / f).is_file()]
         raise InputError(f"{path} is not a valid ONNX model ({type(exc).__name__}: {str(exc)[:200]})",
-                         hint="re-export the model; a truncated download is the usual cause") from None
+                         hint=f"its weights are saved beside it as external data: put {', '.join(missing)} in "
+                              f"{path.parent}" if missing else
+                              "re-export the model; a truncated download is the usual cause") from None
     model_checks.check_session(path)
-    return LoadedModel(spec=str(path), kind="onnx", name=path.stem, onnx_path=path, sha256=sha256_file(path))
+    return LoadedModel(spec=str(path), kind="onnx", name=path.stem, onnx_path=path, sha256=sha256_file(path),
+                       weights_sha256=_external_data_sha256(model, path))
+
+
+def _external_data_sha256(model: Any, path: Path) -> str | None:
+    """sha256 of the weights an ONNX file keeps beside it (external data; the digests of each file, in name order,
+    hashed when there are several), so the manifest's digests cover them; None when it keeps none."""
+    import hashlib
+
+    files = sorted({e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"})
+    digests = [sha256_file(path.parent / f) for f in files]
+    return None if not digests else digests[0] if len(digests) == 1 else \
+        hashlib.sha256("".join(digests).encode()).hexdigest()
 
 
 def _torch_zip_check(path: Path, what: str) -> None:
