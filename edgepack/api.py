@@ -175,7 +175,10 @@ def _prepare(config: BuildConfig, target: targets.TargetProfile, workdir: Path, 
         from edgepack.backends import onnx_layout
 
         fixed = onnx_backend.input_shape(model.onnx_path)
-        onnx_inputs = onnx_layout.as_built(onnx_backend.io_details(model.onnx_path)["inputs"])  # NHWC as NCHW
+        onnx_inputs = onnx_backend.io_details(model.onnx_path)["inputs"]
+        if kinds.reads_photos(config) and onnx_layout.as_built(onnx_inputs) != onnx_inputs:  # NHWC, fed NCHW
+            onnx_inputs = onnx_layout.as_built(onnx_inputs)
+            fixed = tuple(onnx_layout.nchw(fixed)) if fixed else None
     kind = kinds.for_model(model, config, target, onnx_inputs)
     kind.check(onnx_inputs)
     shape = kind.input_shape(fixed)

@@ -329,3 +329,13 @@ def test_an_onnx_file_with_external_weights_loads(tmp_path):
     with pytest.raises(InputError) as err:
         sources.load(str(tmp_path / "m.onnx"))
     assert "put m.onnx.data in" in err.value.hint
+
+
+def test_an_nhwc_onnx_file_with_nhwc_npz_samples_keeps_its_layout(tmp_path):
+    """Samples saved as the file takes them, (N, H, W, 3), still build as they did: nothing is transposed."""
+    onnx.save(nhwc_classifier(), tmp_path / "keras.onnx")
+    np.savez(tmp_path / "c.npz", x=np.random.default_rng(0).normal(size=(16, 32, 32, 3)).astype(np.float32))
+    res = CliRunner().invoke(main, ["build", str(tmp_path / "keras.onnx"), "--calib", str(tmp_path / "c.npz"),
+                                    "--out", str(tmp_path / "b"), *FAST])
+    assert res.exit_code in (0, 1) and "channels-last" not in res.output, res.output
+    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["inputs"][0]["shape"] == [1, 32, 32, 3]

@@ -174,8 +174,8 @@ def prepare_source(src: Path, dst: Path, *, input_shape: tuple[int, ...], opset:
     done: dict = {"pinned_dims": [], "opset_from": None, "opset_to": None}
     inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
     first = _describe(inputs[:1], set())
-    if len(inputs) == 1 and not input_shapes and onnx_layout.is_nhwc_image(first[0]["shape"], first[0]["dtype"]):
-        # an NHWC image input (tf2onnx): made NCHW, as every image feed is
+    if len(inputs) == 1 and not input_shapes and onnx_layout.fed_nchw(first[0], input_shape):
+        # an NHWC image input (tf2onnx) the build feeds NCHW (photos): made NCHW
         done["input_layout_from"] = {"layout": "NHWC", "shape": onnx_layout.front_transpose(model, inputs[0])}
     dims = inputs[0].type.tensor_type.shape.dim if len(inputs) == 1 and not input_shapes else []
     if len(dims) == len(input_shape):
@@ -388,9 +388,8 @@ def _describe(values: Any, init: set[str]) -> list[dict]:
 def input_shape(path: Path) -> tuple[int, ...] | None:
     """The fixed input shape of an ONNX model, with a symbolic batch dimension taken as 1 (what
     `torch.onnx.export(dynamic_axes={"input": {0: "batch"}})` writes: the file still fixes C, H and W, which
-    the build must use, not the profile's 224 px); None when another dimension is symbolic. An NHWC image input
-    is given NCHW, as the build feeds it (prepare_source turns it so)."""
-    shape = list(onnx_layout.as_built(io_details(path)["inputs"])[0]["shape"])
+    the build must use, not the profile's 224 px); None when another dimension is symbolic."""
+    shape = list(io_details(path)["inputs"][0]["shape"])
     if len(shape) > 1 and not (isinstance(shape[0], int) and shape[0] > 0):
         shape[0] = 1
     return tuple(shape) if all(isinstance(d, int) and d > 0 for d in shape) else None

@@ -4,9 +4,10 @@ and a classifier's (N, C, 1, 1) scores flattened to (N, C).
 tf2onnx writes a Keras model's image input as it was, (N, H, W, C), and its graph opens with a Transpose to NCHW.
 edgepack's image pipeline (photos, golden input, run.py, the TFLite conversion, which makes its own NHWC) feeds
 NCHW: such a file was refused with "input shape 1,224,224,3 has 224 channels" and a hint (--input-shape
-1,3,224,224) that then failed as "does not fit". The build puts a Transpose (NCHW -> NHWC) in front of the graph
-instead; onnxslim folds it into the model's own, so the shipped model takes NCHW (said in a warning and in the
-manifest's stages.onnx_source.input_layout_from). A 1x1-convolution head's class scores, (N, C, 1, 1) (SqueezeNet,
+1,3,224,224) that then failed as "does not fit". When the build reads photos it puts a Transpose (NCHW -> NHWC) in
+front of the graph instead (an .npz of NHWC samples keeps the file's layout, as before); onnxslim folds it into the
+model's own, so the shipped model takes NCHW (said in a warning and in the manifest's
+stages.onnx_source.input_layout_from). A 1x1-convolution head's class scores, (N, C, 1, 1) (SqueezeNet,
 Caffe-converted models), are flattened to (N, C) by a Flatten after the graph, under the output's own name
 (stages.scores_flattened_from in the manifest), so every classifier reaches validation, the TFLite converter and
 run.py as (N, C)."""
@@ -39,6 +40,14 @@ def as_built(inputs: list[dict]) -> list[dict]:
     if len(inputs) == 1 and is_nhwc_image(inputs[0]["shape"], inputs[0]["dtype"]):
         return [{**inputs[0], "shape": nchw(inputs[0]["shape"]), "layout": "NCHW"}]
     return inputs
+
+
+def fed_nchw(spec: dict, input_shape: tuple[int, ...] | list[int]) -> bool:
+    """Whether an NHWC image input (``spec``: an io_details row) is to be made NCHW: the build's ``input_shape`` is
+    channels-first (it reads photos; an .npz of NHWC samples keeps the file's own layout)."""
+    shape = spec["shape"]
+    return (is_nhwc_image(shape, spec["dtype"]) and len(input_shape) == 4
+            and int(input_shape[1]) == shape[3] and int(input_shape[3]) != shape[3])
 
 
 def front_transpose(model: Any, value: Any) -> list[Any]:
