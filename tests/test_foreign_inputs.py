@@ -339,3 +339,20 @@ def test_an_nhwc_onnx_file_with_nhwc_npz_samples_keeps_its_layout(tmp_path):
                                     "--out", str(tmp_path / "b"), *FAST])
     assert res.exit_code in (0, 1) and "channels-last" not in res.output, res.output
     assert json.loads((tmp_path / "b" / "manifest.json").read_text())["inputs"][0]["shape"] == [1, 32, 32, 3]
+
+
+def test_documents_and_videos_beside_photos_are_not_read_as_photos(tmp_path, image_folder):
+    """Pillow registers .pdf (save only), .mpg (a stub) and .h5: they were listed as photos, skipped as unreadable,
+    and 4 of them beside 3 photos failed the folder ("not readable images")."""
+    from edgepack.config import Preprocess
+    from edgepack.inputs import data
+
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for f in sorted(image_folder.iterdir())[:3]:
+        (mixed / f.name).write_bytes(f.read_bytes())
+    for name in ("README.pdf", "clip.mpg", "clip2.MPEG", "model.h5"):
+        (mixed / name).write_bytes(b"not a photo")
+    ds = data.load(str(mixed), input_shape=(1, 3, 16, 16), preprocess=Preprocess(), count=None, seed=0,
+                   role="calibration")
+    assert len(ds) == 3 and not ds.skipped

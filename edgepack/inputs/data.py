@@ -388,13 +388,21 @@ def _check_y(y: np.ndarray | None, n: int, where: str) -> np.ndarray | None:
     return y.astype(np.int64)
 
 
+#: endings Pillow registers that are no picture it can decode here: save-only formats (PDF, Palm), stubs that need
+#: a handler (HDF5, BUFR, GRIB, Windows metafiles), MPEG video, and PostScript (Ghostscript). A photo folder's
+#: README.pdf, video clips or a Keras .h5 were listed as photos, then skipped as unreadable and counted against
+#: MAX_SKIPPED_FRACTION (3 photos beside 4 clips: "not readable images")
+NOT_PICTURES = frozenset({".pdf", ".palm", ".h5", ".hdf", ".bufr", ".grib", ".wmf", ".emf", ".mpeg", ".mpg", ".eps",
+                          ".ps"})
+
+
 @functools.lru_cache(maxsize=1)
 def _image_suffixes() -> frozenset[str]:
-    """File name endings Pillow opens (and IMAGE_SUFFIXES)."""
+    """File name endings Pillow opens (and IMAGE_SUFFIXES), bar NOT_PICTURES."""
     from PIL import Image
 
     Image.init()
-    return frozenset(IMAGE_SUFFIXES) | frozenset(s.lower() for s in Image.registered_extensions())
+    return (frozenset(IMAGE_SUFFIXES) | frozenset(s.lower() for s in Image.registered_extensions())) - NOT_PICTURES
 
 
 def _visible_files(folder: Path, recursive: bool) -> list[Path]:
