@@ -341,6 +341,15 @@ def test_an_nhwc_onnx_file_with_nhwc_npz_samples_keeps_its_layout(tmp_path):
     assert json.loads((tmp_path / "b" / "manifest.json").read_text())["inputs"][0]["shape"] == [1, 32, 32, 3]
 
 
+def test_run_py_top_must_be_a_count(nhwc_bundle):
+    """--top -1 printed every class but the last (a Python slice), --top 0 nothing, both with exit 0."""
+    bundle, _ = nhwc_bundle
+    photo = sorted((ROOT / "calibration_data" / "images").glob("*.jpg"))[0]
+    proc = subprocess.run([sys.executable, str(bundle / "run.py"), str(photo), "--top", "-1"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "--top -1" in proc.stderr and not proc.stdout
+
+
 def test_documents_and_videos_beside_photos_are_not_read_as_photos(tmp_path, image_folder):
     """Pillow registers .pdf (save only), .mpg (a stub) and .h5: they were listed as photos, skipped as unreadable,
     and 4 of them beside 3 photos failed the folder ("not readable images")."""

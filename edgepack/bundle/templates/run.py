@@ -633,6 +633,8 @@ def main():
     args = parser.parse_args()
     if not 0 <= getattr(args, "score_threshold", 0) <= 1:
         parser.error(f"--score-threshold {args.score_threshold:g} is not a score: scores are 0-1")
+    if args.top < 1:  # --top 0 printed nothing, --top -1 every class but the last (a slice)
+        parser.error(f"--top {args.top}: give how many classes to print, 1 or more")
     if args.batch and not args.out:
         parser.error("--batch needs --out")
     if (args.all_outputs or args.out) and not (args.batch or args.input or args.file):
