@@ -193,6 +193,8 @@ def test_an_empty_class_folder_keeps_its_class_number(tmp_path, image_folder):
         (tmp_path / "val" / name).mkdir(parents=True)
         for f in picked:
             (tmp_path / "val" / name / f.name).write_bytes(f.read_bytes())
+    (tmp_path / "val" / "annotations").mkdir()  # other files only: no class
+    (tmp_path / "val" / "annotations" / "boxes.json").write_text("{}")
     ds = data.load(str(tmp_path / "val"), input_shape=(1, 3, 16, 16), preprocess=Preprocess(), count=None, seed=0,
                    role="validation")
     assert ds.class_names == ["a", "b", "c"] and ds.y.tolist() == [0, 0, 2] and ds.empty_classes == ["b"]

@@ -415,6 +415,11 @@ def _visible_files(folder: Path, recursive: bool) -> list[Path]:
                   and not any(p.startswith(".") for p in f.relative_to(folder).parts))
 
 
+def _holds_files(folder: Path) -> bool:
+    """Whether any file that is not hidden lies under ``folder``."""
+    return any(f.is_file() and not any(p.startswith(".") for p in f.relative_to(folder).parts) for f in _walk(folder))
+
+
 def _walk(folder: Path):
     """Every path under ``folder``, through symlinked sub-folders too (as torchvision's ImageFolder reads them:
     Path.rglob before Python 3.13 does not follow them, so a class folder of symlinked photo folders was empty),
@@ -439,9 +444,11 @@ def _list_images(root: Path, role: str = "validation") -> tuple[list[Path], list
     thumbnails). A calibration set needs no labels, so it reads every image of such a tree; any other set is refused
     with the question it raises. Every class sub-folder is a class, in sorted order as torchvision's ImageFolder
     numbers them, an empty one too (Dataset.empty_classes): dropping it moved every later folder down one class
-    (a/, b/ empty, c/: c scored as class 1) and a 3-class model was told the folder "has 2 class folders"."""
+    (a/, b/ empty, c/: c scored as class 1) and a 3-class model was told the folder "has 2 class folders". A
+    sub-folder of other files only (annotations/, labels/) is no class."""
     subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     within = {d.name: _visible_files(d, recursive=True) for d in subdirs}
+    within = {name: found for name, found in within.items() if found or not _holds_files(root / name)}
     classes = [name for name, found in within.items() if found]
     loose = _visible_files(root, recursive=False)
     if classes and loose and role == "calibration":  # every image of the tree, as one sorted listing
