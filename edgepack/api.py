@@ -172,9 +172,13 @@ def _prepare(config: BuildConfig, target: targets.TargetProfile, workdir: Path, 
     fixed, onnx_inputs = model.input_shape, None
     if model.kind == "onnx":
         from edgepack.backends import onnx as onnx_backend
+        from edgepack.backends import onnx_layout
 
         fixed = onnx_backend.input_shape(model.onnx_path)
         onnx_inputs = onnx_backend.io_details(model.onnx_path)["inputs"]
+        if kinds.reads_photos(config) and onnx_layout.as_built(onnx_inputs) != onnx_inputs:  # NHWC, fed NCHW
+            onnx_inputs = onnx_layout.as_built(onnx_inputs)
+            fixed = tuple(onnx_layout.nchw(fixed)) if fixed else None
     kind = kinds.for_model(model, config, target, onnx_inputs)
     kind.check(onnx_inputs)
     shape = kind.input_shape(fixed)
@@ -185,7 +189,8 @@ def _prepare(config: BuildConfig, target: targets.TargetProfile, workdir: Path, 
         raise InputError(mismatch[0], hint=mismatch[1])
     output_shapes = _output_shapes(model, kind, shape)
     task = _task(config, output_shapes, model, said)
-    num_outputs = output_shapes[0][-1] if task.name == "classify" and output_shapes else None
+    num_outputs = (tasks.score_count(output_shapes[0]) or output_shapes[0][-1]  # (N, C, 1, 1): C
+                   if task.name == "classify" and output_shapes else None)
     classes = num_outputs if num_outputs is not None else (   # what class names must number
         task.class_count(output_shapes) if hasattr(task, "class_count") else None)
     calib, val = _load_data(config, target, kind, shape, progress)
@@ -202,6 +207,7 @@ def _prepare(config: BuildConfig, target: targets.TargetProfile, workdir: Path, 
         ctx.warn(f"{mismatch[0]}: the bundle's run.py reads photos with this channel order and will fail on them "
                  f"(the .npz data was used as given); {mismatch[1]}")
     _data_warnings(ctx)
+    _unused_labels(ctx)
     if not config.val:
         ctx.warn("no --val data: agreement is measured on the calibration samples, which flatters INT8")
     elif same:
@@ -222,6 +228,27 @@ def _data_warnings(ctx: BuildContext) -> None:
         if ds is not None and ds.skipped:
             ctx.warn(f"{role} data {ds.source}: skipped {len(ds.skipped)} unreadable file(s), e.g. "
                      f"{ds.skipped[0]}")
+    names = (ctx.val.class_names if ctx.val is not None and config.val else None) or []
+    if not config.labels and all(n.isdigit() for n in names) and names != sorted(names, key=int):
+        ctx.warn(f"validation class folders are numbers, and class i is the i-th in text order ({', '.join(names[:4])}"
+                 f", ...), as torchvision's ImageFolder and Keras number them; if folder k holds class k, pass "
+                 f"--labels with the lines {', '.join(sorted(names, key=int)[:4])}, ... to match them by name")
+    if ctx.val is not None and ctx.val.empty_classes and config.val:
+        numbered = "" if config.labels else " (they keep their class numbers: folders are classes in sorted order)"
+        ctx.warn(f"validation folder {ctx.val.source}: class folder(s) {', '.join(ctx.val.empty_classes)} hold no "
+                 f"images, so those classes are not validated{numbered}")
+
+
+def _unused_labels(ctx: BuildContext) -> None:
+    """A warning when labels were given to a build whose task judges no labels (generic: SQNR only): a model whose
+    scores came as (N, 1, C) was validated without its class folders' labels and without a word."""
+    labelled = ctx.config.val and ctx.val is not None and ctx.val.y is not None
+    if ctx.task.name != "generic" or not (labelled or ctx.config.labels):
+        return
+    given = " and ".join(filter(None, ["the validation labels" if labelled else "",
+                                       "--labels" if ctx.config.labels else ""]))
+    ctx.warn(f"{given} are not used: the task is generic (every output judged by its SQNR against FP32); "
+             "--task classify judges a first output of (N, C) or (N, C, 1, 1) class scores by its accuracy")
 
 
 def _torchvision_detector(model: sources.LoadedModel, shape: tuple[int, ...]) -> str | None:

@@ -143,7 +143,8 @@ class BuildConfig:
     max_length: int | None = spec("text models: fixed sequence length, tokens (default: the tokenizer's, else 128)",
                                   None, ge=1, le=8192)
     weights: str | None = spec("state dict for torchvision/factory models (loaded with weights_only=True)", None)
-    num_classes: int | None = spec("classifier size for torchvision models", None, ge=1, le=100000)
+    num_classes: int | None = spec("classifier size for torchvision models, and for factories that take "
+                                   "num_classes (passed to them)", None, ge=1, le=100000)
     input_shape: tuple[int, ...] | None = spec("model input shape, e.g. [1, 3, 224, 224] (default: profile)", None,
                                                ge=1, le=8192)
     labels: str | None = spec("text file with one class name per line", None)
@@ -237,10 +238,11 @@ def _check_preprocess(pre: Preprocess, where: str) -> None:
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
-    """Read a --config file into a dict (no code is ever executed from it)."""
+    """Read a --config file into a dict (no code is ever executed from it). utf-8-sig: a file Windows Notepad saved
+    (with a byte-order mark) was "not valid TOML (Invalid statement (at line 1, column 1))"."""
     path = Path(path)
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise InputError(f"config file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as exc:

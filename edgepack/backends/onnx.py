@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from edgepack.backends import onnx_layout
 from edgepack.backends.base import all_samples
 from edgepack.errors import InputError, StageError
 
@@ -163,14 +164,19 @@ def prepare_source(src: Path, dst: Path, *, input_shape: tuple[int, ...], opset:
                    input_shapes: dict[str, tuple[int, ...]] | None = None) -> dict:
     """A user's ONNX file made ready for INT8: symbolic input dimensions pinned to ``input_shape`` (the build's
     --input-shape; dynamic NCHW detectors such as PP-OCR's DBNet have them), or for several inputs to
-    ``input_shapes`` by name (batch 1 where it does not say), and an opset below MIN_QDQ_OPSET
-    converted up to ``opset`` (the profile's). Returns what was changed, for the manifest."""
+    ``input_shapes`` by name (batch 1 where it does not say), an NHWC image input made NCHW (onnx_layout), and
+    an opset below MIN_QDQ_OPSET converted up to ``opset`` (the profile's). Returns what was changed, for the
+    manifest."""
     import onnx
     import onnx.version_converter
 
     model = onnx.load(str(src))
     done: dict = {"pinned_dims": [], "opset_from": None, "opset_to": None}
     inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    first = _describe(inputs[:1], set())
+    if len(inputs) == 1 and not input_shapes and onnx_layout.fed_nchw(first[0], input_shape):
+        # an NHWC image input (tf2onnx) the build feeds NCHW (photos): made NCHW
+        done["input_layout_from"] = {"layout": "NHWC", "shape": onnx_layout.front_transpose(model, inputs[0])}
     dims = inputs[0].type.tensor_type.shape.dim if len(inputs) == 1 and not input_shapes else []
     if len(dims) == len(input_shape):
         for i, (d, want) in enumerate(zip(dims, input_shape, strict=True)):
@@ -359,20 +365,24 @@ def io_details(path: Path) -> dict:
 
     model = onnx.load(str(path), load_external_data=False)
     init = {i.name for i in model.graph.initializer}
+    return {"inputs": _describe(model.graph.input, init), "outputs": _describe(model.graph.output, init)}
 
-    def describe(values: Any) -> list[dict]:
-        rows = []
-        for v in values:
-            if v.name in init:
-                continue
-            t = v.type.tensor_type
-            shape = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in t.shape.dim]
-            rows.append({"name": v.name, "shape": shape,
-                         "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name,
-                         "layout": "NCHW" if len(shape) == 4 else None, "quantization": None})
-        return rows
 
-    return {"inputs": describe(model.graph.input), "outputs": describe(model.graph.output)}
+def _describe(values: Any, init: set[str]) -> list[dict]:
+    """Name, shape (ints; names for symbolic dimensions), numpy dtype name of graph inputs or outputs, bar
+    initializers (``init``)."""
+    import onnx
+
+    rows = []
+    for v in values:
+        if v.name in init:
+            continue
+        t = v.type.tensor_type
+        shape = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in t.shape.dim]
+        rows.append({"name": v.name, "shape": shape,
+                     "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name,
+                     "layout": "NCHW" if len(shape) == 4 else None, "quantization": None})
+    return rows
 
 
 def input_shape(path: Path) -> tuple[int, ...] | None:

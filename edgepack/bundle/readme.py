@@ -131,7 +131,7 @@ def render(man: dict) -> str:
              "```", ('python3 run.py "a sentence" --time 100  # label scores and p50/p90 latency'
                       if pre.get("kind") == "text" else
                       "python3 run.py photo.jpg --time 100     # results and p50/p90 latency"),
-             "python3 run.py --file inputs.txt        # one input per line, one JSON line each",
+             "python3 run.py --file inputs.txt        # one input per line, one JSON line each (unreadable: its error)",
              "python3 run.py --golden                  # stored input -> stored output",
              ('python3 run.py "a sentence" --all-outputs --json  # every output\'s values, JSON lists'
               if pre.get("kind") == "text" else

@@ -34,6 +34,11 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".ti
 MAX_SKIPPED_FRACTION = 0.5
 MAX_ABS_INPUT = 1e6      # |x| beyond this is not a preprocessed input (16-bit pixels are 65,535 at most)
 MAX_LABEL = 2**31 - 1    # a class index, not a number from somewhere else
+#: a short-side resize bigger than this (pixels) resizes only the centre crop's region (Pillow's resize box): a
+#: 4,000 x 1 strip (a 12 kB PNG) was scaled whole to 1,024,000 x 256 (1 GB) for a 224 px input, and a longer
+#: one ran the machine out of memory. Photos never come near it (a 10:1 panorama at 585 px: 3.4 MP), so their
+#: pixels stay those of the whole-image resize; the box's differ by about one 8-bit step.
+MAX_RESIZED_PIXELS = 16_000_000
 
 
 @dataclass
@@ -50,6 +55,7 @@ class Dataset:
     skipped: list[str] = field(default_factory=list)
     files: list[str] | None = None
     targets: list | None = None
+    empty_classes: list[str] = field(default_factory=list)   # class folders that hold no image (still classes)
 
     @property
     def truth(self):
@@ -345,8 +351,11 @@ def _check_x(x: np.ndarray, input_shape: tuple[int, ...], where: str, keep_half:
         raise InputError(f"{where}: x has rank {x.ndim} (shape {list(x.shape)}), the model input has rank "
                          f"{len(input_shape)} ({list(input_shape)})", hint="x must be (N, C, H, W)")
     if tuple(x.shape[1:]) != tuple(input_shape[1:]):
+        channels_last = x.ndim == 4 and tuple(x.shape[1:]) == tuple(input_shape[i] for i in (2, 3, 1))
         raise InputError(f"{where}: samples have shape {list(x.shape[1:])}, the model input is "
-                         f"{list(input_shape[1:])}", hint="resize the data or pass --input-shape")
+                         f"{list(input_shape[1:])}" + (" (the data is channels-last, NHWC)" if channels_last else ""),
+                         hint="save it channels-first: numpy.savez(path, x=x.transpose(0, 3, 1, 2), ...)"
+                         if channels_last else "resize the data or pass --input-shape")
     if len(x) == 0:
         raise InputError(f"{where}: x holds no samples")
     if not np.isfinite(x).all():
@@ -379,23 +388,53 @@ def _check_y(y: np.ndarray | None, n: int, where: str) -> np.ndarray | None:
     return y.astype(np.int64)
 
 
+#: endings Pillow registers that are no picture it can decode here: save-only formats (PDF, Palm), stubs that need
+#: a handler (HDF5, BUFR, GRIB, Windows metafiles), MPEG video, and PostScript (Ghostscript). A photo folder's
+#: README.pdf, video clips or a Keras .h5 were listed as photos, then skipped as unreadable and counted against
+#: MAX_SKIPPED_FRACTION (3 photos beside 4 clips: "not readable images")
+NOT_PICTURES = frozenset({".pdf", ".palm", ".h5", ".hdf", ".bufr", ".grib", ".wmf", ".emf", ".mpeg", ".mpg", ".eps",
+                          ".ps"})
+
+
 @functools.lru_cache(maxsize=1)
 def _image_suffixes() -> frozenset[str]:
-    """File name endings Pillow opens (and IMAGE_SUFFIXES)."""
+    """File name endings Pillow opens (and IMAGE_SUFFIXES), bar NOT_PICTURES."""
     from PIL import Image
 
     Image.init()
-    return frozenset(IMAGE_SUFFIXES) | frozenset(s.lower() for s in Image.registered_extensions())
+    return (frozenset(IMAGE_SUFFIXES) | frozenset(s.lower() for s in Image.registered_extensions())) - NOT_PICTURES
 
 
 def _visible_files(folder: Path, recursive: bool) -> list[Path]:
     """Image files under ``folder`` (and its sub-folders when ``recursive``) whose path holds no hidden part, sorted.
     Other files (a YOLO label .txt beside its image, a dataset's README or annotations .json) are not images: they
     were sampled and skipped as unreadable, and a darknet-layout folder (half .txt) with --val-samples failed."""
-    found = folder.rglob("*") if recursive else folder.iterdir()
+    found = _walk(folder) if recursive else folder.iterdir()
     images = _image_suffixes()
     return sorted(f for f in found if f.is_file() and f.suffix.lower() in images
                   and not any(p.startswith(".") for p in f.relative_to(folder).parts))
+
+
+def _holds_files(folder: Path) -> bool:
+    """Whether any file that is not hidden lies under ``folder``."""
+    return any(f.is_file() and not any(p.startswith(".") for p in f.relative_to(folder).parts) for f in _walk(folder))
+
+
+def _walk(folder: Path):
+    """Every path under ``folder``, through symlinked sub-folders too (as torchvision's ImageFolder reads them:
+    Path.rglob before Python 3.13 does not follow them, so a class folder of symlinked photo folders was empty),
+    each real folder once (a symlink loop ends)."""
+    import os
+
+    seen: set[str] = set()
+    for top, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()
+        yield from (Path(top) / name for name in (*dirs, *files))
 
 
 def _list_images(root: Path, role: str = "validation") -> tuple[list[Path], list[str] | None, list[int] | None]:
@@ -403,10 +442,14 @@ def _list_images(root: Path, role: str = "validation") -> tuple[list[Path], list
     class). A folder with images both at its top level and in sub-folders is no ImageFolder: its labels dropped
     the top-level images without a word (40 photos beside a `thumbs/` sub-folder were read as one class of 8
     thumbnails). A calibration set needs no labels, so it reads every image of such a tree; any other set is refused
-    with the question it raises."""
+    with the question it raises. Every class sub-folder is a class, in sorted order as torchvision's ImageFolder
+    numbers them, an empty one too (Dataset.empty_classes): dropping it moved every later folder down one class
+    (a/, b/ empty, c/: c scored as class 1) and a 3-class model was told the folder "has 2 class folders". A
+    sub-folder of other files only (annotations/, labels/) is no class."""
     subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    within = {d.name: found for d in subdirs if (found := _visible_files(d, recursive=True))}
-    classes = list(within)
+    within = {d.name: _visible_files(d, recursive=True) for d in subdirs}
+    within = {name: found for name, found in within.items() if found or not _holds_files(root / name)}
+    classes = [name for name, found in within.items() if found]
     loose = _visible_files(root, recursive=False)
     if classes and loose and role == "calibration":  # every image of the tree, as one sorted listing
         return sorted([*loose, *(f for found in within.values() for f in found)]), None, None
@@ -418,10 +461,10 @@ def _list_images(root: Path, role: str = "validation") -> tuple[list[Path], list
                               "photos, move the sub-folders out (or point at one folder of images)")
     if classes:
         files, labels = [], []
-        for label, name in enumerate(classes):
+        for label, name in enumerate(within):  # an empty class folder keeps its place (and number)
             files += within[name]
             labels += [label] * len(within[name])
-        return files, classes, labels
+        return files, list(within), labels
     return loose, None, None
 
 
@@ -460,7 +503,8 @@ def _load_folder(root: Path, input_shape: tuple[int, ...], pre: Preprocess, coun
     # calibration sets are the large ones (and only read a few samples at a time): kept as pixels
     x = PixelArray(pixels, pre) if role == "calibration" else normalise(pixels, pre)
     _check_range(x, f"{role} folder {root} after preprocessing")
-    return Dataset(x=x, y=y, source=str(root), class_names=classes, skipped=skipped, files=kept)
+    empty = [name for i, name in enumerate(classes) if i not in set(labels)] if classes and labels else []
+    return Dataset(x=x, y=y, source=str(root), class_names=classes, skipped=skipped, files=kept, empty_classes=empty)
 
 
 def _check_skipped(root: Path, role: str, skipped: list[str], total: int) -> None:
@@ -523,6 +567,22 @@ def crop_window(height: int, width: int, crop: int | None, resize: int | None) -
     return (crop_w, crop_h), resize or int(round(crop_h / 0.875))
 
 
+def _resize_crop(img, crop: tuple[int, int], resize: int):
+    """Short side resized (``resize`` pixels for the crop's aspect ratio), then the centre ``crop`` (width,
+    height) cut out; above MAX_RESIZED_PIXELS only the crop's region is resized. The bundle's run.py does the same."""
+    from PIL import Image
+
+    (crop_w, crop_h), (w, h) = crop, img.size
+    scale = max(resize * crop_w / crop_h / w, resize / h)
+    rw, rh = max(crop_w, round(w * scale)), max(crop_h, round(h * scale))
+    left, top = (rw - crop_w) // 2, (rh - crop_h) // 2
+    if rw * rh > MAX_RESIZED_PIXELS:
+        fx, fy = w / rw, h / rh
+        return img.resize(crop, Image.Resampling.BILINEAR,
+                          box=(left * fx, top * fy, (left + crop_w) * fx, (top + crop_h) * fy))
+    return img.resize((rw, rh), Image.Resampling.BILINEAR).crop((left, top, left + crop_w, top + crop_h))
+
+
 def image_pixels(path: Path, input_shape: tuple[int, ...], pre: Preprocess) -> np.ndarray:
     """Decode with Pillow, resize the short side, centre crop -> (H, W, C) uint8 in the model's channel order."""
     from PIL import Image, ImageOps, UnidentifiedImageError
@@ -534,11 +594,7 @@ def image_pixels(path: Path, input_shape: tuple[int, ...], pre: Preprocess) -> n
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = upright(img, ImageOps)
             img = _eight_bit(img).convert("L" if pre.channel_order == "L" else "RGB")
-            scale = max(resize * crop_w / crop_h / img.size[0], resize / img.size[1])
-            img = img.resize((max(crop_w, round(img.size[0] * scale)), max(crop_h, round(img.size[1] * scale))),
-                             Image.Resampling.BILINEAR)
-            left, top = (img.size[0] - crop_w) // 2, (img.size[1] - crop_h) // 2
-            img = img.crop((left, top, left + crop_w, top + crop_h))
+            img = _resize_crop(img, (crop_w, crop_h), resize)
             if (crop_w, crop_h) != (width, height):
                 img = img.resize((width, height), Image.Resampling.BILINEAR)
             arr = np.asarray(img, dtype=np.uint8)

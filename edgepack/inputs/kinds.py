@@ -56,10 +56,23 @@ class ImageInput:
 
     def input_shape(self, fixed: tuple[int, ...] | None = None) -> tuple[int, ...]:
         """--input-shape, else ``fixed`` (an ONNX source's own fixed input shape, or the shape a .pt2 program
-        was captured at), else the profile's."""
-        if self.config.input_shape:
-            return tuple(self.config.input_shape)
-        return tuple(fixed) if fixed else tuple(self.target.input_shape)
+        was captured at), else the profile's. One image, (1, C, H, W): a 3-D --input-shape reached the photo
+        reader as an internal error (exit 70), and a batch of 2 failed after export on the first calibration
+        sample (exit 4), since every stage feeds one sample at a time."""
+        shape = tuple(self.config.input_shape or fixed or self.target.input_shape)
+        said = ",".join(str(int(d)) for d in shape)
+        where = "--input-shape" if self.config.input_shape else f"{self.model.name}'s input shape"
+        if len(shape) != 4:
+            raise InputError(f"{where} {said} has {len(shape)} dimensions; an image model takes 4, N,C,H,W",
+                             hint="e.g. --input-shape 1,3,224,224 (a model of other inputs takes an .npz --calib "
+                                  "holding them)")
+        if int(shape[0]) != 1:
+            raise InputError(f"{where} {said} has a batch of {int(shape[0])}; edgepack builds models that take "
+                             "one image (batch 1)",
+                             hint=f"pass --input-shape 1,{','.join(str(int(d)) for d in shape[1:])}"
+                             + ("" if self.config.input_shape else
+                                " after exporting the model with batch 1 (or a dynamic batch)"))
+        return shape
 
     def source_shapes(self) -> dict[str, tuple[int, ...]] | None:
         """Per-input shapes to pin an ONNX source's symbolic dimensions to (None: its one input takes the build's
@@ -123,6 +136,17 @@ class ImageInput:
 
     def preprocess_record(self) -> dict:
         return self.config.preprocess.to_dict()
+
+
+def savez_arguments(arrays: dict[str, str]) -> str:
+    """numpy.savez's keyword arguments for arrays by name, as Python: ``name=value``, and ``**{"name": value}`` for
+    a name that is no identifier (ONNX input names such as "input_1:0" or "onnx::Transpose_0"; ``input_1:0=...``
+    is a syntax error)."""
+    import keyword
+
+    plain = [f"{n}={v}" for n, v in arrays.items() if n.isidentifier() and not keyword.iskeyword(n)]
+    other = [f"{n!r}: {v}" for n, v in arrays.items() if not (n.isidentifier() and not keyword.iskeyword(n))]
+    return ", ".join(plain + ([f"**{{{', '.join(other)}}}"] if other else []))
 
 
 def _sized(specs: list[dict], calib: str | None) -> list[dict]:
@@ -296,9 +320,8 @@ class TensorsInput(ImageInput):
         return f"one {s['dtype']} input '{s['name']}' of shape {list(s['shape'])}"
 
     def _npz_hint(self) -> str:
-        names = ", ".join(f"{s['name']}=<{s['dtype']} array (N, {', '.join(map(str, s['shape'][1:]))})>"
-                          for s in self.specs)
-        return f"save the inputs by name, preprocessed: numpy.savez(path, {names}[, y=labels])"
+        arrays = {s["name"]: f"<{s['dtype']} array (N, {', '.join(map(str, s['shape'][1:]))})>" for s in self.specs}
+        return f"save the inputs by name, preprocessed: numpy.savez(path, {savez_arguments(arrays)}[, y=labels])"
 
     def source_shapes(self) -> dict[str, tuple[int, ...]]:
         """Each input's shape to pin the ONNX file's symbolic dimensions to (the batch is 1)."""

@@ -73,9 +73,15 @@ def transform_mask(mask: np.ndarray, geo: Geometry) -> np.ndarray:
     """An (H, W) index mask through the image's geometry, nearest neighbour (class ids never blend)."""
     from PIL import Image
 
+    from edgepack.inputs.data import MAX_RESIZED_PIXELS
+
     img = Image.fromarray(np.asarray(mask, np.uint8))
-    img = img.resize(geo.resized, Image.Resampling.NEAREST)
-    img = img.crop((geo.left, geo.top, geo.left + geo.crop[0], geo.top + geo.crop[1]))
+    if geo.resized[0] * geo.resized[1] > MAX_RESIZED_PIXELS:  # the crop's region only, as data._resize_crop does
+        box = (geo.left / geo.sx, geo.top / geo.sy, (geo.left + geo.crop[0]) / geo.sx, (geo.top + geo.crop[1]) / geo.sy)
+        img = img.resize(geo.crop, Image.Resampling.NEAREST, box=box)
+    else:
+        img = img.resize(geo.resized, Image.Resampling.NEAREST)
+        img = img.crop((geo.left, geo.top, geo.left + geo.crop[0], geo.top + geo.crop[1]))
     if geo.crop != geo.out:
         img = img.resize(geo.out, Image.Resampling.NEAREST)
     return np.asarray(img, dtype=np.int64)
@@ -90,9 +96,11 @@ def _files(dataset, what: str) -> list[Path]:
 
 
 def read_class_names(path: str | Path) -> list[str]:
-    """A --labels file: one class name per line, in the model's class order (blank lines skipped)."""
+    """A --labels file: one class name per line, in the model's class order (blank lines skipped). Label files here
+    are read as utf-8-sig: the byte-order mark Windows Notepad writes was part of the first class name, whose class
+    folder then did not match it ("class folders not in the labels file: a")."""
     try:
-        return [ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines() if ln.strip()]
+        return [ln.strip() for ln in Path(path).read_text(encoding="utf-8-sig").splitlines() if ln.strip()]
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read labels file {path}: {exc}") from None
 
@@ -179,7 +187,7 @@ def read_masks(dataset, folder: str, *, input_shape: tuple, preprocess, num_clas
 def read_yolo(path: Path, size: tuple[int, int], num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """One YOLO txt -> (boxes (M, 4) xyxy in original pixels, classes (M,) int64); errors name file and line."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read label file {path}: {exc}") from None
     boxes, classes = [], []
@@ -223,7 +231,7 @@ def read_coco(path: Path, num_classes: int, class_names: list[str] | None = None
     given, is filled with {file name: indices of its crowd boxes}, regions COCO's mAP matches detections to
     without counting them as objects or misses."""
     try:
-        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        doc = json.loads(Path(path).read_text(encoding="utf-8-sig"))
         images, anns, cats = doc["images"], doc.get("annotations", []), doc["categories"]
         ids = sorted(int(c["id"]) for c in cats)
         cat_names = {int(c["id"]): str(c.get("name", "")).strip() for c in cats}
@@ -297,7 +305,7 @@ def coco_category_names(path: Path) -> list[str] | None:
     """The category names of a COCO JSON in id order (the class names when --labels is not given); None when
     they are missing or the file cannot be read (read_coco says why)."""
     try:
-        cats = json.loads(Path(path).read_text(encoding="utf-8"))["categories"]
+        cats = json.loads(Path(path).read_text(encoding="utf-8-sig"))["categories"]
         names = [str(c["name"]).strip() for c in sorted(cats, key=lambda c: int(c["id"]))]
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError):
         return None

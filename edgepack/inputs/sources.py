@@ -91,6 +91,11 @@ def _load(spec: str, weights: str | None, num_classes: int | None, trust_model: 
           max_length: int | None) -> LoadedModel:
     if spec.startswith("torchvision:"):
         return _torchvision(spec, weights, num_classes)
+    _not_a_factory_spelling(spec)
+    if num_classes is not None and not FACTORY.match(spec):  # it was ignored: the file's head shipped as it was
+        raise InputError(f"--num-classes applies to torchvision:<arch> and package.module:factory models; "
+                         f"{spec}'s classifier size is fixed in it",
+                         hint="drop --num-classes, or export the model with the head you want")
     path = Path(spec)
     suffix = path.suffix.lower()
     if suffix in (".onnx", ".pt2", ".pt", ".pth", ".ts", ".torchscript", ".jit"):
@@ -103,7 +108,7 @@ def _load(spec: str, weights: str | None, num_classes: int | None, trust_model: 
     if path.is_dir():
         return _hf_folder(path, max_length)
     if FACTORY.match(spec):
-        return _factory(spec, weights)
+        return _factory(spec, weights, num_classes)
     raise InputError(f"cannot tell what kind of model '{spec}' is",
                      hint="use torchvision:<arch>, package.module:factory, a .pt2/.pt/.onnx file path, "
                           "or a transformers model folder")
@@ -199,13 +204,29 @@ def _onnx(path: Path) -> LoadedModel:
         raise InputError(f"{path} is not a valid ONNX model ({type(exc).__name__}: {str(exc)[:200]})",
                          hint="re-export the model; a truncated download is the usual cause") from None
     model_checks.check_onnx(model, path)  # too new for this onnxruntime, custom ops, no outputs: said plainly
-    try:
-        onnx.checker.check_model(model)
+    try:  # by path: weights saved as external data beside the file (model.onnx.data) are found from its folder
+        onnx.checker.check_model(str(path))
     except Exception as exc:  # ValidationError, ...
+        external = sorted({e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"})
+        missing = [f for f in external if not (path.parent / f).is_file()]
         raise InputError(f"{path} is not a valid ONNX model ({type(exc).__name__}: {str(exc)[:200]})",
-                         hint="re-export the model; a truncated download is the usual cause") from None
+                         hint=f"its weights are saved beside it as external data: put {', '.join(missing)} in "
+                              f"{path.parent}" if missing else
+                              "re-export the model; a truncated download is the usual cause") from None
     model_checks.check_session(path)
-    return LoadedModel(spec=str(path), kind="onnx", name=path.stem, onnx_path=path, sha256=sha256_file(path))
+    return LoadedModel(spec=str(path), kind="onnx", name=path.stem, onnx_path=path, sha256=sha256_file(path),
+                       weights_sha256=_external_data_sha256(model, path))
+
+
+def _external_data_sha256(model: Any, path: Path) -> str | None:
+    """sha256 of the weights an ONNX file keeps beside it (external data; the digests of each file, in name order,
+    hashed when there are several), so the manifest's digests cover them; None when it keeps none."""
+    import hashlib
+
+    files = sorted({e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"})
+    digests = [sha256_file(path.parent / f) for f in files]
+    return None if not digests else digests[0] if len(digests) == 1 else \
+        hashlib.sha256("".join(digests).encode()).hexdigest()
 
 
 def _torch_zip_check(path: Path, what: str) -> None:
@@ -321,7 +342,25 @@ def _not_a_classifier(arch: str) -> None:
                                   f"with --task and --weights{after}")
 
 
-def _factory(spec: str, weights: str | None) -> LoadedModel:
+def _not_a_factory_spelling(spec: str) -> None:
+    """A factory named with its arguments (``mod:make(num_classes=3)``) or by its file (``mod.py:make``): said so,
+    not "cannot tell what kind of model"."""
+    module, _, func = spec.partition(":")
+    if not func or not re.match(r"^[A-Za-z_][\w./]*$", module):
+        return
+    if re.match(r"^[A-Za-z_]\w*\(.*\)$", func):
+        raise InputError(f"'{spec}': a factory is named without arguments; edgepack calls it with none",
+                         hint=f"use {module}:{func.split('(')[0]} (--num-classes N passes num_classes=N), or write a "
+                              "factory of no arguments that calls it with yours")
+    if module.endswith(".py") and re.match(r"^[A-Za-z_]\w*$", func):
+        dotted = module[:-3].replace("/", ".")
+        raise InputError(f"'{spec}' names a file; a factory is named by its module, package.module:function",
+                         hint=f"use {dotted}:{func}, from the folder that holds {module.split('/')[0]}")
+
+
+def _factory(spec: str, weights: str | None, num_classes: int | None = None) -> LoadedModel:
+    import functools
+
     import torch
 
     module_name, func_name = spec.split(":")
@@ -336,6 +375,9 @@ def _factory(spec: str, weights: str | None) -> LoadedModel:
                          hint="run from the folder that contains the package, or install it") from None
     if not callable(factory):
         raise InputError(f"factory '{spec}' is a {type(factory).__name__}, not a function returning a model")
+    if num_classes is not None:
+        _check_takes_num_classes(spec, factory)
+        factory = functools.partial(factory, num_classes=num_classes)
     model = usercode.call_factory(spec, factory)
     if not isinstance(model, torch.nn.Module):
         raise InputError(f"factory '{spec}' returned {type(model).__name__}, not a torch.nn.Module")
@@ -344,6 +386,21 @@ def _factory(spec: str, weights: str | None) -> LoadedModel:
         loaded.weights_sha256 = load_weights(model, weights)
     model.eval()
     return loaded
+
+
+def _check_takes_num_classes(spec: str, factory: Any) -> None:
+    """--num-classes for a factory without a ``num_classes`` argument (by name, or **kwargs) is refused: it was
+    ignored, and a 4-class head shipped where 3 were asked."""
+    import inspect
+
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return  # a builtin or C callable: the call says
+    if any(p.name == "num_classes" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return
+    raise InputError(f"--num-classes: factory '{spec}' takes no num_classes argument",
+                     hint="add a num_classes parameter to the factory, or drop --num-classes")
 
 
 #: factory names that say nothing about the model: the bundle is named after the module instead

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from edgepack.backends import onnx as onnx_backend
+from edgepack.backends import onnx_layout
 from edgepack.errors import InputError, StageError
 from edgepack.inputs.kinds import TFLITE_TEXT_OPSET
 from edgepack.inputs.model_checks import first_tensor
@@ -28,6 +29,7 @@ def run(ctx: BuildContext) -> None:
         ctx.records["onnx_source"] = onnx_backend.prepare_source(ctx.model.onnx_path, raw,
                                                                  input_shape=ctx.input_shape, opset=ctx.target.opset,
                                                                  input_shapes=ctx.inputs.source_shapes())
+        _say_transposed(ctx)
         differ = ctx.records["onnx_source"].pop("fixed_dims_differ", None)
         if differ and ctx.config.input_shape:
             fixed = ", ".join(f"dimension {i} is {have} (asked {want})" for i, have, want in differ)
@@ -38,6 +40,7 @@ def run(ctx: BuildContext) -> None:
     else:
         ctx.progress("exporting to ONNX", 0, 1)
         _export(ctx, ctx.model.module, raw)
+    _flatten_scores(ctx, raw)
     guessed = _pinned_to_the_profile(ctx)
     try:
         ctx.progress("simplifying (onnxslim)", 0, 1)
@@ -55,8 +58,31 @@ def run(ctx: BuildContext) -> None:
         raw_u, final_u = ctx.workdir / "model_unpruned_raw.onnx", ctx.workdir / "model_unpruned_fp32.onnx"
         ctx.progress("exporting the unpruned model for comparison", 0, 1)
         _export(ctx, ctx.unpruned.module, raw_u)
+        if ctx.task.name == "classify":
+            onnx_layout.flatten_scores(raw_u)
         onnx_backend.simplify(raw_u, final_u)
         ctx.add(Artifact("onnx", "unpruned-fp32", final_u))
+
+
+def _flatten_scores(ctx: BuildContext, raw: Path) -> None:
+    """A classifier's (N, C, 1, 1) scores flattened to (N, C) (backends.onnx_layout), said in a warning."""
+    if ctx.task.name != "classify":
+        return
+    before = onnx_layout.flatten_scores(raw)
+    if before:
+        ctx.records["scores_flattened_from"] = before
+        ctx.warn(f"the model's class scores are {before}; the bundle's model gives them as [{before[0]}, {before[1]}] "
+                 "(a Flatten after the graph), as validation and run.py read them")
+
+
+def _say_transposed(ctx: BuildContext) -> None:
+    """A warning when an ONNX source's NHWC image input was made NCHW (backends.onnx_layout) and an .onnx ships: its
+    input is not the file's (a .tflite is NHWC whatever its source)."""
+    was = ctx.records["onnx_source"].get("input_layout_from")
+    if was and "onnx" in ctx.target.formats:
+        ctx.warn(f"{ctx.model.onnx_path.name} takes its image channels-last (NHWC {was['shape']}); the bundle's "
+                 f"model.onnx takes it channels-first (NCHW {list(ctx.input_shape)}), as run.py feeds it: a "
+                 "Transpose was put in front of the graph (in your own code, transpose pixels with (0, 3, 1, 2))")
 
 
 def _pinned_to_the_profile(ctx: BuildContext) -> str | None:
@@ -164,6 +190,8 @@ def check_parity(ctx: BuildContext, path) -> dict:
     x = rows(ctx.calib.x, 0, PARITY_SAMPLES)
     ref = _torch_outputs(ctx, x)
     got = onnx_backend.Runner(path, threads=1).run_samples(x)
+    if ref.shape != got.shape and ref.size == got.size:  # (N, C, 1, 1) scores, flattened by _flatten_scores
+        ref = ref.reshape(got.shape)
     result = onnx_backend.parity(ref, got)
     result["tolerance_relative"] = PARITY_RTOL
     result["samples"] = len(ref)

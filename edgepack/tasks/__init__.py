@@ -10,7 +10,7 @@ so detect and segment are only ever chosen by --task (or the TOML `task`).
 from __future__ import annotations
 
 from edgepack.errors import ConfigError
-from edgepack.tasks.base import Task
+from edgepack.tasks.base import Task, score_count
 from edgepack.tasks.classify import Classify
 from edgepack.tasks.detect import Detect
 from edgepack.tasks.generic import Generic
@@ -30,8 +30,9 @@ def get(name: str, config=None) -> Task:
 
 
 def class_scores(shape: tuple) -> bool:
-    """Whether an output shape reads as one score per class: (N, C) with C > 1."""
-    return len(shape) == 2 and isinstance(shape[-1], int) and shape[-1] > 1
+    """Whether an output shape reads as one score per class: (N, C) with C > 1, or (N, C, 1, 1), a 1x1-convolution
+    head's (SqueezeNet, Caffe-converted models; the export stage flattens it to (N, C))."""
+    return score_count(shape) is not None
 
 
 def for_outputs(shapes: list[tuple]) -> Task:
@@ -39,4 +40,4 @@ def for_outputs(shapes: list[tuple]) -> Task:
     return Classify() if len(shapes) == 1 and class_scores(shapes[0]) else Generic()
 
 
-__all__ = ["TASKS", "Task", "class_scores", "for_outputs", "get"]
+__all__ = ["TASKS", "Task", "class_scores", "for_outputs", "get", "score_count"]

@@ -11,6 +11,15 @@ CHUNK = 16  #: samples per block when a metric walks a validation set (bounded t
 SQNR_CAP_DB = 999.0  #: identical outputs (no noise) are reported as 999 dB: JSON (the manifest) has no infinity
 
 
+def score_count(shape: tuple) -> int | None:
+    """C of class scores (N, C) or (N, C, 1, 1); None for any other shape. A (N, C, 1, 1) classifier was built as a
+    generic model: its labelled --val and --labels were dropped without a word, and --task classify refused it."""
+    dims = tuple(shape)
+    if len(dims) == 4 and dims[2:] == (1, 1):
+        dims = dims[:2]
+    return dims[1] if len(dims) == 2 and isinstance(dims[1], int) and dims[1] > 1 else None
+
+
 class Task(Protocol):
     """What a stage needs to know about a model's outputs.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgepack.tasks import budgets, postprocess
-from edgepack.tasks.base import sqnr_db
+from edgepack.tasks.base import score_count, sqnr_db
 
 
 class Classify:
@@ -26,11 +26,12 @@ class Classify:
         'top-5 classes'."""
         from edgepack.errors import InputError
 
-        if not shapes or len(shapes[0]) != 2 or (isinstance(shapes[0][-1], int) and shapes[0][-1] < 2):
+        count = score_count(shapes[0]) if shapes else None
+        if count is None and not (shapes and len(shapes[0]) == 2 and not isinstance(shapes[0][-1], int)):
             raise InputError(f"{where}: first output {list(shapes[0]) if shapes else []} is not (N, classes) scores",
-                             hint="classify takes a first output of one score per class; for a map use --task "
-                                  "segment, else --task generic")
-        return shapes[0][-1]
+                             hint="classify takes a first output of one score per class, (N, C) or (N, C, 1, 1); "
+                                  "for a map use --task segment, else --task generic")
+        return count if count is not None else shapes[0][-1]
 
     def quality(self, ref: np.ndarray, got: np.ndarray, y: np.ndarray | None) -> dict:
         """Accuracy (points, 0-100) with labels, top-1 agreement (0-1) and SQNR (dB) of INT8 vs FP32."""

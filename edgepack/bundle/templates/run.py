@@ -14,7 +14,8 @@ pillow for image bundles or tokenizers for text bundles. No torch, no transforme
     python3 run.py scene.jpg --mask-out mask.png  # segmenters: the class mask as a PNG in scene.jpg's pixels
     python3 run.py "WINNER! Claim your prize" # text classifier: one JSON line of label scores
     python3 run.py inputs.npz                 # a model with several inputs: one sample of each, by input name
-    python3 run.py --file inputs.txt          # one image path or sentence per line; one JSON line each
+    python3 run.py --file inputs.txt          # one image path or sentence per line; one JSON line each (an
+                                              #   unreadable one: its "error"; the others still run, exit 2)
     python3 run.py photo.jpg --time 100       # also p50/p90 latency over 100 runs, ms
     python3 run.py --golden                   # run the stored golden input, compare with the stored output
     python3 run.py --time-golden 100          # time 100 runs on the golden input; one JSON line, ms
@@ -40,6 +41,9 @@ sys.dont_write_bytecode = True  # no __pycache__ in the bundle: `edgepack verify
 
 
 # --- inputs: a feed is {input name: array}; image bundles have one input, "input" ---------------------------
+
+
+MAX_RESIZED_PIXELS = 16_000_000  # edgepack's data.MAX_RESIZED_PIXELS
 
 
 def _window(pre, shape):
@@ -80,10 +84,14 @@ def load_image(path, pre, shape):
         img = _eight_bit(img).convert("L" if pre["channel_order"] == "L" else "RGB")
         size = img.size
         scale = max(resize * crop_w / crop_h / img.size[0], resize / img.size[1])
-        img = img.resize((max(crop_w, round(img.size[0] * scale)), max(crop_h, round(img.size[1] * scale))),
-                         Image.Resampling.BILINEAR)
-        left, top = (img.size[0] - crop_w) // 2, (img.size[1] - crop_h) // 2
-        img = img.crop((left, top, left + crop_w, top + crop_h))
+        rw, rh = max(crop_w, round(img.size[0] * scale)), max(crop_h, round(img.size[1] * scale))
+        left, top = (rw - crop_w) // 2, (rh - crop_h) // 2
+        if rw * rh > MAX_RESIZED_PIXELS:  # a 1 x 4,000 strip: only the crop's region (edgepack's data._resize_crop)
+            fx, fy = size[0] / rw, size[1] / rh
+            img = img.resize((crop_w, crop_h), Image.Resampling.BILINEAR,
+                             box=(left * fx, top * fy, (left + crop_w) * fx, (top + crop_h) * fy))
+        else:
+            img = img.resize((rw, rh), Image.Resampling.BILINEAR).crop((left, top, left + crop_w, top + crop_h))
         if (crop_w, crop_h) != (width, height):
             img = img.resize((width, height), Image.Resampling.BILINEAR)
         arr = np.asarray(img, dtype=np.float32)
@@ -178,7 +186,7 @@ class TensorsReader:
         if missing:
             raise ValueError(f"{path} has no array for input {', '.join(missing)} (found: "
                              f"{', '.join(sorted(arrays)) or 'nothing'}); save each input by name: "
-                             f"numpy.savez(path, {', '.join(n + '=...' for n in self.names)})")
+                             f"numpy.savez(path, **{{{', '.join(repr(n) + ': ...' for n in self.names)}}})")
         feed = {}
         for spec in self.specs:
             a, want = arrays[spec["name"]], list(spec["shape"])
@@ -602,7 +610,8 @@ def main():
                         "({input name: (N, ...)}); write the outputs to --out")
     parser.add_argument("--out", "--save", dest="out", metavar="OUT.npz",
                         help="save the outputs to this .npz (output0, output1, ...: the first output, every one "
-                        "with --all-outputs; one row per input, stacked over --file's inputs or --batch's samples)")
+                        "with --all-outputs; one row per input, stacked over --file's inputs or --batch's samples; "
+                        "with --file, 'line' holds each row's line number)")
     parser.add_argument("--all-outputs", action="store_true",
                         help="every output with its values, not only the decoded result (an image or sentence: "
                         "printed, JSON lists with --json; --batch / --out: every output saved, not the first)")
@@ -624,6 +633,8 @@ def main():
     args = parser.parse_args()
     if not 0 <= getattr(args, "score_threshold", 0) <= 1:
         parser.error(f"--score-threshold {args.score_threshold:g} is not a score: scores are 0-1")
+    if args.top < 1:  # --top 0 printed nothing, --top -1 every class but the last (a slice)
+        parser.error(f"--top {args.top}: give how many classes to print, 1 or more")
     if args.batch and not args.out:
         parser.error("--batch needs --out")
     if (args.all_outputs or args.out) and not (args.batch or args.input or args.file):
@@ -653,7 +664,8 @@ def execute(manifest, kind, args, parser):
         print(timing_json(time_runs(model, feed, args.time_golden), args.threads, entry))
         return
     if args.file:  # blank lines are skipped; each result names its line, so results still line up with inputs
-        items = [(n, t.strip()) for n, t in enumerate(Path(args.file).read_text(encoding="utf-8").splitlines(), 1)
+        # (utf-8-sig: a byte-order mark, as Windows Notepad writes, is not part of the first path)
+        items = [(n, t.strip()) for n, t in enumerate(Path(args.file).read_text(encoding="utf-8-sig").splitlines(), 1)
                  if t.strip()]
     elif args.input == "":
         parser.error("the " + ("sentence" if kind == "text" else "file path") + " is empty")
@@ -662,20 +674,35 @@ def execute(manifest, kind, args, parser):
     else:
         parser.error("give " + what_to_give(kind) + ", --file or --golden")
     reader = {"text": TextReader, "tensors": TensorsReader}.get(kind, ImageReader)(manifest)
-    run_items(manifest, kind, args, (entry, model), reader, items)
-    if args.time:
-        times = time_runs(model, reader(items[0][1]), args.time)
+    failed = run_items(manifest, kind, args, (entry, model), reader, items)
+    ran = [item for line, item in items if line not in failed]
+    if args.time and ran:
+        times = time_runs(model, reader(ran[0]), args.time)
         print(f"latency over {args.time} runs: p50 {np.percentile(times, 50):.2f} ms, "
               f"p90 {np.percentile(times, 90):.2f} ms ({args.threads} threads, {entry['format']})")
+    if failed:  # every other line ran; the exit status still says that some did not
+        first = next(iter(failed.items()))
+        parser.exit(2, f"{parser.prog}: error: {len(failed)} of {len(items)} inputs of {args.file} could not be "
+                       f"read (line {first[0]}: {first[1]}){'; the others ran' if ran else ''}\n")
 
 def run_items(manifest, kind, args, loaded, reader, items):
-    """Print each input's result (every output's values with --all-outputs); save the outputs with --out."""
+    """Print each input's result (every output's values with --all-outputs); save the outputs with --out. An input
+    of --file that cannot be read (a corrupt photo, a missing file) gets an "error" line and the others still run
+    (one bad photo in a list of thousands stopped the run, and --out saved nothing); returns {line: error}."""
     entry, model = loaded
     task = manifest.get("stages", {}).get("task") or {}   # name, a segmenter's prob_threshold, a box_format
     labels = manifest.get("labels")
-    saved = []
+    saved, lines, failed = [], [], {}
     for line, item in items:
-        feed = reader(item)
+        try:
+            feed = reader(item)
+        except (OSError, ValueError) as exc:  # what main() reports as a usage error for a single input
+            if line is None or args.debug:
+                raise
+            failed[line] = str(exc)
+            err = {"line": line, "error": str(exc)}
+            print(json.dumps(err if kind == "text" else {"input": item, **err}, ensure_ascii=False))
+            continue
         frame = ((reader.size, reader.pre, reader.shape, getattr(args, "model_frame", False))
                  if task.get("name") in ("detect", "segment") and kind == "image" else None)
         res = result(task, kind, model, feed, item, labels, args.top, getattr(args, "score_threshold", None), frame)
@@ -685,6 +712,7 @@ def run_items(manifest, kind, args, loaded, reader, items):
         if args.all_outputs or args.out:
             outs = model.outputs(feed)
             saved.append(outs if args.all_outputs else outs[:1])
+            lines.append(line)
             if args.all_outputs:  # the values too: a generic model's result has only each output's statistics
                 res = {**res, "outputs": output_values(outs, entry)}
         if getattr(reader, "truncated", False):
@@ -695,11 +723,13 @@ def run_items(manifest, kind, args, loaded, reader, items):
             print(json.dumps(res if kind == "text" else {"input": item, **res}, ensure_ascii=False))
         else:
             show(res)
-    if args.out:
-        np.savez(args.out, **{f"output{k}": np.concatenate([o[k] for o in saved]) for k in range(len(saved[0]))})
+    if args.out and saved:  # --file: "line" gives each row's line, rows of unreadable inputs being left out
+        np.savez(args.out, **{f"output{k}": np.concatenate([o[k] for o in saved]) for k in range(len(saved[0]))},
+                 **({"line": np.asarray(lines, np.int64)} if args.file else {}))
         if not (args.json or args.file):
             print(f"saved {len(saved[0])} output{'' if len(saved[0]) == 1 else 's'} of {len(saved)} "
                   f"input{'' if len(saved) == 1 else 's'} to {args.out}")
+    return failed
 
 
 if __name__ == "__main__":
