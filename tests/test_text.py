@@ -413,3 +413,26 @@ def test_a_semicolon_separated_csv_is_named_in_the_hint(tmp_path):
     with pytest.raises(InputError) as info:
         text.read_texts(tmp_path / "v.csv")
     assert "separated by semicolons" in info.value.hint
+
+
+def test_dynamic_int8_of_a_text_cnn_loads(tmp_path):
+    """A CNN over word embeddings (Conv1d, no attention): onnxruntime's dynamic INT8 made its Conv a ConvInteger with
+    int8 weights, which the CPU provider cannot run, and the whole build failed on the dynamic candidate."""
+    torch = pytest.importorskip("torch")
+    ort = pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+
+    class CNN(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.conv, self.fc = torch.nn.Embedding(100, 8), torch.nn.Conv1d(8, 8, 3), torch.nn.Linear(8, 2)
+
+        def forward(self, input_ids):
+            return self.fc(torch.relu(self.conv(self.emb(input_ids).transpose(1, 2))).amax(-1))
+
+    fp32, int8 = tmp_path / "cnn.onnx", tmp_path / "cnn_int8.onnx"
+    ids = torch.randint(0, 100, (1, L))
+    torch.onnx.export(CNN().eval(), (ids,), str(fp32), input_names=["input_ids"], opset_version=17, dynamo=False)
+    onnx_text_quantize.quantize_text_dynamic(fp32, int8)
+    sess = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"])
+    assert sess.run(None, {"input_ids": ids.numpy()})[0].shape == (1, 2)

@@ -204,11 +204,17 @@ def _calibration_reader(calib_inputs: dict[str, np.ndarray], names: Sequence[str
 
 
 def quantize_text_dynamic(fp32_path: str | Path, out_path: str | Path) -> dict:
-    """onnxruntime's dynamic INT8 (int8 weights, activations quantized per call): the usual BERT baseline."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    """onnxruntime's dynamic INT8 (int8 weights, activations quantized per call): the usual BERT baseline.
 
+    Every op type onnxruntime quantizes dynamically except Conv: with int8 weights it becomes a ConvInteger that
+    onnxruntime's CPU provider has no kernel for (it takes uint8 x uint8 only), so a text model with a Conv1d (a CNN
+    over embeddings, SqueezeBERT) gave a dynamic candidate that could not load and failed the whole build."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.registry import IntegerOpsRegistry
+
+    ops = [op for op in IntegerOpsRegistry if op != "Conv"]
     try:
-        quantize_dynamic(str(fp32_path), str(out_path), weight_type=QuantType.QInt8)
+        quantize_dynamic(str(fp32_path), str(out_path), weight_type=QuantType.QInt8, op_types_to_quantize=ops)
     except Exception as exc:
         raise StageError(
             f"dynamic INT8 quantization failed: {type(exc).__name__}: {str(exc)[:300]}"
