@@ -436,3 +436,20 @@ def test_dynamic_int8_of_a_text_cnn_loads(tmp_path):
     onnx_text_quantize.quantize_text_dynamic(fp32, int8)
     sess = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"])
     assert sess.run(None, {"input_ids": ids.numpy()})[0].shape == (1, 2)
+
+
+def test_text_int8_candidates_without_class_scores_are_compared_on_sqnr():
+    """A regression head or an embedding has no agreement: both candidates were scored as 100 % disagreement, the
+    faster shipped whatever its SQNR, and the reason read "drop 100.00 points"."""
+    from edgepack.stages.quantize_candidates import _pick
+
+    generic = {"static": {"accuracy_drop": None, "agreement": None, "sqnr_db": 40.0},
+               "dynamic": {"accuracy_drop": None, "agreement": None, "sqnr_db": 12.0}}
+    chosen, why = _pick(generic, {"static": 1.2, "dynamic": 1.0})
+    assert chosen == "static" and "100.00" not in why and "SQNR" in why and "0.00 dB" in why
+    same = {k: {**q, "sqnr_db": 30.1 if k == "static" else 30.0} for k, q in generic.items()}
+    assert _pick(same, {"static": 1.5, "dynamic": 1.0})[0] == "dynamic"   # 0.1 dB worse but much faster
+    labelled = {"static": {"accuracy_drop": 0.5, "agreement": 0.99, "sqnr_db": 30.0},
+                "dynamic": {"accuracy_drop": 0.0, "agreement": 1.0, "sqnr_db": 20.0}}
+    chosen, why = _pick(labelled, {"static": 1.0, "dynamic": 1.0})
+    assert chosen == "dynamic" and "accuracy drop" in why and "points" in why

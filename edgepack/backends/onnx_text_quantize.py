@@ -226,11 +226,12 @@ def quantize_text_dynamic(fp32_path: str | Path, out_path: str | Path) -> dict:
     }
 
 
-def pick_int8(candidates: dict[str, dict]) -> tuple[str, str]:
-    """Choose among INT8 candidates {name: {"accuracy_drop": points, "latency_ratio": x FP32}}; (name, why).
+def pick_int8(candidates: dict[str, dict], unit: str = "points") -> tuple[str, str]:
+    """Choose among INT8 candidates {name: {"accuracy_drop": loss, "latency_ratio": x FP32}}; (name, why).
 
-    Lowest accuracy drop wins unless it is more than 1.25x slower than the fastest candidate; then the faster
-    one is taken when its drop is within 0.25 points. The reason names both numbers so the report can say why.
+    Lowest loss wins unless it is more than 1.25x slower than the fastest candidate; then the faster
+    one is taken when its loss is within 0.25 ``unit`` (accuracy points, or dB of SQNR). The reason names both
+    numbers so the report can say why.
     """
     if not candidates:
         raise StageError("no INT8 candidate to choose from")
@@ -245,9 +246,9 @@ def pick_int8(candidates: dict[str, dict]) -> tuple[str, str]:
         and f["accuracy_drop"] - b["accuracy_drop"] <= 0.25
     ):
         best, b = fastest, f
-        why = "fastest, and its accuracy is within 0.25 points of the most accurate"
+        why = f"fastest, and within 0.25 {unit} of the most accurate"
     else:
-        why = "lowest accuracy drop" + ("" if best == fastest else " at comparable speed")
+        why = "most accurate" + ("" if best == fastest else " at comparable speed")
     return best, (
-        f"{best}: {why} (drop {b['accuracy_drop']:.2f} points, {b['latency_ratio']:.2f}x FP32 latency)"
+        f"{best}: {why} (loss {b['accuracy_drop']:.2f} {unit}, {b['latency_ratio']:.2f}x FP32 latency)"
     )
