@@ -453,3 +453,27 @@ def test_text_int8_candidates_without_class_scores_are_compared_on_sqnr():
                 "dynamic": {"accuracy_drop": 0.0, "agreement": 1.0, "sqnr_db": 20.0}}
     chosen, why = _pick(labelled, {"static": 1.0, "dynamic": 1.0})
     assert chosen == "dynamic" and "accuracy drop" in why and "points" in why
+
+
+def _word_tokenizer(folder: Path, pad_in_config: object) -> Path:
+    """A RoBERTa-like word-level tokenizer (<s> 0, <pad> 1) saved as most are: no padding section in tokenizer.json,
+    the pad token named in tokenizer_config.json only."""
+    tokenizers = pytest.importorskip("tokenizers")
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "hello": 4, "world": 5}
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tok.post_processor = tokenizers.processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+    folder.mkdir(exist_ok=True)
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"pad_token": pad_in_config}), encoding="utf-8")
+    return folder / "tokenizer.json"
+
+
+@pytest.mark.parametrize("pad", ["<pad>", {"content": "<pad>", "special": True}])
+def test_pad_token_from_tokenizer_config(tmp_path, pad):
+    """A tokenizer.json without a padding section padded with id 0 ([PAD] assumed): for a RoBERTa that is <s>."""
+    path = _word_tokenizer(tmp_path / "tok", pad)
+    settings = text.tokenizer_settings(path, 6)
+    assert (settings["pad_token"], settings["pad_id"]) == ("<pad>", 1)
+    ids = text.tokenize(["hello world"], path, 6, ["input_ids", "attention_mask"])
+    assert ids["input_ids"].tolist() == [[0, 4, 5, 2, 1, 1]] and ids["attention_mask"].tolist() == [[1, 1, 1, 1, 0, 0]]

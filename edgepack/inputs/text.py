@@ -148,15 +148,35 @@ def tokenizer_settings(tokenizer_json: str | Path, max_length: int | None = None
     trunc, pad = spec.get("truncation") or {}, spec.get("padding") or {}
     length = int(max_length or trunc.get("max_length") or 128)
     names = cfg.get("model_input_names") or list(INPUT_ORDER)
+    pad_token, pad_id = _pad(path, pad, cfg)
     return {
         "lowercase": _lowercase(spec.get("normalizer")),
         "max_length": length,
         "padding": "max_length",
         "truncation": True,
         "model_input_names": [n for n in INPUT_ORDER if n in names],
-        "pad_id": int(pad.get("pad_id", 0)),
-        "pad_token": pad.get("pad_token", "[PAD]"),
+        "pad_id": pad_id,
+        "pad_token": pad_token,
     }
+
+
+def _pad(path: Path, padding: dict, cfg: dict) -> tuple[str, int]:
+    """(pad token, its id): tokenizer.json's padding section, else tokenizer_config.json's pad_token looked up in
+    the vocabulary (a tokenizer.json saved without padding, as most are, pads with the model's own pad token: a
+    RoBERTa's <pad> is id 1, where padding with id 0 put <s> in every padded position), else [PAD] / 0."""
+    if padding:
+        return padding.get("pad_token", "[PAD]"), int(padding.get("pad_id", 0))
+    token = cfg.get("pad_token")
+    token = token.get("content") if isinstance(token, dict) else token
+    if isinstance(token, str) and token:
+        from tokenizers import Tokenizer
+
+        found = Tokenizer.from_file(str(path)).token_to_id(token)
+        if found is not None:
+            return token, int(found)
+        log.warning("%s: pad token %r of tokenizer_config.json is not in the vocabulary; padding with id 0",
+                    path.name, token)
+    return "[PAD]", 0
 
 
 def _read_tokenizer_json(path: Path) -> dict:
