@@ -140,8 +140,8 @@ class BuildConfig:
                            "models: .jsonl or .csv with text and optional label", None)
     tokenizer: str | None = spec("text models from a factory: tokenizer.json, or a folder holding one (a "
                                  "transformers folder brings its own)", None)
-    max_length: int | None = spec("text models: fixed sequence length, tokens (default: the tokenizer's, else 128)",
-                                  None, ge=1, le=8192)
+    max_length: int | None = spec("text models: fixed sequence length, tokens (default: the tokenizer's, else 128; "
+                                  "at most what the model's position embeddings hold)", None, ge=1, le=8192)
     weights: str | None = spec("state dict for torchvision/factory models (loaded with weights_only=True)", None)
     num_classes: int | None = spec("classifier size for torchvision models", None, ge=1, le=100000)
     input_shape: tuple[int, ...] | None = spec("model input shape, e.g. [1, 3, 224, 224] (default: profile)", None,

@@ -477,3 +477,26 @@ def test_pad_token_from_tokenizer_config(tmp_path, pad):
     assert (settings["pad_token"], settings["pad_id"]) == ("<pad>", 1)
     ids = text.tokenize(["hello world"], path, 6, ["input_ids", "attention_mask"])
     assert ids["input_ids"].tolist() == [[0, 4, 5, 2, 1, 1]] and ids["attention_mask"].tolist() == [[1, 1, 1, 1, 0, 0]]
+
+
+def test_sequence_length_fits_the_position_embeddings(tmp_path):
+    """A default length (the tokenizer's, else 128) beyond a model's position embeddings crashed later (a RoBERTa in
+    onnxruntime, with a hint about image preprocessing); it is lowered to what they hold, and a --max-length beyond
+    them is refused naming the limit. RoBERTa numbers positions from its pad id + 1: 10 rows hold 8 tokens."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    folder = tmp_path / "tiny_roberta"
+    config = transformers.RobertaConfig(vocab_size=6, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                        intermediate_size=16, max_position_embeddings=10, pad_token_id=1,
+                                        type_vocab_size=1, num_labels=2)
+    transformers.RobertaForSequenceClassification(config).eval().save_pretrained(str(folder), safe_serialization=True)
+    _word_tokenizer(folder, "<pad>")
+    module, _, settings = text.load_hf_folder(folder)
+    assert settings["max_length"] == 8 and text.position_limit(module.model) == 8
+    ids = text.tokenize(["hello world " * 10], folder / "tokenizer.json", 8, settings["model_input_names"])
+    with torch.no_grad():
+        assert module(*(torch.from_numpy(ids[n]) for n in settings["model_input_names"])).shape == (1, 2)
+    assert text.load_hf_folder(folder, max_length=8)[2]["max_length"] == 8
+    with pytest.raises(InputError, match="--max-length 9 is longer than tiny_roberta takes: .* hold 8 tokens"):
+        text.load_hf_folder(folder, max_length=9)

@@ -101,9 +101,38 @@ def load_hf_folder(path: str | Path, max_length: int | None = None) -> tuple[Any
             "*ForSequenceClassification head and model.safetensors",
         ) from None
     settings = tokenizer_settings(folder / "tokenizer.json", max_length)
+    settings["max_length"] = _fit_positions(model, folder, settings["max_length"], given=max_length is not None)
     names = forward_input_names(model, settings["model_input_names"])
     settings["model_input_names"] = names
     return _wrapper_class()(model, names).eval(), folder / "tokenizer.json", settings
+
+
+def position_limit(model: Any) -> int | None:
+    """How many tokens the model's absolute position embeddings hold (None: no such table, e.g. relative or rotary
+    positions). RoBERTa-style embeddings number positions from their pad id + 1, so 514 rows hold 512 tokens."""
+    emb = getattr(getattr(model, "base_model", None), "embeddings", None)
+    table = getattr(emb, "position_embeddings", None)
+    rows = getattr(table, "num_embeddings", None)
+    if not isinstance(rows, int):
+        return None
+    pad = getattr(emb, "padding_idx", None)
+    return rows - (pad + 1 if isinstance(pad, int) else 0)
+
+
+def _fit_positions(model: Any, folder: Path, length: int, *, given: bool) -> int:
+    """``length`` when the model's position embeddings hold it. Beyond them, a --max-length is refused and a
+    default (the tokenizer's, else 128) is lowered to what they hold: unchecked, a BERT with 64 positions failed
+    export with "size of tensor a (128) must match ... b (64)", and a RoBERTa exported fine and then failed in
+    onnxruntime (Gather index out of bounds) with a hint about image preprocessing."""
+    limit = position_limit(model)
+    if limit is None or length <= limit:
+        return length
+    if given:
+        raise InputError(f"--max-length {length} is longer than {folder.name} takes: its position embeddings hold "
+                         f"{limit} tokens", hint=f"pass --max-length {limit} or less")
+    log.warning("%s: sequence length %d (the default) is longer than its position embeddings hold; using %d tokens",
+                folder.name, length, limit)
+    return limit
 
 
 def _check_hf_folder(folder: Path) -> None:
@@ -146,7 +175,7 @@ def tokenizer_settings(tokenizer_json: str | Path, max_length: int | None = None
     cfg_path = path.with_name("tokenizer_config.json")
     cfg = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else {}
     trunc, pad = spec.get("truncation") or {}, spec.get("padding") or {}
-    length = int(max_length or trunc.get("max_length") or 128)
+    length = int(max_length or trunc.get("max_length") or min(128, _model_max_length(cfg) or 128))
     names = cfg.get("model_input_names") or list(INPUT_ORDER)
     pad_token, pad_id = _pad(path, pad, cfg)
     return {
@@ -158,6 +187,12 @@ def tokenizer_settings(tokenizer_json: str | Path, max_length: int | None = None
         "pad_id": pad_id,
         "pad_token": pad_token,
     }
+
+
+def _model_max_length(cfg: dict) -> int | None:
+    """tokenizer_config.json's model_max_length (transformers writes 1e30 when the tokenizer sets none)."""
+    value = cfg.get("model_max_length")
+    return int(value) if isinstance(value, (int, float)) and 0 < value < 1_000_000 else None
 
 
 def _pad(path: Path, padding: dict, cfg: dict) -> tuple[str, int]:
