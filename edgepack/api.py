@@ -259,6 +259,11 @@ def _task(config: BuildConfig, output_shapes: list[tuple], model: sources.Loaded
         said.extend(filter(None, [task.settle_format(output_shapes, names)]))
     if hasattr(task, "check_outputs"):
         task.check_outputs(output_shapes, model.spec)
+    if model.text is not None and model.text.multi_label and task.name == "classify":
+        task.multi_label = True
+        said.append(f"{model.name} is a multi-label classifier (problem_type multi_label_classification): run.py "
+                    "scores each class with a sigmoid and lists every class at 0.5 or more, but validation judges "
+                    "the top-scoring class only (top-1 agreement, accuracy against one label per text)")
     return task
 
 

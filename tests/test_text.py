@@ -500,3 +500,35 @@ def test_sequence_length_fits_the_position_embeddings(tmp_path):
     assert text.load_hf_folder(folder, max_length=8)[2]["max_length"] == 8
     with pytest.raises(InputError, match="--max-length 9 is longer than tiny_roberta takes: .* hold 8 tokens"):
         text.load_hf_folder(folder, max_length=9)
+
+
+def test_multi_label_classifier_is_scored_class_by_class(tmp_path, tiny_onnx, minilm_dir):
+    """An HF classifier with problem_type multi_label_classification was read as one class among all: run.py gave
+    softmax scores summing to 1 and one label, where each class has its own sigmoid."""
+    import sys
+
+    import onnxruntime as ort
+    transformers = pytest.importorskip("transformers")
+    from edgepack.inputs import sources
+
+    folder = tmp_path / "multi"
+    config = transformers.BertConfig(vocab_size=30522, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=16, max_position_embeddings=L, num_labels=2,
+                                     problem_type="multi_label_classification")
+    transformers.BertForSequenceClassification(config).save_pretrained(str(folder), safe_serialization=True)
+    for name in TOKENIZER_FILES:
+        shutil.copy2(minilm_dir / name, folder / name)
+    assert sources.load(str(folder)).text.multi_label
+    bundle = _text_bundle(tmp_path / "bundle", tiny_onnx, minilm_dir)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["stages"] = {"task": {"name": "classify", "multi_label": True}}
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    sentence = "WINNER! claim your prize"
+    proc = subprocess.run([sys.executable, "run.py", sentence], cwd=bundle, capture_output=True, text=True,
+                          check=True)
+    result = json.loads(proc.stdout.splitlines()[0])
+    feed = text.tokenize([sentence], bundle / "tokenizer.json", L)
+    logits = ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"]).run(None, feed)[0][0]
+    probs = 1 / (1 + np.exp(-logits))
+    assert [result["scores"][n] for n in ("ham", "spam")] == pytest.approx(probs, abs=1e-5)
+    assert result["labels"] == [n for n, p in zip(("ham", "spam"), probs, strict=True) if p >= 0.5]

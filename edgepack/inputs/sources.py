@@ -43,6 +43,7 @@ class TextInfo:
     tokenizer: Path
     settings: dict = field(default_factory=dict)
     labels: list[str] | None = None
+    multi_label: bool = False   # an HF config's problem_type multi_label_classification: one sigmoid per class
 
     @property
     def input_names(self) -> list[str]:
@@ -128,7 +129,14 @@ def _hf_folder(folder: Path, max_length: int | None) -> LoadedModel:
     module, tokenizer, settings = text.load_hf_folder(folder, max_length)
     weights = folder / "model.safetensors"
     return LoadedModel(spec=str(folder), kind="torch", name=folder.resolve().name, module=module,
-                       sha256=sha256_file(weights), text=TextInfo(tokenizer, settings, _id2label(module)))
+                       sha256=sha256_file(weights), text=TextInfo(tokenizer, settings, _id2label(module),
+                                                                  multi_label=_multi_label(module)))
+
+
+def _multi_label(module: Any) -> bool:
+    """Whether the HF classifier scores each class on its own (sigmoid), not one class among all (softmax)."""
+    config = getattr(module.model, "config", None)
+    return getattr(config, "problem_type", None) == "multi_label_classification"
 
 
 def _vision_config(folder: Path) -> bool:

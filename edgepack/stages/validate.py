@@ -28,6 +28,8 @@ def run(ctx: BuildContext) -> None:
         ctx.records["task"]["prob_threshold"] = ctx.task.threshold
     if hasattr(ctx.task, "box_format"):  # and reads a detector's candidates the same way
         ctx.records["task"]["box_format"] = ctx.task.box_format
+    if getattr(ctx.task, "multi_label", False):  # and scores each class with a sigmoid
+        ctx.records["task"]["multi_label"] = True
     ctx.records["validation"] = {fmt: validate_format(ctx, fmt) for fmt in ctx.target.formats}
     if "onnx" in ctx.target.formats and "diagnosis" not in ctx.records and ctx.inputs.layer_diagnosis:
         from edgepack.quantize.diagnose import layer_errors

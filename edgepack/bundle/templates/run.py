@@ -420,6 +420,10 @@ def softmax(z):
     return e / e.sum()
 
 
+def sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -80, 80)))
+
+
 def detect_result(outs, labels, score_threshold, frame, box_format="auto"):
     """Detections scoring at least ``score_threshold``, boxes x1, y1, x2, y2. ``frame``: (image size, preprocess
     record, model input shape NCHW, model_frame); boxes are in the image's own pixels (the preprocessing undone,
@@ -469,10 +473,14 @@ def result(task, kind, model, feed, item, labels, top, score_threshold=None, fra
                             for i, o in enumerate(model.outputs(feed))]}
     scores = np.asarray(model(feed), np.float32)[0].reshape(-1)
     if kind == "text":
-        probs = softmax(scores)
+        multi = bool(task.get("multi_label"))  # each class on its own: a sigmoid each, every class at 0.5 or more
+        probs = sigmoid(scores) if multi else softmax(scores)
         names = [_name(labels, i) for i in range(len(probs))]
-        return {"text": item, "label": names[int(np.argmax(probs))],
-                "scores": {n: round(float(p), 6) for n, p in zip(names, probs)}}  # noqa: B905 (old Pythons)
+        out = {"text": item, "label": names[int(np.argmax(probs))],
+               "scores": {n: round(float(p), 6) for n, p in zip(names, probs)}}  # noqa: B905 (old Pythons)
+        if multi:
+            out["labels"] = [n for n, p in zip(names, probs) if p >= 0.5]  # noqa: B905 (old Pythons)
+        return out
     return {"top": [{"class": int(i), "name": _name(labels, int(i)), "score": round(float(scores[i]), 4)}
                     for i in np.argsort(-scores)[:top]]}
 
