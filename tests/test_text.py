@@ -532,3 +532,28 @@ def test_multi_label_classifier_is_scored_class_by_class(tmp_path, tiny_onnx, mi
     probs = 1 / (1 + np.exp(-logits))
     assert [result["scores"][n] for n in ("ham", "spam")] == pytest.approx(probs, abs=1e-5)
     assert result["labels"] == [n for n, p in zip(("ham", "spam"), probs, strict=True) if p >= 0.5]
+
+
+def test_sentence_pairs_are_read_and_tokenized_as_pairs(tmp_path, minilm_dir, tiny_onnx):
+    """A sentence-pair model's data ({"text", "text_pair"} in .jsonl, a text_pair column in .csv) was read as its
+    first text alone, the second silently dropped: such a model was calibrated and validated on half its input."""
+    import sys
+
+    jsonl, csv_file = tmp_path / "pairs.jsonl", tmp_path / "pairs.csv"
+    jsonl.write_text('{"text": "A man sleeps", "text_pair": "A person rests", "label": 0}\n'
+                     '{"text": "Kids play", "text_pair": "Nobody plays", "label": 1}\n', encoding="utf-8")
+    csv_file.write_text('text,text_pair,label\nA man sleeps,A person rests,0\n"Kids, two",Nobody plays,1\n',
+                        encoding="utf-8")
+    texts, y = text.read_texts(jsonl)
+    assert texts == [("A man sleeps", "A person rests"), ("Kids play", "Nobody plays")] and y.tolist() == [0, 1]
+    assert text.read_texts(csv_file)[0][1] == ("Kids, two", "Nobody plays")
+    ids = text.tokenize(texts, minilm_dir / "tokenizer.json", L)
+    assert ids["token_type_ids"][0].tolist() == [0] * 5 + [1] * 4 + [0] * (L - 9)   # [CLS] a man sleeps [SEP] ...
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text('{"text": "a", "text_pair": "b"}\n{"text": "c"}\n{"text": "d", "text_pair": ""}\n')
+    with pytest.raises(InputError, match=r"line 3: 'text_pair' missing .*1 of 3 rows have no 'text_pair'"):
+        text.read_texts(mixed)
+    bundle = _text_bundle(tmp_path / "bundle", tiny_onnx, minilm_dir)
+    proc = subprocess.run([sys.executable, "run.py", "A man sleeps", "--pair", "A person rests"], cwd=bundle,
+                          capture_output=True, text=True, check=True)
+    assert json.loads(proc.stdout.splitlines()[0])["text_pair"] == "A person rests"

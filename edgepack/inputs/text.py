@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 #: Order of the ONNX inputs when present. The device runner feeds whatever the model declares.
 INPUT_ORDER = ("input_ids", "attention_mask", "token_type_ids")
 TEXT_SUFFIXES = (".txt", ".jsonl", ".csv")
+#: a sentence pair's second text: the .jsonl key or .csv column (transformers' tokenizers call it text_pair)
+PAIR_KEY = "text_pair"
 _HF_WEIGHTS = ("model.safetensors",)
 _OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "USE_TF": "0", "USE_TORCH": "1"}
 
@@ -239,12 +241,14 @@ def _lowercase(normalizer: dict | None) -> bool:
 
 
 def read_texts(path: str | Path, *, require_labels: bool = False, class_names: list[str] | None = None,
-               ) -> tuple[list[str], np.ndarray | None]:
+               ) -> tuple[list[str | tuple[str, str]], np.ndarray | None]:
     """Texts and int64 labels (or None) from .txt (one per line), .jsonl (text, optional label) or .csv.
 
     A .csv needs a header with a ``text`` column and optionally ``label``. Labels must be given for every
     row or for none; a label is a class index, or one of ``class_names`` (--labels or the model's id2label),
-    which stands for its index. Blank .txt lines are skipped. Every problem found is reported in one InputError.
+    which stands for its index. A sentence-pair model's second text is ``text_pair`` (a .jsonl key or a .csv
+    column, as transformers' tokenizers name it): such a row's text is the tuple (text, text_pair), tokenized as
+    one pair. Blank .txt lines are skipped. Every problem found is reported in one InputError.
     """
     path = Path(path)
     if not path.is_file():
@@ -284,7 +288,8 @@ def _rows_jsonl(path: Path, raw: str) -> list[tuple[int, Any, Any]]:
         if not isinstance(obj, dict):
             bad.append(f"line {i}: expected an object with 'text', got {type(obj).__name__}")
             continue
-        rows.append((i, obj.get("text"), obj.get("label")))
+        text, pair = obj.get("text"), obj.get(PAIR_KEY)
+        rows.append((i, text if pair is None else (text, pair), obj.get("label")))
     _raise_if(path, bad, 'each line must be {"text": "...", "label": 0}')
     return rows
 
@@ -312,13 +317,14 @@ def _rows_csv(path: Path, raw: str) -> list[tuple[int, Any, Any]]:
                          f"{' ...' if len(overflow) > 8 else ''} have more fields than the header's {len(fields)} "
                          f"({', '.join(fields)}): the text was cut at a comma and the rest taken for other columns",
                          hint='put a text that holds commas in double quotes: "Call me at 5, not 6",1')
-    has_label = "label" in fields
-    others = [f for f in fields if f not in ("text", "label")]
+    has_label, has_pair = "label" in fields, PAIR_KEY in fields
+    others = [f for f in fields if f not in ("text", "label", PAIR_KEY)]
     if not has_label and others:
         log.warning("%s: no 'label' column (columns: %s): its texts are read without labels; name the label column "
                     "'label' to score accuracy", path.name, ", ".join(fields))
     named = [{k.strip() if isinstance(k, str) else k: v for k, v in row.items()} for row in rows]
-    return [(i, row.get("text"), row.get("label") if has_label else None) for i, row in enumerate(named, 2)]
+    return [(i, (row.get("text"), row.get(PAIR_KEY)) if has_pair else row.get("text"),
+             row.get("label") if has_label else None) for i, row in enumerate(named, 2)]
 
 
 def _other_delimiter(raw: str) -> str | None:
@@ -333,14 +339,14 @@ def _other_delimiter(raw: str) -> str | None:
 
 def _check_rows(
     path: Path, rows: list[tuple[int, Any, Any]], require_labels: bool, class_names: list[str] | None = None,
-) -> tuple[list[str], np.ndarray | None]:
+) -> tuple[list[str | tuple[str, str]], np.ndarray | None]:
     """Validate (line, text, label) rows; collect every problem, raise once with a hint for the kinds found."""
-    bad = [
-        f"line {i}: 'text' missing or not a non-empty string"
-        for i, t, _ in rows
-        if not isinstance(t, str) or not t.strip()
-    ]
+    bad = [f"line {i}: {what} missing or not a non-empty string" for i, t, _ in rows if (what := _bad_text(t))]
     hints = ["every row needs a non-empty text: remove or fill the empty ones"] if bad else []
+    pairs = sum(isinstance(t, tuple) for _, t, _ in rows)
+    if 0 < pairs < len(rows):
+        bad.append(f"{len(rows) - pairs} of {len(rows)} rows have no '{PAIR_KEY}' (a sentence pair: give it for all "
+                   "or none)")
     labelled = [r for r in rows if r[2] not in (None, "")]
     if labelled and len(labelled) != len(rows):
         bad.append(f"{len(rows) - len(labelled)} of {len(rows)} rows have no label (give all or none)")
@@ -365,6 +371,16 @@ def _check_rows(
     return [t for _, t, _ in rows], y
 
 
+def _bad_text(t: Any) -> str | None:
+    """What is wrong with one row's text (a string, or a (text, text_pair) tuple), None when nothing is."""
+    def ok(s: Any) -> bool:
+        return isinstance(s, str) and bool(s.strip())
+
+    if isinstance(t, tuple):
+        return next((f"'{k}'" for k, s in zip(("text", PAIR_KEY), t, strict=True) if not ok(s)), None)
+    return None if ok(t) else "'text'"
+
+
 def _to_label(value: Any) -> int | None:
     if isinstance(value, bool):
         return None
@@ -382,14 +398,15 @@ def _raise_if(path: Path, problems: list[str], hint: str | None) -> None:
 
 
 def tokenize(
-    texts: Sequence[str],
+    texts: Sequence[str | tuple[str, str]],
     tokenizer_json: str | Path,
     max_length: int,
     input_names: Sequence[str] = INPUT_ORDER,
 ) -> dict[str, np.ndarray]:
     """Token arrays {name: (N, max_length) int64} with truncation and right padding to ``max_length`` tokens.
 
-    Uses only the ``tokenizers`` library, as the device runner does; ``input_names`` picks the outputs.
+    Uses only the ``tokenizers`` library, as the device runner does; ``input_names`` picks the outputs. A
+    (text, text_pair) tuple is encoded as a sentence pair (its token_type_ids 1 on the second text).
     """
     from tokenizers import Tokenizer
 

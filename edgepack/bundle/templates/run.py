@@ -13,6 +13,7 @@ pillow for image bundles or tokenizers for text bundles. No torch, no transforme
                                               #   input's pixels, after resize and centre crop)
     python3 run.py scene.jpg --mask-out mask.png  # segmenters: the class mask as a PNG in scene.jpg's pixels
     python3 run.py "WINNER! Claim your prize" # text classifier: one JSON line of label scores
+    python3 run.py "A man sleeps" --pair "A person rests"   # a sentence-pair classifier: the two texts as a pair
     python3 run.py inputs.npz                 # a model with several inputs: one sample of each, by input name
     python3 run.py --file inputs.txt          # one image path or sentence per line; one JSON line each
     python3 run.py photo.jpg --time 100       # also p50/p90 latency over 100 runs, ms
@@ -153,7 +154,7 @@ class TextReader:
                                 pad_token=pre.get("pad_token", "[PAD]"))
 
     def __call__(self, text):
-        enc = self.tok.encode(text)
+        enc = self.tok.encode(*text) if isinstance(text, tuple) else self.tok.encode(text)  # a (text, pair) tuple
         self.truncated = bool(enc.overflowing)  # the text was longer than the model's max_length tokens
         arrays = {"input_ids": enc.ids, "attention_mask": enc.attention_mask, "token_type_ids": enc.type_ids}
         return {n: np.asarray([arrays[n]], dtype=np.int64) for n in self.names}
@@ -476,7 +477,8 @@ def result(task, kind, model, feed, item, labels, top, score_threshold=None, fra
         multi = bool(task.get("multi_label"))  # each class on its own: a sigmoid each, every class at 0.5 or more
         probs = sigmoid(scores) if multi else softmax(scores)
         names = [_name(labels, i) for i in range(len(probs))]
-        out = {"text": item, "label": names[int(np.argmax(probs))],
+        said = {"text": item[0], "text_pair": item[1]} if isinstance(item, tuple) else {"text": item}
+        out = {**said, "label": names[int(np.argmax(probs))],
                "scores": {n: round(float(p), 6) for n, p in zip(names, probs)}}  # noqa: B905 (old Pythons)
         if multi:
             out["labels"] = [n for n, p in zip(names, probs) if p >= 0.5]  # noqa: B905 (old Pythons)
@@ -615,6 +617,9 @@ def main():
                         help="every output with its values, not only the decoded result (an image or sentence: "
                         "printed, JSON lists with --json; --batch / --out: every output saved, not the first)")
     parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
+    if kind == "text":
+        parser.add_argument("--pair", metavar="TEXT", help="a sentence-pair model's second text: INPUT and TEXT "
+                            "are tokenized as one pair, as the build's text / text_pair data were")
     if (manifest.get("stages", {}).get("task") or {}).get("name") == "detect":
         import postprocess
 
@@ -634,6 +639,8 @@ def main():
         parser.error(f"--score-threshold {args.score_threshold:g} is not a score: scores are 0-1")
     if args.batch and not args.out:
         parser.error("--batch needs --out")
+    if getattr(args, "pair", None) is not None and not args.input:
+        parser.error("--pair is the second text of INPUT: give the first as INPUT (not --file)")
     if (args.all_outputs or args.out) and not (args.batch or args.input or args.file):
         parser.error(f"{'--all-outputs' if args.all_outputs else '--out'} needs an input: "
                      + what_to_give(kind) + ", --file or --batch")
@@ -666,7 +673,7 @@ def execute(manifest, kind, args, parser):
     elif args.input == "":
         parser.error("the " + ("sentence" if kind == "text" else "file path") + " is empty")
     elif args.input:
-        items = [(None, args.input)]
+        items = [(None, (args.input, args.pair) if getattr(args, "pair", None) else args.input)]
     else:
         parser.error("give " + what_to_give(kind) + ", --file or --golden")
     reader = {"text": TextReader, "tensors": TensorsReader}.get(kind, ImageReader)(manifest)
