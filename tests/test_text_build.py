@@ -333,3 +333,44 @@ def test_taylor_importance_ranks_text_heads_by_their_effect_on_the_output(hf_fol
                             for _, layer in transformer_layers(pruned)]
     assert kept["magnitude"] == [False, False]   # kept the dead head (its zero columns are still there)
     assert kept["taylor"] == [True, True]        # pruned it, kept the live one
+
+
+def _dynamic_onnx(hf_folder: Path, path: Path, names=("input_ids", "attention_mask", "token_type_ids")) -> Path:
+    """The tiny BERT as an ONNX file with dynamic batch and sequence axes, as optimum or torch.onnx.export write."""
+    import torch
+
+    from edgepack.inputs.text import load_hf_folder
+
+    module = load_hf_folder(hf_folder, max_length=L)[0]
+    args = tuple(torch.ones((1, L), dtype=torch.int64) for _ in names)
+    torch.onnx.export(module, args, str(path), input_names=list(names), output_names=["logits"], opset_version=17,
+                      dynamic_axes={n: {0: "batch", 1: "sequence"} for n in names}, dynamo=False)
+    return path
+
+
+def test_an_onnx_text_model_builds_with_a_tokenizer(hf_folder, text_data, tmp_path):
+    """An ONNX text classifier with a dynamic sequence axis (what most exporters write) was refused with
+    --tokenizer ("applies to factory and .pt2 models only; image models take no tokenizer") and, without it,
+    asked for an .npz of token ids: a bundle whose run.py could not take a sentence. Its axes are pinned to
+    --max-length, and the bundle classifies text."""
+    calib, val = text_data
+    model, out = _dynamic_onnx(hf_folder, tmp_path / "bert.onnx"), tmp_path / "onnx_text"
+    result = CliRunner().invoke(main, ["build", str(model), "--tokenizer", str(hf_folder), "--max-length", str(L),
+                                       "--calib", str(calib), "--val", str(val), "--out", str(out), "--latency-runs",
+                                       "3", "--max-accuracy-drop", "100", "--min-agreement", "0", "--json"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["preprocess"]["kind"] == "text" and man["preprocess"]["max_length"] == L
+    assert [i["shape"] for i in man["inputs"]] == [[1, L]] * 3
+    assert any("dynamic sequence axis" in w and f"pinned to {L} tokens" in w for w in man["warnings"])
+    proc = subprocess.run([sys.executable, "run.py", "WINNER! Claim your free prize now"], cwd=out,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0 and "scores" in json.loads(proc.stdout.splitlines()[0]), proc.stderr
+
+
+def test_an_onnx_text_model_whose_inputs_are_not_token_ids_is_refused(hf_folder, text_data, tmp_path):
+    model = _dynamic_onnx(hf_folder, tmp_path / "odd.onnx", names=("ids", "attention_mask", "token_type_ids"))
+    result = CliRunner().invoke(main, ["build", str(model), "--tokenizer", str(hf_folder), "--calib", str(text_data[0]),
+                                       "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "takes inputs the tokenizer does not give: ids int64" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "o").exists()

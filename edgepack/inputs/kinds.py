@@ -180,6 +180,9 @@ class TextInput(ImageInput):
         if self.config.input_shape:
             problems.append("--input-shape does not apply to text models")
             hints.append("set the sequence length with --max-length")
+        if self.config.prune is not None and self.model.kind != "torch":
+            problems.append("pruning needs a PyTorch model, got an ONNX file")
+            hints.append("pass the PyTorch source (a transformers folder, a factory) or drop --prune")
         if not self.config.calib:
             problems.append("text models need calibration texts")
             hints.append("pass --calib texts.txt (one text per line) or a .jsonl / .csv with a text column")
@@ -188,6 +191,11 @@ class TextInput(ImageInput):
 
     def input_shape(self, fixed: tuple[int, ...] | None = None) -> tuple[int, ...]:
         return (1, self.text.max_length)
+
+    def source_shapes(self) -> dict[str, tuple[int, ...]] | None:
+        """An ONNX text model's token inputs pinned to (1, max_length) by name (its batch and sequence axes may be
+        dynamic)."""
+        return {n: (1, self.text.max_length) for n in self.input_names}
 
     def load(self, path: str | None, *, role: str, count: int | None, seed: int, shape: tuple[int, ...],
              progress: ProgressFn = no_progress) -> Dataset:

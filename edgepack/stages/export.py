@@ -46,7 +46,8 @@ def run(ctx: BuildContext) -> None:
     except StageError as exc:
         if not guessed:
             raise
-        raise InputError(exc.message, hint=f"{guessed}: pass the shape it runs at, --input-shape N,C,H,W") from None
+        flag = "--max-length L" if ctx.inputs.name == "text" else "--input-shape N,C,H,W"
+        raise InputError(exc.message, hint=f"{guessed}: pass the shape it runs at, {flag}") from None
     ctx.add(Artifact("onnx", "fp32", final))
     _say_copied_outputs(ctx, final)
     if ctx.model.kind == "torch":
@@ -65,6 +66,15 @@ def _pinned_to_the_profile(ctx: BuildContext) -> str | None:
     onnxruntime's shape-inference message alone."""
     every = (ctx.records.get("onnx_source") or {}).get("pinned_dims") or []
     named = [d for d in every if isinstance(d, str) and not d.endswith(":0")]  # by input name, from the .npz
+    if named and ctx.inputs.name == "text":  # a dynamic sequence axis: pinned to the build's sequence length
+        said = (f"{ctx.model.onnx_path.name} has a dynamic sequence axis ({', '.join(named)}), pinned to "
+                f"{ctx.input_shape[-1]} tokens")
+        if ctx.config.max_length:
+            ctx.warn(said + " (--max-length): the shipped model runs at this length only")
+            return None
+        ctx.warn(said + " (the tokenizer's length, else 128): the shipped model runs at this length only; "
+                 "--max-length sets it")
+        return said
     if named:
         sizes = ", ".join(f"{k} {list(v)}" for k, v in ctx.inputs.source_shapes().items())
         ctx.warn(f"{ctx.model.onnx_path.name} has dynamic input dimensions {named} (input:axis), pinned to the sizes "
