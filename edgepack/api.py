@@ -192,6 +192,10 @@ def _prepare(config: BuildConfig, target: targets.TargetProfile, workdir: Path, 
     if config.labels_dir:
         _read_targets(config, task, val, shape, output_shapes)
     labels = _labels(config, val, num_outputs, model, classes)
+    if task.name == "generic" and val.y is not None:  # read, then judged by nothing: said, not silently dropped
+        said.append(f"the {len(val.y)} validation labels are not used: task generic judges every output by its SQNR "
+                    "against FP32" + (" (pass --task classify to score top-1 accuracy on a first output of class "
+                                      "scores)" if output_shapes and tasks.class_scores(output_shapes[0]) else ""))
     same = _same_data(config.calib, config.val)
     ctx = BuildContext(config=config, target=target, workdir=workdir, input_shape=shape, model=model, calib=calib,
                        val=val, inputs=kind, task=task, val_is_calibration=not config.val or same, labels=labels,
@@ -421,8 +425,12 @@ def _labels(config: BuildConfig, val: data.Dataset, num_outputs: int | None,
         raise InputError(f"the validation folder has {len(val.class_names)} class folders but the model has "
                          f"{num_outputs} outputs", hint="pass --labels FILE to match folders to classes by name")
     if num_outputs is not None and val.y is not None and int(val.y.max()) >= num_outputs:
-        raise InputError(f"validation labels go up to {int(val.y.max())} but the model has {num_outputs} outputs",
-                         hint="check --num-classes and the validation labels (class folders, the .npz's y, or "
+        beyond = int((val.y >= num_outputs).sum())
+        raise InputError(f"validation labels go up to {int(val.y.max())} but the model has {num_outputs} outputs "
+                         f"(classes 0-{num_outputs - 1}): {beyond} of {len(val.y)} samples carry a label beyond",
+                         hint="check the validation labels (a text file's label column: class indices from 0, or "
+                              "class names)" if model.text is not None else
+                              "check --num-classes and the validation labels (class folders, the .npz's y, or "
                               "a text file's label column)")
     return names if names is not None else val.class_names
 

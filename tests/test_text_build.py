@@ -374,3 +374,31 @@ def test_an_onnx_text_model_whose_inputs_are_not_token_ids_is_refused(hf_folder,
                                        "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "takes inputs the tokenizer does not give: ids int64" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "o").exists()
+
+
+def test_labels_a_text_build_cannot_use_are_said(hf_folder, text_data, tmp_path):
+    """A regression head's validation labels were read and then silently unused (task generic); a label beyond a
+    classifier's classes was blamed on --num-classes, a torchvision option."""
+    import torch
+    import transformers
+
+    calib, val = text_data
+    torch.manual_seed(0)
+    reg = tmp_path / "reg"
+    config = transformers.BertConfig(vocab_size=30522, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=16, max_position_embeddings=L, num_labels=1)
+    transformers.BertForSequenceClassification(config).save_pretrained(str(reg), safe_serialization=True)
+    for name in TOKENIZER_FILES:
+        shutil.copy2(hf_folder / name, reg / name)
+    out = tmp_path / "reg_bundle"
+    result = CliRunner().invoke(main, ["build", str(reg), "--calib", str(calib), "--val", str(val), "--out", str(out),
+                                       "--latency-runs", "3", "--quiet"])
+    assert result.exit_code in (0, 1), result.output + repr(result.exception)   # 1: an untrained head's SQNR
+    warnings = json.loads((out / "manifest.json").read_text())["warnings"]
+    assert any(f"the {len(TEXTS)} validation labels are not used: task generic" in w for w in warnings)
+    beyond = tmp_path / "beyond.jsonl"
+    beyond.write_text("".join(json.dumps({"text": t, "label": i % 3}) + "\n" for i, t in enumerate(TEXTS)))
+    result = CliRunner().invoke(main, ["build", str(hf_folder), "--calib", str(calib), "--val", str(beyond), "--out",
+                                       str(tmp_path / "o")])
+    assert result.exit_code == 2 and "(classes 0-1): 3 of 10 samples carry a label beyond" in result.output
+    assert "--num-classes" not in result.output
