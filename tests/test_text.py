@@ -557,3 +557,13 @@ def test_sentence_pairs_are_read_and_tokenized_as_pairs(tmp_path, minilm_dir, ti
     proc = subprocess.run([sys.executable, "run.py", "A man sleeps", "--pair", "A person rests"], cwd=bundle,
                           capture_output=True, text=True, check=True)
     assert json.loads(proc.stdout.splitlines()[0])["text_pair"] == "A person rests"
+
+
+def test_diagnosis_of_a_dynamic_int8_text_model_is_an_empty_table(tmp_path, tiny_onnx, minilm_dir):
+    """A text bundle that shipped dynamic INT8 rounds no activations: `edgepack diagnose BUNDLE` crashed ("internal
+    error: zip() argument 2 is longer than argument 1") before its own "rounds no activations" message."""
+    from edgepack.quantize.diagnose import layer_errors
+
+    int8 = tmp_path / "dynamic.onnx"
+    onnx_text_quantize.quantize_text_dynamic(tiny_onnx, int8)
+    assert layer_errors(tiny_onnx, int8, text.tokenize(TEXTS, minilm_dir / "tokenizer.json", L)) == []
