@@ -567,3 +567,35 @@ def test_diagnosis_of_a_dynamic_int8_text_model_is_an_empty_table(tmp_path, tiny
     int8 = tmp_path / "dynamic.onnx"
     onnx_text_quantize.quantize_text_dynamic(tiny_onnx, int8)
     assert layer_errors(tiny_onnx, int8, text.tokenize(TEXTS, minilm_dir / "tokenizer.json", L)) == []
+
+
+def test_a_factory_returning_a_transformers_classifier_keeps_its_class_names(tmp_path, monkeypatch, minilm_dir):
+    """A factory returning an HF classifier as it is: its config's id2label (and multi-label problem_type) were
+    ignored, so the bundle named its classes 0, 1, 2 and scored them with a softmax. A module of one's own holding
+    an HF model is left alone (it may have put another head on it)."""
+    transformers = pytest.importorskip("transformers")
+    from edgepack.inputs import sources
+
+    config = transformers.BertConfig(vocab_size=30522, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=16, max_position_embeddings=L, num_labels=3,
+                                     id2label={0: "sport", 1: "tech", 2: "food"}, label2id={"sport": 0, "tech": 1,
+                                                                                        "food": 2},
+                                     problem_type="multi_label_classification")
+    transformers.BertForSequenceClassification(config).save_pretrained(str(tmp_path / "hf"), safe_serialization=True)
+    (tmp_path / "hf_factory_probe.py").write_text(
+        "import torch, transformers\n"
+        "def create():\n"
+        f"    return transformers.BertForSequenceClassification.from_pretrained({str(tmp_path / 'hf')!r}).eval()\n"
+        "class Own(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.model = create()\n"
+        "    def forward(self, input_ids, attention_mask):\n"
+        "        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :2]\n"
+        "def own():\n"
+        "    return Own().eval()\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    info = sources.load("hf_factory_probe:create", tokenizer=str(minilm_dir), max_length=L).text
+    assert info.labels == ["sport", "tech", "food"] and info.multi_label
+    own = sources.load("hf_factory_probe:own", tokenizer=str(minilm_dir), max_length=L).text
+    assert own.labels is None and not own.multi_label

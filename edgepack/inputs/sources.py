@@ -24,6 +24,7 @@ import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from edgepack.errors import InputError
@@ -139,6 +140,14 @@ def _multi_label(module: Any) -> bool:
     return getattr(config, "problem_type", None) == "multi_label_classification"
 
 
+def _transformers_model(module: Any) -> Any:
+    """A factory's module wrapped as load_hf_folder wraps one (``.model``) when it is itself a transformers
+    classifier (its config's id2label and problem_type are then its own head's), else None: a module of the user's
+    own that holds an HF model may have put another head on it."""
+    is_hf = type(module).__module__.startswith("transformers.") and hasattr(module, "config")
+    return SimpleNamespace(model=module) if is_hf else None
+
+
 def _vision_config(folder: Path) -> bool:
     """Whether an HF folder holds an image model: a preprocessor_config.json, or a config with image_size and
     num_channels (read as JSON: nothing imported)."""
@@ -182,7 +191,8 @@ def _attach_tokenizer(loaded: LoadedModel, tokenizer: str, max_length: int | Non
         raise InputError(f"the forward of {loaded.spec} takes none of the tokenizer's inputs "
                          f"({', '.join(text.INPUT_ORDER)})",
                          hint="define forward(input_ids, attention_mask, token_type_ids=None)")
-    loaded.text = TextInfo(path, settings)
+    hf = None if onnx_file else _transformers_model(loaded.module)   # a factory returning an HF classifier
+    loaded.text = TextInfo(path, settings, _id2label(hf) if hf else None, multi_label=bool(hf and _multi_label(hf)))
 
 
 def _onnx_token_inputs(loaded: LoadedModel, max_length: int | None) -> tuple[list[str], int | None]:
