@@ -226,6 +226,11 @@ def _data_warnings(ctx: BuildContext) -> None:
         if ds is not None and ds.skipped:
             ctx.warn(f"{role} data {ds.source}: skipped {len(ds.skipped)} unreadable file(s), e.g. "
                      f"{ds.skipped[0]}")
+        if ds is not None and ds.truncated:  # the model reads their first tokens only, here and on the device
+            length = ctx.input_shape[-1]
+            ctx.warn(f"{role} data {ds.source}: {ds.truncated} of {len(ds)} texts are longer than {length} tokens "
+                     f"and were cut to their first {length} (the bundle's run.py cuts them alike); --max-length "
+                     "sets the length")
 
 
 def _torchvision_detector(model: sources.LoadedModel, shape: tuple[int, ...]) -> str | None:

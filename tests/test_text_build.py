@@ -402,3 +402,12 @@ def test_labels_a_text_build_cannot_use_are_said(hf_folder, text_data, tmp_path)
                                        str(tmp_path / "o")])
     assert result.exit_code == 2 and "(classes 0-1): 3 of 10 samples carry a label beyond" in result.output
     assert "--num-classes" not in result.output
+
+
+def test_texts_cut_to_max_length_are_said(bundle):
+    """A calibration or validation text longer than --max-length tokens was cut without a word (run.py says so per
+    text; the build said nothing): 1 of the 10 texts here is longer than 16 tokens."""
+    warnings = json.loads((bundle / "manifest.json").read_text())["warnings"]
+    for role in ("calibration", "validation"):
+        assert any(w.startswith(f"{role} data ") and f"1 of {len(TEXTS)} texts are longer than {L} tokens" in w
+                   for w in warnings), warnings

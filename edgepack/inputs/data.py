@@ -50,6 +50,7 @@ class Dataset:
     skipped: list[str] = field(default_factory=list)
     files: list[str] | None = None
     targets: list | None = None
+    truncated: int = 0   # texts longer than the model's max_length tokens, cut to it (as the device's run.py cuts)
 
     @property
     def truth(self):
@@ -166,8 +167,9 @@ def load_text(path: str, *, text: TextInfo, count: int | None, seed: int, role: 
                          hint="text models take a .txt (one text per line), .jsonl or .csv file")
     texts, y = text_mod.read_texts(path, class_names=class_names)
     idx = sample_indices(len(texts), count, seed)
-    x = text_mod.tokenize([texts[i] for i in idx], text.tokenizer, text.max_length, text.input_names)
-    return Dataset(x=x, y=None if y is None else y[idx], source=str(path))
+    stats: dict = {}
+    x = text_mod.tokenize([texts[i] for i in idx], text.tokenizer, text.max_length, text.input_names, stats)
+    return Dataset(x=x, y=None if y is None else y[idx], source=str(path), truncated=stats["truncated"])
 
 
 def load_tensors(path: str, *, specs: list[dict], count: int | None, seed: int, role: str, hint: str) -> Dataset:

@@ -402,11 +402,13 @@ def tokenize(
     tokenizer_json: str | Path,
     max_length: int,
     input_names: Sequence[str] = INPUT_ORDER,
+    stats: dict | None = None,
 ) -> dict[str, np.ndarray]:
     """Token arrays {name: (N, max_length) int64} with truncation and right padding to ``max_length`` tokens.
 
     Uses only the ``tokenizers`` library, as the device runner does; ``input_names`` picks the outputs. A
-    (text, text_pair) tuple is encoded as a sentence pair (its token_type_ids 1 on the second text).
+    (text, text_pair) tuple is encoded as a sentence pair (its token_type_ids 1 on the second text). ``stats``,
+    when given, gets ``truncated``: how many texts were longer than ``max_length`` tokens and cut.
     """
     from tokenizers import Tokenizer
 
@@ -415,6 +417,8 @@ def tokenize(
     tok.enable_truncation(max_length)
     tok.enable_padding(length=max_length, pad_id=settings["pad_id"], pad_token=settings["pad_token"])
     enc = tok.encode_batch(list(texts))
+    if stats is not None:
+        stats["truncated"] = sum(bool(e.overflowing) for e in enc)
     arrays = {
         "input_ids": [e.ids for e in enc],
         "attention_mask": [e.attention_mask for e in enc],
