@@ -599,3 +599,21 @@ def test_a_factory_returning_a_transformers_classifier_keeps_its_class_names(tmp
     assert info.labels == ["sport", "tech", "food"] and info.multi_label
     own = sources.load("hf_factory_probe:own", tokenizer=str(minilm_dir), max_length=L).text
     assert own.labels is None and not own.multi_label
+
+
+def test_csv_columns_in_any_case_and_latin1_files_get_a_way_out(tmp_path):
+    """A spreadsheet's "Text,Label" header was refused for having no 'text' column; a Latin-1 file was "not UTF-8
+    text (byte 3)" with no word on what it is or how to convert it."""
+    caps = tmp_path / "caps.csv"
+    caps.write_text("Text,LABEL\nhello there,0\n", encoding="utf-8")
+    texts, y = text.read_texts(caps)
+    assert texts == ["hello there"] and y.tolist() == [0]
+    twice = tmp_path / "twice.csv"
+    twice.write_text("text,Text\na,b\n", encoding="utf-8")
+    with pytest.raises(InputError, match="names the column text twice"):
+        text.read_texts(twice)
+    latin = tmp_path / "calib.txt"
+    latin.write_bytes("Café crème\n".encode("latin-1"))
+    with pytest.raises(InputError, match=r"not UTF-8 text \(byte 3: 0xe9\)") as info:
+        text.read_texts(latin)
+    assert "iconv -f cp1252 -t utf-8 calib.txt > calib.utf8.txt" in info.value.hint

@@ -263,12 +263,24 @@ def read_texts(path: str | Path, *, require_labels: bool = False, class_names: l
         raw = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Excel's CSVs) is not part of the header
     except UnicodeDecodeError as exc:
         raise InputError(
-            f"{path.name} is not UTF-8 text (byte {exc.start})", hint="re-save it as UTF-8"
+            f"{path.name} is not UTF-8 text (byte {exc.start}: 0x{exc.object[exc.start]:02x})",
+            hint="re-save it as UTF-8" + _legacy_encoding(path),
         ) from None
     reader = {".txt": _rows_txt, ".jsonl": _rows_jsonl, ".csv": _rows_csv}[suffix]
     texts, labels = _check_rows(path, reader(path, raw), require_labels, class_names)
     log.info("read %d texts%s from %s", len(texts), " with labels" if labels is not None else "", path)
     return texts, labels
+
+
+def _legacy_encoding(path: Path) -> str:
+    """How to convert a file that reads as Windows-1252 / Latin-1 (a spreadsheet's or an old editor's default):
+    the usual non-UTF-8 text, whose accents were only 'byte 3'."""
+    try:
+        path.read_bytes().decode("cp1252")
+    except UnicodeDecodeError:
+        return ""
+    return (f"; it reads as Windows-1252 / Latin-1: iconv -f cp1252 -t utf-8 {path.name} > "
+            f"{path.stem}.utf8{path.suffix}, or save it from the editor as UTF-8")
 
 
 def _rows_txt(path: Path, raw: str) -> list[tuple[int, Any, Any]]:
@@ -297,7 +309,7 @@ def _rows_jsonl(path: Path, raw: str) -> list[tuple[int, Any, Any]]:
 def _rows_csv(path: Path, raw: str) -> list[tuple[int, Any, Any]]:
     reader = csv.DictReader(io.StringIO(raw, newline=""), strict=True)
     try:
-        fields = [f.strip() for f in (reader.fieldnames or [])]
+        fields = [_column(f) for f in (reader.fieldnames or [])]
         rows, overflow = [], []
         for row in reader:
             rows.append(row)
@@ -307,6 +319,11 @@ def _rows_csv(path: Path, raw: str) -> list[tuple[int, Any, Any]]:
         raise InputError(f"{path.name}: line {reader.line_num}: not valid CSV ({exc})",
                          hint=_other_delimiter(raw) or "close every opening double quote; a quote inside a field is "
                                                        "written twice (\"\")") from None
+    twice = sorted({f for f in fields if fields.count(f) > 1 and f in _COLUMNS})
+    if twice:
+        raise InputError(f"{path.name}: the header names the column {', '.join(twice)} twice (column names are read "
+                         f"case-insensitively: {', '.join(f.strip() for f in reader.fieldnames or [])})",
+                         hint="keep one column of each name")
     if "text" not in fields:
         raise InputError(
             f"{path.name}: no 'text' column (header: {', '.join(fields) or 'empty'})",
@@ -322,9 +339,19 @@ def _rows_csv(path: Path, raw: str) -> list[tuple[int, Any, Any]]:
     if not has_label and others:
         log.warning("%s: no 'label' column (columns: %s): its texts are read without labels; name the label column "
                     "'label' to score accuracy", path.name, ", ".join(fields))
-    named = [{k.strip() if isinstance(k, str) else k: v for k, v in row.items()} for row in rows]
+    named = [{_column(k) if isinstance(k, str) else k: v for k, v in row.items()} for row in rows]
     return [(i, (row.get("text"), row.get(PAIR_KEY)) if has_pair else row.get("text"),
              row.get("label") if has_label else None) for i, row in enumerate(named, 2)]
+
+
+_COLUMNS = ("text", "label", PAIR_KEY)
+
+
+def _column(name: str) -> str:
+    """A .csv header's column name: text, label and text_pair whatever their case (a spreadsheet's "Text,Label"
+    was refused for having no 'text' column), others as written."""
+    low = name.strip().lower()
+    return low if low in _COLUMNS else name.strip()
 
 
 def _other_delimiter(raw: str) -> str | None:
