@@ -617,3 +617,25 @@ def test_csv_columns_in_any_case_and_latin1_files_get_a_way_out(tmp_path):
     with pytest.raises(InputError, match=r"not UTF-8 text \(byte 3: 0xe9\)") as info:
         text.read_texts(latin)
     assert "iconv -f cp1252 -t utf-8 calib.txt > calib.utf8.txt" in info.value.hint
+
+
+def test_left_padding_tokenizers_pad_on_the_left_here_and_on_the_device(tmp_path):
+    """tokenizer_config.json's padding_side / truncation_side (XLNet pads on the left: its classifier reads the last
+    position) were ignored: every text was padded on the right, in the build and in run.py."""
+    import importlib.util
+
+    path = _word_tokenizer(tmp_path / "tok", "<pad>")
+    cfg = json.loads((tmp_path / "tok" / "tokenizer_config.json").read_text())
+    (tmp_path / "tok" / "tokenizer_config.json").write_text(json.dumps({**cfg, "padding_side": "left",
+                                                                        "truncation_side": "left"}))
+    settings = text.tokenizer_settings(path, 6)
+    assert (settings["padding_side"], settings["truncation_side"]) == ("left", "left")
+    ids = text.tokenize(["hello world", "hello hello hello world world"], path, 6, ["input_ids", "attention_mask"])
+    assert ids["input_ids"].tolist() == [[1, 1, 0, 4, 5, 2], [0, 4, 4, 5, 5, 2]]   # the first "hello" cut
+    shutil.copy2(Path(text.__file__).parents[1] / "bundle" / "templates" / "run.py", tmp_path / "tok" / "run.py")
+    spec = importlib.util.spec_from_file_location("run_left_pad_probe", tmp_path / "tok" / "run.py")
+    runner = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runner)
+    reader = runner.TextReader({"preprocess": {"kind": "text", "tokenizer": "tokenizer.json", **settings,
+                                               "model_input_names": ["input_ids", "attention_mask"]}})
+    assert reader("hello world")["input_ids"].tolist() == [ids["input_ids"][0].tolist()]

@@ -199,10 +199,16 @@ def _onnx_token_inputs(loaded: LoadedModel, max_length: int | None) -> tuple[lis
     """(input names in text.INPUT_ORDER, the sequence length the file fixes or None) of an ONNX text model: every
     input must be a (batch, sequence) int64 array the tokenizer gives, of one length; its dynamic axes are pinned
     to (1, --max-length) by the export stage."""
-    from edgepack.backends import onnx as onnx_backend
+    import onnx
+
     from edgepack.inputs import text
 
-    inputs, name = onnx_backend.io_details(loaded.onnx_path)["inputs"], loaded.onnx_path.name
+    graph = onnx.load(str(loaded.onnx_path), load_external_data=False).graph
+    weights = {t.name for t in graph.initializer}
+    inputs = [{"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
+               "shape": [d.dim_value if d.HasField("dim_value") else d.dim_param for d in v.type.tensor_type.shape.dim]}
+              for v in graph.input if v.name not in weights]
+    name = loaded.onnx_path.name
     odd = [f"{i['name']} {i['dtype']} {list(i['shape'])}" for i in inputs
            if i["name"] not in text.INPUT_ORDER or i["dtype"] != "int64" or len(i["shape"]) != 2]
     if odd or not inputs:

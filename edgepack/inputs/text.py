@@ -188,7 +188,16 @@ def tokenizer_settings(tokenizer_json: str | Path, max_length: int | None = None
         "model_input_names": [n for n in INPUT_ORDER if n in names],
         "pad_id": pad_id,
         "pad_token": pad_token,
+        # XLNet pads on the left (its classifier reads the last position) with token type 3
+        "pad_type_id": int(pad.get("pad_type_id", 0)),
+        "padding_side": _side(pad.get("direction") or cfg.get("padding_side")),
+        "truncation_side": _side(trunc.get("direction") or cfg.get("truncation_side")),
     }
+
+
+def _side(value: Any) -> str:
+    """'left' or 'right' (tokenizer.json writes Left / Right, tokenizer_config.json left / right)."""
+    return "left" if str(value).lower() == "left" else "right"
 
 
 def _model_max_length(cfg: dict) -> int | None:
@@ -441,8 +450,9 @@ def tokenize(
 
     settings = tokenizer_settings(tokenizer_json, max_length)
     tok = Tokenizer.from_file(str(tokenizer_json))
-    tok.enable_truncation(max_length)
-    tok.enable_padding(length=max_length, pad_id=settings["pad_id"], pad_token=settings["pad_token"])
+    tok.enable_truncation(max_length, direction=settings["truncation_side"])
+    tok.enable_padding(length=max_length, pad_id=settings["pad_id"], pad_token=settings["pad_token"],
+                       pad_type_id=settings["pad_type_id"], direction=settings["padding_side"])
     enc = tok.encode_batch(list(texts))
     if stats is not None:
         stats["truncated"] = sum(bool(e.overflowing) for e in enc)

@@ -149,9 +149,10 @@ class TextReader:
         self.names = list(pre["model_input_names"])
         self.length = int(pre["max_length"])
         self.tok = Tokenizer.from_file(str(HERE / pre["tokenizer"]))
-        self.tok.enable_truncation(self.length)
+        self.tok.enable_truncation(self.length, direction=pre.get("truncation_side", "right"))
         self.tok.enable_padding(length=self.length, pad_id=int(pre.get("pad_id", 0)),
-                                pad_token=pre.get("pad_token", "[PAD]"))
+                                pad_token=pre.get("pad_token", "[PAD]"), pad_type_id=int(pre.get("pad_type_id", 0)),
+                                direction=pre.get("padding_side", "right"))
 
     def __call__(self, text):
         enc = self.tok.encode(*text) if isinstance(text, tuple) else self.tok.encode(text)  # a (text, pair) tuple
