@@ -66,6 +66,13 @@ class ImageInput:
         input shape)."""
         return None
 
+    def pinned_by_name(self, file: str, dims: list[str]) -> tuple[str, str | None]:
+        """(the warning, what was guessed or None) when the ONNX source ``file``'s dynamic dimensions ``dims``
+        ("input:axis") were pinned to ``source_shapes`` by input name."""
+        sizes = ", ".join(f"{k} {list(v)}" for k, v in (self.source_shapes() or {}).items())
+        return (f"{file} has dynamic input dimensions {dims} (input:axis), pinned to the sizes of the calibration "
+                f"data ({sizes}): the shipped model runs at these sizes only", None)
+
     def channel_mismatch(self, shape: tuple[int, ...]) -> tuple[str, str] | None:
         """(message, hint) when the channel order cannot give the model's channel count: a grey (1-channel) model
         needs L, an RGB/BGR one 3 channels. Photos were then read as 3 channels into a 1-channel input (exit 70),
@@ -196,6 +203,14 @@ class TextInput(ImageInput):
         """An ONNX text model's token inputs pinned to (1, max_length) by name (its batch and sequence axes may be
         dynamic)."""
         return {n: (1, self.text.max_length) for n in self.input_names}
+
+    def pinned_by_name(self, file: str, dims: list[str]) -> tuple[str, str | None]:
+        """A dynamic sequence axis pinned to the build's sequence length: guessed unless --max-length set it."""
+        said = f"{file} has a dynamic sequence axis ({', '.join(dims)}), pinned to {self.text.max_length} tokens"
+        if self.config.max_length:
+            return said + " (--max-length): the shipped model runs at this length only", None
+        return (said + " (the tokenizer's length, else 128): the shipped model runs at this length only; "
+                "--max-length sets it", said)
 
     def load(self, path: str | None, *, role: str, count: int | None, seed: int, shape: tuple[int, ...],
              progress: ProgressFn = no_progress) -> Dataset:

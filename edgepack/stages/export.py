@@ -46,8 +46,7 @@ def run(ctx: BuildContext) -> None:
     except StageError as exc:
         if not guessed:
             raise
-        flag = "--max-length L" if ctx.inputs.name == "text" else "--input-shape N,C,H,W"
-        raise InputError(exc.message, hint=f"{guessed}: pass the shape it runs at, {flag}") from None
+        raise InputError(exc.message, hint=f"{guessed}: pass the shape it runs at, {ctx.inputs.shape_flag}") from None
     ctx.add(Artifact("onnx", "fp32", final))
     _say_copied_outputs(ctx, final)
     if ctx.model.kind == "torch":
@@ -66,19 +65,11 @@ def _pinned_to_the_profile(ctx: BuildContext) -> str | None:
     onnxruntime's shape-inference message alone."""
     every = (ctx.records.get("onnx_source") or {}).get("pinned_dims") or []
     named = [d for d in every if isinstance(d, str) and not d.endswith(":0")]  # by input name, from the .npz
-    if named and ctx.inputs.name == "text":  # a dynamic sequence axis: pinned to the build's sequence length
-        said = (f"{ctx.model.onnx_path.name} has a dynamic sequence axis ({', '.join(named)}), pinned to "
-                f"{ctx.input_shape[-1]} tokens")
-        if ctx.config.max_length:
-            ctx.warn(said + " (--max-length): the shipped model runs at this length only")
-            return None
-        ctx.warn(said + " (the tokenizer's length, else 128): the shipped model runs at this length only; "
-                 "--max-length sets it")
-        return said
     if named:
-        sizes = ", ".join(f"{k} {list(v)}" for k, v in ctx.inputs.source_shapes().items())
-        ctx.warn(f"{ctx.model.onnx_path.name} has dynamic input dimensions {named} (input:axis), pinned to the sizes "
-                 f"of the calibration data ({sizes}): the shipped model runs at these sizes only")
+        said, guessed = ctx.inputs.pinned_by_name(ctx.model.onnx_path.name, named)
+        ctx.warn(said)
+        if guessed:
+            return guessed
     pinned = [d for d in every if isinstance(d, int) and d != 0]  # a batch dimension is 1 whatever the shape
     if not pinned or ctx.config.input_shape:
         return None
