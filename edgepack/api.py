@@ -192,10 +192,7 @@ def _prepare(config: BuildConfig, target: targets.TargetProfile, workdir: Path, 
     if config.labels_dir:
         _read_targets(config, task, val, shape, output_shapes)
     labels = _labels(config, val, num_outputs, model, classes)
-    if task.name == "generic" and val.y is not None:  # read, then judged by nothing: said, not silently dropped
-        said.append(f"the {len(val.y)} validation labels are not used: task generic judges every output by its SQNR "
-                    "against FP32" + (" (pass --task classify to score top-1 accuracy on a first output of class "
-                                      "scores)" if output_shapes and tasks.class_scores(output_shapes[0]) else ""))
+    said.extend(_label_notes(config, task, val, labels, output_shapes, text=model.text is not None))
     same = _same_data(config.calib, config.val)
     ctx = BuildContext(config=config, target=target, workdir=workdir, input_shape=shape, model=model, calib=calib,
                        val=val, inputs=kind, task=task, val_is_calibration=not config.val or same, labels=labels,
@@ -438,6 +435,27 @@ def _labels(config: BuildConfig, val: data.Dataset, num_outputs: int | None,
                               "check --num-classes and the validation labels (class folders, the .npz's y, or "
                               "a text file's label column)")
     return names if names is not None else val.class_names
+
+
+def _label_notes(config: BuildConfig, task: tasks.Task, val: data.Dataset, labels: list[str] | None,
+                 output_shapes: list[tuple], *, text: bool) -> list[str]:
+    """What to say about labels: validation labels a generic model cannot use (read, then judged by nothing), or a
+    text model's (N, C) output taken for C class scores with nothing naming them: a sentence-embedding encoder's
+    (1, 384) was built as a 384-class classifier, judged by the top-1 of its largest element, and run.py printed
+    a 'label' and softmax 'scores' over its dimensions."""
+    if task.name == "generic" and val.y is not None:
+        return [f"the {len(val.y)} validation labels are not used: task generic judges every output by its SQNR "
+                "against FP32" + (" (pass --task classify to score top-1 accuracy on a first output of class "
+                                  "scores)" if output_shapes and tasks.class_scores(output_shapes[0]) else "")]
+    if not text or config.task or task.name != "classify" or labels is not None:
+        return []
+    width, used = output_shapes[0][-1], 0 if val.y is None else len(set(val.y.tolist()))
+    if width <= 2 * max(used, 1):   # the labels span the outputs: a classifier
+        return []
+    seen = f"the validation labels use {used} of them" if used else "no class names or labels say what they are"
+    return [f"the model's output {list(output_shapes[0])} is read as {width} class scores (task classify; {seen}): "
+            "top-1 agreement and run.py's 'label' take its largest element; if it is an embedding, pass --task "
+            "generic (every output judged by its SQNR against FP32), else --labels with the class names"]
 
 
 def _remap_by_name(val: data.Dataset, names: list[str]) -> None:

@@ -411,3 +411,29 @@ def test_texts_cut_to_max_length_are_said(bundle):
     for role in ("calibration", "validation"):
         assert any(w.startswith(f"{role} data ") and f"1 of {len(TEXTS)} texts are longer than {L} tokens" in w
                    for w in warnings), warnings
+
+
+def test_a_sentence_embedding_read_as_class_scores_is_said(hf_folder, text_data, tmp_path, monkeypatch):
+    """A sentence-embedding encoder (mean-pooled, (1, 32)) from a factory was built as a 32-class classifier without
+    a word: judged by the top-1 of its largest element and printed by run.py as a 'label' with softmax 'scores'."""
+    (tmp_path / "embedder_probe.py").write_text(
+        "import torch, transformers\n"
+        "class Embedder(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        f"        self.bert = transformers.BertModel.from_pretrained({str(hf_folder)!r})\n"
+        "    def forward(self, input_ids, attention_mask):\n"
+        "        h = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state\n"
+        "        m = attention_mask.unsqueeze(-1).float()\n"
+        "        return (h * m).sum(1) / m.sum(1)\n"
+        "def create():\n"
+        "    return Embedder().eval()\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    calib, _ = text_data
+    out = tmp_path / "emb"
+    result = CliRunner().invoke(main, ["build", "embedder_probe:create", "--tokenizer", str(hf_folder), "--max-length",
+                                       str(L), "--calib", str(calib), "--out", str(out), "--latency-runs", "3",
+                                       "--min-agreement", "0", "--quiet"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    warnings = json.loads((out / "manifest.json").read_text())["warnings"]
+    assert any("output [1, 32] is read as 32 class scores" in w and "--task generic" in w for w in warnings)
