@@ -437,3 +437,11 @@ def test_a_sentence_embedding_read_as_class_scores_is_said(hf_folder, text_data,
     assert result.exit_code == 0, result.output + repr(result.exception)
     warnings = json.loads((out / "manifest.json").read_text())["warnings"]
     assert any("output [1, 32] is read as 32 class scores" in w and "--task generic" in w for w in warnings)
+
+
+def test_a_text_model_whose_outputs_look_wrong_is_pointed_at_its_tokenizer(bundle):
+    """The seeded tiny BERT predicts one class for every text; the warning sent a text model's user to the image
+    flags (--mean, --std, --scale)."""
+    warnings = json.loads((bundle / "manifest.json").read_text())["warnings"]
+    doubts = [w for w in warnings if w.startswith("FP32 ")]
+    assert doubts and all("--mean" not in w and "the tokenizer" in w for w in doubts), warnings

@@ -37,6 +37,8 @@ class ImageInput:
     prune_method = "channels"
     layer_diagnosis = True          # the shipped INT8 ONNX rounds activations: per-layer error is meaningful
     shape_flag = "--input-shape N,C,H,W"
+    #: what makes the model's inputs, for hints when its outputs look wrong
+    preprocessing_flags = "the preprocessing (--mean, --std, --scale)"
     input_names: list[str] | None = None
 
     def __init__(self, model: Any, config: Any, target: Any):
@@ -172,6 +174,7 @@ class TextInput(ImageInput):
     prune_method = "transformer"
     layer_diagnosis = False         # dynamic INT8 may ship: no rounded activations to diagnose
     shape_flag = "--max-length L"
+    preprocessing_flags = "the tokenizer (its own, or --tokenizer) with --max-length"
 
     def __init__(self, model: Any, config: Any, target: Any):
         super().__init__(model, config, target)
@@ -266,6 +269,7 @@ class TensorsInput(ImageInput):
 
     name = "tensors"
     shape_flag = "the model file's input shapes"
+    preprocessing_flags = "the preprocessing of the .npz's arrays"
 
     def __init__(self, model: Any, config: Any, target: Any, specs: list[dict]):
         super().__init__(model, config, target)
