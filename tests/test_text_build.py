@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -445,3 +446,16 @@ def test_a_text_model_whose_outputs_look_wrong_is_pointed_at_its_tokenizer(bundl
     warnings = json.loads((bundle / "manifest.json").read_text())["warnings"]
     doubts = [w for w in warnings if w.startswith("FP32 ")]
     assert doubts and all("--mean" not in w and "the tokenizer" in w for w in doubts), warnings
+
+
+def test_the_bundled_tokenizer_pads_and_cuts_by_itself(bundle):
+    """The bundle's tokenizer.json was the model folder's as saved, without padding or truncation: a device
+    tokenizer other than run.py (DJL on Android reads tokenizer.json) had to guess both. It now carries the build's."""
+    from tokenizers import Tokenizer
+
+    man = json.loads((bundle / "manifest.json").read_text())
+    tok = Tokenizer.from_file(str(bundle / "tokenizer.json"))
+    short, long = tok.encode("hi"), tok.encode("word " * 100)
+    assert len(short.ids) == len(long.ids) == L and short.ids[-1] == man["preprocess"]["pad_id"]
+    golden = np.load(bundle / "golden.npz")
+    assert golden["input_ids"].shape == (1, L)

@@ -11,7 +11,6 @@ bundle/templates/run.py.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -254,7 +253,9 @@ class TextInput(ImageInput):
         return dict(x)
 
     def bundle_files(self, staging: Path) -> None:
-        shutil.copyfile(self.text.tokenizer, staging / TOKENIZER_FILE)
+        from edgepack.inputs.text import write_device_tokenizer
+
+        write_device_tokenizer(self.text.tokenizer, staging / TOKENIZER_FILE, self.text.settings)
 
     def preprocess_record(self) -> dict:
         return {"kind": "text", "tokenizer": TOKENIZER_FILE, **self.text.settings}

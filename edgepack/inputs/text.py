@@ -464,6 +464,20 @@ def tokenize(
     return {n: np.asarray(arrays[n], dtype=np.int64).reshape(len(enc), max_length) for n in input_names}
 
 
+def write_device_tokenizer(src: str | Path, dst: str | Path, settings: dict) -> None:
+    """Write ``src`` (a tokenizer.json) to ``dst`` with the build's truncation and padding in it (length, pad token
+    and id, sides): a tokenizer.json saved without them (most are) left the device's tokenizer, if it is not the
+    bundle's run.py (DJL on Android reads tokenizer.json), to guess them; a RoBERTa's pad token and an XLNet's left
+    padding came from tokenizer_config.json, which the bundle does not carry."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(src))
+    tok.enable_truncation(settings["max_length"], direction=settings.get("truncation_side", "right"))
+    tok.enable_padding(length=settings["max_length"], pad_id=settings["pad_id"], pad_token=settings["pad_token"],
+                       pad_type_id=settings.get("pad_type_id", 0), direction=settings.get("padding_side", "right"))
+    tok.save(str(dst))
+
+
 # --- export -------------------------------------------------------------------------------------------------
 
 
