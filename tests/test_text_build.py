@@ -336,8 +336,10 @@ def test_taylor_importance_ranks_text_heads_by_their_effect_on_the_output(hf_fol
     assert kept["taylor"] == [True, True]        # pruned it, kept the live one
 
 
-def _dynamic_onnx(hf_folder: Path, path: Path, names=("input_ids", "attention_mask", "token_type_ids")) -> Path:
-    """The tiny BERT as an ONNX file with dynamic batch and sequence axes, as optimum or torch.onnx.export write."""
+def _dynamic_onnx(hf_folder: Path, path: Path, names=("input_ids", "attention_mask", "token_type_ids"),
+                  dynamic: bool = True) -> Path:
+    """The tiny BERT as an ONNX file with dynamic batch and sequence axes, as optimum or torch.onnx.export write
+    (``dynamic=False``: fixed at (1, L))."""
     import torch
 
     from edgepack.inputs.text import load_hf_folder
@@ -345,7 +347,8 @@ def _dynamic_onnx(hf_folder: Path, path: Path, names=("input_ids", "attention_ma
     module = load_hf_folder(hf_folder, max_length=L)[0]
     args = tuple(torch.ones((1, L), dtype=torch.int64) for _ in names)
     torch.onnx.export(module, args, str(path), input_names=list(names), output_names=["logits"], opset_version=17,
-                      dynamic_axes={n: {0: "batch", 1: "sequence"} for n in names}, dynamo=False)
+                      dynamic_axes={n: {0: "batch", 1: "sequence"} for n in names} if dynamic else None,
+                      dynamo=False)
     return path
 
 
@@ -459,3 +462,11 @@ def test_the_bundled_tokenizer_pads_and_cuts_by_itself(bundle):
     assert len(short.ids) == len(long.ids) == L and short.ids[-1] == man["preprocess"]["pad_id"]
     golden = np.load(bundle / "golden.npz")
     assert golden["input_ids"].shape == (1, L)
+
+
+def test_an_onnx_text_model_fixed_at_one_length_is_refused_another(hf_folder, text_data, tmp_path):
+    model = _dynamic_onnx(hf_folder, tmp_path / "fixed.onnx", dynamic=False)
+    result = CliRunner().invoke(main, ["build", str(model), "--tokenizer", str(hf_folder), "--max-length", str(2 * L),
+                                       "--calib", str(text_data[0]), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2, result.output
+    assert f"fixed.onnx fixes its sequence length at {L} tokens, not --max-length {2 * L}" in result.output
