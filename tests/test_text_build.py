@@ -400,6 +400,11 @@ def test_labels_a_text_build_cannot_use_are_said(hf_folder, text_data, tmp_path)
     assert result.exit_code in (0, 1), result.output + repr(result.exception)   # 1: an untrained head's SQNR
     warnings = json.loads((out / "manifest.json").read_text())["warnings"]
     assert any(f"the {len(TEXTS)} validation labels are not used: task generic" in w for w in warnings)
+    # run.py named neither the sentence nor the head's one number (only its "min", "max" and "mean")
+    proc = subprocess.run([sys.executable, "run.py", "Call now", "--json"], cwd=out, capture_output=True, text=True,
+                          timeout=120, check=False)
+    res = json.loads(proc.stdout.splitlines()[0])
+    assert res["text"] == "Call now" and res["outputs"][0]["value"] == res["outputs"][0]["mean"], proc.stderr
     beyond = tmp_path / "beyond.jsonl"
     beyond.write_text("".join(json.dumps({"text": t, "label": i % 3}) + "\n" for i, t in enumerate(TEXTS)))
     result = CliRunner().invoke(main, ["build", str(hf_folder), "--calib", str(calib), "--val", str(beyond), "--out",

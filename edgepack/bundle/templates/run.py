@@ -469,10 +469,13 @@ def result(task, kind, model, feed, item, labels, top, score_threshold=None, fra
             out.update(image_size=list(size), model_sees=[round(float(v), 2) for v in seen])
             out["_mask"] = mask
         return out
-    if name == "generic":
-        return {"outputs": [{"index": i, "shape": list(o.shape), "min": round(float(o.min()), 6),
-                             "max": round(float(o.max()), 6), "mean": round(float(o.mean()), 6)}
-                            for i, o in enumerate(model.outputs(feed))]}
+    if name == "generic":  # a sentence's result names it; a one-number output (a regression head) gives its value
+        said = ({"text": item[0], "text_pair": item[1]} if isinstance(item, tuple) else {"text": item}
+                ) if kind == "text" else {}
+        return {**said, "outputs": [{"index": i, "shape": list(o.shape), "min": round(float(o.min()), 6),
+                                     "max": round(float(o.max()), 6), "mean": round(float(o.mean()), 6),
+                                     **({"value": round(float(o.reshape(-1)[0]), 6)} if o.size == 1 else {})}
+                                    for i, o in enumerate(model.outputs(feed))]}
     scores = np.asarray(model(feed), np.float32)[0].reshape(-1)
     if kind == "text":
         multi = bool(task.get("multi_label"))  # each class on its own: a sigmoid each, every class at 0.5 or more
@@ -540,9 +543,12 @@ def show(res):
               + (f"; mask written to {res['mask_file']}" if res.get("mask_file") else ""))
     for r in res.get("classes", []):
         print(f"{100 * r['fraction']:6.2f} %  {r['name']}")
+    if "text" in res and "label" not in res:
+        print(json.dumps({k: v for k, v in res.items() if k in ("text", "text_pair")}, ensure_ascii=False))
     for r in res.get("outputs", []):
         name = f" ({r['name']})" if r.get("name") else ""
-        print(f"output {r['index']}{name}: shape {r['shape']}  min {r['min']:.4g}  max {r['max']:.4g}  "
+        print(f"output {r['index']}{name}: shape {r['shape']}  value {r['value']:.6g}" if "value" in r else
+              f"output {r['index']}{name}: shape {r['shape']}  min {r['min']:.4g}  max {r['max']:.4g}  "
               f"mean {r['mean']:.4g}")
         if "values" in r:
             print(np.array2string(np.asarray(r["values"], np.float32), threshold=sys.maxsize, max_line_width=100,
