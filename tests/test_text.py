@@ -639,3 +639,12 @@ def test_left_padding_tokenizers_pad_on_the_left_here_and_on_the_device(tmp_path
     reader = runner.TextReader({"preprocess": {"kind": "text", "tokenizer": "tokenizer.json", **settings,
                                                "model_input_names": ["input_ids", "attention_mask"]}})
     assert reader("hello world")["input_ids"].tolist() == [ids["input_ids"][0].tolist()]
+
+
+def test_a_jsonl_whose_texts_are_under_another_key_names_the_keys(tmp_path):
+    """GLUE-style {"sentence": ...} lines were each "'text' missing" with the hint "fill the empty ones"."""
+    path = tmp_path / "glue.jsonl"
+    path.write_text('{"sentence": "hello", "label": 0}\n{"sentence": "win now", "label": 1}\n', encoding="utf-8")
+    with pytest.raises(InputError, match=r"no line has a 'text' key \(keys found: label, sentence\)") as info:
+        text.read_texts(path)
+    assert "fill the empty ones" not in info.value.hint

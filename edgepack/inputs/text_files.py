@@ -71,7 +71,7 @@ def _rows_txt(path: Path, raw: str) -> list[tuple[int, Any, Any]]:
 
 
 def _rows_jsonl(path: Path, raw: str) -> list[tuple[int, Any, Any]]:
-    rows, bad = [], []
+    rows, bad, keys = [], [], set()
     for i, line in enumerate(raw.splitlines(), 1):
         if not line.strip():
             continue
@@ -85,7 +85,12 @@ def _rows_jsonl(path: Path, raw: str) -> list[tuple[int, Any, Any]]:
             continue
         text, pair = obj.get("text"), obj.get(PAIR_KEY)
         rows.append((i, text if pair is None else (text, pair), obj.get("label")))
+        keys.update(obj)
     _raise_if(path, bad, 'each line must be {"text": "...", "label": 0}')
+    if rows and "text" not in keys:  # a GLUE-style "sentence": every line read as empty ("fill the empty ones")
+        raise InputError(f"{path.name}: no line has a 'text' key (keys found: {', '.join(sorted(map(str, keys)))})",
+                         hint=f'name each text "text" (a sentence pair\'s second "{PAIR_KEY}"; the class "label"), '
+                              'e.g. {"text": "...", "label": 0}')
     return rows
 
 
