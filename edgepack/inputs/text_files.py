@@ -87,7 +87,7 @@ def _rows_jsonl(path: Path, raw: str) -> list[tuple[int, Any, Any]]:
         rows.append((i, text if pair is None else (text, pair), obj.get("label")))
         keys.update(obj)
     _raise_if(path, bad, 'each line must be {"text": "...", "label": 0}')
-    if rows and "text" not in keys:  # a GLUE-style "sentence": every line read as empty ("fill the empty ones")
+    if rows and "text" not in keys and keys - {"label", PAIR_KEY}:  # GLUE's "sentence": every line read as empty
         raise InputError(f"{path.name}: no line has a 'text' key (keys found: {', '.join(sorted(map(str, keys)))})",
                          hint=f'name each text "text" (a sentence pair\'s second "{PAIR_KEY}"; the class "label"), '
                               'e.g. {"text": "...", "label": 0}')
