@@ -197,6 +197,7 @@ def _prepare(config: BuildConfig, target: targets.TargetProfile, workdir: Path, 
     if config.labels_dir:
         _read_targets(config, task, val, shape, output_shapes)
     labels = _labels(config, val, num_outputs, model, classes)
+    said.extend(_label_notes(config, task, val, labels, output_shapes, text=model.text is not None))
     same = _same_data(config.calib, config.val)
     ctx = BuildContext(config=config, target=target, workdir=workdir, input_shape=shape, model=model, calib=calib,
                        val=val, inputs=kind, task=task, val_is_calibration=not config.val or same, labels=labels,
@@ -228,6 +229,11 @@ def _data_warnings(ctx: BuildContext) -> None:
         if ds is not None and ds.skipped:
             ctx.warn(f"{role} data {ds.source}: skipped {len(ds.skipped)} unreadable file(s), e.g. "
                      f"{ds.skipped[0]}")
+        if ds is not None and ds.truncated:  # the model reads their first tokens only, here and on the device
+            length = ctx.input_shape[-1]
+            ctx.warn(f"{role} data {ds.source}: {ds.truncated} of {len(ds)} texts are longer than {length} tokens "
+                     f"and were cut to their first {length} (the bundle's run.py cuts them alike); --max-length "
+                     "sets the length")
     names = (ctx.val.class_names if ctx.val is not None and config.val else None) or []
     if not config.labels and all(n.isdigit() for n in names) and names != sorted(names, key=int):
         ctx.warn(f"validation class folders are numbers, and class i is the i-th in text order ({', '.join(names[:4])}"
@@ -245,7 +251,7 @@ def _unused_labels(ctx: BuildContext) -> None:
     labelled = ctx.config.val and ctx.val is not None and ctx.val.y is not None
     if ctx.task.name != "generic" or not (labelled or ctx.config.labels):
         return
-    given = " and ".join(filter(None, ["the validation labels" if labelled else "",
+    given = " and ".join(filter(None, [f"the {len(ctx.val.y)} validation labels" if labelled else "",
                                        "--labels" if ctx.config.labels else ""]))
     ctx.warn(f"{given} are not used: the task is generic (every output judged by its SQNR against FP32); "
              "--task classify judges a first output of (N, C) or (N, C, 1, 1) class scores by its accuracy")
@@ -286,6 +292,11 @@ def _task(config: BuildConfig, output_shapes: list[tuple], model: sources.Loaded
         said.extend(filter(None, [task.settle_format(output_shapes, names)]))
     if hasattr(task, "check_outputs"):
         task.check_outputs(output_shapes, model.spec)
+    if model.text is not None and model.text.multi_label and task.name == "classify":
+        task.multi_label = True
+        said.append(f"{model.name} is a multi-label classifier (problem_type multi_label_classification): run.py "
+                    "scores each class with a sigmoid and lists every class at 0.5 or more, but validation judges "
+                    "the top-scoring class only (top-1 agreement, accuracy against one label per text)")
     return task
 
 
@@ -443,10 +454,31 @@ def _labels(config: BuildConfig, val: data.Dataset, num_outputs: int | None,
         raise InputError(f"the validation folder has {len(val.class_names)} class folders but the model has "
                          f"{num_outputs} outputs", hint="pass --labels FILE to match folders to classes by name")
     if num_outputs is not None and val.y is not None and int(val.y.max()) >= num_outputs:
-        raise InputError(f"validation labels go up to {int(val.y.max())} but the model has {num_outputs} outputs",
-                         hint="check --num-classes and the validation labels (class folders, the .npz's y, or "
+        beyond = int((val.y >= num_outputs).sum())
+        raise InputError(f"validation labels go up to {int(val.y.max())} but the model has {num_outputs} outputs "
+                         f"(classes 0-{num_outputs - 1}): {beyond} of {len(val.y)} samples carry a label beyond",
+                         hint="check the validation labels (a text file's label column: class indices from 0, or "
+                              "class names)" if model.text is not None else
+                              "check --num-classes and the validation labels (class folders, the .npz's y, or "
                               "a text file's label column)")
     return names if names is not None else val.class_names
+
+
+def _label_notes(config: BuildConfig, task: tasks.Task, val: data.Dataset, labels: list[str] | None,
+                 output_shapes: list[tuple], *, text: bool) -> list[str]:
+    """What to say about labels (those a generic model cannot use: `_unused_labels`): a text model's (N, C) output
+    taken for C class scores with nothing naming them: a sentence-embedding encoder's (1, 384) was built as a
+    384-class classifier, judged by the top-1 of its largest element, and run.py printed a 'label' and softmax
+    'scores' over its dimensions."""
+    if not text or config.task or task.name != "classify" or labels is not None:
+        return []
+    width, used = output_shapes[0][-1], 0 if val.y is None else len(set(val.y.tolist()))
+    if width <= 2 * max(used, 1):   # the labels span the outputs: a classifier
+        return []
+    seen = f"the validation labels use {used} of them" if used else "no class names or labels say what they are"
+    return [f"the model's output {list(output_shapes[0])} is read as {width} class scores (task classify; {seen}): "
+            "top-1 agreement and run.py's 'label' take its largest element; if it is an embedding, pass --task "
+            "generic (every output judged by its SQNR against FP32), else --labels with the class names"]
 
 
 def _remap_by_name(val: data.Dataset, names: list[str]) -> None:

@@ -138,10 +138,10 @@ class BuildConfig:
                              None)
     val: str | None = spec("validation data: ImageFolder-style folder or .npz with x and optional y; text "
                            "models: .jsonl or .csv with text and optional label", None)
-    tokenizer: str | None = spec("text models from a factory: tokenizer.json, or a folder holding one (a "
-                                 "transformers folder brings its own)", None)
-    max_length: int | None = spec("text models: fixed sequence length, tokens (default: the tokenizer's, else 128)",
-                                  None, ge=1, le=8192)
+    tokenizer: str | None = spec("text models from a factory or an .onnx file: tokenizer.json, or a folder "
+                                 "holding one (a transformers folder brings its own)", None)
+    max_length: int | None = spec("text models: fixed sequence length, tokens (default: the tokenizer's, else 128; "
+                                  "at most what the model's position embeddings hold)", None, ge=1, le=8192)
     weights: str | None = spec("state dict for torchvision/factory models (loaded with weights_only=True)", None)
     num_classes: int | None = spec("classifier size for torchvision models, and for factories that take "
                                    "num_classes (passed to them)", None, ge=1, le=100000)

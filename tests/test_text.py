@@ -413,3 +413,238 @@ def test_a_semicolon_separated_csv_is_named_in_the_hint(tmp_path):
     with pytest.raises(InputError) as info:
         text.read_texts(tmp_path / "v.csv")
     assert "separated by semicolons" in info.value.hint
+
+
+def test_dynamic_int8_of_a_text_cnn_loads(tmp_path):
+    """A CNN over word embeddings (Conv1d, no attention): onnxruntime's dynamic INT8 made its Conv a ConvInteger with
+    int8 weights, which the CPU provider cannot run, and the whole build failed on the dynamic candidate."""
+    torch = pytest.importorskip("torch")
+    ort = pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+
+    class CNN(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.conv, self.fc = torch.nn.Embedding(100, 8), torch.nn.Conv1d(8, 8, 3), torch.nn.Linear(8, 2)
+
+        def forward(self, input_ids):
+            return self.fc(torch.relu(self.conv(self.emb(input_ids).transpose(1, 2))).amax(-1))
+
+    fp32, int8 = tmp_path / "cnn.onnx", tmp_path / "cnn_int8.onnx"
+    ids = torch.randint(0, 100, (1, L))
+    torch.onnx.export(CNN().eval(), (ids,), str(fp32), input_names=["input_ids"], opset_version=17, dynamo=False)
+    onnx_text_quantize.quantize_text_dynamic(fp32, int8)
+    sess = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"])
+    assert sess.run(None, {"input_ids": ids.numpy()})[0].shape == (1, 2)
+
+
+def test_text_int8_candidates_without_class_scores_are_compared_on_sqnr():
+    """A regression head or an embedding has no agreement: both candidates were scored as 100 % disagreement, the
+    faster shipped whatever its SQNR, and the reason read "drop 100.00 points"."""
+    from edgepack.stages.quantize_candidates import _pick
+
+    generic = {"static": {"accuracy_drop": None, "agreement": None, "sqnr_db": 40.0},
+               "dynamic": {"accuracy_drop": None, "agreement": None, "sqnr_db": 12.0}}
+    chosen, why = _pick(generic, {"static": 1.2, "dynamic": 1.0})
+    assert chosen == "static" and "100.00" not in why and "SQNR" in why and "0.00 dB" in why
+    same = {k: {**q, "sqnr_db": 30.1 if k == "static" else 30.0} for k, q in generic.items()}
+    assert _pick(same, {"static": 1.5, "dynamic": 1.0})[0] == "dynamic"   # 0.1 dB worse but much faster
+    labelled = {"static": {"accuracy_drop": 0.5, "agreement": 0.99, "sqnr_db": 30.0},
+                "dynamic": {"accuracy_drop": 0.0, "agreement": 1.0, "sqnr_db": 20.0}}
+    chosen, why = _pick(labelled, {"static": 1.0, "dynamic": 1.0})
+    assert chosen == "dynamic" and "accuracy drop" in why and "points" in why
+
+
+def _word_tokenizer(folder: Path, pad_in_config: object) -> Path:
+    """A RoBERTa-like word-level tokenizer (<s> 0, <pad> 1) saved as most are: no padding section in tokenizer.json,
+    the pad token named in tokenizer_config.json only."""
+    tokenizers = pytest.importorskip("tokenizers")
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "hello": 4, "world": 5}
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tok.post_processor = tokenizers.processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+    folder.mkdir(exist_ok=True)
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"pad_token": pad_in_config}), encoding="utf-8")
+    return folder / "tokenizer.json"
+
+
+@pytest.mark.parametrize("pad", ["<pad>", {"content": "<pad>", "special": True}])
+def test_pad_token_from_tokenizer_config(tmp_path, pad):
+    """A tokenizer.json without a padding section padded with id 0 ([PAD] assumed): for a RoBERTa that is <s>."""
+    path = _word_tokenizer(tmp_path / "tok", pad)
+    settings = text.tokenizer_settings(path, 6)
+    assert (settings["pad_token"], settings["pad_id"]) == ("<pad>", 1)
+    ids = text.tokenize(["hello world"], path, 6, ["input_ids", "attention_mask"])
+    assert ids["input_ids"].tolist() == [[0, 4, 5, 2, 1, 1]] and ids["attention_mask"].tolist() == [[1, 1, 1, 1, 0, 0]]
+
+
+def test_sequence_length_fits_the_position_embeddings(tmp_path):
+    """A default length (the tokenizer's, else 128) beyond a model's position embeddings crashed later (a RoBERTa in
+    onnxruntime, with a hint about image preprocessing); it is lowered to what they hold, and a --max-length beyond
+    them is refused naming the limit. RoBERTa numbers positions from its pad id + 1: 10 rows hold 8 tokens."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    folder = tmp_path / "tiny_roberta"
+    config = transformers.RobertaConfig(vocab_size=6, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                        intermediate_size=16, max_position_embeddings=10, pad_token_id=1,
+                                        type_vocab_size=1, num_labels=2)
+    transformers.RobertaForSequenceClassification(config).eval().save_pretrained(str(folder), safe_serialization=True)
+    _word_tokenizer(folder, "<pad>")
+    module, _, settings = text.load_hf_folder(folder)
+    assert settings["max_length"] == 8 and text.position_limit(module.model) == 8
+    ids = text.tokenize(["hello world " * 10], folder / "tokenizer.json", 8, settings["model_input_names"])
+    with torch.no_grad():
+        assert module(*(torch.from_numpy(ids[n]) for n in settings["model_input_names"])).shape == (1, 2)
+    assert text.load_hf_folder(folder, max_length=8)[2]["max_length"] == 8
+    with pytest.raises(InputError, match="--max-length 9 is longer than tiny_roberta takes: .* hold 8 tokens"):
+        text.load_hf_folder(folder, max_length=9)
+
+
+def test_multi_label_classifier_is_scored_class_by_class(tmp_path, tiny_onnx, minilm_dir):
+    """An HF classifier with problem_type multi_label_classification was read as one class among all: run.py gave
+    softmax scores summing to 1 and one label, where each class has its own sigmoid."""
+    import sys
+
+    import onnxruntime as ort
+    transformers = pytest.importorskip("transformers")
+    from edgepack.inputs import sources
+
+    folder = tmp_path / "multi"
+    config = transformers.BertConfig(vocab_size=30522, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=16, max_position_embeddings=L, num_labels=2,
+                                     problem_type="multi_label_classification")
+    transformers.BertForSequenceClassification(config).save_pretrained(str(folder), safe_serialization=True)
+    for name in TOKENIZER_FILES:
+        shutil.copy2(minilm_dir / name, folder / name)
+    assert sources.load(str(folder)).text.multi_label
+    bundle = _text_bundle(tmp_path / "bundle", tiny_onnx, minilm_dir)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["stages"] = {"task": {"name": "classify", "multi_label": True}}
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    sentence = "WINNER! claim your prize"
+    proc = subprocess.run([sys.executable, "run.py", sentence], cwd=bundle, capture_output=True, text=True,
+                          check=True)
+    result = json.loads(proc.stdout.splitlines()[0])
+    feed = text.tokenize([sentence], bundle / "tokenizer.json", L)
+    logits = ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"]).run(None, feed)[0][0]
+    probs = 1 / (1 + np.exp(-logits))
+    assert [result["scores"][n] for n in ("ham", "spam")] == pytest.approx(probs, abs=1e-5)
+    assert result["labels"] == [n for n, p in zip(("ham", "spam"), probs, strict=True) if p >= 0.5]
+
+
+def test_sentence_pairs_are_read_and_tokenized_as_pairs(tmp_path, minilm_dir, tiny_onnx):
+    """A sentence-pair model's data ({"text", "text_pair"} in .jsonl, a text_pair column in .csv) was read as its
+    first text alone, the second silently dropped: such a model was calibrated and validated on half its input."""
+    import sys
+
+    jsonl, csv_file = tmp_path / "pairs.jsonl", tmp_path / "pairs.csv"
+    jsonl.write_text('{"text": "A man sleeps", "text_pair": "A person rests", "label": 0}\n'
+                     '{"text": "Kids play", "text_pair": "Nobody plays", "label": 1}\n', encoding="utf-8")
+    csv_file.write_text('text,text_pair,label\nA man sleeps,A person rests,0\n"Kids, two",Nobody plays,1\n',
+                        encoding="utf-8")
+    texts, y = text.read_texts(jsonl)
+    assert texts == [("A man sleeps", "A person rests"), ("Kids play", "Nobody plays")] and y.tolist() == [0, 1]
+    assert text.read_texts(csv_file)[0][1] == ("Kids, two", "Nobody plays")
+    ids = text.tokenize(texts, minilm_dir / "tokenizer.json", L)
+    assert ids["token_type_ids"][0].tolist() == [0] * 5 + [1] * 4 + [0] * (L - 9)   # [CLS] a man sleeps [SEP] ...
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text('{"text": "a", "text_pair": "b"}\n{"text": "c"}\n{"text": "d", "text_pair": ""}\n')
+    with pytest.raises(InputError, match=r"line 3: 'text_pair' missing .*1 of 3 rows have no 'text_pair'"):
+        text.read_texts(mixed)
+    bundle = _text_bundle(tmp_path / "bundle", tiny_onnx, minilm_dir)
+    proc = subprocess.run([sys.executable, "run.py", "A man sleeps", "--pair", "A person rests"], cwd=bundle,
+                          capture_output=True, text=True, check=True)
+    assert json.loads(proc.stdout.splitlines()[0])["text_pair"] == "A person rests"
+
+
+def test_diagnosis_of_a_dynamic_int8_text_model_is_an_empty_table(tmp_path, tiny_onnx, minilm_dir):
+    """A text bundle that shipped dynamic INT8 rounds no activations: `edgepack diagnose BUNDLE` crashed ("internal
+    error: zip() argument 2 is longer than argument 1") before its own "rounds no activations" message."""
+    from edgepack.quantize.diagnose import layer_errors
+
+    int8 = tmp_path / "dynamic.onnx"
+    onnx_text_quantize.quantize_text_dynamic(tiny_onnx, int8)
+    assert layer_errors(tiny_onnx, int8, text.tokenize(TEXTS, minilm_dir / "tokenizer.json", L)) == []
+
+
+def test_a_factory_returning_a_transformers_classifier_keeps_its_class_names(tmp_path, monkeypatch, minilm_dir):
+    """A factory returning an HF classifier as it is: its config's id2label (and multi-label problem_type) were
+    ignored, so the bundle named its classes 0, 1, 2 and scored them with a softmax. A module of one's own holding
+    an HF model is left alone (it may have put another head on it)."""
+    transformers = pytest.importorskip("transformers")
+    from edgepack.inputs import sources
+
+    config = transformers.BertConfig(vocab_size=30522, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=16, max_position_embeddings=L, num_labels=3,
+                                     id2label={0: "sport", 1: "tech", 2: "food"}, label2id={"sport": 0, "tech": 1,
+                                                                                        "food": 2},
+                                     problem_type="multi_label_classification")
+    transformers.BertForSequenceClassification(config).save_pretrained(str(tmp_path / "hf"), safe_serialization=True)
+    (tmp_path / "hf_factory_probe.py").write_text(
+        "import torch, transformers\n"
+        "def create():\n"
+        f"    return transformers.BertForSequenceClassification.from_pretrained({str(tmp_path / 'hf')!r}).eval()\n"
+        "class Own(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.model = create()\n"
+        "    def forward(self, input_ids, attention_mask):\n"
+        "        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :2]\n"
+        "def own():\n"
+        "    return Own().eval()\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    info = sources.load("hf_factory_probe:create", tokenizer=str(minilm_dir), max_length=L).text
+    assert info.labels == ["sport", "tech", "food"] and info.multi_label
+    own = sources.load("hf_factory_probe:own", tokenizer=str(minilm_dir), max_length=L).text
+    assert own.labels is None and not own.multi_label
+
+
+def test_csv_columns_in_any_case_and_latin1_files_get_a_way_out(tmp_path):
+    """A spreadsheet's "Text,Label" header was refused for having no 'text' column; a Latin-1 file was "not UTF-8
+    text (byte 3)" with no word on what it is or how to convert it."""
+    caps = tmp_path / "caps.csv"
+    caps.write_text("Text,LABEL\nhello there,0\n", encoding="utf-8")
+    texts, y = text.read_texts(caps)
+    assert texts == ["hello there"] and y.tolist() == [0]
+    twice = tmp_path / "twice.csv"
+    twice.write_text("text,Text\na,b\n", encoding="utf-8")
+    with pytest.raises(InputError, match="names the column text twice"):
+        text.read_texts(twice)
+    latin = tmp_path / "calib.txt"
+    latin.write_bytes("Café crème\n".encode("latin-1"))
+    with pytest.raises(InputError, match=r"not UTF-8 text \(byte 3: 0xe9\)") as info:
+        text.read_texts(latin)
+    assert "iconv -f cp1252 -t utf-8 calib.txt > calib.utf8.txt" in info.value.hint
+
+
+def test_left_padding_tokenizers_pad_on_the_left_here_and_on_the_device(tmp_path):
+    """tokenizer_config.json's padding_side / truncation_side (XLNet pads on the left: its classifier reads the last
+    position) were ignored: every text was padded on the right, in the build and in run.py."""
+    import importlib.util
+
+    path = _word_tokenizer(tmp_path / "tok", "<pad>")
+    cfg = json.loads((tmp_path / "tok" / "tokenizer_config.json").read_text())
+    (tmp_path / "tok" / "tokenizer_config.json").write_text(json.dumps({**cfg, "padding_side": "left",
+                                                                        "truncation_side": "left"}))
+    settings = text.tokenizer_settings(path, 6)
+    assert (settings["padding_side"], settings["truncation_side"]) == ("left", "left")
+    ids = text.tokenize(["hello world", "hello hello hello world world"], path, 6, ["input_ids", "attention_mask"])
+    assert ids["input_ids"].tolist() == [[1, 1, 0, 4, 5, 2], [0, 4, 4, 5, 5, 2]]   # the first "hello" cut
+    shutil.copy2(Path(text.__file__).parents[1] / "bundle" / "templates" / "run.py", tmp_path / "tok" / "run.py")
+    spec = importlib.util.spec_from_file_location("run_left_pad_probe", tmp_path / "tok" / "run.py")
+    runner = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runner)
+    reader = runner.TextReader({"preprocess": {"kind": "text", "tokenizer": "tokenizer.json", **settings,
+                                               "model_input_names": ["input_ids", "attention_mask"]}})
+    assert reader("hello world")["input_ids"].tolist() == [ids["input_ids"][0].tolist()]
+
+
+def test_a_jsonl_whose_texts_are_under_another_key_names_the_keys(tmp_path):
+    """GLUE-style {"sentence": ...} lines were each "'text' missing" with the hint "fill the empty ones"."""
+    path = tmp_path / "glue.jsonl"
+    path.write_text('{"sentence": "hello", "label": 0}\n{"sentence": "win now", "label": 1}\n', encoding="utf-8")
+    with pytest.raises(InputError, match=r"no line has a 'text' key \(keys found: label, sentence\)") as info:
+        text.read_texts(path)
+    assert "fill the empty ones" not in info.value.hint

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -333,3 +334,146 @@ def test_taylor_importance_ranks_text_heads_by_their_effect_on_the_output(hf_fol
                             for _, layer in transformer_layers(pruned)]
     assert kept["magnitude"] == [False, False]   # kept the dead head (its zero columns are still there)
     assert kept["taylor"] == [True, True]        # pruned it, kept the live one
+
+
+def _dynamic_onnx(hf_folder: Path, path: Path, names=("input_ids", "attention_mask", "token_type_ids"),
+                  dynamic: bool = True) -> Path:
+    """The tiny BERT as an ONNX file with dynamic batch and sequence axes, as optimum or torch.onnx.export write
+    (``dynamic=False``: fixed at (1, L))."""
+    import torch
+
+    from edgepack.inputs.text import load_hf_folder
+
+    module = load_hf_folder(hf_folder, max_length=L)[0]
+    args = tuple(torch.ones((1, L), dtype=torch.int64) for _ in names)
+    torch.onnx.export(module, args, str(path), input_names=list(names), output_names=["logits"], opset_version=17,
+                      dynamic_axes={n: {0: "batch", 1: "sequence"} for n in names} if dynamic else None,
+                      dynamo=False)
+    return path
+
+
+def test_an_onnx_text_model_builds_with_a_tokenizer(hf_folder, text_data, tmp_path):
+    """An ONNX text classifier with a dynamic sequence axis (what most exporters write) was refused with
+    --tokenizer ("applies to factory and .pt2 models only; image models take no tokenizer") and, without it,
+    asked for an .npz of token ids: a bundle whose run.py could not take a sentence. Its axes are pinned to
+    --max-length, and the bundle classifies text."""
+    calib, val = text_data
+    model, out = _dynamic_onnx(hf_folder, tmp_path / "bert.onnx"), tmp_path / "onnx_text"
+    result = CliRunner().invoke(main, ["build", str(model), "--tokenizer", str(hf_folder), "--max-length", str(L),
+                                       "--calib", str(calib), "--val", str(val), "--out", str(out), "--latency-runs",
+                                       "3", "--max-accuracy-drop", "100", "--min-agreement", "0", "--json"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["preprocess"]["kind"] == "text" and man["preprocess"]["max_length"] == L
+    assert [i["shape"] for i in man["inputs"]] == [[1, L]] * 3
+    assert any("dynamic sequence axis" in w and f"pinned to {L} tokens" in w for w in man["warnings"])
+    proc = subprocess.run([sys.executable, "run.py", "WINNER! Claim your free prize now"], cwd=out,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0 and "scores" in json.loads(proc.stdout.splitlines()[0]), proc.stderr
+
+
+def test_an_onnx_text_model_whose_inputs_are_not_token_ids_is_refused(hf_folder, text_data, tmp_path):
+    model = _dynamic_onnx(hf_folder, tmp_path / "odd.onnx", names=("ids", "attention_mask", "token_type_ids"))
+    result = CliRunner().invoke(main, ["build", str(model), "--tokenizer", str(hf_folder), "--calib", str(text_data[0]),
+                                       "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "takes inputs the tokenizer does not give: ids int64" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "o").exists()
+
+
+def test_labels_a_text_build_cannot_use_are_said(hf_folder, text_data, tmp_path):
+    """A regression head's validation labels were read and then silently unused (task generic); a label beyond a
+    classifier's classes was blamed on --num-classes, a torchvision option."""
+    import torch
+    import transformers
+
+    calib, val = text_data
+    torch.manual_seed(0)
+    reg = tmp_path / "reg"
+    config = transformers.BertConfig(vocab_size=30522, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=16, max_position_embeddings=L, num_labels=1)
+    transformers.BertForSequenceClassification(config).save_pretrained(str(reg), safe_serialization=True)
+    for name in TOKENIZER_FILES:
+        shutil.copy2(hf_folder / name, reg / name)
+    out = tmp_path / "reg_bundle"
+    result = CliRunner().invoke(main, ["build", str(reg), "--calib", str(calib), "--val", str(val), "--out", str(out),
+                                       "--latency-runs", "3", "--quiet"])
+    assert result.exit_code in (0, 1), result.output + repr(result.exception)   # 1: an untrained head's SQNR
+    warnings = json.loads((out / "manifest.json").read_text())["warnings"]
+    assert [w for w in warnings if "labels are not used" in w] == [
+        f"the {len(TEXTS)} validation labels are not used: the task is generic (every output judged by its SQNR "
+        "against FP32); --task classify judges a first output of (N, C) or (N, C, 1, 1) class scores by its accuracy"]
+    # run.py named neither the sentence nor the head's one number (only its "min", "max" and "mean")
+    proc = subprocess.run([sys.executable, "run.py", "Call now", "--json"], cwd=out, capture_output=True, text=True,
+                          timeout=120, check=False)
+    res = json.loads(proc.stdout.splitlines()[0])
+    assert res["text"] == "Call now" and res["outputs"][0]["value"] == res["outputs"][0]["mean"], proc.stderr
+    beyond = tmp_path / "beyond.jsonl"
+    beyond.write_text("".join(json.dumps({"text": t, "label": i % 3}) + "\n" for i, t in enumerate(TEXTS)))
+    result = CliRunner().invoke(main, ["build", str(hf_folder), "--calib", str(calib), "--val", str(beyond), "--out",
+                                       str(tmp_path / "o")])
+    assert result.exit_code == 2 and "(classes 0-1): 3 of 10 samples carry a label beyond" in result.output
+    assert "--num-classes" not in result.output
+
+
+def test_texts_cut_to_max_length_are_said(bundle):
+    """A calibration or validation text longer than --max-length tokens was cut without a word (run.py says so per
+    text; the build said nothing): 1 of the 10 texts here is longer than 16 tokens."""
+    warnings = json.loads((bundle / "manifest.json").read_text())["warnings"]
+    for role in ("calibration", "validation"):
+        assert any(w.startswith(f"{role} data ") and f"1 of {len(TEXTS)} texts are longer than {L} tokens" in w
+                   for w in warnings), warnings
+
+
+def test_a_sentence_embedding_read_as_class_scores_is_said(hf_folder, text_data, tmp_path, monkeypatch):
+    """A sentence-embedding encoder (mean-pooled, (1, 32)) from a factory was built as a 32-class classifier without
+    a word: judged by the top-1 of its largest element and printed by run.py as a 'label' with softmax 'scores'."""
+    (tmp_path / "embedder_probe.py").write_text(
+        "import torch, transformers\n"
+        "class Embedder(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        f"        self.bert = transformers.BertModel.from_pretrained({str(hf_folder)!r})\n"
+        "    def forward(self, input_ids, attention_mask):\n"
+        "        h = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state\n"
+        "        m = attention_mask.unsqueeze(-1).float()\n"
+        "        return (h * m).sum(1) / m.sum(1)\n"
+        "def create():\n"
+        "    return Embedder().eval()\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    calib, _ = text_data
+    out = tmp_path / "emb"
+    result = CliRunner().invoke(main, ["build", "embedder_probe:create", "--tokenizer", str(hf_folder), "--max-length",
+                                       str(L), "--calib", str(calib), "--out", str(out), "--latency-runs", "3",
+                                       "--min-agreement", "0", "--quiet"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    warnings = json.loads((out / "manifest.json").read_text())["warnings"]
+    assert any("output [1, 32] is read as 32 class scores" in w and "--task generic" in w for w in warnings)
+
+
+def test_a_text_model_whose_outputs_look_wrong_is_pointed_at_its_tokenizer(bundle):
+    """The seeded tiny BERT predicts one class for every text; the warning sent a text model's user to the image
+    flags (--mean, --std, --scale)."""
+    warnings = json.loads((bundle / "manifest.json").read_text())["warnings"]
+    doubts = [w for w in warnings if w.startswith("FP32 ")]
+    assert doubts and all("--mean" not in w and "the tokenizer" in w for w in doubts), warnings
+
+
+def test_the_bundled_tokenizer_pads_and_cuts_by_itself(bundle):
+    """The bundle's tokenizer.json was the model folder's as saved, without padding or truncation: a device
+    tokenizer other than run.py (DJL on Android reads tokenizer.json) had to guess both. It now carries the build's."""
+    from tokenizers import Tokenizer
+
+    man = json.loads((bundle / "manifest.json").read_text())
+    tok = Tokenizer.from_file(str(bundle / "tokenizer.json"))
+    short, long = tok.encode("hi"), tok.encode("word " * 100)
+    assert len(short.ids) == len(long.ids) == L and short.ids[-1] == man["preprocess"]["pad_id"]
+    golden = np.load(bundle / "golden.npz")
+    assert golden["input_ids"].shape == (1, L)
+
+
+def test_an_onnx_text_model_fixed_at_one_length_is_refused_another(hf_folder, text_data, tmp_path):
+    model = _dynamic_onnx(hf_folder, tmp_path / "fixed.onnx", dynamic=False)
+    result = CliRunner().invoke(main, ["build", str(model), "--tokenizer", str(hf_folder), "--max-length", str(2 * L),
+                                       "--calib", str(text_data[0]), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2, result.output
+    assert f"fixed.onnx fixes its sequence length at {L} tokens, not --max-length {2 * L}" in result.output

@@ -355,3 +355,10 @@ def test_written_tflite_stores_repeated_vectors_once(tiny, int8_model):
         if isinstance(data, np.ndarray) and data.size >= 16:
             start = np.byte_bounds(data)[0] - np.byte_bounds(raw)[0] if data.base is not None else None
             assert start is None or start % 16 == 0
+
+
+def test_an_erf_the_converter_refuses_gets_a_hint():
+    """A user's .onnx below opset 20 spells GELU with Erf: the converter's refusal came with no hint at all."""
+    said = Exception("Could not translate MLIR to FlatBuffer.\n<unknown>:0: error: loc(...): 'tf.Erf' op is neither "
+                     "a custom op nor a flex op")
+    assert "opset 20" in bk.converter_hint(said) and bk.converter_hint(Exception("something else")) is None

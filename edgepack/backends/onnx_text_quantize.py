@@ -204,11 +204,17 @@ def _calibration_reader(calib_inputs: dict[str, np.ndarray], names: Sequence[str
 
 
 def quantize_text_dynamic(fp32_path: str | Path, out_path: str | Path) -> dict:
-    """onnxruntime's dynamic INT8 (int8 weights, activations quantized per call): the usual BERT baseline."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    """onnxruntime's dynamic INT8 (int8 weights, activations quantized per call): the usual BERT baseline.
 
+    Every op type onnxruntime quantizes dynamically except Conv: with int8 weights it becomes a ConvInteger that
+    onnxruntime's CPU provider has no kernel for (it takes uint8 x uint8 only), so a text model with a Conv1d (a CNN
+    over embeddings, SqueezeBERT) gave a dynamic candidate that could not load and failed the whole build."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.registry import IntegerOpsRegistry
+
+    ops = [op for op in IntegerOpsRegistry if op != "Conv"]
     try:
-        quantize_dynamic(str(fp32_path), str(out_path), weight_type=QuantType.QInt8)
+        quantize_dynamic(str(fp32_path), str(out_path), weight_type=QuantType.QInt8, op_types_to_quantize=ops)
     except Exception as exc:
         raise StageError(
             f"dynamic INT8 quantization failed: {type(exc).__name__}: {str(exc)[:300]}"
@@ -220,11 +226,12 @@ def quantize_text_dynamic(fp32_path: str | Path, out_path: str | Path) -> dict:
     }
 
 
-def pick_int8(candidates: dict[str, dict]) -> tuple[str, str]:
-    """Choose among INT8 candidates {name: {"accuracy_drop": points, "latency_ratio": x FP32}}; (name, why).
+def pick_int8(candidates: dict[str, dict], unit: str = "points") -> tuple[str, str]:
+    """Choose among INT8 candidates {name: {"accuracy_drop": loss, "latency_ratio": x FP32}}; (name, why).
 
-    Lowest accuracy drop wins unless it is more than 1.25x slower than the fastest candidate; then the faster
-    one is taken when its drop is within 0.25 points. The reason names both numbers so the report can say why.
+    Lowest loss wins unless it is more than 1.25x slower than the fastest candidate; then the faster
+    one is taken when its loss is within 0.25 ``unit`` (accuracy points, or dB of SQNR). The reason names both
+    numbers so the report can say why.
     """
     if not candidates:
         raise StageError("no INT8 candidate to choose from")
@@ -239,9 +246,9 @@ def pick_int8(candidates: dict[str, dict]) -> tuple[str, str]:
         and f["accuracy_drop"] - b["accuracy_drop"] <= 0.25
     ):
         best, b = fastest, f
-        why = "fastest, and its accuracy is within 0.25 points of the most accurate"
+        why = f"fastest, and within 0.25 {unit} of the most accurate"
     else:
-        why = "lowest accuracy drop" + ("" if best == fastest else " at comparable speed")
+        why = "most accurate" + ("" if best == fastest else " at comparable speed")
     return best, (
-        f"{best}: {why} (drop {b['accuracy_drop']:.2f} points, {b['latency_ratio']:.2f}x FP32 latency)"
+        f"{best}: {why} (loss {b['accuracy_drop']:.2f} {unit}, {b['latency_ratio']:.2f}x FP32 latency)"
     )

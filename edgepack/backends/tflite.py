@@ -489,7 +489,7 @@ def _run_converter(saved_model: Path, calib, io_dtype: str, *, strict: bool, wei
     try:
         return converter.convert()
     except Exception as exc:  # the converter raises ConverterError and assorted others
-        raise StageError(f"TFLite converter failed: {_first_line(exc)}") from exc
+        raise StageError(f"TFLite converter failed: {_first_line(exc)}", hint=converter_hint(exc)) from exc
 
 
 def _representative(calib) -> Callable[[], Iterator[list[np.ndarray] | dict[str, np.ndarray]]]:
@@ -770,6 +770,16 @@ def _write(path: Path, data: bytes, onnx_path: Path | None = None, respell: bool
 def _quiet_tensorflow() -> None:
     """Keep TensorFlow's C++ INFO/WARNING logs off the user's terminal unless they chose a level."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def converter_hint(exc: BaseException) -> str | None:
+    """What to do about a converter failure a person can fix: an Erf op (GELU as an ONNX file below opset 20
+    spells it; edgepack's own exports use 20 for TFLite targets, a user's .onnx may not) has no TFLite kernel."""
+    if "'tf.Erf' op is neither" in str(exc):
+        return ("the model computes GELU with Erf, which TFLite cannot run: export it at ONNX opset 20 or later "
+                "(GELU is then one Gelu op), e.g. torch.onnx.export(..., opset_version=20), or build from the "
+                "PyTorch model (a transformers folder, a factory), which edgepack exports so")
+    return None
 
 
 def _first_line(exc: BaseException) -> str:

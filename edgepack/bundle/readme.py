@@ -132,6 +132,8 @@ def render(man: dict) -> str:
                       if pre.get("kind") == "text" else
                       "python3 run.py photo.jpg --time 100     # results and p50/p90 latency"),
              "python3 run.py --file inputs.txt        # one input per line, one JSON line each (unreadable: its error)",
+             *(['python3 run.py "a text" --pair "another"  # a sentence-pair model: the two texts as one pair']
+               if pre.get("kind") == "text" else []),
              "python3 run.py --golden                  # stored input -> stored output",
              ('python3 run.py "a sentence" --all-outputs --json  # every output\'s values, JSON lists'
               if pre.get("kind") == "text" else

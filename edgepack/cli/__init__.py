@@ -259,7 +259,9 @@ def build(ctx: click.Context, model: str | None, dry_run: bool, as_json: bool, q
     """Build MODEL for a target: export, quantize to INT8, validate, bundle.
 
     MODEL is torchvision:<arch>, package.module:factory, a .pt2 program, a TorchScript
-    file (with --trust-model) or an .onnx file.
+    file (with --trust-model), an .onnx file or a transformers folder (a text classifier
+    with its tokenizer.json, or an image classifier). A text model from a factory or an
+    .onnx file takes --tokenizer.
     """
     ui = Ui(quiet=quiet)
     _handle_signals()

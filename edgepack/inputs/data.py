@@ -56,6 +56,7 @@ class Dataset:
     files: list[str] | None = None
     targets: list | None = None
     empty_classes: list[str] = field(default_factory=list)   # class folders that hold no image (still classes)
+    truncated: int = 0   # texts longer than the model's max_length tokens, cut to it (as the device's run.py cuts)
 
     @property
     def truth(self):
@@ -163,17 +164,19 @@ def feed(x: Inputs, input_name: str, start: int, stop: int) -> dict[str, np.ndar
 
 def load_text(path: str, *, text: TextInfo, count: int | None, seed: int, role: str,
               class_names: list[str] | None = None) -> Dataset:
-    """Texts (.txt / .jsonl / .csv, see edgepack.inputs.text.read_texts) tokenized as the device will: a seeded
+    """Texts (.txt / .jsonl / .csv, see edgepack.inputs.text_files.read_texts) tokenized as the device will: a seeded
     subset of ``count`` texts, {input name: (N, max_length) int64} with optional labels."""
     from edgepack.inputs import text as text_mod
+    from edgepack.inputs import text_files
 
     if not Path(path).is_file():
         raise InputError(f"{role} data not found: {path}",
                          hint="text models take a .txt (one text per line), .jsonl or .csv file")
-    texts, y = text_mod.read_texts(path, class_names=class_names)
+    texts, y = text_files.read_texts(path, class_names=class_names)
     idx = sample_indices(len(texts), count, seed)
-    x = text_mod.tokenize([texts[i] for i in idx], text.tokenizer, text.max_length, text.input_names)
-    return Dataset(x=x, y=None if y is None else y[idx], source=str(path))
+    stats: dict = {}
+    x = text_mod.tokenize([texts[i] for i in idx], text.tokenizer, text.max_length, text.input_names, stats)
+    return Dataset(x=x, y=None if y is None else y[idx], source=str(path), truncated=stats["truncated"])
 
 
 def load_tensors(path: str, *, specs: list[dict], count: int | None, seed: int, role: str, hint: str) -> Dataset:

@@ -11,7 +11,6 @@ bundle/templates/run.py.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,8 @@ class ImageInput:
     prune_method = "channels"
     layer_diagnosis = True          # the shipped INT8 ONNX rounds activations: per-layer error is meaningful
     shape_flag = "--input-shape N,C,H,W"
+    #: what makes the model's inputs, for hints when its outputs look wrong
+    preprocessing_flags = "the preprocessing (--mean, --std, --scale)"
     input_names: list[str] | None = None
 
     def __init__(self, model: Any, config: Any, target: Any):
@@ -78,6 +79,13 @@ class ImageInput:
         """Per-input shapes to pin an ONNX source's symbolic dimensions to (None: its one input takes the build's
         input shape)."""
         return None
+
+    def pinned_by_name(self, file: str, dims: list[str]) -> tuple[str, str | None]:
+        """(the warning, what was guessed or None) when the ONNX source ``file``'s dynamic dimensions ``dims``
+        ("input:axis") were pinned to ``source_shapes`` by input name."""
+        sizes = ", ".join(f"{k} {list(v)}" for k, v in (self.source_shapes() or {}).items())
+        return (f"{file} has dynamic input dimensions {dims} (input:axis), pinned to the sizes of the calibration "
+                f"data ({sizes}): the shipped model runs at these sizes only", None)
 
     def channel_mismatch(self, shape: tuple[int, ...]) -> tuple[str, str] | None:
         """(message, hint) when the channel order cannot give the model's channel count: a grey (1-channel) model
@@ -189,6 +197,7 @@ class TextInput(ImageInput):
     prune_method = "transformer"
     layer_diagnosis = False         # dynamic INT8 may ship: no rounded activations to diagnose
     shape_flag = "--max-length L"
+    preprocessing_flags = "the tokenizer (its own, or --tokenizer) with --max-length"
 
     def __init__(self, model: Any, config: Any, target: Any):
         super().__init__(model, config, target)
@@ -204,6 +213,9 @@ class TextInput(ImageInput):
         if self.config.input_shape:
             problems.append("--input-shape does not apply to text models")
             hints.append("set the sequence length with --max-length")
+        if self.config.prune is not None and self.model.kind != "torch":
+            problems.append("pruning needs a PyTorch model, got an ONNX file")
+            hints.append("pass the PyTorch source (a transformers folder, a factory) or drop --prune")
         if not self.config.calib:
             problems.append("text models need calibration texts")
             hints.append("pass --calib texts.txt (one text per line) or a .jsonl / .csv with a text column")
@@ -212,6 +224,19 @@ class TextInput(ImageInput):
 
     def input_shape(self, fixed: tuple[int, ...] | None = None) -> tuple[int, ...]:
         return (1, self.text.max_length)
+
+    def source_shapes(self) -> dict[str, tuple[int, ...]] | None:
+        """An ONNX text model's token inputs pinned to (1, max_length) by name (its batch and sequence axes may be
+        dynamic)."""
+        return {n: (1, self.text.max_length) for n in self.input_names}
+
+    def pinned_by_name(self, file: str, dims: list[str]) -> tuple[str, str | None]:
+        """A dynamic sequence axis pinned to the build's sequence length: guessed unless --max-length set it."""
+        said = f"{file} has a dynamic sequence axis ({', '.join(dims)}), pinned to {self.text.max_length} tokens"
+        if self.config.max_length:
+            return said + " (--max-length): the shipped model runs at this length only", None
+        return (said + " (the tokenizer's length, else 128): the shipped model runs at this length only; "
+                "--max-length sets it", said)
 
     def load(self, path: str | None, *, role: str, count: int | None, seed: int, shape: tuple[int, ...],
              progress: ProgressFn = no_progress) -> Dataset:
@@ -252,7 +277,9 @@ class TextInput(ImageInput):
         return dict(x)
 
     def bundle_files(self, staging: Path) -> None:
-        shutil.copyfile(self.text.tokenizer, staging / TOKENIZER_FILE)
+        from edgepack.inputs.text import write_device_tokenizer
+
+        write_device_tokenizer(self.text.tokenizer, staging / TOKENIZER_FILE, self.text.settings)
 
     def preprocess_record(self) -> dict:
         return {"kind": "text", "tokenizer": TOKENIZER_FILE, **self.text.settings}
@@ -267,6 +294,7 @@ class TensorsInput(ImageInput):
 
     name = "tensors"
     shape_flag = "the model file's input shapes"
+    preprocessing_flags = "the preprocessing of the .npz's arrays"
 
     def __init__(self, model: Any, config: Any, target: Any, specs: list[dict]):
         super().__init__(model, config, target)

@@ -24,6 +24,7 @@ import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from edgepack.errors import InputError
@@ -43,6 +44,7 @@ class TextInfo:
     tokenizer: Path
     settings: dict = field(default_factory=dict)
     labels: list[str] | None = None
+    multi_label: bool = False   # an HF config's problem_type multi_label_classification: one sigmoid per class
 
     @property
     def input_names(self) -> list[str]:
@@ -133,7 +135,22 @@ def _hf_folder(folder: Path, max_length: int | None) -> LoadedModel:
     module, tokenizer, settings = text.load_hf_folder(folder, max_length)
     weights = folder / "model.safetensors"
     return LoadedModel(spec=str(folder), kind="torch", name=folder.resolve().name, module=module,
-                       sha256=sha256_file(weights), text=TextInfo(tokenizer, settings, _id2label(module)))
+                       sha256=sha256_file(weights), text=TextInfo(tokenizer, settings, _id2label(module),
+                                                                  multi_label=_multi_label(module)))
+
+
+def _multi_label(module: Any) -> bool:
+    """Whether the HF classifier scores each class on its own (sigmoid), not one class among all (softmax)."""
+    config = getattr(module.model, "config", None)
+    return getattr(config, "problem_type", None) == "multi_label_classification"
+
+
+def _transformers_model(module: Any) -> Any:
+    """A factory's module wrapped as load_hf_folder wraps one (``.model``) when it is itself a transformers
+    classifier (its config's id2label and problem_type are then its own head's), else None: a module of the user's
+    own that holds an HF model may have put another head on it."""
+    is_hf = type(module).__module__.startswith("transformers.") and hasattr(module, "config")
+    return SimpleNamespace(model=module) if is_hf else None
 
 
 def _vision_config(folder: Path) -> bool:
@@ -158,25 +175,57 @@ def _id2label(module: Any) -> list[str] | None:
 
 
 def _attach_tokenizer(loaded: LoadedModel, tokenizer: str, max_length: int | None) -> None:
-    """Make a factory's module a text model: its forward takes the tokenizer's inputs by name."""
+    """Make a factory's module (its forward takes the tokenizer's inputs by name) or an ONNX file (its inputs are
+    named as the tokenizer names them) a text model."""
     from edgepack.inputs import text
 
     require(("tokenizers",), extra="text", what="--tokenizer (text models)")
     if loaded.text is not None:
         raise InputError(f"{loaded.spec} carries its own tokenizer.json; --tokenizer is for factory models",
                          hint="drop --tokenizer")
-    if loaded.kind != "torch" or not (FACTORY.match(loaded.spec) or loaded.spec.lower().endswith(".pt2")):
-        raise InputError("--tokenizer applies to package.module:factory and .pt2 text models only",
+    onnx_file = loaded.kind == "onnx"
+    if not onnx_file and not (FACTORY.match(loaded.spec) or loaded.spec.lower().endswith(".pt2")):
+        raise InputError("--tokenizer applies to package.module:factory, .pt2 and .onnx text models only",
                          hint="image models take no tokenizer; transformers folders bring their own")
     path = Path(tokenizer)
     path = path / "tokenizer.json" if path.is_dir() else path
-    settings = text.tokenizer_settings(path, max_length)
-    settings["model_input_names"] = text.forward_input_names(loaded.module, settings["model_input_names"])
+    names, fixed = _onnx_token_inputs(loaded, max_length) if onnx_file else (None, None)
+    settings = text.tokenizer_settings(path, max_length or fixed)
+    settings["model_input_names"] = names or text.forward_input_names(loaded.module, settings["model_input_names"])
     if not settings["model_input_names"]:
         raise InputError(f"the forward of {loaded.spec} takes none of the tokenizer's inputs "
                          f"({', '.join(text.INPUT_ORDER)})",
                          hint="define forward(input_ids, attention_mask, token_type_ids=None)")
-    loaded.text = TextInfo(path, settings)
+    hf = None if onnx_file else _transformers_model(loaded.module)   # a factory returning an HF classifier
+    loaded.text = TextInfo(path, settings, _id2label(hf) if hf else None, multi_label=bool(hf and _multi_label(hf)))
+
+
+def _onnx_token_inputs(loaded: LoadedModel, max_length: int | None) -> tuple[list[str], int | None]:
+    """(input names in text.INPUT_ORDER, the sequence length the file fixes or None) of an ONNX text model: every
+    input must be a (batch, sequence) int64 array the tokenizer gives, of one length; its dynamic axes are pinned
+    to (1, --max-length) by the export stage."""
+    import onnx
+
+    from edgepack.inputs import text
+
+    graph = onnx.load(str(loaded.onnx_path), load_external_data=False).graph
+    weights = {t.name for t in graph.initializer}
+    inputs = [{"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
+               "shape": [d.dim_value if d.HasField("dim_value") else d.dim_param for d in v.type.tensor_type.shape.dim]}
+              for v in graph.input if v.name not in weights]
+    name = loaded.onnx_path.name
+    odd = [f"{i['name']} {i['dtype']} {list(i['shape'])}" for i in inputs
+           if i["name"] not in text.INPUT_ORDER or i["dtype"] != "int64" or len(i["shape"]) != 2]
+    if odd or not inputs:
+        raise InputError(f"{name} takes inputs the tokenizer does not give: {', '.join(odd) or 'none'}",
+                         hint=f"export it with (batch, sequence) int64 inputs named {', '.join(text.INPUT_ORDER)} "
+                              "(the ones it uses)")
+    fixed = sorted({i["shape"][1] for i in inputs if isinstance(i["shape"][1], int) and i["shape"][1] > 0})
+    if len(fixed) > 1 or (fixed and max_length and max_length != fixed[0]):
+        raise InputError(f"{name} fixes its sequence length at {' and '.join(map(str, fixed))} tokens"
+                         + (f", not --max-length {max_length}" if max_length and len(fixed) == 1 else ""),
+                         hint="drop --max-length, or export the model with a dynamic sequence axis")
+    return [n for n in text.INPUT_ORDER if n in {i["name"] for i in inputs}], (fixed[0] if fixed else None)
 
 
 def _require_file(path: Path) -> None:

@@ -1,4 +1,5 @@
-"""Text classifiers: load a local HF folder, read text data, tokenize, export to ONNX, quantize to INT8.
+"""Text classifiers: load a local HF folder, tokenize, export to ONNX, quantize to INT8 (text data files are read by
+``edgepack.inputs.text_files``).
 
 Inputs are a dict of int64 arrays (N, L) named as the tokenizer names them (``input_ids``, ``attention_mask``
 and ``token_type_ids`` when the model uses them), with one fixed sequence length L. Tokenization uses the
@@ -13,8 +14,6 @@ Heavy imports (torch, transformers, onnxruntime) happen inside functions.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import os
@@ -26,13 +25,13 @@ from typing import Any
 import numpy as np
 
 from edgepack.errors import InputError
+from edgepack.inputs.text_files import PAIR_KEY, TEXT_SUFFIXES, read_texts  # noqa: F401 (their home before)
 from edgepack.util import require
 
 log = logging.getLogger(__name__)
 
 #: Order of the ONNX inputs when present. The device runner feeds whatever the model declares.
 INPUT_ORDER = ("input_ids", "attention_mask", "token_type_ids")
-TEXT_SUFFIXES = (".txt", ".jsonl", ".csv")
 _HF_WEIGHTS = ("model.safetensors",)
 _OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "USE_TF": "0", "USE_TORCH": "1"}
 
@@ -101,9 +100,38 @@ def load_hf_folder(path: str | Path, max_length: int | None = None) -> tuple[Any
             "*ForSequenceClassification head and model.safetensors",
         ) from None
     settings = tokenizer_settings(folder / "tokenizer.json", max_length)
+    settings["max_length"] = _fit_positions(model, folder, settings["max_length"], given=max_length is not None)
     names = forward_input_names(model, settings["model_input_names"])
     settings["model_input_names"] = names
     return _wrapper_class()(model, names).eval(), folder / "tokenizer.json", settings
+
+
+def position_limit(model: Any) -> int | None:
+    """How many tokens the model's absolute position embeddings hold (None: no such table, e.g. relative or rotary
+    positions). RoBERTa-style embeddings number positions from their pad id + 1, so 514 rows hold 512 tokens."""
+    emb = getattr(getattr(model, "base_model", None), "embeddings", None)
+    table = getattr(emb, "position_embeddings", None)
+    rows = getattr(table, "num_embeddings", None)
+    if not isinstance(rows, int):
+        return None
+    pad = getattr(emb, "padding_idx", None)
+    return rows - (pad + 1 if isinstance(pad, int) else 0)
+
+
+def _fit_positions(model: Any, folder: Path, length: int, *, given: bool) -> int:
+    """``length`` when the model's position embeddings hold it. Beyond them, a --max-length is refused and a
+    default (the tokenizer's, else 128) is lowered to what they hold: unchecked, a BERT with 64 positions failed
+    export with "size of tensor a (128) must match ... b (64)", and a RoBERTa exported fine and then failed in
+    onnxruntime (Gather index out of bounds) with a hint about image preprocessing."""
+    limit = position_limit(model)
+    if limit is None or length <= limit:
+        return length
+    if given:
+        raise InputError(f"--max-length {length} is longer than {folder.name} takes: its position embeddings hold "
+                         f"{limit} tokens", hint=f"pass --max-length {limit} or less")
+    log.warning("%s: sequence length %d (the default) is longer than its position embeddings hold; using %d tokens",
+                folder.name, length, limit)
+    return limit
 
 
 def _check_hf_folder(folder: Path) -> None:
@@ -146,17 +174,52 @@ def tokenizer_settings(tokenizer_json: str | Path, max_length: int | None = None
     cfg_path = path.with_name("tokenizer_config.json")
     cfg = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else {}
     trunc, pad = spec.get("truncation") or {}, spec.get("padding") or {}
-    length = int(max_length or trunc.get("max_length") or 128)
+    length = int(max_length or trunc.get("max_length") or min(128, _model_max_length(cfg) or 128))
     names = cfg.get("model_input_names") or list(INPUT_ORDER)
+    pad_token, pad_id = _pad(path, pad, cfg)
     return {
         "lowercase": _lowercase(spec.get("normalizer")),
         "max_length": length,
         "padding": "max_length",
         "truncation": True,
         "model_input_names": [n for n in INPUT_ORDER if n in names],
-        "pad_id": int(pad.get("pad_id", 0)),
-        "pad_token": pad.get("pad_token", "[PAD]"),
+        "pad_id": pad_id,
+        "pad_token": pad_token,
+        # XLNet pads on the left (its classifier reads the last position) with token type 3
+        "pad_type_id": int(pad.get("pad_type_id", 0)),
+        "padding_side": _side(pad.get("direction") or cfg.get("padding_side")),
+        "truncation_side": _side(trunc.get("direction") or cfg.get("truncation_side")),
     }
+
+
+def _side(value: Any) -> str:
+    """'left' or 'right' (tokenizer.json writes Left / Right, tokenizer_config.json left / right)."""
+    return "left" if str(value).lower() == "left" else "right"
+
+
+def _model_max_length(cfg: dict) -> int | None:
+    """tokenizer_config.json's model_max_length (transformers writes 1e30 when the tokenizer sets none)."""
+    value = cfg.get("model_max_length")
+    return int(value) if isinstance(value, (int, float)) and 0 < value < 1_000_000 else None
+
+
+def _pad(path: Path, padding: dict, cfg: dict) -> tuple[str, int]:
+    """(pad token, its id): tokenizer.json's padding section, else tokenizer_config.json's pad_token looked up in
+    the vocabulary (a tokenizer.json saved without padding, as most are, pads with the model's own pad token: a
+    RoBERTa's <pad> is id 1, where padding with id 0 put <s> in every padded position), else [PAD] / 0."""
+    if padding:
+        return padding.get("pad_token", "[PAD]"), int(padding.get("pad_id", 0))
+    token = cfg.get("pad_token")
+    token = token.get("content") if isinstance(token, dict) else token
+    if isinstance(token, str) and token:
+        from tokenizers import Tokenizer
+
+        found = Tokenizer.from_file(str(path)).token_to_id(token)
+        if found is not None:
+            return token, int(found)
+        log.warning("%s: pad token %r of tokenizer_config.json is not in the vocabulary; padding with id 0",
+                    path.name, token)
+    return "[PAD]", 0
 
 
 def _read_tokenizer_json(path: Path) -> dict:
@@ -180,175 +243,52 @@ def _lowercase(normalizer: dict | None) -> bool:
     return any(_lowercase(n) for n in normalizer.get("normalizers", []))
 
 
-# --- data ---------------------------------------------------------------------------------------------------
-
-
-def read_texts(path: str | Path, *, require_labels: bool = False, class_names: list[str] | None = None,
-               ) -> tuple[list[str], np.ndarray | None]:
-    """Texts and int64 labels (or None) from .txt (one per line), .jsonl (text, optional label) or .csv.
-
-    A .csv needs a header with a ``text`` column and optionally ``label``. Labels must be given for every
-    row or for none; a label is a class index, or one of ``class_names`` (--labels or the model's id2label),
-    which stands for its index. Blank .txt lines are skipped. Every problem found is reported in one InputError.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"text data not found: {path}")
-    suffix = path.suffix.lower()
-    if suffix not in TEXT_SUFFIXES:
-        raise InputError(
-            f"{path.name}: text data must be .txt, .jsonl or .csv, not '{suffix or '(none)'}'",
-            hint='one text per line in .txt; {"text": ..., "label": N} per line in .jsonl',
-        )
-    try:
-        raw = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Excel's CSVs) is not part of the header
-    except UnicodeDecodeError as exc:
-        raise InputError(
-            f"{path.name} is not UTF-8 text (byte {exc.start})", hint="re-save it as UTF-8"
-        ) from None
-    reader = {".txt": _rows_txt, ".jsonl": _rows_jsonl, ".csv": _rows_csv}[suffix]
-    texts, labels = _check_rows(path, reader(path, raw), require_labels, class_names)
-    log.info("read %d texts%s from %s", len(texts), " with labels" if labels is not None else "", path)
-    return texts, labels
-
-
-def _rows_txt(path: Path, raw: str) -> list[tuple[int, Any, Any]]:
-    return [(i, line.strip(), None) for i, line in enumerate(raw.splitlines(), 1) if line.strip()]
-
-
-def _rows_jsonl(path: Path, raw: str) -> list[tuple[int, Any, Any]]:
-    rows, bad = [], []
-    for i, line in enumerate(raw.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            bad.append(f"line {i}: not JSON ({exc.msg})")
-            continue
-        if not isinstance(obj, dict):
-            bad.append(f"line {i}: expected an object with 'text', got {type(obj).__name__}")
-            continue
-        rows.append((i, obj.get("text"), obj.get("label")))
-    _raise_if(path, bad, 'each line must be {"text": "...", "label": 0}')
-    return rows
-
-
-def _rows_csv(path: Path, raw: str) -> list[tuple[int, Any, Any]]:
-    reader = csv.DictReader(io.StringIO(raw, newline=""), strict=True)
-    try:
-        fields = [f.strip() for f in (reader.fieldnames or [])]
-        rows, overflow = [], []
-        for row in reader:
-            rows.append(row)
-            if row.get(None):  # more fields than the header names: an unquoted comma split the text
-                overflow.append(reader.line_num)
-    except csv.Error as exc:  # strict: an unterminated quote is an error, not the rest of the file in one row
-        raise InputError(f"{path.name}: line {reader.line_num}: not valid CSV ({exc})",
-                         hint=_other_delimiter(raw) or "close every opening double quote; a quote inside a field is "
-                                                       "written twice (\"\")") from None
-    if "text" not in fields:
-        raise InputError(
-            f"{path.name}: no 'text' column (header: {', '.join(fields) or 'empty'})",
-            hint=_other_delimiter(raw) or "the first row must name the columns: text,label",
-        )
-    if overflow:
-        raise InputError(f"{path.name}: line(s) {', '.join(map(str, overflow[:8]))}"
-                         f"{' ...' if len(overflow) > 8 else ''} have more fields than the header's {len(fields)} "
-                         f"({', '.join(fields)}): the text was cut at a comma and the rest taken for other columns",
-                         hint='put a text that holds commas in double quotes: "Call me at 5, not 6",1')
-    has_label = "label" in fields
-    others = [f for f in fields if f not in ("text", "label")]
-    if not has_label and others:
-        log.warning("%s: no 'label' column (columns: %s): its texts are read without labels; name the label column "
-                    "'label' to score accuracy", path.name, ", ".join(fields))
-    named = [{k.strip() if isinstance(k, str) else k: v for k, v in row.items()} for row in rows]
-    return [(i, row.get("text"), row.get("label") if has_label else None) for i, row in enumerate(named, 2)]
-
-
-def _other_delimiter(raw: str) -> str | None:
-    """A hint when the header is separated by ';' or tabs (a spreadsheet's export in many locales), else None."""
-    header = raw.split("\n", 1)[0]
-    for sep, name in ((";", "semicolons"), ("\t", "tabs")):
-        if sep in header and "," not in header:
-            return (f"the header is separated by {name}: edgepack reads comma-separated CSV (text,label); export "
-                    "the file with commas, or as .jsonl")
-    return None
-
-
-def _check_rows(
-    path: Path, rows: list[tuple[int, Any, Any]], require_labels: bool, class_names: list[str] | None = None,
-) -> tuple[list[str], np.ndarray | None]:
-    """Validate (line, text, label) rows; collect every problem, raise once with a hint for the kinds found."""
-    bad = [
-        f"line {i}: 'text' missing or not a non-empty string"
-        for i, t, _ in rows
-        if not isinstance(t, str) or not t.strip()
-    ]
-    hints = ["every row needs a non-empty text: remove or fill the empty ones"] if bad else []
-    labelled = [r for r in rows if r[2] not in (None, "")]
-    if labelled and len(labelled) != len(rows):
-        bad.append(f"{len(rows) - len(labelled)} of {len(rows)} rows have no label (give all or none)")
-    by_name = {name: i for i, name in enumerate(class_names or [])}
-    labels = [_to_label(lab) if str(lab).strip() not in by_name else by_name[str(lab).strip()]
-              for _, _, lab in labelled]
-    wrong = [f"line {r[0]}: label {r[2]!r} is not a non-negative integer"
-             + (" nor one of the class names" if by_name else "")
-             for r, lab in zip(labelled, labels, strict=True) if lab is None]
-    bad += wrong
-    if wrong or (labelled and len(labelled) != len(rows)):
-        hints.append("labels are class indices 0..K-1" + (", or the class names of --labels" if by_name else
-                                                          "; to write class names, pass --labels with them"))
-    if not rows:
-        bad.append("no texts")
-        hints.append('one text per line in .txt, {"text": ..., "label": N} per line in .jsonl, a text column in .csv')
-    if require_labels and not labelled:
-        bad.append("no labels (validation needs a 'label' for every text)")
-        hints.append("give every validation text a label")
-    _raise_if(path, bad, "; ".join(hints) or None)
-    y = np.asarray(labels, dtype=np.int64) if labelled else None
-    return [t for _, t, _ in rows], y
-
-
-def _to_label(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    try:
-        out = int(str(value).strip()) if not isinstance(value, int) else value
-    except ValueError:
-        return None
-    return out if 0 <= out <= 2**31 - 1 else None  # a class index; 10**30 is not one (nor fits int64)
-
-
-def _raise_if(path: Path, problems: list[str], hint: str | None) -> None:
-    if problems:
-        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
-        raise InputError(f"{path.name}: {'; '.join(problems[:5])}{more}", hint=hint)
+# --- tokens ------------------------------------------------------------------------------------------------
 
 
 def tokenize(
-    texts: Sequence[str],
+    texts: Sequence[str | tuple[str, str]],
     tokenizer_json: str | Path,
     max_length: int,
     input_names: Sequence[str] = INPUT_ORDER,
+    stats: dict | None = None,
 ) -> dict[str, np.ndarray]:
     """Token arrays {name: (N, max_length) int64} with truncation and right padding to ``max_length`` tokens.
 
-    Uses only the ``tokenizers`` library, as the device runner does; ``input_names`` picks the outputs.
+    Uses only the ``tokenizers`` library, as the device runner does; ``input_names`` picks the outputs. A
+    (text, text_pair) tuple is encoded as a sentence pair (its token_type_ids 1 on the second text). ``stats``,
+    when given, gets ``truncated``: how many texts were longer than ``max_length`` tokens and cut.
     """
     from tokenizers import Tokenizer
 
     settings = tokenizer_settings(tokenizer_json, max_length)
     tok = Tokenizer.from_file(str(tokenizer_json))
-    tok.enable_truncation(max_length)
-    tok.enable_padding(length=max_length, pad_id=settings["pad_id"], pad_token=settings["pad_token"])
+    tok.enable_truncation(max_length, direction=settings["truncation_side"])
+    tok.enable_padding(length=max_length, pad_id=settings["pad_id"], pad_token=settings["pad_token"],
+                       pad_type_id=settings["pad_type_id"], direction=settings["padding_side"])
     enc = tok.encode_batch(list(texts))
+    if stats is not None:
+        stats["truncated"] = sum(bool(e.overflowing) for e in enc)
     arrays = {
         "input_ids": [e.ids for e in enc],
         "attention_mask": [e.attention_mask for e in enc],
         "token_type_ids": [e.type_ids for e in enc],
     }
     return {n: np.asarray(arrays[n], dtype=np.int64).reshape(len(enc), max_length) for n in input_names}
+
+
+def write_device_tokenizer(src: str | Path, dst: str | Path, settings: dict) -> None:
+    """Write ``src`` (a tokenizer.json) to ``dst`` with the build's truncation and padding in it (length, pad token
+    and id, sides): a tokenizer.json saved without them (most are) left the device's tokenizer, if it is not the
+    bundle's run.py (DJL on Android reads tokenizer.json), to guess them; a RoBERTa's pad token and an XLNet's left
+    padding came from tokenizer_config.json, which the bundle does not carry."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(src))
+    tok.enable_truncation(settings["max_length"], direction=settings.get("truncation_side", "right"))
+    tok.enable_padding(length=settings["max_length"], pad_id=settings["pad_id"], pad_token=settings["pad_token"],
+                       pad_type_id=settings.get("pad_type_id", 0), direction=settings.get("padding_side", "right"))
+    tok.save(str(dst))
 
 
 # --- export -------------------------------------------------------------------------------------------------

@@ -107,6 +107,8 @@ def layer_errors(fp32_path: Path, int8_path: Path, x, samples: int = DIAG_SAMPLE
     pairs = {t: dq for t, dq in pairs.items() if t in producer or t in {i.name for i in fmodel.graph.input}}
     feeds = _feeds(x, [i.name for i in fmodel.graph.input])[:samples]
     names = sorted(pairs)
+    if not names:  # onnxruntime runs an empty list of output names as "every output": nothing to compare
+        return []
     twins = [pairs[t] for t in names]
     # a bundle's reference (edgepack.bundle.diagnose.float_activations) has each Q/DQ pair as a Clip writing the
     # DQ's output: compare that, after the clip, not the pre-clip tensor (a Conv whose ReLU the quantizer folded

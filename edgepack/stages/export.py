@@ -49,7 +49,7 @@ def run(ctx: BuildContext) -> None:
     except StageError as exc:
         if not guessed:
             raise
-        raise InputError(exc.message, hint=f"{guessed}: pass the shape it runs at, --input-shape N,C,H,W") from None
+        raise InputError(exc.message, hint=f"{guessed}: pass the shape it runs at, {ctx.inputs.shape_flag}") from None
     ctx.add(Artifact("onnx", "fp32", final))
     _say_copied_outputs(ctx, final)
     if ctx.model.kind == "torch":
@@ -92,9 +92,10 @@ def _pinned_to_the_profile(ctx: BuildContext) -> str | None:
     every = (ctx.records.get("onnx_source") or {}).get("pinned_dims") or []
     named = [d for d in every if isinstance(d, str) and not d.endswith(":0")]  # by input name, from the .npz
     if named:
-        sizes = ", ".join(f"{k} {list(v)}" for k, v in ctx.inputs.source_shapes().items())
-        ctx.warn(f"{ctx.model.onnx_path.name} has dynamic input dimensions {named} (input:axis), pinned to the sizes "
-                 f"of the calibration data ({sizes}): the shipped model runs at these sizes only")
+        said, guessed = ctx.inputs.pinned_by_name(ctx.model.onnx_path.name, named)
+        ctx.warn(said)
+        if guessed:
+            return guessed
     pinned = [d for d in every if isinstance(d, int) and d != 0]  # a batch dimension is 1 whatever the shape
     if not pinned or ctx.config.input_shape:
         return None

@@ -183,14 +183,22 @@ def _latency_ratios(ctx: BuildContext, fmt: str, candidates: dict) -> dict[str, 
 
 
 def _pick(quality: dict[str, dict], ratios: dict[str, float]) -> tuple[str, str]:
-    """pick_int8 on accuracy drop (points) with labels, else on disagreement with FP32 (percent of texts)."""
+    """pick_int8 on accuracy drop (points) with labels, else on disagreement with FP32 (percent of texts), else (a
+    model whose outputs are not class scores: a regression, an embedding) on the SQNR of its outputs, dB below the
+    best candidate's. That last case was compared on a disagreement of 100 % for every candidate (no agreement
+    to read), so the faster one shipped whatever its SQNR and the reason said "drop 100.00 points"."""
     from edgepack.backends.onnx_text_quantize import pick_int8
 
-    labelled = all(q["accuracy_drop"] is not None for q in quality.values())
-    drop = {k: q["accuracy_drop"] if labelled else round(100 * (1 - (q["agreement"] or 0)), 2)
-            for k, q in quality.items()}
-    chosen, why = pick_int8({k: {"accuracy_drop": drop[k], "latency_ratio": ratios[k]} for k in quality})
-    basis = "accuracy drop" if labelled else "disagreement with FP32, % of texts (no labels)"
+    if all(q["accuracy_drop"] is not None for q in quality.values()):
+        loss, basis, unit = {k: q["accuracy_drop"] for k, q in quality.items()}, "accuracy drop", "points"
+    elif all(q["agreement"] is not None for q in quality.values()):
+        loss = {k: round(100 * (1 - q["agreement"]), 2) for k, q in quality.items()}
+        basis, unit = "disagreement with FP32, % of texts (no labels)", "points"
+    else:
+        sqnr = {k: min(float(q["sqnr_db"]), 300.0) for k, q in quality.items()}  # identical outputs: inf dB
+        loss = {k: round(max(sqnr.values()) - v, 2) for k, v in sqnr.items()}
+        basis, unit = "INT8-vs-FP32 SQNR of the outputs, dB below the best candidate's (no class scores)", "dB"
+    chosen, why = pick_int8({k: {"accuracy_drop": loss[k], "latency_ratio": ratios[k]} for k in quality}, unit)
     return chosen, f"{why}; compared on {basis}"
 
 

@@ -28,6 +28,8 @@ def run(ctx: BuildContext) -> None:
         ctx.records["task"]["prob_threshold"] = ctx.task.threshold
     if hasattr(ctx.task, "box_format"):  # and reads a detector's candidates the same way
         ctx.records["task"]["box_format"] = ctx.task.box_format
+    if getattr(ctx.task, "multi_label", False):  # and scores each class with a sigmoid
+        ctx.records["task"]["multi_label"] = True
     ctx.records["validation"] = {fmt: validate_format(ctx, fmt) for fmt in ctx.target.formats}
     if "onnx" in ctx.target.formats and "diagnosis" not in ctx.records and ctx.inputs.layer_diagnosis:
         from edgepack.quantize.diagnose import layer_errors
@@ -51,7 +53,8 @@ def validate_format(ctx: BuildContext, fmt: str) -> dict:
             all_outputs=getattr(ctx.task, "all_outputs", False))
     result = ctx.task.quality(outs["fp32"], outs["int8"], ctx.val.truth)
     if fmt == ctx.target.formats[0]:
-        for message in input_independence(outs["fp32"], ctx.task.name, ctx.val.truth):
+        for message in input_independence(outs["fp32"], ctx.task.name, ctx.val.truth,
+                                          preprocessing=ctx.inputs.preprocessing_flags):
             ctx.warn(message)
         for message in preprocessing_doubts(ctx, result):
             ctx.warn(message)
@@ -149,14 +152,16 @@ MIN_SAMPLES_FOR_FLATNESS = 8
 TINY_OUTPUT = 1e-6
 
 
-def input_independence(fp32, task: str, truth=None) -> list[str]:
+def input_independence(fp32, task: str, truth=None,
+                       preprocessing: str = "the preprocessing (--mean, --std, --scale)") -> list[str]:
     """Warnings when the FP32 model's outputs barely depend on its input: an untrained or wrongly loaded model,
     or preprocessing that flattens every sample. INT8 then agrees with FP32 on every sample and the verdict says
     nothing (the journey run built random weights with near-tied logits and got no word of it).
 
     An output is flat when, element by element, its standard deviation across the samples stays under
     FLAT_SPREAD of its largest magnitude. A classifier is also flagged when its FP32 top-1 is one class on every
-    sample while the labels (if any) name several."""
+    sample while the labels (if any) name several. ``preprocessing``: what makes the inputs, for the hint (a text
+    model's tokenizer, not an image's --mean / --std)."""
     import numpy as np
 
     arrays = fp32 if isinstance(fp32, list) else [fp32]
@@ -181,8 +186,7 @@ def input_independence(fp32, task: str, truth=None) -> list[str]:
         elif size > 0 and spread <= FLAT_SPREAD * size:
             said.append(f"FP32 {which} barely depends on the input: over the {n} validation samples it varies by "
                         f"{spread / size:.1e} of its size, so INT8 agreement and SQNR say little here. Check that the "
-                        "trained weights are loaded (--weights) and the preprocessing (--mean, --std, --scale) is "
-                        "the model's")
+                        f"trained weights are loaded (--weights) and {preprocessing} is the model's")
     if task == "classify" and not said and np.asarray(arrays[0]).ndim == 2:
         top1 = np.asarray(arrays[0]).argmax(axis=1)
         labels = None if truth is None else np.asarray(truth)
@@ -190,8 +194,8 @@ def input_independence(fp32, task: str, truth=None) -> list[str]:
         if len(np.unique(top1)) == 1 and several:
             said.append(f"FP32 predicts class {int(top1[0])} for every one of the {n} validation samples"
                         + ("" if labels is None else f", whose labels name {len(np.unique(labels))} classes")
-                        + ": agreement with INT8 says little. Check the weights (--weights), --num-classes and the "
-                        "preprocessing (--mean, --std, --scale)")
+                        + f": agreement with INT8 says little. Check the weights (--weights), --num-classes and "
+                          f"{preprocessing}")
     return said
 
 

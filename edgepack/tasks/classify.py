@@ -19,6 +19,9 @@ class Classify:
     #: copied beside the bundle's run.py: a classifier may have more outputs, and run.py turns a TFLite model's
     #: 4-D ones to NCHW with postprocess.to_nchw (a logits + mask model's bundle failed on --all-outputs)
     runner_files = (postprocess.__file__,)
+    #: the classes are scored each on its own (sigmoid; an HF multi-label text classifier), not one among all:
+    #: the bundle's run.py then gives every class scoring 0.5 or more, and validation still judges the top class
+    multi_label = False
 
     def check_outputs(self, shapes: list[tuple], where: str) -> int:
         """The class count; an InputError when the first output is not (N, C) scores: --task classify on an image

@@ -13,6 +13,7 @@ pillow for image bundles or tokenizers for text bundles. No torch, no transforme
                                               #   input's pixels, after resize and centre crop)
     python3 run.py scene.jpg --mask-out mask.png  # segmenters: the class mask as a PNG in scene.jpg's pixels
     python3 run.py "WINNER! Claim your prize" # text classifier: one JSON line of label scores
+    python3 run.py "A man sleeps" --pair "A person rests"   # a sentence-pair classifier: the two texts as a pair
     python3 run.py inputs.npz                 # a model with several inputs: one sample of each, by input name
     python3 run.py --file inputs.txt          # one image path or sentence per line; one JSON line each (an
                                               #   unreadable one: its "error"; the others still run, exit 2)
@@ -156,12 +157,13 @@ class TextReader:
         self.names = list(pre["model_input_names"])
         self.length = int(pre["max_length"])
         self.tok = Tokenizer.from_file(str(HERE / pre["tokenizer"]))
-        self.tok.enable_truncation(self.length)
+        self.tok.enable_truncation(self.length, direction=pre.get("truncation_side", "right"))
         self.tok.enable_padding(length=self.length, pad_id=int(pre.get("pad_id", 0)),
-                                pad_token=pre.get("pad_token", "[PAD]"))
+                                pad_token=pre.get("pad_token", "[PAD]"), pad_type_id=int(pre.get("pad_type_id", 0)),
+                                direction=pre.get("padding_side", "right"))
 
     def __call__(self, text):
-        enc = self.tok.encode(text)
+        enc = self.tok.encode(*text) if isinstance(text, tuple) else self.tok.encode(text)  # a (text, pair) tuple
         self.truncated = bool(enc.overflowing)  # the text was longer than the model's max_length tokens
         arrays = {"input_ids": enc.ids, "attention_mask": enc.attention_mask, "token_type_ids": enc.type_ids}
         return {n: np.asarray([arrays[n]], dtype=np.int64) for n in self.names}
@@ -428,6 +430,10 @@ def softmax(z):
     return e / e.sum()
 
 
+def sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -80, 80)))
+
+
 def detect_result(outs, labels, score_threshold, frame, box_format="auto"):
     """Detections scoring at least ``score_threshold``, boxes x1, y1, x2, y2. ``frame``: (image size, preprocess
     record, model input shape NCHW, model_frame); boxes are in the image's own pixels (the preprocessing undone,
@@ -471,16 +477,24 @@ def result(task, kind, model, feed, item, labels, top, score_threshold=None, fra
             out.update(image_size=list(size), model_sees=[round(float(v), 2) for v in seen])
             out["_mask"] = mask
         return out
-    if name == "generic":
-        return {"outputs": [{"index": i, "shape": list(o.shape), "min": round(float(o.min()), 6),
-                             "max": round(float(o.max()), 6), "mean": round(float(o.mean()), 6)}
-                            for i, o in enumerate(model.outputs(feed))]}
+    if name == "generic":  # a sentence's result names it; a one-number output (a regression head) gives its value
+        said = ({"text": item[0], "text_pair": item[1]} if isinstance(item, tuple) else {"text": item}
+                ) if kind == "text" else {}
+        return {**said, "outputs": [{"index": i, "shape": list(o.shape), "min": round(float(o.min()), 6),
+                                     "max": round(float(o.max()), 6), "mean": round(float(o.mean()), 6),
+                                     **({"value": round(float(o.reshape(-1)[0]), 6)} if o.size == 1 else {})}
+                                    for i, o in enumerate(model.outputs(feed))]}
     scores = np.asarray(model(feed), np.float32)[0].reshape(-1)
     if kind == "text":
-        probs = softmax(scores)
+        multi = bool(task.get("multi_label"))  # each class on its own: a sigmoid each, every class at 0.5 or more
+        probs = sigmoid(scores) if multi else softmax(scores)
         names = [_name(labels, i) for i in range(len(probs))]
-        return {"text": item, "label": names[int(np.argmax(probs))],
-                "scores": {n: round(float(p), 6) for n, p in zip(names, probs)}}  # noqa: B905 (old Pythons)
+        said = {"text": item[0], "text_pair": item[1]} if isinstance(item, tuple) else {"text": item}
+        out = {**said, "label": names[int(np.argmax(probs))],
+               "scores": {n: round(float(p), 6) for n, p in zip(names, probs)}}  # noqa: B905 (old Pythons)
+        if multi:
+            out["labels"] = [n for n, p in zip(names, probs) if p >= 0.5]  # noqa: B905 (old Pythons)
+        return out
     return {"top": [{"class": int(i), "name": _name(labels, int(i)), "score": round(float(scores[i]), 4)}
                     for i in np.argsort(-scores)[:top]]}
 
@@ -537,9 +551,12 @@ def show(res):
               + (f"; mask written to {res['mask_file']}" if res.get("mask_file") else ""))
     for r in res.get("classes", []):
         print(f"{100 * r['fraction']:6.2f} %  {r['name']}")
+    if "text" in res and "label" not in res:
+        print(json.dumps({k: v for k, v in res.items() if k in ("text", "text_pair")}, ensure_ascii=False))
     for r in res.get("outputs", []):
         name = f" ({r['name']})" if r.get("name") else ""
-        print(f"output {r['index']}{name}: shape {r['shape']}  min {r['min']:.4g}  max {r['max']:.4g}  "
+        print(f"output {r['index']}{name}: shape {r['shape']}  value {r['value']:.6g}" if "value" in r else
+              f"output {r['index']}{name}: shape {r['shape']}  min {r['min']:.4g}  max {r['max']:.4g}  "
               f"mean {r['mean']:.4g}")
         if "values" in r:
             print(np.array2string(np.asarray(r["values"], np.float32), threshold=sys.maxsize, max_line_width=100,
@@ -616,6 +633,9 @@ def main():
                         help="every output with its values, not only the decoded result (an image or sentence: "
                         "printed, JSON lists with --json; --batch / --out: every output saved, not the first)")
     parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
+    if kind == "text":
+        parser.add_argument("--pair", metavar="TEXT", help="a sentence-pair model's second text: INPUT and TEXT "
+                            "are tokenized as one pair, as the build's text / text_pair data were")
     if (manifest.get("stages", {}).get("task") or {}).get("name") == "detect":
         import postprocess
 
@@ -637,6 +657,8 @@ def main():
         parser.error(f"--top {args.top}: give how many classes to print, 1 or more")
     if args.batch and not args.out:
         parser.error("--batch needs --out")
+    if getattr(args, "pair", None) is not None and not args.input:
+        parser.error("--pair is the second text of INPUT: give the first as INPUT (not --file)")
     if (args.all_outputs or args.out) and not (args.batch or args.input or args.file):
         parser.error(f"{'--all-outputs' if args.all_outputs else '--out'} needs an input: "
                      + what_to_give(kind) + ", --file or --batch")
@@ -670,7 +692,7 @@ def execute(manifest, kind, args, parser):
     elif args.input == "":
         parser.error("the " + ("sentence" if kind == "text" else "file path") + " is empty")
     elif args.input:
-        items = [(None, args.input)]
+        items = [(None, (args.input, args.pair) if getattr(args, "pair", None) else args.input)]
     else:
         parser.error("give " + what_to_give(kind) + ", --file or --golden")
     reader = {"text": TextReader, "tensors": TensorsReader}.get(kind, ImageReader)(manifest)
