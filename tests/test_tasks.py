@@ -854,6 +854,24 @@ def test_outputs_that_ignore_the_input_are_said_and_a_working_model_is_not():
     assert input_independence(varied * 1e-5, "classify") == []
 
 
+def test_pooled_features_read_as_class_scores_are_said():
+    """A backbone with its head removed (ReLU, then average pooling) gives (N, C) features that are never
+    negative; inferred from the shape alone they were built as C class scores. Logits, probabilities and narrow
+    outputs are left alone."""
+    from edgepack.stages.validate import pooled_features
+
+    rng = np.random.default_rng(0)
+    features = np.maximum(rng.normal(size=(32, 64)), 0) * 3
+    said = pooled_features(features, "classify")
+    assert len(said) == 1 and "64 values per sample" in said[0] and "--task generic" in said[0]
+    assert pooled_features([features, rng.normal(size=(32, 4))], "classify") == said   # the first output judged
+    assert pooled_features(rng.normal(size=(32, 64)), "classify") == []                 # logits: both signs
+    probs = np.exp(rng.normal(size=(32, 64)))
+    assert pooled_features(probs / probs.sum(1, keepdims=True), "classify") == []      # probabilities
+    assert pooled_features(np.maximum(rng.normal(size=(32, 10)), 0) * 3, "classify") == []  # 10 classes: narrow
+    assert pooled_features(features, "generic") == []
+
+
 def test_chance_level_or_low_accuracy_under_default_preprocessing_is_said():
     """A digits CNN trained on (x - 0.5) / 0.5, built without --mean/--std, scored 20.5 % FP32 (92.5 % with them)
     and passed: INT8 agreed with a model that was not seeing its inputs as trained."""

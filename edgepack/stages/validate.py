@@ -56,6 +56,9 @@ def validate_format(ctx: BuildContext, fmt: str) -> dict:
         for message in input_independence(outs["fp32"], ctx.task.name, ctx.val.truth,
                                           preprocessing=ctx.inputs.preprocessing_flags):
             ctx.warn(message)
+        if not ctx.config.task and ctx.labels is None and ctx.val.truth is None:
+            for message in pooled_features(outs["fp32"], ctx.task.name):
+                ctx.warn(message)
         for message in preprocessing_doubts(ctx, result):
             ctx.warn(message)
         for message in (ctx.task.layout_doubts(outs["fp32"]) if hasattr(ctx.task, "layout_doubts") else []):
@@ -197,6 +200,30 @@ def input_independence(fp32, task: str, truth=None,
                         + f": agreement with INT8 says little. Check the weights (--weights), --num-classes and "
                           f"{preprocessing}")
     return said
+
+
+#: a first output this wide or wider, never negative, is worth asking whether it is an embedding
+FEATURE_WIDTH = 16
+
+
+def pooled_features(fp32, task: str) -> list[str]:
+    """A warning when a classify build's first output looks like pooled features, not class scores: (N, C) with C
+    >= FEATURE_WIDTH, never negative on any validation sample (a ReLU, then an average pool: a backbone with its
+    head removed, ``fc = nn.Identity()``), not probabilities (some value above 1). Inferred from its shape alone
+    it was built as a C-class classifier, judged by the top-1 of its largest feature, and run.py printed a 'label'.
+    Called only when nothing names classes (no labels, no --labels, no --task)."""
+    import numpy as np
+
+    first = np.asarray(fp32[0] if isinstance(fp32, list) else fp32)
+    if task != "classify" or first.ndim != 2 or first.shape[1] < FEATURE_WIDTH or len(first) < 2:
+        return []
+    if float(first.min()) < 0 or float(first.max()) <= 1.0:
+        return []
+    return [f"the model's first output ({first.shape[1]} values per sample) is never negative on the {len(first)} "
+            "validation samples, as features after a ReLU and a pooling are, and nothing names classes: it is read "
+            f"as {first.shape[1]} class scores (task classify: top-1 agreement and run.py's 'label' take its "
+            "largest value). If it is an embedding, pass --task generic (every output judged by its SQNR against "
+            "FP32); if it is a classifier, --labels with the class names"]
 
 
 #: a labelled FP32 accuracy (%) under this, with ImageNet's mean and std applied by default, is worth a word
