@@ -132,6 +132,19 @@ def test_an_input_shape_that_is_not_one_image_is_refused_first(tmp_path, image_f
     assert not (tmp_path / "b").exists()
 
 
+@pytest.mark.parametrize("extra,said", [(["--resize", "24"], "--resize 24 is smaller than the 32-pixel centre crop "
+                                                               "(the input height)"),
+                                         (["--resize", "40", "--crop", "48"], "--resize 40 is smaller than the 48")])
+def test_a_resize_smaller_than_the_crop_is_refused(tmp_path, image_folder, extra, said):
+    """The centre crop did not fit in the resized photo: each photo was stretched to it along its short side, out of
+    shape, without a word (here and in run.py)."""
+    onnx.save(nhwc_classifier(("N", "H", "W", 3)), tmp_path / "m.onnx")
+    res = CliRunner().invoke(main, ["build", str(tmp_path / "m.onnx"), "--calib", str(image_folder),
+                                    "--input-shape", "1,3,32,32", *extra, "--out", str(tmp_path / "b"), *FAST])
+    assert res.exit_code == 2 and said in res.output and "Hint: pass --resize" in res.output, res.output
+    assert not (tmp_path / "b").exists()
+
+
 def sized_cnn(num_classes: int = 4):
     """A factory with a classifier-size argument, as most are (timm.create_model, torchvision's builders)."""
     import torch

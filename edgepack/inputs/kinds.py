@@ -73,6 +73,14 @@ class ImageInput:
                              hint=f"pass --input-shape 1,{','.join(str(int(d)) for d in shape[1:])}"
                              + ("" if self.config.input_shape else
                                 " after exporting the model with batch 1 (or a dynamic batch)"))
+        pre = self.config.preprocess
+        crop = pre.crop or int(shape[2])
+        if pre.resize is not None and pre.resize < crop:
+            # the centre crop would not fit: each photo was stretched to it along its short side, out of shape
+            raise InputError(f"--resize {pre.resize} is smaller than the {crop}-pixel centre crop "
+                             f"({'--crop' if pre.crop else 'the input height'}): the crop does not fit in the resized "
+                             "photo", hint=f"pass --resize {crop} or more (e.g. {round(crop / 0.875)}, the usual "
+                                           f"crop / 0.875), or a smaller --crop")
         return shape
 
     def source_shapes(self) -> dict[str, tuple[int, ...]] | None:
