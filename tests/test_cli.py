@@ -386,6 +386,11 @@ def test_bundle_runner_gives_every_output_of_a_photo(built, tmp_path):
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
     res = json.loads(proc.stdout)
     assert res["top"] and np.asarray(res["outputs"][0]["values"]).shape == (1, 10), proc.stderr
+    # each top class with its probability (the logits' softmax), not only the raw score a text model never showed
+    logits = np.asarray(res["outputs"][0]["values"], np.float64)[0]
+    want = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    for r in res["top"]:
+        assert r["probability"] == pytest.approx(want[r["class"]], abs=1e-5), res["top"]
     assert "--all-outputs" in (built[0] / "README.md").read_text()  # the bundle README says how
 
 
@@ -613,3 +618,22 @@ def test_a_bug_is_exit_70_with_the_debug_command_to_run_and_a_traceback_only_wit
     assert "`edgepack --debug build ...`" in err["hint"]
     debug = CliRunner().invoke(main, ["--debug", *args])
     assert isinstance(debug.exception, RuntimeError) and str(debug.exception) == "boom"
+
+
+def test_runner_probabilities_are_the_scores_when_the_model_already_gives_them():
+    """run.py's top classes carry a probability: the softmax of logits, or the scores themselves when the model
+    ends in a softmax (a second softmax would flatten them towards uniform)."""
+    import importlib.util
+
+    import numpy as np
+
+    from edgepack.bundle import report
+
+    spec = importlib.util.spec_from_file_location("bundle_run_probs", report.runner_template())
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    probs = np.array([0.7, 0.2, 0.1], np.float32)
+    np.testing.assert_array_equal(run.probabilities(probs), probs)
+    logits = np.array([2.0, 0.0, -1.0], np.float32)
+    got = run.probabilities(logits)
+    assert got.sum() == pytest.approx(1.0) and got[0] == pytest.approx(np.exp(2) / (np.exp(2) + 1 + np.exp(-1)))

@@ -495,8 +495,17 @@ def result(task, kind, model, feed, item, labels, top, score_threshold=None, fra
         if multi:
             out["labels"] = [n for n, p in zip(names, probs) if p >= 0.5]  # noqa: B905 (old Pythons)
         return out
-    return {"top": [{"class": int(i), "name": _name(labels, int(i)), "score": round(float(scores[i]), 4)}
-                    for i in np.argsort(-scores)[:top]]}
+    probs = probabilities(scores)
+    return {"top": [{"class": int(i), "name": _name(labels, int(i)), "score": round(float(scores[i]), 4),
+                     "probability": round(float(probs[i]), 6)} for i in np.argsort(-scores)[:top]]}
+
+
+def probabilities(scores):
+    """A classifier's scores as probabilities: the scores themselves when they already are (a softmax in the
+    model: each in 0-1, summing to 1), else their softmax (logits). The "score" is the model's own number."""
+    if scores.min() >= 0 and scores.max() <= 1 and abs(float(scores.sum()) - 1.0) < 1e-3:
+        return scores
+    return softmax(scores.astype(np.float64))
 
 
 def save_mask(mask, res, dst, item=None):
@@ -529,7 +538,7 @@ def output_values(outs, entry):
 def show(res):
     """The result as lines a person reads."""
     for r in res.get("top", []):
-        print(f"{r['score']:10.4f}  {r['name']}")
+        print(f"{r['score']:10.4f}  {r['probability']:7.2%}  {r['name']}")
     if "detections" in res:
         w, h = res["image_size"]
         x1, y1, x2, y2 = res["model_sees"]
