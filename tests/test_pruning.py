@@ -223,6 +223,16 @@ def test_finetune_recovers_and_is_reproducible(digits):
     assert all(torch.equal(v, runs[1][1][k]) for k, v in runs[0][1].items())
 
 
+def test_a_run_of_every_epoch_is_not_called_stopped_early(digits):
+    """With patience equal to the epochs and no epoch better than the start, every epoch ran and the manifest said
+    'early' (the SMS example's --prune 0 row). Early is for epochs left unrun."""
+    model, val = _digits_model(digits), _npz(digits["val"])
+    report = finetune(model, val, FinetuneOptions(epochs=2, lr=1e-8, batch_size=64, patience=2, seed=1))
+    assert (report["epochs_run"], report["best_epoch"], report["stopped"]) == (2, 0, "epochs"), report
+    report = finetune(model, val, FinetuneOptions(epochs=3, lr=1e-8, batch_size=64, patience=1, seed=1))
+    assert (report["epochs_run"], report["stopped"]) == (1, "early"), report
+
+
 def test_distillation_works_without_labels(digits):
     teacher, calib = _digits_model(digits), _npz(digits["calib"])
     assert calib.y is None

@@ -249,7 +249,7 @@ def _train(model, x, targets: dict, split, options: FinetuneOptions, progress: P
             state.update(best=score, best_epoch=epoch, best_state=copy.deepcopy(model.state_dict()))
         if state["stopped"] == "time":
             break
-        if epoch - state["best_epoch"] >= options.patience:
+        if epoch - state["best_epoch"] >= options.patience and epoch < options.epochs:  # epochs left unrun
             state["stopped"] = "early"
             break
     model.load_state_dict(state["best_state"])
