@@ -637,3 +637,24 @@ def test_runner_probabilities_are_the_scores_when_the_model_already_gives_them()
     logits = np.array([2.0, 0.0, -1.0], np.float32)
     got = run.probabilities(logits)
     assert got.sum() == pytest.approx(1.0) and got[0] == pytest.approx(np.exp(2) / (np.exp(2) + 1 + np.exp(-1)))
+
+
+def test_runner_reads_a_decompression_bomb_as_an_unreadable_photo(tmp_path, monkeypatch):
+    """Pillow refuses a photo of too many pixels with DecompressionBombError, which is neither an OSError nor a
+    ValueError: run.py --file stopped the whole list there (exit 1) instead of noting that one input."""
+    import importlib.util
+
+    import numpy as np
+    from PIL import Image
+
+    from edgepack.bundle import report
+
+    spec = importlib.util.spec_from_file_location("bundle_run_bomb", report.runner_template())
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "big.png")
+    pre = {"resize": 32, "crop": 32, "channel_order": "RGB", "scale": 1 / 255, "mean": [0, 0, 0], "std": [1, 1, 1]}
+    assert run.load_image(tmp_path / "big.png", pre, [1, 3, 32, 32])[0].shape == (1, 3, 32, 32)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)   # 4,096 pixels > 2x: Pillow's error, not its warning
+    with pytest.raises(ValueError, match="too large to read safely"):
+        run.load_image(tmp_path / "big.png", pre, [1, 3, 32, 32])

@@ -77,7 +77,11 @@ def load_image(path, pre, shape):
 
     height, width = int(shape[-2]), int(shape[-1])
     crop_w, crop_h, resize = _window(pre, shape)
-    with Image.open(path) as img:
+    try:
+        img = Image.open(path)
+    except Image.DecompressionBombError as exc:  # an input that cannot be read, as a corrupt one: --file goes on
+        raise ValueError(f"{path}: too large to read safely ({exc}); downscale it") from None
+    with img:
         try:  # a phone photo upright (its EXIF orientation), as edgepack read the photos it validated on
             img = ImageOps.exif_transpose(img)
         except Exception:  # broken EXIF: as stored, as edgepack does
