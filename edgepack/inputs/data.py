@@ -506,7 +506,8 @@ def _load_folder(root: Path, input_shape: tuple[int, ...], pre: Preprocess, coun
     # calibration sets are the large ones (and only read a few samples at a time): kept as pixels
     x = PixelArray(pixels, pre) if role == "calibration" else normalise(pixels, pre)
     _check_range(x, f"{role} folder {root} after preprocessing")
-    empty = [name for i, name in enumerate(classes) if i not in set(labels)] if classes and labels else []
+    present = set(labels or ())
+    empty = [name for i, name in enumerate(classes) if i not in present] if classes and labels else []
     return Dataset(x=x, y=y, source=str(root), class_names=classes, skipped=skipped, files=kept, empty_classes=empty)
 
 

@@ -482,8 +482,7 @@ def result(task, kind, model, feed, item, labels, top, score_threshold=None, fra
             out["_mask"] = mask
         return out
     if name == "generic":  # a sentence's result names it; a one-number output (a regression head) gives its value
-        said = ({"text": item[0], "text_pair": item[1]} if isinstance(item, tuple) else {"text": item}
-                ) if kind == "text" else {}
+        said = _texts(item) if kind == "text" else {}
         return {**said, "outputs": [{"index": i, "shape": list(o.shape), "min": round(float(o.min()), 6),
                                      "max": round(float(o.max()), 6), "mean": round(float(o.mean()), 6),
                                      **({"value": round(float(o.reshape(-1)[0]), 6)} if o.size == 1 else {})}
@@ -493,8 +492,7 @@ def result(task, kind, model, feed, item, labels, top, score_threshold=None, fra
         multi = bool(task.get("multi_label"))  # each class on its own: a sigmoid each, every class at 0.5 or more
         probs = sigmoid(scores) if multi else softmax(scores)
         names = [_name(labels, i) for i in range(len(probs))]
-        said = {"text": item[0], "text_pair": item[1]} if isinstance(item, tuple) else {"text": item}
-        out = {**said, "label": names[int(np.argmax(probs))],
+        out = {**_texts(item), "label": names[int(np.argmax(probs))],
                "scores": {n: round(float(p), 6) for n, p in zip(names, probs)}}  # noqa: B905 (old Pythons)
         if multi:
             out["labels"] = [n for n, p in zip(names, probs) if p >= 0.5]  # noqa: B905 (old Pythons)
@@ -502,6 +500,11 @@ def result(task, kind, model, feed, item, labels, top, score_threshold=None, fra
     probs = probabilities(scores)
     return {"top": [{"class": int(i), "name": _name(labels, int(i)), "score": round(float(scores[i]), 4),
                      "probability": round(float(probs[i]), 6)} for i in np.argsort(-scores)[:top]]}
+
+
+def _texts(item):
+    """A text input as its result names it: the text, and a sentence pair's second text."""
+    return {"text": item[0], "text_pair": item[1]} if isinstance(item, tuple) else {"text": item}
 
 
 def probabilities(scores):
